@@ -1,0 +1,95 @@
+"""fstransport: ship large snapshots in verified chunks between fsspec locations.
+
+The protocol is openraft 0.9's chunked snapshot transport (``InstallSnapshotRequest{vote, meta,
+offset, data, done}``) with bounded retries, a window of chunks in flight, CRC32C checksums and
+atomic installs.  Start with `ship` for a one-call copy, or `Chunked.send_snapshot` and
+`Receiver` with a `Network` adapter of your own.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from fstransport.errors import (
+    ChecksumMismatch,
+    ConfigurationError,
+    FstransportError,
+    HigherVote,
+    InvalidRequest,
+    NetworkError,
+    PayloadTooLarge,
+    RemoteError,
+    ReplicationClosed,
+    RetryExhausted,
+    RPCError,
+    SnapshotMismatch,
+    StorageError,
+    Timeout,
+    TooManyTransfers,
+    Unreachable,
+)
+from fstransport.messages import (
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    LogId,
+    Snapshot,
+    SnapshotMeta,
+    SnapshotResponse,
+    SnapshotSegmentId,
+    Vote,
+)
+from fstransport.network import LoopbackNetwork, Network
+from fstransport.options import KiB, MiB, RetryPolicy, TransferOptions
+from fstransport.protocol.receiver import ReceiverLimits
+from fstransport.receiver import Receiver
+from fstransport.sender import Chunked, SendResult, send_source
+from fstransport.storage import FsspecSnapshotStore, SnapshotStore, open_source, source_for_file
+from fstransport.transfer import TransferReport, ship
+
+try:
+    __version__ = version("fstransport")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "ChecksumMismatch",
+    "Chunked",
+    "ConfigurationError",
+    "FsspecSnapshotStore",
+    "FstransportError",
+    "HigherVote",
+    "InstallSnapshotRequest",
+    "InstallSnapshotResponse",
+    "InvalidRequest",
+    "KiB",
+    "LogId",
+    "LoopbackNetwork",
+    "MiB",
+    "Network",
+    "NetworkError",
+    "PayloadTooLarge",
+    "RPCError",
+    "Receiver",
+    "ReceiverLimits",
+    "RemoteError",
+    "ReplicationClosed",
+    "RetryExhausted",
+    "RetryPolicy",
+    "SendResult",
+    "Snapshot",
+    "SnapshotMeta",
+    "SnapshotMismatch",
+    "SnapshotResponse",
+    "SnapshotSegmentId",
+    "SnapshotStore",
+    "StorageError",
+    "Timeout",
+    "TooManyTransfers",
+    "TransferOptions",
+    "TransferReport",
+    "Unreachable",
+    "Vote",
+    "__version__",
+    "open_source",
+    "send_source",
+    "ship",
+    "source_for_file",
+]

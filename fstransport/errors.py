@@ -1,0 +1,182 @@
+"""Every error fstransport raises, in one tree.
+
+::
+
+    FstransportError
+    ├── RPCError                  a chunk could not be delivered (the network adapter's errors)
+    │   ├── Timeout               no answer within the deadline (hard_ttl / install_timeout)
+    │   ├── Unreachable           the peer cannot be reached at all (connection refused, no route)
+    │   ├── PayloadTooLarge       the peer or a proxy refused the chunk's size
+    │   ├── NetworkError          anything else that went wrong on the wire
+    │   └── RemoteError           the receiver answered with one of its own errors (``source``)
+    ├── SnapshotMismatch          the receiver wants the data from another offset (``expect``)
+    ├── HigherVote                the receiver has seen a higher vote than the sender's
+    ├── ReplicationClosed         the transfer was cancelled by the caller
+    ├── StorageError              reading or writing a snapshot failed (``subject``, ``verb``, ``cause``)
+    ├── InvalidRequest            a request broke a rule (bad offset, size, id, ...); never written
+    │   └── TooManyTransfers      the receiver already runs its maximum number of transfers
+    ├── ChecksumMismatch          data does not match its CRC32C (a chunk or the whole snapshot)
+    ├── RetryExhausted            the retry budget ran out; ``last_error`` says why
+    └── ConfigurationError        bad options or arguments from the caller (also a ``ValueError``)
+
+Errors that cross the network keep their type: the receiver raises ``SnapshotMismatch``,
+``InvalidRequest``, ``ChecksumMismatch`` or ``StorageError``; a network adapter hands them to the
+sender wrapped in ``RemoteError(source=...)``.  Backend errors (``OSError``, fsspec, botocore,
+aiohttp) are translated at the edge with ``raise ... from exc`` so the original stays in
+``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fstransport.messages import SnapshotSegmentId, Vote
+
+__all__ = [
+    "ChecksumMismatch",
+    "ConfigurationError",
+    "FstransportError",
+    "HigherVote",
+    "InvalidRequest",
+    "NetworkError",
+    "PayloadTooLarge",
+    "RPCError",
+    "RemoteError",
+    "ReplicationClosed",
+    "RetryExhausted",
+    "SnapshotMismatch",
+    "StorageError",
+    "Timeout",
+    "TooManyTransfers",
+    "Unreachable",
+]
+
+
+class FstransportError(Exception):
+    """Base of every error raised by fstransport."""
+
+
+class RPCError(FstransportError):
+    """A request could not be delivered or answered; raised by `Network` adapters."""
+
+
+class Timeout(RPCError):
+    """No answer arrived within the deadline."""
+
+
+class Unreachable(RPCError):
+    """The peer cannot be reached (connection refused, unknown host, server gone)."""
+
+
+class PayloadTooLarge(RPCError):
+    """The peer refused the request because of its size; the sender shrinks the chunk."""
+
+    def __init__(self, message: str = "payload too large", *, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        """The largest chunk the peer accepts, when it said so."""
+
+
+class NetworkError(RPCError):
+    """Any other failure on the wire (connection reset, malformed answer, ...)."""
+
+
+class RemoteError(RPCError):
+    """The receiver answered with an error of its own, carried in `source`."""
+
+    def __init__(self, source: BaseException, target: object = None) -> None:
+        where = f" from {target!r}" if target is not None else ""
+        super().__init__(f"remote error{where}: {type(source).__name__}: {source}")
+        self.source = source
+        self.target = target
+
+
+class SnapshotMismatch(FstransportError):
+    """The receiver expected the chunk at `expect`, but got one at `got`.
+
+    The sender continues from ``expect.offset``.
+    """
+
+    def __init__(self, expect: SnapshotSegmentId, got: SnapshotSegmentId) -> None:
+        super().__init__(
+            f"snapshot mismatch: expected {expect.id!r} at offset {expect.offset}, "
+            f"got {got.id!r} at offset {got.offset}"
+        )
+        self.expect = expect
+        self.got = got
+
+
+class HigherVote(FstransportError):
+    """The receiver holds a vote higher than the sender's; the transfer stopped."""
+
+    def __init__(self, higher: Vote, mine: Vote) -> None:
+        super().__init__(f"receiver has a higher vote {higher} than ours {mine}")
+        self.higher = higher
+        self.mine = mine
+
+
+class ReplicationClosed(FstransportError):
+    """The transfer was cancelled by the caller."""
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StorageError(FstransportError):
+    """Reading or writing snapshot data failed.
+
+    `subject` names what was touched (a path or URL), `verb` what was done to it ("read",
+    "write", "open", "seek", "install", ...), `cause` the backend's own exception, which is
+    also the ``__cause__``.
+    """
+
+    def __init__(self, subject: str, verb: str, cause: BaseException | None = None) -> None:
+        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        super().__init__(f"cannot {verb} {subject}{detail}")
+        self.subject = subject
+        self.verb = verb
+        self.cause = cause
+
+
+class InvalidRequest(FstransportError):
+    """A request broke a protocol rule; nothing of it was written.
+
+    `field` names the offending part of the request when there is one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TooManyTransfers(InvalidRequest):
+    """The receiver already runs as many transfers as it allows; try again later."""
+
+
+class ChecksumMismatch(FstransportError):
+    """Data does not match its CRC32C: a corrupt chunk, or a whole snapshot that is not the one
+    announced.  A corrupt chunk is re-sent; a whole snapshot that fails is never installed."""
+
+    def __init__(self, what: str, expected: str, actual: str, *, whole: bool = False) -> None:
+        super().__init__(f"checksum mismatch for {what}: expected {expected}, got {actual}")
+        self.what = what
+        self.expected = expected
+        self.actual = actual
+        self.whole = whole
+        """True when the whole snapshot failed verification (not worth re-sending a chunk)."""
+
+
+class RetryExhausted(FstransportError):
+    """The retry budget ran out; `last_error` is the failure that ended it."""
+
+    def __init__(self, attempts: int, last_error: BaseException | None) -> None:
+        why = f": {type(last_error).__name__}: {last_error}" if last_error is not None else ""
+        super().__init__(f"gave up after {attempts} attempts{why}")
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+class ConfigurationError(FstransportError, ValueError):
+    """Options or arguments given by the caller are not usable."""

@@ -1,0 +1,125 @@
+"""The protocol's messages: what a sender and a receiver say to each other.
+
+They mirror openraft 0.9's ``InstallSnapshotRequest{vote, meta, offset, data, done}`` and its
+answers, as frozen dataclasses.  Chunk data travels as ``bytes`` or a ``memoryview`` and is never
+copied by these classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import IO, Union
+
+__all__ = [
+    "Buffer",
+    "InstallSnapshotRequest",
+    "InstallSnapshotResponse",
+    "LogId",
+    "Snapshot",
+    "SnapshotMeta",
+    "SnapshotResponse",
+    "SnapshotSegmentId",
+    "Vote",
+]
+
+Buffer = Union[bytes, bytearray, memoryview]
+"""Chunk data: anything that exposes a contiguous byte buffer."""
+
+
+@dataclass(frozen=True, order=True)
+class Vote:
+    """A leader's vote.  Ordered by term, then node id, then committed (False < True)."""
+
+    term: int
+    node_id: int
+    committed: bool = False
+
+    def __str__(self) -> str:
+        return f"T{self.term}-N{self.node_id}{':committed' if self.committed else ''}"
+
+
+@dataclass(frozen=True, order=True)
+class LogId:
+    """The id of a log entry: the term it was written in and its index."""
+
+    term: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.term}-{self.index}"
+
+
+@dataclass(frozen=True)
+class SnapshotMeta:
+    """What a snapshot is: its id, the log position it covers, and optionally its size and checksum.
+
+    `size` (bytes) lets the receiver refuse out-of-range chunks early; `checksum`
+    (``"crc32c:%08x"``) lets it verify the whole snapshot before installing it.
+    """
+
+    snapshot_id: str
+    last_log_id: LogId | None = None
+    last_membership: object = None
+    size: int | None = None
+    checksum: str | None = None
+
+    def same_snapshot(self, other: SnapshotMeta) -> bool:
+        """Whether `other` describes the same snapshot (a missing checksum matches any)."""
+        return (
+            self.snapshot_id == other.snapshot_id
+            and self.last_log_id == other.last_log_id
+            and self.last_membership == other.last_membership
+            and self.size == other.size
+            and (self.checksum is None or other.checksum is None or self.checksum == other.checksum)
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotSegmentId:
+    """A position in a snapshot: its id and a byte offset."""
+
+    id: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class InstallSnapshotRequest:
+    """One chunk of a snapshot: `data` belongs at `offset`; `done` marks the last chunk.
+
+    `crc32c` is the CRC32C of `data` (computed by the sender, checked by the receiver).
+    """
+
+    vote: Vote
+    meta: SnapshotMeta
+    offset: int
+    data: Buffer
+    done: bool
+    crc32c: int | None = None
+
+    def __repr__(self) -> str:  # never dump chunk data into logs
+        return (
+            f"InstallSnapshotRequest(vote={self.vote}, id={self.meta.snapshot_id!r}, "
+            f"offset={self.offset}, len={len(self.data)}, done={self.done}, crc32c={self.crc32c})"
+        )
+
+
+@dataclass(frozen=True)
+class InstallSnapshotResponse:
+    """The receiver's answer to one chunk: its current vote."""
+
+    vote: Vote
+
+
+@dataclass(frozen=True)
+class SnapshotResponse:
+    """The result of sending a whole snapshot: the receiver's last vote."""
+
+    vote: Vote
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot to send, or one just received: its meta and a readable binary file object."""
+
+    meta: SnapshotMeta
+    data: IO[bytes] = field(repr=False)

@@ -1,0 +1,31 @@
+"""The `Network` protocol: how a sender hands one chunk to a receiver somewhere else."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
+from fstransport.options import TransferOptions
+
+__all__ = ["Network"]
+
+
+@runtime_checkable
+class Network(Protocol):
+    """Delivers `InstallSnapshotRequest`s to one receiver; injected by the caller.
+
+    ``install_snapshot`` returns the receiver's `InstallSnapshotResponse` or raises an `RPCError`:
+
+    - `Timeout` when no answer came in time, `Unreachable` when the receiver cannot be reached,
+      `PayloadTooLarge` when the request is too big for the receiver or the path to it,
+      `NetworkError` for any other transport failure;
+    - `RemoteError` whose ``source`` is the receiver's own error (`SnapshotMismatch`,
+      `InvalidRequest`, `ChecksumMismatch`, `StorageError`, ...).
+
+    The sender applies ``option.hard_ttl`` itself; adapters may use the options for their own
+    deadlines.  Several calls may run concurrently (up to ``option.max_in_flight``).
+    """
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse: ...

@@ -1,0 +1,90 @@
+"""Knobs of a transfer: chunk size, window, deadlines and the retry policy.
+
+The defaults were chosen by measurement on a 2-core machine (see ``docs/benchmarks.md``):
+8 MiB chunks with 4 in flight keep memory, local and S3 targets busy while the window's memory
+stays at 32 MiB.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from fstransport.errors import ConfigurationError
+
+__all__ = ["KiB", "MiB", "RetryPolicy", "TransferOptions"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a failed chunk is tried again.
+
+    A chunk that failed ``n`` times waits ``min(max_backoff, initial_backoff * multiplier**(n-1))``
+    seconds, shortened by up to ``jitter`` (a fraction) at random, before it is sent again.
+    After ``max_attempts`` failed attempts of one chunk, or ``give_up_after`` seconds without
+    any chunk being acknowledged, the transfer ends in `RetryExhausted`.
+    With the defaults an unreachable peer is given up on after about 8 seconds.
+    """
+
+    max_attempts: int = 8
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    give_up_after: float = 25.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_backoff < 0 or self.max_backoff < 0:
+            raise ConfigurationError("backoff times must not be negative")
+        if self.multiplier < 1:
+            raise ConfigurationError(f"multiplier must be >= 1, got {self.multiplier}")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigurationError(f"jitter must be within [0, 1], got {self.jitter}")
+        if self.give_up_after <= 0:
+            raise ConfigurationError(f"give_up_after must be > 0, got {self.give_up_after}")
+
+    def backoff(self, failures: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before the next attempt of a chunk that failed `failures` times."""
+        if failures <= 0:
+            return 0.0
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (failures - 1))
+        draw = (rng or random).random()
+        return base * (1.0 - self.jitter * draw)
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """Options of one transfer, shared by the sender and handed to the network adapter.
+
+    - `chunk_size`: bytes per request (the last chunk may be shorter).
+    - `max_in_flight`: chunks sent and not yet answered; 1 reproduces openraft's serial order.
+    - `hard_ttl`: seconds one chunk may take before it counts as lost (openraft's ``hard_ttl``).
+    - `install_timeout`: seconds the final chunk may take; it includes the receiver's verification
+      and install, so it is longer than `hard_ttl`.
+    - `min_chunk_size`: the floor `PayloadTooLarge` halves the chunk down to.
+    - `retry`: the `RetryPolicy`.
+    """
+
+    chunk_size: int = 8 * MiB
+    max_in_flight: int = 4
+    hard_ttl: float = 10.0
+    install_timeout: float = 60.0
+    min_chunk_size: int = 4 * KiB
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ConfigurationError(f"chunk_size must be >= 1 byte, got {self.chunk_size}")
+        if self.max_in_flight < 1:
+            raise ConfigurationError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if self.hard_ttl <= 0 or self.install_timeout <= 0:
+            raise ConfigurationError("hard_ttl and install_timeout must be > 0 seconds")
+        if not 1 <= self.min_chunk_size <= 4 * KiB:
+            raise ConfigurationError(
+                f"min_chunk_size must be within [1, 4096], got {self.min_chunk_size}"
+            )

@@ -1,0 +1,205 @@
+"""The receiver's rules, without I/O: what a valid request is, and what a request does to a stream.
+
+Everything here raises the typed errors of `fstransport.errors` and changes nothing but the
+`StreamState` it is handed, so the I/O side can validate first and write second.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+from fstransport.checksum import chunk_crc, format_checksum, parse_checksum
+from fstransport.errors import (
+    ChecksumMismatch,
+    ConfigurationError,
+    InvalidRequest,
+    SnapshotMismatch,
+)
+from fstransport.messages import InstallSnapshotRequest, SnapshotMeta, SnapshotSegmentId, Vote
+from fstransport.protocol.ranges import ChunkLedger
+
+__all__ = [
+    "MAX_SNAPSHOT_ID_LENGTH",
+    "ReceiverLimits",
+    "StreamDecision",
+    "StreamState",
+    "check_snapshot_id",
+    "decide_stream",
+    "validate_request",
+]
+
+MAX_SNAPSHOT_ID_LENGTH = 255
+RESERVED_NAMES = frozenset({".", "..", ".fstransport"})
+
+
+@dataclass(frozen=True)
+class ReceiverLimits:
+    """What a receiver accepts.  `None` means no limit."""
+
+    max_snapshot_size: int | None = None
+    max_chunk_size: int | None = 256 * 1024 * 1024
+    max_transfers: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_transfers < 1:
+            raise ConfigurationError(f"max_transfers must be >= 1, got {self.max_transfers}")
+        for name in ("max_snapshot_size", "max_chunk_size"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigurationError(f"{name} must not be negative, got {value}")
+
+
+def check_snapshot_id(snapshot_id: object) -> str:
+    """Return `snapshot_id` if it is safe as a single file name, else raise `InvalidRequest`.
+
+    Refused: non-strings, the empty string, over 255 characters, path separators, control
+    characters, ``.``, ``..``, and the name ``.fstransport`` that the store keeps to itself.
+    """
+    if not isinstance(snapshot_id, str):
+        raise InvalidRequest(f"snapshot id must be a string, got {type(snapshot_id).__name__}", field="snapshot_id")
+    if not snapshot_id:
+        raise InvalidRequest("snapshot id must not be empty", field="snapshot_id")
+    if len(snapshot_id) > MAX_SNAPSHOT_ID_LENGTH:
+        raise InvalidRequest(
+            f"snapshot id is {len(snapshot_id)} characters long; at most {MAX_SNAPSHOT_ID_LENGTH} allowed",
+            field="snapshot_id",
+        )
+    if "/" in snapshot_id or "\\" in snapshot_id:
+        raise InvalidRequest(f"snapshot id {snapshot_id!r} contains a path separator", field="snapshot_id")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in snapshot_id):
+        raise InvalidRequest(f"snapshot id {snapshot_id!r} contains a control character", field="snapshot_id")
+    if snapshot_id in RESERVED_NAMES:
+        raise InvalidRequest(f"snapshot id {snapshot_id!r} is reserved", field="snapshot_id")
+    try:
+        snapshot_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"snapshot id {snapshot_id!r} is not valid unicode", field="snapshot_id") from None
+    return snapshot_id
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_request(req: InstallSnapshotRequest, limits: ReceiverLimits) -> int:
+    """Check every field of `req` against the protocol and `limits`; return the data's CRC32C.
+
+    Raises `InvalidRequest` for a malformed request and `ChecksumMismatch` when the data does
+    not match ``req.crc32c``.
+    """
+    if not isinstance(req, InstallSnapshotRequest):
+        raise InvalidRequest(f"expected an InstallSnapshotRequest, got {type(req).__name__}")
+    if not isinstance(req.vote, Vote) or not (_is_int(req.vote.term) and _is_int(req.vote.node_id)):
+        raise InvalidRequest("vote must be a Vote of integers", field="vote")
+    meta = req.meta
+    if not isinstance(meta, SnapshotMeta):
+        raise InvalidRequest("meta must be a SnapshotMeta", field="meta")
+    check_snapshot_id(meta.snapshot_id)
+    if meta.size is not None:
+        if not _is_int(meta.size) or meta.size < 0:
+            raise InvalidRequest(f"snapshot size must be a non-negative integer, got {meta.size!r}", field="size")
+        if limits.max_snapshot_size is not None and meta.size > limits.max_snapshot_size:
+            raise InvalidRequest(
+                f"snapshot of {meta.size} bytes exceeds the receiver's limit of {limits.max_snapshot_size}",
+                field="size",
+            )
+    if meta.checksum is not None:
+        if not isinstance(meta.checksum, str):
+            raise InvalidRequest("checksum must be a string", field="checksum")
+        try:
+            parse_checksum(meta.checksum)
+        except ConfigurationError as exc:
+            raise InvalidRequest(str(exc), field="checksum") from None
+    if not _is_int(req.offset) or req.offset < 0:
+        raise InvalidRequest(f"offset must be a non-negative integer, got {req.offset!r}", field="offset")
+    if not isinstance(req.data, (bytes, bytearray, memoryview)):
+        raise InvalidRequest(f"data must be bytes, got {type(req.data).__name__}", field="data")
+    view = req.data
+    if isinstance(view, memoryview) and not (view.c_contiguous and view.itemsize == 1 and view.ndim == 1):
+        raise InvalidRequest("data must be a contiguous byte buffer", field="data")
+    length = len(req.data)
+    if limits.max_chunk_size is not None and length > limits.max_chunk_size:
+        raise InvalidRequest(
+            f"chunk of {length} bytes exceeds the receiver's limit of {limits.max_chunk_size}",
+            field="data",
+        )
+    if not isinstance(req.done, bool):
+        raise InvalidRequest("done must be a bool", field="done")
+    end = req.offset + length
+    if meta.size is not None:
+        if end > meta.size:
+            raise InvalidRequest(
+                f"chunk [{req.offset}, {end}) reaches beyond the snapshot's size {meta.size}",
+                field="offset",
+            )
+        if req.done and end != meta.size:
+            raise InvalidRequest(
+                f"final chunk ends at {end}, but the snapshot's size is {meta.size}", field="done"
+            )
+    if req.crc32c is not None and (not _is_int(req.crc32c) or not 0 <= req.crc32c < 2**32):
+        raise InvalidRequest(f"crc32c must be a 32-bit unsigned integer, got {req.crc32c!r}", field="crc32c")
+    crc = chunk_crc(req.data)
+    if req.crc32c is not None and crc != req.crc32c:
+        raise ChecksumMismatch(
+            f"chunk [{req.offset}, {end}) of {meta.snapshot_id!r}",
+            f"{req.crc32c:08x}",
+            f"{crc:08x}",
+        )
+    return crc
+
+
+class StreamDecision(enum.Enum):
+    """What a valid request does to the stream of its snapshot id."""
+
+    START = "start"  # no stream yet: begin one
+    CONTINUE = "continue"  # the same snapshot: write into it
+    RESTART = "restart"  # another snapshot under the same id: discard the old, begin anew
+
+
+def decide_stream(current: SnapshotMeta | None, req: InstallSnapshotRequest) -> StreamDecision:
+    """The seed's rule: a new snapshot must begin at offset 0, else `SnapshotMismatch` (expect 0)."""
+    if current is not None and current.same_snapshot(req.meta):
+        return StreamDecision.CONTINUE
+    if req.offset != 0:
+        snapshot_id = req.meta.snapshot_id
+        raise SnapshotMismatch(
+            expect=SnapshotSegmentId(snapshot_id, 0), got=SnapshotSegmentId(snapshot_id, req.offset)
+        )
+    return StreamDecision.START if current is None else StreamDecision.RESTART
+
+
+@dataclass
+class StreamState:
+    """What the receiver knows of one snapshot being received: its meta and the chunks held."""
+
+    meta: SnapshotMeta
+    ledger: ChunkLedger = field(default_factory=ChunkLedger)
+
+    def record(self, req: InstallSnapshotRequest, crc: int) -> None:
+        """Note that `req`'s data is stored; adopt a checksum the sender announces late."""
+        self.ledger.add(req.offset, len(req.data), crc)
+        if self.meta.checksum is None and req.meta.checksum is not None:
+            self.meta = replace(self.meta, checksum=req.meta.checksum)
+
+    def complete(self, end: int) -> SnapshotMeta:
+        """Check that ``[0, end)`` is held and matches the checksum; return the final meta.
+
+        Raises `SnapshotMismatch` (expecting the first missing byte) for a gap, `InvalidRequest`
+        for data beyond `end`, and `ChecksumMismatch` when the whole CRC differs from the meta's.
+        """
+        gap = self.ledger.first_gap(end)
+        if gap is not None:
+            snapshot_id = self.meta.snapshot_id
+            raise SnapshotMismatch(
+                expect=SnapshotSegmentId(snapshot_id, gap), got=SnapshotSegmentId(snapshot_id, end)
+            )
+        crc = self.ledger.whole_crc(end)
+        if crc is None:
+            raise InvalidRequest(f"data was written beyond the final chunk's end {end}", field="done")
+        actual = format_checksum(crc)
+        if self.meta.checksum is not None and self.meta.checksum != actual:
+            raise ChecksumMismatch(
+                f"snapshot {self.meta.snapshot_id!r}", self.meta.checksum, actual, whole=True
+            )
+        return replace(self.meta, size=end, checksum=actual)

@@ -1,0 +1,241 @@
+"""The sender's bookkeeping: which chunk goes next, what is in flight, retries and rewinds.
+
+`SendWindow` does no I/O and never reads a clock: the driver passes ``now`` in and performs
+what the window plans.  Its rules:
+
+- Chunks are cut from the lowest byte still to be sent, at most `chunk_size` long.
+- At most `max_in_flight` chunks are out at once.
+- The chunk at offset 0 goes alone: a receiver starts a new stream only at offset 0 and answers
+  any other offset of an unknown stream with a mismatch, so the window opens once it is answered.
+- The final chunk (the one ending at `size`, marked ``done``) is sent only when nothing else
+  is in flight or left to send, so it is always the last request of a transfer.
+- A retryable failure puts the chunk's bytes back, counts an attempt for its offset, and pauses
+  new sends for the policy's backoff; too many attempts, or too long without progress, ends the
+  transfer with `RetryExhausted`.
+- A mismatch rewinds: every byte from the receiver's expected offset is sent again.  Answers
+  to chunks sent before the rewind are stale; their failures put bytes back, nothing else.
+- `PayloadTooLarge` halves the chunk size, down to a floor, before it counts as a failure.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from fstransport.checksum import combine
+from fstransport.errors import RetryExhausted
+from fstransport.options import TransferOptions
+from fstransport.protocol.ranges import ChunkLedger, RangeSet
+
+__all__ = ["ChunkPlan", "SendStats", "SendWindow"]
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """One chunk the driver should read and send."""
+
+    ticket: int
+    offset: int
+    length: int
+    done: bool
+    generation: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass
+class SendStats:
+    """What a transfer did so far."""
+
+    chunks_sent: int = 0
+    bytes_sent: int = 0
+    retries: int = 0
+    rewinds: int = 0
+    shrinks: int = 0
+
+
+class SendWindow:
+    """Plans the chunks of one snapshot of `size` bytes; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        size: int,
+        options: TransferOptions,
+        *,
+        now: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if size < 0:
+            raise ValueError(f"size must not be negative, got {size}")
+        self.size = size
+        self.options = options
+        self.chunk_size = options.chunk_size
+        self.min_chunk_size = min(options.min_chunk_size, options.chunk_size)
+        self.stats = SendStats()
+        self.acked = ChunkLedger()
+        self._pending = RangeSet([(0, size)])
+        self._empty_pending = size == 0  # a 0-byte snapshot still sends one (empty) done chunk
+        self._in_flight: dict[int, ChunkPlan] = {}
+        self._next_ticket = 0
+        self._generation = 0
+        self._failures: dict[int, int] = {}
+        self._rewinds: dict[int, int] = {}
+        self._resume_at = now
+        self._last_progress = now
+        self._finished = False
+        self._rng = rng or random.Random()
+
+    # -- what to do next ---------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once the final chunk was acknowledged."""
+        return self._finished
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def next_chunk(self, now: float) -> ChunkPlan | None:
+        """The next chunk to send now, or None (window full, backing off, waiting, finished)."""
+        if self._finished or now < self._resume_at:
+            return None
+        if len(self._in_flight) >= self.options.max_in_flight:
+            return None
+        if any(p.offset == 0 for p in self._in_flight.values()):
+            return None  # the chunk that opens a stream goes alone (see the module docstring)
+        first = self._pending.first()
+        if first is None:
+            if not self._empty_pending or self._in_flight:
+                return None
+            start, length = 0, 0
+        else:
+            start = first[0]
+            length = min(self.chunk_size, first[1] - start)
+        done = start + length == self.size
+        if done and self._in_flight:
+            return None
+        self._pending.remove(start, start + length)
+        self._empty_pending = False
+        plan = ChunkPlan(self._next_ticket, start, length, done, self._generation)
+        self._next_ticket += 1
+        self._in_flight[plan.ticket] = plan
+        self.stats.chunks_sent += 1
+        self.stats.bytes_sent += length
+        return plan
+
+    def wake_at(self, now: float) -> float | None:
+        """When `next_chunk` may return a chunk again without any answer arriving, if ever."""
+        if self._finished or now >= self._resume_at:
+            return None
+        if not (self._pending or self._empty_pending):
+            return None
+        return self._resume_at
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def on_ack(self, plan: ChunkPlan, crc: int, now: float) -> None:
+        """The receiver stored `plan`'s bytes, whose CRC32C is `crc`."""
+        self._take(plan)
+        self.acked.add(plan.offset, plan.length, crc)
+        self._last_progress = now
+        self._failures.pop(plan.offset, None)
+        if plan.done and plan.generation == self._generation:
+            self._finished = True
+
+    def on_failure(self, plan: ChunkPlan, error: BaseException, now: float) -> None:
+        """`plan` failed in a way worth retrying; raises `RetryExhausted` when out of budget."""
+        self._take(plan)
+        self._put_back(plan)
+        if plan.generation != self._generation:
+            return
+        self.stats.retries += 1
+        self._count_failure(plan.offset, self._failures, error, now)
+
+    def on_too_large(self, plan: ChunkPlan, error: BaseException, now: float) -> None:
+        """The peer refused `plan` for its size: shrink the chunk size and send the bytes again."""
+        self._take(plan)
+        self._put_back(plan)
+        if plan.generation != self._generation:
+            return
+        limit = getattr(error, "limit", None)
+        target = plan.length // 2
+        if isinstance(limit, int) and limit > 0:
+            target = min(target, limit)
+        target = max(self.min_chunk_size, target)
+        if target < plan.length:
+            self.chunk_size = min(self.chunk_size, target)
+            self.stats.shrinks += 1
+            return
+        self.stats.retries += 1  # already at the floor: an ordinary failure
+        self._count_failure(plan.offset, self._failures, error, now)
+
+    def on_mismatch(self, plan: ChunkPlan, expect_offset: int, error: BaseException, now: float) -> None:
+        """The receiver wants the data from `expect_offset` on: send everything from there again.
+
+        An offset outside the snapshot is a broken answer and counts as a failure of `plan`.
+        """
+        self._take(plan)
+        if plan.generation != self._generation:
+            self._put_back(plan)
+            return
+        valid = 0 <= expect_offset < self.size or expect_offset == self.size == 0
+        if not valid:
+            self._put_back(plan)
+            self.stats.retries += 1
+            self._count_failure(plan.offset, self._failures, error, now)
+            return
+        self._generation += 1
+        self.stats.rewinds += 1
+        self._pending.add(expect_offset, self.size)
+        self._empty_pending = self.size == 0
+        if plan.offset < expect_offset:
+            self._put_back(plan)
+        # The first rewind to an offset is immediate (as in openraft); repeats back off and are
+        # bounded like failures, so a receiver that keeps rewinding cannot hold us forever.
+        if self._rewinds.get(expect_offset, 0) >= 1:
+            self._count_failure(expect_offset, self._rewinds, error, now)
+        else:
+            self._rewinds[expect_offset] = 1
+
+    def on_abandoned(self, plan: ChunkPlan) -> None:
+        """`plan`'s answer will never be looked at (the transfer is ending)."""
+        self._in_flight.pop(plan.ticket, None)
+
+    # -- the whole snapshot ------------------------------------------------------------------
+
+    def whole_crc(self, final: ChunkPlan, final_crc: int) -> int | None:
+        """The whole snapshot's CRC32C if `final` were acknowledged with `final_crc`.
+
+        None if the acknowledged chunks do not tile the bytes before `final` exactly (possible
+        only after a rewind into the middle of a chunk); the driver then reads the data again.
+        """
+        before = self.acked.whole_crc(final.offset)
+        if before is None:
+            return None
+        return combine(before, final_crc, final.length)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _take(self, plan: ChunkPlan) -> None:
+        if self._in_flight.pop(plan.ticket, None) is None:
+            raise ValueError(f"chunk {plan} is not in flight")
+
+    def _put_back(self, plan: ChunkPlan) -> None:
+        if plan.length:
+            self._pending.add(plan.offset, plan.end)
+        elif plan.done:
+            self._empty_pending = True
+
+    def _count_failure(
+        self, offset: int, counts: dict[int, int], error: BaseException, now: float
+    ) -> None:
+        policy = self.options.retry
+        failures = counts.get(offset, 0) + 1
+        counts[offset] = failures
+        stalled = now - self._last_progress
+        if failures >= policy.max_attempts or stalled >= policy.give_up_after:
+            raise RetryExhausted(failures, error) from error
+        self._resume_at = max(self._resume_at, now + policy.backoff(failures, self._rng))

@@ -1,0 +1,145 @@
+"""The receiving end: validates each chunk, writes it into a store, installs finished snapshots.
+
+`Receiver.receive` is openraft's ``Chunked::receive_snapshot``; `Receiver.handle` adds the vote
+check and the install, and is what a network adapter calls for each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from fstransport.errors import ChecksumMismatch, InvalidRequest, TooManyTransfers
+from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, Snapshot, Vote
+from fstransport.protocol.receiver import (
+    ReceiverLimits,
+    StreamDecision,
+    StreamState,
+    decide_stream,
+    validate_request,
+)
+from fstransport.storage.sink import SnapshotSink
+from fstransport.storage.store import SnapshotStore
+
+__all__ = ["Receiver"]
+
+
+@dataclass
+class _Stream:
+    state: StreamState
+    sink: SnapshotSink | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    closed: bool = False
+
+
+class Receiver:
+    """Receives snapshots into `store`; one stream per snapshot id, several ids at once.
+
+    `vote` is the highest vote seen; requests with a lower one are refused (see `handle`).
+    Every request is validated before anything is written; a refused request leaves the
+    receiver's streams and the installed snapshots as they were.
+    """
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        vote: Vote | None = None,
+        *,
+        limits: ReceiverLimits | None = None,
+    ) -> None:
+        self.store = store
+        self.vote = vote
+        self.limits = limits or ReceiverLimits()
+        self._streams: dict[str, _Stream] = {}
+
+    @property
+    def receiving(self) -> list[str]:
+        """Ids of the snapshots being received right now."""
+        return sorted(self._streams)
+
+    async def handle(self, req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        """Answer one request: check its vote, store its chunk, install the snapshot when done.
+
+        A request whose vote is lower than the receiver's is not applied; the answer carries
+        the receiver's (higher) vote, which tells the sender to stop.  A higher vote is adopted.
+        Raises `InvalidRequest`, `ChecksumMismatch`, `SnapshotMismatch` or `StorageError`.
+        """
+        crc = validate_request(req, self.limits)
+        if self.vote is not None and req.vote < self.vote:
+            return InstallSnapshotResponse(self.vote)
+        if self.vote is None or req.vote > self.vote:
+            self.vote = req.vote
+        snapshot = await self._receive(req, crc)
+        if snapshot is not None:
+            await self.store.install(snapshot)
+        return InstallSnapshotResponse(self.vote)
+
+    async def receive(self, req: InstallSnapshotRequest) -> Snapshot | None:
+        """Store one chunk; return the finished (not yet installed) snapshot on the final one.
+
+        The seed's rules: a snapshot id not being received must start at offset 0, otherwise
+        `SnapshotMismatch` expecting offset 0; chunks of the same snapshot are written at their
+        offsets in any order; the ``done`` chunk completes it once every byte before it is held
+        (else `SnapshotMismatch` expecting the first missing byte) and its checksum matches.
+        """
+        return await self._receive(req, validate_request(req, self.limits))
+
+    async def _receive(self, req: InstallSnapshotRequest, crc: int) -> Snapshot | None:
+        snapshot_id = req.meta.snapshot_id
+        stream = self._streams.get(snapshot_id)
+        decision = decide_stream(stream.state.meta if stream else None, req)
+        if decision is StreamDecision.CONTINUE and stream is not None:
+            async with stream.lock:
+                if stream.closed:  # replaced while this request waited: decide again
+                    return await self._receive(req, crc)
+                return await self._write(snapshot_id, stream, req, crc)
+        if stream is not None:
+            await self._drop(snapshot_id, stream)
+        elif len(self._streams) >= self.limits.max_transfers:
+            raise TooManyTransfers(
+                f"already receiving {len(self._streams)} snapshots "
+                f"(limit {self.limits.max_transfers}); try again later"
+            )
+        # Register the stream before the first await, so that chunks arriving while the sink
+        # is created find it (and wait for its lock) instead of being told to start over.
+        stream = _Stream(StreamState(req.meta))
+        self._streams[snapshot_id] = stream
+        async with stream.lock:
+            try:
+                stream.sink = await self.store.begin(req.meta)
+            except BaseException:
+                stream.closed = True
+                if self._streams.get(snapshot_id) is stream:
+                    del self._streams[snapshot_id]
+                raise
+            return await self._write(snapshot_id, stream, req, crc)
+
+    async def _write(
+        self, snapshot_id: str, stream: _Stream, req: InstallSnapshotRequest, crc: int
+    ) -> Snapshot | None:
+        """Write `req` into `stream` (whose lock is held); finish the snapshot on ``done``."""
+        assert stream.sink is not None
+        await stream.sink.write(req.offset, req.data)
+        stream.state.record(req, crc)
+        if not req.done:
+            return None
+        try:
+            meta = stream.state.complete(req.offset + len(req.data))
+        except (ChecksumMismatch, InvalidRequest):
+            await self._drop(snapshot_id, stream, locked=True)
+            raise
+        stream.closed = True
+        del self._streams[snapshot_id]
+        return await self.store.finish(meta, stream.sink)
+
+    async def _drop(self, snapshot_id: str, stream: _Stream, *, locked: bool = False) -> None:
+        """Forget `stream` and delete its partial data."""
+        if self._streams.get(snapshot_id) is stream:
+            del self._streams[snapshot_id]
+        if locked:
+            stream.closed = True
+            await self.store.abort(snapshot_id)
+            return
+        async with stream.lock:
+            stream.closed = True
+            await self.store.abort(snapshot_id)

@@ -1,0 +1,291 @@
+"""The sending end: reads chunks, sends them through a `Network`, follows the `SendWindow`.
+
+`Chunked.send_snapshot` is openraft's ``Chunked::send_snapshot`` with its weaknesses fixed:
+several chunks in flight, no fixed sleep, bounded retries, shrinking on `PayloadTooLarge`,
+and a CRC32C on every chunk.  `send_source` is the same driver for any `ChunkSource`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fstransport.checksum import chunk_crc, format_checksum, parse_checksum
+from fstransport.errors import (
+    ChecksumMismatch,
+    InvalidRequest,
+    NetworkError,
+    PayloadTooLarge,
+    RemoteError,
+    ReplicationClosed,
+    RPCError,
+    SnapshotMismatch,
+    StorageError,
+    Timeout,
+    TooManyTransfers,
+)
+from fstransport.messages import (
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    Snapshot,
+    SnapshotMeta,
+    SnapshotResponse,
+    Vote,
+)
+from fstransport.network.base import Network
+from fstransport.options import TransferOptions
+from fstransport.protocol.sender import ChunkPlan, SendStats, SendWindow
+from fstransport.storage.source import ChunkSource, source_for_file
+
+__all__ = ["Chunked", "SendResult", "send_source"]
+
+log = logging.getLogger("fstransport.sender")
+
+ProgressCallback = Callable[[int], None]
+"""Called with the number of bytes just acknowledged."""
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a finished (or vote-stopped) send did."""
+
+    response: SnapshotResponse
+    completed: bool
+    checksum: str | None
+    stats: SendStats
+
+
+class _Rewind(Exception):
+    def __init__(self, expect_offset: int, error: BaseException) -> None:
+        self.expect_offset = expect_offset
+        self.error = error
+
+
+class _TooLarge(Exception):
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Retry(Exception):
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _classify(exc: BaseException, snapshot_id: str) -> BaseException:
+    """Turn a failed RPC into what the window should do; fatal errors are returned unchanged."""
+    source = exc.source if isinstance(exc, RemoteError) else exc
+    if isinstance(source, SnapshotMismatch):
+        if source.expect.id != snapshot_id:
+            return _Retry(NetworkError(f"mismatch answer names another snapshot: {source}"))
+        return _Rewind(source.expect.offset, exc)
+    if isinstance(source, PayloadTooLarge):
+        return _TooLarge(source)
+    if isinstance(source, ChecksumMismatch):
+        return exc if source.whole else _Retry(exc)
+    if isinstance(source, TooManyTransfers):
+        return _Retry(exc)
+    if isinstance(source, InvalidRequest):
+        return exc  # the receiver refuses this request; sending it again changes nothing
+    if isinstance(exc, RPCError):
+        return _Retry(exc)  # timeouts, unreachable, network trouble, remote storage trouble
+    return exc
+
+
+async def send_source(
+    net: Network,
+    vote: Vote,
+    meta: SnapshotMeta,
+    source: ChunkSource,
+    cancel: Awaitable[Any] | None = None,
+    option: TransferOptions | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    rng: random.Random | None = None,
+) -> SendResult:
+    """Send the bytes of `source` as snapshot `meta` to `net`; see `Chunked.send_snapshot`."""
+    options = option or TransferOptions()
+    sender = _Sender(net, vote, meta, source, options, progress, rng)
+    return await sender.run(cancel)
+
+
+class _Sender:
+    def __init__(
+        self,
+        net: Network,
+        vote: Vote,
+        meta: SnapshotMeta,
+        source: ChunkSource,
+        options: TransferOptions,
+        progress: ProgressCallback | None,
+        rng: random.Random | None,
+    ) -> None:
+        if meta.size is not None and meta.size != source.size:
+            raise InvalidRequest(
+                f"meta says {meta.size} bytes, but the data holds {source.size}", field="size"
+            )
+        self.net = net
+        self.vote = vote
+        self.meta = replace(meta, size=source.size)
+        self.source = source
+        self.options = options
+        self.progress = progress
+        self.loop = asyncio.get_running_loop()
+        self.window = SendWindow(source.size, options, now=self.loop.time(), rng=rng)
+        self.checksum = meta.checksum
+
+    async def run(self, cancel: Awaitable[Any] | None) -> SendResult:
+        window = self.window
+        tasks: dict[asyncio.Future[Any], ChunkPlan] = {}
+        cancel_task = asyncio.ensure_future(cancel) if cancel is not None else None
+        try:
+            while True:
+                now = self.loop.time()
+                while (plan := window.next_chunk(now)) is not None:
+                    tasks[asyncio.ensure_future(self._send_one(plan))] = plan
+                waiters: set[asyncio.Future[Any]] = set(tasks)
+                if cancel_task is not None:
+                    waiters.add(cancel_task)
+                wake = window.wake_at(now)
+                if not tasks and wake is None:
+                    raise RuntimeError("send window stalled: nothing in flight and nothing to send")
+                timeout = None if wake is None else max(0.0, wake - now)
+                done, _ = await asyncio.wait(
+                    waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if cancel_task is not None and cancel_task in done:
+                    raise self._closed(cancel_task)
+                for task in done:
+                    result = self._settle(tasks.pop(task), task)
+                    if result is not None:
+                        return result
+        finally:
+            for task, plan in tasks.items():
+                task.cancel()
+                window.on_abandoned(plan)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if cancel_task is not None and not cancel_task.done():
+                cancel_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await cancel_task
+
+    @staticmethod
+    def _closed(cancel_task: asyncio.Future[Any]) -> ReplicationClosed:
+        if cancel_task.cancelled():
+            return ReplicationClosed("cancel awaitable was cancelled")
+        exc = cancel_task.exception()
+        if exc is not None:
+            return ReplicationClosed(f"cancelled: {exc}")
+        value = cancel_task.result()
+        return value if isinstance(value, ReplicationClosed) else ReplicationClosed()
+
+    def _settle(self, plan: ChunkPlan, task: asyncio.Future[Any]) -> SendResult | None:
+        """Feed one finished RPC to the window; a result means the transfer is over."""
+        window = self.window
+        now = self.loop.time()
+        exc = task.exception()
+        if exc is None:
+            crc, response = task.result()
+            if response.vote > self.vote:
+                log.info("receiver has a higher vote %s than ours %s; stopping", response.vote, self.vote)
+                return SendResult(SnapshotResponse(response.vote), False, None, window.stats)
+            window.on_ack(plan, crc, now)
+            if self.progress is not None and plan.length:
+                self.progress(plan.length)
+            if window.finished:
+                return SendResult(SnapshotResponse(response.vote), True, self.checksum, window.stats)
+            return None
+        verdict = _classify(exc, self.meta.snapshot_id)
+        if isinstance(verdict, _Rewind):
+            log.warning("snapshot mismatch at offset %d; continuing from %d", plan.offset, verdict.expect_offset)
+            window.on_mismatch(plan, verdict.expect_offset, verdict.error, now)
+        elif isinstance(verdict, _TooLarge):
+            log.warning("chunk of %d bytes too large; shrinking", plan.length)
+            window.on_too_large(plan, verdict.error, now)
+        elif isinstance(verdict, _Retry):
+            log.warning("chunk at offset %d failed (%s); retrying", plan.offset, verdict.error)
+            window.on_failure(plan, verdict.error, now)
+        else:
+            raise verdict
+        return None
+
+    async def _send_one(self, plan: ChunkPlan) -> tuple[int, InstallSnapshotResponse]:
+        data = await self.source.read(plan.offset, plan.length)
+        if len(data) != plan.length:
+            raise StorageError(
+                self.source.description,
+                "read",
+                EOFError(f"expected {plan.length} bytes at offset {plan.offset}, got {len(data)}"),
+            )
+        crc = chunk_crc(data)
+        meta = self.meta
+        if plan.done:
+            meta = replace(meta, checksum=await self._whole_checksum(plan, crc))
+        req = InstallSnapshotRequest(self.vote, meta, plan.offset, data, plan.done, crc)
+        ttl = self.options.install_timeout if plan.done else self.options.hard_ttl
+        try:
+            response = await asyncio.wait_for(self.net.install_snapshot(req, self.options), ttl)
+        except asyncio.TimeoutError:
+            raise Timeout(f"no answer for chunk at offset {plan.offset} within {ttl:g}s") from None
+        if not isinstance(response, InstallSnapshotResponse) or not isinstance(response.vote, Vote):
+            raise NetworkError(f"malformed answer from the network: {response!r}")
+        return crc, response
+
+    async def _whole_checksum(self, final: ChunkPlan, final_crc: int) -> str:
+        """The whole snapshot's checksum, checked against the one the caller announced."""
+        crc = self.window.whole_crc(final, final_crc)
+        if crc is None:  # chunks were re-cut mid-way by a rewind: read the data once more
+            crc = 0
+            step = self.options.chunk_size
+            for offset in range(0, self.source.size, step):
+                crc = chunk_crc(await self.source.read(offset, step), crc)
+        actual = format_checksum(crc)
+        if self.checksum is not None and parse_checksum(self.checksum) != crc:
+            raise ChecksumMismatch(
+                f"snapshot {self.meta.snapshot_id!r} as read from {self.source.description}",
+                self.checksum,
+                actual,
+                whole=True,
+            )
+        self.checksum = actual
+        return actual
+
+
+class Chunked:
+    """openraft's chunked snapshot transport (``Chunked``), for `Network` adapters."""
+
+    @staticmethod
+    async def send_snapshot(
+        net: Network,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: Awaitable[Any] | None = None,
+        option: TransferOptions | None = None,
+    ) -> SnapshotResponse:
+        """Send `snapshot` to the receiver behind `net` in chunks; return the receiver's vote.
+
+        Chunks of ``option.chunk_size`` are read by range from ``snapshot.data``, each with its
+        CRC32C, up to ``option.max_in_flight`` at once; the ``done`` chunk goes last, after every
+        other chunk is acknowledged.  On `SnapshotMismatch` (bare or in `RemoteError`) the
+        transfer continues from the offset the receiver expects.  A response whose vote is
+        higher than `vote` stops the transfer and is returned as is.
+
+        `cancel` is an awaitable (``event.wait()``, a future) whose completion cancels the
+        transfer promptly, even while an RPC hangs, with `ReplicationClosed`.
+
+        Raises `RetryExhausted` when a chunk keeps failing, `RemoteError` when the receiver
+        refuses a request outright (`InvalidRequest`), `ChecksumMismatch` when the data does not
+        match ``snapshot.meta.checksum``, `StorageError` when the data cannot be read.
+        """
+        source = await source_for_file(snapshot.data)
+        try:
+            result = await send_source(net, vote, snapshot.meta, source, cancel, option)
+        finally:
+            await source.close()
+        return result.response
+

@@ -1,0 +1,163 @@
+"""Sinks: write a snapshot's chunks at their offsets into a partial file.
+
+A sink is chosen by what the target filesystem can do:
+
+- `MemorySink`: ``memory://`` — a ``BytesIO`` written in place, on the event loop (it never blocks).
+- `PwriteSink`: local files — ``os.pwrite`` in a worker thread; chunks may land concurrently.
+- `SeekableFileSink`: any other filesystem whose write files can seek — ``seek`` + ``write``
+  in a worker thread, one at a time.
+
+Every sink raises `StorageError` for backend failures.  ``finish`` flushes and closes the partial
+file; ``abort`` closes it and deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import IO, Any, Protocol
+
+from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
+
+from fstransport.messages import Buffer
+from fstransport.storage._errors import storage_errors
+
+__all__ = ["MemorySink", "PwriteSink", "SeekableFileSink", "SnapshotSink"]
+
+
+class SnapshotSink(Protocol):
+    """Where the chunks of one incoming snapshot are written."""
+
+    path: str
+
+    async def write(self, offset: int, data: Buffer) -> None:
+        """Store `data` at `offset`; raises `StorageError`."""
+
+    async def finish(self) -> None:
+        """Make every written byte durable in the partial file and close it; raises `StorageError`."""
+
+    async def abort(self) -> None:
+        """Close and delete the partial file; never raises for a file already gone."""
+
+
+class MemorySink:
+    """Writes into a ``memory://`` file in place."""
+
+    def __init__(self, fs: MemoryFileSystem, path: str) -> None:
+        self.path = path
+        self._fs = fs
+        self._file = MemoryFile(fs, path)
+        self._file.commit()
+
+    async def write(self, offset: int, data: Buffer) -> None:
+        with storage_errors(f"memory://{self.path}", "write"):
+            self._file.seek(offset)
+            self._file.write(data)
+
+    async def finish(self) -> None:
+        return None
+
+    async def abort(self) -> None:
+        self._fs.store.pop(self.path, None)
+
+
+class PwriteSink:
+    """Writes a local file with ``os.pwrite`` from worker threads."""
+
+    def __init__(self, path: str, fd: int, *, fsync: bool) -> None:
+        self.path = path
+        self._fd = fd
+        self._fsync = fsync
+
+    @classmethod
+    async def create(cls, path: str, *, fsync: bool = False) -> PwriteSink:
+        def _create() -> int:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+
+        with storage_errors(path, "open"):
+            fd = await asyncio.to_thread(_create)
+        return cls(path, fd, fsync=fsync)
+
+    def _pwrite_all(self, offset: int, data: Buffer) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view = view[written:]
+            offset += written
+
+    async def write(self, offset: int, data: Buffer) -> None:
+        with storage_errors(self.path, "write"):
+            await asyncio.to_thread(self._pwrite_all, offset, data)
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    async def finish(self) -> None:
+        def _finish() -> None:
+            if self._fsync:
+                os.fsync(self._fd)
+            self._close()
+
+        with storage_errors(self.path, "finish"):
+            await asyncio.to_thread(_finish)
+
+    async def abort(self) -> None:
+        def _abort() -> None:
+            try:
+                self._close()
+            finally:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+
+        with storage_errors(self.path, "abort"):
+            await asyncio.to_thread(_abort)
+
+
+class SeekableFileSink:
+    """Writes through an fsspec file object that supports ``seek`` in write mode."""
+
+    def __init__(self, fs: Any, path: str, fileobj: IO[bytes]) -> None:
+        self.path = path
+        self._fs = fs
+        self._file = fileobj
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def create(cls, fs: Any, path: str) -> SeekableFileSink:
+        with storage_errors(path, "open"):
+            fileobj = await asyncio.to_thread(fs.open, path, "wb")
+        return cls(fs, path, fileobj)
+
+    def _write_at(self, offset: int, data: Buffer) -> None:
+        self._file.seek(offset)
+        self._file.write(data)
+
+    async def write(self, offset: int, data: Buffer) -> None:
+        async with self._lock:
+            with storage_errors(self.path, "write"):
+                await asyncio.to_thread(self._write_at, offset, data)
+
+    async def finish(self) -> None:
+        async with self._lock:
+            with storage_errors(self.path, "finish"):
+                await asyncio.to_thread(self._file.close)
+
+    async def abort(self) -> None:
+        def _abort() -> None:
+            discard = getattr(self._file, "discard", None)
+            if callable(discard):
+                discard()
+            try:
+                self._file.close()
+            finally:
+                if self._fs.exists(self.path):
+                    self._fs.rm_file(self.path)
+
+        async with self._lock:
+            with storage_errors(self.path, "abort"):
+                await asyncio.to_thread(_abort)

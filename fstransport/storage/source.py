@@ -1,0 +1,186 @@
+"""Sources: read a snapshot's bytes by range, from a file object or an fsspec URL.
+
+Each source is picked by what the data can do, so that no chunk is copied more than the
+backend forces and the event loop never blocks:
+
+- `BufferSource`: in-memory data (``bytes``, ``io.BytesIO``, ``memory://``) — chunks are
+  zero-copy ``memoryview`` slices.
+- `PreadSource`: a real file descriptor (local files) — ``os.pread`` in a worker thread, so
+  several chunks can be read at once without sharing a file position.
+- `FileObjectSource`: any other readable, seekable file object (an fsspec file of a
+  synchronous filesystem) — ``seek`` + ``read`` in a worker thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import stat
+from typing import IO, Protocol
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from fstransport.errors import StorageError
+from fstransport.messages import Buffer
+from fstransport.storage._errors import storage_errors
+
+__all__ = [
+    "BufferSource",
+    "ChunkSource",
+    "FileObjectSource",
+    "PreadSource",
+    "open_source",
+    "source_for_file",
+]
+
+
+class ChunkSource(Protocol):
+    """Random access to a snapshot's bytes.
+
+    `read` returns exactly `length` bytes from `offset` (fewer only at the end of the data) and
+    raises `StorageError` when the backend fails.  `close` releases what the source opened.
+    """
+
+    size: int
+    description: str
+
+    async def read(self, offset: int, length: int) -> Buffer: ...
+
+    async def close(self) -> None: ...
+
+
+class BufferSource:
+    """Chunks of an in-memory buffer, as zero-copy ``memoryview`` slices."""
+
+    def __init__(self, buffer: Buffer, description: str = "<memory>") -> None:
+        self._view = memoryview(buffer).cast("B")
+        self.size = self._view.nbytes
+        self.description = description
+
+    async def read(self, offset: int, length: int) -> Buffer:
+        return self._view[offset : offset + length]
+
+    async def close(self) -> None:
+        # Slices handed out keep the underlying buffer alive on their own.
+        self._view.release()
+
+
+class PreadSource:
+    """Chunks of a file descriptor, read with ``os.pread`` in a worker thread."""
+
+    def __init__(self, fd: int, size: int, description: str, *, owns_fd: bool) -> None:
+        self._fd = fd
+        self.size = size
+        self.description = description
+        self._owns_fd = owns_fd
+
+    @classmethod
+    async def open(cls, path: str) -> PreadSource:
+        def _open() -> tuple[int, int]:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(path)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, st.st_size
+
+        with storage_errors(path, "open"):
+            fd, size = await asyncio.to_thread(_open)
+        return cls(fd, size, path, owns_fd=True)
+
+    async def read(self, offset: int, length: int) -> Buffer:
+        with storage_errors(self.description, "read"):
+            return await asyncio.to_thread(os.pread, self._fd, length, offset)
+
+    async def close(self) -> None:
+        if self._owns_fd and self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            with storage_errors(self.description, "close"):
+                os.close(fd)
+
+
+class FileObjectSource:
+    """Chunks of a readable, seekable file object, read in a worker thread one at a time."""
+
+    def __init__(self, fileobj: IO[bytes], size: int, description: str, *, owns_file: bool) -> None:
+        self._file = fileobj
+        self.size = size
+        self.description = description
+        self._owns_file = owns_file
+        self._lock = asyncio.Lock()
+
+    def _read_at(self, offset: int, length: int) -> bytes:
+        self._file.seek(offset)
+        parts: list[bytes] = []
+        remaining = length
+        while remaining > 0:
+            part = self._file.read(remaining)
+            if not part:
+                break
+            parts.append(part)
+            remaining -= len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read(self, offset: int, length: int) -> Buffer:
+        async with self._lock:
+            with storage_errors(self.description, "read"):
+                return await asyncio.to_thread(self._read_at, offset, length)
+
+    async def close(self) -> None:
+        if self._owns_file:
+            with storage_errors(self.description, "close"):
+                await asyncio.to_thread(self._file.close)
+
+
+def _real_fd(fileobj: IO[bytes]) -> int | None:
+    try:
+        fd = fileobj.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+async def source_for_file(fileobj: IO[bytes], description: str | None = None) -> ChunkSource:
+    """A source over an open binary file object; the caller keeps ownership of the file.
+
+    The size is where the data ends (``seek(0, SEEK_END)``), as in openraft.
+    """
+    what = description or getattr(fileobj, "name", None) or repr(fileobj)
+    what = str(what)
+    if isinstance(fileobj, io.BytesIO):
+        return BufferSource(fileobj.getbuffer(), what)
+    with storage_errors(what, "seek"):
+        size = await asyncio.to_thread(fileobj.seek, 0, io.SEEK_END)
+    fd = _real_fd(fileobj)
+    if fd is not None:
+        return PreadSource(fd, size, what, owns_fd=False)
+    return FileObjectSource(fileobj, size, what, owns_file=False)
+
+
+async def open_source(url: str, **storage_options: object) -> ChunkSource:
+    """Open the snapshot at fsspec `url` for ranged reads; close it with ``await source.close()``.
+
+    Raises `StorageError` (verb ``"open"``) if it does not exist or cannot be opened.
+    """
+    with storage_errors(url, "open"):
+        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    if isinstance(fs, MemoryFileSystem):
+        with storage_errors(url, "open"):
+            if fs.isdir(path) or path not in fs.store:
+                raise FileNotFoundError(url)
+            memory_file = fs.store[path]
+        return BufferSource(memory_file.getbuffer(), url)
+    if isinstance(fs, LocalFileSystem):
+        return await PreadSource.open(path)
+    with storage_errors(url, "open"):
+        size = int(await asyncio.to_thread(fs.size, path))
+        fileobj = await asyncio.to_thread(fs.open, path, "rb")
+    if not isinstance(size, int):
+        raise StorageError(url, "stat", TypeError(f"no size reported for {url}"))
+    return FileObjectSource(fileobj, size, url, owns_file=True)

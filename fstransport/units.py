@@ -1,0 +1,57 @@
+"""Human-readable sizes and rates: ``"8MiB"`` ⇄ 8388608."""
+
+from __future__ import annotations
+
+import re
+
+from fstransport.errors import ConfigurationError
+
+__all__ = ["format_rate", "format_size", "parse_size"]
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """``"8MiB"`` → 8388608, ``"64k"`` → 64000, ``"1.5GiB"`` → 1610612736; whole bytes only."""
+    match = _SIZE.match(text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ConfigurationError(f"not a size: {text!r} (try 65536, 64KiB, 8MiB or 1GiB)")
+    value = float(match.group(1)) * _UNITS[unit]
+    if value != int(value):
+        raise ConfigurationError(f"not a whole number of bytes: {text!r}")
+    return int(value)
+
+
+def format_size(size: float) -> str:
+    """8388608 → ``"8.0 MiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_rate(bytes_per_second: float) -> str:
+    """Bytes per second as ``"812.3 MiB/s"``."""
+    return f"{format_size(bytes_per_second)}/s"

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import fsspec
 
@@ -82,10 +82,16 @@ def _parser() -> argparse.ArgumentParser:
         "chunked transport, verify the copy and print a report. Needs no setup.",
     )
     demo.add_argument(
-        "--size", type=_size_arg, default=DEMO_SIZE, metavar="SIZE", help="snapshot size (default 64MiB)"
+        "--size",
+        type=_size_arg,
+        default=DEMO_SIZE,
+        metavar="SIZE",
+        help="snapshot size (default 64MiB)",
     )
     demo.add_argument(
-        "--target", metavar="PATH", help="where to write the copy (default: a temporary folder, removed after)"
+        "--target",
+        metavar="PATH",
+        help="where to write the copy (default: a temporary folder, removed after)",
     )
     _add_transfer_options(demo)
 
@@ -101,8 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_report(report: TransferReport, options: TransferOptions, *, verified: str | None) -> None:
-    chunks = f"{report.chunks_sent} x up to {format_size(options.chunk_size)}, window {options.max_in_flight}"
+def _print_report(
+    report: TransferReport, options: TransferOptions, *, verified: str | None
+) -> None:
+    chunk = format_size(options.chunk_size)
+    chunks = f"{report.chunks_sent} x up to {chunk}, window {options.max_in_flight}"
     if report.retries or report.rewinds:
         chunks += f" ({report.retries} retries, {report.rewinds} rewinds)"
     lines = [
@@ -118,22 +127,24 @@ def _print_report(report: TransferReport, options: TransferOptions, *, verified:
     print("\n".join(lines))
 
 
+def _demo_target(target: str | None) -> tuple[str | None, str]:
+    """(temporary folder to remove afterwards or None, target path) for the demo's copy."""
+    if target:
+        return None, str(Path(target).absolute())
+    workdir = tempfile.mkdtemp(prefix="fstransport-demo-")
+    return workdir, str(Path(workdir, "snapshot.bin"))
+
+
 async def _demo(args: argparse.Namespace) -> int:
     options = TransferOptions(chunk_size=args.chunk_size, max_in_flight=args.window)
     source_url = "memory://fstransport-demo/snapshot.bin"
     memory = fsspec.filesystem("memory")
     data = random.Random(20261126).randbytes(args.size)
     memory.pipe_file(source_url, data)
-    workdir = None
-    if args.target:
-        target = os.path.abspath(args.target)
-    else:
-        workdir = tempfile.mkdtemp(prefix="fstransport-demo-")
-        target = os.path.join(workdir, "snapshot.bin")
+    workdir, target = _demo_target(args.target)
     try:
         report = await ship(source_url, target, options=options)
-        with open(target, "rb") as copy:
-            copied = copy.read()
+        copied = await asyncio.to_thread(Path(target).read_bytes)
         expected = format_checksum(chunk_crc(data))
         if copied != data or report.checksum != expected:
             print(f"fstransport: demo copy at {target} differs from its source", file=sys.stderr)

@@ -12,7 +12,7 @@
     ├── SnapshotMismatch          the receiver wants the data from another offset (``expect``)
     ├── HigherVote                the receiver has seen a higher vote than the sender's
     ├── ReplicationClosed         the transfer was cancelled by the caller
-    ├── StorageError              reading or writing a snapshot failed (``subject``, ``verb``, ``cause``)
+    ├── StorageError              reading or writing snapshot data failed (subject, verb, cause)
     ├── InvalidRequest            a request broke a rule (bad offset, size, id, ...); never written
     │   └── TooManyTransfers      the receiver already runs its maximum number of transfers
     ├── ChecksumMismatch          data does not match its CRC32C (a chunk or the whole snapshot)

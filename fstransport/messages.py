@@ -8,7 +8,7 @@ copied by these classes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import IO, Union
+from typing import IO
 
 __all__ = [
     "Buffer",
@@ -22,7 +22,7 @@ __all__ = [
     "Vote",
 ]
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 """Chunk data: anything that exposes a contiguous byte buffer."""
 
 

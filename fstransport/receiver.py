@@ -132,6 +132,14 @@ class Receiver:
         del self._streams[snapshot_id]
         return await self.store.finish(meta, stream.sink)
 
+    async def abort(self, snapshot_id: str) -> None:
+        """Stop receiving `snapshot_id` and delete its partial data (installed data stays)."""
+        stream = self._streams.get(snapshot_id)
+        if stream is not None:
+            await self._drop(snapshot_id, stream)
+        else:
+            await self.store.abort(snapshot_id)
+
     async def _drop(self, snapshot_id: str, stream: _Stream, *, locked: bool = False) -> None:
         """Forget `stream` and delete its partial data."""
         if self._streams.get(snapshot_id) is stream:

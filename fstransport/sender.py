@@ -154,6 +154,9 @@ class _Sender:
                 if not tasks and wake is None:
                     raise RuntimeError("send window stalled: nothing in flight and nothing to send")
                 timeout = None if wake is None else max(0.0, wake - now)
+                if not waiters:  # only backing off, nothing to watch
+                    await asyncio.sleep(timeout or 0.0)
+                    continue
                 done, _ = await asyncio.wait(
                     waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -192,17 +195,25 @@ class _Sender:
         if exc is None:
             crc, response = task.result()
             if response.vote > self.vote:
-                log.info("receiver has a higher vote %s than ours %s; stopping", response.vote, self.vote)
+                log.info(
+                    "receiver has a higher vote %s than ours %s; stopping", response.vote, self.vote
+                )
                 return SendResult(SnapshotResponse(response.vote), False, None, window.stats)
             window.on_ack(plan, crc, now)
             if self.progress is not None and plan.length:
                 self.progress(plan.length)
             if window.finished:
-                return SendResult(SnapshotResponse(response.vote), True, self.checksum, window.stats)
+                return SendResult(
+                    SnapshotResponse(response.vote), True, self.checksum, window.stats
+                )
             return None
         verdict = _classify(exc, self.meta.snapshot_id)
         if isinstance(verdict, _Rewind):
-            log.warning("snapshot mismatch at offset %d; continuing from %d", plan.offset, verdict.expect_offset)
+            log.warning(
+                "snapshot mismatch at offset %d; continuing from %d",
+                plan.offset,
+                verdict.expect_offset,
+            )
             window.on_mismatch(plan, verdict.expect_offset, verdict.error, now)
         elif isinstance(verdict, _TooLarge):
             log.warning("chunk of %d bytes too large; shrinking", plan.length)
@@ -288,4 +299,3 @@ class Chunked:
         finally:
             await source.close()
         return result.response
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable
@@ -53,12 +54,15 @@ class TransferReport:
         return {**asdict(self), "throughput": self.throughput}
 
 
-def _split_target(target_url: str, storage_options: dict[str, Any]) -> tuple[FsspecSnapshotStore, str]:
+async def _split_target(
+    target_url: str, storage_options: dict[str, Any]
+) -> tuple[FsspecSnapshotStore, str]:
     """The store at `target_url`'s folder and the file name, which becomes the snapshot id."""
     with storage_errors(target_url, "open"):
         fs, path = fsspec.core.url_to_fs(target_url, **storage_options)
-    path = str(path)
-    if path.endswith("/") or not path.strip("/"):
+        path = str(path)
+        is_dir = bool(path.strip("/")) and await asyncio.to_thread(fs.isdir, path)
+    if target_url.endswith("/") or not path.strip("/") or is_dir:
         raise ConfigurationError(f"target {target_url!r} must name a file, not a folder")
     parent, _, name = path.rpartition("/")
     return FsspecSnapshotStore.from_filesystem(fs, parent or "/"), _snapshot_id(target_url, name)
@@ -68,7 +72,9 @@ def _snapshot_id(target_url: str, name: str) -> str:
     try:
         return check_snapshot_id(name)
     except InvalidRequest as exc:
-        raise ConfigurationError(f"target {target_url!r} has an unusable file name: {exc}") from None
+        raise ConfigurationError(
+            f"target {target_url!r} has an unusable file name: {exc}"
+        ) from None
 
 
 async def ship(
@@ -98,7 +104,7 @@ async def ship(
     store: FsspecSnapshotStore | None = None
     snapshot_id: str
     if network is None:
-        store, snapshot_id = _split_target(target_url, dict(target_options or {}))
+        store, snapshot_id = await _split_target(target_url, dict(target_options or {}))
         network = LoopbackNetwork(Receiver(store))
     else:
         snapshot_id = _snapshot_id(target_url, target_url.rstrip("/").rpartition("/")[2])

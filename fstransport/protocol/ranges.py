@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from fstransport.checksum import combine
@@ -14,7 +14,7 @@ __all__ = ["ChunkLedger", "ChunkRecord", "RangeSet"]
 class RangeSet:
     """A set of bytes kept as sorted, disjoint, non-adjacent half-open ranges ``[start, end)``."""
 
-    def __init__(self, ranges: Iterator[tuple[int, int]] | list[tuple[int, int]] = ()) -> None:
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
         self._starts: list[int] = []
         self._ends: list[int] = []
         for start, end in ranges:
@@ -55,7 +55,7 @@ class RangeSet:
 
     def total(self) -> int:
         """Number of bytes in the set."""
-        return sum(e - s for s, e in zip(self._starts, self._ends))
+        return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
 
     def __contains__(self, offset: object) -> bool:
         if not isinstance(offset, int):
@@ -64,7 +64,7 @@ class RangeSet:
         return i >= 0 and offset < self._ends[i]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(zip(self._starts, self._ends))
+        return iter(zip(self._starts, self._ends, strict=True))
 
     def __bool__(self) -> bool:
         return bool(self._starts)

@@ -57,24 +57,33 @@ def check_snapshot_id(snapshot_id: object) -> str:
     characters, ``.``, ``..``, and the name ``.fstransport`` that the store keeps to itself.
     """
     if not isinstance(snapshot_id, str):
-        raise InvalidRequest(f"snapshot id must be a string, got {type(snapshot_id).__name__}", field="snapshot_id")
+        raise InvalidRequest(
+            f"snapshot id must be a string, got {type(snapshot_id).__name__}", field="snapshot_id"
+        )
     if not snapshot_id:
         raise InvalidRequest("snapshot id must not be empty", field="snapshot_id")
     if len(snapshot_id) > MAX_SNAPSHOT_ID_LENGTH:
         raise InvalidRequest(
-            f"snapshot id is {len(snapshot_id)} characters long; at most {MAX_SNAPSHOT_ID_LENGTH} allowed",
+            f"snapshot id is {len(snapshot_id)} characters long; "
+            f"at most {MAX_SNAPSHOT_ID_LENGTH} are allowed",
             field="snapshot_id",
         )
     if "/" in snapshot_id or "\\" in snapshot_id:
-        raise InvalidRequest(f"snapshot id {snapshot_id!r} contains a path separator", field="snapshot_id")
+        raise InvalidRequest(
+            f"snapshot id {snapshot_id!r} contains a path separator", field="snapshot_id"
+        )
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in snapshot_id):
-        raise InvalidRequest(f"snapshot id {snapshot_id!r} contains a control character", field="snapshot_id")
+        raise InvalidRequest(
+            f"snapshot id {snapshot_id!r} contains a control character", field="snapshot_id"
+        )
     if snapshot_id in RESERVED_NAMES:
         raise InvalidRequest(f"snapshot id {snapshot_id!r} is reserved", field="snapshot_id")
     try:
         snapshot_id.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequest(f"snapshot id {snapshot_id!r} is not valid unicode", field="snapshot_id") from None
+        raise InvalidRequest(
+            f"snapshot id {snapshot_id!r} is not valid unicode", field="snapshot_id"
+        ) from None
     return snapshot_id
 
 
@@ -98,10 +107,13 @@ def validate_request(req: InstallSnapshotRequest, limits: ReceiverLimits) -> int
     check_snapshot_id(meta.snapshot_id)
     if meta.size is not None:
         if not _is_int(meta.size) or meta.size < 0:
-            raise InvalidRequest(f"snapshot size must be a non-negative integer, got {meta.size!r}", field="size")
+            raise InvalidRequest(
+                f"snapshot size must be a non-negative integer, got {meta.size!r}", field="size"
+            )
         if limits.max_snapshot_size is not None and meta.size > limits.max_snapshot_size:
             raise InvalidRequest(
-                f"snapshot of {meta.size} bytes exceeds the receiver's limit of {limits.max_snapshot_size}",
+                f"snapshot of {meta.size} bytes exceeds the receiver's limit "
+                f"of {limits.max_snapshot_size}",
                 field="size",
             )
     if meta.checksum is not None:
@@ -112,11 +124,15 @@ def validate_request(req: InstallSnapshotRequest, limits: ReceiverLimits) -> int
         except ConfigurationError as exc:
             raise InvalidRequest(str(exc), field="checksum") from None
     if not _is_int(req.offset) or req.offset < 0:
-        raise InvalidRequest(f"offset must be a non-negative integer, got {req.offset!r}", field="offset")
+        raise InvalidRequest(
+            f"offset must be a non-negative integer, got {req.offset!r}", field="offset"
+        )
     if not isinstance(req.data, (bytes, bytearray, memoryview)):
         raise InvalidRequest(f"data must be bytes, got {type(req.data).__name__}", field="data")
     view = req.data
-    if isinstance(view, memoryview) and not (view.c_contiguous and view.itemsize == 1 and view.ndim == 1):
+    if isinstance(view, memoryview) and not (
+        view.c_contiguous and view.itemsize == 1 and view.ndim == 1
+    ):
         raise InvalidRequest("data must be a contiguous byte buffer", field="data")
     length = len(req.data)
     if limits.max_chunk_size is not None and length > limits.max_chunk_size:
@@ -138,7 +154,9 @@ def validate_request(req: InstallSnapshotRequest, limits: ReceiverLimits) -> int
                 f"final chunk ends at {end}, but the snapshot's size is {meta.size}", field="done"
             )
     if req.crc32c is not None and (not _is_int(req.crc32c) or not 0 <= req.crc32c < 2**32):
-        raise InvalidRequest(f"crc32c must be a 32-bit unsigned integer, got {req.crc32c!r}", field="crc32c")
+        raise InvalidRequest(
+            f"crc32c must be a 32-bit unsigned integer, got {req.crc32c!r}", field="crc32c"
+        )
     crc = chunk_crc(req.data)
     if req.crc32c is not None and crc != req.crc32c:
         raise ChecksumMismatch(
@@ -158,7 +176,7 @@ class StreamDecision(enum.Enum):
 
 
 def decide_stream(current: SnapshotMeta | None, req: InstallSnapshotRequest) -> StreamDecision:
-    """The seed's rule: a new snapshot must begin at offset 0, else `SnapshotMismatch` (expect 0)."""
+    """The seed's rule: a new snapshot begins at offset 0, else `SnapshotMismatch` expecting 0."""
     if current is not None and current.same_snapshot(req.meta):
         return StreamDecision.CONTINUE
     if req.offset != 0:
@@ -196,7 +214,9 @@ class StreamState:
             )
         crc = self.ledger.whole_crc(end)
         if crc is None:
-            raise InvalidRequest(f"data was written beyond the final chunk's end {end}", field="done")
+            raise InvalidRequest(
+                f"data was written beyond the final chunk's end {end}", field="done"
+            )
         actual = format_checksum(crc)
         if self.meta.checksum is not None and self.meta.checksum != actual:
             raise ChecksumMismatch(

@@ -172,7 +172,9 @@ class SendWindow:
         self.stats.retries += 1  # already at the floor: an ordinary failure
         self._count_failure(plan.offset, self._failures, error, now)
 
-    def on_mismatch(self, plan: ChunkPlan, expect_offset: int, error: BaseException, now: float) -> None:
+    def on_mismatch(
+        self, plan: ChunkPlan, expect_offset: int, error: BaseException, now: float
+    ) -> None:
         """The receiver wants the data from `expect_offset` on: send everything from there again.
 
         An offset outside the snapshot is a broken answer and counts as a failure of `plan`.

@@ -18,6 +18,7 @@ __all__ = [
     "FsspecSnapshotStore",
     "MemorySink",
     "PreadSource",
+    "PwriteSink",
     "SeekableFileSink",
     "SnapshotSink",
     "SnapshotStore",

@@ -14,6 +14,7 @@ file; ``abort`` closes it and deletes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import IO, Any, Protocol
 
@@ -34,7 +35,7 @@ class SnapshotSink(Protocol):
         """Store `data` at `offset`; raises `StorageError`."""
 
     async def finish(self) -> None:
-        """Make every written byte durable in the partial file and close it; raises `StorageError`."""
+        """Flush every written byte into the partial file and close it; raises `StorageError`."""
 
     async def abort(self) -> None:
         """Close and delete the partial file; never raises for a file already gone."""
@@ -73,7 +74,9 @@ class PwriteSink:
     async def create(cls, path: str, *, fsync: bool = False) -> PwriteSink:
         def _create() -> int:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+            return os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644
+            )
 
         with storage_errors(path, "open"):
             fd = await asyncio.to_thread(_create)
@@ -109,10 +112,8 @@ class PwriteSink:
             try:
                 self._close()
             finally:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
 
         with storage_errors(self.path, "abort"):
             await asyncio.to_thread(_abort)

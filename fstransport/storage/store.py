@@ -169,7 +169,11 @@ class FsspecSnapshotStore:
             if not await asyncio.to_thread(self.fs.isdir, self.root):
                 return []
             entries = await asyncio.to_thread(self.fs.ls, self.root, detail=True)
-        names = [str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file"]
+        names = [
+            str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+            for e in entries
+            if e.get("type") == "file"
+        ]
         return sorted(n for n in names if n != ".fstransport")
 
     def __repr__(self) -> str:

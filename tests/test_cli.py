@@ -1,0 +1,80 @@
+"""The installed ``fstransport`` command, run as a user runs it (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fstransport import __version__
+from tests.conftest import payload
+
+# The entry point pip installed next to this interpreter (the venv's bin/ or Scripts/).
+EXE = shutil.which("fstransport", path=str(Path(sys.executable).parent))
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    assert EXE is not None, "the fstransport command is not installed: pip install -e ."
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"fstransport {__version__}"
+
+
+def test_demo_ships_and_verifies() -> None:
+    result = run("demo", "--size", "3MiB", "--chunk-size", "256KiB")
+    assert result.returncode == 0, result.stderr
+    assert "3.0 MiB (3145728 bytes)" in result.stdout
+    assert "12 x up to 256.0 KiB" in result.stdout
+    assert "verified" in result.stdout
+    assert "throughput" in result.stdout
+
+
+def test_demo_json_report(tmp_path: Path) -> None:
+    target = tmp_path / "demo.bin"
+    result = run("demo", "--size", "1MiB", "--json", "--target", str(target))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["size"] == 1024 * 1024
+    assert report["verified"] is True
+    assert target.stat().st_size == 1024 * 1024
+
+
+def test_ship_json(tmp_path: Path) -> None:
+    src = tmp_path / "a.bin"
+    data = payload(100_000)
+    src.write_bytes(data)
+    dst = tmp_path / "out" / "b.bin"
+    result = run("ship", str(src), str(dst), "--chunk-size", "16KiB", "--window", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["size"] == len(data)
+    assert report["chunks_sent"] == 7
+    assert report["checksum"].startswith("crc32c:")
+    assert dst.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("ship", "/definitely/not/here.bin", "/tmp/x.bin"),
+            "cannot open /definitely/not/here.bin",
+        ),
+        (("demo", "--chunk-size", "lots"), "not a size"),
+        (("ship", "a", "b", "--window", "0"), "must be at least 1"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args: tuple[str, ...], message: str) -> None:
+    result = run(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3  # argparse adds its usage line

@@ -1,0 +1,342 @@
+"""The sender against fake and real receivers: the seed's own test, cancellation, votes, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import pytest
+
+from fstransport import (
+    Chunked,
+    FsspecSnapshotStore,
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    InvalidRequest,
+    LoopbackNetwork,
+    PayloadTooLarge,
+    Receiver,
+    RemoteError,
+    ReplicationClosed,
+    RetryExhausted,
+    RetryPolicy,
+    Snapshot,
+    SnapshotMeta,
+    SnapshotMismatch,
+    SnapshotSegmentId,
+    Timeout,
+    TransferOptions,
+    Unreachable,
+    Vote,
+)
+from tests.conftest import RecordingNetwork, payload
+
+FAST_RETRY = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=4)
+
+
+class SeedNetwork:
+    """The fake network of openraft's own test: a mismatch (expect 0) on the third request."""
+
+    def __init__(self, match_cnt: int = 4) -> None:
+        self.received_offset: list[int] = []
+        self.match_cnt = match_cnt
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        self.received_offset.append(req.offset)
+        self.match_cnt = max(0, self.match_cnt - 1)
+        if self.match_cnt == 1:
+            snapshot_id = req.meta.snapshot_id
+            mismatch = SnapshotMismatch(
+                expect=SnapshotSegmentId(snapshot_id, 0),
+                got=SnapshotSegmentId(snapshot_id, req.offset),
+            )
+            raise RemoteError(mismatch, target=0)
+        return InstallSnapshotResponse(req.vote)
+
+
+def seed_snapshot(data: bytes = b"\x01\x02\x03") -> Snapshot:
+    return Snapshot(SnapshotMeta(snapshot_id="1-1-1-1"), io.BytesIO(data))
+
+
+async def test_seed_chunked_reset_offset_if_snapshot_id_mismatch() -> None:
+    """openraft's test_chunked_reset_offset_if_snapshot_id_mismatch, ported."""
+    net = SeedNetwork(match_cnt=4)
+    options = TransferOptions(chunk_size=1, max_in_flight=1, hard_ttl=0.1)
+    response = await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
+    assert net.received_offset == [0, 1, 2, 0, 1, 2]
+    assert response.vote == Vote(1, 0)
+
+
+async def test_seed_mismatch_raised_bare_also_rewinds() -> None:
+    class BareMismatch(SeedNetwork):
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            try:
+                return await super().install_snapshot(req, option)
+            except RemoteError as exc:
+                raise exc.source from None
+
+    net = BareMismatch()
+    options = TransferOptions(chunk_size=1, max_in_flight=1)
+    await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
+    assert net.received_offset == [0, 1, 2, 0, 1, 2]
+
+
+async def test_seed_semantics_against_real_receiver(memory_store: FsspecSnapshotStore) -> None:
+    receiver = Receiver(memory_store)
+    net = RecordingNetwork(receiver)
+    options = TransferOptions(chunk_size=1, max_in_flight=1)
+    await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
+    assert [offset for offset, _, _ in net.seen] == [0, 1, 2]
+    assert [done for _, _, done in net.seen] == [False, False, True]
+    with await memory_store.open("1-1-1-1") as f:
+        assert f.read() == b"\x01\x02\x03"
+
+
+@pytest.mark.parametrize("window", [1, 2, 4, 8])
+async def test_window_bounds_concurrency_and_done_goes_last(
+    window: int, memory_store: FsspecSnapshotStore
+) -> None:
+    data = payload(100_000, seed=window)
+    net = RecordingNetwork(Receiver(memory_store))
+    options = TransferOptions(chunk_size=4096, max_in_flight=window)
+    snapshot = Snapshot(SnapshotMeta("s"), io.BytesIO(data))
+    await Chunked.send_snapshot(net, Vote(1, 1), snapshot, None, options)
+    assert net.max_concurrent <= window
+    if window > 1:
+        assert net.max_concurrent > 1, "the window never opened"
+    assert net.seen[-1][2] is True
+    assert sum(done for _, _, done in net.seen) == 1
+    assert net.seen[0][0] == 0
+    with await memory_store.open("s") as f:
+        assert f.read() == data
+
+
+class HangingNetwork:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.started = asyncio.Event()
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        self.calls += 1
+        self.started.set()
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
+
+
+async def test_cancel_while_rpc_hangs_stops_promptly() -> None:
+    net = HangingNetwork()
+    cancel = asyncio.Event()
+    options = TransferOptions(chunk_size=1, hard_ttl=60.0)
+
+    async def cancel_soon() -> None:
+        await net.started.wait()
+        cancel.set()
+
+    canceller = asyncio.create_task(cancel_soon())
+    started = time.perf_counter()
+    with pytest.raises(ReplicationClosed):
+        await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), cancel.wait(), options)
+    await canceller
+    assert time.perf_counter() - started < 1.0
+    assert net.calls == 1
+
+
+async def test_cancel_future_returning_replication_closed_is_raised_as_is() -> None:
+    net = HangingNetwork()
+    future: asyncio.Future[ReplicationClosed] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(
+        0.01, future.set_result, ReplicationClosed("leader stepped down")
+    )
+    with pytest.raises(ReplicationClosed, match="leader stepped down"):
+        await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), future, TransferOptions())
+
+
+async def test_cancel_already_set_sends_nothing_more_than_needed() -> None:
+    net = HangingNetwork()
+    cancel = asyncio.Event()
+    cancel.set()
+    with pytest.raises(ReplicationClosed):
+        await Chunked.send_snapshot(
+            net, Vote(1, 0), seed_snapshot(), cancel.wait(), TransferOptions()
+        )
+
+
+async def test_hung_rpc_times_out_after_hard_ttl_then_exhausts() -> None:
+    net = HangingNetwork()
+    options = TransferOptions(chunk_size=1, hard_ttl=0.02, retry=FAST_RETRY)
+    with pytest.raises(RetryExhausted) as info:
+        await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
+    assert isinstance(info.value.last_error, Timeout)
+    assert net.calls == FAST_RETRY.max_attempts
+
+
+class ScriptedNetwork:
+    """Answers each request with the next scripted outcome, then delivers to a real receiver."""
+
+    def __init__(self, receiver: Receiver, script: list[BaseException | Vote | None]) -> None:
+        self.inner = LoopbackNetwork(receiver)
+        self.script = script
+        self.seen: list[tuple[int, int, bool]] = []
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        self.seen.append((req.offset, len(req.data), req.done))
+        outcome = self.script.pop(0) if self.script else None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if isinstance(outcome, Vote):
+            return InstallSnapshotResponse(outcome)
+        return await self.inner.install_snapshot(req, option)
+
+
+async def test_higher_vote_stops_and_is_returned(memory_store: FsspecSnapshotStore) -> None:
+    higher = Vote(7, 3)
+    net = ScriptedNetwork(Receiver(memory_store), [None, higher])
+    options = TransferOptions(chunk_size=10, max_in_flight=1)
+    snapshot = Snapshot(SnapshotMeta("v"), io.BytesIO(payload(100)))
+    response = await Chunked.send_snapshot(net, Vote(2, 1), snapshot, None, options)
+    assert response.vote == higher
+    assert len(net.seen) == 2, "the transfer must stop at the first higher vote"
+    assert not await memory_store.exists("v")
+
+
+async def test_receiver_with_higher_vote_refuses_and_nothing_installs(
+    memory_store: FsspecSnapshotStore,
+) -> None:
+    receiver = Receiver(memory_store, vote=Vote(9, 9))
+    net = LoopbackNetwork(receiver)
+    snapshot = Snapshot(SnapshotMeta("v"), io.BytesIO(payload(50)))
+    response = await Chunked.send_snapshot(
+        net, Vote(1, 0), snapshot, None, TransferOptions(chunk_size=10)
+    )
+    assert response.vote == Vote(9, 9)
+    assert receiver.vote == Vote(9, 9)
+    assert not await memory_store.exists("v")
+    assert receiver.receiving == []
+
+
+class UnreachableNetwork:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        self.calls += 1
+        raise Unreachable("connection refused")
+
+
+async def test_unreachable_peer_with_default_options_gives_up_within_30s() -> None:
+    net = UnreachableNetwork()
+    started = time.perf_counter()
+    with pytest.raises(RetryExhausted) as info:
+        await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, TransferOptions())
+    elapsed = time.perf_counter() - started
+    assert elapsed < 30
+    assert isinstance(info.value.last_error, Unreachable)
+    assert net.calls == RetryPolicy().max_attempts
+
+
+async def test_retryable_failures_then_success(memory_store: FsspecSnapshotStore) -> None:
+    script: list[BaseException | Vote | None] = [Unreachable("down"), Timeout("slow"), None]
+    net = ScriptedNetwork(Receiver(memory_store), script)
+    data = payload(30)
+    options = TransferOptions(chunk_size=10, max_in_flight=1, retry=FAST_RETRY)
+    await Chunked.send_snapshot(
+        net, Vote(1, 0), Snapshot(SnapshotMeta("r"), io.BytesIO(data)), None, options
+    )
+    assert [offset for offset, _, _ in net.seen] == [0, 0, 0, 10, 20]
+    with await memory_store.open("r") as f:
+        assert f.read() == data
+
+
+async def test_payload_too_large_halves_the_chunk(memory_store: FsspecSnapshotStore) -> None:
+    class Limited(RecordingNetwork):
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            if len(req.data) > 3000:
+                self.seen.append((req.offset, len(req.data), req.done))
+                raise PayloadTooLarge("413")
+            return await super().install_snapshot(req, option)
+
+    net = Limited(Receiver(memory_store))
+    data = payload(20_000)
+    options = TransferOptions(chunk_size=16_384, max_in_flight=1, min_chunk_size=1024)
+    await Chunked.send_snapshot(
+        net, Vote(1, 0), Snapshot(SnapshotMeta("big"), io.BytesIO(data)), None, options
+    )
+    sizes = [length for _, length, _ in net.seen]
+    assert sizes[:4] == [16_384, 8192, 4096, 2048]
+    assert max(sizes[4:]) <= 2048
+    with await memory_store.open("big") as f:
+        assert f.read() == data
+
+
+async def test_payload_too_large_at_the_floor_exhausts() -> None:
+    class AlwaysTooLarge:
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            self.sizes.append(len(req.data))
+            raise PayloadTooLarge("413")
+
+    net = AlwaysTooLarge()
+    options = TransferOptions(chunk_size=32_768, retry=FAST_RETRY)
+    snapshot = Snapshot(SnapshotMeta("x"), io.BytesIO(payload(100_000)))
+    with pytest.raises(RetryExhausted):
+        await Chunked.send_snapshot(net, Vote(1, 0), snapshot, None, options)
+    assert net.sizes[:4] == [32_768, 16_384, 8192, 4096]
+    assert set(net.sizes[4:]) == {4096}
+    assert len(net.sizes) == 4 + FAST_RETRY.max_attempts - 1
+
+
+async def test_invalid_request_from_receiver_is_fatal_not_retried(
+    memory_store: FsspecSnapshotStore,
+) -> None:
+    net = RecordingNetwork(Receiver(memory_store))
+    snapshot = Snapshot(SnapshotMeta("../escape"), io.BytesIO(payload(10)))
+    with pytest.raises(RemoteError) as info:
+        await Chunked.send_snapshot(net, Vote(1, 0), snapshot, None, TransferOptions())
+    assert isinstance(info.value.source, InvalidRequest)
+    assert len(net.seen) == 1
+    assert memory_store.fs.find("/") == []
+
+
+async def test_meta_size_must_match_the_data() -> None:
+    net = UnreachableNetwork()
+    snapshot = Snapshot(SnapshotMeta("s", size=5), io.BytesIO(b"abc"))
+    with pytest.raises(InvalidRequest, match="5 bytes"):
+        await Chunked.send_snapshot(net, Vote(1, 0), snapshot, None, TransferOptions())
+    assert net.calls == 0
+
+
+async def test_mismatch_mid_transfer_with_window_resends_from_expected_offset(
+    memory_store: FsspecSnapshotStore,
+) -> None:
+    """A receiver that lost everything after byte 40 asks to continue from there."""
+    mismatch = SnapshotMismatch(SnapshotSegmentId("m", 40), SnapshotSegmentId("m", 60))
+    net = ScriptedNetwork(
+        Receiver(memory_store), [None, None, None, None, None, None, RemoteError(mismatch)]
+    )
+    data = payload(100)
+    options = TransferOptions(chunk_size=10, max_in_flight=3)
+    await Chunked.send_snapshot(
+        net, Vote(1, 0), Snapshot(SnapshotMeta("m"), io.BytesIO(data)), None, options
+    )
+    offsets = [offset for offset, _, _ in net.seen]
+    rewind_at = 7  # the 7th request got the mismatch
+    assert offsets[rewind_at] == 40 or 40 in offsets[rewind_at:]
+    with await memory_store.open("m") as f:
+        assert f.read() == data

@@ -2,6 +2,7 @@
 
 from fstransport.storage.sink import MemorySink, PwriteSink, SeekableFileSink, SnapshotSink
 from fstransport.storage.source import (
+    AsyncFsSource,
     BufferSource,
     ChunkSource,
     FileObjectSource,
@@ -12,6 +13,7 @@ from fstransport.storage.source import (
 from fstransport.storage.store import FsspecSnapshotStore, SnapshotStore
 
 __all__ = [
+    "AsyncFsSource",
     "BufferSource",
     "ChunkSource",
     "FileObjectSource",

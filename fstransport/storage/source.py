@@ -7,6 +7,8 @@ backend forces and the event loop never blocks:
   zero-copy ``memoryview`` slices.
 - `PreadSource`: a real file descriptor (local files) — ``os.pread`` in a worker thread, so
   several chunks can be read at once without sharing a file position.
+- `AsyncFsSource`: an asynchronous fsspec filesystem (``http://``, ``s3://``, ...) — ranged
+  ``_cat_file`` calls on this event loop, several at once, no thread.
 - `FileObjectSource`: any other readable, seekable file object (an fsspec file of a
   synchronous filesystem) — ``seek`` + ``read`` in a worker thread, one at a time.
 """
@@ -14,10 +16,11 @@ backend forces and the event loop never blocks:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import stat
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -28,6 +31,7 @@ from fstransport.messages import Buffer
 from fstransport.storage._errors import storage_errors
 
 __all__ = [
+    "AsyncFsSource",
     "BufferSource",
     "ChunkSource",
     "FileObjectSource",
@@ -108,8 +112,17 @@ class PreadSource:
 class FileObjectSource:
     """Chunks of a readable, seekable file object, read in a worker thread one at a time."""
 
-    def __init__(self, fileobj: IO[bytes], size: int, description: str, *, owns_file: bool) -> None:
+    def __init__(
+        self,
+        fileobj: IO[bytes],
+        size: int,
+        description: str,
+        *,
+        owns_file: bool,
+        filesystem: object = None,
+    ) -> None:
         self._file = fileobj
+        self._filesystem = filesystem  # some filesystems close their files when collected
         self.size = size
         self.description = description
         self._owns_file = owns_file
@@ -136,6 +149,60 @@ class FileObjectSource:
         if self._owns_file:
             with storage_errors(self.description, "close"):
                 await asyncio.to_thread(self._file.close)
+
+
+class AsyncFsSource:
+    """Chunks of a file on an asynchronous fsspec filesystem, read with ranged ``_cat_file``.
+
+    The filesystem is created for this event loop (``asynchronous=True``, not shared with other
+    loops through fsspec's instance cache) and its session is closed by `close`.
+    """
+
+    def __init__(self, fs: Any, path: str, size: int, description: str) -> None:
+        self._fs = fs
+        self._path = path
+        self.size = size
+        self.description = description
+
+    @classmethod
+    async def open(cls, url: str, **storage_options: Any) -> AsyncFsSource:
+        with storage_errors(url, "open"):
+            fs, path = fsspec.core.url_to_fs(
+                url, asynchronous=True, skip_instance_cache=True, **storage_options
+            )
+            source = cls(fs, path, 0, url)
+            try:
+                info = await fs._info(path)
+                if info.get("type") == "directory":
+                    raise IsADirectoryError(url)
+                size = info.get("size")
+                if not isinstance(size, int):
+                    raise OSError(f"{url} reports no size")
+            except BaseException:
+                await source.close()
+                raise
+        source.size = size
+        return source
+
+    async def read(self, offset: int, length: int) -> Buffer:
+        if length == 0:
+            return b""
+        with storage_errors(self.description, "read"):
+            data: bytes = await self._fs._cat_file(self._path, start=offset, end=offset + length)
+        return data
+
+    async def close(self) -> None:
+        await close_async_filesystem(self._fs)
+
+
+async def close_async_filesystem(fs: Any) -> None:
+    """Close the network session an ``asynchronous=True`` fsspec filesystem opened, if any."""
+    for attribute in ("_s3", "_session"):  # s3fs keeps its client in _s3, HTTP its session
+        session = getattr(fs, attribute, None)
+        if session is not None and callable(getattr(session, "close", None)):
+            setattr(fs, attribute, None)
+            with contextlib.suppress(Exception):
+                await session.close()
 
 
 def _real_fd(fileobj: IO[bytes]) -> int | None:
@@ -169,6 +236,9 @@ async def open_source(url: str, **storage_options: object) -> ChunkSource:
     Raises `StorageError` (verb ``"open"``) if it does not exist or cannot be opened.
     """
     with storage_errors(url, "open"):
+        protocol = fsspec.core.split_protocol(url)[0] or "file"
+        if "::" not in url and getattr(fsspec.get_filesystem_class(protocol), "async_impl", False):
+            return await AsyncFsSource.open(url, **storage_options)
         fs, path = fsspec.core.url_to_fs(url, **storage_options)
     if isinstance(fs, MemoryFileSystem):
         with storage_errors(url, "open"):
@@ -183,4 +253,4 @@ async def open_source(url: str, **storage_options: object) -> ChunkSource:
         fileobj = await asyncio.to_thread(fs.open, path, "rb")
     if not isinstance(size, int):
         raise StorageError(url, "stat", TypeError(f"no size reported for {url}"))
-    return FileObjectSource(fileobj, size, url, owns_file=True)
+    return FileObjectSource(fileobj, size, url, owns_file=True, filesystem=fs)

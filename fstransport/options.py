@@ -26,7 +26,7 @@ class RetryPolicy:
     seconds, shortened by up to ``jitter`` (a fraction) at random, before it is sent again.
     After ``max_attempts`` failed attempts of one chunk, or ``give_up_after`` seconds without
     any chunk being acknowledged, the transfer ends in `RetryExhausted`.
-    With the defaults an unreachable peer is given up on after about 8 seconds.
+    With the defaults an unreachable peer is given up on after 8 attempts, 3 to 5 seconds.
     """
 
     max_attempts: int = 8

@@ -20,6 +20,7 @@ __all__ = ["chunk_crc", "combine", "format_checksum", "parse_checksum"]
 _POLY = 0x82F63B78  # CRC32C (Castagnoli), bit-reflected
 _ONE = 1 << 31  # the polynomial "1" in reflected notation
 _PREFIX = "crc32c:"
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 def chunk_crc(data: Buffer, value: int = 0) -> int:
@@ -78,10 +79,7 @@ def format_checksum(crc: int) -> str:
 
 def parse_checksum(text: str) -> int:
     """The CRC in a ``"crc32c:%08x"`` string; `ConfigurationError` for anything else."""
-    digits = text[len(_PREFIX) :] if text.startswith(_PREFIX) else None
-    if digits is None or len(digits) != 8:
+    digits = text[len(_PREFIX) :] if text.startswith(_PREFIX) else ""
+    if len(digits) != 8 or not set(digits) <= _HEX_DIGITS:
         raise ConfigurationError(f"checksum must look like 'crc32c:%08x', got {text!r}")
-    try:
-        return int(digits, 16)
-    except ValueError:
-        raise ConfigurationError(f"checksum must look like 'crc32c:%08x', got {text!r}") from None
+    return int(digits, 16)

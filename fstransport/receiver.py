@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from fstransport.errors import ChecksumMismatch, InvalidRequest, TooManyTransfers
+from fstransport.errors import SnapshotMismatch, StorageError, TooManyTransfers
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, Snapshot, Vote
 from fstransport.protocol.receiver import (
     ReceiverLimits,
@@ -118,19 +118,27 @@ class Receiver:
         self, snapshot_id: str, stream: _Stream, req: InstallSnapshotRequest, crc: int
     ) -> Snapshot | None:
         """Write `req` into `stream` (whose lock is held); finish the snapshot on ``done``."""
-        assert stream.sink is not None
-        await stream.sink.write(req.offset, req.data)
-        stream.state.record(req, crc)
+        sink = stream.sink
+        assert sink is not None
+        try:
+            lost = await sink.write(req.offset, req.data)
+        except StorageError:
+            await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
+            raise
+        stream.state.record(req, crc, lost)
         if not req.done:
             return None
         try:
-            meta = stream.state.complete(req.offset + len(req.data))
-        except (ChecksumMismatch, InvalidRequest):
+            meta = stream.state.complete(req.offset + len(req.data), sink.rewind_point)
+            snapshot = await self.store.finish(meta, sink)
+        except SnapshotMismatch:
+            raise  # the sender fills the gap; the stream stays
+        except BaseException:
             await self._drop(snapshot_id, stream, locked=True)
             raise
         stream.closed = True
         del self._streams[snapshot_id]
-        return await self.store.finish(meta, stream.sink)
+        return snapshot
 
     async def abort(self, snapshot_id: str) -> None:
         """Stop receiving `snapshot_id` and delete its partial data (installed data stays)."""

@@ -109,19 +109,25 @@ async def ship(
     else:
         snapshot_id = _snapshot_id(target_url, target_url.rstrip("/").rpartition("/")[2])
     started = time.perf_counter()
-    source = await open_source(source_url, **(source_options or {}))
     try:
-        meta = SnapshotMeta(snapshot_id=snapshot_id, size=source.size)
-        result = await send_source(network, vote, meta, source, cancel, options, progress=progress)
-    except BaseException:
-        if store is not None:
-            try:
-                await store.abort(snapshot_id)
-            except Exception:
-                log.exception("could not remove the partial data of %r", snapshot_id)
-        raise
+        source = await open_source(source_url, **(source_options or {}))
+        try:
+            meta = SnapshotMeta(snapshot_id=snapshot_id, size=source.size)
+            result = await send_source(
+                network, vote, meta, source, cancel, options, progress=progress
+            )
+        except BaseException:
+            if store is not None:
+                try:
+                    await store.abort(snapshot_id)
+                except Exception:
+                    log.exception("could not remove the partial data of %r", snapshot_id)
+            raise
+        finally:
+            await source.close()
     finally:
-        await source.close()
+        if store is not None:
+            await store.close()
     if not result.completed:
         raise HigherVote(result.response.vote, vote)
     stats = result.stats

@@ -114,6 +114,16 @@ class ChunkLedger:
         self._starts[lo:hi] = [offset]
         self._records[offset] = ChunkRecord(offset, length, crc)
 
+    def discard(self, start: int, end: int) -> None:
+        """Forget every chunk that overlaps ``[start, end)``."""
+        lo = bisect_left(self._starts, start)
+        if lo > 0 and self._records[self._starts[lo - 1]].end > start:
+            lo -= 1
+        hi = bisect_left(self._starts, end)
+        for key in self._starts[lo:hi]:
+            del self._records[key]
+        del self._starts[lo:hi]
+
     def discard_from(self, offset: int) -> None:
         """Forget every chunk that reaches beyond `offset`."""
         keep = [s for s in self._starts if self._records[s].end <= offset]

@@ -7,6 +7,7 @@ Everything here raises the typed errors of `fstransport.errors` and changes noth
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from fstransport.checksum import chunk_crc, format_checksum, parse_checksum
@@ -194,23 +195,30 @@ class StreamState:
     meta: SnapshotMeta
     ledger: ChunkLedger = field(default_factory=ChunkLedger)
 
-    def record(self, req: InstallSnapshotRequest, crc: int) -> None:
-        """Note that `req`'s data is stored; adopt a checksum the sender announces late."""
+    def record(
+        self, req: InstallSnapshotRequest, crc: int, lost: Iterable[tuple[int, int]] = ()
+    ) -> None:
+        """Note that `req`'s data is stored and the `lost` ranges are not any more; adopt a
+        checksum the sender announces late."""
+        for start, end in lost:
+            self.ledger.discard(start, end)
         self.ledger.add(req.offset, len(req.data), crc)
         if self.meta.checksum is None and req.meta.checksum is not None:
             self.meta = replace(self.meta, checksum=req.meta.checksum)
 
-    def complete(self, end: int) -> SnapshotMeta:
+    def complete(self, end: int, rewind_point: Callable[[int], int] = int) -> SnapshotMeta:
         """Check that ``[0, end)`` is held and matches the checksum; return the final meta.
 
-        Raises `SnapshotMismatch` (expecting the first missing byte) for a gap, `InvalidRequest`
-        for data beyond `end`, and `ChecksumMismatch` when the whole CRC differs from the meta's.
+        Raises `SnapshotMismatch` for a gap (expecting ``rewind_point(first missing byte)``: a
+        sink may need more than the gap again), `InvalidRequest` for data beyond `end`, and
+        `ChecksumMismatch` when the whole CRC differs from the meta's.
         """
         gap = self.ledger.first_gap(end)
         if gap is not None:
             snapshot_id = self.meta.snapshot_id
             raise SnapshotMismatch(
-                expect=SnapshotSegmentId(snapshot_id, gap), got=SnapshotSegmentId(snapshot_id, end)
+                expect=SnapshotSegmentId(snapshot_id, rewind_point(gap)),
+                got=SnapshotSegmentId(snapshot_id, end),
             )
         crc = self.ledger.whole_crc(end)
         if crc is None:

@@ -8,7 +8,8 @@ A sink is chosen by what the target filesystem can do:
   in a worker thread, one at a time.
 
 Every sink raises `StorageError` for backend failures.  ``finish`` flushes and closes the partial
-file; ``abort`` closes it and deletes it.
+file; ``abort`` closes it and deletes it.  Sinks for object stores live in their own modules
+(`fstransport.storage.multipart`, `fstransport.storage.sequential`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Sequence
 from typing import IO, Any, Protocol
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
@@ -23,7 +25,19 @@ from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 from fstransport.messages import Buffer
 from fstransport.storage._errors import storage_errors
 
-__all__ = ["MemorySink", "PwriteSink", "SeekableFileSink", "SnapshotSink"]
+__all__ = [
+    "NOTHING_LOST",
+    "Lost",
+    "MemorySink",
+    "PwriteSink",
+    "SeekableFileSink",
+    "SnapshotSink",
+    "discard_file",
+]
+
+Lost = Sequence[tuple[int, int]]
+"""Byte ranges ``[start, end)`` a write made the sink forget (they must be sent again)."""
+NOTHING_LOST: Lost = ()
 
 
 class SnapshotSink(Protocol):
@@ -31,14 +45,38 @@ class SnapshotSink(Protocol):
 
     path: str
 
-    async def write(self, offset: int, data: Buffer) -> None:
-        """Store `data` at `offset`; raises `StorageError`."""
+    async def write(self, offset: int, data: Buffer) -> Lost:
+        """Store `data` at `offset`; return ranges written earlier that the sink no longer holds.
+
+        Raises `StorageError`, or `SnapshotMismatch` when the sink cannot take `offset` now (a
+        sequential target too far behind it); nothing is written then.
+        """
+
+    def rewind_point(self, offset: int) -> int:
+        """Where a sender missing byte `offset` should start again (at or before `offset`)."""
 
     async def finish(self) -> None:
         """Flush every written byte into the partial file and close it; raises `StorageError`."""
 
     async def abort(self) -> None:
         """Close and delete the partial file; never raises for a file already gone."""
+
+
+def discard_file(fileobj: IO[bytes]) -> None:
+    """Close a file being written without committing what it holds, where the file allows.
+
+    fsspec's buffered files commit their contents on ``close()`` even after ``discard()``, so
+    they are discarded and then only marked closed.
+    """
+    discard = getattr(fileobj, "discard", None)
+    if callable(discard):
+        with contextlib.suppress(Exception):
+            discard()
+        with contextlib.suppress(Exception):
+            fileobj.closed = True  # type: ignore[misc]
+    if not fileobj.closed:
+        with contextlib.suppress(Exception):
+            fileobj.close()
 
 
 class MemorySink:
@@ -50,10 +88,14 @@ class MemorySink:
         self._file = MemoryFile(fs, path)
         self._file.commit()
 
-    async def write(self, offset: int, data: Buffer) -> None:
+    async def write(self, offset: int, data: Buffer) -> Lost:
         with storage_errors(f"memory://{self.path}", "write"):
             self._file.seek(offset)
             self._file.write(data)
+        return NOTHING_LOST
+
+    def rewind_point(self, offset: int) -> int:
+        return offset
 
     async def finish(self) -> None:
         return None
@@ -89,9 +131,13 @@ class PwriteSink:
             view = view[written:]
             offset += written
 
-    async def write(self, offset: int, data: Buffer) -> None:
+    async def write(self, offset: int, data: Buffer) -> Lost:
         with storage_errors(self.path, "write"):
             await asyncio.to_thread(self._pwrite_all, offset, data)
+        return NOTHING_LOST
+
+    def rewind_point(self, offset: int) -> int:
+        return offset
 
     def _close(self) -> None:
         if self._fd >= 0:
@@ -138,10 +184,14 @@ class SeekableFileSink:
         self._file.seek(offset)
         self._file.write(data)
 
-    async def write(self, offset: int, data: Buffer) -> None:
+    async def write(self, offset: int, data: Buffer) -> Lost:
         async with self._lock:
             with storage_errors(self.path, "write"):
                 await asyncio.to_thread(self._write_at, offset, data)
+        return NOTHING_LOST
+
+    def rewind_point(self, offset: int) -> int:
+        return offset
 
     async def finish(self) -> None:
         async with self._lock:
@@ -150,14 +200,9 @@ class SeekableFileSink:
 
     async def abort(self) -> None:
         def _abort() -> None:
-            discard = getattr(self._file, "discard", None)
-            if callable(discard):
-                discard()
-            try:
-                self._file.close()
-            finally:
-                if self._fs.exists(self.path):
-                    self._fs.rm_file(self.path)
+            discard_file(self._file)
+            if self._fs.exists(self.path):
+                self._fs.rm_file(self.path)
 
         async with self._lock:
             with storage_errors(self.path, "abort"):

@@ -16,7 +16,6 @@ backend forces and the event loop never blocks:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import os
 import stat
@@ -28,7 +27,9 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from fstransport.errors import StorageError
 from fstransport.messages import Buffer
+from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.s3 import S3StreamSource, is_s3
 
 __all__ = [
     "AsyncFsSource",
@@ -195,16 +196,6 @@ class AsyncFsSource:
         await close_async_filesystem(self._fs)
 
 
-async def close_async_filesystem(fs: Any) -> None:
-    """Close the network session an ``asynchronous=True`` fsspec filesystem opened, if any."""
-    for attribute in ("_s3", "_session"):  # s3fs keeps its client in _s3, HTTP its session
-        session = getattr(fs, attribute, None)
-        if session is not None and callable(getattr(session, "close", None)):
-            setattr(fs, attribute, None)
-            with contextlib.suppress(Exception):
-                await session.close()
-
-
 def _real_fd(fileobj: IO[bytes]) -> int | None:
     try:
         fd = fileobj.fileno()
@@ -237,8 +228,12 @@ async def open_source(url: str, **storage_options: object) -> ChunkSource:
     """
     with storage_errors(url, "open"):
         protocol = fsspec.core.split_protocol(url)[0] or "file"
-        if "::" not in url and getattr(fsspec.get_filesystem_class(protocol), "async_impl", False):
-            return await AsyncFsSource.open(url, **storage_options)
+        if "::" not in url:
+            cls = fsspec.get_filesystem_class(protocol)
+            if is_s3(cls):
+                return await S3StreamSource.open(url, dict(storage_options))
+            if getattr(cls, "async_impl", False):
+                return await AsyncFsSource.open(url, **storage_options)
         fs, path = fsspec.core.url_to_fs(url, **storage_options)
     if isinstance(fs, MemoryFileSystem):
         with storage_errors(url, "open"):

@@ -6,26 +6,38 @@ Layout under the store's root::
     root/.fstransport/partial/<snapshot_id>    snapshots being received (never visible as above)
 
 A snapshot becomes visible as ``root/<snapshot_id>`` only by `install`, which moves a finished
-partial file into place in one step (``os.replace`` locally, one dict update in memory).
+partial file into place in one step (``os.replace`` locally, one dict update in memory), or, on
+S3, when its multipart upload to ``root/<snapshot_id>`` completes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from typing import IO, Any, Protocol
+from typing import IO, Any, Literal, Protocol
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from fstransport.errors import InvalidRequest
+from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Snapshot, SnapshotMeta
 from fstransport.protocol.receiver import check_snapshot_id
+from fstransport.protocol.parts import MIN_PART_SIZE
+from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.sink import MemorySink, PwriteSink, SeekableFileSink, SnapshotSink
+from fstransport.storage.multipart import MultipartSink
+from fstransport.storage.s3 import is_s3, open_s3, split_bucket_key
+from fstransport.storage.sequential import SequentialSink
+from fstransport.storage.sink import (
+    MemorySink,
+    PwriteSink,
+    SeekableFileSink,
+    SnapshotSink,
+    discard_file,
+)
 
-__all__ = ["FsspecSnapshotStore", "SnapshotStore"]
+__all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
 
 PARTIAL_DIR = ".fstransport/partial"
 
@@ -46,31 +58,95 @@ class SnapshotStore(Protocol):
         """Discard the partial or finished-but-not-installed data of `snapshot_id`."""
 
 
+SinkKind = Literal["auto", "seekable", "sequential", "multipart"]
+
+
 class FsspecSnapshotStore:
     """A `SnapshotStore` in any fsspec location: ``FsspecSnapshotStore("s3://b/p", **options)``.
 
+    How chunks are written is chosen by what the target can do (`sink="auto"`): in place for
+    ``memory://``, ``os.pwrite`` for local folders, a multipart upload for S3, ``seek`` +
+    ``write`` for other filesystems whose write files seek, and a bounded reorder buffer in front
+    of a sequential write for the rest.  `sink` forces one of ``"seekable"``, ``"sequential"``
+    or ``"multipart"`` (S3 only).  `part_size` overrides the S3 part size (at least 5 MiB).
     `fsync` (local targets only) flushes each finished snapshot to disk before it is installed.
+
+    On S3 a snapshot is uploaded straight to ``root/<snapshot_id>`` and appears there when the
+    upload completes, after the final chunk was verified; there is no rename on S3.  Close the
+    store with ``await store.close()`` (or ``async with``) to release its S3 connections.
     """
 
-    def __init__(self, root_url: str, *, fsync: bool = False, **storage_options: Any) -> None:
+    def __init__(
+        self,
+        root_url: str,
+        *,
+        fsync: bool = False,
+        sink: SinkKind = "auto",
+        part_size: int | None = None,
+        **storage_options: Any,
+    ) -> None:
         with storage_errors(root_url, "open"):
             fs, root = fsspec.core.url_to_fs(root_url, **storage_options)
-        self._init(fs, root, root_url, fsync=fsync)
+        self._init(fs, root, root_url, fsync=fsync, sink=sink, part_size=part_size)
 
     @classmethod
-    def from_filesystem(cls, fs: Any, root: str, *, fsync: bool = False) -> FsspecSnapshotStore:
+    def from_filesystem(
+        cls,
+        fs: Any,
+        root: str,
+        *,
+        fsync: bool = False,
+        sink: SinkKind = "auto",
+        part_size: int | None = None,
+    ) -> FsspecSnapshotStore:
         """A store over an already-open fsspec filesystem `fs` at path `root`."""
         store = cls.__new__(cls)
-        store._init(fs, root, fs.unstrip_protocol(root), fsync=fsync)
+        store._init(
+            fs, root, fs.unstrip_protocol(root), fsync=fsync, sink=sink, part_size=part_size
+        )
         return store
 
-    def _init(self, fs: Any, root: str, url: str, *, fsync: bool) -> None:
+    def _init(
+        self, fs: Any, root: str, url: str, *, fsync: bool, sink: SinkKind, part_size: int | None
+    ) -> None:
+        if sink not in ("auto", "seekable", "sequential", "multipart"):
+            raise ConfigurationError(f"unknown sink kind {sink!r}")
+        if sink == "multipart" and not is_s3(fs):
+            raise ConfigurationError("sink='multipart' needs an s3:// store")
+        if part_size is not None and part_size < MIN_PART_SIZE:
+            raise ConfigurationError(f"part_size must be at least {MIN_PART_SIZE} bytes")
         self.fs = fs
         self.root = root.rstrip("/") or "/"
         self.url = url
+        self.sink_kind: SinkKind = sink
+        self.part_size = part_size
         self._fsync = fsync
         self._sinks: dict[str, SnapshotSink] = {}
         self._finished: dict[str, SnapshotSink] = {}
+        self._s3: Any = None
+        self._s3_loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> FsspecSnapshotStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the store's S3 connections (a no-op for other targets)."""
+        if self._s3 is not None:
+            fs, self._s3 = self._s3, None
+            await close_async_filesystem(fs)
+
+    async def _async_s3(self) -> Any:
+        """The store's ``S3FileSystem(asynchronous=True)`` for the running event loop."""
+        loop = asyncio.get_running_loop()
+        if self._s3 is None or self._s3_loop is not loop:
+            if self._s3 is not None and self._s3_loop is not None and not self._s3_loop.is_closed():
+                await close_async_filesystem(self._s3)
+            self._s3 = await open_s3(dict(self.fs.storage_options))
+            self._s3_loop = loop
+        return self._s3
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -90,18 +166,31 @@ class FsspecSnapshotStore:
     async def begin(self, meta: SnapshotMeta) -> SnapshotSink:
         snapshot_id = meta.snapshot_id
         await self.abort(snapshot_id)
-        path = self.partial_path(snapshot_id)
-        sink: SnapshotSink
-        if isinstance(self.fs, MemoryFileSystem):
-            sink = MemorySink(self.fs, path)
-        elif isinstance(self.fs, LocalFileSystem):
-            sink = await PwriteSink.create(path, fsync=self._fsync)
-        else:
-            with storage_errors(path, "open"):
-                await asyncio.to_thread(self.fs.makedirs, self._join(PARTIAL_DIR), exist_ok=True)
-            sink = await SeekableFileSink.create(self.fs, path)
+        sink = await self._open_sink(meta)
         self._sinks[snapshot_id] = sink
         return sink
+
+    async def _open_sink(self, meta: SnapshotMeta) -> SnapshotSink:
+        kind = self.sink_kind
+        path = self.partial_path(meta.snapshot_id)
+        if kind in ("auto", "multipart") and is_s3(self.fs):
+            bucket, key = split_bucket_key(self.path(meta.snapshot_id))
+            return MultipartSink(
+                await self._async_s3(), bucket, key, meta, part_size=self.part_size
+            )
+        if kind == "auto" and isinstance(self.fs, MemoryFileSystem):
+            return MemorySink(self.fs, path)
+        if kind == "auto" and isinstance(self.fs, LocalFileSystem):
+            return await PwriteSink.create(path, fsync=self._fsync)
+        with storage_errors(path, "open"):
+            await asyncio.to_thread(self.fs.makedirs, self._join(PARTIAL_DIR), exist_ok=True)
+            fileobj: IO[bytes] = await asyncio.to_thread(self.fs.open, path, "wb")
+        if kind != "sequential" and fileobj.seekable():
+            return SeekableFileSink(self.fs, path, fileobj)
+        if kind == "seekable":
+            await asyncio.to_thread(discard_file, fileobj)
+            raise ConfigurationError(f"{self.url} cannot seek in files being written")
+        return SequentialSink(self.fs, path, fileobj, meta.snapshot_id)
 
     async def finish(self, meta: SnapshotMeta, sink: SnapshotSink) -> Snapshot:
         snapshot_id = meta.snapshot_id
@@ -122,7 +211,9 @@ class FsspecSnapshotStore:
         final = self.path(snapshot_id)
         with storage_errors(final, "install"):
             await asyncio.to_thread(snapshot.data.close)
-            if isinstance(self.fs, MemoryFileSystem):
+            if isinstance(sink, MultipartSink):
+                pass  # completing the upload already put the object in place
+            elif isinstance(self.fs, MemoryFileSystem):
                 moved = self.fs.store.pop(sink.path)
                 moved.path = final
                 self.fs.store[final] = moved
@@ -145,6 +236,23 @@ class FsspecSnapshotStore:
                 self.fs.store.pop(partial, None)
             elif await asyncio.to_thread(self.fs.exists, partial):
                 await asyncio.to_thread(self.fs.rm_file, partial)
+        if is_s3(self.fs):
+            await self._abort_uploads(self.path(snapshot_id))
+
+    async def _abort_uploads(self, path: str) -> None:
+        """Abort every incomplete multipart upload to `path`, this process's or an earlier one's."""
+        bucket, key = split_bucket_key(path)
+        s3 = await self._async_s3()
+        with storage_errors(f"s3://{path}", "abort uploads"):
+            listing = await s3._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+            for upload in listing.get("Uploads", []):
+                if upload.get("Key") == key:
+                    await s3._call_s3(
+                        "abort_multipart_upload",
+                        Bucket=bucket,
+                        Key=key,
+                        UploadId=upload["UploadId"],
+                    )
 
     # -- reading installed snapshots ----------------------------------------------------------
 

@@ -1,0 +1,165 @@
+"""Cutting a snapshot into S3 multipart parts and filling them from chunks.  Pure, no I/O.
+
+S3's rules (not all S3 servers check them, so we do): parts are numbered 1..10,000, every
+part but the last is 5 MiB..5 GiB, and completion joins them in ascending order.  The part
+size depends only on the snapshot's size, never on the chunk size: chunks smaller than a part,
+larger than a part, or straddling two parts all land in the right places.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fstransport.errors import ConfigurationError, SnapshotMismatch
+from fstransport.messages import Buffer, SnapshotSegmentId
+from fstransport.options import MiB
+from fstransport.protocol.ranges import RangeSet
+
+__all__ = [
+    "MAX_PARTS",
+    "MAX_PART_SIZE",
+    "MIN_PART_SIZE",
+    "CompletedPart",
+    "PartAssembler",
+    "PartWrite",
+    "choose_part_size",
+]
+
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+
+
+def choose_part_size(size: int, preferred: int = 8 * MiB) -> int:
+    """The part size for a snapshot of `size` bytes: `preferred` or more, whole MiB, ≤ 10,000 parts."""
+    if size < 0:
+        raise ConfigurationError(f"size must not be negative, got {size}")
+    needed = -(-size // MAX_PARTS)
+    part = max(MIN_PART_SIZE, preferred, -(-needed // MiB) * MiB)
+    if part > MAX_PART_SIZE:
+        raise ConfigurationError(f"a snapshot of {size} bytes does not fit in {MAX_PARTS} S3 parts")
+    return part
+
+
+@dataclass(frozen=True)
+class CompletedPart:
+    """A part whose every byte is present: upload `data` as part `number`."""
+
+    number: int
+    offset: int
+    data: bytearray
+
+
+@dataclass(frozen=True)
+class PartWrite:
+    """What one write did: parts it completed, and byte ranges it made the sink forget.
+
+    A write into a part that was already completed starts that part over (the last write wins);
+    the part's other bytes must then be sent again, so they are reported in `lost`.
+    """
+
+    completed: list[CompletedPart] = field(default_factory=list)
+    lost: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class _OpenPart:
+    buffer: bytearray
+    filled: RangeSet
+
+
+class PartAssembler:
+    """Collects chunks into part buffers and hands out each part once all its bytes are in.
+
+    At most `max_open_parts` parts are held in memory while being filled; a chunk that would
+    open one more is refused with `SnapshotMismatch` naming the first byte still missing, so a
+    sender that runs too far ahead continues from there.  Nothing changes when a write is refused.
+    """
+
+    def __init__(
+        self, snapshot_id: str, size: int, part_size: int, max_open_parts: int = 8
+    ) -> None:
+        if part_size < 1 or max_open_parts < 1:
+            raise ConfigurationError("part_size and max_open_parts must be positive")
+        self.snapshot_id = snapshot_id
+        self.size = size
+        self.part_size = part_size
+        self.max_open_parts = max_open_parts
+        self.part_count = max(1, -(-size // part_size))
+        self._open: dict[int, _OpenPart] = {}
+        self._completed: set[int] = set()
+
+    def part_range(self, number: int) -> tuple[int, int]:
+        """Byte range ``[start, end)`` of part `number` (1-based)."""
+        start = (number - 1) * self.part_size
+        return start, min(self.size, start + self.part_size)
+
+    def part_of(self, offset: int) -> int:
+        """The number of the part holding byte `offset`."""
+        return offset // self.part_size + 1
+
+    @property
+    def completed(self) -> frozenset[int]:
+        return frozenset(self._completed)
+
+    @property
+    def open_parts(self) -> list[int]:
+        return sorted(self._open)
+
+    def first_missing(self) -> int | None:
+        """The first byte no completed part holds, or None when every part is complete."""
+        for number in range(1, self.part_count + 1):
+            if number not in self._completed:
+                start, end = self.part_range(number)
+                part = self._open.get(number)
+                if part is None or start == end:
+                    return start
+                first = part.filled.first()
+                return end if first is None else (first[1] if first[0] == start else start)
+        return None
+
+    def rewind_point(self, offset: int) -> int:
+        """Where a sender asked to continue from `offset` should start: the start of a completed
+        part (so that all of it is sent again), else `offset` itself."""
+        number = self.part_of(offset)
+        return self.part_range(number)[0] if number in self._completed else offset
+
+    def write(self, offset: int, data: Buffer) -> PartWrite:
+        """Copy `data` (which belongs at `offset`) into its parts; report what completed."""
+        view = memoryview(data).cast("B")
+        end = offset + view.nbytes
+        if offset < 0 or end > self.size:
+            raise ValueError(f"write [{offset}, {end}) outside the snapshot of {self.size} bytes")
+        if view.nbytes == 0:
+            return PartWrite()
+        touched = range(self.part_of(offset), self.part_of(end - 1) + 1)
+        opening = [n for n in touched if n not in self._open]
+        if len(self._open) + len(opening) > self.max_open_parts:
+            expect = self.first_missing()
+            raise SnapshotMismatch(
+                expect=SnapshotSegmentId(self.snapshot_id, offset if expect is None else expect),
+                got=SnapshotSegmentId(self.snapshot_id, offset),
+            )
+        result = PartWrite()
+        for number in touched:
+            start, stop = self.part_range(number)
+            lo, hi = max(start, offset), min(stop, end)
+            part = self._open.get(number)
+            if part is None:
+                part = _OpenPart(bytearray(stop - start), RangeSet())
+                self._open[number] = part
+                if number in self._completed:  # the last write wins: this part starts over
+                    self._completed.discard(number)
+                    result.lost.extend(r for r in ((start, lo), (hi, stop)) if r[0] < r[1])
+            part.buffer[lo - start : hi - start] = view[lo - offset : hi - offset]
+            part.filled.add(lo, hi)
+            if part.filled.first() == (start, stop):
+                del self._open[number]
+                self._completed.add(number)
+                result.completed.append(CompletedPart(number, start, part.buffer))
+        return result
+
+    def reset(self) -> None:
+        """Forget every part, open or completed."""
+        self._open.clear()
+        self._completed.clear()

@@ -1,0 +1,214 @@
+"""`MultipartSink`: seek/write semantics on S3 through a multipart upload.
+
+s3fs write files cannot seek, and one that fails inside ``with fs.open(p, "wb")`` still commits
+a partial object.  This sink writes chunks into part buffers (`PartAssembler`), uploads each
+part as soon as all its bytes are in (several at once, with a bound), and completes the upload
+— which is when the object appears, whole — only from `finish`.  A snapshot that fits in one
+part goes up as a single PUT instead.  Memory stays bounded by (parts being filled + parts
+uploading) × part size, whatever the snapshot's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from fstransport.checksum import chunk_crc
+from fstransport.errors import SnapshotMismatch, StorageError
+from fstransport.messages import Buffer, SnapshotMeta, SnapshotSegmentId
+from fstransport.protocol.parts import CompletedPart, PartAssembler, choose_part_size
+from fstransport.storage._errors import storage_errors
+from fstransport.storage.s3 import crc32c_header
+from fstransport.storage.sink import NOTHING_LOST, Lost
+
+__all__ = ["MultipartSink"]
+
+log = logging.getLogger("fstransport.s3")
+
+
+class MultipartSink:
+    """Writes one snapshot to ``s3://bucket/key`` with a multipart upload (or one PUT).
+
+    `fs` is a connected ``S3FileSystem(asynchronous=True)``.  At most `max_uploads` parts are
+    uploaded at once (a write that completes a part waits for a free slot: back-pressure on
+    the sender) and at most `max_open_parts` parts are being filled.
+    """
+
+    def __init__(
+        self,
+        fs: Any,
+        bucket: str,
+        key: str,
+        meta: SnapshotMeta,
+        *,
+        part_size: int | None = None,
+        max_uploads: int = 4,
+        max_open_parts: int = 8,
+    ) -> None:
+        if meta.size is None:
+            raise StorageError(
+                f"s3://{bucket}/{key}", "begin", ValueError("S3 targets need meta.size")
+            )
+        self.path = f"{bucket}/{key}"
+        self.url = f"s3://{self.path}"
+        self._fs = fs
+        self._bucket = bucket
+        self._key = key
+        self.size = meta.size
+        self.part_size = part_size or choose_part_size(meta.size)
+        self.single = self.size <= self.part_size
+        self.parts = PartAssembler(meta.snapshot_id, self.size, self.part_size, max_open_parts)
+        self.upload_id: str | None = None
+        self.uploaded: dict[int, tuple[str, str]] = {}  # part number -> (ETag, CRC32C header)
+        self.upload_calls = 0
+        self._single_part: CompletedPart | None = None
+        self._slots = asyncio.Semaphore(max_uploads)
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._create_lock = asyncio.Lock()
+        self._failure: BaseException | None = None
+        self._closed = False
+
+    # -- SnapshotSink ------------------------------------------------------------------------
+
+    async def write(self, offset: int, data: Buffer) -> Lost:
+        self._raise_failure()
+        outcome = self.parts.write(offset, data)
+        for part in outcome.completed:
+            if self.single:
+                self._single_part = part
+            else:
+                await self._start_upload(part)
+        for start, _ in outcome.lost:
+            self.uploaded.pop(self.parts.part_of(start), None)
+        return outcome.lost or NOTHING_LOST
+
+    def rewind_point(self, offset: int) -> int:
+        return self.parts.rewind_point(offset)
+
+    async def finish(self) -> None:
+        """Upload what is left and complete the upload: the object appears now, whole."""
+        self._raise_failure()
+        missing = self.parts.first_missing()
+        if missing is not None and self.size > 0:
+            raise SnapshotMismatch(
+                expect=SnapshotSegmentId(self.parts.snapshot_id, self.parts.rewind_point(missing)),
+                got=SnapshotSegmentId(self.parts.snapshot_id, self.size),
+            )
+        if self.single:
+            await self._put_whole()
+        else:
+            await self._complete()
+        self._closed = True
+
+    async def abort(self) -> None:
+        """Stop uploading and abort the multipart upload: nothing stays behind in the bucket."""
+        self._closed = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            with storage_errors(self.url, "abort upload"):
+                await self._fs._call_s3(
+                    "abort_multipart_upload", Bucket=self._bucket, Key=self._key, UploadId=upload_id
+                )
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise StorageError(self.url, "upload", self._failure) from self._failure
+
+    async def _ensure_upload(self) -> str:
+        async with self._create_lock:
+            if self.upload_id is None:
+                with storage_errors(self.url, "create upload"):
+                    response = await self._fs._call_s3(
+                        "create_multipart_upload",
+                        Bucket=self._bucket,
+                        Key=self._key,
+                        ChecksumAlgorithm="CRC32C",
+                    )
+                self.upload_id = str(response["UploadId"])
+            return self.upload_id
+
+    async def _start_upload(self, part: CompletedPart) -> None:
+        previous = self._tasks.pop(part.number, None)
+        if previous is not None:  # a re-sent part: the newest bytes win
+            previous.cancel()
+            with contextlib.suppress(BaseException):
+                await previous
+        await self._slots.acquire()
+        try:
+            upload_id = await self._ensure_upload()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._tasks[part.number] = asyncio.create_task(self._upload(upload_id, part))
+
+    async def _upload(self, upload_id: str, part: CompletedPart) -> None:
+        try:
+            checksum = crc32c_header(chunk_crc(part.data))
+            self.upload_calls += 1
+            response = await self._fs._call_s3(
+                "upload_part",
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=upload_id,
+                PartNumber=part.number,
+                Body=part.data,
+                ChecksumCRC32C=checksum,
+            )
+            self.uploaded[part.number] = (str(response["ETag"]), checksum)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("upload of part %d of %s failed: %s", part.number, self.url, exc)
+            if self._failure is None:
+                self._failure = exc
+        finally:
+            self._slots.release()
+
+    async def _complete(self) -> None:
+        tasks = list(self._tasks.values())
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._raise_failure()
+        numbers = sorted(self.uploaded)
+        expected = list(range(1, self.parts.part_count + 1))
+        if numbers != expected:  # never trust the server to notice a missing or extra part
+            raise StorageError(
+                self.url,
+                "complete upload",
+                ValueError(f"parts {numbers[:5]}... do not match the expected 1..{expected[-1]}"),
+            )
+        parts = [
+            {"PartNumber": n, "ETag": self.uploaded[n][0], "ChecksumCRC32C": self.uploaded[n][1]}
+            for n in numbers
+        ]
+        upload_id = await self._ensure_upload()
+        with storage_errors(self.url, "complete upload"):
+            await self._fs._call_s3(
+                "complete_multipart_upload",
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        self.upload_id = None
+
+    async def _put_whole(self) -> None:
+        body: Buffer = self._single_part.data if self._single_part is not None else b""
+        with storage_errors(self.url, "put"):
+            self.upload_calls += 1
+            await self._fs._call_s3(
+                "put_object",
+                Bucket=self._bucket,
+                Key=self._key,
+                Body=body,
+                ChecksumCRC32C=crc32c_header(chunk_crc(body)),
+            )

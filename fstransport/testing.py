@@ -1,7 +1,8 @@
 """A pytest plugin with an S3 server for tests: moto in server mode, over real HTTP on 127.0.0.1.
 
 Installed with fstransport (entry point ``pytest11``), so its fixtures are available in any
-project that has fstransport and ``moto[server]`` installed (``pip install "fstransport[testing]"``):
+project that has fstransport and ``moto[server]`` installed
+(``pip install "fstransport[testing]"``):
 
 - ``moto_server``: the endpoint URL of a moto S3 server started once per test session;
 - ``s3_storage_options``: s3fs storage options for that server, with moto reset to empty first;

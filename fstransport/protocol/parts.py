@@ -31,7 +31,7 @@ MAX_PARTS = 10_000
 
 
 def choose_part_size(size: int, preferred: int = 8 * MiB) -> int:
-    """The part size for a snapshot of `size` bytes: `preferred` or more, whole MiB, ≤ 10,000 parts."""
+    """The part size for `size` bytes: at least `preferred`, whole MiB, at most 10,000 parts."""
     if size < 0:
         raise ConfigurationError(f"size must not be negative, got {size}")
     needed = -(-size // MAX_PARTS)

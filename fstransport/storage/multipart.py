@@ -5,7 +5,7 @@ a partial object.  This sink writes chunks into part buffers (`PartAssembler`), 
 part as soon as all its bytes are in (several at once, with a bound), and completes the upload
 — which is when the object appears, whole — only from `finish`.  A snapshot that fits in one
 part goes up as a single PUT instead.  Memory stays bounded by (parts being filled + parts
-uploading) × part size, whatever the snapshot's size.
+uploading) x part size, whatever the snapshot's size.
 """
 
 from __future__ import annotations

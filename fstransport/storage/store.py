@@ -22,8 +22,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Snapshot, SnapshotMeta
-from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.protocol.parts import MIN_PART_SIZE
+from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.multipart import MultipartSink

@@ -129,7 +129,7 @@ class Receiver:
         if not req.done:
             return None
         try:
-            meta = stream.state.complete(req.offset + len(req.data), sink.rewind_point)
+            meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
             snapshot = await self.store.finish(meta, sink)
         except SnapshotMismatch:
             raise  # the sender fills the gap; the stream stays

@@ -71,14 +71,21 @@ class _OpenPart:
 class PartAssembler:
     """Collects chunks into part buffers and hands out each part once all its bytes are in.
 
-    At most `max_open_parts` parts are held in memory while being filled; a chunk that would
-    open one more is refused with `SnapshotMismatch` naming the first byte still missing, so a
-    sender that runs too far ahead continues from there.  Nothing changes when a write is refused.
+    Rules, which keep a part's bytes from two different passes from being mixed:
+
+    - A write that begins a part (its piece starts at the part's first byte) starts that part
+      afresh when it was already completed: the last write wins, and the part is uploaded again.
+    - A write into the middle of a completed part is refused with `SnapshotMismatch` expecting
+      the part's first byte, so that the whole part is sent again in order.
+    - At most `max_open_parts` parts are held in memory while being filled; a chunk that would
+      open one more is refused with `SnapshotMismatch` naming the first byte still missing.
+    - `rewind` forgets bytes the sender is about to send again, so a part is not completed early
+      from stale bytes and then hit mid-way by the rest of the new pass.
+
+    A refused write changes nothing.
     """
 
-    def __init__(
-        self, snapshot_id: str, size: int, part_size: int, max_open_parts: int = 8
-    ) -> None:
+    def __init__(self, snapshot_id: str, size: int, part_size: int, max_open_parts: int = 8) -> None:
         if part_size < 1 or max_open_parts < 1:
             raise ConfigurationError("part_size and max_open_parts must be positive")
         self.snapshot_id = snapshot_id
@@ -118,11 +125,11 @@ class PartAssembler:
                 return end if first is None else (first[1] if first[0] == start else start)
         return None
 
-    def rewind_point(self, offset: int) -> int:
-        """Where a sender asked to continue from `offset` should start: the start of a completed
-        part (so that all of it is sent again), else `offset` itself."""
-        number = self.part_of(offset)
-        return self.part_range(number)[0] if number in self._completed else offset
+    def _mismatch(self, expect: int, got: int) -> SnapshotMismatch:
+        return SnapshotMismatch(
+            expect=SnapshotSegmentId(self.snapshot_id, expect),
+            got=SnapshotSegmentId(self.snapshot_id, got),
+        )
 
     def write(self, offset: int, data: Buffer) -> PartWrite:
         """Copy `data` (which belongs at `offset`) into its parts; report what completed."""
@@ -133,13 +140,18 @@ class PartAssembler:
         if view.nbytes == 0:
             return PartWrite()
         touched = range(self.part_of(offset), self.part_of(end - 1) + 1)
-        opening = [n for n in touched if n not in self._open]
-        if len(self._open) + len(opening) > self.max_open_parts:
+        opening = 0
+        for number in touched:
+            start = self.part_range(number)[0]
+            if number in self._completed:
+                if max(start, offset) != start:
+                    raise self._mismatch(start, offset)
+                opening += 1
+            elif number not in self._open:
+                opening += 1
+        if len(self._open) + opening > self.max_open_parts:
             expect = self.first_missing()
-            raise SnapshotMismatch(
-                expect=SnapshotSegmentId(self.snapshot_id, offset if expect is None else expect),
-                got=SnapshotSegmentId(self.snapshot_id, offset),
-            )
+            raise self._mismatch(offset if expect is None else expect, offset)
         result = PartWrite()
         for number in touched:
             start, stop = self.part_range(number)
@@ -150,7 +162,8 @@ class PartAssembler:
                 self._open[number] = part
                 if number in self._completed:  # the last write wins: this part starts over
                     self._completed.discard(number)
-                    result.lost.extend(r for r in ((start, lo), (hi, stop)) if r[0] < r[1])
+                    if hi < stop:
+                        result.lost.append((hi, stop))
             part.buffer[lo - start : hi - start] = view[lo - offset : hi - offset]
             part.filled.add(lo, hi)
             if part.filled.first() == (start, stop):
@@ -158,6 +171,32 @@ class PartAssembler:
                 self._completed.add(number)
                 result.completed.append(CompletedPart(number, start, part.buffer))
         return result
+
+    def rewind(self, offset: int) -> tuple[int, list[tuple[int, int]]]:
+        """The sender will send everything from some point on again: return that point for a
+        sender missing byte `offset`, and the ranges forgotten to make room for the new pass.
+
+        In a completed part the point is the part's first byte (all of it is sent again).  In a
+        part being filled it is `offset`, and the part's bytes after `offset` are forgotten, as
+        are all parts being filled further on.
+        """
+        number = self.part_of(offset)
+        if number in self._completed:
+            return self.part_range(number)[0], []
+        lost: list[tuple[int, int]] = []
+        for other in sorted(self._open):
+            if other < number:
+                continue
+            part = self._open[other]
+            start, stop = self.part_range(other)
+            cut = max(start, offset)
+            dropped = RangeSet(part.filled)
+            dropped.remove(start, cut)
+            lost.extend(dropped)
+            part.filled.remove(cut, stop)
+            if not part.filled:
+                del self._open[other]
+        return offset, lost
 
     def reset(self) -> None:
         """Forget every part, open or completed."""

@@ -7,6 +7,7 @@ Everything here raises the typed errors of `fstransport.errors` and changes noth
 from __future__ import annotations
 
 import enum
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
@@ -73,7 +74,7 @@ def check_snapshot_id(snapshot_id: object) -> str:
         raise InvalidRequest(
             f"snapshot id {snapshot_id!r} contains a path separator", field="snapshot_id"
         )
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in snapshot_id):
+    if any(unicodedata.category(ch) == "Cc" for ch in snapshot_id):
         raise InvalidRequest(
             f"snapshot id {snapshot_id!r} contains a control character", field="snapshot_id"
         )
@@ -144,6 +145,12 @@ def validate_request(req: InstallSnapshotRequest, limits: ReceiverLimits) -> int
     if not isinstance(req.done, bool):
         raise InvalidRequest("done must be a bool", field="done")
     end = req.offset + length
+    if limits.max_snapshot_size is not None and end > limits.max_snapshot_size:
+        raise InvalidRequest(
+            f"chunk [{req.offset}, {end}) reaches beyond the receiver's size limit "
+            f"of {limits.max_snapshot_size}",
+            field="offset",
+        )
     if meta.size is not None:
         if end > meta.size:
             raise InvalidRequest(
@@ -166,6 +173,14 @@ def validate_request(req: InstallSnapshotRequest, limits: ReceiverLimits) -> int
             f"{crc:08x}",
         )
     return crc
+
+
+Rewind = Callable[[int], tuple[int, Iterable[tuple[int, int]]]]
+"""Where a sender missing a byte starts again, and the byte ranges forgotten for that."""
+
+
+def _no_rewind(offset: int) -> tuple[int, Iterable[tuple[int, int]]]:
+    return offset, ()
 
 
 class StreamDecision(enum.Enum):
@@ -206,22 +221,27 @@ class StreamState:
         if self.meta.checksum is None and req.meta.checksum is not None:
             self.meta = replace(self.meta, checksum=req.meta.checksum)
 
-    def complete(self, end: int, rewind_point: Callable[[int], int] = int) -> SnapshotMeta:
+    def complete(self, end: int, rewind: Rewind = _no_rewind) -> SnapshotMeta:
         """Check that ``[0, end)`` is held and matches the checksum; return the final meta.
 
-        Raises `SnapshotMismatch` for a gap (expecting ``rewind_point(first missing byte)``: a
-        sink may need more than the gap again), `InvalidRequest` for data beyond `end`, and
-        `ChecksumMismatch` when the whole CRC differs from the meta's.
+        Raises `SnapshotMismatch` for a gap, expecting the point ``rewind(first missing byte)``
+        names (a sink may need more than the gap again; the ranges it forgets for that are
+        dropped from the ledger), `InvalidRequest` for data beyond `end`, and `ChecksumMismatch`
+        when the whole CRC differs from the meta's.
         """
         gap = self.ledger.first_gap(end)
         if gap is not None:
+            point, lost = rewind(gap)
+            for start, stop in lost:
+                self.ledger.discard(start, stop)
             snapshot_id = self.meta.snapshot_id
             raise SnapshotMismatch(
-                expect=SnapshotSegmentId(snapshot_id, rewind_point(gap)),
+                expect=SnapshotSegmentId(snapshot_id, point),
                 got=SnapshotSegmentId(snapshot_id, end),
             )
+        records = self.ledger.records()
         crc = self.ledger.whole_crc(end)
-        if crc is None:
+        if crc is None or (records and records[-1].end > end):
             raise InvalidRequest(
                 f"data was written beyond the final chunk's end {end}", field="done"
             )

@@ -115,8 +115,8 @@ class SendWindow:
             start = first[0]
             length = min(self.chunk_size, first[1] - start)
         done = start + length == self.size
-        if done and self._in_flight:
-            return None
+        if (done or start == 0) and self._in_flight:
+            return None  # the final chunk goes last; the one at offset 0 goes alone
         self._pending.remove(start, start + length)
         self._empty_pending = False
         plan = ChunkPlan(self._next_ticket, start, length, done, self._generation)

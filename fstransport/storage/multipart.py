@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from typing import Any
 
@@ -84,16 +85,16 @@ class MultipartSink:
             self.uploaded.pop(self.parts.part_of(start), None)
         return outcome.lost or NOTHING_LOST
 
-    def rewind_point(self, offset: int) -> int:
-        return self.parts.rewind_point(offset)
+    def rewind(self, offset: int) -> tuple[int, Lost]:
+        return self.parts.rewind(offset)
 
     async def finish(self) -> None:
         """Upload what is left and complete the upload: the object appears now, whole."""
         self._raise_failure()
         missing = self.parts.first_missing()
         if missing is not None and self.size > 0:
-            raise SnapshotMismatch(
-                expect=SnapshotSegmentId(self.parts.snapshot_id, self.parts.rewind_point(missing)),
+            raise SnapshotMismatch(  # the receiver's ledger should have caught this already
+                expect=SnapshotSegmentId(self.parts.snapshot_id, self.parts.rewind(missing)[0]),
                 got=SnapshotSegmentId(self.parts.snapshot_id, self.size),
             )
         if self.single:
@@ -160,7 +161,7 @@ class MultipartSink:
                 Key=self._key,
                 UploadId=upload_id,
                 PartNumber=part.number,
-                Body=part.data,
+                Body=_body(part.data),
                 ChecksumCRC32C=checksum,
             )
             self.uploaded[part.number] = (str(response["ETag"]), checksum)
@@ -202,13 +203,19 @@ class MultipartSink:
         self.upload_id = None
 
     async def _put_whole(self) -> None:
-        body: Buffer = self._single_part.data if self._single_part is not None else b""
+        data: Buffer = self._single_part.data if self._single_part is not None else b""
         with storage_errors(self.url, "put"):
             self.upload_calls += 1
             await self._fs._call_s3(
                 "put_object",
                 Bucket=self._bucket,
                 Key=self._key,
-                Body=body,
-                ChecksumCRC32C=crc32c_header(chunk_crc(body)),
+                Body=_body(data),
+                ChecksumCRC32C=crc32c_header(chunk_crc(data)),
             )
+
+
+def _body(data: Buffer) -> io.BytesIO:
+    """A request body aiohttp streams in pieces, yielding to the event loop between them
+    (a raw ``bytes`` body over 1 MiB is written in one go, and aiohttp warns about it)."""
+    return io.BytesIO(data)

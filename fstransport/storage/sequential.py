@@ -52,8 +52,8 @@ class SequentialSink:
                     await asyncio.to_thread(self._append, pieces)
         return NOTHING_LOST
 
-    def rewind_point(self, offset: int) -> int:
-        return min(offset, self.buffer.position)
+    def rewind(self, offset: int) -> tuple[int, Lost]:
+        return min(offset, self.buffer.position), NOTHING_LOST
 
     async def finish(self) -> None:
         async with self._lock:

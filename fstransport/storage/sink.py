@@ -52,8 +52,12 @@ class SnapshotSink(Protocol):
         sequential target too far behind it); nothing is written then.
         """
 
-    def rewind_point(self, offset: int) -> int:
-        """Where a sender missing byte `offset` should start again (at or before `offset`)."""
+    def rewind(self, offset: int) -> tuple[int, Lost]:
+        """The sender misses byte `offset` and will send everything from a point on again.
+
+        Returns that point (at or before `offset`) and the ranges the sink forgot to make room
+        for the new pass.
+        """
 
     async def finish(self) -> None:
         """Flush every written byte into the partial file and close it; raises `StorageError`."""
@@ -94,8 +98,8 @@ class MemorySink:
             self._file.write(data)
         return NOTHING_LOST
 
-    def rewind_point(self, offset: int) -> int:
-        return offset
+    def rewind(self, offset: int) -> tuple[int, Lost]:
+        return offset, NOTHING_LOST
 
     async def finish(self) -> None:
         return None
@@ -136,8 +140,8 @@ class PwriteSink:
             await asyncio.to_thread(self._pwrite_all, offset, data)
         return NOTHING_LOST
 
-    def rewind_point(self, offset: int) -> int:
-        return offset
+    def rewind(self, offset: int) -> tuple[int, Lost]:
+        return offset, NOTHING_LOST
 
     def _close(self) -> None:
         if self._fd >= 0:
@@ -190,8 +194,8 @@ class SeekableFileSink:
                 await asyncio.to_thread(self._write_at, offset, data)
         return NOTHING_LOST
 
-    def rewind_point(self, offset: int) -> int:
-        return offset
+    def rewind(self, offset: int) -> tuple[int, Lost]:
+        return offset, NOTHING_LOST
 
     async def finish(self) -> None:
         async with self._lock:

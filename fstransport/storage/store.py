@@ -244,7 +244,10 @@ class FsspecSnapshotStore:
         bucket, key = split_bucket_key(path)
         s3 = await self._async_s3()
         with storage_errors(f"s3://{path}", "abort uploads"):
-            listing = await s3._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+            try:
+                listing = await s3._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+            except FileNotFoundError:  # no bucket, so no uploads
+                return
             for upload in listing.get("Uploads", []):
                 if upload.get("Key") == key:
                     await s3._call_s3(

@@ -139,6 +139,22 @@ class StorageError(FstransportError):
         self.verb = verb
         self.cause = cause
 
+    @property
+    def retryable(self) -> bool:
+        """False when trying again cannot help: the thing is missing, forbidden or malformed."""
+        return not isinstance(self.cause, _PERMANENT_CAUSES)
+
+
+_PERMANENT_CAUSES = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+    ValueError,
+    TypeError,
+)
+
 
 class InvalidRequest(FstransportError):
     """A request broke a protocol rule; nothing of it was written.

@@ -91,6 +91,8 @@ def _classify(exc: BaseException, snapshot_id: str) -> BaseException:
         return _Retry(exc)
     if isinstance(source, InvalidRequest):
         return exc  # the receiver refuses this request; sending it again changes nothing
+    if isinstance(source, StorageError) and not source.retryable:
+        return exc  # the receiver's storage is missing or forbidden: retrying cannot help
     if isinstance(exc, RPCError):
         return _Retry(exc)  # timeouts, unreachable, network trouble, remote storage trouble
     return exc
@@ -128,6 +130,8 @@ class _Sender:
             raise InvalidRequest(
                 f"meta says {meta.size} bytes, but the data holds {source.size}", field="size"
             )
+        if meta.checksum is not None:
+            parse_checksum(meta.checksum)  # ConfigurationError for a malformed one
         self.net = net
         self.vote = vote
         self.meta = replace(meta, size=source.size)
@@ -235,8 +239,12 @@ class _Sender:
             )
         crc = chunk_crc(data)
         meta = self.meta
+        actual = None
         if plan.done:
-            meta = replace(meta, checksum=await self._whole_checksum(plan, crc))
+            actual = await self._whole_checksum(plan, crc)
+            # Announce the caller's checksum if there is one: when the data does not match it,
+            # the receiver refuses the snapshot and discards what it holds of it.
+            meta = replace(meta, checksum=self.meta.checksum or actual)
         req = InstallSnapshotRequest(self.vote, meta, plan.offset, data, plan.done, crc)
         ttl = self.options.install_timeout if plan.done else self.options.hard_ttl
         try:
@@ -245,26 +253,25 @@ class _Sender:
             raise Timeout(f"no answer for chunk at offset {plan.offset} within {ttl:g}s") from None
         if not isinstance(response, InstallSnapshotResponse) or not isinstance(response.vote, Vote):
             raise NetworkError(f"malformed answer from the network: {response!r}")
+        if actual is not None and meta.checksum != actual:
+            raise ChecksumMismatch(  # a receiver that does not verify accepted it anyway
+                f"snapshot {self.meta.snapshot_id!r} as read from {self.source.description}",
+                str(meta.checksum),
+                actual,
+                whole=True,
+            )
         return crc, response
 
     async def _whole_checksum(self, final: ChunkPlan, final_crc: int) -> str:
-        """The whole snapshot's checksum, checked against the one the caller announced."""
+        """The checksum of the data as read, combined from the chunk CRCs."""
         crc = self.window.whole_crc(final, final_crc)
         if crc is None:  # chunks were re-cut mid-way by a rewind: read the data once more
             crc = 0
             step = self.options.chunk_size
             for offset in range(0, self.source.size, step):
                 crc = chunk_crc(await self.source.read(offset, step), crc)
-        actual = format_checksum(crc)
-        if self.checksum is not None and parse_checksum(self.checksum) != crc:
-            raise ChecksumMismatch(
-                f"snapshot {self.meta.snapshot_id!r} as read from {self.source.description}",
-                self.checksum,
-                actual,
-                whole=True,
-            )
-        self.checksum = actual
-        return actual
+        self.checksum = format_checksum(crc)
+        return self.checksum
 
 
 class Chunked:

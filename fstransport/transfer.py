@@ -11,7 +11,13 @@ from typing import Any
 
 import fsspec
 
-from fstransport.errors import ConfigurationError, HigherVote, InvalidRequest
+from fstransport.errors import (
+    ConfigurationError,
+    FstransportError,
+    HigherVote,
+    InvalidRequest,
+    RemoteError,
+)
 from fstransport.messages import SnapshotMeta, Vote
 from fstransport.network.base import Network
 from fstransport.network.loopback import LoopbackNetwork
@@ -116,12 +122,16 @@ async def ship(
             result = await send_source(
                 network, vote, meta, source, cancel, options, progress=progress
             )
-        except BaseException:
-            if store is not None:
-                try:
-                    await store.abort(snapshot_id)
-                except Exception:
-                    log.exception("could not remove the partial data of %r", snapshot_id)
+        except BaseException as exc:
+            if store is None:
+                raise
+            try:
+                await store.abort(snapshot_id)
+            except Exception:
+                log.exception("could not remove the partial data of %r", snapshot_id)
+            if isinstance(exc, RemoteError) and isinstance(exc.source, FstransportError):
+                # The receiver runs in this process: its error is this call's own error.
+                raise exc.source from exc.source.__cause__
             raise
         finally:
             await source.close()

@@ -85,7 +85,9 @@ class PartAssembler:
     A refused write changes nothing.
     """
 
-    def __init__(self, snapshot_id: str, size: int, part_size: int, max_open_parts: int = 8) -> None:
+    def __init__(
+        self, snapshot_id: str, size: int, part_size: int, max_open_parts: int = 8
+    ) -> None:
         if part_size < 1 or max_open_parts < 1:
             raise ConfigurationError("part_size and max_open_parts must be positive")
         self.snapshot_id = snapshot_id

@@ -15,59 +15,22 @@ moto's in-process ``mock_aws`` does not work with s3fs (aiobotocore); the server
 from __future__ import annotations
 
 import itertools
-import logging
-import os
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-__all__ = [
-    "moto_server",
-    "reset_moto",
-    "s3_bucket",
-    "s3_client",
-    "s3_storage_options",
-    "start_moto_server",
-    "storage_options_for",
-]
+from fstransport.moto_server import (
+    REGION,
+    TEST_CREDENTIALS,
+    reset_moto,
+    start_moto_server,
+    storage_options_for,
+)
 
-_ACCESS = {"key": "testing", "secret": "testing"}
-_REGION = "us-east-1"
+__all__ = ["moto_server", "s3_bucket", "s3_client", "s3_storage_options"]
+
 _bucket_numbers = itertools.count(1)
-
-
-def start_moto_server() -> tuple[Any, str]:
-    """Start a moto S3 server on 127.0.0.1 (a free port); return ``(server, endpoint_url)``.
-
-    Stop it with ``server.stop()``.  Raises ``ImportError`` when ``moto[server]`` is missing.
-    """
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    # moto answers as the credentials it is given; keep the process's real ones out of it
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", _ACCESS["key"])
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", _ACCESS["secret"])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"http://{host}:{port}"
-
-
-def reset_moto(endpoint_url: str) -> None:
-    """Empty the moto server at `endpoint_url` (every bucket, object and upload)."""
-    request = urllib.request.Request(f"{endpoint_url}/moto-api/reset", method="POST", data=b"")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        response.read()
-
-
-def storage_options_for(endpoint_url: str) -> dict[str, Any]:
-    """s3fs storage options for the S3 server at `endpoint_url` (moto's test credentials)."""
-    return {
-        **_ACCESS,
-        "client_kwargs": {"endpoint_url": endpoint_url, "region_name": _REGION},
-    }
 
 
 @pytest.fixture(scope="session")
@@ -98,9 +61,9 @@ def s3_client(moto_server: str) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=moto_server,
-        region_name=_REGION,
-        aws_access_key_id=_ACCESS["key"],
-        aws_secret_access_key=_ACCESS["secret"],
+        region_name=REGION,
+        aws_access_key_id=TEST_CREDENTIALS["key"],
+        aws_secret_access_key=TEST_CREDENTIALS["secret"],
     )
 
 

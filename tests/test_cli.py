@@ -28,12 +28,17 @@ def test_version() -> None:
     assert result.stdout.strip() == f"fstransport {__version__}"
 
 
-def test_demo_ships_and_verifies() -> None:
+def test_demo_ships_through_s3_and_verifies() -> None:
     result = run("demo", "--size", "3MiB", "--chunk-size", "256KiB")
     assert result.returncode == 0, result.stderr
-    assert "3.0 MiB (3145728 bytes)" in result.stdout
-    assert "12 x up to 256.0 KiB" in result.stdout
-    assert "verified" in result.stdout
+    assert "moto S3 server on http://127.0.0.1:" in result.stdout
+    assert (
+        "memory://fstransport-demo/snapshot.bin -> s3://fstransport-demo/snapshot.bin"
+        in result.stdout
+    )
+    assert result.stdout.count("3.0 MiB (3145728 bytes)") == 2
+    assert result.stdout.count("12 x up to 256.0 KiB") == 2
+    assert "equals the source" in result.stdout
     assert "throughput" in result.stdout
 
 
@@ -42,7 +47,9 @@ def test_demo_json_report(tmp_path: Path) -> None:
     result = run("demo", "--size", "1MiB", "--json", "--target", str(target))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["size"] == 1024 * 1024
+    assert [hop["size"] for hop in report["hops"]] == [1024 * 1024] * 2
+    assert report["hops"][0]["target"] == "s3://fstransport-demo/snapshot.bin"
+    assert report["hops"][1]["source"] == "s3://fstransport-demo/snapshot.bin"
     assert report["verified"] is True
     assert target.stat().st_size == 1024 * 1024
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,19 @@ def test_example_runs(
 
 def test_there_are_examples() -> None:
     assert len(_examples()) >= 3
+
+
+def test_testing_guide_example_passes_as_a_users_test(tmp_path: Path) -> None:
+    """docs/testing.md's example, run by pytest as a user would run it, in a fresh directory."""
+    [example] = BLOCK.findall((DOCS / "testing.md").read_text())
+    (tmp_path / "test_backup.py").write_text(example)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_backup.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout

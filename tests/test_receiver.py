@@ -208,3 +208,15 @@ async def test_store_abort_removes_partial_but_keeps_installed(store: FsspecSnap
     with await store.open("snap") as f:
         assert f.read() == b"v1"
     assert await store.list() == ["snap"]
+
+
+async def test_trusted_crc_is_taken_as_given_only_when_asked(store: FsspecSnapshotStore) -> None:
+    """In-process loopback may skip the second CRC pass; everything else still verifies."""
+    data = b"0123456789"
+    lying = req(data=data, size=10, done=True, crc=chunk_crc(data) ^ 1)
+    with pytest.raises(ChecksumMismatch):
+        await Receiver(store).handle(lying)
+    assert files(store) == []
+    await Receiver(store).handle(lying, trust_crc=True)  # taken as given: only for same-process
+    with await store.open("snap") as f:
+        assert f.read() == data

@@ -93,11 +93,14 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_request(req: InstallSnapshotRequest, limits: ReceiverLimits) -> int:
+def validate_request(
+    req: InstallSnapshotRequest, limits: ReceiverLimits, *, trust_crc: bool = False
+) -> int:
     """Check every field of `req` against the protocol and `limits`; return the data's CRC32C.
 
     Raises `InvalidRequest` for a malformed request and `ChecksumMismatch` when the data does
-    not match ``req.crc32c``.
+    not match ``req.crc32c``.  With `trust_crc`, a given ``req.crc32c`` is taken as is instead
+    of being computed again: only for requests that never left this process.
     """
     if not isinstance(req, InstallSnapshotRequest):
         raise InvalidRequest(f"expected an InstallSnapshotRequest, got {type(req).__name__}")
@@ -165,6 +168,8 @@ def validate_request(req: InstallSnapshotRequest, limits: ReceiverLimits) -> int
         raise InvalidRequest(
             f"crc32c must be a 32-bit unsigned integer, got {req.crc32c!r}", field="crc32c"
         )
+    if trust_crc and req.crc32c is not None:
+        return req.crc32c
     crc = chunk_crc(req.data)
     if req.crc32c is not None and crc != req.crc32c:
         raise ChecksumMismatch(

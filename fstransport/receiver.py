@@ -9,8 +9,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from fstransport.errors import SnapshotMismatch, StorageError, TooManyTransfers
-from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, Snapshot, Vote
+from fstransport.errors import InvalidRequest, SnapshotMismatch, StorageError, TooManyTransfers
+from fstransport.messages import (
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    Snapshot,
+    SnapshotMeta,
+    Vote,
+)
 from fstransport.protocol.receiver import (
     ReceiverLimits,
     StreamDecision,
@@ -69,7 +75,7 @@ class Receiver:
         `trust_crc` takes ``req.crc32c`` as is instead of computing it again; it is only for a
         request that never left this process (see `LoopbackNetwork`).
         """
-        crc = validate_request(req, self.limits, trust_crc=trust_crc)
+        crc = await self._validate(req, trust_crc=trust_crc)
         if self.vote is not None and req.vote < self.vote:
             return InstallSnapshotResponse(self.vote)
         if self.vote is None or req.vote > self.vote:
@@ -87,7 +93,35 @@ class Receiver:
         offsets in any order; the ``done`` chunk completes it once every byte before it is held
         (else `SnapshotMismatch` expecting the first missing byte) and its checksum matches.
         """
-        return await self._receive(req, validate_request(req, self.limits))
+        return await self._receive(req, await self._validate(req))
+
+    async def _validate(self, req: InstallSnapshotRequest, *, trust_crc: bool = False) -> int:
+        """`validate_request`; a broken request for a transfer in progress also ends that
+        transfer (its sender gives up on an `InvalidRequest`), discarding its partial data.
+        Nothing else changes: other transfers, the vote and installed snapshots stay."""
+        try:
+            return validate_request(req, self.limits, trust_crc=trust_crc)
+        except InvalidRequest:
+            stream = self._stream_of(req)
+            if stream is not None:
+                await self._drop(stream.state.meta.snapshot_id, stream)
+            raise
+
+    def _stream_of(self, req: object) -> _Stream | None:
+        """The transfer in progress that `req` (however malformed) belongs to, if any."""
+        meta = getattr(req, "meta", None)
+        vote = getattr(req, "vote", None)
+        if not isinstance(meta, SnapshotMeta) or not isinstance(meta.snapshot_id, str):
+            return None
+        try:
+            if not isinstance(vote, Vote) or (self.vote is not None and vote < self.vote):
+                return None  # a stale leader cannot end the current leader's transfer
+        except TypeError:  # a vote of the wrong types
+            return None
+        stream = self._streams.get(meta.snapshot_id)
+        if stream is None or not stream.state.meta.same_snapshot(meta):
+            return None
+        return stream
 
     async def _receive(self, req: InstallSnapshotRequest, crc: int) -> Snapshot | None:
         snapshot_id = req.meta.snapshot_id

@@ -140,31 +140,44 @@ async def test_wrong_whole_checksum_installs_nothing(store: FsspecSnapshotStore)
     assert receiver.receiving == []
 
 
-def _invalid_requests() -> list[tuple[str, InstallSnapshotRequest, type[Exception]]]:
+def _invalid_requests() -> list[tuple[str, InstallSnapshotRequest, type[Exception], bool]]:
+    """(what, request, error, whether it ends the transfer of "snap" in progress).
+
+    A request that breaks a rule while naming the transfer in progress (same id and meta, a
+    current vote) ends that transfer: its sender gives up on `InvalidRequest`.  A corrupt chunk
+    (`ChecksumMismatch`) is only re-sent, and requests naming another snapshot touch nothing.
+    """
     ok = b"0123456789"
     return [
-        ("negative offset", req(offset=-1, data=ok, size=20), InvalidRequest),
-        ("beyond size", req(offset=15, data=ok, size=20), InvalidRequest),
-        ("done short of size", req(offset=0, data=ok, size=20, done=True), InvalidRequest),
-        ("bad crc", req(data=ok, size=20, crc=chunk_crc(ok) ^ 0xFF), ChecksumMismatch),
-        ("empty id", req("", data=ok, size=20), InvalidRequest),
-        ("slash in id", req("a/b", data=ok, size=20), InvalidRequest),
-        ("backslash in id", req("a\\b", data=ok, size=20), InvalidRequest),
-        ("dotdot id", req("..", data=ok, size=20), InvalidRequest),
-        ("control char in id", req("a\x00b", data=ok, size=20), InvalidRequest),
-        ("newline in id", req("a\nb", data=ok, size=20), InvalidRequest),
-        ("long id", req("x" * 256, data=ok, size=20), InvalidRequest),
-        ("reserved id", req(".fstransport", data=ok, size=20), InvalidRequest),
-        ("negative size", req(data=b"", size=-1), InvalidRequest),
-        ("bad checksum text", req(data=ok, size=20, checksum="md5:abc"), InvalidRequest),
+        ("negative offset", req(offset=-1, data=ok, size=20), InvalidRequest, True),
+        ("beyond size", req(offset=15, data=ok, size=20), InvalidRequest, True),
+        ("done short of size", req(offset=0, data=ok, size=20, done=True), InvalidRequest, True),
+        ("bad crc", req(data=ok, size=20, crc=chunk_crc(ok) ^ 0xFF), ChecksumMismatch, False),
+        ("stale vote", req(offset=-1, data=ok, size=20, vote=Vote(0, 0)), InvalidRequest, False),
+        ("empty id", req("", data=ok, size=20), InvalidRequest, False),
+        ("slash in id", req("a/b", data=ok, size=20), InvalidRequest, False),
+        ("backslash in id", req("a\\b", data=ok, size=20), InvalidRequest, False),
+        ("dotdot id", req("..", data=ok, size=20), InvalidRequest, False),
+        ("control char in id", req("a\x00b", data=ok, size=20), InvalidRequest, False),
+        ("newline in id", req("a\nb", data=ok, size=20), InvalidRequest, False),
+        ("long id", req("x" * 256, data=ok, size=20), InvalidRequest, False),
+        ("reserved id", req(".fstransport", data=ok, size=20), InvalidRequest, False),
+        ("negative size", req(data=b"", size=-1), InvalidRequest, False),
+        ("bad checksum text", req(data=ok, size=20, checksum="md5:abc"), InvalidRequest, True),
     ]
 
 
 @pytest.mark.parametrize(
-    ("what", "bad", "error"), _invalid_requests(), ids=[c[0] for c in _invalid_requests()]
+    ("what", "bad", "error", "ends_transfer"),
+    _invalid_requests(),
+    ids=[c[0] for c in _invalid_requests()],
 )
-async def test_invalid_requests_change_nothing(
-    store: FsspecSnapshotStore, what: str, bad: InstallSnapshotRequest, error: type[Exception]
+async def test_invalid_requests_write_nothing(
+    store: FsspecSnapshotStore,
+    what: str,
+    bad: InstallSnapshotRequest,
+    error: type[Exception],
+    ends_transfer: bool,
 ) -> None:
     receiver = Receiver(store, vote=V1)
     # an installed snapshot and one in progress, which the bad request must not disturb
@@ -173,11 +186,16 @@ async def test_invalid_requests_change_nothing(
     before = files(store)
     with pytest.raises(error):
         await receiver.handle(bad)
-    assert files(store) == before
-    assert receiver.receiving == ["snap"]
     assert receiver.vote == V1
     with await store.open("kept") as f:
         assert f.read() == b"installed"
+    assert not await store.exists("snap")
+    if ends_transfer:
+        assert receiver.receiving == []
+        assert files(store) == ["kept"], "the ended transfer's partial data is discarded"
+        return
+    assert files(store) == before
+    assert receiver.receiving == ["snap"]
     await receiver.handle(req("snap", offset=10, data=b"abcdefghij", size=20, done=True))
     with await store.open("snap") as f:
         assert f.read() == b"0123456789abcdefghij"

@@ -16,6 +16,7 @@ from fstransport import (
     FsspecSnapshotStore,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
+    InvalidRequest,
     LoopbackNetwork,
     Receiver,
     RemoteError,
@@ -341,3 +342,25 @@ async def test_sequential_sink_on_s3_with_out_of_order_chunks(
     assert object_bytes(s3_client, s3_bucket, "p/seq") == data
     assert keys(s3_client, s3_bucket) == ["p/seq"]
     assert uploads(s3_client, s3_bucket) == []
+
+
+async def test_invalid_request_ends_the_transfer_and_aborts_its_upload(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    data = payload(3 * PART, seed=13)
+    vote = Vote(1, 0)
+    meta = SnapshotMeta("snap", size=len(data))
+    async with FsspecSnapshotStore(
+        f"s3://{s3_bucket}/p", part_size=PART, **s3_storage_options
+    ) as store:
+        receiver = Receiver(store)
+        for offset in range(0, 2 * PART, MiB):
+            chunk = data[offset : offset + MiB]
+            await receiver.handle(InstallSnapshotRequest(vote, meta, offset, chunk, False))
+        assert len(uploads(s3_client, s3_bucket)) == 1
+        beyond = InstallSnapshotRequest(vote, meta, len(data) - 10, b"x" * 20, False)
+        with pytest.raises(InvalidRequest):
+            await receiver.handle(beyond)
+        assert receiver.receiving == []
+    assert uploads(s3_client, s3_bucket) == []
+    assert keys(s3_client, s3_bucket) == []

@@ -88,6 +88,9 @@ class Receiver:
     async def receive(self, req: InstallSnapshotRequest) -> Snapshot | None:
         """Store one chunk; return the finished (not yet installed) snapshot on the final one.
 
+        (On S3, which cannot rename, the finished snapshot is already visible: see
+        `FsspecSnapshotStore`.)
+
         The seed's rules: a snapshot id not being received must start at offset 0, otherwise
         `SnapshotMismatch` expecting offset 0; chunks of the same snapshot are written at their
         offsets in any order; the ``done`` chunk completes it once every byte before it is held

@@ -15,6 +15,7 @@ from fstransport import (
     ReceiverLimits,
     SnapshotMeta,
     SnapshotMismatch,
+    StorageError,
     TooManyTransfers,
     Vote,
 )
@@ -238,3 +239,29 @@ async def test_trusted_crc_is_taken_as_given_only_when_asked(store: FsspecSnapsh
     await Receiver(store).handle(lying, trust_crc=True)  # taken as given: only for same-process
     with await store.open("snap") as f:
         assert f.read() == data
+
+
+async def test_store_abort_under_a_receiver_ends_that_transfer_cleanly(
+    store: FsspecSnapshotStore,
+) -> None:
+    """`store.abort` behind the receiver's back: its next chunk fails, the stream is dropped,
+    and sending the snapshot again works (use `Receiver.abort` to avoid the failed chunk)."""
+    receiver = Receiver(store)
+    await receiver.handle(req(data=b"0123", size=8))
+    await store.abort("snap")
+    with pytest.raises(StorageError, match="aborted"):
+        await receiver.handle(req(offset=4, data=b"4567", size=8, done=True))
+    assert receiver.receiving == []
+    assert files(store) == []
+    await receiver.handle(req(data=b"0123", size=8))
+    await receiver.handle(req(offset=4, data=b"4567", size=8, done=True))
+    with await store.open("snap") as f:
+        assert f.read() == b"01234567"
+
+
+async def test_receiver_abort_discards_the_partial(store: FsspecSnapshotStore) -> None:
+    receiver = Receiver(store)
+    await receiver.handle(req(data=b"0123", size=8))
+    await receiver.abort("snap")
+    assert receiver.receiving == []
+    assert files(store) == []

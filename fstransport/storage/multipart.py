@@ -22,7 +22,7 @@ from fstransport.messages import Buffer, SnapshotMeta, SnapshotSegmentId
 from fstransport.protocol.parts import CompletedPart, PartAssembler, choose_part_size
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.s3 import crc32c_header
-from fstransport.storage.sink import NOTHING_LOST, Lost
+from fstransport.storage.sink import NOTHING_LOST, Lost, aborted
 
 __all__ = ["MultipartSink"]
 
@@ -74,6 +74,8 @@ class MultipartSink:
     # -- SnapshotSink ------------------------------------------------------------------------
 
     async def write(self, offset: int, data: Buffer) -> Lost:
+        if self._closed:
+            raise aborted(self.url)
         self._raise_failure()
         outcome = self.parts.write(offset, data)
         for part in outcome.completed:

@@ -9,7 +9,7 @@ from typing import IO, Any
 from fstransport.messages import Buffer
 from fstransport.protocol.reorder import ReorderBuffer
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.sink import NOTHING_LOST, Lost, discard_file
+from fstransport.storage.sink import NOTHING_LOST, Lost, aborted, discard_file
 
 __all__ = ["DEFAULT_REORDER_LIMIT", "SequentialSink"]
 
@@ -46,6 +46,8 @@ class SequentialSink:
 
     async def write(self, offset: int, data: Buffer) -> Lost:
         async with self._lock:
+            if self._file.closed:
+                raise aborted(self.path)
             pieces = self.buffer.push(offset, data)
             if pieces:
                 with storage_errors(self.path, "write"):

@@ -22,6 +22,7 @@ from typing import IO, Any, Protocol
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
+from fstransport.errors import StorageError
 from fstransport.messages import Buffer
 from fstransport.storage._errors import storage_errors
 
@@ -32,6 +33,7 @@ __all__ = [
     "PwriteSink",
     "SeekableFileSink",
     "SnapshotSink",
+    "aborted",
     "discard_file",
 ]
 
@@ -66,6 +68,11 @@ class SnapshotSink(Protocol):
         """Close and delete the partial file; never raises for a file already gone."""
 
 
+def aborted(path: str) -> StorageError:
+    """The error for a write into a sink that was aborted (by ``store.abort``, say)."""
+    return StorageError(path, "write", RuntimeError("the transfer was aborted; start it over"))
+
+
 def discard_file(fileobj: IO[bytes]) -> None:
     """Close a file being written without committing what it holds, where the file allows.
 
@@ -91,8 +98,11 @@ class MemorySink:
         self._fs = fs
         self._file = MemoryFile(fs, path)
         self._file.commit()
+        self._aborted = False
 
     async def write(self, offset: int, data: Buffer) -> Lost:
+        if self._aborted:
+            raise aborted(self.path)
         with storage_errors(f"memory://{self.path}", "write"):
             self._file.seek(offset)
             self._file.write(data)
@@ -105,6 +115,7 @@ class MemorySink:
         return None
 
     async def abort(self) -> None:
+        self._aborted = True
         self._fs.store.pop(self.path, None)
 
 
@@ -136,6 +147,8 @@ class PwriteSink:
             offset += written
 
     async def write(self, offset: int, data: Buffer) -> Lost:
+        if self._fd < 0:
+            raise aborted(self.path)
         with storage_errors(self.path, "write"):
             await asyncio.to_thread(self._pwrite_all, offset, data)
         return NOTHING_LOST
@@ -190,6 +203,8 @@ class SeekableFileSink:
 
     async def write(self, offset: int, data: Buffer) -> Lost:
         async with self._lock:
+            if self._file.closed:
+                raise aborted(self.path)
             with storage_errors(self.path, "write"):
                 await asyncio.to_thread(self._write_at, offset, data)
         return NOTHING_LOST

@@ -49,13 +49,18 @@ class SnapshotStore(Protocol):
         """Start receiving the snapshot `meta` describes, discarding any partial data for its id."""
 
     async def finish(self, meta: SnapshotMeta, sink: SnapshotSink) -> Snapshot:
-        """Close a completely received snapshot and return it, readable, not yet installed."""
+        """Close a completely received snapshot and return it, readable, not yet installed.
+
+        Where the target cannot rename (S3), finishing is what makes the snapshot visible:
+        it completes the upload to the final name, and `install` is only bookkeeping.
+        """
 
     async def install(self, snapshot: Snapshot) -> None:
         """Make a finished snapshot visible under its id, replacing any older one."""
 
     async def abort(self, snapshot_id: str) -> None:
-        """Discard the partial or finished-but-not-installed data of `snapshot_id`."""
+        """Discard the partial or finished-but-not-installed data of `snapshot_id` (an S3 object
+        whose upload was completed by `finish` stays: S3 cannot take it back)."""
 
 
 SinkKind = Literal["auto", "seekable", "sequential", "multipart"]
@@ -200,6 +205,7 @@ class FsspecSnapshotStore:
         del self._sinks[snapshot_id]
         self._finished[snapshot_id] = sink
         with storage_errors(sink.path, "open"):
+            self._forget_listings(sink.path)
             data: IO[bytes] = await asyncio.to_thread(self.fs.open, sink.path, "rb")
         return Snapshot(meta, data)
 
@@ -259,16 +265,24 @@ class FsspecSnapshotStore:
 
     # -- reading installed snapshots ----------------------------------------------------------
 
+    def _forget_listings(self, path: str) -> None:
+        """Drop fsspec's cached listings of `path` and its folder: the bucket or folder may have
+        changed behind the cache's back (our own S3 uploads go through another client)."""
+        self.fs.invalidate_cache(path)
+        self.fs.invalidate_cache(self.fs._parent(path))
+
     async def exists(self, snapshot_id: str) -> bool:
         """Whether `snapshot_id` is installed."""
         path = self.path(snapshot_id)
         with storage_errors(path, "stat"):
+            self._forget_listings(path)
             return bool(await asyncio.to_thread(self.fs.isfile, path))
 
     async def open(self, snapshot_id: str) -> IO[bytes]:
         """The installed snapshot `snapshot_id`, opened for reading."""
         path = self.path(snapshot_id)
         with storage_errors(path, "open"):
+            self._forget_listings(path)
             if not await asyncio.to_thread(self.fs.isfile, path):
                 raise FileNotFoundError(path)
             fileobj: IO[bytes] = await asyncio.to_thread(self.fs.open, path, "rb")
@@ -277,6 +291,7 @@ class FsspecSnapshotStore:
     async def list(self) -> list[str]:
         """The ids of the installed snapshots, sorted."""
         with storage_errors(self.url, "list"):
+            self.fs.invalidate_cache(self.root)
             if not await asyncio.to_thread(self.fs.isdir, self.root):
                 return []
             entries = await asyncio.to_thread(self.fs.ls, self.root, detail=True)

@@ -36,7 +36,7 @@ from fstransport.messages import (
     SnapshotSegmentId,
     Vote,
 )
-from fstransport.network import LoopbackNetwork, Network
+from fstransport.network import FaultStats, FaultyNetwork, LoopbackNetwork, Network
 from fstransport.options import KiB, MiB, RetryPolicy, TransferOptions
 from fstransport.protocol.receiver import ReceiverLimits
 from fstransport.receiver import Receiver
@@ -53,6 +53,8 @@ __all__ = [
     "ChecksumMismatch",
     "Chunked",
     "ConfigurationError",
+    "FaultStats",
+    "FaultyNetwork",
     "FsspecSnapshotStore",
     "FstransportError",
     "HigherVote",

@@ -105,9 +105,15 @@ class InstallSnapshotRequest:
 
 @dataclass(frozen=True)
 class InstallSnapshotResponse:
-    """The receiver's answer to one chunk: its current vote."""
+    """The receiver's answer to one chunk: its current vote.
+
+    `held` lists byte ranges ``(start, end)`` of the snapshot the receiver already holds; it
+    comes with the answer to the chunk at offset 0 and to the first chunk of a resumed transfer,
+    so that a sender skips what an earlier attempt delivered.
+    """
 
     vote: Vote
+    held: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ check and the install, and is what a network adapter calls for each request.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from fstransport.errors import InvalidRequest, SnapshotMismatch, StorageError, TooManyTransfers
@@ -29,6 +31,15 @@ from fstransport.storage.store import SnapshotStore
 
 __all__ = ["Receiver"]
 
+log = logging.getLogger("fstransport.receiver")
+
+
+INSTALLED_MEMORY = 256
+"""How many installed snapshots a receiver remembers, to acknowledge a repeated final chunk."""
+
+Held = tuple[tuple[int, int], ...]
+_Outcome = tuple["Snapshot | None", "Held | None"]
+
 
 @dataclass
 class _Stream:
@@ -36,6 +47,7 @@ class _Stream:
     sink: SnapshotSink | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
+    resumed: bool = False
 
 
 class Receiver:
@@ -57,6 +69,7 @@ class Receiver:
         self.vote = vote
         self.limits = limits or ReceiverLimits()
         self._streams: dict[str, _Stream] = {}
+        self._installed: OrderedDict[str, SnapshotMeta] = OrderedDict()
 
     @property
     def receiving(self) -> list[str]:
@@ -80,10 +93,10 @@ class Receiver:
             return InstallSnapshotResponse(self.vote)
         if self.vote is None or req.vote > self.vote:
             self.vote = req.vote
-        snapshot = await self._receive(req, crc)
+        snapshot, held = await self._receive(req, crc)
         if snapshot is not None:
             await self.store.install(snapshot)
-        return InstallSnapshotResponse(self.vote)
+        return InstallSnapshotResponse(self.vote, held=held)
 
     async def receive(self, req: InstallSnapshotRequest) -> Snapshot | None:
         """Store one chunk; return the finished (not yet installed) snapshot on the final one.
@@ -96,7 +109,8 @@ class Receiver:
         offsets in any order; the ``done`` chunk completes it once every byte before it is held
         (else `SnapshotMismatch` expecting the first missing byte) and its checksum matches.
         """
-        return await self._receive(req, await self._validate(req))
+        snapshot, _ = await self._receive(req, await self._validate(req))
+        return snapshot
 
     async def _validate(self, req: InstallSnapshotRequest, *, trust_crc: bool = False) -> int:
         """`validate_request`; a broken request for a transfer in progress also ends that
@@ -126,9 +140,13 @@ class Receiver:
             return None
         return stream
 
-    async def _receive(self, req: InstallSnapshotRequest, crc: int) -> Snapshot | None:
+    async def _receive(self, req: InstallSnapshotRequest, crc: int) -> _Outcome:
         snapshot_id = req.meta.snapshot_id
         stream = self._streams.get(snapshot_id)
+        if stream is None:
+            if self._already_installed(req):
+                return None, ((0, req.offset + len(req.data)),)
+            stream = await self._resume(req)
         decision = decide_stream(stream.state.meta if stream else None, req)
         if decision is StreamDecision.CONTINUE and stream is not None:
             async with stream.lock:
@@ -150,26 +168,75 @@ class Receiver:
             try:
                 stream.sink = await self.store.begin(req.meta)
             except BaseException:
-                stream.closed = True
-                if self._streams.get(snapshot_id) is stream:
-                    del self._streams[snapshot_id]
+                self._forget(snapshot_id, stream)
                 raise
             return await self._write(snapshot_id, stream, req, crc)
 
+    async def _resume(self, req: InstallSnapshotRequest) -> _Stream | None:
+        """A stream over partial data an earlier receiver left for this very snapshot."""
+        snapshot_id = req.meta.snapshot_id
+        if len(self._streams) >= self.limits.max_transfers:
+            return None
+        stream = _Stream(StreamState(req.meta))
+        self._streams[snapshot_id] = stream
+        async with stream.lock:
+            try:
+                found = await self.store.resume(req.meta)
+            except BaseException:
+                self._forget(snapshot_id, stream)
+                raise
+            if found is None:
+                self._forget(snapshot_id, stream)
+                return None
+            stream.sink, records = found
+            for record in records:
+                stream.state.ledger.add(record.offset, record.length, record.crc)
+            stream.resumed = True
+            log.info(
+                "resuming snapshot %r: %d bytes already held",
+                snapshot_id,
+                stream.state.ledger.held().total(),
+            )
+        return stream
+
+    def _forget(self, snapshot_id: str, stream: _Stream) -> None:
+        stream.closed = True
+        if self._streams.get(snapshot_id) is stream:
+            del self._streams[snapshot_id]
+
+    def _already_installed(self, req: InstallSnapshotRequest) -> bool:
+        """A final chunk of a snapshot this receiver installed already (its answer was lost)."""
+        installed = self._installed.get(req.meta.snapshot_id)
+        return (
+            req.done
+            and installed is not None
+            and req.meta.checksum is not None
+            and installed.checksum == req.meta.checksum
+            and installed.same_snapshot(req.meta)
+        )
+
     async def _write(
         self, snapshot_id: str, stream: _Stream, req: InstallSnapshotRequest, crc: int
-    ) -> Snapshot | None:
+    ) -> _Outcome:
         """Write `req` into `stream` (whose lock is held); finish the snapshot on ``done``."""
         sink = stream.sink
         assert sink is not None
-        try:
-            lost = await sink.write(req.offset, req.data)
-        except StorageError:
-            await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
-            raise
-        stream.state.record(req, crc, lost)
+        end = req.offset + len(req.data)
+        if stream.state.meta.checksum is not None and stream.state.ledger.covers(req.offset, end):
+            pass  # a snapshot named by its checksum never changes: these bytes are there already
+        else:
+            try:
+                lost = await sink.write(req.offset, req.data, crc)
+            except StorageError:
+                await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
+                raise
+            stream.state.record(req, crc, lost)
+        held = None
+        if req.offset == 0 or stream.resumed:  # tell the sender what it need not send
+            held = tuple(stream.state.ledger.held())
+            stream.resumed = False
         if not req.done:
-            return None
+            return None, held
         try:
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
             snapshot = await self.store.finish(meta, sink)
@@ -180,7 +247,10 @@ class Receiver:
             raise
         stream.closed = True
         del self._streams[snapshot_id]
-        return snapshot
+        self._installed[snapshot_id] = meta
+        while len(self._installed) > INSTALLED_MEMORY:
+            self._installed.popitem(last=False)
+        return snapshot, held
 
     async def abort(self, snapshot_id: str) -> None:
         """Stop receiving `snapshot_id` and delete its partial data (installed data stays)."""

@@ -40,7 +40,7 @@ from fstransport.messages import (
 from fstransport.network.base import Network
 from fstransport.options import TransferOptions
 from fstransport.protocol.sender import ChunkPlan, SendStats, SendWindow
-from fstransport.storage.source import ChunkSource, source_for_file
+from fstransport.storage.source import ChunkSource, source_checksum, source_for_file
 
 __all__ = ["Chunked", "SendResult", "send_source"]
 
@@ -204,6 +204,10 @@ class _Sender:
                 )
                 return SendResult(SnapshotResponse(response.vote), False, None, window.stats)
             window.on_ack(plan, crc, now)
+            if response.held:
+                skipped = window.on_held(response.held)
+                if skipped:
+                    log.info("receiver already holds %d bytes; not sending them", skipped)
             if self.progress is not None and plan.length:
                 self.progress(plan.length)
             if window.finished:
@@ -245,6 +249,7 @@ class _Sender:
             # Announce the caller's checksum if there is one: when the data does not match it,
             # the receiver refuses the snapshot and discards what it holds of it.
             meta = replace(meta, checksum=self.meta.checksum or actual)
+            self.checksum = meta.checksum
         req = InstallSnapshotRequest(self.vote, meta, plan.offset, data, plan.done, crc)
         ttl = self.options.install_timeout if plan.done else self.options.hard_ttl
         try:
@@ -253,7 +258,7 @@ class _Sender:
             raise Timeout(f"no answer for chunk at offset {plan.offset} within {ttl:g}s") from None
         if not isinstance(response, InstallSnapshotResponse) or not isinstance(response.vote, Vote):
             raise NetworkError(f"malformed answer from the network: {response!r}")
-        if actual is not None and meta.checksum != actual:
+        if plan.done and actual is not None and meta.checksum != actual:
             raise ChecksumMismatch(  # a receiver that does not verify accepted it anyway
                 f"snapshot {self.meta.snapshot_id!r} as read from {self.source.description}",
                 str(meta.checksum),
@@ -262,16 +267,18 @@ class _Sender:
             )
         return crc, response
 
-    async def _whole_checksum(self, final: ChunkPlan, final_crc: int) -> str:
-        """The checksum of the data as read, combined from the chunk CRCs."""
+    async def _whole_checksum(self, final: ChunkPlan, final_crc: int) -> str | None:
+        """The checksum of the data as read, combined from the chunk CRCs.
+
+        None when some bytes were never read (the receiver held them already) and the caller
+        announced a checksum: the receiver verifies that one against everything it holds.
+        """
         crc = self.window.whole_crc(final, final_crc)
+        if crc is None and self.meta.checksum is not None:
+            return None
         if crc is None:  # chunks were re-cut mid-way by a rewind: read the data once more
-            crc = 0
-            step = self.options.chunk_size
-            for offset in range(0, self.source.size, step):
-                crc = chunk_crc(await self.source.read(offset, step), crc)
-        self.checksum = format_checksum(crc)
-        return self.checksum
+            return await source_checksum(self.source, self.options.chunk_size)
+        return format_checksum(crc)
 
 
 class Chunked:

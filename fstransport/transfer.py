@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import fsspec
 
 from fstransport.errors import (
+    ChecksumMismatch,
     ConfigurationError,
     FstransportError,
     HigherVote,
@@ -26,7 +28,7 @@ from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback, send_source
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.source import open_source
+from fstransport.storage.source import open_source, source_checksum
 from fstransport.storage.store import FsspecSnapshotStore
 
 __all__ = ["TransferReport", "ship"]
@@ -47,6 +49,7 @@ class TransferReport:
     chunks_sent: int
     retries: int
     rewinds: int
+    bytes_skipped: int
     elapsed: float
     checksum: str | None
 
@@ -94,6 +97,7 @@ async def ship(
     cancel: Awaitable[Any] | None = None,
     vote: Vote = DEFAULT_VOTE,
     progress: ProgressCallback | None = None,
+    checksum: str | None = None,
 ) -> TransferReport:
     """Copy the file at `source_url` to exactly `target_url` through the chunked transport.
 
@@ -102,6 +106,10 @@ async def ship(
     lands and the target's file name is the snapshot id.  The target appears only when the whole
     copy is verified; on any failure nothing is visible at `target_url` and, in-process, no
     partial data is left behind.
+
+    `checksum` (``"crc32c:%08x"``) names the data when the caller knows it: the receiver then
+    verifies it, and can resume a transfer an earlier, interrupted call left halfway.  Without
+    it, an in-process copy computes it only when such a partial copy exists.
 
     Raises `StorageError` (source or target unusable), `RetryExhausted`, `ReplicationClosed`
     (`cancel` completed), `HigherVote` (the receiver holds a higher vote), `ConfigurationError`.
@@ -119,10 +127,28 @@ async def ship(
     try:
         source = await open_source(source_url, **(source_options or {}))
         try:
-            meta = SnapshotMeta(snapshot_id=snapshot_id, size=source.size)
-            result = await send_source(
-                network, vote, meta, source, cancel, options, progress=progress
+            meta = SnapshotMeta(snapshot_id=snapshot_id, size=source.size, checksum=checksum)
+            resuming = checksum is None and store is not None
+            if resuming and store is not None and await store.has_partial(snapshot_id):
+                # An earlier ship() was killed halfway: name the data by its checksum, so that
+                # the receiver can resume its partial copy and prove the result whole.
+                meta = replace(meta, checksum=await source_checksum(source, options.chunk_size))
+            else:
+                resuming = False
+            send = functools.partial(
+                send_source, network, vote, meta, source, cancel, options, progress=progress
             )
+            try:
+                result = await send()
+            except RemoteError as exc:
+                stale = isinstance(exc.source, ChecksumMismatch) and exc.source.whole
+                if not (resuming and stale):
+                    raise
+                # The partial copy was of other data; the receiver discarded it: start afresh.
+                log.warning(
+                    "partial copy of %r did not match the source; starting over", snapshot_id
+                )
+                result = await send()
         except BaseException as exc:
             if store is None:
                 raise
@@ -150,6 +176,7 @@ async def ship(
         chunks_sent=stats.chunks_sent,
         retries=stats.retries,
         rewinds=stats.rewinds,
+        bytes_skipped=stats.bytes_skipped,
         elapsed=time.perf_counter() - started,
         checksum=result.checksum,
     )

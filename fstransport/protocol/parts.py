@@ -200,6 +200,13 @@ class PartAssembler:
                 del self._open[other]
         return offset, lost
 
+    def mark_completed(self, number: int) -> None:
+        """Record that part `number` is complete elsewhere (an upload being resumed)."""
+        if not 1 <= number <= self.part_count:
+            raise ValueError(f"no part {number} in a snapshot of {self.part_count} parts")
+        self._open.pop(number, None)
+        self._completed.add(number)
+
     def reset(self) -> None:
         """Forget every part, open or completed."""
         self._open.clear()

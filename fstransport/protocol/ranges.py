@@ -114,6 +114,11 @@ class ChunkLedger:
         self._starts[lo:hi] = [offset]
         self._records[offset] = ChunkRecord(offset, length, crc)
 
+    def covers(self, start: int, end: int) -> bool:
+        """Whether one recorded chunk holds all of ``[start, end)``."""
+        i = bisect_right(self._starts, start) - 1
+        return i >= 0 and self._records[self._starts[i]].end >= end
+
     def discard(self, start: int, end: int) -> None:
         """Forget every chunk that overlaps ``[start, end)``."""
         lo = bisect_left(self._starts, start)

@@ -20,6 +20,7 @@ what the window plans.  Its rules:
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fstransport.checksum import combine
@@ -54,6 +55,7 @@ class SendStats:
     retries: int = 0
     rewinds: int = 0
     shrinks: int = 0
+    bytes_skipped: int = 0
 
 
 class SendWindow:
@@ -201,6 +203,26 @@ class SendWindow:
             self._count_failure(expect_offset, self._rewinds, error, now)
         else:
             self._rewinds[expect_offset] = 1
+
+    def on_held(self, ranges: Iterable[tuple[int, int]]) -> int:
+        """The receiver already holds `ranges` (from an earlier attempt): do not send them.
+
+        The last byte is always sent, in the final chunk that completes the transfer.  Ranges
+        outside the snapshot are ignored.  Returns the number of bytes skipped.
+        """
+        skipped = 0
+        limit = self.size - 1
+        for start, end in ranges:
+            if not (isinstance(start, int) and isinstance(end, int)):
+                continue
+            start, end = max(0, start), min(end, limit)
+            if start >= end:
+                continue
+            before = self._pending.total()
+            self._pending.remove(start, end)
+            skipped += before - self._pending.total()
+        self.stats.bytes_skipped += skipped
+        return skipped
 
     def on_abandoned(self, plan: ChunkPlan) -> None:
         """`plan`'s answer will never be looked at (the transfer is ending)."""

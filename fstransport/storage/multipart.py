@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 from typing import Any
 
@@ -20,7 +21,9 @@ from fstransport.checksum import chunk_crc
 from fstransport.errors import SnapshotMismatch, StorageError
 from fstransport.messages import Buffer, SnapshotMeta, SnapshotSegmentId
 from fstransport.protocol.parts import CompletedPart, PartAssembler, choose_part_size
+from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.journal import identity, matches
 from fstransport.storage.s3 import crc32c_header
 from fstransport.storage.sink import NOTHING_LOST, Lost, aborted
 
@@ -47,6 +50,7 @@ class MultipartSink:
         part_size: int | None = None,
         max_uploads: int = 4,
         max_open_parts: int = 8,
+        state_key: str | None = None,
     ) -> None:
         if meta.size is None:
             raise StorageError(
@@ -70,10 +74,70 @@ class MultipartSink:
         self._create_lock = asyncio.Lock()
         self._failure: BaseException | None = None
         self._closed = False
+        self._identity = identity(meta)
+        self._checksum = meta.checksum
+        self._state_key = state_key
+        self._state_lock = asyncio.Lock()
+        self.part_crcs: dict[int, int] = {}
+
+    # -- resuming ----------------------------------------------------------------------------
+
+    @classmethod
+    async def resume(
+        cls, fs: Any, bucket: str, key: str, meta: SnapshotMeta, state_key: str
+    ) -> tuple[MultipartSink, list[ChunkRecord]] | None:
+        """The upload an earlier sink recorded in `state_key` for the same snapshot, with the
+        parts it completed, or None when there is none to resume."""
+        try:
+            response = await fs._call_s3("get_object", Bucket=bucket, Key=state_key)
+            state = json.loads(await response["Body"].read())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not matches(state, meta):
+            return None
+        sink = cls(fs, bucket, key, meta, part_size=int(state["part_size"]), state_key=state_key)
+        sink.upload_id = str(state["upload_id"])
+        records = []
+        for number_text, (etag, header, crc) in state["parts"].items():
+            number = int(number_text)
+            sink.parts.mark_completed(number)
+            sink.uploaded[number] = (str(etag), str(header))
+            sink.part_crcs[number] = int(crc)
+            start, end = sink.parts.part_range(number)
+            records.append(ChunkRecord(start, end - start, int(crc)))
+        return sink, sorted(records, key=lambda r: r.offset)
+
+    async def _save_state(self) -> None:
+        """Write down the upload and its completed parts, so that it can be resumed."""
+        if self._state_key is None or self.upload_id is None:
+            return
+        async with self._state_lock:
+            state = {
+                "identity": self._identity,
+                "checksum": self._checksum,
+                "upload_id": self.upload_id,
+                "part_size": self.part_size,
+                "parts": {
+                    str(n): [*self.uploaded[n], self.part_crcs[n]]
+                    for n in sorted(self.uploaded)
+                    if n in self.part_crcs
+                },
+            }
+            await self._fs._call_s3(
+                "put_object",
+                Bucket=self._bucket,
+                Key=self._state_key,
+                Body=json.dumps(state).encode(),
+            )
+
+    async def _drop_state(self) -> None:
+        if self._state_key is not None:
+            with contextlib.suppress(FileNotFoundError):
+                await self._fs._call_s3("delete_object", Bucket=self._bucket, Key=self._state_key)
 
     # -- SnapshotSink ------------------------------------------------------------------------
 
-    async def write(self, offset: int, data: Buffer) -> Lost:
+    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
         if self._closed:
             raise aborted(self.url)
         self._raise_failure()
@@ -104,6 +168,8 @@ class MultipartSink:
         else:
             await self._complete()
         self._closed = True
+        with storage_errors(self.url, "clean up"):
+            await self._drop_state()
 
     async def abort(self) -> None:
         """Stop uploading and abort the multipart upload: nothing stays behind in the bucket."""
@@ -113,12 +179,13 @@ class MultipartSink:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        if self.upload_id is not None:
-            upload_id, self.upload_id = self.upload_id, None
-            with storage_errors(self.url, "abort upload"):
+        with storage_errors(self.url, "abort upload"):
+            if self.upload_id is not None:
+                upload_id, self.upload_id = self.upload_id, None
                 await self._fs._call_s3(
                     "abort_multipart_upload", Bucket=self._bucket, Key=self._key, UploadId=upload_id
                 )
+            await self._drop_state()
 
     # -- uploads -----------------------------------------------------------------------------
 
@@ -155,7 +222,8 @@ class MultipartSink:
 
     async def _upload(self, upload_id: str, part: CompletedPart) -> None:
         try:
-            checksum = crc32c_header(chunk_crc(part.data))
+            crc = chunk_crc(part.data)
+            checksum = crc32c_header(crc)
             self.upload_calls += 1
             response = await self._fs._call_s3(
                 "upload_part",
@@ -167,6 +235,11 @@ class MultipartSink:
                 ChecksumCRC32C=checksum,
             )
             self.uploaded[part.number] = (str(response["ETag"]), checksum)
+            self.part_crcs[part.number] = crc
+            try:
+                await self._save_state()
+            except Exception as exc:  # the upload goes on; only resuming it would re-send more
+                log.warning("could not record the state of %s: %s", self.url, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -44,7 +44,7 @@ class SequentialSink:
         for piece in pieces:
             self._file.write(piece)
 
-    async def write(self, offset: int, data: Buffer) -> Lost:
+    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
         async with self._lock:
             if self._file.closed:
                 raise aborted(self.path)

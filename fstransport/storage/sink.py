@@ -23,8 +23,9 @@ from typing import IO, Any, Protocol
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
 from fstransport.errors import StorageError
-from fstransport.messages import Buffer
+from fstransport.messages import Buffer, SnapshotMeta
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.journal import LocalJournal, MemoryJournal
 
 __all__ = [
     "NOTHING_LOST",
@@ -47,8 +48,9 @@ class SnapshotSink(Protocol):
 
     path: str
 
-    async def write(self, offset: int, data: Buffer) -> Lost:
-        """Store `data` at `offset`; return ranges written earlier that the sink no longer holds.
+    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
+        """Store `data` (whose CRC32C is `crc`) at `offset`; return ranges written earlier that
+        the sink no longer holds.
 
         Raises `StorageError`, or `SnapshotMismatch` when the sink cannot take `offset` now (a
         sequential target too far behind it); nothing is written then.
@@ -93,51 +95,82 @@ def discard_file(fileobj: IO[bytes]) -> None:
 class MemorySink:
     """Writes into a ``memory://`` file in place."""
 
-    def __init__(self, fs: MemoryFileSystem, path: str) -> None:
+    def __init__(
+        self, fs: MemoryFileSystem, path: str, journal: MemoryJournal | None = None
+    ) -> None:
         self.path = path
         self._fs = fs
-        self._file = MemoryFile(fs, path)
-        self._file.commit()
+        existing = fs.store.get(path)
+        if journal is not None and isinstance(existing, MemoryFile):
+            self._file = existing  # resuming: keep the bytes already there
+        else:
+            self._file = MemoryFile(fs, path)
+            self._file.commit()
+        self._journal = journal
         self._aborted = False
 
-    async def write(self, offset: int, data: Buffer) -> Lost:
+    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
         if self._aborted:
             raise aborted(self.path)
         with storage_errors(f"memory://{self.path}", "write"):
             self._file.seek(offset)
             self._file.write(data)
+            if self._journal is not None:
+                self._journal.append(offset, len(data), crc)
         return NOTHING_LOST
 
     def rewind(self, offset: int) -> tuple[int, Lost]:
         return offset, NOTHING_LOST
 
     async def finish(self) -> None:
-        return None
+        if self._journal is not None:
+            self._journal.remove()
 
     async def abort(self) -> None:
         self._aborted = True
         self._fs.store.pop(self.path, None)
+        if self._journal is not None:
+            self._journal.remove()
 
 
 class PwriteSink:
     """Writes a local file with ``os.pwrite`` from worker threads."""
 
-    def __init__(self, path: str, fd: int, *, fsync: bool) -> None:
+    def __init__(
+        self, path: str, fd: int, *, fsync: bool, journal: LocalJournal | None = None
+    ) -> None:
         self.path = path
         self._fd = fd
         self._fsync = fsync
+        self._journal = journal
 
     @classmethod
-    async def create(cls, path: str, *, fsync: bool = False) -> PwriteSink:
-        def _create() -> int:
+    async def create(
+        cls,
+        path: str,
+        *,
+        fsync: bool = False,
+        journal_path: str | None = None,
+        meta: SnapshotMeta | None = None,
+        resume: bool = False,
+    ) -> PwriteSink:
+        """Open `path` for writing: truncated, or as it is when `resume`.  With `journal_path`
+        and `meta`, every chunk written is also noted in a journal there (see `journal`)."""
+
+        def _create() -> tuple[int, LocalJournal | None]:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            return os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644
-            )
+            flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0)
+            fd = os.open(path, flags if resume else flags | os.O_TRUNC, 0o644)
+            if journal_path is None or meta is None:
+                return fd, None
+            os.makedirs(os.path.dirname(journal_path), exist_ok=True)
+            if resume:
+                return fd, LocalJournal.reopen(journal_path)
+            return fd, LocalJournal.create(journal_path, meta)
 
         with storage_errors(path, "open"):
-            fd = await asyncio.to_thread(_create)
-        return cls(path, fd, fsync=fsync)
+            fd, journal = await asyncio.to_thread(_create)
+        return cls(path, fd, fsync=fsync, journal=journal)
 
     def _pwrite_all(self, offset: int, data: Buffer) -> None:
         view = memoryview(data)
@@ -146,11 +179,13 @@ class PwriteSink:
             view = view[written:]
             offset += written
 
-    async def write(self, offset: int, data: Buffer) -> Lost:
+    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
         if self._fd < 0:
             raise aborted(self.path)
         with storage_errors(self.path, "write"):
             await asyncio.to_thread(self._pwrite_all, offset, data)
+            if self._journal is not None:
+                self._journal.append(offset, len(data), crc)
         return NOTHING_LOST
 
     def rewind(self, offset: int) -> tuple[int, Lost]:
@@ -166,6 +201,8 @@ class PwriteSink:
             if self._fsync:
                 os.fsync(self._fd)
             self._close()
+            if self._journal is not None:
+                self._journal.remove()
 
         with storage_errors(self.path, "finish"):
             await asyncio.to_thread(_finish)
@@ -177,6 +214,8 @@ class PwriteSink:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
+                if self._journal is not None:
+                    self._journal.remove()
 
         with storage_errors(self.path, "abort"):
             await asyncio.to_thread(_abort)
@@ -201,7 +240,7 @@ class SeekableFileSink:
         self._file.seek(offset)
         self._file.write(data)
 
-    async def write(self, offset: int, data: Buffer) -> Lost:
+    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
         async with self._lock:
             if self._file.closed:
                 raise aborted(self.path)

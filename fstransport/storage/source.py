@@ -25,6 +25,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
+from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.errors import StorageError
 from fstransport.messages import Buffer
 from fstransport.storage._aio import close_async_filesystem
@@ -38,6 +39,7 @@ __all__ = [
     "FileObjectSource",
     "PreadSource",
     "open_source",
+    "source_checksum",
     "source_for_file",
 ]
 
@@ -194,6 +196,14 @@ class AsyncFsSource:
 
     async def close(self) -> None:
         await close_async_filesystem(self._fs)
+
+
+async def source_checksum(source: ChunkSource, step: int = 8 * 1024 * 1024) -> str:
+    """The ``"crc32c:%08x"`` checksum of all of `source`'s bytes (one full read)."""
+    crc = 0
+    for offset in range(0, source.size, step):
+        crc = chunk_crc(await source.read(offset, min(step, source.size - offset)), crc)
+    return format_checksum(crc)
 
 
 def _real_fd(fileobj: IO[bytes]) -> int | None:

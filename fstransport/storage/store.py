@@ -23,9 +23,11 @@ from fsspec.implementations.memory import MemoryFileSystem
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Snapshot, SnapshotMeta
 from fstransport.protocol.parts import MIN_PART_SIZE
+from fstransport.protocol.ranges import ChunkRecord
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.journal import LocalJournal, MemoryJournal, parse_records, resumable
 from fstransport.storage.multipart import MultipartSink
 from fstransport.storage.s3 import is_s3, open_s3, split_bucket_key
 from fstransport.storage.sequential import SequentialSink
@@ -40,6 +42,7 @@ from fstransport.storage.sink import (
 __all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
 
 PARTIAL_DIR = ".fstransport/partial"
+JOURNAL_DIR = ".fstransport/journal"
 
 
 class SnapshotStore(Protocol):
@@ -47,6 +50,9 @@ class SnapshotStore(Protocol):
 
     async def begin(self, meta: SnapshotMeta) -> SnapshotSink:
         """Start receiving the snapshot `meta` describes, discarding any partial data for its id."""
+
+    async def resume(self, meta: SnapshotMeta) -> tuple[SnapshotSink, list[ChunkRecord]] | None:
+        """Reopen partial data left for exactly this snapshot, with the chunks it holds; or None."""
 
     async def finish(self, meta: SnapshotMeta, sink: SnapshotSink) -> Snapshot:
         """Close a completely received snapshot and return it, readable, not yet installed.
@@ -168,6 +174,10 @@ class FsspecSnapshotStore:
 
     # -- receiving ---------------------------------------------------------------------------
 
+    def journal_path(self, snapshot_id: str) -> str:
+        """Where the record of what a partial snapshot holds is kept (for resuming it)."""
+        return self._join(JOURNAL_DIR, check_snapshot_id(snapshot_id))
+
     async def begin(self, meta: SnapshotMeta) -> SnapshotSink:
         snapshot_id = meta.snapshot_id
         await self.abort(snapshot_id)
@@ -175,18 +185,71 @@ class FsspecSnapshotStore:
         self._sinks[snapshot_id] = sink
         return sink
 
+    async def resume(self, meta: SnapshotMeta) -> tuple[SnapshotSink, list[ChunkRecord]] | None:
+        """Reopen the partial data of the snapshot `meta` describes, left by an earlier receiver
+        (of this process or one before it), with the chunks it holds; None if there is none.
+
+        Only snapshots with a size and a checksum are resumed, and only into partial data
+        recorded for exactly the same snapshot; anything else is started afresh by `begin`.
+        """
+        snapshot_id = meta.snapshot_id
+        if not resumable(meta) or snapshot_id in self._sinks:
+            return None
+        path, journal = self.partial_path(snapshot_id), self.journal_path(snapshot_id)
+        found: tuple[SnapshotSink, list[ChunkRecord]] | None = None
+        with storage_errors(path, "resume"):
+            if self.sink_kind in ("auto", "multipart") and is_s3(self.fs):
+                bucket, key = split_bucket_key(self.path(snapshot_id))
+                found = await MultipartSink.resume(
+                    await self._async_s3(), bucket, key, meta, split_bucket_key(journal)[1]
+                )
+            elif self.sink_kind == "auto" and isinstance(self.fs, MemoryFileSystem):
+                records = parse_records(MemoryJournal.read(self.fs, journal) or "", meta)
+                if records is not None and path in self.fs.store:
+                    found = MemorySink(self.fs, path, MemoryJournal(self.fs, journal)), records
+            elif self.sink_kind == "auto" and isinstance(self.fs, LocalFileSystem):
+                text = await asyncio.to_thread(LocalJournal.read, journal)
+                records = parse_records(text or "", meta)
+                if records is not None and await asyncio.to_thread(os.path.isfile, path):
+                    sink = await PwriteSink.create(
+                        path, fsync=self._fsync, journal_path=journal, meta=meta, resume=True
+                    )
+                    found = sink, records
+        if found is not None:
+            self._sinks[snapshot_id] = found[0]
+        return found
+
+    async def has_partial(self, snapshot_id: str) -> bool:
+        """Whether an earlier receiver left resumable partial data for `snapshot_id`."""
+        journal = self.journal_path(snapshot_id)
+        with storage_errors(journal, "stat"):
+            if isinstance(self.fs, MemoryFileSystem):
+                return journal in self.fs.store
+            self.fs.invalidate_cache(self.fs._parent(journal))
+            return bool(await asyncio.to_thread(self.fs.exists, journal))
+
     async def _open_sink(self, meta: SnapshotMeta) -> SnapshotSink:
         kind = self.sink_kind
-        path = self.partial_path(meta.snapshot_id)
+        snapshot_id = meta.snapshot_id
+        path = self.partial_path(snapshot_id)
+        journal = self.journal_path(snapshot_id) if meta.size is not None else None
         if kind in ("auto", "multipart") and is_s3(self.fs):
-            bucket, key = split_bucket_key(self.path(meta.snapshot_id))
+            bucket, key = split_bucket_key(self.path(snapshot_id))
+            state_key = split_bucket_key(journal)[1] if journal else None
             return MultipartSink(
-                await self._async_s3(), bucket, key, meta, part_size=self.part_size
+                await self._async_s3(),
+                bucket,
+                key,
+                meta,
+                part_size=self.part_size,
+                state_key=state_key,
             )
         if kind == "auto" and isinstance(self.fs, MemoryFileSystem):
-            return MemorySink(self.fs, path)
+            if journal is None:
+                return MemorySink(self.fs, path)
+            return MemorySink(self.fs, path, MemoryJournal.create(self.fs, journal, meta))
         if kind == "auto" and isinstance(self.fs, LocalFileSystem):
-            return await PwriteSink.create(path, fsync=self._fsync)
+            return await PwriteSink.create(path, fsync=self._fsync, journal_path=journal, meta=meta)
         with storage_errors(path, "open"):
             await asyncio.to_thread(self.fs.makedirs, self._join(PARTIAL_DIR), exist_ok=True)
             fileobj: IO[bytes] = await asyncio.to_thread(self.fs.open, path, "wb")
@@ -238,10 +301,11 @@ class FsspecSnapshotStore:
                 await sink.abort()
         partial = self.partial_path(snapshot_id)
         with storage_errors(partial, "abort"):
-            if isinstance(self.fs, MemoryFileSystem):
-                self.fs.store.pop(partial, None)
-            elif await asyncio.to_thread(self.fs.exists, partial):
-                await asyncio.to_thread(self.fs.rm_file, partial)
+            for leftover in (partial, self.journal_path(snapshot_id)):
+                if isinstance(self.fs, MemoryFileSystem):
+                    self.fs.store.pop(leftover, None)
+                elif await asyncio.to_thread(self.fs.exists, leftover):
+                    await asyncio.to_thread(self.fs.rm_file, leftover)
         if is_s3(self.fs):
             await self._abort_uploads(self.path(snapshot_id))
 

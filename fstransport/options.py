@@ -66,8 +66,11 @@ class TransferOptions:
     - `hard_ttl`: seconds one chunk may take before it counts as lost (openraft's ``hard_ttl``).
     - `install_timeout`: seconds the final chunk may take; it includes the receiver's verification
       and install, so it is longer than `hard_ttl`.
-    - `min_chunk_size`: the floor `PayloadTooLarge` halves the chunk down to.
+    - `min_chunk_size`: the floor `PayloadTooLarge` halves the chunk down to (a peer that names
+      its limit gets chunks of that limit, however small).
     - `retry`: the `RetryPolicy`.
+    - `deadline`: seconds the whole transfer may take (None: no limit); then `Timeout`.
+    - `rate_limit`: bytes per second the sender sends at most, on average (None: no limit).
     """
 
     chunk_size: int = 8 * MiB
@@ -76,6 +79,8 @@ class TransferOptions:
     install_timeout: float = 60.0
     min_chunk_size: int = 4 * KiB
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    deadline: float | None = None
+    rate_limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -84,6 +89,10 @@ class TransferOptions:
             raise ConfigurationError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
         if self.hard_ttl <= 0 or self.install_timeout <= 0:
             raise ConfigurationError("hard_ttl and install_timeout must be > 0 seconds")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ConfigurationError(f"deadline must be > 0 seconds, got {self.deadline}")
+        if self.rate_limit is not None and self.rate_limit < 1:
+            raise ConfigurationError(f"rate_limit must be >= 1 byte/s, got {self.rate_limit}")
         if not 1 <= self.min_chunk_size <= 4 * KiB:
             raise ConfigurationError(
                 f"min_chunk_size must be within [1, 4096], got {self.min_chunk_size}"

@@ -39,7 +39,7 @@ from fstransport.messages import (
 )
 from fstransport.network.base import Network
 from fstransport.options import TransferOptions
-from fstransport.protocol.sender import ChunkPlan, SendStats, SendWindow
+from fstransport.protocol.sender import ChunkPlan, RateLimiter, SendStats, SendWindow
 from fstransport.storage.source import ChunkSource, source_checksum, source_for_file
 
 __all__ = ["Chunked", "SendResult", "send_source"]
@@ -139,7 +139,10 @@ class _Sender:
         self.options = options
         self.progress = progress
         self.loop = asyncio.get_running_loop()
-        self.window = SendWindow(source.size, options, now=self.loop.time(), rng=rng)
+        now = self.loop.time()
+        self.window = SendWindow(source.size, options, now=now, rng=rng)
+        self.limiter = RateLimiter(options.rate_limit, now)
+        self.deadline_at = None if options.deadline is None else now + options.deadline
         self.checksum = meta.checksum
 
     async def run(self, cancel: Awaitable[Any] | None) -> SendResult:
@@ -149,12 +152,18 @@ class _Sender:
         try:
             while True:
                 now = self.loop.time()
-                while (plan := window.next_chunk(now)) is not None:
+                if self.deadline_at is not None and now >= self.deadline_at:
+                    raise Timeout(f"the transfer did not finish within {self.options.deadline:g}s")
+                while self.limiter.ready_at(now) <= now and (plan := window.next_chunk(now)):
+                    self.limiter.spend(now, plan.length)
                     tasks[asyncio.ensure_future(self._send_one(plan))] = plan
                 waiters: set[asyncio.Future[Any]] = set(tasks)
                 if cancel_task is not None:
                     waiters.add(cancel_task)
-                wake = window.wake_at(now)
+                wakes = [window.wake_at(now), self.deadline_at]
+                if self.limiter.ready_at(now) > now:
+                    wakes.append(self.limiter.ready_at(now))
+                wake = min((w for w in wakes if w is not None), default=None)
                 if not tasks and wake is None:
                     raise RuntimeError("send window stalled: nothing in flight and nothing to send")
                 timeout = None if wake is None else max(0.0, wake - now)
@@ -252,6 +261,8 @@ class _Sender:
             self.checksum = meta.checksum
         req = InstallSnapshotRequest(self.vote, meta, plan.offset, data, plan.done, crc)
         ttl = self.options.install_timeout if plan.done else self.options.hard_ttl
+        if self.deadline_at is not None:
+            ttl = max(0.0, min(ttl, self.deadline_at - self.loop.time()))
         try:
             response = await asyncio.wait_for(self.net.install_snapshot(req, self.options), ttl)
         except asyncio.TimeoutError:

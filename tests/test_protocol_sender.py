@@ -199,10 +199,9 @@ class Sim:
 
 
 def too_large_target(plan: ChunkPlan, limit: int | None, floor: int) -> int:
-    target = plan.length // 2
-    if limit is not None and limit > 0:
-        target = min(target, limit)
-    return max(floor, target)
+    if limit is not None and limit > 0:  # a limit the peer names is honoured, below the floor too
+        return min(plan.length // 2 or 1, limit)
+    return max(floor, plan.length // 2)
 
 
 def simulate(
@@ -429,13 +428,12 @@ def test_every_byte_is_acknowledged(scenario: Scenario) -> None:
 @SIM_EXAMPLES
 def test_chunks_are_cut_within_bounds(scenario: Scenario) -> None:
     sim = scenario.run()
-    floor = min(scenario.options.min_chunk_size, scenario.options.chunk_size)
     for issue in sim.issues:
         plan = issue.plan
         assert 0 <= plan.offset <= plan.end <= sim.size
         assert plan.length <= issue.chunk_limit
         assert plan.length >= 1 or sim.size == 0
-        assert issue.chunk_limit >= floor
+        assert issue.chunk_limit >= 1
     tickets = [p.ticket for p in sim.plans]
     assert len(set(tickets)) == len(tickets)
     assert sim.window.chunk_size == min(i.chunk_limit for i in sim.issues)
@@ -1047,7 +1045,8 @@ def test_too_large_halves_down_to_the_floor_then_fails() -> None:
     [
         (16, 1, 5, 5),  # the peer's limit, when below half
         (16, 1, 12, 8),  # half, when the limit is above it
-        (16, 4, 1, 4),  # never below the floor
+        (16, 4, 1, 1),  # a limit the peer names is honoured even below the floor
+        (16, 4, None, 8),  # blind halving stops at the floor
         (16, 1, 0, 8),  # a zero limit means nothing
         (16, 1, None, 8),
         (2, 4, None, None),  # chunk_size below min_chunk_size: the floor is the chunk size

@@ -340,3 +340,56 @@ async def test_mismatch_mid_transfer_with_window_resends_from_expected_offset(
     assert offsets[rewind_at] == 40 or 40 in offsets[rewind_at:]
     with await memory_store.open("m") as f:
         assert f.read() == data
+
+
+async def test_overall_deadline_ends_a_slow_transfer_with_timeout() -> None:
+    net = HangingNetwork()
+    options = TransferOptions(chunk_size=1, hard_ttl=30.0, deadline=0.2)
+    started = time.perf_counter()
+    with pytest.raises(Timeout, match="within 0.2s"):
+        await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
+    assert time.perf_counter() - started < 2.0
+
+
+async def test_rate_limit_bounds_the_average_rate(memory_store: FsspecSnapshotStore) -> None:
+    data = payload(64 * 1024)
+    rate = 256 * 1024  # bytes/s: the first chunk goes at once, the other 15 wait 1/16 s each
+    options = TransferOptions(chunk_size=4096, max_in_flight=4, rate_limit=rate)
+    started = time.perf_counter()
+    await Chunked.send_snapshot(
+        LoopbackNetwork(Receiver(memory_store)),
+        Vote(1, 0),
+        Snapshot(SnapshotMeta("r"), io.BytesIO(data)),
+        None,
+        options,
+    )
+    elapsed = time.perf_counter() - started
+    assert elapsed >= (len(data) - 4096) / rate * 0.95
+    with await memory_store.open("r") as f:
+        assert f.read() == data
+
+
+async def test_payload_limit_named_by_the_peer_is_honoured_below_the_floor(
+    memory_store: FsspecSnapshotStore,
+) -> None:
+    class Limited(RecordingNetwork):
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            if len(req.data) > 1000:
+                self.seen.append((req.offset, len(req.data), req.done))
+                raise PayloadTooLarge("413", limit=1000)
+            return await super().install_snapshot(req, option)
+
+    net = Limited(Receiver(memory_store))
+    data = payload(5000)
+    await Chunked.send_snapshot(
+        net,
+        Vote(1, 0),
+        Snapshot(SnapshotMeta("l"), io.BytesIO(data)),
+        None,
+        TransferOptions(chunk_size=8192),
+    )
+    assert max(length for _, length, _ in net.seen[1:]) <= 1000
+    with await memory_store.open("l") as f:
+        assert f.read() == data

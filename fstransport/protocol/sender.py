@@ -28,7 +28,27 @@ from fstransport.errors import RetryExhausted
 from fstransport.options import TransferOptions
 from fstransport.protocol.ranges import ChunkLedger, RangeSet
 
-__all__ = ["ChunkPlan", "SendStats", "SendWindow"]
+__all__ = ["ChunkPlan", "RateLimiter", "SendStats", "SendWindow"]
+
+
+class RateLimiter:
+    """Spaces chunks so that, on average, at most `rate` bytes per second are sent.
+
+    The first chunk goes at once; each chunk then delays the next by ``len / rate`` seconds.
+    """
+
+    def __init__(self, rate: int | None, now: float = 0.0) -> None:
+        self.rate = rate
+        self._free_at = now
+
+    def ready_at(self, now: float) -> float:
+        """The earliest time the next chunk may go (``now`` if it may go now)."""
+        return now if self.rate is None else max(now, self._free_at)
+
+    def spend(self, now: float, nbytes: int) -> None:
+        """A chunk of `nbytes` goes now."""
+        if self.rate is not None:
+            self._free_at = max(now, self._free_at) + nbytes / self.rate
 
 
 @dataclass(frozen=True)
@@ -163,10 +183,10 @@ class SendWindow:
         if plan.generation != self._generation:
             return
         limit = getattr(error, "limit", None)
-        target = plan.length // 2
         if isinstance(limit, int) and limit > 0:
-            target = min(target, limit)
-        target = max(self.min_chunk_size, target)
+            target = min(plan.length // 2 or 1, limit)  # the peer said what it takes
+        else:
+            target = max(self.min_chunk_size, plan.length // 2)
         if target < plan.length:
             self.chunk_size = min(self.chunk_size, target)
             self.stats.shrinks += 1

@@ -346,7 +346,7 @@ async def test_overall_deadline_ends_a_slow_transfer_with_timeout() -> None:
     net = HangingNetwork()
     options = TransferOptions(chunk_size=1, hard_ttl=30.0, deadline=0.2)
     started = time.perf_counter()
-    with pytest.raises(Timeout, match="within 0.2s"):
+    with pytest.raises(Timeout, match=r"within 0\.2s"):
         await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
     assert time.perf_counter() - started < 2.0
 

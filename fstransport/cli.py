@@ -1,4 +1,4 @@
-"""The ``fstransport`` command: ``demo`` and ``ship``.
+"""The ``fstransport`` command: ``demo``, ``ship`` and ``cleanup``.
 
 User errors (a missing file, a bad size, an unreachable target) are printed as one line on
 stderr with exit code 1 — never a traceback.  ``--debug`` shows the traceback anyway.
@@ -25,8 +25,9 @@ from fstransport.errors import FstransportError
 from fstransport.options import MiB, TransferOptions
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.s3 import open_s3
+from fstransport.storage.store import FsspecSnapshotStore
 from fstransport.transfer import TransferReport, ship
-from fstransport.units import format_rate, format_size, parse_size
+from fstransport.units import format_rate, format_size, parse_duration, parse_size
 
 __all__ = ["main"]
 
@@ -113,7 +114,49 @@ def _parser() -> argparse.ArgumentParser:
     ship_cmd.add_argument("src", metavar="SRC", help="source URL or path")
     ship_cmd.add_argument("dst", metavar="DST", help="target URL or path (a file name)")
     _add_transfer_options(ship_cmd)
+    _add_endpoint_option(ship_cmd)
+
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="remove abandoned partial transfers under a store's ROOT",
+        description="Remove partial data that transfers into ROOT abandoned more than "
+        "--older-than ago: partial files and their journals, and on S3 incomplete multipart "
+        "uploads. Installed snapshots are never touched.",
+    )
+    cleanup.add_argument("root", metavar="ROOT", help="the store's root URL or path")
+    cleanup.add_argument(
+        "--older-than",
+        type=_duration_arg,
+        default=24 * 3600.0,
+        metavar="AGE",
+        help="only what was last touched longer ago than this, e.g. 30m, 6h, 2d (default 1d)",
+    )
+    cleanup.add_argument("--json", action="store_true", help="print what was removed as JSON")
+    _add_endpoint_option(cleanup)
     return parser
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except FstransportError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_endpoint_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3 endpoint for s3:// URLs (credentials come from the environment, as for boto)",
+    )
+
+
+def _storage_options(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    """s3fs options from the command line, for `url` if it is an S3 URL."""
+    endpoint = getattr(args, "endpoint_url", None)
+    if not endpoint or not url.startswith(("s3://", "s3a://")):
+        return {}
+    return {"client_kwargs": {"endpoint_url": endpoint}}
 
 
 def _print_report(
@@ -220,9 +263,27 @@ async def _read_s3(storage_options: dict[str, Any], url: str) -> bytes:
         await close_async_filesystem(s3)
 
 
+async def _cleanup(args: argparse.Namespace) -> int:
+    async with FsspecSnapshotStore(args.root, **_storage_options(args, args.root)) as store:
+        removed = await store.cleanup(older_than=args.older_than)
+    if args.json:
+        print(json.dumps({"root": args.root, "removed": removed}, indent=2))
+    else:
+        for what in removed:
+            print(f"removed {what}")
+        print(f"{len(removed)} abandoned partial transfer item(s) removed from {args.root}")
+    return 0
+
+
 async def _ship(args: argparse.Namespace) -> int:
     options = TransferOptions(chunk_size=args.chunk_size, max_in_flight=args.window)
-    report = await ship(args.src, args.dst, options=options)
+    report = await ship(
+        args.src,
+        args.dst,
+        options=options,
+        source_options=_storage_options(args, args.src),
+        target_options=_storage_options(args, args.dst),
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -233,7 +294,7 @@ async def _ship(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
-    run = {"demo": _demo, "ship": _ship}[args.command]
+    run = {"demo": _demo, "ship": _ship, "cleanup": _cleanup}[args.command]
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

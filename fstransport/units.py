@@ -6,7 +6,7 @@ import re
 
 from fstransport.errors import ConfigurationError
 
-__all__ = ["format_rate", "format_size", "parse_size"]
+__all__ = ["format_rate", "format_size", "parse_duration", "parse_size"]
 
 _UNITS = {
     "": 1,
@@ -41,6 +41,18 @@ def parse_size(text: str) -> int:
     if value != int(value):
         raise ConfigurationError(f"not a whole number of bytes: {text!r}")
     return int(value)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """``"90"`` or ``"90s"`` → 90.0, ``"30m"`` → 1800.0, ``"1h"``, ``"2d"``, ``"250ms"``."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigurationError(f"not a duration: {text!r} (try 90s, 30m, 1h or 2d)")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
 def format_size(size: float) -> str:

@@ -84,4 +84,6 @@ def test_user_errors_are_one_line_without_traceback(args: tuple[str, ...], messa
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 3  # argparse adds its usage line
+    lines = result.stderr.strip().splitlines()
+    assert message in lines[-1], "the error is the last line (argparse prints its usage above)"
+    assert sum("error" in line for line in lines) == 1

@@ -171,14 +171,19 @@ class MultipartSink:
         with storage_errors(self.url, "clean up"):
             await self._drop_state()
 
-    async def abort(self) -> None:
-        """Stop uploading and abort the multipart upload: nothing stays behind in the bucket."""
+    async def release(self) -> None:
+        """Stop the part uploads in flight and let go, leaving the upload to be resumed (or
+        cleaned up) later: what a receiver does when it shuts down mid-transfer."""
         self._closed = True
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+
+    async def abort(self) -> None:
+        """Stop uploading and abort the multipart upload: nothing stays behind in the bucket."""
+        await self.release()
         with storage_errors(self.url, "abort upload"):
             if self.upload_id is not None:
                 upload_id, self.upload_id = self.upload_id, None

@@ -13,7 +13,9 @@ S3, when its multipart upload to ``root/<snapshot_id>`` completes.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
+import time
 from typing import IO, Any, Literal, Protocol
 
 import fsspec
@@ -144,7 +146,14 @@ class FsspecSnapshotStore:
         await self.close()
 
     async def close(self) -> None:
-        """Release the store's S3 connections (a no-op for other targets)."""
+        """Release the store's S3 connections (a no-op for other targets).
+
+        Transfers still in progress are let go, not aborted: their partial data stays, to be
+        resumed by a later receiver or removed by `cleanup`.
+        """
+        for sink in self._sinks.values():
+            if isinstance(sink, MultipartSink):
+                await sink.release()
         if self._s3 is not None:
             fs, self._s3 = self._s3, None
             await close_async_filesystem(fs)
@@ -158,6 +167,15 @@ class FsspecSnapshotStore:
             self._s3 = await open_s3(dict(self.fs.storage_options))
             self._s3_loop = loop
         return self._s3
+
+    async def _fs_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.fs.<method>(...)`` without blocking the loop: on S3 through the store's
+        asynchronous client (fresh listings every time), elsewhere in a worker thread."""
+        if is_s3(self.fs):
+            s3 = await self._async_s3()
+            s3.invalidate_cache()
+            return await getattr(s3, f"_{method}")(*args, **kwargs)
+        return await asyncio.to_thread(getattr(self.fs, method), *args, **kwargs)
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -226,7 +244,7 @@ class FsspecSnapshotStore:
             if isinstance(self.fs, MemoryFileSystem):
                 return journal in self.fs.store
             self.fs.invalidate_cache(self.fs._parent(journal))
-            return bool(await asyncio.to_thread(self.fs.exists, journal))
+            return bool(await self._fs_call("exists", journal))
 
     async def _open_sink(self, meta: SnapshotMeta) -> SnapshotSink:
         kind = self.sink_kind
@@ -304,8 +322,8 @@ class FsspecSnapshotStore:
             for leftover in (partial, self.journal_path(snapshot_id)):
                 if isinstance(self.fs, MemoryFileSystem):
                     self.fs.store.pop(leftover, None)
-                elif await asyncio.to_thread(self.fs.exists, leftover):
-                    await asyncio.to_thread(self.fs.rm_file, leftover)
+                elif await self._fs_call("exists", leftover):
+                    await self._fs_call("rm_file", leftover)
         if is_s3(self.fs):
             await self._abort_uploads(self.path(snapshot_id))
 
@@ -327,6 +345,63 @@ class FsspecSnapshotStore:
                         UploadId=upload["UploadId"],
                     )
 
+    # -- clean-up ------------------------------------------------------------------------------
+
+    async def cleanup(self, older_than: float) -> list[str]:
+        """Remove partial data abandoned for more than `older_than` seconds: partial files and
+        their journals, and on S3 incomplete multipart uploads under the root.  Transfers this
+        store is receiving right now are left alone, and installed snapshots are never touched.
+        Returns what was removed.
+        """
+        if older_than < 0:
+            raise ConfigurationError(f"older_than must not be negative, got {older_than}")
+        cutoff = time.time() - older_than
+        active = set(self._sinks) | set(self._finished)
+        removed: list[str] = []
+        for folder in (PARTIAL_DIR, JOURNAL_DIR):
+            where = self._join(folder)
+            with storage_errors(where, "list"):
+                self.fs.invalidate_cache(where)
+                try:
+                    entries = await self._fs_call("ls", where, detail=True)
+                except FileNotFoundError:
+                    continue
+            for entry in entries:
+                path = str(entry["name"]).rstrip("/")
+                if path.rsplit("/", 1)[-1] in active or entry.get("type") != "file":
+                    continue
+                touched = _modified(entry)
+                if touched is not None and touched >= cutoff:
+                    continue
+                with storage_errors(path, "clean up"):
+                    await self._fs_call("rm_file", path)
+                removed.append(self.fs.unstrip_protocol(path))
+        if is_s3(self.fs):
+            removed.extend(await self._cleanup_uploads(cutoff, active))
+        return removed
+
+    async def _cleanup_uploads(self, cutoff: float, active: set[str]) -> list[str]:
+        bucket, _, prefix = self.root.lstrip("/").partition("/")
+        prefix = f"{prefix}/" if prefix else ""
+        s3 = await self._async_s3()
+        removed = []
+        with storage_errors(f"s3://{self.root}", "list uploads"):
+            listing = await s3._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+        for upload in listing.get("Uploads", []):
+            key = str(upload.get("Key", ""))
+            name = key[len(prefix) :]
+            started = upload.get("Initiated")
+            if "/" in name or name in active:
+                continue
+            if started is not None and started.timestamp() >= cutoff:
+                continue
+            with storage_errors(f"s3://{bucket}/{key}", "abort upload"):
+                await s3._call_s3(
+                    "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"]
+                )
+            removed.append(f"s3://{bucket}/{key} (upload {upload['UploadId']})")
+        return removed
+
     # -- reading installed snapshots ----------------------------------------------------------
 
     def _forget_listings(self, path: str) -> None:
@@ -340,14 +415,14 @@ class FsspecSnapshotStore:
         path = self.path(snapshot_id)
         with storage_errors(path, "stat"):
             self._forget_listings(path)
-            return bool(await asyncio.to_thread(self.fs.isfile, path))
+            return bool(await self._fs_call("isfile", path))
 
     async def open(self, snapshot_id: str) -> IO[bytes]:
         """The installed snapshot `snapshot_id`, opened for reading."""
         path = self.path(snapshot_id)
         with storage_errors(path, "open"):
             self._forget_listings(path)
-            if not await asyncio.to_thread(self.fs.isfile, path):
+            if not await self._fs_call("isfile", path):
                 raise FileNotFoundError(path)
             fileobj: IO[bytes] = await asyncio.to_thread(self.fs.open, path, "rb")
         return fileobj
@@ -356,9 +431,9 @@ class FsspecSnapshotStore:
         """The ids of the installed snapshots, sorted."""
         with storage_errors(self.url, "list"):
             self.fs.invalidate_cache(self.root)
-            if not await asyncio.to_thread(self.fs.isdir, self.root):
+            if not await self._fs_call("isdir", self.root):
                 return []
-            entries = await asyncio.to_thread(self.fs.ls, self.root, detail=True)
+            entries = await self._fs_call("ls", self.root, detail=True)
         names = [
             str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
             for e in entries
@@ -368,3 +443,14 @@ class FsspecSnapshotStore:
 
     def __repr__(self) -> str:
         return f"FsspecSnapshotStore({self.url!r})"
+
+
+def _modified(entry: dict[str, Any]) -> float | None:
+    """When an fsspec listing entry last changed, as a Unix time, if the filesystem says."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = entry.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, datetime.datetime):
+            return value.timestamp()
+    return None

@@ -1,0 +1,101 @@
+"""Removing abandoned partial transfers: `store.cleanup(older_than=...)`, `fstransport cleanup`."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fstransport import (
+    Chunked,
+    FsspecSnapshotStore,
+    InstallSnapshotRequest,
+    LoopbackNetwork,
+    Receiver,
+    Snapshot,
+    SnapshotMeta,
+    Vote,
+)
+from fstransport.options import MiB
+from tests.conftest import payload
+from tests.test_cli import run
+
+V = Vote(1, 0)
+
+
+async def leave_partial(store: FsspecSnapshotStore, snapshot_id: str, size: int = 1000) -> None:
+    """A transfer whose sender went away after its first chunk."""
+    meta = SnapshotMeta(snapshot_id, size=size)
+    await Receiver(store).handle(InstallSnapshotRequest(V, meta, 0, b"x" * min(size, 400), False))
+
+
+def age(paths: list[Path], seconds: float) -> None:
+    then = time.time() - seconds
+    for path in paths:
+        os.utime(path, (then, then))
+
+
+async def test_cleanup_removes_only_old_abandoned_partials(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = FsspecSnapshotStore(str(root))
+    await Chunked.send_snapshot(
+        LoopbackNetwork(Receiver(store)), V, Snapshot(SnapshotMeta("done"), io.BytesIO(b"ok")), None
+    )
+    await leave_partial(FsspecSnapshotStore(str(root)), "old")
+    await leave_partial(FsspecSnapshotStore(str(root)), "recent")
+    hidden = root / ".fstransport"
+    age([hidden / "partial" / "old", hidden / "journal" / "old"], 7200)
+    removed = await FsspecSnapshotStore(str(root)).cleanup(older_than=3600)
+    assert sorted(Path(p).name for p in removed) == ["old", "old"]
+    assert sorted(p.name for p in (hidden / "partial").iterdir()) == ["recent"]
+    assert (root / "done").read_bytes() == b"ok"
+
+
+async def test_cleanup_leaves_transfers_in_progress_alone(tmp_path: Path) -> None:
+    store = FsspecSnapshotStore(str(tmp_path / "s"))
+    await leave_partial(store, "busy")
+    assert await store.cleanup(older_than=0) == []
+    assert await store.has_partial("busy")
+
+
+async def test_cleanup_aborts_old_s3_uploads(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    data = payload(12 * MiB, seed=1)
+
+    class Stop(Exception):
+        pass
+
+    async with FsspecSnapshotStore(
+        f"s3://{s3_bucket}/p", part_size=5 * MiB, **s3_storage_options
+    ) as store:
+        receiver = Receiver(store)
+        meta = SnapshotMeta("snap", size=len(data))
+        for offset in range(0, 6 * MiB, MiB):
+            await receiver.handle(
+                InstallSnapshotRequest(V, meta, offset, data[offset : offset + MiB], False)
+            )
+    s3_client.create_multipart_upload(Bucket=s3_bucket, Key="p/deeper/other")  # not a snapshot here
+    assert len(s3_client.list_multipart_uploads(Bucket=s3_bucket)["Uploads"]) == 2
+    async with FsspecSnapshotStore(f"s3://{s3_bucket}/p", **s3_storage_options) as store:
+        removed = await store.cleanup(older_than=60)  # moto dates every upload in 2010
+    assert any("p/snap" in r for r in removed)
+    keys = [u["Key"] for u in s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])]
+    assert keys == ["p/deeper/other"]
+
+
+def test_cleanup_command(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    (root / ".fstransport" / "partial").mkdir(parents=True)
+    stale = root / ".fstransport" / "partial" / "gone"
+    stale.write_bytes(b"partial")
+    age([stale], 3 * 86400)
+    result = run("cleanup", str(root), "--older-than", "2d", "--json")
+    assert result.returncode == 0, result.stderr
+    assert '"removed"' in result.stdout
+    assert not stale.exists()
+    result = run("cleanup", str(root), "--older-than", "soon")
+    assert result.returncode != 0
+    assert "not a duration" in result.stderr

@@ -23,11 +23,12 @@ from fstransport.errors import (
 from fstransport.messages import SnapshotMeta, Vote
 from fstransport.network.base import Network
 from fstransport.network.loopback import LoopbackNetwork
-from fstransport.options import TransferOptions
+from fstransport.options import RetryPolicy, TransferOptions
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback, send_source
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.s3 import S3StreamSource
 from fstransport.storage.source import open_source, source_checksum
 from fstransport.storage.store import FsspecSnapshotStore
 
@@ -64,7 +65,7 @@ class TransferReport:
 
 
 async def _split_target(
-    target_url: str, storage_options: dict[str, Any]
+    target_url: str, storage_options: dict[str, Any], retry: RetryPolicy
 ) -> tuple[FsspecSnapshotStore, str]:
     """The store at `target_url`'s folder and the file name, which becomes the snapshot id."""
     with storage_errors(target_url, "open"):
@@ -74,7 +75,8 @@ async def _split_target(
     if target_url.endswith("/") or not path.strip("/") or is_dir:
         raise ConfigurationError(f"target {target_url!r} must name a file, not a folder")
     parent, _, name = path.rpartition("/")
-    return FsspecSnapshotStore.from_filesystem(fs, parent or "/"), _snapshot_id(target_url, name)
+    store = FsspecSnapshotStore.from_filesystem(fs, parent or "/", retry=retry)
+    return store, _snapshot_id(target_url, name)
 
 
 def _snapshot_id(target_url: str, name: str) -> str:
@@ -118,7 +120,9 @@ async def ship(
     store: FsspecSnapshotStore | None = None
     snapshot_id: str
     if network is None:
-        store, snapshot_id = await _split_target(target_url, dict(target_options or {}))
+        store, snapshot_id = await _split_target(
+            target_url, dict(target_options or {}), options.retry
+        )
         # Sender and receiver share this process and every buffer: one CRC pass is enough.
         network = LoopbackNetwork(Receiver(store), trust_checksums=True)
     else:
@@ -126,6 +130,8 @@ async def ship(
     started = time.perf_counter()
     try:
         source = await open_source(source_url, **(source_options or {}))
+        if isinstance(source, S3StreamSource):
+            source.retry = options.retry
         try:
             meta = SnapshotMeta(snapshot_id=snapshot_id, size=source.size, checksum=checksum)
             resuming = checksum is None and store is not None

@@ -22,7 +22,8 @@ from fstransport.errors import SnapshotMismatch, StorageError
 from fstransport.messages import Buffer, SnapshotMeta, SnapshotSegmentId
 from fstransport.protocol.parts import CompletedPart, PartAssembler, choose_part_size
 from fstransport.protocol.ranges import ChunkRecord
-from fstransport.storage._errors import storage_errors
+from fstransport.options import RetryPolicy
+from fstransport.storage._errors import retrying, storage_errors
 from fstransport.storage.journal import identity, matches
 from fstransport.storage.s3 import crc32c_header
 from fstransport.storage.sink import NOTHING_LOST, Lost, aborted
@@ -51,6 +52,7 @@ class MultipartSink:
         max_uploads: int = 4,
         max_open_parts: int = 8,
         state_key: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if meta.size is None:
             raise StorageError(
@@ -58,6 +60,7 @@ class MultipartSink:
             )
         self.path = f"{bucket}/{key}"
         self.url = f"s3://{self.path}"
+        self._retry = retry or RetryPolicy()
         self._fs = fs
         self._bucket = bucket
         self._key = key
@@ -84,7 +87,13 @@ class MultipartSink:
 
     @classmethod
     async def resume(
-        cls, fs: Any, bucket: str, key: str, meta: SnapshotMeta, state_key: str
+        cls,
+        fs: Any,
+        bucket: str,
+        key: str,
+        meta: SnapshotMeta,
+        state_key: str,
+        retry: RetryPolicy | None = None,
     ) -> tuple[MultipartSink, list[ChunkRecord]] | None:
         """The upload an earlier sink recorded in `state_key` for the same snapshot, with the
         parts it completed, or None when there is none to resume."""
@@ -95,7 +104,8 @@ class MultipartSink:
             return None
         if not matches(state, meta):
             return None
-        sink = cls(fs, bucket, key, meta, part_size=int(state["part_size"]), state_key=state_key)
+        part_size = int(state["part_size"])
+        sink = cls(fs, bucket, key, meta, part_size=part_size, state_key=state_key, retry=retry)
         sink.upload_id = str(state["upload_id"])
         records = []
         for number_text, (etag, header, crc) in state["parts"].items():
@@ -184,12 +194,10 @@ class MultipartSink:
     async def abort(self) -> None:
         """Stop uploading and abort the multipart upload: nothing stays behind in the bucket."""
         await self.release()
-        with storage_errors(self.url, "abort upload"):
-            if self.upload_id is not None:
-                upload_id, self.upload_id = self.upload_id, None
-                await self._fs._call_s3(
-                    "abort_multipart_upload", Bucket=self._bucket, Key=self._key, UploadId=upload_id
-                )
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            await self._call("abort upload", "abort_multipart_upload", UploadId=upload_id)
+        with storage_errors(self.url, "clean up"):
             await self._drop_state()
 
     # -- uploads -----------------------------------------------------------------------------
@@ -201,13 +209,9 @@ class MultipartSink:
     async def _ensure_upload(self) -> str:
         async with self._create_lock:
             if self.upload_id is None:
-                with storage_errors(self.url, "create upload"):
-                    response = await self._fs._call_s3(
-                        "create_multipart_upload",
-                        Bucket=self._bucket,
-                        Key=self._key,
-                        ChecksumAlgorithm="CRC32C",
-                    )
+                response = await self._call(
+                    "create upload", "create_multipart_upload", ChecksumAlgorithm="CRC32C"
+                )
                 self.upload_id = str(response["UploadId"])
             return self.upload_id
 
@@ -229,14 +233,12 @@ class MultipartSink:
         try:
             crc = chunk_crc(part.data)
             checksum = crc32c_header(crc)
-            self.upload_calls += 1
-            response = await self._fs._call_s3(
+            response = await self._call(
+                f"upload part {part.number}",
                 "upload_part",
-                Bucket=self._bucket,
-                Key=self._key,
+                body=part.data,
                 UploadId=upload_id,
                 PartNumber=part.number,
-                Body=_body(part.data),
                 ChecksumCRC32C=checksum,
             )
             self.uploaded[part.number] = (str(response["ETag"]), checksum)
@@ -272,27 +274,34 @@ class MultipartSink:
             for n in numbers
         ]
         upload_id = await self._ensure_upload()
-        with storage_errors(self.url, "complete upload"):
-            await self._fs._call_s3(
-                "complete_multipart_upload",
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+        await self._call(
+            "complete upload",
+            "complete_multipart_upload",
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
         self.upload_id = None
 
     async def _put_whole(self) -> None:
         data: Buffer = self._single_part.data if self._single_part is not None else b""
-        with storage_errors(self.url, "put"):
-            self.upload_calls += 1
-            await self._fs._call_s3(
-                "put_object",
-                Bucket=self._bucket,
-                Key=self._key,
-                Body=_body(data),
-                ChecksumCRC32C=crc32c_header(chunk_crc(data)),
+        await self._call(
+            "put", "put_object", body=data, ChecksumCRC32C=crc32c_header(chunk_crc(data))
+        )
+
+    async def _call(
+        self, verb: str, operation: str, body: Buffer | None = None, **params: Any
+    ) -> Any:
+        """One S3 call on this object, retried per the policy; `StorageError` in the end."""
+
+        async def attempt() -> Any:
+            extra = {} if body is None else {"Body": _body(body)}  # a fresh body each attempt
+            if body is not None:
+                self.upload_calls += 1
+            return await self._fs._call_s3(
+                operation, Bucket=self._bucket, Key=self._key, **params, **extra
             )
+
+        return await retrying(attempt, self.url, verb, self._retry)
 
 
 def _body(data: Buffer) -> io.BytesIO:

@@ -17,7 +17,8 @@ from typing import Any
 from fstransport.errors import StorageError
 from fstransport.messages import Buffer
 from fstransport.storage._aio import close_async_filesystem
-from fstransport.storage._errors import storage_errors
+from fstransport.options import RetryPolicy
+from fstransport.storage._errors import retrying, storage_errors
 
 __all__ = [
     "S3StreamSource",
@@ -97,6 +98,7 @@ class S3StreamSource:
         self.size = size
         self.description = description
         self.gets = 0
+        self.retry = RetryPolicy()
         self._body: Any = None
         self._position = -1
         self._lock = asyncio.Lock()
@@ -133,24 +135,27 @@ class S3StreamSource:
     async def read(self, offset: int, length: int) -> Buffer:
         if length == 0:
             return b""
+
+        async def attempt() -> bytearray:
+            try:
+                if self._body is None or self._position != offset:
+                    await self._reopen(offset)
+                buffer = bytearray(length)
+                view = memoryview(buffer)
+                filled = 0
+                while filled < length:
+                    got = await self._body.readinto(view[filled:])
+                    if got == 0:
+                        break
+                    filled += got
+                self._position = offset + filled
+            except BaseException:
+                self._drop_body()  # a broken stream: the next attempt opens a new GET here
+                raise
+            return buffer if filled == length else buffer[:filled]
+
         async with self._lock:
-            with storage_errors(self.description, "read"):
-                try:
-                    if self._body is None or self._position != offset:
-                        await self._reopen(offset)
-                    buffer = bytearray(length)
-                    view = memoryview(buffer)
-                    filled = 0
-                    while filled < length:
-                        got = await self._body.readinto(view[filled:])
-                        if got == 0:
-                            break
-                        filled += got
-                    self._position = offset + filled
-                except BaseException:
-                    self._drop_body()
-                    raise
-        return buffer if filled == length else buffer[:filled]
+            return await retrying(attempt, self.description, "read", self.retry)
 
     async def close(self) -> None:
         self._drop_body()

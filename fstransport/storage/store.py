@@ -24,6 +24,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Snapshot, SnapshotMeta
+from fstransport.options import RetryPolicy
 from fstransport.protocol.parts import MIN_PART_SIZE
 from fstransport.protocol.ranges import ChunkRecord
 from fstransport.protocol.receiver import check_snapshot_id
@@ -83,6 +84,8 @@ class FsspecSnapshotStore:
     of a sequential write for the rest.  `sink` forces one of ``"seekable"``, ``"sequential"``
     or ``"multipart"`` (S3 only).  `part_size` overrides the S3 part size (at least 5 MiB).
     `fsync` (local targets only) flushes each finished snapshot to disk before it is installed.
+    `retry` is how transient storage failures (5xx, SlowDown, connection resets) are retried
+    before they surface as `StorageError`.
 
     On S3 a snapshot is uploaded straight to ``root/<snapshot_id>`` and appears there when the
     upload completes, after the final chunk was verified; there is no rename on S3.  Close the
@@ -96,11 +99,12 @@ class FsspecSnapshotStore:
         fsync: bool = False,
         sink: SinkKind = "auto",
         part_size: int | None = None,
+        retry: RetryPolicy | None = None,
         **storage_options: Any,
     ) -> None:
         with storage_errors(root_url, "open"):
             fs, root = fsspec.core.url_to_fs(root_url, **storage_options)
-        self._init(fs, root, root_url, fsync=fsync, sink=sink, part_size=part_size)
+        self._init(fs, root, root_url, fsync=fsync, sink=sink, part_size=part_size, retry=retry)
 
     @classmethod
     def from_filesystem(
@@ -111,16 +115,24 @@ class FsspecSnapshotStore:
         fsync: bool = False,
         sink: SinkKind = "auto",
         part_size: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> FsspecSnapshotStore:
         """A store over an already-open fsspec filesystem `fs` at path `root`."""
         store = cls.__new__(cls)
-        store._init(
-            fs, root, fs.unstrip_protocol(root), fsync=fsync, sink=sink, part_size=part_size
-        )
+        url = fs.unstrip_protocol(root)
+        store._init(fs, root, url, fsync=fsync, sink=sink, part_size=part_size, retry=retry)
         return store
 
     def _init(
-        self, fs: Any, root: str, url: str, *, fsync: bool, sink: SinkKind, part_size: int | None
+        self,
+        fs: Any,
+        root: str,
+        url: str,
+        *,
+        fsync: bool,
+        sink: SinkKind,
+        part_size: int | None,
+        retry: RetryPolicy | None,
     ) -> None:
         if sink not in ("auto", "seekable", "sequential", "multipart"):
             raise ConfigurationError(f"unknown sink kind {sink!r}")
@@ -133,6 +145,7 @@ class FsspecSnapshotStore:
         self.url = url
         self.sink_kind: SinkKind = sink
         self.part_size = part_size
+        self.retry = retry or RetryPolicy()
         self._fsync = fsync
         self._sinks: dict[str, SnapshotSink] = {}
         self._finished: dict[str, SnapshotSink] = {}
@@ -218,9 +231,9 @@ class FsspecSnapshotStore:
         with storage_errors(path, "resume"):
             if self.sink_kind in ("auto", "multipart") and is_s3(self.fs):
                 bucket, key = split_bucket_key(self.path(snapshot_id))
-                found = await MultipartSink.resume(
-                    await self._async_s3(), bucket, key, meta, split_bucket_key(journal)[1]
-                )
+                state_key = split_bucket_key(journal)[1]
+                s3 = await self._async_s3()
+                found = await MultipartSink.resume(s3, bucket, key, meta, state_key, self.retry)
             elif self.sink_kind == "auto" and isinstance(self.fs, MemoryFileSystem):
                 records = parse_records(MemoryJournal.read(self.fs, journal) or "", meta)
                 if records is not None and path in self.fs.store:
@@ -261,6 +274,7 @@ class FsspecSnapshotStore:
                 meta,
                 part_size=self.part_size,
                 state_key=state_key,
+                retry=self.retry,
             )
         if kind == "auto" and isinstance(self.fs, MemoryFileSystem):
             if journal is None:

@@ -20,9 +20,9 @@ from typing import Any
 from fstransport.checksum import chunk_crc
 from fstransport.errors import SnapshotMismatch, StorageError
 from fstransport.messages import Buffer, SnapshotMeta, SnapshotSegmentId
+from fstransport.options import RetryPolicy
 from fstransport.protocol.parts import CompletedPart, PartAssembler, choose_part_size
 from fstransport.protocol.ranges import ChunkRecord
-from fstransport.options import RetryPolicy
 from fstransport.storage._errors import retrying, storage_errors
 from fstransport.storage.journal import identity, matches
 from fstransport.storage.s3 import crc32c_header

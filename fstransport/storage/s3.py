@@ -16,8 +16,8 @@ from typing import Any
 
 from fstransport.errors import StorageError
 from fstransport.messages import Buffer
-from fstransport.storage._aio import close_async_filesystem
 from fstransport.options import RetryPolicy
+from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import retrying, storage_errors
 
 __all__ = [

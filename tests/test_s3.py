@@ -30,9 +30,10 @@ from fstransport import (
     Vote,
     ship,
 )
+from fstransport.checksum import chunk_crc
 from fstransport.options import MiB
 from fstransport.storage.multipart import MultipartSink
-from fstransport.storage.s3 import S3StreamSource
+from fstransport.storage.s3 import S3StreamSource, crc32c_header
 from fstransport.storage.source import open_source
 from tests.conftest import payload
 
@@ -364,3 +365,18 @@ async def test_invalid_request_ends_the_transfer_and_aborts_its_upload(
         assert receiver.receiving == []
     assert uploads(s3_client, s3_bucket) == []
     assert keys(s3_client, s3_bucket) == []
+
+
+async def test_bucket_gets_the_whole_objects_checksum(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """The multipart upload asks S3 for a full-object CRC32C, so the bucket verifies it too."""
+    data = payload(2 * PART + 77, seed=31)
+    async with FsspecSnapshotStore(
+        f"s3://{s3_bucket}/p", part_size=PART, **s3_storage_options
+    ) as store:
+        await send_to_s3(data, store, "snap", TransferOptions(chunk_size=MiB))
+    head = s3_client.head_object(Bucket=s3_bucket, Key="p/snap", ChecksumMode="ENABLED")
+    expected = crc32c_header(chunk_crc(data))
+    assert head.get("ChecksumCRC32C") == expected
+    assert head.get("ChecksumType") == "FULL_OBJECT"

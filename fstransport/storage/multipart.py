@@ -82,6 +82,9 @@ class MultipartSink:
         self._state_key = state_key
         self._state_lock = asyncio.Lock()
         self.part_crcs: dict[int, int] = {}
+        self.full_object = False
+        self.whole_crc: int | None = None
+        """The whole snapshot's CRC32C, set before `finish`: S3 then checks the object too."""
 
     # -- resuming ----------------------------------------------------------------------------
 
@@ -107,6 +110,7 @@ class MultipartSink:
         part_size = int(state["part_size"])
         sink = cls(fs, bucket, key, meta, part_size=part_size, state_key=state_key, retry=retry)
         sink.upload_id = str(state["upload_id"])
+        sink.full_object = bool(state.get("full_object", False))
         records = []
         for number_text, (etag, header, crc) in state["parts"].items():
             number = int(number_text)
@@ -127,6 +131,7 @@ class MultipartSink:
                 "checksum": self._checksum,
                 "upload_id": self.upload_id,
                 "part_size": self.part_size,
+                "full_object": self.full_object,
                 "parts": {
                     str(n): [*self.uploaded[n], self.part_crcs[n]]
                     for n in sorted(self.uploaded)
@@ -209,9 +214,20 @@ class MultipartSink:
     async def _ensure_upload(self) -> str:
         async with self._create_lock:
             if self.upload_id is None:
-                response = await self._call(
-                    "create upload", "create_multipart_upload", ChecksumAlgorithm="CRC32C"
-                )
+                try:  # ask S3 to verify the whole object's CRC32C too, where it can
+                    response = await self._call(
+                        "create upload",
+                        "create_multipart_upload",
+                        ChecksumAlgorithm="CRC32C",
+                        ChecksumType="FULL_OBJECT",
+                    )
+                    self.full_object = True
+                except StorageError as exc:
+                    log.info("%s: no full-object checksums here (%s); parts only", self.url, exc)
+                    response = await self._call(
+                        "create upload", "create_multipart_upload", ChecksumAlgorithm="CRC32C"
+                    )
+                    self.full_object = False
                 self.upload_id = str(response["UploadId"])
             return self.upload_id
 
@@ -274,11 +290,15 @@ class MultipartSink:
             for n in numbers
         ]
         upload_id = await self._ensure_upload()
+        whole: dict[str, Any] = {}
+        if self.full_object and self.whole_crc is not None:
+            whole = {"ChecksumCRC32C": crc32c_header(self.whole_crc), "ChecksumType": "FULL_OBJECT"}
         await self._call(
             "complete upload",
             "complete_multipart_upload",
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},
+            **whole,
         )
         self.upload_id = None
 

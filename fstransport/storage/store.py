@@ -22,6 +22,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
+from fstransport.checksum import parse_checksum
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Snapshot, SnapshotMeta
 from fstransport.options import RetryPolicy
@@ -296,6 +297,8 @@ class FsspecSnapshotStore:
         snapshot_id = meta.snapshot_id
         if self._sinks.get(snapshot_id) is not sink:
             raise InvalidRequest(f"snapshot {snapshot_id!r} is not being received by this store")
+        if isinstance(sink, MultipartSink) and meta.checksum is not None:
+            sink.whole_crc = parse_checksum(meta.checksum)
         await sink.finish()
         del self._sinks[snapshot_id]
         self._finished[snapshot_id] = sink

@@ -28,7 +28,7 @@ from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback, send_source
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.s3 import S3StreamSource
+from fstransport.storage.s3 import S3StreamSource, is_s3
 from fstransport.storage.source import open_source, source_checksum
 from fstransport.storage.store import FsspecSnapshotStore
 
@@ -71,7 +71,8 @@ async def _split_target(
     with storage_errors(target_url, "open"):
         fs, path = fsspec.core.url_to_fs(target_url, **storage_options)
         path = str(path)
-        is_dir = bool(path.strip("/")) and await asyncio.to_thread(fs.isdir, path)
+        # (object stores have no folders to mistake for a file: no round trip to ask)
+        is_dir = bool(path.strip("/")) and not is_s3(fs) and await asyncio.to_thread(fs.isdir, path)
     if target_url.endswith("/") or not path.strip("/") or is_dir:
         raise ConfigurationError(f"target {target_url!r} must name a file, not a folder")
     parent, _, name = path.rpartition("/")

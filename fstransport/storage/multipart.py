@@ -81,6 +81,8 @@ class MultipartSink:
         self._checksum = meta.checksum
         self._state_key = state_key
         self._state_lock = asyncio.Lock()
+        self._state_dirty = False
+        self._saver: asyncio.Task[None] | None = None
         self.part_crcs: dict[int, int] = {}
         self.full_object = False
         self.whole_crc: int | None = None
@@ -145,6 +147,28 @@ class MultipartSink:
                 Body=json.dumps(state).encode(),
             )
 
+    def _schedule_save(self) -> None:
+        """Record the state soon, off the upload path; saves requested meanwhile coalesce."""
+        if self._state_key is None:
+            return
+        self._state_dirty = True
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.create_task(self._save_while_dirty())
+
+    async def _save_while_dirty(self) -> None:
+        while self._state_dirty:
+            self._state_dirty = False
+            try:
+                await self._save_state()
+            except Exception as exc:  # the upload goes on; only resuming it would re-send more
+                log.warning("could not record the state of %s: %s", self.url, exc)
+
+    async def _stop_saving(self) -> None:
+        if self._saver is not None:
+            self._saver.cancel()
+            await asyncio.gather(self._saver, return_exceptions=True)
+            self._saver = None
+
     async def _drop_state(self) -> None:
         if self._state_key is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -183,6 +207,7 @@ class MultipartSink:
         else:
             await self._complete()
         self._closed = True
+        await self._stop_saving()
         with storage_errors(self.url, "clean up"):
             await self._drop_state()
 
@@ -195,6 +220,8 @@ class MultipartSink:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._saver is not None and not self._saver.done():
+            await asyncio.gather(self._saver, return_exceptions=True)  # the last record lands
 
     async def abort(self) -> None:
         """Stop uploading and abort the multipart upload: nothing stays behind in the bucket."""
@@ -259,10 +286,7 @@ class MultipartSink:
             )
             self.uploaded[part.number] = (str(response["ETag"]), checksum)
             self.part_crcs[part.number] = crc
-            try:
-                await self._save_state()
-            except Exception as exc:  # the upload goes on; only resuming it would re-send more
-                log.warning("could not record the state of %s: %s", self.url, exc)
+            self._schedule_save()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

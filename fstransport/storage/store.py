@@ -13,7 +13,9 @@ S3, when its multipart upload to ``root/<snapshot_id>`` completes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import json
 import os
 import time
 from typing import IO, Any, Literal, Protocol
@@ -212,7 +214,7 @@ class FsspecSnapshotStore:
 
     async def begin(self, meta: SnapshotMeta) -> SnapshotSink:
         snapshot_id = meta.snapshot_id
-        await self.abort(snapshot_id)
+        await self._discard_stale(snapshot_id)
         sink = await self._open_sink(meta)
         self._sinks[snapshot_id] = sink
         return sink
@@ -304,7 +306,8 @@ class FsspecSnapshotStore:
         self._finished[snapshot_id] = sink
         with storage_errors(sink.path, "open"):
             self._forget_listings(sink.path)
-            data: IO[bytes] = await asyncio.to_thread(self.fs.open, sink.path, "rb")
+            # The size is known: opening must not cost a round trip to ask for it.
+            data: IO[bytes] = await asyncio.to_thread(self.fs.open, sink.path, "rb", size=meta.size)
         return Snapshot(meta, data)
 
     async def install(self, snapshot: Snapshot) -> None:
@@ -343,6 +346,36 @@ class FsspecSnapshotStore:
                     await self._fs_call("rm_file", leftover)
         if is_s3(self.fs):
             await self._abort_uploads(self.path(snapshot_id))
+
+    async def _discard_stale(self, snapshot_id: str) -> None:
+        """Before a new transfer of `snapshot_id`: drop what an earlier one left, cheaply.
+
+        Unlike `abort`, on S3 this does not list the bucket's uploads: it aborts the upload the
+        recorded state names (if any); uploads that left no record are `cleanup`'s job.
+        """
+        if not (is_s3(self.fs) and self.sink_kind in ("auto", "multipart")):
+            await self.abort(snapshot_id)
+            return
+        for table in (self._sinks, self._finished):
+            sink = table.pop(snapshot_id, None)
+            if sink is not None:
+                await sink.abort()
+        bucket, state_key = split_bucket_key(self.journal_path(snapshot_id))
+        s3 = await self._async_s3()
+        with storage_errors(f"s3://{bucket}/{state_key}", "discard"):
+            try:
+                response = await s3._call_s3("get_object", Bucket=bucket, Key=state_key)
+                state = json.loads(await response["Body"].read())
+            except (FileNotFoundError, ValueError):
+                return
+            upload_id = state.get("upload_id") if isinstance(state, dict) else None
+            if upload_id:
+                _, key = split_bucket_key(self.path(snapshot_id))
+                with contextlib.suppress(FileNotFoundError):
+                    await s3._call_s3(
+                        "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=str(upload_id)
+                    )
+            await s3._call_s3("delete_object", Bucket=bucket, Key=state_key)
 
     async def _abort_uploads(self, path: str) -> None:
         """Abort every incomplete multipart upload to `path`, this process's or an earlier one's."""

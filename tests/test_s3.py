@@ -373,7 +373,7 @@ async def test_bucket_gets_the_whole_objects_checksum(
     """The multipart upload asks S3 for a full-object CRC32C, so the bucket verifies it too."""
     data = payload(2 * PART + 77, seed=31)
     async with FsspecSnapshotStore(
-        f"s3://{s3_bucket}/p", part_size=PART, **s3_storage_options
+        f"s3://{s3_bucket}/p", part_size=PART, full_object_checksum=True, **s3_storage_options
     ) as store:
         await send_to_s3(data, store, "snap", TransferOptions(chunk_size=MiB))
     head = s3_client.head_object(Bucket=s3_bucket, Key="p/snap", ChecksumMode="ENABLED")

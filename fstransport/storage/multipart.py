@@ -32,6 +32,10 @@ __all__ = ["MultipartSink"]
 
 log = logging.getLogger("fstransport.s3")
 
+STATE_INTERVAL = 1.0
+"""Seconds between two records of an upload's state (a receiver that dies sends the parts of
+at most the last second again when it resumes)."""
+
 
 class MultipartSink:
     """Writes one snapshot to ``s3://bucket/key`` with a multipart upload (or one PUT).
@@ -53,6 +57,7 @@ class MultipartSink:
         max_open_parts: int = 8,
         state_key: str | None = None,
         retry: RetryPolicy | None = None,
+        full_object_checksum: bool = False,
     ) -> None:
         if meta.size is None:
             raise StorageError(
@@ -85,6 +90,7 @@ class MultipartSink:
         self._saver: asyncio.Task[None] | None = None
         self.part_crcs: dict[int, int] = {}
         self.full_object = False
+        self._want_full_object = full_object_checksum
         self.whole_crc: int | None = None
         """The whole snapshot's CRC32C, set before `finish`: S3 then checks the object too."""
 
@@ -148,7 +154,8 @@ class MultipartSink:
             )
 
     def _schedule_save(self) -> None:
-        """Record the state soon, off the upload path; saves requested meanwhile coalesce."""
+        """Record the state soon, off the upload path: at most once per `STATE_INTERVAL`, so a
+        snapshot of many parts costs a few small PUTs, not one per part."""
         if self._state_key is None:
             return
         self._state_dirty = True
@@ -157,17 +164,23 @@ class MultipartSink:
 
     async def _save_while_dirty(self) -> None:
         while self._state_dirty:
-            self._state_dirty = False
-            try:
-                await self._save_state()
-            except Exception as exc:  # the upload goes on; only resuming it would re-send more
-                log.warning("could not record the state of %s: %s", self.url, exc)
+            await self._save_now()
+            await asyncio.sleep(STATE_INTERVAL)
 
-    async def _stop_saving(self) -> None:
+    async def _save_now(self) -> None:
+        self._state_dirty = False
+        try:
+            await self._save_state()
+        except Exception as exc:  # the upload goes on; only resuming it would re-send more
+            log.warning("could not record the state of %s: %s", self.url, exc)
+
+    async def _stop_saving(self, *, final: bool = False) -> None:
         if self._saver is not None:
             self._saver.cancel()
             await asyncio.gather(self._saver, return_exceptions=True)
             self._saver = None
+        if final and self._state_dirty:
+            await self._save_now()
 
     async def _drop_state(self) -> None:
         if self._state_key is not None:
@@ -220,8 +233,7 @@ class MultipartSink:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._saver is not None and not self._saver.done():
-            await asyncio.gather(self._saver, return_exceptions=True)  # the last record lands
+        await self._stop_saving(final=True)  # the record names every part that landed
 
     async def abort(self) -> None:
         """Stop uploading and abort the multipart upload: nothing stays behind in the bucket."""
@@ -241,20 +253,22 @@ class MultipartSink:
     async def _ensure_upload(self) -> str:
         async with self._create_lock:
             if self.upload_id is None:
-                try:  # ask S3 to verify the whole object's CRC32C too, where it can
-                    response = await self._call(
-                        "create upload",
-                        "create_multipart_upload",
-                        ChecksumAlgorithm="CRC32C",
-                        ChecksumType="FULL_OBJECT",
-                    )
-                    self.full_object = True
-                except StorageError as exc:
-                    log.info("%s: no full-object checksums here (%s); parts only", self.url, exc)
+                response = None
+                if self._want_full_object:
+                    try:  # ask S3 to verify the whole object's CRC32C too
+                        response = await self._call(
+                            "create upload",
+                            "create_multipart_upload",
+                            ChecksumAlgorithm="CRC32C",
+                            ChecksumType="FULL_OBJECT",
+                        )
+                        self.full_object = True
+                    except StorageError as exc:
+                        log.info("%s: no full-object checksums here (%s)", self.url, exc)
+                if response is None:  # every part still carries its own CRC32C
                     response = await self._call(
                         "create upload", "create_multipart_upload", ChecksumAlgorithm="CRC32C"
                     )
-                    self.full_object = False
                 self.upload_id = str(response["UploadId"])
             return self.upload_id
 

@@ -88,7 +88,8 @@ class FsspecSnapshotStore:
     or ``"multipart"`` (S3 only).  `part_size` overrides the S3 part size (at least 5 MiB).
     `fsync` (local targets only) flushes each finished snapshot to disk before it is installed.
     `retry` is how transient storage failures (5xx, SlowDown, connection resets) are retried
-    before they surface as `StorageError`.
+    before they surface as `StorageError`.  `full_object_checksum` asks S3 to verify each
+    object's whole CRC32C too (see the property of that name for the default).
 
     On S3 a snapshot is uploaded straight to ``root/<snapshot_id>`` and appears there when the
     upload completes, after the final chunk was verified; there is no rename on S3.  Close the
@@ -103,11 +104,13 @@ class FsspecSnapshotStore:
         sink: SinkKind = "auto",
         part_size: int | None = None,
         retry: RetryPolicy | None = None,
+        full_object_checksum: bool | None = None,
         **storage_options: Any,
     ) -> None:
         with storage_errors(root_url, "open"):
             fs, root = fsspec.core.url_to_fs(root_url, **storage_options)
         self._init(fs, root, root_url, fsync=fsync, sink=sink, part_size=part_size, retry=retry)
+        self._full_object: bool | None = full_object_checksum
 
     @classmethod
     def from_filesystem(
@@ -119,11 +122,13 @@ class FsspecSnapshotStore:
         sink: SinkKind = "auto",
         part_size: int | None = None,
         retry: RetryPolicy | None = None,
+        full_object_checksum: bool | None = None,
     ) -> FsspecSnapshotStore:
         """A store over an already-open fsspec filesystem `fs` at path `root`."""
         store = cls.__new__(cls)
         url = fs.unstrip_protocol(root)
         store._init(fs, root, url, fsync=fsync, sink=sink, part_size=part_size, retry=retry)
+        store._full_object = full_object_checksum
         return store
 
     def _init(
@@ -149,6 +154,7 @@ class FsspecSnapshotStore:
         self.sink_kind: SinkKind = sink
         self.part_size = part_size
         self.retry = retry or RetryPolicy()
+        self._full_object = None
         self._fsync = fsync
         self._sinks: dict[str, SnapshotSink] = {}
         self._finished: dict[str, SnapshotSink] = {}
@@ -192,6 +198,19 @@ class FsspecSnapshotStore:
             s3.invalidate_cache()
             return await getattr(s3, f"_{method}")(*args, **kwargs)
         return await asyncio.to_thread(getattr(self.fs, method), *args, **kwargs)
+
+    @property
+    def full_object_checksum(self) -> bool:
+        """Whether S3 uploads ask the bucket to verify the whole object's CRC32C as well.
+
+        Unless set, on for AWS itself and off for other endpoints (``endpoint_url``): not every
+        S3-compatible server has full-object checksums, and moto computes them slowly.
+        """
+        if self._full_object is not None:
+            return self._full_object
+        client_kwargs = self.fs.storage_options.get("client_kwargs") or {}
+        custom = self.fs.storage_options.get("endpoint_url") or client_kwargs.get("endpoint_url")
+        return not custom
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -278,6 +297,7 @@ class FsspecSnapshotStore:
                 part_size=self.part_size,
                 state_key=state_key,
                 retry=self.retry,
+                full_object_checksum=self.full_object_checksum,
             )
         if kind == "auto" and isinstance(self.fs, MemoryFileSystem):
             if journal is None:

@@ -1,0 +1,837 @@
+"""S3 benchmarks: `ship()` to and from S3 against boto3 and s3fs, and the memory a ship needs.
+
+Run from the repository root (needs ``pip install -e ".[dev]"``: moto, boto3, psutil)::
+
+    python benchmarks/bench_s3.py [--size 256MiB] [--rounds 3] [--json out.json] [--check]
+
+The S3 server is moto in server mode, in its own process (``python -c`` running
+``moto.server.ThreadedMotoServer`` on 127.0.0.1, a free port), so its CPU time is not ours and
+can be reported on its own.  The method is `bench_core.py`'s: the contenders of one direction
+form a group and are interleaved round by round in a shuffled order, a warm-up round is not
+counted, and each copy is verified after its timed region (S3 objects read back with boto3, local
+files compared byte for byte; no incomplete multipart upload may remain).  The timed region is
+the copy alone: ``ship()`` through one long-lived event loop, or the baseline's call, with the
+boto3 client and the s3fs filesystem created once beforehand (``ship()`` cannot be handed a
+client, so it connects inside its own timing, as it does for a user).
+
+The peak memory of a ship is measured in fresh Python processes, one per measurement, that
+ship a local file to S3 with default options and report their ``VmHWM`` (the peak resident set
+of the process, from ``/proc/self/status``).  ``ru_maxrss`` is not used: Linux carries it over
+``execve`` from the parent, so a child of this (large) process would report the parent's peak.
+
+Throughput is MiB/s (2**20 bytes per second) of object data.  Ratios are of medians, with the
+ratio of the fastest rounds beside them; goals are judged on the ratio of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import json
+import os
+import pstats
+import random
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import IO, Any
+
+import boto3
+import psutil
+import s3fs
+from bench_core import (
+    Case,
+    Row,
+    evaluate,
+    machine_info,
+    make_data,
+    non_negative_int,
+    positive_int,
+    run_rounds,
+    size_arg,
+    sync_disk,
+)
+
+from fstransport import TransferReport, ship
+from fstransport.checksum import chunk_crc, format_checksum
+from fstransport.moto_server import REGION, TEST_CREDENTIALS, reset_moto, storage_options_for
+from fstransport.units import format_size
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+BUCKET = "fstransport-bench"
+GOAL_SPEED_RATIO = 1.0  # ship() >= 1.0x the best of boto3 and s3fs, in each direction
+GOAL_PEAK_RSS = 256 * MiB  # peak RSS of a process shipping a 1 GiB file to S3
+COMPARE_STEP = 8 * MiB
+
+# The moto server, in its own process: prints "host port" once it listens, serves until its
+# stdin closes (so it also ends when this process dies), then shuts down.
+SERVER_CODE = """\
+import logging, sys
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+host, port = server.get_host_and_port()
+print(host, port, flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+# A memory measurement in a fresh process: argv = mode [file url endpoint].  Prints one JSON line
+# with the peak resident set after the imports and at the end (VmHWM, KiB).
+MEMORY_CODE = """\
+import json, resource, sys, time
+
+def status():
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = int(value.split()[0])
+    return out
+
+mode = sys.argv[1]
+if mode == "import-fstransport":
+    import fstransport, s3fs
+elif mode == "import-boto3":
+    import boto3
+elif mode == "ship":
+    import asyncio, fstransport, s3fs
+    from fstransport.moto_server import storage_options_for
+elif mode == "boto3":
+    import boto3
+else:
+    raise SystemExit(f"unknown mode {mode!r}")
+result = {"mode": mode, "after_imports": status()}
+if mode in ("ship", "boto3"):
+    path, url, endpoint = sys.argv[2:5]
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    started = time.perf_counter()
+    if mode == "ship":
+        report = asyncio.run(
+            fstransport.ship(path, url, target_options=storage_options_for(endpoint))
+        )
+        result["size"] = report.size
+        result["checksum"] = report.checksum
+    else:
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )
+        client.upload_file(path, bucket, key)
+    result["elapsed"] = time.perf_counter() - started
+result["end"] = status()
+result["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(result), flush=True)
+"""
+
+
+# -- the moto server ---------------------------------------------------------------------------
+
+
+class MotoProcess:
+    """A moto S3 server in a child process; `cpu_seconds` is its CPU time so far."""
+
+    def __init__(self, log_path: str, timeout: float = 60.0) -> None:
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER_CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.stop()
+            raise RuntimeError(f"moto did not start within {timeout} s; see {log_path}")
+        host, port = line.split()
+        self.endpoint = f"http://{host}:{port}"
+        self._ps = psutil.Process(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        times = self._ps.cpu_times()
+        return float(times.user + times.system)
+
+    def rss(self) -> int:
+        return int(self._ps.memory_info().rss)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        self._log.close()
+
+
+# -- contenders --------------------------------------------------------------------------------
+
+
+@dataclass
+class Timed:
+    """A `Case` of this benchmark plus the CPU seconds each run cost here and in moto."""
+
+    case: Case
+    client_cpu: list[float] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
+
+    def counted(self, warmup: int) -> tuple[list[float], list[float]]:
+        return self.client_cpu[warmup:], self.server_cpu[warmup:]
+
+
+class S3Bench:
+    """Builds the contenders over one event loop, one moto server and one local source file."""
+
+    def __init__(
+        self,
+        data: bytes,
+        folder: str,
+        moto: MotoProcess,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.data = data
+        self.folder = folder
+        self.moto = moto
+        self.loop = loop
+        self.checksum = format_checksum(chunk_crc(data))
+        self.options = storage_options_for(moto.endpoint)
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=moto.endpoint,
+            region_name=REGION,
+            aws_access_key_id=TEST_CREDENTIALS["key"],
+            aws_secret_access_key=TEST_CREDENTIALS["secret"],
+        )
+        # Its own instance, so that ship()'s cached synchronous filesystem is not shared with it.
+        self.fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.options)
+        self.source = self.local_path("src.bin")
+        with open(self.source, "wb") as fh:
+            fh.write(data)
+        sync_disk()
+        self.timed: dict[str, Timed] = {}
+
+    # -- places ------------------------------------------------------------------------------
+
+    def local_path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def reset(self) -> None:
+        """Empty moto and create the bucket again."""
+        reset_moto(self.moto.endpoint)
+        self.client.create_bucket(Bucket=BUCKET)
+        self.fs.invalidate_cache()
+
+    def remove_object(self, key: str) -> None:
+        self.client.delete_object(Bucket=BUCKET, Key=key)
+        self.fs.invalidate_cache()
+
+    def remove_local(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.local_path(name))
+
+    def check_no_uploads(self) -> None:
+        uploads = self.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+        if uploads:
+            keys = sorted({u["Key"] for u in uploads})
+            raise AssertionError(f"{len(uploads)} incomplete multipart uploads remain: {keys}")
+
+    def check_object(self, key: str, expected: bytes | str) -> None:
+        """Read s3://BUCKET/key back with boto3 and compare it with `expected` (bytes or a file)."""
+        body = self.client.get_object(Bucket=BUCKET, Key=key)["Body"]
+        with contextlib.ExitStack() as stack:
+            reference: IO[bytes] = (
+                io.BytesIO(expected)
+                if isinstance(expected, bytes)
+                else stack.enter_context(open(expected, "rb"))
+            )
+            stack.callback(body.close)
+            offset = 0
+            while True:
+                want = reference.read(COMPARE_STEP)
+                got = body.read(COMPARE_STEP) if want else body.read(1)
+                if got != want:
+                    raise AssertionError(f"s3://{BUCKET}/{key} differs from the source at {offset}")
+                if not want:
+                    break
+                offset += len(want)
+
+    def check_local(self, name: str) -> None:
+        path = self.local_path(name)
+        with open(path, "rb") as fh:
+            for offset in range(0, len(self.data), COMPARE_STEP):
+                if fh.read(COMPARE_STEP) != self.data[offset : offset + COMPARE_STEP]:
+                    raise AssertionError(f"{path} differs from the source at {offset}")
+            if fh.read(1):
+                raise AssertionError(f"{path} is longer than the source")
+
+    def check_report(self, result: object) -> None:
+        if not isinstance(result, TransferReport):
+            raise AssertionError(f"ship() returned {result!r}")
+        if result.size != len(self.data) or result.checksum != self.checksum:
+            raise AssertionError(f"ship() reported {result.size} bytes, {result.checksum}")
+
+    # -- building cases ----------------------------------------------------------------------
+
+    def _case(
+        self,
+        key: str,
+        label: str,
+        run: Callable[[], object],
+        verify: Callable[[object], None],
+        prepare: Callable[[], None],
+        cleanup: Callable[[], None] = lambda: None,
+    ) -> Case:
+        """A `Case` whose run also records the CPU seconds spent here and in moto."""
+        timed = Timed(Case(key, label, len(self.data), run, verify, prepare, cleanup))
+
+        def measured() -> object:
+            client0, server0 = time.process_time(), self.moto.cpu_seconds()
+            result = run()
+            timed.client_cpu.append(time.process_time() - client0)
+            timed.server_cpu.append(self.moto.cpu_seconds() - server0)
+            return result
+
+        timed.case.run = measured
+        self.timed[key] = timed
+        return timed.case
+
+    def upload(
+        self, key: str, label: str, copy: Callable[[str], object], *, is_ship: bool = False
+    ) -> Case:
+        """file -> s3://BUCKET/<name>: `copy(name)` is timed."""
+        name = f"{key.replace('/', '-')}.bin"
+
+        def verify(result: object) -> None:
+            if is_ship:
+                self.check_report(result)
+            self.check_object(name, self.data)
+            self.check_no_uploads()
+
+        return self._case(key, label, lambda: copy(name), verify, lambda: self.remove_object(name))
+
+    def download(
+        self, key: str, label: str, copy: Callable[[str], object], *, is_ship: bool = False
+    ) -> Case:
+        """s3://BUCKET/<some key> -> local file: `copy(local path)` is timed."""
+        name = f"{key.replace('/', '-')}.bin"
+
+        def prepare() -> None:
+            self.remove_local(name)
+            sync_disk()
+
+        def verify(result: object) -> None:
+            if is_ship:
+                self.check_report(result)
+            self.check_local(name)
+
+        return self._case(
+            key,
+            label,
+            lambda: copy(self.local_path(name)),
+            verify,
+            prepare,
+            lambda: self.remove_local(name),
+        )
+
+    # -- the contenders ----------------------------------------------------------------------
+
+    def ship_up(self, name: str) -> object:
+        url = f"s3://{BUCKET}/{name}"
+        return self.loop.run_until_complete(ship(self.source, url, target_options=self.options))
+
+    def boto3_up(self, name: str) -> object:
+        return self.client.upload_file(self.source, BUCKET, name)
+
+    def s3fs_up(self, name: str) -> object:
+        return self.fs.put_file(self.source, f"{BUCKET}/{name}")
+
+    def ship_down(self, source_key: str) -> Callable[[str], object]:
+        url = f"s3://{BUCKET}/{source_key}"
+        return lambda path: self.loop.run_until_complete(
+            ship(url, path, source_options=self.options)
+        )
+
+    def boto3_down(self, source_key: str) -> Callable[[str], object]:
+        return lambda path: self.client.download_file(BUCKET, source_key, path)
+
+    def s3fs_down(self, source_key: str) -> Callable[[str], object]:
+        return lambda path: self.fs.get_file(f"{BUCKET}/{source_key}", path)
+
+
+# -- groups, results and tables ----------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """One direction: `ship_key` is compared with the best of `baseline_keys`."""
+
+    title: str
+    cases: list[Case]
+    ship_key: str
+    baseline_keys: list[str]
+    setup: Callable[[], None] = lambda: None
+
+
+def cpu_medians(timed: Timed, warmup: int) -> tuple[float, float]:
+    client, server = timed.counted(warmup)
+    return statistics.median(client), statistics.median(server)
+
+
+def evaluate_group(group: Group, bench: S3Bench, warmup: int) -> dict[str, Any]:
+    """Rows for every contender; ship() is judged against the baseline with the best median."""
+    by_key = {c.key: c for c in group.cases}
+    best = max(group.baseline_keys, key=lambda k: by_key[k].mibs)
+    rows = [Row(k) for k in group.baseline_keys]
+    rows.append(
+        Row(
+            group.ship_key,
+            best,
+            f">= {GOAL_SPEED_RATIO:.1f}x best ({by_key[best].label})",
+            goal_ratio=GOAL_SPEED_RATIO,
+        )
+    )
+    results = [evaluate(row, by_key) for row in rows]
+    for r in results:
+        client, server = cpu_medians(bench.timed[r["case"]], warmup)
+        r["client_cpu_s"] = client
+        r["server_cpu_s"] = server
+    versus = {}
+    ship_case = by_key[group.ship_key]
+    for k in group.baseline_keys:
+        base = by_key[k]
+        versus[k] = {
+            "label": base.label,
+            "ratio": ship_case.mibs / base.mibs,
+            "best_ratio": ship_case.mibs_range()[1] / base.mibs_range()[1],
+        }
+    return {"rows": results, "best_baseline": best, "ship_vs": versus}
+
+
+def markdown_table(title: str, evaluated: dict[str, Any]) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| contender | size | median s | median MiB/s | slowest-fastest MiB/s"
+        " | ratio of medians | ratio of bests | client CPU s | moto CPU s | goal | met |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in evaluated["rows"]:
+        ratio = "baseline" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        best = "" if r["best_ratio"] is None else f"{r['best_ratio']:.2f}x"
+        met = {None: "", True: "yes", False: "**no**"}[r["met"]]
+        lines.append(
+            f"| {r['label']} | {format_size(r['size'])} | {r['median_s']:.3f}"
+            f" | {r['median_mibs']:,.0f} | {r['min_mibs']:,.0f}-{r['max_mibs']:,.0f}"
+            f" | {ratio} | {best} | {r['client_cpu_s']:.2f} | {r['server_cpu_s']:.2f}"
+            f" | {r['goal']} | {met} |"
+        )
+    lines.append("")
+    versus = "; ".join(
+        f"vs {v['label']}: {v['ratio']:.2f}x (fastest rounds {v['best_ratio']:.2f}x)"
+        for v in evaluated["ship_vs"].values()
+    )
+    lines.append(f"ship() {versus}.")
+    return "\n".join(lines)
+
+
+def main_groups(bench: S3Bench) -> list[Group]:
+    source_key = "download-source.bin"
+
+    def put_download_source() -> None:
+        bench.client.upload_file(bench.source, BUCKET, source_key)
+        bench.check_object(source_key, bench.data)
+        bench.check_no_uploads()
+
+    return [
+        Group(
+            "1. local file -> S3",
+            [
+                bench.upload(
+                    "up/ship", "fstransport ship(), default options", bench.ship_up, is_ship=True
+                ),
+                bench.upload(
+                    "up/boto3", "boto3 upload_file, default TransferConfig", bench.boto3_up
+                ),
+                bench.upload("up/s3fs", "s3fs put_file, default settings", bench.s3fs_up),
+            ],
+            "up/ship",
+            ["up/boto3", "up/s3fs"],
+        ),
+        Group(
+            "2. S3 -> local file",
+            [
+                bench.download(
+                    "down/ship",
+                    "fstransport ship(), default options",
+                    bench.ship_down(source_key),
+                    is_ship=True,
+                ),
+                bench.download(
+                    "down/boto3",
+                    "boto3 download_file, default TransferConfig",
+                    bench.boto3_down(source_key),
+                ),
+                bench.download(
+                    "down/s3fs",
+                    "s3fs get_file, default settings",
+                    bench.s3fs_down(source_key),
+                ),
+            ],
+            "down/ship",
+            ["down/boto3", "down/s3fs"],
+            setup=put_download_source,
+        ),
+    ]
+
+
+# -- peak memory -------------------------------------------------------------------------------
+
+
+def write_file(path: str, size: int, seed: int) -> None:
+    """`size` pseudo-random bytes, written 16 MiB at a time (never held whole in memory)."""
+    rng = random.Random(seed)
+    with open(path, "wb") as fh:
+        remaining = size
+        while remaining:
+            step = min(remaining, 16 * MiB)
+            fh.write(rng.randbytes(step))
+            remaining -= step
+    sync_disk()
+
+
+def measure_process(args: list[str]) -> dict[str, Any]:
+    """Run MEMORY_CODE with `args` in a fresh process; add the RSS peak sampled from outside."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MEMORY_CODE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sampled = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal sampled
+        with contextlib.suppress(psutil.Error):
+            watched = psutil.Process(proc.pid)
+            while not done.is_set():
+                sampled = max(sampled, int(watched.memory_info().rss))
+                time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate(timeout=600)
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child {args[0]} failed ({proc.returncode}):\n{err}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["peak_bytes"] = result["end"]["VmHWM"] * KiB
+    result["after_imports_bytes"] = result["after_imports"]["VmHWM"] * KiB
+    result["sampled_peak_bytes"] = sampled
+    return result
+
+
+SMALL_SHIP = 1 * MiB  # a ship this small shows the fixed cost: clients, no part buffers
+
+
+@dataclass
+class MemoryRun:
+    """Fresh processes doing the same thing, `rounds` times: their peaks and what they did."""
+
+    label: str
+    size: int | None
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def peaks(self) -> list[int]:
+        return [int(r["peak_bytes"]) for r in self.results]
+
+    @property
+    def max_peak(self) -> int:
+        return max(self.peaks)
+
+    @property
+    def median_peak(self) -> float:
+        return statistics.median(self.peaks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "size": self.size,
+            "peaks_bytes": self.peaks,
+            "median_peak_bytes": self.median_peak,
+            "max_peak_bytes": self.max_peak,
+            "sampled_peaks_bytes": [r["sampled_peak_bytes"] for r in self.results],
+            "runs": self.results,
+        }
+
+
+def run_memory(
+    bench: S3Bench, sizes: Sequence[int], rounds: int, seed: int
+) -> dict[str, MemoryRun]:
+    """Import-only processes, ship() of each size and boto3 upload_file of the largest (a
+    reference); every measurement a fresh process, each done `rounds` times, interleaved."""
+    files: dict[int, str] = {}
+    for size in [SMALL_SHIP, *sizes]:
+        if size == len(bench.data):
+            files[size] = bench.source
+        elif size not in files:
+            files[size] = bench.local_path(f"memory-{size}.bin")
+            print(f"  memory: writing a {format_size(size)} file ...", file=sys.stderr)
+            write_file(files[size], size, seed + size)
+    largest = max(sizes)
+    runs: dict[str, tuple[MemoryRun, list[str]]] = {
+        "import-fstransport": (MemoryRun("`import fstransport, s3fs` only", None), []),
+        "import-boto3": (MemoryRun("`import boto3` only (reference)", None), []),
+    }
+    for size in [SMALL_SHIP, *sizes]:
+        label = "fstransport ship()" + (" (fixed cost)" if size == SMALL_SHIP else "")
+        runs[f"ship-{size}"] = (MemoryRun(label, size), ["ship", files[size]])
+    runs[f"boto3-{largest}"] = (
+        MemoryRun("boto3 upload_file (reference)", largest),
+        ["boto3", files[largest]],
+    )
+    for index in range(rounds):
+        for name, (run, args) in runs.items():
+            if not args:
+                run.results.append(measure_process([name]))
+                continue
+            bench.reset()
+            key = f"memory-{name}.bin"
+            result = measure_process([*args, f"s3://{BUCKET}/{key}", bench.moto.endpoint])
+            if args[0] == "ship" and result["size"] != run.size:
+                raise AssertionError(f"ship() in the child reported {result['size']} bytes")
+            bench.check_object(key, args[1])
+            bench.check_no_uploads()
+            run.results.append(result)
+        print(f"  memory: round {index + 1}/{rounds} done", file=sys.stderr)
+    for path in files.values():
+        if path != bench.source:
+            os.unlink(path)
+    bench.reset()
+    return {name: run for name, (run, _) in runs.items()}
+
+
+def memory_table(runs: dict[str, MemoryRun], sizes: Sequence[int]) -> tuple[str, bool]:
+    """The table of peaks; the goal holds when the largest ship's every process kept to it."""
+    rounds = len(runs["import-fstransport"].results)
+    lines = [
+        "### 3. Peak memory of a fresh process shipping a local file to S3 (default options)",
+        "",
+        f"Each row: {rounds} fresh processes; peak RSS is `VmHWM`, median (highest).",
+        "",
+        "| process | size | peak RSS | above import-only | sampled peak (highest) | goal | met |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+
+    def mib(n: float) -> str:
+        return f"{n / MiB:,.0f} MiB"
+
+    largest = max(sizes)
+    met = True
+    for name, run in runs.items():
+        base = runs[
+            "import-boto3" if name.startswith(("boto3", "import-boto3")) else "import-fstransport"
+        ]
+        above = "" if run.size is None else mib(run.median_peak - base.median_peak)
+        sampled = max(int(r["sampled_peak_bytes"]) for r in run.results)
+        goal = ok = ""
+        if name == f"ship-{largest}":
+            met = run.max_peak <= GOAL_PEAK_RSS
+            goal, ok = f"<= {mib(GOAL_PEAK_RSS)}", "yes" if met else "**no**"
+        size = "" if run.size is None else format_size(run.size)
+        lines.append(
+            f"| {run.label} | {size} | {mib(run.median_peak)} ({mib(run.max_peak)}) | {above}"
+            f" | {mib(sampled)} | {goal} | {ok} |"
+        )
+    lines.append("")
+    if len(sizes) > 1:
+        small = runs[f"ship-{min(sizes)}"]
+        large = runs[f"ship-{largest}"]
+        by_median = (large.median_peak - small.median_peak) / MiB
+        by_highest = (large.max_peak - small.max_peak) / MiB
+        lines.append(
+            f"ship() of {format_size(largest)} against {format_size(min(sizes))} "
+            f"({largest // min(sizes)}x the data): peak {by_median:+,.0f} MiB by medians, "
+            f"{by_highest:+,.0f} MiB by highest."
+        )
+    return "\n".join(lines), met
+
+
+# -- profile -----------------------------------------------------------------------------------
+
+
+def profile_ship(bench: S3Bench, path: str) -> str:
+    """One more ship() each way under cProfile (this process; moto's CPU reported beside)."""
+    source_key = "profile-source.bin"
+    bench.client.upload_file(bench.source, BUCKET, source_key)
+    out: list[str] = []
+    jobs: list[tuple[str, Callable[[], object]]] = [
+        ("upload", lambda: bench.ship_up("profile-up.bin")),
+        ("download", lambda: bench.ship_down(source_key)(bench.local_path("profile-down.bin"))),
+    ]
+    for name, job in jobs:
+        profiler = cProfile.Profile()
+        server0, wall0 = bench.moto.cpu_seconds(), time.perf_counter()
+        profiler.enable()
+        job()
+        profiler.disable()
+        wall = time.perf_counter() - wall0
+        server = bench.moto.cpu_seconds() - server0
+        profiler.dump_stats(f"{path}.{name}.prof")
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("tottime").print_stats(15)
+        stats.sort_stats("cumulative").print_stats(25)
+        out.append(
+            f"== ship() {name}: wall {wall:.2f} s, moto CPU {server:.2f} s\n{text.getvalue()}"
+        )
+    bench.remove_local("profile-down.bin")
+    return "\n".join(out)
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def s3_versions() -> dict[str, str]:
+    names = ("s3fs", "aiobotocore", "botocore", "boto3", "moto", "aiohttp", "werkzeug")
+    return {name: version(name) for name in names}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--size", type=size_arg, default=256 * MiB, help="object size (256MiB)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="counted rounds (3)")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=1, help="uncounted warm-up rounds (1)"
+    )
+    parser.add_argument(
+        "--memory-size",
+        type=size_arg,
+        default=1 * GiB,
+        help="size of the large peak-memory ship (1GiB); the small one is --size",
+    )
+    parser.add_argument(
+        "--memory-rounds",
+        type=positive_int,
+        default=3,
+        help="fresh processes per peak-memory measurement (3)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="also profile one ship() each way; write PATH.upload.prof, PATH.download.prof",
+    )
+    parser.add_argument("--dir", help="parent folder of the temporary local files (system temp)")
+    parser.add_argument("--seed", type=int, default=20240601, help="seed of the data and the order")
+    parser.add_argument("--json", metavar="PATH", help="also write every sample and result here")
+    parser.add_argument("--check", action="store_true", help="exit with 1 if a goal is not met")
+    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def moto_process(folder: str) -> Iterator[MotoProcess]:
+    moto = MotoProcess(os.path.join(folder, "moto.log"))
+    try:
+        yield moto
+    finally:
+        moto.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    rng = random.Random(args.seed)
+    started = time.perf_counter()
+    info = {**machine_info(), **s3_versions()}
+    print(f"generating {format_size(args.size)} of data (seed {args.seed}) ...", file=sys.stderr)
+    data = make_data(args.size, args.seed)
+    folder = tempfile.mkdtemp(prefix="fstransport-bench-s3-", dir=args.dir)
+    loop = asyncio.new_event_loop()
+    report: dict[str, Any] = {"machine": info, "args": dict(vars(args))}
+    out: list[str] = []
+    met: list[bool] = []
+    try:
+        with moto_process(folder) as moto:
+            print(f"moto server (pid {moto.proc.pid}) at {moto.endpoint}", file=sys.stderr)
+            bench = S3Bench(data, folder, moto, loop)
+            report["cases"] = {}
+            report["groups"] = {}
+            for group in main_groups(bench):
+                bench.reset()
+                group.setup()
+                run_rounds(group.cases, args.rounds, args.warmup, rng, group.title)
+                bench.check_no_uploads()
+                for case in group.cases:
+                    client, server = bench.timed[case.key].counted(args.warmup)
+                    report["cases"][case.key] = {
+                        **case.to_dict(),
+                        "client_cpu_s": client,
+                        "server_cpu_s": server,
+                    }
+                evaluated = evaluate_group(group, bench, args.warmup)
+                report["groups"][group.title] = evaluated
+                met += [r["met"] for r in evaluated["rows"] if r["met"] is not None]
+                out += [markdown_table(group.title, evaluated), ""]
+            if args.profile:
+                bench.reset()
+                print("  profiling one ship() each way ...", file=sys.stderr)
+                print(profile_ship(bench, args.profile), file=sys.stderr)
+            if not args.no_memory:
+                sizes = sorted({args.size, args.memory_size})
+                memory = run_memory(bench, sizes, args.memory_rounds, args.seed)
+                report["memory"] = {name: run.to_dict() for name, run in memory.items()}
+                text, memory_met = memory_table(memory, sizes)
+                if args.memory_size >= 1 * GiB:
+                    met.append(memory_met)
+                out += [text, ""]
+            bench.check_no_uploads()
+            report["moto_rss_end"] = moto.rss()
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    total = time.perf_counter() - started
+    report["elapsed_s"] = total
+    print(
+        f"# fstransport S3 benchmarks\n\n{info['nproc']} x {info['cpu']}, "
+        f"Python {info['python']}, s3fs {info['s3fs']}, boto3 {info['boto3']}, "
+        f"moto {info['moto']} (own process); size {format_size(args.size)}, "
+        f"{args.rounds} rounds (+{args.warmup} warm-up); throughput in MiB/s (2**20 B/s); "
+        f"run took {total:.0f} s.\n"
+    )
+    print("\n".join(out))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2, default=str)
+    return 1 if args.check and not all(met) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

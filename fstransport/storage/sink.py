@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any, Protocol
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
@@ -29,6 +29,7 @@ from fstransport.storage.journal import LocalJournal, MemoryJournal
 
 __all__ = [
     "NOTHING_LOST",
+    "FileObjectSink",
     "Lost",
     "MemorySink",
     "PwriteSink",
@@ -221,8 +222,10 @@ class PwriteSink:
             await asyncio.to_thread(_abort)
 
 
-class SeekableFileSink:
-    """Writes through an fsspec file object that supports ``seek`` in write mode."""
+class FileObjectSink:
+    """The part of a sink over an fsspec file object opened ``"wb"`` that does not depend on
+    how chunks reach the file: one write at a time in a worker thread, commit on `finish`,
+    discard on `abort`.  Subclasses say how a chunk is written."""
 
     def __init__(self, fs: Any, path: str, fileobj: IO[bytes]) -> None:
         self.path = path
@@ -230,26 +233,12 @@ class SeekableFileSink:
         self._file = fileobj
         self._lock = asyncio.Lock()
 
-    @classmethod
-    async def create(cls, fs: Any, path: str) -> SeekableFileSink:
-        with storage_errors(path, "open"):
-            fileobj = await asyncio.to_thread(fs.open, path, "wb")
-        return cls(fs, path, fileobj)
-
-    def _write_at(self, offset: int, data: Buffer) -> None:
-        self._file.seek(offset)
-        self._file.write(data)
-
-    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
-        async with self._lock:
-            if self._file.closed:
-                raise aborted(self.path)
-            with storage_errors(self.path, "write"):
-                await asyncio.to_thread(self._write_at, offset, data)
-        return NOTHING_LOST
-
-    def rewind(self, offset: int) -> tuple[int, Lost]:
-        return offset, NOTHING_LOST
+    async def _in_thread(self, write: Callable[[], None]) -> None:
+        """Run `write` on the file in a worker thread; the caller holds ``self._lock``."""
+        if self._file.closed:
+            raise aborted(self.path)
+        with storage_errors(self.path, "write"):
+            await asyncio.to_thread(write)
 
     async def finish(self) -> None:
         async with self._lock:
@@ -265,3 +254,19 @@ class SeekableFileSink:
         async with self._lock:
             with storage_errors(self.path, "abort"):
                 await asyncio.to_thread(_abort)
+
+
+class SeekableFileSink(FileObjectSink):
+    """Writes through an fsspec file object that supports ``seek`` in write mode."""
+
+    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
+        def _write_at() -> None:
+            self._file.seek(offset)
+            self._file.write(data)
+
+        async with self._lock:
+            await self._in_thread(_write_at)
+        return NOTHING_LOST
+
+    def rewind(self, offset: int) -> tuple[int, Lost]:
+        return offset, NOTHING_LOST

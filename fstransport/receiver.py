@@ -7,16 +7,24 @@ check and the install, and is what a network adapter calls for each request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from fstransport.errors import InvalidRequest, SnapshotMismatch, StorageError, TooManyTransfers
+from fstransport.errors import (
+    ChecksumMismatch,
+    InvalidRequest,
+    SnapshotMismatch,
+    StorageError,
+    TooManyTransfers,
+)
 from fstransport.messages import (
     InstallSnapshotRequest,
     InstallSnapshotResponse,
     Snapshot,
     SnapshotMeta,
+    SnapshotSegmentId,
     Vote,
 )
 from fstransport.protocol.receiver import (
@@ -47,7 +55,8 @@ class _Stream:
     sink: SnapshotSink | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
-    resumed: bool = False
+    resumed: bool = False  # the next answer tells the sender what is held
+    from_store: bool = False  # it continues partial data an earlier receiver left
 
 
 class Receiver:
@@ -70,6 +79,7 @@ class Receiver:
         self.limits = limits or ReceiverLimits()
         self._streams: dict[str, _Stream] = {}
         self._installed: OrderedDict[str, SnapshotMeta] = OrderedDict()
+        self._installing: dict[str, asyncio.Future[None]] = {}
 
     @property
     def receiving(self) -> list[str]:
@@ -95,8 +105,23 @@ class Receiver:
             self.vote = req.vote
         snapshot, held = await self._receive(req, crc)
         if snapshot is not None:
-            await self.store.install(snapshot)
+            # Verified and finished: install it even if this request is cancelled meanwhile (its
+            # sender timed out), and remember it only once it is really installed.
+            install = asyncio.ensure_future(self._install(snapshot))
+            self._installing[snapshot.meta.snapshot_id] = install
+            await asyncio.shield(install)
         return InstallSnapshotResponse(self.vote, held=held)
+
+    async def _install(self, snapshot: Snapshot) -> None:
+        snapshot_id = snapshot.meta.snapshot_id
+        try:
+            await self.store.install(snapshot)
+            self._installed[snapshot_id] = snapshot.meta
+            while len(self._installed) > INSTALLED_MEMORY:
+                self._installed.popitem(last=False)
+        finally:
+            if self._installing.get(snapshot_id) is asyncio.current_task():
+                del self._installing[snapshot_id]
 
     async def receive(self, req: InstallSnapshotRequest) -> Snapshot | None:
         """Store one chunk; return the finished (not yet installed) snapshot on the final one.
@@ -143,6 +168,10 @@ class Receiver:
     async def _receive(self, req: InstallSnapshotRequest, crc: int) -> _Outcome:
         snapshot_id = req.meta.snapshot_id
         stream = self._streams.get(snapshot_id)
+        installing = self._installing.get(snapshot_id)
+        if stream is None and installing is not None and req.done:
+            with contextlib.suppress(Exception):  # its answer was lost while it was installed
+                await asyncio.shield(installing)
         if stream is None:
             if self._already_installed(req):
                 return None, ((0, req.offset + len(req.data)),)
@@ -192,6 +221,7 @@ class Receiver:
             for record in records:
                 stream.state.ledger.add(record.offset, record.length, record.crc)
             stream.resumed = True
+            stream.from_store = True
             log.info(
                 "resuming snapshot %r: %d bytes already held",
                 snapshot_id,
@@ -242,14 +272,21 @@ class Receiver:
             snapshot = await self.store.finish(meta, sink)
         except SnapshotMismatch:
             raise  # the sender fills the gap; the stream stays
+        except ChecksumMismatch as exc:
+            await self._drop(snapshot_id, stream, locked=True)
+            if stream.from_store:
+                # The partial data an earlier receiver left was not of this snapshot after all
+                # (its journal named no checksum): it is gone now; the sender starts over.
+                raise SnapshotMismatch(
+                    expect=SnapshotSegmentId(snapshot_id, 0),
+                    got=SnapshotSegmentId(snapshot_id, req.offset),
+                ) from exc
+            raise
         except BaseException:
             await self._drop(snapshot_id, stream, locked=True)
             raise
         stream.closed = True
         del self._streams[snapshot_id]
-        self._installed[snapshot_id] = meta
-        while len(self._installed) > INSTALLED_MEMORY:
-            self._installed.popitem(last=False)
         return snapshot, held
 
     async def abort(self, snapshot_id: str) -> None:

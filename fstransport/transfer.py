@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -13,7 +12,6 @@ from typing import Any
 import fsspec
 
 from fstransport.errors import (
-    ChecksumMismatch,
     ConfigurationError,
     FstransportError,
     HigherVote,
@@ -135,27 +133,14 @@ async def ship(
             source.retry = options.retry
         try:
             meta = SnapshotMeta(snapshot_id=snapshot_id, size=source.size, checksum=checksum)
-            resuming = checksum is None and store is not None
-            if resuming and store is not None and await store.has_partial(snapshot_id):
+            if checksum is None and store is not None and await store.has_partial(snapshot_id):
                 # An earlier ship() was killed halfway: name the data by its checksum, so that
-                # the receiver can resume its partial copy and prove the result whole.
+                # the receiver can resume its partial copy and prove the result whole (a partial
+                # copy of other data is discarded by the receiver, which then starts over).
                 meta = replace(meta, checksum=await source_checksum(source, options.chunk_size))
-            else:
-                resuming = False
-            send = functools.partial(
-                send_source, network, vote, meta, source, cancel, options, progress=progress
+            result = await send_source(
+                network, vote, meta, source, cancel, options, progress=progress
             )
-            try:
-                result = await send()
-            except RemoteError as exc:
-                stale = isinstance(exc.source, ChecksumMismatch) and exc.source.whole
-                if not (resuming and stale):
-                    raise
-                # The partial copy was of other data; the receiver discarded it: start afresh.
-                log.warning(
-                    "partial copy of %r did not match the source; starting over", snapshot_id
-                )
-                result = await send()
         except BaseException as exc:
             if store is None:
                 raise

@@ -240,7 +240,11 @@ class MultipartSink:
         await self.release()
         if self.upload_id is not None:
             upload_id, self.upload_id = self.upload_id, None
-            await self._call("abort upload", "abort_multipart_upload", UploadId=upload_id)
+            try:
+                await self._call("abort upload", "abort_multipart_upload", UploadId=upload_id)
+            except StorageError as exc:
+                if not isinstance(exc.cause, FileNotFoundError):
+                    raise  # an upload already gone (completed, or aborted) is fine
         with storage_errors(self.url, "clean up"):
             await self._drop_state()
 

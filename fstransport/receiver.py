@@ -49,6 +49,11 @@ Held = tuple[tuple[int, int], ...]
 _Outcome = tuple["Snapshot | None", "Held | None"]
 
 
+def _consume_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("installing a snapshot failed: %s", task.exception())
+
+
 @dataclass
 class _Stream:
     state: StreamState
@@ -108,6 +113,7 @@ class Receiver:
             # Verified and finished: install it even if this request is cancelled meanwhile (its
             # sender timed out), and remember it only once it is really installed.
             install = asyncio.ensure_future(self._install(snapshot))
+            install.add_done_callback(_consume_outcome)  # seen even if nobody awaits it any more
             self._installing[snapshot.meta.snapshot_id] = install
             await asyncio.shield(install)
         return InstallSnapshotResponse(self.vote, held=held)

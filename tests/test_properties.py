@@ -32,11 +32,12 @@ Every run is counted in ``TALLY``; the totals (runs, faults injected by type, ou
 installed, bytes wrong, property violations) are printed in pytest's terminal summary (no ``-s``
 needed) and quoted in docs/reliability.md.
 
-Example counts: the default run of this file takes 30 to 60 s on a shared 2-core machine.
+Example counts: the default run of this file takes 20 to 50 s on a shared 2-core machine.
 ``FSTRANSPORT_LONG=1`` selects the long profile: the same tests with 10 to 15 times the examples
 (several minutes): ``FSTRANSPORT_LONG=1 python -m pytest tests/test_properties.py``.
 
-The tests at the end reproduce, deterministically, the bugs these properties found.
+The tests at the end reproduce, deterministically, the three bugs these properties found
+(fixed in commit 1f77352); they stay as regression tests.
 """
 
 from __future__ import annotations
@@ -877,7 +878,9 @@ def test_s3_second_transfer_after_an_interrupted_one_installs_exactly(
     run(lambda: closing(target.store, check_second_transfer(target, first, second, name)))
 
 
-# -- found by the properties above: a final chunk acknowledged although nothing was installed ----
+# -- regression tests for the bugs the properties found (fixed in 1f77352) ----------------------
+#
+# 1. A final chunk acknowledged although nothing was installed.
 
 
 class InstallFailsOnce(FsspecSnapshotStore):
@@ -905,14 +908,13 @@ class SlowInstall(FsspecSnapshotStore):
 async def test_a_final_chunk_whose_install_did_not_happen_is_not_acknowledged(
     store_class: type[FsspecSnapshotStore],
 ) -> None:
-    """`Receiver._write` records a snapshot as installed (to acknowledge a repeated final chunk
-    whose answer was lost) before `Receiver.handle` has called ``store.install``.  When that
-    install fails, or the request is cancelled while it runs (the sender's
-    ``install_timeout``; `LoopbackNetwork` cancels the receiver's work with it, as servers that
-    cancel handlers on disconnect do), the sender's retry of the final chunk is acknowledged
-    as "already installed": the transfer reports success, and nothing is installed — the
-    finished file stays in ``.fstransport/partial``.  The sender must see the snapshot
-    installed, or get an error."""
+    """The receiver used to record a snapshot as installed (to acknowledge a repeated final
+    chunk whose answer was lost) before ``store.install`` had run.  When that install failed, or
+    the request was cancelled while it ran (the sender's ``install_timeout``; `LoopbackNetwork`
+    cancels the receiver's work with it, as servers that cancel handlers on disconnect do), the
+    sender's retry of the final chunk was acknowledged as "already installed": the transfer
+    reported success and nothing was installed (the finished file stayed in
+    ``.fstransport/partial``).  A sender must see the snapshot installed, or get an error."""
     store = store_class("memory://install")
     data = random.Random(1).randbytes(40 * KiB)
     options = TransferOptions(
@@ -934,19 +936,18 @@ async def test_a_final_chunk_whose_install_did_not_happen_is_not_acknowledged(
         assert installed is None
 
 
-# -- found by the second-transfer property: a stale partial of other bytes fails a clean send ---
+# 2. (second-transfer property) A stale partial of other bytes failed a clean transfer.
 
 
 async def test_a_stale_partial_of_other_bytes_does_not_fail_a_clean_transfer() -> None:
     """A transfer without a checksum leaves partial data whose journal names no checksum.  A
-    restarted receiver then resumes it for *any* snapshot of the same id and size that comes with
-    a checksum (`journal.matches` lets a recorded ``None`` match every checksum), answers that it
-    holds those bytes, the sender skips them, and the whole-snapshot check fails: the receiver
-    discards everything and the sender ends with a fatal ``RemoteError(ChecksumMismatch)`` —
-    "your data does not match its checksum" — although the data and its checksum are right
-    and the network is perfect.  Nothing wrong is installed (the whole CRC32C catches it), and
-    sending once more succeeds; but a clean transfer must not fail (`ship` retries this case
-    itself, `Chunked.send_snapshot` callers get the error)."""
+    restarted receiver resumes it for *any* snapshot of the same id and size that comes with a
+    checksum (`journal.matches` lets a recorded ``None`` match every checksum), answers that it
+    holds those bytes, and the sender skips them.  The whole-snapshot check then used to end the
+    transfer with a fatal ``RemoteError(ChecksumMismatch)`` — "your data does not match its
+    checksum" — although data, checksum and network were all right.  Nothing wrong was ever
+    installed (the whole CRC32C caught it); but a clean transfer must not fail: the receiver
+    discards such a partial and the sender starts over."""
     size = 64 * KiB
     old, new = random.Random(1).randbytes(size), random.Random(2).randbytes(size)
     first = Receiver(FsspecSnapshotStore("memory://stale"))
@@ -962,7 +963,7 @@ async def test_a_stale_partial_of_other_bytes_does_not_fail_a_clean_transfer() -
     assert fsspec.filesystem("memory").cat_file(f"/stale/{SNAPSHOT_ID}") == new
 
 
-# -- found by the S3 property: an upload completed while its request was cut off ---------------
+# 3. (S3 property) An upload completed while its request was cut off.
 
 
 class LateCompletionAnswers:
@@ -991,14 +992,13 @@ async def test_an_s3_upload_completed_while_its_request_was_cut_off_is_not_a_fat
     s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
 ) -> None:
     """The final chunk's request is cancelled (``install_timeout``) while S3 completes the
-    upload.  The receiver then aborts the upload to clean up; S3 answers NoSuchUpload (it is
-    complete), `MultipartSink.abort` raises that as ``StorageError`` (a sink's abort must
-    not raise for what is already gone), and the error replaces the request's cancellation.
-    The sender receives a non-retryable ``RemoteError(StorageError("cannot abort upload ...
-    The specified upload does not exist"))`` and stops at once — although the snapshot is
-    installed, whole — and the upload's state object stays in the bucket beside it.
-    Expected: the sender sees a timeout and either completes on retry or gives up with
-    `RetryExhausted`; nothing but the snapshot is left once it is done (or aborted)."""
+    upload.  The receiver then aborts the upload to clean up and S3 answers NoSuchUpload (it is
+    complete).  `MultipartSink.abort` used to raise that as ``StorageError``, replacing the
+    request's cancellation: the sender got a non-retryable ``RemoteError(StorageError("cannot
+    abort upload ... The specified upload does not exist"))`` and stopped at once, although the
+    snapshot was installed, whole, with the upload's state object left beside it.  Expected:
+    the sender sees a timeout and completes on retry or gives up with `RetryExhausted`; nothing
+    but the snapshot is left once it is done (or aborted)."""
     store = LateCompletionStore(f"s3://{s3_bucket}/late", part_size=5 * MiB, **s3_storage_options)
     data = random.Random(3).randbytes(11 * MiB)
     options = TransferOptions(

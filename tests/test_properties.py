@@ -682,6 +682,23 @@ def test_local_target_installs_exact_bytes_or_fails_cleanly(case: Case) -> None:
         run(lambda: closing(target.store, check_run(target, case)))
 
 
+@pytest.mark.slow
+@given(cases())
+@settings(
+    max_examples=2000,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+def test_long_run_memory_target(case: Case) -> None:
+    """The marked long run (``python -m pytest -m slow``, several minutes; the default run
+    leaves it out): the memory property with 2,000 examples, whatever ``FSTRANSPORT_LONG`` says."""
+    test_memory_target_installs_exact_bytes_or_fails_cleanly.hypothesis.inner_test(case)  # type: ignore[attr-defined]
+
+
 def corruption_only(case: Case) -> Case:
     """Bit flips and reordering only (no drops, duplicates or lost answers, so that every
     corrupted delivery is refused exactly once), with generous deadlines and attempts."""

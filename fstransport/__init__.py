@@ -24,6 +24,7 @@ from fstransport.errors import (
     StorageError,
     Timeout,
     TooManyTransfers,
+    Unauthorized,
     Unreachable,
 )
 from fstransport.messages import (
@@ -36,7 +37,7 @@ from fstransport.messages import (
     SnapshotSegmentId,
     Vote,
 )
-from fstransport.network import FaultStats, FaultyNetwork, LoopbackNetwork, Network
+from fstransport.network import FaultStats, FaultyNetwork, HttpNetwork, LoopbackNetwork, Network
 from fstransport.options import KiB, MiB, RetryPolicy, TransferOptions
 from fstransport.protocol.receiver import ReceiverLimits
 from fstransport.receiver import Receiver
@@ -58,6 +59,7 @@ __all__ = [
     "FsspecSnapshotStore",
     "FstransportError",
     "HigherVote",
+    "HttpNetwork",
     "InstallSnapshotRequest",
     "InstallSnapshotResponse",
     "InvalidRequest",
@@ -87,6 +89,7 @@ __all__ = [
     "TooManyTransfers",
     "TransferOptions",
     "TransferReport",
+    "Unauthorized",
     "Unreachable",
     "Vote",
     "__version__",

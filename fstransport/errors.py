@@ -14,7 +14,8 @@
     ├── ReplicationClosed         the transfer was cancelled by the caller
     ├── StorageError              reading or writing snapshot data failed (subject, verb, cause)
     ├── InvalidRequest            a request broke a rule (bad offset, size, id, ...); never written
-    │   └── TooManyTransfers      the receiver already runs its maximum number of transfers
+    │   ├── TooManyTransfers      the receiver already runs its maximum number of transfers
+    │   └── Unauthorized          the receiver refused the sender's credentials
     ├── ChecksumMismatch          data does not match its CRC32C (a chunk or the whole snapshot)
     ├── RetryExhausted            the retry budget ran out; ``last_error`` says why
     └── ConfigurationError        bad options or arguments from the caller (also a ``ValueError``)
@@ -49,6 +50,7 @@ __all__ = [
     "StorageError",
     "Timeout",
     "TooManyTransfers",
+    "Unauthorized",
     "Unreachable",
 ]
 
@@ -169,6 +171,10 @@ class InvalidRequest(FstransportError):
 
 class TooManyTransfers(InvalidRequest):
     """The receiver already runs as many transfers as it allows; try again later."""
+
+
+class Unauthorized(InvalidRequest):
+    """The receiver refused the sender's credentials (a missing or wrong token)."""
 
 
 class ChecksumMismatch(FstransportError):

@@ -1,0 +1,169 @@
+"""`HttpNetwork`: the `Network` adapter that sends chunks to a receiver server over HTTP(S).
+
+One chunk is one request with the raw bytes as its body (see `fstransport.network.wire`); one
+connection pool per adapter, shared by the chunks in flight.  aiohttp's errors become ours:
+a refused connection is `Unreachable`, a timeout `Timeout`, anything else on the wire
+`NetworkError`, and the server's own errors `RemoteError(source)` with their types kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+import urllib.parse
+from typing import Any
+
+import aiohttp
+
+from fstransport.errors import (
+    ChecksumMismatch,
+    InvalidRequest,
+    NetworkError,
+    PayloadTooLarge,
+    RemoteError,
+    SnapshotMismatch,
+    StorageError,
+    Timeout,
+    TooManyTransfers,
+    Unauthorized,
+    Unreachable,
+)
+from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotSegmentId
+from fstransport.network.wire import (
+    API_PREFIX,
+    H_CRC,
+    H_DONE,
+    H_META,
+    H_OFFSET,
+    H_VOTE,
+    decode_vote,
+    encode_meta,
+    encode_vote,
+)
+from fstransport.options import TransferOptions
+
+__all__ = ["HttpNetwork"]
+
+
+class HttpNetwork:
+    """Sends chunks to the receiver server at `base_url` (``http://host:port``).
+
+    `token` is sent as ``Authorization: Bearer <token>``; `ssl` is an `ssl.SSLContext` for
+    HTTPS (or False to skip verification, for tests only).  Close with ``await net.close()``
+    or use ``async with HttpNetwork(...) as net``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | bool | None = None,
+        *,
+        connections: int = 16,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._ssl = ssl
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpNetwork:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            ssl = True if self._ssl is None else self._ssl
+            connector = aiohttp.TCPConnector(limit=self._connections, ssl=ssl)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        snapshot_id = req.meta.snapshot_id
+        url = self.base_url + API_PREFIX + urllib.parse.quote(snapshot_id, safe="")
+        headers = {
+            H_VOTE: encode_vote(req.vote),
+            H_META: encode_meta(req.meta),
+            H_OFFSET: str(req.offset),
+            H_DONE: "1" if req.done else "0",
+            "Content-Type": "application/octet-stream",
+        }
+        if req.crc32c is not None:
+            headers[H_CRC] = str(req.crc32c)
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            async with self._client().put(url, data=_Body(req.data), headers=headers) as answer:
+                body: Any = await answer.json(content_type=None)
+                status = answer.status
+        except aiohttp.ClientConnectorError as exc:
+            raise Unreachable(f"cannot reach {self.base_url}: {exc}") from exc
+        except asyncio.TimeoutError as exc:
+            raise Timeout(f"no answer from {self.base_url}") from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise NetworkError(f"{type(exc).__name__} talking to {self.base_url}: {exc}") from exc
+        if status == 200 and isinstance(body, dict):
+            try:
+                held = body.get("held")
+                ranges = tuple((int(a), int(b)) for a, b in held) if held else None
+                return InstallSnapshotResponse(decode_vote(str(body["vote"])), held=ranges)
+            except (KeyError, TypeError, ValueError, InvalidRequest) as exc:
+                raise NetworkError(f"malformed answer from {self.base_url}: {body!r}") from exc
+        raise _remote_error(
+            status, body if isinstance(body, dict) else {}, snapshot_id, self.base_url
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpNetwork({self.base_url!r})"
+
+
+class _Body(aiohttp.payload.BytesPayload):
+    """The chunk as the request body, sent as it is (aiohttp would copy nothing either way, but
+    warns about bodies over 1 MiB; a chunk is meant to be large)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        aiohttp.payload.Payload.__init__(self, data, content_type="application/octet-stream")
+        self._size = memoryview(data).nbytes
+
+    async def write(self, writer: Any) -> None:
+        await writer.write(self._value)
+
+
+def _remote_error(status: int, body: dict[str, Any], snapshot_id: str, where: str) -> Exception:
+    message = str(body.get("message", f"HTTP {status}"))
+    source: Exception
+    if status == 409:
+        try:
+            expect, got = int(body["expect"]), int(body["got"])
+        except (KeyError, TypeError, ValueError):
+            return NetworkError(f"malformed mismatch answer from {where}: {body!r}")
+        source = SnapshotMismatch(
+            SnapshotSegmentId(snapshot_id, expect), SnapshotSegmentId(snapshot_id, got)
+        )
+    elif status == 413:
+        limit = body.get("limit")
+        return PayloadTooLarge(message, limit=limit if isinstance(limit, int) else None)
+    elif status == 401:
+        source = Unauthorized(message)
+    elif status == 400:
+        field = body.get("field")
+        source = InvalidRequest(message, field=field if isinstance(field, str) else None)
+    elif status == 422:
+        source = ChecksumMismatch(message, "", "", whole=bool(body.get("whole")))
+    elif status == 503:
+        source = TooManyTransfers(message)
+    elif status == 500 and body.get("error") == "StorageError":
+        cause = None if body.get("retryable", True) else FileNotFoundError(message)
+        source = StorageError(where, "store", cause)
+    else:
+        source = NetworkError(f"HTTP {status} from {where}: {message}")
+    return RemoteError(source, target=where)

@@ -1,0 +1,105 @@
+"""The receiver server: an aiohttp application that drives a `Receiver` over a store.
+
+``create_app(store, token=...)`` builds it; ``fstransport serve ROOT`` runs it.  The wire format
+is in `fstransport.network.wire`.  Every request is checked before its body is read: the bearer
+token (compared in constant time), the snapshot id, the headers, and the body's declared length
+against the receiver's chunk limit (413 without reading a byte).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from fstransport.errors import (
+    ChecksumMismatch,
+    FstransportError,
+    InvalidRequest,
+    SnapshotMismatch,
+    StorageError,
+    TooManyTransfers,
+)
+from fstransport.messages import InstallSnapshotRequest
+from fstransport.network.wire import (
+    API_PREFIX,
+    H_CRC,
+    H_DONE,
+    H_META,
+    H_OFFSET,
+    H_VOTE,
+    decode_meta,
+    decode_vote,
+    encode_vote,
+)
+from fstransport.protocol.receiver import check_snapshot_id
+from fstransport.receiver import Receiver
+from fstransport.storage.store import SnapshotStore
+
+__all__ = ["create_app"]
+
+RECEIVER_KEY = web.AppKey("receiver", Receiver)
+
+
+def _error(status: int, exc: BaseException, **extra: Any) -> web.Response:
+    body = {"error": type(exc).__name__, "message": str(exc), **extra}
+    return web.json_response(body, status=status)
+
+
+def _int_header(request: web.Request, name: str) -> int:
+    value = request.headers.get(name, "")
+    if not value.isdigit():
+        raise InvalidRequest(f"header {name} must be a non-negative integer", field=name)
+    return int(value)
+
+
+def create_app(
+    store: SnapshotStore, *, token: str | None = None, receiver: Receiver | None = None
+) -> web.Application:
+    """An aiohttp app receiving snapshots into `store` (or through `receiver`)."""
+    receiver = receiver or Receiver(store)
+    limit = receiver.limits.max_chunk_size
+    app = web.Application(client_max_size=(limit or 1024**3) + 1)
+    app[RECEIVER_KEY] = receiver
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def install(request: web.Request) -> web.Response:
+        if expected is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _error(401, InvalidRequest("missing or wrong bearer token"))
+        try:
+            snapshot_id = check_snapshot_id(request.match_info["snapshot_id"])
+            length = request.content_length
+            if length is None:
+                raise InvalidRequest("Content-Length is required", field="data")
+            if limit is not None and length > limit:
+                too_large = InvalidRequest(f"chunk of {length} bytes exceeds {limit}", field="data")
+                return _error(413, too_large, limit=limit)
+            req = InstallSnapshotRequest(
+                vote=decode_vote(request.headers.get(H_VOTE, "")),
+                meta=decode_meta(snapshot_id, request.headers.get(H_META, "{}")),
+                offset=_int_header(request, H_OFFSET),
+                data=await request.read(),
+                done=request.headers.get(H_DONE) == "1",
+                crc32c=_int_header(request, H_CRC) if H_CRC in request.headers else None,
+            )
+            response = await receiver.handle(req)
+        except SnapshotMismatch as exc:
+            return _error(409, exc, expect=exc.expect.offset, got=exc.got.offset)
+        except TooManyTransfers as exc:
+            return _error(503, exc)
+        except InvalidRequest as exc:
+            return _error(400, exc, field=exc.field)
+        except ChecksumMismatch as exc:
+            return _error(422, exc, whole=exc.whole)
+        except StorageError as exc:
+            return _error(500, exc, retryable=exc.retryable)
+        except FstransportError as exc:
+            return _error(500, exc)
+        held = [list(r) for r in response.held] if response.held else None
+        return web.json_response({"vote": encode_vote(response.vote), "held": held})
+
+    app.router.add_put(API_PREFIX + "{snapshot_id}", install)
+    return app

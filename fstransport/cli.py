@@ -1,4 +1,4 @@
-"""The ``fstransport`` command: ``demo``, ``ship`` and ``cleanup``.
+"""The ``fstransport`` command: ``demo``, ``ship``, ``serve`` and ``cleanup``.
 
 User errors (a missing file, a bad size, an unreachable target) are printed as one line on
 stderr with exit code 1 — never a traceback.  ``--debug`` shows the traceback anyway.
@@ -21,7 +21,8 @@ import fsspec
 
 from fstransport import __version__
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.errors import FstransportError
+from fstransport.errors import FstransportError, StorageError
+from fstransport.network.http import HttpNetwork
 from fstransport.options import MiB, TransferOptions
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.s3 import open_s3
@@ -115,6 +116,22 @@ def _parser() -> argparse.ArgumentParser:
     ship_cmd.add_argument("dst", metavar="DST", help="target URL or path (a file name)")
     _add_transfer_options(ship_cmd)
     _add_endpoint_option(ship_cmd)
+    ship_cmd.add_argument(
+        "--via", metavar="URL", help="ship through the receiver server at URL (fstransport serve)"
+    )
+    ship_cmd.add_argument("--token", metavar="T", help="bearer token for --via")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run a receiver server that writes incoming snapshots into ROOT",
+        description="Receive snapshots over HTTP into ROOT (any fsspec URL, s3:// included). "
+        "Prints the address it listens on, then serves until interrupted.",
+    )
+    serve.add_argument("root", metavar="ROOT", help="where received snapshots are installed")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    serve.add_argument("--token", metavar="T", help="require 'Authorization: Bearer T'")
+    _add_endpoint_option(serve)
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -275,15 +292,43 @@ async def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from fstransport.server import create_app
+
+    async with FsspecSnapshotStore(args.root, **_storage_options(args, args.root)) as store:
+        runner = web.AppRunner(create_app(store, token=args.token))
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, args.host, args.port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise StorageError(f"{args.host}:{args.port}", "listen on", exc) from exc
+            host, port = runner.addresses[0][:2]
+            print(f"fstransport: receiving into {args.root} on http://{host}:{port}", flush=True)
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+    return 0
+
+
 async def _ship(args: argparse.Namespace) -> int:
     options = TransferOptions(chunk_size=args.chunk_size, max_in_flight=args.window)
-    report = await ship(
-        args.src,
-        args.dst,
-        options=options,
-        source_options=_storage_options(args, args.src),
-        target_options=_storage_options(args, args.dst),
-    )
+    network = HttpNetwork(args.via, token=args.token) if args.via else None
+    try:
+        report = await ship(
+            args.src,
+            args.dst,
+            options=options,
+            network=network,
+            source_options=_storage_options(args, args.src),
+            target_options=_storage_options(args, args.dst),
+        )
+    finally:
+        if network is not None:
+            await network.close()
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -294,7 +339,7 @@ async def _ship(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
-    run = {"demo": _demo, "ship": _ship, "cleanup": _cleanup}[args.command]
+    run = {"demo": _demo, "ship": _ship, "cleanup": _cleanup, "serve": _serve}[args.command]
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -87,3 +88,35 @@ def test_user_errors_are_one_line_without_traceback(args: tuple[str, ...], messa
     lines = result.stderr.strip().splitlines()
     assert message in lines[-1], "the error is the last line (argparse prints its usage above)"
     assert sum("error" in line for line in lines) == 1
+
+
+async def test_serve_and_ship_via_it(tmp_path: Path) -> None:
+    """`fstransport serve` in its own process, `fstransport ship --via` from another."""
+    assert EXE is not None
+    server = await asyncio.create_subprocess_exec(
+        EXE, "serve", str(tmp_path / "received"), "--token", "t0k3n",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        line = (await asyncio.wait_for(server.stdout.readline(), 30)).decode()
+        url = line.rsplit(" ", 1)[-1].strip()
+        assert url.startswith("http://127.0.0.1:"), line
+        src = tmp_path / "a.bin"
+        data = payload(700_000)
+        src.write_bytes(data)
+        args = ("ship", str(src), "copy.bin", "--via", url, "--token", "t0k3n", "--json")
+        result = await asyncio.to_thread(run, *args, "--chunk-size", "64KiB")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["size"] == len(data)
+        assert (tmp_path / "received" / "copy.bin").read_bytes() == data
+        refused = await asyncio.to_thread(
+            run, "ship", str(src), "other.bin", "--via", url, "--token", "nope"
+        )
+        assert refused.returncode == 1
+        assert "bearer token" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert not (tmp_path / "received" / "other.bin").exists()
+    finally:
+        server.terminate()
+        await server.wait()

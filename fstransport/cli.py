@@ -24,6 +24,7 @@ from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.errors import FstransportError, StorageError
 from fstransport.network.http import HttpNetwork
 from fstransport.options import MiB, TransferOptions
+from fstransport.progress import ProgressBar
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.s3 import open_s3
 from fstransport.storage.store import FsspecSnapshotStore
@@ -280,6 +281,17 @@ async def _read_s3(storage_options: dict[str, Any], url: str) -> bytes:
         await close_async_filesystem(s3)
 
 
+async def _size_of(url: str, storage_options: dict[str, Any]) -> int | None:
+    """The size of the file at `url` for the progress bar, if it can be had cheaply."""
+    if url.startswith(("s3://", "s3a://")):
+        return None  # not worth a second S3 client: the bar shows bytes and rate
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        return int(await asyncio.to_thread(fs.size, path))
+    except Exception:  # the transfer itself reports a missing source properly
+        return None
+
+
 async def _cleanup(args: argparse.Namespace) -> int:
     async with FsspecSnapshotStore(args.root, **_storage_options(args, args.root)) as store:
         removed = await store.cleanup(older_than=args.older_than)
@@ -317,16 +329,20 @@ async def _serve(args: argparse.Namespace) -> int:
 async def _ship(args: argparse.Namespace) -> int:
     options = TransferOptions(chunk_size=args.chunk_size, max_in_flight=args.window)
     network = HttpNetwork(args.via, token=args.token) if args.via else None
+    source_options = _storage_options(args, args.src)
+    bar = ProgressBar(await _size_of(args.src, source_options))
     try:
         report = await ship(
             args.src,
             args.dst,
             options=options,
             network=network,
-            source_options=_storage_options(args, args.src),
+            source_options=source_options,
             target_options=_storage_options(args, args.dst),
+            progress=bar.update,
         )
     finally:
+        bar.close()
         if network is not None:
             await network.close()
     if args.json:

@@ -54,6 +54,23 @@ def _int_header(request: web.Request, name: str) -> int:
     return int(value)
 
 
+async def _read_body(request: web.Request, length: int) -> bytearray:
+    """The body, read straight into one buffer of its declared length (aiohttp's own ``read``
+    grows a buffer piece by piece and then copies it once more)."""
+    body = bytearray(length)
+    view = memoryview(body)
+    filled = 0
+    while filled < length:
+        piece = await request.content.readany()
+        if not piece:
+            raise InvalidRequest(f"body ended after {filled} of {length} bytes", field="data")
+        if filled + len(piece) > length:
+            raise InvalidRequest("body longer than its Content-Length", field="data")
+        view[filled : filled + len(piece)] = piece
+        filled += len(piece)
+    return body
+
+
 def create_app(
     store: SnapshotStore, *, token: str | None = None, receiver: Receiver | None = None
 ) -> web.Application:
@@ -81,7 +98,7 @@ def create_app(
                 vote=decode_vote(request.headers.get(H_VOTE, "")),
                 meta=decode_meta(snapshot_id, request.headers.get(H_META, "{}")),
                 offset=_int_header(request, H_OFFSET),
-                data=await request.read(),
+                data=await _read_body(request, length),
                 done=request.headers.get(H_DONE) == "1",
                 crc32c=_int_header(request, H_CRC) if H_CRC in request.headers else None,
             )

@@ -135,6 +135,9 @@ class _Body(aiohttp.payload.BytesPayload):
         self._size = memoryview(data).nbytes
 
     async def write(self, writer: Any) -> None:
+        send_headers = getattr(writer, "send_headers", None)
+        if callable(send_headers):
+            send_headers()  # else aiohttp joins headers and the whole chunk into one new bytes
         await writer.write(self._value)
 
 

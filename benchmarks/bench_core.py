@@ -79,6 +79,17 @@ def make_data(size: int, seed: int) -> bytes:
     return b"".join(pieces)
 
 
+def check_file(path: str, expected: bytes) -> None:
+    """Raise AssertionError unless the file at `path` holds exactly `expected`."""
+    step = 8 * MiB
+    with open(path, "rb") as fh:
+        for offset in range(0, len(expected), step):
+            if fh.read(step) != expected[offset : offset + step]:
+                raise AssertionError(f"{path} differs from the source at [{offset}, +{step})")
+        if fh.read(1):
+            raise AssertionError(f"{path} is longer than the source")
+
+
 class Places:
     """The source copies of the data and the targets the contenders write to."""
 
@@ -115,14 +126,7 @@ class Places:
             raise AssertionError(f"memory://{self.mem_path(name)} does not hold the source's bytes")
 
     def check_local(self, name: str, expected: bytes) -> None:
-        path = self.local_path(name)
-        step = 8 * MiB
-        with open(path, "rb") as fh:
-            for offset in range(0, len(expected), step):
-                if fh.read(step) != expected[offset : offset + step]:
-                    raise AssertionError(f"{path} differs from the source at [{offset}, +{step})")
-            if fh.read(1):
-                raise AssertionError(f"{path} is longer than the source")
+        check_file(self.local_path(name), expected)
 
     def close(self) -> None:
         for key in [k for k in self.memfs.store if k.startswith(MEMORY_ROOT + "/")]:

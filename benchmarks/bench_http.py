@@ -43,6 +43,7 @@ import fsspec
 from bench_core import (
     Case,
     Row,
+    check_file,
     evaluate,
     machine_info,
     make_data,
@@ -112,16 +113,6 @@ class Server:
 
 
 # -- contenders --------------------------------------------------------------------------------
-
-
-def check_file(path: str, expected: bytes) -> None:
-    step = 8 * MiB
-    with open(path, "rb") as fh:
-        for offset in range(0, len(expected), step):
-            if fh.read(step) != expected[offset : offset + step]:
-                raise AssertionError(f"{path} differs from the source at [{offset}, +{step})")
-        if fh.read(1):
-            raise AssertionError(f"{path} is longer than the source")
 
 
 def remove(path: str) -> None:

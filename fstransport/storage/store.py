@@ -109,8 +109,7 @@ class FsspecSnapshotStore:
     ) -> None:
         with storage_errors(root_url, "open"):
             fs, root = fsspec.core.url_to_fs(root_url, **storage_options)
-        self._init(fs, root, root_url, fsync=fsync, sink=sink, part_size=part_size, retry=retry)
-        self._full_object: bool | None = full_object_checksum
+        self._init(fs, root, root_url, fsync, sink, part_size, retry, full_object_checksum)
 
     @classmethod
     def from_filesystem(
@@ -127,8 +126,7 @@ class FsspecSnapshotStore:
         """A store over an already-open fsspec filesystem `fs` at path `root`."""
         store = cls.__new__(cls)
         url = fs.unstrip_protocol(root)
-        store._init(fs, root, url, fsync=fsync, sink=sink, part_size=part_size, retry=retry)
-        store._full_object = full_object_checksum
+        store._init(fs, root, url, fsync, sink, part_size, retry, full_object_checksum)
         return store
 
     def _init(
@@ -136,11 +134,11 @@ class FsspecSnapshotStore:
         fs: Any,
         root: str,
         url: str,
-        *,
         fsync: bool,
         sink: SinkKind,
         part_size: int | None,
         retry: RetryPolicy | None,
+        full_object_checksum: bool | None,
     ) -> None:
         if sink not in ("auto", "seekable", "sequential", "multipart"):
             raise ConfigurationError(f"unknown sink kind {sink!r}")
@@ -154,7 +152,7 @@ class FsspecSnapshotStore:
         self.sink_kind: SinkKind = sink
         self.part_size = part_size
         self.retry = retry or RetryPolicy()
-        self._full_object = None
+        self._full_object = full_object_checksum
         self._fsync = fsync
         self._sinks: dict[str, SnapshotSink] = {}
         self._finished: dict[str, SnapshotSink] = {}

@@ -9,19 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import shutil
+import ssl
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import fsspec
 
 from fstransport import __version__
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.errors import FstransportError, StorageError
+from fstransport.errors import ConfigurationError, FstransportError, StorageError, Unreachable
+from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
+from fstransport.network.base import Network
 from fstransport.network.http import HttpNetwork
 from fstransport.options import MiB, TransferOptions
 from fstransport.progress import ProgressBar
@@ -121,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
         "--via", metavar="URL", help="ship through the receiver server at URL (fstransport serve)"
     )
     ship_cmd.add_argument("--token", metavar="T", help="bearer token for --via")
+    ship_cmd.add_argument(
+        "--cafile",
+        metavar="PEM",
+        help="verify an https:// --via server against the CA certificate(s) in PEM "
+        "(default: the system's trusted CAs)",
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -132,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=0, help="port (default: any free port)")
     serve.add_argument("--token", metavar="T", help="require 'Authorization: Bearer T'")
+    serve.add_argument(
+        "--certfile", metavar="PEM", help="serve HTTPS with this certificate (chain) in PEM"
+    )
+    serve.add_argument(
+        "--keyfile",
+        metavar="PEM",
+        help="the private key of --certfile (default: in --certfile itself)",
+    )
     _add_endpoint_option(serve)
 
     cleanup = commands.add_parser(
@@ -309,26 +329,118 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from fstransport.server import create_app
 
+    tls = _server_tls(args.certfile, args.keyfile)
+    scheme = "https" if tls is not None else "http"
     async with FsspecSnapshotStore(args.root, **_storage_options(args, args.root)) as store:
         runner = web.AppRunner(create_app(store, token=args.token))
         await runner.setup()
         try:
-            site = web.TCPSite(runner, args.host, args.port)
+            # reuse_address: a server restarted on the port of one that died binds at once,
+            # whatever connections of the old one linger in TIME_WAIT
+            site = web.TCPSite(runner, args.host, args.port, ssl_context=tls, reuse_address=True)
             try:
                 await site.start()
             except OSError as exc:
                 raise StorageError(f"{args.host}:{args.port}", "listen on", exc) from exc
             host, port = runner.addresses[0][:2]
-            print(f"fstransport: receiving into {args.root} on http://{host}:{port}", flush=True)
+            print(
+                f"fstransport: receiving into {args.root} on {scheme}://{host}:{port}", flush=True
+            )
             await asyncio.Event().wait()
         finally:
             await runner.cleanup()
     return 0
 
 
+def _server_tls(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    """The server's TLS context for ``--certfile``/``--keyfile``, or None for plain HTTP."""
+    if certfile is None:
+        if keyfile is not None:
+            raise ConfigurationError("--keyfile needs --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except OSError as exc:  # ssl.SSLError included
+        files = certfile if keyfile is None else f"{certfile} and {keyfile}"
+        raise ConfigurationError(
+            f"cannot load the TLS certificate and key from {files}: {_os_reason(exc)}"
+        ) from None
+    return context
+
+
+def _client_tls(via: str, cafile: str | None) -> ssl.SSLContext | None:
+    """The client's TLS context for ``--cafile`` (None: aiohttp's default, the system's CAs)."""
+    if cafile is None:
+        return None
+    if not via.lower().startswith("https://"):
+        raise ConfigurationError(f"--cafile needs an https:// --via URL, got {via!r}")
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except OSError as exc:  # ssl.SSLError included
+        raise ConfigurationError(
+            f"cannot load CA certificates from {cafile}: {_os_reason(exc)}"
+        ) from None
+
+
+def _os_reason(exc: OSError) -> str:
+    """'No such file or directory' rather than '[Errno 2] No such file or directory'."""
+    if isinstance(exc, ssl.SSLError) or not exc.strerror:
+        return str(exc)
+    return str(exc.strerror)
+
+
+def _check_via(via: str) -> str:
+    """`via` if it is an http(s) URL naming a host; else a one-line `ConfigurationError`."""
+    try:
+        parts = urllib.parse.urlsplit(via)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigurationError(f"--via {via!r} is not a usable URL: {exc}") from None
+    if not ok:
+        raise ConfigurationError(
+            f"--via needs an http:// or https:// URL with a host, e.g. http://receiver:8470; "
+            f"got {via!r}"
+        )
+    return via
+
+
+class _CertificatesAreFinal:
+    """An `HttpNetwork` whose certificate failures end the transfer at once, with a message
+    that says what to do: retrying cannot make an untrusted certificate trusted."""
+
+    def __init__(self, inner: HttpNetwork) -> None:
+        self.inner = inner
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        try:
+            return await self.inner.install_snapshot(req, option)
+        except Unreachable as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, aiohttp.ClientConnectorCertificateError):
+                raise
+            reason = getattr(cause.certificate_error, "verify_message", None) or str(
+                cause.certificate_error
+            )
+            raise ConfigurationError(
+                f"the TLS certificate of {self.inner.base_url} cannot be verified ({reason}); "
+                "give the CA that signed it with --cafile PEM"
+            ) from exc
+
+
 async def _ship(args: argparse.Namespace) -> int:
     options = TransferOptions(chunk_size=args.chunk_size, max_in_flight=args.window)
-    network = HttpNetwork(args.via, token=args.token) if args.via else None
+    http: HttpNetwork | None = None
+    network: Network | None = None
+    if args.via:
+        tls = _client_tls(_check_via(args.via), args.cafile)
+        http = HttpNetwork(args.via, token=args.token, ssl=tls)
+        network = _CertificatesAreFinal(http)
+    elif args.cafile is not None or args.token is not None:
+        raise ConfigurationError("--token and --cafile are for shipping --via a server")
     source_options = _storage_options(args, args.src)
     bar = ProgressBar(await _size_of(args.src, source_options))
     try:
@@ -343,8 +455,8 @@ async def _ship(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-        if network is not None:
-            await network.close()
+        if http is not None:
+            await http.close()
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -352,9 +464,23 @@ async def _ship(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_logging(debug: bool) -> None:
+    """Errors only on stderr (retries are not errors: a failed transfer ends in one line of its
+    own); with ``--debug`` also warnings and progress notes such as retries and resumes."""
+    logger = logging.getLogger("fstransport")
+    if not any(getattr(h, "_fstransport_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("fstransport: %(levelname)s: %(message)s"))
+        handler._fstransport_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if debug else logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
+    _quiet_logging(args.debug)
     run = {"demo": _demo, "ship": _ship, "cleanup": _cleanup, "serve": _serve}[args.command]
     try:
         return asyncio.run(run(args))

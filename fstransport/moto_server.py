@@ -6,11 +6,23 @@ Needs ``moto[server]`` (``pip install "fstransport[testing]"``).  moto's in-proc
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import select
+import subprocess
+import sys
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["REGION", "TEST_CREDENTIALS", "reset_moto", "start_moto_server", "storage_options_for"]
+__all__ = [
+    "REGION",
+    "TEST_CREDENTIALS",
+    "moto_process",
+    "reset_moto",
+    "start_moto_server",
+    "storage_options_for",
+]
 
 TEST_CREDENTIALS = {"key": "testing", "secret": "testing"}
 REGION = "us-east-1"
@@ -43,3 +55,53 @@ def storage_options_for(endpoint_url: str) -> dict[str, Any]:
         **TEST_CREDENTIALS,
         "client_kwargs": {"endpoint_url": endpoint_url, "region_name": REGION},
     }
+
+
+@contextlib.contextmanager
+def moto_process(timeout: float = 60.0) -> Iterator[str]:
+    """A moto S3 server in a child process (so that its CPU time and memory are not the
+    caller's); yields its endpoint URL and stops it on exit.
+
+    The child is ``python -m fstransport.moto_server``: it prints ``host port`` once it listens
+    and serves until its stdin closes, so it also ends when this process dies.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fstransport.moto_server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
+        if len(line.split()) != 2:
+            raise RuntimeError(f"the moto server did not start within {timeout:g} s")
+        host, port = line.split()
+        yield f"http://{host}:{port}"
+    finally:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _serve_until_stdin_closes() -> None:
+    server, endpoint = start_moto_server()
+    host, port = endpoint.removeprefix("http://").rsplit(":", 1)
+    print(host, port, flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    _serve_until_stdin_closes()

@@ -6,7 +6,7 @@ import re
 
 from fstransport.errors import ConfigurationError
 
-__all__ = ["format_rate", "format_size", "parse_duration", "parse_size"]
+__all__ = ["format_rate", "format_size", "parse_bandwidth", "parse_duration", "parse_size"]
 
 _UNITS = {
     "": 1,
@@ -53,6 +53,24 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise ConfigurationError(f"not a duration: {text!r} (try 90s, 30m, 1h or 2d)")
     return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+_BANDWIDTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)(bit|Bit|bps|b|B)(/s)?\s*$")
+_PREFIX = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_bandwidth(text: str) -> float:
+    """A link speed in bytes per second.  Bits (``bit``, ``bps``, ``b``) with decimal prefixes,
+    as links are sold: ``"1Gbit"``, ``"1Gbps"``, ``"1Gb/s"`` → 125000000.0.  Bytes (``B``):
+    ``"100MB/s"`` → 100000000.0, ``"100MiB/s"`` → 104857600.0."""
+    match = _BANDWIDTH.match(text)
+    if match is None or float(match.group(1)) <= 0 or (match.group(4) == "bps" and match.group(5)):
+        raise ConfigurationError(
+            f"not a bandwidth: {text!r} (try 1Gbit, 100Mbit, 125MB/s or 100MiB/s)"
+        )
+    number, prefix, binary, unit, _ = match.groups()
+    value: float = float(number) * (1024 if binary else 1000) ** _PREFIX[prefix.lower()]
+    return value if unit == "B" else value / 8
 
 
 def format_size(size: float) -> str:

@@ -1,4 +1,4 @@
-"""The ``fstransport`` command: ``demo``, ``ship``, ``serve`` and ``cleanup``.
+"""The ``fstransport`` command: ``demo``, ``ship``, ``serve``, ``bench`` and ``cleanup``.
 
 User errors (a missing file, a bad size, an unreachable target) are printed as one line on
 stderr with exit code 1 — never a traceback.  ``--debug`` shows the traceback anyway.
@@ -16,7 +16,7 @@ import ssl
 import sys
 import tempfile
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,16 @@ import aiohttp
 import fsspec
 
 from fstransport import __version__
+from fstransport.bench import (
+    DEFAULT_CHUNK_SIZES,
+    DEFAULT_WINDOWS,
+    BenchCell,
+    BenchPlan,
+    Kind,
+    plot_result,
+    run_bench,
+    write_json,
+)
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.errors import ConfigurationError, FstransportError, StorageError, Unreachable
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
@@ -35,7 +45,13 @@ from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.s3 import open_s3
 from fstransport.storage.store import FsspecSnapshotStore
 from fstransport.transfer import TransferReport, ship
-from fstransport.units import format_rate, format_size, parse_duration, parse_size
+from fstransport.units import (
+    format_rate,
+    format_size,
+    parse_bandwidth,
+    parse_duration,
+    parse_size,
+)
 
 __all__ = ["main"]
 
@@ -153,6 +169,8 @@ def _parser() -> argparse.ArgumentParser:
         help="the private key of --certfile (default: in --certfile itself)",
     )
     _add_endpoint_option(serve)
+
+    _add_bench_parser(commands)
 
     cleanup = commands.add_parser(
         "cleanup",
@@ -477,11 +495,127 @@ def _quiet_logging(debug: bool) -> None:
     logger.setLevel(logging.INFO if debug else logging.ERROR)
 
 
+def _add_bench_parser(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="sweep chunk sizes x windows for a source, target and link; name the best",
+        description="Ship a generated snapshot once per chunk size and window, print "
+        "throughput, chunks/s and peak memory per setting, and name the best one. The s3 kind "
+        "runs an embedded moto server in its own process unless --bucket is given. "
+        "Chunk sizes at or above the snapshot size are one chunk, so only the smallest runs.",
+    )
+    kinds = ["memory", "local", "file", "s3"]
+    bench.add_argument("--source", choices=kinds, default="memory", help="(default memory)")
+    bench.add_argument("--target", choices=kinds, default="memory", help="(default memory)")
+    bench.add_argument(
+        "--size",
+        type=_size_arg,
+        metavar="SIZE",
+        help="snapshot size (default 64MiB; 32MiB over a simulated link)",
+    )
+    bench.add_argument(
+        "--chunk-sizes",
+        type=_list_arg(_size_arg),
+        default=DEFAULT_CHUNK_SIZES,
+        metavar="LIST",
+        help="comma-separated (default 64KiB,256KiB,1MiB,4MiB,8MiB,16MiB,64MiB)",
+    )
+    bench.add_argument(
+        "--windows",
+        type=_list_arg(_positive_int),
+        default=DEFAULT_WINDOWS,
+        metavar="LIST",
+        help="comma-separated chunks in flight (default 1,2,4,8,16,32)",
+    )
+    bench.add_argument("--rounds", type=_positive_int, default=1, help="copies per setting (1)")
+    bench.add_argument(
+        "--latency",
+        type=_duration_arg,
+        default=0.0,
+        metavar="RTT",
+        help="simulate a link with this round trip, e.g. 10ms (each way gets half)",
+    )
+    bench.add_argument(
+        "--bandwidth",
+        type=_bandwidth_arg,
+        metavar="RATE",
+        help="simulate a link of this speed, e.g. 1Gbit, 100Mbit or 200MB/s",
+    )
+    bench.add_argument("--dir", metavar="PATH", help="folder for local files (default: temp)")
+    bench.add_argument("--bucket", help="use this S3 bucket instead of an embedded moto server")
+    bench.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint of --bucket")
+    bench.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="write every measurement as JSON to PATH (no PATH: to stdout, instead of the table)",
+    )
+    bench.add_argument("--plot", metavar="PNG", help="draw MiB/s against chunk size into PNG")
+
+
+def _list_arg(parse: Callable[[str], int]) -> Callable[[str], tuple[int, ...]]:
+    def parse_list(text: str) -> tuple[int, ...]:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"not a comma-separated list: {text!r}")
+        return tuple(parse(item) for item in items)
+
+    return parse_list
+
+
+def _bandwidth_arg(text: str) -> float:
+    try:
+        return parse_bandwidth(text)
+    except FstransportError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    def kind(name: str) -> Kind:
+        return "file" if name == "local" else name  # type: ignore[return-value]
+
+    plan = BenchPlan(
+        source=kind(args.source),
+        target=kind(args.target),
+        size=args.size,
+        chunk_sizes=args.chunk_sizes,
+        windows=args.windows,
+        rounds=args.rounds,
+        latency=args.latency,
+        bandwidth=args.bandwidth,
+        directory=args.dir,
+        endpoint_url=args.endpoint_url,
+        bucket=args.bucket,
+    )
+    show = sys.stderr.isatty()
+
+    def progress(done: int, total: int, cell: BenchCell, seconds: float) -> None:
+        if show:
+            rate = format_rate(cell.size / seconds)
+            size = format_size(cell.chunk_size)
+            print(f"  [{done}/{total}] {size} x {cell.window}: {rate}", file=sys.stderr)
+
+    if show:
+        print(f"fstransport bench: {len(plan.cells()) * plan.rounds} copies", file=sys.stderr)
+    result = await run_bench(plan, progress)
+    if args.json == "-":
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.table())
+        if args.json:
+            write_json(result, args.json)
+    if args.plot:
+        plot_result(result, args.plot)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
     _quiet_logging(args.debug)
-    run = {"demo": _demo, "ship": _ship, "cleanup": _cleanup, "serve": _serve}[args.command]
+    commands = {"demo": _demo, "ship": _ship, "cleanup": _cleanup, "serve": _serve}
+    run = {**commands, "bench": _bench}[args.command]
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

@@ -149,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
         help="verify an https:// --via server against the CA certificate(s) in PEM "
         "(default: the system's trusted CAs)",
     )
+    ship_cmd.add_argument(
+        "--checksum",
+        metavar="crc32c:HEX",
+        help="SRC's CRC32C, if known: the receiver verifies it, and resumes what an earlier, "
+        "interrupted ship of the same data left (through --via, only a named checksum resumes)",
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -470,6 +476,7 @@ async def _ship(args: argparse.Namespace) -> int:
             source_options=source_options,
             target_options=_storage_options(args, args.dst),
             progress=bar.update,
+            checksum=args.checksum,
         )
     finally:
         bar.close()

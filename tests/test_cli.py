@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,18 +77,60 @@ def test_ship_json(tmp_path: Path) -> None:
             ("ship", "/definitely/not/here.bin", "/tmp/x.bin"),
             "cannot open /definitely/not/here.bin",
         ),
+        (("ship", "nosuch://a/b.bin", "/tmp/x.bin"), "Protocol not known: nosuch"),
         (("demo", "--chunk-size", "lots"), "not a size"),
         (("ship", "a", "b", "--window", "0"), "must be at least 1"),
+        (("ship", "a", "b", "--via", "receiver:8470"), "--via needs an http:// or https:// URL"),
+        (("ship", "a", "b", "--via", "http://[::1"), "is not a usable URL"),
+        (("ship", "a", "b", "--via", "http://127.0.0.1:port"), "is not a usable URL"),
+        (("ship", "a", "b", "--cafile", "ca.pem"), "--token and --cafile are for shipping --via"),
+        (
+            ("ship", "a", "b", "--via", "http://127.0.0.1:1", "--cafile", "ca.pem"),
+            "--cafile needs an https:// --via URL",
+        ),
+        (
+            ("ship", "a", "b", "--via", "https://127.0.0.1:1", "--cafile", "/no/ca.pem"),
+            "cannot load CA certificates from /no/ca.pem: No such file or directory",
+        ),
+        (
+            ("serve", "/tmp/r", "--certfile", "/no/cert.pem"),
+            "cannot load the TLS certificate and key from /no/cert.pem: No such file",
+        ),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args: tuple[str, ...], message: str) -> None:
     result = run(*args)
     assert result.returncode != 0
     assert message in result.stderr
+    assert_one_error_line(result, message)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str], message: str) -> None:
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert message in lines[-1], "the error is the last line (argparse prints its usage above)"
     assert sum("error" in line for line in lines) == 1
+    if not lines[0].startswith("usage:"):  # our own errors: that line and nothing else
+        assert lines == [lines[-1]], result.stderr
+        assert lines[0].startswith("fstransport: error: ")
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound once by us, then let go)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_unreachable_server_is_one_line_after_the_retries(tmp_path: Path) -> None:
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 1000)
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run("ship", str(src), "a.bin", "--via", url)
+    assert result.returncode == 1
+    assert_one_error_line(result, f"gave up after 8 attempts: Unreachable: cannot reach {url}")
+    assert result.stdout == ""
 
 
 async def test_serve_and_ship_via_it(tmp_path: Path) -> None:
@@ -114,8 +157,7 @@ async def test_serve_and_ship_via_it(tmp_path: Path) -> None:
             run, "ship", str(src), "other.bin", "--via", url, "--token", "nope"
         )
         assert refused.returncode == 1
-        assert "bearer token" in refused.stderr
-        assert "Traceback" not in refused.stderr
+        assert_one_error_line(refused, "missing or wrong bearer token")
         assert not (tmp_path / "received" / "other.bin").exists()
     finally:
         server.terminate()

@@ -479,6 +479,13 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _generate(size: int, seed: int) -> bytes:
+    """`size` pseudo-random bytes (in 16 MiB pieces: ``randbytes`` takes at most 256 MiB)."""
+    rng = random.Random(seed)
+    step = 16 * MiB
+    return b"".join(rng.randbytes(min(step, size - at)) for at in range(0, size, step))
+
+
 Progress = Callable[[int, int, BenchCell, float], None]
 
 
@@ -493,7 +500,7 @@ async def run_bench(plan: BenchPlan, progress: Progress | None = None) -> BenchR
     """
     started = time.perf_counter()
     size = plan.snapshot_size
-    data = random.Random(plan.seed).randbytes(size)
+    data = _generate(size, plan.seed)
     checksum = format_checksum(chunk_crc(data))
     cells = [BenchCell(c, w, size) for c, w in plan.cells()]
     notes = []

@@ -4,10 +4,15 @@ S3's rules (not all S3 servers check them, so we do): parts are numbered 1..10,0
 part but the last is 5 MiB..5 GiB, and completion joins them in ascending order.  The part
 size depends only on the snapshot's size, never on the chunk size: chunks smaller than a part,
 larger than a part, or straddling two parts all land in the right places.
+
+A chunk that covers whole parts and cannot change under us (``bytes``, or a read-only view of
+``bytes`` or of a read-only ``mmap``) becomes those parts as it is, without a copy; other data is
+copied into part buffers, which are reused once their upload is done (`PartAssembler.recycle`).
 """
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 
 from fstransport.errors import ConfigurationError, SnapshotMismatch
@@ -23,6 +28,7 @@ __all__ = [
     "PartAssembler",
     "PartWrite",
     "choose_part_size",
+    "immutable",
 ]
 
 MIN_PART_SIZE = 5 * MiB
@@ -43,11 +49,16 @@ def choose_part_size(size: int, preferred: int = 8 * MiB) -> int:
 
 @dataclass(frozen=True)
 class CompletedPart:
-    """A part whose every byte is present: upload `data` as part `number`."""
+    """A part whose every byte is present: upload `data` as part `number`.
+
+    `crc` is the part's CRC32C when one write brought exactly this part with its CRC (so it
+    need not be computed again), else None.
+    """
 
     number: int
     offset: int
-    data: bytearray
+    data: Buffer
+    crc: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +106,12 @@ class PartAssembler:
         self.part_size = part_size
         self.max_open_parts = max_open_parts
         self.part_count = max(1, -(-size // part_size))
+        self.spare_limit = max_open_parts
         self._open: dict[int, _OpenPart] = {}
         self._completed: set[int] = set()
+        self._spare: list[bytearray] = []
+        self.copied_parts = 0
+        """Parts assembled by copying chunks into a part buffer (the others were adopted)."""
 
     def part_range(self, number: int) -> tuple[int, int]:
         """Byte range ``[start, end)`` of part `number` (1-based)."""
@@ -133,8 +148,9 @@ class PartAssembler:
             got=SnapshotSegmentId(self.snapshot_id, got),
         )
 
-    def write(self, offset: int, data: Buffer) -> PartWrite:
-        """Copy `data` (which belongs at `offset`) into its parts; report what completed."""
+    def write(self, offset: int, data: Buffer, crc: int | None = None) -> PartWrite:
+        """Put `data` (which belongs at `offset`, CRC32C `crc` if known) into its parts; report
+        what completed.  Whole parts of immutable data are taken as they are, the rest copied."""
         view = memoryview(data).cast("B")
         end = offset + view.nbytes
         if offset < 0 or end > self.size:
@@ -142,15 +158,14 @@ class PartAssembler:
         if view.nbytes == 0:
             return PartWrite()
         touched = range(self.part_of(offset), self.part_of(end - 1) + 1)
+        adoptable = immutable(data)
         opening = 0
         for number in touched:
-            start = self.part_range(number)[0]
-            if number in self._completed:
-                if max(start, offset) != start:
-                    raise self._mismatch(start, offset)
-                opening += 1
-            elif number not in self._open:
-                opening += 1
+            start, stop = self.part_range(number)
+            if number in self._completed and max(start, offset) != start:
+                raise self._mismatch(start, offset)
+            if number not in self._open and not (adoptable and offset <= start and stop <= end):
+                opening += 1  # (a part adopted whole is never open)
         if len(self._open) + opening > self.max_open_parts:
             expect = self.first_missing()
             raise self._mismatch(offset if expect is None else expect, offset)
@@ -159,8 +174,15 @@ class PartAssembler:
             start, stop = self.part_range(number)
             lo, hi = max(start, offset), min(stop, end)
             part = self._open.get(number)
+            if part is None and adoptable and (lo, hi) == (start, stop):
+                self._completed.add(number)  # (again, if it was: the last write wins)
+                whole = crc if (offset, end) == (start, stop) else None
+                result.completed.append(
+                    CompletedPart(number, start, view[lo - offset : hi - offset], whole)
+                )
+                continue
             if part is None:
-                part = _OpenPart(bytearray(stop - start), RangeSet())
+                part = _OpenPart(self._buffer(stop - start), RangeSet())
                 self._open[number] = part
                 if number in self._completed:  # the last write wins: this part starts over
                     self._completed.discard(number)
@@ -171,8 +193,26 @@ class PartAssembler:
             if part.filled.first() == (start, stop):
                 del self._open[number]
                 self._completed.add(number)
+                self.copied_parts += 1
                 result.completed.append(CompletedPart(number, start, part.buffer))
         return result
+
+    def _buffer(self, length: int) -> bytearray:
+        """A part buffer of `length` bytes: a spare one if there is one of that size (its old
+        bytes are all overwritten before the part completes), else a new one."""
+        for index, spare in enumerate(self._spare):
+            if len(spare) == length:
+                return self._spare.pop(index)
+        return bytearray(length)
+
+    def recycle(self, part: CompletedPart) -> None:
+        """`part` was uploaded and nothing refers to its buffer any more: keep the buffer for a
+        later part (at most `spare_limit` are kept).  Adopted data is left alone."""
+        data = part.data
+        if type(data) is not bytearray or len(data) != self.part_size:
+            return
+        if len(self._spare) < self.spare_limit and all(s is not data for s in self._spare):
+            self._spare.append(data)
 
     def rewind(self, offset: int) -> tuple[int, list[tuple[int, int]]]:
         """The sender will send everything from some point on again: return that point for a
@@ -211,3 +251,22 @@ class PartAssembler:
         """Forget every part, open or completed."""
         self._open.clear()
         self._completed.clear()
+        self._spare.clear()
+
+
+def immutable(data: Buffer) -> bool:
+    """Whether `data` cannot change while a part holds it: ``bytes``, or a read-only view of
+    ``bytes`` or of a read-only ``mmap`` (a snapshot file mapped by the source)."""
+    if isinstance(data, bytes):
+        return True
+    if isinstance(data, memoryview) and data.readonly:
+        base = data.obj
+        if isinstance(base, bytes):
+            return True
+        if isinstance(base, mmap.mmap):
+            try:
+                with memoryview(base) as whole:
+                    return whole.readonly
+            except ValueError:  # a closed mapping
+                return False
+    return False

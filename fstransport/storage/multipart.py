@@ -17,6 +17,9 @@ import json
 import logging
 from typing import Any
 
+import aiohttp.payload
+from aiohttp.abc import AbstractStreamWriter
+
 from fstransport.checksum import chunk_crc
 from fstransport.errors import SnapshotMismatch, StorageError
 from fstransport.messages import Buffer, SnapshotMeta, SnapshotSegmentId
@@ -28,9 +31,12 @@ from fstransport.storage.journal import identity, matches
 from fstransport.storage.s3 import crc32c_header
 from fstransport.storage.sink import NOTHING_LOST, Lost, aborted
 
-__all__ = ["MultipartSink"]
+__all__ = ["DEFAULT_UPLOADS", "MultipartSink", "PartBody"]
 
 log = logging.getLogger("fstransport.s3")
+
+DEFAULT_UPLOADS = 4
+"""Part uploads in flight at once, by default (`FsspecSnapshotStore(upload_concurrency=...)`)."""
 
 STATE_INTERVAL = 1.0
 """Seconds between two records of an upload's state (a receiver that dies sends the parts of
@@ -53,7 +59,7 @@ class MultipartSink:
         meta: SnapshotMeta,
         *,
         part_size: int | None = None,
-        max_uploads: int = 4,
+        max_uploads: int = DEFAULT_UPLOADS,
         max_open_parts: int = 8,
         state_key: str | None = None,
         retry: RetryPolicy | None = None,
@@ -105,6 +111,7 @@ class MultipartSink:
         meta: SnapshotMeta,
         state_key: str,
         retry: RetryPolicy | None = None,
+        max_uploads: int = DEFAULT_UPLOADS,
     ) -> tuple[MultipartSink, list[ChunkRecord]] | None:
         """The upload an earlier sink recorded in `state_key` for the same snapshot, with the
         parts it completed, or None when there is none to resume."""
@@ -116,7 +123,16 @@ class MultipartSink:
         if not matches(state, meta):
             return None
         part_size = int(state["part_size"])
-        sink = cls(fs, bucket, key, meta, part_size=part_size, state_key=state_key, retry=retry)
+        sink = cls(
+            fs,
+            bucket,
+            key,
+            meta,
+            part_size=part_size,
+            max_uploads=max_uploads,
+            state_key=state_key,
+            retry=retry,
+        )
         sink.upload_id = str(state["upload_id"])
         sink.full_object = bool(state.get("full_object", False))
         records = []
@@ -193,7 +209,7 @@ class MultipartSink:
         if self._closed:
             raise aborted(self.url)
         self._raise_failure()
-        outcome = self.parts.write(offset, data)
+        outcome = self.parts.write(offset, data, crc)
         for part in outcome.completed:
             if self.single:
                 self._single_part = part
@@ -292,7 +308,7 @@ class MultipartSink:
 
     async def _upload(self, upload_id: str, part: CompletedPart) -> None:
         try:
-            crc = chunk_crc(part.data)
+            crc = chunk_crc(part.data) if part.crc is None else part.crc
             checksum = crc32c_header(crc)
             response = await self._call(
                 f"upload part {part.number}",
@@ -304,6 +320,7 @@ class MultipartSink:
             )
             self.uploaded[part.number] = (str(response["ETag"]), checksum)
             self.part_crcs[part.number] = crc
+            self.parts.recycle(part)  # the request is answered: its body is no longer read
             self._schedule_save()
         except asyncio.CancelledError:
             raise
@@ -366,7 +383,65 @@ class MultipartSink:
         return await retrying(attempt, self.url, verb, self._retry)
 
 
-def _body(data: Buffer) -> io.BytesIO:
-    """A request body aiohttp streams in pieces, yielding to the event loop between them
-    (a raw ``bytes`` body over 1 MiB is written in one go, and aiohttp warns about it)."""
-    return io.BytesIO(data)
+SLICE = 1 << 20
+"""Bytes handed to the connection at a time by `PartBody` (it waits for the socket to take
+them before the next slice, so at most about this much is ever copied into its buffer)."""
+
+
+class PartBody(aiohttp.payload.Payload):
+    """A part as a request body, sent straight from its buffer: no copy of the part.
+
+    botocore needs a file-like body (``read``, ``seek``, ``tell``; it reads one only to hash it,
+    which our client settings turn off, and seeks back to 0 before every retry); aiohttp, which
+    gets it from aiobotocore unwrapped, sends it with `write_with_length` in slices of `SLICE`
+    bytes.  (An ``io.BytesIO`` would copy the whole part, and aiohttp then copies every 256 KiB
+    it reads from it again; a raw buffer over 1 MiB makes aiohttp warn.)
+    """
+
+    def __init__(self, data: Buffer) -> None:
+        self._view = memoryview(data).cast("B")
+        super().__init__(self._view, content_type="application/octet-stream")
+        self._size = self._view.nbytes
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._view.nbytes
+
+    # -- the file-like side, for botocore --------------------------------------------------
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._view.nbytes if size < 0 else min(self._view.nbytes, self._position + size)
+        piece = self._view[self._position : end].tobytes()
+        self._position = max(self._position, end)
+        return piece
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._view.nbytes}
+        self._position = max(0, base[whence] + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    # -- the payload side, for aiohttp -----------------------------------------------------
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self._view.tobytes().decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        end = self._view.nbytes if content_length is None else min(content_length, len(self))
+        send_headers = getattr(writer, "send_headers", None)
+        if callable(send_headers):
+            send_headers()  # else aiohttp joins the headers and the first slice into new bytes
+        for start in range(0, end, SLICE):
+            await writer.write(self._view[start : min(end, start + SLICE)])
+
+
+def _body(data: Buffer) -> PartBody:
+    """A fresh request body over `data` (one per attempt: a retry starts from byte 0)."""
+    return PartBody(data)

@@ -34,7 +34,7 @@ from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.journal import LocalJournal, MemoryJournal, parse_records, resumable
-from fstransport.storage.multipart import MultipartSink
+from fstransport.storage.multipart import DEFAULT_UPLOADS, MultipartSink
 from fstransport.storage.s3 import is_s3, open_s3, split_bucket_key
 from fstransport.storage.sequential import SequentialSink
 from fstransport.storage.sink import (
@@ -85,7 +85,8 @@ class FsspecSnapshotStore:
     ``memory://``, ``os.pwrite`` for local folders, a multipart upload for S3, ``seek`` +
     ``write`` for other filesystems whose write files seek, and a bounded reorder buffer in front
     of a sequential write for the rest.  `sink` forces one of ``"seekable"``, ``"sequential"``
-    or ``"multipart"`` (S3 only).  `part_size` overrides the S3 part size (at least 5 MiB).
+    or ``"multipart"`` (S3 only).  `part_size` overrides the S3 part size (at least 5 MiB) and
+    `upload_concurrency` is how many parts are uploaded at once (4).
     `fsync` (local targets only) flushes each finished snapshot to disk before it is installed.
     `retry` is how transient storage failures (5xx, SlowDown, connection resets) are retried
     before they surface as `StorageError`.  `full_object_checksum` asks S3 to verify each
@@ -105,11 +106,22 @@ class FsspecSnapshotStore:
         part_size: int | None = None,
         retry: RetryPolicy | None = None,
         full_object_checksum: bool | None = None,
+        upload_concurrency: int = DEFAULT_UPLOADS,
         **storage_options: Any,
     ) -> None:
         with storage_errors(root_url, "open"):
             fs, root = fsspec.core.url_to_fs(root_url, **storage_options)
-        self._init(fs, root, root_url, fsync, sink, part_size, retry, full_object_checksum)
+        self._init(
+            fs,
+            root,
+            root_url,
+            fsync,
+            sink,
+            part_size,
+            retry,
+            full_object_checksum,
+            upload_concurrency,
+        )
 
     @classmethod
     def from_filesystem(
@@ -122,11 +134,14 @@ class FsspecSnapshotStore:
         part_size: int | None = None,
         retry: RetryPolicy | None = None,
         full_object_checksum: bool | None = None,
+        upload_concurrency: int = DEFAULT_UPLOADS,
     ) -> FsspecSnapshotStore:
         """A store over an already-open fsspec filesystem `fs` at path `root`."""
         store = cls.__new__(cls)
         url = fs.unstrip_protocol(root)
-        store._init(fs, root, url, fsync, sink, part_size, retry, full_object_checksum)
+        store._init(
+            fs, root, url, fsync, sink, part_size, retry, full_object_checksum, upload_concurrency
+        )
         return store
 
     def _init(
@@ -139,7 +154,12 @@ class FsspecSnapshotStore:
         part_size: int | None,
         retry: RetryPolicy | None,
         full_object_checksum: bool | None,
+        upload_concurrency: int,
     ) -> None:
+        if upload_concurrency < 1:
+            raise ConfigurationError(
+                f"upload_concurrency must be at least 1, got {upload_concurrency}"
+            )
         if sink not in ("auto", "seekable", "sequential", "multipart"):
             raise ConfigurationError(f"unknown sink kind {sink!r}")
         if sink == "multipart" and not is_s3(fs):
@@ -151,6 +171,7 @@ class FsspecSnapshotStore:
         self.url = url
         self.sink_kind: SinkKind = sink
         self.part_size = part_size
+        self.upload_concurrency = upload_concurrency
         self.retry = retry or RetryPolicy()
         self._full_object = full_object_checksum
         self._fsync = fsync
@@ -253,7 +274,9 @@ class FsspecSnapshotStore:
                 bucket, key = split_bucket_key(self.path(snapshot_id))
                 state_key = split_bucket_key(journal)[1]
                 s3 = await self._async_s3()
-                found = await MultipartSink.resume(s3, bucket, key, meta, state_key, self.retry)
+                found = await MultipartSink.resume(
+                    s3, bucket, key, meta, state_key, self.retry, self.upload_concurrency
+                )
             elif self.sink_kind == "auto" and isinstance(self.fs, MemoryFileSystem):
                 records = parse_records(MemoryJournal.read(self.fs, journal) or "", meta)
                 if records is not None and path in self.fs.store:
@@ -293,6 +316,7 @@ class FsspecSnapshotStore:
                 key,
                 meta,
                 part_size=self.part_size,
+                max_uploads=self.upload_concurrency,
                 state_key=state_key,
                 retry=self.retry,
                 full_object_checksum=self.full_object_checksum,

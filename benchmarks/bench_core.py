@@ -576,6 +576,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-sweep", action="store_true", help="skip the chunk size x window sweep"
     )
+    parser.add_argument(
+        "--only",
+        type=positive_int,
+        action="append",
+        metavar="N",
+        help="run only group N (1-3; repeat for several); the sweep still runs unless --no-sweep",
+    )
     parser.add_argument("--dir", help="parent folder of the temporary local files (system temp)")
     parser.add_argument("--seed", type=int, default=20240601, help="seed of the data and the order")
     parser.add_argument("--json", metavar="PATH", help="also write every sample and result here")
@@ -677,7 +684,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(places, loop)
         report["cases"] = {}
         report["groups"] = {}
-        for group in main_groups(bench):
+        for number, group in enumerate(main_groups(bench), 1):
+            if args.only and number not in args.only:
+                continue
             run_rounds(group.cases, args.rounds, args.warmup, rng, group.title)
             by_key = {c.key: c for c in group.cases}
             report["cases"].update({c.key: c.to_dict() for c in group.cases})

@@ -63,13 +63,57 @@ def _shift_operator(length: int) -> int:
     return result
 
 
+_TABLE_AFTER = 8  # combines of one length before it gets lookup tables
+_MAX_TABLES = 16
+_uses: dict[int, int] = {}
+_tables: dict[int, tuple[list[int], list[int], list[int], list[int]]] = {}
+
+
+def _byte_tables(length: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Four 256-entry tables: ``T[k][b]`` is the shift by `length` of byte `b` at byte `k`.
+
+    Shifting is linear over GF(2), so the shift of a CRC is the XOR of the shifts of its four
+    bytes: four lookups instead of a 32-step polynomial multiplication.
+    """
+    operator = _shift_operator(length)
+    columns = [_multiply(operator, _ONE >> bit) for bit in range(32)]  # reflected bit order
+    tables: list[list[int]] = []
+    for k in range(4):
+        table = [0] * 256
+        for byte in range(1, 256):
+            low = byte & -byte
+            # bit j of the CRC value is the coefficient of x^(31 - j) in reflected notation
+            table[byte] = table[byte ^ low] ^ columns[31 - (8 * k + low.bit_length() - 1)]
+        tables.append(table)
+    return tables[0], tables[1], tables[2], tables[3]
+
+
 def combine(crc_a: int, crc_b: int, len_b: int) -> int:
-    """``crc(A + B)`` from ``crc(A)``, ``crc(B)`` and ``len(B)``."""
+    """``crc(A + B)`` from ``crc(A)``, ``crc(B)`` and ``len(B)``.
+
+    A length combined often (the chunk size) gets lookup tables; others are multiplied out.
+    """
     if len_b < 0:
         raise ConfigurationError(f"length must not be negative, got {len_b}")
     if len_b == 0:
         return crc_a
-    return _multiply(_shift_operator(len_b), crc_a) ^ crc_b
+    tables = _tables.get(len_b)
+    if tables is None:
+        uses = _uses[len_b] = _uses.get(len_b, 0) + 1
+        if uses < _TABLE_AFTER:
+            return _multiply(_shift_operator(len_b), crc_a) ^ crc_b
+        if len(_tables) >= _MAX_TABLES:
+            _tables.clear()
+            _uses.clear()
+        tables = _tables[len_b] = _byte_tables(len_b)
+    t0, t1, t2, t3 = tables
+    return (
+        t0[crc_a & 0xFF]
+        ^ t1[(crc_a >> 8) & 0xFF]
+        ^ t2[(crc_a >> 16) & 0xFF]
+        ^ t3[crc_a >> 24]
+        ^ crc_b
+    )
 
 
 def format_checksum(crc: int) -> str:

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from fstransport.checksum import chunk_crc
 from fstransport.errors import (
     ChecksumMismatch,
     InvalidRequest,
@@ -34,7 +35,7 @@ from fstransport.protocol.receiver import (
     decide_stream,
     validate_request,
 )
-from fstransport.storage.sink import SnapshotSink
+from fstransport.storage.sink import SnapshotSink, write_checked
 from fstransport.storage.store import SnapshotStore
 
 __all__ = ["Receiver"]
@@ -47,6 +48,15 @@ INSTALLED_MEMORY = 256
 
 Held = tuple[tuple[int, int], ...]
 _Outcome = tuple["Snapshot | None", "Held | None"]
+_UNKNOWN = -1
+"""The CRC passed down for a chunk whose sink computes it as it writes (`handle_checked`)."""
+
+
+@dataclass
+class _Checked:
+    """The CRC32C of a request's data, once somebody computed it."""
+
+    crc: int = _UNKNOWN
 
 
 def _consume_outcome(task: asyncio.Future[None]) -> None:
@@ -104,11 +114,29 @@ class Receiver:
         request that never left this process (see `LoopbackNetwork`).
         """
         crc = await self._validate(req, trust_crc=trust_crc)
+        return await self._handle(req, _Checked(crc))
+
+    async def handle_checked(
+        self, req: InstallSnapshotRequest
+    ) -> tuple[InstallSnapshotResponse, int]:
+        """`handle` for a request that never left this process and carries no CRC yet: the
+        CRC32C of its data is computed while the data is written (see
+        `fstransport.storage.sink.write_checked`), and returned with the answer."""
+        await self._validate(replace(req, crc32c=0), trust_crc=True)  # every field but the CRC
+        checked = _Checked()
+        response = await self._handle(req, checked)
+        if checked.crc == _UNKNOWN:  # not written (held already, installed, a lower vote)
+            checked.crc = chunk_crc(req.data)
+        return response, checked.crc
+
+    async def _handle(
+        self, req: InstallSnapshotRequest, checked: _Checked
+    ) -> InstallSnapshotResponse:
         if self.vote is not None and req.vote < self.vote:
             return InstallSnapshotResponse(self.vote)
         if self.vote is None or req.vote > self.vote:
             self.vote = req.vote
-        snapshot, held = await self._receive(req, crc)
+        snapshot, held = await self._receive(req, checked)
         if snapshot is not None:
             # Verified and finished: install it even if this request is cancelled meanwhile (its
             # sender timed out), and remember it only once it is really installed.
@@ -140,7 +168,7 @@ class Receiver:
         offsets in any order; the ``done`` chunk completes it once every byte before it is held
         (else `SnapshotMismatch` expecting the first missing byte) and its checksum matches.
         """
-        snapshot, _ = await self._receive(req, await self._validate(req))
+        snapshot, _ = await self._receive(req, _Checked(await self._validate(req)))
         return snapshot
 
     async def _validate(self, req: InstallSnapshotRequest, *, trust_crc: bool = False) -> int:
@@ -171,7 +199,7 @@ class Receiver:
             return None
         return stream
 
-    async def _receive(self, req: InstallSnapshotRequest, crc: int) -> _Outcome:
+    async def _receive(self, req: InstallSnapshotRequest, checked: _Checked) -> _Outcome:
         snapshot_id = req.meta.snapshot_id
         stream = self._streams.get(snapshot_id)
         installing = self._installing.get(snapshot_id)
@@ -186,8 +214,8 @@ class Receiver:
         if decision is StreamDecision.CONTINUE and stream is not None:
             async with stream.lock:
                 if stream.closed:  # replaced while this request waited: decide again
-                    return await self._receive(req, crc)
-                return await self._write(snapshot_id, stream, req, crc)
+                    return await self._receive(req, checked)
+                return await self._write(snapshot_id, stream, req, checked)
         if stream is not None:
             await self._drop(snapshot_id, stream)
         elif len(self._streams) >= self.limits.max_transfers:
@@ -205,7 +233,7 @@ class Receiver:
             except BaseException:
                 self._forget(snapshot_id, stream)
                 raise
-            return await self._write(snapshot_id, stream, req, crc)
+            return await self._write(snapshot_id, stream, req, checked)
 
     async def _resume(self, req: InstallSnapshotRequest) -> _Stream | None:
         """A stream over partial data an earlier receiver left for this very snapshot."""
@@ -252,9 +280,11 @@ class Receiver:
         )
 
     async def _write(
-        self, snapshot_id: str, stream: _Stream, req: InstallSnapshotRequest, crc: int
+        self, snapshot_id: str, stream: _Stream, req: InstallSnapshotRequest, checked: _Checked
     ) -> _Outcome:
-        """Write `req` into `stream` (whose lock is held); finish the snapshot on ``done``."""
+        """Write `req` into `stream` (whose lock is held); finish the snapshot on ``done``.
+
+        An unknown CRC (`handle_checked`) is computed by the sink as it writes."""
         sink = stream.sink
         assert sink is not None
         end = req.offset + len(req.data)
@@ -262,11 +292,14 @@ class Receiver:
             pass  # a snapshot named by its checksum never changes: these bytes are there already
         else:
             try:
-                lost = await sink.write(req.offset, req.data, crc)
+                if checked.crc == _UNKNOWN:
+                    lost, checked.crc = await write_checked(sink, req.offset, req.data)
+                else:
+                    lost = await sink.write(req.offset, req.data, checked.crc)
             except StorageError:
                 await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
                 raise
-            stream.state.record(req, crc, lost)
+            stream.state.record(req, checked.crc, lost)
         held = None
         if req.offset == 0 or stream.resumed:  # tell the sender what it need not send
             held = tuple(stream.state.ledger.held())

@@ -17,8 +17,10 @@ class LoopbackNetwork:
     receiver's errors come back as `RemoteError`, exactly as a real network adapter reports them.
 
     With `trust_checksums`, the receiver takes each chunk's ``crc32c`` from the sender instead of
-    computing it again over the same buffer (a second full pass over the data).  Only use it when
-    nothing can alter requests on their way — not behind a fault-injecting wrapper.
+    computing it again over the same buffer (a second full pass over the data), and this
+    package's sender sends every chunk but the last through `install_snapshot_checked`, which
+    leaves the one pass over the data to the receiver's sink.  Only use it when nothing can alter
+    requests on their way — not behind a fault-injecting wrapper.
     """
 
     def __init__(
@@ -35,6 +37,19 @@ class LoopbackNetwork:
         self.requests += 1
         try:
             return await self.receiver.handle(req, trust_crc=self.trust_checksums)
+        except Exception as exc:
+            raise RemoteError(exc, self.target) from exc
+
+    async def install_snapshot_checked(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> tuple[InstallSnapshotResponse, int]:
+        """`install_snapshot` for a request whose ``crc32c`` is not computed yet: the receiver's
+        sink computes the CRC32C of the data while writing it (one pass over the data, block by
+        block while each is in the CPU cache) and it is returned with the answer.
+        """
+        self.requests += 1
+        try:
+            return await self.receiver.handle_checked(req)
         except Exception as exc:
             raise RemoteError(exc, self.target) from exc
 

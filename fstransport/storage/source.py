@@ -5,8 +5,10 @@ backend forces and the event loop never blocks:
 
 - `BufferSource`: in-memory data (``bytes``, ``io.BytesIO``, ``memory://``) — chunks are
   zero-copy ``memoryview`` slices.
-- `PreadSource`: a real file descriptor (local files) — ``os.pread`` in a worker thread, so
-  several chunks can be read at once without sharing a file position.
+- `PreadSource`: a real file descriptor (local files) — each chunk is mapped (``mmap``) in a
+  worker thread and handed out as a ``memoryview`` of the page cache, so the only copy of the
+  data is the one into the target; several chunks can be read at once.  ``os.pread`` where a
+  file cannot be mapped.
 - `AsyncFsSource`: an asynchronous fsspec filesystem (``http://``, ``s3://``, ...) — ranged
   ``_cat_file`` calls on this event loop, several at once, no thread.
 - `FileObjectSource`: any other readable, seekable file object (an fsspec file of a
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import mmap
 import os
 import stat
 from typing import IO, Any, Protocol
@@ -39,6 +42,7 @@ __all__ = [
     "FileObjectSource",
     "PreadSource",
     "open_source",
+    "read_checked",
     "source_checksum",
     "source_for_file",
 ]
@@ -75,14 +79,44 @@ class BufferSource:
         self._view.release()
 
 
+_CAN_MAP = os.name == "posix" and hasattr(mmap, "MAP_SHARED")
+_MAP_FLAGS = getattr(mmap, "MAP_SHARED", 0) | getattr(mmap, "MAP_POPULATE", 0)
+
+
+def map_range(fd: int, offset: int, length: int) -> memoryview:
+    """Bytes ``[offset, offset + length)`` of `fd` as a read-only view of a fresh mapping.
+
+    The pages are faulted in now (``MAP_POPULATE``), in the calling (worker) thread, so that
+    reading the view later does not wait for the disk.  The mapping lives exactly as long as
+    some view of it does, and is unmapped with the last one: nothing is ever reused, so a view
+    handed out stays valid however long a receiver or a network keeps it.  A file that ends
+    before `offset + length` gives a shorter view (mapping past the end of a file would turn
+    every later read of those pages into ``SIGBUS``).
+
+    The file must not be truncated while a view of it is alive: reading a page cut off the file
+    raises ``SIGBUS``.  Snapshots are immutable, so this only concerns misuse.
+    """
+    length = max(0, min(length, os.fstat(fd).st_size - offset))
+    if length == 0:
+        return memoryview(b"")
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapping = mmap.mmap(fd, length + offset - start, _MAP_FLAGS, mmap.PROT_READ, offset=start)
+    return memoryview(mapping)[offset - start :]
+
+
 class PreadSource:
-    """Chunks of a file descriptor, read with ``os.pread`` in a worker thread."""
+    """Chunks of a file descriptor: mapped views (see `map_range`) read in a worker thread.
+
+    Where the file cannot be mapped (not POSIX, a descriptor open for writing only, a special
+    file) chunks are read with ``os.pread`` into fresh ``bytes`` instead.
+    """
 
     def __init__(self, fd: int, size: int, description: str, *, owns_fd: bool) -> None:
         self._fd = fd
         self.size = size
         self.description = description
         self._owns_fd = owns_fd
+        self._map = _CAN_MAP
 
     @classmethod
     async def open(cls, path: str) -> PreadSource:
@@ -101,11 +135,33 @@ class PreadSource:
             fd, size = await asyncio.to_thread(_open)
         return cls(fd, size, path, owns_fd=True)
 
+    def _read_at(self, offset: int, length: int) -> Buffer:
+        if self._map:
+            try:
+                return map_range(self._fd, offset, length)
+            except (OSError, ValueError, OverflowError):
+                self._map = False  # this descriptor cannot be mapped: read it instead
+        return os.pread(self._fd, length, offset)
+
+    def _read_checked_at(self, offset: int, length: int) -> tuple[Buffer, int]:
+        data = self._read_at(offset, length)
+        return data, chunk_crc(data)  # crc32c releases the GIL: the event loop runs meanwhile
+
     async def read(self, offset: int, length: int) -> Buffer:
+        if length == 0:
+            return b""
         with storage_errors(self.description, "read"):
-            return await asyncio.to_thread(os.pread, self._fd, length, offset)
+            return await asyncio.to_thread(self._read_at, offset, length)
+
+    async def read_checked(self, offset: int, length: int) -> tuple[Buffer, int]:
+        """`read`, and the chunk's CRC32C computed in the same worker thread."""
+        if length == 0:
+            return b"", 0
+        with storage_errors(self.description, "read"):
+            return await asyncio.to_thread(self._read_checked_at, offset, length)
 
     async def close(self) -> None:
+        # Views handed out keep their mappings (and so the file) alive on their own.
         if self._owns_fd and self._fd >= 0:
             fd, self._fd = self._fd, -1
             with storage_errors(self.description, "close"):
@@ -196,6 +252,20 @@ class AsyncFsSource:
 
     async def close(self) -> None:
         await close_async_filesystem(self._fs)
+
+
+async def read_checked(source: ChunkSource, offset: int, length: int) -> tuple[Buffer, int]:
+    """`source`'s chunk at `offset` and its CRC32C.
+
+    A source that reads in a worker thread anyway computes the CRC there too (its
+    ``read_checked`` method), off the event loop; for others it is computed here.
+    """
+    reader = getattr(source, "read_checked", None)
+    if reader is not None:
+        data, crc = await reader(offset, length)
+        return data, int(crc)
+    data = await source.read(offset, length)
+    return data, chunk_crc(data)
 
 
 async def source_checksum(source: ChunkSource, step: int = 8 * 1024 * 1024) -> str:

@@ -8,11 +8,16 @@ against the receiver's chunk limit (413 without reading a byte).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.streams import StreamReader
 
+from fstransport.checksum import chunk_crc
 from fstransport.errors import (
     ChecksumMismatch,
     FstransportError,
@@ -41,6 +46,11 @@ __all__ = ["create_app"]
 
 RECEIVER_KEY = web.AppKey("receiver", Receiver)
 
+POOL_BYTES = 64 * 1024 * 1024
+"""At most this many bytes of chunk buffers are kept for reuse (8 chunks of 8 MiB)."""
+POOL_IDLE_SECONDS = 5.0
+"""The pool is emptied once the server has had no request for this long."""
+
 
 def _error(status: int, exc: BaseException, **extra: Any) -> web.Response:
     body = {"error": type(exc).__name__, "message": str(exc), **extra}
@@ -54,21 +64,109 @@ def _int_header(request: web.Request, name: str) -> int:
     return int(value)
 
 
-async def _read_body(request: web.Request, length: int) -> bytearray:
-    """The body, read straight into one buffer of its declared length (aiohttp's own ``read``
-    grows a buffer piece by piece and then copies it once more)."""
-    body = bytearray(length)
-    view = memoryview(body)
+class _BufferPool:
+    """Chunk buffers kept for later chunks of the same length.
+
+    A fresh 8 MiB `bytearray` is zeroed and page-faulted in on every chunk, which costs several
+    times the copy of the body into it; a reused one is mapped already.  A buffer given back is
+    reused only once nothing but the pool refers to it: a sink may keep a chunk after its
+    ``write`` returns (a reorder buffer), and a worker thread may still hold one for a moment
+    after its result is in (see `_reclaim`).  At most `max_bytes` are kept, oldest dropped
+    first; `clear` drops them all.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._free: list[bytearray] = []  # oldest first
+        self._pending: list[bytearray] = []  # given back, maybe still used elsewhere
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        """Bytes in the buffers the pool keeps (free or pending)."""
+        return self._held
+
+    def take(self, length: int) -> bytearray:
+        """A buffer of exactly `length` bytes: a free one (its old bytes still in it) or new."""
+        self._reclaim()
+        for i in range(len(self._free) - 1, -1, -1):
+            if len(self._free[i]) == length:
+                self._held -= length
+                return self._free.pop(i)
+        return bytearray(length)
+
+    def give(self, buffer: bytearray) -> None:
+        """Keep `buffer` for a later `take` (once nobody else refers to it), room permitting."""
+        while self._free and self._held + len(buffer) > self.max_bytes:
+            self._held -= len(self._free.pop(0))
+        if self._held + len(buffer) <= self.max_bytes:
+            self._pending.append(buffer)
+            self._held += len(buffer)
+
+    def clear(self) -> None:
+        self._free.clear()
+        self._pending.clear()
+        self._held = 0
+
+    def _reclaim(self) -> None:
+        """Move the pending buffers nobody else refers to any more to the free list.
+
+        A buffer's references are counted beside those of a probe that only the pending list
+        holds, the same way, so the count does not depend on how the interpreter counts."""
+        if not self._pending:
+            return
+        pending = self._pending
+        pending.append(bytearray())
+        counts = [sys.getrefcount(buffer) for buffer in pending]
+        pending.pop()
+        alone = counts.pop()
+        self._pending = []
+        for buffer, count in zip(pending, counts, strict=True):
+            (self._free if count == alone else self._pending).append(buffer)
+
+
+class _Idle:
+    """Counts the requests in progress; calls `on_idle` once none came for `POOL_IDLE_SECONDS`."""
+
+    def __init__(self, on_idle: Callable[[], None]) -> None:
+        self._on_idle = on_idle
+        self._active = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> None:
+        self._active += 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def __exit__(self, *exc: object) -> None:
+        self._active -= 1
+        if self._active == 0:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(POOL_IDLE_SECONDS, self._on_idle)
+
+
+async def _read_body(content: StreamReader, body: bytearray) -> int:
+    """Fill `body` from the request's body as its pieces arrive; return the body's CRC32C.
+
+    Each piece is checksummed while it is still in the CPU's cache, right before it is copied
+    (a second pass over the whole chunk afterwards would read it back from memory).  aiohttp's
+    own ``read`` would grow a buffer piece by piece and then copy it once more."""
+    length = len(body)
+    crc = 0
     filled = 0
-    while filled < length:
-        piece = await request.content.readany()
-        if not piece:
-            raise InvalidRequest(f"body ended after {filled} of {length} bytes", field="data")
-        if filled + len(piece) > length:
-            raise InvalidRequest("body longer than its Content-Length", field="data")
-        view[filled : filled + len(piece)] = piece
-        filled += len(piece)
-    return body
+    with memoryview(body) as view:
+        while filled < length:
+            piece, _ = await content.readchunk()  # one received piece, never joined to others
+            if not piece:
+                raise InvalidRequest(f"body ended after {filled} of {length} bytes", field="data")
+            end = filled + len(piece)
+            if end > length:
+                raise InvalidRequest("body longer than its Content-Length", field="data")
+            crc = chunk_crc(piece, crc)
+            view[filled:end] = piece
+            filled = end
+    return crc
 
 
 def create_app(
@@ -80,12 +178,18 @@ def create_app(
     app = web.Application(client_max_size=(limit or 1024**3) + 1)
     app[RECEIVER_KEY] = receiver
     expected = f"Bearer {token}".encode() if token else None
+    pool = _BufferPool(POOL_BYTES)
+    idle = _Idle(pool.clear)
 
     async def install(request: web.Request) -> web.Response:
         if expected is not None:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return _error(401, InvalidRequest("missing or wrong bearer token"))
+        with idle:
+            return await _install(request)
+
+    async def _install(request: web.Request) -> web.Response:
         try:
             snapshot_id = check_snapshot_id(request.match_info["snapshot_id"])
             length = request.content_length
@@ -94,15 +198,24 @@ def create_app(
             if limit is not None and length > limit:
                 too_large = InvalidRequest(f"chunk of {length} bytes exceeds {limit}", field="data")
                 return _error(413, too_large, limit=limit)
-            req = InstallSnapshotRequest(
-                vote=decode_vote(request.headers.get(H_VOTE, "")),
-                meta=decode_meta(snapshot_id, request.headers.get(H_META, "{}")),
-                offset=_int_header(request, H_OFFSET),
-                data=await _read_body(request, length),
-                done=request.headers.get(H_DONE) == "1",
-                crc32c=_int_header(request, H_CRC) if H_CRC in request.headers else None,
-            )
-            response = await receiver.handle(req)
+            vote = decode_vote(request.headers.get(H_VOTE, ""))
+            meta = decode_meta(snapshot_id, request.headers.get(H_META, "{}"))
+            offset = _int_header(request, H_OFFSET)
+            sent_crc = _int_header(request, H_CRC) if H_CRC in request.headers else None
+            done = request.headers.get(H_DONE) == "1"
+            body = pool.take(length)
+            try:
+                crc = await _read_body(request.content, body)
+                if sent_crc is None or sent_crc == crc:
+                    # The CRC was just computed here from the bytes received: the receiver
+                    # takes it instead of reading the whole chunk once more.
+                    req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=crc)
+                    response = await receiver.handle(req, trust_crc=True)
+                else:  # corrupted on the way: the receiver refuses it with its usual checks
+                    req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=sent_crc)
+                    response = await receiver.handle(req)
+            finally:
+                pool.give(body)  # reused once nothing else refers to it
         except SnapshotMismatch as exc:
             return _error(409, exc, expect=exc.expect.offset, got=exc.got.offset)
         except TooManyTransfers as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,8 +24,10 @@ from fstransport import (
     Unreachable,
     ship,
 )
+from fstransport.checksum import chunk_crc
+from fstransport.messages import Buffer, Snapshot, SnapshotMeta
 from fstransport.network.http import HttpNetwork
-from fstransport.server import create_app
+from fstransport.server import _BufferPool, _Idle, create_app
 from tests.conftest import payload
 
 TOKEN = "s3cret-token"
@@ -138,3 +142,177 @@ async def test_unreachable_server_is_a_typed_error() -> None:
         with pytest.raises(RetryExhausted) as info:
             await ship("memory://src.bin", "s.bin", network=net, options=options)
     assert isinstance(info.value.last_error, Unreachable)
+
+
+# -- the server's chunk buffers and the client's body ------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [256 * 1024, 2 * 1024 * 1024 + 5])
+async def test_chunks_larger_than_a_send_slice_arrive_whole(
+    server: tuple[str, Path], chunk_size: int
+) -> None:
+    url, root = server
+    data = payload(7 * 1024 * 1024 + 3, seed=chunk_size)
+    fsspec.filesystem("memory").pipe_file("/src.bin", data)
+    options = TransferOptions(chunk_size=chunk_size, max_in_flight=2)
+    async with HttpNetwork(url, token=TOKEN) as net:
+        for name in ["a.bin", "b.bin"]:  # the second transfer runs on reused server buffers
+            report = await ship("memory://src.bin", name, network=net, options=options)
+            assert (root / name).read_bytes() == data
+            assert report.size == len(data)
+
+
+async def test_empty_snapshot_over_http(server: tuple[str, Path]) -> None:
+    url, root = server
+    fsspec.filesystem("memory").pipe_file("/src.bin", b"")
+    async with HttpNetwork(url, token=TOKEN) as net:
+        report = await ship("memory://src.bin", "empty.bin", network=net)
+    assert (root / "empty.bin").read_bytes() == b""
+    assert report.size == 0
+
+
+def _chunk_headers(crc: int, size: int) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {TOKEN}",
+        "X-Fstransport-Vote": "1,0,0",
+        "X-Fstransport-Meta": f'{{"size": {size}}}',
+        "X-Fstransport-Offset": "0",
+        "X-Fstransport-Done": "1",
+        "X-Fstransport-Crc32c": str(crc),
+    }
+
+
+async def test_corrupted_body_is_refused_and_nothing_is_installed(
+    server: tuple[str, Path],
+) -> None:
+    url, root = server
+    data = payload(100_000)
+    wrong = (chunk_crc(data) + 1) % 2**32
+    async with aiohttp.ClientSession() as session:
+        async with session.put(
+            f"{url}/v1/snapshots/bad.bin", data=data, headers=_chunk_headers(wrong, len(data))
+        ) as answer:
+            assert answer.status == 422
+            assert (await answer.json())["error"] == "ChecksumMismatch"
+        async with session.put(  # the same body with its right CRC goes through
+            f"{url}/v1/snapshots/bad.bin",
+            data=data,
+            headers=_chunk_headers(chunk_crc(data), len(data)),
+        ) as answer:
+            assert answer.status == 200
+    assert (root / "bad.bin").read_bytes() == data
+
+
+class KeepingSink:
+    """Keeps every chunk it is given, as given (no copy), until the snapshot is finished."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.kept: dict[int, tuple[Buffer, bytes]] = {}
+
+    async def write(self, offset: int, data: Buffer, crc: int) -> tuple[tuple[int, int], ...]:
+        self.kept[offset] = (data, bytes(data))
+        return ()
+
+    def rewind(self, offset: int) -> tuple[int, tuple[tuple[int, int], ...]]:
+        return offset, ()
+
+    async def finish(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        self.kept.clear()
+
+
+class KeepingStore:
+    """A store whose sinks keep the chunk buffers the server hands them."""
+
+    def __init__(self) -> None:
+        self.sinks: dict[str, KeepingSink] = {}
+        self.installed: dict[str, bytes] = {}
+
+    async def begin(self, meta: SnapshotMeta) -> KeepingSink:
+        self.sinks[meta.snapshot_id] = KeepingSink(meta.snapshot_id)
+        return self.sinks[meta.snapshot_id]
+
+    async def resume(self, meta: SnapshotMeta) -> None:
+        return None
+
+    async def finish(self, meta: SnapshotMeta, sink: KeepingSink) -> Snapshot:
+        for data, copy in sink.kept.values():
+            assert bytes(data) == copy, "a kept chunk buffer was overwritten"
+        whole = b"".join(bytes(sink.kept[o][0]) for o in sorted(sink.kept))
+        return Snapshot(meta, io.BytesIO(whole))
+
+    async def install(self, snapshot: Snapshot) -> None:
+        self.installed[snapshot.meta.snapshot_id] = snapshot.data.read()
+
+    async def abort(self, snapshot_id: str) -> None:
+        self.sinks.pop(snapshot_id, None)
+
+
+async def test_chunk_buffers_a_sink_keeps_are_never_reused() -> None:
+    store = KeepingStore()
+    runner, url = await start(create_app(store))  # type: ignore[arg-type]
+    try:
+        data = payload(20 * 64 * 1024, seed=3)
+        fsspec.filesystem("memory").pipe_file("/src.bin", data)
+        options = TransferOptions(chunk_size=64 * 1024, max_in_flight=1)
+        async with HttpNetwork(url) as net:
+            for name in ["one", "two"]:
+                await ship("memory://src.bin", name, network=net, options=options)
+        assert store.installed == {"one": data, "two": data}
+    finally:
+        await runner.cleanup()
+
+
+def test_buffer_pool_reuses_only_buffers_nobody_else_holds() -> None:
+    pool = _BufferPool(max_bytes=100)
+    buffer = pool.take(10)
+    first = id(buffer)
+    kept = memoryview(buffer)  # a sink still holds a view of it
+    pool.give(buffer)
+    del buffer
+    assert id(pool.take(10)) != first
+    kept.release()
+    buffer = pool.take(10)  # reclaimed now that nobody else refers to it
+    assert id(buffer) == first
+    assert pool.held == 0
+    pool.give(buffer)
+    del buffer
+    assert id(pool.take(11)) != first  # only for the same length
+    assert id(pool.take(10)) == first
+
+
+def test_buffer_pool_keeps_at_most_max_bytes_dropping_the_oldest() -> None:
+    pool = _BufferPool(max_bytes=25)
+    for _ in range(3):  # the third does not fit
+        pool.give(bytearray(10))
+    assert pool.held == 20
+    pool.take(1)  # reclaims the two pending ones (and makes a new buffer of 1 byte)
+    assert pool.held == 20
+    big = pool.take(20)
+    pool.give(big)  # both older free buffers make room for it
+    assert pool.held == 20
+    del big
+    assert len(pool.take(10)) == 10  # a new one: the free 10s were dropped
+    assert pool.held == 20
+    assert len(pool.take(20)) == 20
+    assert pool.held == 0
+    pool.give(bytearray(5))
+    pool.clear()
+    assert pool.held == 0
+
+
+async def test_server_empties_its_buffer_pool_when_idle(
+    server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cleared = asyncio.Event()
+    idle = _Idle(cleared.set)
+    monkeypatch.setattr("fstransport.server.POOL_IDLE_SECONDS", 0.01)
+    with idle:
+        with idle:
+            pass
+        await asyncio.sleep(0.05)
+        assert not cleared.is_set()  # a request is still in progress
+    await asyncio.wait_for(cleared.wait(), 1)

@@ -35,7 +35,7 @@ from fstransport.protocol.receiver import (
     decide_stream,
     validate_request,
 )
-from fstransport.storage.sink import SnapshotSink, write_checked
+from fstransport.storage.sink import SnapshotSink, aborted, write_checked
 from fstransport.storage.store import SnapshotStore
 
 __all__ = ["Receiver"]
@@ -57,6 +57,16 @@ class _Checked:
     """The CRC32C of a request's data, once somebody computed it."""
 
     crc: int = _UNKNOWN
+
+
+def _concurrent(stream: _Stream, req: InstallSnapshotRequest, checked: _Checked) -> bool:
+    """Whether `req` may be written without holding its stream's lock (`_write_concurrently`)."""
+    return (
+        checked.crc == _UNKNOWN
+        and not req.done
+        and stream.state.meta.checksum is None  # else `_write` may skip bytes held already
+        and getattr(stream.sink, "concurrent_writes", False)
+    )
 
 
 def _consume_outcome(task: asyncio.Future[None]) -> None:
@@ -212,6 +222,8 @@ class Receiver:
             stream = await self._resume(req)
         decision = decide_stream(stream.state.meta if stream else None, req)
         if decision is StreamDecision.CONTINUE and stream is not None:
+            if _concurrent(stream, req, checked):
+                return await self._write_concurrently(snapshot_id, stream, req, checked)
             async with stream.lock:
                 if stream.closed:  # replaced while this request waited: decide again
                     return await self._receive(req, checked)
@@ -327,6 +339,35 @@ class Receiver:
         stream.closed = True
         del self._streams[snapshot_id]
         return snapshot, held
+
+    async def _write_concurrently(
+        self, snapshot_id: str, stream: _Stream, req: InstallSnapshotRequest, checked: _Checked
+    ) -> _Outcome:
+        """`_write` for a chunk whose sink computes its CRC while writing it (`handle_checked`)
+        into a sink that takes several writes at once: the stream's lock is held to look at the
+        stream and to record the chunk, not while the data is written, so that the next chunk's
+        write is already waiting in a worker thread when this one ends.  The final chunk always
+        goes through `_write` (under the lock), and the sink's ``finish`` and ``abort`` wait for
+        writes still running."""
+        async with stream.lock:
+            if stream.closed:  # replaced while this request waited: decide again
+                return await self._receive(req, checked)
+            sink = stream.sink
+            assert sink is not None
+        try:
+            lost, checked.crc = await write_checked(sink, req.offset, req.data)
+        except StorageError:
+            await self._drop(snapshot_id, stream)  # a broken sink cannot go on
+            raise
+        async with stream.lock:
+            if stream.closed:
+                raise aborted(sink.path)  # dropped while this chunk was being written
+            stream.state.record(req, checked.crc, lost)
+            held = None
+            if req.offset == 0 or stream.resumed:  # tell the sender what it need not send
+                held = tuple(stream.state.ledger.held())
+                stream.resumed = False
+        return None, held
 
     async def abort(self, snapshot_id: str) -> None:
         """Stop receiving `snapshot_id` and delete its partial data (installed data stays)."""

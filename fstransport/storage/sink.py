@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
@@ -43,6 +43,8 @@ __all__ = [
     "discard_file",
     "write_checked",
 ]
+
+_T = TypeVar("_T")
 
 Lost = Sequence[tuple[int, int]]
 """Byte ranges ``[start, end)`` a write made the sink forget (they must be sent again)."""
@@ -181,7 +183,15 @@ class MemorySink:
 
 
 class PwriteSink:
-    """Writes a local file with ``os.pwrite`` from worker threads."""
+    """Writes a local file with ``os.pwrite`` from worker threads.
+
+    Writes at different offsets may run at once (`concurrent_writes`).  A write keeps running
+    in its thread when the task awaiting it is cancelled, so `finish` and `abort` wait for every
+    write still in a thread before they close the descriptor: a ``pwrite`` must never reach a
+    closed descriptor, or one that a later ``open`` got the same number for.
+    """
+
+    concurrent_writes = True
 
     def __init__(
         self, path: str, fd: int, *, fsync: bool, journal: LocalJournal | None = None
@@ -190,6 +200,24 @@ class PwriteSink:
         self._fd = fd
         self._fsync = fsync
         self._journal = journal
+        self._threads: set[asyncio.Future[Any]] = set()
+
+    async def _in_thread(self, call: Callable[[], _T]) -> _T:
+        """Run `call` in a worker thread; it counts as in flight until the thread is done."""
+        future = asyncio.get_running_loop().run_in_executor(None, call)
+        self._threads.add(future)
+        future.add_done_callback(self._thread_done)
+        return await asyncio.shield(future)
+
+    def _thread_done(self, future: asyncio.Future[Any]) -> None:
+        self._threads.discard(future)
+        if not future.cancelled():
+            future.exception()  # retrieved: its awaiter may have been cancelled meanwhile
+
+    async def _settled(self) -> None:
+        """Wait until no write is running in a thread."""
+        while self._threads:
+            await asyncio.wait(set(self._threads))
 
     @classmethod
     async def create(
@@ -227,15 +255,21 @@ class PwriteSink:
             offset += written
 
     def _pwrite_checked(self, offset: int, data: Buffer) -> int:
-        return _checked_blocks(data, lambda start, block: self._pwrite_all(offset + start, block))
+        crc = _checked_blocks(data, lambda start, block: self._pwrite_all(offset + start, block))
+        if self._journal is not None:
+            self._journal.append(offset, len(data), crc)
+        return crc
+
+    def _pwrite_noted(self, offset: int, data: Buffer, crc: int) -> None:
+        self._pwrite_all(offset, data)
+        if self._journal is not None:
+            self._journal.append(offset, len(data), crc)
 
     async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
         if self._fd < 0:
             raise aborted(self.path)
         with storage_errors(self.path, "write"):
-            await asyncio.to_thread(self._pwrite_all, offset, data)
-            if self._journal is not None:
-                self._journal.append(offset, len(data), crc)
+            await self._in_thread(lambda: self._pwrite_noted(offset, data, crc))
         return NOTHING_LOST
 
     async def write_checked(self, offset: int, data: Buffer) -> tuple[Lost, int]:
@@ -243,9 +277,7 @@ class PwriteSink:
         if self._fd < 0:
             raise aborted(self.path)
         with storage_errors(self.path, "write"):
-            crc = await asyncio.to_thread(self._pwrite_checked, offset, data)
-            if self._journal is not None:
-                self._journal.append(offset, len(data), crc)
+            crc = await self._in_thread(lambda: self._pwrite_checked(offset, data))
         return NOTHING_LOST, crc
 
     def rewind(self, offset: int) -> tuple[int, Lost]:
@@ -264,6 +296,7 @@ class PwriteSink:
             if self._journal is not None:
                 self._journal.remove()
 
+        await self._settled()
         with storage_errors(self.path, "finish"):
             await asyncio.to_thread(_finish)
 
@@ -277,6 +310,7 @@ class PwriteSink:
                 if self._journal is not None:
                     self._journal.remove()
 
+        await self._settled()
         with storage_errors(self.path, "abort"):
             await asyncio.to_thread(_abort)
 

@@ -1,0 +1,305 @@
+"""Local copies read the data once: mapped source chunks, CRCs computed while writing, writes
+that overlap, and the bookkeeping that keeps all of that safe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fstransport import (
+    FsspecSnapshotStore,
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    LoopbackNetwork,
+    Receiver,
+    RetryExhausted,
+    RetryPolicy,
+    SnapshotMeta,
+    StorageError,
+    Timeout,
+    TransferOptions,
+    Vote,
+    ship,
+)
+from fstransport.checksum import _multiply, _shift_operator, chunk_crc, combine, format_checksum
+from fstransport.sender import send_source
+from fstransport.storage import BufferSource, PreadSource
+from fstransport.storage import source as source_module
+from fstransport.storage.sink import CHECK_BLOCK, MemorySink, PwriteSink, write_checked
+from fstransport.storage.source import map_range, read_checked
+from tests.conftest import payload
+
+V1 = Vote(1, 1)
+DATA = payload(3 * CHECK_BLOCK + 12_345, seed=11)
+
+
+def meta(size: int, snapshot_id: str = "snap") -> SnapshotMeta:
+    return SnapshotMeta(snapshot_id, size=size)
+
+
+# -- the source ----------------------------------------------------------------------------------
+
+
+def test_map_range_views_any_range_and_stops_at_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(DATA)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset, length in [(0, 1), (1, 4096), (4095, 70_000), (len(DATA) - 3, 3)]:
+            assert bytes(map_range(fd, offset, length)) == DATA[offset : offset + length]
+        assert bytes(map_range(fd, len(DATA) - 10, 100)) == DATA[-10:]  # never past the end
+        assert len(map_range(fd, len(DATA), 10)) == 0
+        assert len(map_range(fd, len(DATA) + 4096, 10)) == 0
+    finally:
+        os.close(fd)
+
+
+async def test_mapped_chunks_outlive_the_source(tmp_path: Path) -> None:
+    """A view handed out stays valid after the source is closed (nothing is reused)."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(DATA)
+    source = await PreadSource.open(str(path))
+    views = [await source.read(offset, 5000) for offset in range(0, 50_000, 5000)]
+    await source.close()
+    assert b"".join(bytes(v) for v in views) == DATA[:50_000]
+
+
+async def test_pread_is_used_where_a_file_cannot_be_mapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(DATA)
+
+    def refuse(fd: int, offset: int, length: int) -> memoryview:
+        raise OSError("cannot map")
+
+    monkeypatch.setattr(source_module, "map_range", refuse)
+    source = await PreadSource.open(str(path))
+    try:
+        data, crc = await read_checked(source, 100, 10_000)
+        assert bytes(data) == DATA[100:10_100]
+        assert crc == chunk_crc(DATA[100:10_100])
+        assert isinstance(await source.read(0, 10), bytes)
+    finally:
+        await source.close()
+
+
+async def test_read_checked_gives_the_crc_of_every_kind_of_source(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(DATA)
+    local = await PreadSource.open(str(path))
+    try:
+        for source in (local, BufferSource(DATA)):
+            for offset, length in [(0, 0), (0, 1), (5, CHECK_BLOCK + 7)]:
+                data, crc = await read_checked(source, offset, length)
+                assert bytes(data) == DATA[offset : offset + length]
+                assert crc == chunk_crc(DATA[offset : offset + length])
+    finally:
+        await local.close()
+
+
+# -- sinks ---------------------------------------------------------------------------------------
+
+
+async def test_write_checked_writes_and_returns_the_crc(tmp_path: Path) -> None:
+    local = await PwriteSink.create(str(tmp_path / "out.bin"))
+    memory = FsspecSnapshotStore("memory://one-pass")
+    mem_sink = MemorySink(memory.fs, "/one-pass/out.bin")
+    for sink in (local, mem_sink):
+        first = DATA[:CHECK_BLOCK]
+        rest = DATA[CHECK_BLOCK:]
+        lost, crc = await write_checked(sink, CHECK_BLOCK, memoryview(rest))
+        assert (list(lost), crc) == ([], chunk_crc(rest))
+        lost, crc = await write_checked(sink, 0, first)
+        assert crc == chunk_crc(first)
+        await sink.finish()
+    assert (tmp_path / "out.bin").read_bytes() == DATA
+    assert memory.fs.cat_file("/one-pass/out.bin") == DATA
+
+
+async def test_write_checked_falls_back_to_crc_then_write() -> None:
+    class PlainSink:
+        path = "plain"
+
+        def __init__(self) -> None:
+            self.writes: list[tuple[int, bytes, int]] = []
+
+        async def write(self, offset: int, data: bytes, crc: int) -> list[tuple[int, int]]:
+            self.writes.append((offset, bytes(data), crc))
+            return []
+
+    sink = PlainSink()
+    lost, crc = await write_checked(sink, 3, b"abc")  # type: ignore[arg-type]
+    assert (list(lost), crc, sink.writes) == ([], chunk_crc(b"abc"), [(3, b"abc", crc)])
+
+
+async def test_pwrite_sink_abort_waits_for_a_write_still_in_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled write keeps running in its thread: the descriptor is closed only after it."""
+    sink = await PwriteSink.create(str(tmp_path / "out.bin"))
+    started, release = threading.Event(), threading.Event()
+    finished: list[float] = []
+    pwrite = os.pwrite
+
+    def slow_pwrite(fd: int, data: memoryview, offset: int) -> int:
+        started.set()
+        release.wait(5)
+        written = pwrite(fd, data, offset)
+        finished.append(time.monotonic())
+        return written
+
+    monkeypatch.setattr(os, "pwrite", slow_pwrite)
+    write = asyncio.ensure_future(sink.write(0, b"x" * 10, chunk_crc(b"x" * 10)))
+    await asyncio.to_thread(started.wait, 5)
+    write.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    abort = asyncio.ensure_future(sink.abort())
+    await asyncio.sleep(0.05)
+    assert not abort.done()  # still waiting for the write in the thread
+    release.set()
+    await abort
+    assert finished
+    assert not (tmp_path / "out.bin").exists()
+
+
+# -- the receiver and the sender ------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "local"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> FsspecSnapshotStore:
+    if request.param == "memory":
+        return FsspecSnapshotStore("memory://recv")
+    return FsspecSnapshotStore(str(tmp_path / "recv"))
+
+
+async def test_handle_checked_returns_each_chunks_crc(store: FsspecSnapshotStore) -> None:
+    receiver = Receiver(store)
+    step = CHECK_BLOCK + 1000
+    cuts = list(range(0, len(DATA), step))
+    for offset in cuts:
+        chunk = DATA[offset : offset + step]
+        done = offset == cuts[-1]
+        request = InstallSnapshotRequest(V1, meta(len(DATA)), offset, chunk, done, None)
+        response, crc = await receiver.handle_checked(request)
+        assert crc == chunk_crc(chunk)
+        assert response.vote == V1
+    with await store.open("snap") as f:
+        assert f.read() == DATA
+
+
+async def test_handle_checked_writes_chunks_at_once_and_installs_them_all(
+    store: FsspecSnapshotStore,
+) -> None:
+    receiver = Receiver(store)
+    step = 10_000
+    await receiver.handle_checked(
+        InstallSnapshotRequest(V1, meta(len(DATA)), 0, DATA[:step], False)
+    )
+    middle = list(range(step, len(DATA) - step, step))
+    random.Random(3).shuffle(middle)
+    answers = await asyncio.gather(
+        *(
+            receiver.handle_checked(
+                InstallSnapshotRequest(V1, meta(len(DATA)), o, DATA[o : o + step], False)
+            )
+            for o in middle
+        )
+    )
+    assert [crc for _, crc in answers] == [chunk_crc(DATA[o : o + step]) for o in middle]
+    last = max(middle) + step
+    final = InstallSnapshotRequest(V1, meta(len(DATA)), last, DATA[last:], True)
+    await receiver.handle(final)
+    with await store.open("snap") as f:
+        assert f.read() == DATA
+
+
+async def test_a_chunk_written_while_its_stream_is_dropped_fails(tmp_path: Path) -> None:
+    """The write runs outside the stream's lock (local sinks): the abort waits for it to end,
+    and the chunk is not recorded in the stream that is gone."""
+    store = FsspecSnapshotStore(str(tmp_path / "recv"))
+    receiver = Receiver(store)
+    size = 3 * CHECK_BLOCK
+    await receiver.handle_checked(InstallSnapshotRequest(V1, meta(size), 0, DATA[:10], False))
+    write = asyncio.ensure_future(
+        receiver.handle_checked(InstallSnapshotRequest(V1, meta(size), 10, DATA[10:size], False))
+    )
+    await asyncio.sleep(0)
+    await receiver.abort("snap")
+    with pytest.raises(StorageError):
+        await write
+    assert receiver.receiving == []
+
+
+async def test_ship_in_process_reports_the_crc_of_the_data(tmp_path: Path) -> None:
+    source = tmp_path / "src.bin"
+    source.write_bytes(DATA)
+    for chunk in (4096, CHECK_BLOCK, 1 << 20):
+        target = tmp_path / f"out-{chunk}.bin"
+        options = TransferOptions(chunk_size=chunk, max_in_flight=3)
+        report = await ship(str(source), str(target), options=options)
+        assert report.checksum == format_checksum(chunk_crc(DATA))
+        assert target.read_bytes() == DATA
+
+
+class HangingNetwork:
+    """Answers nothing, ever (until cancelled)."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_an_rpc_without_answer_times_out_and_is_cancelled() -> None:
+    """The timer cancels the RPC inside the chunk's own task and reports `Timeout`."""
+    net = HangingNetwork()
+    options = TransferOptions(
+        hard_ttl=0.05,
+        install_timeout=0.05,
+        retry=RetryPolicy(max_attempts=2, initial_backoff=0.001, max_backoff=0.001),
+    )
+    with pytest.raises(RetryExhausted) as caught:
+        await send_source(net, V1, meta(10), BufferSource(b"0123456789"), option=options)
+    assert isinstance(caught.value.last_error, Timeout)
+    assert net.cancelled == 2
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    assert cancelling is None or cancelling() == 0
+
+
+# -- checksums -----------------------------------------------------------------------------------
+
+
+def test_combine_with_tables_equals_the_polynomial_product() -> None:
+    rng = random.Random(9)
+    for length in [1, 2, 7, 4096, 65_536, 8 << 20, 1_234_567]:
+        for _ in range(20):  # past the point where the length gets its tables
+            a, b = rng.getrandbits(32), rng.getrandbits(32)
+            assert combine(a, b, length) == _multiply(_shift_operator(length), a) ^ b
+    left, right = payload(1000, seed=1), payload(70_000, seed=2)
+    for _ in range(10):
+        assert combine(chunk_crc(left), chunk_crc(right), len(right)) == chunk_crc(left + right)
+
+
+def test_loopback_without_trust_does_not_offer_checked_writes() -> None:
+    from fstransport.sender import _checked_rpc
+
+    receiver = Receiver(FsspecSnapshotStore("memory://recv"))
+    assert _checked_rpc(LoopbackNetwork(receiver)) is None
+    assert _checked_rpc(LoopbackNetwork(receiver, trust_checksums=True)) is not None

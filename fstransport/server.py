@@ -16,8 +16,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
+from crc32c import crc32c
 
-from fstransport.checksum import chunk_crc
 from fstransport.errors import (
     ChecksumMismatch,
     FstransportError,
@@ -163,7 +163,7 @@ async def _read_body(content: StreamReader, body: bytearray) -> int:
             end = filled + len(piece)
             if end > length:
                 raise InvalidRequest("body longer than its Content-Length", field="data")
-            crc = chunk_crc(piece, crc)
+            crc = crc32c(piece, crc, gil_release_mode=0)  # ~10 µs: releasing the GIL costs more
             view[filled:end] = piece
             filled = end
     return crc

@@ -93,6 +93,7 @@ class MultipartSink:
         self._state_key = state_key
         self._state_lock = asyncio.Lock()
         self._state_dirty = False
+        self._state_written = False  # (set before the first PUT of the state: it may be there)
         self._saver: asyncio.Task[None] | None = None
         self.part_crcs: dict[int, int] = {}
         self.full_object = False
@@ -115,11 +116,33 @@ class MultipartSink:
     ) -> tuple[MultipartSink, list[ChunkRecord]] | None:
         """The upload an earlier sink recorded in `state_key` for the same snapshot, with the
         parts it completed, or None when there is none to resume."""
+        _, state = await cls.read_state(fs, bucket, state_key)
+        return cls.from_state(fs, bucket, key, meta, state_key, state, retry, max_uploads)
+
+    @staticmethod
+    async def read_state(fs: Any, bucket: str, state_key: str) -> tuple[bool, Any]:
+        """Whether the state object `state_key` exists, and its JSON (None if it is not JSON)."""
         try:
             response = await fs._call_s3("get_object", Bucket=bucket, Key=state_key)
-            state = json.loads(await response["Body"].read())
-        except (FileNotFoundError, ValueError):
-            return None
+            return True, json.loads(await response["Body"].read())
+        except FileNotFoundError:
+            return False, None
+        except ValueError:
+            return True, None
+
+    @classmethod
+    def from_state(
+        cls,
+        fs: Any,
+        bucket: str,
+        key: str,
+        meta: SnapshotMeta,
+        state_key: str,
+        state: Any,
+        retry: RetryPolicy | None = None,
+        max_uploads: int = DEFAULT_UPLOADS,
+    ) -> tuple[MultipartSink, list[ChunkRecord]] | None:
+        """`resume` from a state already read (`read_state`)."""
         if not matches(state, meta):
             return None
         part_size = int(state["part_size"])
@@ -135,6 +158,7 @@ class MultipartSink:
         )
         sink.upload_id = str(state["upload_id"])
         sink.full_object = bool(state.get("full_object", False))
+        sink._state_written = True
         records = []
         for number_text, (etag, header, crc) in state["parts"].items():
             number = int(number_text)
@@ -162,6 +186,7 @@ class MultipartSink:
                     if n in self.part_crcs
                 },
             }
+            self._state_written = True
             await self._fs._call_s3(
                 "put_object",
                 Bucket=self._bucket,
@@ -198,7 +223,11 @@ class MultipartSink:
         if final and self._state_dirty:
             await self._save_now()
 
-    async def _drop_state(self) -> None:
+    async def _drop_state(self, *, only_ours: bool = False) -> None:
+        """Delete the recorded state; with `only_ours`, only if this sink may have written it
+        (the store removed any earlier record when the transfer began)."""
+        if only_ours and not self._state_written:
+            return
         if self._state_key is not None:
             with contextlib.suppress(FileNotFoundError):
                 await self._fs._call_s3("delete_object", Bucket=self._bucket, Key=self._state_key)
@@ -238,7 +267,7 @@ class MultipartSink:
         self._closed = True
         await self._stop_saving()
         with storage_errors(self.url, "clean up"):
-            await self._drop_state()
+            await self._drop_state(only_ours=True)
 
     async def release(self) -> None:
         """Stop the part uploads in flight and let go, leaving the upload to be resumed (or

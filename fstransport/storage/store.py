@@ -49,6 +49,9 @@ __all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
 
 PARTIAL_DIR = ".fstransport/partial"
 JOURNAL_DIR = ".fstransport/journal"
+ABSENT_FOR = 5.0
+"""Seconds for which an S3 store trusts having just seen no upload state for a snapshot, so that
+`has_partial`, `resume` and `begin` of one transfer look it up once, not three times."""
 
 
 class SnapshotStore(Protocol):
@@ -179,6 +182,7 @@ class FsspecSnapshotStore:
         self._finished: dict[str, SnapshotSink] = {}
         self._s3: Any = None
         self._s3_loop: asyncio.AbstractEventLoop | None = None
+        self._no_state: dict[str, float] = {}  # snapshot id -> when its S3 state was missing
 
     async def __aenter__(self) -> FsspecSnapshotStore:
         return self
@@ -271,11 +275,16 @@ class FsspecSnapshotStore:
         found: tuple[SnapshotSink, list[ChunkRecord]] | None = None
         with storage_errors(path, "resume"):
             if self.sink_kind in ("auto", "multipart") and is_s3(self.fs):
+                if self._state_known_absent(snapshot_id):
+                    return None
                 bucket, key = split_bucket_key(self.path(snapshot_id))
                 state_key = split_bucket_key(journal)[1]
                 s3 = await self._async_s3()
-                found = await MultipartSink.resume(
-                    s3, bucket, key, meta, state_key, self.retry, self.upload_concurrency
+                exists, state = await MultipartSink.read_state(s3, bucket, state_key)
+                if not exists:
+                    self._no_state[snapshot_id] = time.monotonic()
+                found = MultipartSink.from_state(
+                    s3, bucket, key, meta, state_key, state, self.retry, self.upload_concurrency
                 )
             elif self.sink_kind == "auto" and isinstance(self.fs, MemoryFileSystem):
                 records = parse_records(MemoryJournal.read(self.fs, journal) or "", meta)
@@ -299,8 +308,31 @@ class FsspecSnapshotStore:
         with storage_errors(journal, "stat"):
             if isinstance(self.fs, MemoryFileSystem):
                 return journal in self.fs.store
+            if is_s3(self.fs) and self.sink_kind in ("auto", "multipart"):
+                if self._state_known_absent(snapshot_id):
+                    return False
+                if await self._state_exists(journal):
+                    return True
+                self._no_state[snapshot_id] = time.monotonic()
+                return False
             self.fs.invalidate_cache(self.fs._parent(journal))
             return bool(await self._fs_call("exists", journal))
+
+    def _state_known_absent(self, snapshot_id: str, *, forget: bool = False) -> bool:
+        """Whether this store saw no S3 upload state for `snapshot_id` a moment ago."""
+        seen = self._no_state.pop(snapshot_id, None) if forget else self._no_state.get(snapshot_id)
+        return seen is not None and time.monotonic() - seen < ABSENT_FOR
+
+    async def _state_exists(self, journal: str) -> bool:
+        """Whether the S3 upload state object `journal` exists: one HEAD (s3fs's ``exists``
+        would list the "folder" too when the object is missing)."""
+        bucket, key = split_bucket_key(journal)
+        s3 = await self._async_s3()
+        try:
+            await s3._call_s3("head_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return False
+        return True
 
     async def _open_sink(self, meta: SnapshotMeta) -> SnapshotSink:
         kind = self.sink_kind
@@ -402,6 +434,8 @@ class FsspecSnapshotStore:
             sink = table.pop(snapshot_id, None)
             if sink is not None:
                 await sink.abort()
+        if self._state_known_absent(snapshot_id, forget=True):
+            return  # resume() or has_partial() just found no state: nothing to discard
         bucket, state_key = split_bucket_key(self.journal_path(snapshot_id))
         s3 = await self._async_s3()
         with storage_errors(f"s3://{bucket}/{state_key}", "discard"):

@@ -69,6 +69,23 @@ async def test_a_local_file_goes_up_without_copying_parts(
     assert all_keys(s3_client, s3_bucket) == ["snap.bin"]  # the upload state is gone too
 
 
+async def test_s3_to_s3_goes_without_copying_parts(
+    s3_bucket: str,
+    s3_storage_options: dict[str, Any],
+    s3_client: Any,
+    assemblers: list[PartAssembler],
+) -> None:
+    """The S3 source's chunks are `HandedOver` buffers: the target's parts are those chunks."""
+    data = payload(2 * 8 * MiB + 99, seed=14)
+    s3_client.put_object(Bucket=s3_bucket, Key="from.bin", Body=data)
+    opts = {"source_options": s3_storage_options, "target_options": s3_storage_options}
+    await ship(f"s3://{s3_bucket}/from.bin", f"s3://{s3_bucket}/to.bin", **opts)
+    assert object_bytes(s3_client, s3_bucket, "to.bin") == data
+    (assembler,) = assemblers
+    assert assembler.part_count == 3
+    assert assembler.copied_parts == 0
+
+
 async def test_a_small_ship_looks_for_earlier_state_once(
     tmp_path: Path,
     s3_bucket: str,

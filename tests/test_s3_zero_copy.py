@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 
 from fstransport.checksum import chunk_crc
-from fstransport.protocol.parts import PartAssembler, immutable
+from fstransport.protocol.parts import HandedOver, PartAssembler, immutable
 from fstransport.storage.multipart import SLICE, PartBody
 
 
 def test_immutable_data() -> None:
     assert immutable(b"abc")
     assert immutable(memoryview(b"abcdef")[2:])
+    assert immutable(HandedOver(b"abc"))
+    assert immutable(memoryview(HandedOver(b"abcdef"))[1:])
     assert not immutable(bytearray(b"abc"))
     assert not immutable(memoryview(bytearray(b"abc")))
     assert not immutable(memoryview(bytearray(b"abc")).toreadonly())

@@ -5,9 +5,10 @@ part but the last is 5 MiB..5 GiB, and completion joins them in ascending order.
 size depends only on the snapshot's size, never on the chunk size: chunks smaller than a part,
 larger than a part, or straddling two parts all land in the right places.
 
-A chunk that covers whole parts and cannot change under us (``bytes``, or a read-only view of
-``bytes`` or of a read-only ``mmap``) becomes those parts as it is, without a copy; other data is
-copied into part buffers, which are reused once their upload is done (`PartAssembler.recycle`).
+A chunk that covers whole parts and cannot change under us (``bytes``, a `HandedOver` buffer,
+or a read-only view of a read-only ``mmap``) becomes those parts as it is, without a copy; other
+data is copied into part buffers, which are reused once their upload is done
+(`PartAssembler.recycle`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "MAX_PART_SIZE",
     "MIN_PART_SIZE",
     "CompletedPart",
+    "HandedOver",
     "PartAssembler",
     "PartWrite",
     "choose_part_size",
@@ -254,15 +256,23 @@ class PartAssembler:
         self._spare.clear()
 
 
+class HandedOver(bytearray):
+    """A buffer its producer fills once and then gives away for good: nobody writes to it after
+    handing it out (the S3 source reads each chunk into one), so a sink may keep it as a part
+    without copying it."""
+
+
 def immutable(data: Buffer) -> bool:
-    """Whether `data` cannot change while a part holds it: ``bytes``, or a read-only view of
-    ``bytes`` or of a read-only ``mmap`` (a snapshot file mapped by the source)."""
-    if isinstance(data, bytes):
+    """Whether `data` cannot change while a part holds it: ``bytes`` or a `HandedOver` buffer, a
+    view of either, or a read-only view of a read-only ``mmap`` (a file mapped by the source)."""
+    if isinstance(data, (bytes, HandedOver)):
         return True
-    if isinstance(data, memoryview) and data.readonly:
+    if isinstance(data, memoryview):
         base = data.obj
-        if isinstance(base, bytes):
+        if isinstance(base, HandedOver) or (isinstance(base, bytes) and data.readonly):
             return True
+        if not data.readonly:
+            return False
         if isinstance(base, mmap.mmap):
             try:
                 with memoryview(base) as whole:

@@ -17,6 +17,7 @@ from typing import Any
 from fstransport.errors import StorageError
 from fstransport.messages import Buffer
 from fstransport.options import RetryPolicy
+from fstransport.protocol.parts import HandedOver
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import retrying, storage_errors
 
@@ -146,11 +147,11 @@ class S3StreamSource:
         if length == 0:
             return b""
 
-        async def attempt() -> bytearray:
+        async def attempt() -> Buffer:
             try:
                 if self._body is None or self._position != offset:
                     await self._reopen(offset)
-                buffer = bytearray(length)
+                buffer = HandedOver(length)  # never written again once returned
                 view = memoryview(buffer)
                 filled = 0
                 while filled < length:

@@ -113,7 +113,7 @@ class _BufferPool:
 
         A buffer's references are counted beside those of a probe that only the pending list
         holds, the same way, so the count does not depend on how the interpreter counts."""
-        if not self._pending:
+        if not self._pending or not hasattr(sys, "getrefcount"):  # no counts: never reuse
             return
         pending = self._pending
         pending.append(bytearray())

@@ -357,7 +357,9 @@ class Receiver:
         try:
             lost, checked.crc = await write_checked(sink, req.offset, req.data)
         except StorageError:
-            await self._drop(snapshot_id, stream)  # a broken sink cannot go on
+            async with stream.lock:
+                if not stream.closed:  # (if it was replaced meanwhile, the id is not its any more)
+                    await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
             raise
         async with stream.lock:
             if stream.closed:

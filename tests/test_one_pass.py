@@ -303,3 +303,23 @@ def test_loopback_without_trust_does_not_offer_checked_writes() -> None:
     receiver = Receiver(FsspecSnapshotStore("memory://recv"))
     assert _checked_rpc(LoopbackNetwork(receiver)) is None
     assert _checked_rpc(LoopbackNetwork(receiver, trust_checksums=True)) is not None
+
+
+async def test_a_failed_concurrent_write_ends_its_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FsspecSnapshotStore(str(tmp_path / "recv"))
+    receiver = Receiver(store)
+    size = 3 * CHECK_BLOCK
+    await receiver.handle_checked(InstallSnapshotRequest(V1, meta(size), 0, DATA[:10], False))
+
+    def full(fd: int, data: memoryview, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(StorageError):
+        await receiver.handle_checked(
+            InstallSnapshotRequest(V1, meta(size), 10, DATA[10:size], False)
+        )
+    assert receiver.receiving == []
+    assert not (tmp_path / "recv" / "snap").exists()

@@ -13,6 +13,12 @@ Both contenders copy the same `memory://` snapshot to a local file at 8 MiB chun
   this script in its own process on 127.0.0.1 and stopped at the end.  One `HttpNetwork` (one
   connection pool) serves every round, as it would in a long-lived sender.
 
+and a reference that is not a contender: **raw TCP**, the same bytes over one plain blocking
+socket to a receiver process that does nothing but ``recv_into`` one reused 8 MiB buffer and
+``os.pwrite`` it to the file (no HTTP, no asyncio, no checksum, no protocol).  It is what this
+machine's loopback and disk can do with a second process in the path: the ceiling for any
+network receiver, HTTP or not.
+
 The method is `bench_core.py`'s (its helpers are imported): the contenders are interleaved round
 by round in a shuffled order after an uncounted warm-up round; only ``ship()`` is timed; every
 copy is checked byte for byte (and its reported size and CRC32C) after its timed region, and the
@@ -31,7 +37,9 @@ import os
 import random
 import select
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -68,16 +76,51 @@ HTTP_ID = "snap-http.bin"
 START_TIMEOUT = 30.0
 
 
-# -- the server process ------------------------------------------------------------------------
+# The raw TCP reference receiver: argv = path.  Each connection sends an 8-byte big-endian size
+# and then the bytes; they are received into one reused buffer and written at their offsets;
+# the answer is one byte once all are written.
+RAW_SERVER_CODE = """\
+import os, socket, struct, sys
+path = sys.argv[1]
+listener = socket.create_server(("127.0.0.1", 0))
+print("raw tcp receiver on tcp://127.0.0.1:%d" % listener.getsockname()[1], flush=True)
+buffer = bytearray(8 * 1024 * 1024)
+view = memoryview(buffer)
+while True:
+    conn, _ = listener.accept()
+    with conn:
+        head = b""
+        while len(head) < 8:
+            head += conn.recv(8 - len(head))
+        size, = struct.unpack(">Q", head)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        offset = 0
+        while offset < size:
+            want, filled = min(len(buffer), size - offset), 0
+            while filled < want:
+                got = conn.recv_into(view[filled:want])
+                if not got:
+                    raise SystemExit("connection closed early")
+                filled += got
+            os.pwrite(fd, view[:filled], offset)
+            offset += filled
+        os.close(fd)
+        conn.sendall(b"k")
+"""
+
+
+# -- the server processes ----------------------------------------------------------------------
 
 
 class Server:
-    """``python -m fstransport.cli serve ROOT`` on 127.0.0.1, a free port, in its own process."""
+    """``python -m fstransport.cli serve ROOT`` on 127.0.0.1, a free port, in its own process
+    (or, with `argv`, another receiver process that prints ``... on <url>`` when it listens)."""
 
-    def __init__(self, root: str, log: TextIO) -> None:
+    def __init__(self, root: str, log: TextIO, argv: list[str] | None = None) -> None:
         self.root = root
+        command = [sys.executable, "-m", "fstransport.cli", "serve", root, "--host", "127.0.0.1"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fstransport.cli", "serve", root, "--host", "127.0.0.1"],
+            argv or command,
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -89,7 +132,7 @@ class Server:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
         line = self.proc.stdout.readline() if ready else ""
-        if " on http://" not in line:
+        if " on http://" not in line and " on tcp://" not in line:
             self.stop()
             raise RuntimeError(f"the server did not start (first line: {line!r})")
         return line.rsplit(" on ", 1)[1].strip()
@@ -121,17 +164,16 @@ def remove(path: str) -> None:
 
 
 class Cpu:
-    """CPU seconds of this process and of the server during each timed run."""
+    """CPU seconds of this process and of the receiving process during each timed run."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self) -> None:
         self.samples: dict[str, list[tuple[float, float]]] = {}
 
-    def timed(self, key: str, body: Callable[[], object]) -> Callable[[], object]:
+    def timed(self, key: str, body: Callable[[], object], server: Server) -> Callable[[], object]:
         def run() -> object:
-            client0, server0 = time.process_time(), self.server.cpu_seconds()
+            client0, server0 = time.process_time(), server.cpu_seconds()
             result = body()
-            client1, server1 = time.process_time(), self.server.cpu_seconds()
+            client1, server1 = time.process_time(), server.cpu_seconds()
             self.samples.setdefault(key, []).append((client1 - client0, server1 - server0))
             return result
 
@@ -145,13 +187,40 @@ class Cpu:
         )
 
 
+def raw_tcp_case(data: bytes, raw: Server, cpu: Cpu) -> Case:
+    """The raw TCP reference: the bytes over one blocking socket to `RAW_SERVER_CODE`."""
+    port = int(raw.url.rsplit(":", 1)[1])
+    written = os.path.join(raw.root, "raw.bin")
+
+    def body() -> object:
+        view = memoryview(data)
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(struct.pack(">Q", len(data)))
+            for offset in range(0, len(data), CHUNK):
+                conn.sendall(view[offset : offset + CHUNK])
+            if conn.recv(1) != b"k":
+                raise AssertionError("the raw receiver did not confirm the bytes")
+        return None
+
+    def prepare() -> None:
+        remove(written)
+        sync_disk()
+
+    label = "reference: raw TCP (blocking socket, recv_into + pwrite, no HTTP/asyncio/CRC)"
+    run = cpu.timed("raw", body, raw)
+    return Case(
+        "raw", label, len(data), run, lambda _: check_file(written, data), prepare,
+        lambda: remove(written),
+    )  # fmt: skip
+
+
 def contenders(
     data: bytes, folder: str, server: Server, network: HttpNetwork, loop: asyncio.AbstractEventLoop
 ) -> tuple[list[Case], Cpu]:
     options = TransferOptions(chunk_size=CHUNK, max_in_flight=WINDOW)
     checksum = format_checksum(chunk_crc(data))
     source = f"memory://{SOURCE_PATH}"
-    cpu = Cpu(server)
+    cpu = Cpu()
 
     def check_report(result: object) -> None:
         if not isinstance(result, TransferReport):
@@ -171,7 +240,7 @@ def contenders(
             remove(written)
             sync_disk()
 
-        run = cpu.timed(key, body)
+        run = cpu.timed(key, body, server)
         return Case(key, label, len(data), run, verify, prepare, lambda: remove(written))
 
     os.makedirs(os.path.join(folder, "inproc"), exist_ok=True)
@@ -221,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = asyncio.new_event_loop()
     network: HttpNetwork | None = None
     server: Server | None = None
+    raw: Server | None = None
     title = "memory:// -> local file, 8 MiB chunks, window 4"
     try:
         with open(os.path.join(folder, "server.log"), "w", encoding="utf-8") as log:
@@ -228,11 +298,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"receiver server (pid {server.proc.pid}) on {server.url}", file=sys.stderr)
             network = HttpNetwork(server.url)
             cases, cpu = contenders(data, folder, server, network, loop)
+            raw_command = [sys.executable, "-c", RAW_SERVER_CODE, os.path.join(folder, "raw.bin")]
+            raw = Server(folder, log, raw_command)
+            cases.append(raw_tcp_case(data, raw, cpu))
             run_rounds(cases, args.rounds, args.warmup, random.Random(args.seed), title)
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {server.proc.returncode}")
+            for process in (server, raw):
+                if process.proc.poll() is not None:
+                    raise RuntimeError(f"a receiver exited with {process.proc.returncode}")
             by_key = {c.key: c for c in cases}
-            rows = [Row("inproc"), Row("http", "inproc", f">= {GOAL_RATIO}x", GOAL_RATIO)]
+            rows = [
+                Row("inproc"),
+                Row("http", "inproc", f">= {GOAL_RATIO}x", GOAL_RATIO),
+                Row("raw", "inproc"),
+            ]
             results = [evaluate(row, by_key) for row in rows]
             for r in results:
                 r["client_cpu_s"], r["server_cpu_s"] = cpu.medians(r["case"], args.warmup)
@@ -241,8 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop.run_until_complete(network.close())
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
-        if server is not None:
-            server.stop()
+        for process in (server, raw):
+            if process is not None:
+                process.stop()
         shutil.rmtree(folder, ignore_errors=True)
         memfs.rm(SOURCE_PATH)
 

@@ -26,6 +26,7 @@ from fstransport.errors import (
     TooManyTransfers,
     Unauthorized,
     Unreachable,
+    UntrustedPeer,
 )
 from fstransport.messages import (
     InstallSnapshotRequest,
@@ -91,6 +92,7 @@ __all__ = [
     "TransferReport",
     "Unauthorized",
     "Unreachable",
+    "UntrustedPeer",
     "Vote",
     "__version__",
     "open_source",

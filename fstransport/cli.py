@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import fsspec
 
 from fstransport import __version__
@@ -35,8 +34,12 @@ from fstransport.bench import (
     write_json,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.errors import ConfigurationError, FstransportError, StorageError, Unreachable
-from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
+from fstransport.errors import (
+    ConfigurationError,
+    FstransportError,
+    StorageError,
+    UntrustedPeer,
+)
 from fstransport.network.base import Network
 from fstransport.network.http import HttpNetwork
 from fstransport.options import MiB, TransferOptions
@@ -430,39 +433,13 @@ def _check_via(via: str) -> str:
     return via
 
 
-class _CertificatesAreFinal:
-    """An `HttpNetwork` whose certificate failures end the transfer at once, with a message
-    that says what to do: retrying cannot make an untrusted certificate trusted."""
-
-    def __init__(self, inner: HttpNetwork) -> None:
-        self.inner = inner
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        try:
-            return await self.inner.install_snapshot(req, option)
-        except Unreachable as exc:
-            cause = exc.__cause__
-            if not isinstance(cause, aiohttp.ClientConnectorCertificateError):
-                raise
-            reason = getattr(cause.certificate_error, "verify_message", None) or str(
-                cause.certificate_error
-            )
-            raise ConfigurationError(
-                f"the TLS certificate of {self.inner.base_url} cannot be verified ({reason}); "
-                "give the CA that signed it with --cafile PEM"
-            ) from exc
-
-
 async def _ship(args: argparse.Namespace) -> int:
     options = TransferOptions(chunk_size=args.chunk_size, max_in_flight=args.window)
     http: HttpNetwork | None = None
     network: Network | None = None
     if args.via:
         tls = _client_tls(_check_via(args.via), args.cafile)
-        http = HttpNetwork(args.via, token=args.token, ssl=tls)
-        network = _CertificatesAreFinal(http)
+        network = http = HttpNetwork(args.via, token=args.token, ssl=tls)
     elif args.cafile is not None or args.token is not None:
         raise ConfigurationError("--token and --cafile are for shipping --via a server")
     source_options = _storage_options(args, args.src)
@@ -478,6 +455,8 @@ async def _ship(args: argparse.Namespace) -> int:
             progress=bar.update,
             checksum=args.checksum,
         )
+    except UntrustedPeer as exc:
+        raise ConfigurationError(f"{exc}; give the CA that signed it with --cafile PEM") from exc
     finally:
         bar.close()
         if http is not None:

@@ -6,6 +6,7 @@
     ├── RPCError                  a chunk could not be delivered (the network adapter's errors)
     │   ├── Timeout               no answer within the deadline (hard_ttl / install_timeout)
     │   ├── Unreachable           the peer cannot be reached at all (connection refused, no route)
+    │   │   └── UntrustedPeer     its TLS certificate cannot be verified (never retried)
     │   ├── PayloadTooLarge       the peer or a proxy refused the chunk's size
     │   ├── NetworkError          anything else that went wrong on the wire
     │   └── RemoteError           the receiver answered with one of its own errors (``source``)
@@ -52,6 +53,7 @@ __all__ = [
     "TooManyTransfers",
     "Unauthorized",
     "Unreachable",
+    "UntrustedPeer",
 ]
 
 
@@ -69,6 +71,11 @@ class Timeout(RPCError):
 
 class Unreachable(RPCError):
     """The peer cannot be reached (connection refused, unknown host, server gone)."""
+
+
+class UntrustedPeer(Unreachable):
+    """The peer's TLS certificate cannot be verified against the trusted CAs.  Trying again
+    cannot make it trusted, so the sender gives up at once (give the CA that signed it)."""
 
 
 class PayloadTooLarge(RPCError):

@@ -28,6 +28,7 @@ from fstransport.errors import (
     StorageError,
     Timeout,
     TooManyTransfers,
+    UntrustedPeer,
 )
 from fstransport.messages import (
     Buffer,
@@ -103,6 +104,8 @@ def _classify(exc: BaseException, snapshot_id: str) -> BaseException:
         return exc  # the receiver refuses this request; sending it again changes nothing
     if isinstance(source, StorageError) and not source.retryable:
         return exc  # the receiver's storage is missing or forbidden: retrying cannot help
+    if isinstance(exc, UntrustedPeer):
+        return exc  # its certificate will not become trusted by trying again
     if isinstance(exc, RPCError):
         return _Retry(exc)  # timeouts, unreachable, network trouble, remote storage trouble
     return exc

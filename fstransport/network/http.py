@@ -27,6 +27,7 @@ from fstransport.errors import (
     TooManyTransfers,
     Unauthorized,
     Unreachable,
+    UntrustedPeer,
 )
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotSegmentId
 from fstransport.network.wire import (
@@ -105,6 +106,13 @@ class HttpNetwork:
             async with self._client().put(url, data=_Body(req.data), headers=headers) as answer:
                 body: Any = await answer.json(content_type=None)
                 status = answer.status
+        except aiohttp.ClientConnectorCertificateError as exc:
+            reason = getattr(exc.certificate_error, "verify_message", None) or str(
+                exc.certificate_error
+            )
+            raise UntrustedPeer(
+                f"the TLS certificate of {self.base_url} cannot be verified ({reason})"
+            ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise Unreachable(f"cannot reach {self.base_url}: {exc}") from exc
         except asyncio.TimeoutError as exc:

@@ -86,7 +86,10 @@ class SnapshotSegmentId:
 class InstallSnapshotRequest:
     """One chunk of a snapshot: `data` belongs at `offset`; `done` marks the last chunk.
 
-    `crc32c` is the CRC32C of `data` (computed by the sender, checked by the receiver).
+    `crc32c` is the CRC32C of `data`, computed by the sender and checked by the receiver before
+    it writes anything.  None leaves it to the receiver; only an in-process copy does that
+    (`LoopbackNetwork` with ``trust_checksums``: the receiver's sink computes each chunk's CRC
+    while it writes it and hands it back, so the data is read once).
     """
 
     vote: Vote

@@ -24,10 +24,11 @@ from fstransport import (
     Unreachable,
     ship,
 )
+from fstransport.buffers import BufferPool
 from fstransport.checksum import chunk_crc
 from fstransport.messages import Buffer, Snapshot, SnapshotMeta
 from fstransport.network.http import HttpNetwork
-from fstransport.server import _BufferPool, _Idle, create_app
+from fstransport.server import _Idle, create_app
 from tests.conftest import payload
 
 TOKEN = "s3cret-token"
@@ -267,7 +268,7 @@ async def test_chunk_buffers_a_sink_keeps_are_never_reused() -> None:
 
 
 def test_buffer_pool_reuses_only_buffers_nobody_else_holds() -> None:
-    pool = _BufferPool(max_bytes=100)
+    pool = BufferPool(max_bytes=100)
     buffer = pool.take(10)
     first = id(buffer)
     kept = memoryview(buffer)  # a sink still holds a view of it
@@ -285,7 +286,7 @@ def test_buffer_pool_reuses_only_buffers_nobody_else_holds() -> None:
 
 
 def test_buffer_pool_keeps_at_most_max_bytes_dropping_the_oldest() -> None:
-    pool = _BufferPool(max_bytes=25)
+    pool = BufferPool(max_bytes=25)
     for _ in range(3):  # the third does not fit
         pool.give(bytearray(10))
     assert pool.held == 20

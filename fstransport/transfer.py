@@ -128,7 +128,9 @@ async def ship(
         snapshot_id = _snapshot_id(target_url, target_url.rstrip("/").rpartition("/")[2])
     started = time.perf_counter()
     try:
-        source = await open_source(source_url, **(source_options or {}))
+        source = await open_source(
+            source_url, map_files=options.map_files, **(source_options or {})
+        )
         if isinstance(source, S3StreamSource):
             source.retry = options.retry
         try:

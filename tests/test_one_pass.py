@@ -90,6 +90,55 @@ async def test_pread_is_used_where_a_file_cannot_be_mapped(
         await source.close()
 
 
+async def test_map_files_false_reads_without_mapping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TransferOptions(map_files=False)`` reaches the source: a copy never maps the file."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(DATA)
+    mapped: list[int] = []
+    real_map_range = source_module.map_range
+
+    def counting(fd: int, offset: int, length: int) -> memoryview:
+        mapped.append(offset)
+        return real_map_range(fd, offset, length)
+
+    monkeypatch.setattr(source_module, "map_range", counting)
+    options = TransferOptions(chunk_size=CHECK_BLOCK, map_files=False)
+    await ship(str(path), str(tmp_path / "copy.bin"), options=options)
+    assert (tmp_path / "copy.bin").read_bytes() == DATA
+    assert mapped == []
+    await ship(
+        str(path), str(tmp_path / "mapped.bin"), options=TransferOptions(chunk_size=CHECK_BLOCK)
+    )
+    assert len(mapped) == 4  # the default maps every chunk
+
+
+async def test_unmapped_source_truncated_while_shipped_is_a_storage_error(
+    tmp_path: Path,
+) -> None:
+    """A file cut short in place mid-transfer: with ``map_files=False`` a short read is a
+    typed error and nothing is installed (with mapping it would be SIGBUS: see map_range)."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(payload(4 * 1024 * 1024, seed=3))
+    options = TransferOptions(chunk_size=256 * 1024, max_in_flight=1, map_files=False)
+    acknowledged = 0
+
+    def cut_after_the_first_mebibyte(size: int) -> None:
+        nonlocal acknowledged
+        acknowledged += size
+        if acknowledged >= 1024 * 1024 and path.stat().st_size > 1024 * 1024:
+            os.truncate(path, 1024 * 1024)  # between two chunks, as a careless writer would
+
+    with pytest.raises(StorageError, match=r"data\.bin"):
+        await ship(
+            str(path), str(tmp_path / "copy.bin"), options=options,
+            progress=cut_after_the_first_mebibyte,
+        )  # fmt: skip
+    assert acknowledged == 1024 * 1024
+    assert not (tmp_path / "copy.bin").exists()
+
+
 async def test_read_checked_gives_the_crc_of_every_kind_of_source(tmp_path: Path) -> None:
     path = tmp_path / "data.bin"
     path.write_bytes(DATA)

@@ -94,7 +94,10 @@ def map_range(fd: int, offset: int, length: int) -> memoryview:
     every later read of those pages into ``SIGBUS``).
 
     The file must not be truncated while a view of it is alive: reading a page cut off the file
-    raises ``SIGBUS``.  Snapshots are immutable, so this only concerns misuse.
+    raises ``SIGBUS``, which ends the process.  Snapshots are immutable and replaced by rename
+    (a renamed or deleted file keeps its pages for the mappings), so this only concerns a
+    writer that truncates a snapshot in place while it is shipped; for such files, read with
+    ``TransferOptions(map_files=False)`` (``os.pread``: a short read is a `StorageError`).
     """
     length = max(0, min(length, os.fstat(fd).st_size - offset))
     if length == 0:
@@ -111,15 +114,17 @@ class PreadSource:
     file) chunks are read with ``os.pread`` into fresh ``bytes`` instead.
     """
 
-    def __init__(self, fd: int, size: int, description: str, *, owns_fd: bool) -> None:
+    def __init__(
+        self, fd: int, size: int, description: str, *, owns_fd: bool, map_file: bool = True
+    ) -> None:
         self._fd = fd
         self.size = size
         self.description = description
         self._owns_fd = owns_fd
-        self._map = _CAN_MAP
+        self._map = _CAN_MAP and map_file
 
     @classmethod
-    async def open(cls, path: str) -> PreadSource:
+    async def open(cls, path: str, *, map_file: bool = True) -> PreadSource:
         def _open() -> tuple[int, int]:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             try:
@@ -133,7 +138,7 @@ class PreadSource:
 
         with storage_errors(path, "open"):
             fd, size = await asyncio.to_thread(_open)
-        return cls(fd, size, path, owns_fd=True)
+        return cls(fd, size, path, owns_fd=True, map_file=map_file)
 
     def _read_at(self, offset: int, length: int) -> Buffer:
         if self._map:
@@ -301,9 +306,13 @@ async def source_for_file(fileobj: IO[bytes], description: str | None = None) ->
     return FileObjectSource(fileobj, size, what, owns_file=False)
 
 
-async def open_source(url: str, **storage_options: object) -> ChunkSource:
+async def open_source(
+    url: str, *, map_files: bool = True, **storage_options: object
+) -> ChunkSource:
     """Open the snapshot at fsspec `url` for ranged reads; close it with ``await source.close()``.
 
+    A local file is read through memory maps unless `map_files` is False (see `map_range`:
+    fastest, but the file must not be truncated while it is read).
     Raises `StorageError` (verb ``"open"``) if it does not exist or cannot be opened.
     """
     with storage_errors(url, "open"):
@@ -322,7 +331,7 @@ async def open_source(url: str, **storage_options: object) -> ChunkSource:
             memory_file = fs.store[path]
         return BufferSource(memory_file.getbuffer(), url)
     if isinstance(fs, LocalFileSystem):
-        return await PreadSource.open(path)
+        return await PreadSource.open(path, map_file=map_files)
     with storage_errors(url, "open"):
         size = int(await asyncio.to_thread(fs.size, path))
         fileobj = await asyncio.to_thread(fs.open, path, "rb")

@@ -56,6 +56,7 @@ __all__ = [
     "BenchError",
     "BenchPlan",
     "BenchResult",
+    "check_output",
     "plot_result",
     "run_bench",
     "write_json",
@@ -123,6 +124,8 @@ class BenchPlan:
             raise ConfigurationError("an S3 endpoint URL needs a bucket (--bucket) to write in")
         if "s3" not in (self.source, self.target) and (self.endpoint_url or self.bucket):
             raise ConfigurationError("--endpoint-url and --bucket apply to an s3 source or target")
+        if self.directory is not None and not os.path.isdir(self.directory):
+            raise ConfigurationError(f"--dir {self.directory!r} is not an existing folder")
 
     @property
     def simulated_link(self) -> bool:
@@ -404,7 +407,11 @@ async def _s3_call(
 
 
 async def _remove_s3_prefix(ends: _Endpoints) -> None:
+    """Remove every object and incomplete multipart upload under the run's prefix."""
     path = ends.s3_prefix.removeprefix("s3://")
+    with contextlib.suppress(StorageError):
+        async with FsspecSnapshotStore(ends.s3_prefix, **ends.s3_options) as store:
+            await store.cleanup(older_than=0)
     with contextlib.suppress(StorageError):
         await _s3_call(ends, ends.s3_prefix, "remove", "_rm", path, recursive=True)
 
@@ -456,9 +463,16 @@ async def _copy(
         # it does in-process, so the link is the only difference from the copy above.
         inner = LoopbackNetwork(Receiver(store), trust_checksums=True)
         network = FaultyNetwork(inner, latency=plan.latency / 2, bandwidth=plan.bandwidth)
-        report = await ship(
-            source, target, options=options, network=network, source_options=source_options
-        )
+        try:
+            report = await ship(
+                source, target, options=options, network=network, source_options=source_options
+            )
+        except BaseException:
+            # ship() with a network leaves the receiver's side to the receiver: this one's
+            # partial data (an S3 multipart upload, say) goes with the failed copy.
+            with contextlib.suppress(Exception):
+                await store.abort(target.rpartition("/")[2])
+            raise
     return report, target
 
 
@@ -538,8 +552,15 @@ async def run_bench(plan: BenchPlan, progress: Progress | None = None) -> BenchR
     return BenchResult(plan, cells, time.perf_counter() - started, _machine(), notes)
 
 
+def check_output(path: str, option: str) -> None:
+    """Refuse an output path whose folder does not exist, before minutes of measuring."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or os.path.isdir(path):
+        raise ConfigurationError(f"cannot write {option} {path!r}: no such folder, or a folder")
+
+
 def write_json(result: BenchResult, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
+    with storage_errors(path, "write"), open(path, "w", encoding="utf-8") as fh:
         json.dump(result.to_dict(), fh, indent=2)
         fh.write("\n")
 
@@ -599,14 +620,7 @@ def plot_result(result: BenchResult, path: str) -> None:
         axes.set_title(f"fstransport bench\n{result.describe()}", fontsize=9)
         axes.legend(fontsize=8)
         figure.tight_layout()
-        figure.savefig(path, format="png")
+        with storage_errors(path, "write"):
+            figure.savefig(path, format="png")
     finally:
         pyplot.close(figure)
-
-
-def parse_list(text: str, parse: Callable[[str], int]) -> tuple[int, ...]:
-    """``"64KiB,1MiB"`` → (65536, 1048576) with `parse` for each item."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise ConfigurationError(f"empty list: {text!r}")
-    return tuple(parse(item) for item in items)

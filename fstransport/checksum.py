@@ -65,6 +65,8 @@ def _shift_operator(length: int) -> int:
 
 _TABLE_AFTER = 8  # combines of one length before it gets lookup tables
 _MAX_TABLES = 16
+_MAX_COUNTED = 1024
+"""At most this many lengths are counted towards a table (a long-lived receiver sees many)."""
 _uses: dict[int, int] = {}
 _tables: dict[int, tuple[list[int], list[int], list[int], list[int]]] = {}
 
@@ -99,6 +101,8 @@ def combine(crc_a: int, crc_b: int, len_b: int) -> int:
         return crc_a
     tables = _tables.get(len_b)
     if tables is None:
+        if len(_uses) >= _MAX_COUNTED:  # lengths seen once or twice: forget them
+            _uses.clear()
         uses = _uses[len_b] = _uses.get(len_b, 0) + 1
         if uses < _TABLE_AFTER:
             return _multiply(_shift_operator(len_b), crc_a) ^ crc_b

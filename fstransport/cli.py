@@ -29,6 +29,7 @@ from fstransport.bench import (
     BenchCell,
     BenchPlan,
     Kind,
+    check_output,
     plot_result,
     run_bench,
     write_json,
@@ -574,6 +575,9 @@ async def _bench(args: argparse.Namespace) -> int:
         endpoint_url=args.endpoint_url,
         bucket=args.bucket,
     )
+    for path, option in ((args.plot, "--plot"), (args.json, "--json")):
+        if path is not None and path != "-":
+            check_output(path, option)
     show = sys.stderr.isatty()
 
     def progress(done: int, total: int, cell: BenchCell, seconds: float) -> None:

@@ -131,7 +131,13 @@ class Receiver:
     ) -> tuple[InstallSnapshotResponse, int]:
         """`handle` for a request that never left this process and carries no CRC yet: the
         CRC32C of its data is computed while the data is written (see
-        `fstransport.storage.sink.write_checked`), and returned with the answer."""
+        `fstransport.storage.sink.write_checked`), and returned with the answer.  A request
+        that carries a CRC after all goes through `handle`, which checks it."""
+        if not isinstance(req, InstallSnapshotRequest):
+            raise InvalidRequest(f"not an InstallSnapshotRequest: {type(req).__name__}")
+        if req.crc32c is not None:
+            crc = await self._validate(req)
+            return await self._handle(req, _Checked(crc)), crc
         await self._validate(replace(req, crc32c=0), trust_crc=True)  # every field but the CRC
         checked = _Checked()
         response = await self._handle(req, checked)

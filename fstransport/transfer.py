@@ -149,7 +149,11 @@ async def ship(
             try:
                 await store.abort(snapshot_id)
             except Exception:
-                log.exception("could not remove the partial data of %r", snapshot_id)
+                log.warning(
+                    "could not remove the partial data of %r",
+                    snapshot_id,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
             if isinstance(exc, RemoteError) and isinstance(exc.source, FstransportError):
                 # The receiver runs in this process: its error is this call's own error.
                 raise exc.source from exc.source.__cause__

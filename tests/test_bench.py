@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -142,10 +143,9 @@ async def test_simulated_link_cannot_beat_its_bandwidth_delay_limit() -> None:
     for cell in result.cells:
         assert cell.median_seconds >= bound * 0.98
     serial = next(c for c in result.cells if (c.chunk_size, c.window) == (64 * KiB, 1))
-    piped = next(c for c in result.cells if (c.chunk_size, c.window) == (64 * KiB, 8))
-    # window 1 pays a round trip per chunk (8 x 20 ms); window 8 overlaps them
+    # window 1 pays a full round trip per chunk: 8 chunks, 8 x 20 ms at least (lower bounds only:
+    # how much faster pipelining is, is for benchmarks/bench_link.py to show, not a test)
     assert serial.median_seconds >= 8 * 0.02
-    assert piped.median_seconds < serial.median_seconds * 0.75
     assert "bandwidth-delay limit" in result.table()
 
 
@@ -166,6 +166,38 @@ async def test_sweep_into_a_given_bucket(
     )
     result = await run_bench(plan)
     assert result.cells[0].seconds
+    assert s3_client.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+async def test_a_cancelled_sweep_leaves_nothing_in_the_bucket(
+    s3_bucket: str, s3_client: Any, moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    plan = BenchPlan(
+        target="s3",
+        size=24 * MiB,
+        chunk_sizes=(1 * MiB,),
+        windows=(4,),
+        bandwidth=8 * MiB,  # 3 s per copy: cancelled in the middle of the first
+        bucket=s3_bucket,
+        endpoint_url=moto_server,
+    )
+    uploads_seen: list[int] = []
+
+    async def cancel_once_an_upload_runs(task: asyncio.Task[Any]) -> None:
+        while not uploads_seen or uploads_seen[-1] == 0:
+            await asyncio.sleep(0.1)
+            listing = await asyncio.to_thread(s3_client.list_multipart_uploads, Bucket=s3_bucket)
+            uploads_seen.append(len(listing.get("Uploads", [])))
+        task.cancel()
+
+    task = asyncio.ensure_future(run_bench(plan))
+    await asyncio.wait_for(cancel_once_an_upload_runs(task), 30)
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert s3_client.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
@@ -237,6 +269,23 @@ def test_command_refuses_bad_arguments(args: list[str], message: str) -> None:
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--plot", "/nonexistent-folder/x.png"], "cannot write --plot"),
+        (["--json", "/nonexistent-folder/x.json"], "cannot write --json"),
+        (["--dir", "/nonexistent-folder"], "is not an existing folder"),
+    ],
+)
+def test_command_refuses_unusable_paths_before_measuring(args: list[str], message: str) -> None:
+    result = run("bench", "--size", "64KiB", "--chunk-sizes", "64KiB", "--windows", "1", *args)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert message in lines[0]
+    assert result.stdout == ""
 
 
 def test_command_user_error_is_one_line() -> None:

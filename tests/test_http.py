@@ -305,8 +305,8 @@ def test_buffer_pool_keeps_at_most_max_bytes_dropping_the_oldest() -> None:
     assert pool.held == 0
 
 
-async def test_server_empties_its_buffer_pool_when_idle(
-    server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+async def test_idle_timer_fires_only_once_no_request_is_in_progress(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cleared = asyncio.Event()
     idle = _Idle(cleared.set)

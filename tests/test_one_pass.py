@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from fstransport import (
+    ChecksumMismatch,
     FsspecSnapshotStore,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
+    InvalidRequest,
     LoopbackNetwork,
     Receiver,
     RetryExhausted,
@@ -242,6 +244,21 @@ async def test_handle_checked_returns_each_chunks_crc(store: FsspecSnapshotStore
         assert response.vote == V1
     with await store.open("snap") as f:
         assert f.read() == DATA
+
+
+async def test_handle_checked_checks_a_crc_it_is_given_and_refuses_non_requests(
+    store: FsspecSnapshotStore,
+) -> None:
+    receiver = Receiver(store)
+    chunk = DATA[:1000]
+    wrong = InstallSnapshotRequest(V1, meta(len(DATA)), 0, chunk, False, chunk_crc(chunk) ^ 1)
+    with pytest.raises(ChecksumMismatch):
+        await receiver.handle_checked(wrong)
+    assert receiver.receiving == []  # nothing was written
+    right = InstallSnapshotRequest(V1, meta(len(DATA)), 0, chunk, False, chunk_crc(chunk))
+    assert (await receiver.handle_checked(right))[1] == chunk_crc(chunk)
+    with pytest.raises(InvalidRequest):
+        await receiver.handle_checked(object())  # type: ignore[arg-type]
 
 
 async def test_handle_checked_writes_chunks_at_once_and_installs_them_all(

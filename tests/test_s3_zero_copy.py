@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fstransport.checksum import chunk_crc
+from fstransport.errors import SnapshotMismatch
 from fstransport.protocol.parts import HandedOver, PartAssembler, immutable
 from fstransport.storage.multipart import SLICE, PartBody
 
@@ -78,7 +79,7 @@ def test_an_adopted_part_sent_again_replaces_the_earlier_one() -> None:
     (again,) = assembler.write(0, b"B" * 8).completed
     assert bytes(again.data) == b"B" * 8
     assert assembler.completed == {1}
-    with pytest.raises(Exception, match="expect"):
+    with pytest.raises(SnapshotMismatch, match="expect"):
         assembler.write(4, b"C" * 4)  # the middle of a completed part: refused
 
 

@@ -149,12 +149,16 @@ async def test_simulated_link_cannot_beat_its_bandwidth_delay_limit() -> None:
     assert "bandwidth-delay limit" in result.table()
 
 
-async def test_sweep_into_a_given_bucket(
-    s3_bucket: str, s3_client: Any, moto_server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's credentials in the environment, where a user's would be (boto reads them)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.mark.usefixtures("s3_env")
+async def test_sweep_into_a_given_bucket(s3_bucket: str, s3_client: Any, moto_server: str) -> None:
     plan = BenchPlan(
         source="s3",
         target="s3",
@@ -170,12 +174,10 @@ async def test_sweep_into_a_given_bucket(
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
 
+@pytest.mark.usefixtures("s3_env")
 async def test_a_cancelled_sweep_leaves_nothing_in_the_bucket(
-    s3_bucket: str, s3_client: Any, moto_server: str, monkeypatch: pytest.MonkeyPatch
+    s3_bucket: str, s3_client: Any, moto_server: str
 ) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     plan = BenchPlan(
         target="s3",
         size=24 * MiB,

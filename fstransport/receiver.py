@@ -364,7 +364,8 @@ class Receiver:
             lost, checked.crc = await write_checked(sink, req.offset, req.data)
         except StorageError:
             async with stream.lock:
-                if not stream.closed:  # (if it was replaced meanwhile, the id is not its any more)
+                # (if it was replaced meanwhile, the id and its partial data are not its any more)
+                if self._streams.get(snapshot_id) is stream and not stream.closed:
                     await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
             raise
         async with stream.lock:

@@ -40,6 +40,7 @@ from fstransport.messages import (
     Vote,
 )
 from fstransport.network.base import Network
+from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import TransferOptions
 from fstransport.protocol.sender import ChunkPlan, RateLimiter, SendStats, SendWindow
 from fstransport.storage.source import (
@@ -346,13 +347,13 @@ class _Sender:
 
 
 def _checked_rpc(net: Network) -> CheckedRPC | None:
-    """The network's ``install_snapshot_checked`` if it has one and trusts this process's
-    checksums (`LoopbackNetwork` with ``trust_checksums``): the receiver then computes each
-    chunk's CRC while it writes the chunk, so the data is read once, not twice."""
-    if not getattr(net, "trust_checksums", False):
-        return None
-    method = getattr(net, "install_snapshot_checked", None)
-    return method if callable(method) else None
+    """``install_snapshot_checked`` of a `LoopbackNetwork` with ``trust_checksums`` (and of
+    nothing else: a wrapper around one, a fault injector say, must see every request with its
+    CRC): the receiver then computes each chunk's CRC while it writes the chunk, so the data is
+    read once, not twice."""
+    if isinstance(net, LoopbackNetwork) and net.trust_checksums:
+        return net.install_snapshot_checked
+    return None
 
 
 def _uncancel(task: asyncio.Task[Any]) -> None:

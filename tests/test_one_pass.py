@@ -389,3 +389,29 @@ async def test_a_failed_concurrent_write_ends_its_stream(
         )
     assert receiver.receiving == []
     assert not (tmp_path / "recv" / "snap").exists()
+
+
+async def test_a_wrapper_around_a_trusting_loopback_sees_every_crc(
+    store: FsspecSnapshotStore,
+) -> None:
+    """Only a `LoopbackNetwork` itself takes the checked fast path: a wrapper that forwards
+    attributes to one still gets every request with its CRC (a fault injector must)."""
+    inner = LoopbackNetwork(Receiver(store), trust_checksums=True)
+    seen: list[int | None] = []
+
+    class Forwarding:
+        def __getattr__(self, name: str) -> object:
+            return getattr(inner, name)
+
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            seen.append(req.crc32c)
+            return await inner.install_snapshot(req, option)
+
+    options = TransferOptions(chunk_size=CHECK_BLOCK, max_in_flight=2)
+    await send_source(Forwarding(), V1, meta(len(DATA)), BufferSource(DATA), option=options)
+    assert len(seen) == 4
+    assert None not in seen
+    with await store.open("snap") as f:
+        assert f.read() == DATA

@@ -23,7 +23,9 @@ class Network(Protocol):
       `InvalidRequest`, `ChecksumMismatch`, `StorageError`, ...).
 
     The sender applies ``option.hard_ttl`` itself; adapters may use the options for their own
-    deadlines.  Several calls may run concurrently (up to ``option.max_in_flight``).
+    deadlines.  Several calls may run concurrently (up to ``option.max_in_flight``).  Every
+    request reaches an adapter with its ``crc32c`` set; only a `LoopbackNetwork` created with
+    ``trust_checksums`` itself is handed chunks without one (the in-process fast path).
     """
 
     async def install_snapshot(

@@ -18,11 +18,11 @@ from fstransport.bench import (
     BenchError,
     BenchPlan,
     BenchResult,
-    _check,
     plot_result,
     run_bench,
     write_json,
 )
+from fstransport.bench.sweep import _check
 from fstransport.errors import ConfigurationError
 from fstransport.transfer import TransferReport
 

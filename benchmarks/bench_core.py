@@ -552,6 +552,26 @@ def machine_info() -> dict[str, Any]:
 # -- main --------------------------------------------------------------------------------------
 
 
+def publish(
+    report: dict[str, Any],
+    info: dict[str, Any],
+    started: float,
+    heading: Callable[[float], str],
+    tables: Sequence[str],
+    json_path: str | None,
+) -> None:
+    """End a benchmark run: the run time and end load into `report`, `heading(run seconds)`
+    and the Markdown `tables` to stdout, and `report` as JSON to `json_path` if given."""
+    info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    total = time.perf_counter() - started
+    report["elapsed_s"] = total
+    print(heading(total))
+    print("\n".join(tables))
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2, default=str)
+
+
 def size_arg(text: str) -> int:
     try:
         size = parse_size(text)
@@ -750,19 +770,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop.close()
         shutil.rmtree(folder, ignore_errors=True)
 
-    info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    total = time.perf_counter() - started
-    report["elapsed_s"] = total
-    print(
-        f"# fstransport core benchmarks\n\n{info['nproc']} x {info['cpu']}, "
-        f"Python {info['python']}, fsspec {info['fsspec']}; "
-        f"size {format_size(args.size)}, {args.rounds} rounds "
-        f"(+{args.warmup} warm-up); throughput in MiB/s (2**20 B/s); run took {total:.0f} s.\n"
+    publish(
+        report,
+        info,
+        started,
+        lambda total: (
+            f"# fstransport core benchmarks\n\n{info['nproc']} x {info['cpu']}, "
+            f"Python {info['python']}, fsspec {info['fsspec']}; "
+            f"size {format_size(args.size)}, {args.rounds} rounds (+{args.warmup} warm-up); "
+            f"throughput in MiB/s (2**20 B/s); run took {total:.0f} s.\n"
+        ),
+        out,
+        args.json,
     )
-    print("\n".join(out))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2, default=str)
     met = [
         r["met"] for results in report["groups"].values() for r in results if r["met"] is not None
     ]

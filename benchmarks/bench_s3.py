@@ -66,6 +66,7 @@ from bench_core import (
     make_data,
     non_negative_int,
     positive_int,
+    publish,
     run_rounds,
     size_arg,
     sync_disk,
@@ -925,20 +926,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop.close()
         shutil.rmtree(folder, ignore_errors=True)
 
-    info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    total = time.perf_counter() - started
-    report["elapsed_s"] = total
-    print(
-        f"# fstransport S3 benchmarks\n\n{info['nproc']} x {info['cpu']}, "
-        f"Python {info['python']}, s3fs {info['s3fs']}, boto3 {info['boto3']}, "
-        f"moto {info['moto']} (own process); size {format_size(args.size)}, "
-        f"{args.rounds} rounds (+{args.warmup} warm-up); throughput in MiB/s (2**20 B/s); "
-        f"run took {total:.0f} s.\n"
+    publish(
+        report,
+        info,
+        started,
+        lambda total: (
+            f"# fstransport S3 benchmarks\n\n{info['nproc']} x {info['cpu']}, "
+            f"Python {info['python']}, s3fs {info['s3fs']}, boto3 {info['boto3']}, "
+            f"moto {info['moto']} (own process); size {format_size(args.size)}, "
+            f"{args.rounds} rounds (+{args.warmup} warm-up); throughput in MiB/s (2**20 B/s); "
+            f"run took {total:.0f} s.\n"
+        ),
+        out,
+        args.json,
     )
-    print("\n".join(out))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2, default=str)
     return 1 if args.check and not all(met) else 0
 
 

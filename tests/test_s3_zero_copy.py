@@ -11,8 +11,9 @@ import pytest
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import SnapshotMismatch
+from fstransport.payload import SLICE
 from fstransport.protocol.parts import HandedOver, PartAssembler, immutable
-from fstransport.storage.multipart import SLICE, PartBody
+from fstransport.storage.multipart import PartBody
 
 
 def test_immutable_data() -> None:

@@ -42,6 +42,7 @@ from fstransport.network.wire import (
     encode_vote,
 )
 from fstransport.options import TransferOptions
+from fstransport.payload import BufferBody
 
 __all__ = ["HttpNetwork"]
 
@@ -103,7 +104,9 @@ class HttpNetwork:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
-            async with self._client().put(url, data=_Body(req.data), headers=headers) as answer:
+            async with self._client().put(
+                url, data=BufferBody(req.data), headers=headers
+            ) as answer:
                 body: Any = await answer.json(content_type=None)
                 status = answer.status
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -132,37 +135,6 @@ class HttpNetwork:
 
     def __repr__(self) -> str:
         return f"HttpNetwork({self.base_url!r})"
-
-
-SEND_SLICE = 1024 * 1024
-"""Bytes handed to the socket at a time (asyncio copies what the socket does not take at once)."""
-
-
-class _Body(aiohttp.payload.BytesPayload):
-    """The chunk as the request body, written in slices without ever being copied whole.
-
-    aiohttp would join the headers and the whole chunk into one new `bytes` (on Python before
-    3.12.9 it never uses ``writelines``), and asyncio copies whatever the socket does not take
-    at once into its write buffer: an 8 MiB chunk written at once costs two fresh 8 MiB copies.
-    Headers are sent first; then slices, each once the previous one has drained.
-    """
-
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        aiohttp.payload.Payload.__init__(self, data, content_type="application/octet-stream")
-        self._size = memoryview(data).nbytes
-
-    async def write(self, writer: Any) -> None:
-        await self.write_with_length(writer, None)
-
-    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        send_headers = getattr(writer, "send_headers", None)
-        if callable(send_headers):
-            send_headers()
-        with memoryview(self._value) as whole:
-            view = whole.cast("B") if whole.format != "B" else whole
-            end = view.nbytes if content_length is None else min(content_length, view.nbytes)
-            for start in range(0, end, SEND_SLICE):
-                await writer.write(view[start : min(start + SEND_SLICE, end)])
 
 
 def _remote_error(status: int, body: dict[str, Any], snapshot_id: str, where: str) -> Exception:

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 from typing import Any
-
-import aiohttp.payload
-from aiohttp.abc import AbstractStreamWriter
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import SnapshotMismatch, StorageError
 from fstransport.messages import Buffer, SnapshotMeta, SnapshotSegmentId
 from fstransport.options import RetryPolicy
+from fstransport.payload import BufferBody
 from fstransport.protocol.parts import CompletedPart, PartAssembler, choose_part_size
 from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._errors import retrying, storage_errors
@@ -412,65 +409,10 @@ class MultipartSink:
         return await retrying(attempt, self.url, verb, self._retry)
 
 
-SLICE = 1 << 20
-"""Bytes handed to the connection at a time by `PartBody` (it waits for the socket to take
-them before the next slice, so at most about this much is ever copied into its buffer)."""
+PartBody = BufferBody
+"""A part's request body: sent straight from the part's buffer (see `BufferBody`)."""
 
 
-class PartBody(aiohttp.payload.Payload):
-    """A part as a request body, sent straight from its buffer: no copy of the part.
-
-    botocore needs a file-like body (``read``, ``seek``, ``tell``; it reads one only to hash it,
-    which our client settings turn off, and seeks back to 0 before every retry); aiohttp, which
-    gets it from aiobotocore unwrapped, sends it with `write_with_length` in slices of `SLICE`
-    bytes.  (An ``io.BytesIO`` would copy the whole part, and aiohttp then copies every 256 KiB
-    it reads from it again; a raw buffer over 1 MiB makes aiohttp warn.)
-    """
-
-    def __init__(self, data: Buffer) -> None:
-        self._view = memoryview(data).cast("B")
-        super().__init__(self._view, content_type="application/octet-stream")
-        self._size = self._view.nbytes
-        self._position = 0
-
-    def __len__(self) -> int:
-        return self._view.nbytes
-
-    # -- the file-like side, for botocore --------------------------------------------------
-
-    def read(self, size: int = -1) -> bytes:
-        end = self._view.nbytes if size < 0 else min(self._view.nbytes, self._position + size)
-        piece = self._view[self._position : end].tobytes()
-        self._position = max(self._position, end)
-        return piece
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._view.nbytes}
-        self._position = max(0, base[whence] + offset)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    # -- the payload side, for aiohttp -----------------------------------------------------
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return self._view.tobytes().decode(encoding, errors)
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        await self.write_with_length(writer, None)
-
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
-        end = self._view.nbytes if content_length is None else min(content_length, len(self))
-        send_headers = getattr(writer, "send_headers", None)
-        if callable(send_headers):
-            send_headers()  # else aiohttp joins the headers and the first slice into new bytes
-        for start in range(0, end, SLICE):
-            await writer.write(self._view[start : min(end, start + SLICE)])
-
-
-def _body(data: Buffer) -> PartBody:
+def _body(data: Buffer) -> BufferBody:
     """A fresh request body over `data` (one per attempt: a retry starts from byte 0)."""
-    return PartBody(data)
+    return BufferBody(data)

@@ -35,7 +35,7 @@ from fstransport.protocol.receiver import (
     decide_stream,
     validate_request,
 )
-from fstransport.storage.sink import SnapshotSink, aborted, write_checked
+from fstransport.storage.sink import Lost, SnapshotSink, aborted, write_checked
 from fstransport.storage.store import SnapshotStore
 
 __all__ = ["Receiver"]
@@ -67,6 +67,23 @@ def _concurrent(stream: _Stream, req: InstallSnapshotRequest, checked: _Checked)
         and stream.state.meta.checksum is None  # else `_write` may skip bytes held already
         and getattr(stream.sink, "concurrent_writes", False)
     )
+
+
+async def _put(sink: SnapshotSink, req: InstallSnapshotRequest, checked: _Checked) -> Lost:
+    """Write `req`'s data into `sink`; an unknown CRC is computed by the sink as it writes."""
+    if checked.crc == _UNKNOWN:
+        lost, checked.crc = await write_checked(sink, req.offset, req.data)
+        return lost
+    return await sink.write(req.offset, req.data, checked.crc)
+
+
+def _held_to_tell(stream: _Stream, req: InstallSnapshotRequest) -> Held | None:
+    """What the stream holds, for the answer to the first chunk and to the first one after a
+    resume (the sender need not send it), else None."""
+    if req.offset != 0 and not stream.resumed:
+        return None
+    stream.resumed = False
+    return tuple(stream.state.ledger.held())
 
 
 def _consume_outcome(task: asyncio.Future[None]) -> None:
@@ -310,18 +327,12 @@ class Receiver:
             pass  # a snapshot named by its checksum never changes: these bytes are there already
         else:
             try:
-                if checked.crc == _UNKNOWN:
-                    lost, checked.crc = await write_checked(sink, req.offset, req.data)
-                else:
-                    lost = await sink.write(req.offset, req.data, checked.crc)
+                lost = await _put(sink, req, checked)
             except StorageError:
                 await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
                 raise
             stream.state.record(req, checked.crc, lost)
-        held = None
-        if req.offset == 0 or stream.resumed:  # tell the sender what it need not send
-            held = tuple(stream.state.ledger.held())
-            stream.resumed = False
+        held = _held_to_tell(stream, req)
         if not req.done:
             return None, held
         try:
@@ -361,7 +372,7 @@ class Receiver:
             sink = stream.sink
             assert sink is not None
         try:
-            lost, checked.crc = await write_checked(sink, req.offset, req.data)
+            lost = await _put(sink, req, checked)
         except StorageError:
             async with stream.lock:
                 # (if it was replaced meanwhile, the id and its partial data are not its any more)
@@ -372,11 +383,7 @@ class Receiver:
             if stream.closed:
                 raise aborted(sink.path)  # dropped while this chunk was being written
             stream.state.record(req, checked.crc, lost)
-            held = None
-            if req.offset == 0 or stream.resumed:  # tell the sender what it need not send
-                held = tuple(stream.state.ledger.held())
-                stream.resumed = False
-        return None, held
+            return None, _held_to_tell(stream, req)
 
     async def abort(self, snapshot_id: str) -> None:
         """Stop receiving `snapshot_id` and delete its partial data (installed data stays)."""

@@ -100,22 +100,6 @@ class MultipartSink:
 
     # -- resuming ----------------------------------------------------------------------------
 
-    @classmethod
-    async def resume(
-        cls,
-        fs: Any,
-        bucket: str,
-        key: str,
-        meta: SnapshotMeta,
-        state_key: str,
-        retry: RetryPolicy | None = None,
-        max_uploads: int = DEFAULT_UPLOADS,
-    ) -> tuple[MultipartSink, list[ChunkRecord]] | None:
-        """The upload an earlier sink recorded in `state_key` for the same snapshot, with the
-        parts it completed, or None when there is none to resume."""
-        _, state = await cls.read_state(fs, bucket, state_key)
-        return cls.from_state(fs, bucket, key, meta, state_key, state, retry, max_uploads)
-
     @staticmethod
     async def read_state(fs: Any, bucket: str, state_key: str) -> tuple[bool, Any]:
         """Whether the state object `state_key` exists, and its JSON (None if it is not JSON)."""
@@ -139,7 +123,8 @@ class MultipartSink:
         retry: RetryPolicy | None = None,
         max_uploads: int = DEFAULT_UPLOADS,
     ) -> tuple[MultipartSink, list[ChunkRecord]] | None:
-        """`resume` from a state already read (`read_state`)."""
+        """The upload an earlier sink recorded in the state `read_state` read, with the parts
+        it completed, or None when it is not for this very snapshot (nothing to resume)."""
         if not matches(state, meta):
             return None
         part_size = int(state["part_size"])

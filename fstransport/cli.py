@@ -18,7 +18,7 @@ import tempfile
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 
@@ -59,6 +59,8 @@ from fstransport.units import (
 
 __all__ = ["main"]
 
+_V = TypeVar("_V")
+
 DEMO_SIZE = 64 * MiB
 DEMO_BUCKET = "fstransport-demo"
 DEMO_NEEDS_MOTO = (
@@ -67,11 +69,22 @@ DEMO_NEEDS_MOTO = (
 )
 
 
-def _size_arg(text: str) -> int:
-    try:
-        return parse_size(text)
-    except FstransportError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _argument(parse: Callable[[str], _V]) -> Callable[[str], _V]:
+    """`parse` as an argparse type: its `ConfigurationError` becomes argparse's usage error."""
+
+    def convert(text: str) -> _V:
+        try:
+            return parse(text)
+        except FstransportError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+_size_arg = _argument(parse_size)
+_duration_arg = _argument(parse_duration)
+_bandwidth_arg = _argument(parse_bandwidth)
 
 
 def _positive_int(text: str) -> int:
@@ -200,13 +213,6 @@ def _parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--json", action="store_true", help="print what was removed as JSON")
     _add_endpoint_option(cleanup)
     return parser
-
-
-def _duration_arg(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except FstransportError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_endpoint_option(parser: argparse.ArgumentParser) -> None:
@@ -549,13 +555,6 @@ def _list_arg(parse: Callable[[str], int]) -> Callable[[str], tuple[int, ...]]:
         return tuple(parse(item) for item in items)
 
     return parse_list
-
-
-def _bandwidth_arg(text: str) -> float:
-    try:
-        return parse_bandwidth(text)
-    except FstransportError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def _bench(args: argparse.Namespace) -> int:

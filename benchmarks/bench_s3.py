@@ -94,20 +94,6 @@ COMPARE_STEP = 8 * MiB
 BOTO3_TUNED = TransferConfig(multipart_chunksize=8 * MiB, max_concurrency=DEFAULT_UPLOADS)
 """boto3's TransferManager with ship()'s part size (8 MiB up to 80 GiB) and concurrency."""
 
-# The moto server, in its own process: prints "host port" once it listens, serves until its
-# stdin closes (so it also ends when this process dies), then shuts down.
-SERVER_CODE = """\
-import logging, sys
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
-from moto.server import ThreadedMotoServer
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-host, port = server.get_host_and_port()
-print(host, port, flush=True)
-sys.stdin.read()
-server.stop()
-"""
-
 # A memory measurement in a fresh process: argv = mode [file url endpoint].  Prints one JSON line
 # with the peak resident set after the imports and at the end (VmHWM, KiB).
 MEMORY_CODE = """\
@@ -167,8 +153,10 @@ class MotoProcess:
     def __init__(self, log_path: str, timeout: float = 60.0) -> None:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.log_path = log_path
+        # `python -m fstransport.moto_server` prints "host port" once it listens and serves until
+        # its stdin closes (so it also ends when this process dies)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER_CODE],
+            [sys.executable, "-m", "fstransport.moto_server"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,

@@ -13,7 +13,7 @@ from functools import lru_cache
 import crc32c as _crc32c
 
 from fstransport.errors import ConfigurationError
-from fstransport.messages import Buffer
+from fstransport.messages import ChunkData, Pieces
 
 __all__ = ["chunk_crc", "combine", "format_checksum", "parse_checksum"]
 
@@ -23,8 +23,12 @@ _PREFIX = "crc32c:"
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
-def chunk_crc(data: Buffer, value: int = 0) -> int:
+def chunk_crc(data: ChunkData, value: int = 0) -> int:
     """CRC32C of `data`, continuing from `value` (the CRC of the bytes before it)."""
+    if isinstance(data, Pieces):
+        for part in data:
+            value = _crc32c.crc32c(part, value=value)
+        return int(value)
     return int(_crc32c.crc32c(data, value=value))
 
 

@@ -1,29 +1,75 @@
 """The protocol's messages: what a sender and a receiver say to each other.
 
 They mirror openraft 0.9's ``InstallSnapshotRequest{vote, meta, offset, data, done}`` and its
-answers, as frozen dataclasses.  Chunk data travels as ``bytes`` or a ``memoryview`` and is never
-copied by these classes.
+answers, as frozen dataclasses.  Chunk data travels as ``bytes`` or a ``memoryview`` (or, from
+the receiver server, as `Pieces`) and is never copied by these classes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
 __all__ = [
     "Buffer",
+    "ChunkData",
     "InstallSnapshotRequest",
     "InstallSnapshotResponse",
     "LogId",
+    "Pieces",
     "Snapshot",
     "SnapshotMeta",
     "SnapshotResponse",
     "SnapshotSegmentId",
     "Vote",
+    "contiguous",
 ]
 
 Buffer = bytes | bytearray | memoryview
 """Chunk data: anything that exposes a contiguous byte buffer."""
+
+
+class Pieces:
+    """Chunk data that arrived in several buffers, kept apart: joining them would copy it all.
+
+    The receiver server collects a request body this way (aiohttp hands it over in pieces of
+    up to 256 KiB).  A sink with a ``write_pieces`` method gets it as it is (the local file sink
+    writes it with ``pwritev``); any other sink gets `join`.  `len` is the total length.
+    """
+
+    __slots__ = ("_length", "_parts")
+
+    def __init__(self, parts: Iterable[Buffer]) -> None:
+        self._parts: tuple[Buffer, ...] = tuple(parts)
+        self._length = sum(memoryview(part).nbytes for part in self._parts)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[Buffer]:
+        return iter(self._parts)
+
+    @property
+    def count(self) -> int:
+        """How many pieces there are."""
+        return len(self._parts)
+
+    def join(self) -> bytes:
+        """The pieces as one ``bytes`` (a copy of them all)."""
+        return b"".join(self._parts)
+
+    def __repr__(self) -> str:  # never dump chunk data into logs
+        return f"Pieces(count={len(self._parts)}, len={self._length})"
+
+
+ChunkData = Buffer | Pieces
+"""What a request's `data` may be: one contiguous buffer, or `Pieces`."""
+
+
+def contiguous(data: ChunkData) -> Buffer:
+    """`data` as one contiguous buffer: itself, or its pieces joined."""
+    return data.join() if isinstance(data, Pieces) else data
 
 
 @dataclass(frozen=True, order=True)
@@ -95,7 +141,7 @@ class InstallSnapshotRequest:
     vote: Vote
     meta: SnapshotMeta
     offset: int
-    data: Buffer
+    data: ChunkData
     done: bool
     crc32c: int | None = None
 

@@ -35,7 +35,7 @@ from fstransport.protocol.receiver import (
     decide_stream,
     validate_request,
 )
-from fstransport.storage.sink import Lost, SnapshotSink, aborted, write_checked
+from fstransport.storage.sink import Lost, SnapshotSink, aborted, write_checked, write_chunk
 from fstransport.storage.store import SnapshotStore
 
 __all__ = ["Receiver"]
@@ -74,7 +74,7 @@ async def _put(sink: SnapshotSink, req: InstallSnapshotRequest, checked: _Checke
     if checked.crc == _UNKNOWN:
         lost, checked.crc = await write_checked(sink, req.offset, req.data)
         return lost
-    return await sink.write(req.offset, req.data, checked.crc)
+    return await write_chunk(sink, req.offset, req.data, checked.crc)
 
 
 def _held_to_tell(stream: _Stream, req: InstallSnapshotRequest) -> Held | None:

@@ -8,16 +8,13 @@ against the receiver's chunk limit (413 without reading a byte).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
 from crc32c import crc32c
 
-from fstransport.buffers import BufferPool
 from fstransport.errors import (
     ChecksumMismatch,
     FstransportError,
@@ -26,7 +23,7 @@ from fstransport.errors import (
     StorageError,
     TooManyTransfers,
 )
-from fstransport.messages import InstallSnapshotRequest
+from fstransport.messages import Buffer, InstallSnapshotRequest, Pieces
 from fstransport.network.wire import (
     API_PREFIX,
     H_CRC,
@@ -46,10 +43,11 @@ __all__ = ["create_app"]
 
 RECEIVER_KEY = web.AppKey("receiver", Receiver)
 
-POOL_BYTES = 64 * 1024 * 1024
-"""At most this many bytes of chunk buffers are kept for reuse (8 chunks of 8 MiB)."""
-POOL_IDLE_SECONDS = 5.0
-"""The pool is emptied once the server has had no request for this long."""
+SMALL_PIECE = 64 * 1024
+"""Received pieces shorter than this are gathered into one buffer before they join a chunk's
+`Pieces`: a peer that trickles a chunk a few bytes at a time costs a copy of those bytes, not
+a Python object per trickle.  Longer pieces (aiohttp hands over up to 256 KiB) are kept as
+they are."""
 
 
 def _error(status: int, exc: BaseException, **extra: Any) -> web.Response:
@@ -64,48 +62,38 @@ def _int_header(request: web.Request, name: str) -> int:
     return int(value)
 
 
-class _Idle:
-    """Counts the requests in progress; calls `on_idle` once none came for `POOL_IDLE_SECONDS`."""
+async def _read_body(content: StreamReader, length: int) -> tuple[Pieces, int]:
+    """The request's body of `length` bytes as the pieces it arrived in, and its CRC32C.
 
-    def __init__(self, on_idle: Callable[[], None]) -> None:
-        self._on_idle = on_idle
-        self._active = 0
-        self._timer: asyncio.TimerHandle | None = None
-
-    def __enter__(self) -> None:
-        self._active += 1
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def __exit__(self, *exc: object) -> None:
-        self._active -= 1
-        if self._active == 0:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(POOL_IDLE_SECONDS, self._on_idle)
-
-
-async def _read_body(content: StreamReader, body: bytearray) -> int:
-    """Fill `body` from the request's body as its pieces arrive; return the body's CRC32C.
-
-    Each piece is checksummed while it is still in the CPU's cache, right before it is copied
-    (a second pass over the whole chunk afterwards would read it back from memory).  aiohttp's
-    own ``read`` would grow a buffer piece by piece and then copy it once more."""
-    length = len(body)
+    The pieces are never joined into one buffer: copying 8 MiB into one costs more than
+    receiving it (it runs at memory speed, not cache speed), and the local file sink writes
+    the pieces with one ``pwritev`` (other sinks join them).  Each piece is checksummed while
+    it is still in the CPU's cache, as it arrives."""
+    parts: list[Buffer] = []
+    small = bytearray()
     crc = 0
     filled = 0
-    with memoryview(body) as view:
-        while filled < length:
-            piece, _ = await content.readchunk()  # one received piece, never joined to others
-            if not piece:
-                raise InvalidRequest(f"body ended after {filled} of {length} bytes", field="data")
-            end = filled + len(piece)
-            if end > length:
-                raise InvalidRequest("body longer than its Content-Length", field="data")
-            crc = crc32c(piece, crc, gil_release_mode=0)  # ~10 µs: releasing the GIL costs more
-            view[filled:end] = piece
-            filled = end
-    return crc
+    while filled < length:
+        piece, _ = await content.readchunk()  # one received piece, never joined to others
+        if not piece:
+            raise InvalidRequest(f"body ended after {filled} of {length} bytes", field="data")
+        filled += len(piece)
+        if filled > length:
+            raise InvalidRequest("body longer than its Content-Length", field="data")
+        crc = crc32c(piece, crc, gil_release_mode=0)  # ~20 µs: releasing the GIL costs more
+        if len(piece) >= SMALL_PIECE:
+            if small:
+                parts.append(small)
+                small = bytearray()
+            parts.append(piece)
+        else:
+            small += piece
+            if len(small) >= SMALL_PIECE:
+                parts.append(small)
+                small = bytearray()
+    if small:
+        parts.append(small)
+    return Pieces(parts), crc
 
 
 def create_app(
@@ -117,18 +105,12 @@ def create_app(
     app = web.Application(client_max_size=(limit or 1024**3) + 1)
     app[RECEIVER_KEY] = receiver
     expected = f"Bearer {token}".encode() if token else None
-    pool = BufferPool(POOL_BYTES)
-    idle = _Idle(pool.clear)
 
     async def install(request: web.Request) -> web.Response:
         if expected is not None:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return _error(401, InvalidRequest("missing or wrong bearer token"))
-        with idle:
-            return await _install(request)
-
-    async def _install(request: web.Request) -> web.Response:
         try:
             snapshot_id = check_snapshot_id(request.match_info["snapshot_id"])
             length = request.content_length
@@ -142,19 +124,15 @@ def create_app(
             offset = _int_header(request, H_OFFSET)
             sent_crc = _int_header(request, H_CRC) if H_CRC in request.headers else None
             done = request.headers.get(H_DONE) == "1"
-            body = pool.take(length)
-            try:
-                crc = await _read_body(request.content, body)
-                if sent_crc is None or sent_crc == crc:
-                    # The CRC was just computed here from the bytes received: the receiver
-                    # takes it instead of reading the whole chunk once more.
-                    req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=crc)
-                    response = await receiver.handle(req, trust_crc=True)
-                else:  # corrupted on the way: the receiver refuses it with its usual checks
-                    req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=sent_crc)
-                    response = await receiver.handle(req)
-            finally:
-                pool.give(body)  # reused once nothing else refers to it
+            body, crc = await _read_body(request.content, length)
+            if sent_crc is None or sent_crc == crc:
+                # The CRC was just computed here from the bytes received: the receiver takes
+                # it instead of reading the whole chunk once more.
+                req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=crc)
+                response = await receiver.handle(req, trust_crc=True)
+            else:  # corrupted on the way: the receiver refuses it with its usual checks
+                req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=sent_crc)
+                response = await receiver.handle(req)
         except SnapshotMismatch as exc:
             return _error(409, exc, expect=exc.expect.offset, got=exc.got.offset)
         except TooManyTransfers as exc:

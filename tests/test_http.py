@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,11 +23,10 @@ from fstransport import (
     Unreachable,
     ship,
 )
-from fstransport.buffers import BufferPool
 from fstransport.checksum import chunk_crc
 from fstransport.messages import Buffer, Snapshot, SnapshotMeta
 from fstransport.network.http import HttpNetwork
-from fstransport.server import _Idle, create_app
+from fstransport.server import create_app
 from tests.conftest import payload
 
 TOKEN = "s3cret-token"
@@ -265,55 +263,3 @@ async def test_chunk_buffers_a_sink_keeps_are_never_reused() -> None:
         assert store.installed == {"one": data, "two": data}
     finally:
         await runner.cleanup()
-
-
-def test_buffer_pool_reuses_only_buffers_nobody_else_holds() -> None:
-    pool = BufferPool(max_bytes=100)
-    buffer = pool.take(10)
-    first = id(buffer)
-    kept = memoryview(buffer)  # a sink still holds a view of it
-    pool.give(buffer)
-    del buffer
-    assert id(pool.take(10)) != first
-    kept.release()
-    buffer = pool.take(10)  # reclaimed now that nobody else refers to it
-    assert id(buffer) == first
-    assert pool.held == 0
-    pool.give(buffer)
-    del buffer
-    assert id(pool.take(11)) != first  # only for the same length
-    assert id(pool.take(10)) == first
-
-
-def test_buffer_pool_keeps_at_most_max_bytes_dropping_the_oldest() -> None:
-    pool = BufferPool(max_bytes=25)
-    for _ in range(3):  # the third does not fit
-        pool.give(bytearray(10))
-    assert pool.held == 20
-    pool.take(1)  # reclaims the two pending ones (and makes a new buffer of 1 byte)
-    assert pool.held == 20
-    big = pool.take(20)
-    pool.give(big)  # both older free buffers make room for it
-    assert pool.held == 20
-    del big
-    assert len(pool.take(10)) == 10  # a new one: the free 10s were dropped
-    assert pool.held == 20
-    assert len(pool.take(20)) == 20
-    assert pool.held == 0
-    pool.give(bytearray(5))
-    pool.clear()
-    assert pool.held == 0
-
-
-async def test_idle_timer_fires_only_once_no_request_is_in_progress(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    cleared = asyncio.Event()
-    idle = _Idle(cleared.set)
-    monkeypatch.setattr("fstransport.server.POOL_IDLE_SECONDS", 0.01)
-    with idle:
-        with idle:
-            pass
-        await asyncio.sleep(0.05)
-        assert not cleared.is_set()  # a request is still in progress
-    await asyncio.wait_for(cleared.wait(), 1)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fstransport.errors import ConfigurationError, PayloadTooLarge, Timeout
-from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
+from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, contiguous
 from fstransport.network.base import Network
 from fstransport.options import TransferOptions
 
@@ -335,7 +335,7 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 def _flip_bit(req: InstallSnapshotRequest, bit: int) -> InstallSnapshotRequest:
     """A copy of `req` whose data has `bit` flipped; ``crc32c`` stays the original's."""
-    data = bytearray(req.data)
+    data = bytearray(contiguous(req.data))
     data[bit >> 3] ^= 1 << (bit & 7)
     return replace(req, data=bytes(data))
 

@@ -29,7 +29,12 @@ from fstransport.errors import (
     Unreachable,
     UntrustedPeer,
 )
-from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotSegmentId
+from fstransport.messages import (
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    SnapshotSegmentId,
+    contiguous,
+)
 from fstransport.network.wire import (
     API_PREFIX,
     H_CRC,
@@ -105,7 +110,7 @@ class HttpNetwork:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
             async with self._client().put(
-                url, data=BufferBody(req.data), headers=headers
+                url, data=BufferBody(contiguous(req.data)), headers=headers
             ) as answer:
                 body: Any = await answer.json(content_type=None)
                 status = answer.status

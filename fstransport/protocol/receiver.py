@@ -18,7 +18,13 @@ from fstransport.errors import (
     InvalidRequest,
     SnapshotMismatch,
 )
-from fstransport.messages import InstallSnapshotRequest, SnapshotMeta, SnapshotSegmentId, Vote
+from fstransport.messages import (
+    InstallSnapshotRequest,
+    Pieces,
+    SnapshotMeta,
+    SnapshotSegmentId,
+    Vote,
+)
 from fstransport.protocol.ranges import ChunkLedger
 
 __all__ = [
@@ -93,6 +99,16 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_buffer(data: object) -> None:
+    """`InvalidRequest` unless `data` is a contiguous buffer of bytes."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidRequest(f"data must be bytes, got {type(data).__name__}", field="data")
+    if isinstance(data, memoryview) and not (
+        data.c_contiguous and data.itemsize == 1 and data.ndim == 1
+    ):
+        raise InvalidRequest("data must be a contiguous byte buffer", field="data")
+
+
 def validate_request(
     req: InstallSnapshotRequest, limits: ReceiverLimits, *, trust_crc: bool = False
 ) -> int:
@@ -132,13 +148,8 @@ def validate_request(
         raise InvalidRequest(
             f"offset must be a non-negative integer, got {req.offset!r}", field="offset"
         )
-    if not isinstance(req.data, (bytes, bytearray, memoryview)):
-        raise InvalidRequest(f"data must be bytes, got {type(req.data).__name__}", field="data")
-    view = req.data
-    if isinstance(view, memoryview) and not (
-        view.c_contiguous and view.itemsize == 1 and view.ndim == 1
-    ):
-        raise InvalidRequest("data must be a contiguous byte buffer", field="data")
+    for part in req.data if isinstance(req.data, Pieces) else (req.data,):
+        _check_buffer(part)
     length = len(req.data)
     if limits.max_chunk_size is not None and length > limits.max_chunk_size:
         raise InvalidRequest(

@@ -10,9 +10,11 @@ A sink is chosen by what the target filesystem can do:
 Every sink raises `StorageError` for backend failures.  `write_checked` writes a chunk whose CRC32C
 is not known yet and computes it on the way, block by block just before each block is written,
 while the block is still in the CPU cache (`MemorySink` and `PwriteSink` do; for other sinks it is
-one pass over the chunk and then the write).  ``finish`` flushes and closes the partial
-file; ``abort`` closes it and deletes it.  Sinks for object stores live in their own modules
-(`fstransport.storage.multipart`, `fstransport.storage.sequential`).
+one pass over the chunk and then the write).  `write_chunk` writes data of any shape: `Pieces`
+(a request body as the receiver server got it) go to a sink's ``write_pieces`` as they are
+(`PwriteSink` writes them with ``pwritev``) and are joined for other sinks.  ``finish`` flushes
+and closes the partial file; ``abort`` closes it and deletes it.  Sinks for object stores live
+in their own modules (`fstransport.storage.multipart`, `fstransport.storage.sequential`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import StorageError
-from fstransport.messages import Buffer, SnapshotMeta
+from fstransport.messages import Buffer, ChunkData, Pieces, SnapshotMeta, contiguous
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.journal import LocalJournal, MemoryJournal
 
@@ -42,6 +44,7 @@ __all__ = [
     "aborted",
     "discard_file",
     "write_checked",
+    "write_chunk",
 ]
 
 _T = TypeVar("_T")
@@ -49,6 +52,17 @@ _T = TypeVar("_T")
 Lost = Sequence[tuple[int, int]]
 """Byte ranges ``[start, end)`` a write made the sink forget (they must be sent again)."""
 NOTHING_LOST: Lost = ()
+
+
+def _iov_max() -> int:
+    """Buffers one ``pwritev`` takes at most: ``IOV_MAX`` (1,024 on Linux; POSIX's least is 16)."""
+    try:
+        return max(16, os.sysconf("SC_IOV_MAX"))
+    except (AttributeError, ValueError, OSError):
+        return 16
+
+
+IOV_MAX = _iov_max()
 
 CHECK_BLOCK = 256 * 1024
 """Bytes checked and then written at a time by `write_checked`: small enough to stay in L2."""
@@ -81,13 +95,26 @@ class SnapshotSink(Protocol):
         """Close and delete the partial file; never raises for a file already gone."""
 
 
-async def write_checked(sink: SnapshotSink, offset: int, data: Buffer) -> tuple[Lost, int]:
+async def write_chunk(sink: SnapshotSink, offset: int, data: ChunkData, crc: int) -> Lost:
+    """``sink.write`` for chunk data of any shape: `Pieces` go to the sink's ``write_pieces``
+    as they are where it has one, and are joined into one buffer for any other sink."""
+    if isinstance(data, Pieces):
+        method = getattr(sink, "write_pieces", None)
+        if method is not None:
+            lost: Lost = await method(offset, data, crc)
+            return lost
+        data = data.join()
+    return await sink.write(offset, data, crc)
+
+
+async def write_checked(sink: SnapshotSink, offset: int, data: ChunkData) -> tuple[Lost, int]:
     """Write `data` at `offset` like ``sink.write`` and return what it lost and `data`'s CRC32C.
 
     Sinks with a ``write_checked`` method compute the CRC as they write (see the module
     docstring); for others it is computed first.  Only for data nobody can have altered on the
     way: the CRC is computed from what is written, so it cannot catch corruption before it.
     """
+    data = contiguous(data)
     method = getattr(sink, "write_checked", None)
     if method is not None:
         lost, crc = await method(offset, data)
@@ -254,6 +281,20 @@ class PwriteSink:
             view = view[written:]
             offset += written
 
+    def _pwritev_all(self, offset: int, data: Pieces) -> None:
+        """``pwritev`` of every piece, `IOV_MAX` at a time, resuming after short writes."""
+        pending = [view for view in (memoryview(p).cast("B") for p in data) if view.nbytes]
+        pending.reverse()  # the next piece last, where popping it is cheap
+        while pending:
+            written = os.pwritev(self._fd, pending[: -IOV_MAX - 1 : -1], offset)
+            if written <= 0:
+                raise OSError(f"pwritev wrote nothing at offset {offset}")
+            offset += written
+            while pending and written >= pending[-1].nbytes:  # pieces written whole
+                written -= pending.pop().nbytes
+            if written:  # a short write ended inside this piece
+                pending[-1] = pending[-1][written:]
+
     def _pwrite_checked(self, offset: int, data: Buffer) -> int:
         crc = _checked_blocks(data, lambda start, block: self._pwrite_all(offset + start, block))
         if self._journal is not None:
@@ -270,6 +311,20 @@ class PwriteSink:
             raise aborted(self.path)
         with storage_errors(self.path, "write"):
             await self._in_thread(lambda: self._pwrite_noted(offset, data, crc))
+        return NOTHING_LOST
+
+    async def write_pieces(self, offset: int, data: Pieces, crc: int) -> Lost:
+        """`write` for `Pieces`: written with ``pwritev`` as they are, never joined."""
+        if self._fd < 0:
+            raise aborted(self.path)
+
+        def _pwritev_noted() -> None:
+            self._pwritev_all(offset, data)
+            if self._journal is not None:
+                self._journal.append(offset, len(data), crc)
+
+        with storage_errors(self.path, "write"):
+            await self._in_thread(_pwritev_noted)
         return NOTHING_LOST
 
     async def write_checked(self, offset: int, data: Buffer) -> tuple[Lost, int]:

@@ -13,11 +13,14 @@ Both contenders copy the same `memory://` snapshot to a local file at 8 MiB chun
   this script in its own process on 127.0.0.1 and stopped at the end.  One `HttpNetwork` (one
   connection pool) serves every round, as it would in a long-lived sender.
 
-and a reference that is not a contender: **raw TCP**, the same bytes over one plain blocking
-socket to a receiver process that does nothing but ``recv_into`` one reused 8 MiB buffer and
-``os.pwrite`` it to the file (no HTTP, no asyncio, no checksum, no protocol).  It is what this
-machine's loopback and disk can do with a second process in the path: the ceiling for any
-network receiver, HTTP or not.
+and two references that are not contenders: **raw TCP**, the same bytes over one plain
+blocking socket to a receiver process that does nothing but ``recv_into`` one reused 8 MiB
+buffer and ``os.pwrite`` it to the file (no HTTP, no asyncio, no checksum, no protocol), and
+**raw TCP + CRC32C**, the same with each chunk's CRC32C computed by the sender, sent before the
+chunk, and checked by the receiver piece by piece as the chunk arrives.  The first is what this
+machine's loopback and disk can do with a second process in the path; the second is the least
+that any network transfer which verifies its chunks must do: the ceiling for any receiver,
+HTTP or not, that checks what it receives (the protocol requires it).
 
 The method is `bench_core.py`'s (its helpers are imported): the contenders are interleaved round
 by round in a shuffled order after an uncounted warm-up round; only ``ship()`` is timed; every
@@ -77,31 +80,46 @@ START_TIMEOUT = 30.0
 
 
 # The raw TCP reference receiver: argv = path.  Each connection sends an 8-byte big-endian size
-# and then the bytes; they are received into one reused buffer and written at their offsets;
+# and a 1-byte flag, then the bytes in 8 MiB chunks, each chunk preceded by its 4-byte CRC32C
+# when the flag is 1; they are received into one reused buffer (checksummed piece by piece as
+# they arrive when the flag is 1, and compared at the chunk's end) and written at their offsets;
 # the answer is one byte once all are written.
 RAW_SERVER_CODE = """\
 import os, socket, struct, sys
+from crc32c import crc32c
 path = sys.argv[1]
 listener = socket.create_server(("127.0.0.1", 0))
 print("raw tcp receiver on tcp://127.0.0.1:%d" % listener.getsockname()[1], flush=True)
 buffer = bytearray(8 * 1024 * 1024)
 view = memoryview(buffer)
+
+def exactly(conn, n):
+    head = b""
+    while len(head) < n:
+        got = conn.recv(n - len(head))
+        if not got:
+            raise SystemExit("connection closed early")
+        head += got
+    return head
+
 while True:
     conn, _ = listener.accept()
     with conn:
-        head = b""
-        while len(head) < 8:
-            head += conn.recv(8 - len(head))
-        size, = struct.unpack(">Q", head)
+        size, checked = struct.unpack(">QB", exactly(conn, 9))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         offset = 0
         while offset < size:
-            want, filled = min(len(buffer), size - offset), 0
+            sent_crc = struct.unpack(">I", exactly(conn, 4))[0] if checked else 0
+            want, filled, crc = min(len(buffer), size - offset), 0, 0
             while filled < want:
                 got = conn.recv_into(view[filled:want])
                 if not got:
                     raise SystemExit("connection closed early")
+                if checked:
+                    crc = crc32c(view[filled : filled + got], crc)
                 filled += got
+            if crc != sent_crc:
+                raise SystemExit("CRC32C mismatch at offset %d" % offset)
             os.pwrite(fd, view[:filled], offset)
             offset += filled
         os.close(fd)
@@ -187,17 +205,21 @@ class Cpu:
         )
 
 
-def raw_tcp_case(data: bytes, raw: Server, cpu: Cpu) -> Case:
-    """The raw TCP reference: the bytes over one blocking socket to `RAW_SERVER_CODE`."""
+def raw_tcp_case(data: bytes, raw: Server, cpu: Cpu, *, checked: bool) -> Case:
+    """A raw TCP reference: the bytes over one blocking socket to `RAW_SERVER_CODE`; `checked`
+    adds a CRC32C per chunk, computed by the sender and checked by the receiver."""
     port = int(raw.url.rsplit(":", 1)[1])
     written = os.path.join(raw.root, "raw.bin")
 
     def body() -> object:
         view = memoryview(data)
         with socket.create_connection(("127.0.0.1", port)) as conn:
-            conn.sendall(struct.pack(">Q", len(data)))
+            conn.sendall(struct.pack(">QB", len(data), checked))
             for offset in range(0, len(data), CHUNK):
-                conn.sendall(view[offset : offset + CHUNK])
+                chunk = view[offset : offset + CHUNK]
+                if checked:
+                    conn.sendall(struct.pack(">I", chunk_crc(chunk)))
+                conn.sendall(chunk)
             if conn.recv(1) != b"k":
                 raise AssertionError("the raw receiver did not confirm the bytes")
         return None
@@ -206,10 +228,15 @@ def raw_tcp_case(data: bytes, raw: Server, cpu: Cpu) -> Case:
         remove(written)
         sync_disk()
 
-    label = "reference: raw TCP (blocking socket, recv_into + pwrite, no HTTP/asyncio/CRC)"
-    run = cpu.timed("raw", body, raw)
+    if checked:
+        key = "raw_crc"
+        label = "reference: raw TCP + CRC32C per chunk on both ends (no HTTP/asyncio)"
+    else:
+        key = "raw"
+        label = "reference: raw TCP (blocking socket, recv_into + pwrite, no HTTP/asyncio/CRC)"
+    run = cpu.timed(key, body, raw)
     return Case(
-        "raw", label, len(data), run, lambda _: check_file(written, data), prepare,
+        key, label, len(data), run, lambda _: check_file(written, data), prepare,
         lambda: remove(written),
     )  # fmt: skip
 
@@ -300,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cases, cpu = contenders(data, folder, server, network, loop)
             raw_command = [sys.executable, "-c", RAW_SERVER_CODE, os.path.join(folder, "raw.bin")]
             raw = Server(folder, log, raw_command)
-            cases.append(raw_tcp_case(data, raw, cpu))
+            cases.append(raw_tcp_case(data, raw, cpu, checked=False))
+            cases.append(raw_tcp_case(data, raw, cpu, checked=True))
             run_rounds(cases, args.rounds, args.warmup, random.Random(args.seed), title)
             for process in (server, raw):
                 if process.proc.poll() is not None:
@@ -310,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Row("inproc"),
                 Row("http", "inproc", f">= {GOAL_RATIO}x", GOAL_RATIO),
                 Row("raw", "inproc"),
+                Row("raw_crc", "inproc"),
             ]
             results = [evaluate(row, by_key) for row in rows]
             for r in results:

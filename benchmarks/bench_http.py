@@ -348,9 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop.run_until_complete(network.close())
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
-        for process in (server, raw):
-            if process is not None:
-                process.stop()
+        for receiver in (server, raw):
+            if receiver is not None:
+                receiver.stop()
         shutil.rmtree(folder, ignore_errors=True)
         memfs.rm(SOURCE_PATH)
 

@@ -144,7 +144,7 @@ def report_link(link: Link, cases: Sequence[Case], serial: Case, size: int) -> d
         "| contender | median s | fastest s | MiB/s | x limit | speed-up over serial |"
         "\n|---|---:|---:|---:|---:|---:|"
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for case in cases:
         median = statistics.median(case.samples)
         row = {

@@ -153,10 +153,14 @@ async def test_file_to_s3_to_file_and_s3_to_s3(
     data = payload(2 * 8 * MiB + 4321, seed=3)  # several default-sized parts
     src = tmp_path / "src.bin"
     src.write_bytes(data)
-    opts = {"source_options": s3_storage_options, "target_options": s3_storage_options}
     await ship(str(src), f"s3://{s3_bucket}/a.bin", target_options=s3_storage_options)
     assert object_bytes(s3_client, s3_bucket, "a.bin") == data
-    await ship(f"s3://{s3_bucket}/a.bin", f"s3://{s3_bucket}/copy/b.bin", **opts)
+    await ship(
+        f"s3://{s3_bucket}/a.bin",
+        f"s3://{s3_bucket}/copy/b.bin",
+        source_options=s3_storage_options,
+        target_options=s3_storage_options,
+    )
     assert object_bytes(s3_client, s3_bucket, "copy/b.bin") == data
     back = tmp_path / "back.bin"
     report = await ship(

@@ -78,8 +78,12 @@ async def test_s3_to_s3_goes_without_copying_parts(
     """The S3 source's chunks are `HandedOver` buffers: the target's parts are those chunks."""
     data = payload(2 * 8 * MiB + 99, seed=14)
     s3_client.put_object(Bucket=s3_bucket, Key="from.bin", Body=data)
-    opts = {"source_options": s3_storage_options, "target_options": s3_storage_options}
-    await ship(f"s3://{s3_bucket}/from.bin", f"s3://{s3_bucket}/to.bin", **opts)
+    await ship(
+        f"s3://{s3_bucket}/from.bin",
+        f"s3://{s3_bucket}/to.bin",
+        source_options=s3_storage_options,
+        target_options=s3_storage_options,
+    )
     assert object_bytes(s3_client, s3_bucket, "to.bin") == data
     (assembler,) = assemblers
     assert assembler.part_count == 3

@@ -78,13 +78,14 @@ async def test_open_local_file_uses_pread(data_file: Path) -> None:
 
 
 async def test_plain_file_object_without_descriptor(data_file: Path) -> None:
-    source = await source_for_file(io.BufferedReader(io.BytesIO(DATA)))  # type: ignore[arg-type]
+    source = await source_for_file(io.BufferedReader(io.BytesIO(DATA)))
     assert isinstance(source, FileObjectSource)
     await check_ranges(source)
 
 
 @pytest.mark.parametrize("kind", ["memory", "local"])
 async def test_open_source_by_url(kind: str, data_file: Path) -> None:
+    expected: type[BufferSource | PreadSource]
     if kind == "memory":
         import fsspec
 

@@ -172,6 +172,19 @@ def _parser() -> argparse.ArgumentParser:
         help="SRC's CRC32C, if known: the receiver verifies it, and resumes what an earlier, "
         "interrupted ship of the same data left (through --via, only a named checksum resumes)",
     )
+    ship_cmd.add_argument(
+        "--part-size",
+        type=_size_arg,
+        metavar="SIZE",
+        help="S3 part size of an s3:// DST, at least 5MiB (default 8MiB; keep --chunk-size a "
+        "multiple of it so chunks become parts without a copy)",
+    )
+    ship_cmd.add_argument(
+        "--upload-concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="S3 parts of an s3:// DST uploaded at once (default 4)",
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -449,6 +462,19 @@ async def _ship(args: argparse.Namespace) -> int:
         network = http = HttpNetwork(args.via, token=args.token, ssl=tls)
     elif args.cafile is not None or args.token is not None:
         raise ConfigurationError("--token and --cafile are for shipping --via a server")
+    store_options = {
+        name: value
+        for name, value in [
+            ("part_size", args.part_size),
+            ("upload_concurrency", args.upload_concurrency),
+        ]
+        if value is not None
+    }
+    if store_options and args.via:
+        raise ConfigurationError(
+            "--part-size and --upload-concurrency are for the in-process receiver; with --via, "
+            "give them to the server's store"
+        )
     source_options = _storage_options(args, args.src)
     bar = ProgressBar(await _size_of(args.src, source_options))
     try:
@@ -459,6 +485,7 @@ async def _ship(args: argparse.Namespace) -> int:
             network=network,
             source_options=source_options,
             target_options=_storage_options(args, args.dst),
+            store_options=store_options,
             progress=bar.update,
             checksum=args.checksum,
         )

@@ -62,10 +62,25 @@ class TransferReport:
         return {**asdict(self), "throughput": self.throughput}
 
 
+STORE_OPTIONS = frozenset(
+    {"fsync", "sink", "part_size", "full_object_checksum", "upload_concurrency"}
+)
+"""The `FsspecSnapshotStore` settings `ship(store_options=...)` passes to its in-process store."""
+
+
 async def _split_target(
-    target_url: str, storage_options: dict[str, Any], retry: RetryPolicy
+    target_url: str,
+    storage_options: dict[str, Any],
+    retry: RetryPolicy,
+    store_options: dict[str, Any],
 ) -> tuple[FsspecSnapshotStore, str]:
     """The store at `target_url`'s folder and the file name, which becomes the snapshot id."""
+    unknown = sorted(set(store_options) - STORE_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown store option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(STORE_OPTIONS))}"
+        )
     with storage_errors(target_url, "open"):
         fs, path = fsspec.core.url_to_fs(target_url, **storage_options)
         path = str(path)
@@ -74,7 +89,7 @@ async def _split_target(
     if target_url.endswith("/") or not path.strip("/") or is_dir:
         raise ConfigurationError(f"target {target_url!r} must name a file, not a folder")
     parent, _, name = path.rpartition("/")
-    store = FsspecSnapshotStore.from_filesystem(fs, parent or "/", retry=retry)
+    store = FsspecSnapshotStore.from_filesystem(fs, parent or "/", retry=retry, **store_options)
     return store, _snapshot_id(target_url, name)
 
 
@@ -95,6 +110,7 @@ async def ship(
     network: Network | None = None,
     source_options: dict[str, Any] | None = None,
     target_options: dict[str, Any] | None = None,
+    store_options: dict[str, Any] | None = None,
     cancel: Awaitable[Any] | None = None,
     vote: Vote = DEFAULT_VOTE,
     progress: ProgressCallback | None = None,
@@ -108,6 +124,11 @@ async def ship(
     copy is verified; on any failure nothing is visible at `target_url` and, in-process, no
     partial data is left behind.
 
+    `source_options` and `target_options` are fsspec storage options (``endpoint_url``, ...).
+    `store_options` configure the in-process receiver's `FsspecSnapshotStore`: ``part_size``
+    and ``upload_concurrency`` for S3 targets, ``fsync``, ``sink``, ``full_object_checksum``;
+    with a `network` the remote receiver decides them, so they are refused.
+
     `checksum` (``"crc32c:%08x"``) names the data when the caller knows it: the receiver then
     verifies it, and can resume a transfer an earlier, interrupted call left halfway.  Without
     it, an in-process copy computes it only when such a partial copy exists.
@@ -120,11 +141,16 @@ async def ship(
     snapshot_id: str
     if network is None:
         store, snapshot_id = await _split_target(
-            target_url, dict(target_options or {}), options.retry
+            target_url, dict(target_options or {}), options.retry, dict(store_options or {})
         )
         # Sender and receiver share this process and every buffer: one CRC pass is enough.
         network = LoopbackNetwork(Receiver(store), trust_checksums=True)
     else:
+        if store_options:
+            raise ConfigurationError(
+                "store_options apply to the in-process receiver only; with a network, the "
+                "receiver behind it has its own store"
+            )
         snapshot_id = _snapshot_id(target_url, target_url.rstrip("/").rpartition("/")[2])
     started = time.perf_counter()
     try:

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fstransport import __version__
-from tests.conftest import payload
+from fstransport.options import MiB
+from tests.conftest import S3_ENV, payload
 
 # The entry point pip installed next to this interpreter (the venv's bin/ or Scripts/).
 EXE = shutil.which("fstransport", path=str(Path(sys.executable).parent))
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     assert EXE is not None, "the fstransport command is not installed: pip install -e ."
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120, check=False)
+    environ = None if env is None else {**os.environ, **env}
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, timeout=120, check=False, env=environ
+    )
 
 
 def test_version() -> None:
@@ -56,6 +62,24 @@ def test_demo_json_report(tmp_path: Path) -> None:
     assert target.stat().st_size == 1024 * 1024
 
 
+def test_ship_to_s3_with_part_size_and_upload_concurrency(
+    tmp_path: Path, moto_server: str, s3_bucket: str, s3_client: Any
+) -> None:
+    src = tmp_path / "a.bin"
+    data = payload(11 * MiB + 3, seed=8)
+    src.write_bytes(data)
+    dst = f"s3://{s3_bucket}/tuned.bin"
+    args = ("--endpoint-url", moto_server, "--chunk-size", "5MiB", "--json")
+    tuning = ("--part-size", "5MiB", "--upload-concurrency", "2")
+    result = run("ship", str(src), dst, *args, *tuning, env=S3_ENV)
+    assert result.returncode == 0, result.stderr
+    assert s3_client.get_object(Bucket=s3_bucket, Key="tuned.bin")["Body"].read() == data
+    # 5 MiB parts: three of them (the default, 8 MiB, would make two)
+    assert s3_client.head_object(Bucket=s3_bucket, Key="tuned.bin")["ETag"].endswith('-3"')
+    too_small = run("ship", str(src), dst, *args, "--part-size", "1MiB", env=S3_ENV)
+    assert_one_error_line(too_small, "part_size must be at least")
+
+
 def test_ship_json(tmp_path: Path) -> None:
     src = tmp_path / "a.bin"
     data = payload(100_000)
@@ -84,6 +108,10 @@ def test_ship_json(tmp_path: Path) -> None:
         (("ship", "a", "b", "--via", "http://[::1"), "is not a usable URL"),
         (("ship", "a", "b", "--via", "http://127.0.0.1:port"), "is not a usable URL"),
         (("ship", "a", "b", "--cafile", "ca.pem"), "--token and --cafile are for shipping --via"),
+        (
+            ("ship", "a", "b", "--via", "http://127.0.0.1:1", "--part-size", "8MiB"),
+            "--part-size and --upload-concurrency are for the in-process receiver",
+        ),
         (
             ("ship", "a", "b", "--via", "http://127.0.0.1:1", "--cafile", "ca.pem"),
             "--cafile needs an https:// --via URL",

@@ -33,11 +33,10 @@ from fstransport import (
     UntrustedPeer,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.moto_server import REGION, TEST_CREDENTIALS
 from fstransport.network.http import HttpNetwork
 from fstransport.options import KiB, MiB
 from fstransport.transfer import ship
-from tests.conftest import payload
+from tests.conftest import S3_ENV, payload
 
 # The entry point pip installed next to this interpreter (the venv's bin/ or Scripts/).
 EXE = shutil.which("fstransport", path=str(Path(sys.executable).parent))
@@ -46,13 +45,6 @@ START_TIMEOUT = 60.0  # a server process prints its address within this (usually
 SHIP_TIMEOUT = 120.0  # no ship() in this file may take longer, whatever goes wrong
 CHUNK, WINDOW = 256 * KiB, 2  # of the slow transfers that a server's death interrupts
 S3_PART = 8 * MiB  # the part size a receiver chooses for the snapshots below (< 80 GB)
-
-# how a user gives a server process its S3 credentials: the environment, as for boto
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": TEST_CREDENTIALS["key"],
-    "AWS_SECRET_ACCESS_KEY": TEST_CREDENTIALS["secret"],
-    "AWS_DEFAULT_REGION": REGION,
-}
 
 
 class ServerProcess:

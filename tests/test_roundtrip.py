@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import fsspec
@@ -10,6 +11,9 @@ import pytest
 
 from fstransport import (
     ConfigurationError,
+    FsspecSnapshotStore,
+    LoopbackNetwork,
+    Receiver,
     ReplicationClosed,
     StorageError,
     TransferOptions,
@@ -123,3 +127,29 @@ async def test_task_cancellation_leaves_nothing(tmp_path: Path) -> None:
         await task
     assert not target.exists()
     assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+async def test_store_options_are_checked_before_anything_is_read(tmp_path: Path) -> None:
+    target = str(tmp_path / "out.bin")
+    with pytest.raises(ConfigurationError, match=r"unknown store option\(s\) part_sise"):
+        await ship("memory://nowhere.bin", target, store_options={"part_sise": 6 << 20})
+    with pytest.raises(ConfigurationError, match="in-process receiver only"):
+        await ship(
+            "memory://nowhere.bin",
+            target,
+            network=LoopbackNetwork(Receiver(FsspecSnapshotStore(str(tmp_path)))),
+            store_options={"fsync": True},
+        )
+    assert os.listdir(tmp_path) == []
+
+
+async def test_store_options_reach_the_in_process_store(tmp_path: Path) -> None:
+    data = payload(300_000, seed=9)
+    fsspec.filesystem("memory").pipe_file("/so/src.bin", data)
+    report = await ship(
+        "memory://so/src.bin", str(tmp_path / "out.bin"), store_options={"sink": "sequential"}
+    )
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert report.size == len(data)
+    with pytest.raises(ConfigurationError, match="unknown sink kind"):
+        await ship("memory://so/src.bin", str(tmp_path / "b.bin"), store_options={"sink": "x"})

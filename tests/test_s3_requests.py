@@ -8,7 +8,7 @@ from typing import Any
 import aiobotocore.client
 import pytest
 
-from fstransport import ship
+from fstransport import FsspecSnapshotStore, TransferOptions, ship
 from fstransport.options import MiB
 from fstransport.protocol.parts import PartAssembler
 from tests.conftest import payload
@@ -135,3 +135,36 @@ async def test_a_later_ship_still_discards_what_an_earlier_one_left(
     assert object_bytes(s3_client, s3_bucket, "snap.bin") == data
     assert all_keys(s3_client, s3_bucket) == ["snap.bin"]
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+async def test_ship_passes_store_options_to_its_store(
+    tmp_path: Path,
+    s3_bucket: str,
+    s3_storage_options: dict[str, Any],
+    s3_client: Any,
+    assemblers: list[PartAssembler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stores: list[FsspecSnapshotStore] = []
+    real = FsspecSnapshotStore._init
+
+    def recording(self: FsspecSnapshotStore, *args: Any) -> None:
+        real(self, *args)
+        stores.append(self)
+
+    monkeypatch.setattr(FsspecSnapshotStore, "_init", recording)
+    data = payload(2 * 6 * MiB + 5, seed=15)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    await ship(
+        str(src),
+        f"s3://{s3_bucket}/tuned.bin",
+        target_options=s3_storage_options,
+        store_options={"part_size": 6 * MiB, "upload_concurrency": 2},
+        options=TransferOptions(chunk_size=6 * MiB),
+    )
+    assert object_bytes(s3_client, s3_bucket, "tuned.bin") == data
+    (assembler,) = assemblers
+    assert (assembler.part_size, assembler.part_count) == (6 * MiB, 3)
+    (store,) = stores
+    assert store.upload_concurrency == 2

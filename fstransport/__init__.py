@@ -29,6 +29,7 @@ from fstransport.errors import (
     UntrustedPeer,
 )
 from fstransport.messages import (
+    ChunkData,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
     LogId,
@@ -38,6 +39,7 @@ from fstransport.messages import (
     SnapshotResponse,
     SnapshotSegmentId,
     Vote,
+    contiguous,
 )
 from fstransport.network import FaultStats, FaultyNetwork, HttpNetwork, LoopbackNetwork, Network
 from fstransport.options import KiB, MiB, RetryPolicy, TransferOptions
@@ -54,6 +56,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "ChecksumMismatch",
+    "ChunkData",
     "Chunked",
     "ConfigurationError",
     "FaultStats",
@@ -97,6 +100,7 @@ __all__ = [
     "UntrustedPeer",
     "Vote",
     "__version__",
+    "contiguous",
     "open_source",
     "send_source",
     "ship",

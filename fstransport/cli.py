@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import fsspec
+from aiohttp import web
 
 from fstransport import __version__
 from fstransport.bench import (
@@ -45,6 +46,7 @@ from fstransport.network.base import Network
 from fstransport.network.http import HttpNetwork
 from fstransport.options import MiB, TransferOptions
 from fstransport.progress import ProgressBar
+from fstransport.server import IDLE_TIMEOUT, create_app
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.s3 import open_s3
 from fstransport.storage.store import FsspecSnapshotStore
@@ -116,6 +118,40 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _add_s3_tuning(parser: argparse.ArgumentParser, where: str) -> None:
+    parser.add_argument(
+        "--part-size",
+        type=_size_arg,
+        metavar="SIZE",
+        help=f"S3 part size for an s3:// {where}, at least 5MiB (default 8MiB; keep the "
+        "senders' --chunk-size a multiple of it so chunks become parts without a copy)",
+    )
+    parser.add_argument(
+        "--upload-concurrency",
+        type=_positive_int,
+        metavar="N",
+        help=f"S3 parts uploaded at once for an s3:// {where} (default 4)",
+    )
+
+
+def _s3_tuning(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    """The store options ``--part-size`` and ``--upload-concurrency`` give, for the store at
+    `url`; `ConfigurationError` if they are given for a store that is not on S3."""
+    tuning = {
+        name: value
+        for name, value in [
+            ("part_size", args.part_size),
+            ("upload_concurrency", args.upload_concurrency),
+        ]
+        if value is not None
+    }
+    if tuning and not url.startswith(("s3://", "s3a://")):
+        raise ConfigurationError(
+            f"--part-size and --upload-concurrency are for s3:// stores, not {url}"
+        )
+    return tuning
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fstransport",
@@ -172,19 +208,7 @@ def _parser() -> argparse.ArgumentParser:
         help="SRC's CRC32C, if known: the receiver verifies it, and resumes what an earlier, "
         "interrupted ship of the same data left (through --via, only a named checksum resumes)",
     )
-    ship_cmd.add_argument(
-        "--part-size",
-        type=_size_arg,
-        metavar="SIZE",
-        help="S3 part size of an s3:// DST, at least 5MiB (default 8MiB; keep --chunk-size a "
-        "multiple of it so chunks become parts without a copy)",
-    )
-    ship_cmd.add_argument(
-        "--upload-concurrency",
-        type=_positive_int,
-        metavar="N",
-        help="S3 parts of an s3:// DST uploaded at once (default 4)",
-    )
+    _add_s3_tuning(ship_cmd, "DST")
 
     serve = commands.add_parser(
         "serve",
@@ -204,7 +228,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PEM",
         help="the private key of --certfile (default: in --certfile itself)",
     )
+    serve.add_argument(
+        "--idle-timeout",
+        type=_duration_arg,
+        default=IDLE_TIMEOUT,
+        metavar="DURATION",
+        help=f"drop a request whose body sends nothing for this long, e.g. 30s or 2m "
+        f"(default {IDLE_TIMEOUT:g}s)",
+    )
     _add_endpoint_option(serve)
+    _add_s3_tuning(serve, "ROOT")
 
     _add_bench_parser(commands)
 
@@ -372,14 +405,12 @@ async def _cleanup(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from fstransport.server import create_app
-
     tls = _server_tls(args.certfile, args.keyfile)
     scheme = "https" if tls is not None else "http"
-    async with FsspecSnapshotStore(args.root, **_storage_options(args, args.root)) as store:
-        runner = web.AppRunner(create_app(store, token=args.token))
+    options = {**_storage_options(args, args.root), **_s3_tuning(args, args.root)}
+    async with FsspecSnapshotStore(args.root, **options) as store:
+        app = create_app(store, token=args.token, idle_timeout=args.idle_timeout)
+        runner = web.AppRunner(app)
         await runner.setup()
         try:
             # reuse_address: a server restarted on the port of one that died binds at once,
@@ -462,18 +493,11 @@ async def _ship(args: argparse.Namespace) -> int:
         network = http = HttpNetwork(args.via, token=args.token, ssl=tls)
     elif args.cafile is not None or args.token is not None:
         raise ConfigurationError("--token and --cafile are for shipping --via a server")
-    store_options = {
-        name: value
-        for name, value in [
-            ("part_size", args.part_size),
-            ("upload_concurrency", args.upload_concurrency),
-        ]
-        if value is not None
-    }
+    store_options = _s3_tuning(args, args.dst)
     if store_options and args.via:
         raise ConfigurationError(
-            "--part-size and --upload-concurrency are for the in-process receiver; with --via, "
-            "give them to the server's store"
+            "--part-size and --upload-concurrency set the store of an in-process copy; with "
+            "--via, give them to the server (fstransport serve ROOT --part-size ...)"
         )
     source_options = _storage_options(args, args.src)
     bar = ProgressBar(await _size_of(args.src, source_options))

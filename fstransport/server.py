@@ -8,6 +8,7 @@ against the receiver's chunk limit (413 without reading a byte).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
@@ -17,6 +18,7 @@ from crc32c import crc32c
 
 from fstransport.errors import (
     ChecksumMismatch,
+    ConfigurationError,
     FstransportError,
     InvalidRequest,
     SnapshotMismatch,
@@ -39,7 +41,7 @@ from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
 from fstransport.storage.store import SnapshotStore
 
-__all__ = ["create_app"]
+__all__ = ["IDLE_TIMEOUT", "BodyStalled", "create_app"]
 
 RECEIVER_KEY = web.AppKey("receiver", Receiver)
 
@@ -62,21 +64,83 @@ def _int_header(request: web.Request, name: str) -> int:
     return int(value)
 
 
-async def _read_body(content: StreamReader, length: int) -> tuple[Pieces, int]:
+class BodyStalled(InvalidRequest):
+    """No byte of a request's body arrived for the server's `idle_timeout` (answered with 408)."""
+
+
+class _Watchdog:
+    """Cancels the task reading a body once `progress` has not moved for `seconds`.
+
+    One timer per body, re-armed while bytes arrive, instead of a timeout around every read:
+    that would cost a task and a timer per received piece (hundreds per chunk).  It fires
+    between `seconds` and twice that after the last byte."""
+
+    def __init__(self, seconds: float) -> None:
+        self.progress = 0
+        self.fired = False
+        self._seconds = seconds
+        self._seen = -1
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(seconds, self._check)
+
+    def _check(self) -> None:
+        if self.progress == self._seen and self._task is not None:
+            self.fired = True
+            self._task.cancel()
+        else:
+            self._seen = self.progress
+            self._timer = self._loop.call_later(self._seconds, self._check)
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+    def stalled(self) -> BodyStalled | None:
+        """After a cancellation: the error to raise instead if this watchdog caused it."""
+        if not self.fired:
+            return None
+        uncancel = getattr(self._task, "uncancel", None)  # Python 3.11+ counts cancellations
+        if uncancel is not None:
+            uncancel()
+        return BodyStalled(f"no body bytes for {self._seconds:g} s", field="data")
+
+
+async def _read_body(content: StreamReader, length: int, idle_timeout: float) -> tuple[Pieces, int]:
     """The request's body of `length` bytes as the pieces it arrived in, and its CRC32C.
 
     The pieces are never joined into one buffer: copying 8 MiB into one costs more than
     receiving it (it runs at memory speed, not cache speed), and the local file sink writes
-    the pieces with one ``pwritev`` (other sinks join them).  Each piece is checksummed while
-    it is still in the CPU's cache, as it arrives."""
+    the pieces with ``pwritev`` (other sinks join them).  Each piece is checksummed while it is
+    still in the CPU's cache, as it arrives.  `BodyStalled` once no byte came for
+    `idle_timeout` seconds (a peer that stops sending would otherwise hold what it sent so far
+    for ever)."""
+    watchdog = _Watchdog(idle_timeout)
+    try:
+        return await _read_pieces(content, length, watchdog)
+    except asyncio.CancelledError:
+        stalled = watchdog.stalled()
+        if stalled is None:
+            raise
+        raise stalled from None
+    finally:
+        watchdog.close()
+
+
+async def _read_pieces(
+    content: StreamReader, length: int, watchdog: _Watchdog
+) -> tuple[Pieces, int]:
     parts: list[Buffer] = []
     small = bytearray()
     crc = 0
     filled = 0
     while filled < length:
-        piece, _ = await content.readchunk()  # one received piece, never joined to others
+        try:
+            piece, _ = await content.readchunk()  # one received piece, never joined to others
+        except ConnectionError:  # the peer went away mid-body: nobody to answer, no traceback
+            piece = b""
         if not piece:
             raise InvalidRequest(f"body ended after {filled} of {length} bytes", field="data")
+        watchdog.progress += 1
         filled += len(piece)
         if filled > length:
             raise InvalidRequest("body longer than its Content-Length", field="data")
@@ -96,10 +160,22 @@ async def _read_body(content: StreamReader, length: int) -> tuple[Pieces, int]:
     return Pieces(parts), crc
 
 
+IDLE_TIMEOUT = 60.0
+"""Seconds a request body may go without a byte before the server gives up on it (408)."""
+
+
 def create_app(
-    store: SnapshotStore, *, token: str | None = None, receiver: Receiver | None = None
+    store: SnapshotStore,
+    *,
+    token: str | None = None,
+    receiver: Receiver | None = None,
+    idle_timeout: float = IDLE_TIMEOUT,
 ) -> web.Application:
-    """An aiohttp app receiving snapshots into `store` (or through `receiver`)."""
+    """An aiohttp app receiving snapshots into `store` (or through `receiver`).
+
+    A request whose body stops for `idle_timeout` seconds is answered with 408 and dropped."""
+    if not idle_timeout > 0:
+        raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
     receiver = receiver or Receiver(store)
     limit = receiver.limits.max_chunk_size
     app = web.Application(client_max_size=(limit or 1024**3) + 1)
@@ -124,7 +200,7 @@ def create_app(
             offset = _int_header(request, H_OFFSET)
             sent_crc = _int_header(request, H_CRC) if H_CRC in request.headers else None
             done = request.headers.get(H_DONE) == "1"
-            body, crc = await _read_body(request.content, length)
+            body, crc = await _read_body(request.content, length, idle_timeout)
             if sent_crc is None or sent_crc == crc:
                 # The CRC was just computed here from the bytes received: the receiver takes
                 # it instead of reading the whole chunk once more.
@@ -137,6 +213,10 @@ def create_app(
             return _error(409, exc, expect=exc.expect.offset, got=exc.got.offset)
         except TooManyTransfers as exc:
             return _error(503, exc)
+        except BodyStalled as exc:
+            stalled = _error(408, exc)
+            stalled.force_close()  # the rest of the body may still come: never read it as a request
+            return stalled
         except InvalidRequest as exc:
             return _error(400, exc, field=exc.field)
         except ChecksumMismatch as exc:

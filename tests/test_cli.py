@@ -109,9 +109,18 @@ def test_ship_json(tmp_path: Path) -> None:
         (("ship", "a", "b", "--via", "http://127.0.0.1:port"), "is not a usable URL"),
         (("ship", "a", "b", "--cafile", "ca.pem"), "--token and --cafile are for shipping --via"),
         (
-            ("ship", "a", "b", "--via", "http://127.0.0.1:1", "--part-size", "8MiB"),
-            "--part-size and --upload-concurrency are for the in-process receiver",
+            ("ship", "a", "s3://b/c", "--via", "http://127.0.0.1:1", "--part-size", "8MiB"),
+            "with --via, give them to the server (fstransport serve ROOT --part-size ...)",
         ),
+        (
+            ("ship", "a", "/tmp/b.bin", "--upload-concurrency", "2"),
+            "--part-size and --upload-concurrency are for s3:// stores, not /tmp/b.bin",
+        ),
+        (
+            ("serve", "/tmp/r", "--part-size", "8MiB"),
+            "--part-size and --upload-concurrency are for s3:// stores, not /tmp/r",
+        ),
+        (("serve", "/tmp/r", "--idle-timeout", "0s"), "idle_timeout must be positive"),
         (
             ("ship", "a", "b", "--via", "http://127.0.0.1:1", "--cafile", "ca.pem"),
             "--cafile needs an https:// --via URL",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from fstransport import (
+    ConfigurationError,
     FsspecSnapshotStore,
     Receiver,
     ReceiverLimits,
@@ -24,9 +28,10 @@ from fstransport import (
     ship,
 )
 from fstransport.checksum import chunk_crc
-from fstransport.messages import Buffer, Snapshot, SnapshotMeta
+from fstransport.messages import Buffer, Pieces, Snapshot, SnapshotMeta
 from fstransport.network.http import HttpNetwork
 from fstransport.server import create_app
+from fstransport.storage.sink import Lost, PwriteSink
 from tests.conftest import payload
 
 TOKEN = "s3cret-token"
@@ -102,9 +107,7 @@ async def test_oversized_body_is_refused_before_it_is_read(server: tuple[str, Pa
         "X-Fstransport-Done": "0",
         "Content-Length": str(17 * 1024 * 1024),
     }
-    reader, writer = await __import__("asyncio").open_connection(
-        "127.0.0.1", int(url.rsplit(":", 1)[1])
-    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     writer.write(f"PUT /v1/snapshots/big HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
     await writer.drain()  # no body sent at all: the answer must come anyway
@@ -155,7 +158,7 @@ async def test_chunks_larger_than_a_send_slice_arrive_whole(
     fsspec.filesystem("memory").pipe_file("/src.bin", data)
     options = TransferOptions(chunk_size=chunk_size, max_in_flight=2)
     async with HttpNetwork(url, token=TOKEN) as net:
-        for name in ["a.bin", "b.bin"]:  # the second transfer runs on reused server buffers
+        for name in ["a.bin", "b.bin"]:  # one connection pool for both transfers
             report = await ship("memory://src.bin", name, network=net, options=options)
             assert (root / name).read_bytes() == data
             assert report.size == len(data)
@@ -263,3 +266,98 @@ async def test_chunk_buffers_a_sink_keeps_are_never_reused() -> None:
         assert store.installed == {"one": data, "two": data}
     finally:
         await runner.cleanup()
+
+
+# -- bodies kept in pieces, and bodies that stall ----------------------------------------------
+
+
+async def test_a_local_root_writes_received_pieces_without_joining_them(
+    server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The point of `Pieces`: a chunk received over HTTP reaches a local file with ``pwritev``,
+    never copied into one buffer first."""
+    url, root = server
+    written: list[int] = []
+    real = PwriteSink.write_pieces
+
+    async def counting(self: PwriteSink, offset: int, data: Pieces, crc: int) -> Lost:
+        written.append(data.count)
+        return await real(self, offset, data, crc)
+
+    def no_join(self: Pieces) -> bytes:
+        raise AssertionError("a received chunk was joined into one buffer")
+
+    monkeypatch.setattr(PwriteSink, "write_pieces", counting)
+    monkeypatch.setattr(Pieces, "join", no_join)
+    data = payload(5 * 1024 * 1024 + 17, seed=21)
+    fsspec.filesystem("memory").pipe_file("/src.bin", data)
+    options = TransferOptions(chunk_size=1024 * 1024, max_in_flight=2)
+    async with HttpNetwork(url, token=TOKEN) as net:
+        await ship("memory://src.bin", "p.bin", network=net, options=options)
+    assert (root / "p.bin").read_bytes() == data
+    assert len(written) == 6
+    assert max(written) > 1  # several pieces per chunk really arrived apart
+
+
+def chunk_head(snapshot_id: str, length: int, *, size: int) -> bytes:
+    """The head of a PUT carrying the whole of a `size`-byte snapshot as one chunk."""
+    headers = {
+        "X-Fstransport-Vote": "1,0,0",
+        "X-Fstransport-Meta": json.dumps({"size": size}),
+        "X-Fstransport-Offset": "0",
+        "X-Fstransport-Done": "1",
+        "Content-Length": str(length),
+    }
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"PUT /v1/snapshots/{snapshot_id} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The status line and the body of one HTTP answer (its body sized by Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines if line)
+    return status.encode(), await reader.readexactly(int(fields["Content-Length"]))
+
+
+async def test_a_body_that_stalls_is_answered_408_and_nothing_is_kept(tmp_path: Path) -> None:
+    store = FsspecSnapshotStore(str(tmp_path / "r"))
+    runner, url = await start(create_app(store, idle_timeout=0.2))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(chunk_head("stalled", 1000, size=1000) + b"x" * 100)  # then nothing
+        await writer.drain()
+        started = time.monotonic()
+        status, body = await asyncio.wait_for(read_answer(reader), 5)
+        waited = time.monotonic() - started
+        writer.close()
+    finally:
+        await runner.cleanup()
+    assert status.startswith(b"HTTP/1.1 408 "), status
+    assert json.loads(body)["error"] == "BodyStalled"
+    assert 0.2 <= waited < 2
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*"))
+
+
+async def test_a_slow_body_that_keeps_coming_is_not_dropped(tmp_path: Path) -> None:
+    store = FsspecSnapshotStore(str(tmp_path / "r"))
+    runner, url = await start(create_app(store, idle_timeout=0.3))
+    data = payload(20 * 50, seed=22)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(chunk_head("slow.bin", len(data), size=len(data)))
+        for start_at in range(0, len(data), 50):  # 1 s in all, 3x the idle timeout
+            writer.write(data[start_at : start_at + 50])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        status, _ = await asyncio.wait_for(read_answer(reader), 5)
+        writer.close()
+    finally:
+        await runner.cleanup()
+    assert status.startswith(b"HTTP/1.1 200 "), status
+    assert (tmp_path / "r" / "slow.bin").read_bytes() == data
+
+
+def test_idle_timeout_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="idle_timeout must be positive"):
+        create_app(FsspecSnapshotStore(str(tmp_path)), idle_timeout=0)

@@ -100,6 +100,15 @@ async def test_short_pwritev_writes_resume_where_they_stopped(
     assert len(lengths) > 10  # it really took many short writes
 
 
+async def test_without_pwritev_each_piece_is_written_with_pwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "pwritev")
+    data = payload(40_000, seed=5)
+    await write_pieces(tmp_path / "f", data, [7, 0, 12_345], offset=3)
+    assert (tmp_path / "f").read_bytes() == bytes(3) + data
+
+
 async def test_a_pwritev_that_writes_nothing_is_a_storage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,7 +130,7 @@ class Trickle:
 async def test_a_trickled_body_is_gathered_into_few_pieces() -> None:
     data = payload(20 * SMALL_PIECE + 7, seed=4)
     parts = split(data, [1, 100, SMALL_PIECE + 5, 3])
-    body, crc = await _read_body(Trickle(parts), len(data))  # type: ignore[arg-type]
+    body, crc = await _read_body(Trickle(parts), len(data), 5.0)  # type: ignore[arg-type]
     assert body.join() == data
     assert crc == chunk_crc(data)
     assert body.count <= 2 * len(data) // SMALL_PIECE + 2  # not one per trickle
@@ -131,5 +140,5 @@ async def test_a_trickled_body_is_gathered_into_few_pieces() -> None:
 @pytest.mark.parametrize(("sent", "declared"), [(10, 11), (12, 11)], ids=["short", "long"])
 async def test_a_body_that_disagrees_with_its_length_is_refused(sent: int, declared: int) -> None:
     with pytest.raises(InvalidRequest, match="body") as caught:
-        await _read_body(Trickle([b"x" * sent]), declared)  # type: ignore[arg-type]
+        await _read_body(Trickle([b"x" * sent]), declared, 5.0)  # type: ignore[arg-type]
     assert caught.value.field == "data"

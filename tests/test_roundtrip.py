@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import fsspec
@@ -153,3 +154,20 @@ async def test_store_options_reach_the_in_process_store(tmp_path: Path) -> None:
     assert report.size == len(data)
     with pytest.raises(ConfigurationError, match="unknown sink kind"):
         await ship("memory://so/src.bin", str(tmp_path / "b.bin"), store_options={"sink": "x"})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"upload_concurrency": "4"}, "upload_concurrency must be int, got '4'"),
+        ({"part_size": "8MiB"}, "part_size must be int or None, got '8MiB'"),
+        ({"part_size": True}, "part_size must be int or None, got True"),
+        ({"fsync": 1}, "fsync must be bool, got 1"),
+        ({"full_object_checksum": "yes"}, "full_object_checksum must be bool or None"),
+    ],
+)
+async def test_store_options_of_the_wrong_type_are_configuration_errors(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        await ship("memory://nowhere.bin", str(tmp_path / "out.bin"), store_options=options)

@@ -282,7 +282,13 @@ class PwriteSink:
             offset += written
 
     def _pwritev_all(self, offset: int, data: Pieces) -> None:
-        """``pwritev`` of every piece, `IOV_MAX` at a time, resuming after short writes."""
+        """``pwritev`` of every piece, `IOV_MAX` at a time, resuming after short writes (a
+        ``pwrite`` per piece where the system has no ``pwritev``)."""
+        if not hasattr(os, "pwritev"):
+            for part in data:
+                self._pwrite_all(offset, part)
+                offset += memoryview(part).nbytes
+            return
         pending = [view for view in (memoryview(p).cast("B") for p in data) if view.nbytes]
         pending.reverse()  # the next piece last, where popping it is cheap
         while pending:

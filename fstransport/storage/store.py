@@ -81,6 +81,18 @@ class SnapshotStore(Protocol):
 SinkKind = Literal["auto", "seekable", "sequential", "multipart"]
 
 
+def _check_type(name: str, value: object, *kinds: type | None) -> None:
+    """`ConfigurationError` unless `value` is of one of `kinds` (None: may be None; a bool is
+    not taken for an int)."""
+    if value is None and None in kinds:
+        return
+    types = tuple(kind for kind in kinds if kind is not None)
+    bool_for_int = isinstance(value, bool) and bool not in types
+    if bool_for_int or not isinstance(value, types):
+        wanted = " or ".join("None" if kind is None else kind.__name__ for kind in kinds)
+        raise ConfigurationError(f"{name} must be {wanted}, got {value!r}")
+
+
 class FsspecSnapshotStore:
     """A `SnapshotStore` in any fsspec location: ``FsspecSnapshotStore("s3://b/p", **options)``.
 
@@ -159,6 +171,10 @@ class FsspecSnapshotStore:
         full_object_checksum: bool | None,
         upload_concurrency: int,
     ) -> None:
+        _check_type("upload_concurrency", upload_concurrency, int)
+        _check_type("part_size", part_size, int, None)
+        _check_type("fsync", fsync, bool)
+        _check_type("full_object_checksum", full_object_checksum, bool, None)
         if upload_concurrency < 1:
             raise ConfigurationError(
                 f"upload_concurrency must be at least 1, got {upload_concurrency}"

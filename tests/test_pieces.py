@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from fstransport import InstallSnapshotRequest, InvalidRequest, Pieces, SnapshotMeta, Vote
@@ -15,7 +16,8 @@ from fstransport.messages import contiguous
 from fstransport.protocol.receiver import ReceiverLimits, validate_request
 from fstransport.server import SMALL_PIECE, _read_body
 from fstransport.storage import sink as sink_module
-from fstransport.storage.sink import PwriteSink
+from fstransport.storage.sink import CheckedSink, MemorySink, PiecesSink, PwriteSink
+from fstransport.storage.source import BufferSource, CheckedSource, PreadSource
 from tests.conftest import payload
 
 
@@ -142,3 +144,25 @@ async def test_a_body_that_disagrees_with_its_length_is_refused(sent: int, decla
     with pytest.raises(InvalidRequest, match="body") as caught:
         await _read_body(Trickle([b"x" * sent]), declared, 5.0)  # type: ignore[arg-type]
     assert caught.value.field == "data"
+
+
+def test_the_optional_capabilities_are_found_where_they_are_implemented(tmp_path: Path) -> None:
+    """The annotations make mypy check each class against its protocol's signatures; the
+    asserts check that `isinstance`, which the receiver and the sender use, finds them."""
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        pwrite: PiecesSink = PwriteSink(str(tmp_path / "f"), fd, fsync=False)
+        assert isinstance(pwrite, PiecesSink)
+        assert isinstance(pwrite, CheckedSink)
+    finally:
+        os.close(fd)
+    memory: CheckedSink = MemorySink(fsspec.filesystem("memory"), "/cap.bin")
+    assert isinstance(memory, CheckedSink)
+    assert not isinstance(memory, PiecesSink)  # gets pieces joined
+    fd = os.open(os.devnull, os.O_RDONLY)
+    pread: CheckedSource = PreadSource(fd, 0, "null", owns_fd=False, map_file=False)
+    try:
+        assert isinstance(pread, CheckedSource)
+    finally:
+        os.close(fd)
+    assert not isinstance(BufferSource(b"abc"), CheckedSource)  # its caller computes the CRC

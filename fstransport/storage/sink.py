@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar, runtime_checkable
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
@@ -35,9 +35,11 @@ from fstransport.storage.journal import LocalJournal, MemoryJournal
 
 __all__ = [
     "NOTHING_LOST",
+    "CheckedSink",
     "FileObjectSink",
     "Lost",
     "MemorySink",
+    "PiecesSink",
     "PwriteSink",
     "SeekableFileSink",
     "SnapshotSink",
@@ -95,14 +97,28 @@ class SnapshotSink(Protocol):
         """Close and delete the partial file; never raises for a file already gone."""
 
 
+@runtime_checkable
+class CheckedSink(SnapshotSink, Protocol):
+    """A sink that can compute a chunk's CRC32C while it writes it (see `write_checked`)."""
+
+    async def write_checked(self, offset: int, data: Buffer) -> tuple[Lost, int]:
+        """`write` for a chunk whose CRC32C is not known yet: returns it with what was lost."""
+
+
+@runtime_checkable
+class PiecesSink(SnapshotSink, Protocol):
+    """A sink that writes `Pieces` as they are, without joining them (see `write_chunk`)."""
+
+    async def write_pieces(self, offset: int, data: Pieces, crc: int) -> Lost:
+        """`write` for a chunk that arrived in pieces."""
+
+
 async def write_chunk(sink: SnapshotSink, offset: int, data: ChunkData, crc: int) -> Lost:
-    """``sink.write`` for chunk data of any shape: `Pieces` go to the sink's ``write_pieces``
-    as they are where it has one, and are joined into one buffer for any other sink."""
+    """``sink.write`` for chunk data of any shape: `Pieces` go to a `PiecesSink` as they are,
+    and are joined into one buffer for any other sink."""
     if isinstance(data, Pieces):
-        method = getattr(sink, "write_pieces", None)
-        if method is not None:
-            lost: Lost = await method(offset, data, crc)
-            return lost
+        if isinstance(sink, PiecesSink):
+            return await sink.write_pieces(offset, data, crc)
         data = data.join()
     return await sink.write(offset, data, crc)
 
@@ -110,15 +126,13 @@ async def write_chunk(sink: SnapshotSink, offset: int, data: ChunkData, crc: int
 async def write_checked(sink: SnapshotSink, offset: int, data: ChunkData) -> tuple[Lost, int]:
     """Write `data` at `offset` like ``sink.write`` and return what it lost and `data`'s CRC32C.
 
-    Sinks with a ``write_checked`` method compute the CRC as they write (see the module
+    A `CheckedSink` computes the CRC as it writes (see the module
     docstring); for others it is computed first.  Only for data nobody can have altered on the
     way: the CRC is computed from what is written, so it cannot catch corruption before it.
     """
     data = contiguous(data)
-    method = getattr(sink, "write_checked", None)
-    if method is not None:
-        lost, crc = await method(offset, data)
-        return lost, int(crc)
+    if isinstance(sink, CheckedSink):
+        return await sink.write_checked(offset, data)
     crc = chunk_crc(data)
     return await sink.write(offset, data, crc), crc
 

@@ -22,7 +22,7 @@ import io
 import mmap
 import os
 import stat
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -38,6 +38,7 @@ from fstransport.storage.s3 import S3StreamSource, is_s3
 __all__ = [
     "AsyncFsSource",
     "BufferSource",
+    "CheckedSource",
     "ChunkSource",
     "FileObjectSource",
     "PreadSource",
@@ -61,6 +62,14 @@ class ChunkSource(Protocol):
     async def read(self, offset: int, length: int) -> Buffer: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class CheckedSource(ChunkSource, Protocol):
+    """A source that computes each chunk's CRC32C where it reads it (see `read_checked`)."""
+
+    async def read_checked(self, offset: int, length: int) -> tuple[Buffer, int]:
+        """`read`, and the CRC32C of what was read."""
 
 
 class BufferSource:
@@ -262,13 +271,11 @@ class AsyncFsSource:
 async def read_checked(source: ChunkSource, offset: int, length: int) -> tuple[Buffer, int]:
     """`source`'s chunk at `offset` and its CRC32C.
 
-    A source that reads in a worker thread anyway computes the CRC there too (its
-    ``read_checked`` method), off the event loop; for others it is computed here.
+    A `CheckedSource` (one that reads in a worker thread anyway) computes the CRC there too,
+    off the event loop; for others it is computed here.
     """
-    reader = getattr(source, "read_checked", None)
-    if reader is not None:
-        data, crc = await reader(offset, length)
-        return data, int(crc)
+    if isinstance(source, CheckedSource):
+        return await source.read_checked(offset, length)
     data = await source.read(offset, length)
     return data, chunk_crc(data)
 

@@ -16,8 +16,15 @@ from fstransport.messages import contiguous
 from fstransport.protocol.receiver import ReceiverLimits, validate_request
 from fstransport.server import SMALL_PIECE, _read_body
 from fstransport.storage import sink as sink_module
-from fstransport.storage.sink import CheckedSink, MemorySink, PiecesSink, PwriteSink
-from fstransport.storage.source import BufferSource, CheckedSource, PreadSource
+from fstransport.storage.sink import (
+    CheckedSink,
+    MemorySink,
+    PiecesSink,
+    PwriteSink,
+    is_checked_sink,
+    is_pieces_sink,
+)
+from fstransport.storage.source import BufferSource, CheckedSource, PreadSource, is_checked_source
 from tests.conftest import payload
 
 
@@ -148,21 +155,21 @@ async def test_a_body_that_disagrees_with_its_length_is_refused(sent: int, decla
 
 def test_the_optional_capabilities_are_found_where_they_are_implemented(tmp_path: Path) -> None:
     """The annotations make mypy check each class against its protocol's signatures; the
-    asserts check that `isinstance`, which the receiver and the sender use, finds them."""
+    asserts check that the guards the receiver and the sender use find them (and only them)."""
     fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
     try:
         pwrite: PiecesSink = PwriteSink(str(tmp_path / "f"), fd, fsync=False)
-        assert isinstance(pwrite, PiecesSink)
-        assert isinstance(pwrite, CheckedSink)
+        assert is_pieces_sink(pwrite)
+        assert is_checked_sink(pwrite)
     finally:
         os.close(fd)
     memory: CheckedSink = MemorySink(fsspec.filesystem("memory"), "/cap.bin")
-    assert isinstance(memory, CheckedSink)
-    assert not isinstance(memory, PiecesSink)  # gets pieces joined
+    assert is_checked_sink(memory)
+    assert not is_pieces_sink(memory)  # gets pieces joined
     fd = os.open(os.devnull, os.O_RDONLY)
     pread: CheckedSource = PreadSource(fd, 0, "null", owns_fd=False, map_file=False)
     try:
-        assert isinstance(pread, CheckedSource)
+        assert is_checked_source(pread)
     finally:
         os.close(fd)
-    assert not isinstance(BufferSource(b"abc"), CheckedSource)  # its caller computes the CRC
+    assert not is_checked_source(BufferSource(b"abc"))  # its caller computes the CRC

@@ -23,13 +23,14 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from typing import IO, Any, Protocol, TypeVar, runtime_checkable
+from typing import IO, Any, Protocol, TypeGuard, TypeVar
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import StorageError
 from fstransport.messages import Buffer, ChunkData, Pieces, SnapshotMeta, contiguous
+from fstransport.storage._capabilities import implements
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.journal import LocalJournal, MemoryJournal
 
@@ -45,6 +46,8 @@ __all__ = [
     "SnapshotSink",
     "aborted",
     "discard_file",
+    "is_checked_sink",
+    "is_pieces_sink",
     "write_checked",
     "write_chunk",
 ]
@@ -97,27 +100,39 @@ class SnapshotSink(Protocol):
         """Close and delete the partial file; never raises for a file already gone."""
 
 
-@runtime_checkable
 class CheckedSink(SnapshotSink, Protocol):
-    """A sink that can compute a chunk's CRC32C while it writes it (see `write_checked`)."""
+    """A sink that can compute a chunk's CRC32C while it writes it (see `write_checked`).
+
+    Found with `is_checked_sink`, not ``isinstance`` (which costs more than a small chunk)."""
 
     async def write_checked(self, offset: int, data: Buffer) -> tuple[Lost, int]:
         """`write` for a chunk whose CRC32C is not known yet: returns it with what was lost."""
 
 
-@runtime_checkable
 class PiecesSink(SnapshotSink, Protocol):
-    """A sink that writes `Pieces` as they are, without joining them (see `write_chunk`)."""
+    """A sink that writes `Pieces` as they are, without joining them (see `write_chunk`).
+
+    Found with `is_pieces_sink`, not ``isinstance``."""
 
     async def write_pieces(self, offset: int, data: Pieces, crc: int) -> Lost:
         """`write` for a chunk that arrived in pieces."""
+
+
+def is_checked_sink(sink: SnapshotSink) -> TypeGuard[CheckedSink]:
+    """Whether `sink` is a `CheckedSink` (its class has ``write_checked``)."""
+    return implements(sink, "write_checked")
+
+
+def is_pieces_sink(sink: SnapshotSink) -> TypeGuard[PiecesSink]:
+    """Whether `sink` is a `PiecesSink` (its class has ``write_pieces``)."""
+    return implements(sink, "write_pieces")
 
 
 async def write_chunk(sink: SnapshotSink, offset: int, data: ChunkData, crc: int) -> Lost:
     """``sink.write`` for chunk data of any shape: `Pieces` go to a `PiecesSink` as they are,
     and are joined into one buffer for any other sink."""
     if isinstance(data, Pieces):
-        if isinstance(sink, PiecesSink):
+        if is_pieces_sink(sink):
             return await sink.write_pieces(offset, data, crc)
         data = data.join()
     return await sink.write(offset, data, crc)
@@ -131,7 +146,7 @@ async def write_checked(sink: SnapshotSink, offset: int, data: ChunkData) -> tup
     way: the CRC is computed from what is written, so it cannot catch corruption before it.
     """
     data = contiguous(data)
-    if isinstance(sink, CheckedSink):
+    if is_checked_sink(sink):
         return await sink.write_checked(offset, data)
     crc = chunk_crc(data)
     return await sink.write(offset, data, crc), crc

@@ -152,13 +152,23 @@ def no_multipart_uploads_left(s3_client: Any, bucket: str) -> bool:
 # -- shipping through a server process ---------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("tuning", "parts"),
+    [((), 3), (("--part-size", "6MiB", "--upload-concurrency", "2"), 4)],
+    ids=["default parts", "6 MiB parts"],
+)
 async def test_file_to_s3_through_a_server_process(
-    serve: StartServer, tmp_path: Path, moto_server: str, s3_bucket: str, s3_client: Any
+    serve: StartServer,
+    tmp_path: Path,
+    moto_server: str,
+    s3_bucket: str,
+    s3_client: Any,
+    tuning: tuple[str, ...],
+    parts: int,
 ) -> None:
-    server = serve(
-        f"s3://{s3_bucket}/received", "--endpoint-url", moto_server, "--token", TOKEN, env=S3_ENV
-    )
-    data = payload(19 * MiB + 7, seed=11)  # three parts of 8 MiB on S3, the last a short one
+    root = f"s3://{s3_bucket}/received"
+    server = serve(root, "--endpoint-url", moto_server, "--token", TOKEN, *tuning, env=S3_ENV)
+    data = payload(19 * MiB + 7, seed=11)  # 8 MiB parts on S3 by default, the last a short one
     source = tmp_path / "snap.bin"
     source.write_bytes(data)
     options = TransferOptions(chunk_size=MiB, max_in_flight=4)
@@ -167,6 +177,8 @@ async def test_file_to_s3_through_a_server_process(
             ship(str(source), "snap.bin", network=net, options=options), SHIP_TIMEOUT
         )
     assert s3_object(s3_client, s3_bucket, "received/snap.bin") == data
+    etag = s3_client.head_object(Bucket=s3_bucket, Key="received/snap.bin")["ETag"]
+    assert etag.endswith(f'-{parts}"'), etag  # the server's store cut it into these parts
     assert report.size == len(data)
     assert report.checksum == checksum_of(data)
     assert report.bytes_sent == len(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -361,3 +362,24 @@ async def test_a_slow_body_that_keeps_coming_is_not_dropped(tmp_path: Path) -> N
 def test_idle_timeout_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="idle_timeout must be positive"):
         create_app(FsspecSnapshotStore(str(tmp_path)), idle_timeout=0)
+
+
+async def test_a_peer_gone_mid_body_is_dropped_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FsspecSnapshotStore(str(tmp_path / "r"))
+    runner, url = await start(create_app(store))
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(chunk_head("gone.bin", 2000, size=2000) + b"x" * 1000)
+        await writer.drain()
+        writer.close()  # half a body, then the connection is gone
+        await writer.wait_closed()
+        for _ in range(50):  # until the server has seen the end of the connection
+            await asyncio.sleep(0.01)
+            if not runner.server or not runner.server.connections:
+                break
+    finally:
+        await runner.cleanup()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*"))

@@ -46,7 +46,7 @@ from fstransport.network.base import Network
 from fstransport.network.http import HttpNetwork
 from fstransport.options import MiB, TransferOptions
 from fstransport.progress import ProgressBar
-from fstransport.server import IDLE_TIMEOUT, create_app
+from fstransport.server import IDLE_TIMEOUT, MAX_BUFFERED, create_app
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.s3 import open_s3
 from fstransport.storage.store import FsspecSnapshotStore
@@ -236,6 +236,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"drop a request whose body sends nothing for this long, e.g. 30s or 2m "
         f"(default {IDLE_TIMEOUT:g}s)",
     )
+    serve.add_argument(
+        "--max-buffered",
+        type=_size_arg,
+        default=MAX_BUFFERED,
+        metavar="SIZE",
+        help="chunk bodies held at once, e.g. 512MiB; requests beyond it get 503 and are "
+        f"retried by their senders (default {format_size(MAX_BUFFERED)})",
+    )
     _add_endpoint_option(serve)
     _add_s3_tuning(serve, "ROOT")
 
@@ -409,7 +417,12 @@ async def _serve(args: argparse.Namespace) -> int:
     scheme = "https" if tls is not None else "http"
     options = {**_storage_options(args, args.root), **_s3_tuning(args, args.root)}
     async with FsspecSnapshotStore(args.root, **options) as store:
-        app = create_app(store, token=args.token, idle_timeout=args.idle_timeout)
+        app = create_app(
+            store,
+            token=args.token,
+            idle_timeout=args.idle_timeout,
+            max_buffered=args.max_buffered,
+        )
         runner = web.AppRunner(app)
         await runner.setup()
         try:

@@ -41,7 +41,7 @@ from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
 from fstransport.storage.store import SnapshotStore
 
-__all__ = ["IDLE_TIMEOUT", "BodyStalled", "create_app"]
+__all__ = ["IDLE_TIMEOUT", "MAX_BUFFERED", "BodyStalled", "create_app"]
 
 RECEIVER_KEY = web.AppKey("receiver", Receiver)
 
@@ -162,6 +162,30 @@ async def _read_pieces(
 
 IDLE_TIMEOUT = 60.0
 """Seconds a request body may go without a byte before the server gives up on it (408)."""
+MAX_BUFFERED = 1024**3
+"""Bytes of chunk bodies the server holds at once, by default: a request that would go beyond
+it is answered 503 before its body is read, and its sender tries again after a pause."""
+
+
+class _Budget:
+    """The bytes of request bodies the server has taken on, against `limit`.
+
+    A request reserves its whole Content-Length before its body is read and gives it back
+    when it is answered.  One request is always let in when nothing is reserved, so that a
+    chunk larger than the budget still goes through, alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, length: int) -> bool:
+        if self.used and self.used + length > self.limit:
+            return False
+        self.used += length
+        return True
+
+    def give(self, length: int) -> None:
+        self.used -= length
 
 
 def create_app(
@@ -170,12 +194,19 @@ def create_app(
     token: str | None = None,
     receiver: Receiver | None = None,
     idle_timeout: float = IDLE_TIMEOUT,
+    max_buffered: int = MAX_BUFFERED,
 ) -> web.Application:
     """An aiohttp app receiving snapshots into `store` (or through `receiver`).
 
-    A request whose body stops for `idle_timeout` seconds is answered with 408 and dropped."""
+    A request whose body stops for `idle_timeout` seconds is answered with 408 and dropped.
+    The bodies held at once (each is kept whole until it is verified and written) stay within
+    `max_buffered` bytes: a request beyond that is answered 503 before it is read, and retried
+    by its sender."""
     if not idle_timeout > 0:
         raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
+    if isinstance(max_buffered, bool) or not isinstance(max_buffered, int) or max_buffered < 1:
+        raise ConfigurationError(f"max_buffered must be a positive int, got {max_buffered!r}")
+    budget = _Budget(max_buffered)
     receiver = receiver or Receiver(store)
     limit = receiver.limits.max_chunk_size
     app = web.Application(client_max_size=(limit or 1024**3) + 1)
@@ -200,15 +231,23 @@ def create_app(
             offset = _int_header(request, H_OFFSET)
             sent_crc = _int_header(request, H_CRC) if H_CRC in request.headers else None
             done = request.headers.get(H_DONE) == "1"
-            body, crc = await _read_body(request.content, length, idle_timeout)
-            if sent_crc is None or sent_crc == crc:
-                # The CRC was just computed here from the bytes received: the receiver takes
-                # it instead of reading the whole chunk once more.
-                req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=crc)
-                response = await receiver.handle(req, trust_crc=True)
-            else:  # corrupted on the way: the receiver refuses it with its usual checks
-                req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=sent_crc)
-                response = await receiver.handle(req)
+            if not budget.take(length):
+                raise TooManyTransfers(
+                    f"the server holds {budget.used} bytes of chunks (at most {budget.limit}); "
+                    "try again"
+                )
+            try:
+                body, crc = await _read_body(request.content, length, idle_timeout)
+                if sent_crc is None or sent_crc == crc:
+                    # The CRC was just computed here from the bytes received: the receiver
+                    # takes it instead of reading the whole chunk once more.
+                    req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=crc)
+                    response = await receiver.handle(req, trust_crc=True)
+                else:  # corrupted on the way: the receiver refuses it with its usual checks
+                    req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=sent_crc)
+                    response = await receiver.handle(req)
+            finally:
+                budget.give(length)
         except SnapshotMismatch as exc:
             return _error(409, exc, expect=exc.expect.offset, got=exc.got.offset)
         except TooManyTransfers as exc:

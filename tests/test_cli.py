@@ -121,6 +121,7 @@ def test_ship_json(tmp_path: Path) -> None:
             "--part-size and --upload-concurrency are for s3:// stores, not /tmp/r",
         ),
         (("serve", "/tmp/r", "--idle-timeout", "0s"), "idle_timeout must be positive"),
+        (("serve", "/tmp/r", "--max-buffered", "0"), "max_buffered must be a positive int"),
         (
             ("ship", "a", "b", "--via", "http://127.0.0.1:1", "--cafile", "ca.pem"),
             "--cafile needs an https:// --via URL",

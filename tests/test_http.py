@@ -383,3 +383,58 @@ async def test_a_peer_gone_mid_body_is_dropped_quietly(
         await runner.cleanup()
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*"))
+
+
+async def test_bodies_beyond_the_buffer_budget_wait_their_turn(tmp_path: Path) -> None:
+    store = FsspecSnapshotStore(str(tmp_path / "r"))
+    runner, url = await start(create_app(store, max_buffered=1000))
+    port = int(url.rsplit(":", 1)[1])
+    first, second = payload(800, seed=23), payload(800, seed=24)
+    try:
+        reader1, writer1 = await asyncio.open_connection("127.0.0.1", port)
+        writer1.write(chunk_head("one.bin", 800, size=800) + first[:100])  # holds 800 bytes
+        await writer1.drain()
+        await asyncio.sleep(0.05)
+        reader2, writer2 = await asyncio.open_connection("127.0.0.1", port)
+        writer2.write(chunk_head("two.bin", 800, size=800))  # would make 1,600: refused unread
+        await writer2.drain()
+        status, body = await asyncio.wait_for(read_answer(reader2), 5)
+        assert status.startswith(b"HTTP/1.1 503 "), status
+        assert json.loads(body)["error"] == "TooManyTransfers"
+        writer1.write(first[100:])
+        status, _ = await asyncio.wait_for(read_answer(reader1), 5)
+        assert status.startswith(b"HTTP/1.1 200 "), status
+        writer2.close()  # it never sent the refused body: that connection cannot go on
+        reader3, writer3 = await asyncio.open_connection("127.0.0.1", port)
+        writer3.write(chunk_head("two.bin", 800, size=800) + second)  # its turn now
+        status, _ = await asyncio.wait_for(read_answer(reader3), 5)
+        assert status.startswith(b"HTTP/1.1 200 "), status
+        for writer in (writer1, writer3):
+            writer.close()
+    finally:
+        await runner.cleanup()
+    assert (tmp_path / "r" / "one.bin").read_bytes() == first
+    assert (tmp_path / "r" / "two.bin").read_bytes() == second
+
+
+async def test_a_sender_retries_chunks_the_budget_turned_away(tmp_path: Path) -> None:
+    """A budget below one chunk: each chunk goes through alone, the others are retried."""
+    store = FsspecSnapshotStore(str(tmp_path / "r"))
+    runner, url = await start(create_app(store, max_buffered=100))
+    data = payload(8 * 64 * 1024 + 5, seed=25)
+    fsspec.filesystem("memory").pipe_file("/src.bin", data)
+    retry = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=1000)
+    options = TransferOptions(chunk_size=64 * 1024, max_in_flight=4, retry=retry)
+    try:
+        async with HttpNetwork(url) as net:
+            report = await ship("memory://src.bin", "b.bin", network=net, options=options)
+    finally:
+        await runner.cleanup()
+    assert (tmp_path / "r" / "b.bin").read_bytes() == data
+    assert report.retries > 0  # some chunks really were turned away
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5])
+def test_max_buffered_must_be_a_positive_int(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_buffered must be a positive int"):
+        create_app(FsspecSnapshotStore(str(tmp_path)), max_buffered=bad)  # type: ignore[arg-type]

@@ -13,11 +13,12 @@ everything else travels in headers:
 ``Authorization``           ``Bearer <token>`` when the server has a token
 =========================== =======================================================
 
-Answers are JSON.  ``200``: ``{"vote": [term, node_id, committed], "held": [[start, end], ...]}``.
+Answers are JSON.  ``200``: ``{"vote": "term,node_id,committed", "held": [[start, end], ...]}``.
 Errors: ``{"error": <name>, "message": ..., ...}`` with the status telling the kind: 409
 ``SnapshotMismatch`` (with ``expect`` and ``got`` offsets), 400 ``InvalidRequest`` (with
 ``field``), 422 ``ChecksumMismatch``, 413 payload too large (with ``limit``), 401 unauthorized,
-503 ``TooManyTransfers`` (try again), 500 ``StorageError`` and anything else.
+408 ``BodyStalled`` (the body stopped coming), 503 ``TooManyTransfers`` (try again), 500
+``StorageError`` and anything else.
 """
 
 from __future__ import annotations

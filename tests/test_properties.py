@@ -7,7 +7,9 @@ the chunk size and one byte either side included; up to 12 MiB on S3 with 5 MiB 
 sizes (1 .. 64 KiB), windows (1 .. 8), faults (drop, duplicate, reorder, corrupt and timeout, each
 0 or up to 0.3; sometimes a payload limit), a fast retry policy with 2 .. 16 attempts per chunk,
 short ``hard_ttl`` and ``install_timeout``, sometimes an overall ``deadline`` or a
-``rate_limit``, and sometimes a checksum in the meta (right, or wrong on purpose).  The property:
+``rate_limit``, sometimes a checksum in the meta (right, or wrong on purpose), and half the time
+each delivery cut into `Pieces` at random points, as the HTTP receiver server hands chunks to the
+receiver.  The property:
 
 - the transfer ends EITHER normally, with exactly the snapshot's bytes installed under its id
   (read back independently of the store: the memory filesystem's dict, ``Path.read_bytes``,
@@ -69,6 +71,7 @@ from fstransport import (
     InstallSnapshotRequest,
     InstallSnapshotResponse,
     LoopbackNetwork,
+    Pieces,
     Receiver,
     RemoteError,
     RetryExhausted,
@@ -79,6 +82,7 @@ from fstransport import (
     Timeout,
     TransferOptions,
     Vote,
+    contiguous,
 )
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.options import KiB, MiB
@@ -258,6 +262,7 @@ class Case:
     checksum: str  # "none", "right" or "wrong"
     deadline: float | None = None
     rate_limit: int | None = None
+    pieces: bool = False  # deliveries reach the receiver as `Pieces`, as the HTTP server hands them
 
     def data(self) -> bytes:
         return random.Random(self.data_seed).randbytes(self.size)
@@ -342,6 +347,7 @@ def cases(
         checksum=draw(st.sampled_from(["none", "none", "right", "right", "wrong"])),
         deadline=deadline,
         rate_limit=rate_limit,
+        pieces=draw(st.booleans()),
     )
 
 
@@ -349,8 +355,9 @@ class Tap:
     """Between the faults and the receiver: a verifying `LoopbackNetwork` plus a record of what the
     receiver did with each delivery (acknowledged final chunks, corrupted chunks refused or not)."""
 
-    def __init__(self, receiver: Receiver) -> None:
+    def __init__(self, receiver: Receiver, pieces_seed: int | None = None) -> None:
         self.inner = LoopbackNetwork(receiver)  # recomputes every chunk's CRC32C
+        self.pieces = None if pieces_seed is None else random.Random(pieces_seed)
         self.final_delivered = False
         self.final_acknowledged = False
         self.corrupt_refused = 0
@@ -362,6 +369,11 @@ class Tap:
         corrupted = req.crc32c is not None and chunk_crc(req.data) != req.crc32c
         if req.done and not corrupted:
             self.final_delivered = True
+        if self.pieces is not None:  # cut where a network might have: empty pieces included
+            data = contiguous(req.data)
+            cuts = [self.pieces.randint(0, len(data)) for _ in range(self.pieces.randint(0, 5))]
+            bounds = [0, *sorted(cuts), len(data)]
+            req = replace(req, data=Pieces([data[a:b] for a, b in itertools.pairwise(bounds)]))
         try:
             answer = await self.inner.install_snapshot(req, option)
         except RemoteError as exc:
@@ -502,7 +514,7 @@ def checksum_for(data: bytes, kind: str) -> str | None:
 
 async def transfer(store: FsspecSnapshotStore, case: Case, data: bytes) -> Outcome:
     """One transfer of `data` under `case`'s faults; any error but `FstransportError` escapes."""
-    tap = Tap(Receiver(store))
+    tap = Tap(Receiver(store), case.seed if case.pieces else None)
     net = case.network(tap)
     meta = SnapshotMeta(SNAPSHOT_ID, checksum=checksum_for(data, case.checksum))
     error: FstransportError | None = None

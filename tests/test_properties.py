@@ -145,6 +145,7 @@ class Tally:
     resumed: int = 0
     resume_bytes: int = 0
     bytes_resent: int = 0
+    in_pieces: int = 0
 
     def add(self, other: Tally) -> None:
         for f in fields(self):
@@ -192,6 +193,7 @@ def summary_lines() -> list[str]:
         f"corrupted deliveries refused by the receiver: {total.corrupt_refused}, "
         f"acknowledged: {total.corrupt_accepted}"
     )
+    lines.append(f"runs whose deliveries reached the receiver as Pieces: {total.in_pieces}")
     if total.multipart:
         lines.append(f"S3 snapshots installed by a multipart upload: {total.multipart}")
     failures = ", ".join(f"{n} {kind}" for kind, n in total.failures.most_common()) or "none"
@@ -577,6 +579,7 @@ def judge(
     tally = Tally(runs=1, bytes_offered=len(data))
     problems = []
     tally.add_stats(outcome.stats)
+    tally.in_pieces += case.pieces
     tally.corrupt_refused += outcome.tap.corrupt_refused
     tally.corrupt_accepted += outcome.tap.corrupt_accepted
     if outcome.tap.corrupt_accepted:

@@ -229,7 +229,9 @@ def create_app(
             vote = decode_vote(request.headers.get(H_VOTE, ""))
             meta = decode_meta(snapshot_id, request.headers.get(H_META, "{}"))
             offset = _int_header(request, H_OFFSET)
-            sent_crc = _int_header(request, H_CRC) if H_CRC in request.headers else None
+            if H_CRC not in request.headers:  # only an in-process copy may leave it out
+                raise InvalidRequest(f"header {H_CRC} (the body's CRC32C) is required", field=H_CRC)
+            sent_crc = _int_header(request, H_CRC)
             done = request.headers.get(H_DONE) == "1"
             if not budget.take(length):
                 raise TooManyTransfers(
@@ -238,7 +240,7 @@ def create_app(
                 )
             try:
                 body, crc = await _read_body(request.content, length, idle_timeout)
-                if sent_crc is None or sent_crc == crc:
+                if sent_crc == crc:
                     # The CRC was just computed here from the bytes received: the receiver
                     # takes it instead of reading the whole chunk once more.
                     req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=crc)

@@ -300,13 +300,14 @@ async def test_a_local_root_writes_received_pieces_without_joining_them(
     assert max(written) > 1  # several pieces per chunk really arrived apart
 
 
-def chunk_head(snapshot_id: str, length: int, *, size: int) -> bytes:
+def chunk_head(snapshot_id: str, length: int, *, size: int, crc: int = 0) -> bytes:
     """The head of a PUT carrying the whole of a `size`-byte snapshot as one chunk."""
     headers = {
         "X-Fstransport-Vote": "1,0,0",
         "X-Fstransport-Meta": json.dumps({"size": size}),
         "X-Fstransport-Offset": "0",
         "X-Fstransport-Done": "1",
+        "X-Fstransport-Crc32c": str(crc),
         "Content-Length": str(length),
     }
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -346,7 +347,7 @@ async def test_a_slow_body_that_keeps_coming_is_not_dropped(tmp_path: Path) -> N
     data = payload(20 * 50, seed=22)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
-        writer.write(chunk_head("slow.bin", len(data), size=len(data)))
+        writer.write(chunk_head("slow.bin", len(data), size=len(data), crc=chunk_crc(data)))
         for start_at in range(0, len(data), 50):  # 1 s in all, 3x the idle timeout
             writer.write(data[start_at : start_at + 50])
             await writer.drain()
@@ -392,7 +393,8 @@ async def test_bodies_beyond_the_buffer_budget_wait_their_turn(tmp_path: Path) -
     first, second = payload(800, seed=23), payload(800, seed=24)
     try:
         reader1, writer1 = await asyncio.open_connection("127.0.0.1", port)
-        writer1.write(chunk_head("one.bin", 800, size=800) + first[:100])  # holds 800 bytes
+        head = chunk_head("one.bin", 800, size=800, crc=chunk_crc(first))
+        writer1.write(head + first[:100])  # holds 800 bytes
         await writer1.drain()
         await asyncio.sleep(0.05)
         reader2, writer2 = await asyncio.open_connection("127.0.0.1", port)
@@ -406,7 +408,8 @@ async def test_bodies_beyond_the_buffer_budget_wait_their_turn(tmp_path: Path) -
         assert status.startswith(b"HTTP/1.1 200 "), status
         writer2.close()  # it never sent the refused body: that connection cannot go on
         reader3, writer3 = await asyncio.open_connection("127.0.0.1", port)
-        writer3.write(chunk_head("two.bin", 800, size=800) + second)  # its turn now
+        head = chunk_head("two.bin", 800, size=800, crc=chunk_crc(second))
+        writer3.write(head + second)  # its turn now
         status, _ = await asyncio.wait_for(read_answer(reader3), 5)
         assert status.startswith(b"HTTP/1.1 200 "), status
         for writer in (writer1, writer3):
@@ -438,3 +441,25 @@ async def test_a_sender_retries_chunks_the_budget_turned_away(tmp_path: Path) ->
 def test_max_buffered_must_be_a_positive_int(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ConfigurationError, match="max_buffered must be a positive int"):
         create_app(FsspecSnapshotStore(str(tmp_path)), max_buffered=bad)  # type: ignore[arg-type]
+
+
+async def test_a_chunk_without_its_crc_header_is_refused(server: tuple[str, Path]) -> None:
+    """Only an in-process copy may leave the CRC32C to the receiver: over the network the
+    sender's CRC is what catches a chunk damaged on the way."""
+    url, root = server
+    headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "X-Fstransport-Vote": "1,0,0",
+        "X-Fstransport-Meta": json.dumps({"size": 3}),
+        "X-Fstransport-Offset": "0",
+        "X-Fstransport-Done": "1",
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(f"{url}/v1/snapshots/nocrc.bin", data=b"abc", headers=headers) as answer,
+    ):
+        status, body = answer.status, await answer.json()
+    assert status == 400
+    assert body["error"] == "InvalidRequest"
+    assert body["field"] == "X-Fstransport-Crc32c"
+    assert not root.exists() or not any(root.rglob("*"))

@@ -9,7 +9,7 @@ everything else travels in headers:
                             ``last_membership`` (any JSON)
 ``X-Fstransport-Offset``    byte offset of the body in the snapshot
 ``X-Fstransport-Done``      ``1`` on the final chunk, else ``0``
-``X-Fstransport-Crc32c``    CRC32C of the body, as an unsigned decimal integer
+``X-Fstransport-Crc32c``    CRC32C of the body, as an unsigned decimal integer (required)
 ``Authorization``           ``Bearer <token>`` when the server has a token
 =========================== =======================================================
 

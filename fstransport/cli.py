@@ -118,6 +118,10 @@ def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _is_s3_url(url: str) -> bool:
+    return url.startswith(("s3://", "s3a://"))
+
+
 def _add_s3_tuning(parser: argparse.ArgumentParser, where: str) -> None:
     parser.add_argument(
         "--part-size",
@@ -145,7 +149,7 @@ def _s3_tuning(args: argparse.Namespace, url: str) -> dict[str, Any]:
         ]
         if value is not None
     }
-    if tuning and not url.startswith(("s3://", "s3a://")):
+    if tuning and not _is_s3_url(url):
         raise ConfigurationError(
             f"--part-size and --upload-concurrency are for s3:// stores, not {url}"
         )
@@ -280,7 +284,7 @@ def _add_endpoint_option(parser: argparse.ArgumentParser) -> None:
 def _storage_options(args: argparse.Namespace, url: str) -> dict[str, Any]:
     """s3fs options from the command line, for `url` if it is an S3 URL."""
     endpoint = getattr(args, "endpoint_url", None)
-    if not endpoint or not url.startswith(("s3://", "s3a://")):
+    if not endpoint or not _is_s3_url(url):
         return {}
     return {"client_kwargs": {"endpoint_url": endpoint}}
 
@@ -391,7 +395,7 @@ async def _read_s3(storage_options: dict[str, Any], url: str) -> bytes:
 
 async def _size_of(url: str, storage_options: dict[str, Any]) -> int | None:
     """The size of the file at `url` for the progress bar, if it can be had cheaply."""
-    if url.startswith(("s3://", "s3a://")):
+    if _is_s3_url(url):
         return None  # not worth a second S3 client: the bar shows bytes and rate
     try:
         fs, path = fsspec.core.url_to_fs(url, **storage_options)

@@ -83,13 +83,7 @@ async def test_wrong_token_is_refused_and_nothing_is_written(server: tuple[str, 
 
 async def test_path_traversal_id_is_refused_by_the_server(server: tuple[str, Path]) -> None:
     url, root = server
-    headers = {
-        "Authorization": f"Bearer {TOKEN}",
-        "X-Fstransport-Vote": "1,0,0",
-        "X-Fstransport-Meta": '{"size": 3}',
-        "X-Fstransport-Offset": "0",
-        "X-Fstransport-Done": "1",
-    }
+    headers = _chunk_headers(None, 3)
     async with aiohttp.ClientSession() as session:
         for bad in ["..", "%2E%2E", "a%2Fb", "..%2F..%2Fescape", "%00x"]:
             async with session.put(f"{url}/v1/snapshots/{bad}", data=b"abc", headers=headers) as r:
@@ -174,15 +168,20 @@ async def test_empty_snapshot_over_http(server: tuple[str, Path]) -> None:
     assert report.size == 0
 
 
-def _chunk_headers(crc: int, size: int) -> dict[str, str]:
-    return {
-        "Authorization": f"Bearer {TOKEN}",
+def _chunk_headers(crc: int | None, size: int, *, token: str | None = TOKEN) -> dict[str, str]:
+    """The headers of a PUT carrying a whole `size`-byte snapshot as one chunk (no CRC32C
+    header when `crc` is None, no Authorization when `token` is)."""
+    headers = {
         "X-Fstransport-Vote": "1,0,0",
-        "X-Fstransport-Meta": f'{{"size": {size}}}',
+        "X-Fstransport-Meta": json.dumps({"size": size}),
         "X-Fstransport-Offset": "0",
         "X-Fstransport-Done": "1",
-        "X-Fstransport-Crc32c": str(crc),
     }
+    if crc is not None:
+        headers["X-Fstransport-Crc32c"] = str(crc)
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
 
 
 async def test_corrupted_body_is_refused_and_nothing_is_installed(
@@ -302,14 +301,7 @@ async def test_a_local_root_writes_received_pieces_without_joining_them(
 
 def chunk_head(snapshot_id: str, length: int, *, size: int, crc: int = 0) -> bytes:
     """The head of a PUT carrying the whole of a `size`-byte snapshot as one chunk."""
-    headers = {
-        "X-Fstransport-Vote": "1,0,0",
-        "X-Fstransport-Meta": json.dumps({"size": size}),
-        "X-Fstransport-Offset": "0",
-        "X-Fstransport-Done": "1",
-        "X-Fstransport-Crc32c": str(crc),
-        "Content-Length": str(length),
-    }
+    headers = {**_chunk_headers(crc, size, token=None), "Content-Length": str(length)}
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     return f"PUT /v1/snapshots/{snapshot_id} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode()
 
@@ -447,13 +439,7 @@ async def test_a_chunk_without_its_crc_header_is_refused(server: tuple[str, Path
     """Only an in-process copy may leave the CRC32C to the receiver: over the network the
     sender's CRC is what catches a chunk damaged on the way."""
     url, root = server
-    headers = {
-        "Authorization": f"Bearer {TOKEN}",
-        "X-Fstransport-Vote": "1,0,0",
-        "X-Fstransport-Meta": json.dumps({"size": 3}),
-        "X-Fstransport-Offset": "0",
-        "X-Fstransport-Done": "1",
-    }
+    headers = _chunk_headers(None, 3)
     async with (
         aiohttp.ClientSession() as session,
         session.put(f"{url}/v1/snapshots/nocrc.bin", data=b"abc", headers=headers) as answer,

@@ -1,22 +1,33 @@
 """The ``fstransport`` command: ``demo``, ``ship``, ``serve``, ``bench`` and ``cleanup``.
 
 User errors (a missing file, a bad size, an unreachable target) are printed as one line on
-stderr with exit code 1 — never a traceback.  ``--debug`` shows the traceback anyway.
+stderr with exit code 1 — never a traceback.  ``--debug`` shows the traceback anyway.  A command
+line that cannot run as given (a bad flag, an empty token, an unusable ROOT for ``serve``) exits
+with 2, as argparse's usage errors do.  Ctrl-C (SIGINT) exits with 130 and SIGTERM with 143
+(128 + the signal's number), both after the same clean-up: an interrupted ``ship`` leaves no
+partial data and no S3 multipart upload behind.  A reader that closes stdout early (``| head``)
+ends the output quietly; the exit code stays the command's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ipaddress
 import json
 import logging
+import os
 import random
+import select
 import shutil
+import signal
 import ssl
 import sys
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,16 +50,19 @@ from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.errors import (
     ConfigurationError,
     FstransportError,
+    HigherVote,
     StorageError,
     UntrustedPeer,
 )
+from fstransport.messages import Vote
 from fstransport.network.base import Network
 from fstransport.network.http import HttpNetwork
+from fstransport.network.wire import check_token
 from fstransport.options import MiB, TransferOptions
 from fstransport.progress import ProgressBar
 from fstransport.server import IDLE_TIMEOUT, MAX_BUFFERED, create_app
 from fstransport.storage._aio import close_async_filesystem
-from fstransport.storage.s3 import open_s3
+from fstransport.storage.s3 import is_s3, open_s3
 from fstransport.storage.store import FsspecSnapshotStore
 from fstransport.transfer import TransferReport, ship
 from fstransport.units import (
@@ -59,12 +73,19 @@ from fstransport.units import (
     parse_size,
 )
 
-__all__ = ["main"]
+__all__ = ["TOKEN_ENV", "UsageError", "main"]
 
 _V = TypeVar("_V")
 
 DEMO_SIZE = 64 * MiB
 DEMO_BUCKET = "fstransport-demo"
+TOKEN_ENV = "FSTRANSPORT_TOKEN"
+"""The environment variable ``serve`` and ``ship --via`` take the bearer token from (unless
+``--token`` or ``--token-file`` is given): unlike ``--token``, it does not show in ``ps``."""
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
 DEMO_NEEDS_MOTO = (
     "fstransport: error: the demo runs an embedded moto S3 server; "
     "install it with: pip install 'fstransport[testing]'"
@@ -87,6 +108,34 @@ def _argument(parse: Callable[[str], _V]) -> Callable[[str], _V]:
 _size_arg = _argument(parse_size)
 _duration_arg = _argument(parse_duration)
 _bandwidth_arg = _argument(parse_bandwidth)
+
+
+class UsageError(ConfigurationError):
+    """A command line that cannot run as given: one line on stderr, exit code 2."""
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 0 to 65535, not {text!r}")
+    return int(text)
+
+
+def _vote(text: str) -> Vote:
+    """``TERM[,NODE[,COMMITTED]]``: e.g. ``7``, ``7,3`` or ``7,3,1`` (committed is 0 or 1)."""
+    parts = [part.strip() for part in text.split(",")]
+    usage = f"a vote is TERM[,NODE[,COMMITTED]], e.g. 7 or 7,3 or 7,3,1; not {text!r}"
+    if not 1 <= len(parts) <= 3:
+        raise argparse.ArgumentTypeError(usage)
+    if not all(part.isascii() and part.isdigit() and len(part) <= 20 for part in parts):
+        raise argparse.ArgumentTypeError(usage)
+    if len(parts) == 3 and parts[2] not in ("0", "1"):
+        raise argparse.ArgumentTypeError(usage)
+    node = int(parts[1]) if len(parts) > 1 else 0
+    return Vote(int(parts[0]), node, len(parts) == 3 and parts[2] == "1")
+
+
+def _format_vote(vote: Vote) -> str:
+    return f"{vote.term},{vote.node_id},{int(vote.committed)}"
 
 
 def _positive_int(text: str) -> int:
@@ -199,7 +248,24 @@ def _parser() -> argparse.ArgumentParser:
     ship_cmd.add_argument(
         "--via", metavar="URL", help="ship through the receiver server at URL (fstransport serve)"
     )
-    ship_cmd.add_argument("--token", metavar="T", help="bearer token for --via")
+    ship_cmd.add_argument(
+        "--token",
+        metavar="T",
+        help=f"bearer token for --via (visible in ps: prefer --token-file or ${TOKEN_ENV})",
+    )
+    ship_cmd.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"read the bearer token for --via from PATH (default: ${TOKEN_ENV}, if set)",
+    )
+    ship_cmd.add_argument(
+        "--vote",
+        type=_vote,
+        default=None,
+        metavar="TERM[,NODE[,C]]",
+        help="the sender's vote, e.g. 7,3 (default 0,0): a receiver refuses a vote lower than "
+        "the one it holds (fstransport serve: per snapshot id), and adopts a higher one",
+    )
     ship_cmd.add_argument(
         "--cafile",
         metavar="PEM",
@@ -217,13 +283,37 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run a receiver server that writes incoming snapshots into ROOT",
-        description="Receive snapshots over HTTP into ROOT (any fsspec URL, s3:// included). "
-        "Prints the address it listens on, then serves until interrupted.",
+        description="Receive snapshots over HTTP into ROOT (any fsspec URL, s3:// included; "
+        "a local ROOT must exist and be writable). Every request needs the bearer token "
+        f"(--token-file PATH, ${TOKEN_ENV} or --token T), unless --no-auth says otherwise. "
+        "Prints the address it listens on, then serves until interrupted (Ctrl-C: exit 130, "
+        "SIGTERM: exit 143).",
     )
     serve.add_argument("root", metavar="ROOT", help="where received snapshots are installed")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="port (default: any free port)")
-    serve.add_argument("--token", metavar="T", help="require 'Authorization: Bearer T'")
+    serve.add_argument(
+        "--port", type=_port, default=0, help="port, 0 to 65535 (default 0: any free port)"
+    )
+    serve.add_argument(
+        "--token",
+        metavar="T",
+        help=f"require 'Authorization: Bearer T' (visible in ps: prefer --token-file or "
+        f"${TOKEN_ENV}, which is used when neither --token nor --token-file is given)",
+    )
+    serve.add_argument(
+        "--token-file", metavar="PATH", help="read the required bearer token from PATH"
+    )
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="accept snapshots from anyone who can connect (no token); only on a loopback "
+        "--host unless --allow-remote-no-auth is given too",
+    )
+    serve.add_argument(
+        "--allow-remote-no-auth",
+        action="store_true",
+        help="let --no-auth listen on a non-loopback --host (anyone on the network may write)",
+    )
     serve.add_argument(
         "--certfile", metavar="PEM", help="serve HTTPS with this certificate (chain) in PEM"
     )
@@ -416,14 +506,130 @@ async def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_from(args: argparse.Namespace) -> str | None:
+    """The bearer token ``--token``, ``--token-file`` or ``$FSTRANSPORT_TOKEN`` gives (in that
+    order; the first two together are refused), or None when none of them is given.  An empty
+    or unusable token is a `UsageError`, never "no token"."""
+    if args.token is not None and args.token_file is not None:
+        raise UsageError("give the token with --token or with --token-file, not both")
+    if args.token is not None:
+        if not args.token:
+            raise UsageError(f"--token is empty (is ${TOKEN_ENV} set?)")
+        return _usable_token(args.token, "--token")
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as file:
+                text = file.read(64 * 1024).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = _os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
+            raise UsageError(f"cannot read --token-file {args.token_file}: {why}") from None
+        if not text:
+            raise UsageError(f"--token-file {args.token_file} is empty")
+        return _usable_token(text, f"the token in --token-file {args.token_file}")
+    environ = os.environ.get(TOKEN_ENV)
+    if environ is None:
+        return None
+    if not environ:
+        raise UsageError(f"${TOKEN_ENV} is set but empty")
+    return _usable_token(environ, f"${TOKEN_ENV}")
+
+
+def _usable_token(token: str, what: str) -> str:
+    try:
+        return check_token(token, what)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _server_token(args: argparse.Namespace) -> str | None:
+    """The token ``serve`` requires, or None for an explicit ``--no-auth`` (on a loopback
+    address, or with ``--allow-remote-no-auth``); anything unclear is a `UsageError`."""
+    if args.allow_remote_no_auth and not args.no_auth:
+        raise UsageError("--allow-remote-no-auth goes with --no-auth")
+    if not args.no_auth:
+        token = _token_from(args)
+        if token is None:
+            raise UsageError(
+                f"serve needs a token: --token-file PATH, ${TOKEN_ENV}, or --token T "
+                "(or --no-auth to accept snapshots from anyone who can connect)"
+            )
+        return token
+    if args.token is not None or args.token_file is not None:
+        raise UsageError("--no-auth and a token (--token, --token-file) contradict each other")
+    if os.environ.get(TOKEN_ENV) is not None:
+        raise UsageError(f"--no-auth, but ${TOKEN_ENV} is set: unset it, or drop --no-auth")
+    if not _is_loopback(args.host) and not args.allow_remote_no_auth:
+        raise UsageError(
+            f"--no-auth on {args.host or 'every address'}, which is not a loopback address: "
+            "anyone who can connect could write into ROOT; give a token, or add "
+            "--allow-remote-no-auth if that is really meant"
+        )
+    return None
+
+
+async def _check_root(store: FsspecSnapshotStore, url: str) -> None:
+    """`UsageError` unless the store's ROOT exists and takes a file: a local folder (one empty
+    file made and removed in it), or a bucket on S3 (an empty object under
+    ``ROOT/.fstransport/``, made and removed).  Other filesystems are not probed."""
+    fs, root = store.fs, store.root
+    if is_s3(fs):
+        probe = f"{root}/.fstransport/probe-{uuid.uuid4().hex}"
+        try:
+            await asyncio.to_thread(fs.pipe_file, probe, b"")
+            await asyncio.to_thread(fs.rm_file, probe)
+        except Exception as exc:  # s3fs's and botocore's errors: all of them mean "not usable"
+            raise UsageError(f"cannot write into ROOT {url}: {_exc_reason(exc)}") from None
+        return
+    if not getattr(fs, "local_file", False) and "file" not in _protocols(fs):
+        return
+
+    def probe_local() -> bool:
+        if not os.path.isdir(root):
+            return False
+        fd, name = tempfile.mkstemp(prefix=".fstransport-probe-", dir=root)
+        os.close(fd)
+        os.unlink(name)
+        return True
+
+    try:
+        if not await asyncio.to_thread(probe_local):
+            raise UsageError(f"ROOT {url} does not exist or is not a folder (create it first)")
+    except OSError as exc:
+        raise UsageError(f"cannot write into ROOT {url}: {_os_reason(exc)}") from None
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = getattr(fs, "protocol", ())
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _exc_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return _os_reason(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 async def _serve(args: argparse.Namespace) -> int:
+    token = _server_token(args)
     tls = _server_tls(args.certfile, args.keyfile)
     scheme = "https" if tls is not None else "http"
     options = {**_storage_options(args, args.root), **_s3_tuning(args, args.root)}
     async with FsspecSnapshotStore(args.root, **options) as store:
+        await _check_root(store, args.root)
         app = create_app(
             store,
-            token=args.token,
+            token=token,
+            no_auth=token is None,
             idle_timeout=args.idle_timeout,
             max_buffered=args.max_buffered,
         )
@@ -438,6 +644,13 @@ async def _serve(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise StorageError(f"{args.host}:{args.port}", "listen on", exc) from exc
             host, port = runner.addresses[0][:2]
+            if token is None:
+                print(
+                    f"fstransport: warning: --no-auth: anyone who can connect to {host}:{port} "
+                    "may write snapshots into ROOT",
+                    file=sys.stderr,
+                    flush=True,
+                )
             print(
                 f"fstransport: receiving into {args.root} on {scheme}://{host}:{port}", flush=True
             )
@@ -501,15 +714,23 @@ def _check_via(via: str) -> str:
     return via
 
 
+class _Refused(FstransportError):
+    """The receiver refused the transfer for a reason the user can act on (exit code 1)."""
+
+
 async def _ship(args: argparse.Namespace) -> int:
     options = TransferOptions(chunk_size=args.chunk_size, max_in_flight=args.window)
     http: HttpNetwork | None = None
     network: Network | None = None
     if args.via:
+        token = _token_from(args)
         tls = _client_tls(_check_via(args.via), args.cafile)
-        network = http = HttpNetwork(args.via, token=args.token, ssl=tls)
-    elif args.cafile is not None or args.token is not None:
-        raise ConfigurationError("--token and --cafile are for shipping --via a server")
+        network = http = HttpNetwork(args.via, token=token, ssl=tls)
+    elif args.cafile is not None or args.token is not None or args.token_file is not None:
+        raise ConfigurationError(
+            "--token and --cafile are for shipping --via a server (and --token-file too)"
+        )
+    vote: Vote = args.vote or Vote(0, 0)
     store_options = _s3_tuning(args, args.dst)
     if store_options and args.via:
         raise ConfigurationError(
@@ -529,9 +750,15 @@ async def _ship(args: argparse.Namespace) -> int:
             store_options=store_options,
             progress=bar.update,
             checksum=args.checksum,
+            vote=vote,
         )
     except UntrustedPeer as exc:
         raise ConfigurationError(f"{exc}; give the CA that signed it with --cafile PEM") from exc
+    except HigherVote as exc:
+        raise _Refused(
+            f"{exc}; to replace what it holds, ship with --vote {_format_vote(exc.higher)} or "
+            "higher"
+        ) from exc
     finally:
         bar.close()
         if http is not None:
@@ -667,6 +894,58 @@ async def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived; the command was cancelled as Ctrl-C cancels it, and cleaned up."""
+
+
+async def _until_terminated(
+    run: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> int:
+    """`run(args)`, cancelled on SIGTERM exactly as asyncio cancels it on Ctrl-C, so that its
+    clean-up runs (a ship aborts its S3 multipart upload, a server closes its connections);
+    then `_Terminated`.  A second SIGTERM during the clean-up is ignored."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signalled: list[int] = []
+
+    def on_sigterm() -> None:
+        if not signalled and task is not None:
+            signalled.append(signal.SIGTERM)
+            task.cancel()
+
+    # (not on Windows, nor outside the main thread: there SIGTERM keeps its default)
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await run(args)
+    except asyncio.CancelledError:
+        if signalled:
+            raise _Terminated() from None
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (``fstransport ... | head``)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that nothing (not even the flush at exit) writes into the
+    closed pipe again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -674,15 +953,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"demo": _demo, "ship": _ship, "cleanup": _cleanup, "serve": _serve}
     run = {**commands, "bench": _bench}[args.command]
     try:
-        return asyncio.run(run(args))
+        return asyncio.run(_until_terminated(run, args))
     except KeyboardInterrupt:
         print("fstransport: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except _Terminated:
+        print("fstransport: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    except BrokenPipeError:
+        if args.debug or not _stdout_reader_gone():
+            raise
+        # the reader of our output went away (| head): the work itself was done
+        _discard_stdout()
+        return 0
     except FstransportError as exc:
         if args.debug:
             raise
         print(f"fstransport: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE if isinstance(exc, UsageError) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,8 @@
     ├── StorageError              reading or writing snapshot data failed (subject, verb, cause)
     ├── InvalidRequest            a request broke a rule (bad offset, size, id, ...); never written
     │   ├── TooManyTransfers      the receiver already runs its maximum number of transfers
-    │   └── Unauthorized          the receiver refused the sender's credentials
+    │   ├── Unauthorized          the receiver refused the sender's credentials
+    │   └── BodyStalled           a request's body stopped arriving (the server answers 408)
     ├── ChecksumMismatch          data does not match its CRC32C (a chunk or the whole snapshot)
     ├── RetryExhausted            the retry budget ran out; ``last_error`` says why
     └── ConfigurationError        bad options or arguments from the caller (also a ``ValueError``)
@@ -30,12 +31,14 @@ aiohttp) are translated at the edge with ``raise ... from exc`` so the original 
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fstransport.messages import SnapshotSegmentId, Vote
 
 __all__ = [
+    "BodyStalled",
     "ChecksumMismatch",
     "ConfigurationError",
     "FstransportError",
@@ -138,20 +141,56 @@ class StorageError(FstransportError):
 
     `subject` names what was touched (a path or URL), `verb` what was done to it ("read",
     "write", "open", "seek", "install", ...), `cause` the backend's own exception, which is
-    also the ``__cause__``.
+    also the ``__cause__``.  `reason` replaces the cause's text in the message and `retryable`
+    overrides the verdict drawn from the cause: both are for an error rebuilt from a remote
+    receiver's answer, whose cause only exists over there.
     """
 
-    def __init__(self, subject: str, verb: str, cause: BaseException | None = None) -> None:
-        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+    def __init__(
+        self,
+        subject: str,
+        verb: str,
+        cause: BaseException | None = None,
+        *,
+        reason: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        if reason is not None:
+            detail = f": {reason}"
+        elif cause is not None:
+            detail = f": {type(cause).__name__}: {cause}"
+        else:
+            detail = ""
         super().__init__(f"cannot {verb} {subject}{detail}")
         self.subject = subject
         self.verb = verb
         self.cause = cause
+        self._reason = reason
+        self._retryable = retryable
 
     @property
     def retryable(self) -> bool:
-        """False when trying again cannot help: the thing is missing, forbidden or malformed."""
-        return not isinstance(self.cause, _PERMANENT_CAUSES)
+        """False when trying again cannot help: the thing is missing, forbidden or malformed,
+        the disk is full or read-only, a name or a file is too long for the file system."""
+        if self._retryable is not None:
+            return self._retryable
+        cause = self.cause
+        if isinstance(cause, _PERMANENT_CAUSES):
+            return False
+        return not (isinstance(cause, OSError) and cause.errno in PERMANENT_ERRNOS)
+
+    @property
+    def reason(self) -> str:
+        """Why it failed, in words and without paths: the system's text for an `OSError`
+        (``"No space left on device"``), else the cause's own message."""
+        if self._reason is not None:
+            return self._reason
+        cause = self.cause
+        if cause is None:
+            return ""
+        if isinstance(cause, OSError) and cause.strerror:
+            return str(cause.strerror)
+        return f"{type(cause).__name__}: {cause}"
 
 
 _PERMANENT_CAUSES = (
@@ -163,6 +202,26 @@ _PERMANENT_CAUSES = (
     ValueError,
     TypeError,
 )
+
+PERMANENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOENT",  # missing (a ROOT deleted under the server, a missing source)
+        "EACCES",
+        "EPERM",  # forbidden
+        "EROFS",  # read-only file system
+        "ENOSPC",  # disk full
+        "EDQUOT",  # quota exceeded
+        "ENAMETOOLONG",  # a name the file system cannot hold
+        "EFBIG",  # past the file-size limit (of the file system or RLIMIT_FSIZE)
+        "ENOTDIR",
+        "EISDIR",
+        "ELOOP",
+    )
+    if hasattr(errno, name)
+)
+"""`OSError` numbers that trying again a few seconds later cannot change: a `StorageError`
+caused by one of them is not retried (freeing a full disk takes a person, not a backoff)."""
 
 
 class InvalidRequest(FstransportError):
@@ -182,6 +241,10 @@ class TooManyTransfers(InvalidRequest):
 
 class Unauthorized(InvalidRequest):
     """The receiver refused the sender's credentials (a missing or wrong token)."""
+
+
+class BodyStalled(InvalidRequest):
+    """No byte of a request's body arrived for the server's `idle_timeout` (answered with 408)."""
 
 
 class ChecksumMismatch(FstransportError):

@@ -93,15 +93,23 @@ def moto_process(timeout: float = 60.0) -> Iterator[str]:
             proc.stdout.close()
 
 
-def _serve_until_stdin_closes() -> None:
-    server, endpoint = start_moto_server()
-    host, port = endpoint.removeprefix("http://").rsplit(":", 1)
-    print(host, port, flush=True)
+def _serve_until_stdin_closes() -> int:
+    """Serve until stdin closes (0) or Ctrl-C (130, quietly: stopping it is what Ctrl-C is for)."""
     try:
+        server, endpoint = start_moto_server()
+    except KeyboardInterrupt:
+        return 130
+    try:
+        host, port = endpoint.removeprefix("http://").rsplit(":", 1)
+        print(host, port, flush=True)
         sys.stdin.read()
+    except KeyboardInterrupt:
+        return 130
     finally:
-        server.stop()
+        with contextlib.suppress(KeyboardInterrupt):
+            server.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    _serve_until_stdin_closes()
+    sys.exit(_serve_until_stdin_closes())

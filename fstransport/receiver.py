@@ -11,10 +11,12 @@ import contextlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import (
     ChecksumMismatch,
+    ConfigurationError,
     InvalidRequest,
     SnapshotMismatch,
     StorageError,
@@ -38,13 +40,21 @@ from fstransport.protocol.receiver import (
 from fstransport.storage.sink import Lost, SnapshotSink, aborted, write_checked, write_chunk
 from fstransport.storage.store import SnapshotStore
 
-__all__ = ["Receiver"]
+__all__ = ["Receiver", "VoteScope"]
 
 log = logging.getLogger("fstransport.receiver")
 
 
 INSTALLED_MEMORY = 256
 """How many installed snapshots a receiver remembers, to acknowledge a repeated final chunk."""
+
+VOTES_MEMORY = 4096
+"""How many snapshot ids a receiver with ``vote_scope="snapshot"`` remembers a vote for (the
+least recently used id not being received is forgotten first)."""
+
+VoteScope = Literal["node", "snapshot"]
+"""What one vote covers: the whole receiver (a Raft node) or one snapshot id (a standalone
+server shared by unrelated senders)."""
 
 Held = tuple[tuple[int, int], ...]
 _Outcome = tuple["Snapshot | None", "Held | None"]
@@ -104,7 +114,12 @@ class _Stream:
 class Receiver:
     """Receives snapshots into `store`; one stream per snapshot id, several ids at once.
 
-    `vote` is the highest vote seen; requests with a lower one are refused (see `handle`).
+    Requests whose vote is lower than the one the receiver holds are refused (see `handle`).
+    With ``vote_scope="node"`` (the default: a receiver inside a Raft node) there is one vote,
+    `vote`, the highest seen on any request.  With ``vote_scope="snapshot"`` (a standalone
+    server such as ``fstransport serve``, shared by senders that are not one Raft group) each
+    snapshot id has its own: a high vote on one id never refuses another id, and `vote`, if
+    given, stays a floor below which every request is refused.  See `vote_for`.
     Every request is validated before anything is written; a refused request leaves the
     receiver's streams and the installed snapshots as they were.
     """
@@ -115,13 +130,40 @@ class Receiver:
         vote: Vote | None = None,
         *,
         limits: ReceiverLimits | None = None,
+        vote_scope: VoteScope = "node",
     ) -> None:
+        if vote_scope not in ("node", "snapshot"):
+            raise ConfigurationError(f"vote_scope must be 'node' or 'snapshot', got {vote_scope!r}")
         self.store = store
         self.vote = vote
+        self.vote_scope: VoteScope = vote_scope
+        self._votes: OrderedDict[str, Vote] = OrderedDict()
         self.limits = limits or ReceiverLimits()
         self._streams: dict[str, _Stream] = {}
         self._installed: OrderedDict[str, SnapshotMeta] = OrderedDict()
         self._installing: dict[str, asyncio.Future[None]] = {}
+
+    def vote_for(self, snapshot_id: str) -> Vote | None:
+        """The vote a request for `snapshot_id` is checked against (None: none seen yet)."""
+        if self.vote_scope == "node":
+            return self.vote
+        own = self._votes.get(snapshot_id)
+        if own is None or (self.vote is not None and self.vote > own):
+            return self.vote
+        return own
+
+    def _adopt(self, snapshot_id: str, vote: Vote) -> None:
+        if self.vote_scope == "node":
+            self.vote = vote
+            return
+        self._votes[snapshot_id] = vote
+        self._votes.move_to_end(snapshot_id)
+        if len(self._votes) > VOTES_MEMORY:
+            for old in list(self._votes):
+                if old not in self._streams and old != snapshot_id:
+                    del self._votes[old]
+                    if len(self._votes) <= VOTES_MEMORY:
+                        break
 
     @property
     def receiving(self) -> list[str]:
@@ -165,10 +207,12 @@ class Receiver:
     async def _handle(
         self, req: InstallSnapshotRequest, checked: _Checked
     ) -> InstallSnapshotResponse:
-        if self.vote is not None and req.vote < self.vote:
-            return InstallSnapshotResponse(self.vote)
-        if self.vote is None or req.vote > self.vote:
-            self.vote = req.vote
+        snapshot_id = req.meta.snapshot_id
+        current = self.vote_for(snapshot_id)
+        if current is not None and req.vote < current:
+            return InstallSnapshotResponse(current)
+        if current is None or req.vote > current:
+            self._adopt(snapshot_id, req.vote)
         snapshot, held = await self._receive(req, checked)
         if snapshot is not None:
             # Verified and finished: install it even if this request is cancelled meanwhile (its
@@ -177,7 +221,9 @@ class Receiver:
             install.add_done_callback(_consume_outcome)  # seen even if nobody awaits it any more
             self._installing[snapshot.meta.snapshot_id] = install
             await asyncio.shield(install)
-        return InstallSnapshotResponse(self.vote, held=held)
+        vote = self.vote_for(snapshot_id)
+        assert vote is not None  # adopted above
+        return InstallSnapshotResponse(vote, held=held)
 
     async def _install(self, snapshot: Snapshot) -> None:
         snapshot_id = snapshot.meta.snapshot_id
@@ -223,7 +269,8 @@ class Receiver:
         if not isinstance(meta, SnapshotMeta) or not isinstance(meta.snapshot_id, str):
             return None
         try:
-            if not isinstance(vote, Vote) or (self.vote is not None and vote < self.vote):
+            current = self.vote_for(meta.snapshot_id)
+            if not isinstance(vote, Vote) or (current is not None and vote < current):
                 return None  # a stale leader cannot end the current leader's transfer
         except TypeError:  # a vote of the wrong types
             return None

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Any
+import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
 from crc32c import crc32c
 
 from fstransport.errors import (
-    ChecksumMismatch,
+    BodyStalled,
     ConfigurationError,
     FstransportError,
     InvalidRequest,
-    SnapshotMismatch,
-    StorageError,
+    PayloadTooLarge,
     TooManyTransfers,
+    Unauthorized,
 )
 from fstransport.messages import Buffer, InstallSnapshotRequest, Pieces
 from fstransport.network.wire import (
@@ -33,8 +34,10 @@ from fstransport.network.wire import (
     H_META,
     H_OFFSET,
     H_VOTE,
+    check_token,
     decode_meta,
     decode_vote,
+    encode_error,
     encode_vote,
 )
 from fstransport.protocol.receiver import check_snapshot_id
@@ -42,6 +45,8 @@ from fstransport.receiver import Receiver
 from fstransport.storage.store import SnapshotStore
 
 __all__ = ["IDLE_TIMEOUT", "MAX_BUFFERED", "BodyStalled", "create_app"]
+
+log = logging.getLogger("fstransport.server")
 
 RECEIVER_KEY = web.AppKey("receiver", Receiver)
 
@@ -52,9 +57,34 @@ a Python object per trickle.  Longer pieces (aiohttp hands over up to 256 KiB) a
 they are."""
 
 
-def _error(status: int, exc: BaseException, **extra: Any) -> web.Response:
-    body = {"error": type(exc).__name__, "message": str(exc), **extra}
+def _answer_error(
+    exc: FstransportError, snapshot_id: str | None, hide: tuple[str, ...]
+) -> web.Response:
+    """The answer to a request that ended in `exc` (see `fstransport.network.wire.ERRORS`)."""
+    status, body = encode_error(exc, snapshot_id, hide=hide)
     return web.json_response(body, status=status)
+
+
+def _authorization_check(token: str | None) -> Callable[[web.Request], bool]:
+    """Whether a request carries exactly one ``Authorization: Bearer <token>`` header (always
+    true for no token).  Compared as bytes in constant time; a header that is not valid
+    UTF-8, or that comes twice, is simply not the token: authentication fails closed."""
+    if token is None:
+        return lambda request: True
+    expected = f"Bearer {token}".encode("ascii")
+
+    def authorized(request: web.Request) -> bool:
+        try:
+            given = request.headers.getall("Authorization", [])
+            if len(given) != 1:
+                return False
+            # aiohttp decodes header bytes as UTF-8 with surrogate escapes: this gives them back
+            raw = given[0].encode("utf-8", "surrogateescape")
+        except (UnicodeError, ValueError, TypeError):
+            return False
+        return hmac.compare_digest(raw, expected)
+
+    return authorized
 
 
 def _int_header(request: web.Request, name: str) -> int:
@@ -62,10 +92,6 @@ def _int_header(request: web.Request, name: str) -> int:
     if not value.isdigit():
         raise InvalidRequest(f"header {name} must be a non-negative integer", field=name)
     return int(value)
-
-
-class BodyStalled(InvalidRequest):
-    """No byte of a request's body arrived for the server's `idle_timeout` (answered with 408)."""
 
 
 class _Watchdog:
@@ -192,40 +218,65 @@ def create_app(
     store: SnapshotStore,
     *,
     token: str | None = None,
+    no_auth: bool = False,
     receiver: Receiver | None = None,
     idle_timeout: float = IDLE_TIMEOUT,
     max_buffered: int = MAX_BUFFERED,
 ) -> web.Application:
     """An aiohttp app receiving snapshots into `store` (or through `receiver`).
 
+    Every request must carry ``Authorization: Bearer <token>`` (else 401).  Accepting requests
+    from anyone who can connect takes ``no_auth=True`` instead of a token; an empty token, or
+    neither, is a `ConfigurationError`: a mistyped or unset token never turns authentication off.
+
+    Without `receiver`, the app's receiver keeps votes per snapshot id
+    (``Receiver(store, vote_scope="snapshot")``): a standalone server has no Raft term to
+    protect, and one sender's vote must not refuse another sender's snapshots.  A Raft node
+    passes its own receiver, with one vote for the node.
+
     A request whose body stops for `idle_timeout` seconds is answered with 408 and dropped.
     The bodies held at once (each is kept whole until it is verified and written) stay within
     `max_buffered` bytes: a request beyond that is answered 503 before it is read, and retried
     by its sender."""
+    if not isinstance(no_auth, bool):
+        raise ConfigurationError(f"no_auth must be True or False, got {no_auth!r}")
+    if token is None and not no_auth:
+        raise ConfigurationError(
+            "create_app needs a token (token=...), or no_auth=True to accept requests from "
+            "anyone who can connect"
+        )
+    if token is not None:
+        if no_auth:
+            raise ConfigurationError("give a token or no_auth=True, not both")
+        check_token(token)
+    else:
+        log.warning("accepting snapshots without authentication (no_auth=True)")
     if not idle_timeout > 0:
         raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
     if isinstance(max_buffered, bool) or not isinstance(max_buffered, int) or max_buffered < 1:
         raise ConfigurationError(f"max_buffered must be a positive int, got {max_buffered!r}")
     budget = _Budget(max_buffered)
-    receiver = receiver or Receiver(store)
+    receiver = receiver or Receiver(store, vote_scope="snapshot")
     limit = receiver.limits.max_chunk_size
     app = web.Application(client_max_size=(limit or 1024**3) + 1)
     app[RECEIVER_KEY] = receiver
-    expected = f"Bearer {token}".encode() if token else None
+    authorized = _authorization_check(token)
+    # never in an answer: where the store keeps its data on this host
+    hide = tuple(
+        str(value) for value in (getattr(store, "root", None), getattr(store, "url", None)) if value
+    )
 
     async def install(request: web.Request) -> web.Response:
-        if expected is not None:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _error(401, InvalidRequest("missing or wrong bearer token"))
+        snapshot_id: str | None = None
+        if not authorized(request):
+            return _answer_error(Unauthorized("missing or wrong bearer token"), None, hide)
         try:
             snapshot_id = check_snapshot_id(request.match_info["snapshot_id"])
             length = request.content_length
             if length is None:
                 raise InvalidRequest("Content-Length is required", field="data")
             if limit is not None and length > limit:
-                too_large = InvalidRequest(f"chunk of {length} bytes exceeds {limit}", field="data")
-                return _error(413, too_large, limit=limit)
+                raise PayloadTooLarge(f"chunk of {length} bytes exceeds {limit}", limit=limit)
             vote = decode_vote(request.headers.get(H_VOTE, ""))
             meta = decode_meta(snapshot_id, request.headers.get(H_META, "{}"))
             offset = _int_header(request, H_OFFSET)
@@ -250,22 +301,12 @@ def create_app(
                     response = await receiver.handle(req)
             finally:
                 budget.give(length)
-        except SnapshotMismatch as exc:
-            return _error(409, exc, expect=exc.expect.offset, got=exc.got.offset)
-        except TooManyTransfers as exc:
-            return _error(503, exc)
         except BodyStalled as exc:
-            stalled = _error(408, exc)
+            stalled = _answer_error(exc, snapshot_id, hide)
             stalled.force_close()  # the rest of the body may still come: never read it as a request
             return stalled
-        except InvalidRequest as exc:
-            return _error(400, exc, field=exc.field)
-        except ChecksumMismatch as exc:
-            return _error(422, exc, whole=exc.whole)
-        except StorageError as exc:
-            return _error(500, exc, retryable=exc.retryable)
         except FstransportError as exc:
-            return _error(500, exc)
+            return _answer_error(exc, snapshot_id, hide)
         held = [list(r) for r in response.held] if response.held else None
         return web.json_response({"vote": encode_vote(response.vote), "held": held})
 

@@ -9,6 +9,7 @@ a refused connection is `Unreachable`, a timeout `Timeout`, anything else on the
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl as ssl_module
 import urllib.parse
 from typing import Any
@@ -16,23 +17,15 @@ from typing import Any
 import aiohttp
 
 from fstransport.errors import (
-    ChecksumMismatch,
     InvalidRequest,
     NetworkError,
-    PayloadTooLarge,
-    RemoteError,
-    SnapshotMismatch,
-    StorageError,
     Timeout,
-    TooManyTransfers,
-    Unauthorized,
     Unreachable,
     UntrustedPeer,
 )
 from fstransport.messages import (
     InstallSnapshotRequest,
     InstallSnapshotResponse,
-    SnapshotSegmentId,
     contiguous,
 )
 from fstransport.network.wire import (
@@ -42,6 +35,8 @@ from fstransport.network.wire import (
     H_META,
     H_OFFSET,
     H_VOTE,
+    check_token,
+    decode_error,
     decode_vote,
     encode_meta,
     encode_vote,
@@ -55,7 +50,8 @@ __all__ = ["HttpNetwork"]
 class HttpNetwork:
     """Sends chunks to the receiver server at `base_url` (``http://host:port``).
 
-    `token` is sent as ``Authorization: Bearer <token>``; `ssl` is an `ssl.SSLContext` for
+    `token` is sent as ``Authorization: Bearer <token>`` (an empty one is a
+    `ConfigurationError`, not "no token"); `ssl` is an `ssl.SSLContext` for
     HTTPS (or False to skip verification, for tests only).  Close with ``await net.close()``
     or use ``async with HttpNetwork(...) as net``.
     """
@@ -69,7 +65,7 @@ class HttpNetwork:
         connections: int = 16,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.token = token
+        self.token = None if token is None else check_token(token)
         self._ssl = ssl
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
@@ -106,13 +102,13 @@ class HttpNetwork:
         }
         if req.crc32c is not None:
             headers[H_CRC] = str(req.crc32c)
-        if self.token:
+        if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
             async with self._client().put(
                 url, data=BufferBody(contiguous(req.data)), headers=headers
             ) as answer:
-                body: Any = await answer.json(content_type=None)
+                raw = await answer.read()
                 status = answer.status
         except aiohttp.ClientConnectorCertificateError as exc:
             reason = getattr(exc.certificate_error, "verify_message", None) or str(
@@ -127,6 +123,12 @@ class HttpNetwork:
             raise Timeout(f"no answer from {self.base_url}") from exc
         except (aiohttp.ClientError, ValueError) as exc:
             raise NetworkError(f"{type(exc).__name__} talking to {self.base_url}: {exc}") from exc
+        try:
+            body: Any = json.loads(raw)
+        except ValueError as exc:
+            if status == 200:
+                raise NetworkError(f"malformed answer from {self.base_url}: {raw[:200]!r}") from exc
+            body = None  # a proxy's error page: the status alone tells what happened
         if status == 200 and isinstance(body, dict):
             try:
                 held = body.get("held")
@@ -134,40 +136,7 @@ class HttpNetwork:
                 return InstallSnapshotResponse(decode_vote(str(body["vote"])), held=ranges)
             except (KeyError, TypeError, ValueError, InvalidRequest) as exc:
                 raise NetworkError(f"malformed answer from {self.base_url}: {body!r}") from exc
-        raise _remote_error(
-            status, body if isinstance(body, dict) else {}, snapshot_id, self.base_url
-        )
+        raise decode_error(status, body, snapshot_id, self.base_url)
 
     def __repr__(self) -> str:
         return f"HttpNetwork({self.base_url!r})"
-
-
-def _remote_error(status: int, body: dict[str, Any], snapshot_id: str, where: str) -> Exception:
-    message = str(body.get("message", f"HTTP {status}"))
-    source: Exception
-    if status == 409:
-        try:
-            expect, got = int(body["expect"]), int(body["got"])
-        except (KeyError, TypeError, ValueError):
-            return NetworkError(f"malformed mismatch answer from {where}: {body!r}")
-        source = SnapshotMismatch(
-            SnapshotSegmentId(snapshot_id, expect), SnapshotSegmentId(snapshot_id, got)
-        )
-    elif status == 413:
-        limit = body.get("limit")
-        return PayloadTooLarge(message, limit=limit if isinstance(limit, int) else None)
-    elif status == 401:
-        source = Unauthorized(message)
-    elif status == 400:
-        field = body.get("field")
-        source = InvalidRequest(message, field=field if isinstance(field, str) else None)
-    elif status == 422:
-        source = ChecksumMismatch(message, "", "", whole=bool(body.get("whole")))
-    elif status == 503:
-        source = TooManyTransfers(message)
-    elif status == 500 and body.get("error") == "StorageError":
-        cause = None if body.get("retryable", True) else FileNotFoundError(message)
-        source = StorageError(where, "store", cause)
-    else:
-        source = NetworkError(f"HTTP {status} from {where}: {message}")
-    return RemoteError(source, target=where)

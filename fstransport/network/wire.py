@@ -14,30 +14,49 @@ everything else travels in headers:
 =========================== =======================================================
 
 Answers are JSON.  ``200``: ``{"vote": "term,node_id,committed", "held": [[start, end], ...]}``.
-Errors: ``{"error": <name>, "message": ..., ...}`` with the status telling the kind: 409
-``SnapshotMismatch`` (with ``expect`` and ``got`` offsets), 400 ``InvalidRequest`` (with
-``field``), 422 ``ChecksumMismatch``, 413 payload too large (with ``limit``), 401 unauthorized,
-408 ``BodyStalled`` (the body stopped coming), 503 ``TooManyTransfers`` (try again), 500
-``StorageError`` and anything else.
+Errors: ``{"error": <name>, "message": ..., "retryable": bool, ...fields}``; `ERRORS` is the one
+table of statuses, types and fields that the server (`encode_error`) and the client
+(`decode_error`) both use.
 """
 
 from __future__ import annotations
 
+import errno as errno_module
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from fstransport.errors import InvalidRequest
-from fstransport.messages import LogId, SnapshotMeta, Vote
+from fstransport.errors import (
+    BodyStalled,
+    ChecksumMismatch,
+    ConfigurationError,
+    FstransportError,
+    InvalidRequest,
+    NetworkError,
+    PayloadTooLarge,
+    RemoteError,
+    SnapshotMismatch,
+    StorageError,
+    TooManyTransfers,
+    Unauthorized,
+)
+from fstransport.messages import LogId, SnapshotMeta, SnapshotSegmentId, Vote
 
 __all__ = [
     "API_PREFIX",
+    "ERRORS",
     "H_CRC",
     "H_DONE",
     "H_META",
     "H_OFFSET",
     "H_VOTE",
+    "ErrorRule",
+    "check_token",
+    "decode_error",
     "decode_meta",
     "decode_vote",
+    "encode_error",
     "encode_meta",
     "encode_vote",
 ]
@@ -99,3 +118,172 @@ def decode_meta(snapshot_id: str, text: str) -> SnapshotMeta:
         size=fields.get("size"),
         checksum=fields.get("checksum"),
     )
+
+
+# -- the bearer token ---------------------------------------------------------------------------
+
+
+def check_token(token: object, what: str = "token") -> str:
+    """`token` if it can travel as ``Authorization: Bearer <token>``: a non-empty string of
+    visible ASCII characters (no spaces).  Else `ConfigurationError`: an empty token must never
+    mean "no authentication"."""
+    if not isinstance(token, str):
+        raise ConfigurationError(f"{what} must be a string, got {type(token).__name__}")
+    if not token:
+        raise ConfigurationError(f"{what} is empty")
+    if not all("!" <= ch <= "~" for ch in token):
+        raise ConfigurationError(
+            f"{what} must be visible ASCII characters without spaces (it travels in an HTTP header)"
+        )
+    return token
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorRule:
+    """How one kind of error crosses the wire: its HTTP status, and the fields kept with it."""
+
+    kind: type[FstransportError]
+    status: int
+    fields: tuple[str, ...] = ()
+
+
+ERRORS: tuple[ErrorRule, ...] = (
+    ErrorRule(SnapshotMismatch, 409, ("expect", "got")),
+    ErrorRule(PayloadTooLarge, 413, ("limit",)),
+    ErrorRule(Unauthorized, 401),
+    ErrorRule(TooManyTransfers, 503),
+    ErrorRule(BodyStalled, 408),
+    ErrorRule(InvalidRequest, 400, ("field",)),
+    ErrorRule(ChecksumMismatch, 422, ("what", "expected", "actual", "whole")),
+    ErrorRule(StorageError, 500, ("subject", "verb", "reason", "errno")),
+    ErrorRule(FstransportError, 500),
+)
+"""Every error a receiver server answers with, most specific first: a server answers an error
+with the status of the first rule whose `kind` it is; a client rebuilds the error from the
+status (and, for 500, the ``error`` name), so that a proxy's bare 401 or 503 still means what
+it says.  Every body also says whether the sender should try again (``retryable``)."""
+
+_BY_STATUS = {rule.status: rule for rule in reversed(ERRORS)}  # 500: StorageError
+
+
+def _rule_for(exc: FstransportError) -> ErrorRule:
+    return next(rule for rule in ERRORS if isinstance(exc, rule.kind))
+
+
+def _retryable(exc: FstransportError) -> bool:
+    """Whether a sender gets anywhere by sending the same chunk again."""
+    if isinstance(exc, (TooManyTransfers, BodyStalled, SnapshotMismatch)):
+        return True
+    if isinstance(exc, ChecksumMismatch):
+        return not exc.whole
+    if isinstance(exc, StorageError):
+        return exc.retryable
+    return not isinstance(exc, (InvalidRequest, PayloadTooLarge))
+
+
+def _hide(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and secret != "/":
+            text = text.replace(secret, "ROOT")
+    return text
+
+
+def encode_error(
+    exc: FstransportError, snapshot_id: str | None = None, *, hide: Iterable[str] = ()
+) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body that answer `exc` (raised for a request for `snapshot_id`).
+
+    A `StorageError` names the snapshot, not the server's path, and keeps only its reason
+    (``"No space left on device"``) and errno name; every string in `hide` (the store's root)
+    is replaced by ``ROOT`` wherever it still shows."""
+    rule = _rule_for(exc)
+    secrets = tuple(hide)
+    body: dict[str, Any] = {"error": type(exc).__name__, "retryable": _retryable(exc)}
+    if isinstance(exc, SnapshotMismatch):
+        body.update(expect=exc.expect.offset, got=exc.got.offset)
+    elif isinstance(exc, PayloadTooLarge):
+        body.update(limit=exc.limit)
+    elif isinstance(exc, InvalidRequest):
+        body.update(field=exc.field)
+    elif isinstance(exc, ChecksumMismatch):
+        body.update(what=exc.what, expected=exc.expected, actual=exc.actual, whole=exc.whole)
+    elif isinstance(exc, StorageError):
+        cause = exc.cause
+        code = cause.errno if isinstance(cause, OSError) else None
+        reason = _hide(exc.reason, secrets) or "storage failure"
+        subject = snapshot_id if snapshot_id is not None else "the snapshot"
+        body.update(
+            subject=subject,
+            verb=exc.verb,
+            reason=reason,
+            errno=errno_module.errorcode.get(code) if isinstance(code, int) else None,
+        )
+        body["message"] = f"cannot {exc.verb} {subject}: {reason}"
+    body.setdefault("message", _hide(str(exc), secrets))
+    return rule.status, body
+
+
+def _text(body: dict[str, Any], name: str, default: str = "") -> str:
+    value = body.get(name)
+    return value if isinstance(value, str) else default
+
+
+def _int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def decode_error(
+    status: int, body: object, snapshot_id: str, where: str
+) -> RemoteError | PayloadTooLarge | NetworkError:
+    """The error a client raises for an answer with `status` and JSON `body` (anything else
+    counts as an empty body) to a request for `snapshot_id` sent to `where`: the receiver's own
+    error as ``RemoteError(source)`` with its type and fields, `PayloadTooLarge` as is (the
+    sender shrinks its chunks), `NetworkError` for a malformed answer."""
+    fields: dict[str, Any] = body if isinstance(body, dict) else {}
+    message = _text(fields, "message") or f"HTTP {status}"
+    rule = _BY_STATUS.get(status)
+    kind = rule.kind if rule is not None else None
+    if kind is StorageError and fields.get("error") != "StorageError":
+        kind = None  # a 500 that is not the receiver's storage: some other server failure
+    source: Exception
+    if kind is SnapshotMismatch:
+        expect, got = _int(fields, "expect"), _int(fields, "got")
+        if expect is None or got is None:
+            return NetworkError(f"malformed mismatch answer from {where}: {fields!r}")
+        source = SnapshotMismatch(
+            SnapshotSegmentId(snapshot_id, expect), SnapshotSegmentId(snapshot_id, got)
+        )
+    elif kind is PayloadTooLarge:
+        return PayloadTooLarge(message, limit=_int(fields, "limit"))
+    elif kind is Unauthorized:
+        source = Unauthorized(message)
+    elif kind is TooManyTransfers:
+        source = TooManyTransfers(message)
+    elif kind is InvalidRequest:
+        field = fields.get("field")
+        source = InvalidRequest(message, field=field if isinstance(field, str) else None)
+    elif kind is ChecksumMismatch:
+        source = ChecksumMismatch(
+            _text(fields, "what", message),
+            _text(fields, "expected", "?"),
+            _text(fields, "actual", "?"),
+            whole=fields.get("whole") is True,
+        )
+    elif kind is StorageError:
+        reason = _text(fields, "reason", message)
+        code = getattr(errno_module, _text(fields, "errno"), None)
+        retryable = fields.get("retryable")
+        source = StorageError(
+            _text(fields, "subject", snapshot_id),
+            _text(fields, "verb", "store"),
+            OSError(code, reason) if isinstance(code, int) else None,
+            reason=reason,
+            retryable=retryable if isinstance(retryable, bool) else True,
+        )
+    else:  # 408 (the server gave up on our body), 5xx of a proxy, anything unknown: retried
+        source = NetworkError(f"HTTP {status} from {where}: {message}")
+    return RemoteError(source, target=where)

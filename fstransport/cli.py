@@ -625,7 +625,6 @@ async def _serve(args: argparse.Namespace) -> int:
     scheme = "https" if tls is not None else "http"
     options = {**_storage_options(args, args.root), **_s3_tuning(args, args.root)}
     async with FsspecSnapshotStore(args.root, **options) as store:
-        await _check_root(store, args.root)
         app = create_app(
             store,
             token=token,
@@ -633,6 +632,7 @@ async def _serve(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout,
             max_buffered=args.max_buffered,
         )
+        await _check_root(store, args.root)
         runner = web.AppRunner(app)
         await runner.setup()
         try:

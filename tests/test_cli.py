@@ -24,7 +24,9 @@ EXE = shutil.which("fstransport", path=str(Path(sys.executable).parent))
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     assert EXE is not None, "the fstransport command is not installed: pip install -e ."
-    environ = None if env is None else {**os.environ, **env}
+    # (without a token the developer may have exported: the tests give their own)
+    environ = {k: v for k, v in os.environ.items() if k != "FSTRANSPORT_TOKEN"}
+    environ.update(env or {})
     return subprocess.run(
         [EXE, *args], capture_output=True, text=True, timeout=120, check=False, env=environ
     )
@@ -117,11 +119,11 @@ def test_ship_json(tmp_path: Path) -> None:
             "--part-size and --upload-concurrency are for s3:// stores, not /tmp/b.bin",
         ),
         (
-            ("serve", "/tmp/r", "--part-size", "8MiB"),
+            ("serve", "/tmp/r", "--no-auth", "--part-size", "8MiB"),
             "--part-size and --upload-concurrency are for s3:// stores, not /tmp/r",
         ),
-        (("serve", "/tmp/r", "--idle-timeout", "0s"), "idle_timeout must be positive"),
-        (("serve", "/tmp/r", "--max-buffered", "0"), "max_buffered must be a positive int"),
+        (("serve", "/r", "--no-auth", "--idle-timeout", "0s"), "idle_timeout must be positive"),
+        (("serve", "/r", "--no-auth", "--max-buffered", "0"), "max_buffered must be a positive"),
         (
             ("ship", "a", "b", "--via", "http://127.0.0.1:1", "--cafile", "ca.pem"),
             "--cafile needs an https:// --via URL",
@@ -131,7 +133,7 @@ def test_ship_json(tmp_path: Path) -> None:
             "cannot load CA certificates from /no/ca.pem: No such file or directory",
         ),
         (
-            ("serve", "/tmp/r", "--certfile", "/no/cert.pem"),
+            ("serve", "/tmp/r", "--no-auth", "--certfile", "/no/cert.pem"),
             "cannot load the TLS certificate and key from /no/cert.pem: No such file",
         ),
     ],
@@ -174,6 +176,7 @@ def test_unreachable_server_is_one_line_after_the_retries(tmp_path: Path) -> Non
 async def test_serve_and_ship_via_it(tmp_path: Path) -> None:
     """`fstransport serve` in its own process, `fstransport ship --via` from another."""
     assert EXE is not None
+    (tmp_path / "received").mkdir()
     server = await asyncio.create_subprocess_exec(
         EXE, "serve", str(tmp_path / "received"), "--token", "t0k3n",
         stdout=asyncio.subprocess.PIPE,

@@ -114,7 +114,7 @@ async def test_oversized_body_is_refused_before_it_is_read(server: tuple[str, Pa
 async def test_payload_limit_answer_makes_the_sender_shrink(tmp_path: Path) -> None:
     store = FsspecSnapshotStore(str(tmp_path / "r"))
     receiver = Receiver(store, limits=ReceiverLimits(max_chunk_size=64 * 1024))
-    runner, url = await start(create_app(store, receiver=receiver))
+    runner, url = await start(create_app(store, no_auth=True, receiver=receiver))
     try:
         data = payload(300 * 1024)
         fsspec.filesystem("memory").pipe_file("/src.bin", data)
@@ -255,7 +255,7 @@ class KeepingStore:
 
 async def test_chunk_buffers_a_sink_keeps_are_never_reused() -> None:
     store = KeepingStore()
-    runner, url = await start(create_app(store))  # type: ignore[arg-type]
+    runner, url = await start(create_app(store, no_auth=True))  # type: ignore[arg-type]
     try:
         data = payload(20 * 64 * 1024, seed=3)
         fsspec.filesystem("memory").pipe_file("/src.bin", data)
@@ -316,7 +316,7 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 
 async def test_a_body_that_stalls_is_answered_408_and_nothing_is_kept(tmp_path: Path) -> None:
     store = FsspecSnapshotStore(str(tmp_path / "r"))
-    runner, url = await start(create_app(store, idle_timeout=0.2))
+    runner, url = await start(create_app(store, no_auth=True, idle_timeout=0.2))
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
         writer.write(chunk_head("stalled", 1000, size=1000) + b"x" * 100)  # then nothing
@@ -335,7 +335,7 @@ async def test_a_body_that_stalls_is_answered_408_and_nothing_is_kept(tmp_path: 
 
 async def test_a_slow_body_that_keeps_coming_is_not_dropped(tmp_path: Path) -> None:
     store = FsspecSnapshotStore(str(tmp_path / "r"))
-    runner, url = await start(create_app(store, idle_timeout=0.3))
+    runner, url = await start(create_app(store, no_auth=True, idle_timeout=0.3))
     data = payload(20 * 50, seed=22)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
@@ -354,14 +354,14 @@ async def test_a_slow_body_that_keeps_coming_is_not_dropped(tmp_path: Path) -> N
 
 def test_idle_timeout_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="idle_timeout must be positive"):
-        create_app(FsspecSnapshotStore(str(tmp_path)), idle_timeout=0)
+        create_app(FsspecSnapshotStore(str(tmp_path)), no_auth=True, idle_timeout=0)
 
 
 async def test_a_peer_gone_mid_body_is_dropped_quietly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = FsspecSnapshotStore(str(tmp_path / "r"))
-    runner, url = await start(create_app(store))
+    runner, url = await start(create_app(store, no_auth=True))
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
         writer.write(chunk_head("gone.bin", 2000, size=2000) + b"x" * 1000)
@@ -380,7 +380,7 @@ async def test_a_peer_gone_mid_body_is_dropped_quietly(
 
 async def test_bodies_beyond_the_buffer_budget_wait_their_turn(tmp_path: Path) -> None:
     store = FsspecSnapshotStore(str(tmp_path / "r"))
-    runner, url = await start(create_app(store, max_buffered=1000))
+    runner, url = await start(create_app(store, no_auth=True, max_buffered=1000))
     port = int(url.rsplit(":", 1)[1])
     first, second = payload(800, seed=23), payload(800, seed=24)
     try:
@@ -415,7 +415,7 @@ async def test_bodies_beyond_the_buffer_budget_wait_their_turn(tmp_path: Path) -
 async def test_a_sender_retries_chunks_the_budget_turned_away(tmp_path: Path) -> None:
     """A budget below one chunk: each chunk goes through alone, the others are retried."""
     store = FsspecSnapshotStore(str(tmp_path / "r"))
-    runner, url = await start(create_app(store, max_buffered=100))
+    runner, url = await start(create_app(store, no_auth=True, max_buffered=100))
     data = payload(8 * 64 * 1024 + 5, seed=25)
     fsspec.filesystem("memory").pipe_file("/src.bin", data)
     retry = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=1000)
@@ -432,7 +432,7 @@ async def test_a_sender_retries_chunks_the_budget_turned_away(tmp_path: Path) ->
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5])
 def test_max_buffered_must_be_a_positive_int(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ConfigurationError, match="max_buffered must be a positive int"):
-        create_app(FsspecSnapshotStore(str(tmp_path)), max_buffered=bad)  # type: ignore[arg-type]
+        create_app(FsspecSnapshotStore(str(tmp_path)), no_auth=True, max_buffered=bad)  # type: ignore[arg-type]
 
 
 async def test_a_chunk_without_its_crc_header_is_refused(server: tuple[str, Path]) -> None:

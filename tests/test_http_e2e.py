@@ -118,9 +118,11 @@ def serve(tmp_path: Path) -> Iterator[StartServer]:
     def start(
         root: str, *args: str, port: int = 0, env: dict[str, str] | None = None
     ) -> ServerProcess:
+        if "://" not in root:  # a local ROOT must exist (serve refuses one that does not)
+            Path(root).mkdir(parents=True, exist_ok=True)
         argv = [EXE, "--debug", "serve", root, "--host", "127.0.0.1", "--port", str(port), *args]
         log = tmp_path / f"server-{len(servers)}.log"
-        server = ServerProcess(argv, log, None if env is None else {**os.environ, **env})
+        server = ServerProcess(argv, log, {**clean_environ(), **(env or {})})
         servers.append(server)
         server.read_url(START_TIMEOUT)
         return server
@@ -130,6 +132,11 @@ def serve(tmp_path: Path) -> Iterator[StartServer]:
     finally:
         for server in servers:
             server.kill()
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without a token the developer may have exported."""
+    return {k: v for k, v in os.environ.items() if k != "FSTRANSPORT_TOKEN"}
 
 
 def checksum_of(data: bytes) -> str:
@@ -235,7 +242,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
 
         # every acknowledged chunk was written and journaled before its answer
         return Setup(
-            str(root), (), None, (root / "snap.bin").read_bytes, leftovers,
+            str(root), ("--no-auth",), None, (root / "snap.bin").read_bytes, leftovers,
             size=12 * MiB, kill_at=4 * MiB, held_at_least=lambda acked: acked,
             resent_at_most=lambda held: 2 * WINDOW * CHUNK, rewinds_at_most=0,
         )  # fmt: skip
@@ -254,7 +261,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
     # from there again: what was before it, the sender does not send again.
     size = 20 * MiB
     return Setup(
-        f"s3://{bucket}/received", ("--endpoint-url", moto_server), S3_ENV,
+        f"s3://{bucket}/received", ("--endpoint-url", moto_server, "--no-auth"), S3_ENV,
         lambda: s3_object(s3_client, bucket, "received/snap.bin"), s3_leftovers,
         size=size, kill_at=12 * MiB, held_at_least=lambda acked: S3_PART,
         resent_at_most=lambda held: size - held + 2 * WINDOW * CHUNK, rewinds_at_most=1,
@@ -443,10 +450,13 @@ async def test_https_with_an_ssl_context_trusting_the_ca(
     assert files_under(root) == {"s.bin"}
 
 
-def run_cli(*args: str, timeout: float = SHIP_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = SHIP_TIMEOUT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     assert EXE is not None
+    environ = {**clean_environ(), **(env or {})}
     return subprocess.run(
-        [EXE, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [EXE, *args], capture_output=True, text=True, timeout=timeout, check=False, env=environ
     )
 
 
@@ -487,7 +497,7 @@ def test_serve_with_an_unusable_certificate_is_one_line(
         (("--certfile", str(tls_files.cert), "--keyfile", str(tls_files.ca)), "cannot load"),
         (("--keyfile", str(tls_files.key)), "--keyfile needs --certfile"),
     ]:
-        result = run_cli("serve", str(tmp_path / "r"), *args, timeout=60)
+        result = run_cli("serve", str(tmp_path / "r"), "--no-auth", *args, timeout=60)
         assert result.returncode == 1, (args, result.stdout)
         lines = result.stderr.splitlines()
         assert len(lines) == 1, result.stderr
@@ -500,7 +510,7 @@ async def test_cli_ship_with_checksum_resumes_what_an_interrupted_ship_left(
     serve: StartServer, tmp_path: Path
 ) -> None:
     root = tmp_path / "received"
-    server = serve(str(root))
+    server = serve(str(root), "--no-auth")
     data = payload(8 * MiB, seed=17)
     source = tmp_path / "snap.bin"
     source.write_bytes(data)

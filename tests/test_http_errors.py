@@ -63,7 +63,8 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
     ) -> str:
         store = store or FsspecSnapshotStore(str(tmp_path / "received"))
         receiver = Receiver(store, limits=limits)
-        runner, url = await serve(create_app(store, token=token, receiver=receiver))
+        app = create_app(store, token=token, no_auth=token is None, receiver=receiver)
+        runner, url = await serve(app)
         runners.append(runner)
         return url
 
@@ -203,7 +204,7 @@ async def test_one_connection_pool_per_adapter(tmp_path: Path) -> None:
         return response
 
     store = FsspecSnapshotStore(str(tmp_path / "r"))
-    app = create_app(store)
+    app = create_app(store, no_auth=True)
     app.middlewares.append(record)
     runner, url = await serve(app)
     try:

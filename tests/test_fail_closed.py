@@ -294,12 +294,12 @@ EXAMPLES: list[FstransportError] = [
         f"{ROOT}/.fstransport/partial/s.bin",
         "write",
         OSError(errno.ENOSPC, "No space left on device"),
-    ),  # noqa: E501
+    ),
     StorageError(
         f"{ROOT}/.fstransport/partial/s.bin",
         "open",
         OSError(errno.ENAMETOOLONG, "File name too long", f"{ROOT}/x"),
-    ),  # noqa: E501
+    ),
     StorageError(f"{ROOT}/s.bin", "install", RuntimeError(f"odd failure under {ROOT}/s.bin")),
     StorageError("s3://bucket/p/s.bin", "upload", ConnectionResetError("reset")),
     FstransportError(f"something else in {ROOT}"),

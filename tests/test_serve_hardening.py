@@ -1,0 +1,431 @@
+"""``fstransport serve`` and ``ship --via`` as a user runs them (real processes on 127.0.0.1):
+authentication that fails closed, tokens kept out of ``ps``, votes that do not lock senders out
+of each other's snapshots, and storage errors that reach the sender with their reason, once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import fsspec
+import pytest
+
+from fstransport import (
+    RemoteError,
+    RetryPolicy,
+    StorageError,
+    TransferOptions,
+    Vote,
+    ship,
+)
+from fstransport import cli as cli_module
+from fstransport.checksum import chunk_crc
+from fstransport.network.http import HttpNetwork
+from fstransport.options import KiB, MiB
+from tests.conftest import S3_ENV, payload
+from tests.test_http_e2e import EXE, START_TIMEOUT, ServerProcess, clean_environ, run_cli
+
+TOKEN = "hard3ned-t0ken"
+
+Serve = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """``serve(root, *args, env=None, fsize=None)``: a running ``fstransport serve`` on
+    127.0.0.1 (with RLIMIT_FSIZE `fsize` bytes, if given); every one killed at teardown."""
+    assert EXE is not None
+    servers: list[ServerProcess] = []
+
+    def start(
+        root: Path | str, *args: str, env: dict[str, str] | None = None, fsize: int | None = None
+    ) -> ServerProcess:
+        argv = [EXE, "--debug", "serve", str(root), "--host", "127.0.0.1", "--port", "0", *args]
+        if fsize is not None:  # the limit of the server process alone, set before it runs
+            limit = f"resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize}, {fsize}))"
+            argv = [sys.executable, "-c", f"import os, resource, sys; {limit}; "
+                    "os.execv(sys.argv[1], sys.argv[1:])", *argv]  # fmt: skip
+        server = ServerProcess(
+            argv, tmp_path / f"serve-{len(servers)}.log", {**clean_environ(), **(env or {})}
+        )
+        servers.append(server)
+        server.read_url(START_TIMEOUT)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.kill()
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], code: int, message: str) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fstransport: error: "), lines[0]
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "src.bin"
+    path.write_bytes(payload(300 * KiB + 7, seed=41))
+    return path
+
+
+# -- authentication ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--token", ""), {}, "--token is empty (is $FSTRANSPORT_TOKEN set?)"),
+        ((), {"FSTRANSPORT_TOKEN": ""}, "$FSTRANSPORT_TOKEN is set but empty"),
+        ((), {}, "serve needs a token: --token-file PATH, $FSTRANSPORT_TOKEN, or --token T"),
+        (("--token", "two words"), {}, "--token must be visible ASCII"),
+        (("--token", "a", "--token-file", "t.txt"), {}, "--token or with --token-file, not both"),
+        (("--token-file", "empty.txt"), {}, "--token-file empty.txt is empty"),
+        (("--token-file", "none.txt"), {}, "cannot read --token-file none.txt: No such file"),
+        (("--no-auth", "--token", "a"), {}, "--no-auth and a token"),
+        (("--no-auth", "--token-file", "t.txt"), {}, "--no-auth and a token"),
+        (("--no-auth",), {"FSTRANSPORT_TOKEN": "a"}, "--no-auth, but $FSTRANSPORT_TOKEN is set"),
+        (("--no-auth", "--host", "0.0.0.0"), {}, "not a loopback address"),
+        (("--no-auth", "--host", "::"), {}, "not a loopback address"),
+        (("--no-auth", "--host", ""), {}, "--no-auth on every address"),
+        (("--allow-remote-no-auth",), {}, "--allow-remote-no-auth goes with --no-auth"),
+    ],
+)
+def test_serve_refuses_to_start_without_a_clear_token(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "t.txt").write_text("tok\n")
+    (tmp_path / "empty.txt").write_text("\n")
+    argv = [EXE or "", "serve", "root", "--port", "0", *args]
+    result = subprocess.run(
+        argv, cwd=tmp_path, env={**clean_environ(), **env}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert_one_line(result, 2, message)
+    assert result.stdout == "", "it never listened"
+
+
+def test_the_documented_token_from_an_unset_variable_refuses_to_start(tmp_path: Path) -> None:
+    """``--token "$FSTRANSPORT_TOKEN"`` with the variable unset, through a real shell."""
+    (tmp_path / "root").mkdir()
+    result = subprocess.run(
+        ["sh", "-c", f'exec "{EXE}" serve root --token "$FSTRANSPORT_TOKEN"'],
+        cwd=tmp_path, env=clean_environ(), capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert_one_line(result, 2, "--token is empty")
+
+
+def test_the_remote_no_auth_flag_is_what_lets_no_auth_leave_loopback() -> None:
+    """(Parsed only: the tests never listen beyond 127.0.0.1.)"""
+    parser = cli_module._parser()
+    for host in ["127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"]:
+        args = parser.parse_args(["serve", "r", "--no-auth", "--host", host])
+        assert cli_module._server_token(args) is None, host
+    for host in ["0.0.0.0", "10.0.0.1", "::", "receiver.example"]:
+        refused = parser.parse_args(["serve", "r", "--no-auth", "--host", host])
+        with pytest.raises(cli_module.UsageError, match="not a loopback address"):
+            cli_module._server_token(refused)
+        allowed = parser.parse_args(
+            ["serve", "r", "--no-auth", "--allow-remote-no-auth", "--host", host]
+        )
+        assert cli_module._server_token(allowed) is None
+
+
+def cmdline(server: ServerProcess) -> str:
+    return Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+@pytest.mark.parametrize("how", ["env", "file"])
+async def test_token_from_the_environment_or_a_file_for_serve_and_ship(
+    serve: Serve, tmp_path: Path, source: Path, how: str
+) -> None:
+    root = tmp_path / "received"
+    root.mkdir()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")  # as `echo`/editors write it: the newline is dropped
+    args = ("--token-file", str(token_file)) if how == "file" else ()
+    env = {"FSTRANSPORT_TOKEN": TOKEN} if how == "env" else {}
+    server = serve(root, *args, env=env)
+    if sys.platform.startswith("linux"):
+        assert TOKEN not in cmdline(server), "the token is not visible in ps"
+    ship_args = ("ship", str(source), "--via", server.url, "--json")
+    by_env = await asyncio.to_thread(
+        run_cli, *ship_args[:2], "by-env.bin", *ship_args[2:], env={"FSTRANSPORT_TOKEN": TOKEN}
+    )
+    assert by_env.returncode == 0, by_env.stderr
+    by_file = await asyncio.to_thread(
+        run_cli, *ship_args[:2], "by-file.bin", *ship_args[2:], "--token-file", str(token_file)
+    )
+    assert by_file.returncode == 0, by_file.stderr
+    # the flag wins over the environment
+    by_flag = await asyncio.to_thread(
+        run_cli, *ship_args[:2], "by-flag.bin", *ship_args[2:], "--token", TOKEN,
+        env={"FSTRANSPORT_TOKEN": "stale"},
+    )  # fmt: skip
+    assert by_flag.returncode == 0, by_flag.stderr
+    for name in ["by-env.bin", "by-file.bin", "by-flag.bin"]:
+        assert (root / name).read_bytes() == source.read_bytes()  # noqa: ASYNC240
+    none = await asyncio.to_thread(run_cli, *ship_args[:2], "none.bin", "--via", server.url)
+    line = assert_one_line(none, 1, "Unauthorized: missing or wrong bearer token")
+    assert "gave up" not in line, "a refused token is not retried"
+    assert not (root / "none.bin").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--token", ""), {}, "--token is empty"),
+        ((), {"FSTRANSPORT_TOKEN": ""}, "$FSTRANSPORT_TOKEN is set but empty"),
+        (("--token", "a", "--token-file", "t"), {}, "not both"),
+        (("--token-file", "/no/such/token"), {}, "cannot read --token-file /no/such/token"),
+    ],
+)
+def test_ship_via_refuses_an_unclear_token(
+    source: Path, args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    result = run_cli("ship", str(source), "x.bin", "--via", "http://127.0.0.1:9", *args, env=env)
+    assert_one_line(result, 2, message)
+
+
+async def test_no_auth_on_loopback_works_and_warns(
+    serve: Serve, tmp_path: Path, source: Path
+) -> None:
+    root = tmp_path / "received"
+    root.mkdir()
+    server = serve(root, "--no-auth")
+    result = await asyncio.to_thread(run_cli, "ship", str(source), "a.bin", "--via", server.url)
+    assert result.returncode == 0, result.stderr
+    assert (root / "a.bin").read_bytes() == source.read_bytes()  # noqa: ASYNC240
+    # (the warning is printed before the address line the fixture waited for)
+    assert "fstransport: warning: --no-auth: anyone who can connect" in server.stderr()
+
+
+# -- votes --------------------------------------------------------------------------------------
+
+
+async def test_one_senders_vote_does_not_lock_out_the_others(
+    serve: Serve, tmp_path: Path, source: Path
+) -> None:
+    root = tmp_path / "received"
+    root.mkdir()
+    server = serve(root, env={"FSTRANSPORT_TOKEN": TOKEN})
+    env = {"FSTRANSPORT_TOKEN": TOKEN}
+    first, second = source.read_bytes(), payload(200 * KiB, seed=48)  # noqa: ASYNC240
+    other_source = tmp_path / "other.bin"
+    other_source.write_bytes(second)
+
+    async def ship_cli(src: Path, name: str, *vote: str) -> subprocess.CompletedProcess[str]:
+        argv = ("ship", str(src), name, "--via", server.url, *vote)
+        return await asyncio.to_thread(run_cli, *argv, env=env)
+
+    def installed(name: str) -> bytes:
+        return (root / name).read_bytes()
+
+    assert (await ship_cli(source, "a.bin", "--vote", "7,3,1")).returncode == 0
+    other = await ship_cli(source, "b.bin")  # another sender, default vote 0,0, another id
+    assert other.returncode == 0, other.stderr
+    assert installed("b.bin") == first
+
+    stale = await ship_cli(other_source, "a.bin")  # the same id, a lower vote: refused
+    assert_one_line(
+        stale, 1,
+        "receiver has a higher vote T7-N3:committed than ours T0-N0; to replace what it "
+        "holds, ship with --vote 7,3,1 or higher",
+    )  # fmt: skip
+    assert installed("a.bin") == first, "nothing replaced"
+    equal = await ship_cli(other_source, "a.bin", "--vote", "7,3,1")
+    assert equal.returncode == 0, equal.stderr
+    assert installed("a.bin") == second
+    assert (await ship_cli(source, "a.bin", "--vote", "8")).returncode == 0
+    assert installed("a.bin") == first
+    lower = await ship_cli(other_source, "a.bin", "--vote", "7,9,1")
+    assert_one_line(lower, 1, "higher vote T8-N0 than ours T7-N9:committed")
+    assert installed("a.bin") == first
+
+
+@pytest.mark.parametrize("vote", ["x", "1,2,3,4", "1,2,5", "-1", "²", "1,,0", "9" * 21])
+def test_a_malformed_vote_is_a_usage_error(source: Path, vote: str) -> None:
+    result = run_cli("ship", str(source), str(source) + ".copy", "--vote", vote)
+    assert result.returncode == 2, result.stderr
+    assert "a vote is TERM[,NODE[,COMMITTED]]" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_ship_vote_reaches_the_api() -> None:
+    parser = cli_module._parser()
+    assert parser.parse_args(["ship", "a", "b", "--vote", "7"]).vote == Vote(7, 0)
+    assert parser.parse_args(["ship", "a", "b", "--vote", "7,3"]).vote == Vote(7, 3)
+    assert parser.parse_args(["ship", "a", "b", "--vote", "7, 3, 1"]).vote == Vote(7, 3, True)
+    assert parser.parse_args(["ship", "a", "b"]).vote is None
+
+
+# -- storage errors -----------------------------------------------------------------------------
+
+
+def mount_tmpfs(where: Path, options: str) -> None:
+    where.mkdir(exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {mounted.stderr}")
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``tmpfs("size=1m")``: a fresh tmpfs mounted with those options; unmounted afterwards."""
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount/umount command to make a small file system with")
+    mounted: list[Path] = []
+
+    def make(options: str) -> Path:
+        where = tmp_path / f"tmpfs-{len(mounted)}"
+        mount_tmpfs(where, options)
+        mounted.append(where)
+        return where
+
+    try:
+        yield make
+    finally:
+        for where in reversed(mounted):
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+def retries_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+
+
+async def ship_once(
+    server: ServerProcess, data: bytes, name: str, caplog: pytest.LogCaptureFixture
+) -> StorageError:
+    """ship() through `server` with a patient retry policy, expecting a permanent storage
+    error: it must come at the first attempt (no retry logged) as a typed `StorageError`."""
+    patient = RetryPolicy(max_attempts=8, initial_backoff=0.5, max_backoff=1.0)
+    options = TransferOptions(chunk_size=256 * KiB, max_in_flight=2, retry=patient)
+    source = f"memory://hardening/{name}"
+    fsspec.filesystem("memory").pipe_file(source, data)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="fstransport"):
+        async with HttpNetwork(server.url, token=TOKEN) as net:
+            with pytest.raises(RemoteError) as info:
+                await asyncio.wait_for(ship(source, name, network=net, options=options), 60)
+    assert retries_logged(caplog) == [], "a permanent storage error is not retried"
+    assert time.monotonic() - started < 0.5, "no backoff was waited for"
+    assert isinstance(info.value.source, StorageError)
+    assert info.value.source.retryable is False
+    return info.value.source
+
+
+async def test_a_full_disk_fails_at_once_with_its_reason(
+    serve: Serve, tmpfs: Callable[[str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmpfs("size=1m")
+    server = serve(root, "--token", TOKEN)
+    error = await ship_once(server, payload(3 * MiB, seed=42), "big.bin", caplog)
+    assert "No space left on device" in str(error)
+    assert isinstance(error.cause, OSError)
+    assert error.cause.errno == 28
+    assert not (root / "big.bin").exists()
+
+    # through the command line: one line with the receiver's reason
+    src = tmp_path / "big.bin"
+    src.write_bytes(payload(3 * MiB, seed=43))
+    result = await asyncio.to_thread(
+        run_cli, "ship", str(src), "big.bin", "--via", server.url, "--token", TOKEN
+    )
+    line = assert_one_line(result, 1, "StorageError: cannot write big.bin: No space left on device")
+    assert "gave up" not in line
+
+    # the answer itself: typed, its reason and errno, and no path of the server's
+    headers = {
+        "Authorization": f"Bearer {TOKEN}", "X-Fstransport-Vote": "0,0,0",
+        "X-Fstransport-Meta": json.dumps({"size": 2 * MiB}), "X-Fstransport-Offset": "0",
+        "X-Fstransport-Done": "1",
+    }  # fmt: skip
+    body = payload(2 * MiB, seed=44)
+    headers["X-Fstransport-Crc32c"] = str(chunk_crc(body))
+    url = f"{server.url}/v1/snapshots/raw.bin"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(url, data=io.BytesIO(body), headers=headers) as r,
+    ):
+        status, text = r.status, await r.text()
+    assert status == 500
+    answer = json.loads(text)
+    assert answer["error"] == "StorageError"
+    assert (answer["errno"], answer["retryable"]) == ("ENOSPC", False)
+    assert answer["reason"] == "No space left on device"
+    assert str(root) not in text
+    assert str(tmp_path) not in text
+    assert "Traceback" not in server.stderr()
+
+
+async def test_a_root_made_read_only_or_replaced_while_serving(
+    serve: Serve, tmpfs: Callable[[str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmpfs("size=4m")
+    server = serve(root, "--token", TOKEN)
+    remount = ["mount", "-o", "remount,ro", str(root)]
+    await asyncio.to_thread(subprocess.run, remount, check=True, capture_output=True)
+    error = await ship_once(server, payload(600 * KiB, seed=45), "ro.bin", caplog)
+    assert "Read-only file system" in str(error)
+
+    other = tmp_path / "gone"
+    other.mkdir()
+    second = serve(other, "--token", TOKEN)
+    other.rmdir()  # (a missing ROOT is made again by the store) and a file put in its place
+    other.write_bytes(b"")
+    error = await ship_once(second, payload(600 * KiB, seed=46), "gone.bin", caplog)
+    assert "Not a directory" in str(error) or "File exists" in str(error)
+    assert str(other) not in str(error)
+
+
+async def test_past_the_file_size_limit_fails_at_once(
+    serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "received"
+    root.mkdir()
+    server = serve(root, "--token", TOKEN, fsize=MiB)  # RLIMIT_FSIZE of the server: 1 MiB
+    error = await ship_once(server, payload(3 * MiB, seed=47), "huge.bin", caplog)
+    assert "File too large" in str(error)
+    assert not (root / "huge.bin").exists()
+
+
+def test_serve_refuses_a_missing_or_read_only_root(
+    tmp_path: Path, tmpfs: Callable[[str], Path]
+) -> None:
+    missing = tmp_path / "no" / "such"
+    result = run_cli("serve", str(missing), "--no-auth", timeout=60)
+    assert_one_line(result, 2, f"ROOT {missing} does not exist or is not a folder")
+    a_file = tmp_path / "file"
+    a_file.write_bytes(b"")
+    assert_one_line(run_cli("serve", str(a_file), "--no-auth", timeout=60), 2, "not a folder")
+    read_only = tmpfs("size=1m,ro")
+    result = run_cli("serve", str(read_only), "--no-auth", timeout=60)
+    assert_one_line(result, 2, f"cannot write into ROOT {read_only}: Read-only file system")
+    assert result.stdout == ""
+
+
+def test_serve_refuses_an_s3_root_it_cannot_write(moto_server: str, s3_bucket: str) -> None:
+    args = ("--no-auth", "--endpoint-url", moto_server)
+    result = run_cli("serve", "s3://no-such-bucket/p", *args, timeout=60, env=S3_ENV)
+    assert_one_line(result, 2, "cannot write into ROOT s3://no-such-bucket/p")

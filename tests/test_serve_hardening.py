@@ -20,6 +20,7 @@ import fsspec
 import pytest
 
 from fstransport import (
+    HigherVote,
     RemoteError,
     RetryPolicy,
     StorageError,
@@ -88,31 +89,60 @@ def source(tmp_path: Path) -> Path:
 # -- authentication ----------------------------------------------------------------------------
 
 
+SERVE_REFUSALS = [
+    (("--token", ""), {}, "--token is empty (is $FSTRANSPORT_TOKEN set?)"),
+    ((), {"FSTRANSPORT_TOKEN": ""}, "$FSTRANSPORT_TOKEN is set but empty"),
+    ((), {}, "serve needs a token: --token-file PATH, $FSTRANSPORT_TOKEN, or --token T"),
+    (("--token", "two words"), {}, "--token must be visible ASCII"),
+    (("--token", "a", "--token-file", "t.txt"), {}, "--token or with --token-file, not both"),
+    (("--token-file", "empty.txt"), {}, "--token-file empty.txt is empty"),
+    (("--token-file", "none.txt"), {}, "cannot read --token-file none.txt: No such file"),
+    (("--no-auth", "--token", "a"), {}, "--no-auth and a token"),
+    (("--no-auth", "--token-file", "t.txt"), {}, "--no-auth and a token"),
+    (("--no-auth",), {"FSTRANSPORT_TOKEN": "a"}, "--no-auth, but $FSTRANSPORT_TOKEN is set"),
+    (("--no-auth", "--host", "0.0.0.0"), {}, "not a loopback address"),
+    (("--no-auth", "--host", "::"), {}, "not a loopback address"),
+    (("--no-auth", "--host", ""), {}, "--no-auth on every address"),
+    (("--allow-remote-no-auth",), {}, "--allow-remote-no-auth goes with --no-auth"),
+]
+"""A serve command line that must not start: (flags, environment, its one line of error)."""
+
+
+@pytest.mark.parametrize(("args", "env", "message"), SERVE_REFUSALS)
+def test_serve_refuses_to_start_without_a_clear_token(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    """Every case, through the command line's own parser and checks (no process: fast)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.txt").write_text("tok\n")
+    (tmp_path / "empty.txt").write_text("\n")
+    monkeypatch.delenv("FSTRANSPORT_TOKEN", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    parsed = cli_module._parser().parse_args(["serve", "root", *args])
+    with pytest.raises(cli_module.UsageError) as info:
+        cli_module._server_token(parsed)
+    assert message in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (("--token", ""), {}, "--token is empty (is $FSTRANSPORT_TOKEN set?)"),
-        ((), {"FSTRANSPORT_TOKEN": ""}, "$FSTRANSPORT_TOKEN is set but empty"),
-        ((), {}, "serve needs a token: --token-file PATH, $FSTRANSPORT_TOKEN, or --token T"),
-        (("--token", "two words"), {}, "--token must be visible ASCII"),
-        (("--token", "a", "--token-file", "t.txt"), {}, "--token or with --token-file, not both"),
-        (("--token-file", "empty.txt"), {}, "--token-file empty.txt is empty"),
-        (("--token-file", "none.txt"), {}, "cannot read --token-file none.txt: No such file"),
-        (("--no-auth", "--token", "a"), {}, "--no-auth and a token"),
-        (("--no-auth", "--token-file", "t.txt"), {}, "--no-auth and a token"),
-        (("--no-auth",), {"FSTRANSPORT_TOKEN": "a"}, "--no-auth, but $FSTRANSPORT_TOKEN is set"),
-        (("--no-auth", "--host", "0.0.0.0"), {}, "not a loopback address"),
-        (("--no-auth", "--host", "::"), {}, "not a loopback address"),
-        (("--no-auth", "--host", ""), {}, "--no-auth on every address"),
-        (("--allow-remote-no-auth",), {}, "--allow-remote-no-auth goes with --no-auth"),
+        case
+        for case in SERVE_REFUSALS
+        if case[0]
+        in (("--token", ""), ("--no-auth", "--host", "0.0.0.0"), ("--token-file", "none.txt"))
     ],
 )
-def test_serve_refuses_to_start_without_a_clear_token(
+def test_a_refused_serve_is_one_line_and_exit_2(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str], message: str
 ) -> None:
+    """The same through the real process: exit 2, one line, never listening."""
     (tmp_path / "root").mkdir()
-    (tmp_path / "t.txt").write_text("tok\n")
-    (tmp_path / "empty.txt").write_text("\n")
     argv = [EXE or "", "serve", "root", "--port", "0", *args]
     result = subprocess.run(
         argv, cwd=tmp_path, env={**clean_environ(), **env}, capture_output=True, text=True,
@@ -166,27 +196,30 @@ async def test_token_from_the_environment_or_a_file_for_serve_and_ship(
     server = serve(root, *args, env=env)
     if sys.platform.startswith("linux"):
         assert TOKEN not in cmdline(server), "the token is not visible in ps"
-    ship_args = ("ship", str(source), "--via", server.url, "--json")
-    by_env = await asyncio.to_thread(
-        run_cli, *ship_args[:2], "by-env.bin", *ship_args[2:], env={"FSTRANSPORT_TOKEN": TOKEN}
-    )
-    assert by_env.returncode == 0, by_env.stderr
-    by_file = await asyncio.to_thread(
-        run_cli, *ship_args[:2], "by-file.bin", *ship_args[2:], "--token-file", str(token_file)
-    )
-    assert by_file.returncode == 0, by_file.stderr
-    # the flag wins over the environment
-    by_flag = await asyncio.to_thread(
-        run_cli, *ship_args[:2], "by-flag.bin", *ship_args[2:], "--token", TOKEN,
-        env={"FSTRANSPORT_TOKEN": "stale"},
-    )  # fmt: skip
-    assert by_flag.returncode == 0, by_flag.stderr
-    for name in ["by-env.bin", "by-file.bin", "by-flag.bin"]:
-        assert (root / name).read_bytes() == source.read_bytes()  # noqa: ASYNC240
-    none = await asyncio.to_thread(run_cli, *ship_args[:2], "none.bin", "--via", server.url)
-    line = assert_one_line(none, 1, "Unauthorized: missing or wrong bearer token")
-    assert "gave up" not in line, "a refused token is not retried"
-    assert not (root / "none.bin").exists()
+    data = source.read_bytes()  # noqa: ASYNC240
+    if how == "env":  # the server's token from the environment, the sender's from a file
+        shipped = await asyncio.to_thread(
+            run_cli, "ship", str(source), "a.bin", "--via", server.url,
+            "--token-file", str(token_file),
+        )  # fmt: skip
+        assert shipped.returncode == 0, shipped.stderr
+        none = await asyncio.to_thread(run_cli, "ship", str(source), "b.bin", "--via", server.url)
+        line = assert_one_line(none, 1, "Unauthorized: missing or wrong bearer token")
+        assert "gave up" not in line, "a refused token is not retried"
+        assert not (root / "b.bin").exists()
+    else:  # the server's from a file, the sender's from the environment (a flag wins over it)
+        shipped = await asyncio.to_thread(
+            run_cli, "ship", str(source), "a.bin", "--via", server.url,
+            env={"FSTRANSPORT_TOKEN": TOKEN},
+        )  # fmt: skip
+        assert shipped.returncode == 0, shipped.stderr
+        by_flag = await asyncio.to_thread(
+            run_cli, "ship", str(source), "c.bin", "--via", server.url, "--token", TOKEN,
+            env={"FSTRANSPORT_TOKEN": "stale"},
+        )  # fmt: skip
+        assert by_flag.returncode == 0, by_flag.stderr
+        assert (root / "c.bin").read_bytes() == data
+    assert (root / "a.bin").read_bytes() == data
 
 
 @pytest.mark.parametrize(
@@ -196,13 +229,23 @@ async def test_token_from_the_environment_or_a_file_for_serve_and_ship(
         ((), {"FSTRANSPORT_TOKEN": ""}, "$FSTRANSPORT_TOKEN is set but empty"),
         (("--token", "a", "--token-file", "t"), {}, "not both"),
         (("--token-file", "/no/such/token"), {}, "cannot read --token-file /no/such/token"),
+        (("--token", "é"), {}, "visible ASCII"),
     ],
 )
 def test_ship_via_refuses_an_unclear_token(
-    source: Path, args: tuple[str, ...], env: dict[str, str], message: str
+    monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], env: dict[str, str], message: str
 ) -> None:
-    result = run_cli("ship", str(source), "x.bin", "--via", "http://127.0.0.1:9", *args, env=env)
-    assert_one_line(result, 2, message)
+    monkeypatch.delenv("FSTRANSPORT_TOKEN", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    parsed = cli_module._parser().parse_args(["ship", "a", "b", "--via", "http://h:1", *args])
+    with pytest.raises(cli_module.UsageError, match=message.replace("$", r"\$")):
+        cli_module._token_from(parsed)
+
+
+def test_ship_via_with_an_empty_token_is_one_line_and_exit_2(source: Path) -> None:
+    result = run_cli("ship", str(source), "x.bin", "--via", "http://127.0.0.1:9", "--token", "")
+    assert_one_line(result, 2, "--token is empty (is $FSTRANSPORT_TOKEN set?)")
 
 
 async def test_no_auth_on_loopback_works_and_warns(
@@ -251,19 +294,29 @@ async def test_one_senders_vote_does_not_lock_out_the_others(
         "holds, ship with --vote 7,3,1 or higher",
     )  # fmt: skip
     assert installed("a.bin") == first, "nothing replaced"
-    equal = await ship_cli(other_source, "a.bin", "--vote", "7,3,1")
-    assert equal.returncode == 0, equal.stderr
-    assert installed("a.bin") == second
-    assert (await ship_cli(source, "a.bin", "--vote", "8")).returncode == 0
-    assert installed("a.bin") == first
-    lower = await ship_cli(other_source, "a.bin", "--vote", "7,9,1")
-    assert_one_line(lower, 1, "higher vote T8-N0 than ours T7-N9:committed")
+    # the rest through the API (the same rule, fewer processes): equal and higher votes go
+    # through, and a lower one is refused after a higher one was seen
+    async with HttpNetwork(server.url, token=TOKEN) as net:
+        await ship(str(other_source), "a.bin", network=net, vote=Vote(7, 3, True))
+        assert installed("a.bin") == second
+        await ship(str(source), "a.bin", network=net, vote=Vote(8, 0))
+        assert installed("a.bin") == first
+        with pytest.raises(HigherVote) as info:
+            await ship(str(other_source), "a.bin", network=net, vote=Vote(7, 9, True))
+    assert info.value.higher == Vote(8, 0)
     assert installed("a.bin") == first
 
 
-@pytest.mark.parametrize("vote", ["x", "1,2,3,4", "1,2,5", "-1", "²", "1,,0", "9" * 21])
-def test_a_malformed_vote_is_a_usage_error(source: Path, vote: str) -> None:
-    result = run_cli("ship", str(source), str(source) + ".copy", "--vote", vote)
+@pytest.mark.parametrize("vote", ["x", "1,2,3,4", "1,2,5", "-1", "²", "1,,0", "9" * 21, ""])
+def test_a_malformed_vote_is_a_usage_error(capsys: pytest.CaptureFixture[str], vote: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_module._parser().parse_args(["ship", "a", "b", "--vote", vote])
+    assert info.value.code == 2
+    assert "a vote is TERM[,NODE[,COMMITTED]]" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_malformed_vote_exits_2_without_a_traceback(source: Path) -> None:
+    result = run_cli("ship", str(source), str(source) + ".copy", "--vote", "7;3")
     assert result.returncode == 2, result.stderr
     assert "a vote is TERM[,NODE[,COMMITTED]]" in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr
@@ -310,13 +363,20 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
             subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
 
 
-def retries_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+class Retries(logging.Handler):
+    """The sender's "retrying" notes, caught on the fstransport logger itself (whatever an
+    earlier test did to its propagation)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying" in record.getMessage():
+            self.seen.append(record.getMessage())
 
 
-async def ship_once(
-    server: ServerProcess, data: bytes, name: str, caplog: pytest.LogCaptureFixture
-) -> StorageError:
+async def ship_once(server: ServerProcess, data: bytes, name: str) -> StorageError:
     """ship() through `server` with a patient retry policy, expecting a permanent storage
     error: it must come at the first attempt (no retry logged) as a typed `StorageError`."""
     patient = RetryPolicy(max_attempts=8, initial_backoff=0.5, max_backoff=1.0)
@@ -324,11 +384,18 @@ async def ship_once(
     source = f"memory://hardening/{name}"
     fsspec.filesystem("memory").pipe_file(source, data)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="fstransport"):
+    logger = logging.getLogger("fstransport")
+    retries, level = Retries(), logger.level
+    logger.addHandler(retries)
+    logger.setLevel(logging.WARNING)
+    try:
         async with HttpNetwork(server.url, token=TOKEN) as net:
             with pytest.raises(RemoteError) as info:
                 await asyncio.wait_for(ship(source, name, network=net, options=options), 60)
-    assert retries_logged(caplog) == [], "a permanent storage error is not retried"
+    finally:
+        logger.removeHandler(retries)
+        logger.setLevel(level)
+    assert retries.seen == [], "a permanent storage error is not retried"
     assert time.monotonic() - started < 0.5, "no backoff was waited for"
     assert isinstance(info.value.source, StorageError)
     assert info.value.source.retryable is False
@@ -336,11 +403,11 @@ async def ship_once(
 
 
 async def test_a_full_disk_fails_at_once_with_its_reason(
-    serve: Serve, tmpfs: Callable[[str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    serve: Serve, tmpfs: Callable[[str], Path], tmp_path: Path
 ) -> None:
     root = tmpfs("size=1m")
     server = serve(root, "--token", TOKEN)
-    error = await ship_once(server, payload(3 * MiB, seed=42), "big.bin", caplog)
+    error = await ship_once(server, payload(3 * MiB, seed=42), "big.bin")
     assert "No space left on device" in str(error)
     assert isinstance(error.cause, OSError)
     assert error.cause.errno == 28
@@ -380,13 +447,13 @@ async def test_a_full_disk_fails_at_once_with_its_reason(
 
 
 async def test_a_root_made_read_only_or_replaced_while_serving(
-    serve: Serve, tmpfs: Callable[[str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    serve: Serve, tmpfs: Callable[[str], Path], tmp_path: Path
 ) -> None:
     root = tmpfs("size=4m")
     server = serve(root, "--token", TOKEN)
     remount = ["mount", "-o", "remount,ro", str(root)]
     await asyncio.to_thread(subprocess.run, remount, check=True, capture_output=True)
-    error = await ship_once(server, payload(600 * KiB, seed=45), "ro.bin", caplog)
+    error = await ship_once(server, payload(600 * KiB, seed=45), "ro.bin")
     assert "Read-only file system" in str(error)
 
     other = tmp_path / "gone"
@@ -394,18 +461,16 @@ async def test_a_root_made_read_only_or_replaced_while_serving(
     second = serve(other, "--token", TOKEN)
     other.rmdir()  # (a missing ROOT is made again by the store) and a file put in its place
     other.write_bytes(b"")
-    error = await ship_once(second, payload(600 * KiB, seed=46), "gone.bin", caplog)
+    error = await ship_once(second, payload(600 * KiB, seed=46), "gone.bin")
     assert "Not a directory" in str(error) or "File exists" in str(error)
     assert str(other) not in str(error)
 
 
-async def test_past_the_file_size_limit_fails_at_once(
-    serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_past_the_file_size_limit_fails_at_once(serve: Serve, tmp_path: Path) -> None:
     root = tmp_path / "received"
     root.mkdir()
     server = serve(root, "--token", TOKEN, fsize=MiB)  # RLIMIT_FSIZE of the server: 1 MiB
-    error = await ship_once(server, payload(3 * MiB, seed=47), "huge.bin", caplog)
+    error = await ship_once(server, payload(3 * MiB, seed=47), "huge.bin")
     assert "File too large" in str(error)
     assert not (root / "huge.bin").exists()
 

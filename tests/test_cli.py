@@ -6,9 +6,11 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +205,138 @@ async def test_serve_and_ship_via_it(tmp_path: Path) -> None:
     finally:
         server.terminate()
         await server.wait()
+
+
+# -- ports, signals and pipes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "\uff18\uff10"])  # (full-width 80)
+def test_a_port_out_of_range_is_a_usage_error(port: str) -> None:
+    result = run("serve", "/tmp/r", "--no-auth", "--port", port)
+    assert result.returncode == 2, result.stderr
+    assert "a port is a whole number from 0 to 65535" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_a_signal_mid_s3_upload_leaves_no_multipart_upload(
+    tmp_path: Path,
+    moto_server: str,
+    s3_bucket: str,
+    s3_client: Any,
+    sig: signal.Signals,
+    code: int,
+    word: str,
+) -> None:
+    assert EXE is not None
+    src = tmp_path / "big.bin"
+    src.write_bytes(payload(96 * MiB, seed=9))
+    dst = f"s3://{s3_bucket}/big.bin"
+    argv = [EXE, "ship", str(src), dst, "--endpoint-url", moto_server, "--window", "1"]
+    proc = subprocess.Popen(
+        argv, env={**os.environ, **S3_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads"):
+            assert proc.poll() is None, "the ship ended before its upload was seen"
+            assert time.monotonic() < deadline, "no multipart upload started within 60 s"
+            time.sleep(0.02)
+        proc.send_signal(sig)  # mid-upload: the first part at most is in
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, err
+    assert err.splitlines()[-1] == f"fstransport: {word}", err
+    assert "Traceback" not in err
+    assert out == ""
+    assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    assert not s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents")
+
+
+def test_serve_stops_on_sigterm_with_143(tmp_path: Path) -> None:
+    assert EXE is not None
+    root = tmp_path / "r"
+    root.mkdir()
+    proc = subprocess.Popen(
+        [EXE, "serve", str(root), "--no-auth"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert "receiving into" in proc.stdout.readline()
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143
+    assert err.splitlines()[-1] == "fstransport: terminated"
+    assert "Traceback" not in err
+
+
+def test_a_closed_stdout_after_a_finished_copy_is_quiet(tmp_path: Path) -> None:
+    """``fstransport ship ... | head``: the reader went away before the report was printed."""
+    assert EXE is not None
+    src = tmp_path / "a.bin"
+    data = payload(2 * MiB, seed=10)
+    src.write_bytes(data)
+    dst = tmp_path / "b.bin"
+    for report in [("--json",), ()]:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # nobody will read what it prints
+        try:
+            result = subprocess.run(
+                [EXE, "ship", str(src), str(dst), *report], stdout=write_end,
+                stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+            )  # fmt: skip
+        finally:
+            os.close(write_end)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "", "no BrokenPipeError, no traceback, nothing at exit either"
+        assert dst.read_bytes() == data
+        dst.unlink()
+
+
+def test_a_closed_stdout_through_head(tmp_path: Path) -> None:
+    assert EXE is not None
+    src = tmp_path / "a.bin"
+    src.write_bytes(payload(MiB, seed=11))
+    # a report longer than the pipe's buffer, so that head's exit breaks the pipe for sure
+    pipeline = (
+        f'"{EXE}" ship "{src}" "{tmp_path}/b.bin" --json --chunk-size 4KiB | head -c 1 >/dev/null'
+        f'; echo "${{PIPESTATUS[0]}}"'
+    )
+    result = subprocess.run(
+        ["bash", "-c", pipeline], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.stdout.strip() == "0", result.stderr
+    assert result.stderr == ""
+
+
+def test_ctrl_c_stops_the_moto_server_quietly() -> None:
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fstransport.moto_server"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert len(proc.stdout.readline().split()) == 2  # "host port": it listens
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert "KeyboardInterrupt" not in err

@@ -9,7 +9,7 @@ Both contenders copy the same `memory://` snapshot to a local file at 8 MiB chun
 - **in-process:** ``ship(src, <folder>/inproc/snap.bin)`` (a `LoopbackNetwork` to a `Receiver`
   in this process);
 - **HTTP:** ``ship(src, "snap-http.bin", network=HttpNetwork(url))`` to
-  ``fstransport serve <folder>/recv`` (``create_app(FsspecSnapshotStore(root))``), started by
+  ``fstransport serve <folder>/recv --no-auth`` (``create_app(store, no_auth=True)``), started by
   this script in its own process on 127.0.0.1 and stopped at the end.  One `HttpNetwork` (one
   connection pool) serves every round, as it would in a long-lived sender.
 
@@ -137,6 +137,9 @@ class Server:
     def __init__(self, root: str, log: TextIO, argv: list[str] | None = None) -> None:
         self.root = root
         command = [sys.executable, "-m", "fstransport.cli", "serve", root, "--host", "127.0.0.1"]
+        command.append("--no-auth")  # loopback only; serve needs a token or this
+        if argv is None:
+            os.makedirs(root, exist_ok=True)  # serve refuses a ROOT that does not exist
         self.proc = subprocess.Popen(
             argv or command,
             stdout=subprocess.PIPE,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -84,6 +83,8 @@ def add_parser(commands: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Run the sweep; print the table (or JSON), write the plot."""
+    import json
+
     from fstransport.bench import (
         DEFAULT_CHUNK_SIZES,
         DEFAULT_WINDOWS,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from fstransport.cli.args import add_endpoint_option, duration_arg, storage_options
@@ -35,6 +34,8 @@ def add_parser(commands: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Remove what is old enough; print it."""
+    import json
+
     from fstransport.storage.store import FsspecSnapshotStore
 
     async with FsspecSnapshotStore(args.root, **storage_options(args, args.root)) as store:

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import random
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +48,8 @@ def add_parser(commands: Any) -> None:
 
 def _demo_target(target: str | None) -> tuple[str | None, str]:
     """(temporary folder to remove afterwards or None, target path) for the demo's copy."""
+    import tempfile
+
     if target:
         return None, str(Path(target).absolute())
     workdir = tempfile.mkdtemp(prefix="fstransport-demo-")
@@ -68,6 +65,11 @@ def _s3(storage_options: dict[str, Any]) -> Any:
 
 async def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when both hops verified."""
+    import asyncio
+    import json
+    import random
+    import shutil
+
     try:
         from fstransport.moto_server import start_moto_server, storage_options_for
     except ImportError:  # pragma: no cover - depends on the installation

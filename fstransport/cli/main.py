@@ -11,8 +11,6 @@ heavy dependencies (aiohttp, fsspec, s3fs, botocore, matplotlib, moto) only when
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -62,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_logging(debug: bool) -> None:
     """Errors only on stderr (retries are not errors: a failed transfer ends in one line of its
     own); with ``--debug`` also warnings and progress notes such as retries and resumes."""
+    import logging
+
     logger = logging.getLogger("fstransport")
     if not any(getattr(h, "_fstransport_cli", False) for h in logger.handlers):
         handler = logging.StreamHandler()
@@ -76,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     _quiet_logging(args.debug)
+    import asyncio
+
     try:
         code: int = asyncio.run(args.run(args))
         return code

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from fstransport.cli.args import (
@@ -67,6 +66,8 @@ def add_parser(commands: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Serve until interrupted."""
+    import asyncio
+
     from aiohttp import web
 
     from fstransport.server import create_app

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from fstransport.cli.args import (
@@ -80,6 +77,8 @@ def _client_tls(via: str, cafile: str | None) -> ssl.SSLContext | None:
 
 def _check_via(via: str) -> str:
     """`via` if it is an http(s) URL naming a host; else a one-line `ConfigurationError`."""
+    import urllib.parse
+
     try:
         parts = urllib.parse.urlsplit(via)
         ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
@@ -98,6 +97,8 @@ async def _size_of(url: str, options: dict[str, Any]) -> int | None:
     """The size of the file at `url` for the progress bar, if it can be had cheaply."""
     if is_s3_url(url):
         return None  # not worth a second S3 client: the bar shows bytes and rate
+    import asyncio
+
     import fsspec
 
     try:
@@ -109,6 +110,8 @@ async def _size_of(url: str, options: dict[str, Any]) -> int | None:
 
 async def run(args: argparse.Namespace) -> int:
     """Ship SRC to DST; print the report."""
+    import json
+
     from fstransport.errors import UntrustedPeer
     from fstransport.progress import ProgressBar
     from fstransport.transfer import ship

@@ -17,10 +17,11 @@ from fstransport.cli.args import (
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add the ``bench`` command to `commands` (argparse's subparsers)."""
     bench = commands.add_parser(
         "bench",
+        parents=parents,
         help="sweep chunk sizes x windows for a source, target and link; name the best",
         description="Ship a generated snapshot once per chunk size and window, print "
         "throughput, chunks/s and peak memory per setting, and name the best one. The s3 kind "
@@ -78,7 +79,7 @@ def add_parser(commands: Any) -> None:
         help="draw MiB/s against chunk size into FILE, in the format its extension names "
         "(.png, .svg or .pdf)",
     )
-    bench.set_defaults(run=run)
+    bench.set_defaults(run=run, parser=bench)
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -10,10 +10,11 @@ from fstransport.cli.args import add_endpoint_option, duration_arg, storage_opti
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add the ``cleanup`` command to `commands` (argparse's subparsers)."""
     cleanup = commands.add_parser(
         "cleanup",
+        parents=parents,
         help="remove abandoned partial transfers under a store's ROOT",
         description="Remove partial data that transfers into ROOT abandoned more than "
         "--older-than ago: partial files and their journals, and on S3 incomplete multipart "
@@ -29,7 +30,7 @@ def add_parser(commands: Any) -> None:
     )
     cleanup.add_argument("--json", action="store_true", help="print what was removed as JSON")
     add_endpoint_option(cleanup)
-    cleanup.set_defaults(run=run)
+    cleanup.set_defaults(run=run, parser=cleanup)
 
 
 async def run(args: argparse.Namespace) -> int:

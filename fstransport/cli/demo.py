@@ -21,10 +21,11 @@ DEMO_NEEDS_MOTO = (
 )
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add the ``demo`` command to `commands` (argparse's subparsers)."""
     demo = commands.add_parser(
         "demo",
+        parents=parents,
         help="ship a generated snapshot memory:// -> S3 (embedded moto) -> local file",
         description="Generate a snapshot in memory://, ship it into a bucket on an embedded moto "
         "S3 server and from there to a local file, verify both hops and print a report. "
@@ -43,7 +44,7 @@ def add_parser(commands: Any) -> None:
         help="where to write the copy (default: a temporary folder, removed after)",
     )
     add_transfer_options(demo)
-    demo.set_defaults(run=run)
+    demo.set_defaults(run=run, parser=demo)
 
 
 def _demo_target(target: str | None) -> tuple[str | None, str]:

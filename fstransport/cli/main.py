@@ -1,7 +1,8 @@
 """The top of the ``fstransport`` command: global flags, the subcommands, exit codes.
 
 User errors (a missing file, a bad size, an unreachable target) are printed as one line on
-stderr with exit code 1 — never a traceback.  ``--debug`` shows the traceback anyway.
+stderr — never a traceback.  ``--debug`` shows the traceback anyway.  Exit codes: 0 done,
+1 the command failed, 2 the command line is wrong, 130 interrupted.
 
 Every command lives in a module of its own (``fstransport.cli.ship``, ...) that imports its
 heavy dependencies (aiohttp, fsspec, s3fs, botocore, matplotlib, moto) only when it runs, so
@@ -13,11 +14,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fstransport.cli import bench, cleanup, demo, serve, ship
+from fstransport.cli.errors import (
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    UsageError,
+    describe,
+)
 from fstransport.errors import FstransportError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_CODES", "build_parser", "main"]
+
+
+# -q/-v/--debug/--log-file: given before or after the command.  The subcommands' copies
+# default to SUPPRESS, so that a flag given before the command is not reset by them.
+GLOBAL_DEFAULTS: dict[str, Any] = {"quiet": False, "verbose": 0, "debug": False, "log_file": None}
 
 
 def _version() -> str:
@@ -40,42 +55,105 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _global_flags(*, suppress: bool) -> argparse.ArgumentParser:
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("output")
+
+    def default(name: str) -> Any:
+        return argparse.SUPPRESS if suppress else GLOBAL_DEFAULTS[name]
+
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=default("quiet"),
+        help="print only errors: no progress bar, no report (--json still prints)",
+    )  # fmt: skip
+    group.add_argument(
+        "-v", "--verbose", action="count", default=default("verbose"),
+        help="also print retries, resumes and other notes (-vv: debug messages)",
+    )  # fmt: skip
+    group.add_argument(
+        "--debug", action="store_true", default=default("debug"),
+        help="debug messages, and a traceback for errors",
+    )  # fmt: skip
+    group.add_argument(
+        "--log-file", metavar="PATH", default=default("log_file"),
+        help="append messages (with times) to PATH instead of stderr; errors still end "
+        "on stderr",
+    )  # fmt: skip
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line's parser."""
     parser = argparse.ArgumentParser(
         prog="fstransport",
         description="Ship large snapshots in verified chunks between fsspec locations.",
+        epilog=EXIT_CODES + "\nsee docs/cli.md for every flag and rclone/aws-cli equivalents",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_global_flags(suppress=False)],
     )
     parser.add_argument("--version", action=_VersionAction)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    demo.add_parser(commands)
-    ship.add_parser(commands)
-    serve.add_parser(commands)
-    bench.add_parser(commands)
-    cleanup.add_parser(commands)
+    common = _global_flags(suppress=True)
+    for module in (demo, ship, serve, bench, cleanup):
+        module.add_parser(commands, [common])
     return parser
 
 
-def _quiet_logging(debug: bool) -> None:
-    """Errors only on stderr (retries are not errors: a failed transfer ends in one line of its
-    own); with ``--debug`` also warnings and progress notes such as retries and resumes."""
+def _setup_logging(args: argparse.Namespace) -> None:
+    """Errors only on stderr by default (retries are not errors: a failed transfer ends in one
+    line of its own); ``-v`` adds warnings and notes such as retries and resumes, ``-vv`` and
+    ``--debug`` debug messages; ``-q`` nothing but the final error line."""
     import logging
 
+    if args.debug or args.verbose >= 2:
+        level = logging.DEBUG
+    elif args.verbose:
+        level = logging.INFO
+    elif args.quiet:
+        level = logging.CRITICAL
+    else:
+        level = logging.ERROR
     logger = logging.getLogger("fstransport")
-    if not any(getattr(h, "_fstransport_cli", False) for h in logger.handlers):
+    for old in [h for h in logger.handlers if getattr(h, "_fstransport_cli", False)]:
+        logger.removeHandler(old)
+        old.close()
+    handler: logging.Handler
+    if args.log_file:
+        try:
+            handler = logging.FileHandler(args.log_file, encoding="utf-8")
+        except OSError as exc:
+            from fstransport.cli.errors import reason
+
+            raise UsageError(f"--log-file: cannot open {args.log_file}: {reason(exc)}") from None
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        level = min(level, logging.INFO)  # a log file is for reading later: notes included
+    else:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("fstransport: %(levelname)s: %(message)s"))
-        handler._fstransport_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.INFO if debug else logging.ERROR)
+    setattr(handler, "_fstransport_cli", True)  # noqa: B010 - marks our own handler
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(level)
+
+
+def _usage(args: argparse.Namespace, parser: argparse.ArgumentParser, message: str) -> int:
+    command_parser: argparse.ArgumentParser = getattr(args, "parser", parser)
+    command_parser.print_usage(sys.stderr)
+    print(f"{command_parser.prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    _quiet_logging(args.debug)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, value in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    try:
+        _setup_logging(args)
+    except UsageError as exc:
+        return _usage(args, parser, str(exc))
     import asyncio
 
     try:
@@ -83,9 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         print("fstransport: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        return _usage(args, parser, str(exc))
     except FstransportError as exc:
         if args.debug:
             raise
-        print(f"fstransport: error: {exc}", file=sys.stderr)
-        return 1
+        target = getattr(args, "shown_target", None)
+        endpoint = getattr(args, "endpoint_url", None)
+        line = describe(exc, target=target, endpoint=endpoint)
+        print(f"fstransport: error: {line}", file=sys.stderr)
+        return EXIT_FAILED

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from fstransport.options import TransferOptions
 from fstransport.units import format_rate, format_size
@@ -13,7 +13,13 @@ if TYPE_CHECKING:
 __all__ = ["print_report"]
 
 
-def print_report(report: TransferReport, options: TransferOptions, *, verified: str | None) -> None:
+def print_report(
+    report: TransferReport,
+    options: TransferOptions,
+    *,
+    verified: str | None,
+    file: TextIO | None = None,
+) -> None:
     """Print `report` as a few aligned lines on stdout."""
     chunk = format_size(options.chunk_size)
     chunks = f"{report.chunks_sent} x up to {chunk}, window {options.max_in_flight}"
@@ -27,6 +33,12 @@ def print_report(report: TransferReport, options: TransferOptions, *, verified: 
         f"  throughput  {format_rate(report.throughput)}",
         f"  checksum    {report.checksum}",
     ]
+    if report.bytes_skipped:
+        lines.insert(
+            3,
+            f"  resumed     {format_size(report.bytes_skipped)} ({report.bytes_skipped} bytes) "
+            "were already there and not sent again",
+        )
     if verified:
         lines.append(f"  verified    {verified}")
-    print("\n".join(lines))
+    print("\n".join(lines), file=file)

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 from fstransport.cli.args import (
     add_endpoint_option,
     add_s3_tuning,
-    duration_arg,
+    positive_duration_arg,
+    positive_size_arg,
     s3_tuning,
-    size_arg,
     storage_options,
 )
+from fstransport.cli.errors import UsageError
 from fstransport.errors import ConfigurationError, StorageError
 
 if TYPE_CHECKING:
@@ -25,10 +26,11 @@ IDLE_TIMEOUT_HELP = "60s"
 MAX_BUFFERED_HELP = "1.0 GiB"
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add the ``serve`` command to `commands` (argparse's subparsers)."""
     serve = commands.add_parser(
         "serve",
+        parents=parents,
         help="run a receiver server that writes incoming snapshots into ROOT",
         description="Receive snapshots over HTTP into ROOT (any fsspec URL, s3:// included). "
         "Prints the address it listens on, then serves until interrupted.",
@@ -47,21 +49,21 @@ def add_parser(commands: Any) -> None:
     )
     serve.add_argument(
         "--idle-timeout",
-        type=duration_arg,
+        type=positive_duration_arg,
         metavar="DURATION",
         help="drop a request whose body sends nothing for this long, e.g. 30s or 2m "
         f"(default {IDLE_TIMEOUT_HELP})",
     )
     serve.add_argument(
         "--max-buffered",
-        type=size_arg,
+        type=positive_size_arg,
         metavar="SIZE",
         help="chunk bodies held at once, e.g. 512MiB; requests beyond it get 503 and are "
         f"retried by their senders (default {MAX_BUFFERED_HELP})",
     )
     add_endpoint_option(serve)
     add_s3_tuning(serve, "ROOT")
-    serve.set_defaults(run=run)
+    serve.set_defaults(run=run, parser=serve)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -109,7 +111,7 @@ def _server_tls(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | N
 
     if certfile is None:
         if keyfile is not None:
-            raise ConfigurationError("--keyfile needs --certfile")
+            raise UsageError("--keyfile needs --certfile")
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:

@@ -215,6 +215,11 @@ class FsspecSnapshotStore:
         for sink in self._sinks.values():
             if isinstance(sink, MultipartSink):
                 await sink.release()
+        if isinstance(self.fs, LocalFileSystem) and not self._sinks and not self._finished:
+            # no empty .fstransport/{partial,journal} folders after the last transfer; a folder
+            # that still holds something (another receiver's partial data) stays
+            folders = [self._join(PARTIAL_DIR), self._join(JOURNAL_DIR), self._join(".fstransport")]
+            await asyncio.to_thread(_remove_empty_folders, folders)
         if self._s3 is not None:
             fs, self._s3 = self._s3, None
             await close_async_filesystem(fs)
@@ -585,6 +590,12 @@ class FsspecSnapshotStore:
 
     def __repr__(self) -> str:
         return f"FsspecSnapshotStore({self.url!r})"
+
+
+def _remove_empty_folders(folders: list[str]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):  # missing or not empty
+            os.rmdir(folder)
 
 
 def _modified(entry: dict[str, Any]) -> float | None:

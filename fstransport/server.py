@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -195,13 +196,15 @@ def create_app(
     receiver: Receiver | None = None,
     idle_timeout: float = IDLE_TIMEOUT,
     max_buffered: int = MAX_BUFFERED,
+    on_request: Callable[[web.Request, web.StreamResponse], None] | None = None,
 ) -> web.Application:
     """An aiohttp app receiving snapshots into `store` (or through `receiver`).
 
     A request whose body stops for `idle_timeout` seconds is answered with 408 and dropped.
     The bodies held at once (each is kept whole until it is verified and written) stay within
     `max_buffered` bytes: a request beyond that is answered 503 before it is read, and retried
-    by its sender."""
+    by its sender.  `on_request`, if given, is called with every chunk request and the response
+    it got (for a log of transfers and refusals)."""
     if not idle_timeout > 0:
         raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
     if isinstance(max_buffered, bool) or not isinstance(max_buffered, int) or max_buffered < 1:
@@ -269,5 +272,11 @@ def create_app(
         held = [list(r) for r in response.held] if response.held else None
         return web.json_response({"vote": encode_vote(response.vote), "held": held})
 
-    app.router.add_put(API_PREFIX + "{snapshot_id}", install)
+    async def install_and_tell(request: web.Request) -> web.StreamResponse:
+        response = await install(request)
+        if on_request is not None:
+            on_request(request, response)
+        return response
+
+    app.router.add_put(API_PREFIX + "{snapshot_id}", install_and_tell)
     return app

@@ -13,6 +13,7 @@ from fstransport.cli.args import (
     positive_int,
     size_arg,
 )
+from fstransport.cli.errors import UsageError
 
 __all__ = ["add_parser", "run"]
 
@@ -115,6 +116,14 @@ async def run(args: argparse.Namespace) -> int:
         endpoint_url=args.endpoint_url,
         bucket=args.bucket,
     )
+    if args.plot is not None:
+        from fstransport.bench.output import plot_format
+        from fstransport.errors import ConfigurationError
+
+        try:
+            plot_format(args.plot)
+        except ConfigurationError as exc:
+            raise UsageError(f"argument --plot: {exc}") from None
     for path, option in ((args.plot, "--plot"), (args.json, "--json")):
         if path is not None and path != "-":
             check_output(path, option)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any
 
 from fstransport.cli.args import (
@@ -61,6 +62,12 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="chunk bodies held at once, e.g. 512MiB; requests beyond it get 503 and are "
         f"retried by their senders (default {MAX_BUFFERED_HELP})",
     )
+    serve.add_argument(
+        "--access-log",
+        metavar="PATH",
+        help="append the transfer lines (finished, failed, refused) to PATH instead of "
+        "standard output",
+    )
     add_endpoint_option(serve)
     add_s3_tuning(serve, "ROOT")
     serve.set_defaults(run=run, parser=serve)
@@ -68,6 +75,39 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Serve until interrupted."""
+    tls = _server_tls(args.certfile, args.keyfile)
+    options = {**storage_options(args, args.root), **s3_tuning(args, args.root)}
+    limits: dict[str, Any] = {}
+    if args.idle_timeout is not None:
+        limits["idle_timeout"] = args.idle_timeout
+    if args.max_buffered is not None:
+        limits["max_buffered"] = args.max_buffered
+    access_file = None
+    if args.access_log:
+        try:
+            access_file = open(args.access_log, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise UsageError(
+                f"--access-log: cannot open {args.access_log}: {os_reason(exc)}"
+            ) from None
+    if access_file is not None or not args.quiet:
+        from fstransport.cli.access import AccessLog
+
+        limits["on_request"] = AccessLog(access_file or sys.stdout)
+    try:
+        await _serve(args, tls, options, limits)
+    finally:
+        if access_file is not None:
+            access_file.close()
+    return 0
+
+
+async def _serve(
+    args: argparse.Namespace,
+    tls: ssl.SSLContext | None,
+    options: dict[str, Any],
+    limits: dict[str, Any],
+) -> None:
     import asyncio
 
     from aiohttp import web
@@ -75,14 +115,7 @@ async def run(args: argparse.Namespace) -> int:
     from fstransport.server import create_app
     from fstransport.storage.store import FsspecSnapshotStore
 
-    tls = _server_tls(args.certfile, args.keyfile)
     scheme = "https" if tls is not None else "http"
-    options = {**storage_options(args, args.root), **s3_tuning(args, args.root)}
-    limits: dict[str, Any] = {}
-    if args.idle_timeout is not None:
-        limits["idle_timeout"] = args.idle_timeout
-    if args.max_buffered is not None:
-        limits["max_buffered"] = args.max_buffered
     async with FsspecSnapshotStore(args.root, **options) as store:
         app = create_app(store, token=args.token, **limits)
         runner = web.AppRunner(app)
@@ -102,7 +135,6 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.Event().wait()
         finally:
             await runner.cleanup()
-    return 0
 
 
 def _server_tls(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:

@@ -66,7 +66,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--access-log",
         metavar="PATH",
         help="append the transfer lines (finished, failed, refused) to PATH instead of "
-        "standard output",
+        "standard output (default: --log-file if given)",
     )
     add_endpoint_option(serve)
     add_s3_tuning(serve, "ROOT")
@@ -83,13 +83,13 @@ async def run(args: argparse.Namespace) -> int:
     if args.max_buffered is not None:
         limits["max_buffered"] = args.max_buffered
     access_file = None
-    if args.access_log:
+    access_path = args.access_log or args.log_file  # rclone: --log-file takes serve's lines
+    if access_path:
         try:
-            access_file = open(args.access_log, "a", encoding="utf-8")  # noqa: SIM115
+            access_file = open(access_path, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230
         except OSError as exc:
-            raise UsageError(
-                f"--access-log: cannot open {args.access_log}: {os_reason(exc)}"
-            ) from None
+            flag = "--access-log" if args.access_log else "--log-file"
+            raise UsageError(f"{flag}: cannot open {access_path}: {os_reason(exc)}") from None
     if access_file is not None or not args.quiet:
         from fstransport.cli.access import AccessLog
 

@@ -494,11 +494,11 @@ class FsspecSnapshotStore:
 
     # -- clean-up ------------------------------------------------------------------------------
 
-    async def cleanup(self, older_than: float) -> list[str]:
+    async def cleanup(self, older_than: float, *, dry_run: bool = False) -> list[str]:
         """Remove partial data abandoned for more than `older_than` seconds: partial files and
         their journals, and on S3 incomplete multipart uploads under the root.  Transfers this
         store is receiving right now are left alone, and installed snapshots are never touched.
-        Returns what was removed.
+        Returns what was removed (with `dry_run`: what would be, and nothing is).
         """
         if older_than < 0:
             raise ConfigurationError(f"older_than must not be negative, got {older_than}")
@@ -520,14 +520,15 @@ class FsspecSnapshotStore:
                 touched = _modified(entry)
                 if touched is not None and touched >= cutoff:
                     continue
-                with storage_errors(path, "clean up"):
-                    await self._fs_call("rm_file", path)
+                if not dry_run:
+                    with storage_errors(path, "clean up"):
+                        await self._fs_call("rm_file", path)
                 removed.append(self.fs.unstrip_protocol(path))
         if is_s3(self.fs):
-            removed.extend(await self._cleanup_uploads(cutoff, active))
+            removed.extend(await self._cleanup_uploads(cutoff, active, dry_run))
         return removed
 
-    async def _cleanup_uploads(self, cutoff: float, active: set[str]) -> list[str]:
+    async def _cleanup_uploads(self, cutoff: float, active: set[str], dry_run: bool) -> list[str]:
         bucket, _, prefix = self.root.lstrip("/").partition("/")
         prefix = f"{prefix}/" if prefix else ""
         s3 = await self._async_s3()
@@ -542,10 +543,14 @@ class FsspecSnapshotStore:
                 continue
             if started is not None and started.timestamp() >= cutoff:
                 continue
-            with storage_errors(f"s3://{bucket}/{key}", "abort upload"):
-                await s3._call_s3(
-                    "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"]
-                )
+            if not dry_run:
+                with storage_errors(f"s3://{bucket}/{key}", "abort upload"):
+                    await s3._call_s3(
+                        "abort_multipart_upload",
+                        Bucket=bucket,
+                        Key=key,
+                        UploadId=upload["UploadId"],
+                    )
             removed.append(f"s3://{bucket}/{key} (upload {upload['UploadId']})")
         return removed
 

@@ -81,10 +81,12 @@ def test_finishing_phase_then_100_percent_on_close() -> None:
     bar = ProgressBar(10 * 1024 * 1024, out, clock=clock, finishing="completing upload…")
     clock.now = 1.0
     bar.update(10 * 1024 * 1024)
-    assert " 99%" in out.getvalue() and "completing upload…" in out.getvalue()
+    assert " 99%" in out.getvalue()
+    assert "completing upload…" in out.getvalue()
     assert "ETA" not in out.getvalue()
     clock.now = 3.0
     bar.close(completed=True)
     last = out.getvalue().rstrip("\n").rsplit("\r", 1)[-1]
-    assert "100%" in last and "in 3s" in last
+    assert "100%" in last
+    assert "in 3s" in last
     assert out.getvalue().endswith("\n")

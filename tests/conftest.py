@@ -9,9 +9,7 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from fstransport import (
-    FsspecSnapshotStore,
-)
+from fstransport import FsspecSnapshotStore
 from fstransport.moto_server import REGION, TEST_CREDENTIALS
 
 S3_ENV = {

@@ -32,7 +32,7 @@ from fstransport import (
     Vote,
 )
 from fstransport._testkit.clock import FakeClock
-from fstransport._testkit.mock import MockNetwork, deliver_to, hang
+from fstransport._testkit.mock import MockNetwork, deliver_to, fail, hang
 from tests.conftest import payload
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=4)
@@ -52,15 +52,6 @@ def seed_peer(match_cnt: int = 4) -> Callable[[InstallSnapshotRequest], InstallS
             )
             raise RemoteError(mismatch, target=0)
         return InstallSnapshotResponse(req.vote)
-
-    return handler
-
-
-def refuse(error: BaseException) -> Callable[[InstallSnapshotRequest], InstallSnapshotResponse]:
-    """A handler that fails every request with `error`."""
-
-    def handler(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
-        raise error
 
     return handler
 
@@ -239,7 +230,7 @@ async def test_receiver_with_higher_vote_refuses_and_nothing_installs(
 def test_unreachable_peer_with_default_options_gives_up_in_3_to_5_seconds() -> None:
     """As `RetryPolicy` promises: 8 attempts, 7 backoffs of 0.05 s doubling up to 2 s (5.15 s),
     each shortened by up to half at random.  Virtual time: the test itself takes no time."""
-    net = MockNetwork(refuse(Unreachable("connection refused")))
+    net = MockNetwork(fail(Unreachable("connection refused")))
 
     async def send() -> float:
         loop = asyncio.get_running_loop()
@@ -289,7 +280,7 @@ async def test_payload_too_large_halves_the_chunk(memory_store: FsspecSnapshotSt
 
 
 async def test_payload_too_large_at_the_floor_exhausts() -> None:
-    net = MockNetwork(refuse(PayloadTooLarge("413")))
+    net = MockNetwork(fail(PayloadTooLarge("413")))
     options = TransferOptions(chunk_size=32_768, retry=FAST_RETRY)
     snapshot = Snapshot(SnapshotMeta("x"), io.BytesIO(payload(100_000)))
     with pytest.raises(RetryExhausted):
@@ -313,7 +304,7 @@ async def test_invalid_request_from_receiver_is_fatal_not_retried(
 
 
 async def test_meta_size_must_match_the_data() -> None:
-    net = MockNetwork(refuse(Unreachable("connection refused")))
+    net = MockNetwork(fail(Unreachable("connection refused")))
     snapshot = Snapshot(SnapshotMeta("s", size=5), io.BytesIO(b"abc"))
     with pytest.raises(InvalidRequest, match="5 bytes"):
         await Chunked.send_snapshot(net, Vote(1, 0), snapshot, None, TransferOptions())

@@ -33,6 +33,8 @@ from fstransport import (
 )
 from fstransport._testkit.clock import FakeClock
 from fstransport._testkit.mock import MockNetwork, deliver_to, fail, hang
+from fstransport.sender import send_source
+from fstransport.storage.source import BufferSource
 from tests.conftest import payload
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=4)
@@ -392,3 +394,35 @@ async def test_payload_limit_named_by_the_peer_is_honoured_below_the_floor(
     assert max(length for _, length, _ in net.seen[1:]) <= 1000
     with await memory_store.open("l") as f:
         assert f.read() == data
+
+
+def test_an_rpc_without_answer_times_out_and_is_cancelled() -> None:
+    """The timer cancels the RPC inside the chunk's own task and reports `Timeout`."""
+    cancelled = 0
+
+    async def hang_counting_cancels(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        nonlocal cancelled
+        try:
+            return await hang(req)
+        except asyncio.CancelledError:
+            cancelled += 1
+            raise
+
+    net = MockNetwork(hang_counting_cancels)
+    options = TransferOptions(
+        hard_ttl=5.0,
+        install_timeout=5.0,
+        retry=RetryPolicy(max_attempts=2, initial_backoff=0.5, max_backoff=0.5),
+    )
+    meta = SnapshotMeta("snap", size=10)
+
+    async def send() -> int:
+        with pytest.raises(RetryExhausted) as caught:
+            await send_source(net, Vote(1, 1), meta, BufferSource(b"0123456789"), option=options)
+        assert isinstance(caught.value.last_error, Timeout)
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        return 0 if cancelling is None else int(cancelling())
+
+    assert FakeClock().run(send()) == 0, "the timer's cancellations were not all withdrawn"
+    assert cancelled == 2

@@ -49,6 +49,7 @@ from fstransport import (
     TransferOptions,
     Vote,
 )
+from fstransport._testkit.mock import MockNetwork, deliver_to
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.options import KiB, MiB
 from tests.conftest import payload
@@ -615,38 +616,36 @@ async def test_gap_at_done_asks_for_the_missing_bytes(
     assert_same_bytes(await read_installed(target.store), data)
 
 
-class SwallowOnce:
-    """Acknowledges the chunk at `offset` once without delivering it: a receiver-side loss."""
+def swallow_once(receiver: Receiver, offset: int) -> MockNetwork:
+    """Acknowledges the chunk at `offset` once without delivering it (a receiver-side loss) and
+    delivers everything else; the receiver's refusals are the network's `errors`."""
+    deliver = deliver_to(receiver, interleave=False)
+    swallowed = False
 
-    def __init__(self, receiver: Receiver, offset: int) -> None:
-        self.inner = LoopbackNetwork(receiver)
-        self.offset = offset
-        self.swallowed = False
-        self.rewound_to: list[int] = []
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        if req.offset == self.offset and not self.swallowed:
-            self.swallowed = True
+    async def handler(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        nonlocal swallowed
+        if req.offset == offset and not swallowed:
+            swallowed = True
             return InstallSnapshotResponse(req.vote)
-        try:
-            return await self.inner.install_snapshot(req, option)
-        except RemoteError as exc:
-            if isinstance(exc.source, SnapshotMismatch):
-                self.rewound_to.append(exc.source.expect.offset)
-            raise
+        return await deliver(req)
+
+    return MockNetwork(handler)
 
 
 async def test_sender_fills_a_gap_found_at_done(target: Target) -> None:
     data = payload(MULTI, seed=18)
     gap = PART + 2 * MiB
-    net = SwallowOnce(Receiver(target.store), gap)
+    net = swallow_once(Receiver(target.store), gap)
     snapshot = Snapshot(SnapshotMeta(ID), io.BytesIO(data))
     options = TransferOptions(chunk_size=MiB, max_in_flight=4)
     await Chunked.send_snapshot(net, VOTE, snapshot, None, options)
-    assert net.swallowed
-    assert len(net.rewound_to) == 1
-    assert net.rewound_to[0] <= gap
+    assert net.offsets.count(gap) >= 2, "the swallowed chunk was never sent again"
+    rewound_to = [
+        error.source.expect.offset
+        for error in net.errors
+        if isinstance(error, RemoteError) and isinstance(error.source, SnapshotMismatch)
+    ]
+    assert len(rewound_to) == 1
+    assert rewound_to[0] <= gap
     target.assert_exactly({ID: data})
     assert_same_bytes(await read_installed(target.store), data)

@@ -35,8 +35,14 @@ from fstransport.protocol.receiver import (
     decide_stream,
     validate_request,
 )
-from fstransport.storage.sink import Lost, SnapshotSink, aborted, write_checked, write_chunk
-from fstransport.storage.store import SnapshotStore
+from fstransport.storage.base import (
+    Lost,
+    SnapshotSink,
+    SnapshotStore,
+    aborted,
+    write_checked,
+    write_chunk,
+)
 
 __all__ = ["Receiver"]
 

@@ -30,6 +30,27 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+VIRTUAL_TIME_CLI = (
+    "import asyncio, sys\n"
+    "from fstransport._testkit.clock import FakeClock\n"
+    "asyncio.run = FakeClock(autojump_threshold=0.05).run  # backoffs take no real time\n"
+    "from fstransport.cli import main\n"
+    "sys.exit(main())"
+)
+
+
+def run_on_virtual_time(*args: str) -> subprocess.CompletedProcess[str]:
+    """`run`, in a process whose event loop keeps virtual time (`FakeClock`): waits on timers
+    only (backoffs, TTLs) are skipped; I/O is real and gets 50 ms before time jumps."""
+    return subprocess.run(
+        [sys.executable, "-c", VIRTUAL_TIME_CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0
@@ -166,7 +187,7 @@ def test_unreachable_server_is_one_line_after_the_retries(tmp_path: Path) -> Non
     src = tmp_path / "a.bin"
     src.write_bytes(b"x" * 1000)
     url = f"http://127.0.0.1:{free_port()}"
-    result = run("ship", str(src), "a.bin", "--via", url)
+    result = run_on_virtual_time("ship", str(src), "a.bin", "--via", url)
     assert result.returncode == 1
     assert_one_error_line(result, f"gave up after 8 attempts: Unreachable: cannot reach {url}")
     assert result.stdout == ""

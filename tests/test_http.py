@@ -325,6 +325,7 @@ async def test_a_body_that_stalls_is_answered_408_and_nothing_is_kept(tmp_path: 
         status, body = await asyncio.wait_for(read_answer(reader), 5)
         waited = time.monotonic() - started
         writer.close()
+        await writer.wait_closed()
     finally:
         await runner.cleanup()
     assert status.startswith(b"HTTP/1.1 408 "), status

@@ -22,16 +22,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Sequence
-from typing import IO, Any, Protocol, TypeGuard, TypeVar
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
 from fstransport.checksum import chunk_crc
-from fstransport.errors import StorageError
-from fstransport.messages import Buffer, ChunkData, Pieces, SnapshotMeta, contiguous
-from fstransport.storage._capabilities import implements
+from fstransport.messages import Buffer, Pieces, SnapshotMeta
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.base import (  # the interfaces live in base.py (no fsspec); kept here
+    NOTHING_LOST,
+    CheckedSink,
+    Lost,
+    PiecesSink,
+    SnapshotSink,
+    aborted,
+    is_checked_sink,
+    is_pieces_sink,
+    write_checked,
+    write_chunk,
+)
 from fstransport.storage.journal import LocalJournal, MemoryJournal
 
 __all__ = [
@@ -54,10 +64,6 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-Lost = Sequence[tuple[int, int]]
-"""Byte ranges ``[start, end)`` a write made the sink forget (they must be sent again)."""
-NOTHING_LOST: Lost = ()
-
 
 def _iov_max() -> int:
     """Buffers one ``pwritev`` takes at most: ``IOV_MAX`` (1,024 on Linux; POSIX's least is 16)."""
@@ -73,85 +79,6 @@ CHECK_BLOCK = 256 * 1024
 """Bytes checked and then written at a time by `write_checked`: small enough to stay in L2."""
 
 
-class SnapshotSink(Protocol):
-    """Where the chunks of one incoming snapshot are written."""
-
-    path: str
-
-    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
-        """Store `data` (whose CRC32C is `crc`) at `offset`; return ranges written earlier that
-        the sink no longer holds.
-
-        Raises `StorageError`, or `SnapshotMismatch` when the sink cannot take `offset` now (a
-        sequential target too far behind it); nothing is written then.
-        """
-
-    def rewind(self, offset: int) -> tuple[int, Lost]:
-        """The sender misses byte `offset` and will send everything from a point on again.
-
-        Returns that point (at or before `offset`) and the ranges the sink forgot to make room
-        for the new pass.
-        """
-
-    async def finish(self) -> None:
-        """Flush every written byte into the partial file and close it; raises `StorageError`."""
-
-    async def abort(self) -> None:
-        """Close and delete the partial file; never raises for a file already gone."""
-
-
-class CheckedSink(SnapshotSink, Protocol):
-    """A sink that can compute a chunk's CRC32C while it writes it (see `write_checked`).
-
-    Found with `is_checked_sink`, not ``isinstance`` (which costs more than a small chunk)."""
-
-    async def write_checked(self, offset: int, data: Buffer) -> tuple[Lost, int]:
-        """`write` for a chunk whose CRC32C is not known yet: returns it with what was lost."""
-
-
-class PiecesSink(SnapshotSink, Protocol):
-    """A sink that writes `Pieces` as they are, without joining them (see `write_chunk`).
-
-    Found with `is_pieces_sink`, not ``isinstance``."""
-
-    async def write_pieces(self, offset: int, data: Pieces, crc: int) -> Lost:
-        """`write` for a chunk that arrived in pieces."""
-
-
-def is_checked_sink(sink: SnapshotSink) -> TypeGuard[CheckedSink]:
-    """Whether `sink` is a `CheckedSink` (its class has ``write_checked``)."""
-    return implements(sink, "write_checked")
-
-
-def is_pieces_sink(sink: SnapshotSink) -> TypeGuard[PiecesSink]:
-    """Whether `sink` is a `PiecesSink` (its class has ``write_pieces``)."""
-    return implements(sink, "write_pieces")
-
-
-async def write_chunk(sink: SnapshotSink, offset: int, data: ChunkData, crc: int) -> Lost:
-    """``sink.write`` for chunk data of any shape: `Pieces` go to a `PiecesSink` as they are,
-    and are joined into one buffer for any other sink."""
-    if isinstance(data, Pieces):
-        if is_pieces_sink(sink):
-            return await sink.write_pieces(offset, data, crc)
-        data = data.join()
-    return await sink.write(offset, data, crc)
-
-
-async def write_checked(sink: SnapshotSink, offset: int, data: ChunkData) -> tuple[Lost, int]:
-    """Write `data` at `offset` like ``sink.write`` and return what it lost and `data`'s CRC32C.
-
-    A `CheckedSink` computes the CRC as it writes (see the module
-    docstring); for others it is computed first.  Only for data nobody can have altered on the
-    way: the CRC is computed from what is written, so it cannot catch corruption before it.
-    """
-    data = contiguous(data)
-    if is_checked_sink(sink):
-        return await sink.write_checked(offset, data)
-    crc = chunk_crc(data)
-    return await sink.write(offset, data, crc), crc
-
-
 def _checked_blocks(data: Buffer, write: Callable[[int, memoryview], object]) -> int:
     """Call ``write(position, block)`` for each `CHECK_BLOCK` of `data`; return its CRC32C,
     computed one block at a time just before the block is written."""
@@ -162,11 +89,6 @@ def _checked_blocks(data: Buffer, write: Callable[[int, memoryview], object]) ->
         crc = chunk_crc(block, crc)
         write(start, block)
     return crc
-
-
-def aborted(path: str) -> StorageError:
-    """The error for a write into a sink that was aborted (by ``store.abort``, say)."""
-    return StorageError(path, "write", RuntimeError("the transfer was aborted; start it over"))
 
 
 def discard_file(fileobj: IO[bytes]) -> None:

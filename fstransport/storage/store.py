@@ -18,7 +18,7 @@ import datetime
 import json
 import os
 import time
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -33,17 +33,12 @@ from fstransport.protocol.ranges import ChunkRecord
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.base import SnapshotSink, SnapshotStore  # kept importable from here
 from fstransport.storage.journal import LocalJournal, MemoryJournal, parse_records, resumable
 from fstransport.storage.multipart import DEFAULT_UPLOADS, MultipartSink
 from fstransport.storage.s3 import is_s3, open_s3, split_bucket_key
 from fstransport.storage.sequential import SequentialSink
-from fstransport.storage.sink import (
-    MemorySink,
-    PwriteSink,
-    SeekableFileSink,
-    SnapshotSink,
-    discard_file,
-)
+from fstransport.storage.sink import MemorySink, PwriteSink, SeekableFileSink, discard_file
 
 __all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
 
@@ -52,30 +47,6 @@ JOURNAL_DIR = ".fstransport/journal"
 ABSENT_FOR = 5.0
 """Seconds for which an S3 store trusts having just seen no upload state for a snapshot, so that
 `has_partial`, `resume` and `begin` of one transfer look it up once, not three times."""
-
-
-class SnapshotStore(Protocol):
-    """What a `Receiver` needs from storage."""
-
-    async def begin(self, meta: SnapshotMeta) -> SnapshotSink:
-        """Start receiving the snapshot `meta` describes, discarding any partial data for its id."""
-
-    async def resume(self, meta: SnapshotMeta) -> tuple[SnapshotSink, list[ChunkRecord]] | None:
-        """Reopen partial data left for exactly this snapshot, with the chunks it holds; or None."""
-
-    async def finish(self, meta: SnapshotMeta, sink: SnapshotSink) -> Snapshot:
-        """Close a completely received snapshot and return it, readable, not yet installed.
-
-        Where the target cannot rename (S3), finishing is what makes the snapshot visible:
-        it completes the upload to the final name, and `install` is only bookkeeping.
-        """
-
-    async def install(self, snapshot: Snapshot) -> None:
-        """Make a finished snapshot visible under its id, replacing any older one."""
-
-    async def abort(self, snapshot_id: str) -> None:
-        """Discard the partial or finished-but-not-installed data of `snapshot_id` (an S3 object
-        whose upload was completed by `finish` stays: S3 cannot take it back)."""
 
 
 SinkKind = Literal["auto", "seekable", "sequential", "multipart"]

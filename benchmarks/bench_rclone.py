@@ -49,14 +49,15 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from harness import (
-    GiB,
-    MiB,
     Case,
     ChildProcess,
+    GiB,
+    MiB,
     PeakRss,
     Row,
     add_common_arguments,
     check_file,
+    check_report,
     check_stream,
     evaluate,
     machine_info,
@@ -73,7 +74,7 @@ from harness import (
     write_file,
 )
 
-from fstransport import TransferReport, ship
+from fstransport import ship
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.moto_server import REGION, TEST_CREDENTIALS, reset_moto
 from fstransport.units import format_size
@@ -222,7 +223,9 @@ class RcloneBench:
         def run() -> object:
             done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:
-                raise RuntimeError(f"{argv[0]} exited with {done.returncode}: {done.stderr[-2000:]}")
+                raise RuntimeError(
+                    f"{argv[0]} exited with {done.returncode}: {done.stderr[-2000:]}"
+                )
             return None
 
         return run
@@ -267,8 +270,11 @@ class RcloneBench:
         src_s3, src_file = SOURCE_KEY, self.source
         tag = route.replace(" -> ", "2").replace("S3", "s3")
 
-        def pair(make: Callable[[str, str, Callable[[str], Callable[[], object]]], Case],
-                 source: tuple[str, str], target: Callable[[str, bool], str]) -> list[Case]:
+        def pair(
+            make: Callable[[str, str, Callable[[str], Callable[[], object]]], Case],
+            source: tuple[str, str],
+            target: Callable[[str, bool], str],
+        ) -> list[Case]:
             return [
                 make(
                     f"{tag}/ship",
@@ -306,10 +312,12 @@ class RcloneBench:
         options = self.endpoint.storage_options
 
         def shipped(source: str, target: str, up: bool) -> object:
-            kwargs = {"target_options": options} if up else {"source_options": options}
-            report = self.loop.run_until_complete(ship(source, target, **kwargs))
-            if not isinstance(report, TransferReport) or report.checksum != self.checksum:
-                raise AssertionError(f"ship() reported {report!r}")
+            report = self.loop.run_until_complete(
+                ship(source, target, target_options=options)
+                if up
+                else ship(source, target, source_options=options)
+            )
+            check_report(report, len(self.data), self.checksum)
             return report
 
         if route == "file -> S3":
@@ -470,12 +478,15 @@ def endpoints(args: Any, folder: str) -> Iterator[list[Endpoint]]:
             moto = stack.enter_context(moto_process(log))
             print(f"moto server (pid {moto.pid}) at {moto.address}", file=sys.stderr)
             extra = {"RCLONE_S3_NO_HEAD": "true"}
-            key, secret = TEST_CREDENTIALS["key"], TEST_CREDENTIALS["secret"]
-            found.append(Endpoint("moto", moto.address, key, secret, extra, moto))
+            found.append(
+                Endpoint(
+                    "moto", moto.address, TEST_CREDENTIALS["key"], TEST_CREDENTIALS["secret"],
+                    extra, moto,
+                )
+            )  # fmt: skip
         if args.endpoint_url:
-            key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get(
-                "AWS_SECRET_ACCESS_KEY"
-            )
+            key = os.environ.get("AWS_ACCESS_KEY_ID", "")
+            secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
             if not key or not secret:
                 raise SystemExit("--endpoint-url needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
             found.append(Endpoint(args.endpoint_name, args.endpoint_url, key, secret))

@@ -15,6 +15,7 @@ Throughput is always MiB/s (2**20 bytes per second) of snapshot data.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import gc
 import json
@@ -32,21 +33,31 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import IO, Any
 
+from fstransport import (
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    Network,
+    TransferOptions,
+    TransferReport,
+)
 from fstransport.bench.plan import NEAR_BEST
 from fstransport.errors import ConfigurationError
 from fstransport.units import format_size, parse_size
 
 __all__ = [
-    "GiB",
-    "KiB",
-    "MiB",
     "NEAR_BEST",
     "Case",
     "ChildProcess",
+    "DelayedNetwork",
+    "GiB",
+    "KiB",
+    "MiB",
     "PeakRss",
     "Row",
     "add_common_arguments",
     "check_file",
+    "check_report",
+    "check_stream",
     "evaluate",
     "machine_info",
     "make_data",
@@ -114,6 +125,14 @@ def check_stream(name: str, body: IO[bytes], expected: bytes) -> None:
         raise AssertionError(f"{name} is longer than the source")
 
 
+def check_report(result: object, size: int, checksum: str) -> None:
+    """Raise AssertionError unless `result` is a ship()'s report of `size` bytes, `checksum`."""
+    if not isinstance(result, TransferReport):
+        raise AssertionError(f"ship() returned {result!r}")
+    if result.size != size or result.checksum != checksum:
+        raise AssertionError(f"ship() reported {result.size} bytes, {result.checksum}")
+
+
 def remove_file(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -169,7 +188,7 @@ class Case:
             "samples_s": self.samples,
             "median_s": self.median,
             "median_mibs": self.mibs,
-            **{name: values for name, values in self.metrics.items()},
+            **self.metrics,
         }
 
 
@@ -198,6 +217,21 @@ def run_rounds(
                     case.metrics.setdefault(name, []).append(value - before[name])
         kind = "warm-up" if index < warmup else f"round {index - warmup + 1}/{rounds}"
         print(f"  {title}: {kind} done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+
+class DelayedNetwork:
+    """A `Network` that waits `delay` seconds before delivering each request (openraft 0.9's
+    sender sleeps 1 ms after every chunk)."""
+
+    def __init__(self, inner: Network, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        await asyncio.sleep(self.delay)
+        return await self.inner.install_snapshot(req, option)
 
 
 # -- goals and tables --------------------------------------------------------------------------

@@ -69,7 +69,7 @@ from harness import (
     publish,
     remove_file,
     run_rounds,
-    size_arg,
+    size_list,
     sync_disk,
     write_file,
 )
@@ -453,7 +453,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     )
     parser.add_argument(
         "--memory-sizes",
-        type=lambda text: sorted({size_arg(t) for t in text.split(",")}),
+        type=size_list,
         default=[512 * MiB, 2 * GiB],
         help="sizes of the peak-RSS ships, comma-separated (512MiB,2GiB)",
     )

@@ -70,6 +70,7 @@ __all__ = [
     "remove_file",
     "run_rounds",
     "size_arg",
+    "size_list",
     "sync_disk",
     "write_file",
 ]
@@ -383,6 +384,11 @@ def size_arg(text: str) -> int:
     return size
 
 
+def size_list(text: str) -> list[int]:
+    """Comma-separated sizes (each `size_arg`), sorted, without repeats."""
+    return sorted({size_arg(part) for part in text.split(",")})
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -544,12 +550,14 @@ def moto_process(log: IO[Any] | int = subprocess.DEVNULL) -> Iterator[ChildProce
 
 
 class PeakRss:
-    """Samples the peak resident set of process `pid` from outside, every `interval` s:
-    ``VmHWM`` (the kernel's own high-water mark of the process) while it lives."""
+    """Samples the peak resident set of process `pid` from outside, every `interval` s, while it
+    lives: by default ``VmHWM`` (the kernel's own high-water mark of the process), or with
+    ``field="VmRSS"`` the highest resident set seen (a cross-check of a peak the child reports)."""
 
-    def __init__(self, pid: int, interval: float = 0.01) -> None:
+    def __init__(self, pid: int, interval: float = 0.01, field: str = "VmHWM") -> None:
         self.pid = pid
         self.interval = interval
+        self.field = field
         self.peak = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -558,7 +566,7 @@ class PeakRss:
     def _sample(self) -> None:
         while not self._done.is_set():
             try:
-                hwm = _proc_status_kib(self.pid, "VmHWM") * KiB
+                hwm = _proc_status_kib(self.pid, self.field) * KiB
             except (OSError, KeyError, ValueError):
                 return  # the process is gone (or a zombie without memory)
             self.peak = max(self.peak, hwm)

@@ -28,7 +28,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from harness import (
     run_rounds,
     size_arg,
     sync_disk,
+    workspace,
 )
 
 from fstransport import (
@@ -460,11 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine_info()
     print(f"generating {format_size(args.size)} of data (seed {args.seed}) ...", file=sys.stderr)
     data = make_data(max(args.size, sweep_size, args.serial_size), args.seed)
-    folder = tempfile.mkdtemp(prefix="fstransport-bench-", dir=args.dir)
-    loop = asyncio.new_event_loop()
     report: dict[str, Any] = {"machine": info, "args": dict(vars(args))}
     out: list[str] = []
-    try:
+    with workspace("fstransport-bench-", args.dir) as (folder, loop):
         places = Places(data[: args.size], data[: args.serial_size], folder)
         bench = Bench(places, loop)
         report["cases"] = {}
@@ -508,23 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             out += [text, ""]
             places.close()
-    finally:
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
     publish(
-        report,
-        info,
-        started,
-        lambda total: (
-            f"# fstransport core benchmarks\n\n{info['nproc']} x {info['cpu']}, "
-            f"Python {info['python']}, fsspec {info['fsspec']}; "
-            f"size {format_size(args.size)}, {args.rounds} rounds (+{args.warmup} warm-up); "
-            f"throughput in MiB/s (2**20 B/s); run took {total:.0f} s.\n"
-        ),
-        out,
-        args.json,
+        report, info, started, args, "fstransport core benchmarks", f"fsspec {info['fsspec']}", out
     )
     met = [
         r["met"] for results in report["groups"].values() for r in results if r["met"] is not None

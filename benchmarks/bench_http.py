@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
-import shutil
 import socket
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -63,6 +62,7 @@ from harness import (
     remove_file,
     run_rounds,
     sync_disk,
+    workspace,
 )
 
 from fstransport import HttpNetwork, TransferOptions, ship
@@ -248,15 +248,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = make_data(args.size, args.seed)
     memfs = fsspec.filesystem("memory")
     memfs.pipe_file(SOURCE_PATH, data)
-    folder = tempfile.mkdtemp(prefix="fstransport-bench-http-", dir=args.dir)
-    root = os.path.join(folder, "recv")
-    os.makedirs(root)
-    loop = asyncio.new_event_loop()
     network: HttpNetwork | None = None
     receivers: list[ChildProcess] = []
     title = "memory:// -> local file, 8 MiB chunks, window 4"
-    try:
-        with open(os.path.join(folder, "server.log"), "w", encoding="utf-8") as log:
+    with contextlib.ExitStack() as stack:
+        folder, loop = stack.enter_context(workspace("fstransport-bench-http-", args.dir))
+        root = os.path.join(folder, "recv")
+        os.makedirs(root)
+        log = stack.enter_context(open(os.path.join(folder, "server.log"), "w", encoding="utf-8"))
+        try:
             server = start_receiver(serve_command(root), log)
             receivers.append(server)
             print(f"receiver server (pid {server.pid}) on {server.address}", file=sys.stderr)
@@ -278,15 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Row("raw_crc", "inproc"),
             ]
             results = [evaluate(row, by_key) for row in rows]
-    finally:
-        if network is not None:
-            loop.run_until_complete(network.close())
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
-        for receiver in receivers:
-            receiver.stop()
-        shutil.rmtree(folder, ignore_errors=True)
-        memfs.rm(SOURCE_PATH)
+        finally:
+            if network is not None:
+                loop.run_until_complete(network.close())
+            for receiver in receivers:
+                receiver.stop()
+            memfs.rm(SOURCE_PATH)
 
     report: dict[str, Any] = {
         "machine": info,
@@ -295,19 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cases": {c.key: c.to_dict() for c in cases},
     }
     columns = (("client CPU s", "client_cpu_s"), ("server CPU s", "server_cpu_s"))
-    publish(
-        report,
-        info,
-        started,
-        lambda total: (
-            f"# fstransport: HTTP on loopback against in-process\n\n{info['nproc']} x "
-            f"{info['cpu']}, Python {info['python']}, aiohttp {info['aiohttp']}; "
-            f"size {format_size(args.size)}, {args.rounds} rounds (+{args.warmup} warm-up); "
-            f"throughput in MiB/s (2**20 B/s); run took {total:.0f} s.\n"
-        ),
-        [markdown_table(title, results, columns)],
-        args.json,
-    )
+    table = markdown_table(title, results, columns)
+    title = "fstransport: HTTP on loopback against in-process"
+    publish(report, info, started, args, title, f"aiohttp {info['aiohttp']}", [table])
     return 1 if args.check and not results[1]["met"] else 0
 
 

@@ -40,7 +40,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +70,7 @@ from harness import (
     run_rounds,
     size_list,
     sync_disk,
+    workspace,
     write_file,
 )
 
@@ -504,12 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["rclone"] = rclone_version[0] if rclone_version else "not found"
     print(f"generating {format_size(args.size)} of data (seed {args.seed}) ...", file=sys.stderr)
     data = make_data(args.size, args.seed)
-    folder = tempfile.mkdtemp(prefix="fstransport-bench-rclone-", dir=args.dir)
-    loop = asyncio.new_event_loop()
     report: dict[str, Any] = {"machine": info, "args": dict(vars(args)), "groups": {}}
     out: list[str] = []
     met: list[bool] = []
-    try:
+    with workspace("fstransport-bench-rclone-", args.dir) as (folder, loop):
         with open(os.path.join(folder, "src.bin"), "wb") as fh:
             fh.write(data)
         sync_disk()
@@ -554,25 +552,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for endpoint in servers:
                 if endpoint.server is None:
                     RcloneBench(data, folder, endpoint, loop).empty_bucket()
-    finally:
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
     publish(
         report,
         info,
         started,
-        lambda total: (
-            f"# fstransport against rclone and boto3\n\n{info['nproc']} x {info['cpu']}, "
-            f"Python {info['python']}, {info['rclone']}, boto3 {info['boto3']}, "
-            f"moto {info['moto']} (own process); size {format_size(args.size)}, "
-            f"{args.rounds} rounds (+{args.warmup} warm-up); throughput in MiB/s (2**20 B/s); "
-            f"started {info['started']}, load {info['loadavg'][0]:.1f}; "
-            f"run took {total:.0f} s.\n"
-        ),
+        args,
+        "fstransport against rclone and boto3",
+        f"{info['rclone']}, boto3 {info['boto3']}, moto {info['moto']} (own process)",
         out,
-        args.json,
     )
     return 1 if args.check and not all(met) else 0
 

@@ -42,11 +42,9 @@ import json
 import os
 import pstats
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +76,7 @@ from harness import (
     run_rounds,
     size_list,
     sync_disk,
+    workspace,
     write_file,
 )
 
@@ -722,62 +721,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine_info(*S3_PACKAGES)
     print(f"generating {format_size(args.size)} of data (seed {args.seed}) ...", file=sys.stderr)
     data = make_data(args.size, args.seed)
-    folder = tempfile.mkdtemp(prefix="fstransport-bench-s3-", dir=args.dir)
-    loop = asyncio.new_event_loop()
     report: dict[str, Any] = {"machine": info, "args": dict(vars(args))}
     out: list[str] = []
     met: list[bool] = []
-    try:
-        with (
-            open(os.path.join(folder, "moto.log"), "wb") as log,
-            moto_process(log) as moto,
-        ):
-            print(f"moto server (pid {moto.pid}) at {moto.address}", file=sys.stderr)
-            bench = S3Bench(data, folder, moto, loop)
-            report["cases"] = {}
-            report["groups"] = {}
-            for group in [] if args.no_speed else main_groups(bench):
-                bench.reset()
-                group.setup()
-                run_rounds(group.cases, args.rounds, args.warmup, rng, group.title)
-                bench.check_no_uploads()
-                report["cases"].update({case.key: case.to_dict() for case in group.cases})
-                evaluated = evaluate_group(group)
-                report["groups"][group.title] = evaluated
-                met += [r["met"] for r in evaluated["rows"] if r["met"] is not None]
-                out += [group_table(group.title, evaluated), ""]
-            if args.profile:
-                bench.reset()
-                print("  profiling one ship() each way ...", file=sys.stderr)
-                print(profile_ship(bench, args.profile), file=sys.stderr)
-            if not args.no_memory:
-                sizes = args.memory_sizes
-                memory = run_memory(bench, sizes, args.memory_rounds, args.seed)
-                report["memory"] = {name: run.to_dict() for name, run in memory.items()}
-                text, memory_met = memory_table(memory, sizes)
-                if max(sizes) >= 2 * GiB:
-                    met.append(memory_met)
-                out += [text, ""]
+    with (
+        workspace("fstransport-bench-s3-", args.dir) as (folder, loop),
+        open(os.path.join(folder, "moto.log"), "wb") as log,
+        moto_process(log) as moto,
+    ):
+        print(f"moto server (pid {moto.pid}) at {moto.address}", file=sys.stderr)
+        bench = S3Bench(data, folder, moto, loop)
+        report["cases"] = {}
+        report["groups"] = {}
+        for group in [] if args.no_speed else main_groups(bench):
+            bench.reset()
+            group.setup()
+            run_rounds(group.cases, args.rounds, args.warmup, rng, group.title)
             bench.check_no_uploads()
-            report["moto_rss_end"] = moto.rss()
-    finally:
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
-        shutil.rmtree(folder, ignore_errors=True)
+            report["cases"].update({case.key: case.to_dict() for case in group.cases})
+            evaluated = evaluate_group(group)
+            report["groups"][group.title] = evaluated
+            met += [r["met"] for r in evaluated["rows"] if r["met"] is not None]
+            out += [group_table(group.title, evaluated), ""]
+        if args.profile:
+            bench.reset()
+            print("  profiling one ship() each way ...", file=sys.stderr)
+            print(profile_ship(bench, args.profile), file=sys.stderr)
+        if not args.no_memory:
+            sizes = args.memory_sizes
+            memory = run_memory(bench, sizes, args.memory_rounds, args.seed)
+            report["memory"] = {name: run.to_dict() for name, run in memory.items()}
+            text, memory_met = memory_table(memory, sizes)
+            if max(sizes) >= 2 * GiB:
+                met.append(memory_met)
+            out += [text, ""]
+        bench.check_no_uploads()
+        report["moto_rss_end"] = moto.rss()
 
     publish(
         report,
         info,
         started,
-        lambda total: (
-            f"# fstransport S3 benchmarks\n\n{info['nproc']} x {info['cpu']}, "
-            f"Python {info['python']}, s3fs {info['s3fs']}, boto3 {info['boto3']}, "
-            f"moto {info['moto']} (own process); size {format_size(args.size)}, "
-            f"{args.rounds} rounds (+{args.warmup} warm-up); throughput in MiB/s (2**20 B/s); "
-            f"run took {total:.0f} s.\n"
-        ),
+        args,
+        "fstransport S3 benchmarks",
+        f"s3fs {info['s3fs']}, boto3 {info['boto3']}, moto {info['moto']} (own process)",
         out,
-        args.json,
     )
     return 1 if args.check and not all(met) else 0
 

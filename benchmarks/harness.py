@@ -23,9 +23,11 @@ import os
 import platform
 import random
 import select
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -72,6 +74,7 @@ __all__ = [
     "size_arg",
     "size_list",
     "sync_disk",
+    "workspace",
     "write_file",
 ]
 
@@ -350,23 +353,46 @@ def machine_info(*packages: str) -> dict[str, Any]:
 # -- the report --------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def workspace(prefix: str, parent: str | None) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
+    """A temporary folder (in `parent`, the system temp by default) and an event loop for one
+    run; the loop is closed and the folder removed afterwards."""
+    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    loop = asyncio.new_event_loop()
+    try:
+        yield folder, loop
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def publish(
     report: dict[str, Any],
     info: dict[str, Any],
     started: float,
-    heading: Callable[[float], str],
+    args: argparse.Namespace,
+    title: str,
+    details: str,
     tables: Sequence[str],
-    json_path: str | None,
 ) -> None:
-    """End a benchmark run: the run time and end load into `report`, `heading(run seconds)`
-    and the Markdown `tables` to stdout, and `report` as JSON to `json_path` if given."""
+    """End a benchmark run: the run time and end load into `report`, a heading (`title`, the
+    machine, `details` such as versions, size, rounds, start, load, run time) and the Markdown
+    `tables` to stdout, and `report` as JSON to ``args.json`` if given."""
     info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     total = time.perf_counter() - started
     report["elapsed_s"] = total
-    print(heading(total))
+    load = f", load {info['loadavg'][0]:.1f}" if info.get("loadavg") else ""
+    warmup = f" (+{args.warmup} warm-up)" if hasattr(args, "warmup") else ""
+    print(
+        f"# {title}\n\n{info['nproc']} x {info['cpu']}, Python {info['python']}, {details}; "
+        f"size {format_size(args.size)}, {args.rounds} rounds{warmup}; "
+        f"throughput in MiB/s (2**20 B/s); started {info['started']}{load}; "
+        f"run took {total:.0f} s.\n"
+    )
     print("\n".join(tables))
-    if json_path:
-        with open(json_path, "w", encoding="utf-8") as fh:
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2, default=str)
 
 

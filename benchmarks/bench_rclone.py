@@ -158,10 +158,12 @@ class RcloneBench:
             config=Config(response_checksum_validation="when_required"),
         )
         self.source = os.path.join(folder, "src.bin")
-        self.fstransport = shutil.which("fstransport", path=os.path.dirname(sys.executable))
-        self.rclone = shutil.which("rclone")
-        if self.fstransport is None or self.rclone is None:
+        fstransport = shutil.which("fstransport", path=os.path.dirname(sys.executable))
+        rclone = shutil.which("rclone")
+        if fstransport is None or rclone is None:
             raise RuntimeError("needs the fstransport command beside python and rclone on PATH")
+        self.fstransport: str = fstransport
+        self.rclone: str = rclone
         self.probes: dict[str, Callable[[], float]] = {"client_cpu_s": children_cpu}
         if endpoint.server is not None:
             self.probes["server_cpu_s"] = endpoint.server.cpu_seconds
@@ -212,11 +214,9 @@ class RcloneBench:
     # -- commands ----------------------------------------------------------------------------
 
     def ship_argv(self, source: str, target: str) -> list[str]:
-        assert self.fstransport is not None
         return [self.fstransport, "ship", source, target, "--endpoint-url", self.endpoint.url]
 
     def rclone_argv(self, source: str, target: str) -> list[str]:
-        assert self.rclone is not None
         return [self.rclone, "copyto", source, target]
 
     def command(self, argv: list[str], *, for_rclone: bool) -> Callable[[], object]:
@@ -349,6 +349,36 @@ class RcloneBench:
         ]
 
 
+# -- start-up ----------------------------------------------------------------------------------
+
+
+def startup_table(
+    bench: RcloneBench, rounds: int, rng: random.Random
+) -> tuple[str, dict[str, Any]]:
+    """`fstransport --version` and `rclone version`, interleaved: the start-up each CLI timing
+    above includes (interpreter and imports for fstransport)."""
+    argvs = {
+        "fstransport --version": [bench.fstransport, "--version"],
+        "rclone version": [bench.rclone, "version"],
+    }
+    cases = [
+        Case(name, name, 1, bench.command(argv, for_rclone=False), lambda _: None)
+        for name, argv in argvs.items()
+    ]
+    run_rounds(cases, rounds, 1, rng, "start-up")
+    lines = [
+        "### Start-up of each command (no copy)",
+        "",
+        "| command | median s | fastest-slowest s |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| `{c.label}` | {c.median:.3f} | {min(c.samples):.3f}-{max(c.samples):.3f} |"
+        for c in cases
+    ]
+    return "\n".join(lines), {c.key: c.samples for c in cases}
+
+
 # -- peak memory -------------------------------------------------------------------------------
 
 
@@ -467,6 +497,9 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     parser.add_argument(
         "--memory-rounds", type=positive_int, default=2, help="processes per peak-RSS size (2)"
     )
+    parser.add_argument(
+        "--startup-rounds", type=positive_int, default=5, help="rounds of the start-up timing (5)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
     args = parser.parse_args(argv)
     unknown = [r for r in args.routes if r not in ROUTES]
@@ -531,6 +564,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for route in ("file -> S3", "S3 -> file"):
                         title = f"{route} on {endpoint.name}, Python API: ship() vs boto3"
                         groups.append((bench, title, bench.api_cases(route), "boto3"))
+            text, startup = startup_table(
+                RcloneBench(data, folder, servers[0], loop), args.startup_rounds, rng
+            )
+            report["startup_s"] = startup
+            out += [text, ""]
             for bench, title, cases, kind in groups:
                 bench.reset()
                 run_rounds(cases, args.rounds, args.warmup, rng, title)

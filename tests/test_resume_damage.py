@@ -29,10 +29,18 @@ from fstransport import (
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.options import KiB, MiB
 from fstransport.protocol.ranges import RangeSet
+from fstransport.storage import journal
 from tests.conftest import payload
 
 V = Vote(1, 0)
 ID = "snap"
+
+
+@pytest.fixture(autouse=True)
+def journal_commits_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commit local journals after every chunk (not once a second), so that what a test's
+    first receiver acknowledged is recorded when the second one starts."""
+    monkeypatch.setattr(journal, "SYNC_INTERVAL", 0.0)
 
 
 class Counting:

@@ -32,7 +32,8 @@ from fstransport.errors import StorageError
 from fstransport.messages import Buffer, ChunkData, Pieces, SnapshotMeta, contiguous
 from fstransport.storage._capabilities import implements
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.journal import LocalJournal, MemoryJournal
+from fstransport.protocol.ranges import ChunkRecord
+from fstransport.storage.journal import LocalJournal, MemoryJournal, verified
 
 __all__ = [
     "NOTHING_LOST",
@@ -44,10 +45,12 @@ __all__ = [
     "PwriteSink",
     "SeekableFileSink",
     "SnapshotSink",
+    "VerifyingSink",
     "aborted",
     "discard_file",
     "is_checked_sink",
     "is_pieces_sink",
+    "is_verifying_sink",
     "write_checked",
     "write_chunk",
 ]
@@ -116,6 +119,22 @@ class PiecesSink(SnapshotSink, Protocol):
 
     async def write_pieces(self, offset: int, data: Pieces, crc: int) -> Lost:
         """`write` for a chunk that arrived in pieces."""
+
+
+class VerifyingSink(SnapshotSink, Protocol):
+    """A sink that can re-read what it holds and check it against the chunks' CRC32Cs.
+
+    Found with `is_verifying_sink`.  Partial data that outlived a sender or a receiver is never
+    trusted without this: the store calls it on resume, the receiver when a new sender starts."""
+
+    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The `records` whose bytes the sink holds now, as they were written (the others
+        are forgotten: their bytes must be sent again).  Raises `StorageError`."""
+
+
+def is_verifying_sink(sink: SnapshotSink) -> TypeGuard[VerifyingSink]:
+    """Whether `sink` is a `VerifyingSink` (its class has ``verify``)."""
+    return implements(sink, "verify")
 
 
 def is_checked_sink(sink: SnapshotSink) -> TypeGuard[CheckedSink]:
@@ -227,6 +246,16 @@ class MemorySink:
     def rewind(self, offset: int) -> tuple[int, Lost]:
         return offset, NOTHING_LOST
 
+    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The `records` whose bytes in the memory file still have their CRC32C."""
+        if self._aborted:
+            raise aborted(self.path)
+        held = self._file.getbuffer()
+        try:
+            return verified(records, lambda offset, length: bytes(held[offset : offset + length]))
+        finally:
+            held.release()
+
     async def finish(self) -> None:
         if self._journal is not None:
             self._journal.remove()
@@ -290,14 +319,15 @@ class PwriteSink:
 
         def _create() -> tuple[int, LocalJournal | None]:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0)
+            # (read too: `verify` re-reads what a resumed partial holds)
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
             fd = os.open(path, flags if resume else flags | os.O_TRUNC, 0o644)
             if journal_path is None or meta is None:
                 return fd, None
             os.makedirs(os.path.dirname(journal_path), exist_ok=True)
             if resume:
-                return fd, LocalJournal.reopen(journal_path)
-            return fd, LocalJournal.create(journal_path, meta)
+                return fd, LocalJournal.reopen(journal_path, fd)
+            return fd, LocalJournal.create(journal_path, meta, fd)
 
         with storage_errors(path, "open"):
             fd, journal = await asyncio.to_thread(_create)
@@ -373,7 +403,20 @@ class PwriteSink:
     def rewind(self, offset: int) -> tuple[int, Lost]:
         return offset, NOTHING_LOST
 
+    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The `records` whose bytes in the file still have their CRC32C (read with
+        ``os.pread`` in a worker thread; bytes past the end of a truncated file fail)."""
+        if self._fd < 0:
+            raise aborted(self.path)
+        fd = self._fd
+        with storage_errors(self.path, "verify"):
+            return await self._in_thread(
+                lambda: verified(records, lambda offset, length: os.pread(fd, length, offset))
+            )
+
     def _close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()  # before the data's descriptor: it may be syncing it
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import os
 import time
 from typing import IO, Any, Literal, Protocol
@@ -29,7 +30,7 @@ from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Snapshot, SnapshotMeta
 from fstransport.options import RetryPolicy
 from fstransport.protocol.parts import MIN_PART_SIZE
-from fstransport.protocol.ranges import ChunkRecord
+from fstransport.protocol.ranges import ChunkLedger, ChunkRecord
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
@@ -42,10 +43,13 @@ from fstransport.storage.sink import (
     PwriteSink,
     SeekableFileSink,
     SnapshotSink,
+    VerifyingSink,
     discard_file,
 )
 
 __all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
+
+log = logging.getLogger("fstransport.store")
 
 PARTIAL_DIR = ".fstransport/partial"
 JOURNAL_DIR = ".fstransport/journal"
@@ -283,12 +287,15 @@ class FsspecSnapshotStore:
 
         Only snapshots with a size and a checksum are resumed, and only into partial data
         recorded for exactly the same snapshot; anything else is started afresh by `begin`.
+        What the journal (or S3 state) records is only a claim: every chunk it names is
+        re-read and checked against its CRC32C (on S3, every part against ``ListParts``)
+        before it is returned, and chunks that fail are left out, to be sent again.
         """
         snapshot_id = meta.snapshot_id
         if not resumable(meta) or snapshot_id in self._sinks:
             return None
         path, journal = self.partial_path(snapshot_id), self.journal_path(snapshot_id)
-        found: tuple[SnapshotSink, list[ChunkRecord]] | None = None
+        found: tuple[VerifyingSink, list[ChunkRecord]] | None = None
         with storage_errors(path, "resume"):
             if self.sink_kind in ("auto", "multipart") and is_s3(self.fs):
                 if self._state_known_absent(snapshot_id):
@@ -314,9 +321,31 @@ class FsspecSnapshotStore:
                         path, fsync=self._fsync, journal_path=journal, meta=meta, resume=True
                     )
                     found = sink, records
-        if found is not None:
-            self._sinks[snapshot_id] = found[0]
-        return found
+        if found is None:
+            return None
+        sink, claimed = found
+        latest = _latest(claimed)
+        self._sinks[snapshot_id] = sink
+        try:
+            held = await sink.verify(latest)
+        except Exception as exc:  # what cannot be checked is not resumed: start afresh
+            log.warning("cannot check the partial data of %r (%s); starting over", snapshot_id, exc)
+            del self._sinks[snapshot_id]
+            with contextlib.suppress(Exception):
+                await sink.abort()
+            return None
+        except BaseException:
+            del self._sinks[snapshot_id]
+            raise
+        if len(held) < len(latest):
+            log.warning(
+                "partial data of %r: %d of %d recorded chunks do not hold their bytes; "
+                "they are sent again",
+                snapshot_id,
+                len(latest) - len(held),
+                len(latest),
+            )
+        return sink, held
 
     async def has_partial(self, snapshot_id: str) -> bool:
         """Whether an earlier receiver left resumable partial data for `snapshot_id`."""
@@ -585,6 +614,15 @@ class FsspecSnapshotStore:
 
     def __repr__(self) -> str:
         return f"FsspecSnapshotStore({self.url!r})"
+
+
+def _latest(records: list[ChunkRecord]) -> list[ChunkRecord]:
+    """The records of a journal as a ledger keeps them: a later chunk over the same bytes
+    replaces earlier ones (only those are worth re-reading)."""
+    ledger = ChunkLedger()
+    for record in records:
+        ledger.add(record.offset, record.length, record.crc)
+    return ledger.records()
 
 
 def _modified(entry: dict[str, Any]) -> float | None:

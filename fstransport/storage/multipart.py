@@ -222,17 +222,17 @@ class MultipartSink:
             self.full_object = False
         bad = {n for n in self.uploaded if not self._part_holds(n, (listing or {}).get(n))}
         for number in bad:
-            log.warning("%s: part %d is not in the bucket as recorded; sending it again",
-                        self.url, number)
+            log.warning(
+                "%s: part %d is not in the bucket as recorded; sending it again", self.url, number
+            )
             del self.uploaded[number]
             self.part_crcs.pop(number, None)
             self.parts.forget(number)
         if bad:
             self._schedule_save()
+        part_of = self.parts.part_of
         return [
-            r
-            for r in records
-            if bad.isdisjoint(range(self.parts.part_of(r.offset), self.parts.part_of(r.end - 1) + 1))
+            r for r in records if bad.isdisjoint(range(part_of(r.offset), part_of(r.end - 1) + 1))
         ]
 
     async def _save_state(self) -> None:

@@ -30,9 +30,9 @@ from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 from fstransport.checksum import chunk_crc
 from fstransport.errors import StorageError
 from fstransport.messages import Buffer, ChunkData, Pieces, SnapshotMeta, contiguous
+from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._capabilities import implements
 from fstransport.storage._errors import storage_errors
-from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage.journal import LocalJournal, MemoryJournal, verified
 
 __all__ = [

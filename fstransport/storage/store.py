@@ -317,10 +317,10 @@ class FsspecSnapshotStore:
                 text = await asyncio.to_thread(LocalJournal.read, journal)
                 records = parse_records(text or "", meta)
                 if records is not None and await asyncio.to_thread(os.path.isfile, path):
-                    sink = await PwriteSink.create(
+                    local = await PwriteSink.create(
                         path, fsync=self._fsync, journal_path=journal, meta=meta, resume=True
                     )
-                    found = sink, records
+                    found = local, records
         if found is None:
             return None
         sink, claimed = found

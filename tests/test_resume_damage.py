@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from fstransport import (
     Vote,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.options import KiB
+from fstransport.options import KiB, MiB
 from fstransport.protocol.ranges import RangeSet
 from fstransport.storage import journal
 from tests.conftest import payload
@@ -213,3 +214,116 @@ async def test_a_live_receiver_reverifies_what_it_holds_for_a_new_sender(tmp_pat
     net = await resend(receiver, data, OPTIONS)
     assert (tmp_path / "r" / ID).read_bytes() == data
     assert_resent_only(net, (7 * CHUNK, 8 * CHUNK))
+
+
+# -- S3: the upload state object is a claim, checked against ListParts --------------------------
+
+PART = 5 * MiB
+S3_SIZE = 4 * PART + 123  # five parts, the last one short
+S3_OPTIONS = TransferOptions(chunk_size=MiB, max_in_flight=2)
+
+
+def _state(s3_client: Any, bucket: str) -> tuple[str, dict[str, Any]]:
+    key = f"resume/.fstransport/journal/{ID}"
+    state: dict[str, Any] = json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return key, state
+
+
+async def parts_landed(s3_client: Any, bucket: str, count: int) -> None:
+    """Wait (up to 20 s) until the upload in `bucket` lists `count` parts, and a moment more
+    for their answers to reach the receiver."""
+    for _ in range(200):
+        uploads = s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads") or []
+        if uploads:
+            upload = uploads[0]
+            listed = s3_client.list_parts(
+                Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+            if len(listed.get("Parts") or []) >= count:
+                await asyncio.sleep(0.3)
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{count} parts never landed")
+
+
+def _spoil_etag(state: dict[str, Any], _: Any, __: str) -> None:
+    state["parts"]["2"][0] = '"0123456789abcdef0123456789abcdef"'
+
+
+def _spoil_crc(state: dict[str, Any], _: Any, __: str) -> None:
+    state["parts"]["2"][2] ^= 1  # the CRC no longer agrees with the recorded checksum header
+
+
+def _claim_missing(state: dict[str, Any], _: Any, __: str) -> None:
+    state["parts"]["4"] = ['"feedfacefeedfacefeedfacefeedface"', "AAAAAA==", 0]
+
+
+def _replace_part(state: dict[str, Any], s3_client: Any, bucket: str) -> None:
+    """Another writer uploads other bytes of the same size as part 2 (the bucket's ETag
+    changes; the state still names the old one)."""
+    s3_client.upload_part(
+        Bucket=bucket,
+        Key=f"resume/{ID}",
+        UploadId=state["upload_id"],
+        PartNumber=2,
+        Body=payload(PART, seed=99),
+    )
+
+
+S3_DAMAGES = {
+    # how the state (or the bucket) is spoiled, and the parts that must be sent again
+    "etag": (_spoil_etag, {2}),
+    "crc": (_spoil_crc, {2}),
+    "claims a part never uploaded": (_claim_missing, {4}),
+    "part replaced in the bucket": (_replace_part, {2}),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(S3_DAMAGES))
+async def test_s3_parts_that_differ_from_their_record_are_sent_again(
+    damage: str, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    data = payload(S3_SIZE, seed=21)
+    url = f"s3://{s3_bucket}/resume"
+    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as first:
+        await interrupted(Receiver(first), data, S3_OPTIONS, acks=17)
+        await parts_landed(s3_client, s3_bucket, 3)  # closing the store records the state
+    key, state = _state(s3_client, s3_bucket)
+    recorded = {int(n) for n in state["parts"]}
+    # (part 3 may have landed without its answer reaching the receiver before it stopped)
+    assert {1, 2} <= recorded <= {1, 2, 3}, state["parts"]
+    spoil, bad_parts = S3_DAMAGES[damage]
+    spoil(state, s3_client, s3_bucket)
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=json.dumps(state).encode())
+    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as store:
+        net = await resend(Receiver(store), data, S3_OPTIONS)
+    got = s3_client.get_object(Bucket=s3_bucket, Key=f"resume/{ID}")["Body"].read()
+    assert got == data
+    assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    for number in recorded | bad_parts:
+        middle = (number - 1) * PART + PART // 2
+        if number in bad_parts:
+            assert middle in net.sent, f"part {number} differs from its record: not sent again"
+        else:
+            assert middle not in net.sent, f"intact part {number} was sent again"
+
+
+async def test_s3_upload_aborted_behind_the_receivers_back(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """The recorded upload is gone (aborted by a clean-up, say): the receiver starts afresh."""
+    data = payload(S3_SIZE, seed=22)
+    url = f"s3://{s3_bucket}/resume"
+    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as first:
+        await interrupted(Receiver(first), data, S3_OPTIONS, acks=17)
+        await parts_landed(s3_client, s3_bucket, 3)
+    _, state = _state(s3_client, s3_bucket)
+    s3_client.abort_multipart_upload(
+        Bucket=s3_bucket, Key=f"resume/{ID}", UploadId=state["upload_id"]
+    )
+    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as store:
+        net = await resend(Receiver(store), data, S3_OPTIONS)
+    got = s3_client.get_object(Bucket=s3_bucket, Key=f"resume/{ID}")["Body"].read()
+    assert got == data
+    assert net.bytes >= len(data)
+    assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")

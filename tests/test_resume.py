@@ -138,7 +138,7 @@ async def test_restarted_receiver_resumes_from_its_journal(
     options = TransferOptions(chunk_size=MiB, max_in_flight=4)
     async with make_store(store_kind, tmp_path, s3_target) as first:
         await interrupted_send(Receiver(first), data, options, acks=17)
-        await asyncio.sleep(0.5)  # the receiver dies a little later: its part uploads landed
+        await asyncio.sleep(1.0)  # the receiver dies a little later: its part uploads landed
     # a new store object and receiver: what a restarted receiver process has
     async with make_store(store_kind, tmp_path, s3_target) as store:
         receiver = Receiver(store)

@@ -39,9 +39,9 @@ ID = "snap"
 
 @pytest.fixture(autouse=True)
 def journal_commits_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Commit local journals after every chunk (not once a second), so that what a test's
-    first receiver acknowledged is recorded when the second one starts."""
-    monkeypatch.setattr(journal, "SYNC_INTERVAL", 0.0)
+    """Commit local journals as soon as a line is queued, so that what a test's first
+    receiver acknowledged is recorded when the second one starts (`interrupted` waits)."""
+    monkeypatch.setattr(journal, "QUIET_COMMIT", 0.0)
 
 
 class Counting:
@@ -80,6 +80,7 @@ async def interrupted(receiver: Receiver, data: bytes, options: TransferOptions,
         await Chunked.send_snapshot(
             net, V, Snapshot(meta_for(data), io.BytesIO(data)), net.stopped.wait(), options
         )
+    await asyncio.sleep(0.2)  # the receiver's journal commits what it was sent
 
 
 async def resend(receiver: Receiver, data: bytes, options: TransferOptions) -> Counting:

@@ -37,8 +37,13 @@ __all__ = [
 ]
 
 SYNC_INTERVAL = 1.0
-"""Seconds between two group commits of a local journal (``fdatasync`` of the data, then the
-lines): a receiver killed mid-transfer sends again at most about this much of its data."""
+"""Seconds at most between two group commits of a local journal while chunks keep coming
+(``fdatasync`` of the data, then the lines): a receiver killed mid-transfer, or a machine that
+loses power, sends again about this much of its data at most."""
+
+QUIET_COMMIT = 0.02
+"""Seconds without a new chunk after which the lines queued are committed at once: a transfer
+that pauses or stops (its sender gone, a rate limit) gets its lines written right away."""
 
 VERIFY_BLOCK = 1024 * 1024
 """Bytes read at a time when a held chunk is re-read to check its CRC32C."""
@@ -130,11 +135,14 @@ def _datasync(fd: int) -> None:
 class LocalJournal:
     """A journal in a local file, whose lines never run ahead of the data they name.
 
-    `append` only queues a line.  At most every `SYNC_INTERVAL` seconds (and by `commit`) the
-    queued lines are written with one ``O_APPEND`` write, after an ``fdatasync`` of the partial
-    file (`data_fd`) that began once each of their chunks was written: a line on disk names
-    bytes on disk.  `append` is called from the worker thread that wrote the chunk, right after
-    the write, so the group commit runs there too, off the event loop.
+    `append` only queues a line, from the worker thread that has just written the chunk.  A
+    committer thread writes the queue down in groups: once the chunks stop coming for
+    `QUIET_COMMIT` seconds, or `SYNC_INTERVAL` after its last commit while they keep coming.  A
+    commit first ``fdatasync``-s the partial file (`data_fd`) and then appends the lines queued
+    before the sync began, with one ``O_APPEND`` write: a line on disk names bytes on disk.
+    Nothing waits for a commit, so a chunk is acknowledged before its line is written: after a
+    crash the chunks of the last moments are sent again (and a line that did reach the disk is
+    still re-checked against the bytes on resume: see `verified`).
     """
 
     def __init__(self, path: str, fd: int, data_fd: int = -1) -> None:
@@ -142,10 +150,12 @@ class LocalJournal:
         self._fd = fd
         self._data_fd = data_fd
         self._queued: list[str] = []
-        self._queue_lock = threading.Lock()
+        self._wake = threading.Condition()
         self._commit_lock = threading.Lock()
+        self._last_append = 0.0
         self._last_commit = time.monotonic()
-        self._timer: threading.Timer | None = None
+        self._committer: threading.Thread | None = None
+        self._closed = False
         self.commits = 0
 
     @classmethod
@@ -167,50 +177,64 @@ class LocalJournal:
             return None
 
     def append(self, offset: int, length: int, crc: int) -> None:
-        """Queue the line of a chunk just written; commit the queue if one is due."""
-        with self._queue_lock:
+        """Queue the line of a chunk just written (the committer writes it down soon)."""
+        with self._wake:
+            if self._closed:
+                return
             self._queued.append(f"{offset} {length} {crc}\n")
-            due = self._last_commit + SYNC_INTERVAL - time.monotonic()
-            if self._timer is None and self._fd >= 0:
-                # A trailing commit: a stream that goes quiet (its sender dead) still gets its
-                # lines written, and so do lines queued while another thread was committing.
-                self._timer = threading.Timer(due if due > 0 else SYNC_INTERVAL, self._commit_later)
-                self._timer.daemon = True
-                self._timer.start()
-        if due <= 0:
-            self.commit(wait=False)
+            self._last_append = time.monotonic()
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._commit_loop, name=f"journal {self.path}", daemon=True
+                )
+                self._committer.start()
+            elif len(self._queued) == 1:
+                self._wake.notify()
 
-    def _commit_later(self) -> None:
-        with self._queue_lock:
-            self._timer = None
-        with contextlib.suppress(OSError):  # (the next append or commit tries again)
-            self.commit()
+    def _commit_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed:
+                    if self._queued:
+                        now = time.monotonic()
+                        due = min(
+                            self._last_append + QUIET_COMMIT, self._last_commit + SYNC_INTERVAL
+                        )
+                        if now >= due:
+                            break
+                        self._wake.wait(due - now)
+                    else:
+                        self._wake.wait()
+                if self._closed:
+                    return
+            with contextlib.suppress(OSError):  # (its lines stay queued for the next try)
+                self.commit()
 
-    def commit(self, *, wait: bool = True) -> None:
-        """``fdatasync`` the data, then write the lines queued before it; without `wait`, do
-        nothing if another thread is committing right now."""
-        if not self._commit_lock.acquire(blocking=wait):
-            return
-        try:
-            with self._queue_lock:
+    def commit(self) -> None:
+        """``fdatasync`` the data, then append the lines queued before it began."""
+        with self._commit_lock:
+            with self._wake:
                 lines, self._queued = self._queued, []
+                self._last_commit = time.monotonic()
             if not lines or self._fd < 0:
                 return
-            if self._data_fd >= 0:
-                _datasync(self._data_fd)
-            os.write(self._fd, "".join(lines).encode())
+            try:
+                if self._data_fd >= 0:
+                    _datasync(self._data_fd)
+                os.write(self._fd, "".join(lines).encode())
+            except OSError:
+                with self._wake:
+                    self._queued[:0] = lines
+                raise
             self.commits += 1
-        finally:
-            self._last_commit = time.monotonic()
-            self._commit_lock.release()
 
     def close(self) -> None:
-        """Stop committing (the lines still queued are dropped: their chunks are sent again)
-        and close the journal; call it before the data's descriptor is closed."""
-        with self._queue_lock:
-            timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+        """Stop committing (lines still queued are dropped: their chunks are sent again) and
+        close the journal; call it before the data's descriptor is closed."""
+        with self._wake:
+            self._closed = True
+            self._queued.clear()
+            self._wake.notify_all()
         with self._commit_lock:  # waits for a commit under way
             self._data_fd = -1
             if self._fd >= 0:

@@ -210,7 +210,8 @@ def _parser() -> argparse.ArgumentParser:
         "--checksum",
         metavar="crc32c:HEX",
         help="SRC's CRC32C, if known: the receiver verifies it, and resumes what an earlier, "
-        "interrupted ship of the same data left (through --via, only a named checksum resumes)",
+        "interrupted ship of the same data left, even after a restart. Without it, --via "
+        "continues only a transfer the same server process still holds (its bytes re-checked)",
     )
     _add_s3_tuning(ship_cmd, "DST")
 

@@ -328,3 +328,38 @@ async def test_s3_upload_aborted_behind_the_receivers_back(
     assert got == data
     assert net.bytes >= len(data)
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+async def test_a_live_stream_taken_over_by_other_bytes_without_a_checksum(tmp_path: Path) -> None:
+    """The rule behind ``ship --via`` without ``--checksum``: a stream still open in a running
+    receiver is continued by the next sender of a snapshot of the same id and size.  If that
+    sender's bytes are other bytes, the whole check fails, the receiver drops what it held and
+    the sender starts over: exactly the new bytes are installed."""
+    old, new = payload(SIZE, seed=14), payload(SIZE, seed=15)
+    store = FsspecSnapshotStore(str(tmp_path / "r"))
+    receiver = Receiver(store)
+    net = Counting(receiver, stop_after=ACKS)
+    with pytest.raises(ReplicationClosed):
+        await Chunked.send_snapshot(
+            net, V, Snapshot(SnapshotMeta(ID), io.BytesIO(old)), net.stopped.wait(), OPTIONS
+        )
+    net = Counting(receiver)
+    await Chunked.send_snapshot(net, V, Snapshot(SnapshotMeta(ID), io.BytesIO(new)), None, OPTIONS)
+    assert (tmp_path / "r" / ID).read_bytes() == new
+
+
+async def test_a_restarted_receiver_resumes_nothing_without_a_checksum(tmp_path: Path) -> None:
+    """After a restart, partial data is resumed only for a snapshot named by its checksum."""
+    data = payload(SIZE, seed=16)
+    first = FsspecSnapshotStore(str(tmp_path / "r"))
+    net = Counting(Receiver(first), stop_after=ACKS)
+    with pytest.raises(ReplicationClosed):
+        await Chunked.send_snapshot(
+            net, V, Snapshot(SnapshotMeta(ID), io.BytesIO(data)), net.stopped.wait(), OPTIONS
+        )
+    await asyncio.sleep(0.2)
+    net = Counting(Receiver(FsspecSnapshotStore(str(tmp_path / "r"))))
+    await Chunked.send_snapshot(net, V, Snapshot(SnapshotMeta(ID), io.BytesIO(data)), None, OPTIONS)
+    assert (tmp_path / "r" / ID).read_bytes() == data
+    assert net.bytes == len(data)
+    await first.abort(ID)

@@ -421,6 +421,19 @@ class PwriteSink:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
+    async def release(self) -> None:
+        """Let go of the partial file without finishing or deleting it, its journal written
+        down first (after an ``fdatasync``): a later receiver resumes it."""
+
+        def _release() -> None:
+            if self._journal is not None:
+                self._journal.commit()
+            self._close()
+
+        await self._settled()
+        with storage_errors(self.path, "release"):
+            await asyncio.to_thread(_release)
+
     async def finish(self) -> None:
         def _finish() -> None:
             if self._fsync:

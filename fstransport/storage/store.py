@@ -211,14 +211,14 @@ class FsspecSnapshotStore:
         await self.close()
 
     async def close(self) -> None:
-        """Release the store's S3 connections (a no-op for other targets).
+        """Release the store's S3 connections and the files of transfers still in progress.
 
-        Transfers still in progress are let go, not aborted: their partial data stays, to be
-        resumed by a later receiver or removed by `cleanup`.
+        Those transfers are let go, not aborted: their partial data stays (a local journal is
+        written down first), to be resumed by a later receiver or removed by `cleanup`.
         """
         for sink in self._sinks.values():
-            if isinstance(sink, MultipartSink):
-                await sink.release()
+            if isinstance(sink, (MultipartSink, PwriteSink)):
+                await sink.release()  # (a local one writes its journal down first)
         if self._s3 is not None:
             fs, self._s3 = self._s3, None
             await close_async_filesystem(fs)

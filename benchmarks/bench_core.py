@@ -29,7 +29,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,7 @@ from fstransport import (
     ship,
 )
 from fstransport.checksum import chunk_crc, format_checksum
+from fstransport.storage import journal
 from fstransport.units import format_size
 
 MEMORY_ROOT = "/fstransport-bench"
@@ -208,6 +209,25 @@ class Bench:
             lambda target: self.loop.run_until_complete(ship(source_url, target, options=options)),
         )
 
+    def ship_to_local_with(
+        self,
+        key: str,
+        label: str,
+        source_url: str,
+        options: TransferOptions,
+        variant: Callable[[], contextlib.AbstractContextManager[object]],
+    ) -> Case:
+        """`ship_to_local` with `variant` in force while it runs (another journal commit rule)."""
+        case = self.ship_to_local(key, label, source_url, options)
+        plain = case.run
+
+        def run() -> object:
+            with variant():
+                return plain()
+
+        case.run = run
+        return case
+
     def copyfile(self, key: str, label: str) -> Case:
         source = self.places.local_path("src.bin")
         return self._to_local(key, label, lambda target: shutil.copyfile(source, target))
@@ -235,6 +255,34 @@ class Bench:
             )
 
         return self._to_mem(key, label, run, serial=True)
+
+
+@contextlib.contextmanager
+def journal_lines_at_once() -> Iterator[object]:
+    """The journal rule before issue #11: each chunk's line written right after its data, with
+    no ``fdatasync`` (a line could reach the disk before its data)."""
+    original = journal.LocalJournal.append
+
+    def append(self: journal.LocalJournal, offset: int, length: int, crc: int) -> None:
+        os.write(self._fd, f"{offset} {length} {crc}\n".encode())
+
+    journal.LocalJournal.append = append  # type: ignore[method-assign]
+    try:
+        yield None
+    finally:
+        journal.LocalJournal.append = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def journal_commits_continuously() -> Iterator[object]:
+    """Group commits back to back (no quiet time, no interval): about one ``fdatasync`` per
+    chunk, the strictest rule short of making every chunk wait for its sync."""
+    saved = journal.SYNC_INTERVAL, journal.QUIET_COMMIT
+    journal.SYNC_INTERVAL = journal.QUIET_COMMIT = 0.0
+    try:
+        yield None
+    finally:
+        journal.SYNC_INTERVAL, journal.QUIET_COMMIT = saved
 
 
 # -- the sweep ---------------------------------------------------------------------------------
@@ -370,6 +418,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="run only group N (1-3; repeat for several); the sweep still runs unless --no-sweep",
     )
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="add to group 2 ship() with the journal rule before issue #11 (lines at once, no "
+        "fdatasync) and with continuous commits, beside the default (group commits)",
+    )
     return parser.parse_args(argv)
 
 
@@ -382,8 +436,37 @@ class Group:
     rows: list[Row]
 
 
-def main_groups(bench: Bench) -> list[Group]:
-    """The contenders of goals 1-3 and how they are reported."""
+def journal_cases(bench: Bench) -> tuple[list[Case], list[Row]]:
+    """`--journal`: ship() file -> file, 8 MiB chunks, under other journal commit rules."""
+    chunk8 = TransferOptions(chunk_size=8 * MiB)
+    src = bench.places.local_path("src.bin")
+    cases = [
+        bench.ship_to_local_with(
+            "file/ship-8m-lines-at-once",
+            "ship(), 8 MiB chunks, journal lines at once, no fdatasync (before #11)",
+            src,
+            chunk8,
+            journal_lines_at_once,
+        ),
+        bench.ship_to_local_with(
+            "file/ship-8m-continuous-sync",
+            "ship(), 8 MiB chunks, journal commits back to back (fdatasync each)",
+            src,
+            chunk8,
+            journal_commits_continuously,
+        ),
+    ]
+    rows = [
+        Row("file/ship-8m-lines-at-once", "file/copyfile", ">= 0.8x", goal_ratio=0.8),
+        Row("file/ship-8m-continuous-sync", "file/copyfile", ">= 0.8x", goal_ratio=0.8),
+        Row("file/ship-8m", "file/ship-8m-lines-at-once"),
+    ]
+    return cases, rows
+
+
+def main_groups(bench: Bench, *, journal_variants: bool = False) -> list[Group]:
+    """The contenders of goals 1-3 and how they are reported (`journal_variants`: see
+    `journal_cases`)."""
     defaults = TransferOptions()
     d_label = f"{format_size(defaults.chunk_size)} x {defaults.max_in_flight}"
     chunk8 = TransferOptions(chunk_size=8 * MiB)
@@ -391,6 +474,7 @@ def main_groups(bench: Bench) -> list[Group]:
     openraft = TransferOptions(chunk_size=OPENRAFT_CHUNK, max_in_flight=1)
     w = defaults.max_in_flight
     local_src = bench.places.local_path("src.bin")
+    extra_cases, extra_rows = journal_cases(bench) if journal_variants else ([], [])
     return [
         Group(
             "1. memory:// -> memory://, 8 MiB chunks",
@@ -414,12 +498,14 @@ def main_groups(bench: Bench) -> list[Group]:
                 bench.ship_to_local(
                     "file/ship-8m", f"ship(), 8 MiB chunks, window {w}", local_src, chunk8
                 ),
+                *extra_cases,
             ],
             [
                 Row("file/copyfile"),
                 Row("file/loop-8m", "file/copyfile"),
                 Row("file/ship-default", "file/copyfile", ">= 0.8x", goal_ratio=0.8),
                 Row("file/ship-8m", "file/copyfile", ">= 0.8x", goal_ratio=0.8),
+                *extra_rows,
             ],
         ),
         Group(
@@ -467,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(places, loop)
         report["cases"] = {}
         report["groups"] = {}
-        for number, group in enumerate(main_groups(bench), 1):
+        for number, group in enumerate(main_groups(bench, journal_variants=args.journal), 1):
             if args.only and number not in args.only:
                 continue
             run_rounds(group.cases, args.rounds, args.warmup, rng, group.title)

@@ -40,6 +40,7 @@ from fstransport.storage.base import (
     SnapshotSink,
     SnapshotStore,
     aborted,
+    is_verifying_sink,
     write_checked,
     write_chunk,
 )
@@ -104,7 +105,9 @@ class _Stream:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
     resumed: bool = False  # the next answer tells the sender what is held
-    from_store: bool = False  # it continues partial data an earlier receiver left
+    from_store: bool = False  # it continues partial data an earlier receiver or sender left
+    unverified: bool = False  # it was written since its bytes were last re-read
+    verifying: asyncio.Future[None] | None = None
 
 
 class Receiver:
@@ -251,6 +254,8 @@ class Receiver:
             stream = await self._resume(req)
         decision = decide_stream(stream.state.meta if stream else None, req)
         if decision is StreamDecision.CONTINUE and stream is not None:
+            if req.offset == 0:
+                await self._reverify(snapshot_id, stream)
             if _concurrent(stream, req, checked):
                 return await self._write_concurrently(snapshot_id, stream, req, checked)
             async with stream.lock:
@@ -304,6 +309,47 @@ class Receiver:
             )
         return stream
 
+    async def _reverify(self, snapshot_id: str, stream: _Stream) -> None:
+        """A chunk at offset 0 for a stream that holds data: a sender starting (again) — often
+        a new one after the last died.  The bytes held may have been damaged since they were
+        written, so they are re-read and checked against their CRCs before the sender is told
+        what is held; chunks that fail are forgotten and sent again.  Runs once per batch of
+        writes (a retried chunk 0 waits for the check under way, it does not start another),
+        in a task of its own that a cancelled request does not stop."""
+        if stream.verifying is not None and not stream.verifying.done():
+            await asyncio.shield(stream.verifying)
+            return
+        if not stream.unverified or stream.resumed:
+            return  # nothing written since the last check (a stream from the store was checked)
+        stream.unverified = False
+        task = asyncio.ensure_future(self._check_held(snapshot_id, stream))
+        task.add_done_callback(_consume_outcome)
+        stream.verifying = task
+        await asyncio.shield(task)
+
+    async def _check_held(self, snapshot_id: str, stream: _Stream) -> None:
+        async with stream.lock:
+            sink = stream.sink
+            if stream.closed or sink is None or not is_verifying_sink(sink):
+                return
+            records = stream.state.ledger.records()
+            try:
+                held = set(await sink.verify(records))
+            except StorageError:
+                await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
+                raise
+            for record in records:
+                if record not in held:
+                    stream.state.ledger.discard(record.offset, record.end)
+            if len(held) < len(records):
+                log.warning(
+                    "snapshot %r: %d of %d held chunks lost their bytes; they are sent again",
+                    snapshot_id,
+                    len(records) - len(held),
+                    len(records),
+                )
+            stream.from_store = True  # its data may be another sender's: see `_write`
+
     def _forget(self, snapshot_id: str, stream: _Stream) -> None:
         stream.closed = True
         if self._streams.get(snapshot_id) is stream:
@@ -338,6 +384,7 @@ class Receiver:
                 await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
                 raise
             stream.state.record(req, checked.crc, lost)
+            stream.unverified = True
         held = _held_to_tell(stream, req)
         if not req.done:
             return None, held
@@ -349,8 +396,8 @@ class Receiver:
         except ChecksumMismatch as exc:
             await self._drop(snapshot_id, stream, locked=True)
             if stream.from_store:
-                # The partial data an earlier receiver left was not of this snapshot after all
-                # (its journal named no checksum): it is gone now; the sender starts over.
+                # The partial data an earlier receiver or sender left was not of this snapshot
+                # after all (it named no checksum): it is gone now; the sender starts over.
                 raise SnapshotMismatch(
                     expect=SnapshotSegmentId(snapshot_id, 0),
                     got=SnapshotSegmentId(snapshot_id, req.offset),
@@ -389,6 +436,7 @@ class Receiver:
             if stream.closed:
                 raise aborted(sink.path)  # dropped while this chunk was being written
             stream.state.record(req, checked.crc, lost)
+            stream.unverified = True
             return None, _held_to_tell(stream, req)
 
     async def abort(self, snapshot_id: str) -> None:

@@ -94,7 +94,8 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--checksum",
         metavar="crc32c:HEX",
         help="SRC's CRC32C, if known: the receiver verifies it, and resumes what an earlier, "
-        "interrupted ship of the same data left (through --via, only a named checksum resumes)",
+        "interrupted ship of the same data left, even after a restart. Without it, --via "
+        "continues only a transfer the same server process still holds (its bytes re-checked)",
     )
     add_s3_tuning(ship_cmd, "DST")
     ship_cmd.set_defaults(run=run, parser=ship_cmd)

@@ -32,10 +32,12 @@ __all__ = [
     "PiecesSink",
     "SnapshotSink",
     "SnapshotStore",
+    "VerifyingSink",
     "aborted",
     "is_checked_sink",
     "is_checked_source",
     "is_pieces_sink",
+    "is_verifying_sink",
     "read_checked",
     "source_checksum",
     "write_checked",
@@ -93,6 +95,22 @@ class PiecesSink(SnapshotSink, Protocol):
 
     async def write_pieces(self, offset: int, data: Pieces, crc: int) -> Lost:
         """`write` for a chunk that arrived in pieces."""
+
+
+class VerifyingSink(SnapshotSink, Protocol):
+    """A sink that can re-read what it holds and check it against the chunks' CRC32Cs.
+
+    Found with `is_verifying_sink`.  Partial data that outlived a sender or a receiver is never
+    trusted without this: the store calls it on resume, the receiver when a new sender starts."""
+
+    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The `records` whose bytes the sink holds now, as they were written (the others
+        are forgotten: their bytes must be sent again).  Raises `StorageError`."""
+
+
+def is_verifying_sink(sink: SnapshotSink) -> TypeGuard[VerifyingSink]:
+    """Whether `sink` is a `VerifyingSink` (its class has ``verify``)."""
+    return implements(sink, "verify")
 
 
 def is_checked_sink(sink: SnapshotSink) -> TypeGuard[CheckedSink]:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any, TypeVar
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
 from fstransport.checksum import chunk_crc
 from fstransport.messages import Buffer, Pieces, SnapshotMeta
+from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.base import (  # the interfaces live in base.py (no fsspec); kept here
     NOTHING_LOST,
@@ -36,13 +37,15 @@ from fstransport.storage.base import (  # the interfaces live in base.py (no fss
     Lost,
     PiecesSink,
     SnapshotSink,
+    VerifyingSink,
     aborted,
     is_checked_sink,
     is_pieces_sink,
+    is_verifying_sink,
     write_checked,
     write_chunk,
 )
-from fstransport.storage.journal import LocalJournal, MemoryJournal
+from fstransport.storage.journal import LocalJournal, MemoryJournal, verified
 
 __all__ = [
     "NOTHING_LOST",
@@ -54,10 +57,12 @@ __all__ = [
     "PwriteSink",
     "SeekableFileSink",
     "SnapshotSink",
+    "VerifyingSink",
     "aborted",
     "discard_file",
     "is_checked_sink",
     "is_pieces_sink",
+    "is_verifying_sink",
     "write_checked",
     "write_chunk",
 ]
@@ -149,6 +154,16 @@ class MemorySink:
     def rewind(self, offset: int) -> tuple[int, Lost]:
         return offset, NOTHING_LOST
 
+    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The `records` whose bytes in the memory file still have their CRC32C."""
+        if self._aborted:
+            raise aborted(self.path)
+        held = self._file.getbuffer()
+        try:
+            return verified(records, lambda offset, length: bytes(held[offset : offset + length]))
+        finally:
+            held.release()
+
     async def finish(self) -> None:
         if self._journal is not None:
             self._journal.remove()
@@ -212,14 +227,15 @@ class PwriteSink:
 
         def _create() -> tuple[int, LocalJournal | None]:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0)
+            # (read too: `verify` re-reads what a resumed partial holds)
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
             fd = os.open(path, flags if resume else flags | os.O_TRUNC, 0o644)
             if journal_path is None or meta is None:
                 return fd, None
             os.makedirs(os.path.dirname(journal_path), exist_ok=True)
             if resume:
-                return fd, LocalJournal.reopen(journal_path)
-            return fd, LocalJournal.create(journal_path, meta)
+                return fd, LocalJournal.reopen(journal_path, fd)
+            return fd, LocalJournal.create(journal_path, meta, fd)
 
         with storage_errors(path, "open"):
             fd, journal = await asyncio.to_thread(_create)
@@ -295,10 +311,36 @@ class PwriteSink:
     def rewind(self, offset: int) -> tuple[int, Lost]:
         return offset, NOTHING_LOST
 
+    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The `records` whose bytes in the file still have their CRC32C (read with
+        ``os.pread`` in a worker thread; bytes past the end of a truncated file fail)."""
+        if self._fd < 0:
+            raise aborted(self.path)
+        fd = self._fd
+        with storage_errors(self.path, "verify"):
+            return await self._in_thread(
+                lambda: verified(records, lambda offset, length: os.pread(fd, length, offset))
+            )
+
     def _close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()  # before the data's descriptor: it may be syncing it
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
+
+    async def release(self) -> None:
+        """Let go of the partial file without finishing or deleting it, its journal written
+        down first (after an ``fdatasync``): a later receiver resumes it."""
+
+        def _release() -> None:
+            if self._journal is not None:
+                self._journal.commit()
+            self._close()
+
+        await self._settled()
+        with storage_errors(self.path, "release"):
+            await asyncio.to_thread(_release)
 
     async def finish(self) -> None:
         def _finish() -> None:

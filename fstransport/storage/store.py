@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import os
 import time
 from typing import IO, Any, Literal
@@ -29,18 +30,29 @@ from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Snapshot, SnapshotMeta
 from fstransport.options import RetryPolicy
 from fstransport.protocol.parts import MIN_PART_SIZE
-from fstransport.protocol.ranges import ChunkRecord
+from fstransport.protocol.ranges import ChunkLedger, ChunkRecord
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.base import SnapshotSink, SnapshotStore  # kept importable from here
+from fstransport.storage.base import (  # SnapshotStore kept importable from here
+    SnapshotSink,
+    SnapshotStore,
+    VerifyingSink,
+)
 from fstransport.storage.journal import LocalJournal, MemoryJournal, parse_records, resumable
 from fstransport.storage.multipart import DEFAULT_UPLOADS, MultipartSink
 from fstransport.storage.s3 import is_s3, open_s3, split_bucket_key
 from fstransport.storage.sequential import SequentialSink
-from fstransport.storage.sink import MemorySink, PwriteSink, SeekableFileSink, discard_file
+from fstransport.storage.sink import (
+    MemorySink,
+    PwriteSink,
+    SeekableFileSink,
+    discard_file,
+)
 
 __all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
+
+log = logging.getLogger("fstransport.store")
 
 PARTIAL_DIR = ".fstransport/partial"
 JOURNAL_DIR = ".fstransport/journal"
@@ -178,14 +190,14 @@ class FsspecSnapshotStore:
         await self.close()
 
     async def close(self) -> None:
-        """Release the store's S3 connections (a no-op for other targets).
+        """Release the store's S3 connections and the files of transfers still in progress.
 
-        Transfers still in progress are let go, not aborted: their partial data stays, to be
-        resumed by a later receiver or removed by `cleanup`.
+        Those transfers are let go, not aborted: their partial data stays (a local journal is
+        written down first), to be resumed by a later receiver or removed by `cleanup`.
         """
         for sink in self._sinks.values():
-            if isinstance(sink, MultipartSink):
-                await sink.release()
+            if isinstance(sink, (MultipartSink, PwriteSink)):
+                await sink.release()  # (a local one writes its journal down first)
         if isinstance(self.fs, LocalFileSystem) and not self._sinks and not self._finished:
             # no empty .fstransport/{partial,journal} folders after the last transfer; a folder
             # that still holds something (another receiver's partial data) stays
@@ -259,12 +271,15 @@ class FsspecSnapshotStore:
 
         Only snapshots with a size and a checksum are resumed, and only into partial data
         recorded for exactly the same snapshot; anything else is started afresh by `begin`.
+        What the journal (or S3 state) records is only a claim: every chunk it names is
+        re-read and checked against its CRC32C (on S3, every part against ``ListParts``)
+        before it is returned, and chunks that fail are left out, to be sent again.
         """
         snapshot_id = meta.snapshot_id
         if not resumable(meta) or snapshot_id in self._sinks:
             return None
         path, journal = self.partial_path(snapshot_id), self.journal_path(snapshot_id)
-        found: tuple[SnapshotSink, list[ChunkRecord]] | None = None
+        found: tuple[VerifyingSink, list[ChunkRecord]] | None = None
         with storage_errors(path, "resume"):
             if self.sink_kind in ("auto", "multipart") and is_s3(self.fs):
                 if self._state_known_absent(snapshot_id):
@@ -286,13 +301,35 @@ class FsspecSnapshotStore:
                 text = await asyncio.to_thread(LocalJournal.read, journal)
                 records = parse_records(text or "", meta)
                 if records is not None and await asyncio.to_thread(os.path.isfile, path):
-                    sink = await PwriteSink.create(
+                    local = await PwriteSink.create(
                         path, fsync=self._fsync, journal_path=journal, meta=meta, resume=True
                     )
-                    found = sink, records
-        if found is not None:
-            self._sinks[snapshot_id] = found[0]
-        return found
+                    found = local, records
+        if found is None:
+            return None
+        sink, claimed = found
+        latest = _latest(claimed)
+        self._sinks[snapshot_id] = sink
+        try:
+            held = await sink.verify(latest)
+        except Exception as exc:  # what cannot be checked is not resumed: start afresh
+            log.warning("cannot check the partial data of %r (%s); starting over", snapshot_id, exc)
+            del self._sinks[snapshot_id]
+            with contextlib.suppress(Exception):
+                await sink.abort()
+            return None
+        except BaseException:
+            del self._sinks[snapshot_id]
+            raise
+        if len(held) < len(latest):
+            log.warning(
+                "partial data of %r: %d of %d recorded chunks do not hold their bytes; "
+                "they are sent again",
+                snapshot_id,
+                len(latest) - len(held),
+                len(latest),
+            )
+        return sink, held
 
     async def has_partial(self, snapshot_id: str) -> bool:
         """Whether an earlier receiver left resumable partial data for `snapshot_id`."""
@@ -572,6 +609,15 @@ def _remove_empty_folders(folders: list[str]) -> None:
     for folder in folders:
         with contextlib.suppress(OSError):  # missing or not empty
             os.rmdir(folder)
+
+
+def _latest(records: list[ChunkRecord]) -> list[ChunkRecord]:
+    """The records of a journal as a ledger keeps them: a later chunk over the same bytes
+    replaces earlier ones (only those are worth re-reading)."""
+    ledger = ChunkLedger()
+    for record in records:
+        ledger.add(record.offset, record.length, record.crc)
+    return ledger.records()
 
 
 def _modified(entry: dict[str, Any]) -> float | None:

@@ -46,7 +46,8 @@ from fstransport.network.base import Network
 from fstransport.network.http import HttpNetwork
 from fstransport.options import MiB, TransferOptions
 from fstransport.progress import ProgressBar
-from fstransport.server import IDLE_TIMEOUT, MAX_BUFFERED, create_app
+from fstransport.protocol.receiver import DEFAULT_MAX_SNAPSHOT_SIZE, ReceiverLimits
+from fstransport.server import IDLE_TIMEOUT, MAX_BUFFERED, create_app, make_runner
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.s3 import open_s3
 from fstransport.storage.store import FsspecSnapshotStore
@@ -248,6 +249,14 @@ def _parser() -> argparse.ArgumentParser:
         help="chunk bodies held at once, e.g. 512MiB; requests beyond it get 503 and are "
         f"retried by their senders (default {format_size(MAX_BUFFERED)})",
     )
+    serve.add_argument(
+        "--max-snapshot-size",
+        type=_size_arg,
+        default=DEFAULT_MAX_SNAPSHOT_SIZE,
+        metavar="SIZE",
+        help="refuse snapshots larger than this, and chunks reaching beyond it "
+        f"(default {format_size(DEFAULT_MAX_SNAPSHOT_SIZE)})",
+    )
     _add_endpoint_option(serve)
     _add_s3_tuning(serve, "ROOT")
 
@@ -426,8 +435,9 @@ async def _serve(args: argparse.Namespace) -> int:
             token=args.token,
             idle_timeout=args.idle_timeout,
             max_buffered=args.max_buffered,
+            limits=ReceiverLimits(max_snapshot_size=args.max_snapshot_size),
         )
-        runner = web.AppRunner(app)
+        runner = make_runner(app)
         await runner.setup()
         try:
             # reuse_address: a server restarted on the port of one that died binds at once,

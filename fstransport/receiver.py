@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import (
     ChecksumMismatch,
+    ConfigurationError,
     InvalidRequest,
     SnapshotMismatch,
     StorageError,
@@ -99,6 +102,7 @@ class _Stream:
     closed: bool = False
     resumed: bool = False  # the next answer tells the sender what is held
     from_store: bool = False  # it continues partial data an earlier receiver left
+    last_seen: float = 0.0  # when a request of it last came or ended (the receiver's clock)
 
 
 class Receiver:
@@ -107,6 +111,13 @@ class Receiver:
     `vote` is the highest vote seen; requests with a lower one are refused (see `handle`).
     Every request is validated before anything is written; a refused request leaves the
     receiver's streams and the installed snapshots as they were.
+
+    With `idle_timeout` (seconds), a transfer that no request touched for that long is let go
+    by `expire_idle` (which the receiver server calls periodically, and the receiver itself
+    before it would refuse a new transfer as one too many): its slot, open files and buffers
+    are given back, and its partial data stays in the store for a later resume (a store
+    without a ``release`` method discards it).  `clock` tells the time (monotonic seconds;
+    tests pass a fake one).
     """
 
     def __init__(
@@ -115,10 +126,17 @@ class Receiver:
         vote: Vote | None = None,
         *,
         limits: ReceiverLimits | None = None,
+        idle_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
         self.store = store
         self.vote = vote
         self.limits = limits or ReceiverLimits()
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+        self._busy: dict[str, int] = {}  # requests under way, per snapshot id
         self._streams: dict[str, _Stream] = {}
         self._installed: OrderedDict[str, SnapshotMeta] = OrderedDict()
         self._installing: dict[str, asyncio.Future[None]] = {}
@@ -233,6 +251,57 @@ class Receiver:
         return stream
 
     async def _receive(self, req: InstallSnapshotRequest, checked: _Checked) -> _Outcome:
+        """`_receive_now`, with the request counted as under way for `expire_idle`."""
+        snapshot_id = req.meta.snapshot_id
+        self._busy[snapshot_id] = self._busy.get(snapshot_id, 0) + 1
+        try:
+            return await self._receive_now(req, checked)
+        finally:
+            left = self._busy[snapshot_id] - 1
+            if left:
+                self._busy[snapshot_id] = left
+            else:
+                del self._busy[snapshot_id]
+            stream = self._streams.get(snapshot_id)
+            if stream is not None:
+                stream.last_seen = self.clock()
+
+    async def expire_idle(self) -> list[str]:
+        """Let go of every transfer no request touched for `idle_timeout` seconds; return their
+        ids.  Each gives back its slot, its open files and its buffers; its partial data stays
+        in the store (see the class's docstring).  Does nothing without an `idle_timeout`."""
+        if self.idle_timeout is None:
+            return []
+        cutoff = self.clock() - self.idle_timeout
+        expired = []
+        for snapshot_id, stream in list(self._streams.items()):
+            if (
+                stream.last_seen > cutoff
+                or self._busy.get(snapshot_id)
+                or stream.lock.locked()
+                or self._streams.get(snapshot_id) is not stream
+            ):
+                continue
+            del self._streams[snapshot_id]
+            async with stream.lock:
+                stream.closed = True
+                try:
+                    release = getattr(self.store, "release", None)
+                    if release is not None:
+                        await release(snapshot_id)
+                    else:
+                        await self.store.abort(snapshot_id)
+                except StorageError as exc:
+                    log.warning("letting go of snapshot %r failed: %s", snapshot_id, exc)
+            log.info(
+                "snapshot %r: no chunk for %g s; its slot is free, its partial data kept",
+                snapshot_id,
+                self.idle_timeout,
+            )
+            expired.append(snapshot_id)
+        return expired
+
+    async def _receive_now(self, req: InstallSnapshotRequest, checked: _Checked) -> _Outcome:
         snapshot_id = req.meta.snapshot_id
         stream = self._streams.get(snapshot_id)
         installing = self._installing.get(snapshot_id)
@@ -254,13 +323,15 @@ class Receiver:
         if stream is not None:
             await self._drop(snapshot_id, stream)
         elif len(self._streams) >= self.limits.max_transfers:
+            if await self.expire_idle():  # a slot is free now; things moved meanwhile: again
+                return await self._receive_now(req, checked)
             raise TooManyTransfers(
                 f"already receiving {len(self._streams)} snapshots "
                 f"(limit {self.limits.max_transfers}); try again later"
             )
         # Register the stream before the first await, so that chunks arriving while the sink
         # is created find it (and wait for its lock) instead of being told to start over.
-        stream = _Stream(StreamState(req.meta))
+        stream = _Stream(StreamState(req.meta), last_seen=self.clock())
         self._streams[snapshot_id] = stream
         async with stream.lock:
             try:
@@ -274,8 +345,11 @@ class Receiver:
         """A stream over partial data an earlier receiver left for this very snapshot."""
         snapshot_id = req.meta.snapshot_id
         if len(self._streams) >= self.limits.max_transfers:
-            return None
-        stream = _Stream(StreamState(req.meta))
+            if not await self.expire_idle():
+                return None
+            if snapshot_id in self._streams:  # begun by another request meanwhile
+                return self._streams[snapshot_id]
+        stream = _Stream(StreamState(req.meta), last_seen=self.clock())
         self._streams[snapshot_id] = stream
         async with stream.lock:
             try:

@@ -112,7 +112,7 @@ def check_snapshot_id(snapshot_id: object) -> str:
     if snapshot_id != snapshot_id.strip():
         raise _refuse_id(f"snapshot id {shown} begins or ends with white space")
     if snapshot_id.startswith("-"):
-        raise _refuse_id(f"snapshot id {shown} begins with '-' (a command would take it for an option)")
+        raise _refuse_id(f"snapshot id {shown} begins with '-' (tools read it as an option)")
     if snapshot_id in RESERVED_NAMES:
         raise _refuse_id(f"snapshot id {shown} is reserved")
     if snapshot_id.endswith("."):

@@ -237,6 +237,13 @@ class MemorySink:
         if self._journal is not None:
             self._journal.remove()
 
+    async def release(self) -> None:
+        """Let go, keeping the data and its journal for a later resume (without a journal
+        nothing can resume it: it is discarded)."""
+        if self._journal is None:
+            await self.abort()
+        self._aborted = True
+
 
 class PwriteSink:
     """Writes a local file with ``os.pwrite`` from worker threads.
@@ -403,6 +410,24 @@ class PwriteSink:
         await self._settled()
         with storage_errors(self.path, "abort"):
             await asyncio.to_thread(_abort)
+
+    async def release(self) -> None:
+        """Close the file and the journal, keeping both for a later resume (without a journal
+        nothing can resume the file: it is deleted)."""
+        journal = self._journal
+        if journal is None:
+            await self.abort()
+            return
+
+        def _release() -> None:
+            try:
+                self._close()
+            finally:
+                journal.close()
+
+        await self._settled()
+        with storage_errors(self.path, "release"):
+            await asyncio.to_thread(_release)
 
 
 class FileObjectSink:

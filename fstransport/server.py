@@ -93,15 +93,21 @@ _QUIET_STATUSES = frozenset({409, 503})
 """Answers that are part of the protocol's normal flow: logged at INFO, the others at WARNING."""
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """`exc`'s text on one line, cut at `limit` characters (aiohttp's span several)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _error(
     status: int, exc: BaseException, request: web.Request | None = None, **extra: Any
 ) -> web.Response:
     body = {"error": type(exc).__name__, "message": str(exc), **extra}
-    where = f"{request.method} {request.path!r} from {request.remote}" if request else "request"
+    where = f"{request.method} {request.path[:120]!a} from {request.remote}" if request else "?"
     level = logging.INFO if status in _QUIET_STATUSES else logging.WARNING
     if status >= 500:
         level = logging.ERROR
-    log.log(level, "%d %s: %s: %s", status, where, type(exc).__name__, str(exc)[:300])
+    log.log(level, "%d %s: %s: %s", status, where, type(exc).__name__, _one_line(exc))
     return web.json_response(body, status=status)
 
 
@@ -259,7 +265,7 @@ class _OneLineLog(logging.Logger):
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
         exc = sys.exc_info()[1] if exc_info is True else exc_info
         text = str(msg) % args if args else str(msg)
-        detail = f"{type(exc).__name__}: {str(exc)[:200]}" if isinstance(exc, BaseException) else ""
+        detail = f"{type(exc).__name__}: {_one_line(exc)}" if isinstance(exc, BaseException) else ""
         self.warning("%s: %s", text, detail)
 
 
@@ -366,9 +372,7 @@ def create_app(
     elif receiver.idle_timeout is None:
         receiver.idle_timeout = idle_timeout
     limit = receiver.limits.max_chunk_size
-    app = web.Application(
-        client_max_size=(limit or 1024**3) + 1, middlewares=[_last_resort]
-    )
+    app = web.Application(client_max_size=(limit or 1024**3) + 1, middlewares=[_last_resort])
     app[RECEIVER_KEY] = receiver
     app[IDLE_TIMEOUT_KEY] = float(idle_timeout)
     app.cleanup_ctx.append(_expiring(receiver))
@@ -423,7 +427,7 @@ def create_app(
             stalled.force_close()  # the rest of the body may still come: never read it as a request
             return stalled
         except _Unsupported as exc:
-            return _error(415, exc, request, field=exc.field)
+            return _error(415, InvalidRequest(str(exc)), request, field=exc.field)
         except InvalidRequest as exc:
             answer = _error(400, exc, request, field=exc.field)
             if exc.field == "data":  # the body was not read to its end: the connection is spent

@@ -478,7 +478,10 @@ async def _last_resort(
     """Whatever a handler did not foresee is still one line in the log, not a traceback."""
     try:
         return await handler(request)
-    except web.HTTPException:
+    except web.HTTPException as exc:  # the router's 404 and 405: logged like the others
+        if exc.status >= 400:
+            where = f"{request.method} {request.path[:120]!a} from {request.remote}"
+            log.warning("%d %s: %s", exc.status, where, exc.reason)
         raise
     except Exception as exc:  # the point of this middleware
         return _error(500, FstransportError(f"internal error ({type(exc).__name__})"), request)

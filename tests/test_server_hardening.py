@@ -223,10 +223,7 @@ MALFORMED: dict[str, tuple[bytes, dict[bytes, bytes | None], bytes]] = {
 }
 
 
-@pytest.mark.parametrize("token_first", [True])
-def test_every_malformed_request_is_a_4xx_and_one_log_line(
-    server: Any, tmp_path: Path, token_first: bool
-) -> None:
+def test_every_malformed_request_is_a_4xx_and_one_log_line(server: Any, tmp_path: Path) -> None:
     srv = server()
     before = len(srv.log_lines())
     statuses = {}

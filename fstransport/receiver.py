@@ -305,9 +305,13 @@ class Receiver:
         snapshot_id = req.meta.snapshot_id
         stream = self._streams.get(snapshot_id)
         installing = self._installing.get(snapshot_id)
-        if stream is None and installing is not None and req.done:
-            with contextlib.suppress(Exception):  # its answer was lost while it was installed
+        if stream is None and installing is not None:
+            # Its answer was lost while it was installed (a repeated final chunk), or a new
+            # transfer under this id begins: either way, after the install, never beside it
+            # (beginning anew discards what the install is moving into place).
+            with contextlib.suppress(Exception):
                 await asyncio.shield(installing)
+            return await self._receive_now(req, checked)
         if stream is None:
             if self._already_installed(req):
                 return None, ((0, req.offset + len(req.data)),)
@@ -321,7 +325,8 @@ class Receiver:
                     return await self._receive(req, checked)
                 return await self._write(snapshot_id, stream, req, checked)
         if stream is not None:
-            await self._drop(snapshot_id, stream)
+            if not await self._drop(snapshot_id, stream):  # it ended meanwhile: decide again
+                return await self._receive_now(req, checked)
         elif len(self._streams) >= self.limits.max_transfers:
             if await self.expire_idle():  # a slot is free now; things moved meanwhile: again
                 return await self._receive_now(req, checked)
@@ -427,8 +432,8 @@ class Receiver:
         except BaseException:
             await self._drop(snapshot_id, stream, locked=True)
             raise
-        stream.closed = True
-        del self._streams[snapshot_id]
+        # (a request that ended this transfer may have taken it out of the table meanwhile)
+        self._forget(snapshot_id, stream)
         return snapshot, held
 
     async def _write_concurrently(
@@ -467,14 +472,19 @@ class Receiver:
         else:
             await self.store.abort(snapshot_id)
 
-    async def _drop(self, snapshot_id: str, stream: _Stream, *, locked: bool = False) -> None:
-        """Forget `stream` and delete its partial data."""
-        if self._streams.get(snapshot_id) is stream:
-            del self._streams[snapshot_id]
+    async def _drop(self, snapshot_id: str, stream: _Stream, *, locked: bool = False) -> bool:
+        """Forget `stream` and delete its partial data; False if it had ended meanwhile
+        (finished, or dropped by another request), and nothing was done.
+
+        The stream stays in the table until its lock is taken: a request arriving meanwhile
+        waits behind it instead of beginning the same id anew beside a write or a finish."""
         if locked:
-            stream.closed = True
+            self._forget(snapshot_id, stream)
             await self.store.abort(snapshot_id)
-            return
+            return True
         async with stream.lock:
-            stream.closed = True
+            if stream.closed:
+                return False
+            self._forget(snapshot_id, stream)
             await self.store.abort(snapshot_id)
+            return True

@@ -21,7 +21,9 @@ import errno
 import hmac
 import logging
 import sys
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -484,6 +486,9 @@ async def _last_resort(
             log.warning("%d %s: %s", exc.status, where, exc.reason)
         raise
     except Exception as exc:  # the point of this middleware
+        frames = traceback.extract_tb(exc.__traceback__)
+        at = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+        log.error("internal error: %s: %s (at %s)", type(exc).__name__, _one_line(exc), at)
         return _error(500, FstransportError(f"internal error ({type(exc).__name__})"), request)
 
 

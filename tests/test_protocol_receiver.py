@@ -205,7 +205,9 @@ def test_accepted_ids_are_single_safe_names(snapshot_id: str) -> None:
     assert result not in {".", "..", ".fstransport"}
     assert all(ord(ch) >= 32 and ord(ch) != 127 for ch in result)  # (C1: see above)
     assert len(result.encode("utf-8")) <= 255
-    assert result == result.strip() and not result.startswith("-") and not result.endswith(".")
+    assert result == result.strip()
+    assert not result.startswith("-")
+    assert not result.endswith(".")
     assert all(unicodedata.category(ch) not in {"Cf", "Zl", "Zp", "Cs"} for ch in result)
 
 

@@ -238,8 +238,9 @@ def _parser() -> argparse.ArgumentParser:
         type=_duration_arg,
         default=IDLE_TIMEOUT,
         metavar="DURATION",
-        help=f"drop a request whose body sends nothing for this long, e.g. 30s or 2m "
-        f"(default {IDLE_TIMEOUT:g}s)",
+        help="a connection must send a request's headers within this, e.g. 30s or 2m; a body "
+        "slower than 64KiB/s over it gets 408; a transfer with no chunk for this long gives "
+        f"back its slot, keeping its partial data (default {IDLE_TIMEOUT:g}s)",
     )
     serve.add_argument(
         "--max-buffered",
@@ -426,6 +427,10 @@ async def _cleanup(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    # every refused request is one WARNING line, shown without --debug too
+    logging.getLogger("fstransport.server").setLevel(
+        logging.INFO if args.debug else logging.WARNING
+    )
     tls = _server_tls(args.certfile, args.keyfile)
     scheme = "https" if tls is not None else "http"
     options = {**_storage_options(args, args.root), **_s3_tuning(args, args.root)}

@@ -264,6 +264,13 @@ class _OneLineLog(logging.Logger):
     answered) as one line per event under ``fstransport.server``, never a traceback: a hostile
     peer must not be able to fill the log with stacks."""
 
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        exc_info = kwargs.pop("exc_info", None)
+        if isinstance(exc_info, BaseException):  # e.g. a request line that is not HTTP at all
+            self.exception(msg, *args, exc_info=exc_info)
+        else:
+            super().debug(msg, *args, **kwargs)
+
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
         exc = sys.exc_info()[1] if exc_info is True else exc_info
         text = str(msg) % args if args else str(msg)

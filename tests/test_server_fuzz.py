@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import socket
 import time
 import urllib.parse
@@ -278,6 +279,7 @@ def run_fuzz(tmp_path: Path, requests: int) -> dict[str, Any]:
         server.kill()
     by_status = collections.Counter(statuses)
     text = log.read_text(errors="replace")
+    refusals = re.compile(r"^fstransport: (WARNING|INFO): (\d{3} |Error handling request)")
     return {
         "requests": requests,
         "seconds": seconds,
@@ -285,6 +287,7 @@ def run_fuzz(tmp_path: Path, requests: int) -> dict[str, Any]:
         "alive": alive,
         "tracebacks": text.count("Traceback"),
         "errors": [line for line in text.splitlines() if ": ERROR: " in line],
+        "refusal_lines": sum(1 for line in text.splitlines() if refusals.match(line)),
         "outside": files_in(tmp_path, skip) ^ before,
         "root": root,
     }
@@ -297,6 +300,8 @@ def check(result: dict[str, Any]) -> None:
     assert result["tracebacks"] == 0, where
     assert result["errors"] == [], (result["errors"][:5], where)
     assert result["outside"] == set(), where
+    refused = sum(n for status, n in result["by_status"].items() if 400 <= status < 500)
+    assert result["refusal_lines"] == refused, where  # one log line per refused request
     root: Path = result["root"]
     for entry in root.iterdir() if root.exists() else ():
         if entry.name == ".fstransport":

@@ -16,6 +16,8 @@ from fstransport.cli.args import (
 )
 from fstransport.cli.errors import UsageError
 from fstransport.errors import ConfigurationError, StorageError
+from fstransport.protocol.receiver import DEFAULT_MAX_SNAPSHOT_SIZE, ReceiverLimits
+from fstransport.units import format_size
 
 if TYPE_CHECKING:
     import ssl
@@ -52,8 +54,9 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--idle-timeout",
         type=positive_duration_arg,
         metavar="DURATION",
-        help="drop a request whose body sends nothing for this long, e.g. 30s or 2m "
-        f"(default {IDLE_TIMEOUT_HELP})",
+        help="a connection must send a request's headers within this, e.g. 30s or 2m; a body "
+        "slower than 64KiB/s over it gets 408; a transfer with no chunk for this long gives "
+        f"back its slot, keeping its partial data (default {IDLE_TIMEOUT_HELP})",
     )
     serve.add_argument(
         "--max-buffered",
@@ -61,6 +64,14 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         metavar="SIZE",
         help="chunk bodies held at once, e.g. 512MiB; requests beyond it get 503 and are "
         f"retried by their senders (default {MAX_BUFFERED_HELP})",
+    )
+    serve.add_argument(
+        "--max-snapshot-size",
+        type=positive_size_arg,
+        default=DEFAULT_MAX_SNAPSHOT_SIZE,
+        metavar="SIZE",
+        help="refuse snapshots larger than this, and chunks reaching beyond it "
+        f"(default {format_size(DEFAULT_MAX_SNAPSHOT_SIZE)})",
     )
     serve.add_argument(
         "--access-log",
@@ -75,9 +86,14 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Serve until interrupted."""
+    import logging
+
+    server_log = logging.getLogger("fstransport.server")
+    if not args.quiet and server_log.getEffectiveLevel() > logging.WARNING:
+        server_log.setLevel(logging.WARNING)  # every refused request is one line, by default
     tls = _server_tls(args.certfile, args.keyfile)
     options = {**storage_options(args, args.root), **s3_tuning(args, args.root)}
-    limits: dict[str, Any] = {}
+    limits: dict[str, Any] = {"limits": ReceiverLimits(max_snapshot_size=args.max_snapshot_size)}
     if args.idle_timeout is not None:
         limits["idle_timeout"] = args.idle_timeout
     if args.max_buffered is not None:
@@ -112,13 +128,13 @@ async def _serve(
 
     from aiohttp import web
 
-    from fstransport.server import create_app
+    from fstransport.server import create_app, make_runner
     from fstransport.storage.store import FsspecSnapshotStore
 
     scheme = "https" if tls is not None else "http"
     async with FsspecSnapshotStore(args.root, **options) as store:
         app = create_app(store, token=args.token, **limits)
-        runner = web.AppRunner(app)
+        runner = make_runner(app)
         await runner.setup()
         try:
             # reuse_address: a server restarted on the port of one that died binds at once,

@@ -174,6 +174,13 @@ class MemorySink:
         if self._journal is not None:
             self._journal.remove()
 
+    async def release(self) -> None:
+        """Let go, keeping the data and its journal for a later resume (without a journal
+        nothing can resume it: it is discarded)."""
+        if self._journal is None:
+            await self.abort()
+        self._aborted = True
+
 
 class PwriteSink:
     """Writes a local file with ``os.pwrite`` from worker threads.
@@ -331,7 +338,11 @@ class PwriteSink:
 
     async def release(self) -> None:
         """Let go of the partial file without finishing or deleting it, its journal written
-        down first (after an ``fdatasync``): a later receiver resumes it."""
+        down first (after an ``fdatasync``): a later receiver resumes it.  Without a journal
+        nothing could resume the file: it is deleted."""
+        if self._journal is None:
+            await self.abort()
+            return
 
         def _release() -> None:
             if self._journal is not None:

@@ -433,6 +433,20 @@ class FsspecSnapshotStore:
                 await asyncio.to_thread(self.fs.mv, sink.path, final)
         del self._finished[snapshot_id]
 
+    async def release(self, snapshot_id: str) -> None:
+        """Let go of the transfer of `snapshot_id` in progress: close what it holds open,
+        keeping its partial data (and journal) for a later `resume` or `cleanup`.  Partial
+        data that cannot be resumed (a sink without a ``release`` method) is discarded."""
+        sink = self._sinks.get(snapshot_id)
+        if sink is None:
+            return
+        release = getattr(sink, "release", None)
+        if release is None:
+            await self.abort(snapshot_id)
+            return
+        del self._sinks[snapshot_id]
+        await release()
+
     async def abort(self, snapshot_id: str) -> None:
         """Discard what is held of `snapshot_id` that is not installed; the installed one stays."""
         check_snapshot_id(snapshot_id)

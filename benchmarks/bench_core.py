@@ -23,71 +23,61 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
-import json
 import os
-import platform
 import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from importlib.metadata import version
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 from fsspec.implementations.memory import MemoryFileSystem
+from harness import (
+    NEAR_BEST,
+    Case,
+    DelayedNetwork,
+    KiB,
+    MiB,
+    Row,
+    add_common_arguments,
+    check_file,
+    check_report,
+    evaluate,
+    machine_info,
+    make_data,
+    make_parser,
+    markdown_table,
+    positive_int,
+    publish,
+    run_rounds,
+    size_arg,
+    sync_disk,
+    workspace,
+)
 
 from fstransport import (
     FsspecSnapshotStore,
-    InstallSnapshotRequest,
-    InstallSnapshotResponse,
     LoopbackNetwork,
-    Network,
     Receiver,
     TransferOptions,
     TransferReport,
     ship,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.errors import ConfigurationError
-from fstransport.units import format_size, parse_size
-
-KiB = 1024
-MiB = 1024 * KiB
+from fstransport.storage import journal
+from fstransport.units import format_size
 
 MEMORY_ROOT = "/fstransport-bench"
 SWEEP_CHUNKS = (256 * KiB, 1 * MiB, 4 * MiB, 8 * MiB, 16 * MiB)
 SWEEP_WINDOWS = (1, 2, 4, 8)
 OPENRAFT_CHUNK = 64 * KiB
 OPENRAFT_DELAY = 0.001  # openraft 0.9 sleeps 1 ms after every chunk
-NEAR_BEST = 0.05  # sweep settings within 5 % of the best score are reported as ties
 
 
-# -- data and places ---------------------------------------------------------------------------
-
-
-def make_data(size: int, seed: int) -> bytes:
-    """`size` pseudo-random bytes from ``random.Random(seed)`` (built in 16 MiB pieces)."""
-    rng = random.Random(seed)
-    block = 16 * MiB  # randbytes(n) needs n * 8 bits to fit a C int
-    pieces = [rng.randbytes(block) for _ in range(size // block)]
-    pieces.append(rng.randbytes(size % block))
-    return b"".join(pieces)
-
-
-def check_file(path: str, expected: bytes) -> None:
-    """Raise AssertionError unless the file at `path` holds exactly `expected`."""
-    step = 8 * MiB
-    with open(path, "rb") as fh:
-        for offset in range(0, len(expected), step):
-            if fh.read(step) != expected[offset : offset + step]:
-                raise AssertionError(f"{path} differs from the source at [{offset}, +{step})")
-        if fh.read(1):
-            raise AssertionError(f"{path} is longer than the source")
+# -- places ----------------------------------------------------------------------------------
 
 
 class Places:
@@ -133,62 +123,7 @@ class Places:
             del self.memfs.store[key]
 
 
-def sync_disk() -> None:
-    """Flush dirty pages so write-back from one contender does not land in another's timing."""
-    if hasattr(os, "sync"):
-        os.sync()
-
-
 # -- contenders --------------------------------------------------------------------------------
-
-
-@dataclass
-class Case:
-    """One contender: `run` is timed; `prepare`, `verify` and `cleanup` are not."""
-
-    key: str
-    label: str
-    size: int
-    run: Callable[[], object]
-    verify: Callable[[object], None]
-    prepare: Callable[[], None] = lambda: None
-    cleanup: Callable[[], None] = lambda: None
-    samples: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def mibs(self) -> float:
-        """Median throughput in MiB/s."""
-        return self.size / self.median / MiB
-
-    def mibs_range(self) -> tuple[float, float]:
-        return self.size / max(self.samples) / MiB, self.size / min(self.samples) / MiB
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "size": self.size,
-            "samples_s": self.samples,
-            "median_s": self.median,
-            "median_mibs": self.mibs,
-        }
-
-
-class DelayedNetwork:
-    """A `Network` that waits `delay` seconds before delivering each request (openraft's sleep)."""
-
-    def __init__(self, inner: Network, delay: float) -> None:
-        self.inner = inner
-        self.delay = delay
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        await asyncio.sleep(self.delay)
-        return await self.inner.install_snapshot(req, option)
 
 
 class Bench:
@@ -200,217 +135,154 @@ class Bench:
         self.checksum = format_checksum(chunk_crc(places.data))
         self.serial_checksum = format_checksum(chunk_crc(places.serial_data))
 
-    def _check_report(self, result: object, expected: bytes, checksum: str) -> None:
-        if not isinstance(result, TransferReport):
-            raise AssertionError(f"ship() returned {result!r}")
-        if result.size != len(expected) or result.checksum != checksum:
-            raise AssertionError(f"ship() reported {result.size} bytes, {result.checksum}")
+    def _to_mem(
+        self, key: str, label: str, run: Callable[[str], object], *, serial: bool = False
+    ) -> Case:
+        """... -> memory://<root>/out/<key>.bin: `run(path under the root)` is timed; a ship()'s
+        report is checked too."""
+        p = self.places
+        name = f"out/{key.replace('/', '-')}.bin"
+        data, checksum = (
+            (p.serial_data, self.serial_checksum) if serial else (p.data, self.checksum)
+        )
 
-    def ship_mem_to_mem(self, key: str, label: str, options: TransferOptions) -> Case:
+        def verify(result: object) -> None:
+            if result is not None:
+                check_report(result, len(data), checksum)
+            p.check_mem(name, data)
+
+        def remove() -> None:
+            p.remove_mem(name)
+
+        return Case(key, label, len(data), lambda: run(name), verify, remove, remove)
+
+    def _to_local(self, key: str, label: str, run: Callable[[str], object]) -> Case:
+        """... -> a local file: `run(target path)` is timed; a ship()'s report is checked too."""
         p = self.places
         name = f"{key.replace('/', '-')}.bin"
 
-        def run() -> object:
-            return self.loop.run_until_complete(
-                ship(p.mem_url("src.bin"), p.mem_url(f"out/{name}"), options=options)
-            )
-
         def verify(result: object) -> None:
-            self._check_report(result, p.data, self.checksum)
-            p.check_mem(f"out/{name}", p.data)
+            if isinstance(result, TransferReport):
+                check_report(result, len(p.data), self.checksum)
+            p.check_local(name, p.data)
 
-        def remove() -> None:
-            p.remove_mem(f"out/{name}")
+        def prepare() -> None:
+            p.remove_local(name)
+            sync_disk()
 
-        return Case(key, label, len(p.data), run, verify, remove, remove)
+        return Case(
+            key, label, len(p.data), lambda: run(p.local_path(name)), verify, prepare,
+            lambda: p.remove_local(name),
+        )  # fmt: skip
+
+    def ship_mem_to_mem(self, key: str, label: str, options: TransferOptions) -> Case:
+        p = self.places
+        return self._to_mem(
+            key,
+            label,
+            lambda name: self.loop.run_until_complete(
+                ship(p.mem_url("src.bin"), p.mem_url(name), options=options)
+            ),
+        )
 
     def loop_mem_to_mem(self, key: str, label: str, chunk_size: int) -> Case:
         """The plainest copy: read the source in chunks, write each to a memory:// file."""
         p = self.places
-        src, dst = p.mem_path("src.bin"), p.mem_path(f"out/{key.replace('/', '-')}.bin")
         fs = p.memfs
 
-        def run() -> object:
-            with fs.open(src, "rb") as fin, fs.open(dst, "wb") as fout:
+        def run(name: str) -> None:
+            with (
+                fs.open(p.mem_path("src.bin"), "rb") as fin,
+                fs.open(p.mem_path(name), "wb") as fout,
+            ):
                 while chunk := fin.read(chunk_size):
                     fout.write(chunk)
-            return None
 
-        def verify(_: object) -> None:
-            p.check_mem(dst.removeprefix(MEMORY_ROOT + "/"), p.data)
-
-        def remove() -> None:
-            fs.store.pop(dst, None)
-
-        return Case(key, label, len(p.data), run, verify, remove, remove)
+        return self._to_mem(key, label, run)
 
     def ship_to_local(
         self, key: str, label: str, source_url: str, options: TransferOptions
     ) -> Case:
-        p = self.places
-        name = f"{key.replace('/', '-')}.bin"
-        target = p.local_path(name)
+        return self._to_local(
+            key,
+            label,
+            lambda target: self.loop.run_until_complete(ship(source_url, target, options=options)),
+        )
+
+    def ship_to_local_with(
+        self,
+        key: str,
+        label: str,
+        source_url: str,
+        options: TransferOptions,
+        variant: Callable[[], contextlib.AbstractContextManager[object]],
+    ) -> Case:
+        """`ship_to_local` with `variant` in force while it runs (another journal commit rule)."""
+        case = self.ship_to_local(key, label, source_url, options)
+        plain = case.run
 
         def run() -> object:
-            return self.loop.run_until_complete(ship(source_url, target, options=options))
+            with variant():
+                return plain()
 
-        def verify(result: object) -> None:
-            self._check_report(result, p.data, self.checksum)
-            p.check_local(name, p.data)
-
-        def prepare() -> None:
-            p.remove_local(name)
-            sync_disk()
-
-        return Case(key, label, len(p.data), run, verify, prepare, lambda: p.remove_local(name))
+        case.run = run
+        return case
 
     def copyfile(self, key: str, label: str) -> Case:
-        p = self.places
-        name = f"{key.replace('/', '-')}.bin"
-
-        def run() -> object:
-            return shutil.copyfile(p.local_path("src.bin"), p.local_path(name))
-
-        def verify(_: object) -> None:
-            p.check_local(name, p.data)
-
-        def prepare() -> None:
-            p.remove_local(name)
-            sync_disk()
-
-        return Case(key, label, len(p.data), run, verify, prepare, lambda: p.remove_local(name))
+        source = self.places.local_path("src.bin")
+        return self._to_local(key, label, lambda target: shutil.copyfile(source, target))
 
     def loop_file_to_file(self, key: str, label: str, chunk_size: int) -> Case:
         """The plainest chunked local copy: ``read`` a chunk of the source, ``write`` it out."""
-        p = self.places
-        name = f"{key.replace('/', '-')}.bin"
+        source = self.places.local_path("src.bin")
 
-        def run() -> object:
-            with open(p.local_path("src.bin"), "rb") as fin, open(p.local_path(name), "wb") as fout:
+        def run(target: str) -> None:
+            with open(source, "rb") as fin, open(target, "wb") as fout:
                 while chunk := fin.read(chunk_size):
                     fout.write(chunk)
-            return None
 
-        def verify(_: object) -> None:
-            p.check_local(name, p.data)
-
-        def prepare() -> None:
-            p.remove_local(name)
-            sync_disk()
-
-        return Case(key, label, len(p.data), run, verify, prepare, lambda: p.remove_local(name))
+        return self._to_local(key, label, run)
 
     def ship_delayed(self, key: str, label: str, options: TransferOptions, delay: float) -> Case:
         """memory -> memory through a loopback network that sleeps `delay` before each chunk."""
         p = self.places
-        name = f"{key.replace('/', '-')}.bin"
         store = FsspecSnapshotStore.from_filesystem(p.memfs, p.mem_path("out"))
 
-        def run() -> object:
+        def run(name: str) -> object:
             network = DelayedNetwork(LoopbackNetwork(Receiver(store)), delay)
             return self.loop.run_until_complete(
-                ship(
-                    p.mem_url("src-serial.bin"),
-                    p.mem_url(f"out/{name}"),
-                    options=options,
-                    network=network,
-                )
+                ship(p.mem_url("src-serial.bin"), p.mem_url(name), options=options, network=network)
             )
 
-        def verify(result: object) -> None:
-            self._check_report(result, p.serial_data, self.serial_checksum)
-            p.check_mem(f"out/{name}", p.serial_data)
-
-        def remove() -> None:
-            p.remove_mem(f"out/{name}")
-
-        return Case(key, label, len(p.serial_data), run, verify, remove, remove)
+        return self._to_mem(key, label, run, serial=True)
 
 
-def run_rounds(
-    cases: Sequence[Case], rounds: int, warmup: int, rng: random.Random, title: str
-) -> None:
-    """Run every case once per round, in a shuffled order; keep the samples after `warmup`."""
-    for index in range(warmup + rounds):
-        order = list(cases)
-        rng.shuffle(order)
-        started = time.perf_counter()
-        for case in order:
-            case.prepare()
-            gc.collect()
-            t0 = time.perf_counter()
-            result = case.run()
-            elapsed = time.perf_counter() - t0
-            case.verify(result)
-            del result
-            case.cleanup()
-            if index >= warmup:
-                case.samples.append(elapsed)
-        kind = "warm-up" if index < warmup else f"round {index - warmup + 1}/{rounds}"
-        print(f"  {title}: {kind} done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+@contextlib.contextmanager
+def journal_lines_at_once() -> Iterator[object]:
+    """The journal rule before issue #11: each chunk's line written right after its data, with
+    no ``fdatasync`` (a line could reach the disk before its data)."""
+    original = journal.LocalJournal.append
+
+    def append(self: journal.LocalJournal, offset: int, length: int, crc: int) -> None:
+        os.write(self._fd, f"{offset} {length} {crc}\n".encode())
+
+    journal.LocalJournal.append = append  # type: ignore[method-assign]
+    try:
+        yield None
+    finally:
+        journal.LocalJournal.append = original  # type: ignore[method-assign]
 
 
-# -- goals and tables --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Row:
-    """A line of a results table: a case, the baseline it is compared with, and its goal."""
-
-    case: str
-    baseline: str | None = None
-    goal: str = ""
-    goal_ratio: float | None = None
-    goal_mibs: float | None = None
-
-
-def evaluate(row: Row, cases: dict[str, Case]) -> dict[str, Any]:
-    case = cases[row.case]
-    low, high = case.mibs_range()
-    ratio = best_ratio = None
-    if row.baseline is not None:
-        base = cases[row.baseline]
-        ratio = case.mibs / base.mibs
-        best_ratio = high / base.mibs_range()[1]
-    met: bool | None = None
-    if row.goal_ratio is not None and ratio is not None:
-        met = ratio >= row.goal_ratio
-    elif row.goal_mibs is not None:
-        met = case.mibs >= row.goal_mibs
-    return {
-        "case": row.case,
-        "label": case.label,
-        "size": case.size,
-        "median_s": case.median,
-        "median_mibs": case.mibs,
-        "min_mibs": low,
-        "max_mibs": high,
-        "baseline": row.baseline,
-        "ratio": ratio,
-        "best_ratio": best_ratio,
-        "goal": row.goal,
-        "met": met,
-    }
-
-
-def markdown_table(title: str, results: list[dict[str, Any]]) -> str:
-    lines = [
-        f"### {title}",
-        "",
-        "| contender | size | median s | median MiB/s | slowest-fastest MiB/s"
-        " | ratio of medians | ratio of bests | goal | met |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for r in results:
-        ratio = "baseline" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        best = "" if r["best_ratio"] is None else f"{r['best_ratio']:.2f}x"
-        met = {None: "", True: "yes", False: "**no**"}[r["met"]]
-        lines.append(
-            f"| {r['label']} | {format_size(r['size'])} | {r['median_s']:.3f}"
-            f" | {r['median_mibs']:,.0f} | {r['min_mibs']:,.0f}-{r['max_mibs']:,.0f}"
-            f" | {ratio} | {best} | {r['goal']} | {met} |"
-        )
-    return "\n".join(lines)
+@contextlib.contextmanager
+def journal_commits_continuously() -> Iterator[object]:
+    """Group commits back to back (no quiet time, no interval): about one ``fdatasync`` per
+    chunk, the strictest rule short of making every chunk wait for its sync."""
+    saved = journal.SYNC_INTERVAL, journal.QUIET_COMMIT
+    journal.SYNC_INTERVAL = journal.QUIET_COMMIT = 0.0
+    try:
+        yield None
+    finally:
+        journal.SYNC_INTERVAL, journal.QUIET_COMMIT = saved
 
 
 # -- the sweep ---------------------------------------------------------------------------------
@@ -523,86 +395,9 @@ def sweep_tables(cases: dict[str, Case], routes: Sequence[str]) -> tuple[str, di
     return "\n".join(out), summary
 
 
-# -- machine -----------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "fsspec": version("fsspec"),
-        "fstransport": version("fstransport"),
-        "crc32c": version("crc32c"),
-        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
-# -- main --------------------------------------------------------------------------------------
-
-
-def publish(
-    report: dict[str, Any],
-    info: dict[str, Any],
-    started: float,
-    heading: Callable[[float], str],
-    tables: Sequence[str],
-    json_path: str | None,
-) -> None:
-    """End a benchmark run: the run time and end load into `report`, `heading(run seconds)`
-    and the Markdown `tables` to stdout, and `report` as JSON to `json_path` if given."""
-    info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    total = time.perf_counter() - started
-    report["elapsed_s"] = total
-    print(heading(total))
-    print("\n".join(tables))
-    if json_path:
-        with open(json_path, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2, default=str)
-
-
-def size_arg(text: str) -> int:
-    try:
-        size = parse_size(text)
-    except ConfigurationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if size < 16 * MiB:
-        raise argparse.ArgumentTypeError("use at least 16MiB")
-    return size
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--size", type=size_arg, default=256 * MiB, help="snapshot size (256MiB)")
-    parser.add_argument("--rounds", type=positive_int, default=5, help="counted rounds (5)")
-    parser.add_argument(
-        "--warmup", type=non_negative_int, default=1, help="uncounted warm-up rounds (1)"
-    )
+    parser = make_parser(__doc__)
+    add_common_arguments(parser, size=256 * MiB, rounds=5)
     parser.add_argument(
         "--serial-size",
         type=size_arg,
@@ -623,10 +418,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="run only group N (1-3; repeat for several); the sweep still runs unless --no-sweep",
     )
-    parser.add_argument("--dir", help="parent folder of the temporary local files (system temp)")
-    parser.add_argument("--seed", type=int, default=20240601, help="seed of the data and the order")
-    parser.add_argument("--json", metavar="PATH", help="also write every sample and result here")
-    parser.add_argument("--check", action="store_true", help="exit with 1 if a goal is not met")
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="add to group 2 ship() with the journal rule before issue #11 (lines at once, no "
+        "fdatasync) and with continuous commits, beside the default (group commits)",
+    )
     return parser.parse_args(argv)
 
 
@@ -639,8 +436,37 @@ class Group:
     rows: list[Row]
 
 
-def main_groups(bench: Bench) -> list[Group]:
-    """The contenders of goals 1-3 and how they are reported."""
+def journal_cases(bench: Bench) -> tuple[list[Case], list[Row]]:
+    """`--journal`: ship() file -> file, 8 MiB chunks, under other journal commit rules."""
+    chunk8 = TransferOptions(chunk_size=8 * MiB)
+    src = bench.places.local_path("src.bin")
+    cases = [
+        bench.ship_to_local_with(
+            "file/ship-8m-lines-at-once",
+            "ship(), 8 MiB chunks, journal lines at once, no fdatasync (before #11)",
+            src,
+            chunk8,
+            journal_lines_at_once,
+        ),
+        bench.ship_to_local_with(
+            "file/ship-8m-continuous-sync",
+            "ship(), 8 MiB chunks, journal commits back to back (fdatasync each)",
+            src,
+            chunk8,
+            journal_commits_continuously,
+        ),
+    ]
+    rows = [
+        Row("file/ship-8m-lines-at-once", "file/copyfile", ">= 0.8x", goal_ratio=0.8),
+        Row("file/ship-8m-continuous-sync", "file/copyfile", ">= 0.8x", goal_ratio=0.8),
+        Row("file/ship-8m", "file/ship-8m-lines-at-once"),
+    ]
+    return cases, rows
+
+
+def main_groups(bench: Bench, *, journal_variants: bool = False) -> list[Group]:
+    """The contenders of goals 1-3 and how they are reported (`journal_variants`: see
+    `journal_cases`)."""
     defaults = TransferOptions()
     d_label = f"{format_size(defaults.chunk_size)} x {defaults.max_in_flight}"
     chunk8 = TransferOptions(chunk_size=8 * MiB)
@@ -648,6 +474,7 @@ def main_groups(bench: Bench) -> list[Group]:
     openraft = TransferOptions(chunk_size=OPENRAFT_CHUNK, max_in_flight=1)
     w = defaults.max_in_flight
     local_src = bench.places.local_path("src.bin")
+    extra_cases, extra_rows = journal_cases(bench) if journal_variants else ([], [])
     return [
         Group(
             "1. memory:// -> memory://, 8 MiB chunks",
@@ -671,12 +498,14 @@ def main_groups(bench: Bench) -> list[Group]:
                 bench.ship_to_local(
                     "file/ship-8m", f"ship(), 8 MiB chunks, window {w}", local_src, chunk8
                 ),
+                *extra_cases,
             ],
             [
                 Row("file/copyfile"),
                 Row("file/loop-8m", "file/copyfile"),
                 Row("file/ship-default", "file/copyfile", ">= 0.8x", goal_ratio=0.8),
                 Row("file/ship-8m", "file/copyfile", ">= 0.8x", goal_ratio=0.8),
+                *extra_rows,
             ],
         ),
         Group(
@@ -717,16 +546,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine_info()
     print(f"generating {format_size(args.size)} of data (seed {args.seed}) ...", file=sys.stderr)
     data = make_data(max(args.size, sweep_size, args.serial_size), args.seed)
-    folder = tempfile.mkdtemp(prefix="fstransport-bench-", dir=args.dir)
-    loop = asyncio.new_event_loop()
     report: dict[str, Any] = {"machine": info, "args": dict(vars(args))}
     out: list[str] = []
-    try:
+    with workspace("fstransport-bench-", args.dir) as (folder, loop):
         places = Places(data[: args.size], data[: args.serial_size], folder)
         bench = Bench(places, loop)
         report["cases"] = {}
         report["groups"] = {}
-        for number, group in enumerate(main_groups(bench), 1):
+        for number, group in enumerate(main_groups(bench, journal_variants=args.journal), 1):
             if args.only and number not in args.only:
                 continue
             run_rounds(group.cases, args.rounds, args.warmup, rng, group.title)
@@ -765,23 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             out += [text, ""]
             places.close()
-    finally:
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
     publish(
-        report,
-        info,
-        started,
-        lambda total: (
-            f"# fstransport core benchmarks\n\n{info['nproc']} x {info['cpu']}, "
-            f"Python {info['python']}, fsspec {info['fsspec']}; "
-            f"size {format_size(args.size)}, {args.rounds} rounds (+{args.warmup} warm-up); "
-            f"throughput in MiB/s (2**20 B/s); run took {total:.0f} s.\n"
-        ),
-        out,
-        args.json,
+        report, info, started, args, "fstransport core benchmarks", f"fsspec {info['fsspec']}", out
     )
     met = [
         r["met"] for results in report["groups"].values() for r in results if r["met"] is not None

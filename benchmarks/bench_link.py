@@ -38,7 +38,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
-from bench_core import Case, DelayedNetwork, machine_info, make_data, positive_int, run_rounds
+from harness import (
+    Case,
+    DelayedNetwork,
+    MiB,
+    add_common_arguments,
+    check_report,
+    machine_info,
+    make_data,
+    make_parser,
+    run_rounds,
+)
 
 from fstransport import (
     FaultyNetwork,
@@ -54,7 +64,6 @@ from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.errors import ConfigurationError
 from fstransport.units import format_size, parse_bandwidth, parse_duration, parse_size
 
-MiB = 1024 * 1024
 ROOT = "/fstransport-bench-link"
 SERIAL = (1 * MiB, 1)
 SERIAL_DELAY = 0.001
@@ -117,9 +126,7 @@ class Contenders:
                 )
 
         def verify(result: object) -> None:
-            assert isinstance(result, TransferReport)
-            if result.size != len(self.data) or result.checksum != self.checksum:
-                raise AssertionError(f"{label}: reported {result.size} bytes, {result.checksum}")
+            check_report(result, len(self.data), self.checksum)
             if self.memfs.cat_file(f"{ROOT}/{name}") != self.data:
                 raise AssertionError(f"{label}: the copy differs from the source")
 
@@ -181,9 +188,11 @@ def report_link(link: Link, cases: Sequence[Case], serial: Case, size: int) -> d
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--size", type=parse_size, default=256 * MiB)
-    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser = make_parser(__doc__)
+    add_common_arguments(
+        parser, size=256 * MiB, rounds=3, size_type=parse_size, seed=20261126,
+        warmup=False, folder=False, check=False,
+    )  # fmt: skip
     parser.add_argument(
         "--links",
         type=link_arg,
@@ -192,8 +201,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="RTT@BANDWIDTH",
         help="links to simulate (default: 10ms@1Gbit 10ms@10Gbit)",
     )
-    parser.add_argument("--seed", type=int, default=20261126)
-    parser.add_argument("--json", metavar="PATH", help="write every sample as JSON")
     return parser.parse_args(argv)
 
 

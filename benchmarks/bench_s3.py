@@ -1,6 +1,6 @@
 """S3 benchmarks: `ship()` to and from S3 against boto3 and s3fs, and the memory a ship needs.
 
-Run from the repository root (needs ``pip install -e ".[dev]"``: moto, boto3, psutil)::
+Run from the repository root (needs ``pip install -e ".[dev]"``: moto, boto3)::
 
     python benchmarks/bench_s3.py [--size 256MiB] [--rounds 3] [--json out.json] [--check]
 
@@ -12,9 +12,9 @@ concurrency (8 MiB, 4 threads); and s3fs ``put_file`` / ``get_file`` with defaul
 same multipart upload made with aiobotocore from parts already in memory (no file, no chunks,
 no protocol), the fastest any client could make moto take an upload.
 
-The S3 server is moto in server mode, in its own process (``python -c`` running
-``moto.server.ThreadedMotoServer`` on 127.0.0.1, a free port), so its CPU time is not ours and
-can be reported on its own.  The method is `bench_core.py`'s: the contenders of one direction
+The S3 server is moto in server mode, in its own process (``python -m fstransport.moto_server``
+on 127.0.0.1, a free port), so its CPU time is not ours and can be reported on its own.  The
+method is the shared harness's (``harness.py``): the contenders of one direction
 form a group and are interleaved round by round in a shuffled order, a warm-up round is not
 counted, and each copy is verified after its timed region (S3 objects read back with boto3, local
 files compared byte for byte; no incomplete multipart upload may remain).  The timed region is
@@ -42,38 +42,45 @@ import json
 import os
 import pstats
 import random
-import select
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from typing import IO, Any
 
 import boto3
-import psutil
 import s3fs
-from bench_core import (
+from boto3.s3.transfer import TransferConfig
+from harness import (
     Case,
+    ChildProcess,
+    GiB,
+    KiB,
+    MiB,
+    PeakRss,
     Row,
+    add_common_arguments,
+    check_file,
+    check_report,
     evaluate,
     machine_info,
     make_data,
-    non_negative_int,
+    make_parser,
+    markdown_table,
+    moto_process,
     positive_int,
     publish,
+    remove_file,
     run_rounds,
-    size_arg,
+    size_list,
     sync_disk,
+    workspace,
+    write_file,
 )
-from boto3.s3.transfer import TransferConfig
 
-from fstransport import TransferReport, ship
+from fstransport import ship
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.moto_server import REGION, TEST_CREDENTIALS, reset_moto, storage_options_for
 from fstransport.protocol.parts import choose_part_size
@@ -81,10 +88,6 @@ from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.multipart import DEFAULT_UPLOADS, PartBody
 from fstransport.storage.s3 import crc32c_header, open_s3
 from fstransport.units import format_size
-
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
 
 BUCKET = "fstransport-bench"
 GOAL_SPEED_RATIO = 1.2  # ship() >= 1.2x the best of boto3 and s3fs, in each direction
@@ -144,67 +147,7 @@ print(json.dumps(result), flush=True)
 """
 
 
-# -- the moto server ---------------------------------------------------------------------------
-
-
-class MotoProcess:
-    """A moto S3 server in a child process; `cpu_seconds` is its CPU time so far."""
-
-    def __init__(self, log_path: str, timeout: float = 60.0) -> None:
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.log_path = log_path
-        # `python -m fstransport.moto_server` prints "host port" once it listens and serves until
-        # its stdin closes (so it also ends when this process dies)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fstransport.moto_server"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line:
-            self.stop()
-            raise RuntimeError(f"moto did not start within {timeout} s; see {log_path}")
-        host, port = line.split()
-        self.endpoint = f"http://{host}:{port}"
-        self._ps = psutil.Process(self.proc.pid)
-
-    def cpu_seconds(self) -> float:
-        times = self._ps.cpu_times()
-        return float(times.user + times.system)
-
-    def rss(self) -> int:
-        return int(self._ps.memory_info().rss)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        self._log.close()
-
-
 # -- contenders --------------------------------------------------------------------------------
-
-
-@dataclass
-class Timed:
-    """A `Case` of this benchmark plus the CPU seconds each run cost here and in moto."""
-
-    case: Case
-    client_cpu: list[float] = field(default_factory=list)
-    server_cpu: list[float] = field(default_factory=list)
-
-    def counted(self, warmup: int) -> tuple[list[float], list[float]]:
-        return self.client_cpu[warmup:], self.server_cpu[warmup:]
 
 
 class S3Bench:
@@ -214,7 +157,7 @@ class S3Bench:
         self,
         data: bytes,
         folder: str,
-        moto: MotoProcess,
+        moto: ChildProcess,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.data = data
@@ -222,10 +165,10 @@ class S3Bench:
         self.moto = moto
         self.loop = loop
         self.checksum = format_checksum(chunk_crc(data))
-        self.options = storage_options_for(moto.endpoint)
+        self.options = storage_options_for(moto.address)
         self.client = boto3.client(
             "s3",
-            endpoint_url=moto.endpoint,
+            endpoint_url=moto.address,
             region_name=REGION,
             aws_access_key_id=TEST_CREDENTIALS["key"],
             aws_secret_access_key=TEST_CREDENTIALS["secret"],
@@ -236,7 +179,10 @@ class S3Bench:
         with open(self.source, "wb") as fh:
             fh.write(data)
         sync_disk()
-        self.timed: dict[str, Timed] = {}
+        self.probes: dict[str, Callable[[], float]] = {
+            "client_cpu_s": time.process_time,
+            "server_cpu_s": moto.cpu_seconds,
+        }
 
     # -- places ------------------------------------------------------------------------------
 
@@ -245,7 +191,7 @@ class S3Bench:
 
     def reset(self) -> None:
         """Empty moto and create the bucket again."""
-        reset_moto(self.moto.endpoint)
+        reset_moto(self.moto.address)
         self.client.create_bucket(Bucket=BUCKET)
         self.fs.invalidate_cache()
 
@@ -254,8 +200,7 @@ class S3Bench:
         self.fs.invalidate_cache()
 
     def remove_local(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.local_path(name))
+        remove_file(self.local_path(name))
 
     def check_no_uploads(self) -> None:
         uploads = self.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
@@ -284,19 +229,10 @@ class S3Bench:
                 offset += len(want)
 
     def check_local(self, name: str) -> None:
-        path = self.local_path(name)
-        with open(path, "rb") as fh:
-            for offset in range(0, len(self.data), COMPARE_STEP):
-                if fh.read(COMPARE_STEP) != self.data[offset : offset + COMPARE_STEP]:
-                    raise AssertionError(f"{path} differs from the source at {offset}")
-            if fh.read(1):
-                raise AssertionError(f"{path} is longer than the source")
+        check_file(self.local_path(name), self.data)
 
     def check_report(self, result: object) -> None:
-        if not isinstance(result, TransferReport):
-            raise AssertionError(f"ship() returned {result!r}")
-        if result.size != len(self.data) or result.checksum != self.checksum:
-            raise AssertionError(f"ship() reported {result.size} bytes, {result.checksum}")
+        check_report(result, len(self.data), self.checksum)
 
     # -- building cases ----------------------------------------------------------------------
 
@@ -310,18 +246,7 @@ class S3Bench:
         cleanup: Callable[[], None] = lambda: None,
     ) -> Case:
         """A `Case` whose run also records the CPU seconds spent here and in moto."""
-        timed = Timed(Case(key, label, len(self.data), run, verify, prepare, cleanup))
-
-        def measured() -> object:
-            client0, server0 = time.process_time(), self.moto.cpu_seconds()
-            result = run()
-            timed.client_cpu.append(time.process_time() - client0)
-            timed.server_cpu.append(self.moto.cpu_seconds() - server0)
-            return result
-
-        timed.case.run = measured
-        self.timed[key] = timed
-        return timed.case
+        return Case(key, label, len(self.data), run, verify, prepare, cleanup, dict(self.probes))
 
     def upload(
         self, key: str, label: str, copy: Callable[[str], object], *, is_ship: bool = False
@@ -457,17 +382,12 @@ class Group:
     """Rows shown with their ratio to ship() but neither baselines nor contenders."""
 
 
-def cpu_medians(timed: Timed, warmup: int) -> tuple[float, float]:
-    client, server = timed.counted(warmup)
-    return statistics.median(client), statistics.median(server)
-
-
-def evaluate_group(group: Group, bench: S3Bench, warmup: int) -> dict[str, Any]:
+def evaluate_group(group: Group) -> dict[str, Any]:
     """Rows for every contender; ship() is judged against the baseline with the best median."""
     by_key = {c.key: c for c in group.cases}
     best = max(group.baseline_keys, key=lambda k: by_key[k].mibs)
     rows = [Row(k) for k in group.baseline_keys]
-    rows += [Row(k, group.ship_key) for k in group.reference_keys]
+    rows += [Row(k, group.ship_key, ratio_note=" of ship()") for k in group.reference_keys]
     rows.append(
         Row(
             group.ship_key,
@@ -477,10 +397,6 @@ def evaluate_group(group: Group, bench: S3Bench, warmup: int) -> dict[str, Any]:
         )
     )
     results = [evaluate(row, by_key) for row in rows]
-    for r in results:
-        client, server = cpu_medians(bench.timed[r["case"]], warmup)
-        r["client_cpu_s"] = client
-        r["server_cpu_s"] = server
     versus = {}
     ship_case = by_key[group.ship_key]
     for k in [*group.baseline_keys, *group.reference_keys]:
@@ -493,33 +409,14 @@ def evaluate_group(group: Group, bench: S3Bench, warmup: int) -> dict[str, Any]:
     return {"rows": results, "best_baseline": best, "ship_vs": versus}
 
 
-def markdown_table(title: str, evaluated: dict[str, Any]) -> str:
-    lines = [
-        f"### {title}",
-        "",
-        "| contender | size | median s | median MiB/s | slowest-fastest MiB/s"
-        " | ratio of medians | ratio of bests | client CPU s | moto CPU s | goal | met |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for r in evaluated["rows"]:
-        ratio = "baseline" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        if r["baseline"] is not None and r["goal"] == "":  # a reference row, against ship()
-            ratio = f"{r['ratio']:.2f}x of ship()"
-        best = "" if r["best_ratio"] is None else f"{r['best_ratio']:.2f}x"
-        met = {None: "", True: "yes", False: "**no**"}[r["met"]]
-        lines.append(
-            f"| {r['label']} | {format_size(r['size'])} | {r['median_s']:.3f}"
-            f" | {r['median_mibs']:,.0f} | {r['min_mibs']:,.0f}-{r['max_mibs']:,.0f}"
-            f" | {ratio} | {best} | {r['client_cpu_s']:.2f} | {r['server_cpu_s']:.2f}"
-            f" | {r['goal']} | {met} |"
-        )
-    lines.append("")
+def group_table(title: str, evaluated: dict[str, Any]) -> str:
+    """The harness's table with CPU columns, and ship() against every other contender."""
+    columns = (("client CPU s", "client_cpu_s"), ("moto CPU s", "server_cpu_s"))
     versus = "; ".join(
         f"vs {v['label']}: {v['ratio']:.2f}x (fastest rounds {v['best_ratio']:.2f}x)"
         for v in evaluated["ship_vs"].values()
     )
-    lines.append(f"ship() {versus}.")
-    return "\n".join(lines)
+    return f"{markdown_table(title, evaluated['rows'], columns)}\n\nship() {versus}."
 
 
 def main_groups(bench: S3Bench) -> list[Group]:
@@ -593,18 +490,6 @@ def main_groups(bench: S3Bench) -> list[Group]:
 # -- peak memory -------------------------------------------------------------------------------
 
 
-def write_file(path: str, size: int, seed: int) -> None:
-    """`size` pseudo-random bytes, written 16 MiB at a time (never held whole in memory)."""
-    rng = random.Random(seed)
-    with open(path, "wb") as fh:
-        remaining = size
-        while remaining:
-            step = min(remaining, 16 * MiB)
-            fh.write(rng.randbytes(step))
-            remaining -= step
-    sync_disk()
-
-
 def measure_process(args: list[str]) -> dict[str, Any]:
     """Run MEMORY_CODE with `args` in a fresh process; add the RSS peak sampled from outside."""
     proc = subprocess.Popen(
@@ -613,22 +498,9 @@ def measure_process(args: list[str]) -> dict[str, Any]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    sampled = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal sampled
-        with contextlib.suppress(psutil.Error):
-            watched = psutil.Process(proc.pid)
-            while not done.is_set():
-                sampled = max(sampled, int(watched.memory_info().rss))
-                time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    sampler = PeakRss(proc.pid, field="VmRSS")
     out, err = proc.communicate(timeout=600)
-    done.set()
-    sampler.join()
+    sampled = sampler.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"memory child {args[0]} failed ({proc.returncode}):\n{err}")
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
@@ -705,7 +577,7 @@ def run_memory(
                 continue
             bench.reset()
             key = f"memory-{name}.bin"
-            result = measure_process([*args, f"s3://{BUCKET}/{key}", bench.moto.endpoint])
+            result = measure_process([*args, f"s3://{BUCKET}/{key}", bench.moto.address])
             if args[0] == "ship" and result["size"] != run.size:
                 raise AssertionError(f"ship() in the child reported {result['size']} bytes")
             bench.check_object(key, args[1])
@@ -814,21 +686,15 @@ def profile_ship(bench: S3Bench, path: str) -> str:
 # -- main --------------------------------------------------------------------------------------
 
 
-def s3_versions() -> dict[str, str]:
-    names = ("s3fs", "aiobotocore", "botocore", "boto3", "moto", "aiohttp", "werkzeug")
-    return {name: version(name) for name in names}
+S3_PACKAGES = ("s3fs", "aiobotocore", "botocore", "boto3", "moto", "aiohttp", "werkzeug")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--size", type=size_arg, default=256 * MiB, help="object size (256MiB)")
-    parser.add_argument("--rounds", type=positive_int, default=3, help="counted rounds (3)")
-    parser.add_argument(
-        "--warmup", type=non_negative_int, default=1, help="uncounted warm-up rounds (1)"
-    )
+    parser = make_parser(__doc__)
+    add_common_arguments(parser, size=256 * MiB, rounds=3, what="object size")
     parser.add_argument(
         "--memory-sizes",
-        type=lambda text: sorted({size_arg(t) for t in text.split(",")}),
+        type=size_list,
         default=[512 * MiB, 1 * GiB, 2 * GiB],
         help="sizes of the peak-memory ships, comma-separated (512MiB,1GiB,2GiB)",
     )
@@ -845,88 +711,61 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="PATH",
         help="also profile one ship() each way; write PATH.upload.prof, PATH.download.prof",
     )
-    parser.add_argument("--dir", help="parent folder of the temporary local files (system temp)")
-    parser.add_argument("--seed", type=int, default=20240601, help="seed of the data and the order")
-    parser.add_argument("--json", metavar="PATH", help="also write every sample and result here")
-    parser.add_argument("--check", action="store_true", help="exit with 1 if a goal is not met")
     return parser.parse_args(argv)
-
-
-@contextlib.contextmanager
-def moto_process(folder: str) -> Iterator[MotoProcess]:
-    moto = MotoProcess(os.path.join(folder, "moto.log"))
-    try:
-        yield moto
-    finally:
-        moto.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     rng = random.Random(args.seed)
     started = time.perf_counter()
-    info = {**machine_info(), **s3_versions()}
+    info = machine_info(*S3_PACKAGES)
     print(f"generating {format_size(args.size)} of data (seed {args.seed}) ...", file=sys.stderr)
     data = make_data(args.size, args.seed)
-    folder = tempfile.mkdtemp(prefix="fstransport-bench-s3-", dir=args.dir)
-    loop = asyncio.new_event_loop()
     report: dict[str, Any] = {"machine": info, "args": dict(vars(args))}
     out: list[str] = []
     met: list[bool] = []
-    try:
-        with moto_process(folder) as moto:
-            print(f"moto server (pid {moto.proc.pid}) at {moto.endpoint}", file=sys.stderr)
-            bench = S3Bench(data, folder, moto, loop)
-            report["cases"] = {}
-            report["groups"] = {}
-            for group in [] if args.no_speed else main_groups(bench):
-                bench.reset()
-                group.setup()
-                run_rounds(group.cases, args.rounds, args.warmup, rng, group.title)
-                bench.check_no_uploads()
-                for case in group.cases:
-                    client, server = bench.timed[case.key].counted(args.warmup)
-                    report["cases"][case.key] = {
-                        **case.to_dict(),
-                        "client_cpu_s": client,
-                        "server_cpu_s": server,
-                    }
-                evaluated = evaluate_group(group, bench, args.warmup)
-                report["groups"][group.title] = evaluated
-                met += [r["met"] for r in evaluated["rows"] if r["met"] is not None]
-                out += [markdown_table(group.title, evaluated), ""]
-            if args.profile:
-                bench.reset()
-                print("  profiling one ship() each way ...", file=sys.stderr)
-                print(profile_ship(bench, args.profile), file=sys.stderr)
-            if not args.no_memory:
-                sizes = args.memory_sizes
-                memory = run_memory(bench, sizes, args.memory_rounds, args.seed)
-                report["memory"] = {name: run.to_dict() for name, run in memory.items()}
-                text, memory_met = memory_table(memory, sizes)
-                if max(sizes) >= 2 * GiB:
-                    met.append(memory_met)
-                out += [text, ""]
+    with (
+        workspace("fstransport-bench-s3-", args.dir) as (folder, loop),
+        open(os.path.join(folder, "moto.log"), "wb") as log,
+        moto_process(log) as moto,
+    ):
+        print(f"moto server (pid {moto.pid}) at {moto.address}", file=sys.stderr)
+        bench = S3Bench(data, folder, moto, loop)
+        report["cases"] = {}
+        report["groups"] = {}
+        for group in [] if args.no_speed else main_groups(bench):
+            bench.reset()
+            group.setup()
+            run_rounds(group.cases, args.rounds, args.warmup, rng, group.title)
             bench.check_no_uploads()
-            report["moto_rss_end"] = moto.rss()
-    finally:
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
-        shutil.rmtree(folder, ignore_errors=True)
+            report["cases"].update({case.key: case.to_dict() for case in group.cases})
+            evaluated = evaluate_group(group)
+            report["groups"][group.title] = evaluated
+            met += [r["met"] for r in evaluated["rows"] if r["met"] is not None]
+            out += [group_table(group.title, evaluated), ""]
+        if args.profile:
+            bench.reset()
+            print("  profiling one ship() each way ...", file=sys.stderr)
+            print(profile_ship(bench, args.profile), file=sys.stderr)
+        if not args.no_memory:
+            sizes = args.memory_sizes
+            memory = run_memory(bench, sizes, args.memory_rounds, args.seed)
+            report["memory"] = {name: run.to_dict() for name, run in memory.items()}
+            text, memory_met = memory_table(memory, sizes)
+            if max(sizes) >= 2 * GiB:
+                met.append(memory_met)
+            out += [text, ""]
+        bench.check_no_uploads()
+        report["moto_rss_end"] = moto.rss()
 
     publish(
         report,
         info,
         started,
-        lambda total: (
-            f"# fstransport S3 benchmarks\n\n{info['nproc']} x {info['cpu']}, "
-            f"Python {info['python']}, s3fs {info['s3fs']}, boto3 {info['boto3']}, "
-            f"moto {info['moto']} (own process); size {format_size(args.size)}, "
-            f"{args.rounds} rounds (+{args.warmup} warm-up); throughput in MiB/s (2**20 B/s); "
-            f"run took {total:.0f} s.\n"
-        ),
+        args,
+        "fstransport S3 benchmarks",
+        f"s3fs {info['s3fs']}, boto3 {info['boto3']}, moto {info['moto']} (own process)",
         out,
-        args.json,
     )
     return 1 if args.check and not all(met) else 0
 

@@ -14,6 +14,8 @@ It runs, one after the other so that none disturbs another:
   copy in-process;
 - ``bench_link.py``: the pipelined sender against the bandwidth-delay limit and the serial
   sender over simulated links;
+- ``bench_rclone.py`` (when ``rclone`` is on PATH): ``fstransport ship`` against ``rclone
+  copyto`` on moto, command line to command line, and the peak memory of S3 -> file ships;
 - ``fstransport bench`` sweeps (chunk size x window) with their plots: memory → local file,
   local file → S3, and memory → memory over a simulated 10 ms, 1 Gbit/s link.
 
@@ -25,17 +27,18 @@ commands.  A part that fails is reported and the others still run; the exit code
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness import machine_info, make_parser, positive_int
+
 HERE = Path(__file__).resolve().parent
-PARTS = ("core", "s3", "http", "link", "sweeps")
+PARTS = ("core", "s3", "http", "link", "rclone", "sweeps")
 SWEEPS = {
     "sweep-memory-local": ["--source", "memory", "--target", "local"],
     "sweep-local-s3": ["--source", "local", "--target", "s3"],
@@ -49,7 +52,7 @@ def commands(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str]]]
     sized = ["--size", args.size, "--rounds", str(args.rounds)]
     runs: list[tuple[str, list[str]]] = []
     for part in args.parts:
-        if part in ("core", "s3", "http"):
+        if part in ("core", "s3", "http", "rclone"):
             script = str(HERE / f"bench_{part}.py")
             runs.append((part, [python, script, *sized, "--json", str(out / f"{part}.json")]))
         elif part == "link":
@@ -66,15 +69,15 @@ def commands(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str]]]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = make_parser(__doc__)
     parser.add_argument("--size", default="256MiB", help="snapshot size of the comparisons")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the comparisons")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="rounds of the comparisons")
     parser.add_argument("--out", default="bench-results", help="folder for the results")
     parser.add_argument(
         "--parts",
         type=lambda text: [p.strip() for p in text.split(",")],
-        default=list(PARTS),
-        help=f"comma-separated, of {','.join(PARTS)} (default: all)",
+        default=[p for p in PARTS if p != "rclone" or shutil.which("rclone")],
+        help=f"comma-separated, of {','.join(PARTS)} (default: all; rclone if on PATH)",
     )
     args = parser.parse_args(argv)
     unknown = [p for p in args.parts if p not in PARTS]
@@ -87,13 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
     report = [
         "# fstransport benchmark suite",
         "",
-        f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}",
-        f"- started: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        f"- machine: {info['platform']}, {info['nproc']} x {info['cpu']}, Python {info['python']}",
+        f"- started: {info['started']}, load average "
+        f"{' '.join(f'{x:.2f}' for x in info['loadavg'] or ())}",
         f"- command: `python benchmarks/suite.py {shlex.join(argv or sys.argv[1:])}`",
         "",
     ]

@@ -6,8 +6,9 @@ atomic installs.  Start with `ship` for a one-call copy, or `Chunked.send_snapsh
 `Receiver` with a `Network` adapter of your own.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
+from fstransport._lazy import lazy_exports
 from fstransport.errors import (
     ChecksumMismatch,
     ConfigurationError,
@@ -41,18 +42,44 @@ from fstransport.messages import (
     Vote,
     contiguous,
 )
-from fstransport.network import FaultStats, FaultyNetwork, HttpNetwork, LoopbackNetwork, Network
+from fstransport.network.base import Network
 from fstransport.options import KiB, MiB, RetryPolicy, TransferOptions
-from fstransport.protocol.receiver import ReceiverLimits
-from fstransport.receiver import Receiver
-from fstransport.sender import Chunked, SendResult, send_source
-from fstransport.storage import FsspecSnapshotStore, SnapshotStore, open_source, source_for_file
-from fstransport.transfer import TransferReport, ship
 
-try:
-    __version__ = version("fstransport")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+# Everything else is imported on first use (``fstransport.X`` or ``from fstransport import X``),
+# so that ``import fstransport`` loads no aiohttp, fsspec or botocore: see `fstransport._lazy`.
+_LAZY = {
+    "Chunked": "fstransport.sender",
+    "FaultStats": "fstransport.network.faults",
+    "FaultyNetwork": "fstransport.network.faults",
+    "FsspecSnapshotStore": "fstransport.storage.store",
+    "HttpNetwork": "fstransport.network.http",
+    "LoopbackNetwork": "fstransport.network.loopback",
+    "Receiver": "fstransport.receiver",
+    "ReceiverLimits": "fstransport.protocol.receiver",
+    "SendResult": "fstransport.sender",
+    "SnapshotStore": "fstransport.storage.base",
+    "TransferReport": "fstransport.transfer",
+    "__version__": "fstransport._version",
+    "open_source": "fstransport.storage.source",
+    "send_source": "fstransport.sender",
+    "ship": "fstransport.transfer",
+    "source_for_file": "fstransport.storage.source",
+}
+
+if TYPE_CHECKING:
+    from fstransport._version import __version__
+    from fstransport.network.faults import FaultStats, FaultyNetwork
+    from fstransport.network.http import HttpNetwork
+    from fstransport.network.loopback import LoopbackNetwork
+    from fstransport.protocol.receiver import ReceiverLimits
+    from fstransport.receiver import Receiver
+    from fstransport.sender import Chunked, SendResult, send_source
+    from fstransport.storage.base import SnapshotStore
+    from fstransport.storage.source import open_source, source_for_file
+    from fstransport.storage.store import FsspecSnapshotStore
+    from fstransport.transfer import TransferReport, ship
+else:
+    __getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 __all__ = [
     "ChecksumMismatch",

@@ -17,7 +17,7 @@
     ├── InvalidRequest            a request broke a rule (bad offset, size, id, ...); never written
     │   ├── TooManyTransfers      the receiver already runs its maximum number of transfers
     │   ├── Unauthorized          the receiver refused the sender's credentials
-    │   └── BodyStalled           a request's body stopped arriving (the server answers 408)
+    │   └── BodyStalled           a request's body stopped or trickled (the server answers 408)
     ├── ChecksumMismatch          data does not match its CRC32C (a chunk or the whole snapshot)
     ├── RetryExhausted            the retry budget ran out; ``last_error`` says why
     └── ConfigurationError        bad options or arguments from the caller (also a ``ValueError``)
@@ -244,7 +244,8 @@ class Unauthorized(InvalidRequest):
 
 
 class BodyStalled(InvalidRequest):
-    """No byte of a request's body arrived for the server's `idle_timeout` (answered with 408)."""
+    """A request's body arrived too slowly: nothing for the server's `idle_timeout`, or less
+    than the server's minimum body rate on average over it (answered with 408)."""
 
 
 class ChecksumMismatch(FstransportError):

@@ -93,6 +93,24 @@ def moto_process(timeout: float = 60.0) -> Iterator[str]:
             proc.stdout.close()
 
 
+def _usage(endpoint: str) -> str:
+    """How to use the server at `endpoint`: printed on stderr when it starts."""
+    key, secret = TEST_CREDENTIALS["key"], TEST_CREDENTIALS["secret"]
+    return (
+        f"moto S3 server on {endpoint} (in memory: every bucket vanishes when it stops)\n"
+        f"  credentials: AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} "
+        f"(any pair works), region {REGION}\n"
+        "  it starts empty: create a bucket first, e.g.\n"
+        f"    AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} "
+        f"aws --endpoint-url {endpoint} s3 mb s3://demo\n"
+        f"    (or: curl -X PUT {endpoint}/demo)\n"
+        "  then, e.g.:\n"
+        f"    AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} "
+        f"fstransport ship FILE s3://demo/ --endpoint-url {endpoint}\n"
+        "  stop it with Ctrl-C or by closing its standard input"
+    )
+
+
 def _serve_until_stdin_closes() -> int:
     """Serve until stdin closes (0) or Ctrl-C (130, quietly: stopping it is what Ctrl-C is for)."""
     try:
@@ -102,6 +120,7 @@ def _serve_until_stdin_closes() -> int:
     try:
         host, port = endpoint.removeprefix("http://").rsplit(":", 1)
         print(host, port, flush=True)
+        print(_usage(endpoint), file=sys.stderr, flush=True)
         sys.stdin.read()
     except KeyboardInterrupt:
         return 130

@@ -9,13 +9,30 @@ from typing import TextIO
 
 from fstransport.units import format_rate, format_size
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "format_eta"]
+
+
+def format_eta(seconds: float) -> str:
+    """``"<1s"``, ``"42s"``, ``"3m05s"``, ``"2:03:04"``: short, and never a misleading zero."""
+    if seconds < 1:
+        return "<1s"
+    whole = int(seconds + 0.5)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 class ProgressBar:
-    """Shows ``12.0 MiB / 64.0 MiB  18%  210.5 MiB/s  ETA 0:00:02`` on `stream`, redrawn at most
+    """Shows ``12.0 MiB / 64.0 MiB  18%  210.5 MiB/s  ETA 2s`` on `stream`, redrawn at most
     ten times a second, and only when `stream` is a terminal and the transfer has taken longer
-    than `delay` seconds: quick copies and redirected output stay quiet."""
+    than `delay` seconds: quick copies and redirected output stay quiet.
+
+    Bytes the receiver already held (a resumed transfer) count towards the percentage but not
+    towards the rate (`skip`).  Once every byte is acknowledged the bar shows `finishing` (say
+    ``"completing upload…"``) until `close`, which draws the final line at 100%.
+    """
 
     def __init__(
         self,
@@ -24,11 +41,16 @@ class ProgressBar:
         *,
         delay: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        finishing: str = "finishing…",
+        enabled: bool | None = None,
     ) -> None:
         self.total = total
         self.done = 0
+        self.skipped = 0
+        self.finishing = finishing
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.enabled = tty if enabled is None else enabled and tty
         self._clock = clock
         self._started = clock()
         self._delay = delay
@@ -38,33 +60,51 @@ class ProgressBar:
     def update(self, nbytes: int) -> None:
         """`nbytes` more bytes were delivered."""
         self.done += nbytes
+        self.refresh()
+
+    def skip(self, nbytes: int) -> None:
+        """The receiver already held `nbytes` bytes: they need not be sent."""
+        self.skipped += nbytes
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Redraw if it is time to (call it now and then while nothing is delivered)."""
         now = self._clock()
         if self.enabled and now - self._started >= self._delay and now - self._drawn_at >= 0.1:
-            self._draw(now)
+            self._draw(self.line(now))
 
-    def line(self, now: float | None = None) -> str:
+    def line(self, now: float | None = None, *, final: bool = False) -> str:
         """The text of the bar at time `now`."""
         now = self._clock() if now is None else now
         elapsed = max(now - self._started, 1e-9)
-        rate = self.done / elapsed
-        parts = [format_size(self.done)]
+        rate = self.done / elapsed  # bytes sent, not bytes the receiver already held
+        covered = self.done + self.skipped
+        parts = [format_size(covered)]
         if self.total:
             parts[0] += f" / {format_size(self.total)}"
-            parts.append(f"{100 * self.done // self.total:3d}%")
+            percent = 100 if final else min(99, 100 * covered // self.total)
+            parts.append(f"{percent:3d}%")
         parts.append(format_rate(rate))
-        if self.total and rate > 0:
-            left = max(0, int((self.total - self.done) / rate))
-            parts.append(f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
+        if final:
+            parts.append(f"in {format_eta(elapsed)}")
+        elif self.total and covered >= self.total:
+            parts.append(self.finishing)
+        elif self.total and rate > 0:
+            parts.append(f"ETA {format_eta((self.total - covered) / rate)}")
+        if self.skipped:
+            parts.append(f"({format_size(self.skipped)} already there)")
         return "  ".join(parts)
 
-    def _draw(self, now: float) -> None:
-        self.stream.write("\r" + self.line(now).ljust(60))
+    def _draw(self, text: str) -> None:
+        self.stream.write("\r" + text.ljust(60))
         self.stream.flush()
-        self._drawn_at = now
+        self._drawn_at = self._clock()
         self._shown = True
 
-    def close(self) -> None:
-        """End the line, if anything was drawn."""
+    def close(self, *, completed: bool = False) -> None:
+        """End the line, if anything was drawn; after a completed copy, at 100%."""
         if self._shown:
+            if completed:
+                self._draw(self.line(final=True))
             self.stream.write("\n")
             self.stream.flush()

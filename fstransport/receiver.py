@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -37,8 +39,15 @@ from fstransport.protocol.receiver import (
     decide_stream,
     validate_request,
 )
-from fstransport.storage.sink import Lost, SnapshotSink, aborted, write_checked, write_chunk
-from fstransport.storage.store import SnapshotStore
+from fstransport.storage.base import (
+    Lost,
+    SnapshotSink,
+    SnapshotStore,
+    aborted,
+    is_verifying_sink,
+    write_checked,
+    write_chunk,
+)
 
 __all__ = ["Receiver", "VoteScope"]
 
@@ -108,7 +117,10 @@ class _Stream:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
     resumed: bool = False  # the next answer tells the sender what is held
-    from_store: bool = False  # it continues partial data an earlier receiver left
+    from_store: bool = False  # it continues partial data an earlier receiver or sender left
+    unverified: bool = False  # it was written since its bytes were last re-read
+    verifying: asyncio.Future[None] | None = None
+    last_seen: float = 0.0  # when a request of it last came or ended (the receiver's clock)
 
 
 class Receiver:
@@ -122,6 +134,13 @@ class Receiver:
     given, stays a floor below which every request is refused.  See `vote_for`.
     Every request is validated before anything is written; a refused request leaves the
     receiver's streams and the installed snapshots as they were.
+
+    With `idle_timeout` (seconds), a transfer that no request touched for that long is let go
+    by `expire_idle` (which the receiver server calls periodically, and the receiver itself
+    before it would refuse a new transfer as one too many): its slot, open files and buffers
+    are given back, and its partial data stays in the store for a later resume (a store
+    without a ``release`` method discards it).  `clock` tells the time (monotonic seconds;
+    tests pass a fake one).
     """
 
     def __init__(
@@ -131,14 +150,21 @@ class Receiver:
         *,
         limits: ReceiverLimits | None = None,
         vote_scope: VoteScope = "node",
+        idle_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if vote_scope not in ("node", "snapshot"):
             raise ConfigurationError(f"vote_scope must be 'node' or 'snapshot', got {vote_scope!r}")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
         self.store = store
         self.vote = vote
         self.vote_scope: VoteScope = vote_scope
         self._votes: OrderedDict[str, Vote] = OrderedDict()
         self.limits = limits or ReceiverLimits()
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+        self._busy: dict[str, int] = {}  # requests under way, per snapshot id
         self._streams: dict[str, _Stream] = {}
         self._installed: OrderedDict[str, SnapshotMeta] = OrderedDict()
         self._installing: dict[str, asyncio.Future[None]] = {}
@@ -280,18 +306,75 @@ class Receiver:
         return stream
 
     async def _receive(self, req: InstallSnapshotRequest, checked: _Checked) -> _Outcome:
+        """`_receive_now`, with the request counted as under way for `expire_idle`."""
+        snapshot_id = req.meta.snapshot_id
+        self._busy[snapshot_id] = self._busy.get(snapshot_id, 0) + 1
+        try:
+            return await self._receive_now(req, checked)
+        finally:
+            left = self._busy[snapshot_id] - 1
+            if left:
+                self._busy[snapshot_id] = left
+            else:
+                del self._busy[snapshot_id]
+            stream = self._streams.get(snapshot_id)
+            if stream is not None:
+                stream.last_seen = self.clock()
+
+    async def expire_idle(self) -> list[str]:
+        """Let go of every transfer no request touched for `idle_timeout` seconds; return their
+        ids.  Each gives back its slot, its open files and its buffers; its partial data stays
+        in the store (see the class's docstring).  Does nothing without an `idle_timeout`."""
+        if self.idle_timeout is None:
+            return []
+        cutoff = self.clock() - self.idle_timeout
+        expired = []
+        for snapshot_id, stream in list(self._streams.items()):
+            if (
+                stream.last_seen > cutoff
+                or self._busy.get(snapshot_id)
+                or stream.lock.locked()
+                or self._streams.get(snapshot_id) is not stream
+            ):
+                continue
+            del self._streams[snapshot_id]
+            async with stream.lock:
+                stream.closed = True
+                try:
+                    release = getattr(self.store, "release", None)
+                    if release is not None:
+                        await release(snapshot_id)
+                    else:
+                        await self.store.abort(snapshot_id)
+                except StorageError as exc:
+                    log.warning("letting go of snapshot %r failed: %s", snapshot_id, exc)
+            log.info(
+                "snapshot %r: no chunk for %g s; its slot is free, its partial data kept",
+                snapshot_id,
+                self.idle_timeout,
+            )
+            expired.append(snapshot_id)
+        return expired
+
+    async def _receive_now(self, req: InstallSnapshotRequest, checked: _Checked) -> _Outcome:
         snapshot_id = req.meta.snapshot_id
         stream = self._streams.get(snapshot_id)
         installing = self._installing.get(snapshot_id)
-        if stream is None and installing is not None and req.done:
-            with contextlib.suppress(Exception):  # its answer was lost while it was installed
+        if stream is None and installing is not None:
+            # Its answer was lost while it was installed (a repeated final chunk), or a new
+            # transfer under this id begins: either way, after the install, never beside it
+            # (beginning anew discards what the install is moving into place).
+            with contextlib.suppress(Exception):
                 await asyncio.shield(installing)
+            return await self._receive_now(req, checked)
         if stream is None:
             if self._already_installed(req):
                 return None, ((0, req.offset + len(req.data)),)
             stream = await self._resume(req)
         decision = decide_stream(stream.state.meta if stream else None, req)
         if decision is StreamDecision.CONTINUE and stream is not None:
+            if req.offset == 0:
+                await self._reverify(snapshot_id, stream)
             if _concurrent(stream, req, checked):
                 return await self._write_concurrently(snapshot_id, stream, req, checked)
             async with stream.lock:
@@ -299,15 +382,18 @@ class Receiver:
                     return await self._receive(req, checked)
                 return await self._write(snapshot_id, stream, req, checked)
         if stream is not None:
-            await self._drop(snapshot_id, stream)
+            if not await self._drop(snapshot_id, stream):  # it ended meanwhile: decide again
+                return await self._receive_now(req, checked)
         elif len(self._streams) >= self.limits.max_transfers:
+            if await self.expire_idle():  # a slot is free now; things moved meanwhile: again
+                return await self._receive_now(req, checked)
             raise TooManyTransfers(
                 f"already receiving {len(self._streams)} snapshots "
                 f"(limit {self.limits.max_transfers}); try again later"
             )
         # Register the stream before the first await, so that chunks arriving while the sink
         # is created find it (and wait for its lock) instead of being told to start over.
-        stream = _Stream(StreamState(req.meta))
+        stream = _Stream(StreamState(req.meta), last_seen=self.clock())
         self._streams[snapshot_id] = stream
         async with stream.lock:
             try:
@@ -321,8 +407,11 @@ class Receiver:
         """A stream over partial data an earlier receiver left for this very snapshot."""
         snapshot_id = req.meta.snapshot_id
         if len(self._streams) >= self.limits.max_transfers:
-            return None
-        stream = _Stream(StreamState(req.meta))
+            if not await self.expire_idle():
+                return None
+            if snapshot_id in self._streams:  # begun by another request meanwhile
+                return self._streams[snapshot_id]
+        stream = _Stream(StreamState(req.meta), last_seen=self.clock())
         self._streams[snapshot_id] = stream
         async with stream.lock:
             try:
@@ -344,6 +433,47 @@ class Receiver:
                 stream.state.ledger.held().total(),
             )
         return stream
+
+    async def _reverify(self, snapshot_id: str, stream: _Stream) -> None:
+        """A chunk at offset 0 for a stream that holds data: a sender starting (again) — often
+        a new one after the last died.  The bytes held may have been damaged since they were
+        written, so they are re-read and checked against their CRCs before the sender is told
+        what is held; chunks that fail are forgotten and sent again.  Runs once per batch of
+        writes (a retried chunk 0 waits for the check under way, it does not start another),
+        in a task of its own that a cancelled request does not stop."""
+        if stream.verifying is not None and not stream.verifying.done():
+            await asyncio.shield(stream.verifying)
+            return
+        if not stream.unverified or stream.resumed:
+            return  # nothing written since the last check (a stream from the store was checked)
+        stream.unverified = False
+        task = asyncio.ensure_future(self._check_held(snapshot_id, stream))
+        task.add_done_callback(_consume_outcome)
+        stream.verifying = task
+        await asyncio.shield(task)
+
+    async def _check_held(self, snapshot_id: str, stream: _Stream) -> None:
+        async with stream.lock:
+            sink = stream.sink
+            if stream.closed or sink is None or not is_verifying_sink(sink):
+                return
+            records = stream.state.ledger.records()
+            try:
+                held = set(await sink.verify(records))
+            except StorageError:
+                await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
+                raise
+            for record in records:
+                if record not in held:
+                    stream.state.ledger.discard(record.offset, record.end)
+            if len(held) < len(records):
+                log.warning(
+                    "snapshot %r: %d of %d held chunks lost their bytes; they are sent again",
+                    snapshot_id,
+                    len(records) - len(held),
+                    len(records),
+                )
+            stream.from_store = True  # its data may be another sender's: see `_write`
 
     def _forget(self, snapshot_id: str, stream: _Stream) -> None:
         stream.closed = True
@@ -379,6 +509,7 @@ class Receiver:
                 await self._drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
                 raise
             stream.state.record(req, checked.crc, lost)
+            stream.unverified = True
         held = _held_to_tell(stream, req)
         if not req.done:
             return None, held
@@ -390,8 +521,8 @@ class Receiver:
         except ChecksumMismatch as exc:
             await self._drop(snapshot_id, stream, locked=True)
             if stream.from_store:
-                # The partial data an earlier receiver left was not of this snapshot after all
-                # (its journal named no checksum): it is gone now; the sender starts over.
+                # The partial data an earlier receiver or sender left was not of this snapshot
+                # after all (it named no checksum): it is gone now; the sender starts over.
                 raise SnapshotMismatch(
                     expect=SnapshotSegmentId(snapshot_id, 0),
                     got=SnapshotSegmentId(snapshot_id, req.offset),
@@ -400,8 +531,8 @@ class Receiver:
         except BaseException:
             await self._drop(snapshot_id, stream, locked=True)
             raise
-        stream.closed = True
-        del self._streams[snapshot_id]
+        # (a request that ended this transfer may have taken it out of the table meanwhile)
+        self._forget(snapshot_id, stream)
         return snapshot, held
 
     async def _write_concurrently(
@@ -430,6 +561,7 @@ class Receiver:
             if stream.closed:
                 raise aborted(sink.path)  # dropped while this chunk was being written
             stream.state.record(req, checked.crc, lost)
+            stream.unverified = True
             return None, _held_to_tell(stream, req)
 
     async def abort(self, snapshot_id: str) -> None:
@@ -440,14 +572,19 @@ class Receiver:
         else:
             await self.store.abort(snapshot_id)
 
-    async def _drop(self, snapshot_id: str, stream: _Stream, *, locked: bool = False) -> None:
-        """Forget `stream` and delete its partial data."""
-        if self._streams.get(snapshot_id) is stream:
-            del self._streams[snapshot_id]
+    async def _drop(self, snapshot_id: str, stream: _Stream, *, locked: bool = False) -> bool:
+        """Forget `stream` and delete its partial data; False if it had ended meanwhile
+        (finished, or dropped by another request), and nothing was done.
+
+        The stream stays in the table until its lock is taken: a request arriving meanwhile
+        waits behind it instead of beginning the same id anew beside a write or a finish."""
         if locked:
-            stream.closed = True
+            self._forget(snapshot_id, stream)
             await self.store.abort(snapshot_id)
-            return
+            return True
         async with stream.lock:
-            stream.closed = True
+            if stream.closed:
+                return False
+            self._forget(snapshot_id, stream)
             await self.store.abort(snapshot_id)
+            return True

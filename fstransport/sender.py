@@ -165,6 +165,10 @@ class _Sender:
         tasks: dict[asyncio.Future[Any], ChunkPlan] = {}
         cancel_task = asyncio.ensure_future(cancel) if cancel is not None else None
         try:
+            if cancel_task is not None:
+                await asyncio.sleep(0)  # a cancel that is set already stops us before any send
+                if cancel_task.done():
+                    raise self._closed(cancel_task)
             while True:
                 now = self.loop.time()
                 if self.deadline_at is not None and now >= self.deadline_at:

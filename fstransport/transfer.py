@@ -54,8 +54,10 @@ class TransferReport:
 
     @property
     def throughput(self) -> float:
-        """Bytes per second of snapshot data (not counting re-sent bytes)."""
-        return self.size / self.elapsed if self.elapsed > 0 else float("inf")
+        """Bytes per second of snapshot data this call sent: neither re-sent bytes nor the
+        bytes a resumed transfer found already at the receiver count."""
+        sent = self.size - self.bytes_skipped
+        return sent / self.elapsed if self.elapsed > 0 else float("inf")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the report, throughput included."""

@@ -1,8 +1,7 @@
-"""Shared fixtures: a clean memory:// filesystem per test, payloads, and recording networks."""
+"""Shared fixtures: a clean memory:// filesystem per test, and payloads."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Iterator
 
@@ -10,14 +9,7 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from fstransport import (
-    FsspecSnapshotStore,
-    InstallSnapshotRequest,
-    InstallSnapshotResponse,
-    LoopbackNetwork,
-    Receiver,
-    TransferOptions,
-)
+from fstransport import FsspecSnapshotStore
 from fstransport.moto_server import REGION, TEST_CREDENTIALS
 
 S3_ENV = {
@@ -44,28 +36,6 @@ def clean_memory_fs() -> Iterator[MemoryFileSystem]:
 def payload(size: int, seed: int = 0) -> bytes:
     """Deterministic pseudo-random bytes."""
     return random.Random(seed).randbytes(size)
-
-
-class RecordingNetwork:
-    """Delivers to a real receiver and records every request it saw (offset, length, done)."""
-
-    def __init__(self, receiver: Receiver) -> None:
-        self.inner = LoopbackNetwork(receiver)
-        self.seen: list[tuple[int, int, bool]] = []
-        self.max_concurrent = 0
-        self._active = 0
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        self.seen.append((req.offset, len(req.data), req.done))
-        self._active += 1
-        self.max_concurrent = max(self.max_concurrent, self._active)
-        try:
-            await asyncio.sleep(0)  # let other chunks in flight interleave
-            return await self.inner.install_snapshot(req, option)
-        finally:
-            self._active -= 1
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from fstransport import (
     Vote,
     ship,
 )
+from fstransport._testkit.mock import MockNetwork, answer, deliver_to, fail, hang
 from fstransport.checksum import chunk_crc
 from fstransport.messages import contiguous
 from fstransport.network import FaultStats, FaultyNetwork
@@ -45,47 +46,15 @@ VOTE = Vote(1, 0)
 OPTION = TransferOptions()
 
 
-class Tap:
-    """Between the faults and the receiver: records what was delivered and what was refused."""
-
-    def __init__(self, receiver: Receiver) -> None:
-        self.inner = LoopbackNetwork(receiver)  # verifies every chunk's CRC itself
-        self.seen: list[tuple[int, int, bool]] = []
-        self.refusals: list[BaseException] = []
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        self.seen.append((req.offset, len(req.data), req.done))
-        try:
-            return await self.inner.install_snapshot(req, option)
-        except RemoteError as exc:
-            self.refusals.append(exc.source)
-            raise
+def tapped(receiver: Receiver) -> MockNetwork:
+    """Between the faults and the receiver: delivers to it (it verifies every chunk's CRC) and
+    records what was delivered (`seen`) and what was refused (`errors`)."""
+    return MockNetwork(deliver_to(receiver, interleave=False))
 
 
-class Echo:
-    """A stand-in receiver: answers with the request's vote, or raises what `fail` says."""
-
-    def __init__(self, fail: BaseException | None = None, *, hang: bool = False) -> None:
-        self.received: list[InstallSnapshotRequest] = []
-        self.fail = fail
-        self.hang = hang
-        self.active = 0
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        self.received.append(req)
-        self.active += 1
-        try:
-            if self.hang:
-                await asyncio.Event().wait()
-            if self.fail is not None:
-                raise self.fail
-            return InstallSnapshotResponse(req.vote)
-        finally:
-            self.active -= 1
+def refusals(tap: MockNetwork) -> list[BaseException]:
+    """The receiver's errors for the requests `tap` delivered."""
+    return [error.source for error in tap.errors if isinstance(error, RemoteError)]
 
 
 def request(data: bytes | bytearray = b"chunk", offset: int = 0) -> InstallSnapshotRequest:
@@ -93,8 +62,8 @@ def request(data: bytes | bytearray = b"chunk", offset: int = 0) -> InstallSnaps
     return InstallSnapshotRequest(VOTE, meta, offset, data, False, chunk_crc(data))
 
 
-def faulty(store: FsspecSnapshotStore, **faults: Any) -> tuple[FaultyNetwork, Tap]:
-    tap = Tap(Receiver(store))
+def faulty(store: FsspecSnapshotStore, **faults: Any) -> tuple[FaultyNetwork, MockNetwork]:
+    tap = tapped(Receiver(store))
     return FaultyNetwork(tap, **faults), tap
 
 
@@ -144,7 +113,7 @@ async def outcomes(net: FaultyNetwork, count: int) -> list[str]:
 )
 def test_bad_settings_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
-        FaultyNetwork(Echo(), **bad)
+        FaultyNetwork(MockNetwork(answer), **bad)
 
 
 def test_inner_must_be_a_network() -> None:
@@ -153,7 +122,7 @@ def test_inner_must_be_a_network() -> None:
 
 
 def test_repr_names_the_faults() -> None:
-    net = FaultyNetwork(Echo(), seed=3, drop=0.25, bandwidth=1e6, payload_limit=4096)
+    net = FaultyNetwork(MockNetwork(answer), seed=3, drop=0.25, bandwidth=1e6, payload_limit=4096)
     assert "seed=3" in repr(net)
     assert "drop=0.25" in repr(net)
     assert "bandwidth=1e+06" in repr(net)
@@ -195,7 +164,7 @@ async def test_same_seed_same_faults_and_same_requests() -> None:
         net, tap = faulty(store, seed=seed, **faults)
         await send(net, data, options)
         assert await installed(store) == data
-        runs.append((net.stats, tap.seen, [type(e).__name__ for e in tap.refusals]))
+        runs.append((net.stats, tap.seen, [type(e).__name__ for e in refusals(tap)]))
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
     stats = runs[0][0]
@@ -206,20 +175,20 @@ async def test_same_seed_same_faults_and_same_requests() -> None:
 
 async def test_same_seed_same_outcomes_request_by_request() -> None:
     faults: dict[str, Any] = {"drop": 0.2, "timeout": 0.1, "duplicate": 0.2, "corrupt": 0.3}
-    first = FaultyNetwork(Echo(), seed=42, **faults)
-    second = FaultyNetwork(Echo(), seed=42, **faults)
+    first = FaultyNetwork(MockNetwork(answer), seed=42, **faults)
+    second = FaultyNetwork(MockNetwork(answer), seed=42, **faults)
     assert await outcomes(first, 200) == await outcomes(second, 200)
     assert first.stats == second.stats
-    assert await outcomes(FaultyNetwork(Echo(), seed=43, **faults), 200) != await outcomes(
-        FaultyNetwork(Echo(), seed=42, **faults), 200
-    )
+    assert await outcomes(
+        FaultyNetwork(MockNetwork(answer), seed=43, **faults), 200
+    ) != await outcomes(FaultyNetwork(MockNetwork(answer), seed=42, **faults), 200)
 
 
 async def test_one_probability_does_not_reshuffle_the_others() -> None:
     """Every request draws the same numbers whatever the settings: adding corruption keeps
     the very same requests dropped."""
-    dropping = await outcomes(FaultyNetwork(Echo(), seed=9, drop=0.2), 300)
-    both = FaultyNetwork(Echo(), seed=9, drop=0.2, corrupt=0.5, duplicate=0.3)
+    dropping = await outcomes(FaultyNetwork(MockNetwork(answer), seed=9, drop=0.2), 300)
+    both = FaultyNetwork(MockNetwork(answer), seed=9, drop=0.2, corrupt=0.5, duplicate=0.3)
     assert await outcomes(both, 300) == dropping
     assert "Timeout" in dropping
     assert both.stats.corrupted > 0
@@ -253,7 +222,7 @@ async def test_each_fault_alone_still_installs_exactly(
         assert offsets != sorted(offsets), "no request was overtaken"
     elif fault == "corrupt":
         assert stats.corrupted > 0
-        assert sum(isinstance(e, ChecksumMismatch) for e in tap.refusals) == stats.corrupted
+        assert sum(isinstance(e, ChecksumMismatch) for e in refusals(tap)) == stats.corrupted
     else:
         assert stats.timeouts > 0
         assert stats.delivered == stats.requests
@@ -292,7 +261,7 @@ async def test_every_fault_at_once_through_ship() -> None:
 
 
 async def test_drop_loses_the_request_or_its_answer_and_times_out_at_once() -> None:
-    echo = Echo()
+    echo = MockNetwork(answer)
     net = FaultyNetwork(echo, seed=4, drop=1.0, latency=0.0005)
     started = time.perf_counter()
     assert set(await outcomes(net, 200)) == {"Timeout"}
@@ -300,20 +269,20 @@ async def test_drop_loses_the_request_or_its_answer_and_times_out_at_once() -> N
     stats = net.stats
     assert stats.dropped_requests + stats.dropped_answers == 200
     assert min(stats.dropped_requests, stats.dropped_answers) > 60  # about half each
-    assert len(echo.received) == stats.delivered == stats.dropped_answers
+    assert len(echo.requests) == stats.delivered == stats.dropped_answers
 
 
 async def test_timeout_delivers_and_the_answer_comes_too_late() -> None:
-    echo = Echo()
+    echo = MockNetwork(answer)
     net = FaultyNetwork(echo, timeout=1.0)
     with pytest.raises(Timeout, match="too late"):
         await net.install_snapshot(request(), OPTION)
-    assert len(echo.received) == 1
+    assert len(echo.requests) == 1
     assert net.stats.timeouts == net.stats.delivered == 1
 
 
 async def test_corrupt_flips_one_bit_of_a_copy_and_keeps_the_crc() -> None:
-    echo = Echo()
+    echo = MockNetwork(answer)
     net = FaultyNetwork(echo, seed=8, corrupt=1.0)
     original = bytearray(payload(1000, seed=8))
     pristine = bytes(original)
@@ -321,7 +290,7 @@ async def test_corrupt_flips_one_bit_of_a_copy_and_keeps_the_crc() -> None:
         await net.install_snapshot(request(original), OPTION)
     assert original == pristine, "the caller's buffer was changed"
     flipped = set()
-    for got in echo.received:
+    for got in echo.requests:
         assert got.crc32c == chunk_crc(pristine)
         diff = int.from_bytes(contiguous(got.data), "big") ^ int.from_bytes(pristine, "big")
         assert diff.bit_count() == 1
@@ -343,8 +312,8 @@ async def test_corruption_is_caught_by_the_receiver_and_never_installed(
     assert isinstance(last, RemoteError)
     assert isinstance(last.source, ChecksumMismatch)
     assert not last.source.whole
-    assert len(tap.refusals) == 3
-    assert all(isinstance(e, ChecksumMismatch) for e in tap.refusals)
+    assert len(refusals(tap)) == 3
+    assert all(isinstance(e, ChecksumMismatch) for e in refusals(tap))
     assert not await memory_store.exists("s")
 
 
@@ -356,20 +325,16 @@ async def test_an_empty_snapshot_is_not_corrupted(memory_store: FsspecSnapshotSt
 
 
 async def test_duplicate_answers_the_first_delivery_and_swallows_the_second() -> None:
-    class OnceOnly(Echo):
-        async def install_snapshot(
-            self, req: InstallSnapshotRequest, option: TransferOptions
-        ) -> InstallSnapshotResponse:
-            if any(seen is req for seen in self.received):
-                self.received.append(req)
-                segment = SnapshotSegmentId("s", req.offset)
-                raise RemoteError(SnapshotMismatch(segment, segment))
-            return await super().install_snapshot(req, option)
+    def once_only(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        if sum(seen is req for seen in inner.requests) > 1:  # the same request object again
+            segment = SnapshotSegmentId("s", req.offset)
+            raise RemoteError(SnapshotMismatch(segment, segment))
+        return answer(req)
 
-    inner = OnceOnly()
+    inner = MockNetwork(once_only)
     net = FaultyNetwork(inner, seed=2, duplicate=1.0)
     assert set(await outcomes(net, 20)) == {"ok"}
-    assert len(inner.received) == 40
+    assert inner.calls == 40
     assert net.stats.duplicated == net.stats.duplicate_errors == 20
     assert net.stats.delivered == 40
     assert net.stats.errors == 0
@@ -377,7 +342,7 @@ async def test_duplicate_answers_the_first_delivery_and_swallows_the_second() ->
 
 async def test_errors_of_the_inner_network_pass_through_unchanged() -> None:
     error = Unreachable("no route to host")
-    net = FaultyNetwork(Echo(fail=error), latency=0.001)
+    net = FaultyNetwork(MockNetwork(fail(error)), latency=0.001)
     with pytest.raises(Unreachable) as info:
         await net.install_snapshot(request(), OPTION)
     assert info.value is error
@@ -396,14 +361,14 @@ async def test_payload_limit_makes_the_sender_shrink(memory_store: FsspecSnapsho
 
 
 async def test_payload_too_large_names_the_limit_and_delivers_nothing() -> None:
-    echo = Echo()
+    echo = MockNetwork(answer)
     net = FaultyNetwork(echo, payload_limit=10)
     with pytest.raises(PayloadTooLarge) as info:
         await net.install_snapshot(request(b"x" * 11), OPTION)
     assert info.value.limit == 10
-    assert echo.received == []
+    assert echo.requests == []
     await net.install_snapshot(request(b"x" * 10), OPTION)
-    assert len(echo.received) == 1
+    assert len(echo.requests) == 1
 
 
 # -- time: latency, jitter, bandwidth ----------------------------------------------------------
@@ -422,7 +387,7 @@ async def test_latency_applies_both_ways(memory_store: FsspecSnapshotStore) -> N
 
 
 async def test_jitter_stays_within_its_bounds() -> None:
-    net = FaultyNetwork(Echo(), seed=1, latency=0.02, jitter=0.03)
+    net = FaultyNetwork(MockNetwork(answer), seed=1, latency=0.02, jitter=0.03)
     for _ in range(3):
         started = time.perf_counter()
         await net.install_snapshot(request(), OPTION)
@@ -444,17 +409,17 @@ async def test_bandwidth_bounds_a_whole_window(memory_store: FsspecSnapshotStore
 
 
 async def test_concurrent_requests_share_the_link() -> None:
-    net = FaultyNetwork(Echo(), bandwidth=100_000)
+    net = FaultyNetwork(MockNetwork(answer), bandwidth=100_000)
     started = time.perf_counter()
     await asyncio.gather(*(net.install_snapshot(request(b"x" * 5000), OPTION) for _ in range(4)))
     assert time.perf_counter() - started >= 0.2 - 0.002  # 4 x 5000 bytes at 100 kB/s
 
 
 async def test_reorder_lets_later_requests_overtake() -> None:
-    echo = Echo()
+    echo = MockNetwork(answer)
     net = FaultyNetwork(echo, seed=0, reorder=0.5)
     await asyncio.gather(*(net.install_snapshot(request(offset=i), OPTION) for i in range(20)))
-    order = [req.offset for req in echo.received]
+    order = [req.offset for req in echo.requests]
     assert sorted(order) == list(range(20))
     assert order != sorted(order)
     held = order[-net.stats.reordered :]
@@ -478,7 +443,7 @@ async def test_cancel_during_a_long_latency_is_prompt(memory_store: FsspecSnapsh
 
 
 async def test_cancel_during_a_bandwidth_wait_is_prompt_and_frees_the_link() -> None:
-    net = FaultyNetwork(Echo(), bandwidth=1000)
+    net = FaultyNetwork(MockNetwork(answer), bandwidth=1000)
     slow = asyncio.ensure_future(net.install_snapshot(request(b"x" * 60_000), OPTION))  # 60 s
     await asyncio.sleep(0.02)
     started = time.perf_counter()
@@ -491,7 +456,7 @@ async def test_cancel_during_a_bandwidth_wait_is_prompt_and_frees_the_link() -> 
 
 @pytest.mark.parametrize("seed", range(4))  # both ways of duplicating come up
 async def test_cancel_stops_both_deliveries_of_a_duplicate(seed: int) -> None:
-    echo = Echo(hang=True)
+    echo = MockNetwork(hang)
     net = FaultyNetwork(echo, seed=seed, duplicate=1.0)
     task = asyncio.ensure_future(net.install_snapshot(request(), OPTION))
     await asyncio.sleep(0.01)
@@ -499,5 +464,5 @@ async def test_cancel_stops_both_deliveries_of_a_duplicate(seed: int) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(0)
-    assert echo.active == 0
-    assert len(echo.received) in (1, 2)
+    assert echo.in_flight == 0
+    assert len(echo.requests) in (1, 2)

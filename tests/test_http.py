@@ -325,6 +325,7 @@ async def test_a_body_that_stalls_is_answered_408_and_nothing_is_kept(tmp_path: 
         status, body = await asyncio.wait_for(read_answer(reader), 5)
         waited = time.monotonic() - started
         writer.close()
+        await writer.wait_closed()
     finally:
         await runner.cleanup()
     assert status.startswith(b"HTTP/1.1 408 "), status
@@ -334,8 +335,9 @@ async def test_a_body_that_stalls_is_answered_408_and_nothing_is_kept(tmp_path: 
 
 
 async def test_a_slow_body_that_keeps_coming_is_not_dropped(tmp_path: Path) -> None:
+    """(Above the floor rate: 1,000 B/s here against a floor of 100 B/s.)"""
     store = FsspecSnapshotStore(str(tmp_path / "r"))
-    runner, url = await start(create_app(store, no_auth=True, idle_timeout=0.3))
+    runner, url = await start(create_app(store, no_auth=True, idle_timeout=0.3, min_body_rate=100))
     data = payload(20 * 50, seed=22)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))

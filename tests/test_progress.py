@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from fstransport.progress import ProgressBar
+from fstransport.progress import ProgressBar, format_eta
 
 
 class Terminal(io.StringIO):
@@ -29,7 +29,7 @@ def test_bar_shows_bytes_percent_rate_and_eta_on_a_terminal() -> None:
     assert "25.0 MiB / 100.0 MiB" in text
     assert " 25%" in text
     assert "25.0 MiB/s" in text
-    assert "ETA 0:00:03" in text
+    assert "ETA 3s" in text
     bar.close()
     assert out.getvalue().endswith("\n")
 
@@ -54,3 +54,39 @@ def test_bar_without_a_total_shows_bytes_and_rate() -> None:
     bar = ProgressBar(None, Terminal(), clock=clock)
     bar.update(3 * 1024 * 1024)
     assert bar.line(now=1.0) == "3.0 MiB  3.0 MiB/s"
+
+
+def test_eta_is_short_and_never_a_misleading_zero() -> None:
+    assert format_eta(0.0) == "<1s"
+    assert format_eta(0.4) == "<1s"
+    assert format_eta(42.2) == "42s"
+    assert format_eta(185) == "3m05s"
+    assert format_eta(7384) == "2:03:04"
+
+
+def test_resumed_bytes_count_towards_percent_but_not_rate() -> None:
+    clock = Clock()
+    bar = ProgressBar(100 * 1024 * 1024, Terminal(), clock=clock)
+    bar.skip(60 * 1024 * 1024)
+    bar.update(20 * 1024 * 1024)
+    line = bar.line(now=2.0)
+    assert "80.0 MiB / 100.0 MiB   80%" in line
+    assert "10.0 MiB/s" in line  # 20 MiB sent in 2 s; the 60 MiB already there are not a rate
+    assert "ETA 2s" in line
+    assert "(60.0 MiB already there)" in line
+
+
+def test_finishing_phase_then_100_percent_on_close() -> None:
+    clock, out = Clock(), Terminal()
+    bar = ProgressBar(10 * 1024 * 1024, out, clock=clock, finishing="completing upload…")
+    clock.now = 1.0
+    bar.update(10 * 1024 * 1024)
+    assert " 99%" in out.getvalue()
+    assert "completing upload…" in out.getvalue()
+    assert "ETA" not in out.getvalue()
+    clock.now = 3.0
+    bar.close(completed=True)
+    last = out.getvalue().rstrip("\n").rsplit("\r", 1)[-1]
+    assert "100%" in last
+    assert "in 3s" in last
+    assert out.getvalue().endswith("\n")

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
 import os
 import random
 import tempfile
@@ -74,6 +75,7 @@ from fstransport import (
     Pieces,
     Receiver,
     RemoteError,
+    ReplicationClosed,
     RetryExhausted,
     RetryPolicy,
     Snapshot,
@@ -146,6 +148,7 @@ class Tally:
     resume_bytes: int = 0
     bytes_resent: int = 0
     in_pieces: int = 0
+    damaged: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: Tally) -> None:
         for f in fields(self):
@@ -202,6 +205,12 @@ def summary_lines() -> list[str]:
         lines.append(
             f"second transfers after an interrupted first: {total.resumed}, "
             f"sent {total.bytes_resent} bytes for {total.resume_bytes} snapshot bytes"
+        )
+    if total.damaged:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(total.damaged.items()))
+        lines.append(
+            f"second transfers over partial data damaged in between: "
+            f"{sum(total.damaged.values())} ({kinds})"
         )
     violations = "; ".join(f"{n} x {what}" for what, n in total.violations.most_common())
     lines.append(f"runs breaking the property: {total.violating} ({violations or 'no violations'})")
@@ -265,6 +274,7 @@ class Case:
     deadline: float | None = None
     rate_limit: int | None = None
     pieces: bool = False  # deliveries reach the receiver as `Pieces`, as the HTTP server hands them
+    crash_after: int | None = None  # the sender dies after this many answers from the receiver
 
     def data(self) -> bytes:
         return random.Random(self.data_seed).randbytes(self.size)
@@ -357,8 +367,13 @@ class Tap:
     """Between the faults and the receiver: a verifying `LoopbackNetwork` plus a record of what the
     receiver did with each delivery (acknowledged final chunks, corrupted chunks refused or not)."""
 
-    def __init__(self, receiver: Receiver, pieces_seed: int | None = None) -> None:
+    def __init__(
+        self, receiver: Receiver, pieces_seed: int | None = None, crash_after: int | None = None
+    ) -> None:
         self.inner = LoopbackNetwork(receiver)  # recomputes every chunk's CRC32C
+        self.answers = 0
+        self.crash_after = crash_after
+        self.crashed = asyncio.Event()  # set when the sender is to die (`Case.crash_after`)
         self.pieces = None if pieces_seed is None else random.Random(pieces_seed)
         self.final_delivered = False
         self.final_acknowledged = False
@@ -384,9 +399,23 @@ class Tap:
             raise
         if corrupted:
             self.corrupt_accepted += 1
+        self.answers += 1
+        if self.crash_after is not None and self.answers >= self.crash_after:
+            self.crashed.set()
         if req.done:
             self.final_acknowledged = True
         return answer
+
+
+@dataclass(frozen=True)
+class Damage:
+    """What happens to the partial data between a crashed first transfer and the second: a
+    byte flipped or the file cut at `at` (a fraction of its length), journal lines claiming
+    chunks past the end of the file (with their right CRCs), or — on S3 — the upload state's
+    record of a part spoiled (its ETag) or a part claimed that was never uploaded."""
+
+    kind: str  # "none", "flip", "truncate", "overclaim"
+    at: float = 0.5
 
 
 class Target:
@@ -411,6 +440,42 @@ class Target:
         """A new store object over the same root: what a restarted receiver process has."""
         raise NotImplementedError
 
+    def damage(self, damage: Damage, data: bytes) -> bool:
+        """Do `damage` to the partial data of the snapshot (whose bytes are `data`), behind
+        the store's back; False if there was nothing to damage."""
+        partial = f".fstransport/partial/{SNAPSHOT_ID}"
+        journal_text = self.read(f".fstransport/journal/{SNAPSHOT_ID}")
+        held = self.read(partial)
+        if held is None or journal_text is None or damage.kind == "none":
+            return False
+        if damage.kind == "overclaim":
+            start = len(held)
+            lines = [
+                f"{offset} {min(4096, len(data) - offset)} "
+                f"{chunk_crc(data[offset : offset + 4096])}\n"
+                for offset in range(start, len(data), 4096)
+            ][:8]
+            if not lines:
+                return False
+            self.write(
+                f".fstransport/journal/{SNAPSHOT_ID}", journal_text + "".join(lines).encode()
+            )
+            return True
+        if not held:
+            return False
+        cut = min(len(held) - 1, int(damage.at * len(held)))
+        if damage.kind == "flip":
+            spoiled = bytearray(held)
+            spoiled[cut] ^= 0x10
+            self.write(partial, bytes(spoiled))
+        else:
+            self.write(partial, held[:cut])
+        return True
+
+    def write(self, relative: str, data: bytes) -> None:
+        """Replace the file at `relative` (memory and local targets)."""
+        raise NotImplementedError
+
 
 class MemoryTarget(Target):
     name = "memory"
@@ -430,6 +495,12 @@ class MemoryTarget(Target):
     def read(self, relative: str) -> bytes | None:
         entry = self.fs.store.get(f"{self.root}/{relative}")
         return None if entry is None else bytes(entry.getbuffer())
+
+    def write(self, relative: str, data: bytes) -> None:
+        entry = self.fs.store[f"{self.root}/{relative}"]
+        entry.seek(0)
+        entry.truncate(0)
+        entry.write(data)
 
     def forget(self) -> None:
         for key in [k for k in self.fs.store if k.startswith(self.root + "/")]:
@@ -455,6 +526,13 @@ class LocalTarget(Target):
     def read(self, relative: str) -> bytes | None:
         path = self.root / relative
         return path.read_bytes() if path.is_file() else None
+
+    def write(self, relative: str, data: bytes) -> None:
+        # In place (the first receiver still holds the file open, as a crashed one's successor
+        # finds it), not by replacing it.
+        with (self.root / relative).open("r+b") as f:
+            f.write(data)
+            f.truncate(len(data))
 
 
 class S3Target(Target):
@@ -498,6 +576,25 @@ class S3Target(Target):
         listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix + "/")
         return sorted(u["Key"] for u in listing.get("Uploads", []))
 
+    def damage(self, damage: Damage, data: bytes) -> bool:
+        """Spoil the upload state: a part's ETag ("flip"), a part dropped from the bucket's
+        view by claiming the next one never uploaded ("overclaim" / "truncate")."""
+        key = f"{self.prefix}/.fstransport/journal/{SNAPSHOT_ID}"
+        raw = self.read(f".fstransport/journal/{SNAPSHOT_ID}")
+        if raw is None or damage.kind == "none":
+            return False
+        state = json.loads(raw)
+        parts = state.get("parts") or {}
+        if not parts:
+            return False
+        numbers = sorted(parts, key=int)
+        if damage.kind == "flip":
+            parts[numbers[int(damage.at * len(numbers)) % len(numbers)]][0] = '"0" '
+        else:
+            parts[str(int(numbers[-1]) + 1)] = ['"feed"', "AAAAAA==", 0]
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(state).encode())
+        return True
+
 
 @dataclass
 class Outcome:
@@ -516,13 +613,14 @@ def checksum_for(data: bytes, kind: str) -> str | None:
 
 async def transfer(store: FsspecSnapshotStore, case: Case, data: bytes) -> Outcome:
     """One transfer of `data` under `case`'s faults; any error but `FstransportError` escapes."""
-    tap = Tap(Receiver(store), case.seed if case.pieces else None)
+    tap = Tap(Receiver(store), case.seed if case.pieces else None, case.crash_after)
     net = case.network(tap)
     meta = SnapshotMeta(SNAPSHOT_ID, checksum=checksum_for(data, case.checksum))
     error: FstransportError | None = None
+    crash = tap.crashed.wait() if case.crash_after is not None else None
     try:
         response = await Chunked.send_snapshot(
-            net, VOTE, Snapshot(meta, io.BytesIO(data)), None, case.options()
+            net, VOTE, Snapshot(meta, io.BytesIO(data)), crash, case.options()
         )
         assert response.vote == VOTE
     except FstransportError as exc:
@@ -607,6 +705,7 @@ def judge(
             isinstance(outcome.error, RetryExhausted)
             or (case.checksum == "wrong" and kind == "RemoteError(ChecksumMismatch)")
             or (case.deadline is not None and type(outcome.error) is Timeout)
+            or (case.crash_after is not None and type(outcome.error) is ReplicationClosed)
         )
         if not expected:
             note(f"unexpected failure: {outcome.error}")
@@ -756,9 +855,10 @@ def test_every_flipped_bit_is_caught(case: Case) -> None:
 
 
 @st.composite
-def second_attempts(draw: st.DrawFn, *, s3: bool = False) -> tuple[Case, Case]:
-    """A first transfer likely to fail (one to four attempts per chunk), and a clean second one
-    (another chunk size and window; the same bytes, or other bytes of the same size)."""
+def second_attempts(draw: st.DrawFn, *, s3: bool = False) -> tuple[Case, Case, Damage]:
+    """A first transfer likely to fail (one to four attempts per chunk), a clean second one
+    (another chunk size and window; the same bytes, or other bytes of the same size), and the
+    damage done to the partial data in between (none a quarter of the time)."""
     if s3:
         first = draw(s3_cases())
         chunk = st.integers(16 * KiB, 64 * KiB)
@@ -785,19 +885,30 @@ def second_attempts(draw: st.DrawFn, *, s3: bool = False) -> tuple[Case, Case]:
     )
     if draw(st.sampled_from([False, False, True])):
         second = replace(second, data_seed=first.data_seed + 1)  # other bytes, same size
-    return first, second
+    # (drawn from the case's seed, not by hypothesis, which favours the first choice)
+    chooser = random.Random(first.seed * 7 + first.data_seed)
+    kind = chooser.choice(["none", "flip", "truncate", "overclaim"])
+    if kind != "none" or chooser.random() < 0.5:  # the first sender crashes midway
+        chunks = -(-first.size // first.chunk_size)
+        first = replace(first, crash_after=chooser.randint(1, max(1, chunks - 1)))
+    return first, second, Damage(kind, chooser.random())
 
 
-async def check_second_transfer(target: Target, first: Case, second: Case, name: str) -> None:
-    """`first` against `target` (not aborted), then `second` through a restarted receiver (a new
-    store object over the same root): it resumes what it may, and must install exactly its own
-    bytes and leave nothing else behind."""
+async def check_second_transfer(
+    target: Target, first: Case, second: Case, name: str, damage: Damage = Damage("none")
+) -> None:
+    """`first` against `target` (not aborted), `damage` done to what it left, then `second`
+    through a restarted receiver (a new store object over the same root): it resumes what it
+    may, and must install exactly its own bytes and leave nothing else behind."""
     data = first.data()
     outcome = await transfer(target.store, first, data)
     note(f"first: {outcome.error!r}; {outcome.stats}")
     tally, problems = judge(first, data, outcome, await look(target))
     record(name, tally, problems)
     assert not problems, "; ".join(problems)
+    await asyncio.sleep(0.05)  # the first receiver's journal commits (20 ms after its last chunk)
+    damaged = await asyncio.to_thread(target.damage, damage, data)
+    note(f"damage: {damage if damaged else 'none (nothing to damage)'}")
     restarted = target.reopen()
     try:
         data = second.data()
@@ -809,6 +920,8 @@ async def check_second_transfer(target: Target, first: Case, second: Case, name:
     finally:
         await restarted.close()
     tally, problems = judge(second, data, outcome, seen)
+    if damaged:
+        tally.damaged[damage.kind] += 1
     tally.resumed += 1
     tally.resume_bytes += len(data)
     tally.bytes_resent += outcome.stats.bytes_delivered
@@ -821,17 +934,18 @@ async def check_second_transfer(target: Target, first: Case, second: Case, name:
 @given(kind=st.sampled_from(["memory", "local"]), attempt=second_attempts())
 @profile(default=60, long=600, fixtures=True)
 def test_a_second_transfer_after_an_interrupted_one_installs_exactly(
-    kind: str, attempt: tuple[Case, Case]
+    kind: str, attempt: tuple[Case, Case, Damage]
 ) -> None:
-    """The first transfer meets faults and usually gives up, leaving partial data and a journal;
-    a restarted receiver takes a clean second transfer of the same snapshot or of other bytes
-    under the same id and size."""
-    first, second = attempt
+    """The first transfer meets faults and usually gives up, leaving partial data and a journal,
+    which are sometimes damaged (a byte flipped, the file cut short, the journal claiming more
+    than the file holds); a restarted receiver takes a clean second transfer of the same
+    snapshot or of other bytes under the same id and size."""
+    first, second, damage = attempt
     with tempfile.TemporaryDirectory(prefix="fstransport-properties-") as folder:
         target = MemoryTarget() if kind == "memory" else LocalTarget(Path(folder) / "store")
         name = f"{kind}, second transfer after a first"
         try:
-            run(lambda: check_second_transfer(target, first, second, name))
+            run(lambda: check_second_transfer(target, first, second, name, damage))
         finally:
             if isinstance(target, MemoryTarget):
                 target.forget()
@@ -900,14 +1014,18 @@ def test_s3_target_installs_exact_bytes_or_fails_cleanly(
 @given(attempt=second_attempts(s3=True))
 @profile(default=4, long=60, fixtures=True)
 def test_s3_second_transfer_after_an_interrupted_one_installs_exactly(
-    attempt: tuple[Case, Case], s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+    attempt: tuple[Case, Case, Damage],
+    s3_bucket: str,
+    s3_storage_options: dict[str, Any],
+    s3_client: Any,
 ) -> None:
     """As for memory and local: the restarted receiver finds the upload state object and the
-    parts the first transfer uploaded; the result is exact, with no upload or state left."""
-    first, second = attempt
+    parts the first transfer uploaded (sometimes spoiled in between: a part's ETag, a part
+    claimed that was never uploaded); the result is exact, with no upload or state left."""
+    first, second, damage = attempt
     target = S3Target(s3_client, s3_bucket, s3_storage_options)
     name = "s3, second transfer after a first"
-    run(lambda: closing(target.store, check_second_transfer(target, first, second, name)))
+    run(lambda: closing(target.store, check_second_transfer(target, first, second, name, damage)))
 
 
 # -- regression tests for the bugs the properties found (fixed in 1f77352) ----------------------

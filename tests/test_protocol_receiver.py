@@ -85,7 +85,6 @@ def refused(req: Any, limits: ReceiverLimits = LIMITS) -> InvalidRequest:
         "a",
         "snap-1",
         "1-1-1-1",
-        "...",
         ".hidden",
         "x..y",
         "fstransport",
@@ -124,6 +123,23 @@ def test_safe_ids_are_returned(snapshot_id: str) -> None:
         "del\x7f",
         "\x1f",
         "lone\ud800surrogate",
+        "...",
+        "trailing.",
+        "-rf",
+        "--help",
+        " ",
+        "   ",
+        "trailing ",
+        " leading",
+        "bidi\u202eexe.txt",
+        "zero\u200bwidth",
+        "line\u2028separator",
+        "para\u2029graph",
+        "nbsp\u00a0x",
+        "ideographic\u3000space",
+        "private\ue000use",
+        "unassigned\U000e0fff",
+        "\u00e9" * 128,  # 128 characters, 256 bytes
     ],
 )
 def test_unsafe_ids_are_refused(snapshot_id: str) -> None:
@@ -143,6 +159,14 @@ def test_id_of_exactly_256_characters_is_refused() -> None:
     assert check_snapshot_id("x" * 255) == "x" * 255
     with pytest.raises(InvalidRequest, match="255"):
         check_snapshot_id("x" * 256)
+
+
+def test_id_length_is_counted_in_utf8_bytes() -> None:
+    assert check_snapshot_id("\u00e9" * 127 + "x") == "\u00e9" * 127 + "x"  # 255 bytes
+    with pytest.raises(InvalidRequest, match="256 bytes"):
+        check_snapshot_id("\u00e9" * 128)
+    with pytest.raises(InvalidRequest, match="400 bytes"):
+        check_snapshot_id("\u00e9" * 200)
 
 
 @pytest.mark.parametrize("code", [*range(0x00, 0x20), 0x7F])
@@ -180,13 +204,17 @@ def test_accepted_ids_are_single_safe_names(snapshot_id: str) -> None:
     assert "\\" not in result
     assert result not in {".", "..", ".fstransport"}
     assert all(ord(ch) >= 32 and ord(ch) != 127 for ch in result)  # (C1: see above)
-    result.encode("utf-8")
+    assert len(result.encode("utf-8")) <= 255
+    assert result == result.strip()
+    assert not result.startswith("-")
+    assert not result.endswith(".")
+    assert all(unicodedata.category(ch) not in {"Cf", "Zl", "Zp", "Cs"} for ch in result)
 
 
 # == validate_request: valid requests =======================================================
 
 
-@given(st.binary(max_size=200), st.integers(0, 2**40), st.booleans())
+@given(st.binary(max_size=200), st.integers(0, 256 * 2**30 - 200), st.booleans())
 @settings(max_examples=100)
 def test_valid_request_returns_data_crc(data: bytes, offset: int, with_crc: bool) -> None:
     req = request(data, offset, crc32c=crc(data) if with_crc else None)
@@ -443,7 +471,7 @@ def test_no_limits() -> None:
 
 def test_default_chunk_limit_is_256_mib() -> None:
     assert ReceiverLimits().max_chunk_size == 256 * 1024 * 1024
-    assert ReceiverLimits().max_snapshot_size is None
+    assert ReceiverLimits().max_snapshot_size == 256 * 1024**3
 
 
 @pytest.mark.parametrize(

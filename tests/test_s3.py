@@ -30,6 +30,7 @@ from fstransport import (
     Vote,
     ship,
 )
+from fstransport._testkit.mock import MockNetwork, deliver_to
 from fstransport.checksum import chunk_crc
 from fstransport.options import MiB
 from fstransport.storage.multipart import MultipartSink
@@ -54,30 +55,24 @@ def uploads(client: Any, bucket: str) -> list[dict[str, Any]]:
     return found
 
 
-class CountingNetwork:
-    """Loopback that records offsets and can inject one mismatch after `mismatch_after` acks."""
+def mismatch_once(receiver: Receiver, after: int, expect: int) -> MockNetwork:
+    """Delivers to `receiver`, but answers request number ``after + 1`` with a mismatch that
+    sends the sender back to `expect`."""
+    deliver = deliver_to(receiver, interleave=False)
 
-    def __init__(
-        self, receiver: Receiver, mismatch_after: int | None = None, expect: int = 0
-    ) -> None:
-        self.inner = LoopbackNetwork(receiver)
-        self.offsets: list[int] = []
-        self.mismatch_after = mismatch_after
-        self.expect = expect
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        self.offsets.append(req.offset)
-        if self.mismatch_after is not None and len(self.offsets) == self.mismatch_after + 1:
+    async def handler(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        if net.calls == after + 1:
             snapshot_id = req.meta.snapshot_id
             raise RemoteError(
                 SnapshotMismatch(
-                    SnapshotSegmentId(snapshot_id, self.expect),
+                    SnapshotSegmentId(snapshot_id, expect),
                     SnapshotSegmentId(snapshot_id, req.offset),
                 )
             )
-        return await self.inner.install_snapshot(req, option)
+        return await deliver(req)
+
+    net = MockNetwork(handler)
+    return net
 
 
 async def send_to_s3(
@@ -214,7 +209,7 @@ async def test_mismatch_rewind_reuploads_parts_already_sent(
             store,
             "snap",
             TransferOptions(chunk_size=chunk, max_in_flight=1),
-            lambda r: CountingNetwork(r, mismatch_after=16, expect=rewind_to),
+            lambda r: mismatch_once(r, after=16, expect=rewind_to),
         )
     assert object_bytes(s3_client, s3_bucket, "p/snap") == data
     # the 17th request was told to go back to the middle of part 2; the receiver then asks for
@@ -232,17 +227,19 @@ async def test_cancelled_transfer_leaves_no_object_and_abort_clears_uploads(
     data = payload(4 * PART, seed=11)
     cancel = asyncio.Event()
 
-    class CancelAfter(LoopbackNetwork):
-        calls = 0
+    def cancel_after_12(receiver: Receiver) -> MockNetwork:
+        deliver = deliver_to(receiver, interleave=False)
+        answered = 0
 
-        async def install_snapshot(
-            self, req: InstallSnapshotRequest, option: TransferOptions
-        ) -> InstallSnapshotResponse:
-            answer = await super().install_snapshot(req, option)
-            type(self).calls += 1
-            if type(self).calls == 12:  # parts 1 and 2 are complete by now
+        async def handler(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+            nonlocal answered
+            answer = await deliver(req)
+            answered += 1
+            if answered == 12:  # parts 1 and 2 are complete by now
                 cancel.set()
             return answer
+
+        return MockNetwork(handler)
 
     async with FsspecSnapshotStore(
         f"s3://{s3_bucket}/p", part_size=PART, **s3_storage_options
@@ -252,10 +249,16 @@ async def test_cancelled_transfer_leaves_no_object_and_abort_clears_uploads(
         options = TransferOptions(chunk_size=MiB, max_in_flight=2)
         with pytest.raises(ReplicationClosed):
             await Chunked.send_snapshot(
-                CancelAfter(receiver), Vote(1, 0), snapshot, cancel.wait(), options
+                cancel_after_12(receiver), Vote(1, 0), snapshot, cancel.wait(), options
             )
-        await asyncio.sleep(0.2)  # let part uploads started before the cancel land
-        assert keys(s3_client, s3_bucket) == ["p/.fstransport/journal/snap"], "no object, a record"
+        # let the part uploads started before the cancel land (and be recorded); on a busy
+        # machine that takes longer than any fixed sleep
+        record = ["p/.fstransport/journal/snap"]
+        for _ in range(200):
+            if await asyncio.to_thread(keys, s3_client, s3_bucket) == record:
+                break
+            await asyncio.sleep(0.05)
+        assert keys(s3_client, s3_bucket) == record, "no object, a record"
         assert len(uploads(s3_client, s3_bucket)) == 1, "an abandoned upload stays, for resuming"
         await store.abort("snap")
     assert uploads(s3_client, s3_bucket) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -30,24 +31,22 @@ from fstransport import (
     Unreachable,
     Vote,
 )
-from tests.conftest import RecordingNetwork, payload
+from fstransport._testkit.clock import FakeClock
+from fstransport._testkit.mock import MockNetwork, deliver_to, fail, hang
+from fstransport.sender import send_source
+from fstransport.storage.source import BufferSource
+from tests.conftest import payload
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=4)
 
 
-class SeedNetwork:
+def seed_peer(match_cnt: int = 4) -> Callable[[InstallSnapshotRequest], InstallSnapshotResponse]:
     """The fake network of openraft's own test: a mismatch (expect 0) on the third request."""
 
-    def __init__(self, match_cnt: int = 4) -> None:
-        self.received_offset: list[int] = []
-        self.match_cnt = match_cnt
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        self.received_offset.append(req.offset)
-        self.match_cnt = max(0, self.match_cnt - 1)
-        if self.match_cnt == 1:
+    def handler(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        nonlocal match_cnt
+        match_cnt = max(0, match_cnt - 1)
+        if match_cnt == 1:
             snapshot_id = req.meta.snapshot_id
             mismatch = SnapshotMismatch(
                 expect=SnapshotSegmentId(snapshot_id, 0),
@@ -56,6 +55,13 @@ class SeedNetwork:
             raise RemoteError(mismatch, target=0)
         return InstallSnapshotResponse(req.vote)
 
+    return handler
+
+
+def recording(receiver: Receiver) -> MockNetwork:
+    """Delivers to a real receiver, interleaving chunks in flight, and records every request."""
+    return MockNetwork(deliver_to(receiver))
+
 
 def seed_snapshot(data: bytes = b"\x01\x02\x03") -> Snapshot:
     return Snapshot(SnapshotMeta(snapshot_id="1-1-1-1"), io.BytesIO(data))
@@ -63,32 +69,31 @@ def seed_snapshot(data: bytes = b"\x01\x02\x03") -> Snapshot:
 
 async def test_seed_chunked_reset_offset_if_snapshot_id_mismatch() -> None:
     """openraft's test_chunked_reset_offset_if_snapshot_id_mismatch, ported."""
-    net = SeedNetwork(match_cnt=4)
+    net = MockNetwork(seed_peer(match_cnt=4))
     options = TransferOptions(chunk_size=1, max_in_flight=1, hard_ttl=0.1)
     response = await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
-    assert net.received_offset == [0, 1, 2, 0, 1, 2]
+    assert net.offsets == [0, 1, 2, 0, 1, 2]
     assert response.vote == Vote(1, 0)
 
 
 async def test_seed_mismatch_raised_bare_also_rewinds() -> None:
-    class BareMismatch(SeedNetwork):
-        async def install_snapshot(
-            self, req: InstallSnapshotRequest, option: TransferOptions
-        ) -> InstallSnapshotResponse:
-            try:
-                return await super().install_snapshot(req, option)
-            except RemoteError as exc:
-                raise exc.source from None
+    seed = seed_peer()
 
-    net = BareMismatch()
+    def bare_mismatch(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        try:
+            return seed(req)
+        except RemoteError as exc:
+            raise exc.source from None
+
+    net = MockNetwork(bare_mismatch)
     options = TransferOptions(chunk_size=1, max_in_flight=1)
     await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
-    assert net.received_offset == [0, 1, 2, 0, 1, 2]
+    assert net.offsets == [0, 1, 2, 0, 1, 2]
 
 
 async def test_seed_semantics_against_real_receiver(memory_store: FsspecSnapshotStore) -> None:
     receiver = Receiver(memory_store)
-    net = RecordingNetwork(receiver)
+    net = recording(receiver)
     options = TransferOptions(chunk_size=1, max_in_flight=1)
     await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
     assert [offset for offset, _, _ in net.seen] == [0, 1, 2]
@@ -102,13 +107,13 @@ async def test_window_bounds_concurrency_and_done_goes_last(
     window: int, memory_store: FsspecSnapshotStore
 ) -> None:
     data = payload(100_000, seed=window)
-    net = RecordingNetwork(Receiver(memory_store))
+    net = recording(Receiver(memory_store))
     options = TransferOptions(chunk_size=4096, max_in_flight=window)
     snapshot = Snapshot(SnapshotMeta("s"), io.BytesIO(data))
     await Chunked.send_snapshot(net, Vote(1, 1), snapshot, None, options)
-    assert net.max_concurrent <= window
+    assert net.max_in_flight <= window
     if window > 1:
-        assert net.max_concurrent > 1, "the window never opened"
+        assert net.max_in_flight > 1, "the window never opened"
     assert net.seen[-1][2] is True
     assert sum(done for _, _, done in net.seen) == 1
     assert net.seen[0][0] == 0
@@ -116,27 +121,19 @@ async def test_window_bounds_concurrency_and_done_goes_last(
         assert f.read() == data
 
 
-class HangingNetwork:
-    def __init__(self) -> None:
-        self.calls = 0
-        self.started = asyncio.Event()
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        self.calls += 1
-        self.started.set()
-        await asyncio.Event().wait()  # never answers
-        raise AssertionError("unreachable")
-
-
 async def test_cancel_while_rpc_hangs_stops_promptly() -> None:
-    net = HangingNetwork()
+    rpc_started = asyncio.Event()
+
+    async def hang_once_started(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        rpc_started.set()
+        return await hang(req)
+
+    net = MockNetwork(hang_once_started)
     cancel = asyncio.Event()
     options = TransferOptions(chunk_size=1, hard_ttl=60.0)
 
     async def cancel_soon() -> None:
-        await net.started.wait()
+        await rpc_started.wait()
         cancel.set()
 
     canceller = asyncio.create_task(cancel_soon())
@@ -149,7 +146,7 @@ async def test_cancel_while_rpc_hangs_stops_promptly() -> None:
 
 
 async def test_cancel_future_returning_replication_closed_is_raised_as_is() -> None:
-    net = HangingNetwork()
+    net = MockNetwork(hang)
     future: asyncio.Future[ReplicationClosed] = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().call_later(
         0.01, future.set_result, ReplicationClosed("leader stepped down")
@@ -158,48 +155,57 @@ async def test_cancel_future_returning_replication_closed_is_raised_as_is() -> N
         await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), future, TransferOptions())
 
 
-async def test_cancel_already_set_sends_nothing_more_than_needed() -> None:
-    net = HangingNetwork()
+@pytest.mark.parametrize("chunk_size", [1, 8 * 1024 * 1024])
+async def test_cancel_already_set_sends_nothing(chunk_size: int) -> None:
+    """A transfer cancelled before it starts sends no request at all (a hanging peer would
+    otherwise hold a chunk of data until its TTL)."""
+    net = MockNetwork(hang)
     cancel = asyncio.Event()
     cancel.set()
+    options = TransferOptions(chunk_size=chunk_size)
     with pytest.raises(ReplicationClosed):
-        await Chunked.send_snapshot(
-            net, Vote(1, 0), seed_snapshot(), cancel.wait(), TransferOptions()
-        )
+        await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), cancel.wait(), options)
+    assert net.calls == 0
 
 
-async def test_hung_rpc_times_out_after_hard_ttl_then_exhausts() -> None:
-    net = HangingNetwork()
-    options = TransferOptions(chunk_size=1, hard_ttl=0.02, retry=FAST_RETRY)
+async def test_cancel_future_already_done_sends_nothing() -> None:
+    net = MockNetwork(hang)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    with pytest.raises(ReplicationClosed):
+        await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), done, TransferOptions())
+    assert net.calls == 0
+
+
+def test_hung_rpc_times_out_after_hard_ttl_then_exhausts() -> None:
+    net = MockNetwork(hang)
+    options = TransferOptions(chunk_size=1, hard_ttl=2.0, retry=FAST_RETRY)
+    snapshot = seed_snapshot()
     with pytest.raises(RetryExhausted) as info:
-        await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
+        FakeClock().run(Chunked.send_snapshot(net, Vote(1, 0), snapshot, None, options))
     assert isinstance(info.value.last_error, Timeout)
     assert net.calls == FAST_RETRY.max_attempts
 
 
-class ScriptedNetwork:
-    """Answers each request with the next scripted outcome, then delivers to a real receiver."""
+def scripted(receiver: Receiver, script: list[BaseException | Vote | None]) -> MockNetwork:
+    """Answers each request with the next scripted outcome (an error to raise, a vote to answer
+    with, None: deliver), then delivers to a real receiver."""
+    deliver = deliver_to(receiver, interleave=False)
 
-    def __init__(self, receiver: Receiver, script: list[BaseException | Vote | None]) -> None:
-        self.inner = LoopbackNetwork(receiver)
-        self.script = script
-        self.seen: list[tuple[int, int, bool]] = []
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        self.seen.append((req.offset, len(req.data), req.done))
-        outcome = self.script.pop(0) if self.script else None
+    async def handler(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        outcome = script.pop(0) if script else None
         if isinstance(outcome, BaseException):
             raise outcome
         if isinstance(outcome, Vote):
             return InstallSnapshotResponse(outcome)
-        return await self.inner.install_snapshot(req, option)
+        return await deliver(req)
+
+    return MockNetwork(handler)
 
 
 async def test_higher_vote_stops_and_is_returned(memory_store: FsspecSnapshotStore) -> None:
     higher = Vote(7, 3)
-    net = ScriptedNetwork(Receiver(memory_store), [None, higher])
+    net = scripted(Receiver(memory_store), [None, higher])
     options = TransferOptions(chunk_size=10, max_in_flight=1)
     snapshot = Snapshot(SnapshotMeta("v"), io.BytesIO(payload(100)))
     response = await Chunked.send_snapshot(net, Vote(2, 1), snapshot, None, options)
@@ -223,31 +229,27 @@ async def test_receiver_with_higher_vote_refuses_and_nothing_installs(
     assert receiver.receiving == []
 
 
-class UnreachableNetwork:
-    def __init__(self) -> None:
-        self.calls = 0
+def test_unreachable_peer_with_default_options_gives_up_in_3_to_5_seconds() -> None:
+    """As `RetryPolicy` promises: 8 attempts, 7 backoffs of 0.05 s doubling up to 2 s (5.15 s),
+    each shortened by up to half at random.  Virtual time: the test itself takes no time."""
+    net = MockNetwork(fail(Unreachable("connection refused")))
 
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        self.calls += 1
-        raise Unreachable("connection refused")
+    async def send() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(RetryExhausted) as info:
+            await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, TransferOptions())
+        assert isinstance(info.value.last_error, Unreachable)
+        return loop.time() - started
 
-
-async def test_unreachable_peer_with_default_options_gives_up_within_30s() -> None:
-    net = UnreachableNetwork()
-    started = time.perf_counter()
-    with pytest.raises(RetryExhausted) as info:
-        await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, TransferOptions())
-    elapsed = time.perf_counter() - started
-    assert elapsed < 30
-    assert isinstance(info.value.last_error, Unreachable)
+    elapsed = FakeClock().run(send())
+    assert 5.15 / 2 <= elapsed <= 5.15 + 0.5
     assert net.calls == RetryPolicy().max_attempts
 
 
 async def test_retryable_failures_then_success(memory_store: FsspecSnapshotStore) -> None:
     script: list[BaseException | Vote | None] = [Unreachable("down"), Timeout("slow"), None]
-    net = ScriptedNetwork(Receiver(memory_store), script)
+    net = scripted(Receiver(memory_store), script)
     data = payload(30)
     options = TransferOptions(chunk_size=10, max_in_flight=1, retry=FAST_RETRY)
     await Chunked.send_snapshot(
@@ -259,16 +261,14 @@ async def test_retryable_failures_then_success(memory_store: FsspecSnapshotStore
 
 
 async def test_payload_too_large_halves_the_chunk(memory_store: FsspecSnapshotStore) -> None:
-    class Limited(RecordingNetwork):
-        async def install_snapshot(
-            self, req: InstallSnapshotRequest, option: TransferOptions
-        ) -> InstallSnapshotResponse:
-            if len(req.data) > 3000:
-                self.seen.append((req.offset, len(req.data), req.done))
-                raise PayloadTooLarge("413")
-            return await super().install_snapshot(req, option)
+    deliver = deliver_to(Receiver(memory_store))
 
-    net = Limited(Receiver(memory_store))
+    async def limited(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        if len(req.data) > 3000:
+            raise PayloadTooLarge("413")
+        return await deliver(req)
+
+    net = MockNetwork(limited)
     data = payload(20_000)
     options = TransferOptions(chunk_size=16_384, max_in_flight=1, min_chunk_size=1024)
     await Chunked.send_snapshot(
@@ -282,30 +282,21 @@ async def test_payload_too_large_halves_the_chunk(memory_store: FsspecSnapshotSt
 
 
 async def test_payload_too_large_at_the_floor_exhausts() -> None:
-    class AlwaysTooLarge:
-        def __init__(self) -> None:
-            self.sizes: list[int] = []
-
-        async def install_snapshot(
-            self, req: InstallSnapshotRequest, option: TransferOptions
-        ) -> InstallSnapshotResponse:
-            self.sizes.append(len(req.data))
-            raise PayloadTooLarge("413")
-
-    net = AlwaysTooLarge()
+    net = MockNetwork(fail(PayloadTooLarge("413")))
     options = TransferOptions(chunk_size=32_768, retry=FAST_RETRY)
     snapshot = Snapshot(SnapshotMeta("x"), io.BytesIO(payload(100_000)))
     with pytest.raises(RetryExhausted):
         await Chunked.send_snapshot(net, Vote(1, 0), snapshot, None, options)
-    assert net.sizes[:4] == [32_768, 16_384, 8192, 4096]
-    assert set(net.sizes[4:]) == {4096}
-    assert len(net.sizes) == 4 + FAST_RETRY.max_attempts - 1
+    sizes = [length for _, length, _ in net.seen]
+    assert sizes[:4] == [32_768, 16_384, 8192, 4096]
+    assert set(sizes[4:]) == {4096}
+    assert len(sizes) == 4 + FAST_RETRY.max_attempts - 1
 
 
 async def test_invalid_request_from_receiver_is_fatal_not_retried(
     memory_store: FsspecSnapshotStore,
 ) -> None:
-    net = RecordingNetwork(Receiver(memory_store))
+    net = recording(Receiver(memory_store))
     snapshot = Snapshot(SnapshotMeta("../escape"), io.BytesIO(payload(10)))
     with pytest.raises(RemoteError) as info:
         await Chunked.send_snapshot(net, Vote(1, 0), snapshot, None, TransferOptions())
@@ -315,7 +306,7 @@ async def test_invalid_request_from_receiver_is_fatal_not_retried(
 
 
 async def test_meta_size_must_match_the_data() -> None:
-    net = UnreachableNetwork()
+    net = MockNetwork(fail(Unreachable("connection refused")))
     snapshot = Snapshot(SnapshotMeta("s", size=5), io.BytesIO(b"abc"))
     with pytest.raises(InvalidRequest, match="5 bytes"):
         await Chunked.send_snapshot(net, Vote(1, 0), snapshot, None, TransferOptions())
@@ -327,7 +318,7 @@ async def test_mismatch_mid_transfer_with_window_resends_from_expected_offset(
 ) -> None:
     """A receiver that lost everything after byte 40 asks to continue from there."""
     mismatch = SnapshotMismatch(SnapshotSegmentId("m", 40), SnapshotSegmentId("m", 60))
-    net = ScriptedNetwork(
+    net = scripted(
         Receiver(memory_store), [None, None, None, None, None, None, RemoteError(mismatch)]
     )
     data = payload(100)
@@ -342,46 +333,56 @@ async def test_mismatch_mid_transfer_with_window_resends_from_expected_offset(
         assert f.read() == data
 
 
-async def test_overall_deadline_ends_a_slow_transfer_with_timeout() -> None:
-    net = HangingNetwork()
-    options = TransferOptions(chunk_size=1, hard_ttl=30.0, deadline=0.2)
-    started = time.perf_counter()
-    with pytest.raises(Timeout, match=r"within 0\.2s"):
-        await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
-    assert time.perf_counter() - started < 2.0
+def test_overall_deadline_ends_a_slow_transfer_with_timeout() -> None:
+    net = MockNetwork(hang)
+    options = TransferOptions(chunk_size=1, hard_ttl=30.0, deadline=2.0)
+
+    async def send() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Timeout, match=r"within 2s"):
+            await Chunked.send_snapshot(net, Vote(1, 0), seed_snapshot(), None, options)
+        return loop.time() - started
+
+    elapsed = FakeClock().run(send())
+    assert 2.0 <= elapsed < 2.5  # at the deadline, long before the hard TTL
 
 
-async def test_rate_limit_bounds_the_average_rate(memory_store: FsspecSnapshotStore) -> None:
+def test_rate_limit_bounds_the_average_rate(memory_store: FsspecSnapshotStore) -> None:
     data = payload(64 * 1024)
-    rate = 256 * 1024  # bytes/s: the first chunk goes at once, the other 15 wait 1/16 s each
+    rate = 256 * 1024  # bytes/s: the first chunk goes at once, the other 15 wait 1/64 s each
     options = TransferOptions(chunk_size=4096, max_in_flight=4, rate_limit=rate)
-    started = time.perf_counter()
-    await Chunked.send_snapshot(
-        LoopbackNetwork(Receiver(memory_store)),
-        Vote(1, 0),
-        Snapshot(SnapshotMeta("r"), io.BytesIO(data)),
-        None,
-        options,
-    )
-    elapsed = time.perf_counter() - started
-    assert elapsed >= (len(data) - 4096) / rate * 0.95
-    with await memory_store.open("r") as f:
+
+    async def send() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await Chunked.send_snapshot(
+            LoopbackNetwork(Receiver(memory_store)),
+            Vote(1, 0),
+            Snapshot(SnapshotMeta("r"), io.BytesIO(data)),
+            None,
+            options,
+        )
+        return loop.time() - started
+
+    elapsed = FakeClock().run(send())  # virtual time: the pacing costs the test nothing
+    paced = (len(data) - 4096) / rate
+    assert paced * 0.95 <= elapsed < paced * 1.5
+    with FakeClock().run(memory_store.open("r")) as f:
         assert f.read() == data
 
 
 async def test_payload_limit_named_by_the_peer_is_honoured_below_the_floor(
     memory_store: FsspecSnapshotStore,
 ) -> None:
-    class Limited(RecordingNetwork):
-        async def install_snapshot(
-            self, req: InstallSnapshotRequest, option: TransferOptions
-        ) -> InstallSnapshotResponse:
-            if len(req.data) > 1000:
-                self.seen.append((req.offset, len(req.data), req.done))
-                raise PayloadTooLarge("413", limit=1000)
-            return await super().install_snapshot(req, option)
+    deliver = deliver_to(Receiver(memory_store))
 
-    net = Limited(Receiver(memory_store))
+    async def limited(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        if len(req.data) > 1000:
+            raise PayloadTooLarge("413", limit=1000)
+        return await deliver(req)
+
+    net = MockNetwork(limited)
     data = payload(5000)
     await Chunked.send_snapshot(
         net,
@@ -393,3 +394,35 @@ async def test_payload_limit_named_by_the_peer_is_honoured_below_the_floor(
     assert max(length for _, length, _ in net.seen[1:]) <= 1000
     with await memory_store.open("l") as f:
         assert f.read() == data
+
+
+def test_an_rpc_without_answer_times_out_and_is_cancelled() -> None:
+    """The timer cancels the RPC inside the chunk's own task and reports `Timeout`."""
+    cancelled = 0
+
+    async def hang_counting_cancels(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        nonlocal cancelled
+        try:
+            return await hang(req)
+        except asyncio.CancelledError:
+            cancelled += 1
+            raise
+
+    net = MockNetwork(hang_counting_cancels)
+    options = TransferOptions(
+        hard_ttl=5.0,
+        install_timeout=5.0,
+        retry=RetryPolicy(max_attempts=2, initial_backoff=0.5, max_backoff=0.5),
+    )
+    meta = SnapshotMeta("snap", size=10)
+
+    async def send() -> int:
+        with pytest.raises(RetryExhausted) as caught:
+            await send_source(net, Vote(1, 1), meta, BufferSource(b"0123456789"), option=options)
+        assert isinstance(caught.value.last_error, Timeout)
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        return 0 if cancelling is None else int(cancelling())
+
+    assert FakeClock().run(send()) == 0, "the timer's cancellations were not all withdrawn"
+    assert cancelled == 2

@@ -30,6 +30,9 @@ from fstransport import (
 )
 from fstransport import cli as cli_module
 from fstransport.checksum import chunk_crc
+from fstransport.cli.args import token_from
+from fstransport.cli.main import build_parser
+from fstransport.cli.serve import server_token
 from fstransport.network.http import HttpNetwork
 from fstransport.options import KiB, MiB
 from tests.conftest import S3_ENV, payload
@@ -70,13 +73,21 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], code: int, message: str) -> str:
+    """A failure (exit 1) is one line, ``fstransport: error: ...``; a usage error (exit 2) is
+    the command's usage, then one line ``fstransport COMMAND: error: ...``."""
     assert result.returncode == code, (result.returncode, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("fstransport: error: "), lines[0]
-    assert message in lines[0], lines[0]
     assert "Traceback" not in result.stderr
-    return lines[0]
+    lines = result.stderr.splitlines()
+    if code == 2:
+        assert lines[0].startswith("usage: fstransport "), result.stderr
+        errors = [line for line in lines if ": error: " in line]
+        assert errors == [lines[-1]], result.stderr
+        assert lines[-1].startswith("fstransport "), lines[-1]
+    else:
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("fstransport: error: "), lines[0]
+    assert message in lines[-1], lines[-1]
+    return lines[-1]
 
 
 @pytest.fixture
@@ -123,9 +134,9 @@ def test_serve_refuses_to_start_without_a_clear_token(
     monkeypatch.delenv("FSTRANSPORT_TOKEN", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    parsed = cli_module._parser().parse_args(["serve", "root", *args])
+    parsed = build_parser().parse_args(["serve", "root", *args])
     with pytest.raises(cli_module.UsageError) as info:
-        cli_module._server_token(parsed)
+        server_token(parsed)
     assert message in str(info.value)
 
 
@@ -165,18 +176,18 @@ def test_the_documented_token_from_an_unset_variable_refuses_to_start(tmp_path: 
 
 def test_the_remote_no_auth_flag_is_what_lets_no_auth_leave_loopback() -> None:
     """(Parsed only: the tests never listen beyond 127.0.0.1.)"""
-    parser = cli_module._parser()
+    parser = build_parser()
     for host in ["127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"]:
         args = parser.parse_args(["serve", "r", "--no-auth", "--host", host])
-        assert cli_module._server_token(args) is None, host
+        assert server_token(args) is None, host
     for host in ["0.0.0.0", "10.0.0.1", "::", "receiver.example"]:
         refused = parser.parse_args(["serve", "r", "--no-auth", "--host", host])
         with pytest.raises(cli_module.UsageError, match="not a loopback address"):
-            cli_module._server_token(refused)
+            server_token(refused)
         allowed = parser.parse_args(
             ["serve", "r", "--no-auth", "--allow-remote-no-auth", "--host", host]
         )
-        assert cli_module._server_token(allowed) is None
+        assert server_token(allowed) is None
 
 
 def cmdline(server: ServerProcess) -> str:
@@ -238,9 +249,9 @@ def test_ship_via_refuses_an_unclear_token(
     monkeypatch.delenv("FSTRANSPORT_TOKEN", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    parsed = cli_module._parser().parse_args(["ship", "a", "b", "--via", "http://h:1", *args])
+    parsed = build_parser().parse_args(["ship", "a", "b", "--via", "http://h:1", *args])
     with pytest.raises(cli_module.UsageError, match=message.replace("$", r"\$")):
-        cli_module._token_from(parsed)
+        token_from(parsed)
 
 
 def test_ship_via_with_an_empty_token_is_one_line_and_exit_2(source: Path) -> None:
@@ -310,7 +321,7 @@ async def test_one_senders_vote_does_not_lock_out_the_others(
 @pytest.mark.parametrize("vote", ["x", "1,2,3,4", "1,2,5", "-1", "²", "1,,0", "9" * 21, ""])
 def test_a_malformed_vote_is_a_usage_error(capsys: pytest.CaptureFixture[str], vote: str) -> None:
     with pytest.raises(SystemExit) as info:
-        cli_module._parser().parse_args(["ship", "a", "b", "--vote", vote])
+        build_parser().parse_args(["ship", "a", "b", "--vote", vote])
     assert info.value.code == 2
     assert "a vote is TERM[,NODE[,COMMITTED]]" in capsys.readouterr().err.splitlines()[-1]
 
@@ -323,7 +334,7 @@ def test_a_malformed_vote_exits_2_without_a_traceback(source: Path) -> None:
 
 
 def test_ship_vote_reaches_the_api() -> None:
-    parser = cli_module._parser()
+    parser = build_parser()
     assert parser.parse_args(["ship", "a", "b", "--vote", "7"]).vote == Vote(7, 0)
     assert parser.parse_args(["ship", "a", "b", "--vote", "7,3"]).vote == Vote(7, 3)
     assert parser.parse_args(["ship", "a", "b", "--vote", "7, 3, 1"]).vote == Vote(7, 3, True)

@@ -10,6 +10,18 @@ from fstransport.errors import ConfigurationError
 from fstransport.storage._errors import storage_errors
 from fstransport.units import format_size
 
+PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+"""The plot's format, by the file name's extension."""
+
+
+def plot_format(path: str) -> str:
+    """The format `path`'s extension names (png, svg or pdf); `ConfigurationError` for others."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in PLOT_FORMATS:
+        known = ", ".join(PLOT_FORMATS)
+        raise ConfigurationError(f"cannot tell the plot's format from {path!r}: use {known}")
+    return PLOT_FORMATS[extension]
+
 
 def check_output(path: str, option: str) -> None:
     """Refuse an output path whose folder does not exist, before minutes of measuring."""
@@ -25,11 +37,13 @@ def write_json(result: BenchResult, path: str) -> None:
 
 
 def plot_result(result: BenchResult, path: str) -> None:
-    """Throughput against chunk size (log scale), one line per window, as a PNG at `path`.
+    """Throughput against chunk size (log scale), one line per window, at `path` in the format
+    its extension names (`PLOT_FORMATS`: PNG, SVG or PDF).
 
     Needs matplotlib (``pip install "fstransport[plot]"``); raises `ConfigurationError`
     without it.
     """
+    fmt = plot_format(path)
     try:
         import matplotlib
 
@@ -80,6 +94,6 @@ def plot_result(result: BenchResult, path: str) -> None:
         axes.legend(fontsize=8)
         figure.tight_layout()
         with storage_errors(path, "write"):
-            figure.savefig(path, format="png")
+            figure.savefig(path, format=fmt)
     finally:
         pyplot.close(figure)

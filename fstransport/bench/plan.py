@@ -24,7 +24,11 @@ DEFAULT_LINK_SIZE = 32 * MiB
 """Over a simulated link the small chunks pay a round trip each: a smaller default snapshot
 keeps the default sweep under a minute."""
 NEAR_BEST = 0.10
-"""`BenchResult.lightest` is the setting with the least memory within this share of the best."""
+"""Settings within this share of the best throughput count as ties: `BenchResult.lightest` picks
+the one with the least memory among them, and ``benchmarks/bench_core.py``'s sweep lists them.
+10 %, not 5 %: on a shared 2-core machine one setting's score moves by more than 5 % between runs
+(the default's sweep score was 0.82 in one run, 0.95 in the next; docs/benchmarks.md), so a
+narrower band would name a winner that noise picked."""
 
 
 class BenchError(FstransportError):

@@ -1,9 +1,28 @@
 """Network adapters: the `Network` protocol, the in-process `LoopbackNetwork`, `HttpNetwork`
-for a receiver server over HTTP, and `FaultyNetwork`, which injects seeded faults around any."""
+for a receiver server over HTTP, and `FaultyNetwork`, which injects seeded faults around any.
 
+Only the protocol is imported with the package; each adapter is imported when first used, so
+that ``import fstransport.network`` needs no aiohttp (`HttpNetwork`) and no fsspec.
+"""
+
+from typing import TYPE_CHECKING
+
+from fstransport._lazy import lazy_exports
 from fstransport.network.base import Network
-from fstransport.network.faults import FaultStats, FaultyNetwork
-from fstransport.network.http import HttpNetwork
-from fstransport.network.loopback import LoopbackNetwork
+
+if TYPE_CHECKING:
+    from fstransport.network.faults import FaultStats, FaultyNetwork
+    from fstransport.network.http import HttpNetwork
+    from fstransport.network.loopback import LoopbackNetwork
+else:
+    __getattr__, __dir__ = lazy_exports(
+        globals(),
+        {
+            "FaultStats": "fstransport.network.faults",
+            "FaultyNetwork": "fstransport.network.faults",
+            "HttpNetwork": "fstransport.network.http",
+            "LoopbackNetwork": "fstransport.network.loopback",
+        },
+    )
 
 __all__ = ["FaultStats", "FaultyNetwork", "HttpNetwork", "LoopbackNetwork", "Network"]

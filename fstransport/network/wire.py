@@ -25,7 +25,7 @@ import errno as errno_module
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from fstransport.errors import (
     BodyStalled,
@@ -51,6 +51,9 @@ __all__ = [
     "H_META",
     "H_OFFSET",
     "H_VOTE",
+    "MAX_DIGITS",
+    "MAX_JSON_DEPTH",
+    "MAX_META_LENGTH",
     "ErrorRule",
     "check_token",
     "decode_error",
@@ -59,6 +62,7 @@ __all__ = [
     "encode_error",
     "encode_meta",
     "encode_vote",
+    "parse_uint",
 ]
 
 API_PREFIX = "/v1/snapshots/"
@@ -68,6 +72,28 @@ H_OFFSET = "X-Fstransport-Offset"
 H_DONE = "X-Fstransport-Done"
 H_CRC = "X-Fstransport-Crc32c"
 
+MAX_DIGITS = 20
+"""Digits an unsigned number on the wire may have: every 64-bit value fits, nothing near
+Python's 4,300-digit limit for ``int()`` does."""
+MAX_META_LENGTH = 4096
+"""Characters of the meta header the server reads (aiohttp cuts every header at 8,190)."""
+MAX_JSON_DEPTH = 16
+"""How deeply arrays and objects may nest in the meta (``last_membership`` included)."""
+_ASCII_DIGITS = frozenset("0123456789")
+_META_KEYS = frozenset({"size", "checksum", "last_log_id", "last_membership"})
+
+
+def parse_uint(text: str, field: str) -> int:
+    """`text` as an unsigned decimal integer; `InvalidRequest` naming `field` unless it is 1 to
+    `MAX_DIGITS` ASCII digits.  (``str.isdigit`` lets ``²`` and Arabic-Indic digits through,
+    and ``int`` takes spaces, ``+`` and ``_``: neither is a wire format.)"""
+    if not 0 < len(text) <= MAX_DIGITS or not _ASCII_DIGITS.issuperset(text):
+        raise InvalidRequest(
+            f"{field} must be an unsigned decimal integer of at most {MAX_DIGITS} digits",
+            field=field,
+        )
+    return int(text)
+
 
 def encode_vote(vote: Vote) -> str:
     return f"{vote.term},{vote.node_id},{int(vote.committed)}"
@@ -76,13 +102,10 @@ def encode_vote(vote: Vote) -> str:
 def decode_vote(text: str) -> Vote:
     """The vote in a header or answer; `InvalidRequest` for anything malformed."""
     parts = text.split(",")
-    if (
-        len(parts) != 3
-        or not all(p.strip().isdigit() for p in parts)
-        or parts[2].strip() not in "01"
-    ):
-        raise InvalidRequest(f"malformed vote {text!r}", field="vote")
-    return Vote(int(parts[0]), int(parts[1]), parts[2].strip() == "1")
+    if len(parts) != 3 or parts[2].strip() not in ("0", "1"):
+        raise InvalidRequest(f"malformed vote {text[:64]!r}", field="vote")
+    term, node_id = (parse_uint(p.strip(), "vote") for p in parts[:2])
+    return Vote(term, node_id, parts[2].strip() == "1")
 
 
 def encode_meta(meta: SnapshotMeta) -> str:
@@ -96,27 +119,103 @@ def encode_meta(meta: SnapshotMeta) -> str:
     return json.dumps(fields, separators=(",", ":"))
 
 
+def _bad_meta(message: str) -> NoReturn:
+    raise InvalidRequest(message, field="meta")
+
+
+def _json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in the JSON `text` (brackets inside strings aside);
+    checked before parsing, so that no nesting reaches the parser's recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        _bad_meta("meta header repeats a key")
+    return fields
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        _bad_meta(f"a number in the meta header has more than {MAX_DIGITS} digits")
+    return int(text)
+
+
+def _no_float(text: str) -> NoReturn:
+    _bad_meta(f"meta header holds a non-integer number {text[:32]!r}")
+
+
+def _nat(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def decode_meta(snapshot_id: str, text: str) -> SnapshotMeta:
-    """The meta in a header; `InvalidRequest` for anything malformed (fields are validated
-    further by the receiver)."""
+    """The meta in a header; `InvalidRequest` for anything malformed.
+
+    Strict: a JSON object of at most `MAX_META_LENGTH` characters nesting at most
+    `MAX_JSON_DEPTH` deep, no repeated key, no key but ``size`` (unsigned integer or null),
+    ``checksum`` (string or null), ``last_log_id`` (null or ``[term, index]``, unsigned
+    integers, booleans refused) and ``last_membership`` (any JSON); no fractions, NaN or
+    numbers over `MAX_DIGITS` digits.  The receiver checks the values further."""
+    if len(text) > MAX_META_LENGTH:
+        _bad_meta(f"meta header is longer than {MAX_META_LENGTH} characters")
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        _bad_meta(f"meta header nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        fields: Any = json.loads(text)
-    except ValueError:
-        raise InvalidRequest("meta header is not JSON", field="meta") from None
+        fields: Any = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_int=_json_int,
+            parse_float=_no_float,
+            parse_constant=_no_float,
+        )
+    except (ValueError, RecursionError):  # InvalidRequest is neither
+        _bad_meta("meta header is not JSON")
     if not isinstance(fields, dict):
-        raise InvalidRequest("meta header must be a JSON object", field="meta")
+        _bad_meta("meta header must be a JSON object")
+    try:  # a "\\ud800" escape makes a lone surrogate, which no file or journal can store
+        json.dumps(fields, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        _bad_meta("meta header holds a string that is not valid Unicode")
+    unknown = set(fields) - _META_KEYS
+    if unknown:
+        _bad_meta(f"meta header has unknown keys {sorted(unknown)[:4]!r}")
+    size = fields.get("size")
+    if size is not None and not _nat(size):
+        raise InvalidRequest("size must be an unsigned integer or null", field="size")
+    checksum = fields.get("checksum")
+    if checksum is not None and not isinstance(checksum, str):
+        raise InvalidRequest("checksum must be a string or null", field="checksum")
     log = fields.get("last_log_id")
     last_log_id = None
     if log is not None:
-        if not (isinstance(log, list) and len(log) == 2 and all(isinstance(x, int) for x in log)):
-            raise InvalidRequest("last_log_id must be [term, index]", field="meta")
+        if not (isinstance(log, list) and len(log) == 2 and all(_nat(x) for x in log)):
+            _bad_meta("last_log_id must be [term, index] of unsigned integers")
         last_log_id = LogId(log[0], log[1])
     return SnapshotMeta(
         snapshot_id=snapshot_id,
         last_log_id=last_log_id,
         last_membership=fields.get("last_membership"),
-        size=fields.get("size"),
-        checksum=fields.get("checksum"),
+        size=size,
+        checksum=checksum,
     )
 
 

@@ -249,6 +249,11 @@ class PartAssembler:
         self._open.pop(number, None)
         self._completed.add(number)
 
+    def forget(self, number: int) -> None:
+        """Part `number` is not complete after all (its upload is gone, or differs from what
+        was recorded): it is filled again from the chunks sent next."""
+        self._completed.discard(number)
+
     def reset(self) -> None:
         """Forget every part, open or completed."""
         self._open.clear()

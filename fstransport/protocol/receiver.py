@@ -28,6 +28,7 @@ from fstransport.messages import (
 from fstransport.protocol.ranges import ChunkLedger
 
 __all__ = [
+    "DEFAULT_MAX_SNAPSHOT_SIZE",
     "MAX_SNAPSHOT_ID_LENGTH",
     "ReceiverLimits",
     "StreamDecision",
@@ -38,14 +39,26 @@ __all__ = [
 ]
 
 MAX_SNAPSHOT_ID_LENGTH = 255
+"""Bytes (of UTF-8) a snapshot id may take: the longest file name most file systems allow."""
 RESERVED_NAMES = frozenset({".", "..", ".fstransport"})
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Control and format characters (bidi overrides such as U+202E, zero-width ones),
+surrogates, private-use and unassigned code points, and line and paragraph separators:
+characters that make a name print as something else, or break a line in a tool's output."""
+
+DEFAULT_MAX_SNAPSHOT_SIZE = 256 * 1024**3
+"""The largest snapshot a receiver takes unless told otherwise (256 GiB): it also bounds where
+a chunk of a snapshot that names no size may land."""
 
 
 @dataclass(frozen=True)
 class ReceiverLimits:
-    """What a receiver accepts.  `None` means no limit."""
+    """What a receiver accepts.  `None` means no limit.
 
-    max_snapshot_size: int | None = None
+    `max_snapshot_size` bounds a snapshot's declared size and the end of every chunk (so a
+    sender that names no size cannot make a huge sparse file either)."""
+
+    max_snapshot_size: int | None = DEFAULT_MAX_SNAPSHOT_SIZE
     max_chunk_size: int | None = 256 * 1024 * 1024
     max_transfers: int = 16
 
@@ -58,40 +71,52 @@ class ReceiverLimits:
                 raise ConfigurationError(f"{name} must not be negative, got {value}")
 
 
+def _refuse_id(message: str) -> InvalidRequest:
+    return InvalidRequest(message, field="snapshot_id")
+
+
 def check_snapshot_id(snapshot_id: object) -> str:
     """Return `snapshot_id` if it is safe as a single file name, else raise `InvalidRequest`.
 
-    Refused: non-strings, the empty string, over 255 characters, path separators, control
-    characters, ``.``, ``..``, and the name ``.fstransport`` that the store keeps to itself.
+    Safe for this store and for the tools people later run over ROOT (a shell, ``ls``,
+    ``rm``, ``tar``).  Refused: non-strings, the empty string, over 255 bytes of UTF-8, text
+    that is not valid Unicode, path separators, control and format characters (bidi overrides,
+    zero-width characters), line and paragraph separators, unassigned and private-use code
+    points, any white space but the plain space, white space at either end, a leading ``-``
+    (read as an option), a trailing ``.`` (dropped by Windows and SMB), ``.``, ``..``, and the
+    name ``.fstransport`` that the store keeps to itself.
     """
     if not isinstance(snapshot_id, str):
-        raise InvalidRequest(
-            f"snapshot id must be a string, got {type(snapshot_id).__name__}", field="snapshot_id"
-        )
+        raise _refuse_id(f"snapshot id must be a string, got {type(snapshot_id).__name__}")
     if not snapshot_id:
-        raise InvalidRequest("snapshot id must not be empty", field="snapshot_id")
-    if len(snapshot_id) > MAX_SNAPSHOT_ID_LENGTH:
-        raise InvalidRequest(
-            f"snapshot id is {len(snapshot_id)} characters long; "
-            f"at most {MAX_SNAPSHOT_ID_LENGTH} are allowed",
-            field="snapshot_id",
+        raise _refuse_id("snapshot id must not be empty")
+    try:
+        size = len(snapshot_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise _refuse_id("snapshot id is not valid Unicode") from None
+    shown = ascii(snapshot_id[:64])  # never echo a bidi override or a line break as it is
+    if size > MAX_SNAPSHOT_ID_LENGTH:
+        raise _refuse_id(
+            f"snapshot id is {size} bytes long in UTF-8; at most {MAX_SNAPSHOT_ID_LENGTH} "
+            "are allowed"
         )
     if "/" in snapshot_id or "\\" in snapshot_id:
-        raise InvalidRequest(
-            f"snapshot id {snapshot_id!r} contains a path separator", field="snapshot_id"
-        )
-    if any(unicodedata.category(ch) == "Cc" for ch in snapshot_id):
-        raise InvalidRequest(
-            f"snapshot id {snapshot_id!r} contains a control character", field="snapshot_id"
-        )
+        raise _refuse_id(f"snapshot id {shown} contains a path separator")
+    for ch in snapshot_id:
+        category = unicodedata.category(ch)
+        if category in _REFUSED_CATEGORIES:
+            kind = "control" if category == "Cc" else "unsafe"
+            raise _refuse_id(f"snapshot id {shown} contains a {kind} character U+{ord(ch):04X}")
+        if (category == "Zs" and ch != " ") or (ch.isspace() and ch != " "):
+            raise _refuse_id(f"snapshot id {shown} contains white space U+{ord(ch):04X}")
+    if snapshot_id != snapshot_id.strip():
+        raise _refuse_id(f"snapshot id {shown} begins or ends with white space")
+    if snapshot_id.startswith("-"):
+        raise _refuse_id(f"snapshot id {shown} begins with '-' (tools read it as an option)")
     if snapshot_id in RESERVED_NAMES:
-        raise InvalidRequest(f"snapshot id {snapshot_id!r} is reserved", field="snapshot_id")
-    try:
-        snapshot_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest(
-            f"snapshot id {snapshot_id!r} is not valid unicode", field="snapshot_id"
-        ) from None
+        raise _refuse_id(f"snapshot id {shown} is reserved")
+    if snapshot_id.endswith("."):
+        raise _refuse_id(f"snapshot id {shown} ends with '.'")
     return snapshot_id
 
 

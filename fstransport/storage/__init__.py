@@ -1,16 +1,42 @@
-"""The fsspec edge: sources that read snapshots by range, sinks and stores that write them."""
+"""The fsspec edge: sources that read snapshots by range, sinks and stores that write them.
 
-from fstransport.storage.sink import MemorySink, PwriteSink, SeekableFileSink, SnapshotSink
-from fstransport.storage.source import (
-    AsyncFsSource,
-    BufferSource,
-    ChunkSource,
-    FileObjectSource,
-    PreadSource,
-    open_source,
-    source_for_file,
-)
-from fstransport.storage.store import FsspecSnapshotStore, SnapshotStore
+The interfaces (`SnapshotStore`, `SnapshotSink`, `ChunkSource`) live in
+`fstransport.storage.base`, which imports no fsspec; the implementations are imported from
+their modules when first used.
+"""
+
+from typing import TYPE_CHECKING
+
+from fstransport._lazy import lazy_exports
+from fstransport.storage.base import ChunkSource, SnapshotSink, SnapshotStore
+
+if TYPE_CHECKING:
+    from fstransport.storage.sink import MemorySink, PwriteSink, SeekableFileSink
+    from fstransport.storage.source import (
+        AsyncFsSource,
+        BufferSource,
+        FileObjectSource,
+        PreadSource,
+        open_source,
+        source_for_file,
+    )
+    from fstransport.storage.store import FsspecSnapshotStore
+else:
+    __getattr__, __dir__ = lazy_exports(
+        globals(),
+        {
+            "AsyncFsSource": "fstransport.storage.source",
+            "BufferSource": "fstransport.storage.source",
+            "FileObjectSource": "fstransport.storage.source",
+            "FsspecSnapshotStore": "fstransport.storage.store",
+            "MemorySink": "fstransport.storage.sink",
+            "PreadSource": "fstransport.storage.source",
+            "PwriteSink": "fstransport.storage.sink",
+            "SeekableFileSink": "fstransport.storage.sink",
+            "open_source": "fstransport.storage.source",
+            "source_for_file": "fstransport.storage.source",
+        },
+    )
 
 __all__ = [
     "AsyncFsSource",

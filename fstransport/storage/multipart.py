@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fstransport.checksum import chunk_crc
@@ -124,10 +125,19 @@ class MultipartSink:
         max_uploads: int = DEFAULT_UPLOADS,
     ) -> tuple[MultipartSink, list[ChunkRecord]] | None:
         """The upload an earlier sink recorded in the state `read_state` read, with the parts
-        it completed, or None when it is not for this very snapshot (nothing to resume)."""
+        the state *claims* were uploaded, or None when it is not for this very snapshot (or is
+        malformed): nothing to resume.  The claims are not checked against the bucket here:
+        `verify` does that, and the store calls it before anything is trusted."""
         if not matches(state, meta):
             return None
-        part_size = int(state["part_size"])
+        try:
+            part_size = int(state["part_size"])
+            upload_id = state["upload_id"]
+            claimed = dict(state["parts"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if part_size < 1 or not isinstance(upload_id, str) or not upload_id:
+            return None
         sink = cls(
             fs,
             bucket,
@@ -138,18 +148,92 @@ class MultipartSink:
             state_key=state_key,
             retry=retry,
         )
-        sink.upload_id = str(state["upload_id"])
+        sink.upload_id = upload_id
         sink.full_object = bool(state.get("full_object", False))
         sink._state_written = True
         records = []
-        for number_text, (etag, header, crc) in state["parts"].items():
-            number = int(number_text)
-            sink.parts.mark_completed(number)
+        for number_text, entry in claimed.items():
+            try:
+                number = int(number_text)
+                etag, header, crc = entry
+                crc = int(crc)
+                sink.parts.mark_completed(number)  # ValueError for a part the snapshot lacks
+            except (TypeError, ValueError):
+                continue  # a claim no upload of this snapshot can have made
             sink.uploaded[number] = (str(etag), str(header))
-            sink.part_crcs[number] = int(crc)
+            sink.part_crcs[number] = crc
             start, end = sink.parts.part_range(number)
-            records.append(ChunkRecord(start, end - start, int(crc)))
+            records.append(ChunkRecord(start, end - start, crc))
         return sink, sorted(records, key=lambda r: r.offset)
+
+    async def list_parts(self) -> dict[int, dict[str, Any]] | None:
+        """What the bucket holds of this upload (``ListParts``, every page), by part number;
+        None when the upload is gone."""
+        held: dict[int, dict[str, Any]] = {}
+        if self.upload_id is None:
+            return None
+        marker = 0
+        while True:
+            try:
+                response = await self._call(
+                    "list parts", "list_parts", UploadId=self.upload_id, PartNumberMarker=marker
+                )
+            except StorageError as exc:
+                if isinstance(exc.cause, FileNotFoundError):
+                    return None  # NoSuchUpload: aborted, or completed
+                raise
+            for part in response.get("Parts") or []:
+                held[int(part["PartNumber"])] = part
+            following = int(response.get("NextPartNumberMarker") or 0)
+            if not response.get("IsTruncated") or following <= marker:
+                return held
+            marker = following
+
+    def _part_holds(self, number: int, listed: dict[str, Any] | None) -> bool:
+        """Whether the bucket's part `number` (`listed`, from ``ListParts``) is the part this
+        sink recorded: there, of the right size, with the recorded ETag, and — where the bucket
+        reports one (AWS does; moto and Ceph RGW do not) — the recorded CRC32C, which must also
+        agree with the CRC the ledger combines."""
+        if listed is None:
+            return False
+        etag, header = self.uploaded[number]
+        start, end = self.parts.part_range(number)
+        if listed.get("Size") != end - start or _etag(listed.get("ETag")) != _etag(etag):
+            return False
+        crc = self.part_crcs.get(number)
+        if crc is None or header != crc32c_header(crc):
+            return False
+        reported = listed.get("ChecksumCRC32C")
+        return not reported or reported == header
+
+    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The `records` the bucket still holds as recorded: parts uploaded are checked against
+        ``ListParts`` (see `_part_holds`), and a part that is missing or differs is forgotten,
+        to be filled and uploaded again (re-uploading a part number replaces it).  Parts being
+        filled live in this process's memory and are kept.  If the upload itself is gone, a
+        new one is started when the next part is ready."""
+        if self._closed:
+            raise aborted(self.url)
+        if not self.uploaded:
+            return list(records)
+        listing = await self.list_parts()
+        if listing is None:
+            self.upload_id = None
+            self.full_object = False
+        bad = {n for n in self.uploaded if not self._part_holds(n, (listing or {}).get(n))}
+        for number in bad:
+            log.warning(
+                "%s: part %d is not in the bucket as recorded; sending it again", self.url, number
+            )
+            del self.uploaded[number]
+            self.part_crcs.pop(number, None)
+            self.parts.forget(number)
+        if bad:
+            self._schedule_save()
+        part_of = self.parts.part_of
+        return [
+            r for r in records if bad.isdisjoint(range(part_of(r.offset), part_of(r.end - 1) + 1))
+        ]
 
     async def _save_state(self) -> None:
         """Write down the upload and its completed parts, so that it can be resumed."""
@@ -392,6 +476,11 @@ class MultipartSink:
             )
 
         return await retrying(attempt, self.url, verb, self._retry)
+
+
+def _etag(value: object) -> str:
+    """An ETag without its quotes (S3 servers differ in whether they quote it)."""
+    return str(value or "").strip().strip('"')
 
 
 PartBody = BufferBody

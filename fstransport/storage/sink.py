@@ -23,16 +23,29 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from typing import IO, Any, Protocol, TypeGuard, TypeVar
+from typing import IO, Any, TypeVar
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
 from fstransport.checksum import chunk_crc
-from fstransport.errors import StorageError
-from fstransport.messages import Buffer, ChunkData, Pieces, SnapshotMeta, contiguous
-from fstransport.storage._capabilities import implements
+from fstransport.messages import Buffer, Pieces, SnapshotMeta
+from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.journal import LocalJournal, MemoryJournal
+from fstransport.storage.base import (  # the interfaces live in base.py (no fsspec); kept here
+    NOTHING_LOST,
+    CheckedSink,
+    Lost,
+    PiecesSink,
+    SnapshotSink,
+    VerifyingSink,
+    aborted,
+    is_checked_sink,
+    is_pieces_sink,
+    is_verifying_sink,
+    write_checked,
+    write_chunk,
+)
+from fstransport.storage.journal import LocalJournal, MemoryJournal, verified
 
 __all__ = [
     "NOTHING_LOST",
@@ -44,19 +57,17 @@ __all__ = [
     "PwriteSink",
     "SeekableFileSink",
     "SnapshotSink",
+    "VerifyingSink",
     "aborted",
     "discard_file",
     "is_checked_sink",
     "is_pieces_sink",
+    "is_verifying_sink",
     "write_checked",
     "write_chunk",
 ]
 
 _T = TypeVar("_T")
-
-Lost = Sequence[tuple[int, int]]
-"""Byte ranges ``[start, end)`` a write made the sink forget (they must be sent again)."""
-NOTHING_LOST: Lost = ()
 
 
 def _iov_max() -> int:
@@ -73,85 +84,6 @@ CHECK_BLOCK = 256 * 1024
 """Bytes checked and then written at a time by `write_checked`: small enough to stay in L2."""
 
 
-class SnapshotSink(Protocol):
-    """Where the chunks of one incoming snapshot are written."""
-
-    path: str
-
-    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
-        """Store `data` (whose CRC32C is `crc`) at `offset`; return ranges written earlier that
-        the sink no longer holds.
-
-        Raises `StorageError`, or `SnapshotMismatch` when the sink cannot take `offset` now (a
-        sequential target too far behind it); nothing is written then.
-        """
-
-    def rewind(self, offset: int) -> tuple[int, Lost]:
-        """The sender misses byte `offset` and will send everything from a point on again.
-
-        Returns that point (at or before `offset`) and the ranges the sink forgot to make room
-        for the new pass.
-        """
-
-    async def finish(self) -> None:
-        """Flush every written byte into the partial file and close it; raises `StorageError`."""
-
-    async def abort(self) -> None:
-        """Close and delete the partial file; never raises for a file already gone."""
-
-
-class CheckedSink(SnapshotSink, Protocol):
-    """A sink that can compute a chunk's CRC32C while it writes it (see `write_checked`).
-
-    Found with `is_checked_sink`, not ``isinstance`` (which costs more than a small chunk)."""
-
-    async def write_checked(self, offset: int, data: Buffer) -> tuple[Lost, int]:
-        """`write` for a chunk whose CRC32C is not known yet: returns it with what was lost."""
-
-
-class PiecesSink(SnapshotSink, Protocol):
-    """A sink that writes `Pieces` as they are, without joining them (see `write_chunk`).
-
-    Found with `is_pieces_sink`, not ``isinstance``."""
-
-    async def write_pieces(self, offset: int, data: Pieces, crc: int) -> Lost:
-        """`write` for a chunk that arrived in pieces."""
-
-
-def is_checked_sink(sink: SnapshotSink) -> TypeGuard[CheckedSink]:
-    """Whether `sink` is a `CheckedSink` (its class has ``write_checked``)."""
-    return implements(sink, "write_checked")
-
-
-def is_pieces_sink(sink: SnapshotSink) -> TypeGuard[PiecesSink]:
-    """Whether `sink` is a `PiecesSink` (its class has ``write_pieces``)."""
-    return implements(sink, "write_pieces")
-
-
-async def write_chunk(sink: SnapshotSink, offset: int, data: ChunkData, crc: int) -> Lost:
-    """``sink.write`` for chunk data of any shape: `Pieces` go to a `PiecesSink` as they are,
-    and are joined into one buffer for any other sink."""
-    if isinstance(data, Pieces):
-        if is_pieces_sink(sink):
-            return await sink.write_pieces(offset, data, crc)
-        data = data.join()
-    return await sink.write(offset, data, crc)
-
-
-async def write_checked(sink: SnapshotSink, offset: int, data: ChunkData) -> tuple[Lost, int]:
-    """Write `data` at `offset` like ``sink.write`` and return what it lost and `data`'s CRC32C.
-
-    A `CheckedSink` computes the CRC as it writes (see the module
-    docstring); for others it is computed first.  Only for data nobody can have altered on the
-    way: the CRC is computed from what is written, so it cannot catch corruption before it.
-    """
-    data = contiguous(data)
-    if is_checked_sink(sink):
-        return await sink.write_checked(offset, data)
-    crc = chunk_crc(data)
-    return await sink.write(offset, data, crc), crc
-
-
 def _checked_blocks(data: Buffer, write: Callable[[int, memoryview], object]) -> int:
     """Call ``write(position, block)`` for each `CHECK_BLOCK` of `data`; return its CRC32C,
     computed one block at a time just before the block is written."""
@@ -162,11 +94,6 @@ def _checked_blocks(data: Buffer, write: Callable[[int, memoryview], object]) ->
         crc = chunk_crc(block, crc)
         write(start, block)
     return crc
-
-
-def aborted(path: str) -> StorageError:
-    """The error for a write into a sink that was aborted (by ``store.abort``, say)."""
-    return StorageError(path, "write", RuntimeError("the transfer was aborted; start it over"))
 
 
 def discard_file(fileobj: IO[bytes]) -> None:
@@ -227,6 +154,16 @@ class MemorySink:
     def rewind(self, offset: int) -> tuple[int, Lost]:
         return offset, NOTHING_LOST
 
+    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The `records` whose bytes in the memory file still have their CRC32C."""
+        if self._aborted:
+            raise aborted(self.path)
+        held = self._file.getbuffer()
+        try:
+            return verified(records, lambda offset, length: bytes(held[offset : offset + length]))
+        finally:
+            held.release()
+
     async def finish(self) -> None:
         if self._journal is not None:
             self._journal.remove()
@@ -236,6 +173,13 @@ class MemorySink:
         self._fs.store.pop(self.path, None)
         if self._journal is not None:
             self._journal.remove()
+
+    async def release(self) -> None:
+        """Let go, keeping the data and its journal for a later resume (without a journal
+        nothing can resume it: it is discarded)."""
+        if self._journal is None:
+            await self.abort()
+        self._aborted = True
 
 
 class PwriteSink:
@@ -290,14 +234,15 @@ class PwriteSink:
 
         def _create() -> tuple[int, LocalJournal | None]:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0)
+            # (read too: `verify` re-reads what a resumed partial holds)
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
             fd = os.open(path, flags if resume else flags | os.O_TRUNC, 0o644)
             if journal_path is None or meta is None:
                 return fd, None
             os.makedirs(os.path.dirname(journal_path), exist_ok=True)
             if resume:
-                return fd, LocalJournal.reopen(journal_path)
-            return fd, LocalJournal.create(journal_path, meta)
+                return fd, LocalJournal.reopen(journal_path, fd)
+            return fd, LocalJournal.create(journal_path, meta, fd)
 
         with storage_errors(path, "open"):
             fd, journal = await asyncio.to_thread(_create)
@@ -373,10 +318,40 @@ class PwriteSink:
     def rewind(self, offset: int) -> tuple[int, Lost]:
         return offset, NOTHING_LOST
 
+    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The `records` whose bytes in the file still have their CRC32C (read with
+        ``os.pread`` in a worker thread; bytes past the end of a truncated file fail)."""
+        if self._fd < 0:
+            raise aborted(self.path)
+        fd = self._fd
+        with storage_errors(self.path, "verify"):
+            return await self._in_thread(
+                lambda: verified(records, lambda offset, length: os.pread(fd, length, offset))
+            )
+
     def _close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()  # before the data's descriptor: it may be syncing it
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
+
+    async def release(self) -> None:
+        """Let go of the partial file without finishing or deleting it, its journal written
+        down first (after an ``fdatasync``): a later receiver resumes it.  Without a journal
+        nothing could resume the file: it is deleted."""
+        if self._journal is None:
+            await self.abort()
+            return
+
+        def _release() -> None:
+            if self._journal is not None:
+                self._journal.commit()
+            self._close()
+
+        await self._settled()
+        with storage_errors(self.path, "release"):
+            await asyncio.to_thread(_release)
 
     async def finish(self) -> None:
         def _finish() -> None:

@@ -22,18 +22,24 @@ import io
 import mmap
 import os
 import stat
-from typing import IO, Any, Protocol, TypeGuard
+from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from fstransport.checksum import chunk_crc, format_checksum
+from fstransport.checksum import chunk_crc
 from fstransport.errors import StorageError
 from fstransport.messages import Buffer
 from fstransport.storage._aio import close_async_filesystem
-from fstransport.storage._capabilities import implements
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.base import (  # the interfaces live in base.py (no fsspec); kept here
+    CheckedSource,
+    ChunkSource,
+    is_checked_source,
+    read_checked,
+    source_checksum,
+)
 from fstransport.storage.s3 import S3StreamSource, is_s3
 
 __all__ = [
@@ -49,35 +55,6 @@ __all__ = [
     "source_checksum",
     "source_for_file",
 ]
-
-
-class ChunkSource(Protocol):
-    """Random access to a snapshot's bytes.
-
-    `read` returns exactly `length` bytes from `offset` (fewer only at the end of the data) and
-    raises `StorageError` when the backend fails.  `close` releases what the source opened.
-    """
-
-    size: int
-    description: str
-
-    async def read(self, offset: int, length: int) -> Buffer: ...
-
-    async def close(self) -> None: ...
-
-
-class CheckedSource(ChunkSource, Protocol):
-    """A source that computes each chunk's CRC32C where it reads it (see `read_checked`).
-
-    Found with `is_checked_source`, not ``isinstance`` (which costs more than a small chunk)."""
-
-    async def read_checked(self, offset: int, length: int) -> tuple[Buffer, int]:
-        """`read`, and the CRC32C of what was read."""
-
-
-def is_checked_source(source: ChunkSource) -> TypeGuard[CheckedSource]:
-    """Whether `source` is a `CheckedSource` (its class has ``read_checked``)."""
-    return implements(source, "read_checked")
 
 
 class BufferSource:
@@ -274,26 +251,6 @@ class AsyncFsSource:
 
     async def close(self) -> None:
         await close_async_filesystem(self._fs)
-
-
-async def read_checked(source: ChunkSource, offset: int, length: int) -> tuple[Buffer, int]:
-    """`source`'s chunk at `offset` and its CRC32C.
-
-    A `CheckedSource` (one that reads in a worker thread anyway) computes the CRC there too,
-    off the event loop; for others it is computed here.
-    """
-    if is_checked_source(source):
-        return await source.read_checked(offset, length)
-    data = await source.read(offset, length)
-    return data, chunk_crc(data)
-
-
-async def source_checksum(source: ChunkSource, step: int = 8 * 1024 * 1024) -> str:
-    """The ``"crc32c:%08x"`` checksum of all of `source`'s bytes (one full read)."""
-    crc = 0
-    for offset in range(0, source.size, step):
-        crc = chunk_crc(await source.read(offset, min(step, source.size - offset)), crc)
-    return format_checksum(crc)
 
 
 def _real_fd(fileobj: IO[bytes]) -> int | None:

@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import os
 import time
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -29,10 +30,15 @@ from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Snapshot, SnapshotMeta
 from fstransport.options import RetryPolicy
 from fstransport.protocol.parts import MIN_PART_SIZE
-from fstransport.protocol.ranges import ChunkRecord
+from fstransport.protocol.ranges import ChunkLedger, ChunkRecord
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.base import (  # SnapshotStore kept importable from here
+    SnapshotSink,
+    SnapshotStore,
+    VerifyingSink,
+)
 from fstransport.storage.journal import LocalJournal, MemoryJournal, parse_records, resumable
 from fstransport.storage.multipart import DEFAULT_UPLOADS, MultipartSink
 from fstransport.storage.s3 import is_s3, open_s3, split_bucket_key
@@ -41,41 +47,18 @@ from fstransport.storage.sink import (
     MemorySink,
     PwriteSink,
     SeekableFileSink,
-    SnapshotSink,
     discard_file,
 )
 
 __all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
+
+log = logging.getLogger("fstransport.store")
 
 PARTIAL_DIR = ".fstransport/partial"
 JOURNAL_DIR = ".fstransport/journal"
 ABSENT_FOR = 5.0
 """Seconds for which an S3 store trusts having just seen no upload state for a snapshot, so that
 `has_partial`, `resume` and `begin` of one transfer look it up once, not three times."""
-
-
-class SnapshotStore(Protocol):
-    """What a `Receiver` needs from storage."""
-
-    async def begin(self, meta: SnapshotMeta) -> SnapshotSink:
-        """Start receiving the snapshot `meta` describes, discarding any partial data for its id."""
-
-    async def resume(self, meta: SnapshotMeta) -> tuple[SnapshotSink, list[ChunkRecord]] | None:
-        """Reopen partial data left for exactly this snapshot, with the chunks it holds; or None."""
-
-    async def finish(self, meta: SnapshotMeta, sink: SnapshotSink) -> Snapshot:
-        """Close a completely received snapshot and return it, readable, not yet installed.
-
-        Where the target cannot rename (S3), finishing is what makes the snapshot visible:
-        it completes the upload to the final name, and `install` is only bookkeeping.
-        """
-
-    async def install(self, snapshot: Snapshot) -> None:
-        """Make a finished snapshot visible under its id, replacing any older one."""
-
-    async def abort(self, snapshot_id: str) -> None:
-        """Discard the partial or finished-but-not-installed data of `snapshot_id` (an S3 object
-        whose upload was completed by `finish` stays: S3 cannot take it back)."""
 
 
 SinkKind = Literal["auto", "seekable", "sequential", "multipart"]
@@ -207,14 +190,19 @@ class FsspecSnapshotStore:
         await self.close()
 
     async def close(self) -> None:
-        """Release the store's S3 connections (a no-op for other targets).
+        """Release the store's S3 connections and the files of transfers still in progress.
 
-        Transfers still in progress are let go, not aborted: their partial data stays, to be
-        resumed by a later receiver or removed by `cleanup`.
+        Those transfers are let go, not aborted: their partial data stays (a local journal is
+        written down first), to be resumed by a later receiver or removed by `cleanup`.
         """
         for sink in self._sinks.values():
-            if isinstance(sink, MultipartSink):
-                await sink.release()
+            if isinstance(sink, (MultipartSink, PwriteSink)):
+                await sink.release()  # (a local one writes its journal down first)
+        if isinstance(self.fs, LocalFileSystem) and not self._sinks and not self._finished:
+            # no empty .fstransport/{partial,journal} folders after the last transfer; a folder
+            # that still holds something (another receiver's partial data) stays
+            folders = [self._join(PARTIAL_DIR), self._join(JOURNAL_DIR), self._join(".fstransport")]
+            await asyncio.to_thread(_remove_empty_folders, folders)
         if self._s3 is not None:
             fs, self._s3 = self._s3, None
             await close_async_filesystem(fs)
@@ -283,12 +271,15 @@ class FsspecSnapshotStore:
 
         Only snapshots with a size and a checksum are resumed, and only into partial data
         recorded for exactly the same snapshot; anything else is started afresh by `begin`.
+        What the journal (or S3 state) records is only a claim: every chunk it names is
+        re-read and checked against its CRC32C (on S3, every part against ``ListParts``)
+        before it is returned, and chunks that fail are left out, to be sent again.
         """
         snapshot_id = meta.snapshot_id
         if not resumable(meta) or snapshot_id in self._sinks:
             return None
         path, journal = self.partial_path(snapshot_id), self.journal_path(snapshot_id)
-        found: tuple[SnapshotSink, list[ChunkRecord]] | None = None
+        found: tuple[VerifyingSink, list[ChunkRecord]] | None = None
         with storage_errors(path, "resume"):
             if self.sink_kind in ("auto", "multipart") and is_s3(self.fs):
                 if self._state_known_absent(snapshot_id):
@@ -310,13 +301,35 @@ class FsspecSnapshotStore:
                 text = await asyncio.to_thread(LocalJournal.read, journal)
                 records = parse_records(text or "", meta)
                 if records is not None and await asyncio.to_thread(os.path.isfile, path):
-                    sink = await PwriteSink.create(
+                    local = await PwriteSink.create(
                         path, fsync=self._fsync, journal_path=journal, meta=meta, resume=True
                     )
-                    found = sink, records
-        if found is not None:
-            self._sinks[snapshot_id] = found[0]
-        return found
+                    found = local, records
+        if found is None:
+            return None
+        sink, claimed = found
+        latest = _latest(claimed)
+        self._sinks[snapshot_id] = sink
+        try:
+            held = await sink.verify(latest)
+        except Exception as exc:  # what cannot be checked is not resumed: start afresh
+            log.warning("cannot check the partial data of %r (%s); starting over", snapshot_id, exc)
+            del self._sinks[snapshot_id]
+            with contextlib.suppress(Exception):
+                await sink.abort()
+            return None
+        except BaseException:
+            del self._sinks[snapshot_id]
+            raise
+        if len(held) < len(latest):
+            log.warning(
+                "partial data of %r: %d of %d recorded chunks do not hold their bytes; "
+                "they are sent again",
+                snapshot_id,
+                len(latest) - len(held),
+                len(latest),
+            )
+        return sink, held
 
     async def has_partial(self, snapshot_id: str) -> bool:
         """Whether an earlier receiver left resumable partial data for `snapshot_id`."""
@@ -420,6 +433,20 @@ class FsspecSnapshotStore:
                 await asyncio.to_thread(self.fs.mv, sink.path, final)
         del self._finished[snapshot_id]
 
+    async def release(self, snapshot_id: str) -> None:
+        """Let go of the transfer of `snapshot_id` in progress: close what it holds open,
+        keeping its partial data (and journal) for a later `resume` or `cleanup`.  Partial
+        data that cannot be resumed (a sink without a ``release`` method) is discarded."""
+        sink = self._sinks.get(snapshot_id)
+        if sink is None:
+            return
+        release = getattr(sink, "release", None)
+        if release is None:
+            await self.abort(snapshot_id)
+            return
+        del self._sinks[snapshot_id]
+        await release()
+
     async def abort(self, snapshot_id: str) -> None:
         """Discard what is held of `snapshot_id` that is not installed; the installed one stays."""
         check_snapshot_id(snapshot_id)
@@ -489,11 +516,11 @@ class FsspecSnapshotStore:
 
     # -- clean-up ------------------------------------------------------------------------------
 
-    async def cleanup(self, older_than: float) -> list[str]:
+    async def cleanup(self, older_than: float, *, dry_run: bool = False) -> list[str]:
         """Remove partial data abandoned for more than `older_than` seconds: partial files and
         their journals, and on S3 incomplete multipart uploads under the root.  Transfers this
         store is receiving right now are left alone, and installed snapshots are never touched.
-        Returns what was removed.
+        Returns what was removed (with `dry_run`: what would be, and nothing is).
         """
         if older_than < 0:
             raise ConfigurationError(f"older_than must not be negative, got {older_than}")
@@ -515,14 +542,15 @@ class FsspecSnapshotStore:
                 touched = _modified(entry)
                 if touched is not None and touched >= cutoff:
                     continue
-                with storage_errors(path, "clean up"):
-                    await self._fs_call("rm_file", path)
+                if not dry_run:
+                    with storage_errors(path, "clean up"):
+                        await self._fs_call("rm_file", path)
                 removed.append(self.fs.unstrip_protocol(path))
         if is_s3(self.fs):
-            removed.extend(await self._cleanup_uploads(cutoff, active))
+            removed.extend(await self._cleanup_uploads(cutoff, active, dry_run))
         return removed
 
-    async def _cleanup_uploads(self, cutoff: float, active: set[str]) -> list[str]:
+    async def _cleanup_uploads(self, cutoff: float, active: set[str], dry_run: bool) -> list[str]:
         bucket, _, prefix = self.root.lstrip("/").partition("/")
         prefix = f"{prefix}/" if prefix else ""
         s3 = await self._async_s3()
@@ -537,10 +565,14 @@ class FsspecSnapshotStore:
                 continue
             if started is not None and started.timestamp() >= cutoff:
                 continue
-            with storage_errors(f"s3://{bucket}/{key}", "abort upload"):
-                await s3._call_s3(
-                    "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"]
-                )
+            if not dry_run:
+                with storage_errors(f"s3://{bucket}/{key}", "abort upload"):
+                    await s3._call_s3(
+                        "abort_multipart_upload",
+                        Bucket=bucket,
+                        Key=key,
+                        UploadId=upload["UploadId"],
+                    )
             removed.append(f"s3://{bucket}/{key} (upload {upload['UploadId']})")
         return removed
 
@@ -585,6 +617,21 @@ class FsspecSnapshotStore:
 
     def __repr__(self) -> str:
         return f"FsspecSnapshotStore({self.url!r})"
+
+
+def _remove_empty_folders(folders: list[str]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):  # missing or not empty
+            os.rmdir(folder)
+
+
+def _latest(records: list[ChunkRecord]) -> list[ChunkRecord]:
+    """The records of a journal as a ledger keeps them: a later chunk over the same bytes
+    replaces earlier ones (only those are worth re-reading)."""
+    ledger = ChunkLedger()
+    for record in records:
+        ledger.add(record.offset, record.length, record.crc)
+    return ledger.records()
 
 
 def _modified(entry: dict[str, Any]) -> float | None:

@@ -1,0 +1,158 @@
+"""Start-up benchmark: what ``import fstransport`` and the CLI's quick answers cost.
+
+Run from the repository root (one benchmark at a time)::
+
+    flock /tmp/fstransport-bench.lock python benchmarks/bench_imports.py [--rounds 21]
+        [--compare DIR] [--json out.json]
+
+Each case is a fresh process, timed wall clock from spawn to exit:
+
+- **baseline:** ``python -c pass`` — the interpreter's own start-up, which nothing can save;
+- **import:** ``python -c "import fstransport"`` and ``python -c "import fstransport.protocol"``;
+- **cli:** ``fstransport --version`` and ``fstransport --help`` (the console script of this
+  interpreter's environment).
+
+With ``--compare DIR`` (a source tree of another commit, say ``git archive``'d into ``DIR``)
+the import and CLI cases also run against that tree (``PYTHONPATH=DIR``) in the same rounds,
+marked ``[DIR]``: a before/after comparison in one run.
+
+Each round runs every case once in a shuffled order (after an uncounted warm-up round, so the
+page cache holds the files).  Reported per case: the median wall time, the median less the
+baseline's (what fstransport adds), and the ratio to the baseline.  Goal (issue #12): the CLI
+answers ``--version`` and ``--help`` in at most 0.15 s wall (rclone: 0.17 s on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+CLI_GOAL = 0.15
+"""Seconds within which ``fstransport --version`` and ``--help`` must answer (wall)."""
+
+
+Case = tuple[list[str], "dict[str, str] | None"]
+"""A command and the environment to run it in (None: this process's)."""
+
+RUN_CLI = "import sys; from fstransport.cli import main; sys.exit(main())"
+
+
+def cases(compare: Path | None) -> dict[str, Case]:
+    """The commands to time, by name; the first is the baseline."""
+    python = sys.executable
+    cli = str(Path(python).with_name("fstransport"))
+    if not Path(cli).exists():
+        sys.exit(f"no fstransport console script beside {python}: pip install -e . first")
+    found: dict[str, Case] = {
+        "python -c pass": ([python, "-c", "pass"], None),
+        "import fstransport": ([python, "-c", "import fstransport"], None),
+        "import fstransport.protocol": ([python, "-c", "import fstransport.protocol"], None),
+        "fstransport --version": ([cli, "--version"], None),
+        "fstransport --help": ([cli, "--help"], None),
+    }
+    if compare is not None:
+        if not (compare / "fstransport" / "__init__.py").exists():
+            sys.exit(f"--compare {compare}: no fstransport package in it")
+        env = {**os.environ, "PYTHONPATH": str(compare.resolve())}
+        tag = f"[{compare.name}]"
+        found[f"import fstransport {tag}"] = ([python, "-c", "import fstransport"], env)
+        found[f"import fstransport.protocol {tag}"] = (
+            [python, "-c", "import fstransport.protocol"],
+            env,
+        )
+        found[f"fstransport --version {tag}"] = ([python, "-c", RUN_CLI, "--version"], env)
+        found[f"fstransport --help {tag}"] = ([python, "-c", RUN_CLI, "--help"], env)
+    return found
+
+
+def wall(case: Case) -> float:
+    """Seconds from starting the command of `case` until it exited (it must succeed)."""
+    command, env = case
+    started = time.perf_counter()
+    subprocess.run(
+        command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    return time.perf_counter() - started
+
+
+def run(rounds: int, seed: int, compare: Path | None) -> dict[str, list[float]]:
+    """Wall times per case, rounds interleaved in a shuffled order (one warm-up round first)."""
+    commands = cases(compare)
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    rng = random.Random(seed)
+    for round_number in range(rounds + 1):
+        order = list(commands)
+        rng.shuffle(order)
+        for name in order:
+            elapsed = wall(commands[name])
+            if round_number:  # round 0 warms the page cache
+                times[name].append(elapsed)
+    return times
+
+
+def report(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    baseline_name = next(iter(times))
+    baseline = statistics.median(times[baseline_name])
+    rows: dict[str, dict[str, float]] = {}
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        rows[name] = {
+            "median_s": median,
+            "added_s": median - baseline,
+            "ratio": median / baseline,
+            "min_s": min(samples),
+            "max_s": max(samples),
+        }
+    return rows
+
+
+def print_report(rows: dict[str, dict[str, float]], rounds: int) -> None:
+    print(f"{rounds} rounds, medians (wall, s); python {platform.python_version()}")
+    width = max(len(name) for name in rows)
+    print(f"{'case':{width}} {'median':>8} {'+python':>8} {'ratio':>6} {'min':>7} {'max':>7}")
+    for name, row in rows.items():
+        print(
+            f"{name:{width}} {row['median_s']:8.3f} {row['added_s']:8.3f} {row['ratio']:5.2f}x"
+            f" {row['min_s']:7.3f} {row['max_s']:7.3f}"
+        )
+    for name in ("fstransport --version", "fstransport --help"):
+        median = rows[name]["median_s"]
+        verdict = "meets" if median <= CLI_GOAL else "misses"
+        print(f"{name}: {median:.3f} s {verdict} the goal of <= {CLI_GOAL:.2f} s")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=21, help="counted rounds (default 21)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
+    parser.add_argument("--compare", type=Path, help="also time the source tree in this folder")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    times = run(args.rounds, args.seed, args.compare)
+    rows = report(times)
+    print_report(rows, args.rounds)
+    if args.json is not None:
+        machine = {"python": platform.python_version(), "cpus": os.cpu_count()}
+        document = {"rounds": args.rounds, "machine": machine, "cases": rows, "samples": times}
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

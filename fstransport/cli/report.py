@@ -1,0 +1,44 @@
+"""The text report of one copy, as ``ship`` and ``demo`` print it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TextIO
+
+from fstransport.options import TransferOptions
+from fstransport.units import format_rate, format_size
+
+if TYPE_CHECKING:
+    from fstransport.transfer import TransferReport
+
+__all__ = ["print_report"]
+
+
+def print_report(
+    report: TransferReport,
+    options: TransferOptions,
+    *,
+    verified: str | None,
+    file: TextIO | None = None,
+) -> None:
+    """Print `report` as a few aligned lines on stdout."""
+    chunk = format_size(options.chunk_size)
+    chunks = f"{report.chunks_sent} x up to {chunk}, window {options.max_in_flight}"
+    if report.retries or report.rewinds:
+        chunks += f" ({report.retries} retries, {report.rewinds} rewinds)"
+    lines = [
+        f"{report.source} -> {report.target}",
+        f"  size        {format_size(report.size)} ({report.size} bytes)",
+        f"  chunks      {chunks}",
+        f"  time        {report.elapsed:.3f} s",
+        f"  throughput  {format_rate(report.throughput)}",
+        f"  checksum    {report.checksum}",
+    ]
+    if report.bytes_skipped:
+        lines.insert(
+            3,
+            f"  resumed     {format_size(report.bytes_skipped)} ({report.bytes_skipped} bytes) "
+            "were already there and not sent again",
+        )
+    if verified:
+        lines.append(f"  verified    {verified}")
+    print("\n".join(lines), file=file)

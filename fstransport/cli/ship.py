@@ -1,0 +1,407 @@
+"""``fstransport ship SRC DST``: copy one file through the transport, in process or ``--via``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from fstransport.cli.args import (
+    TOKEN_ENV,
+    add_endpoint_option,
+    add_s3_tuning,
+    add_transfer_options,
+    bwlimit_arg,
+    format_vote,
+    is_s3_url,
+    s3_tuning,
+    storage_options,
+    token_from,
+    vote_arg,
+)
+from fstransport.cli.errors import EXIT_CODES, UsageError
+from fstransport.cli.report import print_report
+from fstransport.cli.serve import os_reason
+from fstransport.errors import ConfigurationError, FstransportError
+from fstransport.options import TransferOptions
+
+if TYPE_CHECKING:
+    import logging
+    import ssl
+
+    from fstransport.network.base import Network
+    from fstransport.network.http import HttpNetwork
+    from fstransport.progress import ProgressBar
+    from fstransport.transfer import TransferReport
+
+__all__ = ["add_parser", "run"]
+
+
+class _Refused(FstransportError):
+    """The receiver refused the transfer for a reason the user can act on (exit code 1)."""
+
+
+DESCRIPTION = """\
+Copy one file between fsspec locations (local paths, memory://, s3://, ...) in verified
+chunks. DST appears only once the whole copy is verified; a copy that was interrupted resumes
+where it stopped when shipped again.
+
+DST may be an existing folder or end in '/': the file keeps its name there (as cp and rclone
+do). SRC '-' reads standard input and DST '-' writes standard output: standard input is first
+read into a temporary file (the protocol names the size before the first chunk), standard
+output gets the data only once it is verified; neither can resume.
+"""
+
+
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the ``ship`` command to `commands` (argparse's subparsers)."""
+    ship_cmd = commands.add_parser(
+        "ship",
+        help="copy SRC to DST (any fsspec URLs) through the transport",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=parents,
+    )
+    ship_cmd.add_argument("src", metavar="SRC", help="source URL or path; - for standard input")
+    ship_cmd.add_argument(
+        "dst",
+        metavar="DST",
+        help="target URL or path: a file name, an existing folder or one ending in /; "
+        "- for standard output",
+    )
+    add_transfer_options(ship_cmd)
+    add_endpoint_option(ship_cmd)
+    ship_cmd.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what would be sent and where, and stop: nothing is written",
+    )
+    ship_cmd.add_argument(
+        "--ignore-existing",
+        action="store_true",
+        help="do nothing if DST exists (whatever its content)",
+    )
+    ship_cmd.add_argument(
+        "--bwlimit",
+        type=bwlimit_arg,
+        metavar="RATE",
+        help="send at most RATE per second on average, e.g. 20MiB (or 20MiB/s, 100Mbit); "
+        "a bare number is bytes per second",
+    )
+    ship_cmd.add_argument(
+        "--via", metavar="URL", help="ship through the receiver server at URL (fstransport serve)"
+    )
+    ship_cmd.add_argument(
+        "--token",
+        metavar="T",
+        help=f"bearer token for --via (visible in ps: prefer --token-file or ${TOKEN_ENV})",
+    )
+    ship_cmd.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"read the bearer token for --via from PATH (default: ${TOKEN_ENV}, if set)",
+    )
+    ship_cmd.add_argument(
+        "--vote",
+        type=vote_arg,
+        default=None,
+        metavar="TERM[,NODE[,C]]",
+        help="the sender's vote, e.g. 7,3 (default 0,0): a receiver refuses a vote lower than "
+        "the one it holds (fstransport serve: per snapshot id), and adopts a higher one",
+    )
+    ship_cmd.add_argument(
+        "--cafile",
+        metavar="PEM",
+        help="verify an https:// --via server against the CA certificate(s) in PEM "
+        "(default: the system's trusted CAs)",
+    )
+    ship_cmd.add_argument(
+        "--checksum",
+        metavar="crc32c:HEX",
+        help="SRC's CRC32C, if known: the receiver verifies it, and resumes what an earlier, "
+        "interrupted ship of the same data left, even after a restart. Without it, --via "
+        "continues only a transfer the same server process still holds (its bytes re-checked)",
+    )
+    add_s3_tuning(ship_cmd, "DST")
+    ship_cmd.set_defaults(run=run, parser=ship_cmd)
+
+
+def _client_tls(via: str, cafile: str | None) -> ssl.SSLContext | None:
+    """The client's TLS context for ``--cafile`` (None: aiohttp's default, the system's CAs)."""
+    if cafile is None:
+        return None
+    if not via.lower().startswith("https://"):
+        raise UsageError(f"--cafile needs an https:// --via URL, got {via!r}")
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except OSError as exc:  # ssl.SSLError included
+        raise ConfigurationError(
+            f"cannot load CA certificates from {cafile}: {os_reason(exc)}"
+        ) from None
+
+
+def _check_via(via: str) -> str:
+    """`via` if it is an http(s) URL naming a host; else a `UsageError`."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(via)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise UsageError(f"--via {via!r} is not a usable URL: {exc}") from None
+    if not ok:
+        raise UsageError(
+            f"--via needs an http:// or https:// URL with a host, e.g. http://receiver:8470; "
+            f"got {via!r}"
+        )
+    return via
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Flags that do not go together, and S3 URLs that name no object."""
+    if args.via:
+        _check_via(args.via)
+        if s3_tuning(args, args.dst):
+            raise UsageError(
+                "--part-size and --upload-concurrency set the store of an in-process copy; with "
+                "--via, give them to the server (fstransport serve ROOT --part-size ...)"
+            )
+        if args.ignore_existing:
+            raise UsageError("--ignore-existing needs a DST it can see; not with --via")
+    elif args.cafile is not None or args.token is not None or args.token_file is not None:
+        raise UsageError(
+            "--token and --cafile are for shipping --via a server (and --token-file too)"
+        )
+    else:
+        s3_tuning(args, args.dst)
+    if args.src == "-" and args.dst == "-":
+        raise UsageError("SRC and DST cannot both be - (standard input and output)")
+    if args.src == "-" and args.dst.endswith("/"):
+        raise UsageError("with SRC - (standard input), DST must name a file")
+    for name, url in (("SRC", args.src), ("DST", args.dst)):
+        if is_s3_url(url) and not url.split("://", 1)[1].strip("/"):
+            raise UsageError(f"{name} {url} names no bucket")
+    if is_s3_url(args.src) and "/" not in args.src.split("://", 1)[1].strip("/"):
+        raise UsageError(f"SRC {args.src} names a bucket, not an object")
+
+
+def _join(folder: str, name: str) -> str:
+    return folder if folder.endswith("/") and not name else f"{folder.rstrip('/')}/{name}"
+
+
+async def _resolve_target(args: argparse.Namespace) -> str:
+    """DST as a file name: a folder (existing, or ending in /) gets SRC's file name."""
+    import posixpath
+
+    dst: str = args.dst
+    name = posixpath.basename(args.src.rstrip("/"))
+    if dst.endswith("/"):
+        return _join(dst, name)
+    if is_s3_url(dst) and "/" not in dst.split("://", 1)[1]:
+        return _join(dst, name)  # s3://bucket: the bucket is the folder
+    if args.via is None and args.src != "-":
+        from fstransport.cli.probe import probe
+
+        found = await probe(dst, storage_options(args, dst), verb="open")
+        if found.is_dir:
+            return _join(dst, name)
+    return dst
+
+
+def _resume_notes(bar: ProgressBar) -> logging.Filter:
+    """A filter on the sender's log that tells `bar` about bytes the receiver already held."""
+    import logging
+
+    class Held(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.msg == "receiver already holds %d bytes; not sending them":
+                held = record.args[0] if isinstance(record.args, tuple) else None
+                if isinstance(held, int):
+                    bar.skip(held)
+            return True
+
+    return Held()
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Ship SRC to DST; print the report."""
+    import asyncio
+    import contextlib
+    import json
+    import logging
+    import sys
+
+    from fstransport.cli.probe import probe, s3_cli_options
+    from fstransport.errors import HigherVote, UntrustedPeer
+    from fstransport.messages import Vote
+    from fstransport.progress import ProgressBar
+    from fstransport.transfer import ship
+
+    _check_args(args)
+    token = token_from(args) if args.via else None
+    tls = _client_tls(args.via, args.cafile) if args.via else None
+    vote: Vote = args.vote or Vote(0, 0)
+    options = TransferOptions(
+        chunk_size=args.chunk_size, max_in_flight=args.window, rate_limit=args.bwlimit
+    )
+    out = sys.stderr if args.dst == "-" else sys.stdout  # the data owns stdout
+    dst = "-" if args.dst == "-" else await _resolve_target(args)
+    args.shown_target = dst
+    source_options = storage_options(args, args.src)
+    target_options = storage_options(args, dst)
+    if is_s3_url(args.src):
+        source_options = s3_cli_options(source_options)
+    if is_s3_url(dst):
+        target_options = s3_cli_options(target_options)
+
+    size: int | None = None
+    if args.src != "-":
+        found = await probe(args.src, source_options, verb="open")
+        if found.is_dir:
+            raise ConfigurationError(f"SRC {args.src} is a folder; ship copies one file")
+        if found.size is None:
+            raise ConfigurationError(f"cannot open {args.src}: no such file")
+        size = found.size
+    exists = False
+    if dst != "-" and args.via is None:
+        exists = (await probe(dst, target_options, verb="write to")).size is not None
+    elif is_s3_url(dst):
+        await probe(dst, target_options, verb="write to", bucket_only=True)
+
+    shown_size = "unknown size" if size is None else f"{size} bytes"
+    where = f" via {args.via}" if args.via else ""
+    if args.ignore_existing and exists:
+        if not args.quiet:
+            print(f"fstransport: {dst} exists; skipped (--ignore-existing)", file=sys.stderr)
+        return 0
+    if args.dry_run:
+        verb = "overwrite" if exists else "create"
+        print(
+            f"would ship {args.src} ({shown_size}) -> {dst}{where} ({verb}); dry run, nothing sent",
+            file=out,
+        )
+        return 0
+    if dst.startswith("memory://") and args.via is None and not args.quiet:
+        print(
+            f"fstransport: warning: {dst} lives in this process's memory and vanishes when "
+            "the command exits",
+            file=sys.stderr,
+        )
+
+    with contextlib.ExitStack() as cleanup:
+        src = args.src
+        if src == "-":
+            src, size = await asyncio.to_thread(_spool_stdin, cleanup)
+        target = dst
+        if dst == "-":
+            target = _scratch_target(cleanup, args.src)
+        finishing = "completing upload…" if is_s3_url(target) else "finishing…"
+        bar = ProgressBar(size, finishing=finishing, enabled=not args.quiet)
+        notes = _resume_notes(bar)
+        sender_log = logging.getLogger("fstransport.sender")
+        sender_log.addFilter(notes)
+        ticker = asyncio.create_task(_tick(bar))
+        http: HttpNetwork | None = None
+        network: Network | None = None
+        completed = False
+        try:
+            if args.via:
+                from fstransport.network.http import HttpNetwork
+
+                network = http = HttpNetwork(args.via, token=token, ssl=tls)
+            report = await ship(
+                src,
+                target,
+                options=options,
+                network=network,
+                source_options=source_options,
+                target_options=target_options,
+                store_options=s3_tuning(args, dst),
+                progress=bar.update,
+                checksum=args.checksum,
+                vote=vote,
+            )
+            completed = True
+        except UntrustedPeer as exc:
+            raise ConfigurationError(
+                f"{exc}; give the CA that signed it with --cafile PEM"
+            ) from exc
+        except HigherVote as exc:
+            raise _Refused(
+                f"{exc}; to replace what it holds, ship with --vote {format_vote(exc.higher)} "
+                "or higher"
+            ) from exc
+        finally:
+            ticker.cancel()
+            sender_log.removeFilter(notes)
+            bar.close(completed=completed)
+            if http is not None:
+                await http.close()
+        if dst == "-":
+            await asyncio.to_thread(_copy_to_stdout, target)
+        report = _as_given(report, args.src, dst)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2), file=out)
+    elif not args.quiet:
+        print_report(report, options, verified=None, file=out)
+    return 0
+
+
+async def _tick(bar: ProgressBar) -> None:
+    """Redraw `bar` while no chunk is acknowledged (the finishing phase, a slow link)."""
+    import asyncio
+
+    while True:
+        await asyncio.sleep(0.25)
+        bar.refresh()
+
+
+def _spool_stdin(cleanup: Any) -> tuple[str, int]:
+    """Standard input, read into a temporary file: (its path, its size)."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="fstransport-stdin-")
+    cleanup.callback(_remove, path)
+    with os.fdopen(handle, "wb") as spool:
+        shutil.copyfileobj(sys.stdin.buffer, spool, 1024 * 1024)
+        return path, spool.tell()
+
+
+def _scratch_target(cleanup: Any, src: str) -> str:
+    """A file in a temporary folder for DST -, written to standard output once verified."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="fstransport-stdout-")
+    cleanup.callback(shutil.rmtree, folder, True)
+    return f"{folder}/stdout.bin"
+
+
+def _copy_to_stdout(path: str) -> None:
+    import shutil
+    import sys
+
+    with open(path, "rb") as data:
+        shutil.copyfileobj(data, sys.stdout.buffer, 1024 * 1024)
+    sys.stdout.buffer.flush()
+
+
+def _remove(path: str) -> None:
+    import contextlib
+    import os
+
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _as_given(report: TransferReport, src: str, dst: str) -> TransferReport:
+    """`report` naming SRC and DST as the user wrote them (- for the standard streams)."""
+    import dataclasses
+
+    return dataclasses.replace(report, source=src, target=dst)

@@ -1,0 +1,231 @@
+"""The storage interfaces: what a receiver writes into and what a sender reads from.
+
+This module imports no fsspec (nor anything else outside the standard library and this
+package's light modules), so the drivers and anyone writing a store of their own can depend on
+the interfaces without paying for the backends:
+
+- `SnapshotStore`: what a `Receiver` needs from storage (begin, resume, finish, install, abort);
+- `SnapshotSink`: where the chunks of one incoming snapshot are written, with its optional
+  capabilities `CheckedSink` and `PiecesSink` (found with `is_checked_sink`/`is_pieces_sink`);
+- `ChunkSource`: random access to a snapshot's bytes, with the optional `CheckedSource`;
+- `Lost`, `aborted`, and the write and read helpers (`write_chunk`, `write_checked`,
+  `read_checked`, `source_checksum`) that pick a capability when a sink or source has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeGuard
+
+from fstransport.checksum import chunk_crc, format_checksum
+from fstransport.errors import StorageError
+from fstransport.messages import Buffer, ChunkData, Pieces, Snapshot, SnapshotMeta, contiguous
+from fstransport.protocol.ranges import ChunkRecord
+from fstransport.storage._capabilities import implements
+
+__all__ = [
+    "NOTHING_LOST",
+    "CheckedSink",
+    "CheckedSource",
+    "ChunkSource",
+    "Lost",
+    "PiecesSink",
+    "SnapshotSink",
+    "SnapshotStore",
+    "VerifyingSink",
+    "aborted",
+    "is_checked_sink",
+    "is_checked_source",
+    "is_pieces_sink",
+    "is_verifying_sink",
+    "read_checked",
+    "source_checksum",
+    "write_checked",
+    "write_chunk",
+]
+
+Lost = Sequence[tuple[int, int]]
+"""Byte ranges ``[start, end)`` a write made the sink forget (they must be sent again)."""
+NOTHING_LOST: Lost = ()
+
+
+# -- sinks -----------------------------------------------------------------------------------------
+
+
+class SnapshotSink(Protocol):
+    """Where the chunks of one incoming snapshot are written."""
+
+    path: str
+
+    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
+        """Store `data` (whose CRC32C is `crc`) at `offset`; return ranges written earlier that
+        the sink no longer holds.
+
+        Raises `StorageError`, or `SnapshotMismatch` when the sink cannot take `offset` now (a
+        sequential target too far behind it); nothing is written then.
+        """
+
+    def rewind(self, offset: int) -> tuple[int, Lost]:
+        """The sender misses byte `offset` and will send everything from a point on again.
+
+        Returns that point (at or before `offset`) and the ranges the sink forgot to make room
+        for the new pass.
+        """
+
+    async def finish(self) -> None:
+        """Flush every written byte into the partial file and close it; raises `StorageError`."""
+
+    async def abort(self) -> None:
+        """Close and delete the partial file; never raises for a file already gone."""
+
+
+class CheckedSink(SnapshotSink, Protocol):
+    """A sink that can compute a chunk's CRC32C while it writes it (see `write_checked`).
+
+    Found with `is_checked_sink`, not ``isinstance`` (which costs more than a small chunk)."""
+
+    async def write_checked(self, offset: int, data: Buffer) -> tuple[Lost, int]:
+        """`write` for a chunk whose CRC32C is not known yet: returns it with what was lost."""
+
+
+class PiecesSink(SnapshotSink, Protocol):
+    """A sink that writes `Pieces` as they are, without joining them (see `write_chunk`).
+
+    Found with `is_pieces_sink`, not ``isinstance``."""
+
+    async def write_pieces(self, offset: int, data: Pieces, crc: int) -> Lost:
+        """`write` for a chunk that arrived in pieces."""
+
+
+class VerifyingSink(SnapshotSink, Protocol):
+    """A sink that can re-read what it holds and check it against the chunks' CRC32Cs.
+
+    Found with `is_verifying_sink`.  Partial data that outlived a sender or a receiver is never
+    trusted without this: the store calls it on resume, the receiver when a new sender starts."""
+
+    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The `records` whose bytes the sink holds now, as they were written (the others
+        are forgotten: their bytes must be sent again).  Raises `StorageError`."""
+
+
+def is_verifying_sink(sink: SnapshotSink) -> TypeGuard[VerifyingSink]:
+    """Whether `sink` is a `VerifyingSink` (its class has ``verify``)."""
+    return implements(sink, "verify")
+
+
+def is_checked_sink(sink: SnapshotSink) -> TypeGuard[CheckedSink]:
+    """Whether `sink` is a `CheckedSink` (its class has ``write_checked``)."""
+    return implements(sink, "write_checked")
+
+
+def is_pieces_sink(sink: SnapshotSink) -> TypeGuard[PiecesSink]:
+    """Whether `sink` is a `PiecesSink` (its class has ``write_pieces``)."""
+    return implements(sink, "write_pieces")
+
+
+async def write_chunk(sink: SnapshotSink, offset: int, data: ChunkData, crc: int) -> Lost:
+    """``sink.write`` for chunk data of any shape: `Pieces` go to a `PiecesSink` as they are,
+    and are joined into one buffer for any other sink."""
+    if isinstance(data, Pieces):
+        if is_pieces_sink(sink):
+            return await sink.write_pieces(offset, data, crc)
+        data = data.join()
+    return await sink.write(offset, data, crc)
+
+
+async def write_checked(sink: SnapshotSink, offset: int, data: ChunkData) -> tuple[Lost, int]:
+    """Write `data` at `offset` like ``sink.write`` and return what it lost and `data`'s CRC32C.
+
+    A `CheckedSink` computes the CRC as it writes (see `fstransport.storage.sink`); for others
+    it is computed first.  Only for data nobody can have altered on the way: the CRC is computed
+    from what is written, so it cannot catch corruption before it.
+    """
+    data = contiguous(data)
+    if is_checked_sink(sink):
+        return await sink.write_checked(offset, data)
+    crc = chunk_crc(data)
+    return await sink.write(offset, data, crc), crc
+
+
+def aborted(path: str) -> StorageError:
+    """The error for a write into a sink that was aborted (by ``store.abort``, say)."""
+    return StorageError(path, "write", RuntimeError("the transfer was aborted; start it over"))
+
+
+# -- stores ----------------------------------------------------------------------------------------
+
+
+class SnapshotStore(Protocol):
+    """What a `Receiver` needs from storage."""
+
+    async def begin(self, meta: SnapshotMeta) -> SnapshotSink:
+        """Start receiving the snapshot `meta` describes, discarding any partial data for its id."""
+
+    async def resume(self, meta: SnapshotMeta) -> tuple[SnapshotSink, list[ChunkRecord]] | None:
+        """Reopen partial data left for exactly this snapshot, with the chunks it holds; or None."""
+
+    async def finish(self, meta: SnapshotMeta, sink: SnapshotSink) -> Snapshot:
+        """Close a completely received snapshot and return it, readable, not yet installed.
+
+        Where the target cannot rename (S3), finishing is what makes the snapshot visible:
+        it completes the upload to the final name, and `install` is only bookkeeping.
+        """
+
+    async def install(self, snapshot: Snapshot) -> None:
+        """Make a finished snapshot visible under its id, replacing any older one."""
+
+    async def abort(self, snapshot_id: str) -> None:
+        """Discard the partial or finished-but-not-installed data of `snapshot_id` (an S3 object
+        whose upload was completed by `finish` stays: S3 cannot take it back)."""
+
+
+# -- sources ---------------------------------------------------------------------------------------
+
+
+class ChunkSource(Protocol):
+    """Random access to a snapshot's bytes.
+
+    `read` returns exactly `length` bytes from `offset` (fewer only at the end of the data) and
+    raises `StorageError` when the backend fails.  `close` releases what the source opened.
+    """
+
+    size: int
+    description: str
+
+    async def read(self, offset: int, length: int) -> Buffer: ...
+
+    async def close(self) -> None: ...
+
+
+class CheckedSource(ChunkSource, Protocol):
+    """A source that computes each chunk's CRC32C where it reads it (see `read_checked`).
+
+    Found with `is_checked_source`, not ``isinstance`` (which costs more than a small chunk)."""
+
+    async def read_checked(self, offset: int, length: int) -> tuple[Buffer, int]:
+        """`read`, and the CRC32C of what was read."""
+
+
+def is_checked_source(source: ChunkSource) -> TypeGuard[CheckedSource]:
+    """Whether `source` is a `CheckedSource` (its class has ``read_checked``)."""
+    return implements(source, "read_checked")
+
+
+async def read_checked(source: ChunkSource, offset: int, length: int) -> tuple[Buffer, int]:
+    """`source`'s chunk at `offset` and its CRC32C.
+
+    A `CheckedSource` (one that reads in a worker thread anyway) computes the CRC there too,
+    off the event loop; for others it is computed here.
+    """
+    if is_checked_source(source):
+        return await source.read_checked(offset, length)
+    data = await source.read(offset, length)
+    return data, chunk_crc(data)
+
+
+async def source_checksum(source: ChunkSource, step: int = 8 * 1024 * 1024) -> str:
+    """The ``"crc32c:%08x"`` checksum of all of `source`'s bytes (one full read)."""
+    crc = 0
+    for offset in range(0, source.size, step):
+        crc = chunk_crc(await source.read(offset, min(step, source.size - offset)), crc)
+    return format_checksum(crc)

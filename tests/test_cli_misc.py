@@ -1,0 +1,73 @@
+"""The rest of the command line: ``bench --plot`` formats, the moto server's usage text,
+``python -m fstransport.cli``, and which modules the command line imports before a command runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import assert_one_error_line, run
+
+HEAVY = ("aiohttp", "fsspec", "s3fs", "botocore", "aiobotocore", "matplotlib", "moto")
+
+
+@pytest.mark.parametrize(("name", "magic"), [("out.svg", b"<?xml"), ("out.pdf", b"%PDF")])
+def test_bench_plot_writes_the_format_its_extension_names(
+    tmp_path: Path, name: str, magic: bytes
+) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed: fstransport[plot]")
+    plot = tmp_path / name
+    args = ("--size", "128KiB", "--chunk-sizes", "64KiB", "--windows", "1", "--plot", str(plot))
+    result = run("bench", *args)
+    assert result.returncode == 0, result.stderr
+    assert plot.read_bytes().startswith(magic)
+
+
+def test_bench_plot_with_an_unknown_extension_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("bench", "--plot", str(tmp_path / "out.gif"))
+    assert result.returncode == 2
+    assert_one_error_line(result, "argument --plot: cannot tell the plot's format")
+
+
+def test_moto_server_says_how_to_use_it() -> None:
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fstransport.moto_server"],
+        input="",  # closed stdin: the server stops at once
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    host, port = proc.stdout.split()
+    endpoint = f"http://{host}:{port}"
+    assert f"moto S3 server on {endpoint}" in proc.stderr
+    assert "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing" in proc.stderr
+    assert f"fstransport ship FILE s3://demo/ --endpoint-url {endpoint}" in proc.stderr
+
+
+def test_python_dash_m_runs_the_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fstransport.cli", "--version"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert result.stdout.startswith("fstransport ")
+
+
+def test_the_command_line_imports_no_heavy_module_before_a_command_runs() -> None:
+    """Building the parser (all that --help and --version need) adds none of the heavy modules
+    to what ``import fstransport`` itself loads."""
+    code = (
+        "import sys, fstransport; before = set(sys.modules);"
+        "from fstransport.cli.main import build_parser; build_parser();"
+        f"print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in {HEAVY!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

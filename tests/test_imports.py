@@ -1,0 +1,98 @@
+"""Cheap imports: ``import fstransport`` loads no heavy dependency; every public name resolves."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+import fstransport
+
+HEAVY = ["aiohttp", "fsspec", "s3fs", "botocore", "aiobotocore", "boto3", "matplotlib"]
+
+
+def loaded_after(code: str) -> list[str]:
+    """The heavy modules (and their submodules) a fresh interpreter holds after running `code`."""
+    probe = (
+        f"{code}\nimport json, sys\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    found: list[str] = json.loads(done.stdout)
+    return found
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import fstransport",
+        "import fstransport.protocol",
+        # the in-process pieces and the interfaces need no backend either
+        "import fstransport.network, fstransport.storage.base; fstransport.__version__\n"
+        "from fstransport import Receiver, LoopbackNetwork, FaultyNetwork, ReceiverLimits\n"
+        "from fstransport import SnapshotStore, RetryPolicy, TransferOptions, Network",
+    ],
+)
+def test_light_imports_load_no_heavy_dependency(code: str) -> None:
+    assert loaded_after(code) == []
+
+
+def test_the_probe_sees_a_heavy_import() -> None:
+    """The check above can fail: a name backed by aiohttp loads aiohttp when it is used."""
+    loaded = loaded_after("import fstransport; fstransport.HttpNetwork; fstransport.ship")
+    assert "aiohttp" in loaded
+    assert "fsspec" in loaded
+
+
+@pytest.mark.parametrize("name", fstransport.__all__)
+def test_every_public_name_resolves(name: str) -> None:
+    value = getattr(fstransport, name)
+    assert value is not None
+    assert name in dir(fstransport)
+    namespace: dict[str, object] = {}
+    exec(f"from fstransport import {name}", namespace)
+    assert namespace[name] is value
+
+
+def test_public_names_are_the_objects_of_their_modules() -> None:
+    from fstransport.network.http import HttpNetwork
+    from fstransport.storage.store import FsspecSnapshotStore
+    from fstransport.transfer import ship
+
+    assert fstransport.HttpNetwork is HttpNetwork
+    assert fstransport.FsspecSnapshotStore is FsspecSnapshotStore
+    assert fstransport.ship is ship
+
+
+@pytest.mark.parametrize("package", ["fstransport", "fstransport.network", "fstransport.storage"])
+def test_an_unknown_name_is_an_attribute_error(package: str) -> None:
+    module = importlib.import_module(package)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = module.no_such_name
+    with pytest.raises(ImportError):
+        exec(f"from {package} import no_such_name", {})
+
+
+@pytest.mark.parametrize("package", ["fstransport.network", "fstransport.storage"])
+def test_every_name_of_a_lazy_package_resolves(package: str) -> None:
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+        assert name in dir(module)
+
+
+def test_moved_interfaces_stay_importable_from_their_old_modules() -> None:
+    from fstransport.storage import base, sink, source, store
+
+    assert sink.SnapshotSink is base.SnapshotSink
+    assert sink.Lost is base.Lost
+    assert sink.write_checked is base.write_checked
+    assert store.SnapshotStore is base.SnapshotStore
+    assert source.ChunkSource is base.ChunkSource
+    assert source.read_checked is base.read_checked

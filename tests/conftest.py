@@ -18,14 +18,6 @@ from fstransport import (
     Receiver,
     TransferOptions,
 )
-from fstransport.moto_server import REGION, TEST_CREDENTIALS
-
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": TEST_CREDENTIALS["key"],
-    "AWS_SECRET_ACCESS_KEY": TEST_CREDENTIALS["secret"],
-    "AWS_DEFAULT_REGION": REGION,
-}
-"""How a user gives an ``fstransport`` process its S3 credentials: the environment, as for boto."""
 
 
 @pytest.fixture(autouse=True)

@@ -168,7 +168,9 @@ class S3Target(Target):
 BACKENDS = ["memory", "memory-sequential", "local", "s3-multipart", "s3-sequential"]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(
+    params=[pytest.param(b, marks=pytest.mark.s3) if b.startswith("s3") else b for b in BACKENDS]
+)
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     """Each backend in turn: a fresh, empty store and the independent view of its root."""
     backend: str = request.param

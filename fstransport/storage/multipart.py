@@ -94,6 +94,7 @@ class MultipartSink:
         self._saver: asyncio.Task[None] | None = None
         self.part_crcs: dict[int, int] = {}
         self.full_object = False
+        """Whether the server took the full-object CRC32C (said so when the upload began)."""
         self._want_full_object = full_object_checksum
         self.whole_crc: int | None = None
         """The whole snapshot's CRC32C, set before `finish`: S3 then checks the object too."""
@@ -293,7 +294,11 @@ class MultipartSink:
                             ChecksumAlgorithm="CRC32C",
                             ChecksumType="FULL_OBJECT",
                         )
-                        self.full_object = True
+                        # Only a server that answers with the checksum type has taken it:
+                        # Ceph RGW 16 accepts the header and ignores it.
+                        self.full_object = response.get("ChecksumType") == "FULL_OBJECT"
+                        if not self.full_object:
+                            log.info("%s: full-object checksum not taken by the server", self.url)
                     except StorageError as exc:
                         log.info("%s: no full-object checksums here (%s)", self.url, exc)
                 if response is None:  # every part still carries its own CRC32C

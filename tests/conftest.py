@@ -18,6 +18,15 @@ from fstransport import (
     Receiver,
     TransferOptions,
 )
+from fstransport.moto_server import REGION, TEST_CREDENTIALS
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": TEST_CREDENTIALS["key"],
+    "AWS_SECRET_ACCESS_KEY": TEST_CREDENTIALS["secret"],
+    "AWS_DEFAULT_REGION": REGION,
+}
+"""moto's credentials, as a user gives them to an ``fstransport`` process: the environment.
+Only for moto; a test that may run on another server (``-m s3``) uses ``s3_server.env``."""
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,8 @@
 #     FSTRANSPORT_TEST_S3_ENDPOINT=http://127.0.0.1:PORT
 #     AWS_ACCESS_KEY_ID=...
 #     AWS_SECRET_ACCESS_KEY=...
-# so that   eval "$(ci/ceph-rgw/start.sh)"   points fstransport's test fixtures at it.
+# so that   set -a; eval "$(ci/ceph-rgw/start.sh)"; set +a   points fstransport's test fixtures
+# at it (.ci/run passes the lines to env instead).
 #
 # Settings (environment):
 #   RGW_DIR       where the cluster keeps everything (required; emptied first; stop.sh reads it)

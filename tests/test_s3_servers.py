@@ -3,11 +3,23 @@ servers differ, the ``s3`` marker, and buckets that leave nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from fstransport import (
+    FsspecSnapshotStore,
+    InstallSnapshotRequest,
+    Receiver,
+    RetryPolicy,
+    SnapshotMeta,
+    StorageError,
+    Vote,
+)
+from fstransport.options import MiB
 from fstransport.testing import S3Flavor, S3TestServer, _remove_bucket, probe_flavor
+from tests.conftest import payload
 
 pytest_plugins = ["pytester"]
 
@@ -135,3 +147,60 @@ def test_an_unmarked_dynamic_use_is_reported(pytester: pytest.Pytester) -> None:
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*is not marked 's3'*"])
+
+
+async def test_an_upload_aborted_under_a_transfer_ends_it_with_a_storage_error(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any, s3_flavor: S3Flavor
+) -> None:
+    """Someone (a lifecycle rule, an operator) aborts the multipart upload while the receiver
+    is filling it.  Servers answer the next part differently — 404 ``NoSuchUpload`` (Ceph RGW,
+    AWS) or 500 (moto, which a sink must take for transient and retry) — and either way the
+    transfer ends in `StorageError`, with no object and nothing left in the bucket."""
+    data = payload(17 * MiB, seed=13)
+    meta = SnapshotMeta("snap", size=len(data))
+    retry = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=3)
+    # botocore's own retries of moto's 500s would take half a minute: ours are enough here
+    once = {**s3_storage_options, "config_kwargs": {"retries": {"total_max_attempts": 1}}}
+    async with FsspecSnapshotStore(
+        f"s3://{s3_bucket}/p", part_size=5 * MiB, retry=retry, **once
+    ) as store:
+        receiver = Receiver(store)
+        for offset in range(0, 6 * MiB, MiB):  # part 1 goes up
+            await receiver.handle(chunk_request(meta, data, offset))
+        for _ in range(200):
+            listed = s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+            parts = (
+                s3_client.list_parts(
+                    Bucket=s3_bucket, Key="p/snap", UploadId=listed[0]["UploadId"]
+                ).get("Parts", [])
+                if listed
+                else []
+            )
+            if parts:
+                break
+            await asyncio.sleep(0.05)
+        [upload] = listed
+        s3_client.abort_multipart_upload(
+            Bucket=s3_bucket, Key="p/snap", UploadId=upload["UploadId"]
+        )
+
+        async def send_the_rest() -> None:
+            for offset in range(6 * MiB, len(data), MiB):
+                await receiver.handle(chunk_request(meta, data, offset))
+
+        with pytest.raises(StorageError) as info:
+            await send_the_rest()
+    if s3_flavor.gone_upload_status == 404:  # Ceph RGW, AWS: the upload is gone, at once
+        assert isinstance(info.value.cause, FileNotFoundError), repr(info.value.cause)
+        assert not info.value.retryable
+    else:  # moto: 500, tried again as a 5xx may be transient, then given up
+        assert s3_flavor.gone_upload_status == 500
+        assert not isinstance(info.value.cause, FileNotFoundError), repr(info.value.cause)
+        assert info.value.retryable, repr(info.value.cause)
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    assert s3_client.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
+
+
+def chunk_request(meta: SnapshotMeta, data: bytes, offset: int) -> InstallSnapshotRequest:
+    end = min(offset + MiB, len(data))
+    return InstallSnapshotRequest(Vote(1, 0), meta, offset, data[offset:end], end == len(data))

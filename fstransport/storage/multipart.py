@@ -279,8 +279,12 @@ class MultipartSink:
     # -- uploads -----------------------------------------------------------------------------
 
     def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise StorageError(self.url, "upload", self._failure) from self._failure
+        failure = self._failure
+        if failure is not None:
+            # a part's StorageError already says what failed: keep its cause, so that whether
+            # it can be retried is still seen (a 404 NoSuchUpload cannot; a 500 may)
+            cause = failure.cause if isinstance(failure, StorageError) else failure
+            raise StorageError(self.url, "upload", cause) from failure
 
     async def _ensure_upload(self) -> str:
         async with self._create_lock:

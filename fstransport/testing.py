@@ -200,9 +200,12 @@ def probe_flavor(client: Any, bucket: str, kind: str | None = None) -> S3Flavor:
 
     `kind` names the server; without it, it is told from the server's answers.
     """
+    from fstransport.checksum import chunk_crc
+    from fstransport.storage.s3 import crc32c_header
+
     key = f"fstransport-probe-{secrets.token_hex(4)}"
-    good = {"ChecksumCRC32C": "FTbTVQ=="}  # CRC32C of b"x"
-    wrong = {"ChecksumCRC32C": "AAAAAA=="}
+    good = {"ChecksumCRC32C": crc32c_header(chunk_crc(b"x"))}
+    wrong = {"ChecksumCRC32C": crc32c_header(chunk_crc(b"y"))}
 
     # Does a part with a wrong CRC32C get refused?
     upload = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32C")

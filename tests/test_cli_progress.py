@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from fstransport.options import MiB
-from tests.conftest import S3_ENV, payload
+from fstransport.testing import S3TestServer
+from tests.conftest import payload
 from tests.test_cli import EXE
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="pty needs a POSIX system")
@@ -68,12 +69,12 @@ def test_local_source_shows_total_percent_eta_and_ends_at_100(tmp_path: Path) ->
 
 
 def test_s3_source_shows_total_percent_eta_and_ends_at_100(
-    tmp_path: Path, moto_server: str, s3_bucket: str, s3_client: Any
+    tmp_path: Path, s3_server: S3TestServer, s3_bucket: str, s3_client: Any
 ) -> None:
     s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=payload(3 * MiB, seed=12))
     args = (f"s3://{s3_bucket}/src.bin", str(tmp_path / "b.bin"), "--chunk-size", "256KiB")
     code, screen = ship_on_a_terminal(
-        *args, "--bwlimit", "2MiB", "--endpoint-url", moto_server, env=S3_ENV
+        *args, "--bwlimit", "2MiB", "--endpoint-url", s3_server.endpoint_url, env=s3_server.env
     )
     assert code == 0, screen
     check_bar(screen, "3.0 MiB")

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from fstransport.options import MiB
+from fstransport.testing import S3TestServer
 from tests.conftest import S3_ENV, payload
 from tests.test_cli import EXE, assert_one_error_line, free_port, run
 
@@ -165,10 +166,17 @@ def test_memory_target_warns_that_it_vanishes(tmp_path: Path) -> None:
     assert "vanishes when the command exits" in result.stderr
 
 
-def test_s3_missing_bucket_is_one_line_with_a_hint(tmp_path: Path, moto_server: str) -> None:
+def test_s3_missing_bucket_is_one_line_with_a_hint(tmp_path: Path, s3_server: S3TestServer) -> None:
     (tmp_path / "a.bin").write_bytes(payload(1000))
     dst = "s3://no-such-bucket-here/a.bin"
-    result = run("ship", str(tmp_path / "a.bin"), dst, "--endpoint-url", moto_server, env=S3_ENV)
+    result = run(
+        "ship",
+        str(tmp_path / "a.bin"),
+        dst,
+        "--endpoint-url",
+        s3_server.endpoint_url,
+        env=s3_server.env,
+    )
     assert result.returncode == 1
     assert_one_error_line(result, "does not exist")
     assert "is --endpoint-url right?" in result.stderr
@@ -187,9 +195,17 @@ def test_s3_closed_port_is_one_line_with_a_hint(tmp_path: Path) -> None:
     assert time.monotonic() - started < 60
 
 
-def test_s3_without_credentials_is_one_line_with_a_hint(tmp_path: Path, moto_server: str) -> None:
+def test_s3_without_credentials_is_one_line_with_a_hint(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
     (tmp_path / "a.bin").write_bytes(payload(1000))
-    args = ("ship", str(tmp_path / "a.bin"), "s3://b/a.bin", "--endpoint-url", moto_server)
+    args = (
+        "ship",
+        str(tmp_path / "a.bin"),
+        "s3://b/a.bin",
+        "--endpoint-url",
+        s3_server.endpoint_url,
+    )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     assert EXE is not None
     result = subprocess.run(
@@ -208,17 +224,19 @@ def test_s3_bucket_as_source_is_a_usage_error() -> None:
 
 
 def test_s3_folder_target_and_ignore_existing(
-    tmp_path: Path, moto_server: str, s3_bucket: str, s3_client: Any
+    tmp_path: Path, s3_server: S3TestServer, s3_bucket: str, s3_client: Any
 ) -> None:
     data = payload(100_000, seed=5)
     (tmp_path / "a.bin").write_bytes(data)
-    args = ("--endpoint-url", moto_server)
-    result = run("ship", str(tmp_path / "a.bin"), f"s3://{s3_bucket}/dir/", *args, env=S3_ENV)
+    args = ("--endpoint-url", s3_server.endpoint_url)
+    result = run(
+        "ship", str(tmp_path / "a.bin"), f"s3://{s3_bucket}/dir/", *args, env=s3_server.env
+    )
     assert result.returncode == 0, result.stderr
     assert s3_client.get_object(Bucket=s3_bucket, Key="dir/a.bin")["Body"].read() == data
     again = run(
         "ship", str(tmp_path / "a.bin"), f"s3://{s3_bucket}/dir/a.bin", "--ignore-existing",
-        "--json", *args, env=S3_ENV,
+        "--json", *args, env=s3_server.env,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "skipped (--ignore-existing)" in again.stderr

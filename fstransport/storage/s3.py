@@ -4,7 +4,8 @@ s3fs is used through its asynchronous API (``S3FileSystem(asynchronous=True)``),
 per event loop, never through its own background loop.  Unless the caller says otherwise the
 client neither signs payloads nor adds a checksum of its own to every request: on plain-HTTP
 endpoints botocore would hash every body on the event loop, and we send our own CRC32C with
-each part anyway, which the bucket verifies.
+each part anyway (AWS verifies it; moto and Ceph RGW 16 ignore it, and the receiver has
+verified every chunk already).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback, send_source
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.s3 import S3StreamSource, is_s3
+from fstransport.storage.s3_ranged import S3RangedSource
 from fstransport.storage.source import open_source, source_checksum
 from fstransport.storage.store import FsspecSnapshotStore
 
@@ -155,9 +156,14 @@ async def ship(
     started = time.perf_counter()
     try:
         source = await open_source(
-            source_url, map_files=options.map_files, **(source_options or {})
+            source_url,
+            map_files=options.map_files,
+            read_streams=options.read_streams,
+            read_part_size=options.read_part_size,
+            ranged_read_threshold=options.ranged_read_threshold,
+            **(source_options or {}),
         )
-        if isinstance(source, S3StreamSource):
+        if isinstance(source, (S3StreamSource, S3RangedSource)):
             source.retry = options.retry
         try:
             meta = SnapshotMeta(snapshot_id=snapshot_id, size=source.size, checksum=checksum)

@@ -145,7 +145,7 @@ class S3RangedSource:
         """Drop parts no read needs any more, and start fetching what reads will want next."""
         positions = [p for p in self._readers.values() if p < self.size]
         needed = {p // self.part_size for p in positions}
-        anchor = (min(positions) if self._readers else self._cursor) // self.part_size
+        anchor = (min(positions) if positions else self._cursor) // self.part_size
         window = range(anchor, min(anchor + self.streams, self.part_count))
         for number in list(self._parts):
             if number not in needed and number not in window:

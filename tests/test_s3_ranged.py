@@ -92,11 +92,11 @@ def break_gets(breaks: dict[int, int]) -> Iterator[list[str]]:
                 response["Body"] = BreakingBody(response["Body"], breaks.pop(first))
         return response
 
-    s3fs.S3FileSystem._call_s3 = breaking  # type: ignore[method-assign]
+    s3fs.S3FileSystem._call_s3 = breaking
     try:
         yield ranges
     finally:
-        s3fs.S3FileSystem._call_s3 = real  # type: ignore[method-assign]
+        s3fs.S3FileSystem._call_s3 = real
 
 
 def uploads(client: Any, bucket: str) -> list[Any]:
@@ -167,14 +167,21 @@ async def test_source_below_threshold_or_single_stream_is_a_stream_source(
 ) -> None:
     s3_client.put_object(Bucket=s3_bucket, Key="o", Body=payload(4 * PART, seed=3))
     url = f"s3://{s3_bucket}/o"
-    for kwargs, kind in [
-        ({"ranged_read_threshold": 4 * PART + 1}, S3StreamSource),
-        ({"ranged_read_threshold": 0, "read_streams": 1}, S3StreamSource),
-        ({"ranged_read_threshold": 4 * PART, "read_part_size": PART}, S3RangedSource),
-    ]:
-        source = await open_source(url, **kwargs, **s3_storage_options)
+    cases: list[tuple[int, int, type]] = [  # (streams, threshold, kind)
+        (4, 4 * PART + 1, S3StreamSource),
+        (1, 0, S3StreamSource),
+        (4, 4 * PART, S3RangedSource),
+    ]
+    for streams, threshold, kind in cases:
+        source = await open_source(
+            url,
+            read_streams=streams,
+            read_part_size=PART,
+            ranged_read_threshold=threshold,
+            **s3_storage_options,
+        )
         try:
-            assert isinstance(source, kind), kwargs
+            assert isinstance(source, kind), (streams, threshold)
         finally:
             await source.close()
     with pytest.raises(ConfigurationError):
@@ -209,7 +216,11 @@ async def test_reads_rewind_and_memory_stays_bounded(
 
 
 async def test_memory_bound_holds_with_a_window_wider_than_the_streams(
-    tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+    tmp_path: Path,
+    s3_bucket: str,
+    s3_storage_options: dict[str, Any],
+    s3_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = payload(16 * PART, seed=5)
     s3_client.put_object(Bucket=s3_bucket, Key="w.bin", Body=data)
@@ -220,17 +231,14 @@ async def test_memory_bound_holds_with_a_window_wider_than_the_streams(
         held.append(self.max_held)
         await real_close(self)
 
-    S3RangedSource.close = recording_close  # type: ignore[method-assign]
-    try:
-        await ship(
-            f"s3://{s3_bucket}/w.bin",
-            str(tmp_path / "w.bin"),
-            source_options=s3_storage_options,
-            # 8 chunks of 2 parts each in flight, against 2 streams
-            options=ranged_options(chunk_size=2 * PART, max_in_flight=8, read_streams=2),
-        )
-    finally:
-        S3RangedSource.close = real_close  # type: ignore[method-assign]
+    monkeypatch.setattr(S3RangedSource, "close", recording_close)
+    await ship(
+        f"s3://{s3_bucket}/w.bin",
+        str(tmp_path / "w.bin"),
+        source_options=s3_storage_options,
+        # 8 chunks of 2 parts each in flight, against 2 streams
+        options=ranged_options(chunk_size=2 * PART, max_in_flight=8, read_streams=2),
+    )
     assert (tmp_path / "w.bin").read_bytes() == data
     assert held
     assert 0 < held[0] <= 2 * PART
@@ -294,7 +302,7 @@ async def test_source_replaced_mid_transfer_is_a_typed_error_and_nothing_lands(
             s3_client.put_object(Bucket=s3_bucket, Key="c.bin", Body=payload(12 * PART, seed=9))
         return await real(self, method, *args, **kwargs)
 
-    s3fs.S3FileSystem._call_s3 = replacing  # type: ignore[method-assign]
+    s3fs.S3FileSystem._call_s3 = replacing
     try:
         with pytest.raises(SourceChanged) as caught:
             await ship(
@@ -304,7 +312,7 @@ async def test_source_replaced_mid_transfer_is_a_typed_error_and_nothing_lands(
                 options=ranged_options(),
             )
     finally:
-        s3fs.S3FileSystem._call_s3 = real  # type: ignore[method-assign]
+        s3fs.S3FileSystem._call_s3 = real
     assert replaced
     assert isinstance(caught.value, StorageError)
     assert not caught.value.retryable
@@ -332,7 +340,7 @@ async def test_source_replaced_mid_transfer_to_s3_leaves_no_object_or_upload(
             s3_client.put_object(Bucket=s3_bucket, Key="c.bin", Body=b"new")
         return await real(self, method, *args, **kwargs)
 
-    s3fs.S3FileSystem._call_s3 = replacing  # type: ignore[method-assign]
+    s3fs.S3FileSystem._call_s3 = replacing
     try:
         with pytest.raises(SourceChanged):
             await ship(
@@ -345,7 +353,7 @@ async def test_source_replaced_mid_transfer_to_s3_leaves_no_object_or_upload(
                 server_side=False,
             )
     finally:
-        s3fs.S3FileSystem._call_s3 = real  # type: ignore[method-assign]
+        s3fs.S3FileSystem._call_s3 = real
     assert replaced
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert keys == ["c.bin"]

@@ -213,6 +213,29 @@ def _parser() -> argparse.ArgumentParser:
         "interrupted ship of the same data left (through --via, only a named checksum resumes)",
     )
     _add_s3_tuning(ship_cmd, "DST")
+    ship_cmd.add_argument(
+        "--server-side",
+        action="store_true",
+        help="S3 -> S3 on one endpoint: have the server copy the data (UploadPartCopy), even "
+        "where it cannot prove the copy by checksum (without it, only a provable copy is)",
+    )
+    read_defaults = TransferOptions()
+    ship_cmd.add_argument(
+        "--read-streams",
+        type=_positive_int,
+        default=read_defaults.read_streams,
+        metavar="N",
+        help=f"ranged GETs at once for a large s3:// SRC (default {read_defaults.read_streams}; "
+        "1: one streaming GET)",
+    )
+    ship_cmd.add_argument(
+        "--read-part-size",
+        type=_size_arg,
+        default=read_defaults.read_part_size,
+        metavar="SIZE",
+        help="bytes per ranged GET of an s3:// SRC "
+        f"(default {format_size(read_defaults.read_part_size)})",
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -296,6 +319,8 @@ def _print_report(
     chunks = f"{report.chunks_sent} x up to {chunk}, window {options.max_in_flight}"
     if report.retries or report.rewinds:
         chunks += f" ({report.retries} retries, {report.rewinds} rewinds)"
+    if report.server_side:
+        chunks = f"copied by the S3 server ({report.chunks_sent} part copies)"
     lines = [
         f"{report.source} -> {report.target}",
         f"  size        {format_size(report.size)} ({report.size} bytes)",
@@ -502,9 +527,16 @@ def _check_via(via: str) -> str:
 
 
 async def _ship(args: argparse.Namespace) -> int:
-    options = TransferOptions(chunk_size=args.chunk_size, max_in_flight=args.window)
+    options = TransferOptions(
+        chunk_size=args.chunk_size,
+        max_in_flight=args.window,
+        read_streams=args.read_streams,
+        read_part_size=args.read_part_size,
+    )
     http: HttpNetwork | None = None
     network: Network | None = None
+    if args.server_side and args.via:
+        raise ConfigurationError("--server-side copies within one S3 endpoint; not with --via")
     if args.via:
         tls = _client_tls(_check_via(args.via), args.cafile)
         network = http = HttpNetwork(args.via, token=args.token, ssl=tls)
@@ -529,6 +561,7 @@ async def _ship(args: argparse.Namespace) -> int:
             store_options=store_options,
             progress=bar.update,
             checksum=args.checksum,
+            server_side=True if args.server_side else None,
         )
     except UntrustedPeer as exc:
         raise ConfigurationError(f"{exc}; give the CA that signed it with --cafile PEM") from exc

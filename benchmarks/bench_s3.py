@@ -56,6 +56,7 @@ from importlib.metadata import version
 from typing import IO, Any
 
 import boto3
+import botocore.config
 import psutil
 import s3fs
 from bench_core import (
@@ -73,7 +74,7 @@ from bench_core import (
 )
 from boto3.s3.transfer import TransferConfig
 
-from fstransport import TransferReport, ship
+from fstransport import TransferOptions, TransferReport, ship
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.moto_server import REGION, TEST_CREDENTIALS, reset_moto, storage_options_for
 from fstransport.protocol.parts import choose_part_size
@@ -91,6 +92,8 @@ GOAL_SPEED_RATIO = 1.2  # ship() >= 1.2x the best of boto3 and s3fs, in each dir
 GOAL_PEAK_RSS = 256 * MiB  # peak RSS of a process shipping the largest file (2 GiB) to S3
 GOAL_RSS_GROWTH = 16 * MiB  # the largest ship's peak above the smallest's (the noise seen)
 COMPARE_STEP = 8 * MiB
+RANGED_READS = [(4, 8 * MiB), (4, 16 * MiB), (8, 8 * MiB), (2, 32 * MiB)]
+"""(streams, part size) of the ranged-read rows; the first is ship()'s default."""
 BOTO3_TUNED = TransferConfig(multipart_chunksize=8 * MiB, max_concurrency=DEFAULT_UPLOADS)
 """boto3's TransferManager with ship()'s part size (8 MiB up to 80 GiB) and concurrency."""
 
@@ -230,6 +233,17 @@ class S3Bench:
             aws_access_key_id=TEST_CREDENTIALS["key"],
             aws_secret_access_key=TEST_CREDENTIALS["secret"],
         )
+        # Reads back without botocore's response checksum check: moto's CopyObject keeps the
+        # source's CRC32 of a multipart object as if it were the whole object's (s3fs copy),
+        # and every read then fails it.  The bytes are compared with the source anyway.
+        self.checker = boto3.client(
+            "s3",
+            endpoint_url=moto.endpoint,
+            region_name=REGION,
+            aws_access_key_id=TEST_CREDENTIALS["key"],
+            aws_secret_access_key=TEST_CREDENTIALS["secret"],
+            config=botocore.config.Config(response_checksum_validation="when_required"),
+        )
         # Its own instance, so that ship()'s cached synchronous filesystem is not shared with it.
         self.fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.options)
         self.source = self.local_path("src.bin")
@@ -265,7 +279,7 @@ class S3Bench:
 
     def check_object(self, key: str, expected: bytes | str) -> None:
         """Read s3://BUCKET/key back with boto3 and compare it with `expected` (bytes or a file)."""
-        body = self.client.get_object(Bucket=BUCKET, Key=key)["Body"]
+        body = self.checker.get_object(Bucket=BUCKET, Key=key)["Body"]
         with contextlib.ExitStack() as stack:
             reference: IO[bytes] = (
                 io.BytesIO(expected)
@@ -431,6 +445,40 @@ class S3Bench:
             ship(url, path, source_options=self.options)
         )
 
+    def ship_down_with(self, source_key: str, options: TransferOptions) -> Callable[[str], object]:
+        url = f"s3://{BUCKET}/{source_key}"
+        return lambda path: self.loop.run_until_complete(
+            ship(url, path, source_options=self.options, options=options)
+        )
+
+    def ship_copy(self, source_key: str, server_side: bool) -> Callable[[str], object]:
+        """S3 -> S3 on moto: streamed through this process, or copied by the server."""
+        url = f"s3://{BUCKET}/{source_key}"
+
+        def copy(name: str) -> object:
+            report = self.loop.run_until_complete(
+                ship(
+                    url,
+                    f"s3://{BUCKET}/{name}",
+                    source_options=self.options,
+                    target_options=self.options,
+                    server_side=server_side,
+                )
+            )
+            if report.server_side != server_side:
+                raise AssertionError(f"ship(server_side={server_side}) reported {report}")
+            return report
+
+        return copy
+
+    def boto3_copy(self, source_key: str) -> Callable[[str], object]:
+        """boto3's managed copy (TransferManager: UploadPartCopy, 8 MiB parts, 10 threads)."""
+        source = {"Bucket": BUCKET, "Key": source_key}
+        return lambda name: self.client.copy(source, BUCKET, name)
+
+    def s3fs_copy(self, source_key: str) -> Callable[[str], object]:
+        return lambda name: self.fs.copy(f"{BUCKET}/{source_key}", f"{BUCKET}/{name}")
+
     def boto3_down(self, source_key: str) -> Callable[[str], object]:
         return lambda path: self.client.download_file(BUCKET, source_key, path)
 
@@ -455,6 +503,10 @@ class Group:
     setup: Callable[[], None] = lambda: None
     reference_keys: list[str] = field(default_factory=list)
     """Rows shown with their ratio to ship() but neither baselines nor contenders."""
+    goal_ratio: float | None = GOAL_SPEED_RATIO
+    """The ratio ship_key must reach against the best baseline (None: a comparison only)."""
+    name: str = ""
+    """What ``--groups`` calls it."""
 
 
 def cpu_medians(timed: Timed, warmup: int) -> tuple[float, float]:
@@ -468,14 +520,12 @@ def evaluate_group(group: Group, bench: S3Bench, warmup: int) -> dict[str, Any]:
     best = max(group.baseline_keys, key=lambda k: by_key[k].mibs)
     rows = [Row(k) for k in group.baseline_keys]
     rows += [Row(k, group.ship_key) for k in group.reference_keys]
-    rows.append(
-        Row(
-            group.ship_key,
-            best,
-            f">= {GOAL_SPEED_RATIO:.1f}x best ({by_key[best].label})",
-            goal_ratio=GOAL_SPEED_RATIO,
-        )
+    goal = (
+        ""
+        if group.goal_ratio is None
+        else f">= {group.goal_ratio:.1f}x best ({by_key[best].label})"
     )
+    rows.append(Row(group.ship_key, best, goal, goal_ratio=group.goal_ratio))
     results = [evaluate(row, by_key) for row in rows]
     for r in results:
         client, server = cpu_medians(bench.timed[r["case"]], warmup)
@@ -557,6 +607,7 @@ def main_groups(bench: S3Bench) -> list[Group]:
             "up/ship",
             ["up/boto3", "up/boto3-tuned", "up/s3fs"],
             reference_keys=["up/ceiling"],
+            name="up",
         ),
         Group(
             "2. S3 -> local file",
@@ -586,6 +637,71 @@ def main_groups(bench: S3Bench) -> list[Group]:
             "down/ship",
             ["down/boto3", "down/boto3-tuned", "down/s3fs"],
             setup=put_download_source,
+            name="down",
+        ),
+        Group(
+            "4. S3 -> local file: ship() reading with one GET or with ranged GETs",
+            [
+                bench.download(
+                    "read/one-get",
+                    "ship(), one streaming GET (read_streams=1)",
+                    bench.ship_down_with(source_key, TransferOptions(read_streams=1)),
+                    is_ship=True,
+                ),
+                *(
+                    bench.download(
+                        f"read/ranged-{streams}x{part // MiB}",
+                        f"ship(), ranged GETs: {streams} x {part // MiB} MiB",
+                        bench.ship_down_with(
+                            source_key,
+                            TransferOptions(
+                                read_streams=streams,
+                                read_part_size=part,
+                                ranged_read_threshold=0,
+                                chunk_size=min(part, 8 * MiB),
+                            ),
+                        ),
+                        is_ship=True,
+                    )
+                    for streams, part in RANGED_READS
+                ),
+            ],
+            f"read/ranged-{RANGED_READS[0][0]}x{RANGED_READS[0][1] // MiB}",
+            ["read/one-get"],
+            reference_keys=[
+                f"read/ranged-{streams}x{part // MiB}" for streams, part in RANGED_READS[1:]
+            ],
+            setup=put_download_source,
+            goal_ratio=None,
+            name="read",
+        ),
+        Group(
+            "5. S3 -> S3 on one endpoint",
+            [
+                bench.upload(
+                    "copy/ship-server-side",
+                    "ship(server_side=True): UploadPartCopy, 64 MiB x 8",
+                    bench.ship_copy(source_key, True),
+                ),
+                bench.upload(
+                    "copy/ship-streamed",
+                    "ship(server_side=False): streamed through the client",
+                    bench.ship_copy(source_key, False),
+                ),
+                bench.upload(
+                    "copy/boto3",
+                    "boto3 copy (TransferManager), default TransferConfig: 8 MiB x 10",
+                    bench.boto3_copy(source_key),
+                ),
+                bench.upload(
+                    "copy/s3fs", "s3fs copy, default settings", bench.s3fs_copy(source_key)
+                ),
+            ],
+            "copy/ship-server-side",
+            ["copy/boto3", "copy/s3fs"],
+            reference_keys=["copy/ship-streamed"],
+            setup=put_download_source,
+            name="copy",
         ),
     ]
 
@@ -841,6 +957,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--no-speed", action="store_true", help="skip the timed copies")
     parser.add_argument(
+        "--groups",
+        type=lambda text: set(text.split(",")),
+        default={"up", "down", "read", "copy"},
+        help="timed groups to run, comma-separated, of up,down,read,copy (all)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="PATH",
         help="also profile one ship() each way; write PATH.upload.prof, PATH.download.prof",
@@ -879,7 +1001,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench = S3Bench(data, folder, moto, loop)
             report["cases"] = {}
             report["groups"] = {}
-            for group in [] if args.no_speed else main_groups(bench):
+            groups = [g for g in main_groups(bench) if g.name in args.groups]
+            for group in [] if args.no_speed else groups:
                 bench.reset()
                 group.setup()
                 run_rounds(group.cases, args.rounds, args.warmup, rng, group.title)

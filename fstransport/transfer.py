@@ -195,6 +195,8 @@ async def ship(
                 concurrency=(store_options or {}).get("upload_concurrency"),
             )
             if copied is not None:
+                if progress is not None and copied.size:
+                    progress(copied.size)
                 return replace(copied, elapsed=time.perf_counter() - started)
         source = await open_source(
             source_url,

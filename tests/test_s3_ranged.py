@@ -14,6 +14,8 @@ import s3fs
 
 from fstransport import (
     ConfigurationError,
+    FsspecSnapshotStore,
+    Receiver,
     SourceChanged,
     StorageError,
     TransferOptions,
@@ -25,6 +27,7 @@ from fstransport.storage.s3 import S3StreamSource
 from fstransport.storage.s3_ranged import S3RangedSource, open_s3_source
 from fstransport.storage.source import open_source
 from tests.conftest import payload
+from tests.test_s3 import CountingNetwork
 
 PART = 256 * KiB
 """A small read part, so that tests cut a small object into many ranges."""
@@ -374,3 +377,33 @@ async def test_stream_source_rewind_after_replacement_is_a_typed_error(
             await source.read(10, 1000)  # a rewind opens a new GET: If-Match fails
     finally:
         await source.close()
+
+
+async def test_sender_window_rewinds_to_an_earlier_offset(
+    tmp_path: Path,
+    s3_bucket: str,
+    s3_storage_options: dict[str, Any],
+    s3_client: Any,
+    gets: list[dict[str, Any]],
+) -> None:
+    """The receiver answers the 8th chunk with a mismatch asking for an offset inside part 2:
+    the sender rewinds there, and the source serves the earlier bytes again, by new GETs for
+    parts it had let go."""
+    data = payload(10 * PART + 50, seed=13)
+    s3_client.put_object(Bucket=s3_bucket, Key="rw.bin", Body=data)
+    rewind_to = PART + 1234
+    async with FsspecSnapshotStore(str(tmp_path / "store")) as store:
+        net = CountingNetwork(Receiver(store), mismatch_after=7, expect=rewind_to)
+        report = await ship(
+            f"s3://{s3_bucket}/rw.bin",
+            str(tmp_path / "store" / "rw.bin"),
+            source_options=s3_storage_options,
+            network=net,
+            options=ranged_options(chunk_size=PART // 2, max_in_flight=2),
+        )
+    assert (tmp_path / "store" / "rw.bin").read_bytes() == data
+    assert report.rewinds >= 1
+    assert rewind_to in net.offsets
+    assert net.offsets.index(rewind_to) > 7
+    # part 2 was fetched a second time after the rewind
+    assert [g["Range"] for g in gets].count(f"bytes={PART}-{2 * PART - 1}") >= 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -407,3 +408,77 @@ async def test_sender_window_rewinds_to_an_earlier_offset(
     assert net.offsets.index(rewind_to) > 7
     # part 2 was fetched a second time after the rewind
     assert [g["Range"] for g in gets].count(f"bytes={PART}-{2 * PART - 1}") >= 2
+
+
+# -- the window policy, against an in-memory double of the S3 client (no server) ---------------
+
+
+class FakeBody:
+    """A GET's body that hands out its bytes in small, random pieces, yielding in between."""
+
+    def __init__(self, data: bytes, rng: random.Random) -> None:
+        self.data = memoryview(data)
+        self.rng = rng
+
+    async def readinto(self, view: memoryview) -> int:
+        await asyncio.sleep(0)
+        n = min(len(view), len(self.data), self.rng.randint(1, 5000))
+        view[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+    def close(self) -> None:
+        pass
+
+
+class FakeS3:
+    """Answers ranged ``get_object`` calls from `data`, as S3 does (ETag, Content-Range)."""
+
+    def __init__(self, data: bytes, seed: int) -> None:
+        self.data = data
+        self.rng = random.Random(seed)
+        self.ranges: list[tuple[int, int]] = []
+
+    async def _call_s3(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        assert method == "get_object"
+        assert kwargs["IfMatch"] == '"etag"'
+        first, last = map(int, kwargs["Range"].removeprefix("bytes=").split("-"))
+        self.ranges.append((first, last))
+        await asyncio.sleep(self.rng.random() / 1000)
+        body = FakeBody(self.data[first : last + 1], self.rng)
+        content_range = f"bytes {first}-{last}/{len(self.data)}"
+        return {"Body": body, "ETag": '"etag"', "ContentRange": content_range}
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_random_windows_of_reads_get_their_bytes_within_the_memory_bound(seed: int) -> None:
+    """Windows of concurrent reads of random sizes, with rewinds and skips ahead, as the sender
+    makes them: every read gets exactly its bytes, and at most streams x part are held."""
+    rng = random.Random(seed)
+    part = rng.choice([1000, 4096, 10_000])
+    streams = rng.randint(1, 5)
+    data = payload(rng.randint(5 * part, 40 * part), seed=seed)
+    fake = FakeS3(data, seed)
+    source = S3RangedSource(
+        fake, "b", "k", len(data), "fake", etag='"etag"', streams=streams, part_size=part
+    )
+    offset = 0
+    for _ in range(25):
+        chunk = rng.randint(1, 3 * part)
+        window = rng.randint(1, 6)
+        offsets = [offset + i * chunk for i in range(window) if offset + i * chunk < len(data)]
+        got = await asyncio.gather(*(source.read(o, chunk) for o in offsets))
+        for o, buffer in zip(offsets, got, strict=True):
+            assert bytes(buffer) == data[o : o + chunk]
+        assert source.max_held <= streams * part
+        move = rng.random()
+        if move < 0.2:  # a rewind
+            offset = rng.randrange(0, offset + 1)
+        elif move < 0.3:  # the receiver holds the next bytes: skip ahead
+            offset = min(len(data) - 1, offsets[-1] + rng.randint(1, 10 * part))
+        else:
+            offset = offsets[-1] + chunk
+        if offset >= len(data):
+            offset = 0
+    await source.close()
+    assert source.max_held <= streams * part

@@ -24,6 +24,7 @@ from fstransport import (
 )
 from fstransport.options import KiB, MiB, RetryPolicy
 from fstransport.protocol.parts import HandedOver
+from fstransport.storage import s3_ranged
 from fstransport.storage.s3 import S3StreamSource
 from fstransport.storage.s3_ranged import S3RangedSource, open_s3_source
 from fstransport.storage.source import open_source
@@ -46,6 +47,13 @@ def ranged_options(**changes: Any) -> TransferOptions:
     }
     values.update(changes)
     return TransferOptions(**values)
+
+
+@pytest.fixture(autouse=True)
+def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto answers a GET only after reading the whole object, so the ranged source would soon
+    go over to one streaming GET there; these tests are about the ranged reads themselves."""
+    monkeypatch.setattr(s3_ranged, "FALLBACK_RATIO", float("inf"))
 
 
 @pytest.fixture
@@ -432,19 +440,25 @@ class FakeBody:
 
 
 class FakeS3:
-    """Answers ranged ``get_object`` calls from `data`, as S3 does (ETag, Content-Range)."""
+    """Answers ranged ``get_object`` calls from `data`, as S3 does (ETag, Content-Range);
+    with `answer_delay`, each answer comes that late (as moto's, which reads the whole object
+    first)."""
 
-    def __init__(self, data: bytes, seed: int) -> None:
+    def __init__(self, data: bytes, seed: int, answer_delay: float | None = None) -> None:
         self.data = data
         self.rng = random.Random(seed)
-        self.ranges: list[tuple[int, int]] = []
+        self.ranges: list[tuple[int, int | None]] = []
+        self.answer_delay = answer_delay
 
     async def _call_s3(self, method: str, **kwargs: Any) -> dict[str, Any]:
         assert method == "get_object"
         assert kwargs["IfMatch"] == '"etag"'
-        first, last = map(int, kwargs["Range"].removeprefix("bytes=").split("-"))
-        self.ranges.append((first, last))
-        await asyncio.sleep(self.rng.random() / 1000)
+        first_text, last_text = kwargs["Range"].removeprefix("bytes=").split("-")
+        first = int(first_text)
+        last = int(last_text) if last_text else len(self.data) - 1
+        self.ranges.append((first, int(last_text) if last_text else None))
+        delay = self.answer_delay
+        await asyncio.sleep(self.rng.random() / 1000 if delay is None else delay)
         body = FakeBody(self.data[first : last + 1], self.rng)
         content_range = f"bytes {first}-{last}/{len(self.data)}"
         return {"Body": body, "ETag": '"etag"', "ContentRange": content_range}
@@ -482,3 +496,51 @@ async def test_random_windows_of_reads_get_their_bytes_within_the_memory_bound(s
             offset = 0
     await source.close()
     assert source.max_held <= streams * part
+
+
+async def test_a_server_slow_to_answer_each_get_gets_one_streaming_get(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that takes far longer to answer a GET than to send its part (moto reads the
+    whole object for each) has the source go over to one streaming GET after its first
+    `streams` ranged GETs."""
+    monkeypatch.setattr(s3_ranged, "FALLBACK_RATIO", 4.0)
+    part = 64 * KiB
+    data = payload(40 * part + 7, seed=21)
+    fake = FakeS3(data, seed=21, answer_delay=0.05)
+    source = S3RangedSource(
+        fake, "b", "k", len(data), "fake", etag='"etag"', streams=3, part_size=part
+    )
+    try:
+        step = part // 2
+        for offset in range(0, len(data), 4 * step):
+            got = await asyncio.gather(
+                *(
+                    source.read(o, step)
+                    for o in range(offset, min(len(data), offset + 4 * step), step)
+                )
+            )
+            assert b"".join(bytes(g) for g in got) == data[offset : offset + 4 * step]
+        assert source.fell_back
+        open_ended = [r for r in fake.ranges if r[1] is None]
+        assert len(open_ended) == 1  # one streaming GET for everything after the first parts
+        assert len(fake.ranges) <= 3 + 3 + 1  # the first GETs, parts already asked for, the stream
+        assert source.max_held <= 3 * part
+    finally:
+        await source.close()
+
+
+async def test_a_server_quick_to_answer_keeps_ranged_gets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s3_ranged, "FALLBACK_RATIO", 4.0)
+    part = 64 * KiB
+    data = payload(12 * part, seed=22)
+    fake = FakeS3(data, seed=22, answer_delay=0.0)
+    source = S3RangedSource(
+        fake, "b", "k", len(data), "fake", etag='"etag"', streams=3, part_size=part
+    )
+    try:
+        assert bytes(await source.read(0, len(data))) == data
+        assert not source.fell_back
+        assert all(last is not None for _, last in fake.ranges)
+    finally:
+        await source.close()

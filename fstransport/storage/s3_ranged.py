@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
+import time
 from typing import Any
 
 from fstransport.errors import ConfigurationError, FstransportError, StorageError
@@ -57,6 +59,9 @@ DEFAULT_READ_STREAMS = 4
 """Ranged GETs in flight at once for a large S3 source (as rclone's download streams)."""
 DEFAULT_READ_PART_SIZE = 8 * MiB
 """Bytes per ranged GET: the default chunk size, so that a chunk is one part, without a copy."""
+FALLBACK_RATIO = 4.0
+"""A ranged source whose first GETs take more than this many times longer to be answered than
+to send their part falls back to one streaming GET (moto: ~20x; real servers: ~0.1-2x)."""
 DEFAULT_RANGED_THRESHOLD = 256 * MiB
 """Objects of at least this many bytes are read with ranged GETs; smaller ones with one GET."""
 
@@ -109,6 +114,7 @@ class S3RangedSource:
         streams: int = DEFAULT_READ_STREAMS,
         part_size: int = DEFAULT_READ_PART_SIZE,
         retry: RetryPolicy | None = None,
+        fallback: bool = True,
     ) -> None:
         check_read_options(streams, part_size, 0)
         self._fs = fs
@@ -131,6 +137,9 @@ class S3RangedSource:
         self._cursor = 0  # where the last read ended: read-ahead starts here between reads
         self._changed = asyncio.Event()
         self._closed = False
+        self.fallback = fallback
+        self._timings: list[tuple[float, float]] = []  # (answer time, body time) of whole GETs
+        self._stream: S3StreamSource | None = None
 
     # -- the window of parts ---------------------------------------------------------------------
 
@@ -146,7 +155,8 @@ class S3RangedSource:
         positions = [p for p in self._readers.values() if p < self.size]
         needed = {p // self.part_size for p in positions}
         anchor = (min(positions) if positions else self._cursor) // self.part_size
-        window = range(anchor, min(anchor + self.streams, self.part_count))
+        ahead = 0 if self._stream is not None else self.streams  # no read-ahead once fallen back
+        window = range(anchor, min(anchor + ahead, self.part_count))
         for number in list(self._parts):
             if number not in needed and number not in window:
                 task = self._parts.pop(number)
@@ -213,6 +223,7 @@ class S3RangedSource:
         match = {"IfMatch": self.etag} if self.etag else {}
         self.gets += 1
         body: Any = None
+        asked = time.perf_counter()
         try:
             response = await self._fs._call_s3(
                 "get_object",
@@ -222,6 +233,7 @@ class S3RangedSource:
                 **match,
             )
             body = response["Body"]
+            answered = time.perf_counter()
             check_etag(response, self.etag, self.description)
             wanted = f"bytes {first}-{last}/{self.size}"
             if response.get("ContentRange", wanted) != wanted:
@@ -240,14 +252,50 @@ class S3RangedSource:
         finally:
             if body is not None:
                 body.close()
+        if first == start:  # a whole part in one GET: a fair sample of what a GET costs
+            self._judge(answered - asked, time.perf_counter() - answered)
         return filled
 
+    def _judge(self, answer_time: float, body_time: float) -> None:
+        """After the first `streams` GETs: fall back to one streaming GET when the server takes
+        far longer to answer a GET than to send its part (it reads the whole object for each,
+        as moto does), so that ranged reads would cost more than they bring."""
+        if not self.fallback or self._stream is not None or len(self._timings) >= self.streams:
+            return
+        self._timings.append((answer_time, body_time))
+        if len(self._timings) < self.streams:
+            return
+        answer = statistics.median(t for t, _ in self._timings)
+        body = statistics.median(b for _, b in self._timings)
+        if answer > FALLBACK_RATIO * max(body, 1e-3):
+            log.info(
+                "%s: a ranged GET takes %.0f ms to answer and %.0f ms to send its %d bytes; "
+                "reading the rest with one streaming GET",
+                self.description,
+                answer * 1000,
+                body * 1000,
+                self.part_size,
+            )
+            stream = S3StreamSource(
+                self._fs, self._bucket, self._key, self.size, self.description, self.etag
+            )
+            stream.retry = self.retry
+            self._stream = stream
+            self._rebalance()
+
     # -- ChunkSource -----------------------------------------------------------------------------
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether this source went over to one streaming GET (see `_judge`)."""
+        return self._stream is not None
 
     async def read(self, offset: int, length: int) -> Buffer:
         end = min(self.size, offset + length)
         if end <= offset:
             return b""
+        if self._stream is not None and not self._parts_cover(offset, end):
+            return await self._stream.read(offset, length)
         token = self._tokens = self._tokens + 1
         self._readers[token] = offset
         pieces: list[memoryview | HandedOver] = []
@@ -279,8 +327,15 @@ class S3RangedSource:
             at += len(piece)
         return joined
 
+    def _parts_cover(self, start: int, end: int) -> bool:
+        """Whether every part holding bytes ``[start, end)`` is held or being fetched."""
+        first, last = start // self.part_size, (end - 1) // self.part_size
+        return all(n in self._parts for n in range(first, last + 1))
+
     async def close(self) -> None:
         self._closed = True
+        if self._stream is not None:
+            self._stream._drop_body()  # (the filesystem is this source's, closed below)
         tasks = list(self._parts.values())
         self._parts.clear()
         for task in tasks:

@@ -440,3 +440,21 @@ def test_cli_read_streams_and_part_size(
     bad = run_cli("ship", f"s3://{s3_bucket}/src.bin", str(target), "--read-streams", "0")
     assert bad.returncode != 0
     assert "must be at least 1" in bad.stderr
+
+
+async def test_named_checksum_against_the_stored_one_refuses_before_copying(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    data = payload(MIN_PART_SIZE + 1, seed=13)
+    s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=data)
+    wrong = format_checksum(chunk_crc(data) ^ 1)
+    with s3_calls(answer=reporting_crcs(data)) as calls, pytest.raises(ChecksumMismatch):
+        await ship(
+            f"s3://{s3_bucket}/src.bin",
+            f"s3://{s3_bucket}/copy.bin",
+            source_options=s3_storage_options,
+            target_options=s3_storage_options,
+            checksum=wrong,
+        )
+    assert calls["upload_part_copy"] == calls["create_multipart_upload"] == 0
+    assert keys(s3_client, s3_bucket) == ["src.bin"]

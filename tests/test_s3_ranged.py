@@ -53,7 +53,7 @@ def ranged_options(**changes: Any) -> TransferOptions:
 def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     """moto answers a GET only after reading the whole object, so the ranged source would soon
     go over to one streaming GET there; these tests are about the ranged reads themselves."""
-    monkeypatch.setattr(s3_ranged, "FALLBACK_RATIO", float("inf"))
+    monkeypatch.setattr(s3_ranged, "FALLBACK_RATIO", None)
 
 
 @pytest.fixture
@@ -501,10 +501,9 @@ async def test_random_windows_of_reads_get_their_bytes_within_the_memory_bound(s
 async def test_a_server_slow_to_answer_each_get_gets_one_streaming_get(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A server that takes far longer to answer a GET than to send its part (moto reads the
-    whole object for each) has the source go over to one streaming GET after its first
-    `streams` ranged GETs."""
-    monkeypatch.setattr(s3_ranged, "FALLBACK_RATIO", 4.0)
+    """A server that takes far longer to answer a GET than to send a part (moto reads the whole
+    object for each) is read with the one streaming GET the source starts with."""
+    monkeypatch.setattr(s3_ranged, "FALLBACK_RATIO", 3.0)
     part = 64 * KiB
     data = payload(40 * part + 7, seed=21)
     fake = FakeS3(data, seed=21, answer_delay=0.05)
@@ -522,16 +521,16 @@ async def test_a_server_slow_to_answer_each_get_gets_one_streaming_get(
             )
             assert b"".join(bytes(g) for g in got) == data[offset : offset + 4 * step]
         assert source.fell_back
-        open_ended = [r for r in fake.ranges if r[1] is None]
-        assert len(open_ended) == 1  # one streaming GET for everything after the first parts
-        assert len(fake.ranges) <= 3 + 3 + 1  # the first GETs, parts already asked for, the stream
-        assert source.max_held <= 3 * part
+        assert fake.ranges == [(0, None)]  # one streaming GET for everything
+        assert source.max_held == 0
     finally:
         await source.close()
 
 
-async def test_a_server_quick_to_answer_keeps_ranged_gets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(s3_ranged, "FALLBACK_RATIO", 4.0)
+async def test_a_server_quick_to_answer_gets_ranged_gets_after_the_first_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(s3_ranged, "FALLBACK_RATIO", 3.0)
     part = 64 * KiB
     data = payload(12 * part, seed=22)
     fake = FakeS3(data, seed=22, answer_delay=0.0)
@@ -539,8 +538,12 @@ async def test_a_server_quick_to_answer_keeps_ranged_gets(monkeypatch: pytest.Mo
         fake, "b", "k", len(data), "fake", etag='"etag"', streams=3, part_size=part
     )
     try:
-        assert bytes(await source.read(0, len(data))) == data
-        assert not source.fell_back
-        assert all(last is not None for _, last in fake.ranges)
+        step = part // 4
+        got = [bytes(await source.read(o, step)) for o in range(0, len(data), step)]
+        assert b"".join(got) == data
+        assert source.mode == "ranged"
+        assert fake.ranges[0] == (0, None)  # the probe: one streaming GET for the first part
+        ranged = fake.ranges[1:]
+        assert ranged == [(n * part, (n + 1) * part - 1) for n in range(1, 12)]
     finally:
         await source.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import time
 from typing import Any
 
 from fstransport.errors import SourceChanged, StorageError
@@ -170,6 +171,11 @@ class S3StreamSource:
         self.etag = etag
         self.gets = 0
         self.retry = RetryPolicy()
+        self.first_answer: float | None = None
+        """Seconds the first GET took to be answered (headers, before any of the body)."""
+        self.answered_at = 0.0
+        self.read_since_answer = 0
+        """Bytes read from the first GET, since `answered_at` (``time.perf_counter()``)."""
         self._body: Any = None
         self._position = -1
         self._lock = asyncio.Lock()
@@ -183,6 +189,7 @@ class S3StreamSource:
     async def _reopen(self, offset: int) -> None:
         self._drop_body()
         match = {"IfMatch": self.etag} if self.etag else {}
+        asked = time.perf_counter()
         try:
             response = await self._fs._call_s3(
                 "get_object",
@@ -196,6 +203,9 @@ class S3StreamSource:
                 raise source_changed(self.description, exc) from exc
             raise
         check_etag(response, self.etag, self.description)
+        if self.first_answer is None:
+            self.answered_at = time.perf_counter()
+            self.first_answer = self.answered_at - asked
         self._body = response["Body"]
         self._position = offset
         self.gets += 1
@@ -223,6 +233,8 @@ class S3StreamSource:
                         break
                     filled += got
                 self._position = offset + filled
+                if self.gets == 1:
+                    self.read_since_answer += filled
             except BaseException:
                 self._drop_body()  # a broken stream: the next attempt opens a new GET here
                 raise

@@ -59,9 +59,10 @@ DEFAULT_READ_STREAMS = 4
 """Ranged GETs in flight at once for a large S3 source (as rclone's download streams)."""
 DEFAULT_READ_PART_SIZE = 8 * MiB
 """Bytes per ranged GET: the default chunk size, so that a chunk is one part, without a copy."""
-FALLBACK_RATIO = 4.0
-"""A ranged source whose first GETs take more than this many times longer to be answered than
-to send their part falls back to one streaming GET (moto: ~20x; real servers: ~0.1-2x)."""
+FALLBACK_RATIO: float | None = 3.0
+"""A server that takes more than this many times longer to answer a GET than to send a part
+(moto: 5-50x, it reads the whole object first; real servers: a round trip, ~0.1-1.5x) is read
+with one streaming GET.  None: always ranged GETs."""
 DEFAULT_RANGED_THRESHOLD = 256 * MiB
 """Objects of at least this many bytes are read with ranged GETs; smaller ones with one GET."""
 
@@ -116,6 +117,8 @@ class S3RangedSource:
         retry: RetryPolicy | None = None,
         fallback: bool = True,
     ) -> None:
+        """`fallback`: start with one streaming GET and go over to ranged GETs only when the
+        server answers it quickly (see `FALLBACK_RATIO`); else ranged GETs from the start."""
         check_read_options(streams, part_size, 0)
         self._fs = fs
         self._bucket = bucket
@@ -137,9 +140,12 @@ class S3RangedSource:
         self._cursor = 0  # where the last read ended: read-ahead starts here between reads
         self._changed = asyncio.Event()
         self._closed = False
-        self.fallback = fallback
+        # "probe": reading the first part with one streaming GET, timing the server's answer;
+        # "ranged": ranged GETs; "stream": one streaming GET (the server answers GETs slowly)
+        self._mode = "probe" if fallback and FALLBACK_RATIO is not None else "ranged"
         self._timings: list[tuple[float, float]] = []  # (answer time, body time) of whole GETs
         self._stream: S3StreamSource | None = None
+        self._stream_reads = 0
 
     # -- the window of parts ---------------------------------------------------------------------
 
@@ -155,7 +161,7 @@ class S3RangedSource:
         positions = [p for p in self._readers.values() if p < self.size]
         needed = {p // self.part_size for p in positions}
         anchor = (min(positions) if positions else self._cursor) // self.part_size
-        ahead = 0 if self._stream is not None else self.streams  # no read-ahead once fallen back
+        ahead = self.streams if self._mode == "ranged" else 0  # read-ahead in ranged mode only
         window = range(anchor, min(anchor + ahead, self.part_count))
         for number in list(self._parts):
             if number not in needed and number not in window:
@@ -260,14 +266,15 @@ class S3RangedSource:
         """After the first `streams` GETs: fall back to one streaming GET when the server takes
         far longer to answer a GET than to send its part (it reads the whole object for each,
         as moto does), so that ranged reads would cost more than they bring."""
-        if not self.fallback or self._stream is not None or len(self._timings) >= self.streams:
+        ratio = FALLBACK_RATIO
+        if ratio is None or self._mode != "ranged" or len(self._timings) >= self.streams:
             return
         self._timings.append((answer_time, body_time))
         if len(self._timings) < self.streams:
             return
         answer = statistics.median(t for t, _ in self._timings)
         body = statistics.median(b for _, b in self._timings)
-        if answer > FALLBACK_RATIO * max(body, 1e-3):
+        if answer > ratio * max(body, 1e-3):
             log.info(
                 "%s: a ranged GET takes %.0f ms to answer and %.0f ms to send its %d bytes; "
                 "reading the rest with one streaming GET",
@@ -276,26 +283,71 @@ class S3RangedSource:
                 body * 1000,
                 self.part_size,
             )
+            self._mode = "stream"
+            self._rebalance()
+
+    def _stream_source(self) -> S3StreamSource:
+        if self._stream is None:
             stream = S3StreamSource(
                 self._fs, self._bucket, self._key, self.size, self.description, self.etag
             )
-            stream.retry = self.retry
             self._stream = stream
+        self._stream.retry = self.retry
+        return self._stream
+
+    def _probe(self) -> None:
+        """Once the first streaming GET has sent a part's worth: stay with it when the server
+        took far longer to answer than to send that part, else go over to ranged GETs."""
+        stream = self._stream
+        if self._mode != "probe" or stream is None or stream.first_answer is None:
+            return
+        if stream.read_since_answer < min(self.part_size, self.size):
+            return
+        elapsed = time.perf_counter() - stream.answered_at
+        per_part = elapsed * self.part_size / stream.read_since_answer
+        ratio = FALLBACK_RATIO if FALLBACK_RATIO is not None else float("inf")
+        slow = stream.first_answer > ratio * max(per_part, 1e-3)
+        log.info(
+            "%s: the first GET took %.0f ms to answer, %.0f ms per %d bytes after; %s",
+            self.description,
+            stream.first_answer * 1000,
+            per_part * 1000,
+            self.part_size,
+            "keeping one streaming GET" if slow else f"reading {self.streams} ranges at once",
+        )
+        self._mode = "stream" if slow else "ranged"
+        if not slow:
+            self._cursor = stream._position if stream._position >= 0 else self._cursor
             self._rebalance()
 
     # -- ChunkSource -----------------------------------------------------------------------------
 
     @property
     def fell_back(self) -> bool:
-        """Whether this source went over to one streaming GET (see `_judge`)."""
-        return self._stream is not None
+        """Whether this source reads with one streaming GET (see `_probe` and `_judge`)."""
+        return self._mode == "stream"
+
+    @property
+    def mode(self) -> str:
+        """``"probe"`` (the first part, one GET), ``"ranged"`` or ``"stream"``."""
+        return self._mode
 
     async def read(self, offset: int, length: int) -> Buffer:
         end = min(self.size, offset + length)
         if end <= offset:
             return b""
-        if self._stream is not None and not self._parts_cover(offset, end):
-            return await self._stream.read(offset, length)
+        if self._mode != "ranged" and not self._parts_cover(offset, end):
+            stream = self._stream_source()
+            self._stream_reads += 1
+            try:
+                data = await stream.read(offset, length)
+            finally:
+                self._stream_reads -= 1
+            self._cursor = offset + len(data)
+            self._probe()
+            if self._mode == "ranged" and self._stream_reads == 0:
+                stream._drop_body()  # ranged GETs from here on: let the long GET go
+            return data
         token = self._tokens = self._tokens + 1
         self._readers[token] = offset
         pieces: list[memoryview | HandedOver] = []

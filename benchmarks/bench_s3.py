@@ -456,7 +456,7 @@ class S3Bench:
         def copy(path: str) -> object:
             saved = s3_ranged.FALLBACK_RATIO
             if not fallback:
-                s3_ranged.FALLBACK_RATIO = float("inf")
+                s3_ranged.FALLBACK_RATIO = None
             try:
                 return self.loop.run_until_complete(
                     ship(url, path, source_options=self.options, options=options)

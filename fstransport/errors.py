@@ -14,6 +14,7 @@
     ├── HigherVote                the receiver has seen a higher vote than the sender's
     ├── ReplicationClosed         the transfer was cancelled by the caller
     ├── StorageError              reading or writing snapshot data failed (subject, verb, cause)
+    │   └── SourceChanged         the source object changed while it was read (never retried)
     ├── InvalidRequest            a request broke a rule (bad offset, size, id, ...); never written
     │   ├── TooManyTransfers      the receiver already runs its maximum number of transfers
     │   └── Unauthorized          the receiver refused the sender's credentials
@@ -48,6 +49,7 @@ __all__ = [
     "ReplicationClosed",
     "RetryExhausted",
     "SnapshotMismatch",
+    "SourceChanged",
     "StorageError",
     "Timeout",
     "TooManyTransfers",
@@ -152,6 +154,17 @@ class StorageError(FstransportError):
     def retryable(self) -> bool:
         """False when trying again cannot help: the thing is missing, forbidden or malformed."""
         return not isinstance(self.cause, _PERMANENT_CAUSES)
+
+
+class SourceChanged(StorageError):
+    """The source changed while it was read: an S3 object no longer has the ETag it had when
+    the transfer began (``If-Match`` failed, or an answer named another ETag).  Bytes of two
+    versions must never be joined into one snapshot, so this is never retried; nothing read
+    is installed.  Ship it again to copy the new version."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 _PERMANENT_CAUSES = (

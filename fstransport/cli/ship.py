@@ -11,6 +11,8 @@ from fstransport.cli.args import (
     add_transfer_options,
     bwlimit_arg,
     is_s3_url,
+    positive_int,
+    positive_size_arg,
     s3_tuning,
     storage_options,
 )
@@ -19,6 +21,7 @@ from fstransport.cli.report import print_report
 from fstransport.cli.serve import os_reason
 from fstransport.errors import ConfigurationError
 from fstransport.options import TransferOptions
+from fstransport.units import format_size
 
 if TYPE_CHECKING:
     import logging
@@ -98,6 +101,29 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "continues only a transfer the same server process still holds (its bytes re-checked)",
     )
     add_s3_tuning(ship_cmd, "DST")
+    ship_cmd.add_argument(
+        "--server-side",
+        action="store_true",
+        help="S3 -> S3 on one endpoint: have the server copy the data (UploadPartCopy), even "
+        "where it cannot prove the copy by checksum (without it, only a provable copy is)",
+    )
+    read_defaults = TransferOptions()
+    ship_cmd.add_argument(
+        "--read-streams",
+        type=positive_int,
+        default=read_defaults.read_streams,
+        metavar="N",
+        help=f"ranged GETs at once for a large s3:// SRC (default {read_defaults.read_streams}; "
+        "1: one streaming GET)",
+    )
+    ship_cmd.add_argument(
+        "--read-part-size",
+        type=positive_size_arg,
+        default=read_defaults.read_part_size,
+        metavar="SIZE",
+        help="bytes per ranged GET of an s3:// SRC "
+        f"(default {format_size(read_defaults.read_part_size)})",
+    )
     ship_cmd.set_defaults(run=run, parser=ship_cmd)
 
 
@@ -146,6 +172,8 @@ def _check_args(args: argparse.Namespace) -> None:
             )
         if args.ignore_existing:
             raise UsageError("--ignore-existing needs a DST it can see; not with --via")
+        if args.server_side:
+            raise UsageError("--server-side copies within one S3 endpoint; not with --via")
     elif args.cafile is not None or args.token is not None:
         raise UsageError("--token and --cafile are for shipping --via a server")
     else:
@@ -215,7 +243,11 @@ async def run(args: argparse.Namespace) -> int:
     _check_args(args)
     tls = _client_tls(args.via, args.cafile) if args.via else None
     options = TransferOptions(
-        chunk_size=args.chunk_size, max_in_flight=args.window, rate_limit=args.bwlimit
+        chunk_size=args.chunk_size,
+        max_in_flight=args.window,
+        rate_limit=args.bwlimit,
+        read_streams=args.read_streams,
+        read_part_size=args.read_part_size,
     )
     out = sys.stderr if args.dst == "-" else sys.stdout  # the data owns stdout
     dst = "-" if args.dst == "-" else await _resolve_target(args)
@@ -292,6 +324,7 @@ async def run(args: argparse.Namespace) -> int:
                 store_options=s3_tuning(args, dst),
                 progress=bar.update,
                 checksum=args.checksum,
+                server_side=True if args.server_side else None,
             )
             completed = True
         except UntrustedPeer as exc:

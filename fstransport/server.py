@@ -504,7 +504,10 @@ def create_app(
                     "try again"
                 )
             try:
-                body, crc = await _read_body(request.content, length, idle_timeout, min_body_rate)
+                with receiver.in_use(snapshot_id):  # its transfer must not expire meanwhile
+                    body, crc = await _read_body(
+                        request.content, length, idle_timeout, min_body_rate
+                    )
                 if sent_crc == crc:
                     # The CRC was just computed here from the bytes received: the receiver
                     # takes it instead of reading the whole chunk once more.

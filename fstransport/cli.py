@@ -251,13 +251,6 @@ def _parser() -> argparse.ArgumentParser:
         f"retried by their senders (default {format_size(MAX_BUFFERED)})",
     )
     serve.add_argument(
-        "--max-connections",
-        type=_positive_int,
-        metavar="N",
-        help="client connections open at once; more get 503 and are closed (default: what the "
-        "file descriptor limit leaves beside the store's needs)",
-    )
-    serve.add_argument(
         "--max-snapshot-size",
         type=_size_arg,
         default=DEFAULT_MAX_SNAPSHOT_SIZE,
@@ -449,7 +442,7 @@ async def _serve(args: argparse.Namespace) -> int:
             max_buffered=args.max_buffered,
             limits=ReceiverLimits(max_snapshot_size=args.max_snapshot_size),
         )
-        runner = make_runner(app, max_connections=args.max_connections)
+        runner = make_runner(app)
         await runner.setup()
         try:
             # reuse_address: a server restarted on the port of one that died binds at once,

@@ -20,7 +20,6 @@ import contextlib
 import errno
 import hmac
 import logging
-import os
 import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,7 +65,6 @@ __all__ = [
     "MAX_HEADER_LINE",
     "MIN_BODY_RATE",
     "BodyStalled",
-    "connection_cap",
     "create_app",
     "make_runner",
 ]
@@ -108,10 +106,8 @@ def _error(
 ) -> web.Response:
     body = {"error": type(exc).__name__, "message": str(exc), **extra}
     where = f"{request.method} {request.path[:120]!a} from {request.remote}" if request else "?"
-    level = logging.WARNING
-    if status in _QUIET_STATUSES:
-        level = logging.INFO
-    elif status >= 500:
+    level = logging.INFO if status in _QUIET_STATUSES else logging.WARNING
+    if status >= 500:
         level = logging.ERROR
     log.log(level, "%d %s: %s: %s", status, where, type(exc).__name__, _one_line(exc))
     return web.json_response(body, status=status)
@@ -334,91 +330,12 @@ class _AcceptGuard:
             self._loop.set_exception_handler(self._previous)
 
 
-CONNECTION_RESERVE = 48
-"""File descriptors kept free of client connections, besides two per transfer (a partial file
-and its journal): for the store's files, its S3 connections and worker threads."""
-
-_BUSY_BODY = b'{"error": "TooManyTransfers", "message": "too many connections open; try again"}'
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
-)
-
-
-def connection_cap(max_transfers: int) -> int | None:
-    """How many client connections fit in this process's file descriptor limit, leaving the
-    store what it needs (`CONNECTION_RESERVE` and two per transfer); None without a limit."""
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, OSError, ValueError):  # no resource module (Windows): no cap
-        return None
-    if soft == resource.RLIM_INFINITY:
-        return None
-    try:
-        in_use = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        in_use = 32
-    return max(8, soft - in_use - CONNECTION_RESERVE - 2 * max_transfers)
-
-
-class _Runner(web.AppRunner):
-    """`web.AppRunner` that closes connections beyond `max_connections` at once, with a 503,
-    so that client connections never take the descriptors the store needs to write."""
-
-    def __init__(self, app: web.Application, max_connections: int | None, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self.max_connections = max_connections
-        self._noted = -60.0
-        self._refused = 0
-
-    async def setup(self) -> None:
-        await super().setup()
-        server = self.server
-        cap = self.max_connections
-        if server is None or cap is None:
-            return
-        admit = server.connection_made
-
-        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
-            admit(handler, transport)
-            if len(server.connections) > cap:
-                # after aiohttp has set the connection up (closing it here, half-made, would
-                # leave aiohttp's handler task to fail on its own assertion)
-                asyncio.get_running_loop().call_soon(refuse, handler, transport)
-
-        def refuse(handler: Any, transport: asyncio.Transport) -> None:
-            if not transport.is_closing():
-                transport.write(_BUSY)
-            handler.force_close()
-            self._note_refusal(cap)
-
-        server.connection_made = connection_made  # type: ignore[method-assign]
-
-    def _note_refusal(self, cap: int) -> None:
-        now = asyncio.get_running_loop().time()
-        self._refused += 1
-        if now - self._noted >= 60:
-            log.error(
-                "%d connection(s) refused: at most %d may be open (--max-connections); "
-                "noted at most once a minute",
-                self._refused,
-                cap,
-            )
-            self._noted, self._refused = now, 0
-
-
-def make_runner(
-    app: web.Application, *, max_connections: int | None = None, **kwargs: Any
-) -> web.AppRunner:
+def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     """An aiohttp runner for an app of `create_app`, with the server's connection limits:
     a request's headers must arrive within the app's `idle_timeout` (aiohttp closes a
     connection still waiting for them then), at most `MAX_HEADERS` headers of
-    `MAX_HEADER_LINE` bytes, no transparent decompression of bodies, its request-handler
-    errors logged in one line, and at most `max_connections` connections open at once (by
-    default `connection_cap`: what the descriptor limit leaves beside the store's needs;
-    connections beyond it are answered 503 and closed).  `kwargs` go to `web.AppRunner`."""
+    `MAX_HEADER_LINE` bytes, no transparent decompression of bodies, and its request-handler
+    errors logged in one line.  `kwargs` go to `web.AppRunner` as they are."""
     settings: dict[str, Any] = {
         "keepalive_timeout": app.get(IDLE_TIMEOUT_KEY, IDLE_TIMEOUT),
         "max_line_size": MAX_HEADER_LINE,
@@ -428,12 +345,7 @@ def make_runner(
         "logger": _one_line_log(),
         "access_log": None,
     }
-    if max_connections is None:
-        receiver = app.get(RECEIVER_KEY)
-        max_connections = connection_cap(receiver.limits.max_transfers if receiver else 16)
-    elif max_connections < 1:
-        raise ConfigurationError(f"max_connections must be positive, got {max_connections}")
-    return _Runner(app, max_connections, **{**settings, **kwargs})
+    return web.AppRunner(app, **{**settings, **kwargs})
 
 
 def create_app(

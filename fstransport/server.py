@@ -106,8 +106,10 @@ def _error(
 ) -> web.Response:
     body = {"error": type(exc).__name__, "message": str(exc), **extra}
     where = f"{request.method} {request.path[:120]!a} from {request.remote}" if request else "?"
-    level = logging.INFO if status in _QUIET_STATUSES else logging.WARNING
-    if status >= 500:
+    level = logging.WARNING
+    if status in _QUIET_STATUSES:
+        level = logging.INFO
+    elif status >= 500:
         level = logging.ERROR
     log.log(level, "%d %s: %s: %s", status, where, type(exc).__name__, _one_line(exc))
     return web.json_response(body, status=status)

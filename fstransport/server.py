@@ -108,8 +108,10 @@ def _error(
 ) -> web.Response:
     body = {"error": type(exc).__name__, "message": str(exc), **extra}
     where = f"{request.method} {request.path[:120]!a} from {request.remote}" if request else "?"
-    level = logging.INFO if status in _QUIET_STATUSES else logging.WARNING
-    if status >= 500:
+    level = logging.WARNING
+    if status in _QUIET_STATUSES:
+        level = logging.INFO
+    elif status >= 500:
         level = logging.ERROR
     log.log(level, "%d %s: %s: %s", status, where, type(exc).__name__, _one_line(exc))
     return web.json_response(body, status=status)
@@ -507,7 +509,10 @@ def create_app(
                     "try again"
                 )
             try:
-                body, crc = await _read_body(request.content, length, idle_timeout, min_body_rate)
+                with receiver.in_use(snapshot_id):  # its transfer must not expire meanwhile
+                    body, crc = await _read_body(
+                        request.content, length, idle_timeout, min_body_rate
+                    )
                 if sent_crc == crc:
                     # The CRC was just computed here from the bytes received: the receiver
                     # takes it instead of reading the whole chunk once more.

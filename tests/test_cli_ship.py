@@ -253,3 +253,16 @@ def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
     assert "were already there and not sent again" in text
     json_run = run_in(tmp_path, *args[:2], "c.bin", "--json")
     assert json.loads(json_run.stdout)["bytes_skipped"] == 0
+
+
+def test_retries_are_shown_on_verbose_only(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(payload(1000))
+    url = f"http://127.0.0.1:{free_port()}"
+    quiet = run("ship", str(tmp_path / "a.bin"), "a.bin", "--via", url)
+    assert quiet.returncode == 1
+    assert "retrying" not in quiet.stderr
+    verbose = run("ship", str(tmp_path / "a.bin"), "a.bin", "--via", url, "-v")
+    assert verbose.returncode == 1
+    retries = [line for line in verbose.stderr.splitlines() if "retrying" in line]
+    assert len(retries) >= 2, verbose.stderr
+    assert verbose.stderr.splitlines()[-1].startswith("fstransport: error: gave up after")

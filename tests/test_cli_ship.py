@@ -266,3 +266,14 @@ def test_retries_are_shown_on_verbose_only(tmp_path: Path) -> None:
     retries = [line for line in verbose.stderr.splitlines() if "retrying" in line]
     assert len(retries) >= 2, verbose.stderr
     assert verbose.stderr.splitlines()[-1].startswith("fstransport: error: gave up after")
+
+
+def test_a_fifo_or_device_as_dst_is_refused(tmp_path: Path) -> None:
+    """Installing renames over the target: a named pipe or a device must never be replaced
+    (a named pipe in tmp_path stands for a device, which a failing test must not harm)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result = run("ship", __file__, str(fifo))
+    assert result.returncode == 1
+    assert_one_error_line(result, f"DST {fifo} is not a regular file")
+    assert fifo.is_fifo()

@@ -161,7 +161,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _join(folder: str, name: str) -> str:
-    return folder if folder.endswith("/") and not name else f"{folder.rstrip('/')}/{name}"
+    return f"{folder}{name}" if folder.endswith("/") else f"{folder}/{name}"
 
 
 async def _resolve_target(args: argparse.Namespace) -> str:
@@ -236,7 +236,11 @@ async def run(args: argparse.Namespace) -> int:
         size = found.size
     exists = False
     if dst != "-" and args.via is None:
-        exists = (await probe(dst, target_options, verb="write to")).size is not None
+        there = await probe(dst, target_options, verb="write to")
+        if there.is_special:
+            # installing replaces the target: never a device or a pipe (use - for stdout)
+            raise ConfigurationError(f"DST {dst} is not a regular file; give a file name or -")
+        exists = there.size is not None
     elif is_s3_url(dst):
         await probe(dst, target_options, verb="write to", bucket_only=True)
 

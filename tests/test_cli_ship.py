@@ -225,12 +225,10 @@ def test_s3_folder_target_and_ignore_existing(
     assert again.stdout == ""
 
 
-def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
-    """Kill a slow ship halfway, ship again: the report names the bytes already there."""
+def interrupt_halfway(tmp_path: Path, args: list[str]) -> None:
+    """Run ``fstransport ARGS --bwlimit 512KiB`` in `tmp_path` and SIGKILL it once its
+    journal records some chunks: a partial copy to resume."""
     assert EXE is not None
-    data = payload(2 * MiB, seed=6)
-    (tmp_path / "a.bin").write_bytes(data)
-    args = ["ship", "a.bin", "b.bin", "--chunk-size", "64KiB", "--window", "1"]
     slow = subprocess.Popen([EXE, *args, "--bwlimit", "512KiB"], cwd=tmp_path)
     journal = tmp_path / ".fstransport" / "journal"
     try:
@@ -245,6 +243,14 @@ def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
         os.kill(slow.pid, signal.SIGKILL)
     finally:
         slow.wait()
+
+
+def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
+    """Kill a slow ship halfway, ship again: the report names the bytes already there."""
+    data = payload(2 * MiB, seed=6)
+    (tmp_path / "a.bin").write_bytes(data)
+    args = ["ship", "a.bin", "b.bin", "--chunk-size", "64KiB", "--window", "1"]
+    interrupt_halfway(tmp_path, args)
     result = run_in(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "b.bin").read_bytes() == data

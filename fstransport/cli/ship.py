@@ -183,8 +183,10 @@ async def _resolve_target(args: argparse.Namespace) -> str:
     return dst
 
 
-def _resume_notes(bar: ProgressBar) -> logging.Filter:
-    """A filter on the sender's log that tells `bar` about bytes the receiver already held."""
+def _resume_notes(bar: ProgressBar, threshold: int) -> logging.Filter:
+    """A filter on the sender's log that tells `bar` about bytes the receiver already held
+    (the sender's note is the only place that says so while the copy runs), and passes on
+    only records at `threshold` or above (the level the user chose)."""
     import logging
 
     class Held(logging.Filter):
@@ -193,7 +195,7 @@ def _resume_notes(bar: ProgressBar) -> logging.Filter:
                 held = record.args[0] if isinstance(record.args, tuple) else None
                 if isinstance(held, int):
                     bar.skip(held)
-            return True
+            return record.levelno >= threshold
 
     return Held()
 
@@ -273,8 +275,11 @@ async def run(args: argparse.Namespace) -> int:
             target = _scratch_target(cleanup, args.src)
         finishing = "completing upload…" if is_s3_url(target) else "finishing…"
         bar = ProgressBar(size, finishing=finishing, enabled=not args.quiet)
-        notes = _resume_notes(bar)
+        threshold = logging.getLogger("fstransport").getEffectiveLevel()
+        notes = _resume_notes(bar, threshold)
         sender_log = logging.getLogger("fstransport.sender")
+        sender_level = sender_log.level
+        sender_log.setLevel(min(logging.INFO, threshold))  # the note must reach the filter
         sender_log.addFilter(notes)
         ticker = asyncio.create_task(_tick(bar))
         http: HttpNetwork | None = None
@@ -304,6 +309,7 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             ticker.cancel()
             sender_log.removeFilter(notes)
+            sender_log.setLevel(sender_level)
             bar.close(completed=completed)
             if http is not None:
                 await http.close()

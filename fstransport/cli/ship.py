@@ -177,7 +177,7 @@ async def _resolve_target(args: argparse.Namespace) -> str:
     if args.via is None and args.src != "-":
         from fstransport.cli.probe import probe
 
-        found = await probe(dst, storage_options(args, dst), verb="open")
+        found = await probe(dst, storage_options(args, dst), verb="write to")
         if found.is_dir:
             return _join(dst, name)
     return dst

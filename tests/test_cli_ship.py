@@ -283,3 +283,19 @@ def test_a_fifo_or_device_as_dst_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert_one_error_line(result, f"DST {fifo} is not a regular file")
     assert fifo.is_fifo()
+
+
+def test_ctrl_c_exits_130(tmp_path: Path) -> None:
+    assert EXE is not None
+    (tmp_path / "a.bin").write_bytes(payload(MiB))
+    args = ["ship", "a.bin", "b.bin", "--chunk-size", "64KiB", "--bwlimit", "256KiB"]
+    proc = subprocess.Popen([EXE, *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / ".fstransport" / "journal"
+    deadline = time.monotonic() + 60
+    while not (journal.exists() and any(journal.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "fstransport: interrupted"
+    assert not (tmp_path / "b.bin").exists()

@@ -243,8 +243,6 @@ async def run(args: argparse.Namespace) -> int:
             # installing replaces the target: never a device or a pipe (use - for stdout)
             raise ConfigurationError(f"DST {dst} is not a regular file; give a file name or -")
         exists = there.size is not None
-    elif is_s3_url(dst):
-        await probe(dst, target_options, verb="write to", bucket_only=True)
 
     shown_size = "unknown size" if size is None else f"{size} bytes"
     where = f" via {args.via}" if args.via else ""

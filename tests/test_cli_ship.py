@@ -95,6 +95,11 @@ def test_dry_run_touches_nothing(tmp_path: Path) -> None:
         "would ship a.bin (1000 bytes) -> out/a.bin (create); dry run, nothing sent"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+    as_json = json.loads(run_in(tmp_path, "ship", "a.bin", "a.bin", "--dry-run", "--json").stdout)
+    assert as_json == {
+        "dry_run": True, "source": "a.bin", "target": "a.bin", "size": 1000, "exists": True,
+        "via": None,
+    }  # fmt: skip
 
 
 def test_ignore_existing_skips_an_existing_target(tmp_path: Path) -> None:

@@ -250,6 +250,10 @@ async def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"fstransport: {dst} exists; skipped (--ignore-existing)", file=sys.stderr)
         return 0
+    if args.dry_run and args.json:
+        plan = {"dry_run": True, "source": args.src, "target": dst, "size": size, "exists": exists}
+        print(json.dumps({**plan, "via": args.via}, indent=2), file=out)
+        return 0
     if args.dry_run:
         verb = "overwrite" if exists else "create"
         print(

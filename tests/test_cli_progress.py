@@ -16,17 +16,20 @@ from fstransport.options import MiB
 from fstransport.testing import S3TestServer
 from tests.conftest import payload
 from tests.test_cli import EXE
+from tests.test_cli_ship import interrupt_halfway
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="pty needs a POSIX system")
 
 
-def ship_on_a_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+def ship_on_a_terminal(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[int, str]:
     """Run ``fstransport ship ARGS`` with stderr on a pseudo-terminal; (exit code, screen)."""
     assert EXE is not None
     main, secondary = pty.openpty()
     environ = {**os.environ, **(env or {})}
     proc = subprocess.Popen(
-        [EXE, "ship", *args], stdout=subprocess.DEVNULL, stderr=secondary, env=environ
+        [EXE, "ship", *args], stdout=subprocess.DEVNULL, stderr=secondary, env=environ, cwd=cwd
     )
     os.close(secondary)
     screen = b""
@@ -87,3 +90,14 @@ def test_quiet_draws_nothing(tmp_path: Path) -> None:
     code, screen = ship_on_a_terminal(*args, "--bwlimit", "1MiB", "-q")
     assert code == 0, screen
     assert screen == ""
+
+
+def test_resumed_copy_shows_the_bytes_already_there(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(payload(2 * MiB, seed=13))
+    args = ["ship", "a.bin", "b.bin", "--chunk-size", "64KiB", "--window", "1"]
+    interrupt_halfway(tmp_path, args)
+    code, screen = ship_on_a_terminal(*args[1:], "--bwlimit", "1MiB", cwd=tmp_path)
+    assert code == 0, screen
+    shown = frames(screen)
+    assert any("already there)" in f for f in shown), shown
+    assert "100%" in shown[-1]

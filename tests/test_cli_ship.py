@@ -96,6 +96,11 @@ def test_dry_run_touches_nothing(tmp_path: Path) -> None:
         "would ship a.bin (1000 bytes) -> out/a.bin (create); dry run, nothing sent"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+    as_json = json.loads(run_in(tmp_path, "ship", "a.bin", "a.bin", "--dry-run", "--json").stdout)
+    assert as_json == {
+        "dry_run": True, "source": "a.bin", "target": "a.bin", "size": 1000, "exists": True,
+        "via": None,
+    }  # fmt: skip
 
 
 def test_ignore_existing_skips_an_existing_target(tmp_path: Path) -> None:
@@ -243,12 +248,10 @@ def test_s3_folder_target_and_ignore_existing(
     assert again.stdout == ""
 
 
-def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
-    """Kill a slow ship halfway, ship again: the report names the bytes already there."""
+def interrupt_halfway(tmp_path: Path, args: list[str]) -> None:
+    """Run ``fstransport ARGS --bwlimit 512KiB`` in `tmp_path` and SIGKILL it once its
+    journal records some chunks: a partial copy to resume."""
     assert EXE is not None
-    data = payload(2 * MiB, seed=6)
-    (tmp_path / "a.bin").write_bytes(data)
-    args = ["ship", "a.bin", "b.bin", "--chunk-size", "64KiB", "--window", "1"]
     slow = subprocess.Popen([EXE, *args, "--bwlimit", "512KiB"], cwd=tmp_path)
     journal = tmp_path / ".fstransport" / "journal"
     try:
@@ -263,6 +266,14 @@ def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
         os.kill(slow.pid, signal.SIGKILL)
     finally:
         slow.wait()
+
+
+def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
+    """Kill a slow ship halfway, ship again: the report names the bytes already there."""
+    data = payload(2 * MiB, seed=6)
+    (tmp_path / "a.bin").write_bytes(data)
+    args = ["ship", "a.bin", "b.bin", "--chunk-size", "64KiB", "--window", "1"]
+    interrupt_halfway(tmp_path, args)
     result = run_in(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "b.bin").read_bytes() == data
@@ -271,3 +282,43 @@ def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
     assert "were already there and not sent again" in text
     json_run = run_in(tmp_path, *args[:2], "c.bin", "--json")
     assert json.loads(json_run.stdout)["bytes_skipped"] == 0
+
+
+def test_retries_are_shown_on_verbose_only(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(payload(1000))
+    url = f"http://127.0.0.1:{free_port()}"
+    quiet = run("ship", str(tmp_path / "a.bin"), "a.bin", "--via", url)
+    assert quiet.returncode == 1
+    assert "retrying" not in quiet.stderr
+    verbose = run("ship", str(tmp_path / "a.bin"), "a.bin", "--via", url, "-v")
+    assert verbose.returncode == 1
+    retries = [line for line in verbose.stderr.splitlines() if "retrying" in line]
+    assert len(retries) >= 2, verbose.stderr
+    assert verbose.stderr.splitlines()[-1].startswith("fstransport: error: gave up after")
+
+
+def test_a_fifo_or_device_as_dst_is_refused(tmp_path: Path) -> None:
+    """Installing renames over the target: a named pipe or a device must never be replaced
+    (a named pipe in tmp_path stands for a device, which a failing test must not harm)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result = run("ship", __file__, str(fifo))
+    assert result.returncode == 1
+    assert_one_error_line(result, f"DST {fifo} is not a regular file")
+    assert fifo.is_fifo()
+
+
+def test_ctrl_c_exits_130(tmp_path: Path) -> None:
+    assert EXE is not None
+    (tmp_path / "a.bin").write_bytes(payload(MiB))
+    args = ["ship", "a.bin", "b.bin", "--chunk-size", "64KiB", "--bwlimit", "256KiB"]
+    proc = subprocess.Popen([EXE, *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / ".fstransport" / "journal"
+    deadline = time.monotonic() + 60
+    while not (journal.exists() and any(journal.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "fstransport: interrupted"
+    assert not (tmp_path / "b.bin").exists()

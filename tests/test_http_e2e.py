@@ -491,7 +491,6 @@ def test_serve_with_an_unusable_certificate_is_one_line(
         (("--certfile", str(tmp_path / "none.pem")), "cannot load the TLS certificate"),
         (("--certfile", str(tls_files.cert)), "cannot load the TLS certificate"),  # no key
         (("--certfile", str(tls_files.cert), "--keyfile", str(tls_files.ca)), "cannot load"),
-        (("--keyfile", str(tls_files.key)), "--keyfile needs --certfile"),
     ]:
         result = run_cli("serve", str(tmp_path / "r"), *args, timeout=60)
         assert result.returncode == 1, (args, result.stdout)
@@ -500,6 +499,10 @@ def test_serve_with_an_unusable_certificate_is_one_line(
         assert lines[0].startswith("fstransport: error: ")
         assert message in lines[0]
         assert result.stdout == ""
+    # a flag without the one it needs is a usage error: argparse's usage line, exit code 2
+    result = run_cli("serve", str(tmp_path / "r"), "--keyfile", str(tls_files.key), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "fstransport serve: error: --keyfile needs --certfile"
 
 
 async def test_cli_ship_with_checksum_resumes_what_an_interrupted_ship_left(

@@ -190,7 +190,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _join(folder: str, name: str) -> str:
-    return folder if folder.endswith("/") and not name else f"{folder.rstrip('/')}/{name}"
+    return f"{folder}{name}" if folder.endswith("/") else f"{folder}/{name}"
 
 
 async def _resolve_target(args: argparse.Namespace) -> str:
@@ -206,14 +206,16 @@ async def _resolve_target(args: argparse.Namespace) -> str:
     if args.via is None and args.src != "-":
         from fstransport.cli.probe import probe
 
-        found = await probe(dst, storage_options(args, dst), verb="open")
+        found = await probe(dst, storage_options(args, dst), verb="write to")
         if found.is_dir:
             return _join(dst, name)
     return dst
 
 
-def _resume_notes(bar: ProgressBar) -> logging.Filter:
-    """A filter on the sender's log that tells `bar` about bytes the receiver already held."""
+def _resume_notes(bar: ProgressBar, threshold: int) -> logging.Filter:
+    """A filter on the sender's log that tells `bar` about bytes the receiver already held
+    (the sender's note is the only place that says so while the copy runs), and passes on
+    only records at `threshold` or above (the level the user chose)."""
     import logging
 
     class Held(logging.Filter):
@@ -222,7 +224,7 @@ def _resume_notes(bar: ProgressBar) -> logging.Filter:
                 held = record.args[0] if isinstance(record.args, tuple) else None
                 if isinstance(held, int):
                     bar.skip(held)
-            return True
+            return record.levelno >= threshold
 
     return Held()
 
@@ -269,15 +271,21 @@ async def run(args: argparse.Namespace) -> int:
         size = found.size
     exists = False
     if dst != "-" and args.via is None:
-        exists = (await probe(dst, target_options, verb="write to")).size is not None
-    elif is_s3_url(dst):
-        await probe(dst, target_options, verb="write to", bucket_only=True)
+        there = await probe(dst, target_options, verb="write to")
+        if there.is_special:
+            # installing replaces the target: never a device or a pipe (use - for stdout)
+            raise ConfigurationError(f"DST {dst} is not a regular file; give a file name or -")
+        exists = there.size is not None
 
     shown_size = "unknown size" if size is None else f"{size} bytes"
     where = f" via {args.via}" if args.via else ""
     if args.ignore_existing and exists:
         if not args.quiet:
             print(f"fstransport: {dst} exists; skipped (--ignore-existing)", file=sys.stderr)
+        return 0
+    if args.dry_run and args.json:
+        plan = {"dry_run": True, "source": args.src, "target": dst, "size": size, "exists": exists}
+        print(json.dumps({**plan, "via": args.via}, indent=2), file=out)
         return 0
     if args.dry_run:
         verb = "overwrite" if exists else "create"
@@ -302,8 +310,11 @@ async def run(args: argparse.Namespace) -> int:
             target = _scratch_target(cleanup, args.src)
         finishing = "completing upload…" if is_s3_url(target) else "finishing…"
         bar = ProgressBar(size, finishing=finishing, enabled=not args.quiet)
-        notes = _resume_notes(bar)
+        threshold = logging.getLogger("fstransport").getEffectiveLevel()
+        notes = _resume_notes(bar, threshold)
         sender_log = logging.getLogger("fstransport.sender")
+        sender_level = sender_log.level
+        sender_log.setLevel(min(logging.INFO, threshold))  # the note must reach the filter
         sender_log.addFilter(notes)
         ticker = asyncio.create_task(_tick(bar))
         http: HttpNetwork | None = None
@@ -334,6 +345,7 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             ticker.cancel()
             sender_log.removeFilter(notes)
+            sender_log.setLevel(sender_level)
             bar.close(completed=completed)
             if http is not None:
                 await http.close()

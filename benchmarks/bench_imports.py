@@ -32,6 +32,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,12 +75,22 @@ def cases(compare: Path | None) -> dict[str, Case]:
     return found
 
 
+NEUTRAL_DIR = tempfile.gettempdir()
+"""Where the commands run: ``python -c`` puts its working directory first on ``sys.path``, so
+from a source tree it would import that tree instead of the one being timed."""
+
+
 def wall(case: Case) -> float:
     """Seconds from starting the command of `case` until it exited (it must succeed)."""
     command, env = case
     started = time.perf_counter()
     subprocess.run(
-        command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        command,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=NEUTRAL_DIR,
     )
     return time.perf_counter() - started
 

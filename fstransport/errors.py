@@ -14,6 +14,7 @@
     ├── HigherVote                the receiver has seen a higher vote than the sender's
     ├── ReplicationClosed         the transfer was cancelled by the caller
     ├── StorageError              reading or writing snapshot data failed (subject, verb, cause)
+    │   └── SourceChanged         the source object changed while it was read (never retried)
     ├── InvalidRequest            a request broke a rule (bad offset, size, id, ...); never written
     │   ├── TooManyTransfers      the receiver already runs its maximum number of transfers
     │   ├── Unauthorized          the receiver refused the sender's credentials
@@ -51,6 +52,7 @@ __all__ = [
     "ReplicationClosed",
     "RetryExhausted",
     "SnapshotMismatch",
+    "SourceChanged",
     "StorageError",
     "Timeout",
     "TooManyTransfers",
@@ -191,6 +193,17 @@ class StorageError(FstransportError):
         if isinstance(cause, OSError) and cause.strerror:
             return str(cause.strerror)
         return f"{type(cause).__name__}: {cause}"
+
+
+class SourceChanged(StorageError):
+    """The source changed while it was read: an S3 object no longer has the ETag it had when
+    the transfer began (``If-Match`` failed, or an answer named another ETag).  Bytes of two
+    versions must never be joined into one snapshot, so this is never retried; nothing read
+    is installed.  Ship it again to copy the new version."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 _PERMANENT_CAUSES = (

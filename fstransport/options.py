@@ -75,6 +75,10 @@ class TransferOptions:
       to the receiver).  The file must then not be truncated in place while it is shipped (a
       truncated mapping ends the process with ``SIGBUS``; replacing the file by rename is
       safe); False reads it with ``os.pread`` instead, about a quarter slower.
+    - `read_streams`, `read_part_size`, `ranged_read_threshold`: `ship()` reads an S3 source
+      of at least `ranged_read_threshold` bytes with `read_streams` ranged GETs of
+      `read_part_size` bytes at once (memory: `read_streams` x `read_part_size`); smaller
+      objects, or `read_streams=1`, with one streaming GET (see ``docs/s3.md``).
     """
 
     chunk_size: int = 8 * MiB
@@ -86,6 +90,9 @@ class TransferOptions:
     deadline: float | None = None
     rate_limit: int | None = None
     map_files: bool = True
+    read_streams: int = 4
+    read_part_size: int = 8 * MiB
+    ranged_read_threshold: int = 256 * MiB
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -98,6 +105,10 @@ class TransferOptions:
             raise ConfigurationError(f"deadline must be > 0 seconds, got {self.deadline}")
         if self.rate_limit is not None and self.rate_limit < 1:
             raise ConfigurationError(f"rate_limit must be >= 1 byte/s, got {self.rate_limit}")
+        if self.read_streams < 1 or self.read_part_size < 1 or self.ranged_read_threshold < 0:
+            raise ConfigurationError(
+                "read_streams and read_part_size must be >= 1, ranged_read_threshold >= 0"
+            )
         if not 1 <= self.min_chunk_size <= 4 * KiB:
             raise ConfigurationError(
                 f"min_chunk_size must be within [1, 4096], got {self.min_chunk_size}"

@@ -55,11 +55,13 @@ class ProgressBar:
         self._started = clock()
         self._delay = delay
         self._drawn_at = 0.0
+        self._updated_at = self._started
         self._shown = False
 
     def update(self, nbytes: int) -> None:
         """`nbytes` more bytes were delivered."""
         self.done += nbytes
+        self._updated_at = self._clock()
         self.refresh()
 
     def skip(self, nbytes: int) -> None:
@@ -90,7 +92,12 @@ class ProgressBar:
         elif self.total and covered >= self.total:
             parts.append(self.finishing)
         elif self.total and rate > 0:
-            parts.append(f"ETA {format_eta((self.total - covered) / rate)}")
+            # nothing acknowledged for much longer than the rest should take: the last chunks
+            # are being completed (an S3 upload's last parts are acknowledged only then)
+            left = (self.total - covered) / rate
+            idle = now - self._updated_at
+            overdue = idle > left + 1.0
+            parts.append(self.finishing if overdue else f"ETA {format_eta(left)}")
         if self.skipped:
             parts.append(f"({format_size(self.skipped)} already there)")
         return "  ".join(parts)

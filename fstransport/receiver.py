@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -307,10 +307,17 @@ class Receiver:
 
     async def _receive(self, req: InstallSnapshotRequest, checked: _Checked) -> _Outcome:
         """`_receive_now`, with the request counted as under way for `expire_idle`."""
-        snapshot_id = req.meta.snapshot_id
+        with self.in_use(req.meta.snapshot_id):
+            return await self._receive_now(req, checked)
+
+    @contextlib.contextmanager
+    def in_use(self, snapshot_id: str) -> Iterator[None]:
+        """While inside, the transfer of `snapshot_id` (if any, or once begun) does not expire;
+        leaving counts as activity.  A network adapter holds it while a chunk is still
+        arriving, so that a slow chunk does not see its transfer let go under it."""
         self._busy[snapshot_id] = self._busy.get(snapshot_id, 0) + 1
         try:
-            return await self._receive_now(req, checked)
+            yield
         finally:
             left = self._busy[snapshot_id] - 1
             if left:

@@ -119,8 +119,10 @@ def _answer_error(
     if status is not None:
         code = status
     where = f"{request.method} {request.path[:120]!a} from {request.remote}" if request else "?"
-    level = logging.INFO if code in _QUIET_STATUSES else logging.WARNING
-    if code >= 500:
+    level = logging.WARNING
+    if code in _QUIET_STATUSES:
+        level = logging.INFO
+    elif code >= 500:
         level = logging.ERROR
     log.log(level, "%d %s: %s: %s", code, where, type(exc).__name__, _one_line(exc))
     return web.json_response(body, status=code)
@@ -561,7 +563,10 @@ def create_app(
                     "try again"
                 )
             try:
-                body, crc = await _read_body(request.content, length, idle_timeout, min_body_rate)
+                with receiver.in_use(snapshot_id):  # its transfer must not expire meanwhile
+                    body, crc = await _read_body(
+                        request.content, length, idle_timeout, min_body_rate
+                    )
                 if sent_crc == crc:
                     # The CRC was just computed here from the bytes received: the receiver
                     # takes it instead of reading the whole chunk once more.

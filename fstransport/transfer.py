@@ -11,7 +11,9 @@ from typing import Any
 
 import fsspec
 
+from fstransport.checksum import format_checksum, parse_checksum
 from fstransport.errors import (
+    ChecksumMismatch,
     ConfigurationError,
     FstransportError,
     HigherVote,
@@ -25,8 +27,16 @@ from fstransport.options import RetryPolicy, TransferOptions
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback, send_source
+from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.s3 import S3StreamSource, is_s3
+from fstransport.storage.s3 import S3StreamSource, is_s3, open_s3, split_bucket_key
+from fstransport.storage.s3_copy import (
+    DEFAULT_COPY_CONCURRENCY,
+    head_source,
+    s3_endpoint,
+    server_side_copy,
+)
+from fstransport.storage.s3_ranged import S3RangedSource
 from fstransport.storage.source import open_source, source_checksum
 from fstransport.storage.store import FsspecSnapshotStore
 
@@ -51,6 +61,9 @@ class TransferReport:
     bytes_skipped: int
     elapsed: float
     checksum: str | None
+    server_side: bool = False
+    """True when the S3 server copied the data itself (`ship(server_side=...)`): then no
+    byte passed through this process, `bytes_sent` is 0 and `chunks_sent` counts part copies."""
 
     @property
     def throughput(self) -> float:
@@ -117,6 +130,7 @@ async def ship(
     vote: Vote = DEFAULT_VOTE,
     progress: ProgressCallback | None = None,
     checksum: str | None = None,
+    server_side: bool | None = None,
 ) -> TransferReport:
     """Copy the file at `source_url` to exactly `target_url` through the chunked transport.
 
@@ -135,12 +149,25 @@ async def ship(
     verifies it, and can resume a transfer an earlier, interrupted call left halfway.  Without
     it, an in-process copy computes it only when such a partial copy exists.
 
+    `server_side` decides whether an S3 -> S3 copy on one endpoint is made by the server
+    (``UploadPartCopy``, see ``docs/s3.md``) instead of passing every byte through this
+    process: None (the default) does so only when the copy can be proved, i.e. the source
+    was stored with a full-object CRC32C (or `checksum` names it) and the server reports the
+    CRC32C of what it copied; True always does so, trusting the server where it proves
+    nothing, and refuses (`ConfigurationError`) a source and target on different endpoints or
+    not on S3; False never does.
+
     Raises `StorageError` (source or target unusable), `RetryExhausted`, `ReplicationClosed`
     (`cancel` completed), `HigherVote` (the receiver holds a higher vote), `ConfigurationError`.
     """
     options = options or TransferOptions()
     store: FsspecSnapshotStore | None = None
     snapshot_id: str
+    if server_side and network is not None:
+        raise ConfigurationError(
+            "server_side copies are made by the S3 server for an in-process ship(); with a "
+            "network, the receiver behind it writes the target"
+        )
     if network is None:
         store, snapshot_id = await _split_target(
             target_url, dict(target_options or {}), options.retry, dict(store_options or {})
@@ -156,10 +183,32 @@ async def ship(
         snapshot_id = _snapshot_id(target_url, target_url.rstrip("/").rpartition("/")[2])
     started = time.perf_counter()
     try:
+        if store is not None and server_side is not False:
+            copied = await _server_side(
+                source_url,
+                target_url,
+                dict(source_options or {}),
+                dict(target_options or {}),
+                store,
+                snapshot_id,
+                required=bool(server_side),
+                options=options,
+                checksum=checksum,
+                concurrency=(store_options or {}).get("upload_concurrency"),
+            )
+            if copied is not None:
+                if progress is not None and copied.size:
+                    progress(copied.size)
+                return replace(copied, elapsed=time.perf_counter() - started)
         source = await open_source(
-            source_url, map_files=options.map_files, **(source_options or {})
+            source_url,
+            map_files=options.map_files,
+            read_streams=options.read_streams,
+            read_part_size=options.read_part_size,
+            ranged_read_threshold=options.ranged_read_threshold,
+            **(source_options or {}),
         )
-        if isinstance(source, S3StreamSource):
+        if isinstance(source, (S3StreamSource, S3RangedSource)):
             source.retry = options.retry
         try:
             meta = SnapshotMeta(snapshot_id=snapshot_id, size=source.size, checksum=checksum)
@@ -205,4 +254,83 @@ async def ship(
         bytes_skipped=stats.bytes_skipped,
         elapsed=time.perf_counter() - started,
         checksum=result.checksum,
+    )
+
+
+def _is_s3_url(url: str) -> bool:
+    return "::" not in url and fsspec.core.split_protocol(url)[0] in ("s3", "s3a")
+
+
+async def _server_side(
+    source_url: str,
+    target_url: str,
+    source_options: dict[str, Any],
+    target_options: dict[str, Any],
+    store: FsspecSnapshotStore,
+    snapshot_id: str,
+    *,
+    required: bool,
+    options: TransferOptions,
+    checksum: str | None,
+    concurrency: int | None,
+) -> TransferReport | None:
+    """Copy on the S3 server when it can (see `ship`'s `server_side`); None: copy through the
+    client instead."""
+    if not (_is_s3_url(source_url) and _is_s3_url(target_url) and is_s3(store.fs)):
+        if required:
+            raise ConfigurationError(
+                f"a server-side copy needs an s3:// source and target, not {source_url!r} -> "
+                f"{target_url!r}"
+            )
+        return None
+    source_endpoint, target_endpoint = s3_endpoint(source_options), s3_endpoint(target_options)
+    if source_endpoint != target_endpoint:
+        if required:
+            raise ConfigurationError(
+                "a server-side copy needs the source and target on one S3 endpoint; the source "
+                f"is on {source_endpoint or 'AWS'}, the target on {target_endpoint or 'AWS'} "
+                "(copy without server_side / --server-side to stream it through this process)"
+            )
+        return None
+    wanted = None if checksum is None else parse_checksum(checksum)
+    fs = await open_s3(target_options)
+    try:
+        with storage_errors(source_url, "open"):
+            bucket, key = split_bucket_key(fs._strip_protocol(source_url))
+        source = await head_source(fs, bucket, key, options.retry)
+        if wanted is not None and source.crc32c is not None and wanted != source.crc32c:
+            raise ChecksumMismatch(
+                source_url, format_checksum(wanted), format_checksum(source.crc32c), whole=True
+            )
+        expected = wanted if wanted is not None else source.crc32c
+        if not required and expected is None:
+            return None  # nothing to prove a server-side copy with: stream it, verified
+        target_bucket, target_key = split_bucket_key(store.path(snapshot_id))
+        result = await server_side_copy(
+            fs,
+            source,
+            target_bucket,
+            target_key,
+            expected=expected,
+            require_proof=not required,
+            part_size=store.part_size,
+            concurrency=concurrency or DEFAULT_COPY_CONCURRENCY,
+            retry=options.retry,
+        )
+    finally:
+        await close_async_filesystem(fs)
+    if result is None:
+        return None
+    return TransferReport(
+        source=source_url,
+        target=target_url,
+        size=source.size,
+        bytes_sent=0,
+        chunks_sent=max(1, result.parts),
+        retries=0,
+        rewinds=0,
+        bytes_skipped=0,
+        elapsed=0.0,
+        checksum=result.checksum,
+        server_side=True,
     )

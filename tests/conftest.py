@@ -17,7 +17,8 @@ S3_ENV = {
     "AWS_SECRET_ACCESS_KEY": TEST_CREDENTIALS["secret"],
     "AWS_DEFAULT_REGION": REGION,
 }
-"""How a user gives an ``fstransport`` process its S3 credentials: the environment, as for boto."""
+"""moto's credentials, as a user gives them to an ``fstransport`` process: the environment.
+Only for moto; a test that may run on another server (``-m s3``) uses ``s3_server.env``."""
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,7 @@ from fstransport.bench import (
 )
 from fstransport.bench.sweep import _check
 from fstransport.errors import ConfigurationError
+from fstransport.testing import S3TestServer
 from fstransport.transfer import TransferReport
 
 KiB = 1024
@@ -150,15 +151,14 @@ async def test_simulated_link_cannot_beat_its_bandwidth_delay_limit() -> None:
 
 
 @pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto's credentials in the environment, where a user's would be (boto reads them)."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def s3_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3TestServer) -> None:
+    """The S3 server's credentials in the environment, where a user's would be (boto reads them)."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.mark.usefixtures("s3_env")
-async def test_sweep_into_a_given_bucket(s3_bucket: str, s3_client: Any, moto_server: str) -> None:
+async def test_sweep_into_a_given_bucket(s3_bucket: str, s3_client: Any, s3_endpoint: str) -> None:
     plan = BenchPlan(
         source="s3",
         target="s3",
@@ -166,7 +166,7 @@ async def test_sweep_into_a_given_bucket(s3_bucket: str, s3_client: Any, moto_se
         chunk_sizes=(1 * MiB,),
         windows=(4,),
         bucket=s3_bucket,
-        endpoint_url=moto_server,
+        endpoint_url=s3_endpoint,
     )
     result = await run_bench(plan)
     assert result.cells[0].seconds
@@ -176,7 +176,7 @@ async def test_sweep_into_a_given_bucket(s3_bucket: str, s3_client: Any, moto_se
 
 @pytest.mark.usefixtures("s3_env")
 async def test_a_cancelled_sweep_leaves_nothing_in_the_bucket(
-    s3_bucket: str, s3_client: Any, moto_server: str
+    s3_bucket: str, s3_client: Any, s3_endpoint: str
 ) -> None:
     plan = BenchPlan(
         target="s3",
@@ -185,7 +185,7 @@ async def test_a_cancelled_sweep_leaves_nothing_in_the_bucket(
         windows=(4,),
         bandwidth=8 * MiB,  # 3 s per copy: cancelled in the middle of the first
         bucket=s3_bucket,
-        endpoint_url=moto_server,
+        endpoint_url=s3_endpoint,
     )
     uploads_seen: list[int] = []
 

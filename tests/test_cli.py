@@ -18,7 +18,8 @@ import pytest
 
 from fstransport import __version__
 from fstransport.options import MiB
-from tests.conftest import S3_ENV, payload
+from fstransport.testing import S3TestServer
+from tests.conftest import payload
 
 # The entry point pip installed next to this interpreter (the venv's bin/ or Scripts/).
 EXE = shutil.which("fstransport", path=str(Path(sys.executable).parent))
@@ -88,20 +89,20 @@ def test_demo_json_report(tmp_path: Path) -> None:
 
 
 def test_ship_to_s3_with_part_size_and_upload_concurrency(
-    tmp_path: Path, moto_server: str, s3_bucket: str, s3_client: Any
+    tmp_path: Path, s3_server: S3TestServer, s3_bucket: str, s3_client: Any
 ) -> None:
     src = tmp_path / "a.bin"
     data = payload(11 * MiB + 3, seed=8)
     src.write_bytes(data)
     dst = f"s3://{s3_bucket}/tuned.bin"
-    args = ("--endpoint-url", moto_server, "--chunk-size", "5MiB", "--json")
+    args = ("--endpoint-url", s3_server.endpoint_url, "--chunk-size", "5MiB", "--json")
     tuning = ("--part-size", "5MiB", "--upload-concurrency", "2")
-    result = run("ship", str(src), dst, *args, *tuning, env=S3_ENV)
+    result = run("ship", str(src), dst, *args, *tuning, env=s3_server.env)
     assert result.returncode == 0, result.stderr
     assert s3_client.get_object(Bucket=s3_bucket, Key="tuned.bin")["Body"].read() == data
     # 5 MiB parts: three of them (the default, 8 MiB, would make two)
     assert s3_client.head_object(Bucket=s3_bucket, Key="tuned.bin")["ETag"].endswith('-3"')
-    too_small = run("ship", str(src), dst, *args, "--part-size", "1MiB", env=S3_ENV)
+    too_small = run("ship", str(src), dst, *args, "--part-size", "1MiB", env=s3_server.env)
     assert too_small.returncode == 2
     assert_one_error_line(too_small, "argument --part-size: must be at least 5.0 MiB")
 
@@ -253,7 +254,7 @@ def test_a_port_out_of_range_is_a_usage_error(port: str) -> None:
 )
 def test_a_signal_mid_s3_upload_leaves_no_multipart_upload(
     tmp_path: Path,
-    moto_server: str,
+    s3_server: S3TestServer,
     s3_bucket: str,
     s3_client: Any,
     sig: signal.Signals,
@@ -264,9 +265,9 @@ def test_a_signal_mid_s3_upload_leaves_no_multipart_upload(
     src = tmp_path / "big.bin"
     src.write_bytes(payload(96 * MiB, seed=9))
     dst = f"s3://{s3_bucket}/big.bin"
-    argv = [EXE, "ship", str(src), dst, "--endpoint-url", moto_server, "--window", "1"]
+    argv = [EXE, "ship", str(src), dst, "--endpoint-url", s3_server.endpoint_url, "--window", "1"]
     proc = subprocess.Popen(
-        argv, env={**os.environ, **S3_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        argv, env={**os.environ, **s3_server.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
     try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+from tests.conftest import S3_ENV
 from tests.test_cli import assert_one_error_line, run
 
 
@@ -42,3 +44,25 @@ def test_missing_root_is_an_error(tmp_path: Path) -> None:
     result = run("cleanup", str(tmp_path / "typo"))
     assert result.returncode == 1
     assert_one_error_line(result, f"ROOT {tmp_path}/typo does not exist")
+
+
+def test_s3_dry_run_lists_an_abandoned_upload_and_keeps_it(
+    moto_server: str, s3_bucket: str, s3_client: Any
+) -> None:
+    upload = s3_client.create_multipart_upload(Bucket=s3_bucket, Key="snaps/x.bin")["UploadId"]
+    args = (
+        "cleanup",
+        f"s3://{s3_bucket}/snaps",
+        "--older-than",
+        "0",
+        "--endpoint-url",
+        moto_server,
+    )
+    dry = run(*args, "--dry-run", env=S3_ENV)
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove s3://{s3_bucket}/snaps/x.bin (upload {upload})" in dry.stdout
+    assert len(s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])) == 1
+    real = run(*args, env=S3_ENV)
+    assert real.returncode == 0, real.stderr
+    assert f"removed s3://{s3_bucket}/snaps/x.bin (upload {upload})" in real.stdout
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

@@ -71,3 +71,19 @@ def test_the_command_line_imports_no_heavy_module_before_a_command_runs() -> Non
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_errors_name_what_the_user_gave_without_errno_or_internal_paths() -> None:
+    from fstransport.cli.errors import describe
+    from fstransport.errors import StorageError
+
+    cause = FileNotFoundError(2, "No such file or directory")
+    internal = StorageError("/data/.fstransport/partial/x.bin", "open", cause)
+    assert describe(internal, target="/data/x.bin") == (
+        "cannot open /data/x.bin: No such file or directory"
+    )
+    gone = StorageError("s3://b/k", "open", FileNotFoundError("bucket 'b' does not exist"))
+    assert describe(gone, endpoint="http://127.0.0.1:9000") == (
+        "cannot open s3://b/k: bucket 'b' does not exist at http://127.0.0.1:9000; "
+        "is --endpoint-url right?"
+    )

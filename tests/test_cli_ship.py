@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from fstransport.options import MiB
+from fstransport.testing import S3TestServer
 from tests.conftest import S3_ENV, payload
 from tests.test_cli import EXE, assert_one_error_line, free_port, run
 
@@ -95,6 +96,11 @@ def test_dry_run_touches_nothing(tmp_path: Path) -> None:
         "would ship a.bin (1000 bytes) -> out/a.bin (create); dry run, nothing sent"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+    as_json = json.loads(run_in(tmp_path, "ship", "a.bin", "a.bin", "--dry-run", "--json").stdout)
+    assert as_json == {
+        "dry_run": True, "source": "a.bin", "target": "a.bin", "size": 1000, "exists": True,
+        "via": None,
+    }  # fmt: skip
 
 
 def test_ignore_existing_skips_an_existing_target(tmp_path: Path) -> None:
@@ -165,10 +171,17 @@ def test_memory_target_warns_that_it_vanishes(tmp_path: Path) -> None:
     assert "vanishes when the command exits" in result.stderr
 
 
-def test_s3_missing_bucket_is_one_line_with_a_hint(tmp_path: Path, moto_server: str) -> None:
+def test_s3_missing_bucket_is_one_line_with_a_hint(tmp_path: Path, s3_server: S3TestServer) -> None:
     (tmp_path / "a.bin").write_bytes(payload(1000))
     dst = "s3://no-such-bucket-here/a.bin"
-    result = run("ship", str(tmp_path / "a.bin"), dst, "--endpoint-url", moto_server, env=S3_ENV)
+    result = run(
+        "ship",
+        str(tmp_path / "a.bin"),
+        dst,
+        "--endpoint-url",
+        s3_server.endpoint_url,
+        env=s3_server.env,
+    )
     assert result.returncode == 1
     assert_one_error_line(result, "does not exist")
     assert "is --endpoint-url right?" in result.stderr
@@ -187,9 +200,17 @@ def test_s3_closed_port_is_one_line_with_a_hint(tmp_path: Path) -> None:
     assert time.monotonic() - started < 60
 
 
-def test_s3_without_credentials_is_one_line_with_a_hint(tmp_path: Path, moto_server: str) -> None:
+def test_s3_without_credentials_is_one_line_with_a_hint(
+    tmp_path: Path, s3_server: S3TestServer
+) -> None:
     (tmp_path / "a.bin").write_bytes(payload(1000))
-    args = ("ship", str(tmp_path / "a.bin"), "s3://b/a.bin", "--endpoint-url", moto_server)
+    args = (
+        "ship",
+        str(tmp_path / "a.bin"),
+        "s3://b/a.bin",
+        "--endpoint-url",
+        s3_server.endpoint_url,
+    )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     assert EXE is not None
     result = subprocess.run(
@@ -208,29 +229,29 @@ def test_s3_bucket_as_source_is_a_usage_error() -> None:
 
 
 def test_s3_folder_target_and_ignore_existing(
-    tmp_path: Path, moto_server: str, s3_bucket: str, s3_client: Any
+    tmp_path: Path, s3_server: S3TestServer, s3_bucket: str, s3_client: Any
 ) -> None:
     data = payload(100_000, seed=5)
     (tmp_path / "a.bin").write_bytes(data)
-    args = ("--endpoint-url", moto_server)
-    result = run("ship", str(tmp_path / "a.bin"), f"s3://{s3_bucket}/dir/", *args, env=S3_ENV)
+    args = ("--endpoint-url", s3_server.endpoint_url)
+    result = run(
+        "ship", str(tmp_path / "a.bin"), f"s3://{s3_bucket}/dir/", *args, env=s3_server.env
+    )
     assert result.returncode == 0, result.stderr
     assert s3_client.get_object(Bucket=s3_bucket, Key="dir/a.bin")["Body"].read() == data
     again = run(
         "ship", str(tmp_path / "a.bin"), f"s3://{s3_bucket}/dir/a.bin", "--ignore-existing",
-        "--json", *args, env=S3_ENV,
+        "--json", *args, env=s3_server.env,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "skipped (--ignore-existing)" in again.stderr
     assert again.stdout == ""
 
 
-def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
-    """Kill a slow ship halfway, ship again: the report names the bytes already there."""
+def interrupt_halfway(tmp_path: Path, args: list[str]) -> None:
+    """Run ``fstransport ARGS --bwlimit 512KiB`` in `tmp_path` and SIGKILL it once its
+    journal records some chunks: a partial copy to resume."""
     assert EXE is not None
-    data = payload(2 * MiB, seed=6)
-    (tmp_path / "a.bin").write_bytes(data)
-    args = ["ship", "a.bin", "b.bin", "--chunk-size", "64KiB", "--window", "1"]
     slow = subprocess.Popen([EXE, *args, "--bwlimit", "512KiB"], cwd=tmp_path)
     journal = tmp_path / ".fstransport" / "journal"
     try:
@@ -245,6 +266,14 @@ def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
         os.kill(slow.pid, signal.SIGKILL)
     finally:
         slow.wait()
+
+
+def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
+    """Kill a slow ship halfway, ship again: the report names the bytes already there."""
+    data = payload(2 * MiB, seed=6)
+    (tmp_path / "a.bin").write_bytes(data)
+    args = ["ship", "a.bin", "b.bin", "--chunk-size", "64KiB", "--window", "1"]
+    interrupt_halfway(tmp_path, args)
     result = run_in(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "b.bin").read_bytes() == data
@@ -253,3 +282,43 @@ def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
     assert "were already there and not sent again" in text
     json_run = run_in(tmp_path, *args[:2], "c.bin", "--json")
     assert json.loads(json_run.stdout)["bytes_skipped"] == 0
+
+
+def test_retries_are_shown_on_verbose_only(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(payload(1000))
+    url = f"http://127.0.0.1:{free_port()}"
+    quiet = run("ship", str(tmp_path / "a.bin"), "a.bin", "--via", url)
+    assert quiet.returncode == 1
+    assert "retrying" not in quiet.stderr
+    verbose = run("ship", str(tmp_path / "a.bin"), "a.bin", "--via", url, "-v")
+    assert verbose.returncode == 1
+    retries = [line for line in verbose.stderr.splitlines() if "retrying" in line]
+    assert len(retries) >= 2, verbose.stderr
+    assert verbose.stderr.splitlines()[-1].startswith("fstransport: error: gave up after")
+
+
+def test_a_fifo_or_device_as_dst_is_refused(tmp_path: Path) -> None:
+    """Installing renames over the target: a named pipe or a device must never be replaced
+    (a named pipe in tmp_path stands for a device, which a failing test must not harm)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result = run("ship", __file__, str(fifo))
+    assert result.returncode == 1
+    assert_one_error_line(result, f"DST {fifo} is not a regular file")
+    assert fifo.is_fifo()
+
+
+def test_ctrl_c_exits_130(tmp_path: Path) -> None:
+    assert EXE is not None
+    (tmp_path / "a.bin").write_bytes(payload(MiB))
+    args = ["ship", "a.bin", "b.bin", "--chunk-size", "64KiB", "--bwlimit", "256KiB"]
+    proc = subprocess.Popen([EXE, *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / ".fstransport" / "journal"
+    deadline = time.monotonic() + 60
+    while not (journal.exists() and any(journal.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "fstransport: interrupted"
+    assert not (tmp_path / "b.bin").exists()

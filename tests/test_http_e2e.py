@@ -35,8 +35,9 @@ from fstransport import (
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.network.http import HttpNetwork
 from fstransport.options import KiB, MiB
+from fstransport.testing import S3TestServer
 from fstransport.transfer import ship
-from tests.conftest import S3_ENV, payload
+from tests.conftest import payload
 
 # The entry point pip installed next to this interpreter (the venv's bin/ or Scripts/).
 EXE = shutil.which("fstransport", path=str(Path(sys.executable).parent))
@@ -167,14 +168,16 @@ def no_multipart_uploads_left(s3_client: Any, bucket: str) -> bool:
 async def test_file_to_s3_through_a_server_process(
     serve: StartServer,
     tmp_path: Path,
-    moto_server: str,
+    s3_server: S3TestServer,
     s3_bucket: str,
     s3_client: Any,
     tuning: tuple[str, ...],
     parts: int,
 ) -> None:
     root = f"s3://{s3_bucket}/received"
-    server = serve(root, "--endpoint-url", moto_server, "--token", TOKEN, *tuning, env=S3_ENV)
+    server = serve(
+        root, "--endpoint-url", s3_server.endpoint_url, "--token", TOKEN, *tuning, env=s3_server.env
+    )
     data = payload(19 * MiB + 7, seed=11)  # 8 MiB parts on S3 by default, the last a short one
     source = tmp_path / "snap.bin"
     source.write_bytes(data)
@@ -232,7 +235,7 @@ class Setup:
     rewinds_at_most: int
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
     if request.param == "local":
         root = tmp_path / "received"
@@ -249,7 +252,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
             # sender rewinds to it once and sends everything from there again)
             resent_at_most=lambda held: 12 * MiB - held + 2 * WINDOW * CHUNK, rewinds_at_most=1,
         )  # fmt: skip
-    moto_server: str = request.getfixturevalue("moto_server")
+    s3_server: S3TestServer = request.getfixturevalue("s3_server")
     bucket: str = request.getfixturevalue("s3_bucket")
     s3_client = request.getfixturevalue("s3_client")
 
@@ -264,7 +267,8 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
     # from there again: what was before it, the sender does not send again.
     size = 20 * MiB
     return Setup(
-        f"s3://{bucket}/received", ("--endpoint-url", moto_server, "--no-auth"), S3_ENV,
+        f"s3://{bucket}/received", ("--endpoint-url", s3_server.endpoint_url, "--no-auth"),
+        s3_server.env,
         lambda: s3_object(s3_client, bucket, "received/snap.bin"), s3_leftovers,
         size=size, kill_at=12 * MiB, held_at_least=lambda acked: S3_PART,
         resent_at_most=lambda held: size - held + 2 * WINDOW * CHUNK, rewinds_at_most=1,
@@ -506,8 +510,10 @@ def test_serve_with_an_unusable_certificate_is_one_line(
         assert lines[0].startswith("fstransport: error: ")
         assert message in lines[0]
         assert result.stdout == ""
-    # flags that do not go together: a usage error (exit 2), its one error line last
-    result = run_cli("serve", str(tmp_path / "r"), "--no-auth", "--keyfile", str(tls_files.key))
+    # a flag without the one it needs is a usage error: argparse's usage line, exit code 2
+    result = run_cli(
+        "serve", str(tmp_path / "r"), "--no-auth", "--keyfile", str(tls_files.key), timeout=60
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines()[-1] == "fstransport serve: error: --keyfile needs --certfile"
     assert "Traceback" not in result.stderr

@@ -90,3 +90,14 @@ def test_finishing_phase_then_100_percent_on_close() -> None:
     assert "100%" in last
     assert "in 3s" in last
     assert out.getvalue().endswith("\n")
+
+
+def test_a_long_overdue_estimate_turns_into_the_finishing_phase() -> None:
+    """The last acknowledgements of an S3 upload arrive only once it is completed: while the
+    estimate has long run out, the bar says so instead of a frozen ETA."""
+    clock = Clock()
+    bar = ProgressBar(10 * 1024 * 1024, Terminal(), clock=clock, finishing="completing upload…")
+    clock.now = 1.0
+    bar.update(9 * 1024 * 1024)  # 9 MiB/s: 1 MiB left is about 0.1 s
+    assert bar.line(now=1.05).endswith("ETA <1s")
+    assert bar.line(now=3.0).endswith("completing upload…")

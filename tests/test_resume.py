@@ -93,7 +93,7 @@ def make_store(kind: str, tmp_path: Path, s3: dict[str, Any] | None = None) -> F
     return FsspecSnapshotStore(s3["url"], part_size=5 * MiB, **s3["options"])
 
 
-@pytest.fixture(params=["memory", "local", "s3"])
+@pytest.fixture(params=["memory", "local", pytest.param("s3", marks=pytest.mark.s3)])
 def store_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
     return kind

@@ -409,3 +409,40 @@ async def test_s3_part_crc_spoiled_where_the_bucket_cannot_tell(
     got = s3_client.get_object(Bucket=s3_bucket, Key=f"resume/{ID}")["Body"].read()
     assert got == data
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+async def test_journal_lines_are_written_only_after_the_data_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit syncs the partial file first; if that sync fails, no line reaches the journal
+    (it stays queued for the next commit)."""
+    from fstransport.storage.sink import PwriteSink
+
+    data = payload(3 * CHUNK, seed=18)
+    meta = meta_for(data)
+    journal_path = str(tmp_path / "journal")
+    monkeypatch.setattr(journal, "QUIET_COMMIT", 60.0)  # commits only when the test says
+    monkeypatch.setattr(journal, "SYNC_INTERVAL", 60.0)
+    sink = await PwriteSink.create(str(tmp_path / "part"), journal_path=journal_path, meta=meta)
+    synced: list[int] = []
+
+    def failing_sync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(journal, "_datasync", failing_sync)
+    for offset in range(0, len(data), CHUNK):
+        await sink.write(
+            offset, data[offset : offset + CHUNK], chunk_crc(data[offset : offset + CHUNK])
+        )
+    assert sink._journal is not None
+    with pytest.raises(OSError, match="Input/output"):
+        await asyncio.to_thread(sink._journal.commit)
+    text = await asyncio.to_thread(Path(journal_path).read_text)
+    assert text.count("\n") == 1, "a line ran ahead of its data"
+    monkeypatch.setattr(journal, "_datasync", synced.append)
+    await asyncio.to_thread(sink._journal.commit)
+    assert len(synced) == 1
+    records = journal.parse_records(await asyncio.to_thread(Path(journal_path).read_text), meta)
+    assert records is not None
+    assert [r.offset for r in records] == [0, CHUNK, 2 * CHUNK]
+    await sink.abort()

@@ -365,6 +365,21 @@ def test_connections_that_never_finish_their_headers_are_closed(server: Any) -> 
     assert "Traceback" not in srv.stderr()
 
 
+def test_a_kept_alive_connection_must_send_its_next_headers_in_time(server: Any) -> None:
+    srv = server("--idle-timeout", "1s")
+    headers = {**wire_headers(GOOD, size=len(GOOD)), b"Connection": None}  # keep-alive
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(raw_request(path_of("kept"), headers, GOOD))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"PUT /v1/snapshots/next HTTP/1.1\r\n")  # ... and no more
+        took = closed_within(sock, 8, trickle=b"X-Slow: " + b"a" * 200)
+    assert took is not None
+    assert took < 6
+
+
 def trickle_body(port: int, snapshot_id: str, length: int, stop: threading.Event) -> int:
     """Declares a `length`-byte body and sends one byte of it every 0.3 s; the status the
     server answers with (0 if none)."""

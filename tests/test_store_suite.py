@@ -120,6 +120,7 @@ class TestLocal(StoreSuite):
         await made.store.close()
 
 
+@pytest.mark.s3
 class TestS3Multipart(StoreSuite):
     @pytest.fixture
     async def target(
@@ -132,6 +133,7 @@ class TestS3Multipart(StoreSuite):
         await made.store.close()
 
 
+@pytest.mark.s3
 class TestS3Sequential(StoreSuite):
     @pytest.fixture
     async def target(

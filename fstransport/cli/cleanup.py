@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from fstransport.cli.args import add_endpoint_option, duration_arg, is_s3_url, storage_options
+from fstransport.cli.errors import UsageError
 
 __all__ = ["add_parser", "run"]
 
@@ -44,6 +45,8 @@ async def run(args: argparse.Namespace) -> int:
     from fstransport.errors import ConfigurationError
     from fstransport.storage.store import FsspecSnapshotStore
 
+    if is_s3_url(args.root) and not args.root.split("://", 1)[1].strip("/"):
+        raise UsageError(f"ROOT {args.root} names no bucket")
     options = storage_options(args, args.root)
     if is_s3_url(args.root):
         options = s3_cli_options(options)

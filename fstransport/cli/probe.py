@@ -40,10 +40,12 @@ def s3_cli_options(storage_options: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Probe:
-    """What one look found: the file's size (None: no such file) and whether it is a folder."""
+    """What one look found: the file's size (None: no such file), whether it is a folder, and
+    whether it is something else that is not a regular file (a device, a pipe)."""
 
     size: int | None
     is_dir: bool = False
+    is_special: bool = False
 
 
 def _look(url: str, storage_options: dict[str, Any], *, bucket_only: bool) -> Probe:
@@ -70,6 +72,8 @@ def _look(url: str, storage_options: dict[str, Any], *, bucket_only: bool) -> Pr
         return Probe(None)
     if info.get("type") == "directory":
         return Probe(None, is_dir=True)
+    if info.get("type") not in ("file", None):
+        return Probe(None, is_special=True)
     size = info.get("size")
     return Probe(int(size) if isinstance(size, int) else None)
 

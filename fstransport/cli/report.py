@@ -25,6 +25,8 @@ def print_report(
     chunks = f"{report.chunks_sent} x up to {chunk}, window {options.max_in_flight}"
     if report.retries or report.rewinds:
         chunks += f" ({report.retries} retries, {report.rewinds} rewinds)"
+    if report.server_side:
+        chunks = f"copied by the S3 server ({report.chunks_sent} part copies)"
     lines = [
         f"{report.source} -> {report.target}",
         f"  size        {format_size(report.size)} ({report.size} bytes)",

@@ -13,6 +13,8 @@ from fstransport.cli.args import (
     bwlimit_arg,
     format_vote,
     is_s3_url,
+    positive_int,
+    positive_size_arg,
     s3_tuning,
     storage_options,
     token_from,
@@ -23,6 +25,7 @@ from fstransport.cli.report import print_report
 from fstransport.cli.serve import os_reason
 from fstransport.errors import ConfigurationError, FstransportError
 from fstransport.options import TransferOptions
+from fstransport.units import format_size
 
 if TYPE_CHECKING:
     import logging
@@ -123,6 +126,29 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "continues only a transfer the same server process still holds (its bytes re-checked)",
     )
     add_s3_tuning(ship_cmd, "DST")
+    ship_cmd.add_argument(
+        "--server-side",
+        action="store_true",
+        help="S3 -> S3 on one endpoint: have the server copy the data (UploadPartCopy), even "
+        "where it cannot prove the copy by checksum (without it, only a provable copy is)",
+    )
+    read_defaults = TransferOptions()
+    ship_cmd.add_argument(
+        "--read-streams",
+        type=positive_int,
+        default=read_defaults.read_streams,
+        metavar="N",
+        help=f"ranged GETs at once for a large s3:// SRC (default {read_defaults.read_streams}; "
+        "1: one streaming GET)",
+    )
+    ship_cmd.add_argument(
+        "--read-part-size",
+        type=positive_size_arg,
+        default=read_defaults.read_part_size,
+        metavar="SIZE",
+        help="bytes per ranged GET of an s3:// SRC "
+        f"(default {format_size(read_defaults.read_part_size)})",
+    )
     ship_cmd.set_defaults(run=run, parser=ship_cmd)
 
 
@@ -171,6 +197,8 @@ def _check_args(args: argparse.Namespace) -> None:
             )
         if args.ignore_existing:
             raise UsageError("--ignore-existing needs a DST it can see; not with --via")
+        if args.server_side:
+            raise UsageError("--server-side copies within one S3 endpoint; not with --via")
     elif args.cafile is not None or args.token is not None or args.token_file is not None:
         raise UsageError(
             "--token and --cafile are for shipping --via a server (and --token-file too)"
@@ -189,7 +217,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _join(folder: str, name: str) -> str:
-    return folder if folder.endswith("/") and not name else f"{folder.rstrip('/')}/{name}"
+    return f"{folder}{name}" if folder.endswith("/") else f"{folder}/{name}"
 
 
 async def _resolve_target(args: argparse.Namespace) -> str:
@@ -205,14 +233,16 @@ async def _resolve_target(args: argparse.Namespace) -> str:
     if args.via is None and args.src != "-":
         from fstransport.cli.probe import probe
 
-        found = await probe(dst, storage_options(args, dst), verb="open")
+        found = await probe(dst, storage_options(args, dst), verb="write to")
         if found.is_dir:
             return _join(dst, name)
     return dst
 
 
-def _resume_notes(bar: ProgressBar) -> logging.Filter:
-    """A filter on the sender's log that tells `bar` about bytes the receiver already held."""
+def _resume_notes(bar: ProgressBar, threshold: int) -> logging.Filter:
+    """A filter on the sender's log that tells `bar` about bytes the receiver already held
+    (the sender's note is the only place that says so while the copy runs), and passes on
+    only records at `threshold` or above (the level the user chose)."""
     import logging
 
     class Held(logging.Filter):
@@ -221,7 +251,7 @@ def _resume_notes(bar: ProgressBar) -> logging.Filter:
                 held = record.args[0] if isinstance(record.args, tuple) else None
                 if isinstance(held, int):
                     bar.skip(held)
-            return True
+            return record.levelno >= threshold
 
     return Held()
 
@@ -245,7 +275,11 @@ async def run(args: argparse.Namespace) -> int:
     tls = _client_tls(args.via, args.cafile) if args.via else None
     vote: Vote = args.vote or Vote(0, 0)
     options = TransferOptions(
-        chunk_size=args.chunk_size, max_in_flight=args.window, rate_limit=args.bwlimit
+        chunk_size=args.chunk_size,
+        max_in_flight=args.window,
+        rate_limit=args.bwlimit,
+        read_streams=args.read_streams,
+        read_part_size=args.read_part_size,
     )
     out = sys.stderr if args.dst == "-" else sys.stdout  # the data owns stdout
     dst = "-" if args.dst == "-" else await _resolve_target(args)
@@ -267,15 +301,21 @@ async def run(args: argparse.Namespace) -> int:
         size = found.size
     exists = False
     if dst != "-" and args.via is None:
-        exists = (await probe(dst, target_options, verb="write to")).size is not None
-    elif is_s3_url(dst):
-        await probe(dst, target_options, verb="write to", bucket_only=True)
+        there = await probe(dst, target_options, verb="write to")
+        if there.is_special:
+            # installing replaces the target: never a device or a pipe (use - for stdout)
+            raise ConfigurationError(f"DST {dst} is not a regular file; give a file name or -")
+        exists = there.size is not None
 
     shown_size = "unknown size" if size is None else f"{size} bytes"
     where = f" via {args.via}" if args.via else ""
     if args.ignore_existing and exists:
         if not args.quiet:
             print(f"fstransport: {dst} exists; skipped (--ignore-existing)", file=sys.stderr)
+        return 0
+    if args.dry_run and args.json:
+        plan = {"dry_run": True, "source": args.src, "target": dst, "size": size, "exists": exists}
+        print(json.dumps({**plan, "via": args.via}, indent=2), file=out)
         return 0
     if args.dry_run:
         verb = "overwrite" if exists else "create"
@@ -300,8 +340,11 @@ async def run(args: argparse.Namespace) -> int:
             target = _scratch_target(cleanup, args.src)
         finishing = "completing upload…" if is_s3_url(target) else "finishing…"
         bar = ProgressBar(size, finishing=finishing, enabled=not args.quiet)
-        notes = _resume_notes(bar)
+        threshold = logging.getLogger("fstransport").getEffectiveLevel()
+        notes = _resume_notes(bar, threshold)
         sender_log = logging.getLogger("fstransport.sender")
+        sender_level = sender_log.level
+        sender_log.setLevel(min(logging.INFO, threshold))  # the note must reach the filter
         sender_log.addFilter(notes)
         ticker = asyncio.create_task(_tick(bar))
         http: HttpNetwork | None = None
@@ -323,6 +366,7 @@ async def run(args: argparse.Namespace) -> int:
                 progress=bar.update,
                 checksum=args.checksum,
                 vote=vote,
+                server_side=True if args.server_side else None,
             )
             completed = True
         except UntrustedPeer as exc:
@@ -337,6 +381,7 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             ticker.cancel()
             sender_log.removeFilter(notes)
+            sender_log.setLevel(sender_level)
             bar.close(completed=completed)
             if http is not None:
                 await http.close()

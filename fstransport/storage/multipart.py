@@ -95,6 +95,7 @@ class MultipartSink:
         self._saver: asyncio.Task[None] | None = None
         self.part_crcs: dict[int, int] = {}
         self.full_object = False
+        """Whether the server took the full-object CRC32C (said so when the upload began)."""
         self._want_full_object = full_object_checksum
         self.whole_crc: int | None = None
         """The whole snapshot's CRC32C, set before `finish`: S3 then checks the object too."""
@@ -362,8 +363,12 @@ class MultipartSink:
     # -- uploads -----------------------------------------------------------------------------
 
     def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise StorageError(self.url, "upload", self._failure) from self._failure
+        failure = self._failure
+        if failure is not None:
+            # a part's StorageError already says what failed: keep its cause, so that whether
+            # it can be retried is still seen (a 404 NoSuchUpload cannot; a 500 may)
+            cause = failure.cause if isinstance(failure, StorageError) else failure
+            raise StorageError(self.url, "upload", cause) from failure
 
     async def _ensure_upload(self) -> str:
         async with self._create_lock:
@@ -377,7 +382,11 @@ class MultipartSink:
                             ChecksumAlgorithm="CRC32C",
                             ChecksumType="FULL_OBJECT",
                         )
-                        self.full_object = True
+                        # Only a server that answers with the checksum type has taken it:
+                        # Ceph RGW 16 accepts the header and ignores it.
+                        self.full_object = response.get("ChecksumType") == "FULL_OBJECT"
+                        if not self.full_object:
+                            log.info("%s: full-object checksum not taken by the server", self.url)
                     except StorageError as exc:
                         log.info("%s: no full-object checksums here (%s)", self.url, exc)
                 if response is None:  # every part still carries its own CRC32C

@@ -40,7 +40,13 @@ from fstransport.storage.base import (  # the interfaces live in base.py (no fss
     read_checked,
     source_checksum,
 )
-from fstransport.storage.s3 import S3StreamSource, is_s3
+from fstransport.storage.s3 import is_s3
+from fstransport.storage.s3_ranged import (
+    DEFAULT_RANGED_THRESHOLD,
+    DEFAULT_READ_PART_SIZE,
+    DEFAULT_READ_STREAMS,
+    open_s3_source,
+)
 
 __all__ = [
     "AsyncFsSource",
@@ -279,12 +285,20 @@ async def source_for_file(fileobj: IO[bytes], description: str | None = None) ->
 
 
 async def open_source(
-    url: str, *, map_files: bool = True, **storage_options: object
+    url: str,
+    *,
+    map_files: bool = True,
+    read_streams: int = DEFAULT_READ_STREAMS,
+    read_part_size: int = DEFAULT_READ_PART_SIZE,
+    ranged_read_threshold: int = DEFAULT_RANGED_THRESHOLD,
+    **storage_options: object,
 ) -> ChunkSource:
     """Open the snapshot at fsspec `url` for ranged reads; close it with ``await source.close()``.
 
     A local file is read through memory maps unless `map_files` is False (see `map_range`:
-    fastest, but the file must not be truncated while it is read).
+    fastest, but the file must not be truncated while it is read).  An S3 object of at least
+    `ranged_read_threshold` bytes is read with `read_streams` ranged GETs of `read_part_size`
+    bytes at once (`S3RangedSource`), a smaller one with one streaming GET (`S3StreamSource`).
     Raises `StorageError` (verb ``"open"``) if it does not exist or cannot be opened.
     """
     with storage_errors(url, "open"):
@@ -292,7 +306,13 @@ async def open_source(
         if "::" not in url:
             cls = fsspec.get_filesystem_class(protocol)
             if is_s3(cls):
-                return await S3StreamSource.open(url, dict(storage_options))
+                return await open_s3_source(
+                    url,
+                    dict(storage_options),
+                    streams=read_streams,
+                    part_size=read_part_size,
+                    threshold=ranged_read_threshold,
+                )
             if getattr(cls, "async_impl", False):
                 return await AsyncFsSource.open(url, **storage_options)
         fs, path = fsspec.core.url_to_fs(url, **storage_options)

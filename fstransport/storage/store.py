@@ -88,7 +88,8 @@ class FsspecSnapshotStore:
     `fsync` (local targets only) flushes each finished snapshot to disk before it is installed.
     `retry` is how transient storage failures (5xx, SlowDown, connection resets) are retried
     before they surface as `StorageError`.  `full_object_checksum` asks S3 to verify each
-    object's whole CRC32C too (see the property of that name for the default).
+    object's whole CRC32C too, where the server takes it (see the property of that name for the
+    default).
 
     On S3 a snapshot is uploaded straight to ``root/<snapshot_id>`` and appears there when the
     upload completes, after the final chunk was verified; there is no rename on S3.  Close the

@@ -1,0 +1,412 @@
+"""Reading a large S3 object with several ranged GETs at once, handed out in order.
+
+`S3RangedSource` cuts the object into parts of `part_size` bytes and keeps up to `streams` of
+them fetched or being fetched, starting at the lowest offset a read is waiting for (or, between
+reads, where the last read ended: read-ahead).  The sender reads in offset order with a window
+of chunks in flight, so the parts it is about to want are already on their way.  Bounds and
+rules:
+
+- Memory: at most `streams` part buffers are held at once (``streams x part_size`` bytes); a
+  read that needs a part beyond that waits until a read below it is served.  A part leaves as
+  soon as every read that needed it has moved past it, or when reads moved elsewhere (a rewind
+  or a skip) and it lies outside the window.  A read that lies within one part is handed that
+  part's buffer (or a view of it) without a copy; one that spans parts is joined into a buffer
+  of its own.
+- Retries: each part is fetched on its own, retried with the `RetryPolicy`'s backoff; a GET
+  that breaks mid-way is asked again for the rest of its range only, from where it stopped.
+- Consistency: every GET carries ``If-Match`` with the ETag the object had when it was opened,
+  and each answer's ETag is compared too: an object replaced mid-transfer ends the read in
+  `SourceChanged`, never in bytes of two versions.
+
+`open_s3_source` picks this source for objects of at least `threshold` bytes and the one-GET
+`S3StreamSource` below that (and for servers that read the whole object for every GET, as moto
+does, where ranged reads cost more than they bring; see ``docs/s3.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from typing import Any
+
+from fstransport.errors import ConfigurationError, FstransportError, StorageError
+from fstransport.messages import Buffer
+from fstransport.options import MiB, RetryPolicy
+from fstransport.protocol.parts import HandedOver
+from fstransport.storage._aio import close_async_filesystem
+from fstransport.storage.s3 import (
+    S3StreamSource,
+    check_etag,
+    precondition_failed,
+    s3_object_info,
+    source_changed,
+    split_bucket_key,
+)
+
+__all__ = [
+    "DEFAULT_RANGED_THRESHOLD",
+    "DEFAULT_READ_PART_SIZE",
+    "DEFAULT_READ_STREAMS",
+    "S3RangedSource",
+    "open_s3_source",
+]
+
+log = logging.getLogger("fstransport.s3")
+
+DEFAULT_READ_STREAMS = 4
+"""Ranged GETs in flight at once for a large S3 source (as rclone's download streams)."""
+DEFAULT_READ_PART_SIZE = 8 * MiB
+"""Bytes per ranged GET: the default chunk size, so that a chunk is one part, without a copy."""
+FALLBACK_RATIO: float | None = 3.0
+"""A server that takes more than this many times longer to answer a GET than to send a part
+(moto: 5-50x, it reads the whole object first; real servers: a round trip, ~0.1-1.5x) is read
+with one streaming GET.  None: always ranged GETs."""
+DEFAULT_RANGED_THRESHOLD = 256 * MiB
+"""Objects of at least this many bytes are read with ranged GETs; smaller ones with one GET."""
+
+
+def check_read_options(streams: int, part_size: int, threshold: int) -> None:
+    """`ConfigurationError` unless the ranged-read settings are usable."""
+    for name, value, least in (
+        ("read_streams", streams, 1),
+        ("read_part_size", part_size, 1),
+        ("ranged_read_threshold", threshold, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigurationError(f"{name} must be a whole number >= {least}, got {value!r}")
+
+
+async def open_s3_source(
+    url: str,
+    storage_options: dict[str, Any],
+    *,
+    streams: int = DEFAULT_READ_STREAMS,
+    part_size: int = DEFAULT_READ_PART_SIZE,
+    threshold: int = DEFAULT_RANGED_THRESHOLD,
+) -> S3StreamSource | S3RangedSource:
+    """The S3 object at `url`, opened for reading: with `streams` ranged GETs of `part_size`
+    bytes when it holds at least `threshold` bytes and `streams` > 1, else with one GET."""
+    check_read_options(streams, part_size, threshold)
+    fs, info = await s3_object_info(url, storage_options)
+    bucket, key = split_bucket_key(fs._strip_protocol(url))
+    size = int(info["size"])
+    etag = info.get("ETag") or None
+    if streams > 1 and size >= threshold and size > part_size:
+        return S3RangedSource(
+            fs, bucket, key, size, url, etag=etag, streams=streams, part_size=part_size
+        )
+    return S3StreamSource(fs, bucket, key, size, url, etag)
+
+
+class S3RangedSource:
+    """An S3 object read with up to `streams` ranged GETs of `part_size` bytes at once."""
+
+    def __init__(
+        self,
+        fs: Any,
+        bucket: str,
+        key: str,
+        size: int,
+        description: str,
+        *,
+        etag: str | None,
+        streams: int = DEFAULT_READ_STREAMS,
+        part_size: int = DEFAULT_READ_PART_SIZE,
+        retry: RetryPolicy | None = None,
+        fallback: bool = True,
+    ) -> None:
+        """`fallback`: start with one streaming GET and go over to ranged GETs only when the
+        server answers it quickly (see `FALLBACK_RATIO`); else ranged GETs from the start."""
+        check_read_options(streams, part_size, 0)
+        self._fs = fs
+        self._bucket = bucket
+        self._key = key
+        self.size = size
+        self.description = description
+        self.etag = etag
+        self.streams = streams
+        self.part_size = part_size
+        self.retry = retry or RetryPolicy()
+        self.part_count = -(-size // part_size)
+        self.gets = 0
+        """GET requests made (a part fetched again after a break counts again)."""
+        self.max_held = 0
+        """Most bytes of part buffers held at once (at most `streams` x `part_size`)."""
+        self._parts: dict[int, asyncio.Task[HandedOver]] = {}
+        self._readers: dict[int, int] = {}  # read token -> next offset it needs
+        self._tokens = 0
+        self._cursor = 0  # where the last read ended: read-ahead starts here between reads
+        self._changed = asyncio.Event()
+        self._closed = False
+        # "probe": reading the first part with one streaming GET, timing the server's answer;
+        # "ranged": ranged GETs; "stream": one streaming GET (the server answers GETs slowly)
+        self._mode = "probe" if fallback and FALLBACK_RATIO is not None else "ranged"
+        self._timings: list[tuple[float, float]] = []  # (answer time, body time) of whole GETs
+        self._stream: S3StreamSource | None = None
+        self._stream_reads = 0
+
+    # -- the window of parts ---------------------------------------------------------------------
+
+    def _range(self, number: int) -> tuple[int, int]:
+        start = number * self.part_size
+        return start, min(self.size, start + self.part_size)
+
+    def _held(self) -> int:
+        return sum(end - start for start, end in map(self._range, self._parts))
+
+    def _rebalance(self) -> None:
+        """Drop parts no read needs any more, and start fetching what reads will want next."""
+        positions = [p for p in self._readers.values() if p < self.size]
+        needed = {p // self.part_size for p in positions}
+        anchor = (min(positions) if positions else self._cursor) // self.part_size
+        ahead = self.streams if self._mode == "ranged" else 0  # read-ahead in ranged mode only
+        window = range(anchor, min(anchor + ahead, self.part_count))
+        for number in list(self._parts):
+            if number not in needed and number not in window:
+                task = self._parts.pop(number)
+                if not task.done():
+                    task.cancel()
+        for number in sorted(needed | set(window)):
+            if len(self._parts) >= self.streams:
+                break
+            if number not in self._parts and not self._closed:
+                task = asyncio.ensure_future(self._fetch(number))
+                task.add_done_callback(_retrieve)
+                self._parts[number] = task
+        self.max_held = max(self.max_held, self._held())
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _part(self, number: int) -> HandedOver:
+        """Part `number`'s bytes, once it is this read's turn to have it fetched."""
+        while True:
+            task = self._parts.get(number)
+            if task is not None:
+                return await asyncio.shield(task)  # another read may be waiting for it too
+            if self._closed:
+                raise StorageError(self.description, "read", ValueError("source closed"))
+            self._rebalance()
+            if number not in self._parts:  # beyond the window: wait for a read below it
+                await self._changed.wait()
+
+    async def _fetch(self, number: int) -> HandedOver:
+        """GET part `number`'s range, again from where it broke off after a failure."""
+        start, end = self._range(number)
+        buffer = HandedOver(end - start)  # never written again once handed out
+        view = memoryview(buffer)
+        filled = 0
+        failures = 0
+        while filled < len(buffer):
+            try:
+                filled = await self._get_into(view, start, filled)
+                continue
+            except _Partial as partial:
+                filled, exc = partial.filled, partial.error
+            if precondition_failed(exc):
+                raise source_changed(self.description, exc) from exc
+            failures += 1
+            error = StorageError(self.description, "read", exc)
+            if not error.retryable or failures >= self.retry.max_attempts:
+                raise error from exc
+            log.warning(
+                "%s (bytes %d-%d, attempt %d of %d); asking again from byte %d",
+                error,
+                start,
+                end - 1,
+                failures,
+                self.retry.max_attempts,
+                start + filled,
+            )
+            await asyncio.sleep(self.retry.backoff(failures))
+        return buffer
+
+    async def _get_into(self, view: memoryview, start: int, filled: int) -> int:
+        """One ranged GET for ``view[filled:]`` (the part begins at byte `start`); returns how
+        much of `view` is filled when it ends, or raises with the bytes it read kept."""
+        first, last = start + filled, start + len(view) - 1
+        match = {"IfMatch": self.etag} if self.etag else {}
+        self.gets += 1
+        body: Any = None
+        asked = time.perf_counter()
+        try:
+            response = await self._fs._call_s3(
+                "get_object",
+                Bucket=self._bucket,
+                Key=self._key,
+                Range=f"bytes={first}-{last}",
+                **match,
+            )
+            body = response["Body"]
+            answered = time.perf_counter()
+            check_etag(response, self.etag, self.description)
+            wanted = f"bytes {first}-{last}/{self.size}"
+            if response.get("ContentRange", wanted) != wanted:
+                raise OSError(f"asked for {wanted}, got {response.get('ContentRange')}")
+            while filled < len(view):
+                got = await body.readinto(view[filled:])
+                if got == 0:
+                    raise ConnectionResetError(
+                        f"the answer for bytes {first}-{last} ended at byte {start + filled}"
+                    )
+                filled += got
+        except FstransportError:
+            raise
+        except Exception as exc:
+            raise _Partial(filled, exc) from exc
+        finally:
+            if body is not None:
+                body.close()
+        if first == start:  # a whole part in one GET: a fair sample of what a GET costs
+            self._judge(answered - asked, time.perf_counter() - answered)
+        return filled
+
+    def _judge(self, answer_time: float, body_time: float) -> None:
+        """After the first `streams` GETs: fall back to one streaming GET when the server takes
+        far longer to answer a GET than to send its part (it reads the whole object for each,
+        as moto does), so that ranged reads would cost more than they bring."""
+        ratio = FALLBACK_RATIO
+        if ratio is None or self._mode != "ranged" or len(self._timings) >= self.streams:
+            return
+        self._timings.append((answer_time, body_time))
+        if len(self._timings) < self.streams:
+            return
+        answer = statistics.median(t for t, _ in self._timings)
+        body = statistics.median(b for _, b in self._timings)
+        if answer > ratio * max(body, 1e-3):
+            log.info(
+                "%s: a ranged GET takes %.0f ms to answer and %.0f ms to send its %d bytes; "
+                "reading the rest with one streaming GET",
+                self.description,
+                answer * 1000,
+                body * 1000,
+                self.part_size,
+            )
+            self._mode = "stream"
+            self._rebalance()
+
+    def _stream_source(self) -> S3StreamSource:
+        if self._stream is None:
+            stream = S3StreamSource(
+                self._fs, self._bucket, self._key, self.size, self.description, self.etag
+            )
+            self._stream = stream
+        self._stream.retry = self.retry
+        return self._stream
+
+    def _probe(self) -> None:
+        """Once the first streaming GET has sent a part's worth: stay with it when the server
+        took far longer to answer than to send that part, else go over to ranged GETs."""
+        stream = self._stream
+        if self._mode != "probe" or stream is None or stream.first_answer is None:
+            return
+        if stream.read_since_answer < min(self.part_size, self.size):
+            return
+        elapsed = time.perf_counter() - stream.answered_at
+        per_part = elapsed * self.part_size / stream.read_since_answer
+        ratio = FALLBACK_RATIO if FALLBACK_RATIO is not None else float("inf")
+        slow = stream.first_answer > ratio * max(per_part, 1e-3)
+        log.info(
+            "%s: the first GET took %.0f ms to answer, %.0f ms per %d bytes after; %s",
+            self.description,
+            stream.first_answer * 1000,
+            per_part * 1000,
+            self.part_size,
+            "keeping one streaming GET" if slow else f"reading {self.streams} ranges at once",
+        )
+        self._mode = "stream" if slow else "ranged"
+        if not slow:
+            self._cursor = stream._position if stream._position >= 0 else self._cursor
+            self._rebalance()
+
+    # -- ChunkSource -----------------------------------------------------------------------------
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether this source reads with one streaming GET (see `_probe` and `_judge`)."""
+        return self._mode == "stream"
+
+    @property
+    def mode(self) -> str:
+        """``"probe"`` (the first part, one GET), ``"ranged"`` or ``"stream"``."""
+        return self._mode
+
+    async def read(self, offset: int, length: int) -> Buffer:
+        end = min(self.size, offset + length)
+        if end <= offset:
+            return b""
+        if self._mode != "ranged" and not self._parts_cover(offset, end):
+            stream = self._stream_source()
+            self._stream_reads += 1
+            try:
+                data = await stream.read(offset, length)
+            finally:
+                self._stream_reads -= 1
+            self._cursor = offset + len(data)
+            self._probe()
+            if self._mode == "ranged" and self._stream_reads == 0:
+                stream._drop_body()  # ranged GETs from here on: let the long GET go
+            return data
+        token = self._tokens = self._tokens + 1
+        self._readers[token] = offset
+        pieces: list[memoryview | HandedOver] = []
+        try:
+            position = offset
+            while position < end:
+                number = position // self.part_size
+                part_start, part_end = self._range(number)
+                data = await self._part(number)
+                stop = min(end, part_end)
+                whole = position == part_start and stop == part_end
+                pieces.append(
+                    data if whole else memoryview(data)[position - part_start : stop - part_start]
+                )
+                position = stop
+                self._readers[token] = position
+                self._rebalance()
+        finally:
+            del self._readers[token]
+            self._cursor = end
+            if not self._closed:
+                self._rebalance()
+        if len(pieces) == 1:
+            return pieces[0]
+        joined = HandedOver(end - offset)
+        at = 0
+        for piece in pieces:
+            joined[at : at + len(piece)] = piece
+            at += len(piece)
+        return joined
+
+    def _parts_cover(self, start: int, end: int) -> bool:
+        """Whether every part holding bytes ``[start, end)`` is held or being fetched."""
+        first, last = start // self.part_size, (end - 1) // self.part_size
+        return all(n in self._parts for n in range(first, last + 1))
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._stream is not None:
+            self._stream._drop_body()  # (the filesystem is this source's, closed below)
+        tasks = list(self._parts.values())
+        self._parts.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._changed.set()
+        await close_async_filesystem(self._fs)
+
+
+class _Partial(Exception):
+    """A GET that broke after filling its part's buffer up to `filled`."""
+
+    def __init__(self, filled: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.filled = filled
+        self.error = error
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a prefetch's failure as seen: the read that needs the part raises it."""
+    if not task.cancelled():
+        task.exception()

@@ -25,6 +25,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from fstransport.checksum import chunk_crc
 from fstransport.messages import SnapshotMeta
 from fstransport.protocol.ranges import ChunkRecord
+from fstransport.storage._files import open_fd
 
 __all__ = [
     "LocalJournal",
@@ -160,13 +161,17 @@ class LocalJournal:
 
     @classmethod
     def create(cls, path: str, meta: SnapshotMeta, data_fd: int = -1) -> LocalJournal:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        os.write(fd, header(meta).encode())
+        fd = open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+        try:
+            os.write(fd, header(meta).encode())
+        except BaseException:
+            os.close(fd)
+            raise
         return cls(path, fd, data_fd)
 
     @classmethod
     def reopen(cls, path: str, data_fd: int = -1) -> LocalJournal:
-        return cls(path, os.open(path, os.O_WRONLY | os.O_APPEND), data_fd)
+        return cls(path, open_fd(path, os.O_WRONLY | os.O_APPEND), data_fd)
 
     @staticmethod
     def read(path: str) -> str | None:

@@ -31,6 +31,7 @@ from fstransport.checksum import chunk_crc
 from fstransport.messages import Buffer, Pieces, SnapshotMeta
 from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._errors import storage_errors
+from fstransport.storage._files import open_fd
 from fstransport.storage.base import (  # the interfaces live in base.py (no fsspec); kept here
     NOTHING_LOST,
     CheckedSink,
@@ -236,13 +237,17 @@ class PwriteSink:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             # (read too: `verify` re-reads what a resumed partial holds)
             flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
-            fd = os.open(path, flags if resume else flags | os.O_TRUNC, 0o644)
+            fd = open_fd(path, flags if resume else flags | os.O_TRUNC)
             if journal_path is None or meta is None:
                 return fd, None
-            os.makedirs(os.path.dirname(journal_path), exist_ok=True)
-            if resume:
-                return fd, LocalJournal.reopen(journal_path, fd)
-            return fd, LocalJournal.create(journal_path, meta, fd)
+            try:
+                os.makedirs(os.path.dirname(journal_path), exist_ok=True)
+                if resume:
+                    return fd, LocalJournal.reopen(journal_path, fd)
+                return fd, LocalJournal.create(journal_path, meta, fd)
+            except BaseException:
+                os.close(fd)  # not left open behind a journal that could not be opened
+                raise
 
         with storage_errors(path, "open"):
             fd, journal = await asyncio.to_thread(_create)

@@ -49,6 +49,9 @@ def test_a_lasting_shortage_ends_in_the_error(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_other_errors_are_not_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fstransport.storage._files.time.sleep", lambda seconds: pytest.fail("waited"))
+    def no_wait(seconds: float) -> None:
+        pytest.fail("waited")
+
+    monkeypatch.setattr("fstransport.storage._files.time.sleep", no_wait)
     with pytest.raises(FileNotFoundError):
         open_fd(str(tmp_path / "missing" / "f"), os.O_RDONLY)

@@ -37,7 +37,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 VIRTUAL_TIME_CLI = (
     "import asyncio, sys\n"
-    "from fstransport._testkit.clock import FakeClock\n"
+    "from fstransport.testing.clock import FakeClock\n"
     "asyncio.run = FakeClock(autojump_threshold=0.05).run  # backoffs take no real time\n"
     "from fstransport.cli import main\n"
     "sys.exit(main())"

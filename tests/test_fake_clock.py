@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fstransport._testkit.clock import FakeClock
+from fstransport.testing.clock import FakeClock
 
 
 def test_a_long_sleep_takes_no_real_time_but_virtual_time_passes() -> None:

@@ -35,10 +35,10 @@ from fstransport import (
     Vote,
     ship,
 )
-from fstransport._testkit.mock import MockNetwork, answer, deliver_to, fail, hang
 from fstransport.checksum import chunk_crc
 from fstransport.messages import contiguous
 from fstransport.network import FaultStats, FaultyNetwork
+from fstransport.testing.mock import MockNetwork, answer, deliver_to, fail, hang
 from tests.conftest import payload
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=20)

@@ -22,10 +22,10 @@ from fstransport import (
     Receiver,
     contiguous,
 )
-from fstransport._testkit.mock import Handler, MockNetwork, deliver_to
-from fstransport._testkit.network_suite import Connect, NetworkSuite
 from fstransport.checksum import chunk_crc
 from fstransport.server import create_app
+from fstransport.testing.mock import Handler, MockNetwork, deliver_to
+from fstransport.testing.network_suite import Connect, NetworkSuite
 
 
 class TestLoopback(NetworkSuite):

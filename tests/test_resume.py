@@ -25,10 +25,10 @@ from fstransport import (
     Vote,
     ship,
 )
-from fstransport._testkit.mock import MockNetwork, deliver_to, hang
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.options import KiB, MiB
 from fstransport.storage import journal
+from fstransport.testing.mock import MockNetwork, deliver_to, hang
 from tests.conftest import payload
 
 V = Vote(1, 0)

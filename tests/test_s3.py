@@ -30,13 +30,13 @@ from fstransport import (
     Vote,
     ship,
 )
-from fstransport._testkit.mock import MockNetwork, deliver_to
 from fstransport.checksum import chunk_crc
 from fstransport.options import MiB
 from fstransport.storage.multipart import MultipartSink
 from fstransport.storage.s3 import S3StreamSource, crc32c_header
 from fstransport.storage.source import open_source
 from fstransport.testing import S3Flavor
+from fstransport.testing.mock import MockNetwork, deliver_to
 from tests.conftest import payload
 
 PART = 5 * MiB

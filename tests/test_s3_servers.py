@@ -18,7 +18,8 @@ from fstransport import (
     Vote,
 )
 from fstransport.options import MiB
-from fstransport.testing import S3Flavor, S3TestServer, _remove_bucket, probe_flavor
+from fstransport.testing import S3Flavor, S3TestServer, probe_flavor
+from fstransport.testing.s3 import _remove_bucket
 from tests.conftest import payload
 
 pytest_plugins = ["pytester"]

@@ -31,10 +31,10 @@ from fstransport import (
     Unreachable,
     Vote,
 )
-from fstransport._testkit.clock import FakeClock
-from fstransport._testkit.mock import MockNetwork, deliver_to, fail, hang
 from fstransport.sender import send_source
 from fstransport.storage.source import BufferSource
+from fstransport.testing.clock import FakeClock
+from fstransport.testing.mock import MockNetwork, deliver_to, fail, hang
 from tests.conftest import payload
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=4)

@@ -1,4 +1,4 @@
-"""The store conformance suite (`fstransport._testkit.store_suite`), bound to every target of
+"""The store conformance suite (`fstransport.testing.store_suite`), bound to every target of
 `FsspecSnapshotStore`, one fixtures class per backend:
 
 - ``memory``: ``memory://`` with its default sink (written in place);
@@ -22,7 +22,7 @@ import fsspec
 import pytest
 
 from fstransport import FsspecSnapshotStore
-from fstransport._testkit.store_suite import PART, StoreSuite, Target
+from fstransport.testing.store_suite import PART, StoreSuite, Target
 
 # -- targets -------------------------------------------------------------------------------------
 

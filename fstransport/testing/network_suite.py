@@ -8,7 +8,7 @@ server around it, open a client to it; stop both on exit)::
     import contextlib
 from contextlib import AbstractAsyncContextManager
     import pytest
-    from fstransport._testkit.network_suite import NetworkSuite
+    from fstransport.testing.network_suite import NetworkSuite
 
     class TestMyNetwork(NetworkSuite):
         @pytest.fixture

@@ -6,7 +6,7 @@ store's root (boto3 for S3, the filesystem for a folder, ...), so the tests chec
 landed, not only what the store says.  Bind the suite to your store with one fixture::
 
     import pytest
-    from fstransport._testkit.store_suite import StoreSuite, Target
+    from fstransport.testing.store_suite import StoreSuite, Target
 
     class MyTarget(Target):
         name = "mine"
@@ -36,7 +36,23 @@ from dataclasses import replace
 
 import pytest
 
-from fstransport._testkit.store_target import (
+from fstransport.checksum import chunk_crc
+from fstransport.errors import (
+    ChecksumMismatch,
+    InvalidRequest,
+    RemoteError,
+    SnapshotMismatch,
+    StorageError,
+)
+from fstransport.messages import (
+    Pieces,
+    Snapshot,
+    SnapshotMeta,
+)
+from fstransport.options import MiB, TransferOptions
+from fstransport.receiver import Receiver
+from fstransport.sender import Chunked
+from fstransport.testing.store_target import (
     GAPS,
     ID,
     MULTI,
@@ -62,22 +78,6 @@ from fstransport._testkit.store_target import (
     swallow_once,
     wrong_checksum,
 )
-from fstransport.checksum import chunk_crc
-from fstransport.errors import (
-    ChecksumMismatch,
-    InvalidRequest,
-    RemoteError,
-    SnapshotMismatch,
-    StorageError,
-)
-from fstransport.messages import (
-    Pieces,
-    Snapshot,
-    SnapshotMeta,
-)
-from fstransport.options import MiB, TransferOptions
-from fstransport.receiver import Receiver
-from fstransport.sender import Chunked
 
 __all__ = ["MULTI", "PART", "SMALL", "InspectableStore", "StoreSuite", "Target"]
 

@@ -1,4 +1,4 @@
-"""A pytest plugin with an S3 server for tests: moto in server mode over real HTTP on 127.0.0.1,
+"""The pytest fixtures of an S3 server for tests: moto in server mode over real HTTP on 127.0.0.1,
 or any S3 endpoint you name.
 
 Installed with fstransport (entry point ``pytest11``), so its fixtures are available in any

@@ -1,4 +1,4 @@
-"""The pieces of the store conformance suite (`fstransport._testkit.store_suite`): the
+"""The pieces of the store conformance suite (`fstransport.testing.store_suite`): the
 `Target` a backend binds, the `InspectableStore` it carries, and the helpers the tests share."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import IO, Protocol
 
-from fstransport._testkit.mock import MockNetwork, deliver_to
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.messages import (
     InstallSnapshotRequest,
@@ -24,6 +23,7 @@ from fstransport.options import KiB, MiB, TransferOptions
 from fstransport.receiver import Receiver
 from fstransport.sender import Chunked
 from fstransport.storage.base import SnapshotStore
+from fstransport.testing.mock import MockNetwork, deliver_to
 
 __all__ = ["MULTI", "PART", "SMALL", "InspectableStore", "Target"]
 

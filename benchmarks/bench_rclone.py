@@ -37,6 +37,7 @@ import contextlib
 import os
 import random
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -140,9 +141,16 @@ class RcloneBench:
     """Builds the contenders over one endpoint, one local source file and one event loop."""
 
     def __init__(
-        self, data: bytes, folder: str, endpoint: Endpoint, loop: asyncio.AbstractEventLoop
+        self,
+        data: bytes,
+        folder: str,
+        endpoint: Endpoint,
+        loop: asyncio.AbstractEventLoop,
+        ship_args: Sequence[str] = (),
     ) -> None:
         self.data = data
+        self.ship_args = list(ship_args)
+        """Options added to every `fstransport ship` command line (``--ship-args``)."""
         self.folder = folder
         self.endpoint = endpoint
         self.loop = loop
@@ -214,7 +222,10 @@ class RcloneBench:
     # -- commands ----------------------------------------------------------------------------
 
     def ship_argv(self, source: str, target: str) -> list[str]:
-        return [self.fstransport, "ship", source, target, "--endpoint-url", self.endpoint.url]
+        return [
+            self.fstransport, "ship", source, target, "--endpoint-url", self.endpoint.url,
+            *self.ship_args,
+        ]  # fmt: skip
 
     def rclone_argv(self, source: str, target: str) -> list[str]:
         return [self.rclone, "copyto", source, target]
@@ -280,7 +291,8 @@ class RcloneBench:
             return [
                 make(
                     f"{tag}/ship",
-                    "fstransport ship (CLI), default options",
+                    "fstransport ship (CLI), "
+                    + (" ".join(self.ship_args) if self.ship_args else "default options"),
                     lambda t: self.command(
                         self.ship_argv(source[0], target(t, False)), for_rclone=False
                     ),
@@ -501,6 +513,14 @@ def parse_args(argv: Sequence[str] | None) -> Any:
         "--startup-rounds", type=positive_int, default=5, help="rounds of the start-up timing (5)"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
+    parser.add_argument(
+        "--ship-args",
+        type=shlex.split,
+        default=[],
+        metavar="ARGS",
+        help="options added to every timed `fstransport ship` command line, e.g."
+        " --ship-args=--server-side with --routes 'S3 -> S3' (none)",
+    )
     args = parser.parse_args(argv)
     unknown = [r for r in args.routes if r not in ROUTES]
     if unknown:
@@ -554,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with endpoints(args, folder) as servers:
             groups: list[tuple[RcloneBench, str, list[Case], str]] = []
             for endpoint in servers:
-                bench = RcloneBench(data, folder, endpoint, loop)
+                bench = RcloneBench(data, folder, endpoint, loop, args.ship_args)
                 for route in args.routes:
                     if route == "file -> file" and endpoint is not servers[0]:
                         continue  # no S3 in it: once is enough

@@ -3,6 +3,7 @@
 Run from the repository root (needs ``pip install -e ".[dev]"``: moto, boto3)::
 
     python benchmarks/bench_s3.py [--size 256MiB] [--rounds 3] [--json out.json] [--check]
+        [--groups up,down,read,copy] [--no-memory]
 
 The baselines are boto3's TransferManager (``client.upload_file`` / ``download_file``, which run
 ``s3transfer``'s TransferManager through ``S3Transfer``): once with the default
@@ -11,6 +12,16 @@ concurrency (8 MiB, 4 threads); and s3fs ``put_file`` / ``get_file`` with defaul
 ``ship()`` is judged against the best of them.  One more row is a reference, not a contender: the
 same multipart upload made with aiobotocore from parts already in memory (no file, no chunks,
 no protocol), the fastest any client could make moto take an upload.
+
+Two more groups compare ways of doing the same thing (issue #13).  ``read``: ``ship()`` from S3
+to a local file with one streaming GET, with its default (ranged GETs, 4 x 8 MiB, after a probe
+that falls back to the one GET where the server answers slowly, as moto does), and with ranged
+GETs only (no fallback) at several streams x part sizes; no goal, the default is the baseline of
+the ratios.  ``copy``: S3 -> S3 in one bucket by ``ship(server_side=True)`` (``UploadPartCopy``),
+by ``ship(server_side=False)`` (streamed through this process, a reference), by boto3's managed
+``copy`` and by s3fs ``copy``; the server-side ship is judged against the best of boto3 and s3fs.
+Objects are read back without botocore's response checksum check, since moto's ``CopyObject``
+keeps the source's multipart CRC32 as if it were the whole object's; the bytes are compared.
 
 The S3 server is moto in server mode, in its own process (``python -m fstransport.moto_server``
 on 127.0.0.1, a free port), so its CPU time is not ours and can be reported on its own.  The
@@ -51,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import boto3
+import botocore.config
 import s3fs
 from boto3.s3.transfer import TransferConfig
 from harness import (
@@ -80,10 +92,11 @@ from harness import (
     write_file,
 )
 
-from fstransport import ship
+from fstransport import TransferOptions, ship
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.moto_server import REGION, TEST_CREDENTIALS, reset_moto, storage_options_for
 from fstransport.protocol.parts import choose_part_size
+from fstransport.storage import s3_ranged
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.multipart import DEFAULT_UPLOADS, PartBody
 from fstransport.storage.s3 import crc32c_header, open_s3
@@ -94,6 +107,10 @@ GOAL_SPEED_RATIO = 1.2  # ship() >= 1.2x the best of boto3 and s3fs, in each dir
 GOAL_PEAK_RSS = 256 * MiB  # peak RSS of a process shipping the largest file (2 GiB) to S3
 GOAL_RSS_GROWTH = 16 * MiB  # the largest ship's peak above the smallest's (the noise seen)
 COMPARE_STEP = 8 * MiB
+RANGED_READS = [(4, 8 * MiB), (4, 32 * MiB)]
+"""(streams, part size) of the rows that keep ranged GETs whatever the server (no fallback)."""
+GROUPS = ("up", "down", "read", "copy")
+"""What ``--groups`` can name, in the order they run."""
 BOTO3_TUNED = TransferConfig(multipart_chunksize=8 * MiB, max_concurrency=DEFAULT_UPLOADS)
 """boto3's TransferManager with ship()'s part size (8 MiB up to 80 GiB) and concurrency."""
 
@@ -173,6 +190,17 @@ class S3Bench:
             aws_access_key_id=TEST_CREDENTIALS["key"],
             aws_secret_access_key=TEST_CREDENTIALS["secret"],
         )
+        # Reads back without botocore's response checksum check: moto's CopyObject keeps the
+        # source's CRC32 of a multipart object as if it were the whole object's (s3fs copy),
+        # and every read then fails it.  The bytes are compared with the source anyway.
+        self.checker = boto3.client(
+            "s3",
+            endpoint_url=moto.address,
+            region_name=REGION,
+            aws_access_key_id=TEST_CREDENTIALS["key"],
+            aws_secret_access_key=TEST_CREDENTIALS["secret"],
+            config=botocore.config.Config(response_checksum_validation="when_required"),
+        )
         # Its own instance, so that ship()'s cached synchronous filesystem is not shared with it.
         self.fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.options)
         self.source = self.local_path("src.bin")
@@ -210,7 +238,7 @@ class S3Bench:
 
     def check_object(self, key: str, expected: bytes | str) -> None:
         """Read s3://BUCKET/key back with boto3 and compare it with `expected` (bytes or a file)."""
-        body = self.client.get_object(Bucket=BUCKET, Key=key)["Body"]
+        body = self.checker.get_object(Bucket=BUCKET, Key=key)["Body"]
         with contextlib.ExitStack() as stack:
             reference: IO[bytes] = (
                 io.BytesIO(expected)
@@ -356,6 +384,54 @@ class S3Bench:
             ship(url, path, source_options=self.options)
         )
 
+    def ship_down_with(
+        self, source_key: str, options: TransferOptions, *, fallback: bool = True
+    ) -> Callable[[str], object]:
+        """ship() S3 -> file with `options`; without `fallback`, the ranged source keeps its
+        ranged GETs even where the server answers each slowly (moto)."""
+        url = f"s3://{BUCKET}/{source_key}"
+
+        def copy(path: str) -> object:
+            saved = s3_ranged.FALLBACK_RATIO
+            if not fallback:
+                s3_ranged.FALLBACK_RATIO = None
+            try:
+                return self.loop.run_until_complete(
+                    ship(url, path, source_options=self.options, options=options)
+                )
+            finally:
+                s3_ranged.FALLBACK_RATIO = saved
+
+        return copy
+
+    def ship_copy(self, source_key: str, server_side: bool) -> Callable[[str], object]:
+        """S3 -> S3 on moto: streamed through this process, or copied by the server."""
+        url = f"s3://{BUCKET}/{source_key}"
+
+        def copy(name: str) -> object:
+            report = self.loop.run_until_complete(
+                ship(
+                    url,
+                    f"s3://{BUCKET}/{name}",
+                    source_options=self.options,
+                    target_options=self.options,
+                    server_side=server_side,
+                )
+            )
+            if report.server_side != server_side:
+                raise AssertionError(f"ship(server_side={server_side}) reported {report}")
+            return report
+
+        return copy
+
+    def boto3_copy(self, source_key: str) -> Callable[[str], object]:
+        """boto3's managed copy (TransferManager: UploadPartCopy, 8 MiB parts, 10 threads)."""
+        source = {"Bucket": BUCKET, "Key": source_key}
+        return lambda name: self.client.copy(source, BUCKET, name)
+
+    def s3fs_copy(self, source_key: str) -> Callable[[str], object]:
+        return lambda name: self.fs.copy(f"{BUCKET}/{source_key}", f"{BUCKET}/{name}")
+
     def boto3_down(self, source_key: str) -> Callable[[str], object]:
         return lambda path: self.client.download_file(BUCKET, source_key, path)
 
@@ -380,6 +456,12 @@ class Group:
     setup: Callable[[], None] = lambda: None
     reference_keys: list[str] = field(default_factory=list)
     """Rows shown with their ratio to ship() but neither baselines nor contenders."""
+    goal_ratio: float | None = GOAL_SPEED_RATIO
+    """The ratio ship_key must reach against the best baseline (None: a comparison only)."""
+    name: str = ""
+    """What ``--groups`` calls it."""
+    reference_note: str = " of ship()"
+    """What follows the ratio of a reference row (its baseline is `ship_key`)."""
 
 
 def evaluate_group(group: Group) -> dict[str, Any]:
@@ -387,15 +469,13 @@ def evaluate_group(group: Group) -> dict[str, Any]:
     by_key = {c.key: c for c in group.cases}
     best = max(group.baseline_keys, key=lambda k: by_key[k].mibs)
     rows = [Row(k) for k in group.baseline_keys]
-    rows += [Row(k, group.ship_key, ratio_note=" of ship()") for k in group.reference_keys]
-    rows.append(
-        Row(
-            group.ship_key,
-            best,
-            f">= {GOAL_SPEED_RATIO:.1f}x best ({by_key[best].label})",
-            goal_ratio=GOAL_SPEED_RATIO,
-        )
+    rows += [Row(k, group.ship_key, ratio_note=group.reference_note) for k in group.reference_keys]
+    goal = (
+        ""
+        if group.goal_ratio is None
+        else f">= {group.goal_ratio:.1f}x best ({by_key[best].label})"
     )
+    rows.append(Row(group.ship_key, best, goal, goal_ratio=group.goal_ratio))
     results = [evaluate(row, by_key) for row in rows]
     versus = {}
     ship_case = by_key[group.ship_key]
@@ -454,6 +534,7 @@ def main_groups(bench: S3Bench) -> list[Group]:
             "up/ship",
             ["up/boto3", "up/boto3-tuned", "up/s3fs"],
             reference_keys=["up/ceiling"],
+            name="up",
         ),
         Group(
             "2. S3 -> local file",
@@ -483,6 +564,80 @@ def main_groups(bench: S3Bench) -> list[Group]:
             "down/ship",
             ["down/boto3", "down/boto3-tuned", "down/s3fs"],
             setup=put_download_source,
+            name="down",
+        ),
+        Group(
+            "4. S3 -> local file: ship() reading with one GET or with ranged GETs",
+            [
+                bench.download(
+                    "read/one-get",
+                    "ship(), one streaming GET (read_streams=1)",
+                    bench.ship_down_with(source_key, TransferOptions(read_streams=1)),
+                    is_ship=True,
+                ),
+                bench.download(
+                    "read/default",
+                    "ship(), default options (4 x 8 MiB ranges; one GET where answers are slow)",
+                    bench.ship_down_with(source_key, TransferOptions(ranged_read_threshold=0)),
+                    is_ship=True,
+                ),
+                *(
+                    bench.download(
+                        f"read/ranged-{streams}x{part // MiB}",
+                        f"ship(), ranged GETs only: {streams} x {part // MiB} MiB",
+                        bench.ship_down_with(
+                            source_key,
+                            TransferOptions(
+                                read_streams=streams,
+                                read_part_size=part,
+                                ranged_read_threshold=0,
+                                chunk_size=min(part, 8 * MiB),
+                            ),
+                            fallback=False,
+                        ),
+                        is_ship=True,
+                    )
+                    for streams, part in RANGED_READS
+                ),
+            ],
+            "read/default",
+            ["read/one-get"],
+            reference_keys=[
+                f"read/ranged-{streams}x{part // MiB}" for streams, part in RANGED_READS
+            ],
+            setup=put_download_source,
+            goal_ratio=None,
+            name="read",
+            reference_note=" of default",
+        ),
+        Group(
+            "5. S3 -> S3 on one endpoint",
+            [
+                bench.upload(
+                    "copy/ship-server-side",
+                    "ship(server_side=True): UploadPartCopy, 64 MiB x 8",
+                    bench.ship_copy(source_key, True),
+                ),
+                bench.upload(
+                    "copy/ship-streamed",
+                    "ship(server_side=False): streamed through the client",
+                    bench.ship_copy(source_key, False),
+                ),
+                bench.upload(
+                    "copy/boto3",
+                    "boto3 copy (TransferManager), default TransferConfig: 8 MiB x 10",
+                    bench.boto3_copy(source_key),
+                ),
+                bench.upload(
+                    "copy/s3fs", "s3fs copy, default settings", bench.s3fs_copy(source_key)
+                ),
+            ],
+            "copy/ship-server-side",
+            ["copy/boto3", "copy/s3fs"],
+            reference_keys=["copy/ship-streamed"],
+            setup=put_download_source,
+            name="copy",
+            reference_note=" of server-side",
         ),
     ]
 
@@ -689,6 +844,17 @@ def profile_ship(bench: S3Bench, path: str) -> str:
 S3_PACKAGES = ("s3fs", "aiobotocore", "botocore", "boto3", "moto", "aiohttp", "werkzeug")
 
 
+def group_list(text: str) -> set[str]:
+    """Comma-separated names of timed groups, each one of GROUPS."""
+    names = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = names - set(GROUPS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown groups {sorted(unknown)}; choose from {','.join(GROUPS)}"
+        )
+    return names
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = make_parser(__doc__)
     add_common_arguments(parser, size=256 * MiB, rounds=3, what="object size")
@@ -706,6 +872,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--no-speed", action="store_true", help="skip the timed copies")
+    parser.add_argument(
+        "--groups",
+        type=group_list,
+        default=set(GROUPS),
+        help=f"timed groups to run, comma-separated, of {','.join(GROUPS)} (all)",
+    )
     parser.add_argument(
         "--profile",
         metavar="PATH",
@@ -733,7 +905,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = S3Bench(data, folder, moto, loop)
         report["cases"] = {}
         report["groups"] = {}
-        for group in [] if args.no_speed else main_groups(bench):
+        groups = [g for g in main_groups(bench) if g.name in args.groups]
+        for group in [] if args.no_speed else groups:
             bench.reset()
             group.setup()
             run_rounds(group.cases, args.rounds, args.warmup, rng, group.title)

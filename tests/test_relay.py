@@ -1,0 +1,349 @@
+"""RelayNetwork on memory://: stage once, send references, fetch, verify, commit, clean up."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import fsspec
+import pytest
+
+from fstransport import (
+    ChecksumMismatch,
+    Chunked,
+    FsspecSnapshotStore,
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    InvalidRequest,
+    LoopbackNetwork,
+    Network,
+    Receiver,
+    RelayNetwork,
+    RemoteError,
+    Snapshot,
+    SnapshotMeta,
+    StagedChunk,
+    StorageError,
+    TransferOptions,
+    Vote,
+    cleanup_staging,
+)
+from fstransport.checksum import chunk_crc, format_checksum
+from fstransport.storage.staging import MANIFEST_NAME, StagingStore, chunk_name
+from tests.conftest import payload
+
+STAGE = "memory://stage"
+V1 = Vote(1, 1)
+V2 = Vote(2, 2)
+OPTIONS = TransferOptions(chunk_size=64 << 10, max_in_flight=3)
+
+
+class CountingFile(io.RawIOBase):
+    """A seekable file over `data` that counts the bytes read from it (the source)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        piece = self._data[self._pos : self._pos + len(buffer)]
+        buffer[: len(piece)] = piece
+        self._pos += len(piece)
+        self.bytes_read += len(piece)
+        return len(piece)
+
+
+@dataclass
+class Recording:
+    """A network that records the requests it forwards, and may act before the final one."""
+
+    inner: Network
+    requests: list[InstallSnapshotRequest] = field(default_factory=list)
+    before_done: Any = None
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        self.requests.append(req)
+        if req.done and self.before_done is not None:
+            self.before_done(req)
+        return await self.inner.install_snapshot(req, option)
+
+
+def staged_files() -> list[str]:
+    fs = fsspec.filesystem("memory")
+    return sorted(fs.find("/stage")) if fs.exists("/stage") else []
+
+
+async def installed(store: FsspecSnapshotStore, snapshot_id: str) -> bytes | None:
+    if not await store.exists(snapshot_id):
+        return None
+    with await store.open(snapshot_id) as f:
+        data: bytes = f.read()
+        return data
+
+
+def snapshot(data: bytes, snapshot_id: str = "snap", *, checksum: bool = False) -> Snapshot:
+    meta = SnapshotMeta(snapshot_id, checksum=format_checksum(chunk_crc(data)) if checksum else None)
+    return Snapshot(meta, CountingFile(data))  # type: ignore[arg-type]
+
+
+def receiver_at(root: str) -> tuple[Receiver, FsspecSnapshotStore]:
+    store = FsspecSnapshotStore(root)
+    return Receiver(store, relay_options={}), store
+
+
+async def test_one_receiver_gets_references_and_installs_the_bytes() -> None:
+    data = payload(300_000)
+    receiver, store = receiver_at("memory://recv")
+    recording = Recording(LoopbackNetwork(receiver))
+    relay = RelayNetwork(recording, STAGE)
+    snap = snapshot(data)
+    await Chunked.send_snapshot(relay, V1, snap, option=OPTIONS)
+    assert await installed(store, "snap") == data
+    assert snap.data.bytes_read == len(data)  # type: ignore[attr-defined]
+    assert relay.bytes_uploaded == len(data)
+    chunks = -(-len(data) // OPTIONS.chunk_size)
+    assert relay.puts == chunks + 1  # one PUT per chunk, one manifest
+    assert len(recording.requests) == chunks
+    for req in recording.requests:
+        assert req.staged is not None and len(req.data) == 0
+        assert req.crc32c == req.staged.crc32c
+        wire = json.dumps(
+            [req.staged.area, req.staged.name, req.staged.length, req.staged.crc32c]
+        ).encode()
+        assert len(wire) <= 1024, "a reference is small"
+    assert staged_files() == [], "nothing stays staged once the receiver acknowledged"
+    await receiver.close()
+    await relay.close()
+
+
+async def test_three_receivers_share_one_upload_and_one_read_of_the_source() -> None:
+    data = payload(400_000, seed=3)
+    snap = snapshot(data, checksum=True)
+    pairs = [receiver_at(f"memory://recv{i}") for i in range(3)]
+    relay = RelayNetwork(LoopbackNetwork(pairs[0][0]), STAGE, keep_for=3600)
+    for i, (receiver, store) in enumerate(pairs):
+        net = relay if i == 0 else relay.to(LoopbackNetwork(receiver))
+        await Chunked.send_snapshot(net, V1, snap, option=OPTIONS)
+        assert await installed(store, "snap") == data
+    chunks = -(-len(data) // OPTIONS.chunk_size)
+    assert snap.data.bytes_read == len(data), "the source is read once"  # type: ignore[attr-defined]
+    assert relay.bytes_uploaded == len(data), "the bytes are uploaded once"
+    assert relay.puts == chunks + 1
+    assert len(staged_files()) == chunks + 1, "kept for later receivers (keep_for)"
+    await relay.close()
+    assert staged_files() == []
+    for receiver, _ in pairs:
+        await receiver.close()
+
+
+async def test_a_second_send_without_a_checksum_reads_again_but_uploads_nothing() -> None:
+    data = payload(200_000, seed=4)
+    (r1, s1), (r2, s2) = receiver_at("memory://a"), receiver_at("memory://b")
+    relay = RelayNetwork(LoopbackNetwork(r1), STAGE, keep_for=60)
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    puts = relay.puts
+    await Chunked.send_snapshot(relay.to(LoopbackNetwork(r2)), V1, snapshot(data), option=OPTIONS)
+    assert relay.puts == puts and relay.bytes_uploaded == len(data)
+    assert await installed(s1, "snap") == data and await installed(s2, "snap") == data
+    await relay.close()
+
+
+async def test_an_altered_staged_object_is_refused_and_never_installed() -> None:
+    data = payload(100_000, seed=5)
+    receiver, store = receiver_at("memory://recv")
+    stage = StagingStore(STAGE)
+    crc = chunk_crc(data)
+    ref = StagedChunk(f"{STAGE}/snap/v1-1-0/nonce", chunk_name(0, len(data), crc), len(data), crc)
+    assert await stage.put_once(ref.url, data, crc)
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file(ref.url, data[:-1] + bytes([data[-1] ^ 1]))  # changed behind our back
+    meta = SnapshotMeta("snap", size=len(data), checksum=format_checksum(crc))
+    with pytest.raises(ChecksumMismatch) as caught:
+        await receiver.handle(InstallSnapshotRequest(V1, meta, 0, b"", True, crc, ref))
+    assert not caught.value.whole and "staged object" in str(caught.value)
+    assert await installed(store, "snap") is None
+    assert receiver.receiving == []
+
+
+async def test_an_altered_object_is_staged_again_and_the_right_bytes_installed() -> None:
+    data = payload(300_000, seed=6)
+    (r1, _), (r2, s2) = receiver_at("memory://a"), receiver_at("memory://b")
+    relay = RelayNetwork(LoopbackNetwork(r1), STAGE, keep_for=60)
+    snap = snapshot(data, checksum=True)
+    await Chunked.send_snapshot(relay, V1, snap, option=OPTIONS)
+    fs = fsspec.filesystem("memory")
+    victim = next(p for p in staged_files() if "/chunks/" in p)
+    fs.pipe_file(victim, b"\0" * len(fs.cat_file(victim)))
+    await Chunked.send_snapshot(relay.to(LoopbackNetwork(r2)), V1, snap, option=OPTIONS)
+    assert await installed(s2, "snap") == data
+    assert relay.bytes_uploaded == len(data) + OPTIONS.chunk_size, "only that chunk again"
+    assert fs.cat_file(victim) == b"\0" * OPTIONS.chunk_size, "never overwritten"
+    await relay.close()
+    assert staged_files() == []
+
+
+async def test_no_manifest_no_install() -> None:
+    data = payload(200_000, seed=7)
+    receiver, store = receiver_at("memory://recv")
+    fs = fsspec.filesystem("memory")
+
+    def drop_manifest(req: InstallSnapshotRequest) -> None:
+        assert req.staged is not None
+        fs.rm_file(f"{req.staged.area}/{MANIFEST_NAME}")
+
+    relay = RelayNetwork(Recording(LoopbackNetwork(receiver), before_done=drop_manifest), STAGE)
+    with pytest.raises(RemoteError) as caught:
+        await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    assert isinstance(caught.value.source, StorageError)
+    assert "manifest" in str(caught.value.source)
+    assert await installed(store, "snap") is None
+    await relay.close()
+    assert staged_files() == []
+
+
+async def test_a_manifest_of_another_vote_is_refused() -> None:
+    data = payload(100_000, seed=8)
+    receiver, store = receiver_at("memory://recv")
+    fs = fsspec.filesystem("memory")
+
+    def forge(req: InstallSnapshotRequest) -> None:
+        assert req.staged is not None
+        url = f"{req.staged.area}/{MANIFEST_NAME}"
+        manifest = json.loads(fs.cat_file(url))
+        fs.pipe_file(url, json.dumps({**manifest, "vote": [0, 9, False]}).encode())
+
+    relay = RelayNetwork(Recording(LoopbackNetwork(receiver), before_done=forge), STAGE)
+    with pytest.raises(RemoteError, match="vote"):
+        await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    assert await installed(store, "snap") is None
+    await relay.close()
+
+
+async def test_two_senders_with_different_votes_never_share_an_object() -> None:
+    old, new = payload(150_000, seed=9), payload(150_000, seed=10)
+    (r1, s1), (r2, s2) = receiver_at("memory://a"), receiver_at("memory://b")
+    relay1 = RelayNetwork(LoopbackNetwork(r1), STAGE, keep_for=60)
+    relay2 = RelayNetwork(LoopbackNetwork(r2), STAGE, keep_for=60)
+    await Chunked.send_snapshot(relay1, V1, snapshot(old), option=OPTIONS)
+    first = set(staged_files())
+    await Chunked.send_snapshot(relay2, V2, snapshot(new), option=OPTIONS)
+    second = set(staged_files()) - first
+    assert len(second) == len(first), "the second sender wrote objects of its own"
+    assert all("/v1-1-0/" in p for p in first) and all("/v2-2-0/" in p for p in second)
+    fs = fsspec.filesystem("memory")
+    for path in first:  # the first sender's objects are as it wrote them
+        if "/chunks/" in path:
+            offset, length, crc = path.rsplit("/", 1)[1].split("-")[:3]
+            body = fs.cat_file(path)
+            assert body == old[int(offset, 16) : int(offset, 16) + int(length, 16)]
+            assert chunk_crc(body) == int(crc, 16)
+    assert await installed(s1, "snap") == old and await installed(s2, "snap") == new
+    await relay1.close()
+    await relay2.close()
+    assert staged_files() == []
+
+
+async def test_the_same_snapshot_staged_by_two_senders_uses_two_areas() -> None:
+    data = payload(100_000, seed=11)
+    (r1, s1), (r2, s2) = receiver_at("memory://a"), receiver_at("memory://b")
+    relay1 = RelayNetwork(LoopbackNetwork(r1), STAGE, keep_for=60)
+    relay2 = RelayNetwork(LoopbackNetwork(r2), STAGE, keep_for=60)
+    await Chunked.send_snapshot(relay1, V1, snapshot(data), option=OPTIONS)
+    await Chunked.send_snapshot(relay2, V1, snapshot(data), option=OPTIONS)
+    areas = {p.split("/chunks/")[0] for p in staged_files() if "/chunks/" in p}
+    assert len(areas) == 2
+    assert await installed(s1, "snap") == data and await installed(s2, "snap") == data
+    await relay1.close()
+    await relay2.close()
+
+
+async def test_a_receiver_without_relay_options_gets_the_bytes() -> None:
+    data = payload(200_000, seed=12)
+    store = FsspecSnapshotStore("memory://recv")
+    receiver = Receiver(store)
+    relay = RelayNetwork(LoopbackNetwork(receiver), STAGE)
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    assert await installed(store, "snap") == data
+    assert relay.bytes_uploaded <= OPTIONS.chunk_size, "one chunk staged before it found out"
+    await relay.close()
+    assert staged_files() == []
+
+
+async def test_a_reference_outside_the_allowed_prefixes_is_refused() -> None:
+    store = FsspecSnapshotStore("memory://recv")
+    receiver = Receiver(store, relay_options={}, relay_prefixes=["memory://allowed"])
+    ref = StagedChunk("memory://elsewhere/snap/v1-1-0/n", chunk_name(0, 3, 7), 3, 7)
+    meta = SnapshotMeta("snap", size=3)
+    with pytest.raises(InvalidRequest, match="prefix"):
+        await receiver.handle(InstallSnapshotRequest(V1, meta, 0, b"", True, 7, ref))
+    bad = replace(ref, name="../../etc/passwd")
+    with pytest.raises(InvalidRequest, match="name"):
+        await receiver.handle(InstallSnapshotRequest(V1, meta, 0, b"", True, 7, bad))
+
+
+async def test_kept_objects_expire_after_their_ttl() -> None:
+    data = payload(100_000, seed=13)
+    receiver, store = receiver_at("memory://recv")
+    relay = RelayNetwork(LoopbackNetwork(receiver), STAGE, keep_for=600)
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    kept = staged_files()
+    assert kept
+    assert await relay.expire() == 0 and staged_files() == kept
+    import time
+
+    assert await relay.expire(now=time.time() + 601) == 1
+    assert staged_files() == []
+    assert await installed(store, "snap") == data
+    await relay.close()
+
+
+async def test_cleanup_keeps_live_manifests_and_removes_the_rest() -> None:
+    import time
+
+    data = payload(100_000, seed=14)
+    now = time.time()
+    stage = StagingStore(STAGE)
+    crc = chunk_crc(data)
+    areas = {
+        "live": {"expires": now + 600, "created": now - 7200},
+        "expired": {"expires": now - 1, "created": now - 7200},
+        "unacknowledged": {"expires": None, "created": now - 7200},
+        "fresh": {"expires": None, "created": now},
+        "abandoned": None,
+    }
+    for name, manifest in areas.items():
+        area = f"{STAGE}/{name}/v1-1-0/n"
+        await stage.put_once(f"{area}/chunks/{chunk_name(0, len(data), crc)}", data, crc)
+        if manifest is not None:
+            await stage.write_json(f"{area}/{MANIFEST_NAME}", manifest)
+    removed = await cleanup_staging(STAGE, 3600, now=now + 10, dry_run=True)
+    assert len(staged_files()) == 9, "a dry run removes nothing"
+    assert sorted(r.split("/stage/")[1].split("/")[0] for r in removed) == ["expired", "unacknowledged"]
+    # the manifest-less area was written just now: only later is it abandoned
+    removed = await cleanup_staging(STAGE, 3600, now=now + 7200)
+    assert sorted(r.split("/stage/")[1].split("/")[0] for r in removed) == [
+        "abandoned",
+        "expired",
+        "fresh",
+        "unacknowledged",
+    ]
+    assert all("/live/" in p for p in staged_files()) and len(staged_files()) == 2

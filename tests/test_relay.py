@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -101,7 +102,9 @@ async def installed(store: FsspecSnapshotStore, snapshot_id: str) -> bytes | Non
 
 
 def snapshot(data: bytes, snapshot_id: str = "snap", *, checksum: bool = False) -> Snapshot:
-    meta = SnapshotMeta(snapshot_id, checksum=format_checksum(chunk_crc(data)) if checksum else None)
+    meta = SnapshotMeta(
+        snapshot_id, checksum=format_checksum(chunk_crc(data)) if checksum else None
+    )
     return Snapshot(meta, CountingFile(data))  # type: ignore[arg-type]
 
 
@@ -124,7 +127,8 @@ async def test_one_receiver_gets_references_and_installs_the_bytes() -> None:
     assert relay.puts == chunks + 1  # one PUT per chunk, one manifest
     assert len(recording.requests) == chunks
     for req in recording.requests:
-        assert req.staged is not None and len(req.data) == 0
+        assert req.staged is not None
+        assert len(req.data) == 0
         assert req.crc32c == req.staged.crc32c
         wire = json.dumps(
             [req.staged.area, req.staged.name, req.staged.length, req.staged.crc32c]
@@ -162,8 +166,10 @@ async def test_a_second_send_without_a_checksum_reads_again_but_uploads_nothing(
     await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
     puts = relay.puts
     await Chunked.send_snapshot(relay.to(LoopbackNetwork(r2)), V1, snapshot(data), option=OPTIONS)
-    assert relay.puts == puts and relay.bytes_uploaded == len(data)
-    assert await installed(s1, "snap") == data and await installed(s2, "snap") == data
+    assert relay.puts == puts
+    assert relay.bytes_uploaded == len(data)
+    assert await installed(s1, "snap") == data
+    assert await installed(s2, "snap") == data
     await relay.close()
 
 
@@ -179,7 +185,8 @@ async def test_an_altered_staged_object_is_refused_and_never_installed() -> None
     meta = SnapshotMeta("snap", size=len(data), checksum=format_checksum(crc))
     with pytest.raises(ChecksumMismatch) as caught:
         await receiver.handle(InstallSnapshotRequest(V1, meta, 0, b"", True, crc, ref))
-    assert not caught.value.whole and "staged object" in str(caught.value)
+    assert not caught.value.whole
+    assert "staged object" in str(caught.value)
     assert await installed(store, "snap") is None
     assert receiver.receiving == []
 
@@ -248,7 +255,8 @@ async def test_two_senders_with_different_votes_never_share_an_object() -> None:
     await Chunked.send_snapshot(relay2, V2, snapshot(new), option=OPTIONS)
     second = set(staged_files()) - first
     assert len(second) == len(first), "the second sender wrote objects of its own"
-    assert all("/v1-1-0/" in p for p in first) and all("/v2-2-0/" in p for p in second)
+    assert all("/v1-1-0/" in p for p in first)
+    assert all("/v2-2-0/" in p for p in second)
     fs = fsspec.filesystem("memory")
     for path in first:  # the first sender's objects are as it wrote them
         if "/chunks/" in path:
@@ -256,7 +264,8 @@ async def test_two_senders_with_different_votes_never_share_an_object() -> None:
             body = fs.cat_file(path)
             assert body == old[int(offset, 16) : int(offset, 16) + int(length, 16)]
             assert chunk_crc(body) == int(crc, 16)
-    assert await installed(s1, "snap") == old and await installed(s2, "snap") == new
+    assert await installed(s1, "snap") == old
+    assert await installed(s2, "snap") == new
     await relay1.close()
     await relay2.close()
     assert staged_files() == []
@@ -271,7 +280,8 @@ async def test_the_same_snapshot_staged_by_two_senders_uses_two_areas() -> None:
     await Chunked.send_snapshot(relay2, V1, snapshot(data), option=OPTIONS)
     areas = {p.split("/chunks/")[0] for p in staged_files() if "/chunks/" in p}
     assert len(areas) == 2
-    assert await installed(s1, "snap") == data and await installed(s2, "snap") == data
+    assert await installed(s1, "snap") == data
+    assert await installed(s2, "snap") == data
     await relay1.close()
     await relay2.close()
 
@@ -307,9 +317,8 @@ async def test_kept_objects_expire_after_their_ttl() -> None:
     await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
     kept = staged_files()
     assert kept
-    assert await relay.expire() == 0 and staged_files() == kept
-    import time
-
+    assert await relay.expire() == 0
+    assert staged_files() == kept
     assert await relay.expire(now=time.time() + 601) == 1
     assert staged_files() == []
     assert await installed(store, "snap") == data
@@ -317,14 +326,12 @@ async def test_kept_objects_expire_after_their_ttl() -> None:
 
 
 async def test_cleanup_keeps_live_manifests_and_removes_the_rest() -> None:
-    import time
-
     data = payload(100_000, seed=14)
     now = time.time()
     stage = StagingStore(STAGE)
     crc = chunk_crc(data)
-    areas = {
-        "live": {"expires": now + 600, "created": now - 7200},
+    areas: dict[str, dict[str, Any] | None] = {
+        "live": {"expires": now + 86400, "created": now - 7200},
         "expired": {"expires": now - 1, "created": now - 7200},
         "unacknowledged": {"expires": None, "created": now - 7200},
         "fresh": {"expires": None, "created": now},
@@ -337,7 +344,10 @@ async def test_cleanup_keeps_live_manifests_and_removes_the_rest() -> None:
             await stage.write_json(f"{area}/{MANIFEST_NAME}", manifest)
     removed = await cleanup_staging(STAGE, 3600, now=now + 10, dry_run=True)
     assert len(staged_files()) == 9, "a dry run removes nothing"
-    assert sorted(r.split("/stage/")[1].split("/")[0] for r in removed) == ["expired", "unacknowledged"]
+    assert sorted(r.split("/stage/")[1].split("/")[0] for r in removed) == [
+        "expired",
+        "unacknowledged",
+    ]
     # the manifest-less area was written just now: only later is it abandoned
     removed = await cleanup_staging(STAGE, 3600, now=now + 7200)
     assert sorted(r.split("/stage/")[1].split("/")[0] for r in removed) == [
@@ -346,4 +356,5 @@ async def test_cleanup_keeps_live_manifests_and_removes_the_rest() -> None:
         "fresh",
         "unacknowledged",
     ]
-    assert all("/live/" in p for p in staged_files()) and len(staged_files()) == 2
+    assert all("/live/" in p for p in staged_files())
+    assert len(staged_files()) == 2

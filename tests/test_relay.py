@@ -78,11 +78,14 @@ class Recording:
     inner: Network
     requests: list[InstallSnapshotRequest] = field(default_factory=list)
     before_done: Any = None
+    each: Any = None
 
     async def install_snapshot(
         self, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
         self.requests.append(req)
+        if self.each is not None:
+            self.each(req)
         if req.done and self.before_done is not None:
             self.before_done(req)
         return await self.inner.install_snapshot(req, option)
@@ -358,3 +361,83 @@ async def test_cleanup_keeps_live_manifests_and_removes_the_rest() -> None:
     ]
     assert all("/live/" in p for p in staged_files())
     assert len(staged_files()) == 2
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_relayed_transfers_survive_a_faulty_network(seed: int) -> None:
+    from fstransport import FaultyNetwork, RetryPolicy
+
+    data = payload(500_000, seed=seed)
+    receiver, store = receiver_at("memory://recv")
+    faulty = FaultyNetwork(
+        LoopbackNetwork(receiver), seed=seed, drop=0.15, duplicate=0.15, reorder=0.3, timeout=0.1
+    )
+    relay = RelayNetwork(faulty, STAGE)
+    options = replace(
+        OPTIONS,
+        hard_ttl=0.5,
+        install_timeout=2.0,
+        retry=RetryPolicy(max_attempts=40, initial_backoff=0.001, max_backoff=0.01),
+    )
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=options)
+    stats = faulty.stats
+    assert stats.dropped_requests + stats.dropped_answers + stats.timeouts > 0
+    assert await installed(store, "snap") == data
+    assert relay.bytes_uploaded == len(data), "a chunk sent again is not uploaded again"
+    assert staged_files() == []
+    await relay.close()
+
+
+async def test_a_sender_stopped_mid_stage_installs_nothing_and_the_next_send_reuses() -> None:
+    import asyncio
+
+    from fstransport import ReplicationClosed
+
+    data = payload(640_000, seed=15)
+    receiver, store = receiver_at("memory://recv")
+    stop = asyncio.Event()
+
+    recording = Recording(LoopbackNetwork(receiver))
+    recording.each = lambda _: stop.set() if len(recording.requests) >= 3 else None
+    relay = RelayNetwork(recording, STAGE)
+    with pytest.raises(ReplicationClosed):
+        await Chunked.send_snapshot(
+            relay, V1, snapshot(data), stop.wait(), replace(OPTIONS, max_in_flight=1)
+        )
+    assert await installed(store, "snap") is None
+    staged = staged_files()
+    assert staged, "the chunks staged so far stay"
+    assert not any(p.endswith(MANIFEST_NAME) for p in staged), "but nothing is committed"
+    uploaded = relay.bytes_uploaded
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    assert await installed(store, "snap") == data
+    assert relay.bytes_uploaded == len(data), f"the {uploaded} bytes staged are not uploaded again"
+    assert staged_files() == []
+    await relay.close()
+
+
+async def test_a_large_object_is_fetched_with_several_ranged_gets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fstransport.storage import staging
+
+    monkeypatch.setattr(staging, "FETCH_PART", 10_000)
+    data = payload(95_000, seed=16)
+    crc = chunk_crc(data)
+    stage = StagingStore(STAGE)
+    ref = StagedChunk(f"{STAGE}/snap/v1-1-0/n", chunk_name(0, len(data), crc), len(data), crc)
+    await stage.put_once(ref.url, data, crc)
+    ranges: list[tuple[int, int]] = []
+    fs = fsspec.filesystem("memory")
+    cat_file = fs.cat_file
+
+    def counting(path: str, start: int | None = None, end: int | None = None) -> bytes:
+        ranges.append((start or 0, end or -1))
+        return bytes(cat_file(path, start=start, end=end))
+
+    monkeypatch.setattr(fs, "cat_file", counting)
+    assert bytes(await stage.fetch(ref)) == data
+    assert sorted(ranges) == [(s, min(s + 10_000, len(data))) for s in range(0, len(data), 10_000)]
+    fs.pipe_file(ref.url, data[:50_000])  # cut short behind our back
+    with pytest.raises(ChecksumMismatch, match="short"):
+        await stage.fetch(ref)

@@ -194,7 +194,10 @@ async def test_an_altered_staged_object_is_refused_and_never_installed() -> None
     assert receiver.receiving == []
 
 
-async def test_an_altered_object_is_staged_again_and_the_right_bytes_installed() -> None:
+@pytest.mark.parametrize("damage", ["alter", "delete"])
+async def test_a_damaged_object_is_staged_again_and_the_right_bytes_installed(
+    damage: str,
+) -> None:
     data = payload(300_000, seed=6)
     (r1, _), (r2, s2) = receiver_at("memory://a"), receiver_at("memory://b")
     relay = RelayNetwork(LoopbackNetwork(r1), STAGE, keep_for=60)
@@ -202,11 +205,15 @@ async def test_an_altered_object_is_staged_again_and_the_right_bytes_installed()
     await Chunked.send_snapshot(relay, V1, snap, option=OPTIONS)
     fs = fsspec.filesystem("memory")
     victim = next(p for p in staged_files() if "/chunks/" in p)
-    fs.pipe_file(victim, b"\0" * len(fs.cat_file(victim)))
+    if damage == "alter":
+        fs.pipe_file(victim, b"\0" * len(fs.cat_file(victim)))
+    else:
+        fs.rm_file(victim)
     await Chunked.send_snapshot(relay.to(LoopbackNetwork(r2)), V1, snap, option=OPTIONS)
     assert await installed(s2, "snap") == data
     assert relay.bytes_uploaded == len(data) + OPTIONS.chunk_size, "only that chunk again"
-    assert fs.cat_file(victim) == b"\0" * OPTIONS.chunk_size, "never overwritten"
+    if damage == "alter":
+        assert fs.cat_file(victim) == b"\0" * OPTIONS.chunk_size, "never overwritten"
     await relay.close()
     assert staged_files() == []
 
@@ -441,3 +448,17 @@ async def test_a_large_object_is_fetched_with_several_ranged_gets(
     fs.pipe_file(ref.url, data[:50_000])  # cut short behind our back
     with pytest.raises(ChecksumMismatch, match="short"):
         await stage.fetch(ref)
+
+
+async def test_the_stores_cleanup_leaves_staged_objects_alone() -> None:
+    data = payload(100_000, seed=17)
+    receiver = Receiver(FsspecSnapshotStore("memory://stage/recv"), relay_options={})
+    relay = RelayNetwork(LoopbackNetwork(receiver), STAGE, keep_for=600)
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    staged = [p for p in staged_files() if "/recv/" not in p]
+    assert len(staged) == 3  # two chunks and the manifest
+    store = FsspecSnapshotStore(STAGE)
+    assert await store.cleanup(0) == []
+    assert await cleanup_staging(STAGE, 0) == [], "a live manifest keeps its area"
+    assert [p for p in staged_files() if "/recv/" not in p] == staged
+    await relay.close()

@@ -227,8 +227,10 @@ class RelayNetwork:
             if not _damaged(source) or ref_req.staged is None:
                 raise
             await self._forget(staged, ref_req.staged)
-            if req.staged is not None:
-                raise  # the sender retries, reading the bytes this time (`staged_chunk`)
+            if req.staged is not None:  # the sender retries, reading the bytes this time
+                raise NetworkError(
+                    f"staged object {ref_req.staged.url} is damaged or gone: {source}"
+                ) from exc
             log.warning("staged object %s refused (%s); staging it again", ref_req.staged.url, exc)
             ref_req = await self._stage(staged, req)
             if req.done:

@@ -462,3 +462,30 @@ async def test_the_stores_cleanup_leaves_staged_objects_alone() -> None:
     assert await cleanup_staging(STAGE, 0) == [], "a live manifest keeps its area"
     assert [p for p in staged_files() if "/recv/" not in p] == staged
     await relay.close()
+
+
+async def test_concurrent_sends_to_three_receivers_upload_each_chunk_once() -> None:
+    import asyncio
+
+    data = payload(700_000, seed=18)
+    pairs = [receiver_at(f"memory://recv{i}") for i in range(3)]
+    relay = RelayNetwork(LoopbackNetwork(pairs[0][0]), STAGE)  # no keep_for
+    nets = [relay] + [relay.to(LoopbackNetwork(r)) for r, _ in pairs[1:]]
+    await asyncio.gather(
+        *(Chunked.send_snapshot(net, V1, snapshot(data), option=OPTIONS) for net in nets)
+    )
+    for _, store in pairs:
+        assert await installed(store, "snap") == data
+    assert relay.bytes_uploaded == len(data)
+    assert relay.puts == -(-len(data) // OPTIONS.chunk_size) + 1
+    assert staged_files() == [], "removed once the last receiver acknowledged"
+    await relay.close()
+
+
+async def test_an_empty_snapshot_through_the_relay() -> None:
+    receiver, store = receiver_at("memory://recv")
+    relay = RelayNetwork(LoopbackNetwork(receiver), STAGE)
+    await Chunked.send_snapshot(relay, V1, snapshot(b""), option=OPTIONS)
+    assert await installed(store, "snap") == b""
+    assert staged_files() == []
+    await relay.close()

@@ -62,6 +62,8 @@ class _Area:
     """(offset, length) → (CRC32C, object name)"""
     damaged: set[str] = field(default_factory=set)
     pending: int = 0  # uploads under way
+    uploading: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
+    """Uploads under way, by object name: True once the object is there."""
     committed: bool = False
     checksum: str | None = None
 
@@ -78,7 +80,9 @@ class _Staged:
 
     areas: list[_Area] = field(default_factory=list)
     cond: asyncio.Condition = field(default_factory=asyncio.Condition)
-    busy: int = 0
+    busy: int = 0  # requests under way
+    users: set[int] = field(default_factory=set)
+    """The networks (siblings) that began sending this snapshot and saw no acknowledgement."""
     expires: float | None = None
     generation: int = 0
 
@@ -121,8 +125,9 @@ class RelayNetwork:
     from `to`, for another receiver) uploads nothing, and when the snapshot's meta names its
     checksum the sender does not even read the source again (`staged_chunk`).
 
-    Once the receiver acknowledged the final chunk the staged objects are removed, unless
-    `keep_for` (seconds) keeps them for later receivers; `expire` removes what outlived its
+    Once every receiver this network and its siblings began sending the snapshot to has
+    acknowledged its final chunk, the staged objects are removed, unless `keep_for` (seconds)
+    keeps them for later receivers; `expire` removes what outlived its
     TTL and `close` everything this network staged.  A receiver that takes no references
     (created without ``relay_options``) gets the bytes themselves through `inner`.
     """
@@ -200,9 +205,11 @@ class RelayNetwork:
         if staged is None:
             staged = self._shared.snapshots[key] = _Staged()
         staged.busy += 1
+        staged.users.add(id(self))
         try:
             response = await self._deliver(staged, req, option)
             if req.done and response.vote <= req.vote:
+                staged.users.discard(id(self))
                 await self._acknowledged(key, staged)
             return response
         finally:
@@ -250,19 +257,32 @@ class RelayNetwork:
                     if ref is not None:
                         return replace(req, data=b"", crc32c=crc, staged=ref)
             area = self._open_area(staged, req)
-            name = chunk_name(req.offset, length, crc, staged.generation)
-            area.pending += 1
+            ref = StagedChunk(
+                area.url, chunk_name(req.offset, length, crc, staged.generation), length, crc
+            )
+            upload = area.uploading.get(ref.name)
+            mine = upload is None
+            if upload is None:  # nobody is uploading these bytes: this call does
+                upload = area.uploading[ref.name] = asyncio.get_running_loop().create_future()
+                area.pending += 1
+        if not mine:  # another send (to another receiver) is uploading them right now
+            if not await asyncio.shield(upload):
+                raise NetworkError(f"staging {ref.url} failed; the chunk is sent again")
+            return replace(req, data=b"", crc32c=crc, staged=ref)
+        done = False
         try:
-            ref = StagedChunk(area.url, name, length, crc)
             if await shared.store.put_once(ref.url, data, crc):
                 shared.bytes_uploaded += length
+            done = True
         finally:
+            area.pending -= 1
+            del area.uploading[ref.name]
+            if done:
+                area.chunks[(req.offset, length)] = (crc, ref.name)
+                area.damaged.discard(ref.name)
+            upload.set_result(done)
             async with staged.cond:
-                area.pending -= 1
                 staged.cond.notify_all()
-        async with staged.cond:
-            area.chunks[(req.offset, length)] = (crc, name)
-            area.damaged.discard(name)
         return replace(req, data=b"", crc32c=crc, staged=ref)
 
     def _open_area(self, staged: _Staged, req: InstallSnapshotRequest) -> _Area:
@@ -329,8 +349,8 @@ class RelayNetwork:
 
     async def _acknowledged(self, key: tuple[str, Vote], staged: _Staged) -> None:
         """The receiver installed the snapshot: remove what is staged for it, unless it is kept
-        for later receivers or another send of it is under way."""
-        alone = staged.busy <= 1 and self._shared.snapshots.get(key) is staged
+        for later receivers or another receiver is still being sent it."""
+        alone = not staged.users and staged.busy <= 1 and self._shared.snapshots.get(key) is staged
         if self._shared.keep_for is None and alone:
             del self._shared.snapshots[key]
             await self._remove(staged)

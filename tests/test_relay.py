@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,6 +33,7 @@ from fstransport import (
     Vote,
     cleanup_staging,
 )
+from fstransport._testkit.network_suite import Connect, NetworkSuite
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.storage.staging import MANIFEST_NAME, StagingStore, chunk_name
 from tests.conftest import payload
@@ -489,3 +492,23 @@ async def test_an_empty_snapshot_through_the_relay() -> None:
     assert await installed(store, "snap") == b""
     assert staged_files() == []
     await relay.close()
+
+
+class TestRelayConformance(NetworkSuite):
+    """The network conformance suite, through a relay on memory:// (the suite's receivers are
+    given relay options: they fetch the staged chunks)."""
+
+    @pytest.fixture
+    def connect(self) -> Connect:
+        @contextlib.asynccontextmanager
+        async def connect(receiver: Receiver) -> AsyncIterator[Network]:
+            receiver.relay_options = {}
+            relay = RelayNetwork(LoopbackNetwork(receiver), "memory://suite-stage")
+            try:
+                yield relay
+            finally:
+                await relay.close()
+                await receiver.close()
+            assert not fsspec.filesystem("memory").find("/suite-stage")
+
+        return connect

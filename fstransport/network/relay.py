@@ -39,6 +39,7 @@ from fstransport.messages import (
 )
 from fstransport.network.base import Network
 from fstransport.options import TransferOptions
+from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage.staging import (
     MANIFEST_VERSION,
     MAX_AREA_LENGTH,
@@ -61,6 +62,7 @@ class _Area:
     chunks: dict[tuple[int, int], tuple[int, str]] = field(default_factory=dict)
     """(offset, length) → (CRC32C, object name)"""
     damaged: set[str] = field(default_factory=set)
+    written: set[str] = field(default_factory=set)  # every object name staged here, for removal
     pending: int = 0  # uploads under way
     uploading: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
     """Uploads under way, by object name: True once the object is there."""
@@ -103,6 +105,19 @@ def _damaged(source: BaseException) -> bool:
     if isinstance(source, ChecksumMismatch):
         return not source.whole
     return isinstance(source, StorageError) and not source.retryable
+
+
+def _stageable(req: InstallSnapshotRequest) -> bool:
+    """Whether `req` names a snapshot and vote that can name staged objects; the receiver
+    refuses any other request anyway, so it goes to the receiver as it is."""
+    try:
+        check_snapshot_id(req.meta.snapshot_id)
+        return all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0
+            for n in (req.vote.term, req.vote.node_id, req.offset)
+        )
+    except (InvalidRequest, AttributeError):
+        return False
 
 
 def _jsonable(value: object) -> object:
@@ -198,8 +213,8 @@ class RelayNetwork:
     async def install_snapshot(
         self, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        if self._direct and req.staged is None:
-            return await self.inner.install_snapshot(req, option)
+        if (self._direct and req.staged is None) or not _stageable(req):
+            return await self.inner.install_snapshot(req, option)  # as it is
         key = (req.meta.snapshot_id, req.vote)
         staged = self._shared.snapshots.get(key)
         if staged is None:
@@ -277,6 +292,7 @@ class RelayNetwork:
         finally:
             area.pending -= 1
             del area.uploading[ref.name]
+            area.written.add(ref.name)  # (a failed PUT may have left it too)
             if done:
                 area.chunks[(req.offset, length)] = (crc, ref.name)
                 area.damaged.discard(ref.name)
@@ -359,7 +375,7 @@ class RelayNetwork:
     async def _remove(self, staged: _Staged) -> None:
         for area in staged.areas:
             urls = [manifest_url(area.url)] if area.committed else []
-            urls += [f"{area.url}/chunks/{name}" for _, name in area.chunks.values()]
+            urls += [f"{area.url}/chunks/{name}" for name in sorted(area.written)]
             await self._shared.store.remove(urls)  # the manifest first: then nobody installs
 
     async def expire(self, now: float | None = None) -> int:

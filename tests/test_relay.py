@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -399,8 +401,6 @@ async def test_relayed_transfers_survive_a_faulty_network(seed: int) -> None:
 
 
 async def test_a_sender_stopped_mid_stage_installs_nothing_and_the_next_send_reuses() -> None:
-    import asyncio
-
     from fstransport import ReplicationClosed
 
     data = payload(640_000, seed=15)
@@ -468,8 +468,6 @@ async def test_the_stores_cleanup_leaves_staged_objects_alone() -> None:
 
 
 async def test_concurrent_sends_to_three_receivers_upload_each_chunk_once() -> None:
-    import asyncio
-
     data = payload(700_000, seed=18)
     pairs = [receiver_at(f"memory://recv{i}") for i in range(3)]
     relay = RelayNetwork(LoopbackNetwork(pairs[0][0]), STAGE)  # no keep_for
@@ -512,3 +510,46 @@ class TestRelayConformance(NetworkSuite):
             assert not fsspec.filesystem("memory").find("/suite-stage")
 
         return connect
+
+
+async def test_a_local_folder_as_the_staging_area(tmp_path: Path) -> None:
+    data = payload(300_000, seed=19)
+    stage = tmp_path / "stage"
+    receiver, store = receiver_at(str(tmp_path / "recv"))
+    recording = Recording(LoopbackNetwork(receiver))
+    relay = RelayNetwork(recording, str(stage))
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    assert await installed(store, "snap") == data
+    assert recording.requests[0].staged is not None
+    assert recording.requests[0].staged.area.startswith(str(stage))
+    assert list(stage.iterdir()) == [], "no file and no empty folder left"
+    await relay.close()
+
+
+async def test_a_receiver_restarted_mid_transfer_resumes_from_what_it_holds() -> None:
+    from fstransport import ReplicationClosed
+
+    data = payload(640_000, seed=21)
+    store = FsspecSnapshotStore("memory://recv")
+    first = Receiver(store, relay_options={})
+    stop = asyncio.Event()
+    recording = Recording(LoopbackNetwork(first))
+    recording.each = lambda _: stop.set() if len(recording.requests) >= 5 else None
+    relay = RelayNetwork(recording, STAGE)
+    with pytest.raises(ReplicationClosed):
+        await Chunked.send_snapshot(
+            relay, V1, snapshot(data, checksum=True), stop.wait(), replace(OPTIONS, max_in_flight=1)
+        )
+    store = FsspecSnapshotStore("memory://recv")  # a new process: its partial data stays
+    second = Receiver(store, relay_options={})
+    recording.inner = LoopbackNetwork(second)
+    recording.requests.clear()
+    recording.each = None
+    await Chunked.send_snapshot(relay, V1, snapshot(data, checksum=True), option=OPTIONS)
+    assert await installed(store, "snap") == data
+    fetched = [r for r in recording.requests if r.staged is not None]
+    chunks = -(-len(data) // OPTIONS.chunk_size)
+    assert len(fetched) < chunks, "the chunks the first receiver wrote are not fetched again"
+    assert relay.bytes_uploaded == len(data)
+    assert staged_files() == []
+    await relay.close()

@@ -377,6 +377,7 @@ class RelayNetwork:
             urls = [manifest_url(area.url)] if area.committed else []
             urls += [f"{area.url}/chunks/{name}" for name in sorted(area.written)]
             await self._shared.store.remove(urls)  # the manifest first: then nobody installs
+            await self._shared.store.prune(f"{area.url}/chunks", self._shared.staging_url)
 
     async def expire(self, now: float | None = None) -> int:
         """Remove staged snapshots whose `keep_for` has passed and that no send is using;

@@ -231,6 +231,21 @@ class StagingStore:
                 fs = await self.fs()
                 fs.invalidate_cache(path.rsplit("/", 1)[0])
 
+    async def prune(self, url: str, root: str) -> None:
+        """Remove the folder `url` and the folders above it up to `root` (not included) while
+        they are empty (S3 has no folders: nothing to do)."""
+        if self.s3:
+            return
+        path, stop = await self.path(url), await self.path(root)
+        while path.startswith(stop + "/"):
+            try:
+                await self._call("rmdir", path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return  # not empty: somebody else's area, or new objects
+            path = path.rsplit("/", 1)[0]
+
     async def find(self, url: str) -> dict[str, dict[str, Any]]:
         """Every object under `url` (path → listing entry); empty when there is none."""
         path = await self.path(url)
@@ -314,6 +329,7 @@ async def cleanup_staging(
             urls += [await store.url(p) for p, _ in entries if not p.endswith("/" + MANIFEST_NAME)]
             if not dry_run:
                 await store.remove(urls)
+                await store.prune(f"{area}/chunks", staging_url)
             removed.append(area)
     finally:
         await store.close()

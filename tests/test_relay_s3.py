@@ -168,3 +168,32 @@ async def test_two_senders_with_different_votes_on_s3(
     assert keys(s3_client, s3_bucket) == []
     for receiver in (r1, r2):
         await receiver.close()
+
+
+async def test_a_staged_object_is_fetched_by_ranges_from_s3(
+    s3_bucket: str, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fstransport.storage import staging
+
+    monkeypatch.setattr(staging, "FETCH_PART", 256 << 10)
+    data = payload(1_100_000, seed=26)
+    crc = chunk_crc(data)
+    stage = StagingStore(f"s3://{s3_bucket}/stage", s3_storage_options)
+    ref = StagedChunk(
+        f"s3://{s3_bucket}/stage/snap/v1-1-0/n", chunk_name(0, len(data), crc), len(data), crc
+    )
+    assert await stage.put_once(ref.url, data, crc)
+    fs = await stage.fs()
+    ranges: list[tuple[int, int]] = []
+    cat_file = fs._cat_file
+
+    async def counting(path: str, start: int, end: int) -> bytes:
+        ranges.append((start, end))
+        return bytes(await cat_file(path, start=start, end=end))
+
+    monkeypatch.setattr(fs, "_cat_file", counting)
+    assert bytes(await stage.fetch(ref)) == data
+    assert sorted(ranges) == [
+        (s, min(s + (256 << 10), len(data))) for s in range(0, len(data), 256 << 10)
+    ]
+    await stage.close()

@@ -553,3 +553,23 @@ async def test_a_receiver_restarted_mid_transfer_resumes_from_what_it_holds() ->
     assert relay.bytes_uploaded == len(data)
     assert staged_files() == []
     await relay.close()
+
+
+async def test_a_receiver_that_cannot_reach_the_bucket_gets_the_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fstransport import RetryPolicy
+
+    async def unreachable(self: StagingStore, ref: StagedChunk) -> bytearray:
+        raise StorageError(ref.url, "fetch", ConnectionError("no route to the bucket"))
+
+    monkeypatch.setattr(StagingStore, "fetch", unreachable)
+    data = payload(300_000, seed=22)
+    receiver, store = receiver_at("memory://recv")
+    relay = RelayNetwork(LoopbackNetwork(receiver), STAGE)
+    options = replace(OPTIONS, retry=RetryPolicy(initial_backoff=0.001, max_backoff=0.01))
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=options)
+    assert await installed(store, "snap") == data
+    assert relay.bytes_uploaded < len(data), "it stopped staging once it fell back"
+    await relay.close()
+    assert staged_files() == []

@@ -52,6 +52,10 @@ __all__ = ["RelayNetwork", "StagedChunk"]
 
 log = logging.getLogger("fstransport.relay")
 
+FALL_BACK_AFTER = 3
+"""References in a row a receiver fails to fetch (or finds damaged) before the relay sends it
+the bytes themselves."""
+
 
 @dataclass
 class _Area:
@@ -104,7 +108,12 @@ def _damaged(source: BaseException) -> bool:
     """Whether a receiver's refusal of a reference says the staged object is bad or gone."""
     if isinstance(source, ChecksumMismatch):
         return not source.whole
-    return isinstance(source, StorageError) and not source.retryable
+    return isinstance(source, StorageError) and source.verb == "fetch" and not source.retryable
+
+
+def _not_fetched(source: BaseException) -> bool:
+    """Whether the receiver could not fetch a staged object (the bucket failed it)."""
+    return isinstance(source, StorageError) and source.verb == "fetch"
 
 
 def _stageable(req: InstallSnapshotRequest) -> bool:
@@ -143,8 +152,10 @@ class RelayNetwork:
     Once every receiver this network and its siblings began sending the snapshot to has
     acknowledged its final chunk, the staged objects are removed, unless `keep_for` (seconds)
     keeps them for later receivers; `expire` removes what outlived its
-    TTL and `close` everything this network staged.  A receiver that takes no references
-    (created without ``relay_options``) gets the bytes themselves through `inner`.
+    TTL and `close` everything this network staged.  A staged object a receiver finds damaged
+    or gone is staged again; a receiver that takes no references (created without
+    ``relay_options``) or fails to fetch `FALL_BACK_AFTER` of them in a row gets the bytes
+    themselves through `inner` from then on.
     """
 
     def __init__(
@@ -161,7 +172,8 @@ class RelayNetwork:
             raise ConfigurationError(f"staging_url must be a URL, got {staging_url!r}")
         self.inner = inner
         self._shared = _Shared(staging_url, staging_options, keep_for)
-        self._direct = False  # the receiver takes no references
+        self._direct = False  # the receiver takes no references: it gets the bytes
+        self._fetch_failures = 0  # references in a row the receiver could not fetch
 
     @property
     def staging_url(self) -> str:
@@ -188,6 +200,7 @@ class RelayNetwork:
         sibling.inner = inner
         sibling._shared = self._shared
         sibling._direct = False
+        sibling._fetch_failures = 0
         return sibling
 
     def staged_chunk(
@@ -237,27 +250,39 @@ class RelayNetwork:
         if req.done:
             await self._commit(staged, req.meta, req.vote)
         try:
-            return await self.inner.install_snapshot(ref_req, option)
+            response = await self.inner.install_snapshot(ref_req, option)
         except RemoteError as exc:
+            ref = ref_req.staged
             source = exc.source
             if isinstance(source, InvalidRequest) and source.field == "staged":
-                log.warning("%r takes no staged chunks; sending it the bytes", self.inner)
-                self._direct = True
-                if req.staged is not None:  # the sender did not read these bytes: it must now
-                    raise NetworkError(f"{self.inner!r} takes no staged chunks") from exc
-                return await self.inner.install_snapshot(req, option)
-            if not _damaged(source) or ref_req.staged is None:
+                return await self._fall_back(req, option, exc, "takes no staged chunks")
+            if ref is None or not (_damaged(source) or _not_fetched(source)):
                 raise
-            await self._forget(staged, ref_req.staged)
+            self._fetch_failures += 1
+            if self._fetch_failures >= FALL_BACK_AFTER:
+                return await self._fall_back(req, option, exc, "cannot fetch staged chunks")
+            if not _damaged(source):
+                raise  # the bucket failed the receiver for now: the sender sends it again
+            await self._forget(staged, ref)
             if req.staged is not None:  # the sender retries, reading the bytes this time
-                raise NetworkError(
-                    f"staged object {ref_req.staged.url} is damaged or gone: {source}"
-                ) from exc
-            log.warning("staged object %s refused (%s); staging it again", ref_req.staged.url, exc)
+                raise NetworkError(f"staged object {ref.url} is damaged or gone: {source}") from exc
+            log.warning("staged object %s refused (%s); staging it again", ref.url, exc)
             ref_req = await self._stage(staged, req)
             if req.done:
                 await self._commit(staged, req.meta, req.vote)
-            return await self.inner.install_snapshot(ref_req, option)
+            response = await self.inner.install_snapshot(ref_req, option)
+        self._fetch_failures = 0
+        return response
+
+    async def _fall_back(
+        self, req: InstallSnapshotRequest, option: TransferOptions, exc: RemoteError, why: str
+    ) -> InstallSnapshotResponse:
+        """From now on, send the receiver behind `inner` the bytes themselves."""
+        log.warning("%r %s (%s); sending it the bytes themselves", self.inner, why, exc.source)
+        self._direct = True
+        if req.staged is not None:  # the sender did not read these bytes: it must now
+            raise NetworkError(f"{self.inner!r} {why}") from exc
+        return await self.inner.install_snapshot(req, option)
 
     async def _stage(self, staged: _Staged, req: InstallSnapshotRequest) -> InstallSnapshotRequest:
         """`req` with its bytes staged (or found staged already) and replaced by a reference."""

@@ -40,6 +40,7 @@ from fstransport.messages import (
     SnapshotMeta,
     SnapshotResponse,
     SnapshotSegmentId,
+    StagedChunk,
     Vote,
     contiguous,
 )
@@ -56,11 +57,13 @@ _LAZY = {
     "HttpNetwork": "fstransport.network.http",
     "LoopbackNetwork": "fstransport.network.loopback",
     "Receiver": "fstransport.receiver",
+    "RelayNetwork": "fstransport.network.relay",
     "ReceiverLimits": "fstransport.protocol.receiver",
     "SendResult": "fstransport.sender",
     "SnapshotStore": "fstransport.storage.base",
     "TransferReport": "fstransport.transfer",
     "__version__": "fstransport._version",
+    "cleanup_staging": "fstransport.storage.staging",
     "open_source": "fstransport.storage.source",
     "send_source": "fstransport.sender",
     "ship": "fstransport.transfer",
@@ -72,11 +75,13 @@ if TYPE_CHECKING:
     from fstransport.network.faults import FaultStats, FaultyNetwork
     from fstransport.network.http import HttpNetwork
     from fstransport.network.loopback import LoopbackNetwork
+    from fstransport.network.relay import RelayNetwork
     from fstransport.protocol.receiver import ReceiverLimits
     from fstransport.receiver import Receiver
     from fstransport.sender import Chunked, SendResult, send_source
     from fstransport.storage.base import SnapshotStore
     from fstransport.storage.source import open_source, source_for_file
+    from fstransport.storage.staging import cleanup_staging
     from fstransport.storage.store import FsspecSnapshotStore
     from fstransport.transfer import TransferReport, ship
 else:
@@ -107,6 +112,7 @@ __all__ = [
     "RPCError",
     "Receiver",
     "ReceiverLimits",
+    "RelayNetwork",
     "RemoteError",
     "ReplicationClosed",
     "RetryExhausted",
@@ -119,6 +125,7 @@ __all__ = [
     "SnapshotSegmentId",
     "SnapshotStore",
     "SourceChanged",
+    "StagedChunk",
     "StorageError",
     "Timeout",
     "TooManyTransfers",
@@ -129,6 +136,7 @@ __all__ = [
     "UntrustedPeer",
     "Vote",
     "__version__",
+    "cleanup_staging",
     "contiguous",
     "open_source",
     "send_source",

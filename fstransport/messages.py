@@ -22,6 +22,7 @@ __all__ = [
     "SnapshotMeta",
     "SnapshotResponse",
     "SnapshotSegmentId",
+    "StagedChunk",
     "Vote",
     "contiguous",
 ]
@@ -129,6 +130,27 @@ class SnapshotSegmentId:
 
 
 @dataclass(frozen=True)
+class StagedChunk:
+    """A reference to a chunk's bytes staged in a bucket, sent instead of the bytes themselves.
+
+    The object is `name` inside the staging area `area` (an fsspec URL: one sender, one vote,
+    one snapshot; see `fstransport.network.relay`), holds `length` bytes whose CRC32C is
+    `crc32c`, and is written once and never changed.  The receiver fetches it, checks the
+    CRC32C before writing anything, and installs only once the area's manifest exists.
+    """
+
+    area: str
+    name: str
+    length: int
+    crc32c: int
+
+    @property
+    def url(self) -> str:
+        """The staged object's URL."""
+        return f"{self.area}/chunks/{self.name}"
+
+
+@dataclass(frozen=True)
 class InstallSnapshotRequest:
     """One chunk of a snapshot: `data` belongs at `offset`; `done` marks the last chunk.
 
@@ -136,6 +158,10 @@ class InstallSnapshotRequest:
     it writes anything.  None leaves it to the receiver; only an in-process copy does that
     (`LoopbackNetwork` with ``trust_checksums``: the receiver's sink computes each chunk's CRC
     while it writes it and hands it back, so the data is read once).
+
+    `staged`, when set, says where the chunk's bytes wait in a bucket (`StagedChunk`): `data`
+    is then empty and `crc32c` is the staged bytes' CRC32C.  A receiver created with
+    ``relay_options`` fetches them (see `fstransport.network.relay.RelayNetwork`).
     """
 
     vote: Vote
@@ -144,11 +170,14 @@ class InstallSnapshotRequest:
     data: ChunkData
     done: bool
     crc32c: int | None = None
+    staged: StagedChunk | None = None
 
     def __repr__(self) -> str:  # never dump chunk data into logs
         return (
             f"InstallSnapshotRequest(vote={self.vote}, id={self.meta.snapshot_id!r}, "
-            f"offset={self.offset}, len={len(self.data)}, done={self.done}, crc32c={self.crc32c})"
+            f"offset={self.offset}, len={len(self.data)}, done={self.done}, crc32c={self.crc32c}"
+            + (f", staged={self.staged.url!r}" if self.staged is not None else "")
+            + ")"
         )
 
 

@@ -11,9 +11,9 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import (
@@ -30,12 +30,14 @@ from fstransport.messages import (
     Snapshot,
     SnapshotMeta,
     SnapshotSegmentId,
+    StagedChunk,
     Vote,
 )
 from fstransport.protocol.receiver import (
     ReceiverLimits,
     StreamDecision,
     StreamState,
+    check_snapshot_id,
     decide_stream,
     validate_request,
 )
@@ -48,6 +50,9 @@ from fstransport.storage.base import (
     write_checked,
     write_chunk,
 )
+
+if TYPE_CHECKING:
+    from fstransport.storage.staging import StagingStore
 
 __all__ = ["Receiver", "VoteScope"]
 
@@ -121,6 +126,7 @@ class _Stream:
     unverified: bool = False  # it was written since its bytes were last re-read
     verifying: asyncio.Future[None] | None = None
     last_seen: float = 0.0  # when a request of it last came or ended (the receiver's clock)
+    staged: dict[str, set[str]] = field(default_factory=dict)  # staging area → objects used
 
 
 class Receiver:
@@ -141,6 +147,15 @@ class Receiver:
     are given back, and its partial data stays in the store for a later resume (a store
     without a ``release`` method discards it).  `clock` tells the time (monotonic seconds;
     tests pass a fake one).
+
+    With `relay_options` (the fsspec storage options of the staging bucket, ``{}`` for none)
+    the receiver takes chunks staged by a `RelayNetwork`: it fetches each referenced object
+    (ranged GETs, several at once), refuses it with `ChecksumMismatch` unless its CRC32C
+    matches the reference, and installs only once every staging area it fetched from has its
+    manifest (the sender's commit marker), naming this snapshot, its vote and size and the
+    objects used.  `relay_prefixes` limits the staging URLs it fetches from.  Without
+    `relay_options`, a reference is refused with `InvalidRequest` (field ``"staged"``) and the
+    relay sends the bytes themselves.
     """
 
     def __init__(
@@ -152,11 +167,20 @@ class Receiver:
         vote_scope: VoteScope = "node",
         idle_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        relay_options: dict[str, Any] | None = None,
+        relay_prefixes: Sequence[str] | None = None,
     ) -> None:
         if vote_scope not in ("node", "snapshot"):
             raise ConfigurationError(f"vote_scope must be 'node' or 'snapshot', got {vote_scope!r}")
         if idle_timeout is not None and not idle_timeout > 0:
             raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
+        if relay_prefixes is not None and relay_options is None:
+            raise ConfigurationError("relay_prefixes needs relay_options")
+        self.relay_options = relay_options
+        self.relay_prefixes = (
+            None if relay_prefixes is None else tuple(p.rstrip("/") + "/" for p in relay_prefixes)
+        )
+        self._staging: dict[str, StagingStore] = {}
         self.store = store
         self.vote = vote
         self.vote_scope: VoteScope = vote_scope
@@ -207,9 +231,128 @@ class Receiver:
 
         `trust_crc` takes ``req.crc32c`` as is instead of computing it again; it is only for a
         request that never left this process (see `LoopbackNetwork`).
+
+        A request with ``staged`` set (a `RelayNetwork` reference) is resolved first: see the
+        class's docstring.
         """
+        if getattr(req, "staged", None) is not None:
+            resolved = await self._resolve(req)
+            if resolved is None:  # a lower vote: nothing fetched
+                current = self.vote_for(req.meta.snapshot_id)
+                assert current is not None
+                return InstallSnapshotResponse(current)
+            req, trust_crc = resolved, True
         crc = await self._validate(req, trust_crc=trust_crc)
         return await self._handle(req, _Checked(crc))
+
+    async def _resolve(self, req: InstallSnapshotRequest) -> InstallSnapshotRequest | None:
+        """`req` with the bytes of its staged object as its data, checked against the
+        reference's CRC32C; None for a request of a lower vote (it is not fetched)."""
+        ref = req.staged
+        assert ref is not None
+        if self.relay_options is None:
+            raise InvalidRequest("this receiver does not fetch staged chunks", field="staged")
+        self._check_ref(req, ref)
+        current = self.vote_for(req.meta.snapshot_id)
+        if current is not None and req.vote < current:
+            return None
+        store = self._staging_store(ref.area)
+        data = await store.fetch(ref)
+        return replace(req, data=data, crc32c=ref.crc32c)
+
+    def _check_ref(self, req: InstallSnapshotRequest, ref: object) -> None:
+        from fstransport.storage.staging import MAX_AREA_LENGTH, is_chunk_name
+
+        def refuse(why: str) -> InvalidRequest:
+            return InvalidRequest(f"malformed staged chunk reference: {why}", field="staged")
+
+        if not isinstance(ref, StagedChunk):
+            raise refuse(f"not a StagedChunk but {type(ref).__name__}")
+        if not isinstance(ref.area, str) or not 0 < len(ref.area) <= MAX_AREA_LENGTH:
+            raise refuse(f"the area must be a URL of at most {MAX_AREA_LENGTH} characters")
+        if any(ch in ref.area for ch in "\x00\r\n") or "/../" in ref.area + "/":
+            raise refuse("the area URL holds forbidden characters")
+        if not is_chunk_name(ref.name):
+            raise refuse("the object name is not a staged chunk name")
+        for value in (ref.length, ref.crc32c):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise refuse("length and crc32c must be non-negative integers")
+        if ref.crc32c > 0xFFFFFFFF:
+            raise refuse("crc32c is more than 32 bits")
+        if len(req.data) != 0 or req.crc32c != ref.crc32c:
+            raise refuse("a reference carries no data and the staged object's CRC32C")
+        limit = self.limits.max_chunk_size
+        if limit is not None and ref.length > limit:
+            raise InvalidRequest(
+                f"staged chunk of {ref.length} bytes exceeds the receiver's limit of {limit}",
+                field="data",
+            )
+        if self.relay_prefixes is not None and not ref.area.startswith(self.relay_prefixes):
+            raise InvalidRequest(
+                f"staging area {ref.area[:96]!r} is not under an allowed prefix", field="staged"
+            )
+        if not isinstance(req.vote, Vote):
+            raise InvalidRequest("vote must be a Vote of integers", field="vote")
+        if not isinstance(req.meta, SnapshotMeta):
+            raise InvalidRequest("meta must be a SnapshotMeta", field="meta")
+        check_snapshot_id(req.meta.snapshot_id)
+
+    def _staging_store(self, area: str) -> StagingStore:
+        from fstransport.storage.staging import StagingStore
+
+        protocol = area.split("://", 1)[0] if "://" in area else "file"
+        store = self._staging.get(protocol)
+        if store is None:
+            store = self._staging[protocol] = StagingStore(area, self.relay_options)
+        return store
+
+    async def _check_manifests(self, stream: _Stream, req: InstallSnapshotRequest) -> None:
+        """Refuse to finish a snapshot fetched (in part) from a staging area whose manifest is
+        missing or does not name this snapshot, vote and size and the objects fetched."""
+        from fstransport.storage.staging import manifest_url
+
+        meta = req.meta
+        vote = [req.vote.term, req.vote.node_id, req.vote.committed]
+        for area, names in sorted(stream.staged.items()):
+            url = manifest_url(area)
+            manifest = await self._staging_store(area).read_json(url)
+            if manifest is None:
+                raise StorageError(
+                    url, "read", FileNotFoundError("the staging area has no manifest")
+                )
+            listed = manifest.get("chunks")
+            listed_names = (
+                {entry[0] for entry in listed if isinstance(entry, list) and entry}
+                if isinstance(listed, list)
+                else set()
+            )
+            problems = [
+                what
+                for what, bad in (
+                    ("snapshot id", manifest.get("snapshot_id") != meta.snapshot_id),
+                    ("vote", manifest.get("vote") != vote),
+                    ("size", manifest.get("size") != meta.size),
+                    (
+                        "checksum",
+                        meta.checksum is not None
+                        and manifest.get("checksum") not in (None, meta.checksum),
+                    ),
+                    ("objects", not names <= listed_names),
+                )
+                if bad
+            ]
+            if problems:
+                raise StorageError(
+                    url,
+                    "verify",
+                    ValueError(f"the manifest does not match this snapshot: {', '.join(problems)}"),
+                )
+
+    async def close(self) -> None:
+        """Close the clients of staging buckets this receiver opened (see `relay_options`)."""
+        stores, self._staging = list(self._staging.values()), {}
+        for store in stores:
+            await store.close()
 
     async def handle_checked(
         self, req: InstallSnapshotRequest
@@ -220,6 +363,10 @@ class Receiver:
         that carries a CRC after all goes through `handle`, which checks it."""
         if not isinstance(req, InstallSnapshotRequest):
             raise InvalidRequest(f"not an InstallSnapshotRequest: {type(req).__name__}")
+        if req.staged is not None:
+            response = await self.handle(req)
+            assert req.crc32c is not None
+            return response, req.crc32c
         if req.crc32c is not None:
             crc = await self._validate(req)
             return await self._handle(req, _Checked(crc)), crc
@@ -273,7 +420,14 @@ class Receiver:
         offsets in any order; the ``done`` chunk completes it once every byte before it is held
         (else `SnapshotMismatch` expecting the first missing byte) and its checksum matches.
         """
-        snapshot, _ = await self._receive(req, _Checked(await self._validate(req)))
+        trust_crc = False
+        if getattr(req, "staged", None) is not None:
+            resolved = await self._resolve(req)
+            if resolved is None:
+                return None
+            req, trust_crc = resolved, True
+        checked = _Checked(await self._validate(req, trust_crc=trust_crc))
+        snapshot, _ = await self._receive(req, checked)
         return snapshot
 
     async def _validate(self, req: InstallSnapshotRequest, *, trust_crc: bool = False) -> int:
@@ -517,9 +671,13 @@ class Receiver:
                 raise
             stream.state.record(req, checked.crc, lost)
             stream.unverified = True
+            if req.staged is not None:
+                stream.staged.setdefault(req.staged.area, set()).add(req.staged.name)
         held = _held_to_tell(stream, req)
         if not req.done:
             return None, held
+        if stream.staged:
+            await self._check_manifests(stream, req)  # no manifest, no install
         try:
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
             snapshot = await self.store.finish(meta, sink)

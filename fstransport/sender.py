@@ -37,6 +37,7 @@ from fstransport.messages import (
     Snapshot,
     SnapshotMeta,
     SnapshotResponse,
+    StagedChunk,
     Vote,
 )
 from fstransport.network.base import Network
@@ -148,6 +149,10 @@ class _Sender:
             parse_checksum(meta.checksum)  # ConfigurationError for a malformed one
         self.net = net
         self.checked_rpc = _checked_rpc(net)  # the in-process path without chunk CRCs, if any
+        # A network that holds chunks staged already (`RelayNetwork`) names them: not read again.
+        self.staged_chunk: Callable[..., StagedChunk | None] | None = getattr(
+            net, "staged_chunk", None
+        )
         self.vote = vote
         self.meta = replace(meta, size=source.size)
         self.source = source
@@ -263,12 +268,19 @@ class _Sender:
 
     async def _send_one(self, plan: ChunkPlan) -> tuple[int, InstallSnapshotResponse]:
         checked = None if plan.done else self.checked_rpc
-        if checked is not None:  # the receiver computes the CRC as it writes the data
-            data: Buffer = await self.source.read(plan.offset, plan.length)
+        staged = None
+        if self.staged_chunk is not None:
+            staged = self.staged_chunk(self.vote, self.meta, plan.offset, plan.length)
+        if staged is not None:  # its bytes wait in a bucket: the network sends a reference
+            data: Buffer = b""
+            crc: int | None = staged.crc32c
+            checked = None
+        elif checked is not None:  # the receiver computes the CRC as it writes the data
+            data = await self.source.read(plan.offset, plan.length)
             crc = None
         else:
             data, crc = await read_checked(self.source, plan.offset, plan.length)
-        if len(data) != plan.length:
+        if staged is None and len(data) != plan.length:
             raise StorageError(
                 self.source.description,
                 "read",
@@ -283,7 +295,7 @@ class _Sender:
             # the receiver refuses the snapshot and discards what it holds of it.
             meta = replace(meta, checksum=self.meta.checksum or actual)
             self.checksum = meta.checksum
-        req = InstallSnapshotRequest(self.vote, meta, plan.offset, data, plan.done, crc)
+        req = InstallSnapshotRequest(self.vote, meta, plan.offset, data, plan.done, crc, staged)
         ttl = self.options.install_timeout if plan.done else self.options.hard_ttl
         if self.deadline_at is not None:
             ttl = max(0.0, min(ttl, self.deadline_at - self.loop.time()))

@@ -48,9 +48,11 @@ from fstransport.network.wire import (
     H_DONE,
     H_META,
     H_OFFSET,
+    H_STAGED,
     H_VOTE,
     check_token,
     decode_meta,
+    decode_staged,
     decode_vote,
     encode_error,
     encode_vote,
@@ -86,7 +88,7 @@ MIN_BODY_RATE = 64 * 1024
 """Bytes per second a request body must average over every `idle_timeout` window, unless it
 ends within the window: a slower body is answered 408 and its share of `max_buffered` given
 back (four peers trickling a byte every few seconds would otherwise hold the whole budget)."""
-_WIRE_HEADERS = (H_VOTE, H_META, H_OFFSET, H_DONE, H_CRC)
+_WIRE_HEADERS = (H_VOTE, H_META, H_OFFSET, H_DONE, H_CRC, H_STAGED)
 
 SMALL_PIECE = 64 * 1024
 """Received pieces shorter than this are gathered into one buffer before they join a chunk's
@@ -557,7 +559,11 @@ def create_app(
                 raise InvalidRequest(f"header {H_CRC} (the body's CRC32C) is required", field=H_CRC)
             sent_crc = _int_header(request, H_CRC)
             done = _done_header(request)
-            if not budget.take(length):
+            staged_header = request.headers.get(H_STAGED)
+            staged = None if staged_header is None else decode_staged(staged_header)
+            # (a staged chunk's bytes are fetched into memory by the receiver: count them too)
+            reserved = length + (staged.length if staged is not None else 0)
+            if not budget.take(reserved):
                 raise TooManyTransfers(
                     f"the server holds {budget.used} bytes of chunks (at most {budget.limit}); "
                     "try again"
@@ -570,13 +576,13 @@ def create_app(
                 if sent_crc == crc:
                     # The CRC was just computed here from the bytes received: the receiver
                     # takes it instead of reading the whole chunk once more.
-                    req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=crc)
+                    req = InstallSnapshotRequest(vote, meta, offset, body, done, crc, staged)
                     response = await receiver.handle(req, trust_crc=True)
                 else:  # corrupted on the way: the receiver refuses it with its usual checks
-                    req = InstallSnapshotRequest(vote, meta, offset, body, done, crc32c=sent_crc)
+                    req = InstallSnapshotRequest(vote, meta, offset, body, done, sent_crc, staged)
                     response = await receiver.handle(req)
             finally:
-                budget.give(length)
+                budget.give(reserved)
         except BodyStalled as exc:
             stalled = _answer_error(exc, request, snapshot_id, hide)
             stalled.force_close()  # the rest of the body may still come: never read it as a request
@@ -681,6 +687,7 @@ def _expiring(receiver: Receiver) -> Callable[[web.Application], AsyncIterator[N
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await receiver.close()  # its clients of staging buckets, if it opened any
 
     return expire
 

@@ -1,5 +1,6 @@
 """Network adapters: the `Network` protocol, the in-process `LoopbackNetwork`, `HttpNetwork`
-for a receiver server over HTTP, and `FaultyNetwork`, which injects seeded faults around any.
+for a receiver server over HTTP, `FaultyNetwork`, which injects seeded faults around any, and
+`RelayNetwork`, which stages chunk bytes in a bucket and sends references through another.
 
 Only the protocol is imported with the package; each adapter is imported when first used, so
 that ``import fstransport.network`` needs no aiohttp (`HttpNetwork`) and no fsspec.
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from fstransport.network.faults import FaultStats, FaultyNetwork
     from fstransport.network.http import HttpNetwork
     from fstransport.network.loopback import LoopbackNetwork
+    from fstransport.network.relay import RelayNetwork
 else:
     __getattr__, __dir__ = lazy_exports(
         globals(),
@@ -22,7 +24,15 @@ else:
             "FaultyNetwork": "fstransport.network.faults",
             "HttpNetwork": "fstransport.network.http",
             "LoopbackNetwork": "fstransport.network.loopback",
+            "RelayNetwork": "fstransport.network.relay",
         },
     )
 
-__all__ = ["FaultStats", "FaultyNetwork", "HttpNetwork", "LoopbackNetwork", "Network"]
+__all__ = [
+    "FaultStats",
+    "FaultyNetwork",
+    "HttpNetwork",
+    "LoopbackNetwork",
+    "Network",
+    "RelayNetwork",
+]

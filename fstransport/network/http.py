@@ -34,11 +34,13 @@ from fstransport.network.wire import (
     H_DONE,
     H_META,
     H_OFFSET,
+    H_STAGED,
     H_VOTE,
     check_token,
     decode_error,
     decode_vote,
     encode_meta,
+    encode_staged,
     encode_vote,
 )
 from fstransport.options import TransferOptions
@@ -102,6 +104,8 @@ class HttpNetwork:
         }
         if req.crc32c is not None:
             headers[H_CRC] = str(req.crc32c)
+        if req.staged is not None:  # its bytes wait in a bucket (`RelayNetwork`)
+            headers[H_STAGED] = encode_staged(req.staged)
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
         try:

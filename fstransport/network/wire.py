@@ -10,6 +10,9 @@ everything else travels in headers:
 ``X-Fstransport-Offset``    byte offset of the body in the snapshot
 ``X-Fstransport-Done``      ``1`` on the final chunk, else ``0``
 ``X-Fstransport-Crc32c``    CRC32C of the body, as an unsigned decimal integer (required)
+``X-Fstransport-Staged``    JSON ``{"area", "name", "length", "crc32c"}``: the chunk's bytes are
+                            staged in a bucket (`RelayNetwork`); the body is empty and the
+                            CRC header is the staged bytes' CRC32C (optional; ≤ 1 KiB)
 ``Authorization``           ``Bearer <token>`` when the server has a token
 =========================== =======================================================
 
@@ -41,7 +44,7 @@ from fstransport.errors import (
     TooManyTransfers,
     Unauthorized,
 )
-from fstransport.messages import LogId, SnapshotMeta, SnapshotSegmentId, Vote
+from fstransport.messages import LogId, SnapshotMeta, SnapshotSegmentId, StagedChunk, Vote
 
 __all__ = [
     "API_PREFIX",
@@ -50,17 +53,21 @@ __all__ = [
     "H_DONE",
     "H_META",
     "H_OFFSET",
+    "H_STAGED",
     "H_VOTE",
     "MAX_DIGITS",
     "MAX_JSON_DEPTH",
     "MAX_META_LENGTH",
+    "MAX_STAGED_LENGTH",
     "ErrorRule",
     "check_token",
     "decode_error",
     "decode_meta",
+    "decode_staged",
     "decode_vote",
     "encode_error",
     "encode_meta",
+    "encode_staged",
     "encode_vote",
     "parse_uint",
 ]
@@ -71,6 +78,7 @@ H_META = "X-Fstransport-Meta"
 H_OFFSET = "X-Fstransport-Offset"
 H_DONE = "X-Fstransport-Done"
 H_CRC = "X-Fstransport-Crc32c"
+H_STAGED = "X-Fstransport-Staged"
 
 MAX_DIGITS = 20
 """Digits an unsigned number on the wire may have: every 64-bit value fits, nothing near
@@ -79,6 +87,9 @@ MAX_META_LENGTH = 4096
 """Characters of the meta header the server reads (aiohttp cuts every header at 8,190)."""
 MAX_JSON_DEPTH = 16
 """How deeply arrays and objects may nest in the meta (``last_membership`` included)."""
+MAX_STAGED_LENGTH = 1024
+"""Characters of the staged-chunk header the server reads: a reference is small."""
+_STAGED_KEYS = frozenset({"area", "name", "length", "crc32c"})
 _ASCII_DIGITS = frozenset("0123456789")
 _META_KEYS = frozenset({"size", "checksum", "last_log_id", "last_membership"})
 
@@ -386,3 +397,44 @@ def decode_error(
     else:  # 408 (the server gave up on our body), 5xx of a proxy, anything unknown: retried
         source = NetworkError(f"HTTP {status} from {where}: {message}")
     return RemoteError(source, target=where)
+
+
+def encode_staged(ref: StagedChunk) -> str:
+    """The staged-chunk header for `ref` (ASCII: other characters are escaped)."""
+    fields = {"area": ref.area, "name": ref.name, "length": ref.length, "crc32c": ref.crc32c}
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def decode_staged(text: str) -> StagedChunk:
+    """The `StagedChunk` in a header; `InvalidRequest` (field ``"staged"``) unless it is a JSON
+    object of at most `MAX_STAGED_LENGTH` characters with exactly the keys ``area`` and
+    ``name`` (strings) and ``length`` and ``crc32c`` (unsigned integers).  The receiver checks
+    the values further (`Receiver`)."""
+
+    def bad(message: str) -> InvalidRequest:
+        return InvalidRequest(message, field="staged")
+
+    if len(text) > MAX_STAGED_LENGTH:
+        raise bad(f"staged header is longer than {MAX_STAGED_LENGTH} characters")
+    if _json_depth(text) > 1:
+        raise bad("staged header must be a flat JSON object")
+    try:
+        fields: Any = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_int=_json_int,
+            parse_float=_no_float,
+            parse_constant=_no_float,
+        )
+    except (ValueError, RecursionError):
+        raise bad("staged header is not JSON") from None
+    except InvalidRequest as exc:
+        raise bad(str(exc)) from None
+    if not isinstance(fields, dict) or set(fields) != _STAGED_KEYS:
+        raise bad(f"staged header must hold exactly the keys {sorted(_STAGED_KEYS)}")
+    area, name, length, crc = (fields[k] for k in ("area", "name", "length", "crc32c"))
+    if not isinstance(area, str) or not isinstance(name, str):
+        raise bad("area and name must be strings")
+    if not (_nat(length) and _nat(crc)):
+        raise bad("length and crc32c must be unsigned integers")
+    return StagedChunk(area, name, length, crc)

@@ -1,0 +1,436 @@
+"""`RelayNetwork`: snapshots through a bucket — bytes staged once, references sent to receivers.
+
+``Chunked.send_snapshot(RelayNetwork(inner, "s3://bucket/stage"), vote, snapshot)`` stages every
+chunk as an immutable object in the staging bucket and sends the receiver behind `inner` only a
+`StagedChunk` reference (an `InstallSnapshotRequest` with empty data and ``staged`` set, well
+under 1 KiB).  The receiver (``Receiver(store, relay_options={...})``) fetches the object, checks
+its CRC32C, and writes it through its store as ever; before it finishes the snapshot it reads
+the area's manifest, which this network writes **last**, just before the final chunk's
+reference: no manifest, no install.  See docs/relay.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote
+
+from fstransport.checksum import chunk_crc
+from fstransport.errors import (
+    ChecksumMismatch,
+    ConfigurationError,
+    InvalidRequest,
+    NetworkError,
+    RemoteError,
+    StorageError,
+)
+from fstransport.messages import (
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    SnapshotMeta,
+    StagedChunk,
+    Vote,
+    contiguous,
+)
+from fstransport.network.base import Network
+from fstransport.options import TransferOptions
+from fstransport.protocol.receiver import check_snapshot_id
+from fstransport.storage.staging import (
+    MANIFEST_VERSION,
+    MAX_AREA_LENGTH,
+    StagingStore,
+    chunk_name,
+    manifest_url,
+)
+
+__all__ = ["RelayNetwork", "StagedChunk"]
+
+log = logging.getLogger("fstransport.relay")
+
+FALL_BACK_AFTER = 3
+"""References in a row a receiver fails to fetch (or finds damaged) before the relay sends it
+the bytes themselves."""
+
+
+@dataclass
+class _Area:
+    """One staging area: this sender's objects of one snapshot under one vote."""
+
+    url: str
+    meta: SnapshotMeta
+    chunks: dict[tuple[int, int], tuple[int, str]] = field(default_factory=dict)
+    """(offset, length) → (CRC32C, object name)"""
+    damaged: set[str] = field(default_factory=set)
+    written: set[str] = field(default_factory=set)  # every object name staged here, for removal
+    pending: int = 0  # uploads under way
+    uploading: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
+    """Uploads under way, by object name: True once the object is there."""
+    committed: bool = False
+    checksum: str | None = None
+
+    def ref(self, offset: int, length: int, crc: int | None) -> StagedChunk | None:
+        found = self.chunks.get((offset, length))
+        if found is None or found[1] in self.damaged or (crc is not None and found[0] != crc):
+            return None
+        return StagedChunk(self.url, found[1], length, found[0])
+
+
+@dataclass
+class _Staged:
+    """What is staged for one (snapshot id, vote)."""
+
+    areas: list[_Area] = field(default_factory=list)
+    cond: asyncio.Condition = field(default_factory=asyncio.Condition)
+    busy: int = 0  # requests under way
+    users: set[int] = field(default_factory=set)
+    """The networks (siblings) that began sending this snapshot and saw no acknowledgement."""
+    expires: float | None = None
+    generation: int = 0
+
+
+class _Shared:
+    """The staging state of a `RelayNetwork` and of every sibling made with `RelayNetwork.to`."""
+
+    def __init__(self, staging_url: str, options: dict[str, Any], keep_for: float | None) -> None:
+        self.staging_url = staging_url.rstrip("/")
+        self.store = StagingStore(self.staging_url, options)
+        self.keep_for = keep_for
+        self.snapshots: dict[tuple[str, Vote], _Staged] = {}
+        self.bytes_uploaded = 0
+
+
+def _damaged(source: BaseException) -> bool:
+    """Whether a receiver's refusal of a reference says the staged object is bad or gone."""
+    if isinstance(source, ChecksumMismatch):
+        return not source.whole
+    return isinstance(source, StorageError) and source.verb == "fetch" and not source.retryable
+
+
+def _not_fetched(source: BaseException) -> bool:
+    """Whether the receiver could not fetch a staged object (the bucket failed it)."""
+    return isinstance(source, StorageError) and source.verb == "fetch"
+
+
+def _stageable(req: InstallSnapshotRequest) -> bool:
+    """Whether `req` names a snapshot and vote that can name staged objects; the receiver
+    refuses any other request anyway, so it goes to the receiver as it is."""
+    try:
+        check_snapshot_id(req.meta.snapshot_id)
+        return all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0
+            for n in (req.vote.term, req.vote.node_id, req.offset)
+        )
+    except (InvalidRequest, AttributeError):
+        return False
+
+
+def _jsonable(value: object) -> object:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+class RelayNetwork:
+    """A `Network` that stages chunk bytes in `staging_url` and sends references through
+    `inner`.
+
+    `staging_options` are the fsspec storage options of the staging URL (``endpoint_url``,
+    ``key``, ...).  Each chunk becomes one object, written once with one PUT (conditional on
+    S3) under a key nobody else uses (see `fstransport.storage.staging`).  A chunk staged
+    already — the same snapshot and vote, offset, length and CRC32C — is not uploaded again:
+    a second `Chunked.send_snapshot` of the same snapshot through this network (or a sibling
+    from `to`, for another receiver) uploads nothing, and when the snapshot's meta names its
+    checksum the sender does not even read the source again (`staged_chunk`).
+
+    Once every receiver this network and its siblings began sending the snapshot to has
+    acknowledged its final chunk, the staged objects are removed, unless `keep_for` (seconds)
+    keeps them for later receivers; `expire` removes what outlived its
+    TTL and `close` everything this network staged.  A staged object a receiver finds damaged
+    or gone is staged again; a receiver that takes no references (created without
+    ``relay_options``) or fails to fetch `FALL_BACK_AFTER` of them in a row gets the bytes
+    themselves through `inner` from then on.
+    """
+
+    def __init__(
+        self,
+        inner: Network,
+        staging_url: str,
+        *,
+        keep_for: float | None = None,
+        **staging_options: Any,
+    ) -> None:
+        if keep_for is not None and not keep_for >= 0:
+            raise ConfigurationError(f"keep_for must not be negative, got {keep_for!r}")
+        if not isinstance(staging_url, str) or not staging_url.strip("/"):
+            raise ConfigurationError(f"staging_url must be a URL, got {staging_url!r}")
+        self.inner = inner
+        self._shared = _Shared(staging_url, staging_options, keep_for)
+        self._direct = False  # the receiver takes no references: it gets the bytes
+        self._fetch_failures = 0  # references in a row the receiver could not fetch
+
+    @property
+    def staging_url(self) -> str:
+        return self._shared.staging_url
+
+    @property
+    def keep_for(self) -> float | None:
+        return self._shared.keep_for
+
+    @property
+    def bytes_uploaded(self) -> int:
+        """Bytes of chunks this network and its siblings uploaded to the staging bucket."""
+        return self._shared.bytes_uploaded
+
+    @property
+    def puts(self) -> int:
+        """Objects (chunks and manifests) this network and its siblings wrote."""
+        return self._shared.store.puts
+
+    def to(self, inner: Network) -> RelayNetwork:
+        """A `RelayNetwork` for another receiver (behind `inner`) that shares this one's
+        staging: what either staged, the other reuses."""
+        sibling = RelayNetwork.__new__(RelayNetwork)
+        sibling.inner = inner
+        sibling._shared = self._shared
+        sibling._direct = False
+        sibling._fetch_failures = 0
+        return sibling
+
+    def staged_chunk(
+        self, vote: Vote, meta: SnapshotMeta, offset: int, length: int
+    ) -> StagedChunk | None:
+        """The committed staged object holding exactly bytes ``[offset, offset + length)`` of
+        the snapshot `meta` names, if there is one; the sender then need not read them.
+
+        Only for a meta that names its checksum, and equal to the committed one: an id alone
+        does not prove that the bytes are the same."""
+        staged = self._shared.snapshots.get((meta.snapshot_id, vote))
+        if staged is None or meta.checksum is None or self._direct:
+            return None
+        if staged.expires is not None and staged.expires <= time.time():
+            return None
+        for area in staged.areas:
+            if area.committed and area.checksum == meta.checksum and area.meta.same_snapshot(meta):
+                ref = area.ref(offset, length, None)
+                if ref is not None:
+                    return ref
+        return None
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        if (self._direct and req.staged is None) or not _stageable(req):
+            return await self.inner.install_snapshot(req, option)  # as it is
+        key = (req.meta.snapshot_id, req.vote)
+        staged = self._shared.snapshots.get(key)
+        if staged is None:
+            staged = self._shared.snapshots[key] = _Staged()
+        staged.busy += 1
+        staged.users.add(id(self))
+        try:
+            response = await self._deliver(staged, req, option)
+            if req.done and response.vote <= req.vote:
+                staged.users.discard(id(self))
+                await self._acknowledged(key, staged)
+            return response
+        finally:
+            staged.busy -= 1
+
+    async def _deliver(
+        self, staged: _Staged, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        ref_req = req if req.staged is not None else await self._stage(staged, req)
+        if req.done:
+            await self._commit(staged, req.meta, req.vote)
+        try:
+            response = await self.inner.install_snapshot(ref_req, option)
+        except RemoteError as exc:
+            ref = ref_req.staged
+            source = exc.source
+            if isinstance(source, InvalidRequest) and source.field == "staged":
+                return await self._fall_back(req, option, exc, "takes no staged chunks")
+            if ref is None or not (_damaged(source) or _not_fetched(source)):
+                raise
+            self._fetch_failures += 1
+            if self._fetch_failures >= FALL_BACK_AFTER:
+                return await self._fall_back(req, option, exc, "cannot fetch staged chunks")
+            if not _damaged(source):
+                raise  # the bucket failed the receiver for now: the sender sends it again
+            await self._forget(staged, ref)
+            if req.staged is not None:  # the sender retries, reading the bytes this time
+                raise NetworkError(f"staged object {ref.url} is damaged or gone: {source}") from exc
+            log.warning("staged object %s refused (%s); staging it again", ref.url, exc)
+            ref_req = await self._stage(staged, req)
+            if req.done:
+                await self._commit(staged, req.meta, req.vote)
+            response = await self.inner.install_snapshot(ref_req, option)
+        self._fetch_failures = 0
+        return response
+
+    async def _fall_back(
+        self, req: InstallSnapshotRequest, option: TransferOptions, exc: RemoteError, why: str
+    ) -> InstallSnapshotResponse:
+        """From now on, send the receiver behind `inner` the bytes themselves."""
+        log.warning("%r %s (%s); sending it the bytes themselves", self.inner, why, exc.source)
+        self._direct = True
+        if req.staged is not None:  # the sender did not read these bytes: it must now
+            raise NetworkError(f"{self.inner!r} {why}") from exc
+        return await self.inner.install_snapshot(req, option)
+
+    async def _stage(self, staged: _Staged, req: InstallSnapshotRequest) -> InstallSnapshotRequest:
+        """`req` with its bytes staged (or found staged already) and replaced by a reference."""
+        data = contiguous(req.data)
+        length = len(data)
+        crc = req.crc32c if req.crc32c is not None else chunk_crc(data)
+        shared = self._shared
+        async with staged.cond:
+            for area in staged.areas:
+                if area.meta.same_snapshot(req.meta):
+                    ref = area.ref(req.offset, length, crc)
+                    if ref is not None:
+                        return replace(req, data=b"", crc32c=crc, staged=ref)
+            area = self._open_area(staged, req)
+            ref = StagedChunk(
+                area.url, chunk_name(req.offset, length, crc, staged.generation), length, crc
+            )
+            upload = area.uploading.get(ref.name)
+            mine = upload is None
+            if upload is None:  # nobody is uploading these bytes: this call does
+                upload = area.uploading[ref.name] = asyncio.get_running_loop().create_future()
+                area.pending += 1
+        if not mine:  # another send (to another receiver) is uploading them right now
+            if not await asyncio.shield(upload):
+                raise NetworkError(f"staging {ref.url} failed; the chunk is sent again")
+            return replace(req, data=b"", crc32c=crc, staged=ref)
+        done = False
+        try:
+            if await shared.store.put_once(ref.url, data, crc):
+                shared.bytes_uploaded += length
+            done = True
+        finally:
+            area.pending -= 1
+            del area.uploading[ref.name]
+            area.written.add(ref.name)  # (a failed PUT may have left it too)
+            if done:
+                area.chunks[(req.offset, length)] = (crc, ref.name)
+                area.damaged.discard(ref.name)
+            upload.set_result(done)
+            async with staged.cond:
+                staged.cond.notify_all()
+        return replace(req, data=b"", crc32c=crc, staged=ref)
+
+    def _open_area(self, staged: _Staged, req: InstallSnapshotRequest) -> _Area:
+        """The area new chunks of `req`'s snapshot go to: the open one, or a new one (whose
+        name no other sender can hit: a fresh nonce under the snapshot id and the vote)."""
+        for area in staged.areas:
+            if not area.committed and area.meta.same_snapshot(req.meta):
+                return area
+        vote = req.vote
+        url = (
+            f"{self._shared.staging_url}/{quote(req.meta.snapshot_id, safe=' ')}/"
+            f"v{vote.term}-{vote.node_id}-{int(vote.committed)}/{uuid.uuid4().hex}"
+        )
+        if len(url) > MAX_AREA_LENGTH:
+            raise ConfigurationError(
+                f"staging area URL {url[:64]!r}... is longer than {MAX_AREA_LENGTH} characters"
+            )
+        area = _Area(url, replace(req.meta, checksum=None))
+        staged.areas.append(area)
+        return area
+
+    async def _commit(self, staged: _Staged, meta: SnapshotMeta, vote: Vote) -> None:
+        """Write the manifest of every open area of this snapshot (after its uploads ended):
+        the commit marker that lets receivers install what they fetched from it."""
+        async with staged.cond:
+            await staged.cond.wait_for(lambda: all(a.pending == 0 for a in staged.areas))
+            now = time.time()
+            keep_for = self._shared.keep_for
+            for area in staged.areas:
+                if area.committed or not area.meta.same_snapshot(meta):
+                    continue
+                manifest = {
+                    "version": MANIFEST_VERSION,
+                    "snapshot_id": meta.snapshot_id,
+                    "vote": [vote.term, vote.node_id, vote.committed],
+                    "size": meta.size,
+                    "checksum": meta.checksum,
+                    "last_log_id": (
+                        [meta.last_log_id.term, meta.last_log_id.index]
+                        if meta.last_log_id
+                        else None
+                    ),
+                    "last_membership": _jsonable(meta.last_membership),
+                    "chunks": sorted(
+                        [name, offset, length, crc]
+                        for (offset, length), (crc, name) in area.chunks.items()
+                        if name not in area.damaged
+                    ),
+                    "created": now,
+                    "expires": None if keep_for is None else now + keep_for,
+                }
+                await self._shared.store.write_json(manifest_url(area.url), manifest)
+                area.committed = True
+                area.checksum = meta.checksum
+            if keep_for is not None:
+                staged.expires = now + keep_for
+
+    async def _forget(self, staged: _Staged, ref: StagedChunk) -> None:
+        async with staged.cond:
+            for area in staged.areas:
+                if area.url == ref.area:
+                    area.damaged.add(ref.name)
+            staged.generation += 1  # its replacement gets a name of its own
+
+    async def _acknowledged(self, key: tuple[str, Vote], staged: _Staged) -> None:
+        """The receiver installed the snapshot: remove what is staged for it, unless it is kept
+        for later receivers or another receiver is still being sent it."""
+        alone = not staged.users and staged.busy <= 1 and self._shared.snapshots.get(key) is staged
+        if self._shared.keep_for is None and alone:
+            del self._shared.snapshots[key]
+            await self._remove(staged)
+        await self.expire()
+
+    async def _remove(self, staged: _Staged) -> None:
+        for area in staged.areas:
+            urls = [manifest_url(area.url)] if area.committed else []
+            urls += [f"{area.url}/chunks/{name}" for name in sorted(area.written)]
+            await self._shared.store.remove(urls)  # the manifest first: then nobody installs
+            await self._shared.store.prune(f"{area.url}/chunks", self._shared.staging_url)
+
+    async def expire(self, now: float | None = None) -> int:
+        """Remove staged snapshots whose `keep_for` has passed and that no send is using;
+        return how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        for key, staged in list(self._shared.snapshots.items()):
+            if staged.expires is not None and staged.expires <= now and staged.busy == 0:
+                del self._shared.snapshots[key]
+                await self._remove(staged)
+                removed += 1
+        return removed
+
+    async def close(self) -> None:
+        """Remove everything this network and its siblings staged (kept or not) and close the
+        staging client.  The inner network stays open (its owner closes it)."""
+        try:
+            for key, staged in list(self._shared.snapshots.items()):
+                del self._shared.snapshots[key]
+                await self._remove(staged)
+        finally:
+            await self._shared.store.close()
+
+    async def __aenter__(self) -> RelayNetwork:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"RelayNetwork({self.inner!r}, {self.staging_url!r})"

@@ -35,9 +35,9 @@ from fstransport import (
     Vote,
     cleanup_staging,
 )
-from fstransport._testkit.network_suite import Connect, NetworkSuite
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.storage.staging import MANIFEST_NAME, StagingStore, chunk_name
+from fstransport.testing.network_suite import Connect, NetworkSuite
 from tests.conftest import payload
 
 STAGE = "memory://stage"

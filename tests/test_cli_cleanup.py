@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import S3_ENV
+from fstransport.testing import S3TestServer
 from tests.test_cli import assert_one_error_line, run
 
 
@@ -47,7 +47,7 @@ def test_missing_root_is_an_error(tmp_path: Path) -> None:
 
 
 def test_s3_dry_run_lists_an_abandoned_upload_and_keeps_it(
-    moto_server: str, s3_bucket: str, s3_client: Any
+    s3_server: S3TestServer, s3_bucket: str, s3_client: Any
 ) -> None:
     upload = s3_client.create_multipart_upload(Bucket=s3_bucket, Key="snaps/x.bin")["UploadId"]
     args = (
@@ -56,13 +56,13 @@ def test_s3_dry_run_lists_an_abandoned_upload_and_keeps_it(
         "--older-than",
         "0",
         "--endpoint-url",
-        moto_server,
+        s3_server.endpoint_url,
     )
-    dry = run(*args, "--dry-run", env=S3_ENV)
+    dry = run(*args, "--dry-run", env=s3_server.env)
     assert dry.returncode == 0, dry.stderr
     assert f"would remove s3://{s3_bucket}/snaps/x.bin (upload {upload})" in dry.stdout
     assert len(s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])) == 1
-    real = run(*args, env=S3_ENV)
+    real = run(*args, env=s3_server.env)
     assert real.returncode == 0, real.stderr
     assert f"removed s3://{s3_bucket}/snaps/x.bin (upload {upload})" in real.stdout
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

@@ -39,7 +39,8 @@ from fstransport.storage.s3_copy import (
     stored_crc32c,
 )
 from fstransport.storage.store import FsspecSnapshotStore
-from tests.conftest import S3_ENV, payload
+from fstransport.testing import S3TestServer
+from tests.conftest import payload
 from tests.test_cli import run as run_cli
 
 FAST = TransferOptions(retry=RetryPolicy(max_attempts=2, initial_backoff=0.0, jitter=0.0))
@@ -407,18 +408,26 @@ async def test_server_side_refused_across_endpoints_and_off_s3(
     assert not report.server_side
 
 
-def test_cli_server_side_copy(moto_server: str, s3_bucket: str, s3_client: Any) -> None:
+def test_cli_server_side_copy(s3_server: S3TestServer, s3_bucket: str, s3_client: Any) -> None:
     data = payload(MIN_PART_SIZE + 17, seed=11)
     s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=data)
     src, dst = f"s3://{s3_bucket}/src.bin", f"s3://{s3_bucket}/dst.bin"
-    args = ("--endpoint-url", moto_server, "--json")
-    result = run_cli("ship", src, dst, *args, "--server-side", env=S3_ENV)
+    args = ("--endpoint-url", s3_server.endpoint_url, "--json")
+    result = run_cli("ship", src, dst, *args, "--server-side", env=s3_server.env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["server_side"] is True
     assert report["bytes_sent"] == 0
     assert object_bytes(s3_client, s3_bucket, "dst.bin") == data
-    human = run_cli("ship", src, dst, "--endpoint-url", moto_server, "--server-side", env=S3_ENV)
+    human = run_cli(
+        "ship",
+        src,
+        dst,
+        "--endpoint-url",
+        s3_server.endpoint_url,
+        "--server-side",
+        env=s3_server.env,
+    )
     assert "copied by the S3 server (1 part copies)" in human.stdout, human.stderr
     via = run_cli("ship", src, dst, *args, "--server-side", "--via", "http://127.0.0.1:1")
     assert via.returncode != 0
@@ -427,14 +436,16 @@ def test_cli_server_side_copy(moto_server: str, s3_bucket: str, s3_client: Any) 
 
 
 def test_cli_read_streams_and_part_size(
-    tmp_path: Path, moto_server: str, s3_bucket: str, s3_client: Any
+    tmp_path: Path, s3_server: S3TestServer, s3_bucket: str, s3_client: Any
 ) -> None:
     data = payload(3 * MiB + 5, seed=12)
     s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=data)
-    args = ("--endpoint-url", moto_server, "--json", "--chunk-size", "1MiB")
+    args = ("--endpoint-url", s3_server.endpoint_url, "--json", "--chunk-size", "1MiB")
     tuning = ("--read-streams", "3", "--read-part-size", "1MiB")
     target = tmp_path / "out.bin"
-    result = run_cli("ship", f"s3://{s3_bucket}/src.bin", str(target), *args, *tuning, env=S3_ENV)
+    result = run_cli(
+        "ship", f"s3://{s3_bucket}/src.bin", str(target), *args, *tuning, env=s3_server.env
+    )
     assert result.returncode == 0, result.stderr
     assert target.read_bytes() == data
     bad = run_cli("ship", f"s3://{s3_bucket}/src.bin", str(target), "--read-streams", "0")

@@ -57,9 +57,17 @@ def _look(url: str, storage_options: dict[str, Any], *, bucket_only: bool) -> Pr
         options["config_kwargs"]["retries"] = {"max_attempts": 1, "mode": "standard"}
         options["skip_instance_cache"] = True
     fs, path = fsspec.core.url_to_fs(url, **options)
+    try:
+        return _look_at(fs, str(path), url, bucket_only=bucket_only)
+    finally:
+        if is_s3_url(url):
+            _close(fs)
+
+
+def _look_at(fs: Any, path: str, url: str, *, bucket_only: bool) -> Probe:
     if is_s3_url(url):
         fs.retries = 1  # s3fs's own retry loop, on top of botocore's
-        bucket, _, key = str(path).partition("/")
+        bucket, _, key = path.partition("/")
         try:
             fs.info(bucket)
         except FileNotFoundError as exc:
@@ -76,6 +84,15 @@ def _look(url: str, storage_options: dict[str, Any], *, bucket_only: bool) -> Pr
         return Probe(None, is_special=True)
     size = info.get("size")
     return Probe(int(size) if isinstance(size, int) else None)
+
+
+def _close(fs: Any) -> None:
+    """Close an S3 filesystem's connections here, in the worker thread, on fsspec's own loop:
+    left to its finalizer, it may be collected while the command's event loop runs, and then
+    closes them on that loop, which they do not belong to (a traceback at exit)."""
+    client = getattr(fs, "s3", None)
+    if client is not None:
+        type(fs).close_session(fs.loop, client)
 
 
 async def probe(

@@ -1,0 +1,495 @@
+"""Directory snapshots (issue 15, item 1): a folder shipped as one packed, verified snapshot,
+unpacked only once verified, appearing at the target in one step — locally by a rename, on
+memory:// and S3 by a manifest written last.  Hostile senders, refused source entries and
+interrupted transfers leave nothing visible."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+
+from fstransport import (
+    FsspecSnapshotStore,
+    InvalidRequest,
+    LoopbackNetwork,
+    Receiver,
+    ReceiverLimits,
+    RemoteError,
+    Snapshot,
+    SnapshotMeta,
+    TransferOptions,
+    UnsupportedEntry,
+    Vote,
+)
+from fstransport.checksum import chunk_crc, format_checksum
+from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
+from fstransport.network.wire import decode_meta, encode_meta
+from fstransport.options import KiB
+from fstransport.sender import Chunked
+from fstransport.transfer import ship
+from fstransport.tree import MAGIC, MANIFEST_NAME, TreeTable, load_manifest, tree_path_problem
+from tests.conftest import payload
+
+UNICODE = "Ünïcødé ✓ 日本"
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    """A tree with nested folders, empty files, an empty folder and unicode names."""
+    files = {
+        "a/b/c/deep.bin": payload(70_000, seed=1),
+        "a/b/small.txt": b"hello\n",
+        "a/empty.txt": b"",
+        f"{UNICODE}/名前.dat": payload(3000, seed=2),
+        "top.bin": payload(200_001, seed=3),
+    }
+    for rel, data in files.items():
+        path = root.joinpath(*rel.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / "empty-dir" / "nested-empty").mkdir(parents=True)
+    return files
+
+
+TREE_DIRS = {"a", "a/b", "a/b/c", UNICODE, "empty-dir", "empty-dir/nested-empty"}
+
+
+def local_tree(root: Path) -> tuple[set[str], dict[str, bytes]]:
+    dirs, files = set(), {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir():
+            dirs.add(rel)
+        else:
+            files[rel] = path.read_bytes()
+    return dirs, files
+
+
+def object_tree(fs: Any, tree: str) -> tuple[set[str], dict[str, bytes], dict[str, Any]]:
+    """What a reader finds through the manifest: folders, files (checked against the
+    manifest's sizes and CRCs), the manifest; and nothing else lies under the tree."""
+    fs.invalidate_cache()
+    manifest = load_manifest(fs, tree)
+    base = f"{tree.rstrip('/')}/{manifest['generation']}"
+    files = {}
+    for path, size, crc in manifest["files"]:
+        data = fs.cat_file(f"{base}/{path}")
+        assert len(data) == size
+        assert format_checksum(chunk_crc(data)) == crc
+        files[path] = data
+    stored = {str(p) for p in fs.find(tree)}
+    expected = {f"{base}/{p}" for p in files} | {f"{tree.rstrip('/')}/{MANIFEST_NAME}"}
+    assert {p.lstrip("/") for p in stored} == {p.lstrip("/") for p in expected}
+    return set(manifest["dirs"]), files, manifest
+
+
+def no_internal_leftovers(root: Path) -> None:
+    leftovers = [p for p in (root / ".fstransport").rglob("*") if p.is_file()]
+    assert leftovers == [], leftovers
+
+
+# -- round trips -----------------------------------------------------------------------------------
+
+
+async def test_local_tree_round_trip_and_replace(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = make_tree(src)
+    target = tmp_path / "out" / "snap"
+    report = await ship(str(src), str(target), options=TransferOptions(chunk_size=64 * KiB))
+    assert local_tree(target) == (TREE_DIRS, files)
+    assert report.files == len(files)
+    assert report.size > sum(map(len, files.values()))  # the table travels too
+    assert report.chunks_sent > 1
+    no_internal_leftovers(tmp_path / "out")
+
+    # shipped again with a file gone and another changed: the new tree replaces the old whole
+    (src / "top.bin").unlink()
+    (src / "a" / "b" / "small.txt").write_bytes(b"changed")
+    del files["top.bin"]
+    files["a/b/small.txt"] = b"changed"
+    await ship(str(src), str(target))
+    assert local_tree(target) == (TREE_DIRS, files)
+    assert sorted(os.listdir(tmp_path / "out")) == ["snap"], "no staging or old folder left"
+
+
+async def test_local_tree_replaces_a_file_of_the_same_name(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = make_tree(src)
+    (tmp_path / "snap").write_bytes(b"an older file snapshot")
+    await ship(str(src), str(tmp_path / "snap"))
+    assert local_tree(tmp_path / "snap") == (TREE_DIRS, files)
+
+
+async def test_memory_tree_round_trip_and_replace(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = make_tree(src)
+    fs = fsspec.filesystem("memory")
+    await ship(str(src), "memory://store/snap")
+    dirs, got, first = object_tree(fs, "/store/snap")
+    assert (dirs, got) == (TREE_DIRS, files)
+    assert first["snapshot_id"] == "snap"
+    (src / "new.txt").write_bytes(b"new")
+    files["new.txt"] = b"new"
+    await ship(str(src), "memory://store/snap")
+    dirs, got, second = object_tree(fs, "/store/snap")  # (checks the old generation is gone)
+    assert (dirs, got) == (TREE_DIRS, files)
+    assert second["generation"] != first["generation"]
+    assert not [k for k in fs.store if "/.fstransport/" in k], "packed data left behind"
+
+
+async def test_memory_source_tree(tmp_path: Path) -> None:
+    fs = fsspec.filesystem("memory")
+    fs.pipe({"/in/x/y.bin": b"xy", "/in/z.bin": b"z" * 1000})
+    await ship("memory://in", str(tmp_path / "out"))
+    assert local_tree(tmp_path / "out") == ({"x"}, {"x/y.bin": b"xy", "z.bin": b"z" * 1000})
+
+
+async def test_an_empty_folder_round_trips(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    report = await ship(str(tmp_path / "src"), str(tmp_path / "out"))
+    assert report.files == 0
+    assert local_tree(tmp_path / "out") == (set(), {})
+
+
+def thousand_files(root: Path) -> dict[str, bytes]:
+    files = {f"d{i % 10}/f{i:04d}.txt": f"file {i}\n".encode() * (i % 7) for i in range(1000)}
+    for rel, data in files.items():
+        path = root.joinpath(*rel.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+class CountingNetwork(LoopbackNetwork):
+    pass
+
+
+@pytest.mark.parametrize("target_kind", ["local", "memory"])
+async def test_thousand_small_files_take_few_chunks(tmp_path: Path, target_kind: str) -> None:
+    src = tmp_path / "src"
+    files = thousand_files(src)
+    root = str(tmp_path / "out") if target_kind == "local" else "memory://out"
+    store = FsspecSnapshotStore(root)
+    net = LoopbackNetwork(Receiver(store))
+    report = await ship(
+        str(src), "snap", network=net, options=TransferOptions(chunk_size=64 * KiB)
+    )
+    assert net.requests == report.chunks_sent <= 3  # packed: not a request per file
+    if target_kind == "local":
+        assert local_tree(tmp_path / "out" / "snap")[1] == files
+    else:
+        assert object_tree(fsspec.filesystem("memory"), "/out/snap")[1] == files
+
+
+@pytest.mark.s3
+async def test_s3_tree_round_trip_and_replace(
+    tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    src = tmp_path / "src"
+    files = make_tree(src)
+    files.update({f"many/{k}": v for k, v in thousand_files(tmp_path / "many-src").items()})
+    for rel, data in files.items():
+        path = src.joinpath(*rel.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    target = f"s3://{s3_bucket}/trees/snap"
+    await ship(str(src), target, target_options=s3_storage_options)
+    fs = fsspec.filesystem("s3", **s3_storage_options)
+    dirs, got, first = object_tree(fs, f"{s3_bucket}/trees/snap")
+    assert got == files
+    assert TREE_DIRS <= dirs
+    (src / "top.bin").unlink()
+    del files["top.bin"]
+    await ship(str(src), target, target_options=s3_storage_options)
+    dirs, got, second = object_tree(fs, f"{s3_bucket}/trees/snap")
+    assert got == files and second["generation"] != first["generation"]
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    assert not [k for k in keys if not k.startswith("trees/snap/")], "packed or state data left"
+    assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+# -- refused sources -------------------------------------------------------------------------------
+
+
+def special_entries(src: Path) -> list[tuple[str, Any]]:
+    def symlink(path: Path) -> None:
+        path.symlink_to(src / "ok.txt")
+
+    def dangling(path: Path) -> None:
+        path.symlink_to("/nonexistent/elsewhere")
+
+    def fifo(path: Path) -> None:
+        os.mkfifo(path)
+
+    def unix_socket(path: Path) -> None:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+
+    return [("link", symlink), ("dangling", dangling), ("fifo", fifo), ("sock", unix_socket)]
+
+
+@pytest.mark.parametrize("index", range(4), ids=["symlink", "dangling", "fifo", "socket"])
+async def test_special_entries_are_refused_before_anything_is_sent(
+    tmp_path: Path, index: int
+) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "ok.txt").write_bytes(b"ok")
+    name, make = special_entries(src)[index]
+    make(src / "sub" / name)
+    store = FsspecSnapshotStore(str(tmp_path / "out"))
+    net = LoopbackNetwork(Receiver(store))
+    with pytest.raises(UnsupportedEntry) as caught:
+        await ship(str(src), "snap", network=net)
+    assert caught.value.path.endswith(f"sub/{name}")
+    assert net.requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["-dash", "trailing.", " lead", "line\nbreak", "bidi\u202eevil", ".fstransport"]
+)
+async def test_unsafe_names_are_refused(tmp_path: Path, name: str) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / name).write_bytes(b"x")
+    with pytest.raises(UnsupportedEntry, match="not safe"):
+        await ship(str(src), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_path_rules() -> None:
+    for bad in ["", "/abs", "a/../b", "..", "a//b", "a/./b", "a\\b", "nul\x00", "a/" * 300 + "b"]:
+        assert tree_path_problem(bad) is not None, bad
+    for good in ["a", "a/b/c.txt", UNICODE, "x y/z"]:
+        assert tree_path_problem(good) is None, good
+
+
+# -- hostile senders -------------------------------------------------------------------------------
+
+
+def packed(
+    files: list[tuple[str, bytes]],
+    dirs: list[str] | None = None,
+    *,
+    table: dict[str, Any] | None = None,
+    crcs: dict[str, int] | None = None,
+) -> bytes:
+    """A packed stream as a hostile sender may craft it: any table, any bodies."""
+    crcs = crcs or {}
+    entries = table or {
+        "format": "fstransport-tree",
+        "version": 1,
+        "dirs": dirs or [],
+        "files": [
+            [p, len(d), format_checksum(crcs.get(p, chunk_crc(d)))] for p, d in files
+        ],
+    }
+    text = json.dumps(entries).encode()
+    return struct.pack(">8sQ", MAGIC, len(text)) + text + b"".join(d for _, d in files)
+
+
+HOSTILE = {
+    "dotdot": packed([("../escape.txt", b"x")]),
+    "dotdot inside": packed([("a/../../escape.txt", b"x")]),
+    "absolute": packed([("/etc/evil", b"x")]),
+    "nul": packed([("a\x00b", b"x")]),
+    "backslash": packed([("..\\escape", b"x")]),
+    "reserved": packed([(".fstransport/partial/x", b"x")]),
+    "dir escapes": packed([], dirs=["../up"]),
+    "twice": packed([("a", b"x"), ("a", b"y")]),
+    "file and folder": packed([("a", b"x"), ("a/b", b"y")]),
+    "bad magic": b"NOTATREE" + packed([("a", b"x")])[8:],
+    "sizes too short": packed([("a", b"xyz")])[:-1] + b"",
+    "negative size": packed(
+        [], table={"format": "fstransport-tree", "version": 1, "dirs": [], "files": [["a", -1, "crc32c:00000000"]]}
+    ),
+    "extra key": packed(
+        [], table={"format": "fstransport-tree", "version": 1, "dirs": [], "files": [], "x": 1}
+    ),
+    "crc lies": packed([("a", b"data")], crcs={"a": 1234}),
+    "table too long": struct.pack(">8sQ", MAGIC, 10**9) + b"{}",
+}
+
+
+async def send_packed(
+    store: FsspecSnapshotStore, data: bytes, *, limits: ReceiverLimits | None = None
+) -> None:
+    meta = SnapshotMeta("snap", size=len(data), kind="tree")
+    net = LoopbackNetwork(Receiver(store, limits=limits))
+    await Chunked.send_snapshot(
+        net, Vote(1, 1), Snapshot(meta, io.BytesIO(data)), option=TransferOptions(chunk_size=64)
+    )
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+@pytest.mark.parametrize("target_kind", ["local", "memory"])
+async def test_hostile_packed_streams_install_nothing(
+    tmp_path: Path, case: str, target_kind: str
+) -> None:
+    root = str(tmp_path / "out") if target_kind == "local" else "memory://out"
+    store = FsspecSnapshotStore(root)
+    with pytest.raises(RemoteError) as caught:
+        await send_packed(store, HOSTILE[case])
+    assert isinstance(caught.value.source, InvalidRequest), caught.value.source
+    assert caught.value.source.field in ("tree", "size")
+    await store.close()
+    if target_kind == "local":
+        assert not (tmp_path / "escape.txt").exists()
+        assert sorted(os.listdir(tmp_path / "out")) in ([], [".fstransport"])
+        no_internal_leftovers(tmp_path / "out")
+    else:
+        assert list(fsspec.filesystem("memory").store) == []
+
+
+async def test_a_well_formed_crafted_stream_installs(tmp_path: Path) -> None:
+    """(the hostile cases above fail for their fault, not for the crafting)"""
+    store = FsspecSnapshotStore(str(tmp_path / "out"))
+    await send_packed(store, packed([("a/b.txt", b"bee"), ("c", b"")], dirs=["a", "empty"]))
+    assert local_tree(tmp_path / "out" / "snap") == (
+        {"a", "empty"},
+        {"a/b.txt": b"bee", "c": b""},
+    )
+
+
+async def test_the_receivers_file_limit(tmp_path: Path) -> None:
+    store = FsspecSnapshotStore(str(tmp_path / "out"))
+    data = packed([(f"f{i}", b"x") for i in range(5)])
+    with pytest.raises(RemoteError, match="limit of 4"):
+        await send_packed(store, data, limits=ReceiverLimits(max_tree_files=4))
+    assert not (tmp_path / "out" / "snap").exists()
+    await send_packed(store, data, limits=ReceiverLimits(max_tree_files=5))
+    assert len(os.listdir(tmp_path / "out" / "snap")) == 5
+
+
+async def test_a_store_without_trees_refuses_them(tmp_path: Path) -> None:
+    class FileOnly:
+        def __init__(self, inner: FsspecSnapshotStore) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "accepts_trees":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    receiver = Receiver(FileOnly(FsspecSnapshotStore(str(tmp_path / "out"))))  # type: ignore[arg-type]
+    data = packed([("a", b"x")])
+    req = InstallSnapshotRequest(
+        Vote(1, 1), SnapshotMeta("snap", size=len(data), kind="tree"), 0, data, True
+    )
+    with pytest.raises(InvalidRequest, match="directory snapshots"):
+        await receiver.handle(req)
+
+
+def test_kind_on_the_wire() -> None:
+    meta = SnapshotMeta("snap", size=10, checksum="crc32c:00000001", kind="tree")
+    assert decode_meta("snap", encode_meta(meta)) == meta
+    plain = SnapshotMeta("snap", size=10)
+    assert "kind" not in encode_meta(plain)
+    assert decode_meta("snap", encode_meta(plain)) == plain
+    with pytest.raises(InvalidRequest):
+        decode_meta("snap", '{"kind":"symlink"}')
+
+
+# -- atomic appearance -----------------------------------------------------------------------------
+
+
+class FailAfter(LoopbackNetwork):
+    """Delivers `n` chunks, then fails every one (a sender that dies halfway)."""
+
+    def __init__(self, receiver: Receiver, n: int) -> None:
+        super().__init__(receiver)
+        self.n = n
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        if self.requests >= self.n:
+            raise InvalidRequest("the link died")
+        return await super().install_snapshot(req, option)
+
+
+@pytest.mark.parametrize("target_kind", ["local", "memory"])
+async def test_a_failed_transfer_leaves_the_old_tree_and_nothing_new(
+    tmp_path: Path, target_kind: str
+) -> None:
+    src = tmp_path / "src"
+    files = make_tree(src)
+    root = str(tmp_path / "out") if target_kind == "local" else "memory://out"
+    store = FsspecSnapshotStore(root)
+    options = TransferOptions(chunk_size=16 * KiB, max_in_flight=1)
+    await ship(str(src), "snap", network=LoopbackNetwork(Receiver(store)), options=options)
+    (src / "top.bin").write_bytes(b"a newer version")
+    with pytest.raises(InvalidRequest):
+        await ship(str(src), "snap", network=FailAfter(Receiver(store), 3), options=options)
+    if target_kind == "local":
+        assert local_tree(tmp_path / "out" / "snap") == (TREE_DIRS, files)
+    else:
+        assert object_tree(fsspec.filesystem("memory"), "/out/snap")[1] == files
+
+
+async def test_a_cancelled_transfer_shows_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    cancel: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    sent = 0
+
+    def progress(more: int) -> None:
+        nonlocal sent
+        sent += more
+        if sent > 50_000 and not cancel.done():
+            cancel.set_result(None)
+
+    from fstransport import ReplicationClosed
+
+    with pytest.raises(ReplicationClosed):
+        await ship(
+            str(src),
+            str(tmp_path / "out" / "snap"),
+            options=TransferOptions(chunk_size=16 * KiB, max_in_flight=1),
+            cancel=cancel,
+            progress=progress,
+        )
+    assert not (tmp_path / "out" / "snap").exists()
+    assert not (tmp_path / "out" / ".fstransport").exists() or not any(
+        p.is_file() for p in (tmp_path / "out" / ".fstransport").rglob("*")
+    )
+
+
+async def test_a_file_changed_after_the_scan_is_never_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    import fstransport.tree as tree_module
+
+    original = tree_module.TreeSource._read_file
+
+    def changing(self: Any, entry: Any, start: int, length: int) -> bytes:
+        if entry.path == "top.bin":
+            (src / "top.bin").write_bytes(payload(200_001, seed=99))  # same size, new bytes
+        return original(self, entry, start, length)
+
+    monkeypatch.setattr(tree_module.TreeSource, "_read_file", changing)
+    from fstransport import ChecksumMismatch
+
+    with pytest.raises(ChecksumMismatch):
+        await ship(str(src), str(tmp_path / "out" / "snap"))
+    assert not (tmp_path / "out" / "snap").exists()
+
+
+def test_table_build_and_layout() -> None:
+    table, header = TreeTable.build(["d"], [("d/a", 3, 1), ("b", 0, 0), ("c", 5, 2)])
+    assert [f.offset for f in table.files] == [len(header), len(header) + 3, len(header) + 3]
+    assert table.size == len(header) + 8
+    assert header.startswith(MAGIC)

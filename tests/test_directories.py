@@ -21,6 +21,7 @@ from fstransport import (
     FsspecSnapshotStore,
     InvalidRequest,
     LoopbackNetwork,
+    Network,
     Receiver,
     ReceiverLimits,
     RemoteError,
@@ -168,10 +169,6 @@ def thousand_files(root: Path) -> dict[str, bytes]:
     return files
 
 
-class CountingNetwork(LoopbackNetwork):
-    pass
-
-
 @pytest.mark.parametrize("target_kind", ["local", "memory"])
 async def test_thousand_small_files_take_few_chunks(tmp_path: Path, target_kind: str) -> None:
     src = tmp_path / "src"
@@ -179,9 +176,7 @@ async def test_thousand_small_files_take_few_chunks(tmp_path: Path, target_kind:
     root = str(tmp_path / "out") if target_kind == "local" else "memory://out"
     store = FsspecSnapshotStore(root)
     net = LoopbackNetwork(Receiver(store))
-    report = await ship(
-        str(src), "snap", network=net, options=TransferOptions(chunk_size=64 * KiB)
-    )
+    report = await ship(str(src), "snap", network=net, options=TransferOptions(chunk_size=64 * KiB))
     assert net.requests == report.chunks_sent <= 3  # packed: not a request per file
     if target_kind == "local":
         assert local_tree(tmp_path / "out" / "snap")[1] == files
@@ -195,25 +190,35 @@ async def test_s3_tree_round_trip_and_replace(
 ) -> None:
     src = tmp_path / "src"
     files = make_tree(src)
-    files.update({f"many/{k}": v for k, v in thousand_files(tmp_path / "many-src").items()})
-    for rel, data in files.items():
-        path = src.joinpath(*rel.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
     target = f"s3://{s3_bucket}/trees/snap"
     await ship(str(src), target, target_options=s3_storage_options)
     fs = fsspec.filesystem("s3", **s3_storage_options)
     dirs, got, first = object_tree(fs, f"{s3_bucket}/trees/snap")
-    assert got == files
-    assert TREE_DIRS <= dirs
+    assert (dirs, got) == (TREE_DIRS, files)
     (src / "top.bin").unlink()
     del files["top.bin"]
     await ship(str(src), target, target_options=s3_storage_options)
-    dirs, got, second = object_tree(fs, f"{s3_bucket}/trees/snap")
-    assert got == files and second["generation"] != first["generation"]
+    dirs, got, second = object_tree(fs, f"{s3_bucket}/trees/snap")  # the old generation is gone
+    assert got == files
+    assert second["generation"] != first["generation"]
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert not [k for k in keys if not k.startswith("trees/snap/")], "packed or state data left"
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+@pytest.mark.s3
+@pytest.mark.slow  # a PUT per file: ~40 s on moto on a small machine
+async def test_s3_thousand_small_files(
+    tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any]
+) -> None:
+    files = thousand_files(tmp_path / "src")
+    report = await ship(
+        str(tmp_path / "src"), f"s3://{s3_bucket}/snap", target_options=s3_storage_options
+    )
+    assert report.files == 1000
+    assert report.chunks_sent == 1
+    fs = fsspec.filesystem("s3", **s3_storage_options)
+    assert object_tree(fs, f"{s3_bucket}/snap")[1] == files
 
 
 # -- refused sources -------------------------------------------------------------------------------
@@ -290,9 +295,7 @@ def packed(
         "format": "fstransport-tree",
         "version": 1,
         "dirs": dirs or [],
-        "files": [
-            [p, len(d), format_checksum(crcs.get(p, chunk_crc(d)))] for p, d in files
-        ],
+        "files": [[p, len(d), format_checksum(crcs.get(p, chunk_crc(d)))] for p, d in files],
     }
     text = json.dumps(entries).encode()
     return struct.pack(">8sQ", MAGIC, len(text)) + text + b"".join(d for _, d in files)
@@ -311,7 +314,13 @@ HOSTILE = {
     "bad magic": b"NOTATREE" + packed([("a", b"x")])[8:],
     "sizes too short": packed([("a", b"xyz")])[:-1] + b"",
     "negative size": packed(
-        [], table={"format": "fstransport-tree", "version": 1, "dirs": [], "files": [["a", -1, "crc32c:00000000"]]}
+        [],
+        table={
+            "format": "fstransport-tree",
+            "version": 1,
+            "dirs": [],
+            "files": [["a", -1, "crc32c:00000000"]],
+        },
     ),
     "extra key": packed(
         [], table={"format": "fstransport-tree", "version": 1, "dirs": [], "files": [], "x": 1}
@@ -321,14 +330,18 @@ HOSTILE = {
 }
 
 
-async def send_packed(
-    store: FsspecSnapshotStore, data: bytes, *, limits: ReceiverLimits | None = None
-) -> None:
+async def send_packed_via(net: Network, data: bytes) -> None:
+    """Send a crafted packed stream as directory snapshot ``snap`` through `net`."""
     meta = SnapshotMeta("snap", size=len(data), kind="tree")
-    net = LoopbackNetwork(Receiver(store, limits=limits))
     await Chunked.send_snapshot(
         net, Vote(1, 1), Snapshot(meta, io.BytesIO(data)), option=TransferOptions(chunk_size=64)
     )
+
+
+async def send_packed(
+    store: FsspecSnapshotStore, data: bytes, *, limits: ReceiverLimits | None = None
+) -> None:
+    await send_packed_via(LoopbackNetwork(Receiver(store, limits=limits)), data)
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
@@ -381,7 +394,7 @@ async def test_a_store_without_trees_refuses_them(tmp_path: Path) -> None:
                 raise AttributeError(name)
             return getattr(self.inner, name)
 
-    receiver = Receiver(FileOnly(FsspecSnapshotStore(str(tmp_path / "out"))))  # type: ignore[arg-type]
+    receiver = Receiver(FileOnly(FsspecSnapshotStore(str(tmp_path / "out"))))
     data = packed([("a", b"x")])
     req = InstallSnapshotRequest(
         Vote(1, 1), SnapshotMeta("snap", size=len(data), kind="tree"), 0, data, True

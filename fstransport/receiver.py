@@ -511,7 +511,10 @@ class Receiver:
         size = snapshot.meta.size
         assert size is not None
         try:
-            await asyncio.to_thread(read_table, snapshot.data, size, self.limits.max_tree_files)
+            try:
+                await asyncio.to_thread(read_table, snapshot.data, size, self.limits.max_tree_files)
+            except OSError as exc:
+                raise StorageError(snapshot.meta.snapshot_id, "read the table of", exc) from exc
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(snapshot.data.close)

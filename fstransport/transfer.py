@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
 
 from fstransport.checksum import format_checksum, parse_checksum
 from fstransport.errors import (
@@ -291,14 +293,16 @@ async def ship(
 
 
 async def is_directory(url: str, storage_options: dict[str, Any]) -> bool:
-    """Whether `url` names a folder (shipped as a directory snapshot).  On S3, only a URL
-    ending in ``/`` does: asking would cost every object a listing."""
+    """Whether `url` names a folder (shipped as a directory snapshot).  Asked of local and
+    ``memory://`` paths only; elsewhere (S3, HTTP, ...), where asking costs a request for every
+    file shipped, only a URL ending in ``/`` names a folder."""
     if url == "-" or "::" in url:
         return False
-    if _is_s3_url(url):
-        return url.endswith("/")
     with storage_errors(url, "open"):
         fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    if not isinstance(fs, (LocalFileSystem, MemoryFileSystem)):
+        return url.endswith("/")
+    with storage_errors(url, "stat"):
         return bool(await asyncio.to_thread(fs.isdir, path))
 
 

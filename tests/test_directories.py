@@ -205,6 +205,12 @@ async def test_s3_tree_round_trip_and_replace(
     assert not [k for k in keys if not k.startswith("trees/snap/")], "packed or state data left"
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
 
+    # an S3 "folder" (a URL ending in /) is a tree source too: ship the generation back
+    back = tmp_path / "back"
+    generation = f"s3://{s3_bucket}/trees/snap/{second['generation']}/"
+    await ship(generation, str(back), source_options=s3_storage_options)
+    assert local_tree(back)[1] == files
+
 
 @pytest.mark.s3
 @pytest.mark.slow  # a PUT per file: ~40 s on moto on a small machine
@@ -450,6 +456,24 @@ async def test_a_failed_transfer_leaves_the_old_tree_and_nothing_new(
         assert object_tree(fsspec.filesystem("memory"), "/out/snap")[1] == files
 
 
+async def test_an_interrupted_tree_resumes_with_a_new_receiver(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = make_tree(src)
+    root = str(tmp_path / "out")
+    options = TransferOptions(chunk_size=16 * KiB, max_in_flight=1)
+    first = FsspecSnapshotStore(root)
+    with pytest.raises(InvalidRequest):
+        await ship(str(src), "snap", network=FailAfter(Receiver(first), 8), options=options)
+    await first.close()  # the receiver goes away; its partial data and journal stay
+    assert not (tmp_path / "out" / "snap").exists()
+    second = FsspecSnapshotStore(root)
+    report = await ship(
+        str(src), "snap", network=LoopbackNetwork(Receiver(second)), options=options
+    )
+    assert report.bytes_skipped >= 7 * 16 * KiB  # what the first receiver held was not re-sent
+    assert local_tree(tmp_path / "out" / "snap") == (TREE_DIRS, files)
+
+
 async def test_a_cancelled_transfer_shows_nothing(tmp_path: Path) -> None:
     src = tmp_path / "src"
     make_tree(src)
@@ -506,3 +530,15 @@ def test_table_build_and_layout() -> None:
     assert [f.offset for f in table.files] == [len(header), len(header) + 3, len(header) + 3]
     assert table.size == len(header) + 8
     assert header.startswith(MAGIC)
+
+
+async def test_cleanup_removes_what_a_crashed_unpack_left(tmp_path: Path) -> None:
+    for folder in ("staging/tree-abc", "old/old-def/tree"):
+        leftover = tmp_path / ".fstransport" / folder
+        leftover.mkdir(parents=True)
+        (leftover / "f.bin").write_bytes(b"x")
+    store = FsspecSnapshotStore(str(tmp_path))
+    assert await store.cleanup(older_than=3600) == []  # too young
+    removed = await store.cleanup(older_than=0)
+    assert len(removed) == 2
+    assert not [p for p in (tmp_path / ".fstransport").rglob("*") if p.is_file()]

@@ -675,7 +675,7 @@ class FsspecSnapshotStore:
         cutoff = time.time() - older_than
         active = set(self._sinks) | set(self._finished)
         removed: list[str] = []
-        for folder in (PARTIAL_DIR, JOURNAL_DIR):
+        for folder in (PARTIAL_DIR, JOURNAL_DIR, PACKED_DIR, STAGING_DIR, OLD_DIR):
             where = self._join(folder)
             with storage_errors(where, "list"):
                 self.fs.invalidate_cache(where)
@@ -685,14 +685,20 @@ class FsspecSnapshotStore:
                     continue
             for entry in entries:
                 path = str(entry["name"]).rstrip("/")
-                if path.rsplit("/", 1)[-1] in active or entry.get("type") != "file":
+                # (folders: what a crashed unpack or replace of a local tree left)
+                is_tree_folder = folder in (STAGING_DIR, OLD_DIR)
+                wanted = "directory" if is_tree_folder else "file"
+                if path.rsplit("/", 1)[-1] in active or entry.get("type") != wanted:
                     continue
                 touched = _modified(entry)
                 if touched is not None and touched >= cutoff:
                     continue
                 if not dry_run:
                     with storage_errors(path, "clean up"):
-                        await self._fs_call("rm_file", path)
+                        if is_tree_folder:
+                            await self._fs_call("rm", path, recursive=True)
+                        else:
+                            await self._fs_call("rm_file", path)
                 removed.append(self.fs.unstrip_protocol(path))
         if is_s3(self.fs):
             removed.extend(await self._cleanup_uploads(cutoff, active, dry_run))
@@ -708,6 +714,8 @@ class FsspecSnapshotStore:
         for upload in listing.get("Uploads", []):
             key = str(upload.get("Key", ""))
             name = key[len(prefix) :]
+            if name.startswith(f"{PACKED_DIR}/"):  # a directory snapshot's packed stream
+                name = name[len(PACKED_DIR) + 1 :]
             started = upload.get("Initiated")
             if "/" in name or name in active:
                 continue

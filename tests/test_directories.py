@@ -542,3 +542,32 @@ async def test_cleanup_removes_what_a_crashed_unpack_left(tmp_path: Path) -> Non
     removed = await store.cleanup(older_than=0)
     assert len(removed) == 2
     assert not [p for p in (tmp_path / ".fstransport").rglob("*") if p.is_file()]
+
+
+def test_the_command_ships_a_folder(tmp_path: Path) -> None:
+    from tests.test_cli_ship import run_in
+
+    files = make_tree(tmp_path / "src")
+    dry = run_in(tmp_path, "ship", "src", "dest", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    total = sum(map(len, files.values()))
+    assert f"({len(files)} files, {total} bytes) -> dest (create)" in dry.stdout.decode()
+    assert not (tmp_path / "dest").exists()
+    plan = json.loads(run_in(tmp_path, "ship", "src", "dest", "--dry-run", "--json").stdout)
+    assert (plan["files"], plan["size"]) == (len(files), total)
+
+    done = run_in(tmp_path, "ship", "src", "dest", "-q")
+    assert done.returncode == 0, done.stderr
+    assert local_tree(tmp_path / "dest") == (TREE_DIRS, files)
+    again = run_in(tmp_path, "ship", "src", "dest", "--json")  # replaced, not nested
+    assert json.loads(again.stdout)["files"] == len(files)
+    assert local_tree(tmp_path / "dest") == (TREE_DIRS, files)
+    into = run_in(tmp_path, "ship", "src", "dest/", "-q")  # a trailing / puts it inside
+    assert into.returncode == 0, into.stderr
+    assert local_tree(tmp_path / "dest" / "src")[1] == files
+
+    (tmp_path / "src" / "link").symlink_to("/etc/passwd")
+    refused = run_in(tmp_path, "ship", "src", "other")
+    assert refused.returncode == 1
+    assert b"symbolic link" in refused.stderr
+    assert not (tmp_path / "other").exists()

@@ -571,3 +571,31 @@ def test_the_command_ships_a_folder(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert b"symbolic link" in refused.stderr
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_a_tree_through_a_faulty_network_arrives_whole(tmp_path: Path, seed: int) -> None:
+    """Chunks of the packed stream dropped, duplicated, reordered and corrupted on the way:
+    the chunk CRCs, the window's retries and the whole checksum deliver the exact tree."""
+    from fstransport import FaultyNetwork, RetryPolicy
+
+    src = tmp_path / "src"
+    files = make_tree(src)
+    store = FsspecSnapshotStore(str(tmp_path / "out"))
+    net = FaultyNetwork(
+        LoopbackNetwork(Receiver(store)),
+        seed=seed,
+        drop=0.1,
+        duplicate=0.1,
+        reorder=0.2,
+        corrupt=0.1,
+    )
+    options = TransferOptions(
+        chunk_size=8 * KiB,
+        max_in_flight=4,
+        retry=RetryPolicy(max_attempts=50, initial_backoff=0.0, max_backoff=0.0),
+    )
+    report = await ship(str(src), "snap", network=net, options=options)
+    assert net.stats.corrupted + net.stats.dropped_requests > 0, "the faults happened"
+    assert report.retries > 0
+    assert local_tree(tmp_path / "out" / "snap") == (TREE_DIRS, files)

@@ -1,4 +1,5 @@
-"""`ship()`: copy one fsspec file to another through the chunked transport, and its report."""
+"""`ship()`: copy one fsspec file (or a folder, as one directory snapshot) to another through the
+chunked transport, and its report."""
 
 from __future__ import annotations
 
@@ -148,6 +149,13 @@ async def ship(
     server_side: bool | None = None,
 ) -> TransferReport:
     """Copy the file at `source_url` to exactly `target_url` through the chunked transport.
+
+    A folder `source_url` (local or ``memory://``; elsewhere a URL ending in ``/``) is shipped as
+    one directory snapshot (`fstransport.tree`): its regular files packed into one stream with
+    one checksum, and `target_url` names the folder it becomes, replaced whole if it exists
+    (on S3 and ``memory://``, a manifest written last marks the complete tree: see
+    ``docs/directories.md``).  Symlinks, devices, sockets, FIFOs and unsafe names raise
+    `UnsupportedEntry` before anything is sent.
 
     Without `network`, a `Receiver` over a `FsspecSnapshotStore` at the target's folder runs in
     this process (`LoopbackNetwork`); with one, the receiver behind it decides where the data

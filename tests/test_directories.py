@@ -599,3 +599,72 @@ async def test_a_tree_through_a_faulty_network_arrives_whole(tmp_path: Path, see
     assert net.stats.corrupted + net.stats.dropped_requests > 0, "the faults happened"
     assert report.retries > 0
     assert local_tree(tmp_path / "out" / "snap") == (TREE_DIRS, files)
+
+
+@pytest.mark.parametrize("target_kind", ["memory", "local"])
+async def test_large_files_are_streamed_into_place(
+    tmp_path: Path, target_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fstransport.storage.store as store_module
+
+    monkeypatch.setattr(store_module, "STREAM_ABOVE", 1000)  # every file above 1000 bytes
+    src = tmp_path / "src"
+    files = make_tree(src)
+    if target_kind == "memory":
+        await ship(str(src), "memory://out/snap")
+        assert object_tree(fsspec.filesystem("memory"), "/out/snap")[1] == files
+    else:
+        await ship(str(src), str(tmp_path / "out" / "snap"))
+        assert local_tree(tmp_path / "out" / "snap")[1] == files
+
+
+@pytest.mark.s3
+async def test_s3_streamed_files_hostile_streams_and_failures_leave_nothing(
+    tmp_path: Path,
+    s3_bucket: str,
+    s3_storage_options: dict[str, Any],
+    s3_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fstransport.storage.store as store_module
+
+    def keys() -> list[str]:
+        listed = s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])
+        return [str(o["Key"]) for o in listed]
+
+    root = f"s3://{s3_bucket}/r"
+    for case in ("dotdot", "crc lies", "file and folder"):
+        store = FsspecSnapshotStore(root, **s3_storage_options)
+        with pytest.raises(RemoteError) as caught:
+            await send_packed(store, HOSTILE[case])
+        assert isinstance(caught.value.source, InvalidRequest)
+        await store.close()
+        assert keys() == [], case
+        assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+    monkeypatch.setattr(store_module, "STREAM_ABOVE", 1000)
+    src = tmp_path / "src"
+    files = make_tree(src)
+    await ship(str(src), f"{root}/snap", target_options=s3_storage_options)
+    fs = fsspec.filesystem("s3", **s3_storage_options)
+    assert object_tree(fs, f"{s3_bucket}/r/snap")[1] == files
+    before = sorted(keys())
+
+    # a transfer of a new version that dies halfway leaves the old tree exactly as it was
+    (src / "top.bin").write_bytes(b"newer")
+    store = FsspecSnapshotStore(root, **s3_storage_options)
+    with pytest.raises(InvalidRequest):
+        await ship(
+            str(src),
+            "snap",
+            network=FailAfter(Receiver(store), 2),
+            options=TransferOptions(chunk_size=16 * KiB, max_in_flight=1),
+        )
+    assert (
+        object_tree(fs, f"{s3_bucket}/r/snap")[1] == files
+    )  # (its partial data kept for a resume)
+    await store.abort("snap")
+    await store.close()
+    assert sorted(keys()) == before
+    assert object_tree(fs, f"{s3_bucket}/r/snap")[1] == files
+    assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")

@@ -716,6 +716,8 @@ class FsspecSnapshotStore:
             name = key[len(prefix) :]
             if name.startswith(f"{PACKED_DIR}/"):  # a directory snapshot's packed stream
                 name = name[len(PACKED_DIR) + 1 :]
+            elif name.count("/") >= 2 and name.split("/")[1].startswith("g-"):
+                name = name.split("/")[0]  # a large file of a tree's generation (a crashed install)
             started = upload.get("Initiated")
             if "/" in name or name in active:
                 continue

@@ -413,11 +413,16 @@ class TreeSource:
             try:
                 fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
                 try:
-                    data = os.pread(fd, length, start)
+                    grown = os.fstat(fd).st_size != entry.size
+                    data = b"" if grown else os.pread(fd, length, start)
                 finally:
                     os.close(fd)
             except OSError as exc:
                 raise StorageError(path, "read", exc) from exc
+            if grown:
+                raise SourceChanged(
+                    path, "read", RuntimeError("the file changed size while shipped")
+                )
         else:
             path = entry.path
             data = self._open(entry.path, start, length)
@@ -484,13 +489,17 @@ def _scan(url: str, storage_options: dict[str, Any]) -> TreeSource:
         crcs = []
         for path, size in sized:
             full = f"{root.rstrip('/')}/{path}"
+            crc, seen = 0, 0
             try:
-                data = fs.cat_file(full) if size else b""
+                with fs.open(full, "rb") as fileobj:  # in blocks: a file may be large
+                    while block := fileobj.read(8 * _COPY_BLOCK):
+                        crc = chunk_crc(block, crc)
+                        seen += len(block)
             except (OSError, ValueError) as exc:
                 raise StorageError(fs.unstrip_protocol(full), "read", exc) from exc
-            if len(data) != size:
+            if seen != size:
                 raise SourceChanged(full, "read", RuntimeError("the file changed while read"))
-            crcs.append(chunk_crc(data))
+            crcs.append(crc)
     table, header = TreeTable.build(
         dirs, [(p, s, c) for (p, s), c in zip(sized, crcs, strict=True)]
     )

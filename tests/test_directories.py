@@ -668,3 +668,24 @@ async def test_s3_streamed_files_hostile_streams_and_failures_leave_nothing(
     assert sorted(keys()) == before
     assert object_tree(fs, f"{s3_bucket}/r/snap")[1] == files
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+async def test_a_file_that_grows_after_the_scan_fails_the_ship(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fstransport import SourceChanged
+    from fstransport.tree import TreeSource, open_tree_source
+
+    src = tmp_path / "src"
+    make_tree(src)
+    source = await open_tree_source(str(src))
+    with (src / "top.bin").open("ab") as grow:
+        grow.write(b"appended after the scan")
+
+    async def scanned(url: str, **options: Any) -> TreeSource:
+        return source
+
+    monkeypatch.setattr("fstransport.transfer.open_tree_source", scanned)
+    with pytest.raises(SourceChanged):
+        await ship(str(src), str(tmp_path / "out" / "snap"))
+    assert not (tmp_path / "out" / "snap").exists()

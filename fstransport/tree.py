@@ -42,7 +42,6 @@ from fstransport.messages import Buffer
 from fstransport.protocol.receiver import check_snapshot_id
 
 __all__ = [
-    "DEFAULT_MAX_TREE_FILES",
     "MAGIC",
     "MAX_TABLE_SIZE",
     "TREE",
@@ -63,14 +62,12 @@ _HEADER = struct.Struct(">8sQ")
 HEADER_SIZE = _HEADER.size
 FORMAT = "fstransport-tree"
 VERSION = 1
-MAX_TABLE_SIZE = 256 * 1024 * 1024
+MAX_TABLE_SIZE = 64 * 1024 * 1024
 """The largest file table a receiver reads (it is held in memory while the tree is unpacked)."""
 MAX_PATH_LENGTH = 4096
 """Bytes of UTF-8 a path inside a tree may take (Linux's ``PATH_MAX``)."""
 MAX_DEPTH = 256
 """How deeply folders may nest inside a tree."""
-DEFAULT_MAX_TREE_FILES = 1_000_000
-"""Entries (files and folders) a receiver accepts in one tree unless told otherwise."""
 _COPY_BLOCK = 1024 * 1024
 
 

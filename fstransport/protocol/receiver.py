@@ -64,7 +64,7 @@ class ReceiverLimits:
     max_snapshot_size: int | None = DEFAULT_MAX_SNAPSHOT_SIZE
     max_chunk_size: int | None = 256 * 1024 * 1024
     max_transfers: int = 16
-    max_tree_files: int | None = 1_000_000
+    max_tree_files: int | None = 100_000
     """Files and folders a directory snapshot may hold (their bytes are bounded by
     `max_snapshot_size`, which bounds the packed stream)."""
 

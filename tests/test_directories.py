@@ -689,3 +689,41 @@ async def test_a_file_that_grows_after_the_scan_fails_the_ship(
     with pytest.raises(SourceChanged):
         await ship(str(src), str(tmp_path / "out" / "snap"))
     assert not (tmp_path / "out" / "snap").exists()
+
+
+async def test_a_memory_tree_replaces_a_file_snapshot_of_the_same_name(tmp_path: Path) -> None:
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/store/snap", b"an older file snapshot")
+    files = make_tree(tmp_path / "src")
+    await ship(str(tmp_path / "src"), "memory://store/snap")
+    assert "/store/snap" not in fs.store
+    assert object_tree(fs, "/store/snap")[1] == files
+
+
+async def test_a_failing_object_store_write_leaves_no_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file's write fails while others are under way: every write is stopped and the new
+    generation removed; the old tree stays, complete."""
+    fs = fsspec.filesystem("memory")
+    files = thousand_files(tmp_path / "src")
+    await ship(str(tmp_path / "src"), "memory://store/snap")
+    before = dict(fs.store)
+    (tmp_path / "src" / "d3" / "f0503.txt").write_bytes(b"newer")
+    original = type(fs).pipe_file
+
+    def failing(self: Any, path: str, value: bytes, **kwargs: Any) -> None:
+        if path.endswith("f0500.txt"):
+            raise OSError(5, "injected write failure")
+        original(self, path, value, **kwargs)
+
+    monkeypatch.setattr(type(fs), "pipe_file", failing)
+    from fstransport import RetryExhausted, RetryPolicy
+
+    # (a storage failure may pass: the sender tries again, each install fails the same way)
+    options = TransferOptions(retry=RetryPolicy(max_attempts=2, initial_backoff=0.0))
+    with pytest.raises(RetryExhausted, match="injected"):
+        await ship(str(tmp_path / "src"), "memory://store/snap", options=options)
+    await asyncio.sleep(0.1)  # a write that outlived the failure would land now
+    assert dict(fs.store) == before
+    assert object_tree(fs, "/store/snap")[1] == files

@@ -575,33 +575,52 @@ class FsspecSnapshotStore:
                     )
 
         slots = asyncio.Semaphore(TREE_UPLOADS)
+        pending: set[asyncio.Task[None]] = set()
+        # memory:// cannot hold a file and a folder under one name: a file snapshot there
+        # steps aside while the tree is written, and comes back if the tree fails
+        replaced_file = (
+            self.fs.store.pop(final, None) if isinstance(self.fs, MemoryFileSystem) else None
+        )
         try:
-            pending: set[asyncio.Task[None]] = set()
             for entry in table.files:
                 pending.add(asyncio.ensure_future(put(entry)))
                 if len(pending) >= 4 * TREE_UPLOADS:
                     done, pending = await asyncio.wait(pending, return_when="FIRST_COMPLETED")
                     for task in done:
                         task.result()
-            try:
-                if pending:
-                    await asyncio.gather(*pending)
-            finally:
-                for task in pending:
-                    task.cancel()
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when="FIRST_EXCEPTION")
+                for task in done:
+                    task.result()
             manifest = tree_manifest(snapshot.meta, table, generation)
             await self._fs_call("pipe_file", f"{final}/{MANIFEST_NAME}", manifest)
         except BaseException:
+            # stop the other writes first, so that none lands after the generation is removed
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._fs_call("rm", base, recursive=True))
+            if replaced_file is not None:
+                self.fs.store[final] = replaced_file
             raise
         self._forget_listings(f"{final}/{MANIFEST_NAME}")
-        try:  # older generations (and what a crashed install left): the manifest names them no more
+        await self._remove_replaced(final, generation)
+
+    async def _remove_replaced(self, final: str, generation: str) -> None:
+        """After a tree's manifest is written: remove what it replaced under `final` (older
+        generations, what a crashed install left) and a file snapshot stored at `final` itself."""
+        try:
+            if is_s3(self.fs):
+                with contextlib.suppress(FileNotFoundError):
+                    await self._fs_call("rm_file", final)  # one key: never the tree under it
             entries = await self._fs_call("ls", final, detail=False)
             for name in entries:
-                leaf = str(name).rstrip("/").rsplit("/", 1)[-1]
-                if leaf not in (generation, MANIFEST_NAME):
-                    await self._fs_call("rm", str(name), recursive=True)
+                path = str(name).rstrip("/")
+                if not path.lstrip("/").startswith(f"{final.lstrip('/')}/"):
+                    continue  # (a listing of a file names the file itself)
+                if path.rsplit("/", 1)[-1] not in (generation, MANIFEST_NAME):
+                    await self._fs_call("rm", path, recursive=True)
         except Exception as exc:
             log.warning("could not remove older generations of %s: %s", final, exc)
 

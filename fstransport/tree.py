@@ -650,6 +650,14 @@ def swap_into_place(staging: str, final: str, old_root: str) -> None:
         _remove(old)
 
 
+def _fsync_folder(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def install_local_tree(
     data: IO[bytes],
     table: TreeTable,
@@ -679,7 +687,13 @@ def install_local_tree(
                 if fsync:
                     out.flush()
                     os.fsync(out.fileno())
+        if fsync:  # the folders' entries too, deepest first, before the tree becomes visible
+            for folder in sorted(table.dirs, key=lambda d: d.count("/"), reverse=True):
+                _fsync_folder(os.path.join(staging, *folder.split("/")))
+            _fsync_folder(staging)
         swap_into_place(staging, final, old_root)
+        if fsync:
+            _fsync_folder(os.path.dirname(final) or ".")
     except BaseException:
         _remove(staging)
         raise

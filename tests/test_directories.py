@@ -727,3 +727,26 @@ async def test_a_failing_object_store_write_leaves_no_generation(
     await asyncio.sleep(0.1)  # a write that outlived the failure would land now
     assert dict(fs.store) == before
     assert object_tree(fs, "/store/snap")[1] == files
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_fsync_store_option_for_trees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    files = make_tree(tmp_path / "src")
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    target = str(tmp_path / "out" / "snap")
+    await ship(str(tmp_path / "src"), target, store_options={"fsync": fsync})
+    assert local_tree(tmp_path / "out" / "snap") == (TREE_DIRS, files)
+    # every file, every folder, the tree's root and its parent (and the packed stream itself)
+    if fsync:
+        assert len(synced) >= len(files) + len(TREE_DIRS) + 2
+    else:
+        assert synced == []

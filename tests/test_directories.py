@@ -750,3 +750,32 @@ async def test_fsync_store_option_for_trees(
         assert len(synced) >= len(files) + len(TREE_DIRS) + 2
     else:
         assert synced == []
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "fallback"])
+def test_the_rename_fallback_replaces_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    import fstransport.tree as tree_module
+
+    calls: list[bool] = []
+    real = tree_module._exchange
+
+    def exchange_or_not(a: str, b: str) -> bool:
+        done = real(a, b) if exchange else False
+        calls.append(done)
+        return done
+
+    monkeypatch.setattr(tree_module, "_exchange", exchange_or_not)
+    final, staging = tmp_path / "tree", tmp_path / "staging"
+    (final / "old").mkdir(parents=True)
+    (final / "old" / "f").write_bytes(b"old")
+    staging.mkdir()
+    (staging / "new").write_bytes(b"new")
+    tree_module.swap_into_place(str(staging), str(final), str(tmp_path / "old-root"))
+    assert local_tree(final) == (set(), {"new": b"new"})
+    assert not staging.exists()
+    if exchange and calls == [False]:
+        pytest.skip("this system or filesystem has no renameat2(RENAME_EXCHANGE)")
+    assert calls == [exchange]
+    assert not list((tmp_path / "old-root").glob("*/*")), "the old tree is removed"

@@ -779,3 +779,17 @@ def test_the_rename_fallback_replaces_too(
         pytest.skip("this system or filesystem has no renameat2(RENAME_EXCHANGE)")
     assert calls == [exchange]
     assert not list((tmp_path / "old-root").glob("*/*")), "the old tree is removed"
+
+
+async def test_a_device_is_refused(tmp_path: Path) -> None:
+    import stat
+
+    src = tmp_path / "src"
+    src.mkdir()
+    try:
+        os.mknod(src / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD, which this user lacks")
+    with pytest.raises(UnsupportedEntry, match="device"):
+        await ship(str(src), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -28,6 +28,7 @@ from fstransport.errors import (
     TooManyTransfers,
     Unauthorized,
     Unreachable,
+    UnsupportedEntry,
     UntrustedPeer,
 )
 from fstransport.messages import (
@@ -133,6 +134,7 @@ __all__ = [
     "TransferReport",
     "Unauthorized",
     "Unreachable",
+    "UnsupportedEntry",
     "UntrustedPeer",
     "Vote",
     "__version__",

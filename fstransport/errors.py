@@ -22,6 +22,7 @@
     ├── ChecksumMismatch          data does not match its CRC32C (a chunk or the whole snapshot)
     ├── RetryExhausted            the retry budget ran out; ``last_error`` says why
     └── ConfigurationError        bad options or arguments from the caller (also a ``ValueError``)
+        └── UnsupportedEntry      a source directory holds a symlink, device or unsafe name
 
 Errors that cross the network keep their type: the receiver raises ``SnapshotMismatch``,
 ``InvalidRequest``, ``ChecksumMismatch`` or ``StorageError``; a network adapter hands them to the
@@ -286,3 +287,14 @@ class RetryExhausted(FstransportError):
 
 class ConfigurationError(FstransportError, ValueError):
     """Options or arguments given by the caller are not usable."""
+
+
+class UnsupportedEntry(ConfigurationError):
+    """A source directory holds something a directory snapshot cannot carry: a symbolic link,
+    a device, a socket, a FIFO, or a name that is not safe at the target (``..``, control
+    characters, ...).  Raised before anything is sent; `path` names the entry, `reason` why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot ship {path}: {reason}")
+        self.path = path
+        self.reason = reason

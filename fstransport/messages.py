@@ -101,7 +101,9 @@ class SnapshotMeta:
     """What a snapshot is: its id, the log position it covers, and optionally its size and checksum.
 
     `size` (bytes) lets the receiver refuse out-of-range chunks early; `checksum`
-    (``"crc32c:%08x"``) lets it verify the whole snapshot before installing it.
+    (``"crc32c:%08x"``) lets it verify the whole snapshot before installing it.  `kind` says
+    what the bytes are: ``"file"`` (installed as they are) or ``"tree"`` (a directory packed
+    by `fstransport.tree`, unpacked into a folder once verified; see ``docs/directories.md``).
     """
 
     snapshot_id: str
@@ -109,6 +111,7 @@ class SnapshotMeta:
     last_membership: object = None
     size: int | None = None
     checksum: str | None = None
+    kind: str = "file"
 
     def same_snapshot(self, other: SnapshotMeta) -> bool:
         """Whether `other` describes the same snapshot (a missing checksum matches any)."""
@@ -117,6 +120,7 @@ class SnapshotMeta:
             and self.last_log_id == other.last_log_id
             and self.last_membership == other.last_membership
             and self.size == other.size
+            and self.kind == other.kind
             and (self.checksum is None or other.checksum is None or self.checksum == other.checksum)
         )
 

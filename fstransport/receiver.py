@@ -50,6 +50,7 @@ from fstransport.storage.base import (
     write_checked,
     write_chunk,
 )
+from fstransport.tree import TREE, read_table
 
 if TYPE_CHECKING:
     from fstransport.storage.staging import StagingStore
@@ -435,7 +436,12 @@ class Receiver:
         transfer (its sender gives up on an `InvalidRequest`), discarding its partial data.
         Nothing else changes: other transfers, the vote and installed snapshots stay."""
         try:
-            return validate_request(req, self.limits, trust_crc=trust_crc)
+            crc = validate_request(req, self.limits, trust_crc=trust_crc)
+            if req.meta.kind == TREE and not getattr(self.store, "accepts_trees", False):
+                raise InvalidRequest(
+                    "this receiver's store does not take directory snapshots", field="kind"
+                )
+            return crc
         except InvalidRequest:
             stream = self._stream_of(req)
             if stream is not None:
@@ -681,6 +687,8 @@ class Receiver:
         try:
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
             snapshot = await self.store.finish(meta, sink)
+            if meta.kind == TREE:
+                await self._check_tree(snapshot)
         except SnapshotMismatch:
             raise  # the sender fills the gap; the stream stays
         except ChecksumMismatch as exc:
@@ -699,6 +707,22 @@ class Receiver:
         # (a request that ended this transfer may have taken it out of the table meanwhile)
         self._forget(snapshot_id, stream)
         return snapshot, held
+
+    async def _check_tree(self, snapshot: Snapshot) -> None:
+        """Read a verified directory snapshot's table as a hostile sender's (names, sizes,
+        the receiver's `max_tree_files`) before it may be installed; `InvalidRequest` closes
+        the snapshot's data (the caller drops the transfer)."""
+        size = snapshot.meta.size
+        assert size is not None
+        try:
+            try:
+                await asyncio.to_thread(read_table, snapshot.data, size, self.limits.max_tree_files)
+            except OSError as exc:
+                raise StorageError(snapshot.meta.snapshot_id, "read the table of", exc) from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(snapshot.data.close)
+            raise
 
     async def _write_concurrently(
         self, snapshot_id: str, stream: _Stream, req: InstallSnapshotRequest, checked: _Checked

@@ -1,4 +1,5 @@
-"""`ship()`: copy one fsspec file to another through the chunked transport, and its report."""
+"""`ship()`: copy one fsspec file (or a folder, as one directory snapshot) to another through the
+chunked transport, and its report."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
 
 from fstransport.checksum import format_checksum, parse_checksum
 from fstransport.errors import (
@@ -29,6 +32,7 @@ from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback, send_source
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.base import ChunkSource
 from fstransport.storage.s3 import S3StreamSource, is_s3, open_s3, split_bucket_key
 from fstransport.storage.s3_copy import (
     DEFAULT_COPY_CONCURRENCY,
@@ -39,6 +43,7 @@ from fstransport.storage.s3_copy import (
 from fstransport.storage.s3_ranged import S3RangedSource
 from fstransport.storage.source import open_source, source_checksum
 from fstransport.storage.store import FsspecSnapshotStore
+from fstransport.tree import TREE, TreeSource, open_tree_source
 
 __all__ = ["TransferReport", "ship"]
 
@@ -64,6 +69,9 @@ class TransferReport:
     server_side: bool = False
     """True when the S3 server copied the data itself (`ship(server_side=...)`): then no
     byte passed through this process, `bytes_sent` is 0 and `chunks_sent` counts part copies."""
+    files: int | None = None
+    """For a directory snapshot, how many files it holds (`size` is its packed stream's
+    length: the files' bytes plus the table); None for a file."""
 
     @property
     def throughput(self) -> float:
@@ -88,6 +96,8 @@ async def _split_target(
     storage_options: dict[str, Any],
     retry: RetryPolicy,
     store_options: dict[str, Any],
+    *,
+    tree: bool = False,
 ) -> tuple[FsspecSnapshotStore, str]:
     """The store at `target_url`'s folder and the file name, which becomes the snapshot id."""
     unknown = sorted(set(store_options) - STORE_OPTIONS)
@@ -99,9 +109,15 @@ async def _split_target(
     with storage_errors(target_url, "open"):
         fs, path = fsspec.core.url_to_fs(target_url, **storage_options)
         path = str(path)
-        # (object stores have no folders to mistake for a file: no round trip to ask)
-        is_dir = bool(path.strip("/")) and not is_s3(fs) and await asyncio.to_thread(fs.isdir, path)
-    if target_url.endswith("/") or not path.strip("/") or is_dir:
+        if tree:  # a directory snapshot replaces the folder it names
+            path = path.rstrip("/")
+            is_dir = False
+        else:
+            # (object stores have no folders to mistake for a file: no round trip to ask)
+            is_dir = (
+                bool(path.strip("/")) and not is_s3(fs) and await asyncio.to_thread(fs.isdir, path)
+            )
+    if (target_url.endswith("/") and not tree) or not path.strip("/") or is_dir:
         raise ConfigurationError(f"target {target_url!r} must name a file, not a folder")
     parent, _, name = path.rpartition("/")
     store = FsspecSnapshotStore.from_filesystem(fs, parent or "/", retry=retry, **store_options)
@@ -134,6 +150,13 @@ async def ship(
 ) -> TransferReport:
     """Copy the file at `source_url` to exactly `target_url` through the chunked transport.
 
+    A folder `source_url` (local or ``memory://``; elsewhere a URL ending in ``/``) is shipped as
+    one directory snapshot (`fstransport.tree`): its regular files packed into one stream with
+    one checksum, and `target_url` names the folder it becomes, replaced whole if it exists
+    (on S3 and ``memory://``, a manifest written last marks the complete tree: see
+    ``docs/directories.md``).  Symlinks, devices, sockets, FIFOs and unsafe names raise
+    `UnsupportedEntry` before anything is sent.
+
     Without `network`, a `Receiver` over a `FsspecSnapshotStore` at the target's folder runs in
     this process (`LoopbackNetwork`); with one, the receiver behind it decides where the data
     lands and the target's file name is the snapshot id.  The target appears only when the whole
@@ -163,6 +186,9 @@ async def ship(
     options = options or TransferOptions()
     store: FsspecSnapshotStore | None = None
     snapshot_id: str
+    tree = await is_directory(source_url, dict(source_options or {}))
+    if tree and server_side:
+        raise ConfigurationError("a directory is shipped through this process, not server-side")
     if server_side and network is not None:
         raise ConfigurationError(
             "server_side copies are made by the S3 server for an in-process ship(); with a "
@@ -170,7 +196,11 @@ async def ship(
         )
     if network is None:
         store, snapshot_id = await _split_target(
-            target_url, dict(target_options or {}), options.retry, dict(store_options or {})
+            target_url,
+            dict(target_options or {}),
+            options.retry,
+            dict(store_options or {}),
+            tree=tree,
         )
         # Sender and receiver share this process and every buffer: one CRC pass is enough.
         network = LoopbackNetwork(Receiver(store), trust_checksums=True)
@@ -183,7 +213,7 @@ async def ship(
         snapshot_id = _snapshot_id(target_url, target_url.rstrip("/").rpartition("/")[2])
     started = time.perf_counter()
     try:
-        if store is not None and server_side is not False:
+        if store is not None and server_side is not False and not tree:
             copied = await _server_side(
                 source_url,
                 target_url,
@@ -200,18 +230,30 @@ async def ship(
                 if progress is not None and copied.size:
                     progress(copied.size)
                 return replace(copied, elapsed=time.perf_counter() - started)
-        source = await open_source(
-            source_url,
-            map_files=options.map_files,
-            read_streams=options.read_streams,
-            read_part_size=options.read_part_size,
-            ranged_read_threshold=options.ranged_read_threshold,
-            **(source_options or {}),
-        )
+        source: ChunkSource
+        if tree:
+            source = tree_source = await open_tree_source(source_url, **(source_options or {}))
+            if checksum is not None and checksum != tree_source.checksum:
+                raise ChecksumMismatch(source_url, checksum, tree_source.checksum, whole=True)
+            checksum = tree_source.checksum
+        else:
+            source = await open_source(
+                source_url,
+                map_files=options.map_files,
+                read_streams=options.read_streams,
+                read_part_size=options.read_part_size,
+                ranged_read_threshold=options.ranged_read_threshold,
+                **(source_options or {}),
+            )
         if isinstance(source, (S3StreamSource, S3RangedSource)):
             source.retry = options.retry
         try:
-            meta = SnapshotMeta(snapshot_id=snapshot_id, size=source.size, checksum=checksum)
+            meta = SnapshotMeta(
+                snapshot_id=snapshot_id,
+                size=source.size,
+                checksum=checksum,
+                kind=TREE if tree else "file",
+            )
             if checksum is None and store is not None and await store.has_partial(snapshot_id):
                 # An earlier ship() was killed halfway: name the data by its checksum, so that
                 # the receiver can resume its partial copy and prove the result whole (a partial
@@ -254,7 +296,22 @@ async def ship(
         bytes_skipped=stats.bytes_skipped,
         elapsed=time.perf_counter() - started,
         checksum=result.checksum,
+        files=source.file_count if isinstance(source, TreeSource) else None,
     )
+
+
+async def is_directory(url: str, storage_options: dict[str, Any]) -> bool:
+    """Whether `url` names a folder (shipped as a directory snapshot).  Asked of local and
+    ``memory://`` paths only; elsewhere (S3, HTTP, ...), where asking costs a request for every
+    file shipped, only a URL ending in ``/`` names a folder."""
+    if url == "-" or "::" in url:
+        return False
+    with storage_errors(url, "open"):
+        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    if not isinstance(fs, (LocalFileSystem, MemoryFileSystem)):
+        return url.endswith("/")
+    with storage_errors(url, "stat"):
+        return bool(await asyncio.to_thread(fs.isdir, path))
 
 
 def _is_s3_url(url: str) -> bool:

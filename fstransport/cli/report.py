@@ -29,7 +29,8 @@ def print_report(
         chunks = f"copied by the S3 server ({report.chunks_sent} part copies)"
     lines = [
         f"{report.source} -> {report.target}",
-        f"  size        {format_size(report.size)} ({report.size} bytes)",
+        f"  size        {format_size(report.size)} ({report.size} bytes)"
+        + ("" if report.files is None else f", {report.files} files packed"),
         f"  chunks      {chunks}",
         f"  time        {report.elapsed:.3f} s",
         f"  throughput  {format_rate(report.throughput)}",

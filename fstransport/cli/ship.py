@@ -1,4 +1,5 @@
-"""``fstransport ship SRC DST``: copy one file through the transport, in process or ``--via``."""
+"""``fstransport ship SRC DST``: copy one file, or one folder as a directory snapshot, through
+the transport, in process or ``--via``."""
 
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ DST may be an existing folder or end in '/': the file keeps its name there (as c
 do). SRC '-' reads standard input and DST '-' writes standard output: standard input is first
 read into a temporary file (the protocol names the size before the first chunk), standard
 output gets the data only once it is verified; neither can resume.
+
+SRC may be a folder: its regular files (symlinks, devices, sockets and FIFOs are refused) are
+packed into one directory snapshot with one checksum, and DST appears as a folder (on S3 and
+memory://, a manifest written last marks the complete tree: see docs/directories.md). An
+existing folder DST is replaced as a whole, in one step.
 """
 
 
@@ -220,8 +226,9 @@ def _join(folder: str, name: str) -> str:
     return f"{folder}{name}" if folder.endswith("/") else f"{folder}/{name}"
 
 
-async def _resolve_target(args: argparse.Namespace) -> str:
-    """DST as a file name: a folder (existing, or ending in /) gets SRC's file name."""
+async def _resolve_target(args: argparse.Namespace, *, src_is_dir: bool = False) -> str:
+    """DST as a file name: a folder (existing, or ending in /) gets SRC's file name.  For a
+    folder SRC, DST names the tree itself (replaced if it exists) unless it ends in /."""
     import posixpath
 
     dst: str = args.dst
@@ -230,7 +237,7 @@ async def _resolve_target(args: argparse.Namespace) -> str:
         return _join(dst, name)
     if is_s3_url(dst) and "/" not in dst.split("://", 1)[1]:
         return _join(dst, name)  # s3://bucket: the bucket is the folder
-    if args.via is None and args.src != "-":
+    if args.via is None and args.src != "-" and not src_is_dir:
         from fstransport.cli.probe import probe
 
         found = await probe(dst, storage_options(args, dst), verb="write to")
@@ -282,32 +289,47 @@ async def run(args: argparse.Namespace) -> int:
         read_part_size=args.read_part_size,
     )
     out = sys.stderr if args.dst == "-" else sys.stdout  # the data owns stdout
-    dst = "-" if args.dst == "-" else await _resolve_target(args)
-    args.shown_target = dst
     source_options = storage_options(args, args.src)
-    target_options = storage_options(args, dst)
     if is_s3_url(args.src):
         source_options = s3_cli_options(source_options)
+    found = None if args.src == "-" else await probe(args.src, source_options, verb="open")
+    src_is_dir = found is not None and found.is_dir
+    dst = "-" if args.dst == "-" else await _resolve_target(args, src_is_dir=src_is_dir)
+    args.shown_target = dst
+    target_options = storage_options(args, dst)
     if is_s3_url(dst):
         target_options = s3_cli_options(target_options)
 
     size: int | None = None
-    if args.src != "-":
-        found = await probe(args.src, source_options, verb="open")
+    files: int | None = None  # a folder SRC: a directory snapshot of this many files
+    if found is not None:
         if found.is_dir:
-            raise ConfigurationError(f"SRC {args.src} is a folder; ship copies one file")
-        if found.size is None:
+            from fstransport.tree import scan_summary
+
+            if dst == "-":
+                raise ConfigurationError(
+                    f"SRC {args.src} is a folder; a folder cannot be written to standard output"
+                )
+            if args.server_side:
+                raise ConfigurationError(
+                    "a folder is shipped through this process, not server-side"
+                )
+            files, size = await asyncio.to_thread(scan_summary, args.src, **source_options)
+        elif found.size is None:
             raise ConfigurationError(f"cannot open {args.src}: no such file")
-        size = found.size
+        else:
+            size = found.size
     exists = False
     if dst != "-" and args.via is None:
         there = await probe(dst, target_options, verb="write to")
         if there.is_special:
             # installing replaces the target: never a device or a pipe (use - for stdout)
             raise ConfigurationError(f"DST {dst} is not a regular file; give a file name or -")
-        exists = there.size is not None
+        exists = there.size is not None or (files is not None and there.is_dir)
 
     shown_size = "unknown size" if size is None else f"{size} bytes"
+    if files is not None:
+        shown_size = f"{files} files, {size} bytes"
     where = f" via {args.via}" if args.via else ""
     if args.ignore_existing and exists:
         if not args.quiet:
@@ -315,10 +337,12 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     if args.dry_run and args.json:
         plan = {"dry_run": True, "source": args.src, "target": dst, "size": size, "exists": exists}
+        if files is not None:
+            plan["files"] = files
         print(json.dumps({**plan, "via": args.via}, indent=2), file=out)
         return 0
     if args.dry_run:
-        verb = "overwrite" if exists else "create"
+        verb = ("replace" if files is not None else "overwrite") if exists else "create"
         print(
             f"would ship {args.src} ({shown_size}) -> {dst}{where} ({verb}); dry run, nothing sent",
             file=out,
@@ -339,7 +363,10 @@ async def run(args: argparse.Namespace) -> int:
         if dst == "-":
             target = _scratch_target(cleanup, args.src)
         finishing = "completing upload…" if is_s3_url(target) else "finishing…"
-        bar = ProgressBar(size, finishing=finishing, enabled=not args.quiet)
+        # (a folder's packed stream is a little longer than its files: the bar's size is unknown)
+        bar = ProgressBar(
+            None if files is not None else size, finishing=finishing, enabled=not args.quiet
+        )
         threshold = logging.getLogger("fstransport").getEffectiveLevel()
         notes = _resume_notes(bar, threshold)
         sender_log = logging.getLogger("fstransport.sender")

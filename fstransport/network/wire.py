@@ -6,7 +6,8 @@ everything else travels in headers:
 =========================== =======================================================
 ``X-Fstransport-Vote``      ``term,node_id,committed`` (``committed`` is 0 or 1)
 ``X-Fstransport-Meta``      JSON: ``size``, ``checksum``, ``last_log_id`` ([term, index]),
-                            ``last_membership`` (any JSON)
+                            ``last_membership`` (any JSON), ``kind`` (``"tree"`` for a
+                            directory snapshot; left out for a file)
 ``X-Fstransport-Offset``    byte offset of the body in the snapshot
 ``X-Fstransport-Done``      ``1`` on the final chunk, else ``0``
 ``X-Fstransport-Crc32c``    CRC32C of the body, as an unsigned decimal integer (required)
@@ -91,7 +92,8 @@ MAX_STAGED_LENGTH = 1024
 """Characters of the staged-chunk header the server reads: a reference is small."""
 _STAGED_KEYS = frozenset({"area", "name", "length", "crc32c"})
 _ASCII_DIGITS = frozenset("0123456789")
-_META_KEYS = frozenset({"size", "checksum", "last_log_id", "last_membership"})
+_META_KEYS = frozenset({"size", "checksum", "last_log_id", "last_membership", "kind"})
+META_KINDS = frozenset({"file", "tree"})
 
 
 def parse_uint(text: str, field: str) -> int:
@@ -127,6 +129,8 @@ def encode_meta(meta: SnapshotMeta) -> str:
         "last_log_id": log,
         "last_membership": meta.last_membership,
     }
+    if meta.kind != "file":  # (a receiver that knows no kinds refuses the key: never a file)
+        fields["kind"] = meta.kind
     return json.dumps(fields, separators=(",", ":"))
 
 
@@ -184,7 +188,8 @@ def decode_meta(snapshot_id: str, text: str) -> SnapshotMeta:
     Strict: a JSON object of at most `MAX_META_LENGTH` characters nesting at most
     `MAX_JSON_DEPTH` deep, no repeated key, no key but ``size`` (unsigned integer or null),
     ``checksum`` (string or null), ``last_log_id`` (null or ``[term, index]``, unsigned
-    integers, booleans refused) and ``last_membership`` (any JSON); no fractions, NaN or
+    integers, booleans refused), ``last_membership`` (any JSON) and ``kind`` (``"file"`` or
+    ``"tree"``); no fractions, NaN or
     numbers over `MAX_DIGITS` digits.  The receiver checks the values further."""
     if len(text) > MAX_META_LENGTH:
         _bad_meta(f"meta header is longer than {MAX_META_LENGTH} characters")
@@ -221,12 +226,16 @@ def decode_meta(snapshot_id: str, text: str) -> SnapshotMeta:
         if not (isinstance(log, list) and len(log) == 2 and all(_nat(x) for x in log)):
             _bad_meta("last_log_id must be [term, index] of unsigned integers")
         last_log_id = LogId(log[0], log[1])
+    kind = fields.get("kind", "file")
+    if kind not in META_KINDS:
+        raise InvalidRequest(f"kind must be one of {sorted(META_KINDS)}", field="kind")
     return SnapshotMeta(
         snapshot_id=snapshot_id,
         last_log_id=last_log_id,
         last_membership=fields.get("last_membership"),
         size=size,
         checksum=checksum,
+        kind=kind,
     )
 
 

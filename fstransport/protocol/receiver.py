@@ -46,6 +46,9 @@ _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 surrogates, private-use and unassigned code points, and line and paragraph separators:
 characters that make a name print as something else, or break a line in a tool's output."""
 
+SNAPSHOT_KINDS = frozenset({"file", "tree"})
+"""What `SnapshotMeta.kind` may say: a file, or a directory packed by `fstransport.tree`."""
+
 DEFAULT_MAX_SNAPSHOT_SIZE = 256 * 1024**3
 """The largest snapshot a receiver takes unless told otherwise (256 GiB): it also bounds where
 a chunk of a snapshot that names no size may land."""
@@ -61,11 +64,14 @@ class ReceiverLimits:
     max_snapshot_size: int | None = DEFAULT_MAX_SNAPSHOT_SIZE
     max_chunk_size: int | None = 256 * 1024 * 1024
     max_transfers: int = 16
+    max_tree_files: int | None = 100_000
+    """Files and folders a directory snapshot may hold (their bytes are bounded by
+    `max_snapshot_size`, which bounds the packed stream)."""
 
     def __post_init__(self) -> None:
         if self.max_transfers < 1:
             raise ConfigurationError(f"max_transfers must be >= 1, got {self.max_transfers}")
-        for name in ("max_snapshot_size", "max_chunk_size"):
+        for name in ("max_snapshot_size", "max_chunk_size", "max_tree_files"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigurationError(f"{name} must not be negative, got {value}")
@@ -151,6 +157,12 @@ def validate_request(
     if not isinstance(meta, SnapshotMeta):
         raise InvalidRequest("meta must be a SnapshotMeta", field="meta")
     check_snapshot_id(meta.snapshot_id)
+    if meta.kind not in SNAPSHOT_KINDS:
+        raise InvalidRequest(
+            f"kind must be one of {', '.join(sorted(SNAPSHOT_KINDS))}", field="kind"
+        )
+    if meta.kind != "file" and meta.size is None:
+        raise InvalidRequest("a directory snapshot must name its size", field="size")
     if meta.size is not None:
         if not _is_int(meta.size) or meta.size < 0:
             raise InvalidRequest(

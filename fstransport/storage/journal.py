@@ -76,6 +76,8 @@ def identity(meta: SnapshotMeta) -> str:
     """A string equal for two metas that name the same snapshot, the checksum left aside."""
     log = [meta.last_log_id.term, meta.last_log_id.index] if meta.last_log_id else None
     fields = [meta.snapshot_id, meta.size, log, meta.last_membership]
+    if meta.kind != "file":  # (a file's identity is what it was before kinds existed)
+        fields.append(meta.kind)
     return json.dumps(fields, default=repr, sort_keys=True)
 
 

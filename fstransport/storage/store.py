@@ -4,6 +4,14 @@ Layout under the store's root::
 
     root/<snapshot_id>                         installed snapshots, visible to everyone
     root/.fstransport/partial/<snapshot_id>    snapshots being received (never visible as above)
+    root/.fstransport/packed/<snapshot_id>     on S3, a directory snapshot being received
+    root/.fstransport/staging/, .../old/       local folders being unpacked or replaced
+
+A directory snapshot (``SnapshotMeta.kind == "tree"``) is received as its packed stream and
+unpacked by `install`, after it was verified: locally into a staging folder that is renamed
+into place; elsewhere (S3, memory) into a fresh generation prefix ``root/<snapshot_id>/g-.../``
+followed by the manifest ``root/<snapshot_id>/fstransport-tree.json``, written last (see
+``docs/directories.md``).
 
 A snapshot becomes visible as ``root/<snapshot_id>`` only by `install`, which moves a finished
 partial file into place in one step (``os.replace`` locally, one dict update in memory), or, on
@@ -18,6 +26,7 @@ import datetime
 import json
 import logging
 import os
+import threading
 import time
 from typing import IO, Any, Literal
 
@@ -49,6 +58,19 @@ from fstransport.storage.sink import (
     SeekableFileSink,
     discard_file,
 )
+from fstransport.tree import (
+    MANIFEST_NAME,
+    STREAM_ABOVE,
+    TREE,
+    TREE_UPLOADS,
+    TreeFile,
+    TreeTable,
+    copy_file,
+    install_local_tree,
+    new_generation,
+    read_table,
+    tree_manifest,
+)
 
 __all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
 
@@ -56,6 +78,9 @@ log = logging.getLogger("fstransport.store")
 
 PARTIAL_DIR = ".fstransport/partial"
 JOURNAL_DIR = ".fstransport/journal"
+PACKED_DIR = ".fstransport/packed"
+STAGING_DIR = ".fstransport/staging"
+OLD_DIR = ".fstransport/old"
 ABSENT_FOR = 5.0
 """Seconds for which an S3 store trusts having just seen no upload state for a snapshot, so that
 `has_partial`, `resume` and `begin` of one transfer look it up once, not three times."""
@@ -95,6 +120,9 @@ class FsspecSnapshotStore:
     upload completes, after the final chunk was verified; there is no rename on S3.  Close the
     store with ``await store.close()`` (or ``async with``) to release its S3 connections.
     """
+
+    accepts_trees = True
+    """It installs directory snapshots (``SnapshotMeta(kind="tree")``) too."""
 
     def __init__(
         self,
@@ -202,7 +230,10 @@ class FsspecSnapshotStore:
         if isinstance(self.fs, LocalFileSystem) and not self._sinks and not self._finished:
             # no empty .fstransport/{partial,journal} folders after the last transfer; a folder
             # that still holds something (another receiver's partial data) stays
-            folders = [self._join(PARTIAL_DIR), self._join(JOURNAL_DIR), self._join(".fstransport")]
+            folders = [
+                self._join(name)
+                for name in (PARTIAL_DIR, JOURNAL_DIR, STAGING_DIR, OLD_DIR, ".fstransport")
+            ]
             await asyncio.to_thread(_remove_empty_folders, folders)
         if self._s3 is not None:
             fs, self._s3 = self._s3, None
@@ -249,6 +280,13 @@ class FsspecSnapshotStore:
         """Where snapshot `snapshot_id` is visible once installed."""
         return self._join(check_snapshot_id(snapshot_id))
 
+    def upload_path(self, meta: SnapshotMeta) -> str:
+        """Where an S3 upload of `meta` goes: the final name for a file, a staging name for
+        a directory snapshot (unpacked from there by `install`)."""
+        if meta.kind == TREE:
+            return self._join(PACKED_DIR, check_snapshot_id(meta.snapshot_id))
+        return self.path(meta.snapshot_id)
+
     def partial_path(self, snapshot_id: str) -> str:
         """Where snapshot `snapshot_id` is written while it is received."""
         return self._join(PARTIAL_DIR, check_snapshot_id(snapshot_id))
@@ -285,7 +323,7 @@ class FsspecSnapshotStore:
             if self.sink_kind in ("auto", "multipart") and is_s3(self.fs):
                 if self._state_known_absent(snapshot_id):
                     return None
-                bucket, key = split_bucket_key(self.path(snapshot_id))
+                bucket, key = split_bucket_key(self.upload_path(meta))
                 state_key = split_bucket_key(journal)[1]
                 s3 = await self._async_s3()
                 exists, state = await MultipartSink.read_state(s3, bucket, state_key)
@@ -370,7 +408,7 @@ class FsspecSnapshotStore:
         path = self.partial_path(snapshot_id)
         journal = self.journal_path(snapshot_id) if meta.size is not None else None
         if kind in ("auto", "multipart") and is_s3(self.fs):
-            bucket, key = split_bucket_key(self.path(snapshot_id))
+            bucket, key = split_bucket_key(self.upload_path(meta))
             state_key = split_bucket_key(journal)[1] if journal else None
             return MultipartSink(
                 await self._async_s3(),
@@ -420,6 +458,15 @@ class FsspecSnapshotStore:
         if sink is None:
             raise InvalidRequest(f"snapshot {snapshot_id!r} has not been received completely")
         final = self.path(snapshot_id)
+        if snapshot.meta.kind == TREE:
+            try:
+                await self._install_tree(snapshot, sink.path, final)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(snapshot.data.close)
+                await self._remove_packed(sink.path)
+                self._finished.pop(snapshot_id, None)
+            return
         with storage_errors(final, "install"):
             await asyncio.to_thread(snapshot.data.close)
             if isinstance(sink, MultipartSink):
@@ -464,6 +511,125 @@ class FsspecSnapshotStore:
                     await self._fs_call("rm_file", leftover)
         if is_s3(self.fs):
             await self._abort_uploads(self.path(snapshot_id))
+            packed = self._join(PACKED_DIR, snapshot_id)
+            await self._abort_uploads(packed)
+            await self._remove_packed(packed)
+
+    # -- directory snapshots -----------------------------------------------------------------
+
+    async def _remove_packed(self, path: str) -> None:
+        """Delete a directory snapshot's packed stream once unpacked (or abandoned)."""
+        with storage_errors(path, "remove"):
+            if isinstance(self.fs, MemoryFileSystem):
+                self.fs.store.pop(path, None)
+            elif isinstance(self.fs, LocalFileSystem):
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(os.unlink, path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    await self._fs_call("rm_file", path)
+
+    async def _install_tree(self, snapshot: Snapshot, packed: str, final: str) -> None:
+        """Unpack a verified directory snapshot and make it visible at `final` in one step."""
+        size = snapshot.meta.size
+        assert size is not None
+        with storage_errors(final, "install"):
+            # the receiver checked the table against its limits; the store checks its shape
+            # again itself, for it writes what the table names
+            table = await asyncio.to_thread(read_table, snapshot.data, size, None)
+            if isinstance(self.fs, LocalFileSystem):
+                await asyncio.to_thread(
+                    install_local_tree,
+                    snapshot.data,
+                    table,
+                    final,
+                    self._join(STAGING_DIR),
+                    self._join(OLD_DIR),
+                    fsync=self._fsync,
+                )
+            else:
+                await self._install_object_tree(snapshot, table, final)
+
+    async def _install_object_tree(self, snapshot: Snapshot, table: TreeTable, final: str) -> None:
+        """Write the files under a fresh generation prefix, then the manifest (the commit
+        marker), then remove older generations.  A failure before the manifest removes the
+        new generation; the tree a reader finds through the manifest is never a half one."""
+        generation = new_generation()
+        base = f"{final}/{generation}"
+        reading = threading.Lock()  # one file object serves every read
+
+        def read(entry: TreeFile) -> bytes:
+            body = bytearray()
+            with reading:
+                copy_file(snapshot.data, entry, body.extend)
+            return bytes(body)
+
+        async def put(entry: TreeFile) -> None:
+            async with slots:
+                target = f"{base}/{entry.path}"
+                if entry.size <= STREAM_ABOVE:
+                    await self._fs_call("pipe_file", target, await asyncio.to_thread(read, entry))
+                else:
+                    await asyncio.to_thread(
+                        self._stream_entry, snapshot.data, reading, entry, target
+                    )
+
+        slots = asyncio.Semaphore(TREE_UPLOADS)
+        pending: set[asyncio.Task[None]] = set()
+        # memory:// cannot hold a file and a folder under one name: a file snapshot there
+        # steps aside while the tree is written, and comes back if the tree fails
+        replaced_file = (
+            self.fs.store.pop(final, None) if isinstance(self.fs, MemoryFileSystem) else None
+        )
+        try:
+            for entry in table.files:
+                pending.add(asyncio.ensure_future(put(entry)))
+                if len(pending) >= 4 * TREE_UPLOADS:
+                    done, pending = await asyncio.wait(pending, return_when="FIRST_COMPLETED")
+                    for task in done:
+                        task.result()
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when="FIRST_EXCEPTION")
+                for task in done:
+                    task.result()
+            manifest = tree_manifest(snapshot.meta, table, generation)
+            await self._fs_call("pipe_file", f"{final}/{MANIFEST_NAME}", manifest)
+        except BaseException:
+            # stop the other writes first, so that none lands after the generation is removed
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._fs_call("rm", base, recursive=True))
+            if replaced_file is not None:
+                self.fs.store[final] = replaced_file
+            raise
+        self._forget_listings(f"{final}/{MANIFEST_NAME}")
+        await self._remove_replaced(final, generation)
+
+    async def _remove_replaced(self, final: str, generation: str) -> None:
+        """After a tree's manifest is written: remove what it replaced under `final` (older
+        generations, what a crashed install left) and a file snapshot stored at `final` itself."""
+        try:
+            if is_s3(self.fs):
+                with contextlib.suppress(FileNotFoundError):
+                    await self._fs_call("rm_file", final)  # one key: never the tree under it
+            entries = await self._fs_call("ls", final, detail=False)
+            for name in entries:
+                path = str(name).rstrip("/")
+                if not path.lstrip("/").startswith(f"{final.lstrip('/')}/"):
+                    continue  # (a listing of a file names the file itself)
+                if path.rsplit("/", 1)[-1] not in (generation, MANIFEST_NAME):
+                    await self._fs_call("rm", path, recursive=True)
+        except Exception as exc:
+            log.warning("could not remove older generations of %s: %s", final, exc)
+
+    def _stream_entry(
+        self, data: IO[bytes], reading: threading.Lock, entry: TreeFile, target: str
+    ) -> None:
+        """Copy a large file of a tree to `target` without holding it in memory (blocking)."""
+        with reading, self.fs.open(target, "wb") as out:
+            copy_file(data, entry, out.write)
 
     async def _discard_stale(self, snapshot_id: str) -> None:
         """Before a new transfer of `snapshot_id`: drop what an earlier one left, cheaply.
@@ -528,7 +694,7 @@ class FsspecSnapshotStore:
         cutoff = time.time() - older_than
         active = set(self._sinks) | set(self._finished)
         removed: list[str] = []
-        for folder in (PARTIAL_DIR, JOURNAL_DIR):
+        for folder in (PARTIAL_DIR, JOURNAL_DIR, PACKED_DIR, STAGING_DIR, OLD_DIR):
             where = self._join(folder)
             with storage_errors(where, "list"):
                 self.fs.invalidate_cache(where)
@@ -538,14 +704,20 @@ class FsspecSnapshotStore:
                     continue
             for entry in entries:
                 path = str(entry["name"]).rstrip("/")
-                if path.rsplit("/", 1)[-1] in active or entry.get("type") != "file":
+                # (folders: what a crashed unpack or replace of a local tree left)
+                is_tree_folder = folder in (STAGING_DIR, OLD_DIR)
+                wanted = "directory" if is_tree_folder else "file"
+                if path.rsplit("/", 1)[-1] in active or entry.get("type") != wanted:
                     continue
                 touched = _modified(entry)
                 if touched is not None and touched >= cutoff:
                     continue
                 if not dry_run:
                     with storage_errors(path, "clean up"):
-                        await self._fs_call("rm_file", path)
+                        if is_tree_folder:
+                            await self._fs_call("rm", path, recursive=True)
+                        else:
+                            await self._fs_call("rm_file", path)
                 removed.append(self.fs.unstrip_protocol(path))
         if is_s3(self.fs):
             removed.extend(await self._cleanup_uploads(cutoff, active, dry_run))
@@ -561,6 +733,10 @@ class FsspecSnapshotStore:
         for upload in listing.get("Uploads", []):
             key = str(upload.get("Key", ""))
             name = key[len(prefix) :]
+            if name.startswith(f"{PACKED_DIR}/"):  # a directory snapshot's packed stream
+                name = name[len(PACKED_DIR) + 1 :]
+            elif name.count("/") >= 2 and name.split("/")[1].startswith("g-"):
+                name = name.split("/")[0]  # a large file of a tree's generation (a crashed install)
             started = upload.get("Initiated")
             if "/" in name or name in active:
                 continue

@@ -1,10 +1,6 @@
-"""The installed distribution's version (looked up once, when first asked for)."""
-
-from importlib.metadata import PackageNotFoundError, version
+"""fstransport's version: the one place it is written (pyproject.toml reads it from here), so
+that ``fstransport --version`` answers without asking the installed metadata (~35 ms)."""
 
 __all__ = ["__version__"]
 
-try:
-    __version__ = version("fstransport")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+__version__ = "0.1.0"

@@ -87,3 +87,27 @@ def test_errors_name_what_the_user_gave_without_errno_or_internal_paths() -> Non
         "cannot open s3://b/k: bucket 'b' does not exist at http://127.0.0.1:9000; "
         "is --endpoint-url right?"
     )
+
+
+def test_serve_help_shows_the_real_defaults() -> None:
+    """--help names the server's defaults from constants of its own (importing the server or
+    the protocol for them would slow every --help); they must stay the real ones."""
+    from fstransport.cli import serve
+    from fstransport.protocol.receiver import DEFAULT_MAX_SNAPSHOT_SIZE, ReceiverLimits
+    from fstransport.server import IDLE_TIMEOUT, MAX_BUFFERED
+    from fstransport.units import format_size
+
+    assert f"{IDLE_TIMEOUT:g}s" == serve.IDLE_TIMEOUT_HELP
+    assert format_size(MAX_BUFFERED) == serve.MAX_BUFFERED_HELP
+    assert format_size(DEFAULT_MAX_SNAPSHOT_SIZE) == serve.MAX_SNAPSHOT_SIZE_HELP
+    assert ReceiverLimits().max_snapshot_size == DEFAULT_MAX_SNAPSHOT_SIZE
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    """`fstransport._version` is the one place the version is written; the installed metadata
+    (which pyproject.toml builds from it) must agree."""
+    from importlib.metadata import version
+
+    import fstransport
+
+    assert fstransport.__version__ == version("fstransport")

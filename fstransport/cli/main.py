@@ -41,12 +41,9 @@ GLOBAL_DEFAULTS: dict[str, Any] = {"quiet": False, "verbose": 0, "debug": False,
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from fstransport._version import __version__
 
-    try:
-        return version("fstransport")
-    except PackageNotFoundError:  # running from a source tree that was not installed
-        return "0.0.0+unknown"
+    return __version__
 
 
 class _VersionAction(argparse.Action):

@@ -19,8 +19,6 @@ from fstransport.cli.args import (
 )
 from fstransport.cli.errors import UsageError
 from fstransport.errors import ConfigurationError, StorageError
-from fstransport.protocol.receiver import DEFAULT_MAX_SNAPSHOT_SIZE, ReceiverLimits
-from fstransport.units import format_size
 
 if TYPE_CHECKING:
     import ssl
@@ -32,6 +30,9 @@ __all__ = ["add_parser", "check_root", "os_reason", "run", "server_token"]
 # create_app's defaults, repeated here so that --help does not import aiohttp
 IDLE_TIMEOUT_HELP = "60s"
 MAX_BUFFERED_HELP = "1.0 GiB"
+MAX_SNAPSHOT_SIZE_HELP = "256.0 GiB"
+"""`ReceiverLimits`' default `max_snapshot_size`, as --help shows it (importing the protocol
+module for it would load crc32c, whose import costs a third of --help's time)."""
 
 
 def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -97,10 +98,9 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     serve.add_argument(
         "--max-snapshot-size",
         type=positive_size_arg,
-        default=DEFAULT_MAX_SNAPSHOT_SIZE,
         metavar="SIZE",
         help="refuse snapshots larger than this, and chunks reaching beyond it "
-        f"(default {format_size(DEFAULT_MAX_SNAPSHOT_SIZE)})",
+        f"(default {MAX_SNAPSHOT_SIZE_HELP})",
     )
     serve.add_argument(
         "--access-log",
@@ -123,7 +123,11 @@ async def run(args: argparse.Namespace) -> int:
         server_log.setLevel(logging.WARNING)  # every refused request is one line, by default
     tls = _server_tls(args.certfile, args.keyfile)
     options = {**storage_options(args, args.root), **s3_tuning(args, args.root)}
-    limits: dict[str, Any] = {"limits": ReceiverLimits(max_snapshot_size=args.max_snapshot_size)}
+    from fstransport.protocol.receiver import ReceiverLimits
+
+    limits: dict[str, Any] = {"limits": ReceiverLimits()}
+    if args.max_snapshot_size is not None:
+        limits["limits"] = ReceiverLimits(max_snapshot_size=args.max_snapshot_size)
     if args.idle_timeout is not None:
         limits["idle_timeout"] = args.idle_timeout
     if args.max_buffered is not None:

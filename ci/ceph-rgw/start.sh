@@ -132,6 +132,13 @@ rgw frontends = beast endpoint=127.0.0.1:$PORT
 rgw thread pool size = 64
 rgw enable usage log = false
 rgw dns name = 127.0.0.1
+# RGW frees a deleted object's data in its garbage collector, by default no sooner than 2 h
+# later (rgw gc obj min wait = 7200). Benchmarks that write and delete GiBs then fill the OSD's
+# sparse file, the cluster turns OSD_FULL and RGW stops answering writes (clients see read
+# timeouts, not an error). Reclaim within seconds instead.
+rgw gc obj min wait = 5
+rgw gc processor period = 10
+rgw gc processor max time = 10
 EOF
 
 say "monitor"

@@ -61,12 +61,14 @@ from harness import (
     check_report,
     check_stream,
     evaluate,
+    machine_idle_cpu,
     machine_info,
     make_data,
     make_parser,
     markdown_table,
     moto_process,
     positive_int,
+    processes_cpu,
     publish,
     remove_file,
     run_rounds,
@@ -88,7 +90,13 @@ GOAL_VS_RCLONE = {"file -> S3": 1.2, "S3 -> file": 1.2, "S3 -> S3": 1.2, "file -
 GOAL_VS_BOTO3 = 1.2
 GOAL_PEAK_RSS = 256 * MiB
 GOAL_RSS_GROWTH = 16 * MiB  # "flat in size": the largest ship's peak above the smallest's
-CPU_COLUMNS = (("client CPU s", "client_cpu_s"), ("moto CPU s", "server_cpu_s"))
+CPU_COLUMNS = (
+    ("client CPU s", "client_cpu_s"),
+    ("server CPU s", "server_cpu_s"),
+    ("idle CPU s", "idle_cpu_s"),
+)
+# the processes of a Ceph RGW on this machine (ci/ceph-rgw/start.sh), for --server-processes
+CEPH_PROCESSES = "radosgw,ceph-osd,ceph-mon"
 
 
 def children_cpu() -> float:
@@ -108,6 +116,7 @@ class Endpoint:
     secret: str
     rclone_extra: dict[str, str] = field(default_factory=dict)
     server: ChildProcess | None = None
+    server_processes: tuple[str, ...] = ()  # command names of an external server's processes
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -172,9 +181,14 @@ class RcloneBench:
             raise RuntimeError("needs the fstransport command beside python and rclone on PATH")
         self.fstransport: str = fstransport
         self.rclone: str = rclone
-        self.probes: dict[str, Callable[[], float]] = {"client_cpu_s": children_cpu}
+        self.probes: dict[str, Callable[[], float]] = {
+            "client_cpu_s": children_cpu,
+            "idle_cpu_s": machine_idle_cpu,
+        }
         if endpoint.server is not None:
             self.probes["server_cpu_s"] = endpoint.server.cpu_seconds
+        elif endpoint.server_processes:
+            self.probes["server_cpu_s"] = processes_cpu(endpoint.server_processes)
 
     # -- places ------------------------------------------------------------------------------
 
@@ -493,6 +507,13 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     parser.add_argument(
         "--endpoint-name", default="RGW", help="what to call --endpoint-url in the tables (RGW)"
     )
+    parser.add_argument(
+        "--server-processes",
+        default=CEPH_PROCESSES,
+        metavar="NAMES",
+        help="comma-separated command names of --endpoint-url's processes on this machine, whose"
+        " CPU time becomes the 'server CPU s' column; '' for none (%(default)s)",
+    )
     parser.add_argument("--no-moto", action="store_true", help="skip the moto server")
     parser.add_argument(
         "--routes",
@@ -549,7 +570,10 @@ def endpoints(args: Any, folder: str) -> Iterator[list[Endpoint]]:
             secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
             if not key or not secret:
                 raise SystemExit("--endpoint-url needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-            found.append(Endpoint(args.endpoint_name, args.endpoint_url, key, secret))
+            names = tuple(n for n in args.server_processes.split(",") if n)
+            found.append(
+                Endpoint(args.endpoint_name, args.endpoint_url, key, secret, server_processes=names)
+            )
         yield found
 
 
@@ -602,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "cases": {c.key: c.to_dict() for c in cases},
                 }
                 met += [r["met"] for r in results if r["met"] is not None]
-                columns = CPU_COLUMNS if bench.endpoint.server is not None else CPU_COLUMNS[:1]
+                columns = [c for c in CPU_COLUMNS if c[1] in bench.probes]
                 out += [markdown_table(title, results, columns), ""]
             if not args.no_memory:
                 bench = RcloneBench(data, folder, servers[-1], loop)

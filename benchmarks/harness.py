@@ -471,6 +471,36 @@ def add_common_arguments(
 # -- child processes ---------------------------------------------------------------------------
 
 
+def machine_idle_cpu() -> float:
+    """Idle core-seconds of the whole machine so far (idle + iowait of /proc/stat): read before
+    and after a run, the difference says how much CPU was left unused while it ran; near 0 the
+    run was CPU-bound (by itself or by whatever else shares the machine)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        fields = fh.readline().split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
+def processes_cpu(names: Sequence[str]) -> Callable[[], float]:
+    """A probe: user + system CPU seconds of every process whose command name is in `names`
+    (an external S3 server on this machine, say radosgw and ceph-osd); found when called."""
+
+    def total() -> float:
+        seconds = 0.0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/comm", encoding="utf-8") as fh:
+                    if fh.read().strip() not in names:
+                        continue
+                seconds += _proc_stat_cpu(int(entry))
+            except OSError:  # gone meanwhile
+                continue
+        return seconds
+
+    return total
+
+
 def _proc_stat_cpu(pid: int) -> float:
     """User + system CPU seconds of process `pid` so far (from /proc)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as fh:

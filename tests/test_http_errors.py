@@ -31,8 +31,8 @@ from fstransport import (
     ship,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.network.http import HttpNetwork
-from fstransport.server import create_app
+from fstransport.http.app import create_app
+from fstransport.http.client import HttpNetwork
 from tests.conftest import payload
 
 KiB = 1024

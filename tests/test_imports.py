@@ -61,7 +61,7 @@ def test_every_public_name_resolves(name: str) -> None:
 
 
 def test_public_names_are_the_objects_of_their_modules() -> None:
-    from fstransport.network.http import HttpNetwork
+    from fstransport.http.client import HttpNetwork
     from fstransport.storage.store import FsspecSnapshotStore
     from fstransport.transfer import ship
 

@@ -3,10 +3,9 @@
 ``create_app(store, token=...)`` builds it; `make_runner` (`fstransport.http.runner`) wraps it
 in an aiohttp runner with the connection limits; ``fstransport serve ROOT`` runs it.  The wire
 format is in `fstransport.http.wire`, the error answers in `fstransport.http.statuses`.  Every
-request is checked before its body is read: the bearer token (compared in constant time), the
-snapshot id, the headers, and the body's declared length against the receiver's chunk limit
-(413 without reading a byte).  Every malformed request is answered with a 4xx and logged in
-one line (logger ``fstransport.server``, `fstransport.http.logs`), never a traceback.
+request is checked before its body is read (`fstransport.http.handler`).  Every malformed
+request is answered with a 4xx and logged in one line (logger ``fstransport.server``,
+`fstransport.http.logs`), never a traceback.
 
 Time limits, all derived from `idle_timeout`: a connection must complete a request's headers
 within it (from its start, or from the end of its previous answer); a body must keep arriving
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,68 +25,19 @@ from typing import Any
 
 from aiohttp import web
 
-from fstransport.errors import (
-    BodyStalled,
-    ConfigurationError,
-    FstransportError,
-    InvalidRequest,
-    PayloadTooLarge,
-    TooManyTransfers,
-    Unauthorized,
-)
-from fstransport.http.incoming import IDLE_TIMEOUT, MAX_BUFFERED, MIN_BODY_RATE, Budget, read_body
+from fstransport.errors import ConfigurationError, FstransportError
+from fstransport.http.handler import ChunkHandler, authorization_check
+from fstransport.http.incoming import IDLE_TIMEOUT, MAX_BUFFERED, MIN_BODY_RATE, Budget
 from fstransport.http.logs import answer_error, log, one_line
 from fstransport.http.runner import BUSY_KEY, IDLE_TIMEOUT_KEY, guarding_accept
-from fstransport.http.wire import (
-    API_PREFIX,
-    H_CRC,
-    H_DONE,
-    H_META,
-    H_OFFSET,
-    H_STAGED,
-    H_VOTE,
-    check_token,
-    decode_meta,
-    decode_staged,
-    decode_vote,
-    encode_vote,
-    parse_uint,
-)
-from fstransport.messages import InstallSnapshotRequest
-from fstransport.protocol.receiver import ReceiverLimits, check_snapshot_id
+from fstransport.http.wire import API_PREFIX, check_token
+from fstransport.protocol.receiver import ReceiverLimits
 from fstransport.receiver import Receiver
 from fstransport.storage.base import SnapshotStore
 
 __all__ = ["RECEIVER_KEY", "create_app"]
 
 RECEIVER_KEY = web.AppKey("receiver", Receiver)
-_WIRE_HEADERS = (H_VOTE, H_META, H_OFFSET, H_DONE, H_CRC, H_STAGED)
-
-
-def _authorization_check(token: str | None) -> Callable[[web.Request], bool]:
-    """Whether a request carries exactly one ``Authorization: Bearer <token>`` header (always
-    true for no token).  Compared as bytes in constant time; a header that is not valid
-    UTF-8, or that comes twice, is simply not the token: authentication fails closed."""
-    if token is None:
-        return lambda request: True
-    expected = f"Bearer {token}".encode("ascii")
-
-    def authorized(request: web.Request) -> bool:
-        try:
-            given = request.headers.getall("Authorization", [])
-            if len(given) != 1:
-                return False
-            # aiohttp decodes header bytes as UTF-8 with surrogate escapes: this gives them back
-            raw = given[0].encode("utf-8", "surrogateescape")
-        except (UnicodeError, ValueError, TypeError):
-            return False
-        return hmac.compare_digest(raw, expected)
-
-    return authorized
-
-
-def _int_header(request: web.Request, name: str) -> int:
-    return parse_uint(request.headers.get(name, ""), name)
 
 
 def create_app(
@@ -124,28 +73,9 @@ def create_app(
     every chunk request and the response it got (for a log of transfers and refusals).  Run it
     with `make_runner`.  Errors are answered as `fstransport.http.statuses.ERRORS` says, never
     naming the store's root."""
-    if not isinstance(no_auth, bool):
-        raise ConfigurationError(f"no_auth must be True or False, got {no_auth!r}")
-    if token is None and not no_auth:
-        raise ConfigurationError(
-            "create_app needs a token (token=...), or no_auth=True to accept requests from "
-            "anyone who can connect"
-        )
-    if token is not None:
-        if no_auth:
-            raise ConfigurationError("give a token or no_auth=True, not both")
-        check_token(token)
-    else:
+    _check_settings(token, no_auth, idle_timeout, max_buffered, min_body_rate)
+    if token is None:
         log.warning("accepting snapshots without authentication (no_auth=True)")
-    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
-        raise ConfigurationError(f"idle_timeout must be a number, got {idle_timeout!r}")
-    if not idle_timeout > 0:
-        raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
-    if isinstance(max_buffered, bool) or not isinstance(max_buffered, int) or max_buffered < 1:
-        raise ConfigurationError(f"max_buffered must be a positive int, got {max_buffered!r}")
-    if not min_body_rate >= 0:
-        raise ConfigurationError(f"min_body_rate must not be negative, got {min_body_rate!r}")
-    budget = Budget(max_buffered)
     if receiver is None:
         receiver = Receiver(store, limits=limits, idle_timeout=idle_timeout, vote_scope="snapshot")
     elif receiver.idle_timeout is None:
@@ -159,106 +89,49 @@ def create_app(
     app[IDLE_TIMEOUT_KEY] = float(idle_timeout)
     app.cleanup_ctx.append(_expiring(receiver))
     app.cleanup_ctx.append(guarding_accept)
-    authorized = _authorization_check(token)
     # never in an answer: where the store keeps its data on this host
     hide = tuple(
         str(value) for value in (getattr(store, "root", None), getattr(store, "url", None)) if value
     )
-
-    async def install(request: web.Request) -> web.Response:
-        snapshot_id: str | None = None
-        if not authorized(request):
-            return answer_error(Unauthorized("missing or wrong bearer token"), request)
-        try:
-            snapshot_id = check_snapshot_id(request.match_info["snapshot_id"])
-            _check_headers(request)
-            length = request.content_length
-            if length is None:
-                raise InvalidRequest("Content-Length is required", field="data")
-            if limit is not None and length > limit:
-                too_large = PayloadTooLarge(f"chunk of {length} bytes exceeds {limit}", limit=limit)
-                return answer_error(too_large, request, snapshot_id, hide)
-            vote = decode_vote(request.headers.get(H_VOTE, ""))
-            meta = decode_meta(snapshot_id, request.headers.get(H_META, "{}"))
-            offset = _int_header(request, H_OFFSET)
-            if H_CRC not in request.headers:  # only an in-process copy may leave it out
-                raise InvalidRequest(f"header {H_CRC} (the body's CRC32C) is required", field=H_CRC)
-            sent_crc = _int_header(request, H_CRC)
-            done = _done_header(request)
-            staged_header = request.headers.get(H_STAGED)
-            staged = None if staged_header is None else decode_staged(staged_header)
-            # (a staged chunk's bytes are fetched into memory by the receiver: count them too)
-            reserved = length + (staged.length if staged is not None else 0)
-            if not budget.take(reserved):
-                raise TooManyTransfers(
-                    f"the server holds {budget.used} bytes of chunks (at most {budget.limit}); "
-                    "try again"
-                )
-            try:
-                with receiver.in_use(snapshot_id):  # its transfer must not expire meanwhile
-                    body, crc = await read_body(
-                        request.content, length, idle_timeout, min_body_rate
-                    )
-                if sent_crc == crc:
-                    # The CRC was just computed here from the bytes received: the receiver
-                    # takes it instead of reading the whole chunk once more.
-                    req = InstallSnapshotRequest(vote, meta, offset, body, done, crc, staged)
-                    response = await receiver.handle(req, trust_crc=True)
-                else:  # corrupted on the way: the receiver refuses it with its usual checks
-                    req = InstallSnapshotRequest(vote, meta, offset, body, done, sent_crc, staged)
-                    response = await receiver.handle(req)
-            finally:
-                budget.give(reserved)
-        except BodyStalled as exc:
-            stalled = answer_error(exc, request, snapshot_id, hide)
-            stalled.force_close()  # the rest of the body may still come: never read it as a request
-            return stalled
-        except _Unsupported as exc:
-            unsupported = InvalidRequest(str(exc), field=exc.field)
-            return answer_error(unsupported, request, snapshot_id, hide, status=415)
-        except InvalidRequest as exc:
-            answer = answer_error(exc, request, snapshot_id, hide)
-            if exc.field == "data":  # the body was not read to its end: the connection is spent
-                answer.force_close()
-            return answer
-        except FstransportError as exc:
-            return answer_error(exc, request, snapshot_id, hide)
-        held = [list(r) for r in response.held] if response.held else None
-        return web.json_response({"vote": encode_vote(response.vote), "held": held})
-
-    async def install_and_tell(request: web.Request) -> web.StreamResponse:
-        response = await install(request)
-        if on_request is not None:
-            on_request(request, response)
-        return response
-
-    app.router.add_put(API_PREFIX + "{snapshot_id}", install_and_tell)
+    handler = ChunkHandler(
+        receiver,
+        authorization_check(token),
+        Budget(max_buffered),
+        hide,
+        float(idle_timeout),
+        min_body_rate,
+        on_request,
+    )
+    app.router.add_put(API_PREFIX + "{snapshot_id}", handler.answer)
     return app
 
 
-class _Unsupported(InvalidRequest):
-    """A request the server understands but will not take (answered with 415)."""
-
-
-def _check_headers(request: web.Request) -> None:
-    """The protocol's headers are ASCII (anything else came from no client of ours), and the
-    body comes as it is: no Content-Encoding (a compressed body could inflate past every limit)."""
-    for name in _WIRE_HEADERS:
-        value = request.headers.get(name)
-        if value is not None and not value.isascii():
-            raise InvalidRequest(f"header {name} must be ASCII", field=name)
-        if len(request.headers.getall(name, ())) > 1:
-            raise InvalidRequest(f"header {name} must be given once", field=name)
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise _Unsupported("compressed bodies are not accepted", field="Content-Encoding")
-
-
-def _done_header(request: web.Request) -> bool:
-    value = request.headers.get(H_DONE, "0")
-    if value not in ("0", "1"):
-        raise InvalidRequest(f"header {H_DONE} must be 0 or 1", field=H_DONE)
-    return value == "1"
+def _check_settings(
+    token: str | None,
+    no_auth: bool,
+    idle_timeout: float,
+    max_buffered: int,
+    min_body_rate: float,
+) -> None:
+    if not isinstance(no_auth, bool):
+        raise ConfigurationError(f"no_auth must be True or False, got {no_auth!r}")
+    if token is None and not no_auth:
+        raise ConfigurationError(
+            "create_app needs a token (token=...), or no_auth=True to accept requests from "
+            "anyone who can connect"
+        )
+    if token is not None:
+        if no_auth:
+            raise ConfigurationError("give a token or no_auth=True, not both")
+        check_token(token)
+    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
+        raise ConfigurationError(f"idle_timeout must be a number, got {idle_timeout!r}")
+    if not idle_timeout > 0:
+        raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
+    if isinstance(max_buffered, bool) or not isinstance(max_buffered, int) or max_buffered < 1:
+        raise ConfigurationError(f"max_buffered must be a positive int, got {max_buffered!r}")
+    if not min_body_rate >= 0:
+        raise ConfigurationError(f"min_body_rate must not be negative, got {min_body_rate!r}")
 
 
 @web.middleware

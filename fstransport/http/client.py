@@ -47,7 +47,11 @@ from fstransport.messages import (
 )
 from fstransport.options import TransferOptions
 
-__all__ = ["HttpNetwork"]
+__all__ = ["MAX_ANSWER", "HttpNetwork"]
+
+MAX_ANSWER = 1 << 20
+"""Bytes of an answer the client reads: a receiver's answers are small JSON (a vote and the
+ranges it holds); a longer one is a `NetworkError`, never read into memory whole."""
 
 
 class HttpNetwork:
@@ -113,7 +117,7 @@ class HttpNetwork:
             async with self._client().put(
                 url, data=BufferBody(contiguous(req.data)), headers=headers
             ) as answer:
-                raw = await answer.read()
+                raw = await _read_answer(answer, self.base_url)
                 status = answer.status
         except aiohttp.ClientConnectorCertificateError as exc:
             reason = getattr(exc.certificate_error, "verify_message", None) or str(
@@ -140,8 +144,22 @@ class HttpNetwork:
                 ranges = tuple((int(a), int(b)) for a, b in held) if held else None
                 return InstallSnapshotResponse(decode_vote(str(body["vote"])), held=ranges)
             except (KeyError, TypeError, ValueError, InvalidRequest) as exc:
-                raise NetworkError(f"malformed answer from {self.base_url}: {body!r}") from exc
+                shown = repr(body)[:200]
+                raise NetworkError(f"malformed answer from {self.base_url}: {shown}") from exc
         raise decode_error(status, body, snapshot_id, self.base_url)
 
     def __repr__(self) -> str:
         return f"HttpNetwork({self.base_url!r})"
+
+
+async def _read_answer(answer: aiohttp.ClientResponse, where: str) -> bytes:
+    """The answer's body, at most `MAX_ANSWER` bytes of it (else `NetworkError`)."""
+    if answer.content_length is not None and answer.content_length > MAX_ANSWER:
+        raise NetworkError(f"answer of {answer.content_length} bytes from {where} (too long)")
+    raw = bytearray()
+    while len(raw) <= MAX_ANSWER:
+        piece = await answer.content.read(MAX_ANSWER + 1 - len(raw))
+        if not piece:
+            return bytes(raw)
+        raw += piece
+    raise NetworkError(f"answer longer than {MAX_ANSWER} bytes from {where}")

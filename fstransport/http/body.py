@@ -7,6 +7,11 @@ piece, and a raw buffer over 1 MiB makes aiohttp warn.  `BufferBody` sends the h
 then the buffer in `SLICE`-sized views, each once the previous one has drained.  Used for the
 chunks `HttpNetwork` sends and for the parts `MultipartSink` uploads (through aiobotocore, which
 hands it to aiohttp as it is).
+
+The S3 backend imports it from here: it needs an aiohttp payload (that is what makes the part
+go out without a copy), and it runs on aiobotocore, hence on aiohttp, anyway.  This module
+imports nothing of the server or the client (``fstransport.http`` resolves its names lazily),
+so storage depends on aiohttp's payload class and `fstransport.messages` only.
 """
 
 from __future__ import annotations

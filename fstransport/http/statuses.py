@@ -45,7 +45,7 @@ from fstransport.errors import (
     UntrustedPeer,
 )
 from fstransport.http.wire import decode_vote, encode_vote
-from fstransport.messages import SnapshotSegmentId
+from fstransport.messages import SnapshotSegmentId, Vote
 
 __all__ = [
     "ERRORS",
@@ -112,7 +112,7 @@ class _Reader:
             raise _Malformed(name)
         return value
 
-    def vote(self, name: str) -> Any:
+    def vote(self, name: str) -> Vote:
         try:
             return decode_vote(self.text(name))
         except InvalidRequest:

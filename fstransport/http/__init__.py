@@ -2,7 +2,8 @@
 
 =================== =========================================================================
 `client`            `HttpNetwork`, the `Network` adapter that sends chunks over HTTP(S)
-`app`               `create_app`: the receiver server's aiohttp application and its handler
+`app`               `create_app`: the receiver server's aiohttp application
+`handler`           `ChunkHandler`: one chunk request checked, its body read, the receiver called
 `runner`            `make_runner`: connection limits, header deadline, the accept guard
 `incoming`          reading a request body: pieces, CRC32C, the stall watchdog, the budget
 `logs`              the server's one-line log (logger ``fstransport.server``)

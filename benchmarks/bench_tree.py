@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from fstransport.network.http import HttpNetwork
+from fstransport.http.client import HttpNetwork
 from fstransport.transfer import ship
 
 TOKEN = "bench-tree"

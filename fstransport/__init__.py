@@ -55,7 +55,7 @@ _LAZY = {
     "FaultStats": "fstransport.network.faults",
     "FaultyNetwork": "fstransport.network.faults",
     "FsspecSnapshotStore": "fstransport.storage.store",
-    "HttpNetwork": "fstransport.network.http",
+    "HttpNetwork": "fstransport.http.client",
     "LoopbackNetwork": "fstransport.network.loopback",
     "Receiver": "fstransport.receiver",
     "RelayNetwork": "fstransport.network.relay",
@@ -73,8 +73,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from fstransport._version import __version__
+    from fstransport.http.client import HttpNetwork
     from fstransport.network.faults import FaultStats, FaultyNetwork
-    from fstransport.network.http import HttpNetwork
     from fstransport.network.loopback import LoopbackNetwork
     from fstransport.network.relay import RelayNetwork
     from fstransport.protocol.receiver import ReceiverLimits

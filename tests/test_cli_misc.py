@@ -93,8 +93,8 @@ def test_serve_help_shows_the_real_defaults() -> None:
     """--help names the server's defaults from constants of its own (importing the server or
     the protocol for them would slow every --help); they must stay the real ones."""
     from fstransport.cli import serve
+    from fstransport.http.incoming import IDLE_TIMEOUT, MAX_BUFFERED
     from fstransport.protocol.receiver import DEFAULT_MAX_SNAPSHOT_SIZE, ReceiverLimits
-    from fstransport.server import IDLE_TIMEOUT, MAX_BUFFERED
     from fstransport.units import format_size
 
     assert f"{IDLE_TIMEOUT:g}s" == serve.IDLE_TIMEOUT_HELP

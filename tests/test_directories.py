@@ -32,8 +32,8 @@ from fstransport import (
     Vote,
 )
 from fstransport.checksum import chunk_crc, format_checksum
+from fstransport.http.wire import decode_meta, encode_meta
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
-from fstransport.network.wire import decode_meta, encode_meta
 from fstransport.options import KiB
 from fstransport.sender import Chunked
 from fstransport.transfer import ship

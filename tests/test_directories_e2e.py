@@ -11,7 +11,7 @@ import fsspec
 import pytest
 
 from fstransport import RemoteError, TransferOptions, UnsupportedEntry
-from fstransport.network.http import HttpNetwork
+from fstransport.http.client import HttpNetwork
 from fstransport.options import KiB
 from fstransport.testing import S3TestServer
 from fstransport.transfer import ship

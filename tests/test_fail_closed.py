@@ -35,10 +35,10 @@ from fstransport import (
 )
 from fstransport.checksum import chunk_crc
 from fstransport.errors import BodyStalled, FstransportError
-from fstransport.network.http import HttpNetwork
-from fstransport.network.wire import ERRORS, decode_error, encode_error
+from fstransport.http.app import RECEIVER_KEY, create_app
+from fstransport.http.client import HttpNetwork
+from fstransport.http.statuses import ERRORS, decode_error, encode_error
 from fstransport.receiver import Receiver as ReceiverImpl
-from fstransport.server import RECEIVER_KEY, create_app
 
 TOKEN = "fail-cl0sed"
 OPTIONS = TransferOptions()

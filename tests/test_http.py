@@ -29,9 +29,9 @@ from fstransport import (
     ship,
 )
 from fstransport.checksum import chunk_crc
+from fstransport.http.app import create_app
+from fstransport.http.client import HttpNetwork
 from fstransport.messages import Buffer, Pieces, Snapshot, SnapshotMeta
-from fstransport.network.http import HttpNetwork
-from fstransport.server import create_app
 from fstransport.storage.sink import Lost, PwriteSink
 from tests.conftest import payload
 

@@ -33,7 +33,7 @@ from fstransport import (
     UntrustedPeer,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.network.http import HttpNetwork
+from fstransport.http.client import HttpNetwork
 from fstransport.options import KiB, MiB
 from fstransport.testing import S3TestServer
 from fstransport.transfer import ship

@@ -4,6 +4,7 @@ senders' transfers apart (real aiohttp server on 127.0.0.1, real files in tmp_pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from fstransport import (
     FsspecSnapshotStore,
     InstallSnapshotRequest,
     InvalidRequest,
+    NetworkError,
     PayloadTooLarge,
     Receiver,
     ReceiverLimits,
@@ -31,8 +33,8 @@ from fstransport import (
     ship,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.network.http import HttpNetwork
-from fstransport.server import create_app
+from fstransport.http.app import create_app
+from fstransport.http.client import MAX_ANSWER, HttpNetwork
 from tests.conftest import payload
 
 KiB = 1024
@@ -216,3 +218,32 @@ async def test_one_connection_pool_per_adapter(tmp_path: Path) -> None:
         await runner.cleanup()
     assert len(peers) == 10
     assert len(set(peers)) == 1
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_huge_answer_is_a_network_error_not_read_whole(declared: bool) -> None:
+    """A hostile receiver that answers with more than `MAX_ANSWER` bytes ends the request with a
+    `NetworkError`; the client stops reading after `MAX_ANSWER` bytes."""
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        answer = web.StreamResponse(status=200)
+        if declared:
+            answer.content_length = 64 * MAX_ANSWER
+        else:
+            answer.enable_chunked_encoding()
+        await answer.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(64):
+                await answer.write(b" " * MAX_ANSWER)
+        return answer
+
+    app = web.Application()
+    app.router.add_put("/v1/snapshots/{snapshot_id}", huge)
+    runner, url = await serve(app)
+    try:
+        async with HttpNetwork(url) as net:
+            with pytest.raises(NetworkError, match=r"too long|longer than"):
+                await net.install_snapshot(request(b"abc"), OPTIONS)
+    finally:
+        await runner.cleanup()

@@ -37,6 +37,8 @@ def loaded_after(code: str) -> list[str]:
         "import fstransport.network, fstransport.storage.base; fstransport.__version__\n"
         "from fstransport import Receiver, LoopbackNetwork, FaultyNetwork, ReceiverLimits\n"
         "from fstransport import SnapshotStore, RetryPolicy, TransferOptions, Network",
+        # the wire format and the error table are plain Python: a peer can parse without aiohttp
+        "import fstransport.http, fstransport.http.wire, fstransport.http.statuses",
     ],
 )
 def test_light_imports_load_no_heavy_dependency(code: str) -> None:
@@ -61,7 +63,7 @@ def test_every_public_name_resolves(name: str) -> None:
 
 
 def test_public_names_are_the_objects_of_their_modules() -> None:
-    from fstransport.network.http import HttpNetwork
+    from fstransport.http.client import HttpNetwork
     from fstransport.storage.store import FsspecSnapshotStore
     from fstransport.transfer import ship
 
@@ -70,7 +72,32 @@ def test_public_names_are_the_objects_of_their_modules() -> None:
     assert fstransport.ship is ship
 
 
-@pytest.mark.parametrize("package", ["fstransport", "fstransport.network", "fstransport.storage"])
+def test_old_http_paths_name_the_same_objects() -> None:
+    """``fstransport.server``, ``fstransport.network.http`` (named in docs and users' code),
+    ``fstransport.network.wire`` and ``fstransport.payload`` re-export `fstransport.http`."""
+    import fstransport.http as http
+    import fstransport.network.http as old_client
+    import fstransport.network.wire as old_wire
+    import fstransport.payload as old_payload
+    import fstransport.server as old_server
+    from fstransport.http import app, body, client, incoming, runner, statuses, wire
+
+    assert old_client.HttpNetwork is client.HttpNetwork is http.HttpNetwork
+    assert old_server.create_app is app.create_app is http.create_app
+    assert old_server.make_runner is runner.make_runner is http.make_runner
+    assert old_server.IDLE_TIMEOUT == incoming.IDLE_TIMEOUT
+    assert old_server.MAX_HEADER_LINE == runner.MAX_HEADER_LINE
+    assert old_wire.ERRORS is statuses.ERRORS
+    assert old_wire.decode_meta is wire.decode_meta
+    assert old_payload.BufferBody is body.BufferBody
+    for old in (old_client, old_server, old_wire, old_payload):
+        for name in old.__all__:
+            assert getattr(old, name) is not None, (old.__name__, name)
+
+
+@pytest.mark.parametrize(
+    "package", ["fstransport", "fstransport.network", "fstransport.storage", "fstransport.http"]
+)
 def test_an_unknown_name_is_an_attribute_error(package: str) -> None:
     module = importlib.import_module(package)
     with pytest.raises(AttributeError, match="no_such_name"):

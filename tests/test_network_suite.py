@@ -23,7 +23,7 @@ from fstransport import (
     contiguous,
 )
 from fstransport.checksum import chunk_crc
-from fstransport.server import create_app
+from fstransport.http.app import create_app
 from fstransport.testing.mock import Handler, MockNetwork, deliver_to
 from fstransport.testing.network_suite import Connect, NetworkSuite
 

@@ -12,9 +12,9 @@ import pytest
 from fstransport import InstallSnapshotRequest, InvalidRequest, Pieces, SnapshotMeta, Vote
 from fstransport.checksum import chunk_crc
 from fstransport.errors import StorageError
+from fstransport.http.incoming import SMALL_PIECE, read_body
 from fstransport.messages import contiguous
 from fstransport.protocol.receiver import ReceiverLimits, validate_request
-from fstransport.server import SMALL_PIECE, _read_body
 from fstransport.storage import sink as sink_module
 from fstransport.storage.sink import (
     CheckedSink,
@@ -139,7 +139,7 @@ class Trickle:
 async def test_a_trickled_body_is_gathered_into_few_pieces() -> None:
     data = payload(20 * SMALL_PIECE + 7, seed=4)
     parts = split(data, [1, 100, SMALL_PIECE + 5, 3])
-    body, crc = await _read_body(Trickle(parts), len(data), 5.0)  # type: ignore[arg-type]
+    body, crc = await read_body(Trickle(parts), len(data), 5.0)  # type: ignore[arg-type]
     assert body.join() == data
     assert crc == chunk_crc(data)
     assert body.count <= 2 * len(data) // SMALL_PIECE + 2  # not one per trickle
@@ -149,7 +149,7 @@ async def test_a_trickled_body_is_gathered_into_few_pieces() -> None:
 @pytest.mark.parametrize(("sent", "declared"), [(10, 11), (12, 11)], ids=["short", "long"])
 async def test_a_body_that_disagrees_with_its_length_is_refused(sent: int, declared: int) -> None:
     with pytest.raises(InvalidRequest, match="body") as caught:
-        await _read_body(Trickle([b"x" * sent]), declared, 5.0)  # type: ignore[arg-type]
+        await read_body(Trickle([b"x" * sent]), declared, 5.0)  # type: ignore[arg-type]
     assert caught.value.field == "data"
 
 

@@ -21,8 +21,8 @@ from fstransport import (
     TransferOptions,
     Vote,
 )
-from fstransport.network.wire import MAX_STAGED_LENGTH, decode_staged, encode_staged
-from fstransport.server import create_app
+from fstransport.http.app import create_app
+from fstransport.http.wire import MAX_STAGED_LENGTH, decode_staged, encode_staged
 from tests.conftest import payload
 from tests.test_http import start
 from tests.test_relay import snapshot

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fstransport import RetryExhausted, RetryPolicy, TransferOptions
-from fstransport.network.http import HttpNetwork
+from fstransport.http.client import HttpNetwork
 from fstransport.options import MiB
 from fstransport.transfer import ship
 from tests.conftest import payload

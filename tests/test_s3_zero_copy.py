@@ -11,7 +11,7 @@ import pytest
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import SnapshotMismatch
-from fstransport.payload import SLICE
+from fstransport.http.body import SLICE
 from fstransport.protocol.parts import HandedOver, PartAssembler, immutable
 from fstransport.storage.multipart import PartBody
 

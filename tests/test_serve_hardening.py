@@ -33,7 +33,7 @@ from fstransport.checksum import chunk_crc
 from fstransport.cli.args import token_from
 from fstransport.cli.main import build_parser
 from fstransport.cli.serve import server_token
-from fstransport.network.http import HttpNetwork
+from fstransport.http.client import HttpNetwork
 from fstransport.options import KiB, MiB
 from tests.conftest import S3_ENV, payload
 from tests.test_http_e2e import EXE, START_TIMEOUT, ServerProcess, clean_environ, run_cli

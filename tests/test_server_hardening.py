@@ -34,7 +34,7 @@ from fstransport import (
     Vote,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.network.http import HttpNetwork
+from fstransport.http.client import HttpNetwork
 from fstransport.options import KiB, MiB
 from fstransport.transfer import ship
 from tests.conftest import payload

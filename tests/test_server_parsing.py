@@ -12,15 +12,16 @@ from typing import Any
 import pytest
 
 from fstransport import FsspecSnapshotStore, InvalidRequest, Receiver
-from fstransport.messages import LogId, SnapshotMeta, Vote
-from fstransport.network.wire import (
+from fstransport.http.app import RECEIVER_KEY, create_app
+from fstransport.http.runner import AcceptGuard
+from fstransport.http.wire import (
     MAX_DIGITS,
     decode_meta,
     decode_vote,
     encode_meta,
     parse_uint,
 )
-from fstransport.server import RECEIVER_KEY, _AcceptGuard, create_app
+from fstransport.messages import LogId, SnapshotMeta, Vote
 
 
 @pytest.mark.parametrize("text", ["0", "7", "18446744073709551615", "0" * MAX_DIGITS])
@@ -109,11 +110,11 @@ async def test_out_of_descriptors_is_noted_once_a_minute(caplog: pytest.LogCaptu
     loop = asyncio.get_running_loop()
     passed_on: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: passed_on.append(context))
-    guard = _AcceptGuard(loop)
+    guard = AcceptGuard(loop)
     loop.set_exception_handler(guard)
     try:
         emfile = OSError(errno.EMFILE, "Too many open files")
-        context = {"message": _AcceptGuard.MESSAGE, "exception": emfile}
+        context = {"message": AcceptGuard.MESSAGE, "exception": emfile}
         with caplog.at_level(logging.ERROR, logger="fstransport.server"):
             for _ in range(1000):
                 guard(loop, context)

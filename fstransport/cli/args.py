@@ -281,7 +281,7 @@ def token_from(args: argparse.Namespace) -> str | None:
 
 
 def _usable_token(token: str, what: str) -> str:
-    from fstransport.network.wire import check_token
+    from fstransport.http.wire import check_token
 
     try:
         return check_token(token, what)

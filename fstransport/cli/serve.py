@@ -164,7 +164,7 @@ async def _serve(
 
     from aiohttp import web
 
-    from fstransport.server import create_app, make_runner
+    from fstransport.http import create_app, make_runner
     from fstransport.storage.store import FsspecSnapshotStore
 
     scheme = "https" if tls is not None else "http"

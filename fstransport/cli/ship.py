@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     import logging
     import ssl
 
+    from fstransport.http.client import HttpNetwork
     from fstransport.network.base import Network
-    from fstransport.network.http import HttpNetwork
     from fstransport.progress import ProgressBar
     from fstransport.transfer import TransferReport
 
@@ -379,7 +379,7 @@ async def run(args: argparse.Namespace) -> int:
         completed = False
         try:
             if args.via:
-                from fstransport.network.http import HttpNetwork
+                from fstransport.http.client import HttpNetwork
 
                 network = http = HttpNetwork(args.via, token=token, ssl=tls)
             report = await ship(

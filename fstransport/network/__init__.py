@@ -12,8 +12,8 @@ from fstransport._lazy import lazy_exports
 from fstransport.network.base import Network
 
 if TYPE_CHECKING:
+    from fstransport.http.client import HttpNetwork
     from fstransport.network.faults import FaultStats, FaultyNetwork
-    from fstransport.network.http import HttpNetwork
     from fstransport.network.loopback import LoopbackNetwork
     from fstransport.network.relay import RelayNetwork
 else:
@@ -22,7 +22,7 @@ else:
         {
             "FaultStats": "fstransport.network.faults",
             "FaultyNetwork": "fstransport.network.faults",
-            "HttpNetwork": "fstransport.network.http",
+            "HttpNetwork": "fstransport.http.client",
             "LoopbackNetwork": "fstransport.network.loopback",
             "RelayNetwork": "fstransport.network.relay",
         },

@@ -19,13 +19,14 @@ field and raise `InvalidRequest` for anything malformed.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left
 import os
 import struct
 import zlib
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from sys import byteorder
 
 from fstransport.checksum import chunk_crc, combine
@@ -132,7 +133,9 @@ class DeltaMap:
         crc, at = 0, start
         while at < start + length:
             if i >= len(offsets) or offsets[i] != at or at + self.lengths[i] > start + length:
-                raise InvalidRequest("a copied range does not fall on the base's extents", field="delta")
+                raise InvalidRequest(
+                    "a copied range does not fall on the base's extents", field="delta"
+                )
             crc = combine(crc, self.crcs[i], self.lengths[i])
             at += self.lengths[i]
             i += 1
@@ -154,7 +157,7 @@ def _cuts(mode: str, view: memoryview, block_size: int, segments: Sequence[int])
     chunker = FastCDC(CDC_AVG, min_size=CDC_MIN, max_size=CDC_MAX)
     bounds = sorted({0, len(view), *(s for s in segments if 0 < s < len(view))})
     lengths: list[int] = []
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in pairwise(bounds):
         lengths.extend(chunk.length for chunk in chunker.cut_buf(view[start:end]))
     return lengths
 
@@ -343,7 +346,9 @@ def plan_recipe(base: DeltaMap, source: DeltaMap) -> Recipe:
             pieces.append((length, i * base.block_size if same else SEND))
     else:
         known: dict[tuple[int, int, int], int] = {}
-        for at, ident in zip(base.offsets(), zip(base.lengths, base.crcs, base.tags), strict=True):
+        for at, ident in zip(
+            base.offsets(), zip(base.lengths, base.crcs, base.tags, strict=True), strict=True
+        ):
             known.setdefault(ident, at)
         for ident in zip(source.lengths, source.crcs, source.tags, strict=True):
             pieces.append((ident[0], known.get(ident, SEND)))

@@ -15,6 +15,7 @@ cancel aborts the upload; the target appears only on completion.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any

@@ -55,9 +55,11 @@ class Part:
         return self.end - self.start
 
 
-def _split(start: int, end: int, most: int) -> list[tuple[int, int]]:
-    """``[start, end)`` in the fewest nearly equal pieces of at most `most` bytes."""
-    count = max(1, -(-(end - start) // most))
+def _split(start: int, end: int, size: int, *, most: bool) -> list[tuple[int, int]]:
+    """``[start, end)`` in nearly equal pieces: the fewest of at most `size` bytes (`most`), or
+    the most of at least `size` bytes (and below twice that), or one piece if it is shorter."""
+    length = end - start
+    count = max(1, -(-length // size) if most else length // size)
     step, extra = divmod(end - start, count)
     out, at = [], start
     for i in range(count):
@@ -72,14 +74,14 @@ def plan_parts(recipe: Recipe, *, upload_part_size: int = UPLOAD_PART_SIZE) -> l
 
     `ConfigurationError` when they would exceed S3's 10,000 parts (upload the whole instead).
     """
-    if upload_part_size < MIN_PART_SIZE:
-        raise ConfigurationError(f"an uploaded part is at least {MIN_PART_SIZE} bytes")
+    if not MIN_PART_SIZE <= upload_part_size <= MAX_PART_SIZE // 2:
+        raise ConfigurationError(f"an uploaded part is 5 MiB to 2.5 GiB, not {upload_part_size}")
     parts: list[Part] = []
     pending = 0  # the current uploaded stretch is [pending, at)
 
     def flush(end: int) -> None:
         if end > pending:
-            parts.extend(Part(a, b) for a, b in _split(pending, end, upload_part_size))
+            parts.extend(Part(a, b) for a, b in _split(pending, end, upload_part_size, most=False))
 
     for at, length, base in recipe.targets():
         if base == SEND or length < MIN_PART_SIZE:
@@ -89,7 +91,7 @@ def plan_parts(recipe: Recipe, *, upload_part_size: int = UPLOAD_PART_SIZE) -> l
         if length - take < MIN_PART_SIZE and at + length < recipe.size:
             continue  # too short to give its head to the upload before it: upload it all
         flush(at + take)
-        for a, b in _split(at + take, at + length, MAX_PART_SIZE):
+        for a, b in _split(at + take, at + length, MAX_PART_SIZE, most=True):
             parts.append(Part(a, b, base + (a - at)))
         pending = at + length
     flush(recipe.size)

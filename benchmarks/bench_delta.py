@@ -18,6 +18,7 @@ transfer: the transfer itself is plugged in later.  Map compute times are median
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import statistics
 import sys
@@ -177,7 +178,7 @@ def main() -> None:
     sample = make_data(256 * MiB, args.seed + 5)
     key = new_key()
     per_gib = {
-        mode: timed(lambda mode=mode: build_map(mode, sample, key=key), args.rounds) * 4
+        mode: timed(functools.partial(build_map, mode, sample, key=key), args.rounds) * 4
         for mode in ("blocks", "cdc")
     }
     print(f"## Delta transfer: bytes on the wire (scale {args.scale}, seed {args.seed})\n")

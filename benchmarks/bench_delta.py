@@ -32,11 +32,10 @@ from fstransport.delta.s3 import plan_parts
 from fstransport.protocol.delta import (
     apply_recipe,
     build_map,
-    encode_map,
-    encode_recipe,
     new_key,
     plan_recipe,
 )
+from fstransport.protocol.delta_wire import encode_map, encode_recipe
 
 RTT = 0.010
 LINK = 1e9 / 8  # bytes per second

@@ -3,6 +3,7 @@ content exactly, wire forms round-trip, and a peer's malformed map or recipe is 
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 import zlib
@@ -16,17 +17,15 @@ from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.protocol.delta import (
     SEND,
     DeltaMap,
+    MapBuilder,
     Recipe,
     apply_recipe,
     build_map,
     choose_block_size,
-    decode_map,
-    decode_recipe,
-    encode_map,
-    encode_recipe,
     new_key,
     plan_recipe,
 )
+from fstransport.protocol.delta_wire import decode_map, decode_recipe, encode_map, encode_recipe
 
 KEY = bytes(range(16))
 GiB = 1 << 30
@@ -276,3 +275,43 @@ def test_map_repr_hides_columns() -> None:
     m = build_map("blocks", bytes(10), key=KEY)
     assert isinstance(m, DeltaMap)
     assert "crcs" not in repr(m)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mode=st.sampled_from(["blocks", "cdc"]),
+    size=st.integers(0, 400_000),
+    cuts=st.lists(st.integers(0, 400_000), max_size=12),
+    segments=st.lists(st.integers(1, 400_000), max_size=4),
+    seed=st.integers(0, 2**32),
+)
+def test_a_map_fed_in_pieces_is_the_map_of_the_whole(
+    mode: str, size: int, cuts: list[int], segments: list[int], seed: int
+) -> None:
+    data = random.Random(seed).randbytes(size)
+    whole = build_map(mode, data, key=KEY, segments=segments)
+    builder = MapBuilder(mode, key=KEY, block_size=whole.block_size or 4096)
+    bounds = sorted({0, size, *(c for c in cuts if c < size)})
+    starts = {s for s in segments if 0 < s < size}
+    for start, end in itertools.pairwise(bounds):
+        at = start
+        for s in [*sorted(x for x in starts if start < x < end), end]:
+            builder.update(data[at:s])
+            if s in starts:
+                builder.segment()
+            at = s
+    fed = builder.finish()
+    assert (fed.size, fed.lengths, fed.crcs, fed.tags) == (
+        whole.size,
+        whole.lengths,
+        whole.crcs,
+        whole.tags,
+    )
+    assert sum(fed.lengths) == size
+    assert fed.whole_crc() == chunk_crc(data)
+
+
+def test_builder_refuses_bad_parameters() -> None:
+    for mode, block in [("off", 4096), ("blocks", 1000), ("blocks", 2048), ("blocks", 1 << 25)]:
+        with pytest.raises(ConfigurationError):
+            MapBuilder(mode, key=KEY, block_size=block)

@@ -12,22 +12,20 @@ collisions are easy to make and happen by chance once in 2**32 changed extents).
   afresh at every segment start given (the files of a packed tree), so whole files match.
 
 A **recipe** (sender -> receiver) lists the target's ranges in order, each copied from the base at
-an offset or sent.  Maps and recipes come from peers: `decode_map` and `decode_recipe` check every
-field and raise `InvalidRequest` for anything malformed.
+an offset or sent.  Their wire forms, checked as a peer's, are in `fstransport.protocol.delta_wire`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import struct
-import zlib
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import pairwise
-from sys import byteorder
+from typing import Any
 
 from fstransport.checksum import chunk_crc, combine
 from fstransport.errors import ConfigurationError, InvalidRequest
@@ -42,14 +40,12 @@ __all__ = [
     "MIN_BLOCK_SIZE",
     "SEND",
     "DeltaMap",
+    "MapBuilder",
     "Recipe",
     "apply_recipe",
     "build_map",
     "choose_block_size",
-    "decode_map",
-    "decode_recipe",
-    "encode_map",
-    "encode_recipe",
+    "new_key",
     "plan_recipe",
 ]
 
@@ -65,20 +61,6 @@ TAG_SIZE = 4
 KEY_SIZE = 16
 SEND = (1 << 64) - 1
 """The base offset of a recipe range that is sent rather than copied."""
-
-_MODE_CODES = {"blocks": 1, "cdc": 2}
-_MODES_BY_CODE = {code: mode for mode, code in _MODE_CODES.items()}
-_MAP_MAGIC = b"FSTDMAP1"
-_MAP_HEADER = struct.Struct("<8sBBHIQQ16s")  # magic mode flags 0 block_size size count key
-_ZLIB = 1
-_RECIPE_MAGIC = b"FSTDRCP1"
-_RECIPE_HEADER = struct.Struct("<8sQQQ")  # magic size base_size count
-_RECIPE_ENTRY = struct.Struct("<QQ")  # length, base offset (SEND: sent)
-MAX_RECIPE_ENTRIES = 1 << 24
-
-
-def _bad(message: str, what: str) -> InvalidRequest:
-    return InvalidRequest(message, field=what)
 
 
 def choose_block_size(size: int) -> int:
@@ -110,13 +92,17 @@ class DeltaMap:
     def __len__(self) -> int:
         return len(self.crcs)
 
-    def offsets(self) -> list[int]:
-        """Where each extent starts."""
-        out, at = [], 0
+    @cached_property
+    def _starts(self) -> array[int]:
+        out, at = array("Q"), 0
         for length in self.lengths:
             out.append(at)
             at += length
         return out
+
+    def offsets(self) -> array[int]:
+        """Where each extent starts."""
+        return self._starts
 
     def whole_crc(self) -> int:
         """The CRC32C of the whole content, combined from the extents'."""
@@ -147,19 +133,84 @@ def _tag(key: bytes, piece: Buffer) -> int:
     return int.from_bytes(digest, "little")
 
 
-def _cuts(mode: str, view: memoryview, block_size: int, segments: Sequence[int]) -> list[int]:
-    """Extent lengths tiling `view`."""
-    if mode == "blocks":
-        size = len(view)
-        return [min(block_size, size - o) for o in range(0, size, block_size)]
-    from pyfastcdc import FastCDC  # imported here: only a CDC transfer needs it
+class MapBuilder:
+    """Builds a map from content fed in pieces of any size (`update`), so that nothing needs the
+    whole content in memory: at most one block or one CDC chunk (64 KiB) is kept between pieces.
 
-    chunker = FastCDC(CDC_AVG, min_size=CDC_MIN, max_size=CDC_MAX)
-    bounds = sorted({0, len(view), *(s for s in segments if 0 < s < len(view))})
-    lengths: list[int] = []
-    for start, end in pairwise(bounds):
-        lengths.extend(chunk.length for chunk in chunker.cut_buf(view[start:end]))
-    return lengths
+    `segment` marks where CDC starts afresh (a file body of a packed tree); `finish` returns the
+    map.  CDC cut points depend only on the bytes from the chunk's start, so the last chunk of a
+    piece is cut again with the next piece: the chunks are those of the content cut whole.
+    """
+
+    def __init__(self, mode: str, *, key: bytes, block_size: int) -> None:
+        if mode not in ("blocks", "cdc"):
+            raise ConfigurationError(
+                f"delta mode must be 'blocks' or 'cdc' for a map, got {mode!r}"
+            )
+        if len(key) != KEY_SIZE:
+            raise ConfigurationError(f"a map key is {KEY_SIZE} bytes")
+        if mode == "blocks" and not (
+            MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE and block_size & (block_size - 1) == 0
+        ):
+            raise ConfigurationError(f"a block is a power of two, 4 KiB..16 MiB, not {block_size}")
+        self.mode, self.key = mode, bytes(key)
+        self.block_size = block_size if mode == "blocks" else 0
+        self.size = 0
+        self._lengths, self._crcs, self._tags = array("I"), array("I"), array("I")
+        self._tail = bytearray()  # an unfinished block, or the CDC chunk that may still grow
+        self._chunker: Any = None
+        if mode == "cdc":
+            from pyfastcdc import FastCDC  # imported here: only a CDC transfer needs it
+
+            self._chunker = FastCDC(CDC_AVG, min_size=CDC_MIN, max_size=CDC_MAX)
+
+    def _add(self, piece: memoryview) -> None:
+        self._lengths.append(len(piece))
+        self._crcs.append(chunk_crc(piece))
+        self._tags.append(_tag(self.key, piece))
+
+    def update(self, data: Buffer) -> None:
+        """Feed the next bytes of the content."""
+        view = memoryview(data).cast("B")
+        self.size += len(view)
+        if self.mode == "blocks":
+            block = self.block_size
+            if self._tail:
+                take = min(len(view), block - len(self._tail))
+                self._tail += view[:take]
+                view = view[take:]
+                if len(self._tail) < block:
+                    return
+                self._add(memoryview(self._tail))
+                self._tail = bytearray()
+            whole = len(view) - len(view) % block
+            for at in range(0, whole, block):
+                self._add(view[at : at + block])
+            self._tail += view[whole:]
+            return
+        buffer = memoryview(self._tail + view if self._tail else view)
+        chunks = [(c.offset, c.length) for c in self._chunker.cut_buf(buffer)]
+        for offset, length in chunks[:-1]:
+            self._add(buffer[offset : offset + length])
+        self._tail = bytearray(buffer[chunks[-1][0] :]) if chunks else bytearray()
+
+    def segment(self) -> None:
+        """End the current segment: the next bytes start a new chunk (CDC only)."""
+        if self.mode == "cdc" and self._tail:
+            for chunk in self._chunker.cut_buf(self._tail):
+                self._add(chunk.data)
+            self._tail = bytearray()
+
+    def finish(self) -> DeltaMap:
+        """The map of everything fed."""
+        if self.mode == "cdc":
+            self.segment()
+        elif self._tail:
+            self._add(memoryview(self._tail))
+            self._tail = bytearray()
+        return DeltaMap(
+            self.mode, self.size, self.key, self.block_size, self._lengths, self._crcs, self._tags
+        )
 
 
 def build_map(
@@ -170,113 +221,16 @@ def build_map(
     block_size: int | None = None,
     segments: Sequence[int] = (),
 ) -> DeltaMap:
-    """The map of `data` in `mode` with tags keyed by `key` (`new_key`, or the base map's).
-
-    `segments` are offsets where CDC starts afresh (the file bodies of a packed tree).
-    """
-    if mode not in _MODE_CODES:
-        raise ConfigurationError(f"delta mode must be 'blocks' or 'cdc' for a map, got {mode!r}")
-    if len(key) != KEY_SIZE:
-        raise ConfigurationError(f"a map key is {KEY_SIZE} bytes")
+    """The map of `data` in `mode` with tags keyed by `key` (`new_key`, or the base map's);
+    `block_size` defaults to `choose_block_size`.  `segments` are offsets where CDC starts
+    afresh (the file bodies of a packed tree)."""
     view = memoryview(data).cast("B")
-    size = len(view)
-    block = (block_size or choose_block_size(size)) if mode == "blocks" else 0
-    lengths = array("I", _cuts(mode, view, block, segments))
-    crcs, tags = array("I"), array("I")
-    at = 0
-    for length in lengths:
-        piece = view[at : at + length]
-        crcs.append(chunk_crc(piece))
-        tags.append(_tag(key, piece))
-        at += length
-    return DeltaMap(mode, size, bytes(key), block, lengths, crcs, tags)
-
-
-# -- the map on the wire ------------------------------------------------------------------------
-
-
-def _le(values: array[int]) -> bytes:
-    if byteorder == "big":
-        values = array("I", values)
-        values.byteswap()
-    return values.tobytes()
-
-
-def _from_le(raw: bytes) -> array[int]:
-    values = array("I")
-    values.frombytes(raw)
-    if byteorder == "big":
-        values.byteswap()
-    return values
-
-
-def encode_map(delta_map: DeltaMap) -> bytes:
-    """The map's wire form: a 48-byte header, then u32 little-endian columns (lengths for CDC,
-    CRCs, tags), deflated when that is smaller (repeated blocks, such as zero pages)."""
-    columns = [delta_map.crcs, delta_map.tags]
-    if delta_map.mode == "cdc":
-        columns.insert(0, delta_map.lengths)
-    payload = b"".join(_le(c) for c in columns)
-    flags = 0
-    packed = zlib.compress(payload, 1)
-    if len(packed) < len(payload) * 9 // 10:
-        payload, flags = packed, _ZLIB
-    header = _MAP_HEADER.pack(
-        _MAP_MAGIC,
-        _MODE_CODES[delta_map.mode],
-        flags,
-        0,
-        delta_map.block_size,
-        delta_map.size,
-        len(delta_map),
-        delta_map.key,
-    )
-    return header + payload
-
-
-def decode_map(raw: Buffer, *, max_size: int, max_entries: int = 4 * MAX_BLOCKS) -> DeltaMap:
-    """A peer's map, checked: `InvalidRequest` (``field="delta_map"``) for anything malformed,
-    for a content larger than `max_size`, or more than `max_entries` extents."""
-    what = "delta_map"
-    raw = bytes(raw)
-    if len(raw) < _MAP_HEADER.size:
-        raise _bad("the delta map is shorter than its header", what)
-    magic, code, flags, zero, block, size, count, key = _MAP_HEADER.unpack_from(raw)
-    mode = _MODES_BY_CODE.get(code)
-    if magic != _MAP_MAGIC or mode is None or zero != 0 or flags & ~_ZLIB:
-        raise _bad("not a delta map of a known format", what)
-    if size > max_size or count > max_entries:
-        raise _bad(f"the delta map is too large ({size} bytes, {count} extents)", what)
-    if mode == "blocks":
-        if not MIN_BLOCK_SIZE <= block <= MAX_BLOCK_SIZE or block & (block - 1):
-            raise _bad(f"bad block size {block}", what)
-        if count != -(-size // block):
-            raise _bad(f"{count} blocks do not tile {size} bytes of {block}-byte blocks", what)
-    elif block != 0:
-        raise _bad("a CDC map names no block size", what)
-    columns = 3 if mode == "cdc" else 2
-    expected = 4 * columns * count
-    payload = raw[_MAP_HEADER.size :]
-    if flags & _ZLIB:
-        inflater = zlib.decompressobj()
-        try:
-            payload = inflater.decompress(payload, expected)
-        except zlib.error as exc:
-            raise _bad(f"the delta map does not inflate: {exc}", what) from exc
-        if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
-            raise _bad("the delta map inflates to more or less than its extents", what)
-    if len(payload) != expected:
-        raise _bad(f"the delta map holds {len(payload)} bytes, not {expected}", what)
-    col = [_from_le(payload[i * 4 * count : (i + 1) * 4 * count]) for i in range(columns)]
-    if mode == "cdc":
-        lengths = col.pop(0)
-        if sum(lengths) != size or (count and min(lengths) == 0):
-            raise _bad("the delta map's extents do not tile its content", what)
-    else:
-        lengths = array("I", [block] * count)
-        if count:
-            lengths[-1] = size - block * (count - 1)
-    return DeltaMap(mode, size, key, block, lengths, col[0], col[1])
+    builder = MapBuilder(mode, key=key, block_size=block_size or choose_block_size(len(view)))
+    bounds = sorted({0, len(view), *(s for s in segments if 0 < s < len(view))})
+    for start, end in pairwise(bounds):
+        builder.update(view[start:end])
+        builder.segment()
+    return builder.finish()
 
 
 # -- the recipe ---------------------------------------------------------------------------------
@@ -353,35 +307,6 @@ def plan_recipe(base: DeltaMap, source: DeltaMap) -> Recipe:
         for ident in zip(source.lengths, source.crcs, source.tags, strict=True):
             pieces.append((ident[0], known.get(ident, SEND)))
     return Recipe(source.size, base.size, _coalesce(pieces))
-
-
-def encode_recipe(recipe: Recipe) -> bytes:
-    """The recipe's wire form: a 32-byte header, then 16 bytes a range."""
-    head = _RECIPE_HEADER.pack(_RECIPE_MAGIC, recipe.size, recipe.base_size, len(recipe.ranges))
-    return head + b"".join(_RECIPE_ENTRY.pack(n, base) for n, base in recipe.ranges)
-
-
-def decode_recipe(raw: Buffer, *, size: int, base_size: int) -> Recipe:
-    """A peer's recipe for a `size`-byte target from a `base_size`-byte base, checked:
-    `InvalidRequest` (``field="delta_recipe"``) for anything malformed."""
-    what = "delta_recipe"
-    raw = bytes(raw)
-    if len(raw) < _RECIPE_HEADER.size:
-        raise _bad("the delta recipe is shorter than its header", what)
-    magic, said_size, said_base, count = _RECIPE_HEADER.unpack_from(raw)
-    if magic != _RECIPE_MAGIC or (said_size, said_base) != (size, base_size):
-        raise _bad("the delta recipe is not for this snapshot and base", what)
-    if count > MAX_RECIPE_ENTRIES or len(raw) != _RECIPE_HEADER.size + count * 16:
-        raise _bad(f"the delta recipe's length does not hold {count} ranges", what)
-    ranges = tuple(_RECIPE_ENTRY.iter_unpack(raw[_RECIPE_HEADER.size :]))
-    total = 0
-    for length, base in ranges:
-        if length == 0 or (base != SEND and base + length > base_size):
-            raise _bad("a delta recipe range is empty or outside the base", what)
-        total += length
-    if total != size:
-        raise _bad(f"the delta recipe covers {total} bytes, not {size}", what)
-    return Recipe(size, base_size, ranges)
 
 
 def apply_recipe(recipe: Recipe, base: Buffer, sent: Buffer) -> bytes:

@@ -207,6 +207,7 @@ async def test_s3_assembly_copies_unchanged_ranges_in_the_bucket(
     assert s3_client.get_object(Bucket=s3_bucket, Key="new.bin")["Body"].read() == new
     assert done.bytes_copied >= 10 * MiB
     assert done.bytes_copied + done.bytes_uploaded == len(new)
+    assert done.bytes_read_from_base > 0  # reused ranges too short for copy parts of their own
     assert done.bytes_uploaded - done.bytes_read_from_base == 3 * 4096
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
 

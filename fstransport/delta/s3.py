@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from bisect import bisect_right
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -160,11 +161,16 @@ class _Run:
         return data
 
 
-async def _body(run: _Run, part: Part, recipe: Recipe, read_sent: ReadSent) -> tuple[bytes, int]:
+async def _body(
+    run: _Run, part: Part, targets: list[tuple[int, int, int]], read_sent: ReadSent
+) -> tuple[bytes, int]:
     """An uploaded part's bytes and how many of them came from the base."""
     pieces: list[Buffer] = []
     from_base = 0
-    for at, length, base in recipe.targets():
+    first = bisect_right(targets, (part.start, SEND, SEND)) - 1
+    for at, length, base in targets[max(first, 0) :]:
+        if at >= part.end:
+            break
         a, b = max(at, part.start), min(at + length, part.end)
         if a >= b:
             continue
@@ -205,6 +211,7 @@ async def assemble_s3(
         raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
     run = _Run(fs, base, bucket, key, retry or RetryPolicy())
     result = S3Assembly(parts=len(plan))
+    targets = recipe.targets()
     target = {"Bucket": bucket, "Key": key}
     created = await run.call(
         "create upload", "create_multipart_upload", ChecksumAlgorithm="CRC32C", **target
@@ -229,7 +236,7 @@ async def assemble_s3(
                 etags[number] = (str((answer.get("CopyPartResult") or {})["ETag"]), None)
                 result.bytes_copied += part.length
                 return
-            data, from_base = await _body(run, part, recipe, read_sent)
+            data, from_base = await _body(run, part, targets, read_sent)
             crc = chunk_crc(data)
             answer = await run.call(
                 f"upload part {number}",

@@ -211,6 +211,7 @@ def _header(**kw: int | bytes) -> bytes:
         _header(flags=1) + b"not zlib",
         _header(flags=1) + zlib.compress(bytes(1 << 20)),  # inflates far beyond its extents
         _header(flags=1) + zlib.compress(bytes(16)) + b"tail",
+        _header(flags=1, size=0, count=0) + zlib.compress(bytes(1 << 20)),
         _header(size=1 << 40, count=(1 << 40) // 4096),
         _header(mode=2, block=0, size=10, count=1) + struct.pack("<III", 9, 0, 0),
         _header(mode=2, block=0, size=0, count=1) + struct.pack("<III", 0, 0, 0),

@@ -99,6 +99,8 @@ def decode_map(raw: Buffer, *, max_size: int, max_entries: int = 4 * MAX_BLOCKS)
     expected = 4 * columns * count
     payload = raw[_MAP_HEADER.size :]
     if flags & _ZLIB:
+        if expected == 0:  # (zlib reads a limit of 0 as no limit at all)
+            raise _bad("an empty delta map is never deflated", what)
         inflater = zlib.decompressobj()
         try:
             payload = inflater.decompress(payload, expected)

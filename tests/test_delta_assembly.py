@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from fstransport.checksum import chunk_crc
 from fstransport.delta import tree_segments
-from fstransport.delta.local import assemble_local
+from fstransport.delta.local import assemble_local, map_file
 from fstransport.delta.s3 import Part, assemble_s3, plan_parts, recipe_crc
-from fstransport.errors import ChecksumMismatch, ConfigurationError, SourceChanged
+from fstransport.errors import ChecksumMismatch, ConfigurationError, SourceChanged, StorageError
 from fstransport.options import MiB, RetryPolicy
 from fstransport.protocol.delta import SEND, Recipe, build_map, new_key, plan_recipe
 from fstransport.protocol.parts import MAX_PART_SIZE, MIN_PART_SIZE
@@ -232,3 +232,20 @@ async def test_s3_base_replaced_before_assembly_aborts(
 
 def test_tree_segments_are_file_starts() -> None:
     assert tree_segments([30, 0, 30, 10]) == [0, 10, 30]
+
+
+@pytest.mark.parametrize("mode", ["blocks", "cdc"])
+def test_map_file_reads_in_pieces_what_build_map_sees_whole(tmp_path: Path, mode: str) -> None:
+    data = random.Random(12).randbytes(MiB + 777)
+    (tmp_path / "f").write_bytes(data)
+    key, cuts = new_key(), [1000, 300_000]
+    got = map_file(str(tmp_path / "f"), mode, key=key, segments=cuts, piece=100_000)
+    want = build_map(mode, data, key=key, segments=cuts)
+    assert (got.size, got.lengths, got.crcs, got.tags) == (
+        want.size,
+        want.lengths,
+        want.crcs,
+        want.tags,
+    )
+    with pytest.raises(StorageError):
+        map_file(str(tmp_path / "missing"), mode, key=key)

@@ -1,6 +1,7 @@
 """Assembling a delta on a local file system: reused ranges come from the base file with
 ``os.copy_file_range`` (a reflink or an in-kernel copy where the file system has one), the sent
 ranges are already in the target (the receiver wrote them at their offsets, like any chunk).
+`map_file` makes the map of a base or a source file, reading it once in pieces.
 
 The result is then read once to compute its CRC32C from the bytes; the caller compares it with
 the snapshot's checksum before installing (a base that changed after its map was made is caught
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import ChecksumMismatch, SourceChanged, StorageError
-from fstransport.protocol.delta import SEND, Recipe
+from fstransport.protocol.delta import SEND, DeltaMap, MapBuilder, Recipe, choose_block_size
 
-__all__ = ["LocalAssembly", "assemble_local", "copy_range", "file_crc"]
+__all__ = ["LocalAssembly", "assemble_local", "copy_range", "file_crc", "map_file"]
 
 _FALLBACK_ERRNOS = frozenset(
     getattr(errno, name)
@@ -69,6 +72,42 @@ def copy_range(src: int, dst: int, src_at: int, dst_at: int, length: int, *, ker
     if in_kernel < length:
         _pread_pwrite(src, dst, src_at + in_kernel, dst_at + in_kernel, length - in_kernel)
     return in_kernel
+
+
+def map_file(
+    path: str,
+    mode: str,
+    *,
+    key: bytes,
+    block_size: int | None = None,
+    segments: Sequence[int] = (),
+    piece: int = 8 * _BUFFER,
+) -> DeltaMap:
+    """The delta map of the file at `path`, read once in `piece`-byte reads (never held whole).
+
+    `segments` are offsets where CDC starts afresh (`fstransport.delta.tree_segments`).
+    Raises `StorageError`, or `SourceChanged` when the file changes size while it is read.
+    """
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            builder = MapBuilder(mode, key=key, block_size=block_size or choose_block_size(size))
+            bounds = sorted({0, size, *(s for s in segments if 0 < s < size)})
+            buffer = bytearray(piece)
+            for start, end in pairwise(bounds):
+                at = start
+                while at < end:
+                    got = fh.readinto(memoryview(buffer)[: min(piece, end - at)])
+                    if not got:
+                        raise SourceChanged(path, "map", EOFError("the file shrank"))
+                    builder.update(memoryview(buffer)[:got])
+                    at += got
+                builder.segment()
+            if fh.read(1):
+                raise SourceChanged(path, "map", ValueError("the file grew"))
+    except OSError as exc:
+        raise StorageError(path, "map", exc) from exc
+    return builder.finish()
 
 
 def file_crc(fd: int, size: int) -> int:

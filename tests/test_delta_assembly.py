@@ -22,6 +22,7 @@ from fstransport.errors import ChecksumMismatch, ConfigurationError, SourceChang
 from fstransport.options import MiB, RetryPolicy
 from fstransport.protocol.delta import SEND, Recipe, build_map, new_key, plan_recipe
 from fstransport.protocol.parts import MAX_PART_SIZE, MIN_PART_SIZE
+from fstransport.storage.faults import flaky_s3
 from fstransport.storage.s3_copy import head_source
 
 GiB = 1 << 30
@@ -164,6 +165,9 @@ def test_one_changed_region_uploads_little() -> None:
 # -- the S3 executor, on moto -------------------------------------------------------------------
 
 
+FAST = RetryPolicy(max_attempts=4, initial_backoff=0.0, jitter=0.0)
+
+
 async def run_s3(
     fs: Any, bucket: str, base: bytes, new: bytes, *, change_base: bool = False
 ) -> Any:
@@ -188,6 +192,7 @@ async def run_s3(
         read_sent=read_sent,
         expected_crc=crc,
         concurrency=3,
+        retry=FAST,
     )
 
 
@@ -249,3 +254,52 @@ def test_map_file_reads_in_pieces_what_build_map_sees_whole(tmp_path: Path, mode
     )
     with pytest.raises(StorageError):
         map_file(str(tmp_path / "missing"), mode, key=key)
+
+
+async def test_s3_upload_part_takes_the_head_of_a_copy(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    base = random.Random(13).randbytes(24 * MiB)
+    new = pages_changed(base, [256], 14)  # 1 MiB in: too short alone, so it borrows 4 MiB
+    s3_client.put_object(Bucket=s3_bucket, Key="base.bin", Body=base)
+    recipe, _ = make_recipe(base, new)
+    parts = plan_parts(recipe)
+    assert [p.base is None for p in parts] == [True, False]
+    assert parts[0].length == MIN_PART_SIZE
+    fs = s3fs.S3FileSystem(asynchronous=True, **s3_storage_options)
+    session = await fs.set_session()
+    try:
+        done = await run_s3(fs, s3_bucket, base, new)
+    finally:
+        await session.close()
+    assert s3_client.get_object(Bucket=s3_bucket, Key="new.bin")["Body"].read() == new
+    assert done.bytes_uploaded == MIN_PART_SIZE
+    assert done.bytes_copied == len(new) - MIN_PART_SIZE
+
+
+@pytest.mark.parametrize("rate", [0.3, 1.0])
+async def test_s3_assembly_on_a_flaky_bucket_retries_or_leaves_nothing(
+    rate: float, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    base = random.Random(15).randbytes(16 * MiB)
+    new = pages_changed(base, [10, 2000, 3500], 16)
+    s3_client.put_object(Bucket=s3_bucket, Key="base.bin", Body=base)
+    ops = frozenset({"upload_part", "upload_part_copy", "get_object", "complete_multipart_upload"})
+    fs = s3fs.S3FileSystem(asynchronous=True, **s3_storage_options)
+    session = await fs.set_session()
+    try:
+        with flaky_s3(rate, seed=3, operations=ops) as faults:
+            if rate < 1:
+                await run_s3(fs, s3_bucket, base, new)
+            else:
+                with pytest.raises(StorageError):
+                    await run_s3(fs, s3_bucket, base, new)
+    finally:
+        await session.close()
+    assert faults.total > 0
+    assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    names = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    if rate < 1:
+        assert s3_client.get_object(Bucket=s3_bucket, Key="new.bin")["Body"].read() == new
+    else:
+        assert names == ["base.bin"]

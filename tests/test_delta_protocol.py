@@ -22,10 +22,12 @@ from fstransport.protocol.delta import (
     apply_recipe,
     build_map,
     choose_block_size,
+    copied_crcs,
     new_key,
     plan_recipe,
 )
 from fstransport.protocol.delta_wire import decode_map, decode_recipe, encode_map, encode_recipe
+from fstransport.protocol.ranges import ChunkLedger
 
 KEY = bytes(range(16))
 GiB = 1 << 30
@@ -316,3 +318,19 @@ def test_builder_refuses_bad_parameters() -> None:
     for mode, block in [("off", 4096), ("blocks", 1000), ("blocks", 2048), ("blocks", 1 << 25)]:
         with pytest.raises(ConfigurationError):
             MapBuilder(mode, key=KEY, block_size=block)
+
+
+def test_copied_ranges_and_sent_chunks_combine_to_the_whole_crc() -> None:
+    base = random.Random(9).randbytes(600_000)
+    new = edited(base, [("page", 0.3, 1), ("insert", 0.6, 50)], 10)
+    for mode in ("blocks", "cdc"):
+        base_map = build_map(mode, base, key=KEY)
+        recipe = plan_recipe(
+            base_map, build_map(mode, new, key=KEY, block_size=base_map.block_size or None)
+        )
+        ledger = ChunkLedger()
+        for at, length, crc in copied_crcs(recipe, base_map):
+            ledger.add(at, length, crc)
+        for a, b in recipe.sends():
+            ledger.add(a, b - a, chunk_crc(new[a:b]))
+        assert ledger.whole_crc(len(new)) == chunk_crc(new)

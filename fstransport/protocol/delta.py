@@ -45,6 +45,7 @@ __all__ = [
     "apply_recipe",
     "build_map",
     "choose_block_size",
+    "copied_crcs",
     "new_key",
     "plan_recipe",
 ]
@@ -307,6 +308,17 @@ def plan_recipe(base: DeltaMap, source: DeltaMap) -> Recipe:
         for ident in zip(source.lengths, source.crcs, source.tags, strict=True):
             pieces.append((ident[0], known.get(ident, SEND)))
     return Recipe(source.size, base.size, _coalesce(pieces))
+
+
+def copied_crcs(recipe: Recipe, base_map: DeltaMap) -> list[tuple[int, int, int]]:
+    """``(target_offset, length, crc32c)`` of each copied range, the CRC from the base's map:
+    what a receiver records in its `ChunkLedger`, so that the whole CRC32C combines as for sent
+    chunks (the assembled bytes are then checked against it)."""
+    return [
+        (at, length, base_map.crc_of(base, length))
+        for at, length, base in recipe.targets()
+        if base != SEND
+    ]
 
 
 def apply_recipe(recipe: Recipe, base: Buffer, sent: Buffer) -> bytes:

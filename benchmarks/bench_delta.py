@@ -28,6 +28,7 @@ from typing import Any
 
 from harness import GiB, MiB, machine_info, make_data
 
+from fstransport.checksum import chunk_crc
 from fstransport.delta.s3 import plan_parts
 from fstransport.protocol.delta import (
     apply_recipe,
@@ -114,13 +115,17 @@ def row(name: str, goal: float | None, got: dict[str, Any], extra: str = "") -> 
     )
 
 
-def timed(fn: Callable[[], object], rounds: int) -> float:
-    times = []
+def interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds of each contender, every one once per round in a shuffled order."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    order = list(contenders)
     for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        random.shuffle(order)
+        for name in order:
+            started = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -176,11 +181,19 @@ def main() -> None:
     )
 
     sample = make_data(256 * MiB, args.seed + 5)
-    key = new_key()
-    per_gib = {
-        mode: timed(functools.partial(build_map, mode, sample, key=key), args.rounds) * 4
-        for mode in ("blocks", "cdc")
+    k = new_key()
+    view = memoryview(sample)
+    contenders: dict[str, Callable[[], object]] = {
+        "blocks map (CRC32C + tag per 4 KiB)": functools.partial(
+            build_map, "blocks", sample, key=k
+        ),
+        "cdc map (CRC32C + tag per chunk)": functools.partial(build_map, "cdc", sample, key=k),
+        "CRC32C per 4 KiB block, no tag (unsafe floor)": lambda: [
+            chunk_crc(view[o : o + 4096]) for o in range(0, len(view), 4096)
+        ],
+        "CRC32C of the whole (what a full transfer computes)": lambda: chunk_crc(view),
     }
+    per_gib = {name: 4 * t for name, t in interleaved(contenders, args.rounds).items()}
     print(f"## Delta transfer: bytes on the wire (scale {args.scale}, seed {args.seed})\n")
     print(
         f"{info['cpu']}, {info['nproc']} cores, Python {info['python']}, load {info['loadavg']}, "
@@ -189,10 +202,9 @@ def main() -> None:
     print("| case | mode | size | map | recipe | data sent | sent / size | goal | met | notes |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
     print("\n".join(rows))
-    print(
-        f"\nMap compute, median of {args.rounds} rounds over 256 MiB, per GiB: "
-        + ", ".join(f"{mode} {s:.2f} s" for mode, s in per_gib.items())
-    )
+    print(f"\nMap compute, median of {args.rounds} interleaved rounds over 256 MiB, s/GiB:\n")
+    print("| computation | s/GiB |\n|---|---:|")
+    print("\n".join(f"| {name} | {seconds:.2f} |" for name, seconds in per_gib.items()))
 
 
 if __name__ == "__main__":

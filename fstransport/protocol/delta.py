@@ -1,0 +1,348 @@
+"""Delta transfer, sans I/O: maps of what a base holds, and the recipe that builds a new snapshot
+from a base plus the bytes that differ.  See ``docs/delta.md``.
+
+A **map** describes a base (or a source) as extents that tile ``[0, size)``, each identified by
+``(length, crc32c, tag)``: the CRC32C lets a receiver combine the whole snapshot's CRC32C without
+re-reading reused bytes; the ``tag`` is the first 4 bytes of SHA-256 over the map's random ``key``
+(padded to one 64-byte block) followed by the extent, so that a reused extent is never chosen on
+a CRC32C match alone (a CRC is linear: collisions are easy to make, and happen by chance once in
+2**32 changed extents).  Modes:
+
+* ``"blocks"``: fixed blocks at fixed offsets (page files); lengths are implicit, 8 bytes a block.
+* ``"cdc"``: content-defined chunks (FastCDC via ``pyfastcdc``) for content that shifts, cut
+  afresh at every segment start given (the files of a packed tree), so whole files match.
+
+A **recipe** (sender -> receiver) lists the target's ranges in order, each copied from the base at
+an offset or sent.  Their wire forms, checked as a peer's, are in `fstransport.protocol.delta_wire`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import pairwise
+from typing import Any
+
+from fstransport.checksum import chunk_crc, combine
+from fstransport.errors import ConfigurationError, InvalidRequest
+from fstransport.messages import Buffer
+
+__all__ = [
+    "CDC_AVG",
+    "CDC_MAX",
+    "CDC_MIN",
+    "DELTA_MODES",
+    "MAX_BLOCKS",
+    "MIN_BLOCK_SIZE",
+    "SEND",
+    "DeltaMap",
+    "MapBuilder",
+    "Recipe",
+    "apply_recipe",
+    "build_map",
+    "choose_block_size",
+    "copied_crcs",
+    "new_key",
+    "plan_recipe",
+]
+
+DELTA_MODES = ("blocks", "cdc", "off")
+MIN_BLOCK_SIZE = 4096
+"""Smallest block: a database page; 8 map bytes per 4 KiB block are 0.2% of the content."""
+MAX_BLOCK_SIZE = 16 * 1024 * 1024
+MAX_BLOCKS = 1 << 20
+"""Blocks grow past 4 KiB only above 4 GiB, so that a map stays at most 8 MiB."""
+CDC_MIN, CDC_AVG, CDC_MAX = 8 * 1024, 16 * 1024, 64 * 1024
+"""FastCDC sizes; pyfastcdc's real mean is about ``CDC_AVG + CDC_MIN`` (24 KiB): 0.05% map."""
+TAG_SIZE = 4
+KEY_SIZE = 16
+SEND = (1 << 64) - 1
+"""The base offset of a recipe range that is sent rather than copied."""
+
+
+def choose_block_size(size: int) -> int:
+    """The block size for a `size`-byte snapshot: 4 KiB, doubled while it would need more than
+    `MAX_BLOCKS` blocks."""
+    block = MIN_BLOCK_SIZE
+    while -(-size // block) > MAX_BLOCKS and block < MAX_BLOCK_SIZE:
+        block *= 2
+    return block
+
+
+def new_key() -> bytes:
+    """A fresh random key for the tags of a map."""
+    return os.urandom(KEY_SIZE)
+
+
+@dataclass(frozen=True)
+class DeltaMap:
+    """Extents tiling ``[0, size)``: ``lengths[i]``, ``crcs[i]``, ``tags[i]`` (u32 arrays)."""
+
+    mode: str
+    size: int
+    key: bytes
+    block_size: int  # 0 for "cdc"
+    lengths: array[int] = field(repr=False)
+    crcs: array[int] = field(repr=False)
+    tags: array[int] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.crcs)
+
+    @cached_property
+    def _starts(self) -> array[int]:
+        out, at = array("Q"), 0
+        for length in self.lengths:
+            out.append(at)
+            at += length
+        return out
+
+    def offsets(self) -> array[int]:
+        """Where each extent starts."""
+        return self._starts
+
+    def whole_crc(self) -> int:
+        """The CRC32C of the whole content, combined from the extents'."""
+        crc = 0
+        for length, part in zip(self.lengths, self.crcs, strict=True):
+            crc = combine(crc, part, length)
+        return crc
+
+    def crc_of(self, start: int, length: int) -> int:
+        """The CRC32C of ``[start, start + length)``, which must be whole extents (as a recipe's
+        copied ranges are); `InvalidRequest` otherwise."""
+        offsets = self.offsets()
+        i = bisect_left(offsets, start)
+        crc, at = 0, start
+        while at < start + length:
+            if i >= len(offsets) or offsets[i] != at or at + self.lengths[i] > start + length:
+                raise InvalidRequest(
+                    "a copied range does not fall on the base's extents", field="delta"
+                )
+            crc = combine(crc, self.crcs[i], self.lengths[i])
+            at += self.lengths[i]
+            i += 1
+        return crc
+
+
+def _keyed(key: bytes) -> Any:
+    """SHA-256 with the key absorbed: one block, so each extent's hash starts from a copy of it.
+    A secret prefix makes SHA-256 a keyed function of the extent; only 4 bytes are kept, so
+    nothing can be extended.  SHA-256 rather than BLAKE2b: CPUs with SHA extensions (x86 since
+    Zen and Ice Lake, ARMv8) hash it twice as fast here (docs/delta.md)."""
+    return hashlib.sha256(key.ljust(64, b"\0"))
+
+
+def _tag(keyed: Any, piece: Buffer) -> int:
+    hasher = keyed.copy()
+    hasher.update(piece)
+    return int.from_bytes(hasher.digest()[:TAG_SIZE], "little")
+
+
+class MapBuilder:
+    """Builds a map from content fed in pieces of any size (`update`), so that nothing needs the
+    whole content in memory: at most one block or one CDC chunk (64 KiB) is kept between pieces.
+
+    `segment` marks where CDC starts afresh (a file body of a packed tree); `finish` returns the
+    map.  CDC cut points depend only on the bytes from the chunk's start, so the last chunk of a
+    piece is cut again with the next piece: the chunks are those of the content cut whole.
+    """
+
+    def __init__(self, mode: str, *, key: bytes, block_size: int) -> None:
+        if mode not in ("blocks", "cdc"):
+            raise ConfigurationError(
+                f"delta mode must be 'blocks' or 'cdc' for a map, got {mode!r}"
+            )
+        if len(key) != KEY_SIZE:
+            raise ConfigurationError(f"a map key is {KEY_SIZE} bytes")
+        if mode == "blocks" and not (
+            MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE and block_size & (block_size - 1) == 0
+        ):
+            raise ConfigurationError(f"a block is a power of two, 4 KiB..16 MiB, not {block_size}")
+        self.mode, self.key = mode, bytes(key)
+        self.block_size = block_size if mode == "blocks" else 0
+        self.size = 0
+        self._lengths, self._crcs, self._tags = array("I"), array("I"), array("I")
+        self._keyed = _keyed(self.key)
+        self._tail = bytearray()  # an unfinished block, or the CDC chunk that may still grow
+        self._chunker: Any = None
+        if mode == "cdc":
+            from pyfastcdc import FastCDC  # imported here: only a CDC transfer needs it
+
+            self._chunker = FastCDC(CDC_AVG, min_size=CDC_MIN, max_size=CDC_MAX)
+
+    def _add(self, piece: memoryview) -> None:
+        self._lengths.append(len(piece))
+        self._crcs.append(chunk_crc(piece))
+        self._tags.append(_tag(self._keyed, piece))
+
+    def update(self, data: Buffer) -> None:
+        """Feed the next bytes of the content."""
+        view = memoryview(data).cast("B")
+        self.size += len(view)
+        if self.mode == "blocks":
+            block = self.block_size
+            if self._tail:
+                take = min(len(view), block - len(self._tail))
+                self._tail += view[:take]
+                view = view[take:]
+                if len(self._tail) < block:
+                    return
+                self._add(memoryview(self._tail))
+                self._tail = bytearray()
+            whole = len(view) - len(view) % block
+            for at in range(0, whole, block):
+                self._add(view[at : at + block])
+            self._tail += view[whole:]
+            return
+        buffer = memoryview(self._tail + view if self._tail else view)
+        chunks = [(c.offset, c.length) for c in self._chunker.cut_buf(buffer)]
+        for offset, length in chunks[:-1]:
+            self._add(buffer[offset : offset + length])
+        self._tail = bytearray(buffer[chunks[-1][0] :]) if chunks else bytearray()
+
+    def segment(self) -> None:
+        """End the current segment: the next bytes start a new chunk (CDC only)."""
+        if self.mode == "cdc" and self._tail:
+            for chunk in self._chunker.cut_buf(self._tail):
+                self._add(chunk.data)
+            self._tail = bytearray()
+
+    def finish(self) -> DeltaMap:
+        """The map of everything fed."""
+        if self.mode == "cdc":
+            self.segment()
+        elif self._tail:
+            self._add(memoryview(self._tail))
+            self._tail = bytearray()
+        return DeltaMap(
+            self.mode, self.size, self.key, self.block_size, self._lengths, self._crcs, self._tags
+        )
+
+
+def build_map(
+    mode: str,
+    data: Buffer,
+    *,
+    key: bytes,
+    block_size: int | None = None,
+    segments: Sequence[int] = (),
+) -> DeltaMap:
+    """The map of `data` in `mode` with tags keyed by `key` (`new_key`, or the base map's);
+    `block_size` defaults to `choose_block_size`.  `segments` are offsets where CDC starts
+    afresh (the file bodies of a packed tree)."""
+    view = memoryview(data).cast("B")
+    builder = MapBuilder(mode, key=key, block_size=block_size or choose_block_size(len(view)))
+    bounds = sorted({0, len(view), *(s for s in segments if 0 < s < len(view))})
+    for start, end in pairwise(bounds):
+        builder.update(view[start:end])
+        builder.segment()
+    return builder.finish()
+
+
+# -- the recipe ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The target, in order: ``(length, base_offset)``, `SEND` for bytes that are sent."""
+
+    size: int
+    base_size: int
+    ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def reused(self) -> int:
+        """Bytes copied from the base."""
+        return sum(n for n, base in self.ranges if base != SEND)
+
+    @property
+    def sent(self) -> int:
+        """Bytes the sender sends."""
+        return self.size - self.reused
+
+    def targets(self) -> list[tuple[int, int, int]]:
+        """``(target_offset, length, base_offset)`` of each range."""
+        out, at = [], 0
+        for length, base in self.ranges:
+            out.append((at, length, base))
+            at += length
+        return out
+
+    def sends(self) -> list[tuple[int, int]]:
+        """The target ranges ``(start, end)`` the sender sends."""
+        return [(t, t + n) for t, n, base in self.targets() if base == SEND]
+
+
+def _coalesce(pieces: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    out: list[tuple[int, int]] = []
+    for length, base in pieces:
+        if out:
+            last_length, last_base = out[-1]
+            sends = base == SEND and last_base == SEND
+            if sends or (base != SEND and last_base != SEND and last_base + last_length == base):
+                out[-1] = (last_length + length, last_base)
+                continue
+        out.append((length, base))
+    return tuple(out)
+
+
+def plan_recipe(base: DeltaMap, source: DeltaMap) -> Recipe:
+    """What to copy from `base` and what to send to build `source`'s content.
+
+    Extents match only when length, CRC32C and keyed tag all agree; `source` must have been
+    built with `base`'s mode, key and block size.
+    """
+    if (source.mode, source.key, source.block_size) != (base.mode, base.key, base.block_size):
+        raise ConfigurationError("the source map must use the base map's mode, key and block size")
+    pieces: list[tuple[int, int]] = []
+    if base.mode == "blocks":
+        for i, length in enumerate(source.lengths):
+            same = (
+                i < len(base)
+                and base.lengths[i] == length
+                and base.crcs[i] == source.crcs[i]
+                and base.tags[i] == source.tags[i]
+            )
+            pieces.append((length, i * base.block_size if same else SEND))
+    else:
+        known: dict[tuple[int, int, int], int] = {}
+        for at, ident in zip(
+            base.offsets(), zip(base.lengths, base.crcs, base.tags, strict=True), strict=True
+        ):
+            known.setdefault(ident, at)
+        for ident in zip(source.lengths, source.crcs, source.tags, strict=True):
+            pieces.append((ident[0], known.get(ident, SEND)))
+    return Recipe(source.size, base.size, _coalesce(pieces))
+
+
+def copied_crcs(recipe: Recipe, base_map: DeltaMap) -> list[tuple[int, int, int]]:
+    """``(target_offset, length, crc32c)`` of each copied range, the CRC from the base's map:
+    what a receiver records in its `ChunkLedger`, so that the whole CRC32C combines as for sent
+    chunks (the assembled bytes are then checked against it)."""
+    return [
+        (at, length, base_map.crc_of(base, length))
+        for at, length, base in recipe.targets()
+        if base != SEND
+    ]
+
+
+def apply_recipe(recipe: Recipe, base: Buffer, sent: Buffer) -> bytes:
+    """The target built in memory: base ranges and `sent` (the sent ranges, in order, joined)."""
+    base_view, sent_view = memoryview(base).cast("B"), memoryview(sent).cast("B")
+    if len(base_view) != recipe.base_size or len(sent_view) != recipe.sent:
+        raise InvalidRequest("the base or the sent bytes do not fit the recipe", field="delta")
+    out = bytearray()
+    at = 0
+    for length, base_at in recipe.ranges:
+        if base_at == SEND:
+            out += sent_view[at : at + length]
+            at += length
+        else:
+            out += base_view[base_at : base_at + length]
+    return bytes(out)

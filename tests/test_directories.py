@@ -756,7 +756,7 @@ async def test_fsync_store_option_for_trees(
 def test_the_rename_fallback_replaces_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
 ) -> None:
-    import fstransport.tree as tree_module
+    import fstransport.tree.install as tree_module
 
     calls: list[bool] = []
     real = tree_module._exchange

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,6 +108,27 @@ def break_gets(breaks: dict[int, int]) -> Iterator[list[str]]:
     s3fs.S3FileSystem._call_s3 = breaking
     try:
         yield ranges
+    finally:
+        s3fs.S3FileSystem._call_s3 = real
+
+
+@contextmanager
+def replaced_when_read(client: Any, bucket: str, key: str, at: int, body: bytes) -> Iterator[Any]:
+    """A writer replaces the object `key` with `body` just before the first GET of a range that
+    starts at offset `at`; the yielded namespace's ``replaced`` says whether that happened."""
+    seen = types.SimpleNamespace(replaced=False)
+    real = s3fs.S3FileSystem._call_s3
+
+    async def replacing(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        starts_at = str(kwargs.get("Range", "")).startswith(f"bytes={at}-")
+        if method == "get_object" and starts_at and not seen.replaced:
+            seen.replaced = True
+            client.put_object(Bucket=bucket, Key=key, Body=body)
+        return await real(self, method, *args, **kwargs)
+
+    s3fs.S3FileSystem._call_s3 = replacing
+    try:
+        yield seen
     finally:
         s3fs.S3FileSystem._call_s3 = real
 
@@ -300,32 +322,18 @@ async def test_source_replaced_mid_transfer_is_a_typed_error_and_nothing_lands(
 ) -> None:
     data = payload(12 * PART, seed=8)
     s3_client.put_object(Bucket=s3_bucket, Key="c.bin", Body=data)
-    real = s3fs.S3FileSystem._call_s3
-    replaced = False
-
-    async def replacing(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        nonlocal replaced
-        if (
-            method == "get_object"
-            and not replaced
-            and kwargs["Range"].startswith(f"bytes={6 * PART}")
-        ):
-            replaced = True  # a writer replaces the object while it is being read
-            s3_client.put_object(Bucket=s3_bucket, Key="c.bin", Body=payload(12 * PART, seed=9))
-        return await real(self, method, *args, **kwargs)
-
-    s3fs.S3FileSystem._call_s3 = replacing
-    try:
-        with pytest.raises(SourceChanged) as caught:
-            await ship(
-                f"s3://{s3_bucket}/c.bin",
-                str(tmp_path / "c.bin"),
-                source_options=s3_storage_options,
-                options=ranged_options(),
-            )
-    finally:
-        s3fs.S3FileSystem._call_s3 = real
-    assert replaced
+    new = payload(12 * PART, seed=9)
+    with (
+        replaced_when_read(s3_client, s3_bucket, "c.bin", 6 * PART, new) as seen,
+        pytest.raises(SourceChanged) as caught,
+    ):
+        await ship(
+            f"s3://{s3_bucket}/c.bin",
+            str(tmp_path / "c.bin"),
+            source_options=s3_storage_options,
+            options=ranged_options(),
+        )
+    assert seen.replaced
     assert isinstance(caught.value, StorageError)
     assert not caught.value.retryable
     assert not (tmp_path / "c.bin").exists()
@@ -338,35 +346,20 @@ async def test_source_replaced_mid_transfer_to_s3_leaves_no_object_or_upload(
 ) -> None:
     data = payload(24 * PART, seed=10)
     s3_client.put_object(Bucket=s3_bucket, Key="c.bin", Body=data)
-    real = s3fs.S3FileSystem._call_s3
-    replaced = False
-
-    async def replacing(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        nonlocal replaced
-        if (
-            method == "get_object"
-            and not replaced
-            and kwargs["Range"].startswith(f"bytes={20 * PART}")
-        ):
-            replaced = True
-            s3_client.put_object(Bucket=s3_bucket, Key="c.bin", Body=b"new")
-        return await real(self, method, *args, **kwargs)
-
-    s3fs.S3FileSystem._call_s3 = replacing
-    try:
-        with pytest.raises(SourceChanged):
-            await ship(
-                f"s3://{s3_bucket}/c.bin",
-                f"s3://{s3_bucket}/copy.bin",
-                source_options=s3_storage_options,
-                target_options=s3_storage_options,
-                store_options={"part_size": 5 * MiB},
-                options=ranged_options(chunk_size=PART),
-                server_side=False,
-            )
-    finally:
-        s3fs.S3FileSystem._call_s3 = real
-    assert replaced
+    with (
+        replaced_when_read(s3_client, s3_bucket, "c.bin", 20 * PART, b"new") as seen,
+        pytest.raises(SourceChanged),
+    ):
+        await ship(
+            f"s3://{s3_bucket}/c.bin",
+            f"s3://{s3_bucket}/copy.bin",
+            source_options=s3_storage_options,
+            target_options=s3_storage_options,
+            store_options={"part_size": 5 * MiB},
+            options=ranged_options(chunk_size=PART),
+            server_side=False,
+        )
+    assert seen.replaced
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert keys == ["c.bin"]
     assert uploads(s3_client, s3_bucket) == []

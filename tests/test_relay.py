@@ -39,6 +39,7 @@ from fstransport.storage.staging import MANIFEST_NAME, StagingStore, chunk_name
 from fstransport.testing.mock import MockNetwork, before, deliver_to, stop_after
 from fstransport.testing.network_suite import Connect, NetworkSuite
 from tests.conftest import payload
+from tests.helpers import staged_files
 
 STAGE = "memory://stage"
 V1 = Vote(1, 1)
@@ -74,11 +75,6 @@ class CountingFile(io.RawIOBase):
         self._pos += len(piece)
         self.bytes_read += len(piece)
         return len(piece)
-
-
-def staged_files() -> list[str]:
-    fs = fsspec.filesystem("memory")
-    return sorted(fs.find("/stage")) if fs.exists("/stage") else []
 
 
 async def installed(store: FsspecSnapshotStore, snapshot_id: str) -> bytes | None:

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import pytest
 
 from fstransport import (
@@ -24,6 +23,7 @@ from fstransport import (
 from fstransport.network.wire import MAX_STAGED_LENGTH, decode_staged, encode_staged
 from fstransport.server import create_app
 from tests.conftest import payload
+from tests.helpers import staged_files
 from tests.test_http import start
 from tests.test_relay import snapshot
 
@@ -52,11 +52,6 @@ async def plain_server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     receiver = Receiver(FsspecSnapshotStore(str(tmp_path / "recv")))
     async for url in serve(receiver):
         yield url, tmp_path / "recv"
-
-
-def staged_files() -> list[str]:
-    fs = fsspec.filesystem("memory")
-    return sorted(fs.find("/stage")) if fs.exists("/stage") else []
 
 
 class CountingBodies(HttpNetwork):

@@ -38,22 +38,9 @@ from fstransport.storage.source import open_source
 from fstransport.testing import S3Flavor
 from fstransport.testing.mock import MockNetwork, deliver_to
 from tests.conftest import payload
+from tests.helpers import keys, object_bytes, uploads
 
 PART = 5 * MiB
-
-
-def object_bytes(client: Any, bucket: str, key: str) -> bytes:
-    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return body
-
-
-def keys(client: Any, bucket: str) -> list[str]:
-    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def uploads(client: Any, bucket: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-    return found
 
 
 def mismatch_once(receiver: Receiver, after: int, expect: int) -> MockNetwork:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import s3fs
 
 from fstransport import (
     ChecksumMismatch,
@@ -42,14 +39,11 @@ from fstransport.storage.s3_copy import (
 from fstransport.storage.store import FsspecSnapshotStore
 from fstransport.testing import S3TestServer
 from tests.conftest import payload
+from tests.helpers import keys, object_bytes, s3_calls, uploads
 from tests.test_cli import run as run_cli
 
 FAST = TransferOptions(retry=RetryPolicy(max_attempts=2, initial_backoff=0.0, jitter=0.0))
 SMALL_PARTS = {"part_size": MIN_PART_SIZE, "upload_concurrency": 3}
-
-
-def uploads(client: Any, bucket: str) -> list[Any]:
-    return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
 
 def copy_within(
@@ -63,36 +57,6 @@ def copy_within(
         target_options=s3_options,
         **kwargs,
     )
-
-
-def keys(client: Any, bucket: str) -> list[str]:
-    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def object_bytes(client: Any, bucket: str, key: str) -> bytes:
-    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return body
-
-
-@contextmanager
-def s3_calls(answer: Any = None, before: Any = None) -> Iterator[Counter[str]]:
-    """Count this process's S3 operations; `before(method, kwargs)` runs ahead of each call and
-    `answer(method, kwargs, response)` may change each answer (a server double)."""
-    calls: Counter[str] = Counter()
-    real = s3fs.S3FileSystem._call_s3
-
-    async def recording(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        calls[method] += 1
-        if before is not None:
-            await before(method, kwargs)
-        response = await real(self, method, *args, **kwargs)
-        return answer(method, kwargs, response) if answer is not None else response
-
-    s3fs.S3FileSystem._call_s3 = recording
-    try:
-        yield calls
-    finally:
-        s3fs.S3FileSystem._call_s3 = real
 
 
 def reporting_crcs(data: bytes, wrong_part: int | None = None) -> Any:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import s3fs
 
 from fstransport import (
     ConfigurationError,
@@ -30,6 +29,7 @@ from fstransport.storage.s3 import S3StreamSource
 from fstransport.storage.s3_ranged import S3RangedSource, open_s3_source
 from fstransport.storage.source import open_source
 from tests.conftest import payload
+from tests.helpers import s3_calls, uploads
 from tests.test_s3 import mismatch_once
 
 PART = 256 * KiB
@@ -58,18 +58,16 @@ def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def gets(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+def gets() -> Iterator[list[dict[str, Any]]]:
     """The parameters of every ``get_object`` this process's s3fs clients make."""
     seen: list[dict[str, Any]] = []
-    real = s3fs.S3FileSystem._call_s3
 
-    async def recording(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def recording(method: str, kwargs: dict[str, Any]) -> None:
         if method == "get_object":
             seen.append(dict(kwargs))
-        return await real(self, method, *args, **kwargs)
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", recording)
-    return seen
+    with s3_calls(before=recording):
+        yield seen
 
 
 class BreakingBody:
@@ -94,10 +92,8 @@ class BreakingBody:
 def break_gets(breaks: dict[int, int]) -> Iterator[list[str]]:
     """Make the GET whose range starts at offset `o` break after ``breaks[o]`` bytes, once."""
     ranges: list[str] = []
-    real = s3fs.S3FileSystem._call_s3
 
-    async def breaking(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        response = await real(self, method, *args, **kwargs)
+    def breaking(method: str, kwargs: dict[str, Any], response: Any) -> Any:
         if method == "get_object":
             ranges.append(str(kwargs.get("Range")))
             first = int(str(kwargs.get("Range", "bytes=0-")).split("=")[1].split("-")[0])
@@ -105,11 +101,8 @@ def break_gets(breaks: dict[int, int]) -> Iterator[list[str]]:
                 response["Body"] = BreakingBody(response["Body"], breaks.pop(first))
         return response
 
-    s3fs.S3FileSystem._call_s3 = breaking
-    try:
+    with s3_calls(answer=breaking):
         yield ranges
-    finally:
-        s3fs.S3FileSystem._call_s3 = real
 
 
 @contextmanager
@@ -117,24 +110,15 @@ def replaced_when_read(client: Any, bucket: str, key: str, at: int, body: bytes)
     """A writer replaces the object `key` with `body` just before the first GET of a range that
     starts at offset `at`; the yielded namespace's ``replaced`` says whether that happened."""
     seen = types.SimpleNamespace(replaced=False)
-    real = s3fs.S3FileSystem._call_s3
 
-    async def replacing(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def replacing(method: str, kwargs: dict[str, Any]) -> None:
         starts_at = str(kwargs.get("Range", "")).startswith(f"bytes={at}-")
         if method == "get_object" and starts_at and not seen.replaced:
             seen.replaced = True
             client.put_object(Bucket=bucket, Key=key, Body=body)
-        return await real(self, method, *args, **kwargs)
 
-    s3fs.S3FileSystem._call_s3 = replacing
-    try:
+    with s3_calls(before=replacing):
         yield seen
-    finally:
-        s3fs.S3FileSystem._call_s3 = real
-
-
-def uploads(client: Any, bucket: str) -> list[Any]:
-    return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
 
 async def open_ranged(

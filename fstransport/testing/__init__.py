@@ -13,8 +13,8 @@ brings moto):
 And, to import:
 
 - `MockNetwork`: a `Network` whose requests go to a function of yours (with the handlers
-  `deliver_to`, `answer`, `hang`, `fail` and the combinators `after`, `before`, `stop_after`),
-  in `fstransport.testing.mock`;
+  `deliver_to`, `answer`, `hang`, `fail`), in `fstransport.testing.mock` (which also holds
+  the combinators `after`, `before` and `stop_after`);
 - `FakeClock`: virtual time for asyncio, so backoffs and TTLs take no real time
   (`fstransport.testing.clock`);
 - `fstransport.testing.network_suite.NetworkSuite` and
@@ -23,16 +23,7 @@ And, to import:
 """
 
 from fstransport.testing.clock import FakeClock
-from fstransport.testing.mock import (
-    MockNetwork,
-    after,
-    answer,
-    before,
-    deliver_to,
-    fail,
-    hang,
-    stop_after,
-)
+from fstransport.testing.mock import MockNetwork, answer, deliver_to, fail, hang
 from fstransport.testing.s3 import (
     ENDPOINT_ENV,
     KIND_ENV,
@@ -60,9 +51,7 @@ __all__ = [
     "S3Flavor",
     "S3MarkerWarning",
     "S3TestServer",
-    "after",
     "answer",
-    "before",
     "deliver_to",
     "fail",
     "hang",
@@ -77,5 +66,4 @@ __all__ = [
     "s3_server",
     "s3_server_kind",
     "s3_storage_options",
-    "stop_after",
 ]

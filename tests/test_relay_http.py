@@ -64,16 +64,23 @@ class CountingBodies(HttpNetwork):
         return await super().install_snapshot(req, option)
 
 
+async def relayed(url: str, data: bytes) -> tuple[RelayNetwork, int]:
+    """Sends `data` through a `RelayNetwork` (staging in ``memory://stage``) over HTTP to the
+    server at `url`; the relay (still open) and the chunk bytes that went over HTTP."""
+    http = CountingBodies(url, token=TOKEN)
+    async with http:
+        relay = RelayNetwork(http, "memory://stage")
+        await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    return relay, http.body_bytes
+
+
 async def test_a_snapshot_through_the_bucket_and_a_server(
     relay_server: tuple[str, Path],
 ) -> None:
     url, root = relay_server
     data = payload(1_000_000, seed=30)
-    http = CountingBodies(url, token=TOKEN)
-    async with http:
-        relay = RelayNetwork(http, "memory://stage")
-        await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
-        assert http.body_bytes == 0, "only references travel over HTTP"
+    relay, body_bytes = await relayed(url, data)
+    assert body_bytes == 0, "only references travel over HTTP"
     assert (root / "snap").read_bytes() == data
     assert relay.bytes_uploaded == len(data)
     assert staged_files() == []
@@ -85,11 +92,8 @@ async def test_a_server_that_takes_no_references_gets_the_bytes(
 ) -> None:
     url, root = plain_server
     data = payload(1_000_000, seed=31)
-    http = CountingBodies(url, token=TOKEN)
-    async with http:
-        relay = RelayNetwork(http, "memory://stage")
-        await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
-        assert http.body_bytes == len(data)
+    relay, body_bytes = await relayed(url, data)
+    assert body_bytes == len(data)
     assert (root / "snap").read_bytes() == data
     await relay.close()
     assert staged_files() == []

@@ -43,6 +43,21 @@ from tests.helpers import keys, object_bytes, uploads
 PART = 5 * MiB
 
 
+def record_sinks(store: FsspecSnapshotStore) -> list[MultipartSink]:
+    """The multipart sinks `store` begins from now on, in order."""
+    sinks: list[MultipartSink] = []
+    original_begin = store.begin
+
+    async def recording_begin(meta: SnapshotMeta) -> Any:
+        sink = await original_begin(meta)
+        assert isinstance(sink, MultipartSink)
+        sinks.append(sink)
+        return sink
+
+    store.begin = recording_begin  # type: ignore[method-assign]
+    return sinks
+
+
 def mismatch_once(receiver: Receiver, after: int, expect: int) -> MockNetwork:
     """Delivers to `receiver`, but answers request number ``after + 1`` with a mismatch that
     sends the sender back to `expect`."""
@@ -177,19 +192,10 @@ async def test_mismatch_rewind_reuploads_parts_already_sent(
     s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
 ) -> None:
     data = payload(4 * PART + 100, seed=5)
-    sinks: list[MultipartSink] = []
     async with FsspecSnapshotStore(
         f"s3://{s3_bucket}/p", part_size=PART, **s3_storage_options
     ) as store:
-        original_begin = store.begin
-
-        async def recording_begin(meta: SnapshotMeta) -> Any:
-            sink = await original_begin(meta)
-            assert isinstance(sink, MultipartSink)
-            sinks.append(sink)
-            return sink
-
-        store.begin = recording_begin  # type: ignore[method-assign]
+        sinks = record_sinks(store)
         chunk = MiB
         rewind_to = PART + 2 * MiB  # in the middle of part 2, after parts 1..3 were sent
         net = await send_to_s3(
@@ -372,16 +378,7 @@ async def test_bucket_gets_the_whole_objects_checksum(
     async with FsspecSnapshotStore(
         f"s3://{s3_bucket}/p", part_size=PART, full_object_checksum=True, **s3_storage_options
     ) as store:
-        sinks: list[MultipartSink] = []
-        original_begin = store.begin
-
-        async def recording_begin(meta: SnapshotMeta) -> Any:
-            sink = await original_begin(meta)
-            assert isinstance(sink, MultipartSink)
-            sinks.append(sink)
-            return sink
-
-        store.begin = recording_begin  # type: ignore[method-assign]
+        sinks = record_sinks(store)
         await send_to_s3(data, store, "snap", TransferOptions(chunk_size=MiB))
     assert object_bytes(s3_client, s3_bucket, "p/snap") == data
     head = s3_client.head_object(Bucket=s3_bucket, Key="p/snap", ChecksumMode="ENABLED")

@@ -272,16 +272,25 @@ S3_DAMAGES = {
 }
 
 
+async def interrupted_on_s3(
+    data: bytes, bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> tuple[str, dict[str, Any]]:
+    """A first sender of `data` to ``s3://BUCKET/resume`` dies after 17 chunks, once 3 parts have
+    landed; the upload state object's key and contents (closing the store records them)."""
+    url = f"s3://{bucket}/resume"
+    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as first:
+        await interrupted(Receiver(first), data, S3_OPTIONS, acks=17)
+        await parts_landed(s3_client, bucket, 3)
+    return _state(s3_client, bucket)
+
+
 @pytest.mark.parametrize("damage", sorted(S3_DAMAGES))
 async def test_s3_parts_that_differ_from_their_record_are_sent_again(
     damage: str, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
 ) -> None:
     data = payload(S3_SIZE, seed=21)
     url = f"s3://{s3_bucket}/resume"
-    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as first:
-        await interrupted(Receiver(first), data, S3_OPTIONS, acks=17)
-        await parts_landed(s3_client, s3_bucket, 3)  # closing the store records the state
-    key, state = _state(s3_client, s3_bucket)
+    key, state = await interrupted_on_s3(data, s3_bucket, s3_storage_options, s3_client)
     recorded = {int(n) for n in state["parts"]}
     # (part 3 may have landed without its answer reaching the receiver before it stopped)
     assert {1, 2} <= recorded <= {1, 2, 3}, state["parts"]
@@ -308,10 +317,7 @@ async def test_s3_upload_aborted_behind_the_receivers_back(
     """The recorded upload is gone (aborted by a clean-up, say): the receiver starts afresh."""
     data = payload(S3_SIZE, seed=22)
     url = f"s3://{s3_bucket}/resume"
-    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as first:
-        await interrupted(Receiver(first), data, S3_OPTIONS, acks=17)
-        await parts_landed(s3_client, s3_bucket, 3)
-    _, state = _state(s3_client, s3_bucket)
+    _, state = await interrupted_on_s3(data, s3_bucket, s3_storage_options, s3_client)
     s3_client.abort_multipart_upload(
         Bucket=s3_bucket, Key=f"resume/{ID}", UploadId=state["upload_id"]
     )
@@ -380,10 +386,7 @@ async def test_s3_part_crc_spoiled_where_the_bucket_cannot_tell(
 
     data = payload(S3_SIZE, seed=23)
     url = f"s3://{s3_bucket}/resume"
-    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as first:
-        await interrupted(Receiver(first), data, S3_OPTIONS, acks=17)
-        await parts_landed(s3_client, s3_bucket, 3)
-    key, state = _state(s3_client, s3_bucket)
+    key, state = await interrupted_on_s3(data, s3_bucket, s3_storage_options, s3_client)
     crc = (state["parts"]["2"][2] + 1) % 2**32
     state["parts"]["2"][1:] = [crc32c_header(crc), crc]
     s3_client.put_object(Bucket=s3_bucket, Key=key, Body=json.dumps(state).encode())

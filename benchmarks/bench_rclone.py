@@ -47,8 +47,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from harness import (
     Case,
     ChildProcess,
@@ -72,6 +70,7 @@ from harness import (
     publish,
     remove_file,
     run_rounds,
+    s3_client,
     size_list,
     sync_disk,
     workspace,
@@ -164,15 +163,10 @@ class RcloneBench:
         self.endpoint = endpoint
         self.loop = loop
         self.checksum = format_checksum(chunk_crc(data))
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint.url,
-            region_name=REGION,
-            aws_access_key_id=endpoint.key,
-            aws_secret_access_key=endpoint.secret,
-            # the bytes are compared here; moto's CopyObject (rclone's S3 -> S3) keeps the
-            # source's multipart CRC but serves it as a whole-object one, which botocore rejects
-            config=Config(response_checksum_validation="when_required"),
+        # the bytes are compared here; moto's CopyObject (rclone's S3 -> S3) keeps the source's
+        # multipart CRC but serves it as a whole-object one, which botocore rejects
+        self.client = s3_client(
+            endpoint.url, endpoint.key, endpoint.secret, REGION, check_reads=False
         )
         self.source = os.path.join(folder, "src.bin")
         fstransport = shutil.which("fstransport", path=os.path.dirname(sys.executable))

@@ -61,8 +61,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import boto3
-import botocore.config
 import s3fs
 from boto3.s3.transfer import TransferConfig
 from harness import (
@@ -86,6 +84,7 @@ from harness import (
     publish,
     remove_file,
     run_rounds,
+    s3_client,
     size_list,
     sync_disk,
     workspace,
@@ -183,24 +182,10 @@ class S3Bench:
         self.loop = loop
         self.checksum = format_checksum(chunk_crc(data))
         self.options = storage_options_for(moto.address)
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=moto.address,
-            region_name=REGION,
-            aws_access_key_id=TEST_CREDENTIALS["key"],
-            aws_secret_access_key=TEST_CREDENTIALS["secret"],
-        )
-        # Reads back without botocore's response checksum check: moto's CopyObject keeps the
-        # source's CRC32 of a multipart object as if it were the whole object's (s3fs copy),
-        # and every read then fails it.  The bytes are compared with the source anyway.
-        self.checker = boto3.client(
-            "s3",
-            endpoint_url=moto.address,
-            region_name=REGION,
-            aws_access_key_id=TEST_CREDENTIALS["key"],
-            aws_secret_access_key=TEST_CREDENTIALS["secret"],
-            config=botocore.config.Config(response_checksum_validation="when_required"),
-        )
+        login = (TEST_CREDENTIALS["key"], TEST_CREDENTIALS["secret"], REGION)
+        self.client = s3_client(moto.address, *login)
+        # reads back without botocore's response checksum check (see s3_client: s3fs copies)
+        self.checker = s3_client(moto.address, *login, check_reads=False)
         # Its own instance, so that ship()'s cached synchronous filesystem is not shared with it.
         self.fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.options)
         self.source = self.local_path("src.bin")

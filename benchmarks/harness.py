@@ -71,6 +71,7 @@ __all__ = [
     "publish",
     "remove_file",
     "run_rounds",
+    "s3_client",
     "size_arg",
     "size_list",
     "sync_disk",
@@ -603,6 +604,27 @@ def moto_process(log: IO[Any] | int = subprocess.DEVNULL) -> Iterator[ChildProce
         yield moto
     finally:
         moto.stop()
+
+
+def s3_client(
+    endpoint_url: str, key: str, secret: str, region: str, *, check_reads: bool = True
+) -> Any:
+    """A boto3 S3 client for a benchmark's endpoint.  With ``check_reads=False`` it does not check
+    the checksums S3 reports on reads: moto's CopyObject keeps a multipart source's CRC32 as if
+    it were the whole object's, and every read of the copy would then fail it (the benchmarks
+    compare the bytes with the source anyway)."""
+    import boto3
+    from botocore.config import Config
+
+    config = None if check_reads else Config(response_checksum_validation="when_required")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=config,
+    )
 
 
 class PeakRss:

@@ -33,9 +33,10 @@ from fstransport import (
 )
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.http.wire import decode_meta, encode_meta
-from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
+from fstransport.messages import InstallSnapshotRequest
 from fstransport.options import KiB
 from fstransport.sender import Chunked
+from fstransport.testing.mock import MockNetwork, after, deliver_to, fail
 from fstransport.transfer import ship
 from fstransport.tree import MAGIC, MANIFEST_NAME, TreeTable, load_manifest, tree_path_problem
 from tests.conftest import payload
@@ -422,19 +423,10 @@ def test_kind_on_the_wire() -> None:
 # -- atomic appearance -----------------------------------------------------------------------------
 
 
-class FailAfter(LoopbackNetwork):
+def fail_after(receiver: Receiver, n: int) -> MockNetwork:
     """Delivers `n` chunks, then fails every one (a sender that dies halfway)."""
-
-    def __init__(self, receiver: Receiver, n: int) -> None:
-        super().__init__(receiver)
-        self.n = n
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        if self.requests >= self.n:
-            raise InvalidRequest("the link died")
-        return await super().install_snapshot(req, option)
+    delivered = deliver_to(receiver, interleave=False)
+    return MockNetwork(after(n, delivered, fail(InvalidRequest("the link died"))))
 
 
 @pytest.mark.parametrize("target_kind", ["local", "memory"])
@@ -449,7 +441,7 @@ async def test_a_failed_transfer_leaves_the_old_tree_and_nothing_new(
     await ship(str(src), "snap", network=LoopbackNetwork(Receiver(store)), options=options)
     (src / "top.bin").write_bytes(b"a newer version")
     with pytest.raises(InvalidRequest):
-        await ship(str(src), "snap", network=FailAfter(Receiver(store), 3), options=options)
+        await ship(str(src), "snap", network=fail_after(Receiver(store), 3), options=options)
     if target_kind == "local":
         assert local_tree(tmp_path / "out" / "snap") == (TREE_DIRS, files)
     else:
@@ -463,7 +455,7 @@ async def test_an_interrupted_tree_resumes_with_a_new_receiver(tmp_path: Path) -
     options = TransferOptions(chunk_size=16 * KiB, max_in_flight=1)
     first = FsspecSnapshotStore(root)
     with pytest.raises(InvalidRequest):
-        await ship(str(src), "snap", network=FailAfter(Receiver(first), 8), options=options)
+        await ship(str(src), "snap", network=fail_after(Receiver(first), 8), options=options)
     await first.close()  # the receiver goes away; its partial data and journal stay
     assert not (tmp_path / "out" / "snap").exists()
     second = FsspecSnapshotStore(root)
@@ -657,7 +649,7 @@ async def test_s3_streamed_files_hostile_streams_and_failures_leave_nothing(
         await ship(
             str(src),
             "snap",
-            network=FailAfter(Receiver(store), 2),
+            network=fail_after(Receiver(store), 2),
             options=TransferOptions(chunk_size=16 * KiB, max_in_flight=1),
         )
     assert (
@@ -756,7 +748,7 @@ async def test_fsync_store_option_for_trees(
 def test_the_rename_fallback_replaces_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
 ) -> None:
-    import fstransport.tree as tree_module
+    import fstransport.tree.install as tree_module
 
     calls: list[bool] = []
     real = tree_module._exchange

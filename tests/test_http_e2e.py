@@ -7,6 +7,7 @@ process is killed in the fixture's teardown, whatever the test did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,17 +112,27 @@ StartServer = Callable[..., ServerProcess]
 def serve(tmp_path: Path) -> Iterator[StartServer]:
     """Starts ``fstransport serve ROOT ARGS`` processes on 127.0.0.1; all killed at teardown.
 
-    ``serve(root, *args, port=0, env=None)`` returns the running server (its ``url`` read).
+    ``serve(root, *args, port=0, env=None, fsize=None)`` returns the running server (its ``url``
+    read); with `fsize`, the server process alone runs with RLIMIT_FSIZE `fsize` bytes.
     """
     assert EXE is not None, "the fstransport command is not installed: pip install -e ."
     servers: list[ServerProcess] = []
 
     def start(
-        root: str, *args: str, port: int = 0, env: dict[str, str] | None = None
+        root: Path | str,
+        *args: str,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        fsize: int | None = None,
     ) -> ServerProcess:
+        root = str(root)
         if "://" not in root:  # a local ROOT must exist (serve refuses one that does not)
             Path(root).mkdir(parents=True, exist_ok=True)
         argv = [EXE, "--debug", "serve", root, "--host", "127.0.0.1", "--port", str(port), *args]
+        if fsize is not None:  # the limit of the server process alone, set before it runs
+            limit = f"resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize}, {fsize}))"
+            argv = [sys.executable, "-c", f"import os, resource, sys; {limit}; "
+                    "os.execv(sys.argv[1], sys.argv[1:])", *argv]  # fmt: skip
         log = tmp_path / f"server-{len(servers)}.log"
         server = ServerProcess(argv, log, {**clean_environ(), **(env or {})})
         servers.append(server)
@@ -304,6 +315,37 @@ async def kill_when_acked(server: ServerProcess, acked: Acked, task: asyncio.Tas
     return acked.bytes
 
 
+@contextlib.asynccontextmanager
+async def killed_mid_transfer(
+    server: ServerProcess, source: Path, data: bytes, retry: RetryPolicy, kill_at: int
+) -> AsyncIterator[tuple[asyncio.Task[TransferReport], int]]:
+    """ship() `source` (`data`, named by its checksum) to `server`, slowly, with `retry`; SIGKILL
+    the server once `kill_at` bytes are acknowledged.  Yields the running transfer and the bytes
+    acknowledged at the kill; the transfer is cancelled on the way out."""
+    acked = Acked(at=kill_at)
+    async with HttpNetwork(server.url) as net:
+        transfer = asyncio.ensure_future(
+            ship(str(source), "snap.bin", network=net, options=slow_options(retry),
+                 progress=acked, checksum=checksum_of(data))
+        )  # fmt: skip
+        try:
+            yield transfer, await kill_when_acked(server, acked, transfer)
+        finally:
+            transfer.cancel()
+            await asyncio.gather(transfer, return_exceptions=True)
+
+
+async def ship_again(server: ServerProcess, source: Path, data: bytes) -> TransferReport:
+    """A second ship() of `source` (`data`, named by its checksum) to `server`, at full speed."""
+    options = TransferOptions(chunk_size=CHUNK, max_in_flight=WINDOW)
+    async with HttpNetwork(server.url) as net:
+        return await asyncio.wait_for(
+            ship(str(source), "snap.bin", network=net, options=options,
+                 checksum=checksum_of(data)),
+            SHIP_TIMEOUT,
+        )  # fmt: skip
+
+
 def resumed_bytes(server: ServerProcess) -> int:
     """Bytes the server said it held from before, when it resumed the snapshot (0: it did not)."""
     found = re.findall(r"resuming snapshot 'snap\.bin': (\d+) bytes already held", server.stderr())
@@ -322,24 +364,15 @@ async def test_one_ship_outlasts_a_server_killed_mid_transfer(
     patient = RetryPolicy(
         max_attempts=10_000, initial_backoff=0.02, max_backoff=0.2, give_up_after=SHIP_TIMEOUT
     )
-    acked = Acked(at=setup.kill_at)
-    async with HttpNetwork(first.url) as net:
-        transfer = asyncio.ensure_future(
-            ship(
-                str(source), "snap.bin", network=net, options=slow_options(patient),
-                progress=acked, checksum=checksum_of(data),
-            )
-        )  # fmt: skip
-        try:
-            acked_at_kill = await kill_when_acked(first, acked, transfer)
-            second = await asyncio.to_thread(
-                serve, setup.root, *setup.args, port=first.port, env=setup.env
-            )
-            assert second.url == first.url
-            report: TransferReport = await asyncio.wait_for(transfer, SHIP_TIMEOUT)
-        finally:
-            transfer.cancel()
-            await asyncio.gather(transfer, return_exceptions=True)
+    async with killed_mid_transfer(first, source, data, patient, setup.kill_at) as (
+        transfer,
+        acked_at_kill,
+    ):
+        second = await asyncio.to_thread(
+            serve, setup.root, *setup.args, port=first.port, env=setup.env
+        )
+        assert second.url == first.url
+        report = await asyncio.wait_for(transfer, SHIP_TIMEOUT)
     assert setup.read() == data
     assert not setup.leftovers()
     assert report.retries > 0, "the sender noticed the dead server"
@@ -362,28 +395,15 @@ async def test_next_ship_resumes_after_the_server_was_killed_mid_transfer(
     source.write_bytes(data)
     first = serve(setup.root, *setup.args, env=setup.env)
     impatient = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05)
-    acked = Acked(at=setup.kill_at)
-    async with HttpNetwork(first.url) as net:
-        transfer = asyncio.ensure_future(
-            ship(str(source), "snap.bin", network=net, options=slow_options(impatient),
-                 progress=acked, checksum=checksum_of(data))
-        )  # fmt: skip
-        try:
-            acked_at_kill = await kill_when_acked(first, acked, transfer)
-            with pytest.raises(RetryExhausted):
-                await asyncio.wait_for(transfer, SHIP_TIMEOUT)
-        finally:
-            transfer.cancel()
-            await asyncio.gather(transfer, return_exceptions=True)
+    async with killed_mid_transfer(first, source, data, impatient, setup.kill_at) as (
+        transfer,
+        acked_at_kill,
+    ):
+        with pytest.raises(RetryExhausted):
+            await asyncio.wait_for(transfer, SHIP_TIMEOUT)
     second = serve(setup.root, *setup.args, port=first.port, env=setup.env)
     assert second.url == first.url
-    options = TransferOptions(chunk_size=CHUNK, max_in_flight=WINDOW)
-    async with HttpNetwork(second.url) as net:
-        report = await asyncio.wait_for(
-            ship(str(source), "snap.bin", network=net, options=options,
-                 checksum=checksum_of(data)),
-            SHIP_TIMEOUT,
-        )  # fmt: skip
+    report = await ship_again(second, source, data)
     assert setup.read() == data
     assert not setup.leftovers()
     assert report.bytes_skipped > 0

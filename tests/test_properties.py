@@ -1,7 +1,7 @@
 """Property tests: random fault schedules never install wrong bytes, never leave junk behind.
 
 Every example sends one snapshot with `Chunked.send_snapshot` through
-``FaultyNetwork(Tap(LoopbackNetwork(Receiver(store))))`` — memory, local (a temporary folder per
+``FaultyNetwork(MockNetwork(Tap(Receiver(store))))`` — memory, local (a temporary folder per
 example) or S3 (moto) — with random sizes (0 .. 384 KiB, at most 256 chunks, exact multiples of
 the chunk size and one byte either side included; up to 12 MiB on S3 with 5 MiB parts), chunk
 sizes (1 .. 64 KiB), windows (1 .. 8), faults (drop, duplicate, reorder, corrupt and timeout, each
@@ -88,6 +88,7 @@ from fstransport import (
 )
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.options import KiB, MiB
+from fstransport.testing.mock import MockNetwork, deliver_to
 
 LONG = os.environ.get("FSTRANSPORT_LONG") == "1"
 """The long profile: ``FSTRANSPORT_LONG=1`` runs every property with about 10x the examples."""
@@ -279,9 +280,9 @@ class Case:
     def data(self) -> bytes:
         return random.Random(self.data_seed).randbytes(self.size)
 
-    def network(self, inner: Tap) -> FaultyNetwork:
+    def network(self, tap: Tap) -> FaultyNetwork:
         return FaultyNetwork(
-            inner,
+            MockNetwork(tap),
             seed=self.seed,
             drop=self.drop,
             duplicate=self.duplicate,
@@ -364,13 +365,14 @@ def cases(
 
 
 class Tap:
-    """Between the faults and the receiver: a verifying `LoopbackNetwork` plus a record of what the
-    receiver did with each delivery (acknowledged final chunks, corrupted chunks refused or not)."""
+    """Between the faults and the receiver: a `MockNetwork` handler that delivers to a verifying
+    receiver, plus a record of what the receiver did with each delivery (acknowledged final
+    chunks, corrupted chunks refused or not)."""
 
     def __init__(
         self, receiver: Receiver, pieces_seed: int | None = None, crash_after: int | None = None
     ) -> None:
-        self.inner = LoopbackNetwork(receiver)  # recomputes every chunk's CRC32C
+        self.deliver = deliver_to(receiver, interleave=False)  # recomputes every chunk's CRC32C
         self.answers = 0
         self.crash_after = crash_after
         self.crashed = asyncio.Event()  # set when the sender is to die (`Case.crash_after`)
@@ -380,9 +382,7 @@ class Tap:
         self.corrupt_refused = 0
         self.corrupt_accepted = 0
 
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
+    async def __call__(self, req: InstallSnapshotRequest) -> InstallSnapshotResponse:
         corrupted = req.crc32c is not None and chunk_crc(req.data) != req.crc32c
         if req.done and not corrupted:
             self.final_delivered = True
@@ -392,7 +392,7 @@ class Tap:
             bounds = [0, *sorted(cuts), len(data)]
             req = replace(req, data=Pieces([data[a:b] for a, b in itertools.pairwise(bounds)]))
         try:
-            answer = await self.inner.install_snapshot(req, option)
+            answer = await self.deliver(req)
         except RemoteError as exc:
             if corrupted and isinstance(exc.source, ChecksumMismatch):
                 self.corrupt_refused += 1

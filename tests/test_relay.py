@@ -8,7 +8,7 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from fstransport import (
     Chunked,
     FsspecSnapshotStore,
     InstallSnapshotRequest,
-    InstallSnapshotResponse,
     InvalidRequest,
     LoopbackNetwork,
     Network,
@@ -37,8 +36,10 @@ from fstransport import (
 )
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.storage.staging import MANIFEST_NAME, StagingStore, chunk_name
+from fstransport.testing.mock import MockNetwork, before, deliver_to, stop_after
 from fstransport.testing.network_suite import Connect, NetworkSuite
 from tests.conftest import payload
+from tests.helpers import staged_files
 
 STAGE = "memory://stage"
 V1 = Vote(1, 1)
@@ -76,31 +77,6 @@ class CountingFile(io.RawIOBase):
         return len(piece)
 
 
-@dataclass
-class Recording:
-    """A network that records the requests it forwards, and may act before the final one."""
-
-    inner: Network
-    requests: list[InstallSnapshotRequest] = field(default_factory=list)
-    before_done: Any = None
-    each: Any = None
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        self.requests.append(req)
-        if self.each is not None:
-            self.each(req)
-        if req.done and self.before_done is not None:
-            self.before_done(req)
-        return await self.inner.install_snapshot(req, option)
-
-
-def staged_files() -> list[str]:
-    fs = fsspec.filesystem("memory")
-    return sorted(fs.find("/stage")) if fs.exists("/stage") else []
-
-
 async def installed(store: FsspecSnapshotStore, snapshot_id: str) -> bytes | None:
     if not await store.exists(snapshot_id):
         return None
@@ -124,7 +100,7 @@ def receiver_at(root: str) -> tuple[Receiver, FsspecSnapshotStore]:
 async def test_one_receiver_gets_references_and_installs_the_bytes() -> None:
     data = payload(300_000)
     receiver, store = receiver_at("memory://recv")
-    recording = Recording(LoopbackNetwork(receiver))
+    recording = MockNetwork(deliver_to(receiver, interleave=False))
     relay = RelayNetwork(recording, STAGE)
     snap = snapshot(data)
     await Chunked.send_snapshot(relay, V1, snap, option=OPTIONS)
@@ -229,10 +205,12 @@ async def test_no_manifest_no_install() -> None:
     fs = fsspec.filesystem("memory")
 
     def drop_manifest(req: InstallSnapshotRequest) -> None:
+        if not req.done:
+            return
         assert req.staged is not None
         fs.rm_file(f"{req.staged.area}/{MANIFEST_NAME}")
 
-    relay = RelayNetwork(Recording(LoopbackNetwork(receiver), before_done=drop_manifest), STAGE)
+    relay = RelayNetwork(MockNetwork(before(drop_manifest, deliver_to(receiver))), STAGE)
     with pytest.raises(RemoteError) as caught:
         await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
     assert isinstance(caught.value.source, StorageError)
@@ -248,12 +226,14 @@ async def test_a_manifest_of_another_vote_is_refused() -> None:
     fs = fsspec.filesystem("memory")
 
     def forge(req: InstallSnapshotRequest) -> None:
+        if not req.done:
+            return
         assert req.staged is not None
         url = f"{req.staged.area}/{MANIFEST_NAME}"
         manifest = json.loads(fs.cat_file(url))
         fs.pipe_file(url, json.dumps({**manifest, "vote": [0, 9, False]}).encode())
 
-    relay = RelayNetwork(Recording(LoopbackNetwork(receiver), before_done=forge), STAGE)
+    relay = RelayNetwork(MockNetwork(before(forge, deliver_to(receiver))), STAGE)
     with pytest.raises(RemoteError, match="vote"):
         await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
     assert await installed(store, "snap") is None
@@ -407,8 +387,11 @@ async def test_a_sender_stopped_mid_stage_installs_nothing_and_the_next_send_reu
     receiver, store = receiver_at("memory://recv")
     stop = asyncio.Event()
 
-    recording = Recording(LoopbackNetwork(receiver))
-    recording.each = lambda _: stop.set() if len(recording.requests) >= 3 else None
+    def stop_at_the_third(req: InstallSnapshotRequest) -> None:
+        if recording.calls >= 3:
+            stop.set()  # (the same network carries the second send below)
+
+    recording = MockNetwork(before(stop_at_the_third, deliver_to(receiver, interleave=False)))
     relay = RelayNetwork(recording, STAGE)
     with pytest.raises(ReplicationClosed):
         await Chunked.send_snapshot(
@@ -516,7 +499,7 @@ async def test_a_local_folder_as_the_staging_area(tmp_path: Path) -> None:
     data = payload(300_000, seed=19)
     stage = tmp_path / "stage"
     receiver, store = receiver_at(str(tmp_path / "recv"))
-    recording = Recording(LoopbackNetwork(receiver))
+    recording = MockNetwork(deliver_to(receiver, interleave=False))
     relay = RelayNetwork(recording, str(stage))
     await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
     assert await installed(store, "snap") == data
@@ -533,8 +516,7 @@ async def test_a_receiver_restarted_mid_transfer_resumes_from_what_it_holds() ->
     store = FsspecSnapshotStore("memory://recv")
     first = Receiver(store, relay_options={})
     stop = asyncio.Event()
-    recording = Recording(LoopbackNetwork(first))
-    recording.each = lambda _: stop.set() if len(recording.requests) >= 5 else None
+    recording = MockNetwork(stop_after(5, deliver_to(first, interleave=False), stop))
     relay = RelayNetwork(recording, STAGE)
     with pytest.raises(ReplicationClosed):
         await Chunked.send_snapshot(
@@ -542,9 +524,8 @@ async def test_a_receiver_restarted_mid_transfer_resumes_from_what_it_holds() ->
         )
     store = FsspecSnapshotStore("memory://recv")  # a new process: its partial data stays
     second = Receiver(store, relay_options={})
-    recording.inner = LoopbackNetwork(second)
+    recording.handler = deliver_to(second, interleave=False)
     recording.requests.clear()
-    recording.each = None
     await Chunked.send_snapshot(relay, V1, snapshot(data, checksum=True), option=OPTIONS)
     assert await installed(store, "snap") == data
     fetched = [r for r in recording.requests if r.staged is not None]

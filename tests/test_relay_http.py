@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import pytest
 
 from fstransport import (
@@ -24,6 +23,7 @@ from fstransport import (
 from fstransport.http.app import create_app
 from fstransport.http.wire import MAX_STAGED_LENGTH, decode_staged, encode_staged
 from tests.conftest import payload
+from tests.helpers import staged_files
 from tests.test_http import start
 from tests.test_relay import snapshot
 
@@ -54,11 +54,6 @@ async def plain_server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
         yield url, tmp_path / "recv"
 
 
-def staged_files() -> list[str]:
-    fs = fsspec.filesystem("memory")
-    return sorted(fs.find("/stage")) if fs.exists("/stage") else []
-
-
 class CountingBodies(HttpNetwork):
     """An `HttpNetwork` that counts the chunk bytes it puts on the wire."""
 
@@ -69,16 +64,23 @@ class CountingBodies(HttpNetwork):
         return await super().install_snapshot(req, option)
 
 
+async def relayed(url: str, data: bytes) -> tuple[RelayNetwork, int]:
+    """Sends `data` through a `RelayNetwork` (staging in ``memory://stage``) over HTTP to the
+    server at `url`; the relay (still open) and the chunk bytes that went over HTTP."""
+    http = CountingBodies(url, token=TOKEN)
+    async with http:
+        relay = RelayNetwork(http, "memory://stage")
+        await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    return relay, http.body_bytes
+
+
 async def test_a_snapshot_through_the_bucket_and_a_server(
     relay_server: tuple[str, Path],
 ) -> None:
     url, root = relay_server
     data = payload(1_000_000, seed=30)
-    http = CountingBodies(url, token=TOKEN)
-    async with http:
-        relay = RelayNetwork(http, "memory://stage")
-        await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
-        assert http.body_bytes == 0, "only references travel over HTTP"
+    relay, body_bytes = await relayed(url, data)
+    assert body_bytes == 0, "only references travel over HTTP"
     assert (root / "snap").read_bytes() == data
     assert relay.bytes_uploaded == len(data)
     assert staged_files() == []
@@ -90,11 +92,8 @@ async def test_a_server_that_takes_no_references_gets_the_bytes(
 ) -> None:
     url, root = plain_server
     data = payload(1_000_000, seed=31)
-    http = CountingBodies(url, token=TOKEN)
-    async with http:
-        relay = RelayNetwork(http, "memory://stage")
-        await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
-        assert http.body_bytes == len(data)
+    relay, body_bytes = await relayed(url, data)
+    assert body_bytes == len(data)
     assert (root / "snap").read_bytes() == data
     await relay.close()
     assert staged_files() == []

@@ -17,9 +17,6 @@ import pytest
 from fstransport import (
     Chunked,
     FsspecSnapshotStore,
-    InstallSnapshotRequest,
-    InstallSnapshotResponse,
-    LoopbackNetwork,
     Receiver,
     ReplicationClosed,
     Snapshot,
@@ -31,6 +28,7 @@ from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.options import KiB, MiB
 from fstransport.protocol.ranges import RangeSet
 from fstransport.storage import journal
+from fstransport.testing.mock import MockNetwork, deliver_to, stop_after
 from tests.conftest import payload
 
 V = Vote(1, 0)
@@ -44,48 +42,41 @@ def journal_commits_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(journal, "QUIET_COMMIT", 0.0)
 
 
-class Counting:
-    """Loopback that counts the bytes it delivers, by range, and can stop after `stop_after`
-    acknowledged chunks (the sender dies without a word)."""
-
-    def __init__(self, receiver: Receiver, stop_after: int | None = None) -> None:
-        self.inner = LoopbackNetwork(receiver)
-        self.bytes = 0
-        self.sent = RangeSet()
-        self.acks = 0
-        self.stop_after = stop_after
-        self.stopped = asyncio.Event()
-
-    async def install_snapshot(
-        self, req: InstallSnapshotRequest, option: TransferOptions
-    ) -> InstallSnapshotResponse:
-        if self.stopped.is_set():
-            await asyncio.Event().wait()
-        self.bytes += len(req.data)
-        self.sent.add(req.offset, req.offset + len(req.data))
-        answer = await self.inner.install_snapshot(req, option)
-        self.acks += 1
-        if self.stop_after is not None and self.acks >= self.stop_after:
-            self.stopped.set()
-        return answer
+def sent_ranges(net: MockNetwork) -> RangeSet:
+    """The byte ranges `net` was sent, requests repeated or not."""
+    sent = RangeSet()
+    for seen in net.seen:
+        sent.add(seen.offset, seen.offset + seen.length)
+    return sent
 
 
 def meta_for(data: bytes) -> SnapshotMeta:
     return SnapshotMeta(ID, size=len(data), checksum=format_checksum(chunk_crc(data)))
 
 
-async def interrupted(receiver: Receiver, data: bytes, options: TransferOptions, acks: int) -> None:
-    net = Counting(receiver, stop_after=acks)
+async def interrupted(
+    receiver: Receiver,
+    data: bytes,
+    options: TransferOptions,
+    acks: int,
+    meta: SnapshotMeta | None = None,
+) -> None:
+    """A sender of `data` that dies without a word after `acks` acknowledged chunks."""
+    stopped = asyncio.Event()
+    net = MockNetwork(stop_after(acks, deliver_to(receiver, interleave=False), stopped))
+    snap = Snapshot(meta or meta_for(data), io.BytesIO(data))
     with pytest.raises(ReplicationClosed):
-        await Chunked.send_snapshot(
-            net, V, Snapshot(meta_for(data), io.BytesIO(data)), net.stopped.wait(), options
-        )
+        await Chunked.send_snapshot(net, V, snap, stopped.wait(), options)
     await asyncio.sleep(0.2)  # the receiver's journal commits what it was sent
 
 
-async def resend(receiver: Receiver, data: bytes, options: TransferOptions) -> Counting:
-    net = Counting(receiver)
-    await Chunked.send_snapshot(net, V, Snapshot(meta_for(data), io.BytesIO(data)), None, options)
+async def resend(
+    receiver: Receiver, data: bytes, options: TransferOptions, meta: SnapshotMeta | None = None
+) -> MockNetwork:
+    """A sender of `data` to the end; the network records what it sent."""
+    net = MockNetwork(deliver_to(receiver, interleave=False))
+    snap = Snapshot(meta or meta_for(data), io.BytesIO(data))
+    await Chunked.send_snapshot(net, V, snap, None, options)
     return net
 
 
@@ -140,10 +131,10 @@ def damage_memory(url: str, damage: Damage) -> None:
     entry.write(damaged)
 
 
-def assert_resent_only(net: Counting, bad: tuple[int, int]) -> None:
+def assert_resent_only(net: MockNetwork, bad: tuple[int, int]) -> None:
     """The damaged range was sent again; of the intact held ranges, nothing but chunk 0 (a new
     sender always sends it) and the last chunk the dead sender had in flight."""
-    resent = RangeSet(list(net.sent))
+    resent = sent_ranges(net)
     for start, end in [(CHUNK, bad[0]), (bad[1], (ACKS - 1) * CHUNK)]:
         if end > start:
             held = RangeSet([(start, end)])
@@ -199,8 +190,9 @@ async def test_a_journal_claiming_more_than_the_partial_holds(kind: str, tmp_pat
     net = await resend(Receiver(store), data, OPTIONS)
     with await store.open(ID) as f:
         assert f.read() == data
+    sent = sent_ranges(net)
     for offset in range(ACKS * CHUNK, 28 * CHUNK, CHUNK):
-        assert offset in net.sent, f"chunk at {offset} was claimed, not held, and not sent"
+        assert offset in sent, f"chunk at {offset} was claimed, not held, and not sent"
     await first.abort(ID)
 
 
@@ -280,16 +272,25 @@ S3_DAMAGES = {
 }
 
 
+async def interrupted_on_s3(
+    data: bytes, bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> tuple[str, dict[str, Any]]:
+    """A first sender of `data` to ``s3://BUCKET/resume`` dies after 17 chunks, once 3 parts have
+    landed; the upload state object's key and contents (closing the store records them)."""
+    url = f"s3://{bucket}/resume"
+    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as first:
+        await interrupted(Receiver(first), data, S3_OPTIONS, acks=17)
+        await parts_landed(s3_client, bucket, 3)
+    return _state(s3_client, bucket)
+
+
 @pytest.mark.parametrize("damage", sorted(S3_DAMAGES))
 async def test_s3_parts_that_differ_from_their_record_are_sent_again(
     damage: str, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
 ) -> None:
     data = payload(S3_SIZE, seed=21)
     url = f"s3://{s3_bucket}/resume"
-    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as first:
-        await interrupted(Receiver(first), data, S3_OPTIONS, acks=17)
-        await parts_landed(s3_client, s3_bucket, 3)  # closing the store records the state
-    key, state = _state(s3_client, s3_bucket)
+    key, state = await interrupted_on_s3(data, s3_bucket, s3_storage_options, s3_client)
     recorded = {int(n) for n in state["parts"]}
     # (part 3 may have landed without its answer reaching the receiver before it stopped)
     assert {1, 2} <= recorded <= {1, 2, 3}, state["parts"]
@@ -301,12 +302,13 @@ async def test_s3_parts_that_differ_from_their_record_are_sent_again(
     got = s3_client.get_object(Bucket=s3_bucket, Key=f"resume/{ID}")["Body"].read()
     assert got == data
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    sent = sent_ranges(net)
     for number in recorded | bad_parts:
         middle = (number - 1) * PART + PART // 2
         if number in bad_parts:
-            assert middle in net.sent, f"part {number} differs from its record: not sent again"
+            assert middle in sent, f"part {number} differs from its record: not sent again"
         else:
-            assert middle not in net.sent, f"intact part {number} was sent again"
+            assert middle not in sent, f"intact part {number} was sent again"
 
 
 async def test_s3_upload_aborted_behind_the_receivers_back(
@@ -315,10 +317,7 @@ async def test_s3_upload_aborted_behind_the_receivers_back(
     """The recorded upload is gone (aborted by a clean-up, say): the receiver starts afresh."""
     data = payload(S3_SIZE, seed=22)
     url = f"s3://{s3_bucket}/resume"
-    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as first:
-        await interrupted(Receiver(first), data, S3_OPTIONS, acks=17)
-        await parts_landed(s3_client, s3_bucket, 3)
-    _, state = _state(s3_client, s3_bucket)
+    _, state = await interrupted_on_s3(data, s3_bucket, s3_storage_options, s3_client)
     s3_client.abort_multipart_upload(
         Bucket=s3_bucket, Key=f"resume/{ID}", UploadId=state["upload_id"]
     )
@@ -326,7 +325,7 @@ async def test_s3_upload_aborted_behind_the_receivers_back(
         net = await resend(Receiver(store), data, S3_OPTIONS)
     got = s3_client.get_object(Bucket=s3_bucket, Key=f"resume/{ID}")["Body"].read()
     assert got == data
-    assert net.bytes >= len(data)
+    assert net.data_bytes >= len(data)
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
 
 
@@ -338,13 +337,8 @@ async def test_a_live_stream_taken_over_by_other_bytes_without_a_checksum(tmp_pa
     old, new = payload(SIZE, seed=14), payload(SIZE, seed=15)
     store = FsspecSnapshotStore(str(tmp_path / "r"))
     receiver = Receiver(store)
-    net = Counting(receiver, stop_after=ACKS)
-    with pytest.raises(ReplicationClosed):
-        await Chunked.send_snapshot(
-            net, V, Snapshot(SnapshotMeta(ID), io.BytesIO(old)), net.stopped.wait(), OPTIONS
-        )
-    net = Counting(receiver)
-    await Chunked.send_snapshot(net, V, Snapshot(SnapshotMeta(ID), io.BytesIO(new)), None, OPTIONS)
+    await interrupted(receiver, old, OPTIONS, ACKS, SnapshotMeta(ID))
+    await resend(receiver, new, OPTIONS, SnapshotMeta(ID))
     assert (tmp_path / "r" / ID).read_bytes() == new
 
 
@@ -352,16 +346,11 @@ async def test_a_restarted_receiver_resumes_nothing_without_a_checksum(tmp_path:
     """After a restart, partial data is resumed only for a snapshot named by its checksum."""
     data = payload(SIZE, seed=16)
     first = FsspecSnapshotStore(str(tmp_path / "r"))
-    net = Counting(Receiver(first), stop_after=ACKS)
-    with pytest.raises(ReplicationClosed):
-        await Chunked.send_snapshot(
-            net, V, Snapshot(SnapshotMeta(ID), io.BytesIO(data)), net.stopped.wait(), OPTIONS
-        )
-    await asyncio.sleep(0.2)
-    net = Counting(Receiver(FsspecSnapshotStore(str(tmp_path / "r"))))
-    await Chunked.send_snapshot(net, V, Snapshot(SnapshotMeta(ID), io.BytesIO(data)), None, OPTIONS)
+    await interrupted(Receiver(first), data, OPTIONS, ACKS, SnapshotMeta(ID))
+    second = Receiver(FsspecSnapshotStore(str(tmp_path / "r")))
+    net = await resend(second, data, OPTIONS, SnapshotMeta(ID))
     assert (tmp_path / "r" / ID).read_bytes() == data
-    assert net.bytes == len(data)
+    assert net.data_bytes == len(data)
     await first.abort(ID)
 
 
@@ -376,7 +365,7 @@ def test_a_released_local_sink_writes_its_journal_down(tmp_path: Path) -> None:
         store = FsspecSnapshotStore(str(tmp_path / "r"))
         net = await resend(Receiver(store), data, OPTIONS)
         assert (tmp_path / "r" / ID).read_bytes() == data
-        assert net.bytes <= len(data) - (ACKS - 2) * CHUNK
+        assert net.data_bytes <= len(data) - (ACKS - 2) * CHUNK
 
     journal.QUIET_COMMIT, saved = 60.0, journal.QUIET_COMMIT  # no commit but the release's
     journal.SYNC_INTERVAL, saved_interval = 60.0, journal.SYNC_INTERVAL
@@ -397,10 +386,7 @@ async def test_s3_part_crc_spoiled_where_the_bucket_cannot_tell(
 
     data = payload(S3_SIZE, seed=23)
     url = f"s3://{s3_bucket}/resume"
-    async with FsspecSnapshotStore(url, part_size=PART, **s3_storage_options) as first:
-        await interrupted(Receiver(first), data, S3_OPTIONS, acks=17)
-        await parts_landed(s3_client, s3_bucket, 3)
-    key, state = _state(s3_client, s3_bucket)
+    key, state = await interrupted_on_s3(data, s3_bucket, s3_storage_options, s3_client)
     crc = (state["parts"]["2"][2] + 1) % 2**32
     state["parts"]["2"][1:] = [crc32c_header(crc), crc]
     s3_client.put_object(Bucket=s3_bucket, Key=key, Body=json.dumps(state).encode())

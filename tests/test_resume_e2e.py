@@ -10,22 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from fstransport import RetryExhausted, RetryPolicy, TransferOptions
-from fstransport.http.client import HttpNetwork
+from fstransport import RetryExhausted, RetryPolicy
 from fstransport.options import MiB
-from fstransport.transfer import ship
 from tests.conftest import payload
 from tests.test_http_e2e import (
     CHUNK,
     SHIP_TIMEOUT,
     WINDOW,
-    Acked,
     StartServer,
-    checksum_of,
     files_under,
-    kill_when_acked,
+    killed_mid_transfer,
     serve,
-    slow_options,
+    ship_again,
 )
 
 __all__ = ["serve"]  # (the fixture, imported for pytest)
@@ -63,21 +59,12 @@ async def test_a_partial_damaged_after_a_server_was_killed_is_not_installed(
     root = tmp_path / "received"
     first = serve(str(root), "--no-auth")
     impatient = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05)
-    acked = Acked(at=KILL_AT)
-    async with HttpNetwork(first.url) as net:
-        transfer = asyncio.ensure_future(
-            ship(
-                str(source), "snap.bin", network=net, options=slow_options(impatient),
-                progress=acked, checksum=checksum_of(data),
-            )
-        )  # fmt: skip
-        try:
-            acked_at_kill = await kill_when_acked(first, acked, transfer)
-            with pytest.raises(RetryExhausted):
-                await asyncio.wait_for(transfer, SHIP_TIMEOUT)
-        finally:
-            transfer.cancel()
-            await asyncio.gather(transfer, return_exceptions=True)
+    async with killed_mid_transfer(first, source, data, impatient, KILL_AT) as (
+        transfer,
+        acked_at_kill,
+    ):
+        with pytest.raises(RetryExhausted):
+            await asyncio.wait_for(transfer, SHIP_TIMEOUT)
     partial = root / ".fstransport" / "partial" / "snap.bin"
     assert partial.stat().st_size >= acked_at_kill - WINDOW * CHUNK
     if damage == "flip":
@@ -87,13 +74,7 @@ async def test_a_partial_damaged_after_a_server_was_killed_is_not_installed(
         damaged_at = 2 * MiB + 7
         truncate(partial, damaged_at)
     second = serve(str(root), "--no-auth", port=first.port)
-    options = TransferOptions(chunk_size=CHUNK, max_in_flight=WINDOW)
-    async with HttpNetwork(second.url) as net:
-        report = await asyncio.wait_for(
-            ship(str(source), "snap.bin", network=net, options=options,
-                 checksum=checksum_of(data)),
-            SHIP_TIMEOUT,
-        )  # fmt: skip
+    report = await ship_again(second, source, data)
     assert (root / "snap.bin").read_bytes() == data
     assert files_under(root) == {"snap.bin"}
     held = held_when_resumed(second.stderr())

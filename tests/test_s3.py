@@ -38,22 +38,24 @@ from fstransport.storage.source import open_source
 from fstransport.testing import S3Flavor
 from fstransport.testing.mock import MockNetwork, deliver_to
 from tests.conftest import payload
+from tests.helpers import keys, object_bytes, uploads
 
 PART = 5 * MiB
 
 
-def object_bytes(client: Any, bucket: str, key: str) -> bytes:
-    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return body
+def record_sinks(store: FsspecSnapshotStore) -> list[MultipartSink]:
+    """The multipart sinks `store` begins from now on, in order."""
+    sinks: list[MultipartSink] = []
+    original_begin = store.begin
 
+    async def recording_begin(meta: SnapshotMeta) -> Any:
+        sink = await original_begin(meta)
+        assert isinstance(sink, MultipartSink)
+        sinks.append(sink)
+        return sink
 
-def keys(client: Any, bucket: str) -> list[str]:
-    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def uploads(client: Any, bucket: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-    return found
+    store.begin = recording_begin  # type: ignore[method-assign]
+    return sinks
 
 
 def mismatch_once(receiver: Receiver, after: int, expect: int) -> MockNetwork:
@@ -190,19 +192,10 @@ async def test_mismatch_rewind_reuploads_parts_already_sent(
     s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
 ) -> None:
     data = payload(4 * PART + 100, seed=5)
-    sinks: list[MultipartSink] = []
     async with FsspecSnapshotStore(
         f"s3://{s3_bucket}/p", part_size=PART, **s3_storage_options
     ) as store:
-        original_begin = store.begin
-
-        async def recording_begin(meta: SnapshotMeta) -> Any:
-            sink = await original_begin(meta)
-            assert isinstance(sink, MultipartSink)
-            sinks.append(sink)
-            return sink
-
-        store.begin = recording_begin  # type: ignore[method-assign]
+        sinks = record_sinks(store)
         chunk = MiB
         rewind_to = PART + 2 * MiB  # in the middle of part 2, after parts 1..3 were sent
         net = await send_to_s3(
@@ -385,16 +378,7 @@ async def test_bucket_gets_the_whole_objects_checksum(
     async with FsspecSnapshotStore(
         f"s3://{s3_bucket}/p", part_size=PART, full_object_checksum=True, **s3_storage_options
     ) as store:
-        sinks: list[MultipartSink] = []
-        original_begin = store.begin
-
-        async def recording_begin(meta: SnapshotMeta) -> Any:
-            sink = await original_begin(meta)
-            assert isinstance(sink, MultipartSink)
-            sinks.append(sink)
-            return sink
-
-        store.begin = recording_begin  # type: ignore[method-assign]
+        sinks = record_sinks(store)
         await send_to_s3(data, store, "snap", TransferOptions(chunk_size=MiB))
     assert object_bytes(s3_client, s3_bucket, "p/snap") == data
     head = s3_client.head_object(Bucket=s3_bucket, Key="p/snap", ChecksumMode="ENABLED")

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import s3fs
 
 from fstransport import (
     ChecksumMismatch,
@@ -22,6 +19,7 @@ from fstransport import (
     SourceChanged,
     StorageError,
     TransferOptions,
+    TransferReport,
     ship,
 )
 from fstransport.checksum import chunk_crc, format_checksum
@@ -41,44 +39,24 @@ from fstransport.storage.s3_copy import (
 from fstransport.storage.store import FsspecSnapshotStore
 from fstransport.testing import S3TestServer
 from tests.conftest import payload
+from tests.helpers import keys, object_bytes, s3_calls, uploads
 from tests.test_cli import run as run_cli
 
 FAST = TransferOptions(retry=RetryPolicy(max_attempts=2, initial_backoff=0.0, jitter=0.0))
 SMALL_PARTS = {"part_size": MIN_PART_SIZE, "upload_concurrency": 3}
 
 
-def uploads(client: Any, bucket: str) -> list[Any]:
-    return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
-
-
-def keys(client: Any, bucket: str) -> list[str]:
-    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def object_bytes(client: Any, bucket: str, key: str) -> bytes:
-    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return body
-
-
-@contextmanager
-def s3_calls(answer: Any = None, before: Any = None) -> Iterator[Counter[str]]:
-    """Count this process's S3 operations; `before(method, kwargs)` runs ahead of each call and
-    `answer(method, kwargs, response)` may change each answer (a server double)."""
-    calls: Counter[str] = Counter()
-    real = s3fs.S3FileSystem._call_s3
-
-    async def recording(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        calls[method] += 1
-        if before is not None:
-            await before(method, kwargs)
-        response = await real(self, method, *args, **kwargs)
-        return answer(method, kwargs, response) if answer is not None else response
-
-    s3fs.S3FileSystem._call_s3 = recording
-    try:
-        yield calls
-    finally:
-        s3fs.S3FileSystem._call_s3 = real
+def copy_within(
+    bucket: str, s3_options: dict[str, Any], **kwargs: Any
+) -> Awaitable[TransferReport]:
+    """ship() of ``s3://BUCKET/src.bin`` to ``s3://BUCKET/copy.bin``, both with `s3_options`."""
+    return ship(
+        f"s3://{bucket}/src.bin",
+        f"s3://{bucket}/copy.bin",
+        source_options=s3_options,
+        target_options=s3_options,
+        **kwargs,
+    )
 
 
 def reporting_crcs(data: bytes, wrong_part: int | None = None) -> Any:
@@ -215,13 +193,7 @@ async def test_copy_verified_by_part_crcs_against_the_stored_checksum(
         Bucket=s3_bucket, Key="src.bin", Body=data, ChecksumCRC32C=crc32c_header(crc)
     )
     with s3_calls(answer=reporting_crcs(data)) as calls:
-        report = await ship(
-            f"s3://{s3_bucket}/src.bin",
-            f"s3://{s3_bucket}/copy.bin",
-            source_options=s3_storage_options,
-            target_options=s3_storage_options,
-            store_options=SMALL_PARTS,
-        )
+        report = await copy_within(s3_bucket, s3_storage_options, store_options=SMALL_PARTS)
     assert report.server_side
     assert report.checksum == format_checksum(crc)
     assert calls["head_object"] == 2  # before the copy, and once more before completing it
@@ -239,13 +211,7 @@ async def test_copy_refuted_by_a_part_crc_is_a_mismatch_and_leaves_nothing(
         Bucket=s3_bucket, Key="src.bin", Body=data, ChecksumCRC32C=crc32c_header(chunk_crc(data))
     )
     with s3_calls(answer=reporting_crcs(data, wrong_part=2)), pytest.raises(ChecksumMismatch):
-        await ship(
-            f"s3://{s3_bucket}/src.bin",
-            f"s3://{s3_bucket}/copy.bin",
-            source_options=s3_storage_options,
-            target_options=s3_storage_options,
-            store_options=SMALL_PARTS,
-        )
+        await copy_within(s3_bucket, s3_storage_options, store_options=SMALL_PARTS)
     assert keys(s3_client, s3_bucket) == ["src.bin"]
     assert uploads(s3_client, s3_bucket) == []
 
@@ -259,11 +225,9 @@ async def test_unprovable_copy_is_streamed_unless_asked_for(
     data = payload(2 * MIN_PART_SIZE + 5, seed=5)
     s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=data)
     with s3_calls() as calls:
-        report = await ship(
-            f"s3://{s3_bucket}/src.bin",
-            f"s3://{s3_bucket}/copy.bin",
-            source_options=s3_storage_options,
-            target_options=s3_storage_options,
+        report = await copy_within(
+            s3_bucket,
+            s3_storage_options,
             store_options=SMALL_PARTS,
             checksum=format_checksum(chunk_crc(data)),
         )
@@ -281,12 +245,7 @@ async def test_source_without_a_stored_checksum_is_streamed_without_trying(
     data = payload(MIN_PART_SIZE + 5, seed=6)
     s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=data)
     with s3_calls() as calls:
-        report = await ship(
-            f"s3://{s3_bucket}/src.bin",
-            f"s3://{s3_bucket}/copy.bin",
-            source_options=s3_storage_options,
-            target_options=s3_storage_options,
-        )
+        report = await copy_within(s3_bucket, s3_storage_options)
     assert not report.server_side
     assert calls["upload_part_copy"] == calls["copy_object"] == 0
     assert calls["create_multipart_upload"] <= 1  # only the streamed upload's, if any
@@ -302,14 +261,8 @@ async def test_failed_copy_aborts_its_upload(
         flaky_s3(1.0, seed=1, operations=frozenset({"upload_part_copy"})) as faults,
         pytest.raises(StorageError),
     ):
-        await ship(
-            f"s3://{s3_bucket}/src.bin",
-            f"s3://{s3_bucket}/copy.bin",
-            source_options=s3_storage_options,
-            target_options=s3_storage_options,
-            store_options=SMALL_PARTS,
-            options=FAST,
-            server_side=True,
+        await copy_within(
+            s3_bucket, s3_storage_options, store_options=SMALL_PARTS, options=FAST, server_side=True
         )
     assert faults.injected["upload_part_copy"] >= 2  # retried, then given up
     assert keys(s3_client, s3_bucket) == ["src.bin"]
@@ -330,14 +283,7 @@ async def test_cancelled_copy_aborts_its_upload(
 
     with s3_calls(before=stall_part_3) as calls:
         task = asyncio.ensure_future(
-            ship(
-                f"s3://{s3_bucket}/src.bin",
-                f"s3://{s3_bucket}/copy.bin",
-                source_options=s3_storage_options,
-                target_options=s3_storage_options,
-                store_options=SMALL_PARTS,
-                server_side=True,
-            )
+            copy_within(s3_bucket, s3_storage_options, store_options=SMALL_PARTS, server_side=True)
         )
         await asyncio.wait_for(stalled.wait(), 30)
         task.cancel()
@@ -359,11 +305,9 @@ async def test_source_replaced_mid_copy_is_a_typed_error_and_leaves_nothing(
             s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=payload(len(data), 10))
 
     with s3_calls(before=replace_after_part_2), pytest.raises(SourceChanged):
-        await ship(
-            f"s3://{s3_bucket}/src.bin",
-            f"s3://{s3_bucket}/copy.bin",
-            source_options=s3_storage_options,
-            target_options=s3_storage_options,
+        await copy_within(
+            s3_bucket,
+            s3_storage_options,
             store_options={"part_size": MIN_PART_SIZE, "upload_concurrency": 1},
             server_side=True,
         )
@@ -460,12 +404,6 @@ async def test_named_checksum_against_the_stored_one_refuses_before_copying(
     s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=data)
     wrong = format_checksum(chunk_crc(data) ^ 1)
     with s3_calls(answer=reporting_crcs(data)) as calls, pytest.raises(ChecksumMismatch):
-        await ship(
-            f"s3://{s3_bucket}/src.bin",
-            f"s3://{s3_bucket}/copy.bin",
-            source_options=s3_storage_options,
-            target_options=s3_storage_options,
-            checksum=wrong,
-        )
+        await copy_within(s3_bucket, s3_storage_options, checksum=wrong)
     assert calls["upload_part_copy"] == calls["create_multipart_upload"] == 0
     assert keys(s3_client, s3_bucket) == ["src.bin"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import s3fs
 
 from fstransport import (
     ConfigurationError,
@@ -29,6 +29,7 @@ from fstransport.storage.s3 import S3StreamSource
 from fstransport.storage.s3_ranged import S3RangedSource, open_s3_source
 from fstransport.storage.source import open_source
 from tests.conftest import payload
+from tests.helpers import s3_calls, uploads
 from tests.test_s3 import mismatch_once
 
 PART = 256 * KiB
@@ -57,18 +58,16 @@ def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def gets(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+def gets() -> Iterator[list[dict[str, Any]]]:
     """The parameters of every ``get_object`` this process's s3fs clients make."""
     seen: list[dict[str, Any]] = []
-    real = s3fs.S3FileSystem._call_s3
 
-    async def recording(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def recording(method: str, kwargs: dict[str, Any]) -> None:
         if method == "get_object":
             seen.append(dict(kwargs))
-        return await real(self, method, *args, **kwargs)
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", recording)
-    return seen
+    with s3_calls(before=recording):
+        yield seen
 
 
 class BreakingBody:
@@ -93,10 +92,8 @@ class BreakingBody:
 def break_gets(breaks: dict[int, int]) -> Iterator[list[str]]:
     """Make the GET whose range starts at offset `o` break after ``breaks[o]`` bytes, once."""
     ranges: list[str] = []
-    real = s3fs.S3FileSystem._call_s3
 
-    async def breaking(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        response = await real(self, method, *args, **kwargs)
+    def breaking(method: str, kwargs: dict[str, Any], response: Any) -> Any:
         if method == "get_object":
             ranges.append(str(kwargs.get("Range")))
             first = int(str(kwargs.get("Range", "bytes=0-")).split("=")[1].split("-")[0])
@@ -104,15 +101,24 @@ def break_gets(breaks: dict[int, int]) -> Iterator[list[str]]:
                 response["Body"] = BreakingBody(response["Body"], breaks.pop(first))
         return response
 
-    s3fs.S3FileSystem._call_s3 = breaking
-    try:
+    with s3_calls(answer=breaking):
         yield ranges
-    finally:
-        s3fs.S3FileSystem._call_s3 = real
 
 
-def uploads(client: Any, bucket: str) -> list[Any]:
-    return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+@contextmanager
+def replaced_when_read(client: Any, bucket: str, key: str, at: int, body: bytes) -> Iterator[Any]:
+    """A writer replaces the object `key` with `body` just before the first GET of a range that
+    starts at offset `at`; the yielded namespace's ``replaced`` says whether that happened."""
+    seen = types.SimpleNamespace(replaced=False)
+
+    async def replacing(method: str, kwargs: dict[str, Any]) -> None:
+        starts_at = str(kwargs.get("Range", "")).startswith(f"bytes={at}-")
+        if method == "get_object" and starts_at and not seen.replaced:
+            seen.replaced = True
+            client.put_object(Bucket=bucket, Key=key, Body=body)
+
+    with s3_calls(before=replacing):
+        yield seen
 
 
 async def open_ranged(
@@ -300,32 +306,18 @@ async def test_source_replaced_mid_transfer_is_a_typed_error_and_nothing_lands(
 ) -> None:
     data = payload(12 * PART, seed=8)
     s3_client.put_object(Bucket=s3_bucket, Key="c.bin", Body=data)
-    real = s3fs.S3FileSystem._call_s3
-    replaced = False
-
-    async def replacing(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        nonlocal replaced
-        if (
-            method == "get_object"
-            and not replaced
-            and kwargs["Range"].startswith(f"bytes={6 * PART}")
-        ):
-            replaced = True  # a writer replaces the object while it is being read
-            s3_client.put_object(Bucket=s3_bucket, Key="c.bin", Body=payload(12 * PART, seed=9))
-        return await real(self, method, *args, **kwargs)
-
-    s3fs.S3FileSystem._call_s3 = replacing
-    try:
-        with pytest.raises(SourceChanged) as caught:
-            await ship(
-                f"s3://{s3_bucket}/c.bin",
-                str(tmp_path / "c.bin"),
-                source_options=s3_storage_options,
-                options=ranged_options(),
-            )
-    finally:
-        s3fs.S3FileSystem._call_s3 = real
-    assert replaced
+    new = payload(12 * PART, seed=9)
+    with (
+        replaced_when_read(s3_client, s3_bucket, "c.bin", 6 * PART, new) as seen,
+        pytest.raises(SourceChanged) as caught,
+    ):
+        await ship(
+            f"s3://{s3_bucket}/c.bin",
+            str(tmp_path / "c.bin"),
+            source_options=s3_storage_options,
+            options=ranged_options(),
+        )
+    assert seen.replaced
     assert isinstance(caught.value, StorageError)
     assert not caught.value.retryable
     assert not (tmp_path / "c.bin").exists()
@@ -338,35 +330,20 @@ async def test_source_replaced_mid_transfer_to_s3_leaves_no_object_or_upload(
 ) -> None:
     data = payload(24 * PART, seed=10)
     s3_client.put_object(Bucket=s3_bucket, Key="c.bin", Body=data)
-    real = s3fs.S3FileSystem._call_s3
-    replaced = False
-
-    async def replacing(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        nonlocal replaced
-        if (
-            method == "get_object"
-            and not replaced
-            and kwargs["Range"].startswith(f"bytes={20 * PART}")
-        ):
-            replaced = True
-            s3_client.put_object(Bucket=s3_bucket, Key="c.bin", Body=b"new")
-        return await real(self, method, *args, **kwargs)
-
-    s3fs.S3FileSystem._call_s3 = replacing
-    try:
-        with pytest.raises(SourceChanged):
-            await ship(
-                f"s3://{s3_bucket}/c.bin",
-                f"s3://{s3_bucket}/copy.bin",
-                source_options=s3_storage_options,
-                target_options=s3_storage_options,
-                store_options={"part_size": 5 * MiB},
-                options=ranged_options(chunk_size=PART),
-                server_side=False,
-            )
-    finally:
-        s3fs.S3FileSystem._call_s3 = real
-    assert replaced
+    with (
+        replaced_when_read(s3_client, s3_bucket, "c.bin", 20 * PART, b"new") as seen,
+        pytest.raises(SourceChanged),
+    ):
+        await ship(
+            f"s3://{s3_bucket}/c.bin",
+            f"s3://{s3_bucket}/copy.bin",
+            source_options=s3_storage_options,
+            target_options=s3_storage_options,
+            store_options={"part_size": 5 * MiB},
+            options=ranged_options(chunk_size=PART),
+            server_side=False,
+        )
+    assert seen.replaced
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert keys == ["c.bin"]
     assert uploads(s3_client, s3_bucket) == []

@@ -12,6 +12,7 @@ from fstransport import FsspecSnapshotStore, TransferOptions, ship
 from fstransport.options import MiB
 from fstransport.protocol.parts import PartAssembler
 from tests.conftest import payload
+from tests.helpers import object_bytes
 
 
 @pytest.fixture
@@ -40,11 +41,6 @@ def assemblers(monkeypatch: pytest.MonkeyPatch) -> list[PartAssembler]:
 
     monkeypatch.setattr(PartAssembler, "__init__", recording)
     return made
-
-
-def object_bytes(client: Any, bucket: str, key: str) -> bytes:
-    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return body
 
 
 def all_keys(client: Any, bucket: str) -> list[str]:

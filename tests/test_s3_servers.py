@@ -19,7 +19,7 @@ from fstransport import (
 )
 from fstransport.options import MiB
 from fstransport.testing import S3Flavor, S3TestServer, probe_flavor
-from fstransport.testing.s3 import _remove_bucket
+from fstransport.testing.s3_server import _remove_bucket
 from tests.conftest import payload
 
 pytest_plugins = ["pytester"]

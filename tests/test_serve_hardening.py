@@ -36,40 +36,13 @@ from fstransport.cli.serve import server_token
 from fstransport.http.client import HttpNetwork
 from fstransport.options import KiB, MiB
 from tests.conftest import S3_ENV, payload
-from tests.test_http_e2e import EXE, START_TIMEOUT, ServerProcess, clean_environ, run_cli
+from tests.test_http_e2e import EXE, ServerProcess, StartServer, clean_environ, run_cli, serve
 
 TOKEN = "hard3ned-t0ken"
 
-Serve = Callable[..., ServerProcess]
+Serve = StartServer
 
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Serve]:
-    """``serve(root, *args, env=None, fsize=None)``: a running ``fstransport serve`` on
-    127.0.0.1 (with RLIMIT_FSIZE `fsize` bytes, if given); every one killed at teardown."""
-    assert EXE is not None
-    servers: list[ServerProcess] = []
-
-    def start(
-        root: Path | str, *args: str, env: dict[str, str] | None = None, fsize: int | None = None
-    ) -> ServerProcess:
-        argv = [EXE, "--debug", "serve", str(root), "--host", "127.0.0.1", "--port", "0", *args]
-        if fsize is not None:  # the limit of the server process alone, set before it runs
-            limit = f"resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize}, {fsize}))"
-            argv = [sys.executable, "-c", f"import os, resource, sys; {limit}; "
-                    "os.execv(sys.argv[1], sys.argv[1:])", *argv]  # fmt: skip
-        server = ServerProcess(
-            argv, tmp_path / f"serve-{len(servers)}.log", {**clean_environ(), **(env or {})}
-        )
-        servers.append(server)
-        server.read_url(START_TIMEOUT)
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            server.kill()
+__all__ = ["serve"]  # (the fixture, imported for pytest)
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], code: int, message: str) -> str:

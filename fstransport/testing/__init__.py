@@ -7,12 +7,14 @@ brings moto):
 - ``s3_server``, ``s3_endpoint`` (and its older name ``moto_server``), ``s3_server_kind``,
   ``s3_flavor``, ``s3_storage_options``, ``s3_bucket``, ``s3_client``: an S3 server for tests,
   moto over real HTTP on 127.0.0.1, or any endpoint named by ``FSTRANSPORT_TEST_S3_ENDPOINT``
-  (see `fstransport.testing.s3`).
+  (see `fstransport.testing.s3`; the servers themselves, `S3TestServer` and `S3Flavor`, are
+  described in `fstransport.testing.s3_server`).
 
 And, to import:
 
 - `MockNetwork`: a `Network` whose requests go to a function of yours (with the handlers
-  `deliver_to`, `answer`, `hang`, `fail`), in `fstransport.testing.mock`;
+  `deliver_to`, `answer`, `hang`, `fail`), in `fstransport.testing.mock` (which also holds
+  the combinators `after`, `before` and `stop_after`);
 - `FakeClock`: virtual time for asyncio, so backoffs and TTLs take no real time
   (`fstransport.testing.clock`);
 - `fstransport.testing.network_suite.NetworkSuite` and

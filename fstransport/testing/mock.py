@@ -9,7 +9,9 @@ at once (`max_in_flight`).
 
 Handlers for the common cases: `deliver_to` (a real `Receiver`, its errors as `RemoteError`, as
 `LoopbackNetwork` reports them), `answer` (acknowledge with the request's vote, deliver nothing),
-`hang` (never answer), `fail` (raise the same error every time).
+`hang` (never answer), `fail` (raise the same error every time); and to combine them: `after`
+(one handler for the first requests, another for the rest: a link that dies halfway), `before`
+(look at or act on each request first), `stop_after` (a sender that dies after so many answers).
 """
 
 from __future__ import annotations
@@ -26,7 +28,18 @@ from fstransport.options import TransferOptions
 if TYPE_CHECKING:
     from fstransport.receiver import Receiver
 
-__all__ = ["Handler", "MockNetwork", "Seen", "answer", "deliver_to", "fail", "hang"]
+__all__ = [
+    "Handler",
+    "MockNetwork",
+    "Seen",
+    "after",
+    "answer",
+    "before",
+    "deliver_to",
+    "fail",
+    "hang",
+    "stop_after",
+]
 
 Handler = Callable[
     [InstallSnapshotRequest], "InstallSnapshotResponse | Awaitable[InstallSnapshotResponse]"
@@ -69,6 +82,11 @@ class MockNetwork:
         return [Seen(req.offset, len(req.data), req.done) for req in self.requests]
 
     @property
+    def data_bytes(self) -> int:
+        """How many bytes of chunk data the requests carried together."""
+        return sum(len(req.data) for req in self.requests)
+
+    @property
     def offsets(self) -> list[int]:
         """The offsets of the requests, in the order they arrived."""
         return [req.offset for req in self.requests]
@@ -80,9 +98,7 @@ class MockNetwork:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            answer = self.handler(req)
-            if inspect.isawaitable(answer):
-                answer = await answer
+            answer = await _answer_with(self.handler, req)
         except Exception as exc:
             self.errors.append(exc)
             raise
@@ -133,3 +149,57 @@ def fail(error: BaseException) -> Callable[[InstallSnapshotRequest], InstallSnap
         raise error
 
     return refuse
+
+
+async def _answer_with(handler: Handler, req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+    answer = handler(req)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer
+
+
+def after(n: int, first: Handler, then: Handler) -> Handler:
+    """A handler that gives the first `n` requests to `first` and every later one to `then`:
+    ``after(3, deliver_to(receiver), fail(Unreachable("gone")))`` is a link that dies halfway."""
+    count = 0
+
+    async def switch(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        nonlocal count
+        count += 1
+        return await _answer_with(first if count <= n else then, req)
+
+    return switch
+
+
+def before(
+    look: Callable[[InstallSnapshotRequest], object], handler: Handler
+) -> Callable[[InstallSnapshotRequest], Awaitable[InstallSnapshotResponse]]:
+    """A handler that shows each request to `look` first (which may check it, raise, or change
+    the world, such as damaging a staged object), then lets `handler` answer it."""
+
+    async def looked(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        look(req)
+        return await _answer_with(handler, req)
+
+    return looked
+
+
+def stop_after(
+    answers: int, handler: Handler, stopped: asyncio.Event
+) -> Callable[[InstallSnapshotRequest], Awaitable[InstallSnapshotResponse]]:
+    """A handler that lets `handler` answer until it has answered `answers` requests, then sets
+    `stopped` and never answers again: a sender that dies without a word, when it is given
+    ``stopped.wait()`` as the signal to stop."""
+    answered = 0
+
+    async def counted(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        nonlocal answered
+        if stopped.is_set():
+            return await hang(req)
+        response = await _answer_with(handler, req)
+        answered += 1
+        if answered >= answers:
+            stopped.set()
+        return response
+
+    return counted

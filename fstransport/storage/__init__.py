@@ -11,7 +11,9 @@ from fstransport._lazy import lazy_exports
 from fstransport.storage.base import ChunkSource, SnapshotSink, SnapshotStore
 
 if TYPE_CHECKING:
-    from fstransport.storage.sink import MemorySink, PwriteSink, SeekableFileSink
+    from fstransport.storage.backends.files import SeekableFileSink
+    from fstransport.storage.backends.local.sink import PwriteSink
+    from fstransport.storage.backends.memory import MemorySink
     from fstransport.storage.source import (
         AsyncFsSource,
         BufferSource,
@@ -29,10 +31,10 @@ else:
             "BufferSource": "fstransport.storage.source",
             "FileObjectSource": "fstransport.storage.source",
             "FsspecSnapshotStore": "fstransport.storage.store",
-            "MemorySink": "fstransport.storage.sink",
+            "MemorySink": "fstransport.storage.backends.memory",
             "PreadSource": "fstransport.storage.source",
-            "PwriteSink": "fstransport.storage.sink",
-            "SeekableFileSink": "fstransport.storage.sink",
+            "PwriteSink": "fstransport.storage.backends.local.sink",
+            "SeekableFileSink": "fstransport.storage.backends.files",
             "open_source": "fstransport.storage.source",
             "source_for_file": "fstransport.storage.source",
         },

@@ -33,7 +33,11 @@ from fstransport.errors import ChecksumMismatch, ConfigurationError, SourceChang
 from fstransport.options import MiB, RetryPolicy
 from fstransport.protocol.parts import MAX_PARTS, MIN_PART_SIZE, choose_part_size
 from fstransport.storage._errors import retrying
-from fstransport.storage.s3 import crc32c_header, precondition_failed, source_changed
+from fstransport.storage.backends.s3.client import (
+    crc32c_header,
+    precondition_failed,
+    source_changed,
+)
 
 __all__ = [
     "DEFAULT_COPY_CONCURRENCY",

@@ -18,9 +18,9 @@ rules:
   and each answer's ETag is compared too: an object replaced mid-transfer ends the read in
   `SourceChanged`, never in bytes of two versions.
 
-`open_s3_source` picks this source for objects of at least `threshold` bytes and the one-GET
-`S3StreamSource` below that (and for servers that read the whole object for every GET, as moto
-does, where ranged reads cost more than they bring; see ``docs/s3.md``).
+`open_s3_source` (in the S3 backend) picks this source for objects of at least `threshold`
+bytes and the one-GET `S3StreamSource` below that (and for servers that read the whole object
+for every GET, as moto does, where ranged reads cost more than they bring; see ``docs/s3.md``).
 """
 
 from __future__ import annotations
@@ -36,21 +36,19 @@ from fstransport.messages import Buffer
 from fstransport.options import MiB, RetryPolicy
 from fstransport.protocol.parts import HandedOver
 from fstransport.storage._aio import close_async_filesystem
-from fstransport.storage.s3 import (
-    S3StreamSource,
+from fstransport.storage.backends.s3.client import (
     check_etag,
     precondition_failed,
-    s3_object_info,
     source_changed,
-    split_bucket_key,
 )
+from fstransport.storage.backends.s3.stream import S3StreamSource
 
 __all__ = [
     "DEFAULT_RANGED_THRESHOLD",
     "DEFAULT_READ_PART_SIZE",
     "DEFAULT_READ_STREAMS",
     "S3RangedSource",
-    "open_s3_source",
+    "check_read_options",
 ]
 
 log = logging.getLogger("fstransport.s3")
@@ -76,28 +74,6 @@ def check_read_options(streams: int, part_size: int, threshold: int) -> None:
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigurationError(f"{name} must be a whole number >= {least}, got {value!r}")
-
-
-async def open_s3_source(
-    url: str,
-    storage_options: dict[str, Any],
-    *,
-    streams: int = DEFAULT_READ_STREAMS,
-    part_size: int = DEFAULT_READ_PART_SIZE,
-    threshold: int = DEFAULT_RANGED_THRESHOLD,
-) -> S3StreamSource | S3RangedSource:
-    """The S3 object at `url`, opened for reading: with `streams` ranged GETs of `part_size`
-    bytes when it holds at least `threshold` bytes and `streams` > 1, else with one GET."""
-    check_read_options(streams, part_size, threshold)
-    fs, info = await s3_object_info(url, storage_options)
-    bucket, key = split_bucket_key(fs._strip_protocol(url))
-    size = int(info["size"])
-    etag = info.get("ETag") or None
-    if streams > 1 and size >= threshold and size > part_size:
-        return S3RangedSource(
-            fs, bucket, key, size, url, etag=etag, streams=streams, part_size=part_size
-        )
-    return S3StreamSource(fs, bucket, key, size, url, etag)
 
 
 class S3RangedSource:

@@ -36,11 +36,16 @@ from fstransport.protocol.ranges import ChunkLedger, ChunkRecord
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.backends import backend_class
+from fstransport.storage.backends.s3.client import full_object_default
 from fstransport.storage.backends.s3.multipart import DEFAULT_UPLOADS
-from fstransport.storage.base import SnapshotSink, SnapshotStore  # SnapshotStore kept here
+from fstransport.storage.base import (  # SnapshotStore kept importable from here
+    SnapshotSink,
+    SnapshotStore,
+    VerifyingSink,
+)
 from fstransport.storage.journal import resumable
 from fstransport.storage.layout import FOLDERS, JOURNAL_DIR, PACKED_DIR, PARTIAL_DIR
-from fstransport.tree import TREE, read_table
+from fstransport.tree import TREE
 
 __all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
 
@@ -61,6 +66,36 @@ def _check_type(name: str, value: object, *kinds: type | None) -> None:
         raise ConfigurationError(f"{name} must be {wanted}, got {value!r}")
 
 
+def _open(url: str, fs: Any, storage_options: dict[str, Any]) -> tuple[Any, str, str]:
+    """The filesystem, the root path in it and the URL of a store at `url` (a path in `fs`
+    when a filesystem is given)."""
+    if fs is not None:
+        if storage_options:
+            raise ConfigurationError("storage options go to `filesystem` when it is opened")
+        return fs, url, fs.unstrip_protocol(url)
+    with storage_errors(url, "open"):
+        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+    return fs, root, url
+
+
+def _check_options(
+    sink: str,
+    part_size: int | None,
+    fsync: bool,
+    full_object_checksum: bool | None,
+    upload_concurrency: int,
+) -> None:
+    """`ConfigurationError` for options no store takes (the backend checks the rest)."""
+    _check_type("upload_concurrency", upload_concurrency, int)
+    _check_type("part_size", part_size, int, None)
+    _check_type("fsync", fsync, bool)
+    _check_type("full_object_checksum", full_object_checksum, bool, None)
+    if upload_concurrency < 1:
+        raise ConfigurationError(f"upload_concurrency must be at least 1, got {upload_concurrency}")
+    if sink not in ("auto", "seekable", "sequential", "multipart"):
+        raise ConfigurationError(f"unknown sink kind {sink!r}")
+
+
 class FsspecSnapshotStore:
     """A `SnapshotStore` in any fsspec location: ``FsspecSnapshotStore("s3://b/p", **options)``.
 
@@ -74,12 +109,12 @@ class FsspecSnapshotStore:
     snapshot to disk before it is installed.  `retry` is how transient storage failures (5xx,
     SlowDown, connection resets) are retried before they surface as `StorageError`.
     `full_object_checksum` asks S3 to verify each object's whole CRC32C too, where the server
-    takes it (see the property of that name for the default).  `filesystem`: an fsspec
-    filesystem already open, in which `root_url` is a path (no `storage_options` then).
+    takes it (default: on for AWS, off for other endpoints; see `S3Backend`).  `filesystem`:
+    an fsspec filesystem already open, in which `root_url` is a path (no `storage_options`).
 
-    On S3 a snapshot is uploaded straight to ``root/<snapshot_id>`` and appears there when the
-    upload completes, after the final chunk was verified; there is no rename on S3.  Close the
-    store with ``await store.close()`` (or ``async with``) to release its S3 connections.
+    On S3 a snapshot appears at ``root/<snapshot_id>`` when its upload completes, after the
+    final chunk was verified.  ``await store.close()`` (or ``async with``) releases its
+    connections and lets go of the transfers in progress (see `close`).
     """
 
     accepts_trees = True
@@ -98,31 +133,15 @@ class FsspecSnapshotStore:
         filesystem: Any = None,
         **storage_options: Any,
     ) -> None:
-        if filesystem is None:
-            url = root_url
-            with storage_errors(root_url, "open"):
-                filesystem, root_url = fsspec.core.url_to_fs(root_url, **storage_options)
-        elif storage_options:
-            raise ConfigurationError("storage options go to `filesystem` when it is opened")
-        else:
-            url = filesystem.unstrip_protocol(root_url)
-        _check_type("upload_concurrency", upload_concurrency, int)
-        _check_type("part_size", part_size, int, None)
-        _check_type("fsync", fsync, bool)
-        _check_type("full_object_checksum", full_object_checksum, bool, None)
-        if upload_concurrency < 1:
-            raise ConfigurationError(
-                f"upload_concurrency must be at least 1, got {upload_concurrency}"
-            )
-        if sink not in ("auto", "seekable", "sequential", "multipart"):
-            raise ConfigurationError(f"unknown sink kind {sink!r}")
+        filesystem, root, url = _open(root_url, filesystem, storage_options)
+        _check_options(sink, part_size, fsync, full_object_checksum, upload_concurrency)
         self.fs: Any = filesystem
         self.backend = backend_class(filesystem)(self)
         if sink not in self.backend.sink_kinds:
             raise ConfigurationError(f"sink={sink!r} needs an s3:// store")
         if part_size is not None and part_size < MIN_PART_SIZE:
             raise ConfigurationError(f"part_size must be at least {MIN_PART_SIZE} bytes")
-        self.root = root_url.rstrip("/") or "/"
+        self.root = root.rstrip("/") or "/"
         self.url = url
         self.sink_kind: SinkKind = sink
         self.part_size = part_size
@@ -135,8 +154,7 @@ class FsspecSnapshotStore:
 
     @classmethod
     def from_filesystem(cls, fs: Any, root: str, **options: Any) -> FsspecSnapshotStore:
-        """A store over an already-open fsspec filesystem `fs` at path `root` (the options are
-        the constructor's)."""
+        """A store over an already-open fsspec filesystem `fs` at path `root`."""
         return cls(root, filesystem=fs, **options)
 
     async def __aenter__(self) -> FsspecSnapshotStore:
@@ -156,16 +174,8 @@ class FsspecSnapshotStore:
 
     @property
     def full_object_checksum(self) -> bool:
-        """Whether S3 uploads ask the bucket to verify the whole object's CRC32C as well.
-
-        Unless set, on for AWS itself and off for other endpoints (``endpoint_url``): not every
-        S3-compatible server has full-object checksums, and moto computes them slowly.
-        """
-        if self._full_object is not None:
-            return self._full_object
-        client_kwargs = self.fs.storage_options.get("client_kwargs") or {}
-        custom = self.fs.storage_options.get("endpoint_url") or client_kwargs.get("endpoint_url")
-        return not custom
+        """Whether S3 uploads ask the bucket to verify the whole object's CRC32C as well."""
+        return full_object_default(self.fs, self._full_object)
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -220,27 +230,15 @@ class FsspecSnapshotStore:
         if found is None:
             return None
         sink, claimed = found
-        latest = _latest(claimed)
         self._sinks[snapshot_id] = sink
         try:
-            held = await sink.verify(latest)
-        except Exception as exc:  # what cannot be checked is not resumed: start afresh
-            log.warning("cannot check the partial data of %r (%s); starting over", snapshot_id, exc)
-            del self._sinks[snapshot_id]
-            with contextlib.suppress(Exception):
-                await sink.abort()
-            return None
+            held = await _held(snapshot_id, sink, claimed)
         except BaseException:
             del self._sinks[snapshot_id]
             raise
-        if len(held) < len(latest):
-            log.warning(
-                "partial data of %r: %d of %d recorded chunks do not hold their bytes; "
-                "they are sent again",
-                snapshot_id,
-                len(latest) - len(held),
-                len(latest),
-            )
+        if held is None:
+            del self._sinks[snapshot_id]
+            return None
         return sink, held
 
     async def has_partial(self, snapshot_id: str) -> bool:
@@ -265,35 +263,19 @@ class FsspecSnapshotStore:
         if sink is None:
             raise InvalidRequest(f"snapshot {snapshot_id!r} has not been received completely")
         final = self.path(snapshot_id)
-        if snapshot.meta.kind == TREE:
-            try:
-                await self._install_tree(snapshot, final)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(snapshot.data.close)
-                with storage_errors(sink.path, "remove"):
-                    await self.backend.remove(sink.path)  # the packed stream
+        try:
+            with storage_errors(final, "install"):
+                await self.backend.install(snapshot, sink, final)
+        except BaseException:
+            if snapshot.meta.kind == TREE:  # (its packed stream is gone: never installed now)
                 self._finished.pop(snapshot_id, None)
-            return
-        with storage_errors(final, "install"):
-            await asyncio.to_thread(snapshot.data.close)
-            await self.backend.install_file(sink, final)
+            raise
         del self._finished[snapshot_id]
 
-    async def _install_tree(self, snapshot: Snapshot, final: str) -> None:
-        """Unpack a verified directory snapshot and make it visible at `final` in one step."""
-        size = snapshot.meta.size
-        assert size is not None
-        with storage_errors(final, "install"):
-            # the receiver checked the table against its limits; the store checks its shape
-            # again itself, for it writes what the table names
-            table = await asyncio.to_thread(read_table, snapshot.data, size, None)
-            await self.backend.install_tree(snapshot, table, final)
-
     async def release(self, snapshot_id: str) -> None:
-        """Let go of the transfer of `snapshot_id` in progress: close what it holds open,
-        keeping its partial data (and journal) for a later `resume` or `cleanup`.  Partial
-        data that cannot be resumed (a sink without a ``release`` method) is discarded."""
+        """Let go of the transfer of `snapshot_id` in progress, keeping its partial data (and
+        journal) for a later `resume` or `cleanup`; what cannot be resumed (a sink without a
+        ``release`` method) is discarded."""
         sink = self._sinks.get(snapshot_id)
         if sink is None:
             return
@@ -364,6 +346,30 @@ class FsspecSnapshotStore:
 
     def __repr__(self) -> str:
         return f"FsspecSnapshotStore({self.url!r})"
+
+
+async def _held(
+    snapshot_id: str, sink: VerifyingSink, claimed: list[ChunkRecord]
+) -> list[ChunkRecord] | None:
+    """The `claimed` chunks `sink` holds as recorded (re-read and checked), or None when that
+    cannot be checked (the sink is aborted then: the transfer starts afresh)."""
+    latest = _latest(claimed)
+    try:
+        held = await sink.verify(latest)
+    except Exception as exc:  # what cannot be checked is not resumed: start afresh
+        log.warning("cannot check the partial data of %r (%s); starting over", snapshot_id, exc)
+        with contextlib.suppress(Exception):
+            await sink.abort()
+        return None
+    if len(held) < len(latest):
+        log.warning(
+            "partial data of %r: %d of %d recorded chunks do not hold their bytes; "
+            "they are sent again",
+            snapshot_id,
+            len(latest) - len(held),
+            len(latest),
+        )
+    return held
 
 
 def _latest(records: list[ChunkRecord]) -> list[ChunkRecord]:

@@ -23,7 +23,7 @@ from fstransport.storage.backends.files import SeekableFileSink, SequentialSink,
 from fstransport.storage.backends.objects import install_object_tree
 from fstransport.storage.base import ChunkSource, SnapshotSink, VerifyingSink
 from fstransport.storage.layout import OLD_DIR, PARTIAL_DIR, STAGING_DIR
-from fstransport.tree import TreeTable
+from fstransport.tree import TREE, TreeTable, read_table
 
 if TYPE_CHECKING:
     from fstransport.storage.source import ReadSettings
@@ -105,9 +105,33 @@ class FsspecBackend:
         fileobj: IO[bytes] = await asyncio.to_thread(self.fs.open, path, "rb", size=size)
         return fileobj
 
+    async def install(self, snapshot: Snapshot, sink: SnapshotSink, final: str) -> None:
+        """Make the finished `snapshot` (written by `sink`) visible at `final`, and close it."""
+        if snapshot.meta.kind != TREE:
+            await asyncio.to_thread(snapshot.data.close)
+            await self.install_file(sink, final)
+            return
+        try:
+            await self.install_packed(snapshot, final)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(snapshot.data.close)
+            with storage_errors(sink.path, "remove"):
+                await self.remove(sink.path)  # the packed stream
+
     async def install_file(self, sink: SnapshotSink, final: str) -> None:
         """Move a finished file snapshot from `sink`'s path to `final` in one step."""
         await asyncio.to_thread(self.fs.mv, sink.path, final)
+
+    async def install_packed(self, snapshot: Snapshot, final: str) -> None:
+        """Unpack a verified directory snapshot (its packed stream) and make it visible at
+        `final` in one step."""
+        size = snapshot.meta.size
+        assert size is not None
+        # the receiver checked the table against its limits; the store checks its shape
+        # again itself, for it writes what the table names
+        table = await asyncio.to_thread(read_table, snapshot.data, size, None)
+        await self.install_tree(snapshot, table, final)
 
     async def install_tree(self, snapshot: Snapshot, table: TreeTable, final: str) -> None:
         """Unpack a verified directory snapshot at `final`: files under a new generation, then

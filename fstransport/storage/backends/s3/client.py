@@ -21,6 +21,7 @@ from fstransport.storage._errors import storage_errors
 __all__ = [
     "check_etag",
     "crc32c_header",
+    "full_object_default",
     "is_s3",
     "open_s3",
     "precondition_failed",
@@ -41,6 +42,19 @@ def is_s3(fs: Any) -> bool:
     """Whether `fs` is an s3fs filesystem or class (without importing s3fs)."""
     cls = fs if isinstance(fs, type) else type(fs)
     return any(c.__module__.startswith("s3fs") for c in cls.__mro__)
+
+
+def full_object_default(fs: Any, chosen: bool | None) -> bool:
+    """Whether uploads to `fs` ask the bucket to verify the whole object's CRC32C as well.
+
+    Unless `chosen`, on for AWS itself and off for other endpoints (``endpoint_url``): not every
+    S3-compatible server has full-object checksums, and moto computes them slowly.
+    """
+    if chosen is not None:
+        return chosen
+    options = fs.storage_options
+    client_kwargs = options.get("client_kwargs") or {}
+    return not (options.get("endpoint_url") or client_kwargs.get("endpoint_url"))
 
 
 def s3_storage_options(storage_options: dict[str, Any]) -> dict[str, Any]:

@@ -25,9 +25,8 @@ from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.backends.s3.client import crc32c_header
 from fstransport.storage.backends.s3.state import StateRecorder, UploadState
-from fstransport.storage.backends.s3.upload import PartBody, S3Upload, etag_of
+from fstransport.storage.backends.s3.upload import PartBody, S3Upload, part_holds
 from fstransport.storage.base import NOTHING_LOST, Lost, aborted
-from fstransport.storage.journal import identity
 
 __all__ = ["DEFAULT_UPLOADS", "MultipartSink", "PartBody"]
 
@@ -84,22 +83,14 @@ class MultipartSink:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._failure: BaseException | None = None
         self._closed = False
-        self._identity = identity(meta)
-        self._checksum = meta.checksum
         self._state = (
-            None
-            if state_key is None
-            else StateRecorder(fs, bucket, state_key, self.url, self._describe)
+            None if state_key is None else StateRecorder(fs, bucket, state_key, meta, self)
         )
         self.whole_crc: int | None = None
         """The whole snapshot's CRC32C, set before `finish`: S3 then checks the object too."""
         self._claimed: list[ChunkRecord] = []
         if resumed is not None:
             self._take(resumed)
-
-    @property
-    def upload_id(self) -> str | None:
-        return self.upload.upload_id
 
     @property
     def full_object(self) -> bool:
@@ -119,15 +110,12 @@ class MultipartSink:
         self.upload.full_object = state.full_object
         if self._state is not None:
             self._state.written = True
-        for number_text, entry in state.parts.items():
+        for number, etag, header, crc in state.claims():
             try:
-                number = int(number_text)
-                etag, header, crc = entry
-                crc = int(crc)
-                self.parts.mark_completed(number)  # ValueError for a part the snapshot lacks
-            except (TypeError, ValueError):
-                continue  # a claim no upload of this snapshot can have made
-            self.uploaded[number] = (str(etag), str(header))
+                self.parts.mark_completed(number)
+            except ValueError:
+                continue  # a claim no upload of this snapshot can have made: no such part
+            self.uploaded[number] = (etag, header)
             self.part_crcs[number] = crc
             start, end = self.parts.part_range(number)
             self._claimed.append(ChunkRecord(start, end - start, crc))
@@ -138,21 +126,9 @@ class MultipartSink:
         return list(self._claimed)
 
     def _part_holds(self, number: int, listed: dict[str, Any] | None) -> bool:
-        """Whether the bucket's part `number` (`listed`, from ``ListParts``) is the part this
-        sink recorded: there, of the right size, with the recorded ETag, and — where the bucket
-        reports one (AWS does; moto and Ceph RGW do not) — the recorded CRC32C, which must also
-        agree with the CRC the ledger combines."""
-        if listed is None:
-            return False
-        etag, header = self.uploaded[number]
+        """Whether the bucket's part `number` (`listed`) is the part this sink recorded."""
         start, end = self.parts.part_range(number)
-        if listed.get("Size") != end - start or etag_of(listed.get("ETag")) != etag_of(etag):
-            return False
-        crc = self.part_crcs.get(number)
-        if crc is None or header != crc32c_header(crc):
-            return False
-        reported = listed.get("ChecksumCRC32C")
-        return not reported or reported == header
+        return part_holds(listed, end - start, *self.uploaded[number], self.part_crcs.get(number))
 
     async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
         """The `records` the bucket still holds as recorded: parts uploaded are checked against
@@ -181,23 +157,6 @@ class MultipartSink:
         return [
             r for r in records if bad.isdisjoint(range(part_of(r.offset), part_of(r.end - 1) + 1))
         ]
-
-    def _describe(self) -> dict[str, Any] | None:
-        """The record of the upload and its completed parts (None before it began)."""
-        if self.upload.upload_id is None:
-            return None
-        return {
-            "identity": self._identity,
-            "checksum": self._checksum,
-            "upload_id": self.upload.upload_id,
-            "part_size": self.part_size,
-            "full_object": self.upload.full_object,
-            "parts": {
-                str(n): [*self.uploaded[n], self.part_crcs[n]]
-                for n in sorted(self.uploaded)
-                if n in self.part_crcs
-            },
-        }
 
     def _schedule_save(self) -> None:
         if self._state is not None:
@@ -232,9 +191,7 @@ class MultipartSink:
                 got=SnapshotSegmentId(self.parts.snapshot_id, self.size),
             )
         if self.single:
-            data: Buffer = self._single_part.data if self._single_part is not None else b""
-            crc = crc32c_header(chunk_crc(data))
-            await self.upload.call("put", "put_object", body=data, ChecksumCRC32C=crc)
+            await self.upload.put(self._single_part.data if self._single_part else b"")
         else:
             await self._complete()
         self._closed = True
@@ -317,27 +274,4 @@ class MultipartSink:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._raise_failure()
-        numbers = sorted(self.uploaded)
-        expected = list(range(1, self.parts.part_count + 1))
-        if numbers != expected:  # never trust the server to notice a missing or extra part
-            raise StorageError(
-                self.url,
-                "complete upload",
-                ValueError(f"parts {numbers[:5]}... do not match the expected 1..{expected[-1]}"),
-            )
-        parts = [
-            {"PartNumber": n, "ETag": self.uploaded[n][0], "ChecksumCRC32C": self.uploaded[n][1]}
-            for n in numbers
-        ]
-        upload_id = await self.upload.ensure()
-        whole: dict[str, Any] = {}
-        if self.upload.full_object and self.whole_crc is not None:
-            whole = {"ChecksumCRC32C": crc32c_header(self.whole_crc), "ChecksumType": "FULL_OBJECT"}
-        await self.upload.call(
-            "complete upload",
-            "complete_multipart_upload",
-            UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
-            **whole,
-        )
-        self.upload.upload_id = None
+        await self.upload.complete(self.uploaded, self.parts.part_count, self.whole_crc)

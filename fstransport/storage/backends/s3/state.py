@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fstransport.messages import SnapshotMeta
-from fstransport.storage.journal import matches
+from fstransport.storage.journal import identity, matches
+
+if TYPE_CHECKING:
+    from fstransport.storage.backends.s3.multipart import MultipartSink
 
 __all__ = ["STATE_INTERVAL", "StateRecorder", "UploadState", "read_state"]
 
@@ -54,6 +57,16 @@ class UploadState:
             return None
         return cls(upload_id, part_size, bool(state.get("full_object", False)), claimed)
 
+    def claims(self) -> Iterator[tuple[int, str, str, int]]:
+        """The parts the record claims, well formed: ``(number, ETag, CRC32C header, CRC)``."""
+        for number_text, entry in self.parts.items():
+            try:
+                number = int(number_text)
+                etag, header, crc = entry
+                yield number, str(etag), str(header), int(crc)
+            except (TypeError, ValueError):
+                continue  # a claim no upload of this snapshot can have made
+
 
 async def read_state(fs: Any, bucket: str, state_key: str) -> tuple[bool, Any]:
     """Whether the state object `state_key` exists, and its JSON (None if it is not JSON)."""
@@ -67,26 +80,41 @@ async def read_state(fs: Any, bucket: str, state_key: str) -> tuple[bool, Any]:
 
 
 class StateRecorder:
-    """Writes an upload's record (what `describe` returns) to ``s3://bucket/key`` soon after
-    each change, at most once per `STATE_INTERVAL`, and deletes it when asked."""
+    """Writes the record of `sink`'s upload to ``s3://bucket/key`` soon after each change, at
+    most once per `STATE_INTERVAL`, and deletes it when asked."""
 
     def __init__(
-        self,
-        fs: Any,
-        bucket: str,
-        key: str,
-        url: str,
-        describe: Callable[[], dict[str, Any] | None],
+        self, fs: Any, bucket: str, key: str, meta: SnapshotMeta, sink: MultipartSink
     ) -> None:
         self._fs = fs
         self._bucket = bucket
         self._key = key
-        self._url = url
-        self._describe = describe
+        self._identity = identity(meta)
+        self._checksum = meta.checksum
+        self._sink = sink
+        self._url = sink.url
         self._lock = asyncio.Lock()
         self._dirty = False
         self.written = False  # (set before the first PUT of the state: it may be there)
         self._saver: asyncio.Task[None] | None = None
+
+    def _describe(self) -> dict[str, Any] | None:
+        """The record of the upload and its completed parts (None before it began)."""
+        sink = self._sink
+        if sink.upload.upload_id is None:
+            return None
+        return {
+            "identity": self._identity,
+            "checksum": self._checksum,
+            "upload_id": sink.upload.upload_id,
+            "part_size": sink.part_size,
+            "full_object": sink.upload.full_object,
+            "parts": {
+                str(n): [*sink.uploaded[n], sink.part_crcs[n]]
+                for n in sorted(sink.uploaded)
+                if n in sink.part_crcs
+            },
+        }
 
     async def _save(self) -> None:
         state = self._describe()

@@ -10,13 +10,15 @@ import asyncio
 import logging
 from typing import Any
 
+from fstransport.checksum import chunk_crc
 from fstransport.errors import StorageError
 from fstransport.messages import Buffer
 from fstransport.options import RetryPolicy
 from fstransport.payload import BufferBody
 from fstransport.storage._errors import retrying
+from fstransport.storage.backends.s3.client import crc32c_header
 
-__all__ = ["PartBody", "S3Upload", "etag_of"]
+__all__ = ["PartBody", "S3Upload", "etag_of", "part_holds"]
 
 log = logging.getLogger("fstransport.s3")
 
@@ -27,6 +29,23 @@ PartBody = BufferBody
 def etag_of(value: object) -> str:
     """An ETag without its quotes (S3 servers differ in whether they quote it)."""
     return str(value or "").strip().strip('"')
+
+
+def part_holds(
+    listed: dict[str, Any] | None, size: int, etag: str, header: str, crc: int | None
+) -> bool:
+    """Whether a part as ``ListParts`` shows it (`listed`) is the part recorded as uploaded:
+    there, of `size` bytes, with the recorded `etag`, and — where the bucket reports one (AWS
+    does; moto and Ceph RGW do not) — the recorded CRC32C `header`, which must also agree
+    with the `crc` the ledger combines."""
+    if listed is None:
+        return False
+    if listed.get("Size") != size or etag_of(listed.get("ETag")) != etag_of(etag):
+        return False
+    if crc is None or header != crc32c_header(crc):
+        return False
+    reported = listed.get("ChecksumCRC32C")
+    return not reported or reported == header
 
 
 class S3Upload:
@@ -111,6 +130,42 @@ class S3Upload:
         except StorageError as exc:
             if not isinstance(exc.cause, FileNotFoundError):
                 raise  # an upload already gone (completed, or aborted) is fine
+
+    async def put(self, data: Buffer) -> None:
+        """Upload `data` as the whole object with one PUT (no multipart upload)."""
+        crc = crc32c_header(chunk_crc(data))
+        await self.call("put", "put_object", body=data, ChecksumCRC32C=crc)
+
+    async def complete(
+        self, uploaded: dict[int, tuple[str, str]], part_count: int, whole_crc: int | None
+    ) -> None:
+        """Complete the upload of parts ``1..part_count`` (`uploaded`: ETag and CRC32C header by
+        number); with the server's full-object checksum, the whole object is checked against
+        `whole_crc` too.  The object appears now, whole."""
+        numbers = sorted(uploaded)
+        expected = list(range(1, part_count + 1))
+        if numbers != expected:  # never trust the server to notice a missing or extra part
+            raise StorageError(
+                self.url,
+                "complete upload",
+                ValueError(f"parts {numbers[:5]}... do not match the expected 1..{expected[-1]}"),
+            )
+        parts = [
+            {"PartNumber": n, "ETag": uploaded[n][0], "ChecksumCRC32C": uploaded[n][1]}
+            for n in numbers
+        ]
+        upload_id = await self.ensure()
+        whole: dict[str, Any] = {}
+        if self.full_object and whole_crc is not None:
+            whole = {"ChecksumCRC32C": crc32c_header(whole_crc), "ChecksumType": "FULL_OBJECT"}
+        await self.call(
+            "complete upload",
+            "complete_multipart_upload",
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+            **whole,
+        )
+        self.upload_id = None
 
     async def list_parts(self) -> dict[int, dict[str, Any]] | None:
         """What the bucket holds of this upload (``ListParts``, every page), by part number;

@@ -11,13 +11,8 @@ from fstransport.options import RetryPolicy
 from fstransport.protocol.parts import HandedOver
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import retrying
-from fstransport.storage.backends.s3.client import (
-    check_etag,
-    precondition_failed,
-    s3_object_info,
-    source_changed,
-    split_bucket_key,
-)
+from fstransport.storage.backends.s3.client import s3_object_info, split_bucket_key
+from fstransport.storage.backends.s3.pinned import PinnedObject
 
 __all__ = ["S3StreamSource"]
 
@@ -43,9 +38,7 @@ class S3StreamSource:
         description: str,
         etag: str | None = None,
     ) -> None:
-        self._fs = fs
-        self._bucket = bucket
-        self._key = key
+        self._object = PinnedObject(fs, bucket, key, size, description, etag)
         self.size = size
         self.description = description
         self.etag = etag
@@ -68,21 +61,8 @@ class S3StreamSource:
 
     async def _reopen(self, offset: int) -> None:
         self._drop_body()
-        match = {"IfMatch": self.etag} if self.etag else {}
         asked = time.perf_counter()
-        try:
-            response = await self._fs._call_s3(
-                "get_object",
-                Bucket=self._bucket,
-                Key=self._key,
-                Range=f"bytes={offset}-",
-                **match,
-            )
-        except Exception as exc:
-            if precondition_failed(exc):
-                raise source_changed(self.description, exc) from exc
-            raise
-        check_etag(response, self.etag, self.description)
+        response = await self._object.get(offset)
         if self.first_answer is None:
             self.answered_at = time.perf_counter()
             self.first_answer = self.answered_at - asked
@@ -125,4 +105,4 @@ class S3StreamSource:
 
     async def close(self) -> None:
         self._drop_body()
-        await close_async_filesystem(self._fs)
+        await close_async_filesystem(self._object.fs)

@@ -1,8 +1,10 @@
 """The fsspec edge: sources that read snapshots by range, sinks and stores that write them.
 
 The interfaces (`SnapshotStore`, `SnapshotSink`, `ChunkSource`) live in
-`fstransport.storage.base`, which imports no fsspec; the implementations are imported from
-their modules when first used.
+`fstransport.storage.base`, which imports no fsspec; `FsspecSnapshotStore` (`store`) keeps the
+paths, bookkeeping and listings and leaves the rest to the backend of its filesystem
+(`fstransport.storage.backends`: memory, local, S3, generic fsspec).  The implementations are
+imported from their modules when first used.
 """
 
 from typing import TYPE_CHECKING

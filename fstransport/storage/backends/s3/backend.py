@@ -38,6 +38,7 @@ from fstransport.storage.layout import PACKED_DIR
 
 if TYPE_CHECKING:
     from fstransport.storage.source import ReadSettings
+    from fstransport.storage.store import FsspecSnapshotStore
 
 __all__ = ["ABSENT_FOR", "S3Backend", "open_s3_source"]
 
@@ -52,7 +53,7 @@ class S3Backend(FsspecBackend):
 
     sink_kinds = ("auto", "seekable", "sequential", "multipart")
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: FsspecSnapshotStore) -> None:
         super().__init__(store)
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None

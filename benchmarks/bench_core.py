@@ -67,7 +67,7 @@ from fstransport import (
     ship,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.storage import journal
+from fstransport.storage.backends.local import journal
 from fstransport.units import format_size
 
 MEMORY_ROOT = "/fstransport-bench"

@@ -95,10 +95,10 @@ from fstransport import TransferOptions, ship
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.moto_server import REGION, TEST_CREDENTIALS, reset_moto, storage_options_for
 from fstransport.protocol.parts import choose_part_size
-from fstransport.storage import s3_ranged
 from fstransport.storage._aio import close_async_filesystem
-from fstransport.storage.multipart import DEFAULT_UPLOADS, PartBody
-from fstransport.storage.s3 import crc32c_header, open_s3
+from fstransport.storage.backends.s3 import crc32c_header, open_s3
+from fstransport.storage.backends.s3 import ranged as s3_ranged
+from fstransport.storage.backends.s3.multipart import DEFAULT_UPLOADS, PartBody
 from fstransport.units import format_size
 
 BUCKET = "fstransport-bench"

@@ -32,15 +32,15 @@ from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback, send_source
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.base import ChunkSource
-from fstransport.storage.s3 import S3StreamSource, is_s3, open_s3, split_bucket_key
-from fstransport.storage.s3_copy import (
+from fstransport.storage.backends.s3 import S3StreamSource, is_s3, open_s3, split_bucket_key
+from fstransport.storage.backends.s3.copy import (
     DEFAULT_COPY_CONCURRENCY,
     head_source,
     s3_endpoint,
     server_side_copy,
 )
-from fstransport.storage.s3_ranged import S3RangedSource
+from fstransport.storage.backends.s3.ranged import S3RangedSource
+from fstransport.storage.base import ChunkSource
 from fstransport.storage.source import open_source, source_checksum
 from fstransport.storage.store import FsspecSnapshotStore
 from fstransport.tree import TREE, TreeSource, open_tree_source

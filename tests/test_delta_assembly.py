@@ -22,8 +22,8 @@ from fstransport.errors import ChecksumMismatch, ConfigurationError, SourceChang
 from fstransport.options import MiB, RetryPolicy
 from fstransport.protocol.delta import SEND, Recipe, build_map, new_key, plan_recipe
 from fstransport.protocol.parts import MAX_PART_SIZE, MIN_PART_SIZE
+from fstransport.storage.backends.s3.copy import head_source
 from fstransport.storage.faults import flaky_s3
-from fstransport.storage.s3_copy import head_source
 
 GiB = 1 << 30
 

@@ -597,9 +597,9 @@ async def test_a_tree_through_a_faulty_network_arrives_whole(tmp_path: Path, see
 async def test_large_files_are_streamed_into_place(
     tmp_path: Path, target_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fstransport.storage.store as store_module
+    from fstransport.storage.backends import objects
 
-    monkeypatch.setattr(store_module, "STREAM_ABOVE", 1000)  # every file above 1000 bytes
+    monkeypatch.setattr(objects, "STREAM_ABOVE", 1000)  # every file above 1000 bytes
     src = tmp_path / "src"
     files = make_tree(src)
     if target_kind == "memory":
@@ -618,7 +618,7 @@ async def test_s3_streamed_files_hostile_streams_and_failures_leave_nothing(
     s3_client: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import fstransport.storage.store as store_module
+    from fstransport.storage.backends import objects
 
     def keys() -> list[str]:
         listed = s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])
@@ -634,7 +634,7 @@ async def test_s3_streamed_files_hostile_streams_and_failures_leave_nothing(
         assert keys() == [], case
         assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
 
-    monkeypatch.setattr(store_module, "STREAM_ABOVE", 1000)
+    monkeypatch.setattr(objects, "STREAM_ABOVE", 1000)
     src = tmp_path / "src"
     files = make_tree(src)
     await ship(str(src), f"{root}/snap", target_options=s3_storage_options)

@@ -1134,8 +1134,15 @@ class LateCompletionAnswers:
 
 
 class LateCompletionStore(FsspecSnapshotStore):
-    async def _async_s3(self) -> Any:
-        return LateCompletionAnswers(await super()._async_s3())
+    def __init__(self, root_url: str, **options: Any) -> None:
+        super().__init__(root_url, **options)
+        backend: Any = self.backend
+        client = backend.client
+
+        async def late_client() -> Any:
+            return LateCompletionAnswers(await client())
+
+        backend.client = late_client
 
 
 async def test_an_s3_upload_completed_while_its_request_was_cut_off_is_not_a_fatal_error(

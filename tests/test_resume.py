@@ -27,7 +27,7 @@ from fstransport import (
 )
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.options import KiB, MiB
-from fstransport.storage import journal
+from fstransport.storage.backends.local import journal
 from fstransport.testing.mock import MockNetwork, deliver_to, hang
 from tests.conftest import payload
 
@@ -203,7 +203,7 @@ SHIP_SCRIPT = """
 import asyncio, sys
 from fstransport import TransferOptions, ship
 from fstransport.network.loopback import LoopbackNetwork
-from fstransport.storage import journal
+from fstransport.storage.backends.local import journal
 
 journal.SYNC_INTERVAL = 0.0  # every chunk's line is committed before it is acknowledged
 

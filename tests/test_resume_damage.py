@@ -27,7 +27,8 @@ from fstransport import (
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.options import KiB, MiB
 from fstransport.protocol.ranges import RangeSet
-from fstransport.storage import journal
+from fstransport.storage.backends.local import journal
+from fstransport.storage.journal import parse_records
 from fstransport.testing.mock import MockNetwork, deliver_to, stop_after
 from tests.conftest import payload
 
@@ -382,7 +383,7 @@ async def test_s3_part_crc_spoiled_where_the_bucket_cannot_tell(
     reports neither in ListParts, so the part passes; the whole-snapshot check, which combines
     that CRC, fails, the receiver drops the resumed upload and the sender starts over — the
     object is exact, never completed from a record that lies."""
-    from fstransport.storage.s3 import crc32c_header
+    from fstransport.storage.backends.s3 import crc32c_header
 
     data = payload(S3_SIZE, seed=23)
     url = f"s3://{s3_bucket}/resume"
@@ -428,7 +429,7 @@ async def test_journal_lines_are_written_only_after_the_data_is_synced(
     monkeypatch.setattr(journal, "_datasync", synced.append)
     await asyncio.to_thread(sink._journal.commit)
     assert len(synced) == 1
-    records = journal.parse_records(await asyncio.to_thread(Path(journal_path).read_text), meta)
+    records = parse_records(await asyncio.to_thread(Path(journal_path).read_text), meta)
     assert records is not None
     assert [r.offset for r in records] == [0, CHUNK, 2 * CHUNK]
     await sink.abort()

@@ -32,8 +32,8 @@ from fstransport import (
 )
 from fstransport.checksum import chunk_crc
 from fstransport.options import MiB
-from fstransport.storage.multipart import MultipartSink
-from fstransport.storage.s3 import S3StreamSource, crc32c_header
+from fstransport.storage.backends.s3 import S3StreamSource, crc32c_header
+from fstransport.storage.backends.s3.multipart import MultipartSink
 from fstransport.storage.source import open_source
 from fstransport.testing import S3Flavor
 from fstransport.testing.mock import MockNetwork, deliver_to

@@ -25,9 +25,8 @@ from fstransport import (
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.options import MiB
 from fstransport.protocol.parts import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
-from fstransport.storage.faults import flaky_s3
-from fstransport.storage.s3 import crc32c_header
-from fstransport.storage.s3_copy import (
+from fstransport.storage.backends.s3 import crc32c_header
+from fstransport.storage.backends.s3.copy import (
     DEFAULT_COPY_PART_SIZE,
     combined_crc,
     copy_part_size,
@@ -36,6 +35,7 @@ from fstransport.storage.s3_copy import (
     s3_endpoint,
     stored_crc32c,
 )
+from fstransport.storage.faults import flaky_s3
 from fstransport.storage.store import FsspecSnapshotStore
 from fstransport.testing import S3TestServer
 from tests.conftest import payload

@@ -24,9 +24,8 @@ from fstransport import (
 )
 from fstransport.options import KiB, MiB, RetryPolicy
 from fstransport.protocol.parts import HandedOver
-from fstransport.storage import s3_ranged
-from fstransport.storage.s3 import S3StreamSource
-from fstransport.storage.s3_ranged import S3RangedSource, open_s3_source
+from fstransport.storage.backends.s3 import S3RangedSource, S3StreamSource, open_s3_source
+from fstransport.storage.backends.s3 import ranged as s3_ranged
 from fstransport.storage.source import open_source
 from tests.conftest import payload
 from tests.helpers import s3_calls, uploads

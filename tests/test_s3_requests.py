@@ -142,13 +142,13 @@ async def test_ship_passes_store_options_to_its_store(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stores: list[FsspecSnapshotStore] = []
-    real = FsspecSnapshotStore._init
+    real = FsspecSnapshotStore.__init__
 
-    def recording(self: FsspecSnapshotStore, *args: Any) -> None:
-        real(self, *args)
+    def recording(self: FsspecSnapshotStore, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
         stores.append(self)
 
-    monkeypatch.setattr(FsspecSnapshotStore, "_init", recording)
+    monkeypatch.setattr(FsspecSnapshotStore, "__init__", recording)
     data = payload(2 * 6 * MiB + 5, seed=15)
     src = tmp_path / "src.bin"
     src.write_bytes(data)

@@ -13,7 +13,7 @@ from fstransport.checksum import chunk_crc
 from fstransport.errors import SnapshotMismatch
 from fstransport.http.body import SLICE
 from fstransport.protocol.parts import HandedOver, PartAssembler, immutable
-from fstransport.storage.multipart import PartBody
+from fstransport.storage.backends.s3.multipart import PartBody
 
 
 def test_immutable_data() -> None:

@@ -19,7 +19,7 @@ from fstransport.bench.plan import BenchPlan, Kind
 from fstransport.errors import StorageError
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.s3 import open_s3
+from fstransport.storage.backends.s3 import open_s3
 from fstransport.storage.store import FsspecSnapshotStore
 
 

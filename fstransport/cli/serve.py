@@ -252,7 +252,7 @@ async def check_root(store: FsspecSnapshotStore, url: str) -> None:
     import tempfile
     import uuid
 
-    from fstransport.storage.s3 import is_s3
+    from fstransport.storage.backends.s3 import is_s3
 
     fs, root = store.fs, store.root
     if is_s3(fs):

@@ -28,11 +28,11 @@ from fstransport.options import RetryPolicy
 from fstransport.protocol.delta import SEND, DeltaMap, Recipe
 from fstransport.protocol.parts import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from fstransport.storage._errors import retrying
-from fstransport.storage.s3 import crc32c_header, precondition_failed
-from fstransport.storage.s3_copy import (
+from fstransport.storage.backends.s3.client import crc32c_header, precondition_failed
+from fstransport.storage.backends.s3.copy import (
     DEFAULT_COPY_CONCURRENCY,
     S3Object,
-    _gather_all,
+    gather_all,
     head_source,
 )
 
@@ -252,7 +252,7 @@ async def assemble_s3(
             result.bytes_read_from_base += from_base
 
     try:
-        await _gather_all([one(n, p) for n, p in enumerate(plan, start=1)])
+        await gather_all([one(n, p) for n, p in enumerate(plan, start=1)])
         now = await head_source(fs, base.bucket, base.key, run.retry)
         if (now.etag, now.size) != (base.etag, base.size):
             raise SourceChanged(run.base_url, "reuse", ValueError("the base changed mid-copy"))

@@ -1,8 +1,10 @@
 """The fsspec edge: sources that read snapshots by range, sinks and stores that write them.
 
 The interfaces (`SnapshotStore`, `SnapshotSink`, `ChunkSource`) live in
-`fstransport.storage.base`, which imports no fsspec; the implementations are imported from
-their modules when first used.
+`fstransport.storage.base`, which imports no fsspec; `FsspecSnapshotStore` (`store`) keeps the
+paths, bookkeeping and listings and leaves the rest to the backend of its filesystem
+(`fstransport.storage.backends`: memory, local, S3, generic fsspec).  The implementations are
+imported from their modules when first used.
 """
 
 from typing import TYPE_CHECKING
@@ -11,7 +13,9 @@ from fstransport._lazy import lazy_exports
 from fstransport.storage.base import ChunkSource, SnapshotSink, SnapshotStore
 
 if TYPE_CHECKING:
-    from fstransport.storage.sink import MemorySink, PwriteSink, SeekableFileSink
+    from fstransport.storage.backends.files import SeekableFileSink
+    from fstransport.storage.backends.local.sink import PwriteSink
+    from fstransport.storage.backends.memory import MemorySink
     from fstransport.storage.source import (
         AsyncFsSource,
         BufferSource,
@@ -29,10 +33,10 @@ else:
             "BufferSource": "fstransport.storage.source",
             "FileObjectSource": "fstransport.storage.source",
             "FsspecSnapshotStore": "fstransport.storage.store",
-            "MemorySink": "fstransport.storage.sink",
+            "MemorySink": "fstransport.storage.backends.memory",
             "PreadSource": "fstransport.storage.source",
-            "PwriteSink": "fstransport.storage.sink",
-            "SeekableFileSink": "fstransport.storage.sink",
+            "PwriteSink": "fstransport.storage.backends.local.sink",
+            "SeekableFileSink": "fstransport.storage.backends.files",
             "open_source": "fstransport.storage.source",
             "source_for_file": "fstransport.storage.source",
         },

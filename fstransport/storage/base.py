@@ -14,7 +14,7 @@ the interfaces without paying for the backends:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeGuard
 
 from fstransport.checksum import chunk_crc, format_checksum
@@ -24,6 +24,7 @@ from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._capabilities import implements
 
 __all__ = [
+    "CHECK_BLOCK",
     "NOTHING_LOST",
     "CheckedSink",
     "CheckedSource",
@@ -34,6 +35,7 @@ __all__ = [
     "SnapshotStore",
     "VerifyingSink",
     "aborted",
+    "checked_blocks",
     "is_checked_sink",
     "is_checked_source",
     "is_pieces_sink",
@@ -145,6 +147,22 @@ async def write_checked(sink: SnapshotSink, offset: int, data: ChunkData) -> tup
         return await sink.write_checked(offset, data)
     crc = chunk_crc(data)
     return await sink.write(offset, data, crc), crc
+
+
+CHECK_BLOCK = 256 * 1024
+"""Bytes checked and then written at a time by `checked_blocks`: small enough to stay in L2."""
+
+
+def checked_blocks(data: Buffer, write: Callable[[int, memoryview], object]) -> int:
+    """Call ``write(position, block)`` for each `CHECK_BLOCK` of `data`; return its CRC32C,
+    computed one block at a time just before the block is written (a `CheckedSink`'s helper)."""
+    view = memoryview(data).cast("B")
+    crc = 0
+    for start in range(0, len(view), CHECK_BLOCK):
+        block = view[start : start + CHECK_BLOCK]
+        crc = chunk_crc(block, crc)
+        write(start, block)
+    return crc
 
 
 def aborted(path: str) -> StorageError:

@@ -1,38 +1,28 @@
-"""Sinks: write a snapshot's chunks at their offsets into a partial file.
+"""The sinks of every backend, under the name the API guide gives (``fstransport.storage.sink``).
 
-A sink is chosen by what the target filesystem can do:
+A sink writes a snapshot's chunks at their offsets into a partial file; each backend has its own
+(see `fstransport.storage.backends`):
 
-- `MemorySink`: ``memory://`` — a ``BytesIO`` written in place, on the event loop (it never blocks).
-- `PwriteSink`: local files — ``os.pwrite`` in a worker thread; chunks may land concurrently.
-- `SeekableFileSink`: any other filesystem whose write files can seek — ``seek`` + ``write``
-  in a worker thread, one at a time.
+- `MemorySink` (``memory://``): the memory file written in place, on the event loop;
+- `PwriteSink` (local files): ``os.pwrite`` (``pwritev`` for `Pieces`) from worker threads;
+- `SeekableFileSink` / `SequentialSink` (other fsspec filesystems): a file object, seeking or
+  appending in order;
+- `MultipartSink` (S3, in `fstransport.storage.backends.s3`): a multipart upload.
 
-Every sink raises `StorageError` for backend failures.  `write_checked` writes a chunk whose CRC32C
-is not known yet and computes it on the way, block by block just before each block is written,
-while the block is still in the CPU cache (`MemorySink` and `PwriteSink` do; for other sinks it is
-one pass over the chunk and then the write).  `write_chunk` writes data of any shape: `Pieces`
-(a request body as the receiver server got it) go to a sink's ``write_pieces`` as they are
-(`PwriteSink` writes them with ``pwritev``) and are joined for other sinks.  ``finish`` flushes
-and closes the partial file; ``abort`` closes it and deletes it.  Sinks for object stores live
-in their own modules (`fstransport.storage.multipart`, `fstransport.storage.sequential`).
+The interfaces and write helpers live in `fstransport.storage.base` (no fsspec) and are
+importable from here too.
 """
 
-from __future__ import annotations
-
-import asyncio
-import contextlib
-import os
-from collections.abc import Callable, Sequence
-from typing import IO, Any, TypeVar
-
-from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
-
-from fstransport.checksum import chunk_crc
-from fstransport.messages import Buffer, Pieces, SnapshotMeta
-from fstransport.protocol.ranges import ChunkRecord
-from fstransport.storage._errors import storage_errors
-from fstransport.storage._files import open_fd
-from fstransport.storage.base import (  # the interfaces live in base.py (no fsspec); kept here
+from fstransport.storage.backends.files import (
+    FileObjectSink,
+    SeekableFileSink,
+    SequentialSink,
+    discard_file,
+)
+from fstransport.storage.backends.local.sink import IOV_MAX, PwriteSink
+from fstransport.storage.backends.memory import MemorySink
+from fstransport.storage.base import (
+    CHECK_BLOCK,
     NOTHING_LOST,
     CheckedSink,
     Lost,
@@ -46,9 +36,10 @@ from fstransport.storage.base import (  # the interfaces live in base.py (no fss
     write_checked,
     write_chunk,
 )
-from fstransport.storage.journal import LocalJournal, MemoryJournal, verified
 
 __all__ = [
+    "CHECK_BLOCK",
+    "IOV_MAX",
     "NOTHING_LOST",
     "CheckedSink",
     "FileObjectSink",
@@ -57,6 +48,7 @@ __all__ = [
     "PiecesSink",
     "PwriteSink",
     "SeekableFileSink",
+    "SequentialSink",
     "SnapshotSink",
     "VerifyingSink",
     "aborted",
@@ -67,369 +59,3 @@ __all__ = [
     "write_checked",
     "write_chunk",
 ]
-
-_T = TypeVar("_T")
-
-
-def _iov_max() -> int:
-    """Buffers one ``pwritev`` takes at most: ``IOV_MAX`` (1,024 on Linux; POSIX's least is 16)."""
-    try:
-        return max(16, os.sysconf("SC_IOV_MAX"))
-    except (AttributeError, ValueError, OSError):
-        return 16
-
-
-IOV_MAX = _iov_max()
-
-CHECK_BLOCK = 256 * 1024
-"""Bytes checked and then written at a time by `write_checked`: small enough to stay in L2."""
-
-
-def _checked_blocks(data: Buffer, write: Callable[[int, memoryview], object]) -> int:
-    """Call ``write(position, block)`` for each `CHECK_BLOCK` of `data`; return its CRC32C,
-    computed one block at a time just before the block is written."""
-    view = memoryview(data).cast("B")
-    crc = 0
-    for start in range(0, len(view), CHECK_BLOCK):
-        block = view[start : start + CHECK_BLOCK]
-        crc = chunk_crc(block, crc)
-        write(start, block)
-    return crc
-
-
-def discard_file(fileobj: IO[bytes]) -> None:
-    """Close a file being written without committing what it holds, where the file allows.
-
-    fsspec's buffered files commit their contents on ``close()`` even after ``discard()``, so
-    they are discarded and then only marked closed.
-    """
-    discard = getattr(fileobj, "discard", None)
-    if callable(discard):
-        with contextlib.suppress(Exception):
-            discard()
-        with contextlib.suppress(Exception):
-            fileobj.closed = True  # type: ignore[misc]
-    if not fileobj.closed:
-        with contextlib.suppress(Exception):
-            fileobj.close()
-
-
-class MemorySink:
-    """Writes into a ``memory://`` file in place."""
-
-    def __init__(
-        self, fs: MemoryFileSystem, path: str, journal: MemoryJournal | None = None
-    ) -> None:
-        self.path = path
-        self._fs = fs
-        existing = fs.store.get(path)
-        if journal is not None and isinstance(existing, MemoryFile):
-            self._file = existing  # resuming: keep the bytes already there
-        else:
-            self._file = MemoryFile(fs, path)
-            self._file.commit()
-        self._journal = journal
-        self._aborted = False
-
-    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
-        if self._aborted:
-            raise aborted(self.path)
-        with storage_errors(f"memory://{self.path}", "write"):
-            self._file.seek(offset)
-            self._file.write(data)
-            if self._journal is not None:
-                self._journal.append(offset, len(data), crc)
-        return NOTHING_LOST
-
-    async def write_checked(self, offset: int, data: Buffer) -> tuple[Lost, int]:
-        """`write` that computes `data`'s CRC32C as it copies (see `write_checked`)."""
-        if self._aborted:
-            raise aborted(self.path)
-        with storage_errors(f"memory://{self.path}", "write"):
-            self._file.seek(offset)
-            crc = _checked_blocks(data, lambda _, block: self._file.write(block))
-            if self._journal is not None:
-                self._journal.append(offset, len(data), crc)
-        return NOTHING_LOST, crc
-
-    def rewind(self, offset: int) -> tuple[int, Lost]:
-        return offset, NOTHING_LOST
-
-    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
-        """The `records` whose bytes in the memory file still have their CRC32C."""
-        if self._aborted:
-            raise aborted(self.path)
-        held = self._file.getbuffer()
-        try:
-            return verified(records, lambda offset, length: bytes(held[offset : offset + length]))
-        finally:
-            held.release()
-
-    async def finish(self) -> None:
-        if self._journal is not None:
-            self._journal.remove()
-
-    async def abort(self) -> None:
-        self._aborted = True
-        self._fs.store.pop(self.path, None)
-        if self._journal is not None:
-            self._journal.remove()
-
-    async def release(self) -> None:
-        """Let go, keeping the data and its journal for a later resume (without a journal
-        nothing can resume it: it is discarded)."""
-        if self._journal is None:
-            await self.abort()
-        self._aborted = True
-
-
-class PwriteSink:
-    """Writes a local file with ``os.pwrite`` from worker threads.
-
-    Writes at different offsets may run at once (`concurrent_writes`).  A write keeps running
-    in its thread when the task awaiting it is cancelled, so `finish` and `abort` wait for every
-    write still in a thread before they close the descriptor: a ``pwrite`` must never reach a
-    closed descriptor, or one that a later ``open`` got the same number for.
-    """
-
-    concurrent_writes = True
-
-    def __init__(
-        self, path: str, fd: int, *, fsync: bool, journal: LocalJournal | None = None
-    ) -> None:
-        self.path = path
-        self._fd = fd
-        self._fsync = fsync
-        self._journal = journal
-        self._threads: set[asyncio.Future[Any]] = set()
-
-    async def _in_thread(self, call: Callable[[], _T]) -> _T:
-        """Run `call` in a worker thread; it counts as in flight until the thread is done."""
-        future = asyncio.get_running_loop().run_in_executor(None, call)
-        self._threads.add(future)
-        future.add_done_callback(self._thread_done)
-        return await asyncio.shield(future)
-
-    def _thread_done(self, future: asyncio.Future[Any]) -> None:
-        self._threads.discard(future)
-        if not future.cancelled():
-            future.exception()  # retrieved: its awaiter may have been cancelled meanwhile
-
-    async def _settled(self) -> None:
-        """Wait until no write is running in a thread."""
-        while self._threads:
-            await asyncio.wait(set(self._threads))
-
-    @classmethod
-    async def create(
-        cls,
-        path: str,
-        *,
-        fsync: bool = False,
-        journal_path: str | None = None,
-        meta: SnapshotMeta | None = None,
-        resume: bool = False,
-    ) -> PwriteSink:
-        """Open `path` for writing: truncated, or as it is when `resume`.  With `journal_path`
-        and `meta`, every chunk written is also noted in a journal there (see `journal`)."""
-
-        def _create() -> tuple[int, LocalJournal | None]:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            # (read too: `verify` re-reads what a resumed partial holds)
-            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
-            fd = open_fd(path, flags if resume else flags | os.O_TRUNC)
-            if journal_path is None or meta is None:
-                return fd, None
-            try:
-                os.makedirs(os.path.dirname(journal_path), exist_ok=True)
-                if resume:
-                    return fd, LocalJournal.reopen(journal_path, fd)
-                return fd, LocalJournal.create(journal_path, meta, fd)
-            except BaseException:
-                os.close(fd)  # not left open behind a journal that could not be opened
-                raise
-
-        with storage_errors(path, "open"):
-            fd, journal = await asyncio.to_thread(_create)
-        return cls(path, fd, fsync=fsync, journal=journal)
-
-    def _pwrite_all(self, offset: int, data: Buffer) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, offset)
-            view = view[written:]
-            offset += written
-
-    def _pwritev_all(self, offset: int, data: Pieces) -> None:
-        """``pwritev`` of every piece, `IOV_MAX` at a time, resuming after short writes (a
-        ``pwrite`` per piece where the system has no ``pwritev``)."""
-        if not hasattr(os, "pwritev"):
-            for part in data:
-                self._pwrite_all(offset, part)
-                offset += memoryview(part).nbytes
-            return
-        pending = [view for view in (memoryview(p).cast("B") for p in data) if view.nbytes]
-        pending.reverse()  # the next piece last, where popping it is cheap
-        while pending:
-            written = os.pwritev(self._fd, pending[: -IOV_MAX - 1 : -1], offset)
-            if written <= 0:
-                raise OSError(f"pwritev wrote nothing at offset {offset}")
-            offset += written
-            while pending and written >= pending[-1].nbytes:  # pieces written whole
-                written -= pending.pop().nbytes
-            if written:  # a short write ended inside this piece
-                pending[-1] = pending[-1][written:]
-
-    def _pwrite_checked(self, offset: int, data: Buffer) -> int:
-        crc = _checked_blocks(data, lambda start, block: self._pwrite_all(offset + start, block))
-        if self._journal is not None:
-            self._journal.append(offset, len(data), crc)
-        return crc
-
-    def _pwrite_noted(self, offset: int, data: Buffer, crc: int) -> None:
-        self._pwrite_all(offset, data)
-        if self._journal is not None:
-            self._journal.append(offset, len(data), crc)
-
-    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
-        if self._fd < 0:
-            raise aborted(self.path)
-        with storage_errors(self.path, "write"):
-            await self._in_thread(lambda: self._pwrite_noted(offset, data, crc))
-        return NOTHING_LOST
-
-    async def write_pieces(self, offset: int, data: Pieces, crc: int) -> Lost:
-        """`write` for `Pieces`: written with ``pwritev`` as they are, never joined."""
-        if self._fd < 0:
-            raise aborted(self.path)
-
-        def _pwritev_noted() -> None:
-            self._pwritev_all(offset, data)
-            if self._journal is not None:
-                self._journal.append(offset, len(data), crc)
-
-        with storage_errors(self.path, "write"):
-            await self._in_thread(_pwritev_noted)
-        return NOTHING_LOST
-
-    async def write_checked(self, offset: int, data: Buffer) -> tuple[Lost, int]:
-        """`write` that computes `data`'s CRC32C as it writes, in the same worker thread."""
-        if self._fd < 0:
-            raise aborted(self.path)
-        with storage_errors(self.path, "write"):
-            crc = await self._in_thread(lambda: self._pwrite_checked(offset, data))
-        return NOTHING_LOST, crc
-
-    def rewind(self, offset: int) -> tuple[int, Lost]:
-        return offset, NOTHING_LOST
-
-    async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
-        """The `records` whose bytes in the file still have their CRC32C (read with
-        ``os.pread`` in a worker thread; bytes past the end of a truncated file fail)."""
-        if self._fd < 0:
-            raise aborted(self.path)
-        fd = self._fd
-        with storage_errors(self.path, "verify"):
-            return await self._in_thread(
-                lambda: verified(records, lambda offset, length: os.pread(fd, length, offset))
-            )
-
-    def _close(self) -> None:
-        if self._journal is not None:
-            self._journal.close()  # before the data's descriptor: it may be syncing it
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    async def release(self) -> None:
-        """Let go of the partial file without finishing or deleting it, its journal written
-        down first (after an ``fdatasync``): a later receiver resumes it.  Without a journal
-        nothing could resume the file: it is deleted."""
-        if self._journal is None:
-            await self.abort()
-            return
-
-        def _release() -> None:
-            if self._journal is not None:
-                self._journal.commit()
-            self._close()
-
-        await self._settled()
-        with storage_errors(self.path, "release"):
-            await asyncio.to_thread(_release)
-
-    async def finish(self) -> None:
-        def _finish() -> None:
-            if self._fsync:
-                os.fsync(self._fd)
-            self._close()
-            if self._journal is not None:
-                self._journal.remove()
-
-        await self._settled()
-        with storage_errors(self.path, "finish"):
-            await asyncio.to_thread(_finish)
-
-    async def abort(self) -> None:
-        def _abort() -> None:
-            try:
-                self._close()
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-                if self._journal is not None:
-                    self._journal.remove()
-
-        await self._settled()
-        with storage_errors(self.path, "abort"):
-            await asyncio.to_thread(_abort)
-
-
-class FileObjectSink:
-    """The part of a sink over an fsspec file object opened ``"wb"`` that does not depend on
-    how chunks reach the file: one write at a time in a worker thread, commit on `finish`,
-    discard on `abort`.  Subclasses say how a chunk is written."""
-
-    def __init__(self, fs: Any, path: str, fileobj: IO[bytes]) -> None:
-        self.path = path
-        self._fs = fs
-        self._file = fileobj
-        self._lock = asyncio.Lock()
-
-    async def _in_thread(self, write: Callable[[], None]) -> None:
-        """Run `write` on the file in a worker thread; the caller holds ``self._lock``."""
-        if self._file.closed:
-            raise aborted(self.path)
-        with storage_errors(self.path, "write"):
-            await asyncio.to_thread(write)
-
-    async def finish(self) -> None:
-        async with self._lock:
-            with storage_errors(self.path, "finish"):
-                await asyncio.to_thread(self._file.close)
-
-    async def abort(self) -> None:
-        def _abort() -> None:
-            discard_file(self._file)
-            if self._fs.exists(self.path):
-                self._fs.rm_file(self.path)
-
-        async with self._lock:
-            with storage_errors(self.path, "abort"):
-                await asyncio.to_thread(_abort)
-
-
-class SeekableFileSink(FileObjectSink):
-    """Writes through an fsspec file object that supports ``seek`` in write mode."""
-
-    async def write(self, offset: int, data: Buffer, crc: int) -> Lost:
-        def _write_at() -> None:
-            self._file.seek(offset)
-            self._file.write(data)
-
-        async with self._lock:
-            await self._in_thread(_write_at)
-        return NOTHING_LOST
-
-    def rewind(self, offset: int) -> tuple[int, Lost]:
-        return offset, NOTHING_LOST

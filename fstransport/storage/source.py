@@ -22,30 +22,26 @@ import io
 import mmap
 import os
 import stat
+from dataclasses import dataclass
 from typing import IO, Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
-from fsspec.implementations.memory import MemoryFileSystem
 
 from fstransport.checksum import chunk_crc
-from fstransport.errors import StorageError
 from fstransport.messages import Buffer
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.backends.s3.ranged import (
+    DEFAULT_RANGED_THRESHOLD,
+    DEFAULT_READ_PART_SIZE,
+    DEFAULT_READ_STREAMS,
+)
 from fstransport.storage.base import (  # the interfaces live in base.py (no fsspec); kept here
     CheckedSource,
     ChunkSource,
     is_checked_source,
     read_checked,
     source_checksum,
-)
-from fstransport.storage.s3 import is_s3
-from fstransport.storage.s3_ranged import (
-    DEFAULT_RANGED_THRESHOLD,
-    DEFAULT_READ_PART_SIZE,
-    DEFAULT_READ_STREAMS,
-    open_s3_source,
 )
 
 __all__ = [
@@ -55,6 +51,7 @@ __all__ = [
     "ChunkSource",
     "FileObjectSource",
     "PreadSource",
+    "ReadSettings",
     "is_checked_source",
     "open_source",
     "read_checked",
@@ -284,6 +281,16 @@ async def source_for_file(fileobj: IO[bytes], description: str | None = None) ->
     return FileObjectSource(fileobj, size, what, owns_file=False)
 
 
+@dataclass(frozen=True)
+class ReadSettings:
+    """How `open_source` reads: the options it takes besides the storage options."""
+
+    map_files: bool = True
+    read_streams: int = DEFAULT_READ_STREAMS
+    read_part_size: int = DEFAULT_READ_PART_SIZE
+    ranged_read_threshold: int = DEFAULT_RANGED_THRESHOLD
+
+
 async def open_source(
     url: str,
     *,
@@ -295,38 +302,25 @@ async def open_source(
 ) -> ChunkSource:
     """Open the snapshot at fsspec `url` for ranged reads; close it with ``await source.close()``.
 
-    A local file is read through memory maps unless `map_files` is False (see `map_range`:
-    fastest, but the file must not be truncated while it is read).  An S3 object of at least
-    `ranged_read_threshold` bytes is read with `read_streams` ranged GETs of `read_part_size`
-    bytes at once (`S3RangedSource`), a smaller one with one streaming GET (`S3StreamSource`).
+    The backend that serves the URL's filesystem picks the source (see
+    `fstransport.storage.backends`).  A local file is read through memory maps unless
+    `map_files` is False (see `map_range`: fastest, but the file must not be truncated while it
+    is read).  An S3 object of at least `ranged_read_threshold` bytes is read with
+    `read_streams` ranged GETs of `read_part_size` bytes at once (`S3RangedSource`), a smaller
+    one with one streaming GET (`S3StreamSource`).  Another asynchronous filesystem is read
+    with ranged ``_cat_file`` calls (`AsyncFsSource`), a synchronous one through a file object.
     Raises `StorageError` (verb ``"open"``) if it does not exist or cannot be opened.
     """
+    from fstransport.storage.backends import backend_class
+
+    read = ReadSettings(map_files, read_streams, read_part_size, ranged_read_threshold)
     with storage_errors(url, "open"):
-        protocol = fsspec.core.split_protocol(url)[0] or "file"
-        if "::" not in url:
-            cls = fsspec.get_filesystem_class(protocol)
-            if is_s3(cls):
-                return await open_s3_source(
-                    url,
-                    dict(storage_options),
-                    streams=read_streams,
-                    part_size=read_part_size,
-                    threshold=ranged_read_threshold,
-                )
-            if getattr(cls, "async_impl", False):
-                return await AsyncFsSource.open(url, **storage_options)
+        if "::" not in url:  # (a chained URL is opened by fsspec, and read through its result)
+            fs_class = fsspec.get_filesystem_class(fsspec.core.split_protocol(url)[0] or "file")
+            opened = await backend_class(fs_class).open_url(
+                fs_class, url, read, dict(storage_options)
+            )
+            if opened is not None:
+                return opened
         fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    if isinstance(fs, MemoryFileSystem):
-        with storage_errors(url, "open"):
-            if fs.isdir(path) or path not in fs.store:
-                raise FileNotFoundError(url)
-            memory_file = fs.store[path]
-        return BufferSource(memory_file.getbuffer(), url)
-    if isinstance(fs, LocalFileSystem):
-        return await PreadSource.open(path, map_file=map_files)
-    with storage_errors(url, "open"):
-        size = int(await asyncio.to_thread(fs.size, path))
-        fileobj = await asyncio.to_thread(fs.open, path, "rb")
-    if not isinstance(size, int):
-        raise StorageError(url, "stat", TypeError(f"no size reported for {url}"))
-    return FileObjectSource(fileobj, size, url, owns_file=True, filesystem=fs)
+    return await backend_class(fs).open_path(fs, path, url, read)

@@ -96,7 +96,7 @@ class StagingStore:
             async with self._lock:
                 if self._fs is None:
                     if self.s3:
-                        from fstransport.storage.s3 import open_s3
+                        from fstransport.storage.backends.s3 import open_s3
 
                         self._fs = await open_s3(self.storage_options)
                     else:
@@ -126,7 +126,7 @@ class StagingStore:
         path = await self.path(url)
         with storage_errors(url, "stage"):
             if self.s3:
-                from fstransport.storage.s3 import (
+                from fstransport.storage.backends.s3.client import (
                     crc32c_header,
                     precondition_failed,
                     split_bucket_key,

@@ -160,7 +160,7 @@ def probe_flavor(client: Any, bucket: str, kind: str | None = None) -> S3Flavor:
     `kind` names the server; without it, it is told from the server's answers.
     """
     from fstransport.checksum import chunk_crc
-    from fstransport.storage.s3 import crc32c_header
+    from fstransport.storage.backends.s3 import crc32c_header
 
     key = f"fstransport-probe-{secrets.token_hex(4)}"
     good = {"ChecksumCRC32C": crc32c_header(chunk_crc(b"x"))}

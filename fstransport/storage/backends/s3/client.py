@@ -1,4 +1,4 @@
-"""The S3 edge: an s3fs client bound to this event loop, and a source that streams an object.
+"""The S3 edge: an s3fs client bound to this event loop, and the small helpers of S3 calls.
 
 s3fs is used through its asynchronous API (``S3FileSystem(asynchronous=True)``), one instance
 per event loop, never through its own background loop.  Unless the caller says otherwise the
@@ -10,27 +10,24 @@ verified every chunk already).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
-import time
 from typing import Any
 
 from fstransport.errors import SourceChanged, StorageError
-from fstransport.messages import Buffer
-from fstransport.options import RetryPolicy
-from fstransport.protocol.parts import HandedOver
 from fstransport.storage._aio import close_async_filesystem
-from fstransport.storage._errors import retrying, storage_errors
+from fstransport.storage._errors import storage_errors
 
 __all__ = [
-    "S3StreamSource",
     "check_etag",
     "crc32c_header",
+    "full_object_default",
     "is_s3",
     "open_s3",
     "precondition_failed",
+    "s3_object_info",
     "s3_storage_options",
+    "source_changed",
     "split_bucket_key",
 ]
 
@@ -45,6 +42,19 @@ def is_s3(fs: Any) -> bool:
     """Whether `fs` is an s3fs filesystem or class (without importing s3fs)."""
     cls = fs if isinstance(fs, type) else type(fs)
     return any(c.__module__.startswith("s3fs") for c in cls.__mro__)
+
+
+def full_object_default(fs: Any, chosen: bool | None) -> bool:
+    """Whether uploads to `fs` ask the bucket to verify the whole object's CRC32C as well.
+
+    Unless `chosen`, on for AWS itself and off for other endpoints (``endpoint_url``): not every
+    S3-compatible server has full-object checksums, and moto computes them slowly.
+    """
+    if chosen is not None:
+        return chosen
+    options = fs.storage_options
+    client_kwargs = options.get("client_kwargs") or {}
+    return not (options.get("endpoint_url") or client_kwargs.get("endpoint_url"))
 
 
 def s3_storage_options(storage_options: dict[str, Any]) -> dict[str, Any]:
@@ -141,109 +151,3 @@ async def s3_object_info(url: str, storage_options: dict[str, Any]) -> tuple[Any
     except BaseException:
         await close_async_filesystem(fs)
         raise
-
-
-class S3StreamSource:
-    """Reads an S3 object with one streaming GET, re-opened only when a read jumps elsewhere.
-
-    Some S3 servers (moto among them) read the whole object for every GET, ranged or not, so one
-    ranged GET per chunk would cost a whole-object read each time.  Reads in offset order — what
-    the sender does — cost one GET for the whole snapshot; a rewind opens one more GET at the
-    new offset.  Reads are served one at a time, in the order they were asked for.  Every GET
-    after the first carries ``If-Match`` with the ETag the object had when it was opened: a
-    source replaced mid-transfer ends in `SourceChanged`, never in bytes of two versions.
-    Large objects are read by `S3RangedSource` instead (see `open_s3_source`).
-    """
-
-    def __init__(
-        self,
-        fs: Any,
-        bucket: str,
-        key: str,
-        size: int,
-        description: str,
-        etag: str | None = None,
-    ) -> None:
-        self._fs = fs
-        self._bucket = bucket
-        self._key = key
-        self.size = size
-        self.description = description
-        self.etag = etag
-        self.gets = 0
-        self.retry = RetryPolicy()
-        self.first_answer: float | None = None
-        """Seconds the first GET took to be answered (headers, before any of the body)."""
-        self.answered_at = 0.0
-        self.read_since_answer = 0
-        """Bytes read from the first GET, since `answered_at` (``time.perf_counter()``)."""
-        self._body: Any = None
-        self._position = -1
-        self._lock = asyncio.Lock()
-
-    @classmethod
-    async def open(cls, url: str, storage_options: dict[str, Any]) -> S3StreamSource:
-        fs, info = await s3_object_info(url, storage_options)
-        bucket, key = split_bucket_key(fs._strip_protocol(url))
-        return cls(fs, bucket, key, int(info["size"]), url, info.get("ETag"))
-
-    async def _reopen(self, offset: int) -> None:
-        self._drop_body()
-        match = {"IfMatch": self.etag} if self.etag else {}
-        asked = time.perf_counter()
-        try:
-            response = await self._fs._call_s3(
-                "get_object",
-                Bucket=self._bucket,
-                Key=self._key,
-                Range=f"bytes={offset}-",
-                **match,
-            )
-        except Exception as exc:
-            if precondition_failed(exc):
-                raise source_changed(self.description, exc) from exc
-            raise
-        check_etag(response, self.etag, self.description)
-        if self.first_answer is None:
-            self.answered_at = time.perf_counter()
-            self.first_answer = self.answered_at - asked
-        self._body = response["Body"]
-        self._position = offset
-        self.gets += 1
-
-    def _drop_body(self) -> None:
-        if self._body is not None:
-            body, self._body = self._body, None
-            body.close()
-        self._position = -1
-
-    async def read(self, offset: int, length: int) -> Buffer:
-        if length == 0:
-            return b""
-
-        async def attempt() -> Buffer:
-            try:
-                if self._body is None or self._position != offset:
-                    await self._reopen(offset)
-                buffer = HandedOver(length)  # never written again once returned
-                view = memoryview(buffer)
-                filled = 0
-                while filled < length:
-                    got = await self._body.readinto(view[filled:])
-                    if got == 0:
-                        break
-                    filled += got
-                self._position = offset + filled
-                if self.gets == 1:
-                    self.read_since_answer += filled
-            except BaseException:
-                self._drop_body()  # a broken stream: the next attempt opens a new GET here
-                raise
-            return buffer if filled == length else buffer[:filled]
-
-        async with self._lock:
-            return await retrying(attempt, self.description, "read", self.retry)
-
-    async def close(self) -> None:
-        self._drop_body()
-        await close_async_filesystem(self._fs)

@@ -33,7 +33,11 @@ from fstransport.errors import ChecksumMismatch, ConfigurationError, SourceChang
 from fstransport.options import MiB, RetryPolicy
 from fstransport.protocol.parts import MAX_PARTS, MIN_PART_SIZE, choose_part_size
 from fstransport.storage._errors import retrying
-from fstransport.storage.s3 import crc32c_header, precondition_failed, source_changed
+from fstransport.storage.backends.s3.client import (
+    crc32c_header,
+    precondition_failed,
+    source_changed,
+)
 
 __all__ = [
     "DEFAULT_COPY_CONCURRENCY",
@@ -302,7 +306,7 @@ class _Copy:
         # before the rest is copied for nothing.
         await part(1)
         self.judge_first(results[1])
-        await _gather_all([part(n) for n in range(2, len(ranges) + 1)])
+        await gather_all([part(n) for n in range(2, len(ranges) + 1)])
         numbers = range(1, len(ranges) + 1)
         crcs = [parse_crc32c(results[n].get("ChecksumCRC32C")) for n in numbers]
         lengths = [last - first + 1 for first, last in ranges]
@@ -328,7 +332,7 @@ class _Copy:
             raise Unverifiable(f"{self.url}: the server did not report part 1's CRC32C")
 
 
-async def _gather_all(jobs: list[Awaitable[None]]) -> None:
+async def gather_all(jobs: list[Awaitable[None]]) -> None:
     """Run `jobs` at once; on the first failure cancel the others and raise it."""
     tasks = [asyncio.ensure_future(job) for job in jobs]
     try:

@@ -18,9 +18,9 @@ rules:
   and each answer's ETag is compared too: an object replaced mid-transfer ends the read in
   `SourceChanged`, never in bytes of two versions.
 
-`open_s3_source` picks this source for objects of at least `threshold` bytes and the one-GET
-`S3StreamSource` below that (and for servers that read the whole object for every GET, as moto
-does, where ranged reads cost more than they bring; see ``docs/s3.md``).
+`open_s3_source` (in the S3 backend) picks this source for objects of at least `threshold`
+bytes and the one-GET `S3StreamSource` below that (and for servers that read the whole object
+for every GET, as moto does, where ranged reads cost more than they bring; see ``docs/s3.md``).
 """
 
 from __future__ import annotations
@@ -31,26 +31,20 @@ import statistics
 import time
 from typing import Any
 
-from fstransport.errors import ConfigurationError, FstransportError, StorageError
+from fstransport.errors import ConfigurationError, StorageError
 from fstransport.messages import Buffer
 from fstransport.options import MiB, RetryPolicy
 from fstransport.protocol.parts import HandedOver
 from fstransport.storage._aio import close_async_filesystem
-from fstransport.storage.s3 import (
-    S3StreamSource,
-    check_etag,
-    precondition_failed,
-    s3_object_info,
-    source_changed,
-    split_bucket_key,
-)
+from fstransport.storage.backends.s3.pinned import PinnedObject
+from fstransport.storage.backends.s3.stream import S3StreamSource
 
 __all__ = [
     "DEFAULT_RANGED_THRESHOLD",
     "DEFAULT_READ_PART_SIZE",
     "DEFAULT_READ_STREAMS",
     "S3RangedSource",
-    "open_s3_source",
+    "check_read_options",
 ]
 
 log = logging.getLogger("fstransport.s3")
@@ -78,28 +72,6 @@ def check_read_options(streams: int, part_size: int, threshold: int) -> None:
             raise ConfigurationError(f"{name} must be a whole number >= {least}, got {value!r}")
 
 
-async def open_s3_source(
-    url: str,
-    storage_options: dict[str, Any],
-    *,
-    streams: int = DEFAULT_READ_STREAMS,
-    part_size: int = DEFAULT_READ_PART_SIZE,
-    threshold: int = DEFAULT_RANGED_THRESHOLD,
-) -> S3StreamSource | S3RangedSource:
-    """The S3 object at `url`, opened for reading: with `streams` ranged GETs of `part_size`
-    bytes when it holds at least `threshold` bytes and `streams` > 1, else with one GET."""
-    check_read_options(streams, part_size, threshold)
-    fs, info = await s3_object_info(url, storage_options)
-    bucket, key = split_bucket_key(fs._strip_protocol(url))
-    size = int(info["size"])
-    etag = info.get("ETag") or None
-    if streams > 1 and size >= threshold and size > part_size:
-        return S3RangedSource(
-            fs, bucket, key, size, url, etag=etag, streams=streams, part_size=part_size
-        )
-    return S3StreamSource(fs, bucket, key, size, url, etag)
-
-
 class S3RangedSource:
     """An S3 object read with up to `streams` ranged GETs of `part_size` bytes at once."""
 
@@ -120,9 +92,7 @@ class S3RangedSource:
         """`fallback`: start with one streaming GET and go over to ranged GETs only when the
         server answers it quickly (see `FALLBACK_RATIO`); else ranged GETs from the start."""
         check_read_options(streams, part_size, 0)
-        self._fs = fs
-        self._bucket = bucket
-        self._key = key
+        self._object = PinnedObject(fs, bucket, key, size, description, etag)
         self.size = size
         self.description = description
         self.etag = etag
@@ -130,8 +100,6 @@ class S3RangedSource:
         self.part_size = part_size
         self.retry = retry or RetryPolicy()
         self.part_count = -(-size // part_size)
-        self.gets = 0
-        """GET requests made (a part fetched again after a break counts again)."""
         self.max_held = 0
         """Most bytes of part buffers held at once (at most `streams` x `part_size`)."""
         self._parts: dict[int, asyncio.Task[HandedOver]] = {}
@@ -194,73 +162,7 @@ class S3RangedSource:
     async def _fetch(self, number: int) -> HandedOver:
         """GET part `number`'s range, again from where it broke off after a failure."""
         start, end = self._range(number)
-        buffer = HandedOver(end - start)  # never written again once handed out
-        view = memoryview(buffer)
-        filled = 0
-        failures = 0
-        while filled < len(buffer):
-            try:
-                filled = await self._get_into(view, start, filled)
-                continue
-            except _Partial as partial:
-                filled, exc = partial.filled, partial.error
-            if precondition_failed(exc):
-                raise source_changed(self.description, exc) from exc
-            failures += 1
-            error = StorageError(self.description, "read", exc)
-            if not error.retryable or failures >= self.retry.max_attempts:
-                raise error from exc
-            log.warning(
-                "%s (bytes %d-%d, attempt %d of %d); asking again from byte %d",
-                error,
-                start,
-                end - 1,
-                failures,
-                self.retry.max_attempts,
-                start + filled,
-            )
-            await asyncio.sleep(self.retry.backoff(failures))
-        return buffer
-
-    async def _get_into(self, view: memoryview, start: int, filled: int) -> int:
-        """One ranged GET for ``view[filled:]`` (the part begins at byte `start`); returns how
-        much of `view` is filled when it ends, or raises with the bytes it read kept."""
-        first, last = start + filled, start + len(view) - 1
-        match = {"IfMatch": self.etag} if self.etag else {}
-        self.gets += 1
-        body: Any = None
-        asked = time.perf_counter()
-        try:
-            response = await self._fs._call_s3(
-                "get_object",
-                Bucket=self._bucket,
-                Key=self._key,
-                Range=f"bytes={first}-{last}",
-                **match,
-            )
-            body = response["Body"]
-            answered = time.perf_counter()
-            check_etag(response, self.etag, self.description)
-            wanted = f"bytes {first}-{last}/{self.size}"
-            if response.get("ContentRange", wanted) != wanted:
-                raise OSError(f"asked for {wanted}, got {response.get('ContentRange')}")
-            while filled < len(view):
-                got = await body.readinto(view[filled:])
-                if got == 0:
-                    raise ConnectionResetError(
-                        f"the answer for bytes {first}-{last} ended at byte {start + filled}"
-                    )
-                filled += got
-        except FstransportError:
-            raise
-        except Exception as exc:
-            raise _Partial(filled, exc) from exc
-        finally:
-            if body is not None:
-                body.close()
-        if first == start:  # a whole part in one GET: a fair sample of what a GET costs
-            self._judge(answered - asked, time.perf_counter() - answered)
-        return filled
+        return await self._object.fetch(start, end, self.retry, self._judge)
 
     def _judge(self, answer_time: float, body_time: float) -> None:
         """After the first `streams` GETs: fall back to one streaming GET when the server takes
@@ -288,8 +190,9 @@ class S3RangedSource:
 
     def _stream_source(self) -> S3StreamSource:
         if self._stream is None:
+            obj = self._object
             stream = S3StreamSource(
-                self._fs, self._bucket, self._key, self.size, self.description, self.etag
+                obj.fs, obj.bucket, obj.key, self.size, self.description, self.etag
             )
             self._stream = stream
         self._stream.retry = self.retry
@@ -321,6 +224,11 @@ class S3RangedSource:
             self._rebalance()
 
     # -- ChunkSource -----------------------------------------------------------------------------
+
+    @property
+    def gets(self) -> int:
+        """GET requests made (a part fetched again after a break counts again)."""
+        return self._object.gets
 
     @property
     def fell_back(self) -> bool:
@@ -394,16 +302,7 @@ class S3RangedSource:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._changed.set()
-        await close_async_filesystem(self._fs)
-
-
-class _Partial(Exception):
-    """A GET that broke after filling its part's buffer up to `filled`."""
-
-    def __init__(self, filled: int, error: Exception) -> None:
-        super().__init__(str(error))
-        self.filled = filled
-        self.error = error
+        await close_async_filesystem(self._object.fs)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

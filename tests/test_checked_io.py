@@ -256,6 +256,30 @@ async def test_the_answer_to_a_trusted_chunk_without_crc_carries_its_crc(
         assert f.read() == DATA
 
 
+async def test_a_trusted_chunk_not_written_again_still_gets_its_crc(
+    store: FsspecSnapshotStore,
+) -> None:
+    """A snapshot named by its checksum skips a chunk it holds (no write, so no sink computed
+    the CRC): the answer names it all the same, and a lower vote's answer names none."""
+    receiver = Receiver(store)
+    named = replace(meta(len(DATA)), checksum=format_checksum(chunk_crc(DATA)))
+    chunk = DATA[:1000]
+    first = await receiver.handle(
+        InstallSnapshotRequest(V1, named, 0, chunk, False), trust_crc=True
+    )
+    again = await receiver.handle(
+        InstallSnapshotRequest(V1, named, 0, chunk, False), trust_crc=True
+    )
+    assert first.crc32c == again.crc32c == chunk_crc(chunk)
+    assert again.held == ((0, 1000),)
+    higher = Vote(2, 1)
+    await receiver.handle(InstallSnapshotRequest(higher, named, 1000, DATA[1000:2000], False))
+    stale = InstallSnapshotRequest(V1, named, 2000, DATA[2000:3000], False)
+    refused = await receiver.handle(stale, trust_crc=True)
+    assert refused.vote == higher
+    assert refused.crc32c is None
+
+
 async def test_an_untrusted_crc_is_checked_and_named_in_the_answer(
     store: FsspecSnapshotStore,
 ) -> None:

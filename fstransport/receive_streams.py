@@ -276,8 +276,8 @@ class StreamRunner:
         if not req.done:
             return None, held, crc
         if stream.state.staged:  # no manifest, no install
-            assert self.relay_options is not None
-            await self.staged.check_manifests(stream.state.staged, req, self.relay_options)
+            options = self.relay_options or {}  # (the client that fetched the chunks is reused)
+            await self.staged.check_manifests(stream.state.staged, req, options)
         try:
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
             snapshot = await self.store.finish(meta, sink)

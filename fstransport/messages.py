@@ -161,7 +161,8 @@ class InstallSnapshotRequest:
     `crc32c` is the CRC32C of `data`, computed by the sender and checked by the receiver before
     it writes anything.  None leaves it to the receiver; only an in-process copy does that
     (`LoopbackNetwork` with ``trust_checksums``: the receiver's sink computes each chunk's CRC
-    while it writes it and hands it back, so the data is read once).
+    while it writes it and hands it back in `InstallSnapshotResponse.crc32c`, so the data is
+    read once).
 
     `staged`, when set, says where the chunk's bytes wait in a bucket (`StagedChunk`): `data`
     is then empty and `crc32c` is the staged bytes' CRC32C.  A receiver created with
@@ -192,10 +193,16 @@ class InstallSnapshotResponse:
     `held` lists byte ranges ``(start, end)`` of the snapshot the receiver already holds; it
     comes with the answer to the chunk at offset 0 and to the first chunk of a resumed transfer,
     so that a sender skips what an earlier attempt delivered.
+
+    `crc32c` is the CRC32C of the request's data as the receiver computed or took it (None when
+    nothing was applied).  Only a sender whose network declares ``trust_checksums`` (an
+    in-process `LoopbackNetwork`) uses it, for a chunk it sent without a CRC; any other sender
+    computes its own and never takes a peer's word for it.
     """
 
     vote: Vote
     held: tuple[tuple[int, int], ...] | None = None
+    crc32c: int | None = None
 
 
 @dataclass(frozen=True)

@@ -9,26 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from fstransport.checksum import format_checksum, parse_checksum
+from fstransport.checksum import chunk_crc, format_checksum, parse_checksum
 from fstransport.errors import (
     ChecksumMismatch,
     InvalidRequest,
     NetworkError,
-    PayloadTooLarge,
-    RemoteError,
     ReplicationClosed,
-    RPCError,
-    SnapshotMismatch,
     StorageError,
     Timeout,
-    TooManyTransfers,
-    UntrustedPeer,
 )
 from fstransport.messages import (
     Buffer,
@@ -41,9 +36,8 @@ from fstransport.messages import (
     Vote,
 )
 from fstransport.network.base import Network
-from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import TransferOptions
-from fstransport.protocol.sender import ChunkPlan, RateLimiter, SendStats, SendWindow
+from fstransport.protocol.sender import ChunkPlan, Failure, RateLimiter, SendStats, SendWindow
 from fstransport.storage.source import (
     ChunkSource,
     read_checked,
@@ -57,9 +51,6 @@ log = logging.getLogger("fstransport.sender")
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of bytes just acknowledged."""
-CheckedRPC = Callable[
-    [InstallSnapshotRequest, TransferOptions], Awaitable[tuple[InstallSnapshotResponse, int]]
-]
 _T = TypeVar("_T")
 
 
@@ -71,46 +62,6 @@ class SendResult:
     completed: bool
     checksum: str | None
     stats: SendStats
-
-
-class _Rewind(Exception):
-    def __init__(self, expect_offset: int, error: BaseException) -> None:
-        self.expect_offset = expect_offset
-        self.error = error
-
-
-class _TooLarge(Exception):
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-class _Retry(Exception):
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _classify(exc: BaseException, snapshot_id: str) -> BaseException:
-    """Turn a failed RPC into what the window should do; fatal errors are returned unchanged."""
-    source = exc.source if isinstance(exc, RemoteError) else exc
-    if isinstance(source, SnapshotMismatch):
-        if source.expect.id != snapshot_id:
-            return _Retry(NetworkError(f"mismatch answer names another snapshot: {source}"))
-        return _Rewind(source.expect.offset, exc)
-    if isinstance(source, PayloadTooLarge):
-        return _TooLarge(source)
-    if isinstance(source, ChecksumMismatch):
-        return exc if source.whole else _Retry(exc)
-    if isinstance(source, TooManyTransfers):
-        return _Retry(exc)
-    if isinstance(source, InvalidRequest):
-        return exc  # the receiver refuses this request; sending it again changes nothing
-    if isinstance(source, StorageError) and not source.retryable:
-        return exc  # the receiver's storage is missing or forbidden: retrying cannot help
-    if isinstance(exc, UntrustedPeer):
-        return exc  # its certificate will not become trusted by trying again
-    if isinstance(exc, RPCError):
-        return _Retry(exc)  # timeouts, unreachable, network trouble, remote storage trouble
-    return exc
 
 
 async def send_source(
@@ -148,7 +99,7 @@ class _Sender:
         if meta.checksum is not None:
             parse_checksum(meta.checksum)  # ConfigurationError for a malformed one
         self.net = net
-        self.checked_rpc = _checked_rpc(net)  # the in-process path without chunk CRCs, if any
+        self.trusted = _trusts_checksums(net)  # chunks may go without a CRC: see there
         # A network that holds chunks staged already (`RelayNetwork`) names them: not read again.
         self.staged_chunk: Callable[..., StagedChunk | None] | None = getattr(
             net, "staged_chunk", None
@@ -248,34 +199,31 @@ class _Sender:
                     SnapshotResponse(response.vote), True, self.checksum, window.stats
                 )
             return None
-        verdict = _classify(exc, self.meta.snapshot_id)
-        if isinstance(verdict, _Rewind):
+        verdict = window.verdict(exc, self.meta.snapshot_id)
+        if verdict.failure is Failure.FATAL:
+            raise verdict.error
+        if verdict.failure is Failure.REWIND:
             log.warning(
                 "snapshot mismatch at offset %d; continuing from %d",
                 plan.offset,
                 verdict.expect_offset,
             )
-            window.on_mismatch(plan, verdict.expect_offset, verdict.error, now)
-        elif isinstance(verdict, _TooLarge):
+        elif verdict.failure is Failure.SHRINK:
             log.warning("chunk of %d bytes too large; shrinking", plan.length)
-            window.on_too_large(plan, verdict.error, now)
-        elif isinstance(verdict, _Retry):
-            log.warning("chunk at offset %d failed (%s); retrying", plan.offset, verdict.error)
-            window.on_failure(plan, verdict.error, now)
         else:
-            raise verdict
+            log.warning("chunk at offset %d failed (%s); retrying", plan.offset, verdict.error)
+        window.on_verdict(plan, verdict, now)
         return None
 
     async def _send_one(self, plan: ChunkPlan) -> tuple[int, InstallSnapshotResponse]:
-        checked = None if plan.done else self.checked_rpc
         staged = None
         if self.staged_chunk is not None:
             staged = self.staged_chunk(self.vote, self.meta, plan.offset, plan.length)
+        crc: int | None
         if staged is not None:  # its bytes wait in a bucket: the network sends a reference
             data: Buffer = b""
-            crc: int | None = staged.crc32c
-            checked = None
-        elif checked is not None:  # the receiver computes the CRC as it writes the data
+            crc = staged.crc32c
+        elif self.trusted and not plan.done:  # the receiver computes the CRC as it writes
             data = await self.source.read(plan.offset, plan.length)
             crc = None
         else:
@@ -299,14 +247,17 @@ class _Sender:
         ttl = self.options.install_timeout if plan.done else self.options.hard_ttl
         if self.deadline_at is not None:
             ttl = max(0.0, min(ttl, self.deadline_at - self.loop.time()))
-        if checked is not None:
-            response, crc = await self._answer_within(lambda: checked(req, self.options), req, ttl)
-        else:
-            response = await self._answer_within(
-                lambda: self.net.install_snapshot(req, self.options), req, ttl
-            )
+        response = await self._answer_within(
+            lambda: self.net.install_snapshot(req, self.options), req, ttl
+        )
         if not isinstance(response, InstallSnapshotResponse) or not isinstance(response.vote, Vote):
             raise NetworkError(f"malformed answer from the network: {response!r}")
+        if crc is None:  # sent without one (`_trusts_checksums`): the receiver's, if it says
+            told = response.crc32c
+            if isinstance(told, int) and not isinstance(told, bool) and 0 <= told < 2**32:
+                crc = told
+            else:
+                crc = chunk_crc(data)
         if plan.done and actual is not None and meta.checksum != actual:
             raise ChecksumMismatch(  # a receiver that does not verify accepted it anyway
                 f"snapshot {self.meta.snapshot_id!r} as read from {self.source.description}",
@@ -314,7 +265,6 @@ class _Sender:
                 actual,
                 whole=True,
             )
-        assert crc is not None
         return crc, response
 
     async def _answer_within(
@@ -363,14 +313,13 @@ class _Sender:
         return format_checksum(crc)
 
 
-def _checked_rpc(net: Network) -> CheckedRPC | None:
-    """``install_snapshot_checked`` of a `LoopbackNetwork` with ``trust_checksums`` (and of
-    nothing else: a wrapper around one, a fault injector say, must see every request with its
-    CRC): the receiver then computes each chunk's CRC while it writes the chunk, so the data is
-    read once, not twice."""
-    if isinstance(net, LoopbackNetwork) and net.trust_checksums:
-        return net.install_snapshot_checked
-    return None
+def _trusts_checksums(net: Network) -> bool:
+    """Whether `net` itself declares ``trust_checksums`` (a `LoopbackNetwork` created with
+    it): chunks but the last then go without a CRC, the receiver's sink computes it while
+    writing the chunk and the answer carries it back, so the data is read once, not twice.
+    Read with ``inspect.getattr_static``: a wrapper that forwards attributes to such a network
+    (a fault injector, say) does not inherit the declaration, and sees every CRC."""
+    return inspect.getattr_static(net, "trust_checksums", False) is True
 
 
 def _uncancel(task: asyncio.Task[Any]) -> None:

@@ -9,6 +9,7 @@ import os
 import random
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -229,7 +230,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> FsspecSnapshotStore
     return FsspecSnapshotStore(str(tmp_path / "recv"))
 
 
-async def test_handle_checked_returns_each_chunks_crc(store: FsspecSnapshotStore) -> None:
+async def handle_trusted(
+    receiver: Receiver, req: InstallSnapshotRequest
+) -> tuple[InstallSnapshotResponse, int]:
+    """`Receiver.handle` as a trusting `LoopbackNetwork` calls it; the answer's CRC with it."""
+    response = await receiver.handle(req, trust_crc=True)
+    assert response.crc32c is not None
+    return response, response.crc32c
+
+
+async def test_the_answer_to_a_trusted_chunk_without_crc_carries_its_crc(
+    store: FsspecSnapshotStore,
+) -> None:
     receiver = Receiver(store)
     step = CHECK_BLOCK + 1000
     cuts = list(range(0, len(DATA), step))
@@ -237,42 +249,68 @@ async def test_handle_checked_returns_each_chunks_crc(store: FsspecSnapshotStore
         chunk = DATA[offset : offset + step]
         done = offset == cuts[-1]
         request = InstallSnapshotRequest(V1, meta(len(DATA)), offset, chunk, done, None)
-        response, crc = await receiver.handle_checked(request)
+        response, crc = await handle_trusted(receiver, request)
         assert crc == chunk_crc(chunk)
         assert response.vote == V1
     with await store.open("snap") as f:
         assert f.read() == DATA
 
 
-async def test_handle_checked_checks_a_crc_it_is_given_and_refuses_non_requests(
+async def test_a_trusted_chunk_not_written_again_still_gets_its_crc(
+    store: FsspecSnapshotStore,
+) -> None:
+    """A snapshot named by its checksum skips a chunk it holds (no write, so no sink computed
+    the CRC): the answer names it all the same, and a lower vote's answer names none."""
+    receiver = Receiver(store)
+    named = replace(meta(len(DATA)), checksum=format_checksum(chunk_crc(DATA)))
+    chunk = DATA[:1000]
+    first = await receiver.handle(
+        InstallSnapshotRequest(V1, named, 0, chunk, False), trust_crc=True
+    )
+    again = await receiver.handle(
+        InstallSnapshotRequest(V1, named, 0, chunk, False), trust_crc=True
+    )
+    assert first.crc32c == again.crc32c == chunk_crc(chunk)
+    assert again.held == ((0, 1000),)
+    higher = Vote(2, 1)
+    await receiver.handle(InstallSnapshotRequest(higher, named, 1000, DATA[1000:2000], False))
+    stale = InstallSnapshotRequest(V1, named, 2000, DATA[2000:3000], False)
+    refused = await receiver.handle(stale, trust_crc=True)
+    assert refused.vote == higher
+    assert refused.crc32c is None
+
+
+async def test_an_untrusted_crc_is_checked_and_named_in_the_answer(
     store: FsspecSnapshotStore,
 ) -> None:
     receiver = Receiver(store)
     chunk = DATA[:1000]
     wrong = InstallSnapshotRequest(V1, meta(len(DATA)), 0, chunk, False, chunk_crc(chunk) ^ 1)
     with pytest.raises(ChecksumMismatch):
-        await receiver.handle_checked(wrong)
+        await receiver.handle(wrong)
     assert receiver.receiving == []  # nothing was written
     right = InstallSnapshotRequest(V1, meta(len(DATA)), 0, chunk, False, chunk_crc(chunk))
-    assert (await receiver.handle_checked(right))[1] == chunk_crc(chunk)
+    assert (await receiver.handle(right)).crc32c == chunk_crc(chunk)
+    again = InstallSnapshotRequest(V1, meta(len(DATA)), 1000, DATA[1000:2000], False)
+    assert (await receiver.handle(again)).crc32c == chunk_crc(DATA[1000:2000])  # computed
     with pytest.raises(InvalidRequest):
-        await receiver.handle_checked(object())  # type: ignore[arg-type]
+        await receiver.handle(object(), trust_crc=True)  # type: ignore[arg-type]
 
 
-async def test_handle_checked_writes_chunks_at_once_and_installs_them_all(
+async def test_trusted_chunks_without_crc_are_written_at_once_and_installed(
     store: FsspecSnapshotStore,
 ) -> None:
     receiver = Receiver(store)
     step = 10_000
-    await receiver.handle_checked(
-        InstallSnapshotRequest(V1, meta(len(DATA)), 0, DATA[:step], False)
+    await handle_trusted(
+        receiver, InstallSnapshotRequest(V1, meta(len(DATA)), 0, DATA[:step], False)
     )
     middle = list(range(step, len(DATA) - step, step))
     random.Random(3).shuffle(middle)
     answers = await asyncio.gather(
         *(
-            receiver.handle_checked(
-                InstallSnapshotRequest(V1, meta(len(DATA)), o, DATA[o : o + step], False)
+            handle_trusted(
+                receiver, InstallSnapshotRequest(V1, meta(len(DATA)), o, DATA[o : o + step], False)
             )
             for o in middle
         )
@@ -291,9 +329,9 @@ async def test_a_chunk_written_while_its_stream_is_dropped_fails(tmp_path: Path)
     store = FsspecSnapshotStore(str(tmp_path / "recv"))
     receiver = Receiver(store)
     size = 3 * CHECK_BLOCK
-    await receiver.handle_checked(InstallSnapshotRequest(V1, meta(size), 0, DATA[:10], False))
+    await handle_trusted(receiver, InstallSnapshotRequest(V1, meta(size), 0, DATA[:10], False))
     write = asyncio.ensure_future(
-        receiver.handle_checked(InstallSnapshotRequest(V1, meta(size), 10, DATA[10:size], False))
+        handle_trusted(receiver, InstallSnapshotRequest(V1, meta(size), 10, DATA[10:size], False))
     )
     await asyncio.sleep(0)
     await receiver.abort("snap")
@@ -327,12 +365,63 @@ def test_combine_with_tables_equals_the_polynomial_product() -> None:
         assert combine(chunk_crc(left), chunk_crc(right), len(right)) == chunk_crc(left + right)
 
 
-def test_loopback_without_trust_does_not_offer_checked_writes() -> None:
-    from fstransport.sender import _checked_rpc
+def test_only_a_network_that_itself_declares_trust_gets_chunks_without_crc() -> None:
+    from fstransport.sender import _trusts_checksums
 
     receiver = Receiver(FsspecSnapshotStore("memory://recv"))
-    assert _checked_rpc(LoopbackNetwork(receiver)) is None
-    assert _checked_rpc(LoopbackNetwork(receiver, trust_checksums=True)) is not None
+    trusting = LoopbackNetwork(receiver, trust_checksums=True)
+
+    class Forwarding:
+        def __getattr__(self, name: str) -> object:
+            return getattr(trusting, name)
+
+    assert not _trusts_checksums(LoopbackNetwork(receiver))
+    assert _trusts_checksums(trusting)
+    assert Forwarding().trust_checksums is True
+    assert not _trusts_checksums(Forwarding())  # type: ignore[arg-type]
+
+
+async def test_a_trusting_loopback_gets_chunks_but_the_last_without_crc(
+    store: FsspecSnapshotStore,
+) -> None:
+    seen: list[int | None] = []
+    answered: list[int | None] = []
+
+    class Recording(Receiver):
+        async def handle(
+            self, req: InstallSnapshotRequest, *, trust_crc: bool = False
+        ) -> InstallSnapshotResponse:
+            seen.append(req.crc32c)
+            response = await super().handle(req, trust_crc=trust_crc)
+            answered.append(response.crc32c)
+            return response
+
+    net = LoopbackNetwork(Recording(store), trust_checksums=True)
+    options = TransferOptions(chunk_size=CHECK_BLOCK, max_in_flight=2)
+    result = await send_source(net, V1, meta(len(DATA)), BufferSource(DATA), option=options)
+    assert seen == [None, None, None, chunk_crc(DATA[3 * CHECK_BLOCK :])]
+    assert sorted(a for a in answered if a is not None) == sorted(
+        chunk_crc(DATA[o : o + CHECK_BLOCK]) for o in range(0, len(DATA), CHECK_BLOCK)
+    )
+    assert result.checksum == format_checksum(chunk_crc(DATA))
+
+
+async def test_a_crc_an_untrusted_peer_reports_is_never_used(store: FsspecSnapshotStore) -> None:
+    """A hostile peer's answer naming wrong CRCs changes nothing: the sender computed its own."""
+    inner = LoopbackNetwork(Receiver(store))
+
+    class Lying:
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            assert req.crc32c is not None
+            response = await inner.install_snapshot(req, option)
+            return replace(response, crc32c=(req.crc32c + 1) % 2**32)
+
+    options = TransferOptions(chunk_size=CHECK_BLOCK, max_in_flight=2)
+    result = await send_source(Lying(), V1, meta(len(DATA)), BufferSource(DATA), option=options)
+    assert result.completed
+    assert result.checksum == format_checksum(chunk_crc(DATA))
 
 
 async def test_a_failed_concurrent_write_ends_its_stream(
@@ -341,15 +430,15 @@ async def test_a_failed_concurrent_write_ends_its_stream(
     store = FsspecSnapshotStore(str(tmp_path / "recv"))
     receiver = Receiver(store)
     size = 3 * CHECK_BLOCK
-    await receiver.handle_checked(InstallSnapshotRequest(V1, meta(size), 0, DATA[:10], False))
+    await handle_trusted(receiver, InstallSnapshotRequest(V1, meta(size), 0, DATA[:10], False))
 
     def full(fd: int, data: memoryview, offset: int) -> int:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(StorageError):
-        await receiver.handle_checked(
-            InstallSnapshotRequest(V1, meta(size), 10, DATA[10:size], False)
+        await handle_trusted(
+            receiver, InstallSnapshotRequest(V1, meta(size), 10, DATA[10:size], False)
         )
     assert receiver.receiving == []
     assert not (tmp_path / "recv" / "snap").exists()

@@ -228,12 +228,12 @@ async def test_the_floor_vote_applies_to_every_id(tmp_path: Path) -> None:
 
 
 async def test_votes_per_id_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fstransport.receiver.VOTES_MEMORY", 3)
+    monkeypatch.setattr("fstransport.protocol.receiver_state.VOTES_MEMORY", 3)
     receiver = Receiver(FsspecSnapshotStore(str(tmp_path)), vote_scope="snapshot")
     await receiver.handle(chunk(b"p" * 4, "pending.bin", Vote(9, 9), done=False))  # in progress
     for n in range(6):
         await receiver.handle(chunk(b"x", f"{n}.bin", Vote(1, n)))
-    assert len(receiver._votes) == 3
+    assert len(receiver.rules.votes) == 3
     assert receiver.vote_for("pending.bin") == Vote(9, 9), "a transfer in progress keeps its vote"
     assert receiver.vote_for("5.bin") == Vote(1, 5)
     assert receiver.vote_for("0.bin") is None

@@ -20,16 +20,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fstransport.errors import (
+    ChecksumMismatch,
+    InvalidRequest,
     NetworkError,
     PayloadTooLarge,
+    RemoteError,
     RetryExhausted,
     SnapshotMismatch,
+    StorageError,
     Timeout,
+    TooManyTransfers,
+    Unreachable,
+    UntrustedPeer,
 )
 from fstransport.messages import SnapshotSegmentId
 from fstransport.options import RetryPolicy, TransferOptions
 from fstransport.protocol.ranges import RangeSet
-from fstransport.protocol.sender import ChunkPlan, SendStats, SendWindow
+from fstransport.protocol.sender import ChunkPlan, Failure, SendStats, SendWindow, Verdict
 
 
 def crc(data: bytes) -> int:
@@ -1153,3 +1160,80 @@ def test_whole_crc_after_a_rewind_to_a_boundary_with_a_new_chunk_size() -> None:
             assert window.whole_crc(plan, crc(piece)) == crc(data)
             break
         window.on_ack(plan, crc(piece), 0.0)
+
+
+# == verdicts: what a failed request means ==================================================
+
+
+def _remote(error: BaseException) -> RemoteError:
+    return RemoteError(error, "peer")
+
+
+STORE_GONE = StorageError("root", "write", PermissionError(13, "forbidden"))
+STORE_FLAKY = StorageError("root", "write", ConnectionResetError(104, "reset"))
+
+
+@pytest.mark.parametrize(
+    ("error", "failure"),
+    [
+        (mismatch(8), Failure.REWIND),
+        (_remote(mismatch(8)), Failure.REWIND),
+        (PayloadTooLarge(limit=100), Failure.SHRINK),
+        (_remote(PayloadTooLarge()), Failure.SHRINK),
+        (_remote(ChecksumMismatch("chunk", "1", "2")), Failure.RETRY),
+        (_remote(ChecksumMismatch("snapshot", "1", "2", whole=True)), Failure.FATAL),
+        (_remote(TooManyTransfers("busy")), Failure.RETRY),
+        (_remote(InvalidRequest("no", field="size")), Failure.FATAL),
+        (_remote(STORE_GONE), Failure.FATAL),
+        (_remote(STORE_FLAKY), Failure.RETRY),
+        (UntrustedPeer("bad certificate"), Failure.FATAL),
+        (Timeout("slow"), Failure.RETRY),
+        (Unreachable("gone"), Failure.RETRY),
+        (NetworkError("reset"), Failure.RETRY),
+        (ValueError("a bug"), Failure.FATAL),
+        (StorageError("source", "read", OSError(5, "EIO")), Failure.FATAL),  # our own source
+    ],
+)
+def test_every_failure_has_one_verdict(error: BaseException, failure: Failure) -> None:
+    verdict = SendWindow.verdict(error, "s")
+    assert verdict.failure is failure
+    if failure is Failure.REWIND:
+        assert verdict.expect_offset == 8
+        assert verdict.error is error
+    elif failure is Failure.SHRINK:
+        assert isinstance(verdict.error, PayloadTooLarge)  # its limit is read from it
+    else:
+        assert verdict.error is error
+
+
+def test_a_mismatch_naming_another_snapshot_is_a_broken_answer_to_retry() -> None:
+    other = SnapshotMismatch(SnapshotSegmentId("t", 0), SnapshotSegmentId("t", 4))
+    verdict = SendWindow.verdict(_remote(other), "s")
+    assert verdict == Verdict(Failure.RETRY, verdict.error)
+    assert isinstance(verdict.error, NetworkError)
+    assert "another snapshot" in str(verdict.error)
+
+
+def test_verdicts_are_applied_by_the_window_and_a_fatal_one_is_not() -> None:
+    window = SendWindow(12, options(max_in_flight=3), now=0.0)
+    first = window.next_chunk(0.0)
+    assert first is not None
+    window.on_verdict(first, SendWindow.verdict(PayloadTooLarge(), "s"), 0.0)
+    assert window.stats.shrinks == 1
+    again = window.next_chunk(0.0)
+    assert again is not None
+    window.on_verdict(again, SendWindow.verdict(Timeout("slow"), "s"), 0.0)
+    assert window.stats.retries == 1
+    first_again = window.next_chunk(1.0)  # after the backoff
+    assert first_again is not None
+    window.on_ack(first_again, crc(b"\0" * first_again.length), 1.0)
+    ahead = window.next_chunk(1.0)
+    assert ahead is not None
+    assert ahead.offset > 0
+    window.on_verdict(ahead, SendWindow.verdict(mismatch(0), "s"), 1.0)
+    assert window.stats.rewinds == 1
+    plan = window.next_chunk(2.0)
+    assert plan is not None
+    assert plan.offset == 0, "everything from the expected offset goes again"
+    with pytest.raises(ValueError, match="fatal"):
+        window.on_verdict(plan, SendWindow.verdict(_remote(InvalidRequest("no")), "s"), 2.0)

@@ -25,7 +25,7 @@ from fstransport.messages import (
     SnapshotSegmentId,
     Vote,
 )
-from fstransport.protocol.ranges import ChunkLedger
+from fstransport.protocol.ranges import ChunkLedger, ChunkRecord
 
 __all__ = [
     "DEFAULT_MAX_SNAPSHOT_SIZE",
@@ -262,6 +262,11 @@ class StreamState:
 
     meta: SnapshotMeta
     ledger: ChunkLedger = field(default_factory=ChunkLedger)
+    resumed: bool = False  # the next answer tells the sender what is held
+    from_store: bool = False  # it continues partial data an earlier receiver or sender left
+    unverified: bool = False  # it was written since its bytes were last re-read
+    last_seen: float = 0.0  # when a request of it last came or ended (the receiver's clock)
+    staged: dict[str, set[str]] = field(default_factory=dict)  # staging area -> objects used
 
     def record(
         self, req: InstallSnapshotRequest, crc: int, lost: Iterable[tuple[int, int]] = ()
@@ -273,6 +278,52 @@ class StreamState:
         self.ledger.add(req.offset, len(req.data), crc)
         if self.meta.checksum is None and req.meta.checksum is not None:
             self.meta = replace(self.meta, checksum=req.meta.checksum)
+        self.unverified = True
+        if req.staged is not None:
+            self.staged.setdefault(req.staged.area, set()).add(req.staged.name)
+
+    def holds(self, req: InstallSnapshotRequest) -> bool:
+        """Whether `req`'s bytes need not be written: a snapshot named by its checksum never
+        changes, so a chunk it holds already is there."""
+        return self.meta.checksum is not None and self.ledger.covers(
+            req.offset, req.offset + len(req.data)
+        )
+
+    def concurrent(
+        self, req: InstallSnapshotRequest, crc_known: bool, sink_concurrent: bool
+    ) -> bool:
+        """Whether `req` may be written without holding the stream's lock: a chunk but the
+        last whose CRC the sink computes as it writes, into a sink that takes several writes at
+        once, of a snapshot naming no checksum (else `holds` may skip bytes)."""
+        return not crc_known and not req.done and self.meta.checksum is None and sink_concurrent
+
+    def tell(self, req: InstallSnapshotRequest) -> tuple[tuple[int, int], ...] | None:
+        """What to tell the sender is held: in the answer to the first chunk and to the first
+        one after a resume (the sender need not send it), else None."""
+        if req.offset != 0 and not self.resumed:
+            return None
+        self.resumed = False
+        return tuple(self.ledger.held())
+
+    def needs_check(self) -> bool:
+        """Whether a chunk at offset 0 must have the bytes held re-read first: something was
+        written since the last check (a stream from the store was checked already).  Marks
+        them as checked."""
+        if not self.unverified or self.resumed:
+            return False
+        self.unverified = False
+        return True
+
+    def checked(self, records: Iterable[ChunkRecord], intact: Iterable[ChunkRecord]) -> int:
+        """The bytes of `records` were re-read and only `intact` matched: forget the others
+        (they are sent again); return how many were lost.  The data may be another sender's
+        from now on (see `ReceiverState.finish_failed`)."""
+        good = set(intact)
+        lost = [r for r in records if r not in good]
+        for record in lost:
+            self.ledger.discard(record.offset, record.end)
+        self.from_store = True
+        return len(lost)
 
     def complete(self, end: int, rewind: Rewind = _no_rewind) -> SnapshotMeta:
         """Check that ``[0, end)`` is held and matches the checksum; return the final meta.

@@ -15,20 +15,54 @@ what the window plans.  Its rules:
 - A mismatch rewinds: every byte from the receiver's expected offset is sent again.  Answers
   to chunks sent before the rewind are stale; their failures put bytes back, nothing else.
 - `PayloadTooLarge` halves the chunk size, down to a floor, before it counts as a failure.
+- What a failed request means is `SendWindow.verdict`'s answer, a `Verdict` value: rewind,
+  shrink, retry, or give up with the error.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fstransport.checksum import combine
-from fstransport.errors import RetryExhausted
+from fstransport.errors import (
+    ChecksumMismatch,
+    InvalidRequest,
+    NetworkError,
+    PayloadTooLarge,
+    RemoteError,
+    RetryExhausted,
+    RPCError,
+    SnapshotMismatch,
+    StorageError,
+    TooManyTransfers,
+    UntrustedPeer,
+)
 from fstransport.options import TransferOptions
 from fstransport.protocol.ranges import ChunkLedger, RangeSet
 
-__all__ = ["ChunkPlan", "RateLimiter", "SendStats", "SendWindow"]
+__all__ = ["ChunkPlan", "Failure", "RateLimiter", "SendStats", "SendWindow", "Verdict"]
+
+
+class Failure(enum.Enum):
+    """What a failed request makes the sender do."""
+
+    REWIND = "rewind"  # send everything from the receiver's expected offset again
+    SHRINK = "shrink"  # the chunk was too large: cut smaller ones
+    RETRY = "retry"  # send the chunk again after a backoff (bounded)
+    FATAL = "fatal"  # give up: raise the error
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`SendWindow.verdict`'s answer: what to do (`failure`), the error to count or raise, and
+    for `Failure.REWIND` the offset the receiver expects."""
+
+    failure: Failure
+    error: BaseException
+    expect_offset: int = 0
 
 
 class RateLimiter:
@@ -223,6 +257,43 @@ class SendWindow:
             self._count_failure(expect_offset, self._rewinds, error, now)
         else:
             self._rewinds[expect_offset] = 1
+
+    @staticmethod
+    def verdict(exc: BaseException, snapshot_id: str) -> Verdict:
+        """What the failure `exc` of a request for `snapshot_id` means (a bare error or the
+        receiver's inside `RemoteError`); `Failure.FATAL` carries the error unchanged."""
+        source = exc.source if isinstance(exc, RemoteError) else exc
+        if isinstance(source, SnapshotMismatch):
+            if source.expect.id != snapshot_id:
+                other = NetworkError(f"mismatch answer names another snapshot: {source}")
+                return Verdict(Failure.RETRY, other)
+            return Verdict(Failure.REWIND, exc, source.expect.offset)
+        if isinstance(source, PayloadTooLarge):
+            return Verdict(Failure.SHRINK, source)
+        if isinstance(source, ChecksumMismatch):
+            return Verdict(Failure.FATAL if source.whole else Failure.RETRY, exc)
+        if isinstance(source, TooManyTransfers):
+            return Verdict(Failure.RETRY, exc)
+        if isinstance(source, InvalidRequest):
+            return Verdict(Failure.FATAL, exc)  # the same request would be refused again
+        if isinstance(source, StorageError) and not source.retryable:
+            return Verdict(Failure.FATAL, exc)  # the receiver's storage is missing or forbidden
+        if isinstance(exc, UntrustedPeer):
+            return Verdict(Failure.FATAL, exc)  # its certificate will not become trusted
+        if isinstance(exc, RPCError):
+            return Verdict(Failure.RETRY, exc)  # timeouts, unreachable, remote storage trouble
+        return Verdict(Failure.FATAL, exc)
+
+    def on_verdict(self, plan: ChunkPlan, verdict: Verdict, now: float) -> None:
+        """Apply a non-fatal `verdict` on `plan` (`on_mismatch`, `on_too_large`, `on_failure`)."""
+        if verdict.failure is Failure.REWIND:
+            self.on_mismatch(plan, verdict.expect_offset, verdict.error, now)
+        elif verdict.failure is Failure.SHRINK:
+            self.on_too_large(plan, verdict.error, now)
+        elif verdict.failure is Failure.RETRY:
+            self.on_failure(plan, verdict.error, now)
+        else:
+            raise ValueError(f"a fatal verdict is raised, not applied: {verdict.error!r}")
 
     def on_held(self, ranges: Iterable[tuple[int, int]]) -> int:
         """The receiver already holds `ranges` (from an earlier attempt): do not send them.

@@ -1,0 +1,137 @@
+"""What a `Receiver` does with a chunk staged by a `RelayNetwork`: check the reference, fetch
+the bytes, and check the staging areas' manifests before the snapshot may be installed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from fstransport.errors import InvalidRequest, StorageError
+from fstransport.messages import InstallSnapshotRequest, SnapshotMeta, StagedChunk, Vote
+from fstransport.protocol.receiver import ReceiverLimits, check_snapshot_id
+
+if TYPE_CHECKING:
+    from fstransport.storage.staging import StagingStore
+
+__all__ = ["StagedChunks"]
+
+
+def _refuse(why: str) -> InvalidRequest:
+    return InvalidRequest(f"malformed staged chunk reference: {why}", field="staged")
+
+
+def check_ref(
+    req: InstallSnapshotRequest, limits: ReceiverLimits, prefixes: tuple[str, ...] | None
+) -> StagedChunk:
+    """`req`'s reference, if it is well formed and allowed; else `InvalidRequest`."""
+    from fstransport.storage.staging import MAX_AREA_LENGTH, is_chunk_name
+
+    ref: object = req.staged
+    if not isinstance(ref, StagedChunk):
+        raise _refuse(f"not a StagedChunk but {type(ref).__name__}")
+    if not isinstance(ref.area, str) or not 0 < len(ref.area) <= MAX_AREA_LENGTH:
+        raise _refuse(f"the area must be a URL of at most {MAX_AREA_LENGTH} characters")
+    if any(ch in ref.area for ch in "\x00\r\n") or "/../" in ref.area + "/":
+        raise _refuse("the area URL holds forbidden characters")
+    if not is_chunk_name(ref.name):
+        raise _refuse("the object name is not a staged chunk name")
+    for value in (ref.length, ref.crc32c):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _refuse("length and crc32c must be non-negative integers")
+    if ref.crc32c > 0xFFFFFFFF:
+        raise _refuse("crc32c is more than 32 bits")
+    if len(req.data) != 0 or req.crc32c != ref.crc32c:
+        raise _refuse("a reference carries no data and the staged object's CRC32C")
+    limit = limits.max_chunk_size
+    if limit is not None and ref.length > limit:
+        raise InvalidRequest(
+            f"staged chunk of {ref.length} bytes exceeds the receiver's limit of {limit}",
+            field="data",
+        )
+    if prefixes is not None and not ref.area.startswith(prefixes):
+        raise InvalidRequest(
+            f"staging area {ref.area[:96]!r} is not under an allowed prefix", field="staged"
+        )
+    if not isinstance(req.vote, Vote):
+        raise InvalidRequest("vote must be a Vote of integers", field="vote")
+    if not isinstance(req.meta, SnapshotMeta):
+        raise InvalidRequest("meta must be a SnapshotMeta", field="meta")
+    check_snapshot_id(req.meta.snapshot_id)
+    return ref
+
+
+class StagedChunks:
+    """The staging buckets one receiver fetched from (one client per protocol)."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, StagingStore] = {}
+
+    def store(self, area: str, options: dict[str, Any]) -> StagingStore:
+        from fstransport.storage.staging import StagingStore
+
+        protocol = area.split("://", 1)[0] if "://" in area else "file"
+        store = self._stores.get(protocol)
+        if store is None:
+            store = self._stores[protocol] = StagingStore(area, options)
+        return store
+
+    async def fetch(
+        self, req: InstallSnapshotRequest, ref: StagedChunk, options: dict[str, Any]
+    ) -> InstallSnapshotRequest:
+        """`req` with the staged object's bytes as its data, checked against its CRC32C."""
+        data = await self.store(ref.area, options).fetch(ref)
+        return replace(req, data=data, crc32c=ref.crc32c)
+
+    async def check_manifests(
+        self,
+        staged: Mapping[str, set[str]],
+        req: InstallSnapshotRequest,
+        options: dict[str, Any],
+    ) -> None:
+        """Refuse to finish a snapshot fetched (in part) from a staging area whose manifest is
+        missing or does not name this snapshot, vote and size and the objects fetched."""
+        from fstransport.storage.staging import manifest_url
+
+        meta = req.meta
+        vote = [req.vote.term, req.vote.node_id, req.vote.committed]
+        for area, names in sorted(staged.items()):
+            url = manifest_url(area)
+            manifest = await self.store(area, options).read_json(url)
+            if manifest is None:
+                raise StorageError(
+                    url, "read", FileNotFoundError("the staging area has no manifest")
+                )
+            listed = manifest.get("chunks")
+            listed_names = (
+                {entry[0] for entry in listed if isinstance(entry, list) and entry}
+                if isinstance(listed, list)
+                else set()
+            )
+            problems = [
+                what
+                for what, bad in (
+                    ("snapshot id", manifest.get("snapshot_id") != meta.snapshot_id),
+                    ("vote", manifest.get("vote") != vote),
+                    ("size", manifest.get("size") != meta.size),
+                    (
+                        "checksum",
+                        meta.checksum is not None
+                        and manifest.get("checksum") not in (None, meta.checksum),
+                    ),
+                    ("objects", not names <= listed_names),
+                )
+                if bad
+            ]
+            if problems:
+                raise StorageError(
+                    url,
+                    "verify",
+                    ValueError(f"the manifest does not match this snapshot: {', '.join(problems)}"),
+                )
+
+    async def close(self) -> None:
+        """Close the staging clients opened."""
+        stores, self._stores = list(self._stores.values()), {}
+        for store in stores:
+            await store.close()

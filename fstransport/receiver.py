@@ -683,6 +683,14 @@ class Receiver:
         if not req.done:
             return None, held
         if stream.staged:
+            own = req.staged.area if req.staged is not None else None
+            if any(area != own for area in stream.staged):
+                try:
+                    await self._check_manifests(stream, req)
+                except StorageError as exc:  # bytes of a sender that died before its commit:
+                    await self._drop(snapshot_id, stream, locked=True)  # start over, from 0
+                    got = SnapshotSegmentId(snapshot_id, req.offset)
+                    raise SnapshotMismatch(SnapshotSegmentId(snapshot_id, 0), got) from exc
             await self._check_manifests(stream, req)  # no manifest, no install
         try:
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)

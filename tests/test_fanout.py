@@ -351,3 +351,14 @@ async def test_a_failed_read_reaches_every_reader_waiting_for_it() -> None:
     results = await asyncio.gather(a.read(0, 1024), b.read(0, 1024), return_exceptions=True)
     assert all(isinstance(r, StorageError) for r in results)
     assert shared.bytes_read == 0
+
+
+async def test_readers_that_both_jump_ahead_do_not_wait_for_each_other() -> None:
+    from fstransport.storage.source import BufferSource
+
+    data = payload(16 * 1024, seed=50)
+    shared = SharedSource(BufferSource(memoryview(data), "mem"), 2, ahead=1024)
+    a, b = shared.readers  # both resumed far into the data (their receivers held the start)
+    got = await asyncio.wait_for(asyncio.gather(a.read(8192, 1024), b.read(8192, 1024)), 5)
+    assert [bytes(g) for g in got] == [data[8192:9216]] * 2
+    assert shared.bytes_read == 1024

@@ -41,20 +41,40 @@ class SharedSource:
         self._cache: dict[tuple[int, int], _Entry] = {}
         self._position = dict.fromkeys(range(readers), 0)
         """Active readers → the offset of the latest chunk each asked for."""
+        self._waiting: dict[int, list[int]] = {}
+        """Readers → the offsets they wait to read at (held back, too far ahead)."""
         self._moved = asyncio.Condition()
         self.readers = [SharedReader(self, i) for i in range(readers)]
 
-    def _slowest(self) -> int:
-        return min(self._position.values(), default=0)
+    def _behind(self, reader: int, offset: int) -> int:
+        """How far `reader`, reading at `offset`, is in front of the slowest other reader.
+
+        A reader waiting to read counts as being where it waits (else two readers that both
+        jumped ahead, resuming, would wait for each other)."""
+        others = [
+            max(position, min(self._waiting.get(r) or [position]))
+            for r, position in self._position.items()
+            if r != reader
+        ]
+        return offset - min(others, default=offset)
 
     async def _advance(self, reader: int, offset: int) -> None:
-        """Note that `reader` reached `offset`; wait while it is too far ahead of the rest."""
+        """Wait while `reader` is too far ahead of the rest; then note that it reached
+        `offset`."""
         async with self._moved:
+            waiting = self._waiting.setdefault(reader, [])
+            waiting.append(offset)
+            self._moved.notify_all()
+            try:
+                await self._moved.wait_for(lambda: self._behind(reader, offset) <= self.ahead)
+            finally:
+                waiting.remove(offset)
+            # (the position moves once the read is let through: a later read of the same
+            # reader let through first would otherwise count as having passed this chunk)
             if reader in self._position and offset > self._position[reader]:
                 self._position[reader] = offset
                 self._drop_passed()
                 self._moved.notify_all()
-            await self._moved.wait_for(lambda: offset - self._slowest() <= self.ahead)
 
     def _drop_passed(self) -> None:
         """Forget chunks that no active reader will ask for any more."""

@@ -119,7 +119,7 @@ async def test_a_receiver_joining_later_in_another_process_uploads_nothing(
     assert files(stage) == kept
 
 
-async def test_a_sender_killed_mid_stage_installs_nothing_and_the_next_ship_succeeds(
+def test_a_sender_killed_mid_stage_installs_nothing_and_the_next_ship_succeeds(
     serve: StartServer, tmp_path: Path
 ) -> None:
     data = payload(3_000_000, seed=54)

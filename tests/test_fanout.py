@@ -17,6 +17,7 @@ import pytest
 from fsspec.spec import AbstractFileSystem
 
 from fstransport import (
+    FaultyNetwork,
     FsspecSnapshotStore,
     HigherVote,
     InstallSnapshotRequest,
@@ -24,6 +25,7 @@ from fstransport import (
     LoopbackNetwork,
     Network,
     Receiver,
+    RetryPolicy,
     StorageError,
     TransferOptions,
     Vote,
@@ -31,6 +33,7 @@ from fstransport import (
     ship,
 )
 from fstransport.errors import ConfigurationError, FstransportError
+from fstransport.storage.faults import flaky_s3
 from fstransport.storage.shared_source import SharedSource
 from tests.conftest import payload
 
@@ -362,3 +365,72 @@ async def test_readers_that_both_jump_ahead_do_not_wait_for_each_other() -> None
     got = await asyncio.wait_for(asyncio.gather(a.read(8192, 1024), b.read(8192, 1024)), 5)
     assert [bytes(g) for g in got] == [data[8192:9216]] * 2
     assert shared.bytes_read == 1024
+
+
+FAULTY_OPTIONS = replace(
+    OPTIONS,
+    hard_ttl=0.5,
+    install_timeout=2.0,
+    retry=RetryPolicy(max_attempts=40, initial_backoff=0.001, max_backoff=0.01),
+)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_a_relayed_fan_out_survives_faulty_networks(seed: int, tmp_path: Path) -> None:
+    data = payload(400_000, seed=60 + seed)
+    (tmp_path / "src.bin").write_bytes(data)
+    stage = str(tmp_path / "stage")
+    stores = [FsspecSnapshotStore(str(tmp_path / f"r{i}")) for i in range(3)]
+    receivers = [Receiver(store, relay_options={}) for store in stores]
+    nets = [
+        FaultyNetwork(
+            LoopbackNetwork(r),
+            seed=seed * 10 + i,
+            drop=0.15,
+            duplicate=0.15,
+            reorder=0.3,
+            timeout=0.1,
+        )
+        for i, r in enumerate(receivers)
+    ]
+    report = await ship(
+        str(tmp_path / "src.bin"),
+        ["snap.bin"] * 3,
+        network=nets,
+        options=FAULTY_OPTIONS,
+        relay=stage,
+    )
+    assert sum(n.stats.dropped_requests + n.stats.dropped_answers for n in nets) > 0
+    for store in stores:
+        with await store.open("snap.bin") as f:
+            assert f.read() == data
+    assert report.bytes_uploaded == len(data), "a chunk sent again is not uploaded again"
+    assert staged(stage) == []
+    for receiver in receivers:
+        await receiver.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_a_relayed_fan_out_through_a_flaky_bucket(
+    seed: int, tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    data = payload(1_500_000, seed=70 + seed)
+    (tmp_path / "src.bin").write_bytes(data)
+    targets = [str(tmp_path / f"t{i}" / "snap.bin") for i in range(2)]
+    operations = frozenset({"put_object", "get_object"})
+    with flaky_s3(0.2, seed=seed, operations=operations) as faults:
+        # a failed PUT of a staged chunk is a chunk sent again, a failed GET a fetch retried
+        report = await ship(
+            str(tmp_path / "src.bin"),
+            targets,
+            options=FAULTY_OPTIONS,
+            relay=f"s3://{s3_bucket}/stage",
+            relay_options=s3_storage_options,
+        )
+    assert faults.injected["put_object"] > 0
+    for target in targets:
+        assert content(target) == data
+    assert report.checksum is not None
+    listing = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="stage/")
+    assert listing.get("Contents", []) == [], "nothing staged is left"
+    assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
 
@@ -56,6 +57,17 @@ log = logging.getLogger("fstransport.relay")
 FALL_BACK_AFTER = 3
 """References in a row a receiver fails to fetch (or finds damaged) before the relay sends it
 the bytes themselves."""
+
+
+async def _staging(write: Awaitable[bool]) -> bool:
+    """`write` to the staging bucket; a failure that may pass (a reset, a 503) becomes a
+    `NetworkError`, so that the sender sends the chunk again (with its usual retries)."""
+    try:
+        return await write
+    except StorageError as exc:
+        if exc.retryable:
+            raise NetworkError(f"staging failed, the chunk is sent again: {exc}") from exc
+        raise
 
 
 class RelayNetwork:
@@ -273,7 +285,7 @@ class RelayNetwork:
             return replace(req, data=b"", crc32c=crc, staged=ref)
         done = False
         try:
-            if await shared.store.put_once(ref.url, data, crc):
+            if await _staging(shared.store.put_once(ref.url, data, crc)):
                 shared.bytes_uploaded += length
             done = True
         finally:
@@ -316,7 +328,7 @@ class RelayNetwork:
                 if area.committed or not area.meta.same_snapshot(meta):
                     continue
                 manifest = manifest_document(area, meta, vote, now, keep_for)
-                await self._shared.store.write_json(manifest_url(area.url), manifest)
+                await _staging(self._shared.store.write_json(manifest_url(area.url), manifest))
                 area.committed = True
                 area.checksum = meta.checksum
             if keep_for is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
 import sys
 import time
 from typing import Any
@@ -38,6 +39,7 @@ import boto3
 from harness import (
     Case,
     MiB,
+    PeakRss,
     Row,
     add_common_arguments,
     check_file,
@@ -50,7 +52,9 @@ from harness import (
     publish,
     remove_file,
     run_rounds,
+    size_list,
     workspace,
+    write_file,
 )
 
 from fstransport import TransferOptions, TransferReport, ship
@@ -58,6 +62,7 @@ from fstransport.messages import StagedChunk
 from fstransport.moto_server import REGION, TEST_CREDENTIALS, storage_options_for
 from fstransport.network.wire import encode_staged
 from fstransport.storage.faults import flaky_s3
+from fstransport.units import format_size
 
 BUCKET = "bench"
 STAGE = f"s3://{BUCKET}/stage"
@@ -155,9 +160,55 @@ class Bench:
         }
 
 
+def peak_rss(folder: str, size: int, relay: bool) -> int:
+    """Peak RSS (VmHWM, bytes) of ``fstransport ship SRC T0/ T1/ T2/`` in a fresh process: the
+    sender and the three receivers, with or without a relay (a local staging folder: moto
+    would hold every staged byte in its own memory)."""
+    source = os.path.join(folder, f"mem-{size}.bin")
+    write_file(source, size, seed=size)
+    targets = [os.path.join(folder, f"m{i}") + "/" for i in range(3)]
+    for target in targets:
+        os.makedirs(target, exist_ok=True)
+    exe = os.path.join(os.path.dirname(sys.executable), "fstransport")
+    argv = [exe, "ship", source, *targets, "--quiet"]
+    if relay:
+        argv += ["--relay", os.path.join(folder, "mem-stage")]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    sampler = PeakRss(proc.pid)
+    _, err = proc.communicate(timeout=1800)
+    peak = sampler.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"ship failed ({proc.returncode}): {err}")
+    for target in targets:
+        remove_file(os.path.join(target, os.path.basename(source)))
+    remove_file(source)
+    return peak
+
+
+def memory_table(folder: str, sizes: list[int]) -> str:
+    lines = [
+        "### Peak RSS of `fstransport ship SRC T0/ T1/ T2/` (sender and three receivers)",
+        "",
+        "| size | no relay | relay (local staging folder) |",
+        "|---:|---:|---:|",
+    ]
+    for size in sizes:
+        direct = peak_rss(folder, size, relay=False)
+        relayed = peak_rss(folder, size, relay=True)
+        lines.append(f"| {format_size(size)} | {format_size(direct)} | {format_size(relayed)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = make_parser(__doc__)
     add_common_arguments(parser, size=128 * MiB, rounds=3)
+    parser.add_argument(
+        "--memory",
+        type=size_list,
+        metavar="SIZES",
+        help="also measure the peak RSS of a fan-out to three receivers at these sizes, "
+        "e.g. 512MiB,2GiB",
+    )
     args = parser.parse_args()
     info = machine_info("s3fs", "moto")
     started = time.perf_counter()
@@ -175,6 +226,7 @@ def main() -> None:
             case.probes = {"client_cpu_s": time.process_time, "server_cpu_s": moto.cpu_seconds}
         run_rounds(cases, args.rounds, args.warmup, random.Random(args.seed), "relay")
         side = bench.requests()
+        memory = memory_table(folder, args.memory) if args.memory else ""
     by_key = {case.key: case for case in cases}
     rows = [
         Row("direct1"),
@@ -203,7 +255,7 @@ def main() -> None:
         args,
         "fstransport relay benchmark",
         f"moto {info['moto']}, s3fs {info['s3fs']}",
-        [table, *side_lines],
+        [table, *side_lines, "", memory],
     )
     if args.check and not all(r["met"] for r in goals):
         sys.exit(1)

@@ -61,6 +61,8 @@ class FanOut:
     results: list[SendResult | BaseException]
     read_by: list[int]
     """Bytes each target's sender read from the source itself (not from the shared chunks)."""
+    finished: list[float]
+    """When each target's send ended (`time.perf_counter`)."""
     bytes_read: int
     bytes_uploaded: int
 
@@ -145,6 +147,7 @@ async def send_to_targets(
         nets = [relay_net, *(relay_net.to(n) for n in nets[1:])]
     cancel_task = asyncio.ensure_future(cancel) if cancel is not None else None
     tracker = _Progress(progress, len(targets))
+    finished = [0.0] * len(targets)
     shared: SharedSource | None = None
     try:
         if relay_net is not None:
@@ -168,6 +171,7 @@ async def send_to_targets(
                     progress=tracker.callback(index),
                 )
             finally:
+                finished[index] = time.perf_counter()
                 tracker.finished(index)
                 await reader.close()
 
@@ -184,6 +188,7 @@ async def send_to_targets(
     return FanOut(
         results=list(results),
         read_by=[r.bytes_read for r in shared.readers],
+        finished=finished,
         bytes_read=shared.bytes_read + extra_read,
         bytes_uploaded=0 if relay_net is None else relay_net.bytes_uploaded,
     )
@@ -229,7 +234,8 @@ async def reports(
     partial data of every failed in-process target is removed."""
     failure: BaseException | None = None
     reports = []
-    for target, result, read in zip(targets, sent.results, sent.read_by, strict=True):
+    ends = zip(targets, sent.results, sent.read_by, sent.finished, strict=True)
+    for target, result, read, end in ends:
         if isinstance(result, BaseException):
             if target.store is not None:
                 await _abort(target)
@@ -252,7 +258,7 @@ async def reports(
                 retries=stats.retries,
                 rewinds=stats.rewinds,
                 bytes_skipped=stats.bytes_skipped,
-                elapsed=time.perf_counter() - started,
+                elapsed=end - started,
                 checksum=result.checksum,
                 files=source.file_count if isinstance(source, TreeSource) else None,
                 bytes_read=read,

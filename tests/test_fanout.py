@@ -434,3 +434,40 @@ async def test_a_relayed_fan_out_through_a_flaky_bucket(
     listing = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="stage/")
     assert listing.get("Contents", []) == [], "nothing staged is left"
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+async def test_progress_counts_what_every_target_acknowledged(tmp_path: Path) -> None:
+    data = payload(500_000, seed=80)
+    (tmp_path / "src.bin").write_bytes(data)
+    seen: list[int] = []
+    targets = [str(tmp_path / f"p{i}" / "snap.bin") for i in range(3)]
+    report = await ship(str(tmp_path / "src.bin"), targets, options=OPTIONS, progress=seen.append)
+    assert sum(seen) == len(data), "the bytes of the slowest target, each counted once"
+    assert all(0 < t.elapsed <= report.elapsed for t in report.targets)
+
+
+async def test_a_cancelled_fan_out_leaves_nothing_anywhere(tmp_path: Path) -> None:
+    from fstransport import ReplicationClosed
+
+    data = payload(2_000_000, seed=81)
+    (tmp_path / "src.bin").write_bytes(data)
+    stage = str(tmp_path / "stage")
+    stop = asyncio.Event()
+    targets = [str(tmp_path / f"c{i}" / "snap.bin") for i in range(2)]
+
+    def halfway(n: int) -> None:
+        stop.set()
+
+    slow = replace(OPTIONS, max_in_flight=1, rate_limit=1_000_000)
+    with pytest.raises(ReplicationClosed):
+        await ship(
+            str(tmp_path / "src.bin"),
+            targets,
+            options=slow,
+            relay=stage,
+            cancel=stop.wait(),
+            progress=halfway,
+        )
+    for i in range(2):
+        assert [p.name for p in (tmp_path / f"c{i}").rglob("*") if p.is_file()] == []
+    assert staged(stage) == [], "what the cancelled ship staged is removed"

@@ -471,3 +471,30 @@ async def test_a_cancelled_fan_out_leaves_nothing_anywhere(tmp_path: Path) -> No
     for i in range(2):
         assert [p.name for p in (tmp_path / f"c{i}").rglob("*") if p.is_file()] == []
     assert staged(stage) == [], "what the cancelled ship staged is removed"
+
+
+async def test_a_reader_cancelled_mid_read_leaves_the_chunk_to_the_others() -> None:
+    class Slow:
+        size = 4096
+        description = "slow"
+        reads = 0
+
+        async def read(self, offset: int, length: int) -> bytes:
+            self.reads += 1
+            await asyncio.sleep(0.05)
+            return bytes(length)
+
+        async def close(self) -> None:
+            pass
+
+    source = Slow()
+    shared = SharedSource(source, 2, ahead=4096)
+    a, b = shared.readers
+    first = asyncio.ensure_future(a.read(0, 1024))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(b.read(0, 1024))
+    await asyncio.sleep(0.01)
+    first.cancel()  # its sender gave up: b must not inherit the cancellation
+    assert bytes(await second) == bytes(1024)
+    assert first.cancelled()
+    assert source.reads == 2

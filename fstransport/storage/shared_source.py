@@ -94,15 +94,28 @@ class SharedSource:
         entry = self._cache.get(key)
         if entry is not None and reader in entry.waiting:
             entry.waiting.discard(reader)
-            data, known = await asyncio.shield(entry.ready)
+            try:
+                data, known = await asyncio.shield(entry.ready)
+            except asyncio.CancelledError:
+                if not entry.ready.cancelled():
+                    raise  # this reader is cancelled
+                # the reader that was reading it was cancelled: read it ourselves
+                return await self._fetch(reader, offset, length, crc)
             if not entry.waiting and self._cache.get(key) is entry:
                 del self._cache[key]
             if crc and known is None:
                 known = chunk_crc(data)
             return data, known, False
+        return await self._fetch(reader, offset, length, crc)
+
+    async def _fetch(
+        self, reader: int, offset: int, length: int, crc: bool
+    ) -> tuple[Buffer, int | None, bool]:
+        """Read the chunk from the source, for `reader` and for the readers still behind it."""
+        key = (offset, length)
         others = {r for r in self._position if r != reader and self._position[r] <= offset}
         entry = _Entry(offset, others)
-        if others:
+        if others and key not in self._cache:
             self._cache[key] = entry
         try:
             if crc:
@@ -112,8 +125,11 @@ class SharedSource:
         except BaseException as exc:
             if self._cache.get(key) is entry:
                 del self._cache[key]
-            entry.ready.set_exception(exc)
-            entry.ready.exception()  # (retrieved: the readers waiting on it raise it)
+            if isinstance(exc, asyncio.CancelledError):
+                entry.ready.cancel()  # the others read it themselves
+            else:
+                entry.ready.set_exception(exc)
+                entry.ready.exception()  # (retrieved: the readers waiting on it raise it)
             raise
         self.bytes_read += len(data)
         entry.ready.set_result((data, known))

@@ -94,3 +94,5 @@ def test_pairs_of_dsts_and_servers() -> None:
     assert pair_targets(["a", "b"], ["u", "v"]) == [("a", "u"), ("b", "v")]
     with pytest.raises(UsageError):
         pair_targets(["a", "b"], ["u", "v", "w"])
+    with pytest.raises(UsageError, match="twice"):
+        pair_targets(["a"], ["u", "u"])

@@ -23,15 +23,21 @@ def pair_targets(dsts: list[str], vias: list[str]) -> list[tuple[str, str | None
     """(DST, --via or None) for every receiver: one --via per DST, one DST for every --via, or
     no --via at all (every DST written by this process)."""
     if not vias:
-        return [(dst, None) for dst in dsts]
-    if len(dsts) == 1:
-        return [(dsts[0], via) for via in vias]
-    if len(vias) == len(dsts):
-        return list(zip(dsts, vias, strict=True))
-    raise UsageError(
-        f"{len(dsts)} DSTs and {len(vias)} --via: give one --via per DST, or one DST (the "
-        "snapshot's name) for every --via"
-    )
+        pairs: list[tuple[str, str | None]] = [(dst, None) for dst in dsts]
+    elif len(dsts) == 1:
+        pairs = [(dsts[0], via) for via in vias]
+    elif len(vias) == len(dsts):
+        pairs = list(zip(dsts, vias, strict=True))
+    else:
+        raise UsageError(
+            f"{len(dsts)} DSTs and {len(vias)} --via: give one --via per DST, or one DST (the "
+            "snapshot's name) for every --via"
+        )
+    for index, pair in enumerate(pairs):
+        if pair in pairs[:index]:
+            shown = pair[0] if pair[1] is None else f"{pair[0]} --via {pair[1]}"
+            raise UsageError(f"{shown} is given twice")
+    return pairs
 
 
 def _checked(args: argparse.Namespace, dst: str, via: str | None) -> argparse.Namespace:

@@ -11,15 +11,10 @@ reference: no manifest, no install.  See docs/relay.md.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-import uuid
-from collections.abc import Awaitable
-from dataclasses import replace
 from typing import Any
 
-from fstransport.checksum import chunk_crc
 from fstransport.errors import (
     ConfigurationError,
     InvalidRequest,
@@ -33,22 +28,17 @@ from fstransport.messages import (
     SnapshotMeta,
     StagedChunk,
     Vote,
-    contiguous,
 )
 from fstransport.network.base import Network
 from fstransport.network.relay_areas import (
-    Area,
     SharedStaging,
     Staged,
     find_areas,
     is_damaged,
-    manifest_document,
     not_fetched,
-    snapshot_prefix,
     stageable,
 )
 from fstransport.options import TransferOptions
-from fstransport.storage.staging import MAX_AREA_LENGTH, chunk_name, manifest_url
 
 __all__ = ["RelayNetwork", "StagedChunk"]
 
@@ -57,17 +47,6 @@ log = logging.getLogger("fstransport.relay")
 FALL_BACK_AFTER = 3
 """References in a row a receiver fails to fetch (or finds damaged) before the relay sends it
 the bytes themselves."""
-
-
-async def _staging(write: Awaitable[bool]) -> bool:
-    """`write` to the staging bucket; a failure that may pass (a reset, a 503) becomes a
-    `NetworkError`, so that the sender sends the chunk again (with its usual retries)."""
-    try:
-        return await write
-    except StorageError as exc:
-        if exc.retryable:
-            raise NetworkError(f"staging failed, the chunk is sent again: {exc}") from exc
-        raise
 
 
 class RelayNetwork:
@@ -220,9 +199,9 @@ class RelayNetwork:
     async def _deliver(
         self, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        ref_req = req if req.staged is not None else await self._stage(staged, req)
+        ref_req = req if req.staged is not None else await self._shared.stage(staged, req)
         if req.done:
-            await self._commit(staged, req.meta, req.vote)
+            await self._shared.commit(staged, req.meta, req.vote)
         try:
             response = await self.inner.install_snapshot(ref_req, option)
         except RemoteError as exc:
@@ -237,13 +216,13 @@ class RelayNetwork:
                 return await self._fall_back(req, option, exc, "cannot fetch staged chunks")
             if not is_damaged(source):
                 raise  # the bucket failed the receiver for now: the sender sends it again
-            await self._forget(staged, ref)
+            await self._shared.forget(staged, ref)
             if req.staged is not None:  # the sender retries, reading the bytes this time
                 raise NetworkError(f"staged object {ref.url} is damaged or gone: {source}") from exc
             log.warning("staged object %s refused (%s); staging it again", ref.url, exc)
-            ref_req = await self._stage(staged, req)
+            ref_req = await self._shared.stage(staged, req)
             if req.done:
-                await self._commit(staged, req.meta, req.vote)
+                await self._shared.commit(staged, req.meta, req.vote)
             response = await self.inner.install_snapshot(ref_req, option)
         self._fetch_failures = 0
         return response
@@ -258,106 +237,14 @@ class RelayNetwork:
             raise NetworkError(f"{self.inner!r} {why}") from exc
         return await self.inner.install_snapshot(req, option)
 
-    async def _stage(self, staged: Staged, req: InstallSnapshotRequest) -> InstallSnapshotRequest:
-        """`req` with its bytes staged (or found staged already) and replaced by a reference."""
-        data = contiguous(req.data)
-        length = len(data)
-        crc = req.crc32c if req.crc32c is not None else chunk_crc(data)
-        shared = self._shared
-        async with staged.cond:
-            for area in staged.areas:
-                if area.meta.same_snapshot(req.meta):
-                    ref = area.ref(req.offset, length, crc)
-                    if ref is not None:
-                        return replace(req, data=b"", crc32c=crc, staged=ref)
-            area = self._open_area(staged, req)
-            ref = StagedChunk(
-                area.url, chunk_name(req.offset, length, crc, staged.generation), length, crc
-            )
-            upload = area.uploading.get(ref.name)
-            mine = upload is None
-            if upload is None:  # nobody is uploading these bytes: this call does
-                upload = area.uploading[ref.name] = asyncio.get_running_loop().create_future()
-                area.pending += 1
-        if not mine:  # another send (to another receiver) is uploading them right now
-            if not await asyncio.shield(upload):
-                raise NetworkError(f"staging {ref.url} failed; the chunk is sent again")
-            return replace(req, data=b"", crc32c=crc, staged=ref)
-        done = False
-        try:
-            if await _staging(shared.store.put_once(ref.url, data, crc)):
-                shared.bytes_uploaded += length
-            done = True
-        finally:
-            area.pending -= 1
-            del area.uploading[ref.name]
-            area.written.add(ref.name)  # (a failed PUT may have left it too)
-            if done:
-                area.chunks[(req.offset, length)] = (crc, ref.name)
-                area.damaged.discard(ref.name)
-            upload.set_result(done)
-            async with staged.cond:
-                staged.cond.notify_all()
-        return replace(req, data=b"", crc32c=crc, staged=ref)
-
-    def _open_area(self, staged: Staged, req: InstallSnapshotRequest) -> Area:
-        """The area new chunks of `req`'s snapshot go to: the open one, or a new one (whose
-        name no other sender can hit: a fresh nonce under the snapshot id and the vote)."""
-        for area in staged.areas:
-            if not area.committed and area.meta.same_snapshot(req.meta):
-                return area
-        vote = req.vote
-        url = f"{snapshot_prefix(self._shared.staging_url, req.meta.snapshot_id, vote)}/"
-        url += uuid.uuid4().hex
-        if len(url) > MAX_AREA_LENGTH:
-            raise ConfigurationError(
-                f"staging area URL {url[:64]!r}... is longer than {MAX_AREA_LENGTH} characters"
-            )
-        area = Area(url, replace(req.meta, checksum=None))
-        staged.areas.append(area)
-        return area
-
-    async def _commit(self, staged: Staged, meta: SnapshotMeta, vote: Vote) -> None:
-        """Write the manifest of every open area of this snapshot (after its uploads ended):
-        the commit marker that lets receivers install what they fetched from it."""
-        async with staged.cond:
-            await staged.cond.wait_for(lambda: all(a.pending == 0 for a in staged.areas))
-            now = time.time()
-            keep_for = self._shared.keep_for
-            for area in staged.areas:
-                if area.committed or not area.meta.same_snapshot(meta):
-                    continue
-                manifest = manifest_document(area, meta, vote, now, keep_for)
-                await _staging(self._shared.store.write_json(manifest_url(area.url), manifest))
-                area.committed = True
-                area.checksum = meta.checksum
-            if keep_for is not None:
-                staged.expires = now + keep_for
-
-    async def _forget(self, staged: Staged, ref: StagedChunk) -> None:
-        async with staged.cond:
-            for area in staged.areas:
-                if area.url == ref.area:
-                    area.damaged.add(ref.name)
-            staged.generation += 1  # its replacement gets a name of its own
-
     async def _acknowledged(self, key: tuple[str, Vote], staged: Staged) -> None:
         """The receiver installed the snapshot: remove what is staged for it, unless it is kept
         for later receivers or another receiver is still being sent it."""
         alone = not staged.users and staged.busy <= 1 and self._shared.snapshots.get(key) is staged
         if self._shared.keep_for is None and alone:
             del self._shared.snapshots[key]
-            await self._remove(staged)
+            await self._shared.remove(staged)
         await self.expire()
-
-    async def _remove(self, staged: Staged, *, keep_committed: bool = False) -> None:
-        for area in staged.areas:
-            if area.adopted or (keep_committed and area.committed):
-                continue  # another process's, or kept for later receivers by its TTL
-            urls = [manifest_url(area.url)] if area.committed else []
-            urls += [f"{area.url}/chunks/{name}" for name in sorted(area.written)]
-            await self._shared.store.remove(urls)  # the manifest first: then nobody installs
-            await self._shared.store.prune(f"{area.url}/chunks", self._shared.staging_url)
 
     async def expire(self, now: float | None = None) -> int:
         """Remove staged snapshots whose `keep_for` has passed and that no send is using;
@@ -367,7 +254,7 @@ class RelayNetwork:
         for key, staged in list(self._shared.snapshots.items()):
             if staged.expires is not None and staged.expires <= now and staged.busy == 0:
                 del self._shared.snapshots[key]
-                await self._remove(staged)
+                await self._shared.remove(staged)
                 removed += 1
         return removed
 
@@ -381,7 +268,7 @@ class RelayNetwork:
         try:
             for key, staged in list(self._shared.snapshots.items()):
                 del self._shared.snapshots[key]
-                await self._remove(staged, keep_committed=keep)
+                await self._shared.remove(staged, keep_committed=keep)
         finally:
             await self._shared.store.close()
 

@@ -6,18 +6,36 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
-from fstransport.errors import ChecksumMismatch, InvalidRequest, StorageError
-from fstransport.messages import InstallSnapshotRequest, SnapshotMeta, StagedChunk, Vote
+from fstransport.checksum import chunk_crc
+from fstransport.errors import (
+    ChecksumMismatch,
+    ConfigurationError,
+    InvalidRequest,
+    NetworkError,
+    StorageError,
+)
+from fstransport.messages import (
+    InstallSnapshotRequest,
+    SnapshotMeta,
+    StagedChunk,
+    Vote,
+    contiguous,
+)
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage.staging import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
+    MAX_AREA_LENGTH,
     StagingStore,
+    chunk_name,
     is_chunk_name,
+    manifest_url,
 )
 
 __all__ = [
@@ -76,7 +94,8 @@ class Staged:
 
 
 class SharedStaging:
-    """The staging state of a `RelayNetwork` and of every sibling made with `RelayNetwork.to`."""
+    """The staging state of a `RelayNetwork` and of every sibling made with `RelayNetwork.to`:
+    what is staged, and the uploads, commits and removals of staged objects."""
 
     def __init__(self, staging_url: str, options: dict[str, Any], keep_for: float | None) -> None:
         self.staging_url = staging_url.rstrip("/")
@@ -84,6 +103,109 @@ class SharedStaging:
         self.keep_for = keep_for
         self.snapshots: dict[tuple[str, Vote], Staged] = {}
         self.bytes_uploaded = 0
+
+    async def stage(self, staged: Staged, req: InstallSnapshotRequest) -> InstallSnapshotRequest:
+        """`req` with its bytes staged (or found staged already) and replaced by a reference."""
+        data = contiguous(req.data)
+        length = len(data)
+        crc = req.crc32c if req.crc32c is not None else chunk_crc(data)
+        shared = self
+        async with staged.cond:
+            for area in staged.areas:
+                if area.meta.same_snapshot(req.meta):
+                    ref = area.ref(req.offset, length, crc)
+                    if ref is not None:
+                        return replace(req, data=b"", crc32c=crc, staged=ref)
+            area = self.open_area(staged, req)
+            ref = StagedChunk(
+                area.url, chunk_name(req.offset, length, crc, staged.generation), length, crc
+            )
+            upload = area.uploading.get(ref.name)
+            mine = upload is None
+            if upload is None:  # nobody is uploading these bytes: this call does
+                upload = area.uploading[ref.name] = asyncio.get_running_loop().create_future()
+                area.pending += 1
+        if not mine:  # another send (to another receiver) is uploading them right now
+            if not await asyncio.shield(upload):
+                raise NetworkError(f"staging {ref.url} failed; the chunk is sent again")
+            return replace(req, data=b"", crc32c=crc, staged=ref)
+        done = False
+        try:
+            if await _staging(shared.store.put_once(ref.url, data, crc)):
+                shared.bytes_uploaded += length
+            done = True
+        finally:
+            area.pending -= 1
+            del area.uploading[ref.name]
+            area.written.add(ref.name)  # (a failed PUT may have left it too)
+            if done:
+                area.chunks[(req.offset, length)] = (crc, ref.name)
+                area.damaged.discard(ref.name)
+            upload.set_result(done)
+            async with staged.cond:
+                staged.cond.notify_all()
+        return replace(req, data=b"", crc32c=crc, staged=ref)
+
+    def open_area(self, staged: Staged, req: InstallSnapshotRequest) -> Area:
+        """The area new chunks of `req`'s snapshot go to: the open one, or a new one (whose
+        name no other sender can hit: a fresh nonce under the snapshot id and the vote)."""
+        for area in staged.areas:
+            if not area.committed and area.meta.same_snapshot(req.meta):
+                return area
+        vote = req.vote
+        url = f"{snapshot_prefix(self.staging_url, req.meta.snapshot_id, vote)}/"
+        url += uuid.uuid4().hex
+        if len(url) > MAX_AREA_LENGTH:
+            raise ConfigurationError(
+                f"staging area URL {url[:64]!r}... is longer than {MAX_AREA_LENGTH} characters"
+            )
+        area = Area(url, replace(req.meta, checksum=None))
+        staged.areas.append(area)
+        return area
+
+    async def commit(self, staged: Staged, meta: SnapshotMeta, vote: Vote) -> None:
+        """Write the manifest of every open area of this snapshot (after its uploads ended):
+        the commit marker that lets receivers install what they fetched from it."""
+        async with staged.cond:
+            await staged.cond.wait_for(lambda: all(a.pending == 0 for a in staged.areas))
+            now = time.time()
+            keep_for = self.keep_for
+            for area in staged.areas:
+                if area.committed or not area.meta.same_snapshot(meta):
+                    continue
+                manifest = manifest_document(area, meta, vote, now, keep_for)
+                await _staging(self.store.write_json(manifest_url(area.url), manifest))
+                area.committed = True
+                area.checksum = meta.checksum
+            if keep_for is not None:
+                staged.expires = now + keep_for
+
+    async def forget(self, staged: Staged, ref: StagedChunk) -> None:
+        async with staged.cond:
+            for area in staged.areas:
+                if area.url == ref.area:
+                    area.damaged.add(ref.name)
+            staged.generation += 1  # its replacement gets a name of its own
+
+    async def remove(self, staged: Staged, *, keep_committed: bool = False) -> None:
+        for area in staged.areas:
+            if area.adopted or (keep_committed and area.committed):
+                continue  # another process's, or kept for later receivers by its TTL
+            urls = [manifest_url(area.url)] if area.committed else []
+            urls += [f"{area.url}/chunks/{name}" for name in sorted(area.written)]
+            await self.store.remove(urls)  # the manifest first: then nobody installs
+            await self.store.prune(f"{area.url}/chunks", self.staging_url)
+
+
+async def _staging(write: Awaitable[bool]) -> bool:
+    """`write` to the staging bucket; a failure that may pass (a reset, a 503) becomes a
+    `NetworkError`, so that the sender sends the chunk again (with its usual retries)."""
+    try:
+        return await write
+    except StorageError as exc:
+        if exc.retryable:
+            raise NetworkError(f"staging failed, the chunk is sent again: {exc}") from exc
+        raise
 
 
 def is_damaged(source: BaseException) -> bool:

@@ -275,10 +275,9 @@ class StreamRunner:
         held = stream.state.tell(req)
         if not req.done:
             return None, held, crc
-        if stream.state.staged:  # no manifest, no install
-            options = self.relay_options or {}  # (the client that fetched the chunks is reused)
-            await self.staged.check_manifests(stream.state.staged, req, options)
+        options = self.relay_options or {}  # (the client that fetched the chunks is reused)
         try:
+            await self.staged.check_manifests(stream.state.staged, req, options)  # or no install
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
             snapshot = await self.store.finish(meta, sink)
             if meta.kind == TREE:

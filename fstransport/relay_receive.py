@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fstransport.errors import InvalidRequest, StorageError
 from fstransport.messages import InstallSnapshotRequest, SnapshotMeta, StagedChunk, Vote
 from fstransport.protocol.receiver import ReceiverLimits, check_snapshot_id
+from fstransport.protocol.receiver_state import StagingUnverified
 
 if TYPE_CHECKING:
     from fstransport.storage.staging import StagingStore
@@ -90,7 +91,21 @@ class StagedChunks:
         options: dict[str, Any],
     ) -> None:
         """Refuse to finish a snapshot fetched (in part) from a staging area whose manifest is
-        missing or does not name this snapshot, vote and size and the objects fetched."""
+        missing or does not name this snapshot, vote and size and the objects fetched
+        (`StagingUnverified`)."""
+        own = req.staged.area if req.staged is not None else None
+        foreign = any(area != own for area in staged)
+        try:
+            await self._check_manifests(staged, req, options)
+        except StorageError as exc:
+            raise StagingUnverified(exc.subject, exc, foreign=foreign) from exc
+
+    async def _check_manifests(
+        self,
+        staged: Mapping[str, set[str]],
+        req: InstallSnapshotRequest,
+        options: dict[str, Any],
+    ) -> None:
         from fstransport.storage.staging import manifest_url
 
         meta = req.meta

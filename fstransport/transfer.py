@@ -4,24 +4,23 @@ chunked transport, and its report."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Awaitable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Awaitable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from fstransport.checksum import format_checksum, parse_checksum
-from fstransport.errors import (
-    ChecksumMismatch,
-    ConfigurationError,
-    FstransportError,
-    HigherVote,
-    InvalidRequest,
-    RemoteError,
+from fstransport.errors import ChecksumMismatch, ConfigurationError, InvalidRequest
+from fstransport.fanout import (
+    Target,
+    abort_targets,
+    close_target,
+    relay_settings,
+    reports,
+    send_to_targets,
 )
 from fstransport.messages import SnapshotMeta, Vote
 from fstransport.network.base import Network
@@ -29,60 +28,20 @@ from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import RetryPolicy, TransferOptions
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
-from fstransport.sender import ProgressCallback, send_source
-from fstransport.storage._aio import close_async_filesystem
+from fstransport.sender import ProgressCallback
+from fstransport.server_side import server_side as _server_side
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.backends.s3 import S3StreamSource, is_s3, open_s3, split_bucket_key
-from fstransport.storage.backends.s3.copy import (
-    DEFAULT_COPY_CONCURRENCY,
-    head_source,
-    s3_endpoint,
-    server_side_copy,
-)
+from fstransport.storage.backends.s3 import S3StreamSource, is_s3
 from fstransport.storage.backends.s3.ranged import S3RangedSource
 from fstransport.storage.base import ChunkSource
 from fstransport.storage.source import open_source, source_checksum
 from fstransport.storage.store import FsspecSnapshotStore
-from fstransport.tree import TREE, TreeSource, open_tree_source
+from fstransport.transfer_report import TransferReport
+from fstransport.tree import TREE, open_tree_source
 
 __all__ = ["TransferReport", "ship"]
 
-log = logging.getLogger("fstransport.transfer")
-
 DEFAULT_VOTE = Vote(term=0, node_id=0)
-
-
-@dataclass(frozen=True)
-class TransferReport:
-    """What `ship` did: sizes, counts, time and the whole snapshot's checksum."""
-
-    source: str
-    target: str
-    size: int
-    bytes_sent: int
-    chunks_sent: int
-    retries: int
-    rewinds: int
-    bytes_skipped: int
-    elapsed: float
-    checksum: str | None
-    server_side: bool = False
-    """True when the S3 server copied the data itself (`ship(server_side=...)`): then no
-    byte passed through this process, `bytes_sent` is 0 and `chunks_sent` counts part copies."""
-    files: int | None = None
-    """For a directory snapshot, how many files it holds (`size` is its packed stream's
-    length: the files' bytes plus the table); None for a file."""
-
-    @property
-    def throughput(self) -> float:
-        """Bytes per second of snapshot data this call sent: neither re-sent bytes nor the
-        bytes a resumed transfer found already at the receiver count."""
-        sent = self.size - self.bytes_skipped
-        return sent / self.elapsed if self.elapsed > 0 else float("inf")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the report, throughput included."""
-        return {**asdict(self), "throughput": self.throughput}
 
 
 STORE_OPTIONS = frozenset(
@@ -135,10 +94,10 @@ def _snapshot_id(target_url: str, name: str) -> str:
 
 async def ship(
     source_url: str,
-    target_url: str,
+    target_url: str | Sequence[str],
     *,
     options: TransferOptions | None = None,
-    network: Network | None = None,
+    network: Network | Sequence[Network] | None = None,
     source_options: dict[str, Any] | None = None,
     target_options: dict[str, Any] | None = None,
     store_options: dict[str, Any] | None = None,
@@ -147,6 +106,8 @@ async def ship(
     progress: ProgressCallback | None = None,
     checksum: str | None = None,
     server_side: bool | None = None,
+    relay: str | None = None,
+    relay_options: dict[str, Any] | None = None,
 ) -> TransferReport:
     """Copy the file at `source_url` to exactly `target_url` through the chunked transport.
 
@@ -163,6 +124,19 @@ async def ship(
     copy is verified; on any failure nothing is visible at `target_url` and, in-process, no
     partial data is left behind.
 
+    `target_url` may be a list of targets (a fan-out): the source is read once and sent to all
+    of them at once, and `network`, if given, is one network per target (or one for all).  The
+    report then covers the whole fan-out, with one `TransferReport` per target in `targets`;
+    when a target fails, the others still finish and the first error is raised.
+
+    `relay` (a staging URL, e.g. ``s3://bucket/stage``) sends the data through a bucket
+    (`RelayNetwork`, ``docs/relay.md``): it is uploaded there once, and every receiver is sent
+    small references and fetches the bytes itself.  `relay_options` are the keyword arguments
+    of `RelayNetwork`: the bucket's fsspec storage options, which the in-process receivers use
+    too, and ``keep_for`` (seconds).  What `ship` staged is removed once all its targets
+    acknowledged, unless ``keep_for`` keeps it for later receivers: a later `ship` (in any
+    process) of the same snapshot id, vote and data then uploads nothing.
+
     `source_options` and `target_options` are fsspec storage options (``endpoint_url``, ...).
     `store_options` configure the in-process receiver's `FsspecSnapshotStore`: ``part_size``
     and ``upload_concurrency`` for S3 targets, ``fsync``, ``sink``, ``full_object_checksum``;
@@ -178,49 +152,53 @@ async def ship(
     was stored with a full-object CRC32C (or `checksum` names it) and the server reports the
     CRC32C of what it copied; True always does so, trusting the server where it proves
     nothing, and refuses (`ConfigurationError`) a source and target on different endpoints or
-    not on S3; False never does.
+    not on S3, several targets or a relay; False never does.
 
     Raises `StorageError` (source or target unusable), `RetryExhausted`, `ReplicationClosed`
     (`cancel` completed), `HigherVote` (the receiver holds a higher vote), `ConfigurationError`.
     """
     options = options or TransferOptions()
-    store: FsspecSnapshotStore | None = None
-    snapshot_id: str
+    fan_out = not isinstance(target_url, str)
+    urls = [target_url] if isinstance(target_url, str) else list(target_url)
+    if not urls or not all(isinstance(u, str) for u in urls):
+        raise ConfigurationError(f"target_url must be a URL or a list of URLs, got {target_url!r}")
+    networks = _networks(network, len(urls))
+    relay_storage, keep_for = relay_settings(relay, relay_options)
     tree = await is_directory(source_url, dict(source_options or {}))
     if tree and server_side:
         raise ConfigurationError("a directory is shipped through this process, not server-side")
-    if server_side and network is not None:
+    if server_side and (network is not None or len(urls) > 1 or relay is not None):
         raise ConfigurationError(
-            "server_side copies are made by the S3 server for an in-process ship(); with a "
-            "network, the receiver behind it writes the target"
+            "server_side copies are made by the S3 server for an in-process ship() to one "
+            "target; with a network, several targets or a relay, the bytes pass through"
         )
-    if network is None:
-        store, snapshot_id = await _split_target(
-            target_url,
-            dict(target_options or {}),
-            options.retry,
-            dict(store_options or {}),
-            tree=tree,
-        )
-        # Sender and receiver share this process and every buffer: one CRC pass is enough.
-        network = LoopbackNetwork(Receiver(store), trust_checksums=True)
-    else:
-        if store_options:
-            raise ConfigurationError(
-                "store_options apply to the in-process receiver only; with a network, the "
-                "receiver behind it has its own store"
-            )
-        snapshot_id = _snapshot_id(target_url, target_url.rstrip("/").rpartition("/")[2])
-    started = time.perf_counter()
+    targets: list[Target] = []
     try:
-        if store is not None and server_side is not False and not tree:
+        for url, net in zip(urls, networks, strict=True):
+            targets.append(
+                await _target(
+                    url,
+                    net,
+                    options,
+                    target_options,
+                    store_options,
+                    tree,
+                    relay_storage if relay else None,
+                )
+            )
+        _check_distinct(targets)
+        started = time.perf_counter()
+        only = targets[0]
+        alone = len(targets) == 1 and only.store is not None and relay is None
+        if alone and server_side is not False and not tree:
+            assert only.store is not None
             copied = await _server_side(
                 source_url,
-                target_url,
+                only.url,
                 dict(source_options or {}),
                 dict(target_options or {}),
-                store,
-                snapshot_id,
+                only.store,
+                only.snapshot_id,
                 required=bool(server_side),
                 options=options,
                 checksum=checksum,
@@ -229,75 +207,140 @@ async def ship(
             if copied is not None:
                 if progress is not None and copied.size:
                     progress(copied.size)
-                return replace(copied, elapsed=time.perf_counter() - started)
-        source: ChunkSource
-        if tree:
-            source = tree_source = await open_tree_source(source_url, **(source_options or {}))
-            if checksum is not None and checksum != tree_source.checksum:
-                raise ChecksumMismatch(source_url, checksum, tree_source.checksum, whole=True)
-            checksum = tree_source.checksum
-        else:
-            source = await open_source(
-                source_url,
-                map_files=options.map_files,
-                read_streams=options.read_streams,
-                read_part_size=options.read_part_size,
-                ranged_read_threshold=options.ranged_read_threshold,
-                **(source_options or {}),
-            )
-        if isinstance(source, (S3StreamSource, S3RangedSource)):
-            source.retry = options.retry
+                copied = replace(copied, elapsed=time.perf_counter() - started)
+                return replace(copied, targets=(copied,)) if fan_out else copied
+        source, checksum = await _open(source_url, tree, checksum, options, source_options)
         try:
             meta = SnapshotMeta(
-                snapshot_id=snapshot_id,
+                snapshot_id=only.snapshot_id,
                 size=source.size,
                 checksum=checksum,
                 kind=TREE if tree else "file",
             )
-            if checksum is None and store is not None and await store.has_partial(snapshot_id):
+            if checksum is None and any(
+                [t.store is not None and await t.store.has_partial(t.snapshot_id) for t in targets]
+            ):
                 # An earlier ship() was killed halfway: name the data by its checksum, so that
                 # the receiver can resume its partial copy and prove the result whole (a partial
                 # copy of other data is discarded by the receiver, which then starts over).
                 meta = replace(meta, checksum=await source_checksum(source, options.chunk_size))
-            result = await send_source(
-                network, vote, meta, source, cancel, options, progress=progress
-            )
-        except BaseException as exc:
-            if store is None:
-                raise
             try:
-                await store.abort(snapshot_id)
-            except Exception:
-                log.warning(
-                    "could not remove the partial data of %r",
-                    snapshot_id,
-                    exc_info=log.isEnabledFor(logging.DEBUG),
+                sent = await send_to_targets(
+                    targets,
+                    vote,
+                    meta,
+                    source,
+                    options,
+                    cancel=cancel,
+                    progress=progress,
+                    relay=relay,
+                    relay_storage=relay_storage,
+                    keep_for=keep_for,
                 )
-            if isinstance(exc, RemoteError) and isinstance(exc.source, FstransportError):
-                # The receiver runs in this process: its error is this call's own error.
-                raise exc.source from exc.source.__cause__
-            raise
+            except BaseException:
+                await abort_targets(targets)
+                raise
         finally:
             await source.close()
+        done = await reports(source_url, source, targets, sent, vote, started)
     finally:
-        if store is not None:
-            await store.close()
-    if not result.completed:
-        raise HigherVote(result.response.vote, vote)
-    stats = result.stats
+        for target in targets:
+            await close_target(target)
+    if not fan_out:
+        return replace(done[0], bytes_uploaded=sent.bytes_uploaded)
     return TransferReport(
         source=source_url,
-        target=target_url,
+        target=", ".join(urls),
         size=source.size,
-        bytes_sent=stats.bytes_sent,
-        chunks_sent=stats.chunks_sent,
-        retries=stats.retries,
-        rewinds=stats.rewinds,
-        bytes_skipped=stats.bytes_skipped,
+        bytes_sent=sum(r.bytes_sent for r in done),
+        chunks_sent=sum(r.chunks_sent for r in done),
+        retries=sum(r.retries for r in done),
+        rewinds=sum(r.rewinds for r in done),
+        bytes_skipped=min(r.bytes_skipped for r in done),
         elapsed=time.perf_counter() - started,
-        checksum=result.checksum,
-        files=source.file_count if isinstance(source, TreeSource) else None,
+        checksum=done[0].checksum,
+        files=done[0].files,
+        bytes_read=sent.bytes_read,
+        bytes_uploaded=sent.bytes_uploaded,
+        targets=tuple(done),
     )
+
+
+def _networks(network: Network | Sequence[Network] | None, count: int) -> list[Network | None]:
+    if network is None:
+        return [None] * count
+    if isinstance(network, Sequence):
+        if len(network) != count:
+            raise ConfigurationError(
+                f"give one network per target: {len(network)} networks for {count} targets"
+            )
+        return list(network)
+    return [network] * count
+
+
+async def _target(
+    url: str,
+    network: Network | None,
+    options: TransferOptions,
+    target_options: dict[str, Any] | None,
+    store_options: dict[str, Any] | None,
+    tree: bool,
+    relay_storage: dict[str, Any] | None,
+) -> Target:
+    """One target: an in-process receiver at `url`'s folder, or the receiver behind `network`."""
+    if network is not None:
+        if store_options:
+            raise ConfigurationError(
+                "store_options apply to the in-process receiver only; with a network, the "
+                "receiver behind it has its own store"
+            )
+        return Target(url, _snapshot_id(url, url.rstrip("/").rpartition("/")[2]), network)
+    store, snapshot_id = await _split_target(
+        url, dict(target_options or {}), options.retry, dict(store_options or {}), tree=tree
+    )
+    receiver = Receiver(store, relay_options=relay_storage)
+    # Sender and receiver share this process and every buffer: one CRC pass is enough.
+    network = LoopbackNetwork(receiver, trust_checksums=True)
+    return Target(url, snapshot_id, network, store, receiver)
+
+
+def _check_distinct(targets: list[Target]) -> None:
+    seen: set[tuple[int | str, str]] = set()
+    for target in targets:
+        where: int | str = target.store.root if target.store is not None else id(target.network)
+        key = (where, target.snapshot_id)
+        if key in seen:
+            raise ConfigurationError(f"target {target.url!r} is given twice")
+        seen.add(key)
+
+
+async def _open(
+    source_url: str,
+    tree: bool,
+    checksum: str | None,
+    options: TransferOptions,
+    source_options: dict[str, Any] | None,
+) -> tuple[ChunkSource, str | None]:
+    """The source, and the checksum it is known by (a directory snapshot's is computed)."""
+    source: ChunkSource
+    if tree:
+        source = tree_source = await open_tree_source(source_url, **(source_options or {}))
+        if checksum is not None and checksum != tree_source.checksum:
+            await source.close()
+            raise ChecksumMismatch(source_url, checksum, tree_source.checksum, whole=True)
+        checksum = tree_source.checksum
+    else:
+        source = await open_source(
+            source_url,
+            map_files=options.map_files,
+            read_streams=options.read_streams,
+            read_part_size=options.read_part_size,
+            ranged_read_threshold=options.ranged_read_threshold,
+            **(source_options or {}),
+        )
+    if isinstance(source, (S3StreamSource, S3RangedSource)):
+        source.retry = options.retry
+    return source, checksum
 
 
 async def is_directory(url: str, storage_options: dict[str, Any]) -> bool:
@@ -312,82 +355,3 @@ async def is_directory(url: str, storage_options: dict[str, Any]) -> bool:
         return url.endswith("/")
     with storage_errors(url, "stat"):
         return bool(await asyncio.to_thread(fs.isdir, path))
-
-
-def _is_s3_url(url: str) -> bool:
-    return "::" not in url and fsspec.core.split_protocol(url)[0] in ("s3", "s3a")
-
-
-async def _server_side(
-    source_url: str,
-    target_url: str,
-    source_options: dict[str, Any],
-    target_options: dict[str, Any],
-    store: FsspecSnapshotStore,
-    snapshot_id: str,
-    *,
-    required: bool,
-    options: TransferOptions,
-    checksum: str | None,
-    concurrency: int | None,
-) -> TransferReport | None:
-    """Copy on the S3 server when it can (see `ship`'s `server_side`); None: copy through the
-    client instead."""
-    if not (_is_s3_url(source_url) and _is_s3_url(target_url) and is_s3(store.fs)):
-        if required:
-            raise ConfigurationError(
-                f"a server-side copy needs an s3:// source and target, not {source_url!r} -> "
-                f"{target_url!r}"
-            )
-        return None
-    source_endpoint, target_endpoint = s3_endpoint(source_options), s3_endpoint(target_options)
-    if source_endpoint != target_endpoint:
-        if required:
-            raise ConfigurationError(
-                "a server-side copy needs the source and target on one S3 endpoint; the source "
-                f"is on {source_endpoint or 'AWS'}, the target on {target_endpoint or 'AWS'} "
-                "(copy without server_side / --server-side to stream it through this process)"
-            )
-        return None
-    wanted = None if checksum is None else parse_checksum(checksum)
-    fs = await open_s3(target_options)
-    try:
-        with storage_errors(source_url, "open"):
-            bucket, key = split_bucket_key(fs._strip_protocol(source_url))
-        source = await head_source(fs, bucket, key, options.retry)
-        if wanted is not None and source.crc32c is not None and wanted != source.crc32c:
-            raise ChecksumMismatch(
-                source_url, format_checksum(wanted), format_checksum(source.crc32c), whole=True
-            )
-        expected = wanted if wanted is not None else source.crc32c
-        if not required and expected is None:
-            return None  # nothing to prove a server-side copy with: stream it, verified
-        target_bucket, target_key = split_bucket_key(store.path(snapshot_id))
-        result = await server_side_copy(
-            fs,
-            source,
-            target_bucket,
-            target_key,
-            expected=expected,
-            require_proof=not required,
-            part_size=store.part_size,
-            concurrency=concurrency or DEFAULT_COPY_CONCURRENCY,
-            retry=options.retry,
-        )
-    finally:
-        await close_async_filesystem(fs)
-    if result is None:
-        return None
-    return TransferReport(
-        source=source_url,
-        target=target_url,
-        size=source.size,
-        bytes_sent=0,
-        chunks_sent=max(1, result.parts),
-        retries=0,
-        rewinds=0,
-        bytes_skipped=0,
-        elapsed=0.0,
-        checksum=result.checksum,
-        server_side=True,
-    )

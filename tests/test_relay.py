@@ -409,6 +409,34 @@ async def test_a_sender_stopped_mid_stage_installs_nothing_and_the_next_send_reu
     await relay.close()
 
 
+async def test_a_new_sender_after_one_died_mid_stage_starts_the_receiver_over() -> None:
+    """The receiver holds bytes fetched from the dead sender's area, which has no manifest
+    and never will: instead of refusing the snapshot forever, it starts over from 0."""
+    from fstransport import ReplicationClosed
+
+    data = payload(640_000, seed=16)
+    receiver, store = receiver_at("memory://recv")
+    stop = asyncio.Event()
+
+    def stop_at_the_third(req: InstallSnapshotRequest) -> None:
+        if recording.calls >= 3:
+            stop.set()
+
+    recording = MockNetwork(before(stop_at_the_third, deliver_to(receiver, interleave=False)))
+    dead = RelayNetwork(recording, STAGE)
+    with pytest.raises(ReplicationClosed):
+        await Chunked.send_snapshot(
+            dead, V1, snapshot(data), stop.wait(), replace(OPTIONS, max_in_flight=1)
+        )
+    fresh = RelayNetwork(LoopbackNetwork(receiver), STAGE)  # another process: its own area
+    await Chunked.send_snapshot(fresh, V1, snapshot(data), option=OPTIONS)
+    assert await installed(store, "snap") == data
+    await fresh.close()
+    await dead.close()
+    assert staged_files() == []
+    await receiver.close()
+
+
 async def test_a_large_object_is_fetched_with_several_ranged_gets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

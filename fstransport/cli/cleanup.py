@@ -1,4 +1,5 @@
-"""``fstransport cleanup ROOT``: remove the partial data abandoned transfers left in a store."""
+"""``fstransport cleanup ROOT``: remove the partial data abandoned transfers left in a store,
+or (``--staging``) the staging areas a relay no longer needs."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="remove abandoned partial transfers under a store's ROOT",
         description="Remove partial data that transfers into ROOT abandoned more than "
         "--older-than ago: partial files and their journals, and on S3 incomplete multipart "
-        "uploads. Installed snapshots are never touched.",
+        "uploads. Installed snapshots are never touched. With --staging, ROOT is a relay's "
+        "staging prefix (ship --relay URL): staging areas whose manifest expired, and areas "
+        "abandoned (no manifest, or one without a TTL) more than --older-than ago, are "
+        "removed; an area whose manifest is live is never touched.",
     )
     cleanup.add_argument("root", metavar="ROOT", help="the store's root URL or path")
     cleanup.add_argument(
@@ -33,6 +37,11 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--dry-run", action="store_true", help="list what would be removed; remove nothing"
     )
     cleanup.add_argument("--json", action="store_true", help="print what was removed as JSON")
+    cleanup.add_argument(
+        "--staging",
+        action="store_true",
+        help="ROOT is a relay's staging prefix (ship --relay URL), not a store",
+    )
     add_endpoint_option(cleanup)
     cleanup.set_defaults(run=run, parser=cleanup)
 
@@ -50,6 +59,8 @@ async def run(args: argparse.Namespace) -> int:
     options = storage_options(args, args.root)
     if is_s3_url(args.root):
         options = s3_cli_options(options)
+    if args.staging:
+        return await _staging(args, options)
     found = await probe(args.root, options, verb="clean up", bucket_only=True)
     if not found.is_dir and not is_s3_url(args.root):
         raise ConfigurationError(f"ROOT {args.root} does not exist or is not a folder")
@@ -74,6 +85,26 @@ async def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         summary += " (dry run: nothing removed)"
     print(summary)
+    return 0
+
+
+async def _staging(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """Remove the staging areas under ROOT that nobody needs any more."""
+    import json
+
+    from fstransport.storage.staging import cleanup_staging
+
+    removed = await cleanup_staging(args.root, args.older_than, dry_run=args.dry_run, **options)
+    if args.json:
+        report = {"root": args.root, "removed": removed, "dry_run": args.dry_run}
+        print(json.dumps(report, indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for area in removed:
+        print(f"{verb} {area}")
+    done = "would be removed" if args.dry_run else "removed"
+    summary = f"{len(removed)} staging area(s) {done} from {args.root}"
+    print(summary + (" (dry run: nothing removed)" if args.dry_run else ""))
     return 0
 
 

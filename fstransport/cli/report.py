@@ -42,6 +42,12 @@ def print_report(
             f"  resumed     {format_size(report.bytes_skipped)} ({report.bytes_skipped} bytes) "
             "were already there and not sent again",
         )
+    if report.targets or report.bytes_uploaded:
+        lines.append(f"  read        {format_size(report.bytes_read)} from the source")
+    if report.bytes_uploaded:
+        lines.append(f"  uploaded    {format_size(report.bytes_uploaded)} to the relay")
+    for one in report.targets:
+        lines.append(f"  -> {one.target}  ({format_size(one.bytes_sent)} sent)")
     if verified:
         lines.append(f"  verified    {verified}")
     print("\n".join(lines), file=file)

@@ -109,6 +109,20 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "standard output (default: --log-file if given)",
     )
     add_endpoint_option(serve)
+    serve.add_argument(
+        "--relay-endpoint-url",
+        metavar="URL",
+        help="fetch chunks a sender staged in a bucket (ship --relay) from this S3 endpoint "
+        "(credentials from the environment, as for boto)",
+    )
+    serve.add_argument(
+        "--relay-prefix",
+        metavar="URL",
+        action="append",
+        help="fetch staged chunks (ship --relay) only from under this staging URL, e.g. "
+        "s3://bucket/stage; repeatable. Without it and without --relay-endpoint-url, senders "
+        "must send the bytes themselves (a relay falls back to that)",
+    )
     add_s3_tuning(serve, "ROOT")
     serve.set_defaults(run=run, parser=serve)
 
@@ -174,7 +188,8 @@ async def _serve(
         level = server_log.level
         server_log.setLevel(logging.ERROR)  # no_auth's warning: ours below names the address
         try:
-            app = create_app(store, token=token, no_auth=token is None, **limits)
+            receiver = _relay_receiver(args, store, limits)
+            app = create_app(store, token=token, no_auth=token is None, receiver=receiver, **limits)
         finally:
             server_log.setLevel(level)
         runner = make_runner(app)
@@ -201,6 +216,27 @@ async def _serve(
             await asyncio.Event().wait()
         finally:
             await runner.cleanup()
+
+
+def _relay_receiver(args: argparse.Namespace, store: Any, limits: dict[str, Any]) -> Any:
+    """The server's receiver when it fetches staged chunks (``--relay-endpoint-url``,
+    ``--relay-prefix``); None: `create_app` makes one that takes only bytes."""
+    if args.relay_endpoint_url is None and not args.relay_prefix:
+        return None
+    from fstransport.cli.probe import s3_cli_options
+    from fstransport.receiver import Receiver
+
+    relay_options: dict[str, Any] = {}
+    if args.relay_endpoint_url is not None:
+        relay_options = s3_cli_options({"client_kwargs": {"endpoint_url": args.relay_endpoint_url}})
+    return Receiver(
+        store,
+        limits=limits["limits"],
+        idle_timeout=limits.get("idle_timeout"),
+        vote_scope="snapshot",
+        relay_options=relay_options,
+        relay_prefixes=args.relay_prefix,
+    )
 
 
 def _is_loopback(host: str) -> bool:

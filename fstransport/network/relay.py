@@ -11,18 +11,11 @@ reference: no manifest, no install.  See docs/relay.md.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
-import uuid
-from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import quote
 
-from fstransport.checksum import chunk_crc
 from fstransport.errors import (
-    ChecksumMismatch,
     ConfigurationError,
     InvalidRequest,
     NetworkError,
@@ -35,18 +28,17 @@ from fstransport.messages import (
     SnapshotMeta,
     StagedChunk,
     Vote,
-    contiguous,
 )
 from fstransport.network.base import Network
-from fstransport.options import TransferOptions
-from fstransport.protocol.receiver import check_snapshot_id
-from fstransport.storage.staging import (
-    MANIFEST_VERSION,
-    MAX_AREA_LENGTH,
-    StagingStore,
-    chunk_name,
-    manifest_url,
+from fstransport.network.relay_areas import (
+    SharedStaging,
+    Staged,
+    find_areas,
+    is_damaged,
+    not_fetched,
+    stageable,
 )
+from fstransport.options import TransferOptions
 
 __all__ = ["RelayNetwork", "StagedChunk"]
 
@@ -55,86 +47,6 @@ log = logging.getLogger("fstransport.relay")
 FALL_BACK_AFTER = 3
 """References in a row a receiver fails to fetch (or finds damaged) before the relay sends it
 the bytes themselves."""
-
-
-@dataclass
-class _Area:
-    """One staging area: this sender's objects of one snapshot under one vote."""
-
-    url: str
-    meta: SnapshotMeta
-    chunks: dict[tuple[int, int], tuple[int, str]] = field(default_factory=dict)
-    """(offset, length) → (CRC32C, object name)"""
-    damaged: set[str] = field(default_factory=set)
-    written: set[str] = field(default_factory=set)  # every object name staged here, for removal
-    pending: int = 0  # uploads under way
-    uploading: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
-    """Uploads under way, by object name: True once the object is there."""
-    committed: bool = False
-    checksum: str | None = None
-
-    def ref(self, offset: int, length: int, crc: int | None) -> StagedChunk | None:
-        found = self.chunks.get((offset, length))
-        if found is None or found[1] in self.damaged or (crc is not None and found[0] != crc):
-            return None
-        return StagedChunk(self.url, found[1], length, found[0])
-
-
-@dataclass
-class _Staged:
-    """What is staged for one (snapshot id, vote)."""
-
-    areas: list[_Area] = field(default_factory=list)
-    cond: asyncio.Condition = field(default_factory=asyncio.Condition)
-    busy: int = 0  # requests under way
-    users: set[int] = field(default_factory=set)
-    """The networks (siblings) that began sending this snapshot and saw no acknowledgement."""
-    expires: float | None = None
-    generation: int = 0
-
-
-class _Shared:
-    """The staging state of a `RelayNetwork` and of every sibling made with `RelayNetwork.to`."""
-
-    def __init__(self, staging_url: str, options: dict[str, Any], keep_for: float | None) -> None:
-        self.staging_url = staging_url.rstrip("/")
-        self.store = StagingStore(self.staging_url, options)
-        self.keep_for = keep_for
-        self.snapshots: dict[tuple[str, Vote], _Staged] = {}
-        self.bytes_uploaded = 0
-
-
-def _damaged(source: BaseException) -> bool:
-    """Whether a receiver's refusal of a reference says the staged object is bad or gone."""
-    if isinstance(source, ChecksumMismatch):
-        return not source.whole
-    return isinstance(source, StorageError) and source.verb == "fetch" and not source.retryable
-
-
-def _not_fetched(source: BaseException) -> bool:
-    """Whether the receiver could not fetch a staged object (the bucket failed it)."""
-    return isinstance(source, StorageError) and source.verb == "fetch"
-
-
-def _stageable(req: InstallSnapshotRequest) -> bool:
-    """Whether `req` names a snapshot and vote that can name staged objects; the receiver
-    refuses any other request anyway, so it goes to the receiver as it is."""
-    try:
-        check_snapshot_id(req.meta.snapshot_id)
-        return all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0
-            for n in (req.vote.term, req.vote.node_id, req.offset)
-        )
-    except (InvalidRequest, AttributeError):
-        return False
-
-
-def _jsonable(value: object) -> object:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
 
 
 class RelayNetwork:
@@ -171,7 +83,7 @@ class RelayNetwork:
         if not isinstance(staging_url, str) or not staging_url.strip("/"):
             raise ConfigurationError(f"staging_url must be a URL, got {staging_url!r}")
         self.inner = inner
-        self._shared = _Shared(staging_url, staging_options, keep_for)
+        self._shared = SharedStaging(staging_url, staging_options, keep_for)
         self._direct = False  # the receiver takes no references: it gets the bytes
         self._fetch_failures = 0  # references in a row the receiver could not fetch
 
@@ -203,6 +115,35 @@ class RelayNetwork:
         sibling._fetch_failures = 0
         return sibling
 
+    def expect(self, vote: Vote, snapshot_id: str) -> None:
+        """Count the receiver behind this network among those the snapshot is sent to before
+        its first chunk goes: what is staged stays until it acknowledged (or `close`), even if
+        a sibling's receiver acknowledges first."""
+        key = (snapshot_id, vote)
+        self._shared.snapshots.setdefault(key, Staged()).users.add(id(self))
+
+    async def find_staged(self, vote: Vote, meta: SnapshotMeta) -> set[str]:
+        """The checksums of the committed staged copies of the snapshot `meta` names under
+        `vote`: those of this network and its siblings, and those other processes staged and
+        keep for later receivers (a manifest with a TTL still running, see `keep_for`).
+
+        When `meta` names its checksum, a copy found with that checksum is reused from then on
+        (a sender joining later): its chunks are neither read nor uploaded again, and it is
+        never removed by this network (its TTL governs it).  `StorageError` when the bucket
+        cannot be listed."""
+        staged = self._shared.snapshots.setdefault((meta.snapshot_id, vote), Staged())
+        staged.searched.add(meta.checksum)
+        found = await find_areas(self._shared.store, self.staging_url, meta, vote)
+        checksums = {a.checksum for a in staged.areas if a.committed and a.checksum is not None}
+        known = {a.url for a in staged.areas}
+        for area in found:
+            assert area.checksum is not None
+            checksums.add(area.checksum)
+            if meta.checksum is not None and area.url not in known:
+                log.info("reusing the staged copy %s of %r", area.url, meta.snapshot_id)
+                staged.areas.append(area)
+        return checksums
+
     def staged_chunk(
         self, vote: Vote, meta: SnapshotMeta, offset: int, length: int
     ) -> StagedChunk | None:
@@ -216,8 +157,11 @@ class RelayNetwork:
             return None
         if staged.expires is not None and staged.expires <= time.time():
             return None
+        now = time.time()
         for area in staged.areas:
             if area.committed and area.checksum == meta.checksum and area.meta.same_snapshot(meta):
+                if area.expires is not None and area.expires <= now:
+                    continue
                 ref = area.ref(offset, length, None)
                 if ref is not None:
                     return ref
@@ -226,15 +170,17 @@ class RelayNetwork:
     async def install_snapshot(
         self, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        if (self._direct and req.staged is None) or not _stageable(req):
+        if (self._direct and req.staged is None) or not stageable(req):
             return await self.inner.install_snapshot(req, option)  # as it is
         key = (req.meta.snapshot_id, req.vote)
         staged = self._shared.snapshots.get(key)
         if staged is None:
-            staged = self._shared.snapshots[key] = _Staged()
+            staged = self._shared.snapshots[key] = Staged()
         staged.busy += 1
         staged.users.add(id(self))
         try:
+            if req.meta.checksum is not None and req.meta.checksum not in staged.searched:
+                await self._search(req.vote, req.meta)
             response = await self._deliver(staged, req, option)
             if req.done and response.vote <= req.vote:
                 staged.users.discard(id(self))
@@ -243,12 +189,19 @@ class RelayNetwork:
         finally:
             staged.busy -= 1
 
+    async def _search(self, vote: Vote, meta: SnapshotMeta) -> None:
+        """Look once for a copy of this snapshot that another process staged and keeps."""
+        try:
+            await self.find_staged(vote, meta)
+        except StorageError as exc:  # nothing found: the chunks are staged as usual
+            log.warning("cannot look for staged copies of %r: %s", meta.snapshot_id, exc)
+
     async def _deliver(
-        self, staged: _Staged, req: InstallSnapshotRequest, option: TransferOptions
+        self, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        ref_req = req if req.staged is not None else await self._stage(staged, req)
+        ref_req = req if req.staged is not None else await self._shared.stage(staged, req)
         if req.done:
-            await self._commit(staged, req.meta, req.vote)
+            await self._shared.commit(staged, req.meta, req.vote)
         try:
             response = await self.inner.install_snapshot(ref_req, option)
         except RemoteError as exc:
@@ -256,20 +209,20 @@ class RelayNetwork:
             source = exc.source
             if isinstance(source, InvalidRequest) and source.field == "staged":
                 return await self._fall_back(req, option, exc, "takes no staged chunks")
-            if ref is None or not (_damaged(source) or _not_fetched(source)):
+            if ref is None or not (is_damaged(source) or not_fetched(source)):
                 raise
             self._fetch_failures += 1
             if self._fetch_failures >= FALL_BACK_AFTER:
                 return await self._fall_back(req, option, exc, "cannot fetch staged chunks")
-            if not _damaged(source):
+            if not is_damaged(source):
                 raise  # the bucket failed the receiver for now: the sender sends it again
-            await self._forget(staged, ref)
+            await self._shared.forget(staged, ref)
             if req.staged is not None:  # the sender retries, reading the bytes this time
                 raise NetworkError(f"staged object {ref.url} is damaged or gone: {source}") from exc
             log.warning("staged object %s refused (%s); staging it again", ref.url, exc)
-            ref_req = await self._stage(staged, req)
+            ref_req = await self._shared.stage(staged, req)
             if req.done:
-                await self._commit(staged, req.meta, req.vote)
+                await self._shared.commit(staged, req.meta, req.vote)
             response = await self.inner.install_snapshot(ref_req, option)
         self._fetch_failures = 0
         return response
@@ -284,125 +237,14 @@ class RelayNetwork:
             raise NetworkError(f"{self.inner!r} {why}") from exc
         return await self.inner.install_snapshot(req, option)
 
-    async def _stage(self, staged: _Staged, req: InstallSnapshotRequest) -> InstallSnapshotRequest:
-        """`req` with its bytes staged (or found staged already) and replaced by a reference."""
-        data = contiguous(req.data)
-        length = len(data)
-        crc = req.crc32c if req.crc32c is not None else chunk_crc(data)
-        shared = self._shared
-        async with staged.cond:
-            for area in staged.areas:
-                if area.meta.same_snapshot(req.meta):
-                    ref = area.ref(req.offset, length, crc)
-                    if ref is not None:
-                        return replace(req, data=b"", crc32c=crc, staged=ref)
-            area = self._open_area(staged, req)
-            ref = StagedChunk(
-                area.url, chunk_name(req.offset, length, crc, staged.generation), length, crc
-            )
-            upload = area.uploading.get(ref.name)
-            mine = upload is None
-            if upload is None:  # nobody is uploading these bytes: this call does
-                upload = area.uploading[ref.name] = asyncio.get_running_loop().create_future()
-                area.pending += 1
-        if not mine:  # another send (to another receiver) is uploading them right now
-            if not await asyncio.shield(upload):
-                raise NetworkError(f"staging {ref.url} failed; the chunk is sent again")
-            return replace(req, data=b"", crc32c=crc, staged=ref)
-        done = False
-        try:
-            if await shared.store.put_once(ref.url, data, crc):
-                shared.bytes_uploaded += length
-            done = True
-        finally:
-            area.pending -= 1
-            del area.uploading[ref.name]
-            area.written.add(ref.name)  # (a failed PUT may have left it too)
-            if done:
-                area.chunks[(req.offset, length)] = (crc, ref.name)
-                area.damaged.discard(ref.name)
-            upload.set_result(done)
-            async with staged.cond:
-                staged.cond.notify_all()
-        return replace(req, data=b"", crc32c=crc, staged=ref)
-
-    def _open_area(self, staged: _Staged, req: InstallSnapshotRequest) -> _Area:
-        """The area new chunks of `req`'s snapshot go to: the open one, or a new one (whose
-        name no other sender can hit: a fresh nonce under the snapshot id and the vote)."""
-        for area in staged.areas:
-            if not area.committed and area.meta.same_snapshot(req.meta):
-                return area
-        vote = req.vote
-        url = (
-            f"{self._shared.staging_url}/{quote(req.meta.snapshot_id, safe=' ')}/"
-            f"v{vote.term}-{vote.node_id}-{int(vote.committed)}/{uuid.uuid4().hex}"
-        )
-        if len(url) > MAX_AREA_LENGTH:
-            raise ConfigurationError(
-                f"staging area URL {url[:64]!r}... is longer than {MAX_AREA_LENGTH} characters"
-            )
-        area = _Area(url, replace(req.meta, checksum=None))
-        staged.areas.append(area)
-        return area
-
-    async def _commit(self, staged: _Staged, meta: SnapshotMeta, vote: Vote) -> None:
-        """Write the manifest of every open area of this snapshot (after its uploads ended):
-        the commit marker that lets receivers install what they fetched from it."""
-        async with staged.cond:
-            await staged.cond.wait_for(lambda: all(a.pending == 0 for a in staged.areas))
-            now = time.time()
-            keep_for = self._shared.keep_for
-            for area in staged.areas:
-                if area.committed or not area.meta.same_snapshot(meta):
-                    continue
-                manifest = {
-                    "version": MANIFEST_VERSION,
-                    "snapshot_id": meta.snapshot_id,
-                    "vote": [vote.term, vote.node_id, vote.committed],
-                    "size": meta.size,
-                    "checksum": meta.checksum,
-                    "last_log_id": (
-                        [meta.last_log_id.term, meta.last_log_id.index]
-                        if meta.last_log_id
-                        else None
-                    ),
-                    "last_membership": _jsonable(meta.last_membership),
-                    "chunks": sorted(
-                        [name, offset, length, crc]
-                        for (offset, length), (crc, name) in area.chunks.items()
-                        if name not in area.damaged
-                    ),
-                    "created": now,
-                    "expires": None if keep_for is None else now + keep_for,
-                }
-                await self._shared.store.write_json(manifest_url(area.url), manifest)
-                area.committed = True
-                area.checksum = meta.checksum
-            if keep_for is not None:
-                staged.expires = now + keep_for
-
-    async def _forget(self, staged: _Staged, ref: StagedChunk) -> None:
-        async with staged.cond:
-            for area in staged.areas:
-                if area.url == ref.area:
-                    area.damaged.add(ref.name)
-            staged.generation += 1  # its replacement gets a name of its own
-
-    async def _acknowledged(self, key: tuple[str, Vote], staged: _Staged) -> None:
+    async def _acknowledged(self, key: tuple[str, Vote], staged: Staged) -> None:
         """The receiver installed the snapshot: remove what is staged for it, unless it is kept
         for later receivers or another receiver is still being sent it."""
         alone = not staged.users and staged.busy <= 1 and self._shared.snapshots.get(key) is staged
         if self._shared.keep_for is None and alone:
             del self._shared.snapshots[key]
-            await self._remove(staged)
+            await self._shared.remove(staged)
         await self.expire()
-
-    async def _remove(self, staged: _Staged) -> None:
-        for area in staged.areas:
-            urls = [manifest_url(area.url)] if area.committed else []
-            urls += [f"{area.url}/chunks/{name}" for name in sorted(area.written)]
-            await self._shared.store.remove(urls)  # the manifest first: then nobody installs
-            await self._shared.store.prune(f"{area.url}/chunks", self._shared.staging_url)
 
     async def expire(self, now: float | None = None) -> int:
         """Remove staged snapshots whose `keep_for` has passed and that no send is using;
@@ -412,17 +254,21 @@ class RelayNetwork:
         for key, staged in list(self._shared.snapshots.items()):
             if staged.expires is not None and staged.expires <= now and staged.busy == 0:
                 del self._shared.snapshots[key]
-                await self._remove(staged)
+                await self._shared.remove(staged)
                 removed += 1
         return removed
 
-    async def close(self) -> None:
+    async def close(self, *, keep: bool = False) -> None:
         """Remove everything this network and its siblings staged (kept or not) and close the
-        staging client.  The inner network stays open (its owner closes it)."""
+        staging client.  The inner network stays open (its owner closes it).
+
+        With `keep`, committed areas stay for later receivers, in this process or another
+        (their manifests name when they expire: `keep_for`; `cleanup_staging` removes them
+        then); only areas without a manifest (a send that failed) are removed."""
         try:
             for key, staged in list(self._shared.snapshots.items()):
                 del self._shared.snapshots[key]
-                await self._remove(staged)
+                await self._shared.remove(staged, keep_committed=keep)
         finally:
             await self._shared.store.close()
 

@@ -24,6 +24,7 @@ from fstransport.errors import (
     ChecksumMismatch,
     ConfigurationError,
     SnapshotMismatch,
+    StorageError,
     TooManyTransfers,
 )
 from fstransport.messages import (
@@ -70,6 +71,16 @@ VoteScope = Literal["node", "snapshot"]
 server shared by unrelated senders)."""
 
 Held = tuple[tuple[int, int], ...]
+
+
+class StagingUnverified(StorageError):
+    """A snapshot fetched (in part) from staging areas whose manifest is missing or does not
+    match it. `foreign`: some of those bytes came from an area other than the final chunk's
+    (a sender that died before it committed): the transfer starts over from offset 0."""
+
+    def __init__(self, subject: str, cause: BaseException, *, foreign: bool) -> None:
+        super().__init__(subject, "verify", cause)
+        self.foreign = foreign
 
 
 @dataclass(frozen=True)
@@ -315,10 +326,15 @@ class ReceiverState:
         A gap (`SnapshotMismatch`) keeps the stream: the sender fills it.  A `ChecksumMismatch`
         on a stream that continues partial data from the store (whose snapshot named no checksum
         then) turns into `SnapshotMismatch` at offset 0: that data was not this snapshot's, it
-        is gone now, and the sender starts over."""
-        if isinstance(exc, SnapshotMismatch):
+        is gone now, and the sender starts over; so do bytes fetched from another sender's
+        staging area that was never committed (`StagingUnverified` with `foreign`)."""
+        if isinstance(exc, SnapshotMismatch) or (
+            isinstance(exc, StagingUnverified) and not exc.foreign  # (its manifest may come yet)
+        ):
             return False, exc
-        if isinstance(exc, ChecksumMismatch) and stream.from_store:
+        if isinstance(exc, StagingUnverified) or (
+            isinstance(exc, ChecksumMismatch) and stream.from_store
+        ):
             snapshot_id = stream.meta.snapshot_id
             turned = SnapshotMismatch(
                 expect=SnapshotSegmentId(snapshot_id, 0),

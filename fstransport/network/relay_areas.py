@@ -1,0 +1,344 @@
+"""The bookkeeping of a `RelayNetwork`: staging areas, their manifests, and areas found in the
+bucket that another process staged (reused by a sender joining later)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote
+
+from fstransport.checksum import chunk_crc
+from fstransport.errors import (
+    ChecksumMismatch,
+    ConfigurationError,
+    InvalidRequest,
+    NetworkError,
+    StorageError,
+)
+from fstransport.messages import (
+    InstallSnapshotRequest,
+    SnapshotMeta,
+    StagedChunk,
+    Vote,
+    contiguous,
+)
+from fstransport.protocol.receiver import check_snapshot_id
+from fstransport.storage.staging import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    MAX_AREA_LENGTH,
+    StagingStore,
+    chunk_name,
+    is_chunk_name,
+    manifest_url,
+)
+
+__all__ = [
+    "Area",
+    "SharedStaging",
+    "Staged",
+    "find_areas",
+    "is_damaged",
+    "manifest_document",
+    "not_fetched",
+    "snapshot_prefix",
+    "stageable",
+]
+
+
+@dataclass
+class Area:
+    """One staging area: this sender's objects of one snapshot under one vote."""
+
+    url: str
+    meta: SnapshotMeta
+    chunks: dict[tuple[int, int], tuple[int, str]] = field(default_factory=dict)
+    """(offset, length) → (CRC32C, object name)"""
+    damaged: set[str] = field(default_factory=set)
+    written: set[str] = field(default_factory=set)  # every object name staged here, for removal
+    pending: int = 0  # uploads under way
+    uploading: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
+    """Uploads under way, by object name: True once the object is there."""
+    committed: bool = False
+    checksum: str | None = None
+    adopted: bool = False
+    """Staged by another process and found in the bucket: reused, never removed by us."""
+    expires: float | None = None
+    """When an adopted area's manifest says it goes."""
+
+    def ref(self, offset: int, length: int, crc: int | None) -> StagedChunk | None:
+        found = self.chunks.get((offset, length))
+        if found is None or found[1] in self.damaged or (crc is not None and found[0] != crc):
+            return None
+        return StagedChunk(self.url, found[1], length, found[0])
+
+
+@dataclass
+class Staged:
+    """What is staged for one (snapshot id, vote)."""
+
+    areas: list[Area] = field(default_factory=list)
+    cond: asyncio.Condition = field(default_factory=asyncio.Condition)
+    busy: int = 0  # requests under way
+    users: set[int] = field(default_factory=set)
+    """The networks (siblings) that began sending this snapshot and saw no acknowledgement."""
+    expires: float | None = None
+    generation: int = 0
+    searched: set[str | None] = field(default_factory=set)
+    """Checksums the bucket was searched for areas of other processes (`find_areas`)."""
+
+
+class SharedStaging:
+    """The staging state of a `RelayNetwork` and of every sibling made with `RelayNetwork.to`:
+    what is staged, and the uploads, commits and removals of staged objects."""
+
+    def __init__(self, staging_url: str, options: dict[str, Any], keep_for: float | None) -> None:
+        self.staging_url = staging_url.rstrip("/")
+        self.store = StagingStore(self.staging_url, options)
+        self.keep_for = keep_for
+        self.snapshots: dict[tuple[str, Vote], Staged] = {}
+        self.bytes_uploaded = 0
+
+    async def stage(self, staged: Staged, req: InstallSnapshotRequest) -> InstallSnapshotRequest:
+        """`req` with its bytes staged (or found staged already) and replaced by a reference."""
+        data = contiguous(req.data)
+        length = len(data)
+        crc = req.crc32c if req.crc32c is not None else chunk_crc(data)
+        shared = self
+        async with staged.cond:
+            for area in staged.areas:
+                if area.meta.same_snapshot(req.meta):
+                    ref = area.ref(req.offset, length, crc)
+                    if ref is not None:
+                        return replace(req, data=b"", crc32c=crc, staged=ref)
+            area = self.open_area(staged, req)
+            ref = StagedChunk(
+                area.url, chunk_name(req.offset, length, crc, staged.generation), length, crc
+            )
+            upload = area.uploading.get(ref.name)
+            mine = upload is None
+            if upload is None:  # nobody is uploading these bytes: this call does
+                upload = area.uploading[ref.name] = asyncio.get_running_loop().create_future()
+                area.pending += 1
+        if not mine:  # another send (to another receiver) is uploading them right now
+            if not await asyncio.shield(upload):
+                raise NetworkError(f"staging {ref.url} failed; the chunk is sent again")
+            return replace(req, data=b"", crc32c=crc, staged=ref)
+        done = False
+        try:
+            if await _staging(shared.store.put_once(ref.url, data, crc)):
+                shared.bytes_uploaded += length
+            done = True
+        finally:
+            area.pending -= 1
+            del area.uploading[ref.name]
+            area.written.add(ref.name)  # (a failed PUT may have left it too)
+            if done:
+                area.chunks[(req.offset, length)] = (crc, ref.name)
+                area.damaged.discard(ref.name)
+            upload.set_result(done)
+            async with staged.cond:
+                staged.cond.notify_all()
+        return replace(req, data=b"", crc32c=crc, staged=ref)
+
+    def open_area(self, staged: Staged, req: InstallSnapshotRequest) -> Area:
+        """The area new chunks of `req`'s snapshot go to: the open one, or a new one (whose
+        name no other sender can hit: a fresh nonce under the snapshot id and the vote)."""
+        for area in staged.areas:
+            if not area.committed and area.meta.same_snapshot(req.meta):
+                return area
+        vote = req.vote
+        url = f"{snapshot_prefix(self.staging_url, req.meta.snapshot_id, vote)}/"
+        url += uuid.uuid4().hex
+        if len(url) > MAX_AREA_LENGTH:
+            raise ConfigurationError(
+                f"staging area URL {url[:64]!r}... is longer than {MAX_AREA_LENGTH} characters"
+            )
+        area = Area(url, replace(req.meta, checksum=None))
+        staged.areas.append(area)
+        return area
+
+    async def commit(self, staged: Staged, meta: SnapshotMeta, vote: Vote) -> None:
+        """Write the manifest of every open area of this snapshot (after its uploads ended):
+        the commit marker that lets receivers install what they fetched from it."""
+        async with staged.cond:
+            await staged.cond.wait_for(lambda: all(a.pending == 0 for a in staged.areas))
+            now = time.time()
+            keep_for = self.keep_for
+            for area in staged.areas:
+                if area.committed or not area.meta.same_snapshot(meta):
+                    continue
+                manifest = manifest_document(area, meta, vote, now, keep_for)
+                await _staging(self.store.write_json(manifest_url(area.url), manifest))
+                area.committed = True
+                area.checksum = meta.checksum
+            if keep_for is not None:
+                staged.expires = now + keep_for
+
+    async def forget(self, staged: Staged, ref: StagedChunk) -> None:
+        async with staged.cond:
+            for area in staged.areas:
+                if area.url == ref.area:
+                    area.damaged.add(ref.name)
+            staged.generation += 1  # its replacement gets a name of its own
+
+    async def remove(self, staged: Staged, *, keep_committed: bool = False) -> None:
+        for area in staged.areas:
+            if area.adopted or (keep_committed and area.committed):
+                continue  # another process's, or kept for later receivers by its TTL
+            urls = [manifest_url(area.url)] if area.committed else []
+            urls += [f"{area.url}/chunks/{name}" for name in sorted(area.written)]
+            await self.store.remove(urls)  # the manifest first: then nobody installs
+            await self.store.prune(f"{area.url}/chunks", self.staging_url)
+
+
+async def _staging(write: Awaitable[bool]) -> bool:
+    """`write` to the staging bucket; a failure that may pass (a reset, a 503) becomes a
+    `NetworkError`, so that the sender sends the chunk again (with its usual retries)."""
+    try:
+        return await write
+    except StorageError as exc:
+        if exc.retryable:
+            raise NetworkError(f"staging failed, the chunk is sent again: {exc}") from exc
+        raise
+
+
+def is_damaged(source: BaseException) -> bool:
+    """Whether a receiver's refusal of a reference says the staged object is bad or gone."""
+    if isinstance(source, ChecksumMismatch):
+        return not source.whole
+    return isinstance(source, StorageError) and source.verb == "fetch" and not source.retryable
+
+
+def not_fetched(source: BaseException) -> bool:
+    """Whether the receiver could not fetch a staged object (the bucket failed it)."""
+    return isinstance(source, StorageError) and source.verb == "fetch"
+
+
+def stageable(req: InstallSnapshotRequest) -> bool:
+    """Whether `req` names a snapshot and vote that can name staged objects; the receiver
+    refuses any other request anyway, so it goes to the receiver as it is."""
+    try:
+        check_snapshot_id(req.meta.snapshot_id)
+        return all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0
+            for n in (req.vote.term, req.vote.node_id, req.offset)
+        )
+    except (InvalidRequest, AttributeError):
+        return False
+
+
+def jsonable(value: object) -> object:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def snapshot_prefix(staging_url: str, snapshot_id: str, vote: Vote) -> str:
+    """The folder of every area staged for `snapshot_id` under `vote`."""
+    return (
+        f"{staging_url}/{quote(snapshot_id, safe=' ')}/"
+        f"v{vote.term}-{vote.node_id}-{int(vote.committed)}"
+    )
+
+
+def _log_id(meta: SnapshotMeta) -> list[int] | None:
+    log_id = meta.last_log_id
+    return [log_id.term, log_id.index] if log_id else None
+
+
+def manifest_document(
+    area: Area, meta: SnapshotMeta, vote: Vote, now: float, keep_for: float | None
+) -> dict[str, Any]:
+    """The manifest of `area`: the commit marker receivers check (see docs/relay.md)."""
+    return {
+        "version": MANIFEST_VERSION,
+        "snapshot_id": meta.snapshot_id,
+        "vote": [vote.term, vote.node_id, vote.committed],
+        "size": meta.size,
+        "checksum": meta.checksum,
+        "kind": meta.kind,
+        "last_log_id": _log_id(meta),
+        "last_membership": jsonable(meta.last_membership),
+        "chunks": sorted(
+            [name, offset, length, crc]
+            for (offset, length), (crc, name) in area.chunks.items()
+            if name not in area.damaged
+        ),
+        "created": now,
+        "expires": None if keep_for is None else now + keep_for,
+    }
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _adoptable(doc: dict[str, Any], meta: SnapshotMeta, vote: Vote, now: float) -> bool:
+    """Whether the manifest `doc` commits this very snapshot, kept for later receivers."""
+    expires = doc.get("expires")
+    return (
+        doc.get("version") == MANIFEST_VERSION
+        and doc.get("snapshot_id") == meta.snapshot_id
+        and doc.get("vote") == [vote.term, vote.node_id, vote.committed]
+        and doc.get("size") == meta.size
+        and doc.get("kind", "file") == meta.kind
+        and doc.get("last_log_id") == _log_id(meta)
+        and doc.get("last_membership") == jsonable(meta.last_membership)
+        and isinstance(doc.get("checksum"), str)
+        # only areas kept by a TTL: one without is removed when its own receivers acknowledged
+        and isinstance(expires, (int, float))
+        and not isinstance(expires, bool)
+        and expires > now
+        and isinstance(doc.get("chunks"), list)
+    )
+
+
+def _area_from(url: str, doc: dict[str, Any], meta: SnapshotMeta) -> Area | None:
+    """The committed area a well-formed manifest describes (None when malformed)."""
+    area = Area(url, replace(meta, checksum=None), committed=True, adopted=True)
+    area.checksum = str(doc["checksum"])
+    for item in doc["chunks"]:
+        if not (isinstance(item, list) and len(item) == 4 and is_chunk_name(item[0])):
+            return None
+        name, offset, length, crc = item
+        if not (_is_count(offset) and _is_count(length) and _is_count(crc) and crc < 1 << 32):
+            return None
+        area.chunks[(offset, length)] = (crc, name)
+    return area
+
+
+async def find_areas(
+    store: StagingStore, staging_url: str, meta: SnapshotMeta, vote: Vote
+) -> list[Area]:
+    """Committed areas of this snapshot and vote that other processes staged and keep for
+    later receivers (their manifest names a TTL still running).
+
+    Manifests that do not match `meta` in every field (id, vote, size, kind, log id,
+    membership; the checksum when `meta` names one) are left alone."""
+    prefix = snapshot_prefix(staging_url, meta.snapshot_id, vote)
+    now = time.time()
+    found: list[Area] = []
+    root = await store.path(prefix)
+    objects = await store.find(prefix)
+    for path in sorted(objects):
+        if not path.endswith("/" + MANIFEST_NAME) or not path.startswith(root + "/"):
+            continue
+        area_url = prefix + path[len(root) : -len(MANIFEST_NAME) - 1]
+        doc = await store.read_json(f"{area_url}/{MANIFEST_NAME}")
+        if doc is None or not _adoptable(doc, meta, vote, now):
+            continue
+        if meta.checksum is not None and doc["checksum"] != meta.checksum:
+            continue
+        area = _area_from(area_url, doc, meta)
+        if area is not None:
+            area.expires = float(doc["expires"])
+            found.append(area)
+    return found

@@ -38,7 +38,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     ship_cmd.set_defaults(run=run, parser=ship_cmd)
 
 
-class _Refused(FstransportError):
+class Refused(FstransportError):
     """The receiver refused the transfer for a reason the user can act on (exit code 1)."""
 
 
@@ -229,7 +229,7 @@ async def run(args: argparse.Namespace) -> int:
                 f"{exc}; give the CA that signed it with --cafile PEM"
             ) from exc
         except HigherVote as exc:
-            raise _Refused(
+            raise Refused(
                 f"{exc}; to replace what it holds, ship with --vote {format_vote(exc.higher)} "
                 "or higher"
             ) from exc

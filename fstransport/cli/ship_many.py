@@ -57,7 +57,7 @@ async def run_many(args: argparse.Namespace) -> int:
     import json
 
     from fstransport.cli.probe import probe, s3_cli_options
-    from fstransport.cli.ship import _Refused, relay_options, resolve_target, tick
+    from fstransport.cli.ship import Refused, relay_options, resolve_target, tick
     from fstransport.errors import ConfigurationError, HigherVote
     from fstransport.messages import Vote
     from fstransport.progress import ProgressBar
@@ -128,7 +128,7 @@ async def run_many(args: argparse.Namespace) -> int:
         )
         completed = True
     except HigherVote as exc:
-        raise _Refused(f"{exc}; ship with a higher --vote to replace what it holds") from exc
+        raise Refused(f"{exc}; ship with a higher --vote to replace what it holds") from exc
     finally:
         ticker.cancel()
         bar.close(completed=completed)

@@ -98,7 +98,7 @@ class StagedChunks:
         try:
             await self._check_manifests(staged, req, options)
         except StorageError as exc:
-            raise StagingUnverified(exc.subject, exc, foreign=foreign) from exc
+            raise StagingUnverified(exc, foreign=foreign) from exc
 
     async def _check_manifests(
         self,

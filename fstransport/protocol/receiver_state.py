@@ -78,8 +78,8 @@ class StagingUnverified(StorageError):
     match it. `foreign`: some of those bytes came from an area other than the final chunk's
     (a sender that died before it committed): the transfer starts over from offset 0."""
 
-    def __init__(self, subject: str, cause: BaseException, *, foreign: bool) -> None:
-        super().__init__(subject, "verify", cause)
+    def __init__(self, found: StorageError, *, foreign: bool) -> None:
+        super().__init__(found.subject, found.verb, found.cause, retryable=found.retryable)
         self.foreign = foreign
 
 

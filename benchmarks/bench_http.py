@@ -242,6 +242,21 @@ def contenders(
     ]
 
 
+def cpu_bound_note(by_key: dict[str, Case]) -> str:
+    """The ratio the HTTP row would have to the raw TCP + CRC32C row if CPU were the only limit
+    (the machine saturated: throughput inversely proportional to the CPU each transfer needs)."""
+
+    def pair(case: Case) -> float:
+        return case.metric_median("client_cpu_s") + case.metric_median("server_cpu_s")
+
+    http, raw = pair(by_key["http"]), pair(by_key["raw_crc"])
+    return (
+        f"CPU per transfer, client + server (medians): HTTP {http:.2f} s, raw TCP + CRC32C"
+        f" {raw:.2f} s; their ratio {raw / http:.2f}x is what the HTTP row can reach against the"
+        " raw TCP + CRC32C row where the CPU is the limit (idle CPU near 0)."
+    )
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -309,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("server CPU s", "server_cpu_s"),
         ("idle CPU s", "idle_cpu_s"),
     )
-    table = markdown_table(title, results, columns)
+    table = markdown_table(title, results, columns) + "\n\n" + cpu_bound_note(by_key)
     title = "fstransport: HTTP on loopback against in-process"
     publish(report, info, started, args, title, f"aiohttp {info['aiohttp']}", [table])
     return 1 if args.check and not results[1]["met"] else 0

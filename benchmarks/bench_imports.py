@@ -14,7 +14,7 @@ Each case is a fresh process, timed wall clock from spawn to exit:
 
 With ``--s3`` the start-up of the S3 stack is timed too (issue #13: the fixed cost in every
 ``fstransport ship`` that touches S3): ``python -c`` of ``import aiohttp``, ``import
-aiobotocore.session``, ``import s3fs``, ``import fstransport.storage.s3``, and an s3fs client
+aiobotocore.session``, ``import s3fs``, fstransport's S3 storage module, and an s3fs client
 created (``S3FileSystem(...).connect()``: botocore's endpoint and service data loaded, an
 aiobotocore client made; no request is sent).
 
@@ -58,11 +58,16 @@ S3_CLIENT = (
     "import s3fs; s3fs.S3FileSystem(endpoint_url='http://127.0.0.1:9', key='k', secret='s',"
     " skip_instance_cache=True).connect()"
 )
+S3_BACKEND = (  # storage/s3.py before issue #12's storage by backend, storage/backends/s3/ after
+    "import importlib, importlib.util as u; importlib.import_module("
+    "'fstransport.storage.backends.s3' if u.find_spec('fstransport.storage.backends')"
+    " else 'fstransport.storage.s3')"
+)
 S3_CASES = {
     "import aiohttp": "import aiohttp",
     "import aiobotocore.session": "import aiobotocore.session",
     "import s3fs": "import s3fs",
-    "import fstransport.storage.s3": "import fstransport.storage.s3",
+    "import fstransport's S3 backend": S3_BACKEND,
     "s3fs client created (no request)": S3_CLIENT,
 }
 """``--s3``: the S3 stack's start-up, by name."""

@@ -12,13 +12,20 @@ Each case is a fresh process, timed wall clock from spawn to exit:
 - **cli:** ``fstransport --version`` and ``fstransport --help`` (the console script of this
   interpreter's environment).
 
+With ``--s3`` the start-up of the S3 stack is timed too (issue #13: the fixed cost in every
+``fstransport ship`` that touches S3): ``python -c`` of ``import aiohttp``, ``import
+aiobotocore.session``, ``import s3fs``, fstransport's S3 storage module, and an s3fs client
+created (``S3FileSystem(...).connect()``: botocore's endpoint and service data loaded, an
+aiobotocore client made; no request is sent).
+
 With ``--compare DIR`` (a source tree of another commit, say ``git archive``'d into ``DIR``)
 the import and CLI cases also run against that tree (``PYTHONPATH=DIR``) in the same rounds,
 marked ``[DIR]``: a before/after comparison in one run.
 
 Each round runs every case once in a shuffled order (after an uncounted warm-up round, so the
 page cache holds the files).  Reported per case: the median wall time, the median less the
-baseline's (what fstransport adds), and the ratio to the baseline.  Goal (issue #12): the CLI
+baseline's (what fstransport adds), the ratio to the baseline, and the median CPU seconds
+(user + system of the child; on a loaded machine the steadier figure).  Goal (issue #12): the CLI
 answers ``--version`` and ``--help`` in at most 0.15 s wall (rclone: 0.17 s on this machine).
 """
 
@@ -29,6 +36,7 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,8 +54,26 @@ Case = tuple[list[str], "dict[str, str] | None"]
 
 RUN_CLI = "import sys; from fstransport.cli import main; sys.exit(main())"
 
+S3_CLIENT = (
+    "import s3fs; s3fs.S3FileSystem(endpoint_url='http://127.0.0.1:9', key='k', secret='s',"
+    " skip_instance_cache=True).connect()"
+)
+S3_BACKEND = (  # storage/s3.py before issue #12's storage by backend, storage/backends/s3/ after
+    "import importlib, importlib.util as u; importlib.import_module("
+    "'fstransport.storage.backends.s3' if u.find_spec('fstransport.storage.backends')"
+    " else 'fstransport.storage.s3')"
+)
+S3_CASES = {
+    "import aiohttp": "import aiohttp",
+    "import aiobotocore.session": "import aiobotocore.session",
+    "import s3fs": "import s3fs",
+    "import fstransport's S3 backend": S3_BACKEND,
+    "s3fs client created (no request)": S3_CLIENT,
+}
+"""``--s3``: the S3 stack's start-up, by name."""
 
-def cases(compare: Path | None) -> dict[str, Case]:
+
+def cases(compare: Path | None, s3: bool = False) -> dict[str, Case]:
     """The commands to time, by name; the first is the baseline."""
     python = sys.executable
     cli = str(Path(python).with_name("fstransport"))
@@ -60,6 +86,8 @@ def cases(compare: Path | None) -> dict[str, Case]:
         "fstransport --version": ([cli, "--version"], None),
         "fstransport --help": ([cli, "--help"], None),
     }
+    if s3:
+        found.update({name: ([python, "-c", code], None) for name, code in S3_CASES.items()})
     if compare is not None:
         if not (compare / "fstransport" / "__init__.py").exists():
             sys.exit(f"--compare {compare}: no fstransport package in it")
@@ -80,9 +108,16 @@ NEUTRAL_DIR = tempfile.gettempdir()
 from a source tree it would import that tree instead of the one being timed."""
 
 
-def wall(case: Case) -> float:
-    """Seconds from starting the command of `case` until it exited (it must succeed)."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wall(case: Case) -> tuple[float, float]:
+    """Seconds from starting the command of `case` until it exited (it must succeed), and the
+    CPU seconds it used."""
     command, env = case
+    cpu = children_cpu()
     started = time.perf_counter()
     subprocess.run(
         command,
@@ -92,25 +127,32 @@ def wall(case: Case) -> float:
         env=env,
         cwd=NEUTRAL_DIR,
     )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, children_cpu() - cpu
 
 
-def run(rounds: int, seed: int, compare: Path | None) -> dict[str, list[float]]:
-    """Wall times per case, rounds interleaved in a shuffled order (one warm-up round first)."""
-    commands = cases(compare)
+def run(
+    rounds: int, seed: int, compare: Path | None, s3: bool = False
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall times and CPU times per case, rounds interleaved in a shuffled order (one warm-up
+    round first)."""
+    commands = cases(compare, s3)
     times: dict[str, list[float]] = {name: [] for name in commands}
+    cpus: dict[str, list[float]] = {name: [] for name in commands}
     rng = random.Random(seed)
     for round_number in range(rounds + 1):
         order = list(commands)
         rng.shuffle(order)
         for name in order:
-            elapsed = wall(commands[name])
+            elapsed, cpu = wall(commands[name])
             if round_number:  # round 0 warms the page cache
                 times[name].append(elapsed)
-    return times
+                cpus[name].append(cpu)
+    return times, cpus
 
 
-def report(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+def report(
+    times: dict[str, list[float]], cpus: dict[str, list[float]]
+) -> dict[str, dict[str, float]]:
     baseline_name = next(iter(times))
     baseline = statistics.median(times[baseline_name])
     rows: dict[str, dict[str, float]] = {}
@@ -122,6 +164,7 @@ def report(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
             "ratio": median / baseline,
             "min_s": min(samples),
             "max_s": max(samples),
+            "cpu_s": statistics.median(cpus[name]),
         }
     return rows
 
@@ -129,11 +172,12 @@ def report(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 def print_report(rows: dict[str, dict[str, float]], rounds: int) -> None:
     print(f"{rounds} rounds, medians (wall, s); python {platform.python_version()}")
     width = max(len(name) for name in rows)
-    print(f"{'case':{width}} {'median':>8} {'+python':>8} {'ratio':>6} {'min':>7} {'max':>7}")
+    head = f"{'median':>8} {'+python':>8} {'ratio':>6} {'min':>7} {'max':>7} {'CPU':>6}"
+    print(f"{'case':{width}} {head}")
     for name, row in rows.items():
         print(
             f"{name:{width}} {row['median_s']:8.3f} {row['added_s']:8.3f} {row['ratio']:5.2f}x"
-            f" {row['min_s']:7.3f} {row['max_s']:7.3f}"
+            f" {row['min_s']:7.3f} {row['max_s']:7.3f} {row['cpu_s']:6.3f}"
         )
     for name in ("fstransport --version", "fstransport --help"):
         median = rows[name]["median_s"]
@@ -146,6 +190,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=21, help="counted rounds (default 21)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
     parser.add_argument("--compare", type=Path, help="also time the source tree in this folder")
+    parser.add_argument("--s3", action="store_true", help="also time the S3 stack's start-up")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -155,12 +200,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    times = run(args.rounds, args.seed, args.compare)
-    rows = report(times)
+    times, cpus = run(args.rounds, args.seed, args.compare, args.s3)
+    rows = report(times, cpus)
     print_report(rows, args.rounds)
     if args.json is not None:
         machine = {"python": platform.python_version(), "cpus": os.cpu_count()}
-        document = {"rounds": args.rounds, "machine": machine, "cases": rows, "samples": times}
+        document = {
+            "rounds": args.rounds,
+            "machine": machine,
+            "cases": rows,
+            "samples": times,
+            "cpu_samples": cpus,
+        }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     return 0
 

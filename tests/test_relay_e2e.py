@@ -189,8 +189,8 @@ async def test_servers_fetch_from_an_s3_relay(
             await net.close()
     for i in range(3):
         assert (tmp_path / f"r{i}" / "snap.bin").read_bytes() == data
-    assert report.bytes_read == len(data)
     assert report.bytes_uploaded == len(data)
+    assert report.bytes_read == len(data)
     listing = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="stage/")
     assert listing.get("Contents", []) == [], "no staged object left"
     assert not s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import random
 import shutil
@@ -74,7 +75,11 @@ from fstransport import (
     ship,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.storage.backends.local import journal
+
+try:
+    from fstransport.storage.backends.local import journal
+except ModuleNotFoundError:  # a tree from before storage by backend (issue #12), for --compare
+    journal = importlib.import_module("fstransport.storage.journal")
 from fstransport.units import format_size
 
 MEMORY_ROOT = "/fstransport-bench"

@@ -28,18 +28,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
+import importlib
 import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -52,8 +49,10 @@ from harness import (
     MiB,
     Row,
     add_common_arguments,
+    add_compare_arguments,
     check_file,
     check_report,
+    compare_trees,
     evaluate,
     machine_info,
     make_data,
@@ -76,7 +75,11 @@ from fstransport import (
     ship,
 )
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.storage.backends.local import journal
+
+try:
+    from fstransport.storage.backends.local import journal
+except ModuleNotFoundError:  # a tree from before storage by backend (issue #12), for --compare
+    journal = importlib.import_module("fstransport.storage.journal")
 from fstransport.units import format_size
 
 MEMORY_ROOT = "/fstransport-bench"
@@ -427,15 +430,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="run only group N (1-3; repeat for several); the sweep still runs unless --no-sweep",
     )
-    parser.add_argument(
-        "--compare",
-        type=Path,
-        metavar="DIR",
-        help="also run the source tree in DIR, process by process in turns (see the docstring)",
-    )
-    parser.add_argument(
-        "--pairs", type=positive_int, default=4, help="processes per tree with --compare (4)"
-    )
+    add_compare_arguments(parser)
     parser.add_argument(
         "--journal",
         action="store_true",
@@ -556,74 +551,23 @@ def main_groups(bench: Bench, *, journal_variants: bool = False) -> list[Group]:
     ]
 
 
-def _child_args(args: argparse.Namespace, out: Path) -> list[str]:
-    """The flags of one `compare_trees` process: these options, no sweep, samples to `out`."""
+def _child_args(args: argparse.Namespace) -> list[str]:
+    """The flags of one `compare_trees` process: these options, no sweep."""
     argv = ["--size", str(args.size), "--rounds", str(args.rounds), "--warmup", str(args.warmup)]
     argv += ["--serial-size", str(args.serial_size), "--seed", str(args.seed), "--no-sweep"]
     argv += [f"--only={n}" for n in args.only or ()]
     argv += ["--dir", args.dir] if args.dir else []
     argv += ["--journal"] if args.journal else []
-    return [*argv, "--json", str(out)]
-
-
-def compare_trees(args: argparse.Namespace) -> int:
-    """`--compare DIR`: this tree and DIR's in fresh processes taking turns; medians, ratios."""
-    other: Path = args.compare.resolve()
-    if not (other / "fstransport" / "__init__.py").exists():
-        sys.exit(f"--compare {other}: no fstransport package in it")
-    here = Path(__file__).resolve().parent.parent
-    trees = {"this": here, other.name: other}
-    samples: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
-    sizes: dict[str, int] = {}
-    labels: dict[str, str] = {}
-    rng = random.Random(args.seed)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="fstransport-compare-") as folder:
-        for name, tree in trees.items():  # PYTHONPATH must win over an installed package
-            where = "import fstransport; print(fstransport.__file__)"
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            found = subprocess.run(
-                [sys.executable, "-c", where], env=env, cwd=folder, capture_output=True, text=True
-            ).stdout.strip()
-            if not found.startswith(str(tree)):
-                sys.exit(f"{name}: PYTHONPATH={tree} imports fstransport from {found!r}")
-        for pair in range(args.pairs):
-            order = list(trees)
-            rng.shuffle(order)
-            for name in order:
-                out = Path(folder) / f"{name}-{pair}.json"
-                env = {**os.environ, "PYTHONPATH": str(trees[name])}
-                print(f"pair {pair + 1}/{args.pairs}: {name} ...", file=sys.stderr)
-                command = [sys.executable, str(Path(__file__).resolve()), *_child_args(args, out)]
-                subprocess.run(command, env=env, cwd=folder, check=True, stdout=subprocess.DEVNULL)
-                for key, case in json.loads(out.read_text())["cases"].items():
-                    samples[name].setdefault(key, []).extend(case["samples_s"])
-                    sizes[key], labels[key] = case["size"], case["label"]
-    base = other.name
-    lines = [
-        f"### this tree vs {base}: {args.pairs} processes each, {args.rounds} counted rounds "
-        "per process; median MiB/s over every counted round",
-        "",
-        f"| case | this MiB/s | {base} MiB/s | this/{base} |",
-        "|---|---:|---:|---:|",
-    ]
-    rows = []
-    for key in samples["this"]:
-        mine, theirs = (sizes[key] / MiB / statistics.median(samples[n][key]) for n in trees)
-        rows.append({"case": key, "this_mibs": mine, "base_mibs": theirs, "ratio": mine / theirs})
-        lines.append(f"| {labels[key]} | {mine:.0f} | {theirs:.0f} | {mine / theirs:.2f} |")
-    print("\n".join(lines))
-    print(f"\n({time.perf_counter() - started:.0f} s; {sys.executable})", file=sys.stderr)
-    if args.json:
-        report = {"machine": machine_info(), "base": str(other), "rows": rows, "samples": samples}
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    return 0
+    return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.compare is not None:
-        return compare_trees(args)
+        child = _child_args(args)
+        return compare_trees(
+            __file__, args.compare, child, pairs=args.pairs, seed=args.seed, json_path=args.json
+        )
     sweep_size: int = args.sweep_size or args.size
     rng = random.Random(args.seed)
     started = time.perf_counter()

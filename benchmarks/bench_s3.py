@@ -3,7 +3,7 @@
 Run from the repository root (needs ``pip install -e ".[dev]"``: moto, boto3)::
 
     python benchmarks/bench_s3.py [--size 256MiB] [--rounds 3] [--json out.json] [--check]
-        [--groups up,down,read,copy] [--no-memory]
+        [--groups up,down,read,copy] [--no-memory] [--compare DIR [--pairs 4]]
 
 The baselines are boto3's TransferManager (``client.upload_file`` / ``download_file``, which run
 ``s3transfer``'s TransferManager through ``S3Transfer``): once with the default
@@ -38,6 +38,11 @@ ship a local file to S3 with default options and report their ``VmHWM`` (the pea
 of the process, from ``/proc/self/status``).  ``ru_maxrss`` is not used: Linux carries it over
 ``execve`` from the parent, so a child of this (large) process would report the parent's peak.
 
+``--compare DIR`` (a source tree of another commit: ``git worktree add DIR TAG``) runs the timed
+groups (no memory processes) against this tree's ``fstransport`` and DIR's, in fresh processes
+that take turns (``--pairs`` each), each with a moto server of its own, and reports every case's
+median for both with the ratio this/DIR (``harness.compare_trees``, as ``bench_core.py`` does).
+
 Throughput is MiB/s (2**20 bytes per second) of object data.  Ratios are of medians, with the
 ratio of the fastest rounds beside them; goals are judged on the ratio of medians.
 """
@@ -48,6 +53,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import importlib
 import io
 import json
 import os
@@ -72,8 +78,10 @@ from harness import (
     PeakRss,
     Row,
     add_common_arguments,
+    add_compare_arguments,
     check_file,
     check_report,
+    compare_trees,
     evaluate,
     machine_info,
     make_data,
@@ -96,9 +104,17 @@ from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.moto_server import REGION, TEST_CREDENTIALS, reset_moto, storage_options_for
 from fstransport.protocol.parts import choose_part_size
 from fstransport.storage._aio import close_async_filesystem
-from fstransport.storage.backends.s3 import crc32c_header, open_s3
-from fstransport.storage.backends.s3 import ranged as s3_ranged
-from fstransport.storage.backends.s3.multipart import DEFAULT_UPLOADS, PartBody
+
+try:
+    from fstransport.storage.backends.s3 import crc32c_header, open_s3
+    from fstransport.storage.backends.s3 import ranged as s3_ranged
+    from fstransport.storage.backends.s3.multipart import DEFAULT_UPLOADS, PartBody
+except ModuleNotFoundError:  # a tree from before storage by backend (issue #12), for --compare
+    _old_s3 = importlib.import_module("fstransport.storage.s3")
+    crc32c_header, open_s3 = _old_s3.crc32c_header, _old_s3.open_s3
+    s3_ranged = importlib.import_module("fstransport.storage.s3_ranged")
+    _old_multipart = importlib.import_module("fstransport.storage.multipart")
+    DEFAULT_UPLOADS, PartBody = _old_multipart.DEFAULT_UPLOADS, _old_multipart.PartBody
 from fstransport.units import format_size
 
 BUCKET = "fstransport-bench"
@@ -868,11 +884,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="PATH",
         help="also profile one ship() each way; write PATH.upload.prof, PATH.download.prof",
     )
+    add_compare_arguments(parser)
     return parser.parse_args(argv)
+
+
+def _child_args(args: argparse.Namespace) -> list[str]:
+    """The flags of one `compare_trees` process: these options, timed groups only."""
+    argv = ["--size", str(args.size), "--rounds", str(args.rounds), "--warmup", str(args.warmup)]
+    argv += ["--seed", str(args.seed), "--groups", ",".join(sorted(args.groups)), "--no-memory"]
+    return argv + (["--dir", args.dir] if args.dir else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare is not None:
+        child = _child_args(args)
+        return compare_trees(
+            __file__, args.compare, child, pairs=args.pairs, seed=args.seed, json_path=args.json
+        )
     rng = random.Random(args.seed)
     started = time.perf_counter()
     info = machine_info(*S3_PACKAGES)

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import IO, Any
 
 from fstransport import (
@@ -470,6 +471,85 @@ def add_common_arguments(
 
 
 # -- child processes ---------------------------------------------------------------------------
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--compare DIR`` and ``--pairs N`` (see `compare_trees`)."""
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="also run the source tree in DIR, process by process in turns (see the docstring)",
+    )
+    parser.add_argument(
+        "--pairs", type=positive_int, default=4, help="processes per tree with --compare (4)"
+    )
+
+
+def compare_trees(
+    script: str,
+    other: Path,
+    child_argv: Sequence[str],
+    *,
+    pairs: int,
+    seed: int,
+    json_path: str | None,
+) -> int:
+    """``--compare DIR``: `script` with `child_argv` (plus ``--json``) run against this tree's
+    ``fstransport`` and DIR's, in fresh processes that take turns, `pairs` each, in a shuffled
+    order per pair; every case's median over every counted round of every process is printed
+    for both, with the ratio this/DIR.  The script and this harness are this tree's in both."""
+    other = other.resolve()
+    if not (other / "fstransport" / "__init__.py").exists():
+        sys.exit(f"--compare {other}: no fstransport package in it")
+    here = Path(script).resolve().parent.parent
+    trees = {"this": here, other.name: other}
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
+    sizes: dict[str, int] = {}
+    labels: dict[str, str] = {}
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fstransport-compare-") as folder:
+        for name, tree in trees.items():  # PYTHONPATH must win over an installed package
+            where = "import fstransport; print(fstransport.__file__)"
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            found = subprocess.run(
+                [sys.executable, "-c", where], env=env, cwd=folder, capture_output=True, text=True
+            ).stdout.strip()
+            if not found.startswith(str(tree)):
+                sys.exit(f"{name}: PYTHONPATH={tree} imports fstransport from {found!r}")
+        for pair in range(pairs):
+            order = list(trees)
+            rng.shuffle(order)
+            for name in order:
+                out = Path(folder) / f"{name}-{pair}.json"
+                env = {**os.environ, "PYTHONPATH": str(trees[name])}
+                print(f"pair {pair + 1}/{pairs}: {name} ...", file=sys.stderr)
+                command = [sys.executable, str(Path(script).resolve()), *child_argv]
+                command += ["--json", str(out)]
+                subprocess.run(command, env=env, cwd=folder, check=True, stdout=subprocess.DEVNULL)
+                for key, case in json.loads(out.read_text())["cases"].items():
+                    samples[name].setdefault(key, []).extend(case["samples_s"])
+                    sizes[key], labels[key] = case["size"], case["label"]
+    base = other.name
+    lines = [
+        f"### this tree vs {base}: {pairs} processes each; median MiB/s over every counted round",
+        "",
+        f"| case | this MiB/s | {base} MiB/s | this/{base} |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = []
+    for key in samples["this"]:
+        mine, theirs = (sizes[key] / MiB / statistics.median(samples[n][key]) for n in trees)
+        rows.append({"case": key, "this_mibs": mine, "base_mibs": theirs, "ratio": mine / theirs})
+        row = f"| `{key}`: {labels[key]} | {mine:.0f} | {theirs:.0f} | {mine / theirs:.2f} |"
+        lines.append(row)
+    print("\n".join(lines))
+    print(f"\n({time.perf_counter() - started:.0f} s; {sys.executable})", file=sys.stderr)
+    if json_path:
+        report = {"machine": machine_info(), "base": str(other), "rows": rows, "samples": samples}
+        Path(json_path).write_text(json.dumps(report, indent=1))
+    return 0
 
 
 def machine_idle_cpu() -> float:

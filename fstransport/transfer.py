@@ -3,15 +3,10 @@ chunked transport, and its report."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 from typing import Any
-
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-from fsspec.implementations.memory import MemoryFileSystem
 
 from fstransport.errors import ChecksumMismatch, ConfigurationError, InvalidRequest
 from fstransport.fanout import (
@@ -30,10 +25,10 @@ from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback
 from fstransport.server_side import server_side as _server_side
-from fstransport.storage._errors import storage_errors
-from fstransport.storage.backends.s3 import S3StreamSource, is_s3
+from fstransport.storage.backends.s3 import S3StreamSource
 from fstransport.storage.backends.s3.ranged import S3RangedSource
 from fstransport.storage.base import ChunkSource
+from fstransport.storage.locate import is_directory, split_target
 from fstransport.storage.source import open_source, source_checksum
 from fstransport.storage.store import FsspecSnapshotStore
 from fstransport.transfer_report import TransferReport
@@ -65,21 +60,8 @@ async def _split_target(
             f"unknown store option(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(STORE_OPTIONS))}"
         )
-    with storage_errors(target_url, "open"):
-        fs, path = fsspec.core.url_to_fs(target_url, **storage_options)
-        path = str(path)
-        if tree:  # a directory snapshot replaces the folder it names
-            path = path.rstrip("/")
-            is_dir = False
-        else:
-            # (object stores have no folders to mistake for a file: no round trip to ask)
-            is_dir = (
-                bool(path.strip("/")) and not is_s3(fs) and await asyncio.to_thread(fs.isdir, path)
-            )
-    if (target_url.endswith("/") and not tree) or not path.strip("/") or is_dir:
-        raise ConfigurationError(f"target {target_url!r} must name a file, not a folder")
-    parent, _, name = path.rpartition("/")
-    store = FsspecSnapshotStore.from_filesystem(fs, parent or "/", retry=retry, **store_options)
+    fs, parent, name = await split_target(target_url, storage_options, tree=tree)
+    store = FsspecSnapshotStore.from_filesystem(fs, parent, retry=retry, **store_options)
     return store, _snapshot_id(target_url, name)
 
 
@@ -341,17 +323,3 @@ async def _open(
     if isinstance(source, (S3StreamSource, S3RangedSource)):
         source.retry = options.retry
     return source, checksum
-
-
-async def is_directory(url: str, storage_options: dict[str, Any]) -> bool:
-    """Whether `url` names a folder (shipped as a directory snapshot).  Asked of local and
-    ``memory://`` paths only; elsewhere (S3, HTTP, ...), where asking costs a request for every
-    file shipped, only a URL ending in ``/`` names a folder."""
-    if url == "-" or "::" in url:
-        return False
-    with storage_errors(url, "open"):
-        fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    if not isinstance(fs, (LocalFileSystem, MemoryFileSystem)):
-        return url.endswith("/")
-    with storage_errors(url, "stat"):
-        return bool(await asyncio.to_thread(fs.isdir, path))

@@ -34,6 +34,7 @@ from fstransport.storage import BufferSource, PreadSource
 from fstransport.storage import source as source_module
 from fstransport.storage.sink import CHECK_BLOCK, MemorySink, PwriteSink, write_checked
 from fstransport.storage.source import map_range, read_checked
+from fstransport.testing import MockNetwork
 from tests.conftest import payload
 
 V1 = Vote(1, 1)
@@ -409,19 +410,18 @@ async def test_a_trusting_loopback_gets_chunks_but_the_last_without_crc(
 async def test_a_crc_an_untrusted_peer_reports_is_never_used(store: FsspecSnapshotStore) -> None:
     """A hostile peer's answer naming wrong CRCs changes nothing: the sender computed its own."""
     inner = LoopbackNetwork(Receiver(store))
-
-    class Lying:
-        async def install_snapshot(
-            self, req: InstallSnapshotRequest, option: TransferOptions
-        ) -> InstallSnapshotResponse:
-            assert req.crc32c is not None
-            response = await inner.install_snapshot(req, option)
-            return replace(response, crc32c=(req.crc32c + 1) % 2**32)
-
     options = TransferOptions(chunk_size=CHECK_BLOCK, max_in_flight=2)
-    result = await send_source(Lying(), V1, meta(len(DATA)), BufferSource(DATA), option=options)
+
+    async def lie(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        assert req.crc32c is not None
+        response = await inner.install_snapshot(req, options)
+        return replace(response, crc32c=(req.crc32c + 1) % 2**32)
+
+    lying = MockNetwork(lie)
+    result = await send_source(lying, V1, meta(len(DATA)), BufferSource(DATA), option=options)
     assert result.completed
     assert result.checksum == format_checksum(chunk_crc(DATA))
+    assert lying.calls >= len(DATA) // CHECK_BLOCK
 
 
 async def test_a_failed_concurrent_write_ends_its_stream(

@@ -17,7 +17,7 @@ import pytest
 from fstransport.options import MiB
 from fstransport.testing import S3TestServer
 from tests.conftest import S3_ENV, payload
-from tests.test_cli import EXE, assert_one_error_line, free_port, run
+from tests.test_cli import EXE, assert_one_error_line, free_port, run, run_on_virtual_time
 
 NO_AWS = {
     "AWS_CONFIG_FILE": "/nonexistent/aws-config",
@@ -285,12 +285,13 @@ def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
 
 
 def test_retries_are_shown_on_verbose_only(tmp_path: Path) -> None:
+    """(On virtual time: the backoffs before giving up take no real seconds.)"""
     (tmp_path / "a.bin").write_bytes(payload(1000))
     url = f"http://127.0.0.1:{free_port()}"
-    quiet = run("ship", str(tmp_path / "a.bin"), "a.bin", "--via", url)
+    quiet = run_on_virtual_time("ship", str(tmp_path / "a.bin"), "a.bin", "--via", url)
     assert quiet.returncode == 1
     assert "retrying" not in quiet.stderr
-    verbose = run("ship", str(tmp_path / "a.bin"), "a.bin", "--via", url, "-v")
+    verbose = run_on_virtual_time("ship", str(tmp_path / "a.bin"), "a.bin", "--via", url, "-v")
     assert verbose.returncode == 1
     retries = [line for line in verbose.stderr.splitlines() if "retrying" in line]
     assert len(retries) >= 2, verbose.stderr

@@ -20,7 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fstransport.errors import (
+    BodyStalled,
     ChecksumMismatch,
+    FstransportError,
     InvalidRequest,
     NetworkError,
     PayloadTooLarge,
@@ -1183,6 +1185,8 @@ STORE_FLAKY = StorageError("root", "write", ConnectionResetError(104, "reset"))
         (_remote(ChecksumMismatch("chunk", "1", "2")), Failure.RETRY),
         (_remote(ChecksumMismatch("snapshot", "1", "2", whole=True)), Failure.FATAL),
         (_remote(TooManyTransfers("busy")), Failure.RETRY),
+        (_remote(BodyStalled("no body bytes for 60 s", field="data")), Failure.RETRY),
+        (_remote(FstransportError("internal error")), Failure.RETRY),  # a server's 500
         (_remote(InvalidRequest("no", field="size")), Failure.FATAL),
         (_remote(STORE_GONE), Failure.FATAL),
         (_remote(STORE_FLAKY), Failure.RETRY),

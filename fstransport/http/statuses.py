@@ -8,10 +8,10 @@ again from them (`rebuild_error`, the client).  Every type and its fields surviv
 server (only its reason and errno name travel).  A bare answer with no error name of ours (a
 proxy's 401, 413 or 503) still means what its status says (`ErrorRule.bare`).
 
-`decode_error` is what `HttpNetwork` raises: the receiver's error inside `RemoteError`, a
-`PayloadTooLarge` as it is (the sender shrinks its chunks), and a `NetworkError` (with the
-rebuilt error as its ``__cause__``) for the answers a sender should simply try again: a
-`BodyStalled` 408, an internal 500, a proxy's 502.
+`decode_error` is what `HttpNetwork` raises: the receiver's error inside `RemoteError` (a
+`BodyStalled` 408 and an internal 500 too, which the sender's verdict retries), a
+`PayloadTooLarge` as it is (the sender shrinks its chunks), and a `NetworkError` for an answer
+that names no error of ours (a proxy's 502).
 """
 
 from __future__ import annotations
@@ -359,10 +359,10 @@ def decode_error(
 ) -> RemoteError | PayloadTooLarge | NetworkError:
     """The error a client raises for an answer with `status` and JSON `body` (anything else
     counts as an empty body) to a request for `snapshot_id` sent to `where`: the receiver's own
-    error as ``RemoteError(source)`` with its type and fields, `PayloadTooLarge` as it is (the
-    sender shrinks its chunks), `NetworkError` for a malformed answer.  A stalled body (408),
-    an internal error and any other status come as ``RemoteError(NetworkError)``, retried,
-    with the receiver's error, if it named one, as the ``NetworkError``'s ``__cause__``."""
+    error as ``RemoteError(source)`` with its type and fields (a stalled body, 408, and an
+    internal error, 500, too: the sender's verdict retries them), `PayloadTooLarge` as it is
+    (the sender shrinks its chunks), `NetworkError` for a malformed answer.  Any other status
+    with no error of ours comes as ``RemoteError(NetworkError)``, retried."""
     try:
         error = rebuild_error(status, body, snapshot_id)
     except _Malformed as exc:
@@ -370,10 +370,8 @@ def decode_error(
         return NetworkError(f"malformed answer from {where} (no valid {exc}): {shown}")
     if isinstance(error, PayloadTooLarge):
         return error
-    if error is None or isinstance(error, BodyStalled) or type(error) is FstransportError:
+    if error is None:
         message = body.get("message") if isinstance(body, dict) else None
         text = message if isinstance(message, str) and message else f"HTTP {status}"
-        retried = NetworkError(f"HTTP {status} from {where}: {text}")
-        retried.__cause__ = error
-        return RemoteError(retried, target=where)
+        return RemoteError(NetworkError(f"HTTP {status} from {where}: {text}"), target=where)
     return RemoteError(error, target=where)

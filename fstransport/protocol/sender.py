@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from fstransport.checksum import combine
 from fstransport.errors import (
+    BodyStalled,
     ChecksumMismatch,
     InvalidRequest,
     NetworkError,
@@ -272,8 +273,8 @@ class SendWindow:
             return Verdict(Failure.SHRINK, source)
         if isinstance(source, ChecksumMismatch):
             return Verdict(Failure.FATAL if source.whole else Failure.RETRY, exc)
-        if isinstance(source, TooManyTransfers):
-            return Verdict(Failure.RETRY, exc)
+        if isinstance(source, (TooManyTransfers, BodyStalled)):
+            return Verdict(Failure.RETRY, exc)  # a busy receiver; a body that came too slowly
         if isinstance(source, InvalidRequest):
             return Verdict(Failure.FATAL, exc)  # the same request would be refused again
         if isinstance(source, StorageError) and not source.retryable:

@@ -142,6 +142,9 @@ async def test_three_targets_through_a_relay_upload_once_and_leave_nothing(
     assert counting.served == len(data)
     assert report.bytes_read == len(data)
     assert report.bytes_uploaded == len(data), "uploaded once for three receivers"
+    uploaded = [t.bytes_uploaded for t in report.targets]
+    assert sum(uploaded) == len(data), f"each chunk counted for the send that staged it: {uploaded}"
+    assert uploaded[0] > 0
     assert staged(stage) == [], "nothing stays staged once every target acknowledged"
 
 

@@ -370,6 +370,48 @@ async def test_readers_that_both_jump_ahead_do_not_wait_for_each_other() -> None
     assert shared.bytes_read == 1024
 
 
+@pytest.mark.parametrize("seed", range(8))
+async def test_readers_reading_a_window_at_once_share_every_chunk(seed: int) -> None:
+    """Senders read a window of chunks at once, and a later read may be let through before an
+    earlier one of the same sender: the earlier chunk is still shared, not read twice."""
+    import random
+
+    from fstransport.storage.source import BufferSource
+
+    rng = random.Random(seed)
+    chunk, count = 1024, 48
+    data = payload(chunk * count, seed=seed)
+    source = BufferSource(memoryview(data), "mem")
+
+    class Slow:  # reads that take their time, ending in any order
+        size = source.size
+        description = "slow"
+
+        async def read(self, offset: int, length: int) -> Any:
+            await asyncio.sleep(rng.random() / 1000)
+            return await source.read(offset, length)
+
+        async def close(self) -> None:
+            pass
+
+    shared = SharedSource(Slow(), 3, ahead=2 * 3 * chunk)
+
+    async def sender(index: int) -> None:
+        reader = shared.readers[index]
+        for start in range(0, count, 3):
+
+            async def one(i: int) -> bytes:  # (asked for in order, as a sender's window does)
+                return bytes(await reader.read(i * chunk, chunk))
+
+            window = range(start, min(count, start + 3))
+            got = await asyncio.gather(*(one(i) for i in window))
+            assert b"".join(got) == data[start * chunk : (start + len(window)) * chunk]
+        await reader.close()
+
+    await asyncio.wait_for(asyncio.gather(*(sender(i) for i in range(3))), 20)
+    assert shared.bytes_read == len(data), "every chunk read from the source once"
+
+
 FAULTY_OPTIONS = replace(
     OPTIONS,
     hard_ttl=0.5,

@@ -76,12 +76,19 @@ class SharedSource:
                 self._drop_passed()
                 self._moved.notify_all()
 
+    def _may_ask(self, reader: int, offset: int) -> bool:
+        """Whether the active `reader` may still ask for the chunk at `offset`: it has not
+        moved past it, or one of its reads at or below it is still held back (a sender's
+        window reads several chunks at once, and a later one may be let through first)."""
+        position = self._position.get(reader)
+        if position is None:
+            return False
+        return position <= offset or any(w <= offset for w in self._waiting.get(reader, ()))
+
     def _drop_passed(self) -> None:
         """Forget chunks that no active reader will ask for any more."""
         for key, entry in list(self._cache.items()):
-            entry.waiting = {
-                r for r in entry.waiting if self._position.get(r, entry.offset + 1) <= entry.offset
-            }
+            entry.waiting = {r for r in entry.waiting if self._may_ask(r, entry.offset)}
             if not entry.waiting and entry.ready.done():
                 del self._cache[key]
 
@@ -113,7 +120,7 @@ class SharedSource:
     ) -> tuple[Buffer, int | None, bool]:
         """Read the chunk from the source, for `reader` and for the readers still behind it."""
         key = (offset, length)
-        others = {r for r in self._position if r != reader and self._position[r] <= offset}
+        others = {r for r in self._position if r != reader and self._may_ask(r, offset)}
         entry = _Entry(offset, others)
         if others and key not in self._cache:
             self._cache[key] = entry

@@ -318,8 +318,8 @@ def s3_cases(max_size: int, receivers: int) -> st.SearchStrategy[Case]:
     return cases(max_size, chunks=chunks, receivers=receivers, tamper=False, bucket=0.25)
 
 
-@given(case=s3_cases(1_000_000, receivers=2))
-@profile(6)
+@given(case=s3_cases(600_000, receivers=2))
+@profile(4)
 def test_a_relayed_transfer_through_a_flaky_bucket(
     case: Case, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
 ) -> None:

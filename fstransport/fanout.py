@@ -65,6 +65,9 @@ class FanOut:
     """When each target's send ended (`time.perf_counter`)."""
     bytes_read: int
     bytes_uploaded: int
+    uploaded_by: list[int]
+    """Bytes each target's send uploaded to the relay (the first send to stage a chunk
+    uploads it, the others reuse it); they add up to `bytes_uploaded`."""
 
 
 def relay_settings(
@@ -191,6 +194,7 @@ async def send_to_targets(
         finished=finished,
         bytes_read=shared.bytes_read + extra_read,
         bytes_uploaded=0 if relay_net is None else relay_net.bytes_uploaded,
+        uploaded_by=[n.own_bytes_uploaded if isinstance(n, RelayNetwork) else 0 for n in nets],
     )
 
 
@@ -234,8 +238,8 @@ async def reports(
     partial data of every failed in-process target is removed."""
     failure: BaseException | None = None
     reports = []
-    ends = zip(targets, sent.results, sent.read_by, sent.finished, strict=True)
-    for target, result, read, end in ends:
+    ends = zip(targets, sent.results, sent.read_by, sent.finished, sent.uploaded_by, strict=True)
+    for target, result, read, end, uploaded in ends:
         if isinstance(result, BaseException):
             if target.store is not None:
                 await _abort(target)
@@ -262,6 +266,7 @@ async def reports(
                 checksum=result.checksum,
                 files=source.file_count if isinstance(source, TreeSource) else None,
                 bytes_read=read,
+                bytes_uploaded=uploaded,
             )
         )
     if failure is not None:

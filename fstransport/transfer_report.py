@@ -33,8 +33,9 @@ class TransferReport:
     after a rewind may be read again).  In a report of `targets`, the bytes that target's
     sender read itself (the others took them from the shared chunks)."""
     bytes_uploaded: int = 0
-    """Bytes uploaded to the relay's staging bucket (0 without a relay, and in the reports of
-    `targets`: the upload is shared)."""
+    """Bytes uploaded to the relay's staging bucket (0 without a relay).  In a report of
+    `targets`, the bytes that target's send uploaded itself (a chunk is uploaded by the first
+    send that stages it and reused by the others): they add up to the fan-out's."""
     targets: tuple[TransferReport, ...] = ()
     """With several targets (`ship` given a list), one report per target, in order; empty
     for a `ship` to one target given as a string."""

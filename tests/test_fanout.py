@@ -142,6 +142,9 @@ async def test_three_targets_through_a_relay_upload_once_and_leave_nothing(
     assert counting.served == len(data)
     assert report.bytes_read == len(data)
     assert report.bytes_uploaded == len(data), "uploaded once for three receivers"
+    uploaded = [t.bytes_uploaded for t in report.targets]
+    assert sum(uploaded) == len(data), f"each chunk counted for the send that staged it: {uploaded}"
+    assert uploaded[0] > 0
     assert staged(stage) == [], "nothing stays staged once every target acknowledged"
 
 
@@ -365,6 +368,74 @@ async def test_readers_that_both_jump_ahead_do_not_wait_for_each_other() -> None
     got = await asyncio.wait_for(asyncio.gather(a.read(8192, 1024), b.read(8192, 1024)), 5)
     assert [bytes(g) for g in got] == [data[8192:9216]] * 2
     assert shared.bytes_read == 1024
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_readers_reading_a_window_at_once_share_every_chunk(seed: int) -> None:
+    """Senders read a window of chunks at once, and a later read may be let through before an
+    earlier one of the same sender: the earlier chunk is still shared, not read twice."""
+    import random
+
+    from fstransport.storage.source import BufferSource
+
+    rng = random.Random(seed)
+    chunk, count = 1024, 48
+    data = payload(chunk * count, seed=seed)
+    source = BufferSource(memoryview(data), "mem")
+
+    class Slow:  # reads that take their time, ending in any order
+        size = source.size
+        description = "slow"
+
+        async def read(self, offset: int, length: int) -> Any:
+            await asyncio.sleep(rng.random() / 1000)
+            return await source.read(offset, length)
+
+        async def close(self) -> None:
+            pass
+
+    shared = SharedSource(Slow(), 3, ahead=2 * 3 * chunk)
+
+    async def sender(index: int) -> None:
+        reader = shared.readers[index]
+        for start in range(0, count, 3):
+
+            async def one(i: int) -> bytes:  # (asked for in order, as a sender's window does)
+                return bytes(await reader.read(i * chunk, chunk))
+
+            window = range(start, min(count, start + 3))
+            got = await asyncio.gather(*(one(i) for i in window))
+            assert b"".join(got) == data[start * chunk : (start + len(window)) * chunk]
+        await reader.close()
+
+    await asyncio.wait_for(asyncio.gather(*(sender(i) for i in range(3))), 20)
+    assert shared.bytes_read == len(data), "every chunk read from the source once"
+
+
+async def test_a_held_back_read_keeps_its_chunk_when_a_later_read_passes_first() -> None:
+    """The race a sender's window makes: `fast` has a read held back (too far ahead) and asks
+    for the next chunk; the slow reader moves on, the later read is let through before the
+    held one wakes, and the slow reader reads the held chunk meanwhile.  It is kept for `fast`,
+    not read from the source a second time."""
+    from fstransport.storage.source import BufferSource
+
+    data = payload(5 * 1024, seed=53)
+    shared = SharedSource(BufferSource(memoryview(data), "mem"), 2, ahead=2048)
+    slow, fast = shared.readers
+    for offset in (0, 1024, 2048):
+        assert bytes(await fast.read(offset, 1024)) == data[offset : offset + 1024]
+    held = asyncio.ensure_future(fast.read(3072, 1024))
+    await asyncio.sleep(0)
+    assert not held.done(), "3 KiB in front of the slow reader: held back"
+    # in this order on the loop: the slow reader moves (waking `held`), `fast` asks for the
+    # next chunk, the slow reader reads the held chunk; then `held` wakes
+    moved = asyncio.ensure_future(slow.read(2048, 1024))
+    later = asyncio.ensure_future(fast.read(4096, 1024))
+    contested = asyncio.ensure_future(slow.read(3072, 1024))
+    got = await asyncio.wait_for(asyncio.gather(moved, later, contested, held), 5)
+    chunks = [data[2048:3072], data[4096:], data[3072:4096], data[3072:4096]]
+    assert [bytes(g) for g in got] == chunks
+    assert shared.bytes_read == len(data), "every chunk read from the source once"
 
 
 FAULTY_OPTIONS = replace(

@@ -101,6 +101,12 @@ class RelayNetwork:
         return self._shared.bytes_uploaded
 
     @property
+    def own_bytes_uploaded(self) -> int:
+        """Bytes of chunks this network itself uploaded (its siblings' uploads not counted):
+        of a fan-out, the chunks this receiver's send staged first."""
+        return self._shared.uploaded_by.get(id(self), 0)
+
+    @property
     def puts(self) -> int:
         """Objects (chunks and manifests) this network and its siblings wrote."""
         return self._shared.store.puts
@@ -199,7 +205,7 @@ class RelayNetwork:
     async def _deliver(
         self, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        ref_req = req if req.staged is not None else await self._shared.stage(staged, req)
+        ref_req = req if req.staged is not None else await self._shared.stage(staged, req, id(self))
         if req.done:
             await self._shared.commit(staged, req.meta, req.vote)
         try:
@@ -220,7 +226,7 @@ class RelayNetwork:
             if req.staged is not None:  # the sender retries, reading the bytes this time
                 raise NetworkError(f"staged object {ref.url} is damaged or gone: {source}") from exc
             log.warning("staged object %s refused (%s); staging it again", ref.url, exc)
-            ref_req = await self._shared.stage(staged, req)
+            ref_req = await self._shared.stage(staged, req, id(self))
             if req.done:
                 await self._shared.commit(staged, req.meta, req.vote)
             response = await self.inner.install_snapshot(ref_req, option)

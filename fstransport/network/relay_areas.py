@@ -103,9 +103,14 @@ class SharedStaging:
         self.keep_for = keep_for
         self.snapshots: dict[tuple[str, Vote], Staged] = {}
         self.bytes_uploaded = 0
+        self.uploaded_by: dict[int, int] = {}
+        """Bytes uploaded by each network sharing this staging (by `id`)."""
 
-    async def stage(self, staged: Staged, req: InstallSnapshotRequest) -> InstallSnapshotRequest:
-        """`req` with its bytes staged (or found staged already) and replaced by a reference."""
+    async def stage(
+        self, staged: Staged, req: InstallSnapshotRequest, by: int = 0
+    ) -> InstallSnapshotRequest:
+        """`req` with its bytes staged (or found staged already) and replaced by a reference;
+        bytes this call uploads are counted for the network `by` (`uploaded_by`)."""
         data = contiguous(req.data)
         length = len(data)
         crc = req.crc32c if req.crc32c is not None else chunk_crc(data)
@@ -133,6 +138,7 @@ class SharedStaging:
         try:
             if await _staging(shared.store.put_once(ref.url, data, crc)):
                 shared.bytes_uploaded += length
+                shared.uploaded_by[by] = shared.uploaded_by.get(by, 0) + length
             done = True
         finally:
             area.pending -= 1

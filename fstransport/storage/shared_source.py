@@ -4,9 +4,8 @@ Each sender reads through its own `SharedSource.reader`.  A chunk one reader ask
 once from the source and kept until every other reader has taken it or moved more than `ahead`
 bytes past it (a reader that resumed, or that skips chunks, never asks for some); a reader may
 run at most `ahead` bytes in front of the slowest one, so memory stays bounded whatever the
-snapshot's size.  A
-chunk asked for again after it was dropped (a rewind, a retry, a shrunken chunk) is read from
-the source again.  `bytes_read` counts what came from the source.
+snapshot's size.  A chunk asked for again after it was dropped (a rewind, a retry, a shrunken
+chunk) is read from the source again.  `bytes_read` counts what came from the source.
 """
 
 from __future__ import annotations
@@ -77,18 +76,22 @@ class SharedSource:
                 self._drop_passed()
                 self._moved.notify_all()
 
-    def _still_wants(self, reader: int, offset: int) -> bool:
-        """Whether `reader` may still ask for the chunk at `offset`: it is active and not more
-        than `ahead` bytes past it.  (A sender's reads within one window may be let through in
-        any order, so a reader whose latest read is one chunk further may still ask for this one;
-        reading it from the source again would break "read once".)"""
+    def _may_ask(self, reader: int, offset: int) -> bool:
+        """Whether the active `reader` may still ask for the chunk at `offset`: it is not more
+        than `ahead` bytes past it, or one of its reads at or below it is still held back.  (A
+        sender's window reads several chunks at once and a later read may be let through first,
+        even before the earlier one asked; reading the chunk again would break "read once".)"""
         position = self._position.get(reader)
-        return position is not None and position <= offset + self.ahead
+        if position is None:
+            return False
+        return position <= offset + self.ahead or any(
+            w <= offset for w in self._waiting.get(reader, ())
+        )
 
     def _drop_passed(self) -> None:
         """Forget chunks that no active reader will ask for any more."""
         for key, entry in list(self._cache.items()):
-            entry.waiting = {r for r in entry.waiting if self._still_wants(r, entry.offset)}
+            entry.waiting = {r for r in entry.waiting if self._may_ask(r, entry.offset)}
             if not entry.waiting and entry.ready.done():
                 del self._cache[key]
 
@@ -120,7 +123,7 @@ class SharedSource:
     ) -> tuple[Buffer, int | None, bool]:
         """Read the chunk from the source, for `reader` and for the readers still behind it."""
         key = (offset, length)
-        others = {r for r in self._position if r != reader and self._still_wants(r, offset)}
+        others = {r for r in self._position if r != reader and self._may_ask(r, offset)}
         entry = _Entry(offset, others)
         if others and key not in self._cache:
             self._cache[key] = entry

@@ -131,6 +131,7 @@ class StagingStore:
                     precondition_failed,
                     split_bucket_key,
                 )
+                from fstransport.storage.backends.s3.upload import PartBody
 
                 fs = await self.fs()
                 bucket, key = split_bucket_key(path)
@@ -139,7 +140,7 @@ class StagingStore:
                         "put_object",
                         Bucket=bucket,
                         Key=key,
-                        Body=bytes(data),
+                        Body=PartBody(data),  # sent from the chunk's buffer: no copy
                         IfNoneMatch="*",
                         ChecksumCRC32C=crc32c_header(crc),
                         Metadata={"fstransport-crc32c": f"{crc:08x}"},

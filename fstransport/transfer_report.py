@@ -35,6 +35,10 @@ class TransferReport:
     bytes_uploaded: int = 0
     """Bytes uploaded to the relay's staging bucket (0 without a relay, and in the reports of
     `targets`: the upload is shared)."""
+    bytes_reused: int = 0
+    """Bytes the receiver took from a snapshot it held already (a delta base, see
+    ``docs/delta.md``) instead of receiving them; `bytes_sent` counts only what crossed the
+    network: chunk data plus the delta map and recipe."""
     targets: tuple[TransferReport, ...] = ()
     """With several targets (`ship` given a list), one report per target, in order; empty
     for a `ship` to one target given as a string."""

@@ -25,6 +25,7 @@ from fstransport.messages import (
     SnapshotSegmentId,
     Vote,
 )
+from fstransport.protocol.delta_session import ReceiverDelta, check_delta_request
 from fstransport.protocol.ranges import ChunkLedger, ChunkRecord
 
 __all__ = [
@@ -216,6 +217,7 @@ def validate_request(
         raise InvalidRequest(
             f"crc32c must be a 32-bit unsigned integer, got {req.crc32c!r}", field="crc32c"
         )
+    check_delta_request(req)
     if trust_crc and req.crc32c is not None:
         return req.crc32c
     crc = chunk_crc(req.data)
@@ -267,6 +269,7 @@ class StreamState:
     unverified: bool = False  # it was written since its bytes were last re-read
     last_seen: float = 0.0  # when a request of it last came or ended (the receiver's clock)
     staged: dict[str, set[str]] = field(default_factory=dict)  # staging area -> objects used
+    delta: ReceiverDelta | None = None  # the base offered, and the recipe once accepted
 
     def record(
         self, req: InstallSnapshotRequest, crc: int, lost: Iterable[tuple[int, int]] = ()

@@ -110,6 +110,8 @@ class SendStats:
     rewinds: int = 0
     shrinks: int = 0
     bytes_skipped: int = 0
+    bytes_reused: int = 0  # copied by the receiver from a delta base (within bytes_skipped)
+    delta_bytes: int = 0  # the delta map and recipe that crossed the network
 
 
 class SendWindow:

@@ -1,0 +1,144 @@
+"""The receiver's side of a delta transfer, I/O: find a base and map it for an offer, and fill
+the copied ranges from it before install (`fstransport.protocol.delta_session` decides the rest).
+
+Bases are found in local folders (`PwriteSink` stores) and ``memory://`` stores; any other store
+offers nothing and receives in full.  The base's map is computed when the offer is due (reading
+the base once, in a worker thread; ``docs/delta.md`` has the cost), with a fresh key each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from fstransport.checksum import chunk_crc, format_checksum
+from fstransport.delta.local import assemble_local, map_file
+from fstransport.errors import ChecksumMismatch, SourceChanged, StorageError
+from fstransport.protocol.delta import SEND, Recipe, build_map, new_key
+from fstransport.protocol.delta_session import ReceiverDelta
+from fstransport.protocol.delta_wire import encode_map
+from fstransport.protocol.ranges import ChunkLedger
+
+__all__ = ["assemble", "find_base"]
+
+log = logging.getLogger("fstransport.receiver")
+
+
+def _kind(store: Any) -> str | None:
+    """``"local"``, ``"memory"`` or None (no delta) for `store`."""
+    backend = getattr(store, "backend", None)
+    if backend is None or getattr(store, "sink_kind", None) != "auto":
+        return None
+    from fstransport.storage.backends.local import LocalBackend
+    from fstransport.storage.backends.memory import MemoryBackend
+
+    if isinstance(backend, LocalBackend):
+        return "local"
+    if isinstance(backend, MemoryBackend):
+        return "memory"
+    return None
+
+
+def _memory_file(store: Any, path: str) -> Any:
+    from fsspec.implementations.memory import MemoryFile
+
+    found = store.backend.fs.store.get(path)
+    return found if isinstance(found, MemoryFile) else None
+
+
+async def find_base(
+    store: Any, candidates: Iterable[str], mode: str
+) -> tuple[ReceiverDelta, bytes] | None:
+    """The first of `candidates` (snapshot ids) `store` holds as a file, mapped in `mode`, with
+    its encoded map; None when there is none (or the store cannot serve as a delta base)."""
+    kind = _kind(store)
+    if kind is None:
+        return None
+    for base_id in dict.fromkeys(candidates):
+        try:
+            path = store.path(base_id)
+        except Exception:  # an id the store would refuse: never a base
+            continue
+        if kind == "local":
+            if not await asyncio.to_thread(os.path.isfile, path):
+                continue
+            try:
+                base_map = await asyncio.to_thread(map_file, path, mode, key=new_key())
+            except Exception as exc:  # a base that cannot be read is no base
+                log.warning("delta base %r could not be mapped: %s", base_id, exc)
+                continue
+        else:
+            found = _memory_file(store, path)
+            if found is None:
+                continue
+            with found.getbuffer() as view:
+                base_map = build_map(mode, view, key=new_key())
+        delta = ReceiverDelta(base_id, base_map.size, base_map)
+        return delta, encode_map(base_map)
+    return None
+
+
+def _recipe_of(delta: ReceiverDelta, copied: list[tuple[int, int, int]]) -> Recipe:
+    """The accepted recipe with every copied range that is not in `copied` turned into a sent
+    one (its bytes are in the partial data already)."""
+    assert delta.recipe is not None
+    keep = {(at, length) for at, length, _ in copied}
+    ranges = tuple(
+        (length, base if (at, length) in keep else SEND)
+        for at, length, base in delta.recipe.targets()
+    )
+    return Recipe(delta.recipe.size, delta.recipe.base_size, ranges)
+
+
+async def assemble(
+    store: Any, sink: Any, delta: ReceiverDelta, ledger: ChunkLedger, checksum: str
+) -> int:
+    """Fill the copied ranges of `sink`'s partial data from the base and check the result's
+    CRC32C, computed from its bytes, against `checksum`; return the bytes copied.
+
+    `ChecksumMismatch` (``whole=True``) or `SourceChanged` when the base changed since it was
+    offered: the caller drops the partial data, nothing is installed."""
+    if delta.recipe is None:
+        return 0
+    recipe = _recipe_of(delta, delta.still_copied(ledger))
+    base_path = store.path(delta.base_id)
+    if _kind(store) == "local":
+        try:
+            done = await asyncio.to_thread(assemble_local, recipe, base_path, sink.path)
+        except StorageError as exc:
+            if isinstance(exc, SourceChanged) or exc.subject != base_path:
+                raise
+            raise SourceChanged(base_path, "reuse", exc) from exc  # gone or unreadable now
+        crc, reused = done.crc32c, done.bytes_reused
+    else:
+        crc, reused = _assemble_memory(store, sink.path, base_path, recipe)
+    if format_checksum(crc) != checksum:
+        raise ChecksumMismatch(
+            f"snapshot assembled from base {delta.base_id!r}",
+            checksum,
+            format_checksum(crc),
+            whole=True,
+        )
+    return reused
+
+
+def _assemble_memory(store: Any, path: str, base_path: str, recipe: Recipe) -> tuple[int, int]:
+    target, base = _memory_file(store, path), _memory_file(store, base_path)
+    if target is None:
+        raise SourceChanged(path, "assemble", FileNotFoundError(path))
+    source = b"" if base is None else base.getvalue()
+    if base is None or len(source) != recipe.base_size:
+        raise SourceChanged(base_path, "reuse", ValueError("the delta base changed"))
+    reused = 0
+    for at, length, base_at in recipe.targets():
+        if base_at == SEND:
+            continue
+        target.seek(at)
+        target.write(source[base_at : base_at + length])
+        reused += length
+    target.truncate(recipe.size)
+    with target.getbuffer() as view:
+        return chunk_crc(view[: recipe.size]), reused

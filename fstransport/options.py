@@ -114,9 +114,7 @@ class TransferOptions:
                 "read_streams and read_part_size must be >= 1, ranged_read_threshold >= 0"
             )
         if self.delta not in ("blocks", "cdc", "off"):
-            raise ConfigurationError(
-                f"delta must be 'blocks', 'cdc' or 'off', got {self.delta!r}"
-            )
+            raise ConfigurationError(f"delta must be 'blocks', 'cdc' or 'off', got {self.delta!r}")
         if not 1 <= self.min_chunk_size <= 4 * KiB:
             raise ConfigurationError(
                 f"min_chunk_size must be within [1, 4096], got {self.min_chunk_size}"

@@ -10,13 +10,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from fstransport.delta.receive import assemble, find_base
-from fstransport.errors import InvalidRequest, StorageError
-from fstransport.messages import DeltaOffer, InstallSnapshotRequest, Snapshot, SnapshotMeta
-from fstransport.protocol.delta_session import accept_recipe
+from fstransport.delta.receive import answer_delta, assemble
+from fstransport.errors import StorageError
+from fstransport.messages import InstallSnapshotRequest, Snapshot, SnapshotMeta
 from fstransport.protocol.receiver import StreamState
 from fstransport.protocol.receiver_state import (
     Acknowledge,
@@ -92,6 +91,14 @@ class _Stream:
     verifying: asyncio.Future[None] | None = None
 
 
+async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequest) -> Outcome:
+    """A delta request (its stream's lock held): `answer_delta`; an offer waits in
+    ``stream.state.offer`` for the answer (`Receiver.handle` takes it)."""
+    latest = next(reversed(runner.rules.installed), None)
+    held, stream.state.offer = await answer_delta(runner.store, latest, stream.state, req)
+    return None, held, None
+
+
 class StreamRunner:
     """The streams of one `Receiver`: executes what its `ReceiverState` decides."""
 
@@ -110,7 +117,6 @@ class StreamRunner:
         self.idle_timeout: float | None = None
         self.streams: dict[str, _Stream] = {}
         self.installing: dict[str, asyncio.Future[None]] = {}
-        self.offers: dict[int, DeltaOffer] = {}  # id(request) -> its answer's offer
 
     async def expire_idle(self) -> list[str]:
         """`Receiver.expire_idle`: let go of the streams the rules call idle."""
@@ -175,8 +181,6 @@ class StreamRunner:
                 if stream.state.concurrent(req, crc is not None, concurrent):
                     return await self._write_concurrently(snapshot_id, stream, req)
                 async with stream.lock:
-                    if not stream.closed and req.delta is not None:
-                        return await self._delta(stream, req)
                     if not stream.closed:
                         return await self._write(snapshot_id, stream, req, crc)
                 resume_tried = expired_nothing = False  # replaced meanwhile: decide anew
@@ -190,8 +194,6 @@ class StreamRunner:
                     except BaseException:
                         self.forget(snapshot_id, stream)
                         raise
-                    if req.delta is not None:
-                        return await self._delta(stream, req)
                     return await self._write(snapshot_id, stream, req, crc)
             else:  # `Refuse` comes from `check_vote`, never from `route`
                 raise AssertionError(f"unexpected action {action!r}")
@@ -244,10 +246,7 @@ class StreamRunner:
             sink = stream.sink
             if stream.closed or sink is None or not is_verifying_sink(sink):
                 return
-            records = stream.state.ledger.records()
-            delta = stream.state.delta
-            if delta is not None:  # copied ranges are not in the partial data before assembly
-                records = [r for r in records if not delta.is_copied(r.offset, r.length, r.crc)]
+            records = stream.state.written()
             try:
                 intact = await sink.verify(records)
             except StorageError:
@@ -273,6 +272,8 @@ class StreamRunner:
     ) -> Outcome:
         """Write `req` into `stream` (whose lock is held); finish the snapshot on ``done``.
         An unknown CRC is computed by the sink as it writes."""
+        if req.delta is not None:  # no data: a delta request
+            return await _delta(self, stream, req)
         sink = stream.sink
         assert sink is not None
         if not stream.state.holds(req):
@@ -289,9 +290,7 @@ class StreamRunner:
         try:
             await self.staged.check_manifests(stream.state.staged, req, options)  # or no install
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
-            delta = stream.state.delta
-            if delta is not None and delta.recipe is not None and meta.checksum is not None:
-                await assemble(self.store, sink, delta, stream.state.ledger, meta.checksum)
+            await assemble(self.store, sink, stream.state, meta)  # a delta's copied ranges
             snapshot = await self.store.finish(meta, sink)
             if meta.kind == TREE:
                 await _check_tree(snapshot, self.rules.limits.max_tree_files)
@@ -305,32 +304,6 @@ class StreamRunner:
         # (a request that ended this transfer may have taken it out of the table meanwhile)
         self.forget(snapshot_id, stream)
         return snapshot, held, crc
-
-    async def _delta(self, stream: _Stream, req: InstallSnapshotRequest) -> Outcome:
-        """A delta request (its stream's lock held): offer a base, or accept a recipe; the
-        answer tells what is held (the copied ranges too, once a recipe is accepted)."""
-        state = stream.state
-        assert req.delta is not None
-        if req.recipe is None:
-            latest = next(reversed(self.rules.installed), None)
-            candidates = [state.meta.snapshot_id, *([latest] if latest else [])]
-            found = await find_base(self.store, candidates, req.delta)
-            state.delta = None if found is None else found[0]
-            if found is not None:
-                self.offers[id(req)] = found[0].offer(found[1])
-            return None, tuple(state.ledger.held()), None
-        if state.delta is None or state.delta.base_map.mode != req.delta:
-            raise InvalidRequest("a recipe for a base that was not offered", field="recipe")
-        held = accept_recipe(state.delta, req.meta, req.recipe, state.ledger)
-        if state.meta.checksum is None and req.meta.checksum is not None:
-            state.meta = replace(state.meta, checksum=req.meta.checksum)
-        log.info(
-            "snapshot %r: %d bytes reused from %r",
-            state.meta.snapshot_id,
-            state.delta.reused,
-            state.delta.base_id,
-        )
-        return None, held, None
 
     async def _write_concurrently(
         self, snapshot_id: str, stream: _Stream, req: InstallSnapshotRequest

@@ -174,7 +174,10 @@ class Receiver:
         if refused is not None:
             return InstallSnapshotResponse(refused.vote)
         snapshot, held, crc = await self._receive(req, crc)
-        offer = self._io.offers.pop(id(req), None)
+        offer = None
+        stream = self.rules.streams.get(req.meta.snapshot_id) if req.delta else None
+        if stream is not None:
+            offer, stream.offer = stream.offer, None
         if snapshot is not None:
             # Verified and finished: install it even if this request is cancelled meanwhile (its
             # sender timed out), and remember it only once it is really installed.

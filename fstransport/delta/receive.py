@@ -12,17 +12,23 @@ import asyncio
 import logging
 import os
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.delta.local import assemble_local, map_file
-from fstransport.errors import ChecksumMismatch, SourceChanged, StorageError
+from fstransport.errors import ChecksumMismatch, InvalidRequest, SourceChanged, StorageError
+from fstransport.messages import DeltaOffer, InstallSnapshotRequest, SnapshotMeta
 from fstransport.protocol.delta import SEND, Recipe, build_map, new_key
-from fstransport.protocol.delta_session import ReceiverDelta
+from fstransport.protocol.delta_session import ReceiverDelta, accept_recipe
 from fstransport.protocol.delta_wire import encode_map
-from fstransport.protocol.ranges import ChunkLedger
 
-__all__ = ["assemble", "find_base"]
+if TYPE_CHECKING:
+    from fstransport.protocol.receiver import StreamState
+
+Held = tuple[tuple[int, int], ...]
+
+__all__ = ["answer_delta", "assemble", "find_base"]
 
 log = logging.getLogger("fstransport.receiver")
 
@@ -81,6 +87,34 @@ async def find_base(
     return None
 
 
+async def answer_delta(
+    store: Any, latest: str | None, state: StreamState, req: InstallSnapshotRequest
+) -> tuple[Held, DeltaOffer | None]:
+    """Answer a delta request for `state`'s stream: without a recipe, find a base (the snapshot
+    held under the same id, else `latest`, the one installed last) and offer it; with one,
+    accept it against the base offered (`InvalidRequest` if none was).  Returns what to tell
+    the sender is held, and the offer."""
+    assert req.delta is not None
+    if req.recipe is None:
+        candidates = [state.meta.snapshot_id, *([latest] if latest else [])]
+        found = await find_base(store, candidates, req.delta)
+        state.delta = None if found is None else found[0]
+        offer = None if found is None else found[0].offer(found[1])
+        return tuple(state.ledger.held()), offer
+    if state.delta is None or state.delta.base_map.mode != req.delta:
+        raise InvalidRequest("a recipe for a base that was not offered", field="recipe")
+    held = accept_recipe(state.delta, req.meta, req.recipe, state.ledger)
+    if state.meta.checksum is None and req.meta.checksum is not None:
+        state.meta = replace(state.meta, checksum=req.meta.checksum)
+    log.info(
+        "snapshot %r: %d bytes reused from %r",
+        state.meta.snapshot_id,
+        state.delta.reused,
+        state.delta.base_id,
+    )
+    return held, None
+
+
 def _recipe_of(delta: ReceiverDelta, copied: list[tuple[int, int, int]]) -> Recipe:
     """The accepted recipe with every copied range that is not in `copied` turned into a sent
     one (its bytes are in the partial data already)."""
@@ -93,17 +127,17 @@ def _recipe_of(delta: ReceiverDelta, copied: list[tuple[int, int, int]]) -> Reci
     return Recipe(delta.recipe.size, delta.recipe.base_size, ranges)
 
 
-async def assemble(
-    store: Any, sink: Any, delta: ReceiverDelta, ledger: ChunkLedger, checksum: str
-) -> int:
-    """Fill the copied ranges of `sink`'s partial data from the base and check the result's
-    CRC32C, computed from its bytes, against `checksum`; return the bytes copied.
+async def assemble(store: Any, sink: Any, state: StreamState, meta: SnapshotMeta) -> int:
+    """Fill the copied ranges of `sink`'s partial data (if `state` accepted a delta recipe)
+    from the base and check the result's CRC32C, computed from its bytes, against the final
+    `meta`'s checksum; return the bytes copied.
 
     `ChecksumMismatch` (``whole=True``) or `SourceChanged` when the base changed since it was
     offered: the caller drops the partial data, nothing is installed."""
-    if delta.recipe is None:
+    delta, checksum = state.delta, meta.checksum
+    if delta is None or delta.recipe is None or checksum is None:
         return 0
-    recipe = _recipe_of(delta, delta.still_copied(ledger))
+    recipe = _recipe_of(delta, delta.still_copied(state.ledger))
     base_path = store.path(delta.base_id)
     if _kind(store) == "local":
         try:

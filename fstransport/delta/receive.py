@@ -96,6 +96,9 @@ async def answer_delta(
     the sender is held, and the offer."""
     assert req.delta is not None
     if req.recipe is None:
+        if state.delta is not None:  # a new exchange: what an earlier recipe copied is not held
+            for at, length, _ in state.delta.still_copied(state.ledger):
+                state.ledger.discard(at, at + length)
         candidates = [state.meta.snapshot_id, *([latest] if latest else [])]
         found = await find_base(store, candidates, req.delta)
         state.delta = None if found is None else found[0]

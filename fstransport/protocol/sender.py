@@ -249,6 +249,8 @@ class SendWindow:
             return
         self._generation += 1
         self.stats.rewinds += 1
+        if expect_offset == 0:  # the receiver starts over (a delta's base changed, say)
+            self.stats.bytes_reused = 0
         self._pending.add(expect_offset, self.size)
         self._empty_pending = self.size == 0
         if plan.offset < expect_offset:

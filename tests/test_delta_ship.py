@@ -167,9 +167,11 @@ async def test_a_base_changed_after_the_offer_is_never_installed(kind: str, tmp_
     net = ChangeBaseAfterRecipe(loop, scribble)
     result = await send_source(net, Vote(1, 0), meta, BufferSource(new, "new"), None, OPTIONS)
     await receiver._io.installing.get("snap.bin", _done())
-    assert result.completed and net.changed == 1
+    assert result.completed
+    assert net.changed == 1
     assert fs.cat_file(installed) == new  # sent again in full, never assembled on a wrong base
-    assert result.stats.rewinds >= 1 and result.stats.bytes_reused == 0
+    assert result.stats.rewinds >= 1
+    assert result.stats.bytes_reused == 0
 
 
 async def test_a_base_missing_means_a_full_transfer(tmp_path: Path) -> None:
@@ -241,7 +243,8 @@ async def test_malformed_delta_requests_are_refused(
     offer = await receiver.handle(
         InstallSnapshotRequest(Vote(1, 0), meta, 0, b"", False, 0, delta="blocks")
     )
-    assert offer.offer is not None and offer.offer.size == SIZE
+    assert offer.offer is not None
+    assert offer.offer.size == SIZE
     fields: dict[str, object] = {
         "vote": Vote(1, 0),
         "meta": meta,

@@ -333,7 +333,6 @@ async def _delta(self: _Sender, cancel_task: asyncio.Future[Any] | None) -> None
 
     async def ask(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
         ttl = self.options.install_timeout  # the receiver maps its base meanwhile
-        self.window.stats.chunks_sent += 1  # a request, if one without data
         rpc = lambda: self.net.install_snapshot(req, self.options)  # noqa: E731
         return await self._answer_within(rpc, req, ttl)
 

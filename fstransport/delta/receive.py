@@ -144,7 +144,10 @@ async def assemble(store: Any, sink: Any, state: StreamState, meta: SnapshotMeta
     base_path = store.path(delta.base_id)
     if _kind(store) == "local":
         try:
-            done = await asyncio.to_thread(assemble_local, recipe, base_path, sink.path)
+            fsync = bool(getattr(store, "fsync", False))
+            done = await asyncio.to_thread(
+                assemble_local, recipe, base_path, sink.path, fsync=fsync
+            )
         except StorageError as exc:
             if isinstance(exc, SourceChanged) or exc.subject != base_path:
                 raise

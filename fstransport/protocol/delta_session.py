@@ -14,7 +14,7 @@ accepted recipe (`ReceiverDelta`, `accept_recipe`), how a sender reads an offer 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fstransport.checksum import format_checksum
@@ -93,6 +93,7 @@ class ReceiverDelta:
     base_map: DeltaMap
     recipe: Recipe | None = None
     copied: tuple[tuple[int, int, int], ...] = ()
+    _copied_set: frozenset[tuple[int, int, int]] = field(default=frozenset(), repr=False)
 
     def offer(self, encoded_map: bytes) -> DeltaOffer:
         """The offer naming this base, with its encoded map."""
@@ -109,7 +110,7 @@ class ReceiverDelta:
     def is_copied(self, offset: int, length: int, crc: int) -> bool:
         """Whether the ledger record ``(offset, length, crc)`` is a copied range (its bytes are
         not in the partial data until assembly: never re-read as a written chunk)."""
-        return (offset, length, crc) in set(self.copied)
+        return (offset, length, crc) in self._copied_set
 
     @property
     def reused(self) -> int:
@@ -129,7 +130,7 @@ def accept_recipe(
     for at, length, crc in copied:
         ledger.discard(at, at + length)
         ledger.add(at, length, crc)
-    delta.recipe, delta.copied = recipe, copied
+    delta.recipe, delta.copied, delta._copied_set = recipe, copied, frozenset(copied)
     return tuple(ledger.held())
 
 

@@ -34,6 +34,9 @@ __all__ = ["DeltaPlan", "map_source", "negotiate", "unless_cancelled"]
 
 log = logging.getLogger("fstransport.sender")
 
+DELTA_IN_FLIGHT = 64
+"""Short chunks a delta may have in flight at once (their bytes within the usual window)."""
+
 Ask = Callable[[InstallSnapshotRequest], Awaitable[InstallSnapshotResponse]]
 """Sends one request and returns its answer (the sender's RPC with its deadline)."""
 
@@ -55,6 +58,7 @@ class DeltaPlan:
         window.stats.bytes_reused += self.reused
         if self.held:
             window.on_held(self.held)
+            window.short_in_flight = max(window.short_in_flight, DELTA_IN_FLIGHT)
         return self.checksum is not None
 
 

@@ -80,8 +80,8 @@ async def find_base(
             found = _memory_file(store, path)
             if found is None:
                 continue
-            with found.getbuffer() as view:
-                base_map = build_map(mode, view, key=new_key())
+            with found.getbuffer() as view:  # (an installed file is not written to)
+                base_map = await asyncio.to_thread(build_map, mode, view, key=new_key())
         delta = ReceiverDelta(base_id, base_map.size, base_map)
         return delta, encode_map(base_map)
     return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import fsspec
@@ -15,6 +16,7 @@ import pytest
 from fstransport import TransferOptions
 from fstransport.errors import InvalidRequest, RemoteError
 from fstransport.messages import (
+    DeltaOffer,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
     SnapshotMeta,
@@ -271,3 +273,32 @@ async def test_a_recipe_without_an_offer_is_refused(tmp_path: Path) -> None:
     with pytest.raises((InvalidRequest, RemoteError)) as caught:
         await receiver.handle(req)
     assert getattr(caught.value, "field", None) == "recipe"
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        DeltaOffer("snap.bin", "crc32c:00000000", SIZE, b"garbage"),
+        DeltaOffer("snap.bin", "crc32c:00000000", 1 << 40, b"\0" * 48),  # a base far too large
+    ],
+)
+async def test_a_hostile_offer_means_a_full_transfer(offer: DeltaOffer, tmp_path: Path) -> None:
+    data = random.Random(13).randbytes(SIZE)
+    receiver = Receiver(FsspecSnapshotStore(str(tmp_path / "received")))
+    loop = LoopbackNetwork(receiver)
+
+    class Lies:
+        carries_delta = True
+
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            answer = await loop.install_snapshot(req, option)
+            return replace(answer, offer=offer) if req.delta is not None else answer
+
+    meta = SnapshotMeta("snap.bin")
+    result = await send_source(Lies(), Vote(1, 0), meta, BufferSource(data, "s"), None, OPTIONS)
+    await receiver._io.installing.get("snap.bin", _done())
+    assert result.completed
+    assert (result.stats.bytes_reused, result.stats.bytes_sent) == (0, SIZE)
+    assert (tmp_path / "received" / "snap.bin").read_bytes() == data

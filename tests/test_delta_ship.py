@@ -14,6 +14,7 @@ import fsspec
 import pytest
 
 from fstransport import TransferOptions
+from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.errors import InvalidRequest, RemoteError
 from fstransport.messages import (
     DeltaOffer,
@@ -302,3 +303,51 @@ async def test_a_hostile_offer_means_a_full_transfer(offer: DeltaOffer, tmp_path
     assert result.completed
     assert (result.stats.bytes_reused, result.stats.bytes_sent) == (0, SIZE)
     assert (tmp_path / "received" / "snap.bin").read_bytes() == data
+
+
+async def test_delta_resumes_partial_data_a_dead_receiver_left(tmp_path: Path) -> None:
+    """The receiver process dies mid-transfer (its partial data and journal stay); a new one over
+    the same folder resumes it, and the delta exchange runs again on top: whole and correct."""
+    base = random.Random(14).randbytes(SIZE)
+    new = edited(base, 40, seed=15)
+    root = str(tmp_path / "received")
+    first = Receiver(FsspecSnapshotStore(root))
+    await send_source(
+        LoopbackNetwork(first),
+        Vote(1, 0),
+        SnapshotMeta("snap.bin"),
+        BufferSource(base, "b"),
+        None,
+        OPTIONS,
+    )
+    await first._io.installing.get("snap.bin", _done())
+    meta = SnapshotMeta("snap.bin", checksum=format_checksum(chunk_crc(new)))
+    dying_store = FsspecSnapshotStore(root)
+    dying = LoopbackNetwork(Receiver(dying_store))
+
+    class Dies:
+        carries_delta = True
+        data_requests = 0
+
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            if req.delta is None:
+                self.data_requests += 1
+                if self.data_requests > 10:
+                    raise InvalidRequest("the receiver's process died")
+            return await dying.install_snapshot(req, option)
+
+    small = TransferOptions(chunk_size=4 * KiB, max_in_flight=1)
+    with pytest.raises(InvalidRequest):
+        await send_source(Dies(), Vote(1, 0), meta, BufferSource(new, "n"), None, small)
+    await dying_store.release("snap.bin")  # (what a dying process leaves: partial data, journal)
+    second = Receiver(FsspecSnapshotStore(root))
+    result = await send_source(
+        LoopbackNetwork(second), Vote(1, 0), meta, BufferSource(new, "n"), None, small
+    )
+    await second._io.installing.get("snap.bin", _done())
+    assert result.completed
+    assert (tmp_path / "received" / "snap.bin").read_bytes() == new
+    assert result.stats.bytes_sent <= 30 * 4096 + 1  # the 10 pages sent before are not again
+    assert result.stats.bytes_reused > SIZE - 41 * 4096

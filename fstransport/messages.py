@@ -172,7 +172,9 @@ class InstallSnapshotRequest:
     `delta` (``"blocks"`` or ``"cdc"``) marks a data-less request at offset 0 that asks for a
     delta transfer (see ``docs/delta.md``): without `recipe` it asks for the receiver's offer;
     with `recipe` (`fstransport.protocol.delta_wire.encode_recipe`) it says which ranges the
-    receiver takes from the offered base.
+    receiver takes from the offered base.  `delta_key` (16 random bytes, with the request for an
+    offer) is the key the receiver tags its base map with: the sender maps its source with it
+    meanwhile, instead of after the offer.
     """
 
     vote: Vote
@@ -184,6 +186,7 @@ class InstallSnapshotRequest:
     staged: StagedChunk | None = None
     delta: str | None = None
     recipe: bytes | None = None
+    delta_key: bytes | None = None
 
     def __repr__(self) -> str:  # never dump chunk data into logs
         return (
@@ -192,6 +195,7 @@ class InstallSnapshotRequest:
             + (f", staged={self.staged.url!r}" if self.staged is not None else "")
             + (f", delta={self.delta!r}" if self.delta is not None else "")
             + (f", recipe={len(self.recipe)} bytes" if self.recipe is not None else "")
+            + (", delta_key=..." if self.delta_key is not None else "")
             + ")"
         )
 

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from fstransport.errors import InvalidRequest
-from fstransport.http.wire import decode_offer, encode_offer, offer_cap
+from fstransport.http.wire import decode_key, decode_offer, encode_offer, offer_cap
 from fstransport.messages import DeltaOffer, SnapshotMeta
 from fstransport.protocol.delta import build_map, new_key, plan_recipe
 from fstransport.protocol.delta_session import (
@@ -105,3 +105,11 @@ def test_the_offer_round_trips_over_http_and_malformed_ones_are_refused() -> Non
     for bad in bads:
         with pytest.raises(InvalidRequest):
             decode_offer(bad)
+
+
+def test_the_key_header_is_32_hex_digits() -> None:
+    assert decode_key(None) is None
+    assert decode_key("00" * 16) == bytes(16)
+    for bad in ("00" * 15, "zz" * 16, "00" * 17, "+0" * 16):
+        with pytest.raises(InvalidRequest):
+            decode_key(bad)

@@ -233,6 +233,8 @@ async def test_delta_with_a_resumed_stream(tmp_path: Path) -> None:
         ({"delta": "rsync"}, "delta"),
         ({"recipe": b"FSTDRCP1" + b"\0" * 24}, "delta_recipe"),
         ({"recipe": b"\0" * (1 << 20)}, "recipe"),
+        ({"delta_key": b"short"}, "delta_key"),
+        ({"delta": None, "delta_key": b"k" * 16}, "delta"),
     ],
 )
 async def test_malformed_delta_requests_are_refused(

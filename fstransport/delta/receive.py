@@ -3,7 +3,8 @@ the copied ranges from it before install (`fstransport.protocol.delta_session` d
 
 Bases are found in local folders (`PwriteSink` stores) and ``memory://`` stores; any other store
 offers nothing and receives in full.  The base's map is computed when the offer is due (reading
-the base once, in a worker thread; ``docs/delta.md`` has the cost), with a fresh key each time.
+the base once, in a worker thread; ``docs/delta.md`` has the cost), with the key the sender sent
+(it maps its source meanwhile), else a fresh one.
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ def _memory_file(store: Any, path: str) -> Any:
 
 
 async def find_base(
-    store: Any, candidates: Iterable[str], mode: str
+    store: Any, candidates: Iterable[str], mode: str, key: bytes | None = None
 ) -> tuple[ReceiverDelta, bytes] | None:
-    """The first of `candidates` (snapshot ids) `store` holds as a file, mapped in `mode`, with
-    its encoded map; None when there is none (or the store cannot serve as a delta base)."""
+    """The first of `candidates` (snapshot ids) `store` holds as a file, mapped in `mode` with
+    `key` (the sender's, else a fresh one), with its encoded map; None when there is none (or the
+    store cannot serve as a delta base)."""
+    key = key or new_key()
     kind = _kind(store)
     if kind is None:
         return None
@@ -72,7 +75,7 @@ async def find_base(
             if not await asyncio.to_thread(os.path.isfile, path):
                 continue
             try:
-                base_map = await asyncio.to_thread(map_file, path, mode, key=new_key())
+                base_map = await asyncio.to_thread(map_file, path, mode, key=key)
             except Exception as exc:  # a base that cannot be read is no base
                 log.warning("delta base %r could not be mapped: %s", base_id, exc)
                 continue
@@ -81,7 +84,7 @@ async def find_base(
             if found is None:
                 continue
             with found.getbuffer() as view:  # (an installed file is not written to)
-                base_map = await asyncio.to_thread(build_map, mode, view, key=new_key())
+                base_map = await asyncio.to_thread(build_map, mode, view, key=key)
         delta = ReceiverDelta(base_id, base_map.size, base_map)
         return delta, encode_map(base_map)
     return None
@@ -100,7 +103,7 @@ async def answer_delta(
             for at, length, _ in state.delta.still_copied(state.ledger):
                 state.ledger.discard(at, at + length)
         candidates = [state.meta.snapshot_id, *([latest] if latest else [])]
-        found = await find_base(store, candidates, req.delta)
+        found = await find_base(store, candidates, req.delta, req.delta_key)
         state.delta = None if found is None else found[0]
         offer = None if found is None else found[0].offer(found[1])
         return tuple(state.ledger.held()), offer

@@ -24,7 +24,13 @@ from fstransport.messages import (
     Vote,
 )
 from fstransport.options import TransferOptions
-from fstransport.protocol.delta import DeltaMap, MapBuilder, plan_recipe
+from fstransport.protocol.delta import (
+    DeltaMap,
+    MapBuilder,
+    choose_block_size,
+    new_key,
+    plan_recipe,
+)
 from fstransport.protocol.delta_session import read_offer
 from fstransport.protocol.delta_wire import encode_recipe
 from fstransport.protocol.sender import SendWindow
@@ -101,8 +107,13 @@ async def negotiate(
     """Ask the receiver for a base and send a recipe against it; None when there is nothing to
     reuse (no offer, a higher vote, a failure: the transfer is a full one)."""
     mode, piece = options.delta, options.chunk_size
+    key = new_key()  # the receiver maps its base with it while the source is mapped here
+    block = choose_block_size(source.size)
+    mapping = asyncio.ensure_future(
+        map_source(source, mode, key=key, block_size=block, piece=piece)
+    )
     try:
-        first = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode)
+        first = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode, delta_key=key)
         answer = await ask(first)
         if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
             return None
@@ -111,9 +122,11 @@ async def negotiate(
             return None
         offer = answer.offer
         map_bytes = len(offer.map)
-        source_map = await map_source(
-            source, mode, key=base_map.key, block_size=base_map.block_size, piece=piece
-        )
+        source_map = await mapping
+        if (source_map.key, source_map.block_size) != (base_map.key, base_map.block_size):
+            source_map = await map_source(  # a receiver that chose its own key or block size
+                source, mode, key=base_map.key, block_size=base_map.block_size, piece=piece
+            )
         checksum = format_checksum(source_map.whole_crc())
         if meta.checksum is not None and meta.checksum != checksum:
             return None  # the data is not what the caller named: the full transfer says so
@@ -132,3 +145,8 @@ async def negotiate(
     except (FstransportError, EOFError) as exc:
         log.warning("delta exchange failed (%s); sending the whole snapshot", exc)
         return None
+    finally:
+        if not mapping.done():
+            mapping.cancel()
+        with contextlib.suppress(BaseException):  # (its outcome, if unused, is of no interest)
+            await mapping

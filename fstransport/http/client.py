@@ -31,6 +31,7 @@ from fstransport.http.wire import (
     API_PREFIX,
     H_CRC,
     H_DELTA,
+    H_DELTA_KEY,
     H_DONE,
     H_META,
     H_OFFSET,
@@ -122,6 +123,8 @@ class HttpNetwork:
         cap = MAX_ANSWER
         if req.delta is not None:  # the body is the recipe, if any; the answer may hold a map
             headers[H_DELTA] = req.delta
+            if req.delta_key is not None:
+                headers[H_DELTA_KEY] = req.delta_key.hex()
             payload = req.recipe or b""
             headers[H_CRC] = str(chunk_crc(payload))
             cap = offer_cap(req.meta.size, MAX_ANSWER) if req.recipe is None else MAX_ANSWER

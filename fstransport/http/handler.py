@@ -28,11 +28,13 @@ from fstransport.http.logs import answer_error
 from fstransport.http.wire import (
     H_CRC,
     H_DELTA,
+    H_DELTA_KEY,
     H_DONE,
     H_META,
     H_OFFSET,
     H_STAGED,
     H_VOTE,
+    decode_key,
     decode_meta,
     decode_staged,
     decode_vote,
@@ -46,7 +48,7 @@ from fstransport.receiver import Receiver
 
 __all__ = ["ChunkHandler", "authorization_check"]
 
-_WIRE_HEADERS = (H_VOTE, H_META, H_OFFSET, H_DONE, H_CRC, H_STAGED, H_DELTA)
+_WIRE_HEADERS = (H_VOTE, H_META, H_OFFSET, H_DONE, H_CRC, H_STAGED, H_DELTA, H_DELTA_KEY)
 
 
 def authorization_check(token: str | None) -> Callable[[web.Request], bool]:
@@ -171,8 +173,9 @@ class ChunkHandler:
                 if sent_crc != crc:
                     raise ChecksumMismatch("the delta recipe", f"{sent_crc:08x}", f"{crc:08x}")
                 recipe = bytes(contiguous(body)) if len(body) else None
+                key = decode_key(request.headers.get(H_DELTA_KEY))
                 req = InstallSnapshotRequest(
-                    vote, meta, offset, b"", done, 0, staged, delta=delta, recipe=recipe
+                    vote, meta, offset, b"", done, 0, staged, delta, recipe, key
                 )
                 return await receiver.handle(req, trust_crc=True)
             if sent_crc == crc:

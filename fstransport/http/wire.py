@@ -17,6 +17,8 @@ everything else travels in headers:
 ``X-Fstransport-Delta``     ``blocks`` or ``cdc``: a delta request (``docs/delta.md``); its body
                             is empty (asking for an offer) or the recipe, and the CRC header
                             is the body's CRC32C
+``X-Fstransport-Delta-Key`` 32 hex digits: the key of the map offered (with a delta request
+                            that asks for an offer; optional)
 ``Authorization``           ``Bearer <token>`` when the server has a token
 =========================== =======================================================
 
@@ -42,6 +44,7 @@ __all__ = [
     "API_PREFIX",
     "H_CRC",
     "H_DELTA",
+    "H_DELTA_KEY",
     "H_DONE",
     "H_META",
     "H_OFFSET",
@@ -52,6 +55,7 @@ __all__ = [
     "MAX_META_LENGTH",
     "MAX_STAGED_LENGTH",
     "check_token",
+    "decode_key",
     "decode_meta",
     "decode_offer",
     "decode_staged",
@@ -72,6 +76,7 @@ H_DONE = "X-Fstransport-Done"
 H_CRC = "X-Fstransport-Crc32c"
 H_STAGED = "X-Fstransport-Staged"
 H_DELTA = "X-Fstransport-Delta"
+H_DELTA_KEY = "X-Fstransport-Delta-Key"
 
 MAX_DIGITS = 20
 """Digits an unsigned number on the wire may have: every 64-bit value fits, nothing near
@@ -330,3 +335,12 @@ def decode_offer(fields: object) -> DeltaOffer | None:
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise InvalidRequest("the delta offer's map is not base64", field="delta_map") from None
     return DeltaOffer(base_id, checksum, size, encoded)
+
+
+def decode_key(text: str | None) -> bytes | None:
+    """The delta key in a header (32 hex digits); `InvalidRequest` for anything else."""
+    if text is None:
+        return None
+    if len(text) != 32 or not all(ch in "0123456789abcdefABCDEF" for ch in text):
+        raise InvalidRequest(f"{H_DELTA_KEY} must be 32 hex digits", field="delta_key")
+    return bytes.fromhex(text)

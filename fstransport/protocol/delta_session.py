@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from fstransport.checksum import format_checksum
 from fstransport.errors import InvalidRequest
 from fstransport.messages import DeltaOffer, InstallSnapshotRequest, SnapshotMeta
-from fstransport.protocol.delta import DeltaMap, Recipe, copied_crcs
+from fstransport.protocol.delta import KEY_SIZE, DeltaMap, Recipe, copied_crcs
 from fstransport.protocol.delta_wire import decode_map, decode_recipe
 
 if TYPE_CHECKING:
@@ -60,9 +60,13 @@ def check_delta_request(req: InstallSnapshotRequest) -> None:
     """`InvalidRequest` unless `req`'s delta fields are absent or well formed: a known mode, no
     data, offset 0, not final, a named size, a recipe of bytes no longer than the size needs."""
     if req.delta is None:
-        if req.recipe is not None:
-            raise InvalidRequest("a recipe comes only with a delta request", field="recipe")
+        if req.recipe is not None or req.delta_key is not None:
+            raise InvalidRequest("a recipe or key comes only with a delta request", field="delta")
         return
+    if req.delta_key is not None and (
+        not isinstance(req.delta_key, bytes) or len(req.delta_key) != KEY_SIZE
+    ):
+        raise InvalidRequest(f"a delta key is {KEY_SIZE} bytes", field="delta_key")
     if req.delta not in WIRE_MODES:
         raise InvalidRequest(f"delta must be one of {', '.join(WIRE_MODES)}", field="delta")
     if len(req.data) or req.offset != 0 or req.done or req.staged is not None:

@@ -40,8 +40,9 @@ __all__ = ["DeltaPlan", "map_source", "negotiate", "unless_cancelled"]
 
 log = logging.getLogger("fstransport.sender")
 
-SPECULATE_AFTER = 0.02
-"""Seconds after which the sender maps its source while it waits for the offer."""
+SPECULATE_AFTER = 0.25
+"""Seconds after which the sender maps its source while it waits for the offer (a receiver
+mapping a base of more than ~150 MiB answers later; one without a base long before)."""
 DELTA_IN_FLIGHT = 64
 """Short chunks a delta may have in flight at once (their bytes within the usual window)."""
 

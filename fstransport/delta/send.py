@@ -27,7 +27,6 @@ from fstransport.options import TransferOptions
 from fstransport.protocol.delta import (
     DeltaMap,
     MapBuilder,
-    choose_block_size,
     new_key,
     plan_recipe,
 )
@@ -40,9 +39,6 @@ __all__ = ["DeltaPlan", "map_source", "negotiate", "unless_cancelled"]
 
 log = logging.getLogger("fstransport.sender")
 
-SPECULATE_AFTER = 0.25
-"""Seconds after which the sender maps its source while it waits for the offer (a receiver
-mapping a base of more than ~150 MiB answers later; one without a base long before)."""
 DELTA_IN_FLIGHT = 64
 """Short chunks a delta may have in flight at once (their bytes within the usual window)."""
 
@@ -110,19 +106,10 @@ async def negotiate(
     """Ask the receiver for a base and send a recipe against it; None when there is nothing to
     reuse (no offer, a higher vote, a failure: the transfer is a full one)."""
     mode, piece = options.delta, options.chunk_size
-    key, block = new_key(), choose_block_size(source.size)
+    key = new_key()  # fresh for this transfer: the receiver tags its base map with it
     first = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode, delta_key=key)
-    asking = asyncio.ensure_future(ask(first))
-    mapping: asyncio.Future[DeltaMap] | None = None
     try:
-        # An answer that takes a while is a receiver mapping its base with our key: map the
-        # source meanwhile.  A quick one (no base) costs no read of the source.
-        await asyncio.wait({asking}, timeout=SPECULATE_AFTER)
-        if not asking.done():
-            mapping = asyncio.ensure_future(
-                map_source(source, mode, key=key, block_size=block, piece=piece)
-            )
-        answer = await asking
+        answer = await ask(first)
         if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
             return None
         base_map = read_offer(answer.offer, meta, mode)
@@ -130,14 +117,9 @@ async def negotiate(
             return None
         offer = answer.offer
         map_bytes = len(offer.map)
-        source_map = await mapping if mapping is not None else None
-        if source_map is None or (source_map.key, source_map.block_size) != (
-            base_map.key,
-            base_map.block_size,
-        ):
-            source_map = await map_source(  # a receiver that chose its own key or block size
-                source, mode, key=base_map.key, block_size=base_map.block_size, piece=piece
-            )
+        source_map = await map_source(
+            source, mode, key=base_map.key, block_size=base_map.block_size, piece=piece
+        )
         checksum = format_checksum(source_map.whole_crc())
         if meta.checksum is not None and meta.checksum != checksum:
             return None  # the data is not what the caller named: the full transfer says so
@@ -156,9 +138,3 @@ async def negotiate(
     except (FstransportError, EOFError) as exc:
         log.warning("delta exchange failed (%s); sending the whole snapshot", exc)
         return None
-    finally:
-        for task in (asking, mapping):
-            if task is not None and not task.done():
-                task.cancel()
-            with contextlib.suppress(BaseException):  # (an outcome not used is of no interest)
-                await task  # type: ignore[misc]

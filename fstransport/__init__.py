@@ -33,6 +33,7 @@ from fstransport.errors import (
 )
 from fstransport.messages import (
     ChunkData,
+    DeltaOffer,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
     LogId,
@@ -93,6 +94,7 @@ __all__ = [
     "ChunkData",
     "Chunked",
     "ConfigurationError",
+    "DeltaOffer",
     "FaultStats",
     "FaultyNetwork",
     "FsspecSnapshotStore",

@@ -14,6 +14,7 @@ from typing import IO
 __all__ = [
     "Buffer",
     "ChunkData",
+    "DeltaOffer",
     "InstallSnapshotRequest",
     "InstallSnapshotResponse",
     "LogId",
@@ -167,6 +168,13 @@ class InstallSnapshotRequest:
     `staged`, when set, says where the chunk's bytes wait in a bucket (`StagedChunk`): `data`
     is then empty and `crc32c` is the staged bytes' CRC32C.  A receiver created with
     ``relay_options`` fetches them (see `fstransport.network.relay.RelayNetwork`).
+
+    `delta` (``"blocks"`` or ``"cdc"``) marks a data-less request at offset 0 that asks for a
+    delta transfer (see ``docs/delta.md``): without `recipe` it asks for the receiver's offer;
+    with `recipe` (`fstransport.protocol.delta_wire.encode_recipe`) it says which ranges the
+    receiver takes from the offered base.  `delta_key` (16 random bytes, with the request for an
+    offer) is the key the receiver tags its base map with: the sender maps its source with it
+    meanwhile, instead of after the offer.
     """
 
     vote: Vote
@@ -176,14 +184,31 @@ class InstallSnapshotRequest:
     done: bool
     crc32c: int | None = None
     staged: StagedChunk | None = None
+    delta: str | None = None
+    recipe: bytes | None = None
+    delta_key: bytes | None = None
 
     def __repr__(self) -> str:  # never dump chunk data into logs
         return (
             f"InstallSnapshotRequest(vote={self.vote}, id={self.meta.snapshot_id!r}, "
             f"offset={self.offset}, len={len(self.data)}, done={self.done}, crc32c={self.crc32c}"
             + (f", staged={self.staged.url!r}" if self.staged is not None else "")
+            + (f", delta={self.delta!r}" if self.delta is not None else "")
+            + (f", recipe={len(self.recipe)} bytes" if self.recipe is not None else "")
+            + (", delta_key=..." if self.delta_key is not None else "")
             + ")"
         )
+
+
+@dataclass(frozen=True)
+class DeltaOffer:
+    """What a receiver can build a delta on: the base snapshot it holds (`base_id`, its
+    `checksum` and `size`) and its map (`fstransport.protocol.delta_wire.encode_map`)."""
+
+    base_id: str
+    checksum: str
+    size: int
+    map: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -198,11 +223,15 @@ class InstallSnapshotResponse:
     nothing was applied).  Only a sender whose network declares ``trust_checksums`` (an
     in-process `LoopbackNetwork`) uses it, for a chunk it sent without a CRC; any other sender
     computes its own and never takes a peer's word for it.
+
+    `offer` answers a request asking for a delta (``delta`` set, no recipe): the base the
+    receiver offers, or None (no base: the sender sends everything).
     """
 
     vote: Vote
     held: tuple[tuple[int, int], ...] | None = None
     crc32c: int | None = None
+    offer: DeltaOffer | None = None
 
 
 @dataclass(frozen=True)

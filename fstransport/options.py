@@ -79,6 +79,9 @@ class TransferOptions:
       of at least `ranged_read_threshold` bytes with `read_streams` ranged GETs of
       `read_part_size` bytes at once (memory: `read_streams` x `read_part_size`); smaller
       objects, or `read_streams=1`, with one streaming GET (see ``docs/s3.md``).
+    - `delta`: how a file snapshot is compared with what the receiver holds already, so that
+      only what differs is sent (``docs/delta.md``): ``"blocks"`` (fixed 4 KiB blocks, for
+      page files), ``"cdc"`` (content-defined chunks, for content that shifts) or ``"off"``.
     """
 
     chunk_size: int = 8 * MiB
@@ -93,6 +96,7 @@ class TransferOptions:
     read_streams: int = 4
     read_part_size: int = 8 * MiB
     ranged_read_threshold: int = 256 * MiB
+    delta: str = "blocks"
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -109,6 +113,8 @@ class TransferOptions:
             raise ConfigurationError(
                 "read_streams and read_part_size must be >= 1, ranged_read_threshold >= 0"
             )
+        if self.delta not in ("blocks", "cdc", "off"):
+            raise ConfigurationError(f"delta must be 'blocks', 'cdc' or 'off', got {self.delta!r}")
         if not 1 <= self.min_chunk_size <= 4 * KiB:
             raise ConfigurationError(
                 f"min_chunk_size must be within [1, 4096], got {self.min_chunk_size}"

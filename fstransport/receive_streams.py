@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fstransport.delta.receive import answer_delta, assemble
 from fstransport.errors import StorageError
 from fstransport.messages import InstallSnapshotRequest, Snapshot, SnapshotMeta
 from fstransport.protocol.receiver import StreamState
@@ -88,6 +89,14 @@ class _Stream:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
     verifying: asyncio.Future[None] | None = None
+
+
+async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequest) -> Outcome:
+    """A delta request (its stream's lock held): `answer_delta`; an offer waits in
+    ``stream.state.offer`` for the answer (`Receiver.handle` takes it)."""
+    latest = next(reversed(runner.rules.installed), None)
+    held, stream.state.offer = await answer_delta(runner.store, latest, stream.state, req)
+    return None, held, None
 
 
 class StreamRunner:
@@ -237,7 +246,7 @@ class StreamRunner:
             sink = stream.sink
             if stream.closed or sink is None or not is_verifying_sink(sink):
                 return
-            records = stream.state.ledger.records()
+            records = stream.state.written()
             try:
                 intact = await sink.verify(records)
             except StorageError:
@@ -263,6 +272,8 @@ class StreamRunner:
     ) -> Outcome:
         """Write `req` into `stream` (whose lock is held); finish the snapshot on ``done``.
         An unknown CRC is computed by the sink as it writes."""
+        if req.delta is not None:  # no data: a delta request
+            return await _delta(self, stream, req)
         sink = stream.sink
         assert sink is not None
         if not stream.state.holds(req):
@@ -279,6 +290,7 @@ class StreamRunner:
         try:
             await self.staged.check_manifests(stream.state.staged, req, options)  # or no install
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
+            await assemble(self.store, sink, stream.state, meta)  # a delta's copied ranges
             snapshot = await self.store.finish(meta, sink)
             if meta.kind == TREE:
                 await _check_tree(snapshot, self.rules.limits.max_tree_files)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from fstransport.checksum import chunk_crc, format_checksum, parse_checksum
+from fstransport.delta.send import negotiate, unless_cancelled
 from fstransport.errors import (
     ChecksumMismatch,
     InvalidRequest,
@@ -35,7 +36,7 @@ from fstransport.messages import (
     StagedChunk,
     Vote,
 )
-from fstransport.network.base import Network
+from fstransport.network.base import Network, carries_delta
 from fstransport.options import TransferOptions
 from fstransport.protocol.sender import ChunkPlan, Failure, RateLimiter, SendStats, SendWindow
 from fstransport.storage.source import (
@@ -125,6 +126,8 @@ class _Sender:
                 await asyncio.sleep(0)  # a cancel that is set already stops us before any send
                 if cancel_task.done():
                     raise self._closed(cancel_task)
+            if _wants_delta(self):
+                await _delta(self, cancel_task)
             while True:
                 now = self.loop.time()
                 if self.deadline_at is not None and now >= self.deadline_at:
@@ -311,6 +314,35 @@ class _Sender:
         if crc is None:  # chunks were re-cut mid-way by a rewind: read the data once more
             return await source_checksum(self.source, self.options.chunk_size)
         return format_checksum(crc)
+
+
+def _wants_delta(self: _Sender) -> bool:
+    """A delta exchange first: a file snapshot of more than one chunk, sent directly (a
+    relay sends references; one chunk costs one round trip, a delta at least two)."""
+    return (
+        self.options.delta != "off"
+        and self.meta.kind == "file"
+        and self.source.size > self.options.chunk_size
+        and self.staged_chunk is None
+        and carries_delta(self.net)
+    )
+
+
+async def _delta(self: _Sender, cancel_task: asyncio.Future[Any] | None) -> None:
+    """Run the delta exchange (`negotiate`); skip what the receiver holds after it."""
+
+    async def ask(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        ttl = self.options.install_timeout  # the receiver maps its base meanwhile
+        rpc = lambda: self.net.install_snapshot(req, self.options)  # noqa: E731
+        return await self._answer_within(rpc, req, ttl)
+
+    exchange = negotiate(ask, self.vote, self.meta, self.source, self.options)
+    plan = await unless_cancelled(exchange, cancel_task)
+    if cancel_task is not None and cancel_task.done():
+        raise _Sender._closed(cancel_task)
+    if plan is not None and plan.apply(self.window) and self.meta.checksum is None:
+        self.meta = replace(self.meta, checksum=plan.checksum)
+        self.checksum = plan.checksum
 
 
 def _trusts_checksums(net: Network) -> bool:

@@ -36,6 +36,10 @@ class TransferReport:
     """Bytes uploaded to the relay's staging bucket (0 without a relay).  In a report of
     `targets`, the bytes that target's send uploaded itself (a chunk is uploaded by the first
     send that stages it and reused by the others): they add up to the fan-out's."""
+    bytes_reused: int = 0
+    """Bytes the receiver took from a snapshot it held already (a delta base, see
+    ``docs/delta.md``) instead of receiving them; `bytes_sent` counts only what crossed the
+    network: chunk data plus the delta map and recipe."""
     targets: tuple[TransferReport, ...] = ()
     """With several targets (`ship` given a list), one report per target, in order; empty
     for a `ship` to one target given as a string."""

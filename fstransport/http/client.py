@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from fstransport.checksum import chunk_crc
 from fstransport.errors import (
     InvalidRequest,
     NetworkError,
@@ -29,16 +30,20 @@ from fstransport.http.statuses import decode_error
 from fstransport.http.wire import (
     API_PREFIX,
     H_CRC,
+    H_DELTA,
+    H_DELTA_KEY,
     H_DONE,
     H_META,
     H_OFFSET,
     H_STAGED,
     H_VOTE,
     check_token,
+    decode_offer,
     decode_vote,
     encode_meta,
     encode_staged,
     encode_vote,
+    offer_cap,
 )
 from fstransport.messages import (
     InstallSnapshotRequest,
@@ -62,6 +67,9 @@ class HttpNetwork:
     HTTPS (or False to skip verification, for tests only).  Close with ``await net.close()``
     or use ``async with HttpNetwork(...) as net``.
     """
+
+    carries_delta = True
+    """Delta requests and offers travel (see `fstransport.network.base.carries_delta`)."""
 
     def __init__(
         self,
@@ -111,13 +119,20 @@ class HttpNetwork:
             headers[H_CRC] = str(req.crc32c)
         if req.staged is not None:  # its bytes wait in a bucket (`RelayNetwork`)
             headers[H_STAGED] = encode_staged(req.staged)
+        payload = contiguous(req.data)
+        cap = MAX_ANSWER
+        if req.delta is not None:  # the body is the recipe, if any; the answer may hold a map
+            headers[H_DELTA] = req.delta
+            if req.delta_key is not None:
+                headers[H_DELTA_KEY] = req.delta_key.hex()
+            payload = req.recipe or b""
+            headers[H_CRC] = str(chunk_crc(payload))
+            cap = offer_cap(req.meta.size, MAX_ANSWER) if req.recipe is None else MAX_ANSWER
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
-            async with self._client().put(
-                url, data=BufferBody(contiguous(req.data)), headers=headers
-            ) as answer:
-                raw = await _read_answer(answer, self.base_url)
+            async with self._client().put(url, data=BufferBody(payload), headers=headers) as answer:
+                raw = await _read_answer(answer, self.base_url, cap)
                 status = answer.status
         except aiohttp.ClientConnectorCertificateError as exc:
             reason = getattr(exc.certificate_error, "verify_message", None) or str(
@@ -142,7 +157,8 @@ class HttpNetwork:
             try:
                 held = body.get("held")
                 ranges = tuple((int(a), int(b)) for a, b in held) if held else None
-                return InstallSnapshotResponse(decode_vote(str(body["vote"])), held=ranges)
+                vote, offer = decode_vote(str(body["vote"])), decode_offer(body.get("offer"))
+                return InstallSnapshotResponse(vote, held=ranges, offer=offer)
             except (KeyError, TypeError, ValueError, InvalidRequest) as exc:
                 shown = repr(body)[:200]
                 raise NetworkError(f"malformed answer from {self.base_url}: {shown}") from exc
@@ -152,14 +168,14 @@ class HttpNetwork:
         return f"HttpNetwork({self.base_url!r})"
 
 
-async def _read_answer(answer: aiohttp.ClientResponse, where: str) -> bytes:
-    """The answer's body, at most `MAX_ANSWER` bytes of it (else `NetworkError`)."""
-    if answer.content_length is not None and answer.content_length > MAX_ANSWER:
+async def _read_answer(answer: aiohttp.ClientResponse, where: str, cap: int) -> bytes:
+    """The answer's body, at most `cap` bytes of it (else `NetworkError`)."""
+    if answer.content_length is not None and answer.content_length > cap:
         raise NetworkError(f"answer of {answer.content_length} bytes from {where} (too long)")
     raw = bytearray()
-    while len(raw) <= MAX_ANSWER:
-        piece = await answer.content.read(MAX_ANSWER + 1 - len(raw))
+    while len(raw) <= cap:
+        piece = await answer.content.read(cap + 1 - len(raw))
         if not piece:
             return bytes(raw)
         raw += piece
-    raise NetworkError(f"answer longer than {MAX_ANSWER} bytes from {where}")
+    raise NetworkError(f"answer longer than {cap} bytes from {where}")

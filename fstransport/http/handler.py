@@ -16,6 +16,7 @@ from aiohttp import web
 
 from fstransport.errors import (
     BodyStalled,
+    ChecksumMismatch,
     FstransportError,
     InvalidRequest,
     PayloadTooLarge,
@@ -26,24 +27,28 @@ from fstransport.http.incoming import Budget, read_body
 from fstransport.http.logs import answer_error
 from fstransport.http.wire import (
     H_CRC,
+    H_DELTA,
+    H_DELTA_KEY,
     H_DONE,
     H_META,
     H_OFFSET,
     H_STAGED,
     H_VOTE,
+    decode_key,
     decode_meta,
     decode_staged,
     decode_vote,
+    encode_offer,
     encode_vote,
     parse_uint,
 )
-from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
+from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, contiguous
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
 
 __all__ = ["ChunkHandler", "authorization_check"]
 
-_WIRE_HEADERS = (H_VOTE, H_META, H_OFFSET, H_DONE, H_CRC, H_STAGED)
+_WIRE_HEADERS = (H_VOTE, H_META, H_OFFSET, H_DONE, H_CRC, H_STAGED, H_DELTA, H_DELTA_KEY)
 
 
 def authorization_check(token: str | None) -> Callable[[web.Request], bool]:
@@ -131,7 +136,10 @@ class ChunkHandler:
         except FstransportError as exc:
             return answer_error(exc, request, snapshot_id, self.hide)
         held = [list(r) for r in response.held] if response.held else None
-        return web.json_response({"vote": encode_vote(response.vote), "held": held})
+        answer_body: dict[str, object] = {"vote": encode_vote(response.vote), "held": held}
+        if response.offer is not None:
+            answer_body["offer"] = encode_offer(response.offer)
+        return web.json_response(answer_body)
 
     async def receive(
         self, request: web.Request, snapshot_id: str, length: int
@@ -160,6 +168,16 @@ class ChunkHandler:
                 body, crc = await read_body(
                     request.content, length, self.idle_timeout, self.min_body_rate
                 )
+            delta = request.headers.get(H_DELTA)
+            if delta is not None:  # the body is the recipe (if any), checked by its CRC
+                if sent_crc != crc:
+                    raise ChecksumMismatch("the delta recipe", f"{sent_crc:08x}", f"{crc:08x}")
+                recipe = bytes(contiguous(body)) if len(body) else None
+                key = decode_key(request.headers.get(H_DELTA_KEY))
+                req = InstallSnapshotRequest(
+                    vote, meta, offset, b"", done, 0, staged, delta, recipe, key
+                )
+                return await receiver.handle(req, trust_crc=True)
             if sent_crc == crc:
                 # The CRC was just computed here from the bytes received: the receiver
                 # takes it instead of reading the whole chunk once more.

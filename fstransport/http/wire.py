@@ -14,25 +14,37 @@ everything else travels in headers:
 ``X-Fstransport-Staged``    JSON ``{"area", "name", "length", "crc32c"}``: the chunk's bytes are
                             staged in a bucket (`RelayNetwork`); the body is empty and the
                             CRC header is the staged bytes' CRC32C (optional; ≤ 1 KiB)
+``X-Fstransport-Delta``     ``blocks`` or ``cdc``: a delta request (``docs/delta.md``); its body
+                            is empty (asking for an offer) or the recipe, and the CRC header
+                            is the body's CRC32C
+``X-Fstransport-Delta-Key`` 32 hex digits: the key of the map offered (with a delta request
+                            that asks for an offer; optional)
 ``Authorization``           ``Bearer <token>`` when the server has a token
 =========================== =======================================================
 
-Answers are JSON.  ``200``: ``{"vote": "term,node_id,committed", "held": [[start, end], ...]}``.
+Answers are JSON.  ``200``: ``{"vote": "term,node_id,committed", "held": [[start, end], ...]}``,
+plus ``"offer": {"base_id", "checksum", "size", "map"}`` (the map in base64) answering a delta
+request when the receiver has a base; the client reads such an answer up to `offer_cap` bytes.
 Errors: ``{"error": <name>, "message": ..., "retryable": bool, ...fields}``, as the one table
 `fstransport.http.statuses.ERRORS` says.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any, NoReturn
 
 from fstransport.errors import ConfigurationError, InvalidRequest
-from fstransport.messages import LogId, SnapshotMeta, StagedChunk, Vote
+from fstransport.messages import DeltaOffer, LogId, SnapshotMeta, StagedChunk, Vote
+from fstransport.protocol.delta_session import MAX_OFFER_FACTOR, max_map_bytes
 
 __all__ = [
     "API_PREFIX",
     "H_CRC",
+    "H_DELTA",
+    "H_DELTA_KEY",
     "H_DONE",
     "H_META",
     "H_OFFSET",
@@ -43,12 +55,16 @@ __all__ = [
     "MAX_META_LENGTH",
     "MAX_STAGED_LENGTH",
     "check_token",
+    "decode_key",
     "decode_meta",
+    "decode_offer",
     "decode_staged",
     "decode_vote",
     "encode_meta",
+    "encode_offer",
     "encode_staged",
     "encode_vote",
+    "offer_cap",
     "parse_uint",
 ]
 
@@ -59,6 +75,8 @@ H_OFFSET = "X-Fstransport-Offset"
 H_DONE = "X-Fstransport-Done"
 H_CRC = "X-Fstransport-Crc32c"
 H_STAGED = "X-Fstransport-Staged"
+H_DELTA = "X-Fstransport-Delta"
+H_DELTA_KEY = "X-Fstransport-Delta-Key"
 
 MAX_DIGITS = 20
 """Digits an unsigned number on the wire may have: every 64-bit value fits, nothing near
@@ -275,3 +293,54 @@ def decode_staged(text: str) -> StagedChunk:
     if not (_nat(length) and _nat(crc)):
         raise bad("length and crc32c must be unsigned integers")
     return StagedChunk(area, name, length, crc)
+
+
+# -- delta offers -------------------------------------------------------------------------------
+
+
+def offer_cap(size: int | None, answer: int) -> int:
+    """Bytes of an answer to a delta request for a snapshot of `size` bytes the client reads:
+    the usual `answer` cap plus the base64 of the longest map of a base it would take."""
+    if size is None:
+        return answer
+    base = max(MAX_OFFER_FACTOR * size, 64 * 1024 * 1024)
+    return answer + 4 * (max_map_bytes(base) // 3 + 1)
+
+
+def encode_offer(offer: DeltaOffer) -> dict[str, Any]:
+    """The ``offer`` of a JSON answer."""
+    return {
+        "base_id": offer.base_id,
+        "checksum": offer.checksum,
+        "size": offer.size,
+        "map": base64.b64encode(offer.map).decode("ascii"),
+    }
+
+
+def decode_offer(fields: object) -> DeltaOffer | None:
+    """The `DeltaOffer` of an answer's ``offer`` (None for null); `InvalidRequest` (field
+    ``"delta_map"``) for anything malformed (the sender checks the map itself further)."""
+    if fields is None:
+        return None
+    keys = {"base_id", "checksum", "size", "map"}
+    if not isinstance(fields, dict) or set(fields) != keys:
+        raise InvalidRequest("malformed delta offer", field="delta_map")
+    base_id, checksum, size, raw = (fields[k] for k in ("base_id", "checksum", "size", "map"))
+    if not (isinstance(base_id, str) and isinstance(checksum, str) and isinstance(raw, str)):
+        raise InvalidRequest("malformed delta offer", field="delta_map")
+    if not _nat(size):
+        raise InvalidRequest("malformed delta offer size", field="delta_map")
+    try:
+        encoded = base64.b64decode(raw.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise InvalidRequest("the delta offer's map is not base64", field="delta_map") from None
+    return DeltaOffer(base_id, checksum, size, encoded)
+
+
+def decode_key(text: str | None) -> bytes | None:
+    """The delta key in a header (32 hex digits); `InvalidRequest` for anything else."""
+    if text is None:
+        return None
+    if len(text) != 32 or not all(ch in "0123456789abcdefABCDEF" for ch in text):
+        raise InvalidRequest(f"{H_DELTA_KEY} must be 32 hex digits", field="delta_key")
+    return bytes.fromhex(text)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol, runtime_checkable
 
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
 from fstransport.options import TransferOptions
 
-__all__ = ["Network"]
+__all__ = ["Network", "carries_delta"]
 
 
 @runtime_checkable
@@ -31,3 +32,15 @@ class Network(Protocol):
     async def install_snapshot(
         self, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse: ...
+
+
+def carries_delta(net: object) -> bool:
+    """Whether `net` declares ``carries_delta``: it delivers a request's ``delta`` and ``recipe``
+    and an answer's ``offer`` (`LoopbackNetwork`, the HTTP network, a `FaultyNetwork` around
+    one).  Only then does the sender ask for a delta: an adapter written before delta transfer
+    would drop those fields.  Read with ``inspect.getattr_static`` (a wrapper that forwards
+    attributes does not inherit it); a property is asked for its value."""
+    declared = inspect.getattr_static(net, "carries_delta", False)
+    if isinstance(declared, property):
+        declared = getattr(net, "carries_delta", False)
+    return declared is True

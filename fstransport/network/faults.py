@@ -23,7 +23,7 @@ from typing import Any
 
 from fstransport.errors import ConfigurationError, PayloadTooLarge, Timeout
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, contiguous
-from fstransport.network.base import Network
+from fstransport.network.base import Network, carries_delta
 from fstransport.options import TransferOptions
 
 __all__ = ["FaultStats", "FaultyNetwork"]
@@ -128,6 +128,11 @@ class FaultyNetwork:
     Counters are in `stats` (`FaultStats`).  The attributes may be changed between requests
     (``net.drop = 0`` heals the network); they are not validated again then.
     """
+
+    @property
+    def carries_delta(self) -> bool:
+        """As its `inner` network: faults apply to delta requests like any other."""
+        return carries_delta(self.inner)
 
     def __init__(
         self,

@@ -25,6 +25,9 @@ class LoopbackNetwork:
     inherit the declaration: the sender reads it with ``inspect.getattr_static``).
     """
 
+    carries_delta = True
+    """Delta fields reach the receiver (`fstransport.network.base.carries_delta`)."""
+
     def __init__(
         self, receiver: Receiver, *, target: object = "loopback", trust_checksums: bool = False
     ) -> None:

@@ -19,12 +19,14 @@ from fstransport.errors import (
     SnapshotMismatch,
 )
 from fstransport.messages import (
+    DeltaOffer,
     InstallSnapshotRequest,
     Pieces,
     SnapshotMeta,
     SnapshotSegmentId,
     Vote,
 )
+from fstransport.protocol.delta_session import ReceiverDelta, check_delta_request
 from fstransport.protocol.ranges import ChunkLedger, ChunkRecord
 
 __all__ = [
@@ -216,6 +218,7 @@ def validate_request(
         raise InvalidRequest(
             f"crc32c must be a 32-bit unsigned integer, got {req.crc32c!r}", field="crc32c"
         )
+    check_delta_request(req)
     if trust_crc and req.crc32c is not None:
         return req.crc32c
     crc = chunk_crc(req.data)
@@ -267,6 +270,8 @@ class StreamState:
     unverified: bool = False  # it was written since its bytes were last re-read
     last_seen: float = 0.0  # when a request of it last came or ended (the receiver's clock)
     staged: dict[str, set[str]] = field(default_factory=dict)  # staging area -> objects used
+    delta: ReceiverDelta | None = None  # the base offered, and the recipe once accepted
+    offer: DeltaOffer | None = None  # an offer waiting to go out with its answer
 
     def record(
         self, req: InstallSnapshotRequest, crc: int, lost: Iterable[tuple[int, int]] = ()
@@ -281,6 +286,14 @@ class StreamState:
         self.unverified = True
         if req.staged is not None:
             self.staged.setdefault(req.staged.area, set()).add(req.staged.name)
+
+    def written(self) -> list[ChunkRecord]:
+        """The chunks held whose bytes were written (not a delta's copied ranges, which are
+        filled from the base only at assembly)."""
+        delta, records = self.delta, self.ledger.records()
+        if delta is None:
+            return records
+        return [r for r in records if not delta.is_copied(r.offset, r.length, r.crc)]
 
     def holds(self, req: InstallSnapshotRequest) -> bool:
         """Whether `req`'s bytes need not be written: a snapshot named by its checksum never

@@ -24,6 +24,7 @@ from fstransport.errors import (
     ChecksumMismatch,
     ConfigurationError,
     SnapshotMismatch,
+    SourceChanged,
     StorageError,
     TooManyTransfers,
 )
@@ -327,13 +328,17 @@ class ReceiverState:
         on a stream that continues partial data from the store (whose snapshot named no checksum
         then) turns into `SnapshotMismatch` at offset 0: that data was not this snapshot's, it
         is gone now, and the sender starts over; so do bytes fetched from another sender's
-        staging area that was never committed (`StagingUnverified` with `foreign`)."""
+        staging area that was never committed (`StagingUnverified` with `foreign`), and so
+        does a delta whose base changed since it was offered (the sender then sends it all)."""
         if isinstance(exc, SnapshotMismatch) or (
             isinstance(exc, StagingUnverified) and not exc.foreign  # (its manifest may come yet)
         ):
             return False, exc
-        if isinstance(exc, StagingUnverified) or (
-            isinstance(exc, ChecksumMismatch) and stream.from_store
+        delta = stream.delta is not None and stream.delta.recipe is not None
+        if (
+            isinstance(exc, StagingUnverified)
+            or (isinstance(exc, ChecksumMismatch) and (stream.from_store or delta))
+            or (isinstance(exc, SourceChanged) and delta)  # the base changed: send it all
         ):
             snapshot_id = stream.meta.snapshot_id
             turned = SnapshotMismatch(

@@ -4,7 +4,9 @@
 what the window plans.  Its rules:
 
 - Chunks are cut from the lowest byte still to be sent, at most `chunk_size` long.
-- At most `max_in_flight` chunks are out at once.
+- At most `max_in_flight` chunks are out at once; with `short_in_flight` raised (a delta, whose
+  sent ranges are often single pages) up to that many short chunks, as long as their bytes stay
+  within `max_in_flight` full chunks.
 - The chunk at offset 0 goes alone: a receiver starts a new stream only at offset 0 and answers
   any other offset of an unknown stream with a mismatch, so the window opens once it is answered.
 - The final chunk (the one ending at `size`, marked ``done``) is sent only when nothing else
@@ -111,6 +113,8 @@ class SendStats:
     rewinds: int = 0
     shrinks: int = 0
     bytes_skipped: int = 0
+    bytes_reused: int = 0  # copied by the receiver from a delta base (within bytes_skipped)
+    delta_bytes: int = 0  # the delta map and recipe that crossed the network
 
 
 class SendWindow:
@@ -143,6 +147,7 @@ class SendWindow:
         self._last_progress = now
         self._finished = False
         self._rng = rng or random.Random()
+        self.short_in_flight = options.max_in_flight  # (see the module docstring)
 
     # -- what to do next ---------------------------------------------------------------------
 
@@ -159,7 +164,7 @@ class SendWindow:
         """The next chunk to send now, or None (window full, backing off, waiting, finished)."""
         if self._finished or now < self._resume_at:
             return None
-        if len(self._in_flight) >= self.options.max_in_flight:
+        if len(self._in_flight) >= self.options.max_in_flight and not _room_for_short(self):
             return None
         if any(p.offset == 0 for p in self._in_flight.values()):
             return None  # the chunk that opens a stream goes alone (see the module docstring)
@@ -248,6 +253,8 @@ class SendWindow:
             return
         self._generation += 1
         self.stats.rewinds += 1
+        if expect_offset == 0:  # the receiver starts over (a delta's base changed, say)
+            self.stats.bytes_reused = 0
         self._pending.add(expect_offset, self.size)
         self._empty_pending = self.size == 0
         if plan.offset < expect_offset:
@@ -355,3 +362,14 @@ class SendWindow:
         if failures >= policy.max_attempts or stalled >= policy.give_up_after:
             raise RetryExhausted(failures, error) from error
         self._resume_at = max(self._resume_at, now + policy.backoff(failures, self._rng))
+
+
+def _room_for_short(window: SendWindow) -> bool:
+    """Whether the next chunk may go beyond `max_in_flight` (see `short_in_flight`)."""
+    flying = window._in_flight.values()
+    first = window._pending.first()
+    if len(flying) >= window.short_in_flight or first is None:
+        return False
+    length = min(window.chunk_size, first[1] - first[0])
+    budget = window.options.max_in_flight * window.chunk_size
+    return sum(p.length for p in flying) + length <= budget

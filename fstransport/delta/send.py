@@ -1,0 +1,140 @@
+"""The sender's side of a delta transfer, I/O: ask for an offer, map the source against it, send
+the recipe (`fstransport.protocol.delta_session` has the rules; ``docs/delta.md`` the exchange).
+
+Any failure on the way (no offer, a refused recipe, a lost answer) leaves a full transfer: the
+receiver records copied ranges only for an accepted recipe, and a chunk sent over one replaces
+it, so what is installed is checked the same way either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fstransport.checksum import format_checksum
+from fstransport.errors import FstransportError
+from fstransport.messages import (
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    SnapshotMeta,
+    Vote,
+)
+from fstransport.options import TransferOptions
+from fstransport.protocol.delta import (
+    DeltaMap,
+    MapBuilder,
+    new_key,
+    plan_recipe,
+)
+from fstransport.protocol.delta_session import read_offer
+from fstransport.protocol.delta_wire import encode_recipe
+from fstransport.protocol.sender import SendWindow
+from fstransport.storage.source import ChunkSource
+
+__all__ = ["DeltaPlan", "map_source", "negotiate", "unless_cancelled"]
+
+log = logging.getLogger("fstransport.sender")
+
+DELTA_IN_FLIGHT = 64
+"""Short chunks a delta may have in flight at once (their bytes within the usual window)."""
+
+Ask = Callable[[InstallSnapshotRequest], Awaitable[InstallSnapshotResponse]]
+"""Sends one request and returns its answer (the sender's RPC with its deadline)."""
+
+
+@dataclass(frozen=True)
+class DeltaPlan:
+    """What a delta exchange settled: the ranges the receiver holds now (skip them), the
+    source's checksum (from its map), the bytes the receiver copies from its base, and the
+    bytes of map and recipe that crossed the network."""
+
+    held: tuple[tuple[int, int], ...]
+    checksum: str | None
+    reused: int
+    wire_bytes: int
+
+    def apply(self, window: SendWindow) -> bool:
+        """Count it in `window`'s stats and skip what is held; whether a checksum is known."""
+        window.stats.delta_bytes += self.wire_bytes
+        window.stats.bytes_reused += self.reused
+        if self.held:
+            window.on_held(self.held)
+            window.short_in_flight = max(window.short_in_flight, DELTA_IN_FLIGHT)
+        return self.checksum is not None
+
+
+async def unless_cancelled(
+    exchange: Coroutine[Any, Any, DeltaPlan | None], cancel: asyncio.Future[Any] | None
+) -> DeltaPlan | None:
+    """`exchange`'s result, or None as soon as `cancel` completes (the exchange is cancelled)."""
+    task = asyncio.ensure_future(exchange)
+    try:
+        await asyncio.wait(
+            {task} if cancel is None else {task, cancel}, return_when="FIRST_COMPLETED"
+        )
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    return None if task.cancelled() else task.result()
+
+
+async def map_source(
+    source: ChunkSource, mode: str, *, key: bytes, block_size: int, piece: int
+) -> DeltaMap:
+    """The map of `source` read once in `piece`-byte reads."""
+    builder = MapBuilder(mode, key=key, block_size=block_size)
+    at = 0
+    while at < source.size:
+        data = await source.read(at, min(piece, source.size - at))
+        if not len(data):
+            raise EOFError(f"{source.description} ended at {at}")
+        builder.update(data)
+        at += len(data)
+    builder.segment()
+    return builder.finish()
+
+
+async def negotiate(
+    ask: Ask, vote: Vote, meta: SnapshotMeta, source: ChunkSource, options: TransferOptions
+) -> DeltaPlan | None:
+    """Ask the receiver for a base and send a recipe against it; None when there is nothing to
+    reuse (no offer, a higher vote, a failure: the transfer is a full one)."""
+    mode, piece = options.delta, options.chunk_size
+    key = new_key()  # fresh for this transfer: the receiver tags its base map with it
+    first = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode, delta_key=key)
+    try:
+        answer = await ask(first)
+        if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
+            return None
+        base_map = read_offer(answer.offer, meta, mode)
+        if base_map is None or answer.offer is None:
+            return None
+        offer = answer.offer
+        map_bytes = len(offer.map)
+        source_map = await map_source(
+            source, mode, key=base_map.key, block_size=base_map.block_size, piece=piece
+        )
+        checksum = format_checksum(source_map.whole_crc())
+        if meta.checksum is not None and meta.checksum != checksum:
+            return None  # the data is not what the caller named: the full transfer says so
+        recipe = plan_recipe(base_map, source_map)
+        if not recipe.reused:
+            return DeltaPlan((), checksum, 0, map_bytes)
+        raw = encode_recipe(recipe)
+        named = replace(meta, checksum=checksum)
+        second = InstallSnapshotRequest(vote, named, 0, b"", False, 0, delta=mode, recipe=raw)
+        answer = await ask(second)
+        if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
+            return None
+        held = tuple(answer.held or ())
+        log.info("delta against %r: %d of %d bytes reused", offer.base_id, recipe.reused, meta.size)
+        return DeltaPlan(held, checksum, recipe.reused, map_bytes + len(raw))
+    except (FstransportError, EOFError) as exc:
+        log.warning("delta exchange failed (%s); sending the whole snapshot", exc)
+        return None

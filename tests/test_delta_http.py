@@ -1,0 +1,66 @@
+"""Delta transfer over real HTTP: ``fstransport serve`` in its own process (its fixture is
+`tests.test_http_e2e.serve`), onto a local folder and a memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from fstransport import TransferOptions
+from fstransport.http.client import HttpNetwork
+from fstransport.options import KiB
+from fstransport.transfer import ship
+from tests.test_delta_ship import edited, inserted
+from tests.test_http_e2e import SHIP_TIMEOUT, TOKEN, StartServer, serve
+
+__all__ = ["serve"]  # the fixture, used by name
+
+SIZE = 2048 * KiB
+
+
+@pytest.mark.parametrize("mode", ["blocks", "cdc"])
+async def test_delta_through_a_server_process(
+    serve: StartServer, tmp_path: Path, mode: str
+) -> None:
+    root = tmp_path / "received"
+    server = serve(str(root), "--token", TOKEN)
+    base = random.Random(21).randbytes(SIZE)
+    new = edited(base, 4, seed=22) if mode == "blocks" else inserted(base, 10_000, 100)
+    source = tmp_path / "snap.bin"
+    options = TransferOptions(chunk_size=128 * KiB, delta=mode)
+    async with HttpNetwork(server.url, token=TOKEN) as net:
+        source.write_bytes(base)
+        first = await asyncio.wait_for(
+            ship(str(source), "snap.bin", network=net, options=options), SHIP_TIMEOUT
+        )
+        source.write_bytes(new)
+        second = await asyncio.wait_for(
+            ship(str(source), "snap.bin", network=net, options=options), SHIP_TIMEOUT
+        )
+    assert (root / "snap.bin").read_bytes() == new
+    assert first.bytes_reused == 0
+    assert first.bytes_sent == SIZE
+    assert second.bytes_reused > 0.9 * len(new)
+    assert second.bytes_sent < 0.05 * len(new)
+
+
+async def test_an_unchanged_snapshot_over_http_sends_the_map(
+    serve: StartServer, tmp_path: Path
+) -> None:
+    root = tmp_path / "received"
+    server = serve(str(root), "--token", TOKEN)
+    data = random.Random(23).randbytes(SIZE)
+    source = tmp_path / "snap.bin"
+    source.write_bytes(data)
+    options = TransferOptions(chunk_size=128 * KiB)
+    async with HttpNetwork(server.url, token=TOKEN) as net:
+        for _ in range(2):
+            report = await asyncio.wait_for(
+                ship(str(source), "snap.bin", network=net, options=options), SHIP_TIMEOUT
+            )
+    assert (root / "snap.bin").read_bytes() == data
+    assert report.bytes_reused == SIZE
+    assert report.bytes_sent <= 0.005 * SIZE

@@ -25,8 +25,6 @@ from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback
 from fstransport.server_side import server_side as _server_side
-from fstransport.storage.backends.s3 import S3StreamSource
-from fstransport.storage.backends.s3.ranged import S3RangedSource
 from fstransport.storage.base import ChunkSource
 from fstransport.storage.locate import is_directory, split_target
 from fstransport.storage.source import open_source, source_checksum
@@ -319,8 +317,7 @@ async def _open(
             read_streams=options.read_streams,
             read_part_size=options.read_part_size,
             ranged_read_threshold=options.ranged_read_threshold,
+            retry=options.retry,
             **(source_options or {}),
         )
-    if isinstance(source, (S3StreamSource, S3RangedSource)):
-        source.retry = options.retry
     return source, checksum

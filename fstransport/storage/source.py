@@ -29,6 +29,7 @@ import fsspec
 
 from fstransport.checksum import chunk_crc
 from fstransport.messages import Buffer
+from fstransport.options import RetryPolicy
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.backends.s3.ranged import (
@@ -289,6 +290,8 @@ class ReadSettings:
     read_streams: int = DEFAULT_READ_STREAMS
     read_part_size: int = DEFAULT_READ_PART_SIZE
     ranged_read_threshold: int = DEFAULT_RANGED_THRESHOLD
+    retry: RetryPolicy | None = None
+    """How a source that reads over the network retries a failed read (None: its default)."""
 
 
 async def open_source(
@@ -298,6 +301,7 @@ async def open_source(
     read_streams: int = DEFAULT_READ_STREAMS,
     read_part_size: int = DEFAULT_READ_PART_SIZE,
     ranged_read_threshold: int = DEFAULT_RANGED_THRESHOLD,
+    retry: RetryPolicy | None = None,
     **storage_options: object,
 ) -> ChunkSource:
     """Open the snapshot at fsspec `url` for ranged reads; close it with ``await source.close()``.
@@ -307,13 +311,14 @@ async def open_source(
     `map_files` is False (see `map_range`: fastest, but the file must not be truncated while it
     is read).  An S3 object of at least `ranged_read_threshold` bytes is read with
     `read_streams` ranged GETs of `read_part_size` bytes at once (`S3RangedSource`), a smaller
-    one with one streaming GET (`S3StreamSource`).  Another asynchronous filesystem is read
-    with ranged ``_cat_file`` calls (`AsyncFsSource`), a synchronous one through a file object.
+    one with one streaming GET (`S3StreamSource`); both retry a failed read by `retry`.
+    Another asynchronous filesystem is read with ranged ``_cat_file`` calls (`AsyncFsSource`),
+    a synchronous one through a file object.
     Raises `StorageError` (verb ``"open"``) if it does not exist or cannot be opened.
     """
     from fstransport.storage.backends import backend_class
 
-    read = ReadSettings(map_files, read_streams, read_part_size, ranged_read_threshold)
+    read = ReadSettings(map_files, read_streams, read_part_size, ranged_read_threshold, retry)
     with storage_errors(url, "open"):
         if "::" not in url:  # (a chained URL is opened by fsspec, and read through its result)
             fs_class = fsspec.get_filesystem_class(fsspec.core.split_protocol(url)[0] or "file")

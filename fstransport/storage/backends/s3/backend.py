@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fstransport.checksum import parse_checksum
 from fstransport.messages import SnapshotMeta
+from fstransport.options import RetryPolicy
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.backends.fsspec import Found, FsspecBackend
@@ -266,6 +267,7 @@ class S3Backend(FsspecBackend):
             streams=read.read_streams,
             part_size=read.read_part_size,
             threshold=read.ranged_read_threshold,
+            retry=read.retry,
         )
 
 
@@ -276,16 +278,23 @@ async def open_s3_source(
     streams: int = DEFAULT_READ_STREAMS,
     part_size: int = DEFAULT_READ_PART_SIZE,
     threshold: int = DEFAULT_RANGED_THRESHOLD,
+    retry: RetryPolicy | None = None,
 ) -> S3StreamSource | S3RangedSource:
     """The S3 object at `url`, opened for reading: with `streams` ranged GETs of `part_size`
-    bytes when it holds at least `threshold` bytes and `streams` > 1, else with one GET."""
+    bytes when it holds at least `threshold` bytes and `streams` > 1, else with one GET; a
+    failed read is retried by `retry` (None: the source's default)."""
     check_read_options(streams, part_size, threshold)
     fs, info = await s3_object_info(url, storage_options)
     bucket, key = split_bucket_key(fs._strip_protocol(url))
     size = int(info["size"])
     etag = info.get("ETag") or None
+    source: S3StreamSource | S3RangedSource
     if streams > 1 and size >= threshold and size > part_size:
-        return S3RangedSource(
+        source = S3RangedSource(
             fs, bucket, key, size, url, etag=etag, streams=streams, part_size=part_size
         )
-    return S3StreamSource(fs, bucket, key, size, url, etag)
+    else:
+        source = S3StreamSource(fs, bucket, key, size, url, etag)
+    if retry is not None:
+        source.retry = retry
+    return source

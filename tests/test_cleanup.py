@@ -19,6 +19,7 @@ from fstransport import (
     Vote,
 )
 from fstransport.options import MiB
+from fstransport.storage.backends.s3.client import list_uploads
 from fstransport.testing import S3Flavor
 from tests.conftest import payload
 from tests.test_cli import run
@@ -105,3 +106,57 @@ def test_cleanup_command(tmp_path: Path) -> None:
     result = run("cleanup", str(root), "--older-than", "soon")
     assert result.returncode != 0
     assert "not a duration" in result.stderr
+
+
+class _PagedUploads:
+    """An S3 client that answers ListMultipartUploads two uploads at a time, as S3 and RGW
+    do past their page size."""
+
+    def __init__(self, keys: list[str], *, repeat: bool = False) -> None:
+        self.uploads = [{"Key": k, "UploadId": f"id-{i}"} for i, k in enumerate(keys)]
+        self.repeat, self.calls = repeat, 0
+
+    async def _call_s3(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        assert method == "list_multipart_uploads"
+        self.calls += 1
+        start = 0
+        if "KeyMarker" in kwargs and not self.repeat:
+            start = 1 + next(
+                i for i, u in enumerate(self.uploads) if u["UploadId"] == kwargs["UploadIdMarker"]
+            )
+        page = self.uploads[start : start + 2]
+        truncated = start + 2 < len(self.uploads)
+        return {
+            "Uploads": page,
+            "IsTruncated": truncated,
+            "NextKeyMarker": page[-1]["Key"] if truncated else "",
+            "NextUploadIdMarker": page[-1]["UploadId"] if truncated else "",
+        }
+
+
+async def test_upload_listing_follows_every_page() -> None:
+    client = _PagedUploads([f"k{i}" for i in range(5)])
+    got = [u["Key"] async for u in list_uploads(client, "b", "")]
+    assert got == ["k0", "k1", "k2", "k3", "k4"]
+    assert client.calls == 3
+
+
+async def test_upload_listing_stops_when_a_server_repeats_its_page() -> None:
+    client = _PagedUploads([f"k{i}" for i in range(5)], repeat=True)
+    got = [u["Key"] async for u in list_uploads(client, "b", "")]
+    assert got == ["k0", "k1", "k0", "k1"]  # the first page twice, then it gives up
+    assert client.calls == 2
+
+
+async def test_cleanup_aborts_uploads_beyond_the_first_page(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any, s3_flavor: S3Flavor
+) -> None:
+    for i in range(5):
+        s3_client.create_multipart_upload(Bucket=s3_bucket, Key=f"q/snap{i}")
+    async with FsspecSnapshotStore(f"s3://{s3_bucket}/q", **s3_storage_options) as store:
+        s3 = await store.backend.client()  # type: ignore[attr-defined]
+        listed = [u["Key"] async for u in list_uploads(s3, s3_bucket, "q/", page_size=2)]
+        assert sorted(listed) == [f"q/snap{i}" for i in range(5)]
+        removed = await store.cleanup(older_than=0 if s3_flavor.dates_uploads else 3600)
+    assert len(removed) == 5, removed
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

@@ -23,7 +23,13 @@ from fstransport.options import RetryPolicy
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.backends.fsspec import Found, FsspecBackend
-from fstransport.storage.backends.s3.client import is_s3, open_s3, s3_object_info, split_bucket_key
+from fstransport.storage.backends.s3.client import (
+    is_s3,
+    list_uploads,
+    open_s3,
+    s3_object_info,
+    split_bucket_key,
+)
 from fstransport.storage.backends.s3.multipart import MultipartSink
 from fstransport.storage.backends.s3.ranged import (
     DEFAULT_RANGED_THRESHOLD,
@@ -214,12 +220,15 @@ class S3Backend(FsspecBackend):
         s3 = await self.client()
         with storage_errors(f"s3://{path}", "abort uploads"):
             try:
-                listing = await s3._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+                found = [
+                    u["UploadId"]
+                    async for u in list_uploads(s3, bucket, key)
+                    if u.get("Key") == key
+                ]
             except FileNotFoundError:  # no bucket, so no uploads
                 return
-            for upload in listing.get("Uploads", []):
-                if upload.get("Key") == key:
-                    await self._abort_upload(s3, bucket, key, upload["UploadId"])
+            for upload_id in found:
+                await self._abort_upload(s3, bucket, key, upload_id)
 
     @staticmethod
     async def _abort_upload(s3: Any, bucket: str, key: str, upload_id: str) -> None:
@@ -236,8 +245,8 @@ class S3Backend(FsspecBackend):
         prefix = f"{prefix}/" if prefix else ""
         s3 = await self.client()
         with storage_errors(f"s3://{self.store.root}", "list uploads"):
-            listing = await s3._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
-        for upload in listing.get("Uploads", []):
+            uploads = [upload async for upload in list_uploads(s3, bucket, prefix)]
+        for upload in uploads:
             key = str(upload.get("Key", ""))
             name = key[len(prefix) :]
             if name.startswith(f"{PACKED_DIR}/"):  # a directory snapshot's packed stream

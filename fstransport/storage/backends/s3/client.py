@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import copy
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fstransport.errors import SourceChanged, StorageError
@@ -23,6 +24,7 @@ __all__ = [
     "crc32c_header",
     "full_object_default",
     "is_s3",
+    "list_uploads",
     "open_s3",
     "precondition_failed",
     "s3_object_info",
@@ -92,6 +94,29 @@ async def open_s3(storage_options: dict[str, Any]) -> Any:
 
 
 _shared_session: Any = None
+
+
+async def list_uploads(
+    s3: Any, bucket: str, prefix: str, *, page_size: int | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Every incomplete multipart upload under `prefix` in `bucket`, page after page
+    (ListMultipartUploads answers at most 1,000 at a time and says ``IsTruncated``).
+    `FileNotFoundError` when the bucket does not exist."""
+    markers: dict[str, str] = {}
+    extra: dict[str, Any] = {} if page_size is None else {"MaxUploads": page_size}
+    while True:
+        listing = await s3._call_s3(
+            "list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers, **extra
+        )
+        for upload in listing.get("Uploads", []):
+            yield upload
+        key_marker = listing.get("NextKeyMarker") or ""
+        id_marker = listing.get("NextUploadIdMarker") or ""
+        if not listing.get("IsTruncated") or not (key_marker or id_marker):
+            return
+        if markers == {"KeyMarker": key_marker, "UploadIdMarker": id_marker}:
+            return  # a server that repeats its page would loop forever
+        markers = {"KeyMarker": key_marker, "UploadIdMarker": id_marker}
 
 
 def split_bucket_key(path: str) -> tuple[str, str]:

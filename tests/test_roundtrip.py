@@ -15,6 +15,7 @@ from fstransport import (
     FsspecSnapshotStore,
     LoopbackNetwork,
     Receiver,
+    RemoteError,
     ReplicationClosed,
     StorageError,
     TransferOptions,
@@ -171,3 +172,36 @@ async def test_store_options_of_the_wrong_type_are_configuration_errors(
 ) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         await ship("memory://nowhere.bin", str(tmp_path / "out.bin"), store_options=options)
+
+
+async def test_ship_refuses_a_target_that_is_a_pipe_and_leaves_it_alone(tmp_path: Path) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(payload(3 * CHUNK, seed=4))
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(ConfigurationError, match="a device, a pipe or a socket"):
+        await ship(str(source), str(pipe), options=TransferOptions(chunk_size=CHUNK))
+    assert pipe.is_fifo()
+    assert not (tmp_path / ".fstransport").exists()  # nothing was sent or staged
+
+
+async def test_a_receiver_never_installs_over_a_pipe(tmp_path: Path) -> None:
+    """A peer that names a pipe in the store's folder gets a permanent storage error at
+    install, and the pipe stays (the same rule as devices, which need root to make)."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(payload(3 * CHUNK, seed=5))
+    os.mkfifo(tmp_path / "named")
+    async with FsspecSnapshotStore(str(tmp_path)) as store:
+        network = LoopbackNetwork(Receiver(store))
+        with pytest.raises(RemoteError, match="not a regular file") as caught:
+            await ship(
+                str(source),
+                "named",
+                network=network,
+                options=TransferOptions(chunk_size=CHUNK, delta="off"),
+            )
+        assert isinstance(caught.value.source, StorageError)
+        assert not caught.value.source.retryable
+        assert network.requests == 3  # each chunk once: a permanent error is not retried
+        assert (tmp_path / "named").is_fifo()
+        assert not await store.has_partial("named")

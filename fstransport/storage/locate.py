@@ -10,8 +10,9 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from fstransport.errors import ConfigurationError
+from fstransport.errors import ConfigurationError, StorageError
 from fstransport.storage._errors import storage_errors
+from fstransport.storage.backends.local import refuse_special
 from fstransport.storage.backends.s3 import is_s3
 
 __all__ = ["is_directory", "split_target"]
@@ -36,6 +37,11 @@ async def split_target(
             )
     if (target_url.endswith("/") and not tree) or not path.strip("/") or is_dir:
         raise ConfigurationError(f"target {target_url!r} must name a file, not a folder")
+    if isinstance(fs, LocalFileSystem) and not tree:
+        try:  # installing renames over the name: found now, before anything is sent
+            await asyncio.to_thread(refuse_special, path)
+        except StorageError as exc:
+            raise ConfigurationError(f"target {target_url!r}: {exc}") from None
     parent, _, name = path.rpartition("/")
     return fs, parent or "/", name
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fsspec.implementations.local import LocalFileSystem
 
+from fstransport.errors import StorageError
 from fstransport.messages import Snapshot, SnapshotMeta
 from fstransport.storage.backends.fsspec import Found, FsspecBackend
 from fstransport.storage.backends.local.journal import LocalJournal
@@ -24,7 +26,27 @@ from fstransport.tree import TreeTable, install_local_tree
 if TYPE_CHECKING:
     from fstransport.storage.source import ReadSettings
 
-__all__ = ["LocalBackend", "LocalJournal", "PwriteSink"]
+__all__ = ["LocalBackend", "LocalJournal", "PwriteSink", "refuse_special"]
+
+
+def refuse_special(path: str) -> None:
+    """Raise a permanent `StorageError` when `path` exists and is a device, a FIFO or a socket:
+    installing renames over the name, and a snapshot must never replace ``/dev/sda`` (as root)
+    or a pipe someone reads.  A regular file, a symlink (the link is replaced, not what it points
+    to) or nothing at all may be replaced."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise StorageError(path, "install", exc) from exc
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        raise StorageError(
+            path,
+            "install",
+            reason="it is a device, a pipe or a socket, not a regular file",
+            retryable=False,
+        )
 
 
 class LocalBackend(FsspecBackend):
@@ -61,7 +83,11 @@ class LocalBackend(FsspecBackend):
         return sink, records
 
     async def install_file(self, sink: SnapshotSink, final: str) -> None:
-        await asyncio.to_thread(os.replace, sink.path, final)
+        def replace() -> None:
+            refuse_special(final)
+            os.replace(sink.path, final)
+
+        await asyncio.to_thread(replace)
 
     async def install_tree(self, snapshot: Snapshot, table: TreeTable, final: str) -> None:
         """Unpack into a staging folder and rename it into place (see `install_local_tree`)."""

@@ -156,6 +156,10 @@ def test_ship_json(tmp_path: Path) -> None:
             "argument --max-buffered: must be at least",
         ),
         (
+            ("serve", "/tmp/r", "--no-auth", "--min-body-rate", "fast"),
+            "argument --min-body-rate: not a rate: 'fast'",
+        ),
+        (
             ("ship", "a", "b", "--via", "http://127.0.0.1:1", "--cafile", "ca.pem"),
             "--cafile needs an https:// --via URL",
         ),

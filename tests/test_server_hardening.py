@@ -570,3 +570,15 @@ async def test_out_of_descriptors_is_noted_once_and_a_ship_goes_through(
     assert all(log.count(note) <= 1 for note in NOTES), log[-3000:]
     assert "Traceback" not in log
     assert len(log) < 100_000
+
+
+@pytest.mark.parametrize(("floor", "status"), [("0", 200), ("16", 408)])
+def test_the_body_rate_floor_is_set_on_the_command_line(
+    server: Any, floor: str, status: int
+) -> None:
+    """An 8-byte body at one byte per 0.3 s (about 3 B/s, 2.4 s in all, longer than the 1 s
+    window): ``--min-body-rate 0`` lets it finish, a floor of 16 B/s cuts it off with 408."""
+    srv = server("--idle-timeout", "1s", "--min-body-rate", floor)
+    assert trickle_body(srv.port, f"slow-{floor}", 8, threading.Event()) == status
+    assert ("BodyStalled" in srv.stderr()) == (status == 408)
+    assert "Traceback" not in srv.stderr()

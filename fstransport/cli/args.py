@@ -125,6 +125,14 @@ def bwlimit_arg(text: str) -> int:
     return int(rate)
 
 
+def min_body_rate_arg(text: str) -> int:
+    """``serve --min-body-rate``: a rate as for ``--bwlimit``, or 0 (only a body that stops
+    altogether for a whole ``--idle-timeout`` is cut off)."""
+    if text.strip().removesuffix("/s") in {"0", "0B"}:
+        return 0
+    return bwlimit_arg(text)
+
+
 def positive_int(text: str) -> int:
     """A whole number of at least 1, as an argparse type."""
     try:

@@ -10,6 +10,7 @@ from fstransport.cli.args import (
     TOKEN_ENV,
     add_endpoint_option,
     add_s3_tuning,
+    min_body_rate_arg,
     port_arg,
     positive_duration_arg,
     positive_size_arg,
@@ -85,8 +86,8 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         type=positive_duration_arg,
         metavar="DURATION",
         help="a connection must send a request's headers within this, e.g. 30s or 2m; a body "
-        "slower than 64KiB/s over it gets 408; a transfer with no chunk for this long gives "
-        f"back its slot, keeping its partial data (default {IDLE_TIMEOUT_HELP})",
+        "slower than --min-body-rate over it gets 408; a transfer with no chunk for this long "
+        f"gives back its slot, keeping its partial data (default {IDLE_TIMEOUT_HELP})",
     )
     serve.add_argument(
         "--max-buffered",
@@ -94,6 +95,14 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         metavar="SIZE",
         help="chunk bodies held at once, e.g. 512MiB; requests beyond it get 503 and are "
         f"retried by their senders (default {MAX_BUFFERED_HELP})",
+    )
+    serve.add_argument(
+        "--min-body-rate",
+        type=min_body_rate_arg,
+        metavar="RATE",
+        help="a request body slower than RATE on average over each --idle-timeout gets 408 and "
+        "is retried by its sender, e.g. 16KiB or 1Mbit; 0 cuts off only a body that stops "
+        "(default 64KiB)",
     )
     serve.add_argument(
         "--max-snapshot-size",
@@ -146,6 +155,8 @@ async def run(args: argparse.Namespace) -> int:
         limits["idle_timeout"] = args.idle_timeout
     if args.max_buffered is not None:
         limits["max_buffered"] = args.max_buffered
+    if args.min_body_rate is not None:
+        limits["min_body_rate"] = args.min_body_rate
     access_file = None
     access_path = args.access_log or args.log_file  # rclone: --log-file takes serve's lines
     if access_path:

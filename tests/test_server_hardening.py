@@ -534,7 +534,7 @@ def hold_connections(port: int, count: int, stop: threading.Event) -> None:
             sock.close()
 
 
-NOTES = ("cannot accept connections", "connections open already")
+NOTES = ("cannot accept connections", "closing the oldest idle one")
 
 
 async def test_out_of_descriptors_is_noted_once_and_a_ship_goes_through(
@@ -581,4 +581,52 @@ def test_the_body_rate_floor_is_set_on_the_command_line(
     srv = server("--idle-timeout", "1s", "--min-body-rate", floor)
     assert trickle_body(srv.port, f"slow-{floor}", 8, threading.Event()) == status
     assert ("BodyStalled" in srv.stderr()) == (status == 408)
+    assert "Traceback" not in srv.stderr()
+
+
+def _open_from(address: str, port: int, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((address, 0))
+        sock.connect(("127.0.0.1", port))
+        socks.append(sock)
+        time.sleep(0.01)
+    return socks
+
+
+def _still_open(socks: list[socket.socket]) -> int:
+    alive = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            alive += sock.recv(1) != b""
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+    return alive
+
+
+async def test_one_peer_holds_at_most_its_share_of_connections(server: Any, tmp_path: Path) -> None:
+    """20 idle connections from 127.0.0.2 keep 4 open (``--max-connections-per-peer 4``);
+    a sender on 127.0.0.1 with 4 connections is not touched by them and ships."""
+    srv = server("--max-connections-per-peer", "4")
+    flood = await asyncio.to_thread(_open_from, "127.0.0.2", srv.port, 20)
+    try:
+        await asyncio.sleep(0.3)
+        assert _still_open(flood) == 4
+        data = payload(1 * MiB, seed=11)
+        (tmp_path / "fair.bin").write_bytes(data)
+        options = TransferOptions(chunk_size=64 * KiB, max_in_flight=4)
+        async with HttpNetwork(srv.url, token=TOKEN, connections=4) as net:
+            report = await ship(
+                str(tmp_path / "fair.bin"), "fair.bin", network=net, options=options
+            )
+        assert report.retries == 0  # none of its connections was closed under it
+    finally:
+        for sock in flood:
+            sock.close()
+    assert (tmp_path / "root" / "fair.bin").read_bytes() == data
+    assert srv.stderr().count("connections open from 127.0.0.2") == 1  # one note a minute
     assert "Traceback" not in srv.stderr()

@@ -13,6 +13,7 @@ from fstransport.cli.args import (
     min_body_rate_arg,
     port_arg,
     positive_duration_arg,
+    positive_int,
     positive_size_arg,
     s3_tuning,
     storage_options,
@@ -103,6 +104,13 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="a request body slower than RATE on average over each --idle-timeout gets 408 and "
         "is retried by its sender, e.g. 16KiB or 1Mbit; 0 cuts off only a body that stops "
         "(default 64KiB)",
+    )
+    serve.add_argument(
+        "--max-connections-per-peer",
+        type=positive_int,
+        metavar="N",
+        help="connections one address may hold open; beyond it its oldest idle one is closed "
+        "(default: half of what the descriptor limit allows)",
     )
     serve.add_argument(
         "--max-snapshot-size",
@@ -203,7 +211,7 @@ async def _serve(
             app = create_app(store, token=token, no_auth=token is None, receiver=receiver, **limits)
         finally:
             server_log.setLevel(level)
-        runner = make_runner(app)
+        runner = make_runner(app, max_connections_per_peer=args.max_connections_per_peer)
         await runner.setup()
         try:
             # reuse_address: a server restarted on the port of one that died binds at once,

@@ -1,7 +1,8 @@
 """Running the server: an aiohttp runner with the connection limits, and the accept guard.
 
 `make_runner` sets the header deadline and caps and keeps at most `max_connections`
-connections open (`ConnectionCap`, evicting idle ones first); `AcceptGuard` turns a flood of
+connections open, and at most `max_connections_per_peer` of one address (`ConnectionCap`,
+evicting idle ones first); `AcceptGuard` turns a flood of
 "out of file descriptors" errors in ``accept()`` into one log line a minute.
 """
 
@@ -116,65 +117,104 @@ def default_max_connections() -> int:
     return max(4, soft - FD_RESERVE)
 
 
+def _peer(transport: Any) -> str | None:
+    """The peer's address without its port (None for a socket that has none)."""
+    name = transport.get_extra_info("peername") if transport is not None else None
+    return str(name[0]) if isinstance(name, tuple) and name else None
+
+
 class ConnectionCap:
     """Takes the place of ``Server.connection_made``: at most `limit` connections stay open,
-    so that connections alone can never use up the descriptors the store needs.  When a new
-    connection would pass the limit, the oldest connection that is not in the middle of a
-    request (`busy`) is closed to make room — a flood of idle connections evicts itself, not
-    the senders that are sending — and if every one is busy, the new connection is closed.
-    Noted once a minute."""
+    so that connections alone can never use up the descriptors the store needs, and at most
+    `per_peer` from one address, so that one peer cannot take every slot.  When a new
+    connection would pass a limit, the oldest connection (of that peer, for the peer's limit)
+    that is not in the middle of a request (`busy`) is closed to make room — a flood of idle
+    connections evicts itself, not the senders that are sending — and if every one is busy,
+    the new connection is closed.  Noted once a minute."""
 
-    def __init__(self, server: Any, limit: int, busy: set[Any], quiet: float = 60.0) -> None:
+    def __init__(
+        self,
+        server: Any,
+        limit: int,
+        busy: set[Any],
+        quiet: float = 60.0,
+        *,
+        per_peer: int | None = None,
+    ) -> None:
         self._server = server
         self._register = server.connection_made
         self._limit = limit
+        self._per_peer = per_peer
         self._busy = busy
         self._quiet = quiet
         self._last = -quiet
         self._closed = 0
+        self._leaving: set[Any] = set()  # transports chosen to close, not closed yet
 
     def __call__(self, handler: Any, transport: asyncio.Transport) -> None:
-        connections = self._server.connections
         self._register(handler, transport)
-        if len(connections) < self._limit:
-            return
-        idle = [h for h in connections if h.transport not in self._busy]
+        connections = [h for h in self._server.connections if h.transport not in self._leaving]
+        peer = _peer(transport)
+        mine = [h for h in connections if _peer(h.transport) == peer] if peer else []
+        if self._per_peer is not None and len(mine) > self._per_peer:
+            self._evict(handler, mine, f"{len(mine) - 1} connections open from {peer}")
+        elif len(connections) >= self._limit:
+            self._evict(handler, connections, f"{self._limit} connections open (the limit)")
+
+    def _evict(self, handler: Any, among: list[Any], why: str) -> None:
+        idle = [h for h in among if h.transport not in self._busy]
         victim = idle[0] if idle else handler
         loop = asyncio.get_running_loop()
         # closed once aiohttp has started the connection's handler, as if the peer had gone
         # (closed here and now, a new connection's handler would start on a lost one)
         if victim.transport is not None:
-            loop.call_soon(victim.transport.abort)
+            self._leaving.add(victim.transport)
+            loop.call_soon(self._close, victim.transport)
         self._closed += 1
         now = loop.time()
         if now - self._last >= self._quiet:
             log.warning(
-                "%d connections open (the limit): closing the oldest idle one for each new "
-                "one, noted at most once a minute (%d closed so far)",
-                self._limit,
+                "%s: closing the oldest idle one for each new one, noted at most once a "
+                "minute (%d closed so far)",
+                why,
                 self._closed,
             )
             self._last = now
+
+    def _close(self, transport: Any) -> None:
+        self._leaving.discard(transport)
+        transport.abort()
 
 
 class Runner(web.AppRunner):
     """An `web.AppRunner` whose server keeps at most `max_connections` connections open."""
 
-    def __init__(self, app: web.Application, max_connections: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        max_connections: int,
+        per_peer: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self._max_connections = max_connections
+        self._per_peer = per_peer
 
     async def setup(self) -> None:
         await super().setup()
         server = self.server
         if server is not None:
             server.connection_made = ConnectionCap(  # type: ignore[method-assign]
-                server, self._max_connections, self.app[BUSY_KEY]
+                server, self._max_connections, self.app[BUSY_KEY], per_peer=self._per_peer
             )
 
 
 def make_runner(
-    app: web.Application, *, max_connections: int | None = None, **kwargs: Any
+    app: web.Application,
+    *,
+    max_connections: int | None = None,
+    max_connections_per_peer: int | None = None,
+    **kwargs: Any,
 ) -> web.AppRunner:
     """An aiohttp runner for an app of `create_app`, with the server's connection limits:
     a request's headers must arrive within the app's `idle_timeout` (aiohttp closes a
@@ -182,7 +222,9 @@ def make_runner(
     `MAX_HEADER_LINE` bytes, no transparent decompression of bodies, and its request-handler
     errors logged in one line, and at most `max_connections` connections open at once
     (default: `default_max_connections`, the descriptor limit less `FD_RESERVE`; connections
-    beyond it are closed at once).  `kwargs` go to `web.AppRunner` as they are."""
+    beyond it are closed at once), and at most `max_connections_per_peer` from one address
+    (default: half of `max_connections`, at least 4).  `kwargs` go to `web.AppRunner` as they
+    are."""
     settings: dict[str, Any] = {
         "keepalive_timeout": app.get(IDLE_TIMEOUT_KEY, IDLE_TIMEOUT),
         "max_line_size": MAX_HEADER_LINE,
@@ -193,6 +235,8 @@ def make_runner(
         "access_log": None,
     }
     limit = default_max_connections() if max_connections is None else max_connections
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigurationError(f"max_connections must be a positive integer, got {limit!r}")
-    return Runner(app, limit, **{**settings, **kwargs})
+    per_peer = max(4, limit // 2) if max_connections_per_peer is None else max_connections_per_peer
+    for name, value in (("max_connections", limit), ("max_connections_per_peer", per_peer)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return Runner(app, limit, per_peer, **{**settings, **kwargs})

@@ -90,35 +90,59 @@ def relay_settings(
 
 
 class _Progress:
-    """Calls `progress` with the bytes every target has acknowledged (the slowest one)."""
+    """Tells `progress` what every target has: the bytes all of them acknowledged (the
+    slowest one), and through its ``skip`` (if it has one) the bytes all of them held already."""
 
     def __init__(self, progress: ProgressCallback | None, targets: int) -> None:
         self.progress = progress
+        self.skip = getattr(progress, "skip", None)
         self.done = [0] * targets
+        self.held = [0] * targets
         self.live = set(range(targets))
-        self.reported = 0
+        self.reported = self.reported_held = 0
 
     def callback(self, index: int) -> ProgressCallback | None:
         if self.progress is None:
             return None
-
-        def acknowledged(n: int) -> None:
-            self.done[index] += n
-            self._report()
-
-        return acknowledged
+        return _TargetProgress(self, index)
 
     def finished(self, index: int) -> None:
         self.live.discard(index)
         self._report()
 
     def _report(self) -> None:
+        """Report the gain in bytes every live target has (acknowledged or held); of it,
+        what every one of them held goes to ``skip``, the rest to `progress`, so that the two
+        never add up to more than the snapshot."""
         if self.progress is None or not self.live:
             return
-        low = min(self.done[i] for i in self.live)
-        if low > self.reported:
-            self.progress(low - self.reported)
-            self.reported = low
+        covered = min(self.done[i] + self.held[i] for i in self.live)
+        gain = covered - self.reported - self.reported_held
+        if gain <= 0:
+            return
+        held = min(self.held[i] for i in self.live) - self.reported_held
+        skipped = min(max(0, held), gain) if callable(self.skip) else 0
+        if skipped and callable(self.skip):
+            self.skip(skipped)
+            self.reported_held += skipped
+        if gain > skipped:
+            self.progress(gain - skipped)
+            self.reported += gain - skipped
+
+
+class _TargetProgress:
+    """One target's progress callback, with ``skip`` (see `ProgressCallback`)."""
+
+    def __init__(self, tracker: _Progress, index: int) -> None:
+        self.tracker, self.index = tracker, index
+
+    def __call__(self, nbytes: int) -> None:
+        self.tracker.done[self.index] += nbytes
+        self.tracker._report()
+
+    def skip(self, nbytes: int) -> None:
+        self.tracker.held[self.index] += nbytes
+        self.tracker._report()
 
 
 async def send_to_targets(

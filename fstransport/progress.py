@@ -64,6 +64,8 @@ class ProgressBar:
         self._updated_at = self._clock()
         self.refresh()
 
+    __call__ = update  # a `ProgressCallback`: ``ship(..., progress=bar)``
+
     def skip(self, nbytes: int) -> None:
         """The receiver already held `nbytes` bytes: they need not be sent."""
         self.skipped += nbytes

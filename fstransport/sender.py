@@ -51,7 +51,9 @@ __all__ = ["Chunked", "SendResult", "send_source"]
 log = logging.getLogger("fstransport.sender")
 
 ProgressCallback = Callable[[int], None]
-"""Called with the number of bytes just acknowledged."""
+"""Called with the number of bytes just acknowledged.  When it also has a ``skip(nbytes)``
+method (as `fstransport.progress.ProgressBar` has), that is called with the bytes the receiver
+already held and need not be sent (a resumed transfer, a delta's reused ranges)."""
 _T = TypeVar("_T")
 
 
@@ -195,6 +197,9 @@ class _Sender:
                 skipped = window.on_held(response.held)
                 if skipped:
                     log.info("receiver already holds %d bytes; not sending them", skipped)
+                    skip = getattr(self.progress, "skip", None)
+                    if callable(skip):
+                        skip(skipped)
             if self.progress is not None and plan.length:
                 self.progress(plan.length)
             if window.finished:

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+from fstransport import (
+    FsspecSnapshotStore,
+    InstallSnapshotRequest,
+    LoopbackNetwork,
+    Receiver,
+    SnapshotMeta,
+    TransferOptions,
+    ship,
+)
 from fstransport.progress import ProgressBar, format_eta
+from fstransport.transfer import DEFAULT_VOTE
+from tests.conftest import payload
 
 
 class Terminal(io.StringIO):
@@ -101,3 +113,78 @@ def test_a_long_overdue_estimate_turns_into_the_finishing_phase() -> None:
     bar.update(9 * 1024 * 1024)  # 9 MiB/s: 1 MiB left is about 0.1 s
     assert bar.line(now=1.05).endswith("ETA <1s")
     assert bar.line(now=3.0).endswith("completing upload…")
+
+
+class Recorder:
+    """A progress callback with ``skip``: what was acknowledged, apart from what was held."""
+
+    def __init__(self) -> None:
+        self.done = self.skipped = 0
+
+    def __call__(self, nbytes: int) -> None:
+        self.done += nbytes
+
+    def skip(self, nbytes: int) -> None:
+        self.skipped += nbytes
+
+
+async def _half_received(root: Path, data: bytes, chunk: int) -> Receiver:
+    """A receiver whose transfer of ``snap.bin`` got the first half of `data`, then stopped."""
+    store = FsspecSnapshotStore(str(root))
+    receiver = Receiver(store)
+    meta = SnapshotMeta("snap.bin", size=len(data))
+    for at in range(0, len(data) // 2, chunk):
+        piece = data[at : at + chunk]
+        await receiver.handle(InstallSnapshotRequest(DEFAULT_VOTE, meta, at, piece, False))
+    return receiver
+
+
+async def test_progress_is_told_held_bytes_apart_from_sent_ones(tmp_path: Path) -> None:
+    chunk, data = 64 * 1024, payload(1024 * 1024, seed=31)
+    (tmp_path / "src.bin").write_bytes(data)
+    receiver = await _half_received(tmp_path / "root", data, chunk)
+    seen = Recorder()
+    report = await ship(
+        str(tmp_path / "src.bin"),
+        "snap.bin",
+        network=LoopbackNetwork(receiver),
+        options=TransferOptions(chunk_size=chunk, delta="off"),
+        progress=seen,
+    )
+    # (the first chunk crosses again: the answer to it is what says the rest is held)
+    assert seen.skipped == report.bytes_skipped == len(data) // 2 - chunk
+    assert seen.done == len(data) - seen.skipped
+    assert (tmp_path / "root" / "snap.bin").read_bytes() == data
+
+
+async def test_a_fan_out_tells_held_bytes_only_as_far_as_every_target_has_them(
+    tmp_path: Path,
+) -> None:
+    chunk, data = 64 * 1024, payload(1024 * 1024, seed=32)
+    (tmp_path / "src.bin").write_bytes(data)
+    halfway = await _half_received(tmp_path / "a", data, chunk)
+    fresh = Receiver(FsspecSnapshotStore(str(tmp_path / "b")))
+    seen = Recorder()
+    await ship(
+        str(tmp_path / "src.bin"),
+        ["snap.bin", "snap.bin"],
+        network=[LoopbackNetwork(halfway), LoopbackNetwork(fresh)],
+        options=TransferOptions(chunk_size=chunk, delta="off"),
+        progress=seen,
+    )
+    # (b needed every byte, but a, finishing last, may be told what it held once b is done)
+    assert seen.skipped + seen.done == len(data)
+    assert seen.skipped <= len(data) // 2 - chunk
+    both = [await _half_received(tmp_path / r, data, chunk) for r in ("c", "d")]
+    seen = Recorder()
+    await ship(
+        str(tmp_path / "src.bin"),
+        ["snap.bin", "snap.bin"],
+        network=[LoopbackNetwork(r) for r in both],
+        options=TransferOptions(chunk_size=chunk, delta="off"),
+        progress=seen,
+    )
+    held = len(data) // 2 - chunk
+    assert (seen.skipped, seen.done) == (held, len(data) - held)
+    for root in "abcd":
+        assert (tmp_path / root / "snap.bin").read_bytes() == data

@@ -14,8 +14,6 @@ from fstransport.errors import ConfigurationError, FstransportError
 from fstransport.options import TransferOptions
 
 if TYPE_CHECKING:
-    import logging
-
     from fstransport.http.client import HttpNetwork
     from fstransport.network.base import Network
     from fstransport.progress import ProgressBar
@@ -66,29 +64,11 @@ async def resolve_target(args: argparse.Namespace, *, src_is_dir: bool = False) 
     return dst
 
 
-def _resume_notes(bar: ProgressBar, threshold: int) -> logging.Filter:
-    """A filter on the sender's log that tells `bar` about bytes the receiver already held
-    (the sender's note is the only place that says so while the copy runs), and passes on
-    only records at `threshold` or above (the level the user chose)."""
-    import logging
-
-    class Held(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            if record.msg == "receiver already holds %d bytes; not sending them":
-                held = record.args[0] if isinstance(record.args, tuple) else None
-                if isinstance(held, int):
-                    bar.skip(held)
-            return record.levelno >= threshold
-
-    return Held()
-
-
 async def run(args: argparse.Namespace) -> int:
     """Ship SRC to DST; print the report."""
     import asyncio
     import contextlib
     import json
-    import logging
     import sys
 
     from fstransport.cli.probe import probe, s3_cli_options
@@ -193,12 +173,6 @@ async def run(args: argparse.Namespace) -> int:
         bar = ProgressBar(
             None if files is not None else size, finishing=finishing, enabled=not args.quiet
         )
-        threshold = logging.getLogger("fstransport").getEffectiveLevel()
-        notes = _resume_notes(bar, threshold)
-        sender_log = logging.getLogger("fstransport.sender")
-        sender_level = sender_log.level
-        sender_log.setLevel(min(logging.INFO, threshold))  # the note must reach the filter
-        sender_log.addFilter(notes)
         ticker = asyncio.create_task(tick(bar))
         http: HttpNetwork | None = None
         network: Network | None = None
@@ -216,7 +190,7 @@ async def run(args: argparse.Namespace) -> int:
                 source_options=source_options,
                 target_options=target_options,
                 store_options=s3_tuning(args, dst),
-                progress=bar.update,
+                progress=bar,  # (told of resumed bytes through its skip)
                 checksum=args.checksum,
                 vote=vote,
                 server_side=True if args.server_side else None,
@@ -235,8 +209,6 @@ async def run(args: argparse.Namespace) -> int:
             ) from exc
         finally:
             ticker.cancel()
-            sender_log.removeFilter(notes)
-            sender_log.setLevel(sender_level)
             bar.close(completed=completed)
             if http is not None:
                 await http.close()

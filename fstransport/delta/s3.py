@@ -8,8 +8,9 @@ travels inside an uploaded part, read from the base with a ranged GET pinned by 
 
 `assemble_s3` runs a plan.  The target's CRC32C is known before anything is completed: reused
 ranges from the base's map (their ETag guarantees the base is the one the map describes; their
-keyed tags that the sender's bytes are the same), sent ranges from their bytes.  A failure or a
-cancel aborts the upload; the target appears only on completion.
+keyed tags that the sender's bytes are the same), sent ranges from the very bytes uploaded.  It
+must be the expected one, or nothing is completed.  A failure or a cancel aborts the upload;
+the target appears only on completion.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fstransport.checksum import chunk_crc, combine
-from fstransport.errors import ConfigurationError, SourceChanged, StorageError
+from fstransport.errors import ChecksumMismatch, ConfigurationError, SourceChanged, StorageError
 from fstransport.messages import Buffer
 from fstransport.options import RetryPolicy
 from fstransport.protocol.delta import SEND, DeltaMap, Recipe
@@ -35,8 +36,9 @@ from fstransport.storage.backends.s3.copy import (
     gather_all,
     head_source,
 )
+from fstransport.storage.backends.s3.upload import PartBody, etag_of
 
-__all__ = ["Part", "S3Assembly", "assemble_s3", "plan_parts", "recipe_crc"]
+__all__ = ["Part", "S3Assembly", "assemble_s3", "plan_parts", "recipe_crc", "uploaded_crc"]
 
 UPLOAD_PART_SIZE = 8 * 1024 * 1024
 """Preferred size of an uploaded part."""
@@ -111,6 +113,27 @@ def recipe_crc(recipe: Recipe, base_map: DeltaMap, sent_crcs: list[int]) -> int:
     return crc
 
 
+def uploaded_crc(
+    recipe: Recipe, base_map: DeltaMap | None, pieces: list[tuple[int, int, int]]
+) -> int:
+    """The CRC32C of the target as uploaded: reused ranges from `base_map`, sent ranges from
+    `pieces` (``(offset, length, crc)`` of the sent bytes as they went into uploaded parts,
+    which must tile them); `StorageError` when they do not."""
+    crc, sent, i = 0, sorted(pieces), 0
+    for at, length, base in recipe.targets():
+        if base != SEND:
+            if base_map is None:
+                raise ConfigurationError("a recipe that reuses ranges needs the base's map")
+            crc = combine(crc, base_map.crc_of(base, length), length)
+            continue
+        end = at + length
+        while at < end:
+            if i >= len(sent) or sent[i][0] != at or at + sent[i][1] > end:
+                raise StorageError("delta", "assemble", ValueError(f"sent bytes at {at} missing"))
+            crc, at, i = combine(crc, sent[i][2], sent[i][1]), at + sent[i][1], i + 1
+    return crc
+
+
 @dataclass
 class S3Assembly:
     """What `assemble_s3` did."""
@@ -129,15 +152,23 @@ ReadSent = Callable[[int, int], Awaitable[Buffer]]
 
 
 class _Run:
-    def __init__(self, fs: Any, base: S3Object, bucket: str, key: str, retry: RetryPolicy) -> None:
-        self.fs, self.base, self.bucket, self.key, self.retry = fs, base, bucket, key, retry
+    def __init__(
+        self, fs: Any, base: S3Object | None, bucket: str, key: str, retry: RetryPolicy
+    ) -> None:
+        self.fs, self.bucket, self.key, self.retry = fs, bucket, key, retry
+        self.base = base or S3Object(bucket, key, 0, "", None)  # (none: nothing is reused)
         self.url = f"s3://{bucket}/{key}"
-        self.base_url = f"s3://{base.bucket}/{base.key}"
+        self.base_url = f"s3://{self.base.bucket}/{self.base.key}"
+        self.sent: list[tuple[int, int, int]] = []
+        """``(offset, length, crc)`` of the sent bytes that went into uploaded parts."""
 
-    async def call(self, verb: str, operation: str, **params: Any) -> Any:
+    async def call(
+        self, verb: str, operation: str, *, body: Buffer | None = None, **params: Any
+    ) -> Any:
         async def attempt() -> Any:
+            extra = {} if body is None else {"Body": PartBody(body)}  # fresh for each attempt
             try:
-                return await self.fs._call_s3(operation, **params)
+                return await self.fs._call_s3(operation, **params, **extra)
             except Exception as exc:
                 if precondition_failed(exc):
                     raise SourceChanged(self.base_url, "reuse", exc) from exc
@@ -163,9 +194,10 @@ class _Run:
 
 async def _body(
     run: _Run, part: Part, targets: list[tuple[int, int, int]], read_sent: ReadSent
-) -> tuple[bytes, int]:
-    """An uploaded part's bytes and how many of them came from the base."""
-    pieces: list[Buffer] = []
+) -> tuple[bytearray, int]:
+    """An uploaded part's bytes and how many of them came from the base; the sent pieces'
+    CRCs go to ``run.sent``."""
+    data = bytearray(part.length)
     from_base = 0
     first = bisect_right(targets, (part.start, SEND, SEND)) - 1
     for at, length, base in targets[max(first, 0) :]:
@@ -175,14 +207,15 @@ async def _body(
         if a >= b:
             continue
         if base == SEND:
-            piece = await read_sent(a, b)
+            piece: Buffer = await read_sent(a, b)
             if len(piece) != b - a:
                 raise StorageError(run.url, "assemble", EOFError("a sent range is incomplete"))
-            pieces.append(piece)
+            run.sent.append((a, b - a, chunk_crc(piece)))
         else:
-            pieces.append(await run.read_base(base + (a - at), base + (b - at)))
+            piece = await run.read_base(base + (a - at), base + (b - at))
             from_base += b - a
-    return b"".join(pieces), from_base
+        data[a - part.start : b - part.start] = piece
+    return data, from_base
 
 
 async def assemble_s3(
@@ -190,7 +223,8 @@ async def assemble_s3(
     recipe: Recipe,
     plan: list[Part],
     *,
-    base: S3Object,
+    base: S3Object | None,
+    base_map: DeltaMap | None = None,
     bucket: str,
     key: str,
     read_sent: ReadSent,
@@ -199,20 +233,24 @@ async def assemble_s3(
     retry: RetryPolicy | None = None,
 ) -> S3Assembly:
     """Build ``s3://bucket/key`` from `plan` (`plan_parts` of `recipe`) with `fs` (a connected
-    ``S3FileSystem(asynchronous=True)``), `base` as its HEAD described it when its map was made.
+    ``S3FileSystem(asynchronous=True)``), `base` as its HEAD described it when its map
+    `base_map` was made (both None for a recipe that reuses nothing).
 
-    `expected_crc` is the target's CRC32C as `recipe_crc` computed it from the sent bytes' CRCs
-    (checked as they arrived) and the base map; the caller compares it with the snapshot's
-    checksum first and calls this only when they agree.  Each uploaded part carries its CRC32C
-    (S3 refuses a part that arrives otherwise).  Raises `SourceChanged` (the base's ETag
-    changed), `StorageError`.  No multipart upload is left behind.
+    `expected_crc` is the snapshot's CRC32C.  The target's is computed as the parts go up: the
+    sent bytes' from the bytes uploaded (`read_sent` gives them), the reused ranges' from
+    `base_map` (the ETag pin proves the bytes copied are the ones it describes); the upload is
+    completed only when the two agree.  Each uploaded part carries its CRC32C (S3 refuses a
+    part that arrives otherwise).  Raises `ChecksumMismatch` (``whole=True``), `SourceChanged`
+    (the base's ETag changed), `StorageError`.  No multipart upload is left behind.
     """
     if concurrency < 1:
         raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+    if recipe.reused and (base is None or base_map is None):
+        raise ConfigurationError("a recipe that reuses ranges needs its base and the base's map")
     run = _Run(fs, base, bucket, key, retry or RetryPolicy())
     result = S3Assembly(parts=len(plan))
     targets = recipe.targets()
-    target = {"Bucket": bucket, "Key": key}
+    target: dict[str, Any] = {"Bucket": bucket, "Key": key}
     created = await run.call(
         "create upload", "create_multipart_upload", ChecksumAlgorithm="CRC32C", **target
     )
@@ -228,9 +266,9 @@ async def assemble_s3(
                     "upload_part_copy",
                     UploadId=upload_id,
                     PartNumber=number,
-                    CopySource={"Bucket": base.bucket, "Key": base.key},
+                    CopySource={"Bucket": run.base.bucket, "Key": run.base.key},
                     CopySourceRange=f"bytes={part.base}-{part.base + part.length - 1}",
-                    CopySourceIfMatch=base.etag,
+                    CopySourceIfMatch=run.base.etag,
                     **target,
                 )
                 etags[number] = (str((answer.get("CopyPartResult") or {})["ETag"]), None)
@@ -241,9 +279,9 @@ async def assemble_s3(
             answer = await run.call(
                 f"upload part {number}",
                 "upload_part",
+                body=data,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=data,
                 ChecksumCRC32C=crc32c_header(crc),
                 **target,
             )
@@ -253,9 +291,18 @@ async def assemble_s3(
 
     try:
         await gather_all([one(n, p) for n, p in enumerate(plan, start=1)])
-        now = await head_source(fs, base.bucket, base.key, run.retry)
-        if (now.etag, now.size) != (base.etag, base.size):
-            raise SourceChanged(run.base_url, "reuse", ValueError("the base changed mid-copy"))
+        result.crc32c = uploaded_crc(recipe, base_map, run.sent)
+        if result.crc32c != expected_crc:
+            raise ChecksumMismatch(
+                f"{run.url} assembled from a delta",
+                f"crc32c:{expected_crc:08x}",
+                f"crc32c:{result.crc32c:08x}",
+                whole=True,
+            )
+        if base is not None:
+            now = await head_source(fs, base.bucket, base.key, run.retry)
+            if (etag_of(now.etag), now.size) != (etag_of(base.etag), base.size):
+                raise SourceChanged(run.base_url, "reuse", ValueError("the base changed mid-copy"))
         listed: list[dict[str, Any]] = []
         for number in range(1, len(plan) + 1):
             etag, crc = etags[number]
@@ -274,5 +321,4 @@ async def assemble_s3(
         with contextlib.suppress(StorageError):  # gone already, or the bucket is unreachable
             await run.call("abort upload", "abort_multipart_upload", UploadId=upload_id, **target)
         raise
-    result.crc32c = expected_crc
     return result

@@ -212,6 +212,14 @@ class FsspecSnapshotStore:
         self._sinks[snapshot_id] = sink
         return sink
 
+    async def replace_sink(self, snapshot_id: str, sink: SnapshotSink, new: SnapshotSink) -> None:
+        """Receive the rest of `snapshot_id` into `new` in place of `sink`, which is aborted (a
+        delta onto S3 spools its sent ranges: `fstransport.storage.backends.s3.delta`)."""
+        if self._sinks.get(snapshot_id) is not sink:
+            raise InvalidRequest(f"snapshot {snapshot_id!r} is not being received by this store")
+        self._sinks[snapshot_id] = new
+        await sink.abort()
+
     async def resume(self, meta: SnapshotMeta) -> tuple[SnapshotSink, list[ChunkRecord]] | None:
         """Reopen the partial data of the snapshot `meta` describes, left by an earlier receiver
         (of this process or one before it), with the chunks it holds; None if there is none.

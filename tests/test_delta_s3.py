@@ -16,11 +16,17 @@ from typing import Any
 import pytest
 
 from fstransport import TransferOptions
+from fstransport.checksum import chunk_crc
+from fstransport.errors import ChecksumMismatch
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta, Vote
 from fstransport.network.loopback import LoopbackNetwork
-from fstransport.options import KiB, MiB
+from fstransport.options import KiB, MiB, RetryPolicy
+from fstransport.protocol.delta import build_map, new_key, plan_recipe
 from fstransport.receiver import Receiver
 from fstransport.sender import send_source
+from fstransport.storage.backends.s3 import S3Backend
+from fstransport.storage.backends.s3.delta import S3DeltaSink
+from fstransport.storage.faults import flaky_s3
 from fstransport.storage.source import BufferSource
 from fstransport.storage.store import FsspecSnapshotStore
 from fstransport.transfer import ship
@@ -28,6 +34,7 @@ from tests.helpers import keys, object_bytes, s3_calls, uploads
 
 SIZE = 24 * MiB
 OPTIONS = TransferOptions(chunk_size=256 * KiB)
+FAST = RetryPolicy(max_attempts=2, initial_backoff=0.0, jitter=0.0)
 
 
 def pages_changed(base: bytes, pages: list[int], seed: int) -> bytes:
@@ -57,6 +64,11 @@ class Uploaded:
         return self.bytes["upload_part"] + self.bytes["put_object"]
 
 
+def s3_backend(store: FsspecSnapshotStore) -> S3Backend:
+    assert isinstance(store.backend, S3Backend)
+    return store.backend
+
+
 def spools() -> list[str]:
     return glob.glob(os.path.join(tempfile.gettempdir(), "fstransport-delta-*"))
 
@@ -76,9 +88,7 @@ async def test_a_delta_onto_s3_copies_unchanged_ranges_in_the_bucket(
         new = base[: 3 * MiB] + random.Random(3).randbytes(100) + base[3 * MiB :]
     source, target = tmp_path / "snap.bin", f"s3://{s3_bucket}/snaps/snap.bin"
     options = TransferOptions(chunk_size=256 * KiB, delta=mode)
-    source.write_bytes(base)
-    first = await ship(str(source), target, options=options, target_options=s3_storage_options)
-    assert (first.bytes_reused, first.bytes_sent) == (0, SIZE)  # nothing to build on yet
+    s3_client.put_object(Bucket=s3_bucket, Key="snaps/snap.bin", Body=base)  # the base
     source.write_bytes(new)
     count = Uploaded()
     with s3_calls(before=count.before) as calls:
@@ -170,9 +180,8 @@ async def test_changes_in_one_region_upload_only_that_region(
     pages += [region[0] // 4096, region[1] // 4096 - 1]  # its first and last page
     new = pages_changed(base, pages, seed=10)
     source, target = tmp_path / "big.bin", f"s3://{s3_bucket}/big.bin"
-    source.write_bytes(base)
+    s3_client.put_object(Bucket=s3_bucket, Key="big.bin", Body=base)  # the base
     options = TransferOptions(chunk_size=MiB)
-    await ship(str(source), target, options=options, target_options=s3_storage_options)
     source.write_bytes(new)
     count = Uploaded()
     with s3_calls(before=count.before):
@@ -182,3 +191,83 @@ async def test_changes_in_one_region_upload_only_that_region(
     assert count.uploaded <= region[1] - region[0]
     assert count.bytes["copied"] == size - count.uploaded
     assert uploads(s3_client, s3_bucket) == []
+
+
+async def test_assembly_never_completes_on_bytes_that_do_not_add_up(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """The target's CRC32C is computed from the bytes uploaded: a spooled range damaged after
+    it was checked on arrival is caught before completion, and the upload is aborted."""
+    base = random.Random(11).randbytes(12 * MiB)
+    new = pages_changed(base, [10, 1500], seed=12)
+    s3_client.put_object(Bucket=s3_bucket, Key="base.bin", Body=base)
+    store = FsspecSnapshotStore(f"s3://{s3_bucket}", **s3_storage_options)
+    bases = store.backend.delta_base()
+    assert bases is not None
+    found = await bases.map_base("base.bin", "blocks", new_key())
+    assert found is not None
+    source_map = build_map("blocks", new, key=found.map.key, block_size=found.map.block_size)
+    recipe = plan_recipe(found.map, source_map)
+    meta = SnapshotMeta("new.bin", size=len(new))
+    sink = await S3DeltaSink.create(
+        await s3_backend(store).client(), s3_bucket, "new.bin", meta, FAST
+    )
+    try:
+        for a, b in recipe.sends():
+            damaged = bytes([new[a] ^ 1]) + new[a + 1 : b]  # (as if the disk had flipped a bit)
+            await sink.write(a, damaged, chunk_crc(new[a:b]))
+        with pytest.raises(ChecksumMismatch) as caught:
+            await bases.assemble(sink, found, recipe, chunk_crc(new))
+        assert caught.value.whole
+    finally:
+        await sink.abort()
+        await store.close()
+    assert keys(s3_client, s3_bucket) == ["base.bin"]
+    assert uploads(s3_client, s3_bucket) == []
+
+
+async def test_a_spool_without_a_recipe_is_uploaded_whole(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """A new sender whose exchange found no base any more sends everything into the spool:
+    finishing uploads it whole, checked against the snapshot's CRC32C."""
+    data = random.Random(13).randbytes(7 * MiB + 5)
+    store = FsspecSnapshotStore(f"s3://{s3_bucket}", **s3_storage_options)
+    meta = SnapshotMeta("s.bin", size=len(data))
+    client = await s3_backend(store).client()
+    sink = await S3DeltaSink.create(client, s3_bucket, "s.bin", meta, FAST)
+    for at in range(0, len(data), MiB):
+        await sink.write_checked(at, data[at : at + MiB])
+    sink.whole_crc = chunk_crc(data) ^ 1
+    with pytest.raises(ChecksumMismatch):
+        await sink.finish()
+    assert uploads(s3_client, s3_bucket) == []
+    sink = await S3DeltaSink.create(client, s3_bucket, "s.bin", meta, FAST)
+    for at in range(0, len(data), MiB):
+        await sink.write_checked(at, data[at : at + MiB])
+    sink.whole_crc = chunk_crc(data)
+    await sink.finish()
+    await store.close()
+    assert object_bytes(s3_client, s3_bucket, "s.bin") == data
+    assert uploads(s3_client, s3_bucket) == []
+    assert spools() == []
+
+
+async def test_a_bucket_that_refuses_copies_leaves_no_upload(
+    tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """Every ``UploadPartCopy`` fails: the assembly's upload is aborted, the transfer starts
+    over in full, and what is installed is the new snapshot, whole."""
+    base = random.Random(14).randbytes(12 * MiB)
+    new = pages_changed(base, [2000], seed=15)
+    source, target = tmp_path / "snap.bin", f"s3://{s3_bucket}/snap.bin"
+    source.write_bytes(base)
+    await ship(str(source), target, options=OPTIONS, target_options=s3_storage_options)
+    source.write_bytes(new)
+    with flaky_s3(1.0, operations=frozenset({"upload_part_copy"})) as faults:
+        report = await ship(str(source), target, options=OPTIONS, target_options=s3_storage_options)
+    assert faults.total > 0
+    assert object_bytes(s3_client, s3_bucket, "snap.bin") == new
+    assert report.bytes_reused == 0
+    assert uploads(s3_client, s3_bucket) == []
+    assert spools() == []

@@ -196,26 +196,36 @@ async def _body(
     run: _Run, part: Part, targets: list[tuple[int, int, int]], read_sent: ReadSent
 ) -> tuple[bytearray, int]:
     """An uploaded part's bytes and how many of them came from the base; the sent pieces'
-    CRCs go to ``run.sent``."""
+    CRCs go to ``run.sent``.  The reused pieces are read from the base with one ranged GET
+    over all of them where they lie close together (a few between changed pages), else one
+    GET each."""
     data = bytearray(part.length)
-    from_base = 0
     first = bisect_right(targets, (part.start, SEND, SEND)) - 1
+    pieces: list[tuple[int, int, int]] = []  # (target start, target end, base start)
     for at, length, base in targets[max(first, 0) :]:
         if at >= part.end:
             break
         a, b = max(at, part.start), min(at + length, part.end)
-        if a >= b:
-            continue
+        if a < b:
+            pieces.append((a, b, SEND if base == SEND else base + (a - at)))
+    reused = [(a, b, base) for a, b, base in pieces if base != SEND]
+    span: tuple[int, bytes] | None = None
+    if len(reused) > 1:
+        low, high = min(p[2] for p in reused), max(p[2] + p[1] - p[0] for p in reused)
+        if high - low <= 2 * part.length:
+            span = (low, await run.read_base(low, high))
+    for a, b, base in pieces:
         if base == SEND:
             piece: Buffer = await read_sent(a, b)
             if len(piece) != b - a:
                 raise StorageError(run.url, "assemble", EOFError("a sent range is incomplete"))
             run.sent.append((a, b - a, chunk_crc(piece)))
+        elif span is not None:
+            piece = memoryview(span[1])[base - span[0] : base - span[0] + b - a]
         else:
-            piece = await run.read_base(base + (a - at), base + (b - at))
-            from_base += b - a
+            piece = await run.read_base(base, base + b - a)
         data[a - part.start : b - part.start] = piece
-    return data, from_base
+    return data, sum(b - a for a, b, _ in reused)
 
 
 async def assemble_s3(

@@ -134,7 +134,7 @@ def print_table(size: int, rounds: int, seed: int) -> None:
     lines = s3_rounds(size, rounds, seed)
     print(f"## ship() onto S3 (moto), changes in one 8 MiB region, {rounds} rounds\n")
     print(f"{machine_info()['cpu']}, load {machine_info()['loadavg']}\n")
-    print("| delta | size | sent | reused | uploaded (of size) | copied in bucket | time | vs full |")
+    print("| delta | size | sent | reused | uploaded (of size) | copied | time | vs full |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(lines) + "\n")
 

@@ -5,6 +5,7 @@ installed wrong, no upload left); the bytes uploaded for changes in one region."
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import random
@@ -18,6 +19,7 @@ import pytest
 from fstransport import TransferOptions
 from fstransport.checksum import chunk_crc
 from fstransport.errors import ChecksumMismatch
+from fstransport.http.client import HttpNetwork
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta, Vote
 from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import KiB, MiB, RetryPolicy
@@ -29,8 +31,12 @@ from fstransport.storage.backends.s3.delta import S3DeltaSink
 from fstransport.storage.faults import flaky_s3
 from fstransport.storage.source import BufferSource
 from fstransport.storage.store import FsspecSnapshotStore
+from fstransport.testing import S3TestServer
 from fstransport.transfer import ship
 from tests.helpers import keys, object_bytes, s3_calls, uploads
+from tests.test_http_e2e import SHIP_TIMEOUT, TOKEN, StartServer, serve
+
+__all__ = ["serve"]  # the fixture, used by name
 
 SIZE = 24 * MiB
 OPTIONS = TransferOptions(chunk_size=256 * KiB)
@@ -271,3 +277,34 @@ async def test_a_bucket_that_refuses_copies_leaves_no_upload(
     assert report.bytes_reused == 0
     assert uploads(s3_client, s3_bucket) == []
     assert spools() == []
+
+
+async def test_a_delta_onto_s3_through_a_server_process(
+    serve: StartServer,
+    tmp_path: Path,
+    s3_server: S3TestServer,
+    s3_bucket: str,
+    s3_client: Any,
+) -> None:
+    base = random.Random(16).randbytes(16 * MiB)
+    new = pages_changed(base, [2048, 2050], seed=17)
+    s3_client.put_object(Bucket=s3_bucket, Key="received/snap.bin", Body=base)
+    server = serve(
+        f"s3://{s3_bucket}/received",
+        "--endpoint-url",
+        s3_server.endpoint_url,
+        "--token",
+        TOKEN,
+        env=s3_server.env,
+    )
+    source = tmp_path / "snap.bin"
+    source.write_bytes(new)
+    async with HttpNetwork(server.url, token=TOKEN) as net:
+        report = await asyncio.wait_for(
+            ship(str(source), "snap.bin", network=net, options=OPTIONS), SHIP_TIMEOUT
+        )
+    assert object_bytes(s3_client, s3_bucket, "received/snap.bin") == new
+    assert report.bytes_reused > 0.9 * len(new)
+    assert report.bytes_sent < 0.01 * len(new)
+    assert keys(s3_client, s3_bucket) == ["received/snap.bin"]
+    assert uploads(s3_client, s3_bucket) == []

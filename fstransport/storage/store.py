@@ -47,7 +47,7 @@ from fstransport.storage.journal import resumable
 from fstransport.storage.layout import FOLDERS, JOURNAL_DIR, PACKED_DIR, PARTIAL_DIR
 from fstransport.tree import TREE
 
-__all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
+__all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore", "replace_sink"]
 
 log = logging.getLogger("fstransport.store")
 
@@ -211,14 +211,6 @@ class FsspecSnapshotStore:
         sink = await self.backend.open_sink(meta)
         self._sinks[snapshot_id] = sink
         return sink
-
-    async def replace_sink(self, snapshot_id: str, sink: SnapshotSink, new: SnapshotSink) -> None:
-        """Receive the rest of `snapshot_id` into `new` in place of `sink`, which is aborted (a
-        delta onto S3 spools its sent ranges: `fstransport.storage.backends.s3.delta`)."""
-        if self._sinks.get(snapshot_id) is not sink:
-            raise InvalidRequest(f"snapshot {snapshot_id!r} is not being received by this store")
-        self._sinks[snapshot_id] = new
-        await sink.abort()
 
     async def resume(self, meta: SnapshotMeta) -> tuple[SnapshotSink, list[ChunkRecord]] | None:
         """Reopen the partial data of the snapshot `meta` describes, left by an earlier receiver
@@ -387,3 +379,14 @@ def _latest(records: list[ChunkRecord]) -> list[ChunkRecord]:
     for record in records:
         ledger.add(record.offset, record.length, record.crc)
     return ledger.records()
+
+
+async def replace_sink(
+    store: FsspecSnapshotStore, snapshot_id: str, sink: SnapshotSink, new: SnapshotSink
+) -> None:
+    """`store` receives the rest of `snapshot_id` into `new` in place of `sink`, which is
+    aborted (a delta onto S3 spools its sent ranges: `fstransport.storage.backends.s3.delta`)."""
+    if store._sinks.get(snapshot_id) is not sink:
+        raise InvalidRequest(f"snapshot {snapshot_id!r} is not being received by this store")
+    store._sinks[snapshot_id] = new
+    await sink.abort()

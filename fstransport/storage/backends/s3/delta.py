@@ -214,13 +214,15 @@ class S3Delta:
         return MappedBase(snapshot_id, base_map, pin)
 
     async def delta_sink(self, meta: SnapshotMeta, sink: SnapshotSink) -> SnapshotSink:
+        from fstransport.storage.store import replace_sink
+
         if isinstance(sink, S3DeltaSink):
             return sink
         bucket, key = split_bucket_key(self.store.upload_path(meta))
         client = await self.backend.client()
         new = await S3DeltaSink.create(client, bucket, key, meta, self.store.retry)
         try:
-            await self.store.replace_sink(meta.snapshot_id, sink, new)
+            await replace_sink(self.store, meta.snapshot_id, sink, new)
         except BaseException:
             await new.abort()
             raise

@@ -4,7 +4,8 @@
 
     flock /tmp/fstransport-bench.lock python benchmarks/bench_delta_s3.py [--scale 1.0] [--rounds 3]
 
-Each round puts the base back (a server-side copy of a pristine object, not timed), then times
+The final chunk may take `INSTALL_TIMEOUT` seconds (moto assembles slowly).  Each round puts
+the base back (a server-side copy of a pristine object, not timed), then times
 the ship.  What this process sends to S3 is counted by hooking s3fs's ``_call_s3``: bytes in
 request bodies (``UploadPart``, ``PutObject``) are "uploaded", ranges of ``UploadPartCopy`` are
 "copied" inside the bucket.  Rounds interleave the two modes; times are medians.  Every result
@@ -28,6 +29,9 @@ from harness import GiB, MiB, machine_info, make_data, moto_process, s3_client
 from fstransport.checksum import chunk_crc
 
 REGION_SIZE = 8 * MiB
+INSTALL_TIMEOUT = 600.0
+"""Seconds the final chunk may take (the default 60 s is too short for moto, which reads the
+whole source object for every ``UploadPartCopy`` and joins the parts of a 1 GiB object slowly)."""
 
 
 def changed_in_region(base: bytes, region: tuple[int, int], fraction: float, seed: int) -> bytes:
@@ -89,7 +93,7 @@ def s3_rounds(size: int, rounds: int, seed: int) -> list[str]:
                     ship(
                         str(source),
                         "s3://bench/snap.bin",
-                        options=TransferOptions(delta=mode),
+                        options=TransferOptions(delta=mode, install_timeout=INSTALL_TIMEOUT),
                         target_options=options,
                     )
                 )

@@ -9,6 +9,7 @@ import asyncio
 import glob
 import os
 import random
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -27,7 +28,7 @@ from fstransport.protocol.delta import build_map, new_key, plan_recipe
 from fstransport.receiver import Receiver
 from fstransport.sender import send_source
 from fstransport.storage.backends.s3 import S3Backend
-from fstransport.storage.backends.s3.delta import S3DeltaSink
+from fstransport.storage.backends.s3.delta import SPOOL_RESERVE, S3DeltaSink
 from fstransport.storage.faults import flaky_s3
 from fstransport.storage.source import BufferSource
 from fstransport.storage.store import FsspecSnapshotStore
@@ -307,4 +308,32 @@ async def test_a_delta_onto_s3_through_a_server_process(
     assert report.bytes_reused > 0.9 * len(new)
     assert report.bytes_sent < 0.01 * len(new)
     assert keys(s3_client, s3_bucket) == ["received/snap.bin"]
+    assert uploads(s3_client, s3_bucket) == []
+
+
+async def test_no_room_to_spool_means_a_full_transfer(
+    tmp_path: Path,
+    s3_bucket: str,
+    s3_storage_options: dict[str, Any],
+    s3_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A base is offered only when the temporary folder has room for the whole snapshot."""
+    base = random.Random(18).randbytes(6 * MiB)
+    new = pages_changed(base, [7], seed=19)
+    s3_client.put_object(Bucket=s3_bucket, Key="snap.bin", Body=base)
+    (tmp_path / "snap.bin").write_bytes(new)
+    full = shutil.disk_usage(tempfile.gettempdir())
+    monkeypatch.setattr(
+        "fstransport.storage.backends.s3.delta.shutil.disk_usage",
+        lambda path: full._replace(free=len(new) + SPOOL_RESERVE - 1),
+    )
+    report = await ship(
+        str(tmp_path / "snap.bin"),
+        f"s3://{s3_bucket}/snap.bin",
+        options=OPTIONS,
+        target_options=s3_storage_options,
+    )
+    assert (report.bytes_reused, report.bytes_sent) == (0, len(new))
+    assert object_bytes(s3_client, s3_bucket, "snap.bin") == new
     assert uploads(s3_client, s3_bucket) == []

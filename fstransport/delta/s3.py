@@ -33,6 +33,7 @@ from fstransport.storage.backends.s3.client import crc32c_header, precondition_f
 from fstransport.storage.backends.s3.copy import (
     DEFAULT_COPY_CONCURRENCY,
     S3Object,
+    copy_part_size,
     gather_all,
     head_source,
 )
@@ -42,6 +43,10 @@ __all__ = ["Part", "S3Assembly", "assemble_s3", "plan_parts", "recipe_crc", "upl
 
 UPLOAD_PART_SIZE = 8 * 1024 * 1024
 """Preferred size of an uploaded part."""
+COPY_SPLIT = 1024 * 1024 * 1024
+"""Largest copy part by default.  Not the 64 MiB of a server-side copy: moto (and so the tests)
+reads the whole base for every ``UploadPartCopy``; 1 GiB still lets a multi-GiB base's copies
+run side by side (8 at once) where one 5 GiB part could outlast the install timeout."""
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,20 @@ def _split(start: int, end: int, size: int, *, most: bool) -> list[tuple[int, in
     return out
 
 
-def plan_parts(recipe: Recipe, *, upload_part_size: int = UPLOAD_PART_SIZE) -> list[Part]:
-    """The parts of a multipart upload that builds `recipe`'s target.
+def plan_parts(
+    recipe: Recipe, *, upload_part_size: int = UPLOAD_PART_SIZE, copy_size: int | None = None
+) -> list[Part]:
+    """The parts of a multipart upload that builds `recipe`'s target.  A reused range is cut
+    into copy parts of at most `copy_size` bytes (default `COPY_SPLIT`, more where 10,000 parts
+    need it), so that a large object's copies run side by side.
 
     `ConfigurationError` when they would exceed S3's 10,000 parts (upload the whole instead).
     """
     if not MIN_PART_SIZE <= upload_part_size <= MAX_PART_SIZE // 2:
         raise ConfigurationError(f"an uploaded part is 5 MiB to 2.5 GiB, not {upload_part_size}")
+    copy_size = copy_size or copy_part_size(recipe.size, COPY_SPLIT)
+    if not 2 * MIN_PART_SIZE <= copy_size <= MAX_PART_SIZE:
+        raise ConfigurationError(f"a copied part is 10 MiB to 5 GiB, not {copy_size}")
     parts: list[Part] = []
     pending = 0  # the current uploaded stretch is [pending, at)
 
@@ -94,7 +106,7 @@ def plan_parts(recipe: Recipe, *, upload_part_size: int = UPLOAD_PART_SIZE) -> l
         if length - take < MIN_PART_SIZE and at + length < recipe.size:
             continue  # too short to give its head to the upload before it: upload it all
         flush(at + take)
-        for a, b in _split(at + take, at + length, MAX_PART_SIZE, most=True):
+        for a, b in _split(at + take, at + length, copy_size, most=True):
             parts.append(Part(a, b, base + (a - at)))
         pending = at + length
     flush(recipe.size)

@@ -19,12 +19,14 @@ import pytest
 
 from fstransport import TransferOptions
 from fstransport.checksum import chunk_crc
+from fstransport.delta.s3 import COPY_SPLIT, plan_parts
 from fstransport.errors import ChecksumMismatch
 from fstransport.http.client import HttpNetwork
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta, Vote
 from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import KiB, MiB, RetryPolicy
-from fstransport.protocol.delta import build_map, new_key, plan_recipe
+from fstransport.protocol.delta import SEND, Recipe, build_map, new_key, plan_recipe
+from fstransport.protocol.parts import MIN_PART_SIZE
 from fstransport.receiver import Receiver
 from fstransport.sender import send_source
 from fstransport.storage.backends.s3 import S3Backend
@@ -40,6 +42,7 @@ from tests.test_http_e2e import SHIP_TIMEOUT, TOKEN, StartServer, serve
 __all__ = ["serve"]  # the fixture, used by name
 
 SIZE = 24 * MiB
+GiB = 1 << 30
 OPTIONS = TransferOptions(chunk_size=256 * KiB)
 FAST = RetryPolicy(max_attempts=2, initial_backoff=0.0, jitter=0.0)
 
@@ -337,3 +340,17 @@ async def test_no_room_to_spool_means_a_full_transfer(
     assert (report.bytes_reused, report.bytes_sent) == (0, len(new))
     assert object_bytes(s3_client, s3_bucket, "snap.bin") == new
     assert uploads(s3_client, s3_bucket) == []
+
+
+def test_long_unchanged_ranges_are_copied_in_parts_of_at_most_1_gib() -> None:
+    size = 5 * GiB
+    recipe = Recipe(size, size, ((2 * GiB, 0), (8 * MiB, SEND), (size - 2 * GiB - 8 * MiB, 0)))
+    parts = plan_parts(recipe)
+    copies = [p for p in parts if p.base is not None]
+    assert len(copies) == 5  # 2 GiB in two parts, 3 GiB less 8 MiB in three
+    assert all(MIN_PART_SIZE <= p.length <= COPY_SPLIT for p in copies)
+    assert sum(p.length for p in parts if p.base is None) == 8 * MiB
+    assert [p.length for p in plan_parts(recipe, copy_size=4 * GiB) if p.base is not None] == [
+        2 * GiB,
+        size - 2 * GiB - 8 * MiB,
+    ]

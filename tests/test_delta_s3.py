@@ -20,7 +20,7 @@ import pytest
 from fstransport import TransferOptions
 from fstransport.checksum import chunk_crc
 from fstransport.delta.s3 import COPY_SPLIT, plan_parts
-from fstransport.errors import ChecksumMismatch
+from fstransport.errors import ChecksumMismatch, InvalidRequest
 from fstransport.http.client import HttpNetwork
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta, Vote
 from fstransport.network.loopback import LoopbackNetwork
@@ -354,3 +354,44 @@ def test_long_unchanged_ranges_are_copied_in_parts_of_at_most_1_gib() -> None:
         2 * GiB,
         size - 2 * GiB - 8 * MiB,
     ]
+
+
+async def test_a_new_sender_goes_on_with_the_spool(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """A sender dies after the recipe and a few chunks; the next one (a new exchange, a new
+    key) finds the spooled chunks (re-read and checked) and the result is whole."""
+    base = random.Random(20).randbytes(12 * MiB)
+    new = pages_changed(base, list(range(1000, 1040)), seed=21)
+    s3_client.put_object(Bucket=s3_bucket, Key="snap.bin", Body=base)
+    store = FsspecSnapshotStore(f"s3://{s3_bucket}", **s3_storage_options)
+    receiver = Receiver(store)
+    loop = LoopbackNetwork(receiver)
+    meta = SnapshotMeta("snap.bin")
+
+    class DiesAfter:
+        carries_delta = True
+        data_requests = 0
+
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            if req.delta is None:
+                self.data_requests += 1
+                if self.data_requests > 10:
+                    raise InvalidRequest("the sender's process died")  # fatal for the sender
+            return await loop.install_snapshot(req, option)
+
+    small = TransferOptions(chunk_size=4 * KiB, max_in_flight=1, delta="blocks")
+    with pytest.raises(InvalidRequest):
+        await send_source(DiesAfter(), Vote(1, 0), meta, BufferSource(new, "n"), None, small)
+    assert receiver.receiving == ["snap.bin"]
+    result = await send_source(loop, Vote(1, 0), meta, BufferSource(new, "n"), None, small)
+    await store.close()
+    assert result.completed
+    assert object_bytes(s3_client, s3_bucket, "snap.bin") == new
+    assert result.stats.bytes_reused > len(new) - 41 * 4096
+    assert result.stats.bytes_sent <= 30 * 4096 + 1 + 48 + 8 * (len(new) // 4096) + 16 * 90
+    assert keys(s3_client, s3_bucket) == ["snap.bin"]
+    assert uploads(s3_client, s3_bucket) == []
+    assert spools() == []

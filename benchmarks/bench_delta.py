@@ -208,7 +208,14 @@ def main() -> None:
     parser.add_argument("--ship", action="store_true", help="also run real ship() transfers")
     parser.add_argument("--ship-only", action="store_true", help="only the ship() transfers")
     parser.add_argument("--ship-scale", type=float, default=0.25, help="GiB of the ship runs")
+    parser.add_argument("--s3", action="store_true", help="only ship() onto S3: bench_delta_s3.py")
+    parser.add_argument("--s3-scale", type=float, default=1.0, help="GiB of the S3 object")
     args = parser.parse_args()
+    if args.s3:
+        from bench_delta_s3 import print_table
+
+        print_table(int(GiB * args.s3_scale) // 4096 * 4096, args.rounds, args.seed)
+        return
     if args.ship or args.ship_only:
         ship_size = int(GiB * args.ship_scale) // 4096 * 4096
         ship_lines = ship_rounds(ship_size, args.rounds, args.seed)

@@ -95,7 +95,10 @@ async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequ
     """A delta request (its stream's lock held): `answer_delta`; an offer waits in
     ``stream.state.offer`` for the answer (`Receiver.handle` takes it)."""
     latest = next(reversed(runner.rules.installed), None)
-    held, stream.state.offer = await answer_delta(runner.store, latest, stream.state, req)
+    assert stream.sink is not None
+    held, stream.state.offer, stream.sink = await answer_delta(
+        runner.store, latest, stream.state, req, stream.sink
+    )
     return None, held, None
 
 

@@ -187,6 +187,7 @@ async def run_s3(
         recipe,
         plan_parts(recipe),
         base=info,
+        base_map=base_map,
         bucket=bucket,
         key="new.bin",
         read_sent=read_sent,

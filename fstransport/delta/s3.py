@@ -8,8 +8,9 @@ travels inside an uploaded part, read from the base with a ranged GET pinned by 
 
 `assemble_s3` runs a plan.  The target's CRC32C is known before anything is completed: reused
 ranges from the base's map (their ETag guarantees the base is the one the map describes; their
-keyed tags that the sender's bytes are the same), sent ranges from their bytes.  A failure or a
-cancel aborts the upload; the target appears only on completion.
+keyed tags that the sender's bytes are the same), sent ranges from the very bytes uploaded.  It
+must be the expected one, or nothing is completed.  A failure or a cancel aborts the upload;
+the target appears only on completion.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fstransport.checksum import chunk_crc, combine
-from fstransport.errors import ConfigurationError, SourceChanged, StorageError
+from fstransport.errors import ChecksumMismatch, ConfigurationError, SourceChanged, StorageError
 from fstransport.messages import Buffer
 from fstransport.options import RetryPolicy
 from fstransport.protocol.delta import SEND, DeltaMap, Recipe
@@ -32,14 +33,20 @@ from fstransport.storage.backends.s3.client import crc32c_header, precondition_f
 from fstransport.storage.backends.s3.copy import (
     DEFAULT_COPY_CONCURRENCY,
     S3Object,
+    copy_part_size,
     gather_all,
     head_source,
 )
+from fstransport.storage.backends.s3.upload import PartBody, etag_of
 
-__all__ = ["Part", "S3Assembly", "assemble_s3", "plan_parts", "recipe_crc"]
+__all__ = ["Part", "S3Assembly", "assemble_s3", "plan_parts", "recipe_crc", "uploaded_crc"]
 
 UPLOAD_PART_SIZE = 8 * 1024 * 1024
 """Preferred size of an uploaded part."""
+COPY_SPLIT = 1024 * 1024 * 1024
+"""Largest copy part by default.  Not the 64 MiB of a server-side copy: moto (and so the tests)
+reads the whole base for every ``UploadPartCopy``; 1 GiB still lets a multi-GiB base's copies
+run side by side (8 at once) where one 5 GiB part could outlast the install timeout."""
 
 
 @dataclass(frozen=True)
@@ -70,13 +77,20 @@ def _split(start: int, end: int, size: int, *, most: bool) -> list[tuple[int, in
     return out
 
 
-def plan_parts(recipe: Recipe, *, upload_part_size: int = UPLOAD_PART_SIZE) -> list[Part]:
-    """The parts of a multipart upload that builds `recipe`'s target.
+def plan_parts(
+    recipe: Recipe, *, upload_part_size: int = UPLOAD_PART_SIZE, copy_size: int | None = None
+) -> list[Part]:
+    """The parts of a multipart upload that builds `recipe`'s target.  A reused range is cut
+    into copy parts of at most `copy_size` bytes (default `COPY_SPLIT`, more where 10,000 parts
+    need it), so that a large object's copies run side by side.
 
     `ConfigurationError` when they would exceed S3's 10,000 parts (upload the whole instead).
     """
     if not MIN_PART_SIZE <= upload_part_size <= MAX_PART_SIZE // 2:
         raise ConfigurationError(f"an uploaded part is 5 MiB to 2.5 GiB, not {upload_part_size}")
+    copy_size = copy_size or copy_part_size(recipe.size, COPY_SPLIT)
+    if not 2 * MIN_PART_SIZE <= copy_size <= MAX_PART_SIZE:
+        raise ConfigurationError(f"a copied part is 10 MiB to 5 GiB, not {copy_size}")
     parts: list[Part] = []
     pending = 0  # the current uploaded stretch is [pending, at)
 
@@ -92,7 +106,7 @@ def plan_parts(recipe: Recipe, *, upload_part_size: int = UPLOAD_PART_SIZE) -> l
         if length - take < MIN_PART_SIZE and at + length < recipe.size:
             continue  # too short to give its head to the upload before it: upload it all
         flush(at + take)
-        for a, b in _split(at + take, at + length, MAX_PART_SIZE, most=True):
+        for a, b in _split(at + take, at + length, copy_size, most=True):
             parts.append(Part(a, b, base + (a - at)))
         pending = at + length
     flush(recipe.size)
@@ -108,6 +122,27 @@ def recipe_crc(recipe: Recipe, base_map: DeltaMap, sent_crcs: list[int]) -> int:
     for _, length, base in recipe.targets():
         part = next(sent) if base == SEND else base_map.crc_of(base, length)
         crc = combine(crc, part, length)
+    return crc
+
+
+def uploaded_crc(
+    recipe: Recipe, base_map: DeltaMap | None, pieces: list[tuple[int, int, int]]
+) -> int:
+    """The CRC32C of the target as uploaded: reused ranges from `base_map`, sent ranges from
+    `pieces` (``(offset, length, crc)`` of the sent bytes as they went into uploaded parts,
+    which must tile them); `StorageError` when they do not."""
+    crc, sent, i = 0, sorted(pieces), 0
+    for at, length, base in recipe.targets():
+        if base != SEND:
+            if base_map is None:
+                raise ConfigurationError("a recipe that reuses ranges needs the base's map")
+            crc = combine(crc, base_map.crc_of(base, length), length)
+            continue
+        end = at + length
+        while at < end:
+            if i >= len(sent) or sent[i][0] != at or at + sent[i][1] > end:
+                raise StorageError("delta", "assemble", ValueError(f"sent bytes at {at} missing"))
+            crc, at, i = combine(crc, sent[i][2], sent[i][1]), at + sent[i][1], i + 1
     return crc
 
 
@@ -129,15 +164,23 @@ ReadSent = Callable[[int, int], Awaitable[Buffer]]
 
 
 class _Run:
-    def __init__(self, fs: Any, base: S3Object, bucket: str, key: str, retry: RetryPolicy) -> None:
-        self.fs, self.base, self.bucket, self.key, self.retry = fs, base, bucket, key, retry
+    def __init__(
+        self, fs: Any, base: S3Object | None, bucket: str, key: str, retry: RetryPolicy
+    ) -> None:
+        self.fs, self.bucket, self.key, self.retry = fs, bucket, key, retry
+        self.base = base or S3Object(bucket, key, 0, "", None)  # (none: nothing is reused)
         self.url = f"s3://{bucket}/{key}"
-        self.base_url = f"s3://{base.bucket}/{base.key}"
+        self.base_url = f"s3://{self.base.bucket}/{self.base.key}"
+        self.sent: list[tuple[int, int, int]] = []
+        """``(offset, length, crc)`` of the sent bytes that went into uploaded parts."""
 
-    async def call(self, verb: str, operation: str, **params: Any) -> Any:
+    async def call(
+        self, verb: str, operation: str, *, body: Buffer | None = None, **params: Any
+    ) -> Any:
         async def attempt() -> Any:
+            extra = {} if body is None else {"Body": PartBody(body)}  # fresh for each attempt
             try:
-                return await self.fs._call_s3(operation, **params)
+                return await self.fs._call_s3(operation, **params, **extra)
             except Exception as exc:
                 if precondition_failed(exc):
                     raise SourceChanged(self.base_url, "reuse", exc) from exc
@@ -163,26 +206,38 @@ class _Run:
 
 async def _body(
     run: _Run, part: Part, targets: list[tuple[int, int, int]], read_sent: ReadSent
-) -> tuple[bytes, int]:
-    """An uploaded part's bytes and how many of them came from the base."""
-    pieces: list[Buffer] = []
-    from_base = 0
+) -> tuple[bytearray, int]:
+    """An uploaded part's bytes and how many of them came from the base; the sent pieces'
+    CRCs go to ``run.sent``.  The reused pieces are read from the base with one ranged GET
+    over all of them where they lie close together (a few between changed pages), else one
+    GET each."""
+    data = bytearray(part.length)
     first = bisect_right(targets, (part.start, SEND, SEND)) - 1
+    pieces: list[tuple[int, int, int]] = []  # (target start, target end, base start)
     for at, length, base in targets[max(first, 0) :]:
         if at >= part.end:
             break
         a, b = max(at, part.start), min(at + length, part.end)
-        if a >= b:
-            continue
+        if a < b:
+            pieces.append((a, b, SEND if base == SEND else base + (a - at)))
+    reused = [(a, b, base) for a, b, base in pieces if base != SEND]
+    span: tuple[int, bytes] | None = None
+    if len(reused) > 1:
+        low, high = min(p[2] for p in reused), max(p[2] + p[1] - p[0] for p in reused)
+        if high - low <= 2 * part.length:
+            span = (low, await run.read_base(low, high))
+    for a, b, base in pieces:
         if base == SEND:
-            piece = await read_sent(a, b)
+            piece: Buffer = await read_sent(a, b)
             if len(piece) != b - a:
                 raise StorageError(run.url, "assemble", EOFError("a sent range is incomplete"))
-            pieces.append(piece)
+            run.sent.append((a, b - a, chunk_crc(piece)))
+        elif span is not None:
+            piece = memoryview(span[1])[base - span[0] : base - span[0] + b - a]
         else:
-            pieces.append(await run.read_base(base + (a - at), base + (b - at)))
-            from_base += b - a
-    return b"".join(pieces), from_base
+            piece = await run.read_base(base, base + b - a)
+        data[a - part.start : b - part.start] = piece
+    return data, sum(b - a for a, b, _ in reused)
 
 
 async def assemble_s3(
@@ -190,7 +245,8 @@ async def assemble_s3(
     recipe: Recipe,
     plan: list[Part],
     *,
-    base: S3Object,
+    base: S3Object | None,
+    base_map: DeltaMap | None = None,
     bucket: str,
     key: str,
     read_sent: ReadSent,
@@ -199,20 +255,24 @@ async def assemble_s3(
     retry: RetryPolicy | None = None,
 ) -> S3Assembly:
     """Build ``s3://bucket/key`` from `plan` (`plan_parts` of `recipe`) with `fs` (a connected
-    ``S3FileSystem(asynchronous=True)``), `base` as its HEAD described it when its map was made.
+    ``S3FileSystem(asynchronous=True)``), `base` as its HEAD described it when its map
+    `base_map` was made (both None for a recipe that reuses nothing).
 
-    `expected_crc` is the target's CRC32C as `recipe_crc` computed it from the sent bytes' CRCs
-    (checked as they arrived) and the base map; the caller compares it with the snapshot's
-    checksum first and calls this only when they agree.  Each uploaded part carries its CRC32C
-    (S3 refuses a part that arrives otherwise).  Raises `SourceChanged` (the base's ETag
-    changed), `StorageError`.  No multipart upload is left behind.
+    `expected_crc` is the snapshot's CRC32C.  The target's is computed as the parts go up: the
+    sent bytes' from the bytes uploaded (`read_sent` gives them), the reused ranges' from
+    `base_map` (the ETag pin proves the bytes copied are the ones it describes); the upload is
+    completed only when the two agree.  Each uploaded part carries its CRC32C (S3 refuses a
+    part that arrives otherwise).  Raises `ChecksumMismatch` (``whole=True``), `SourceChanged`
+    (the base's ETag changed), `StorageError`.  No multipart upload is left behind.
     """
     if concurrency < 1:
         raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+    if recipe.reused and (base is None or base_map is None):
+        raise ConfigurationError("a recipe that reuses ranges needs its base and the base's map")
     run = _Run(fs, base, bucket, key, retry or RetryPolicy())
     result = S3Assembly(parts=len(plan))
     targets = recipe.targets()
-    target = {"Bucket": bucket, "Key": key}
+    target: dict[str, Any] = {"Bucket": bucket, "Key": key}
     created = await run.call(
         "create upload", "create_multipart_upload", ChecksumAlgorithm="CRC32C", **target
     )
@@ -228,9 +288,9 @@ async def assemble_s3(
                     "upload_part_copy",
                     UploadId=upload_id,
                     PartNumber=number,
-                    CopySource={"Bucket": base.bucket, "Key": base.key},
+                    CopySource={"Bucket": run.base.bucket, "Key": run.base.key},
                     CopySourceRange=f"bytes={part.base}-{part.base + part.length - 1}",
-                    CopySourceIfMatch=base.etag,
+                    CopySourceIfMatch=run.base.etag,
                     **target,
                 )
                 etags[number] = (str((answer.get("CopyPartResult") or {})["ETag"]), None)
@@ -241,9 +301,9 @@ async def assemble_s3(
             answer = await run.call(
                 f"upload part {number}",
                 "upload_part",
+                body=data,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=data,
                 ChecksumCRC32C=crc32c_header(crc),
                 **target,
             )
@@ -253,9 +313,18 @@ async def assemble_s3(
 
     try:
         await gather_all([one(n, p) for n, p in enumerate(plan, start=1)])
-        now = await head_source(fs, base.bucket, base.key, run.retry)
-        if (now.etag, now.size) != (base.etag, base.size):
-            raise SourceChanged(run.base_url, "reuse", ValueError("the base changed mid-copy"))
+        result.crc32c = uploaded_crc(recipe, base_map, run.sent)
+        if result.crc32c != expected_crc:
+            raise ChecksumMismatch(
+                f"{run.url} assembled from a delta",
+                f"crc32c:{expected_crc:08x}",
+                f"crc32c:{result.crc32c:08x}",
+                whole=True,
+            )
+        if base is not None:
+            now = await head_source(fs, base.bucket, base.key, run.retry)
+            if (etag_of(now.etag), now.size) != (etag_of(base.etag), base.size):
+                raise SourceChanged(run.base_url, "reuse", ValueError("the base changed mid-copy"))
         listed: list[dict[str, Any]] = []
         for number in range(1, len(plan) + 1):
             etag, crc = etags[number]
@@ -274,5 +343,4 @@ async def assemble_s3(
         with contextlib.suppress(StorageError):  # gone already, or the bucket is unreachable
             await run.call("abort upload", "abort_multipart_upload", UploadId=upload_id, **target)
         raise
-    result.crc32c = expected_crc
     return result

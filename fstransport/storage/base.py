@@ -15,7 +15,8 @@ the interfaces without paying for the backends:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeGuard
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.errors import StorageError
@@ -23,13 +24,18 @@ from fstransport.messages import Buffer, ChunkData, Pieces, Snapshot, SnapshotMe
 from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._capabilities import implements
 
+if TYPE_CHECKING:
+    from fstransport.protocol.delta import DeltaMap, Recipe
+
 __all__ = [
     "CHECK_BLOCK",
     "NOTHING_LOST",
     "CheckedSink",
     "CheckedSource",
     "ChunkSource",
+    "DeltaBase",
     "Lost",
+    "MappedBase",
     "PiecesSink",
     "SnapshotSink",
     "SnapshotStore",
@@ -247,3 +253,44 @@ async def source_checksum(source: ChunkSource, step: int = 8 * 1024 * 1024) -> s
     for offset in range(0, source.size, step):
         crc = chunk_crc(await source.read(offset, min(step, source.size - offset)), crc)
     return format_checksum(crc)
+
+
+# -- delta bases -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MappedBase:
+    """An installed snapshot a store offers as a delta base: its id, its `map` and `pin`, what
+    its backend needs to reach exactly those bytes at assembly (a path; on S3 the object with
+    the ETag its map was read at)."""
+
+    snapshot_id: str
+    map: DeltaMap
+    pin: object
+
+
+class DeltaBase(Protocol):
+    """A store whose installed snapshots can be delta bases (``docs/delta.md``): one
+    implementation per backend that can (local folders, ``memory://``, S3), given by the
+    backend's ``delta_base()``; a backend without one receives every snapshot in full."""
+
+    def takes_delta(self, meta: SnapshotMeta, sink: SnapshotSink, holds: bool) -> bool:
+        """Whether the stream of `meta` writing into `sink` (`holds`: it holds data already)
+        can receive a delta at all."""
+
+    async def map_base(self, snapshot_id: str, mode: str, key: bytes) -> MappedBase | None:
+        """The installed file snapshot `snapshot_id` mapped in `mode` with `key` (read once);
+        None when it is not held or cannot be read."""
+
+    async def delta_sink(self, meta: SnapshotMeta, sink: SnapshotSink) -> SnapshotSink:
+        """The sink a delta's sent ranges go to, once a recipe came: `sink`, or one the store
+        put in its place (`sink` then aborted)."""
+
+    async def assemble(
+        self, sink: SnapshotSink, base: MappedBase, recipe: Recipe, expected: int
+    ) -> tuple[int, int]:
+        """Build the target from `base` (the recipe's copied ranges) and `sink` (its sent
+        ranges); return its CRC32C, computed from the bytes sent and the copied ranges' own
+        bytes (or the base map's CRCs of them, where the pin proves the base unchanged), and the
+        bytes copied.  Never makes a target whose CRC32C is not `expected` visible: raises
+        `ChecksumMismatch` (``whole=True``) or `SourceChanged` (the base changed) first."""

@@ -47,7 +47,7 @@ from fstransport.storage.journal import resumable
 from fstransport.storage.layout import FOLDERS, JOURNAL_DIR, PACKED_DIR, PARTIAL_DIR
 from fstransport.tree import TREE
 
-__all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore"]
+__all__ = ["FsspecSnapshotStore", "SinkKind", "SnapshotStore", "replace_sink"]
 
 log = logging.getLogger("fstransport.store")
 
@@ -379,3 +379,14 @@ def _latest(records: list[ChunkRecord]) -> list[ChunkRecord]:
     for record in records:
         ledger.add(record.offset, record.length, record.crc)
     return ledger.records()
+
+
+async def replace_sink(
+    store: FsspecSnapshotStore, snapshot_id: str, sink: SnapshotSink, new: SnapshotSink
+) -> None:
+    """`store` receives the rest of `snapshot_id` into `new` in place of `sink`, which is
+    aborted (a delta onto S3 spools its sent ranges: `fstransport.storage.backends.s3.delta`)."""
+    if store._sinks.get(snapshot_id) is not sink:
+        raise InvalidRequest(f"snapshot {snapshot_id!r} is not being received by this store")
+    store._sinks[snapshot_id] = new
+    await sink.abort()

@@ -21,7 +21,7 @@ from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.backends.files import SeekableFileSink, SequentialSink, discard_file
 from fstransport.storage.backends.objects import install_object_tree
-from fstransport.storage.base import ChunkSource, SnapshotSink, VerifyingSink
+from fstransport.storage.base import ChunkSource, DeltaBase, SnapshotSink, VerifyingSink
 from fstransport.storage.layout import OLD_DIR, PARTIAL_DIR, STAGING_DIR
 from fstransport.tree import TREE, TreeTable, read_table
 
@@ -68,6 +68,11 @@ class FsspecBackend:
 
     async def close(self, sinks: Sequence[SnapshotSink], *, idle: bool) -> None:
         """The store is closed while `sinks` are receiving (`idle`: none is, none is finished)."""
+
+    def delta_base(self) -> DeltaBase | None:
+        """How the store's snapshots serve as delta bases; None: they do not (every snapshot
+        is received in full)."""
+        return None
 
     # -- receiving ----------------------------------------------------------------------------
 

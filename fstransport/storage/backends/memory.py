@@ -4,11 +4,14 @@ dict update."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
+from fstransport.checksum import chunk_crc
+from fstransport.errors import SourceChanged
 from fstransport.messages import Buffer, SnapshotMeta
 from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._errors import storage_errors
@@ -16,7 +19,9 @@ from fstransport.storage.backends.fsspec import Found, FsspecBackend
 from fstransport.storage.base import (
     NOTHING_LOST,
     ChunkSource,
+    DeltaBase,
     Lost,
+    MappedBase,
     SnapshotSink,
     aborted,
     checked_blocks,
@@ -24,9 +29,11 @@ from fstransport.storage.base import (
 from fstransport.storage.journal import header, parse_records, record_line, verified
 
 if TYPE_CHECKING:
+    from fstransport.protocol.delta import Recipe
     from fstransport.storage.source import ReadSettings
+    from fstransport.storage.store import FsspecSnapshotStore
 
-__all__ = ["MemoryBackend", "MemoryJournal", "MemorySink"]
+__all__ = ["MemoryBackend", "MemoryDelta", "MemoryJournal", "MemorySink"]
 
 
 class MemoryBackend(FsspecBackend):
@@ -46,6 +53,9 @@ class MemoryBackend(FsspecBackend):
             return MemorySink(self.fs, path)
         journal = self.store.journal_path(meta.snapshot_id)
         return MemorySink(self.fs, path, MemoryJournal.create(self.fs, journal, meta))
+
+    def delta_base(self) -> DeltaBase | None:
+        return MemoryDelta(self.store) if self.store.sink_kind == "auto" else None
 
     async def find_partial(self, meta: SnapshotMeta) -> Found | None:
         if self.store.sink_kind != "auto":
@@ -156,6 +166,60 @@ class MemorySink:
         if self._journal is None:
             await self.abort()
         self._aborted = True
+
+
+class MemoryDelta:
+    """The `DeltaBase` of a ``memory://`` store: bases mapped and copied in memory."""
+
+    def __init__(self, store: FsspecSnapshotStore) -> None:
+        self.store = store
+        self.fs: MemoryFileSystem = store.fs
+
+    def _file(self, path: str) -> MemoryFile | None:
+        found = self.fs.store.get(path)
+        return found if isinstance(found, MemoryFile) else None
+
+    def takes_delta(self, meta: SnapshotMeta, sink: SnapshotSink, holds: bool) -> bool:
+        return True
+
+    async def map_base(self, snapshot_id: str, mode: str, key: bytes) -> MappedBase | None:
+        from fstransport.protocol.delta import build_map
+
+        try:
+            path = self.store.path(snapshot_id)
+        except Exception:  # an id the store would refuse: never a base
+            return None
+        found = self._file(path)
+        if found is None:
+            return None
+        with found.getbuffer() as view:  # (an installed file is not written to)
+            base_map = await asyncio.to_thread(build_map, mode, view, key=key)
+        return MappedBase(snapshot_id, base_map, path)
+
+    async def delta_sink(self, meta: SnapshotMeta, sink: SnapshotSink) -> SnapshotSink:
+        return sink
+
+    async def assemble(
+        self, sink: SnapshotSink, base: MappedBase, recipe: Recipe, expected: int
+    ) -> tuple[int, int]:
+        from fstransport.protocol.delta import SEND
+
+        base_path = str(base.pin)
+        target, source = self._file(sink.path), self._file(base_path)
+        if target is None:
+            raise SourceChanged(sink.path, "assemble", FileNotFoundError(sink.path))
+        data = b"" if source is None else source.getvalue()
+        if source is None or len(data) != recipe.base_size:
+            raise SourceChanged(base_path, "reuse", ValueError("the delta base changed"))
+        reused = 0
+        for at, length, base_at in recipe.targets():
+            if base_at != SEND:
+                target.seek(at)
+                target.write(data[base_at : base_at + length])
+                reused += length
+        target.truncate(recipe.size)
+        with target.getbuffer() as view:
+            return chunk_crc(view[: recipe.size]), reused
 
 
 class MemoryJournal:

@@ -16,9 +16,10 @@ from fsspec.implementations.local import LocalFileSystem
 from fstransport.errors import StorageError
 from fstransport.messages import Snapshot, SnapshotMeta
 from fstransport.storage.backends.fsspec import Found, FsspecBackend
+from fstransport.storage.backends.local.delta import LocalDelta
 from fstransport.storage.backends.local.journal import LocalJournal
 from fstransport.storage.backends.local.sink import PwriteSink
-from fstransport.storage.base import ChunkSource, SnapshotSink
+from fstransport.storage.base import ChunkSource, DeltaBase, SnapshotSink
 from fstransport.storage.journal import parse_records
 from fstransport.storage.layout import JOURNAL_DIR, OLD_DIR, PARTIAL_DIR, STAGING_DIR
 from fstransport.tree import TreeTable, install_local_tree
@@ -26,7 +27,7 @@ from fstransport.tree import TreeTable, install_local_tree
 if TYPE_CHECKING:
     from fstransport.storage.source import ReadSettings
 
-__all__ = ["LocalBackend", "LocalJournal", "PwriteSink", "refuse_special"]
+__all__ = ["LocalBackend", "LocalDelta", "LocalJournal", "PwriteSink", "refuse_special"]
 
 
 def refuse_special(path: str) -> None:
@@ -67,6 +68,9 @@ class LocalBackend(FsspecBackend):
             journal_path=journal,
             meta=meta,
         )
+
+    def delta_base(self) -> DeltaBase | None:
+        return LocalDelta(self.store) if self.store.sink_kind == "auto" else None
 
     async def find_partial(self, meta: SnapshotMeta) -> Found | None:
         if self.store.sink_kind != "auto":

@@ -1,6 +1,7 @@
 """The S3 backend: multipart uploads with a resumable state (`multipart`, `upload`, `state`),
 the store's bucket calls (`backend`), reading objects with one streaming GET (`stream`) or
-several ranged GETs (`ranged`), server-side copies (`copy`), and the client (`client`).
+several ranged GETs (`ranged`), server-side copies (`copy`), delta bases and the spool sink of
+a delta (`delta`), and the client (`client`).
 
 Nothing here imports s3fs or botocore until an S3 filesystem is used."""
 

@@ -30,6 +30,7 @@ from fstransport.storage.backends.s3.client import (
     s3_object_info,
     split_bucket_key,
 )
+from fstransport.storage.backends.s3.delta import S3Delta, S3DeltaSink
 from fstransport.storage.backends.s3.multipart import MultipartSink
 from fstransport.storage.backends.s3.ranged import (
     DEFAULT_RANGED_THRESHOLD,
@@ -40,7 +41,7 @@ from fstransport.storage.backends.s3.ranged import (
 )
 from fstransport.storage.backends.s3.state import UploadState, read_state
 from fstransport.storage.backends.s3.stream import S3StreamSource
-from fstransport.storage.base import ChunkSource, SnapshotSink
+from fstransport.storage.base import ChunkSource, DeltaBase, SnapshotSink
 from fstransport.storage.layout import PACKED_DIR
 
 if TYPE_CHECKING:
@@ -95,13 +96,16 @@ class S3Backend(FsspecBackend):
     async def close(self, sinks: Sequence[SnapshotSink], *, idle: bool) -> None:
         """Let the uploads in progress go (their state recorded) and close the client."""
         for sink in sinks:
-            if isinstance(sink, MultipartSink):
+            if isinstance(sink, (MultipartSink, S3DeltaSink)):
                 await sink.release()
         if self._client is not None:
             client, self._client = self._client, None
             await close_async_filesystem(client)
 
     # -- receiving ----------------------------------------------------------------------------
+
+    def delta_base(self) -> DeltaBase | None:
+        return S3Delta(self) if self.multipart else None
 
     async def _sink(
         self, meta: SnapshotMeta, journal: str | None, resumed: UploadState | None = None
@@ -163,12 +167,12 @@ class S3Backend(FsspecBackend):
         return seen is not None and time.monotonic() - seen < ABSENT_FOR
 
     async def finish_sink(self, meta: SnapshotMeta, sink: SnapshotSink) -> None:
-        if isinstance(sink, MultipartSink) and meta.checksum is not None:
+        if isinstance(sink, (MultipartSink, S3DeltaSink)) and meta.checksum is not None:
             sink.whole_crc = parse_checksum(meta.checksum)
         await sink.finish()
 
     async def install_file(self, sink: SnapshotSink, final: str) -> None:
-        if not isinstance(sink, MultipartSink):  # completing the upload put the object there
+        if not isinstance(sink, (MultipartSink, S3DeltaSink)):  # the upload put the object there
             await super().install_file(sink, final)
 
     async def drop_replaced_file(self, final: str) -> None:

@@ -1,0 +1,72 @@
+"""`LocalDelta`: installed snapshots in a local folder as delta bases (`DeltaBase`): mapped with
+`map_file` when an offer is due, and the copied ranges filled into the partial file with
+`assemble_local` (``os.copy_file_range``) before install."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from fstransport.errors import SourceChanged, StorageError
+from fstransport.messages import SnapshotMeta
+from fstransport.storage.base import MappedBase, SnapshotSink
+
+if TYPE_CHECKING:
+    from fstransport.protocol.delta import Recipe
+    from fstransport.storage.store import FsspecSnapshotStore
+
+__all__ = ["LocalDelta"]
+
+log = logging.getLogger("fstransport.receiver")
+
+
+class LocalDelta:
+    """The `DeltaBase` of a local folder's store (``sink="auto"``: a `PwriteSink` per stream)."""
+
+    def __init__(self, store: FsspecSnapshotStore) -> None:
+        self.store = store
+
+    def takes_delta(self, meta: SnapshotMeta, sink: SnapshotSink, holds: bool) -> bool:
+        return True
+
+    async def map_base(self, snapshot_id: str, mode: str, key: bytes) -> MappedBase | None:
+        from fstransport.delta.local import map_file
+
+        try:
+            path = self.store.path(snapshot_id)
+        except Exception:  # an id the store would refuse: never a base
+            return None
+        if not await asyncio.to_thread(os.path.isfile, path):
+            return None
+        try:
+            base_map = await asyncio.to_thread(map_file, path, mode, key=key)
+        except Exception as exc:  # a base that cannot be read is no base
+            log.warning("delta base %r could not be mapped: %s", snapshot_id, exc)
+            return None
+        return MappedBase(snapshot_id, base_map, path)
+
+    async def delta_sink(self, meta: SnapshotMeta, sink: SnapshotSink) -> SnapshotSink:
+        return sink  # the sent ranges are written at their offsets in the partial file
+
+    async def assemble(
+        self, sink: SnapshotSink, base: MappedBase, recipe: Recipe, expected: int
+    ) -> tuple[int, int]:
+        from fstransport.delta.local import assemble_local
+
+        base_path = str(base.pin)
+        try:
+            done = await asyncio.to_thread(
+                assemble_local,
+                recipe,
+                base_path,
+                sink.path,
+                expected_crc=expected,
+                fsync=self.store.fsync,
+            )
+        except StorageError as exc:
+            if isinstance(exc, SourceChanged) or exc.subject != base_path:
+                raise
+            raise SourceChanged(base_path, "reuse", exc) from exc  # gone or unreadable now
+        return done.crc32c, done.bytes_reused

@@ -44,13 +44,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench_rclone import CEPH_PROCESSES, CPU_COLUMNS, Endpoint, endpoints
+from bench_rclone import CPU_COLUMNS, Endpoint, endpoints
 from harness import (
     Case,
     MiB,
     PeakRss,
     Row,
     add_common_arguments,
+    add_endpoint_arguments,
     check_file,
     evaluate,
     machine_idle_cpu,
@@ -307,22 +308,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
         default="both",
         help="where --memory stages: a local folder, the S3 endpoints, or both (both)",
     )
-    parser.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="also an S3 endpoint such as Ceph RGW (keys from AWS_ACCESS_KEY_ID/SECRET)",
-    )
-    parser.add_argument(
-        "--endpoint-name", default="RGW", help="what to call --endpoint-url in the tables (RGW)"
-    )
-    parser.add_argument(
-        "--server-processes",
-        default=CEPH_PROCESSES,
-        metavar="NAMES",
-        help="comma-separated command names of --endpoint-url's processes on this machine, whose"
-        " CPU time becomes the 'server CPU s' column; '' for none (%(default)s)",
-    )
-    parser.add_argument("--no-moto", action="store_true", help="skip the moto server")
+    add_endpoint_arguments(parser)
     parser.add_argument("--no-rounds", action="store_true", help="only the --memory table")
     return parser.parse_args(argv)
 

@@ -23,9 +23,10 @@ relay x1 >= 1/0.7 of ship in + ship out.  The columns "client CPU s" (this proce
 receivers), "server CPU s" (moto's process, or ``--server-processes`` of the endpoint) and
 "idle CPU s" (idle core-seconds of the whole machine during the run) say whether the machine's
 cores were the limit.  Source bytes read and bytes uploaded per snapshot byte, PUTs per 8 MiB
-staged (counted on s3fs's calls) and the size of a reference on the wire are measured on the
-side.  Every copy is compared byte for byte after its timed region, and no staged object or
-multipart upload may remain.
+staged (counted on s3fs's calls), the size of a reference on the wire, and how far staging and
+fetching overlap (when each staged object's PUT and GETs ended, in one relay x1: the part left
+serial whatever the CPU) are measured on the side.  Every copy is compared byte for byte after
+its timed region, and no staged object or multipart upload may remain.
 
 ``--memory SIZES`` measures the peak RSS per process, as the goal says: the sender
 (``fstransport ship SRC snap.bin --via URL ... --relay STAGE``) and each receiver (an
@@ -43,6 +44,7 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+from unittest import mock
 
 from bench_rclone import CPU_COLUMNS, Endpoint, endpoints
 from harness import (
@@ -74,6 +76,7 @@ from fstransport.messages import StagedChunk
 from fstransport.moto_server import REGION
 from fstransport.network.wire import encode_staged
 from fstransport.storage.faults import flaky_s3
+from fstransport.storage.staging import StagingStore
 from fstransport.units import format_size
 
 BUCKET = "fstransport-bench-relay"
@@ -198,6 +201,53 @@ class Bench:
             "multipart_parts": calls.calls["upload_part"],
             "reference_bytes": len(encode_staged(ref).encode()),
             "bytes_uploaded_ratio": report.bytes_uploaded / len(self.data),
+        }
+
+    def pipeline(self) -> dict[str, float]:
+        """How far staging and fetching overlap in one untimed relay x1 run (in-process
+        receiver), from when each staged object's PUT and GETs began and ended: what is left
+        serial once the CPU is not the limit.  Seconds from the ship's start, and fractions."""
+        events: list[tuple[str, float, float, int]] = []  # (what, began, ended, bytes)
+        put_once, fetch = StagingStore.put_once, StagingStore.fetch
+
+        async def timed_put(store: StagingStore, url: str, data: Any, crc: int) -> bool:
+            began = time.perf_counter()
+            written = await put_once(store, url, data, crc)
+            what = "manifest" if url.endswith("/manifest.json") else "put"
+            events.append((what, began, time.perf_counter(), len(data)))
+            return written
+
+        async def timed_fetch(store: StagingStore, ref: StagedChunk) -> Any:
+            began = time.perf_counter()
+            data = await fetch(store, ref)
+            events.append(("fetch", began, time.perf_counter(), ref.length))
+            return data
+
+        (target,) = self.targets(1)
+        with (
+            mock.patch.object(StagingStore, "put_once", timed_put),
+            mock.patch.object(StagingStore, "fetch", timed_fetch),
+        ):
+            began = time.perf_counter()
+            self.ship(self.source, target, relay=STAGE, relay_options=self.options)
+            ended = time.perf_counter()
+        check_file(target, self.data)
+        remove_file(target)
+        puts = sorted(e for e in events if e[0] == "put")
+        fetches = sorted(e for e in events if e[0] == "fetch")
+        manifest = [e for e in events if e[0] == "manifest"]
+        last_put = max(e[2] for e in puts)
+        total = ended - began
+        return {
+            "total_s": total,
+            "first_put_end_s": min(e[2] for e in puts) - began,
+            "first_fetch_start_s": fetches[0][1] - began,
+            "last_put_end_s": last_put - began,
+            "manifest_s": manifest[0][2] - manifest[0][1] if manifest else 0.0,
+            "tail_s": ended - last_put,
+            "tail_fraction": (ended - last_put) / total,
+            "fetched_before_last_put": sum(e[3] for e in fetches if e[2] <= last_put)
+            / sum(e[3] for e in fetches),
         }
 
 
@@ -330,6 +380,8 @@ def main() -> None:
             cases = bench.cases()
             run_rounds(cases, args.rounds, args.warmup, random.Random(args.seed), endpoint.name)
             side = bench.requests()
+            pipe = bench.pipeline()
+            side["pipeline"] = pipe
             by_key = {case.key: case for case in cases}
             rows = [
                 Row("direct1"),
@@ -348,6 +400,15 @@ def main() -> None:
                 f"{side['puts']}, one per chunk object ({side['chunk_puts_per_8mib']:.2f} per "
                 f"8 MiB staged) and one manifest, {side['multipart_parts']} multipart parts; "
                 f"one reference on the wire: {side['reference_bytes']} bytes.\n"
+            )
+            sections.append(
+                f"Pipelining (one untimed relay x1, {pipe['total_s']:.2f} s): the first chunk"
+                f" staged at {pipe['first_put_end_s']:.2f} s, the receiver's first fetch began at"
+                f" {pipe['first_fetch_start_s']:.2f} s, the last chunk staged at"
+                f" {pipe['last_put_end_s']:.2f} s; {pipe['fetched_before_last_put']:.0%} of the"
+                f" bytes were fetched before it; after it (manifest {pipe['manifest_s']:.3f} s,"
+                f" the last fetches, install) {pipe['tail_s']:.2f} s,"
+                f" {pipe['tail_fraction']:.0%} of the run.\n"
             )
             report["endpoints"][endpoint.name] = {"results": results, "side": side}
             goals_met &= all(r["met"] for r in results if r["met"] is not None)

@@ -53,7 +53,8 @@ class Sampler:
     def __init__(self, interval: float = 0.05, top: bool = False) -> None:
         self.interval = interval
         self.top = top
-        self.samples: list[tuple[float, int, int]] = []  # (s, RSS, Python heap)
+        self.samples: list[tuple[float, int, int, int, int]] = []
+        """(s, RSS, Python heap, anonymous RSS, file-backed RSS: mapped source chunks)"""
         self.top_at_peak: list[str] = []
         self._best = 0
         self._done = threading.Event()
@@ -67,7 +68,9 @@ class Sampler:
             rss = _proc_status_kib(os.getpid(), "VmRSS") * KiB
             heap, _ = tracemalloc.get_traced_memory()
             now = time.monotonic() - self._start
-            self.samples.append((now, rss, heap))
+            anon = _proc_status_kib(os.getpid(), "RssAnon") * KiB
+            mapped = _proc_status_kib(os.getpid(), "RssFile") * KiB
+            self.samples.append((now, rss, heap, anon, mapped))
             if self.top and rss > self._best + 2 * MiB and now - last_snapshot > 1.0:
                 self._best, last_snapshot = rss, now
                 stats = tracemalloc.take_snapshot().statistics("lineno")
@@ -83,6 +86,8 @@ class Sampler:
             "rss_max": max(s[1] for s in self.samples),
             "heap_peak": heap_peak,
             "heap_max_sampled": max(s[2] for s in self.samples),
+            "anon_max": max(s[3] for s in self.samples),
+            "file_max": max(s[4] for s in self.samples),
             "samples": self.samples,
             "top_at_rss_peak": self.top_at_peak,
         }
@@ -162,7 +167,9 @@ def main() -> None:
                 print(
                     f"{endpoint.name} {size >> 20} MiB x{args.receivers}: VmHWM"
                     f" {result['vm_hwm'] / MiB:.0f} MiB, RSS max {result['rss_max'] / MiB:.0f}"
-                    f" MiB, Python heap peak {result['heap_peak'] / MiB:.1f} MiB",
+                    f" MiB (anonymous {result['anon_max'] / MiB:.0f}, file-backed"
+                    f" {result['file_max'] / MiB:.0f} MiB at most), Python heap peak"
+                    f" {result['heap_peak'] / MiB:.1f} MiB",
                     file=sys.stderr,
                 )
                 for line in result["top_at_rss_peak"][:8]:

@@ -342,6 +342,17 @@ def memory_table(folder: str, sizes: Sequence[int], places: list[Endpoint | None
     return "\n".join(lines)
 
 
+def cpu_bound(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`result` with ``cpu_ratio``: the baseline's client + server CPU seconds over this row's,
+    the throughput ratio the two would have if the CPU were the only limit (idle CPU near 0)."""
+    result.setdefault("cpu_ratio", None)
+    if baseline is not None:
+        mine = result.get("client_cpu_s", 0.0) + result.get("server_cpu_s", 0.0)
+        theirs = baseline.get("client_cpu_s", 0.0) + baseline.get("server_cpu_s", 0.0)
+        result["cpu_ratio"] = theirs / mine if mine > 0 else None
+    return result
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Any:
     parser = make_parser(__doc__)
     add_common_arguments(parser, size=128 * MiB, rounds=3)
@@ -391,7 +402,12 @@ def main() -> None:
                 Row("two"),
             ]
             results = [evaluate(row, by_key) for row in rows]
+            for result in results:
+                cpu_bound(
+                    result, next((r for r in results if r["case"] == result["baseline"]), None)
+                )
             columns = [c for c in CPU_COLUMNS if c[1] in bench.probes]
+            columns.append(("CPU-bound ratio", "cpu_ratio"))
             title = f"Fan-out and relay ({endpoint.name})"
             sections += [markdown_table(title, results, columns), ""]
             sections.append(

@@ -36,13 +36,15 @@ staging folder), with one and with three receivers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 from unittest import mock
 
@@ -75,7 +77,7 @@ from fstransport import TransferOptions, TransferReport, ship
 from fstransport.messages import StagedChunk
 from fstransport.moto_server import REGION
 from fstransport.network.wire import encode_staged
-from fstransport.storage.faults import flaky_s3
+from fstransport.storage.faults import DATA_OPERATIONS, flaky_s3
 from fstransport.storage.staging import StagingStore
 from fstransport.units import format_size
 
@@ -112,20 +114,31 @@ class Bench:
     def targets(self, n: int) -> list[str]:
         return [os.path.join(self.folder, f"t{i}", "snap.bin") for i in range(n)]
 
-    def ship(self, *args: Any, **kwargs: Any) -> TransferReport:
+    def ship(
+        self, *args: Any, options: TransferOptions | None = None, **kwargs: Any
+    ) -> TransferReport:
         report: TransferReport = self.loop.run_until_complete(
-            ship(*args, options=self.transfer, **kwargs)
+            ship(*args, options=options or self.transfer, **kwargs)
         )
         return report
 
-    def case(self, key: str, label: str, receivers: int, relay: bool) -> Case:
+    def case(
+        self,
+        key: str,
+        label: str,
+        receivers: int,
+        relay: bool,
+        options: TransferOptions | None = None,
+        latency: float = 0.0,
+    ) -> Case:
         targets = self.targets(receivers)
 
         def run() -> object:
             kwargs: dict[str, Any] = {}
             if relay:
                 kwargs = {"relay": STAGE, "relay_options": self.options}
-            return self.ship(self.source, targets, **kwargs)
+            with s3_latency(latency):
+                return self.ship(self.source, targets, options=options, **kwargs)
 
         def verify(result: object) -> None:
             assert isinstance(result, TransferReport)
@@ -141,13 +154,14 @@ class Bench:
 
         return Case(key, label, len(self.data), run, verify, cleanup=cleanup)
 
-    def two_ships(self) -> Case:
+    def two_ships(self, latency: float = 0.0) -> Case:
         (target,) = self.targets(1)
         url = f"s3://{BUCKET}/obj.bin"
 
         def run() -> object:
-            self.ship(self.source, url, target_options=self.options)
-            return self.ship(url, target, source_options=self.options)
+            with s3_latency(latency):
+                self.ship(self.source, url, target_options=self.options)
+                return self.ship(url, target, source_options=self.options)
 
         def verify(result: object) -> None:
             check_file(target, self.data)
@@ -165,6 +179,27 @@ class Bench:
             self.case("relay1", "relay x1 (pipelined)", 1, relay=True),
             self.case("relay3", "relay x3", 3, relay=True),
             self.two_ships(),
+        ]
+        for case in cases:
+            case.probes = dict(self.probes)
+        return cases
+
+    def latency_cases(self, delay: float) -> list[Case]:
+        """Relay x1 against ship in + ship out when every S3 data request waits `delay` s
+        first (a distant bucket: latency, not CPU, the limit), and relay x1 with twice the
+        chunks in flight."""
+        wide = replace(self.transfer, max_in_flight=2 * self.transfer.max_in_flight)
+        cases = [
+            self.case("relay1", "relay x1 (pipelined)", 1, relay=True, latency=delay),
+            self.case(
+                "relay1w",
+                f"relay x1, {wide.max_in_flight} in flight",
+                1,
+                relay=True,
+                options=wide,
+                latency=delay,
+            ),
+            self.two_ships(latency=delay),
         ]
         for case in cases:
             case.probes = dict(self.probes)
@@ -249,6 +284,28 @@ class Bench:
             "fetched_before_last_put": sum(e[3] for e in fetches if e[2] <= last_put)
             / sum(e[3] for e in fetches),
         }
+
+
+@contextlib.contextmanager
+def s3_latency(delay: float) -> Iterator[None]:
+    """Every S3 data request (GET, PUT, part upload) of this process waits `delay` s first."""
+    if delay <= 0:
+        yield
+        return
+    import s3fs
+
+    original = s3fs.S3FileSystem._call_s3
+
+    async def _call_s3(fs: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method in DATA_OPERATIONS:
+            await asyncio.sleep(delay)
+        return await original(fs, method, *args, **kwargs)
+
+    s3fs.S3FileSystem._call_s3 = _call_s3
+    try:
+        yield
+    finally:
+        s3fs.S3FileSystem._call_s3 = original
 
 
 # -- peak RSS per process ----------------------------------------------------------------------
@@ -342,6 +399,22 @@ def memory_table(folder: str, sizes: Sequence[int], places: list[Endpoint | None
     return "\n".join(lines)
 
 
+def latency_table(bench: Bench, args: Any, name: str) -> str:
+    """Rounds of `Bench.latency_cases`: what limits the relay when CPU does not."""
+    cases = bench.latency_cases(args.s3_latency)
+    run_rounds(cases, args.rounds, args.warmup, random.Random(args.seed), f"{name} latency")
+    by_key = {case.key: case for case in cases}
+    rows = [
+        Row("relay1", "two", "relay x1 >= 1.43x ship in + out", goal_ratio=1 / 0.7),
+        Row("relay1w", "two", "(twice the chunks in flight)"),
+        Row("two"),
+    ]
+    results = [evaluate(row, by_key) for row in rows]
+    columns = [c for c in CPU_COLUMNS if c[1] in bench.probes]
+    delay = f"{args.s3_latency * 1000:.0f} ms"
+    return markdown_table(f"Every S3 data request delayed {delay} ({name})", results, columns)
+
+
 def cpu_bound(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> dict[str, Any]:
     """`result` with ``cpu_ratio``: the baseline's client + server CPU seconds over this row's,
     the throughput ratio the two would have if the CPU were the only limit (idle CPU near 0)."""
@@ -371,6 +444,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
     )
     add_endpoint_arguments(parser)
     parser.add_argument("--no-rounds", action="store_true", help="only the --memory table")
+    parser.add_argument(
+        "--s3-latency",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="also time relay x1 against ship in + ship out on the first S3 server with every S3"
+        " data request of this process delayed S seconds (latency-bound, not CPU-bound)",
+    )
     return parser.parse_args(argv)
 
 
@@ -428,6 +509,8 @@ def main() -> None:
             )
             report["endpoints"][endpoint.name] = {"results": results, "side": side}
             goals_met &= all(r["met"] for r in results if r["met"] is not None)
+            if args.s3_latency > 0 and endpoint is servers[0]:
+                sections.append(latency_table(bench, args, endpoint.name))
             bench.empty_bucket()
         if args.memory:
             places: list[Endpoint | None] = []

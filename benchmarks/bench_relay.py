@@ -4,7 +4,8 @@ through a staging bucket, on moto and (``--endpoint-url``) on another S3 server 
 Run from the repository root (needs ``pip install -e ".[dev]"``: moto)::
 
     flock /tmp/fstransport-bench.lock python benchmarks/bench_relay.py [--size 128MiB]
-        [--rounds 3] [--endpoint-url URL] [--memory 512MiB,2GiB] [--json out.json] [--check]
+        [--rounds 3] [--endpoint-url URL] [--memory 512MiB,2GiB] [--s3-latency 0.5]
+        [--json out.json] [--check]
 
 Contenders (in-process receivers writing local files; moto runs in its own process,
 ``python -m fstransport.moto_server``, so its CPU time is not ours):
@@ -27,6 +28,10 @@ staged (counted on s3fs's calls), the size of a reference on the wire, and how f
 fetching overlap (when each staged object's PUT and GETs ended, in one relay x1: the part left
 serial whatever the CPU) are measured on the side.  Every copy is compared byte for byte after
 its timed region, and no staged object or multipart upload may remain.
+
+``--s3-latency S`` times relay x1 (and relay x1 with twice the chunks in flight) against ship in +
+ship out once more, on the first S3 server, with every S3 data request of this process delayed
+S seconds: a distant bucket, where latency and not CPU is the limit.
 
 ``--memory SIZES`` measures the peak RSS per process, as the goal says: the sender
 (``fstransport ship SRC snap.bin --via URL ... --relay STAGE``) and each receiver (an

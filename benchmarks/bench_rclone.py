@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import (
+    CEPH_PROCESSES,  # noqa: F401 (re-exported: it used to be defined here)
     Case,
     ChildProcess,
     GiB,

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import (
+    CEPH_PROCESSES,  # noqa: F401 (re-exported: it used to be defined here)
     Case,
     ChildProcess,
     GiB,
@@ -55,6 +56,7 @@ from harness import (
     PeakRss,
     Row,
     add_common_arguments,
+    add_endpoint_arguments,
     check_file,
     check_report,
     check_stream,
@@ -94,8 +96,6 @@ CPU_COLUMNS = (
     ("server CPU s", "server_cpu_s"),
     ("idle CPU s", "idle_cpu_s"),
 )
-# the processes of a Ceph RGW on this machine (ci/ceph-rgw/start.sh), for --server-processes
-CEPH_PROCESSES = "radosgw,ceph-osd,ceph-mon"
 
 
 def children_cpu() -> float:
@@ -493,22 +493,7 @@ ROUTES = ("file -> S3", "S3 -> file", "S3 -> S3", "file -> file")
 def parse_args(argv: Sequence[str] | None) -> Any:
     parser = make_parser(__doc__)
     add_common_arguments(parser, size=384 * MiB, rounds=3, what="object size")
-    parser.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="also an S3 endpoint such as Ceph RGW (keys from AWS_ACCESS_KEY_ID/SECRET)",
-    )
-    parser.add_argument(
-        "--endpoint-name", default="RGW", help="what to call --endpoint-url in the tables (RGW)"
-    )
-    parser.add_argument(
-        "--server-processes",
-        default=CEPH_PROCESSES,
-        metavar="NAMES",
-        help="comma-separated command names of --endpoint-url's processes on this machine, whose"
-        " CPU time becomes the 'server CPU s' column; '' for none (%(default)s)",
-    )
-    parser.add_argument("--no-moto", action="store_true", help="skip the moto server")
+    add_endpoint_arguments(parser)
     parser.add_argument(
         "--routes",
         type=lambda text: [r.strip() for r in text.split(",")],

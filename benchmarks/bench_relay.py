@@ -4,7 +4,8 @@ through a staging bucket, on moto and (``--endpoint-url``) on another S3 server 
 Run from the repository root (needs ``pip install -e ".[dev]"``: moto)::
 
     flock /tmp/fstransport-bench.lock python benchmarks/bench_relay.py [--size 128MiB]
-        [--rounds 3] [--endpoint-url URL] [--memory 512MiB,2GiB] [--json out.json] [--check]
+        [--rounds 3] [--endpoint-url URL] [--memory 512MiB,2GiB] [--s3-latency 0.5]
+        [--json out.json] [--check]
 
 Contenders (in-process receivers writing local files; moto runs in its own process,
 ``python -m fstransport.moto_server``, so its CPU time is not ours):
@@ -23,9 +24,14 @@ relay x1 >= 1/0.7 of ship in + ship out.  The columns "client CPU s" (this proce
 receivers), "server CPU s" (moto's process, or ``--server-processes`` of the endpoint) and
 "idle CPU s" (idle core-seconds of the whole machine during the run) say whether the machine's
 cores were the limit.  Source bytes read and bytes uploaded per snapshot byte, PUTs per 8 MiB
-staged (counted on s3fs's calls) and the size of a reference on the wire are measured on the
-side.  Every copy is compared byte for byte after its timed region, and no staged object or
-multipart upload may remain.
+staged (counted on s3fs's calls), the size of a reference on the wire, and how far staging and
+fetching overlap (when each staged object's PUT and GETs ended, in one relay x1: the part left
+serial whatever the CPU) are measured on the side.  Every copy is compared byte for byte after
+its timed region, and no staged object or multipart upload may remain.
+
+``--s3-latency S`` times relay x1 (and relay x1 with twice the chunks in flight) against ship in +
+ship out once more, on the first S3 server, with every S3 data request of this process delayed
+S seconds: a distant bucket, where latency and not CPU is the limit.
 
 ``--memory SIZES`` measures the peak RSS per process, as the goal says: the sender
 (``fstransport ship SRC snap.bin --via URL ... --relay STAGE``) and each receiver (an
@@ -35,22 +41,26 @@ staging folder), with one and with three receivers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
+from unittest import mock
 
-from bench_rclone import CEPH_PROCESSES, CPU_COLUMNS, Endpoint, endpoints
+from bench_rclone import CPU_COLUMNS, Endpoint, endpoints
 from harness import (
     Case,
     MiB,
     PeakRss,
     Row,
     add_common_arguments,
+    add_endpoint_arguments,
     check_file,
     evaluate,
     machine_idle_cpu,
@@ -72,7 +82,8 @@ from fstransport import TransferOptions, TransferReport, ship
 from fstransport.messages import StagedChunk
 from fstransport.moto_server import REGION
 from fstransport.network.wire import encode_staged
-from fstransport.storage.faults import flaky_s3
+from fstransport.storage.faults import DATA_OPERATIONS, flaky_s3
+from fstransport.storage.staging import StagingStore
 from fstransport.units import format_size
 
 BUCKET = "fstransport-bench-relay"
@@ -108,20 +119,31 @@ class Bench:
     def targets(self, n: int) -> list[str]:
         return [os.path.join(self.folder, f"t{i}", "snap.bin") for i in range(n)]
 
-    def ship(self, *args: Any, **kwargs: Any) -> TransferReport:
+    def ship(
+        self, *args: Any, options: TransferOptions | None = None, **kwargs: Any
+    ) -> TransferReport:
         report: TransferReport = self.loop.run_until_complete(
-            ship(*args, options=self.transfer, **kwargs)
+            ship(*args, options=options or self.transfer, **kwargs)
         )
         return report
 
-    def case(self, key: str, label: str, receivers: int, relay: bool) -> Case:
+    def case(
+        self,
+        key: str,
+        label: str,
+        receivers: int,
+        relay: bool,
+        options: TransferOptions | None = None,
+        latency: float = 0.0,
+    ) -> Case:
         targets = self.targets(receivers)
 
         def run() -> object:
             kwargs: dict[str, Any] = {}
             if relay:
                 kwargs = {"relay": STAGE, "relay_options": self.options}
-            return self.ship(self.source, targets, **kwargs)
+            with s3_latency(latency):
+                return self.ship(self.source, targets, options=options, **kwargs)
 
         def verify(result: object) -> None:
             assert isinstance(result, TransferReport)
@@ -137,13 +159,14 @@ class Bench:
 
         return Case(key, label, len(self.data), run, verify, cleanup=cleanup)
 
-    def two_ships(self) -> Case:
+    def two_ships(self, latency: float = 0.0) -> Case:
         (target,) = self.targets(1)
         url = f"s3://{BUCKET}/obj.bin"
 
         def run() -> object:
-            self.ship(self.source, url, target_options=self.options)
-            return self.ship(url, target, source_options=self.options)
+            with s3_latency(latency):
+                self.ship(self.source, url, target_options=self.options)
+                return self.ship(url, target, source_options=self.options)
 
         def verify(result: object) -> None:
             check_file(target, self.data)
@@ -161,6 +184,27 @@ class Bench:
             self.case("relay1", "relay x1 (pipelined)", 1, relay=True),
             self.case("relay3", "relay x3", 3, relay=True),
             self.two_ships(),
+        ]
+        for case in cases:
+            case.probes = dict(self.probes)
+        return cases
+
+    def latency_cases(self, delay: float) -> list[Case]:
+        """Relay x1 against ship in + ship out when every S3 data request waits `delay` s
+        first (a distant bucket: latency, not CPU, the limit), and relay x1 with twice the
+        chunks in flight."""
+        wide = replace(self.transfer, max_in_flight=2 * self.transfer.max_in_flight)
+        cases = [
+            self.case("relay1", "relay x1 (pipelined)", 1, relay=True, latency=delay),
+            self.case(
+                "relay1w",
+                f"relay x1, {wide.max_in_flight} in flight",
+                1,
+                relay=True,
+                options=wide,
+                latency=delay,
+            ),
+            self.two_ships(latency=delay),
         ]
         for case in cases:
             case.probes = dict(self.probes)
@@ -198,6 +242,75 @@ class Bench:
             "reference_bytes": len(encode_staged(ref).encode()),
             "bytes_uploaded_ratio": report.bytes_uploaded / len(self.data),
         }
+
+    def pipeline(self) -> dict[str, float]:
+        """How far staging and fetching overlap in one untimed relay x1 run (in-process
+        receiver), from when each staged object's PUT and GETs began and ended: what is left
+        serial once the CPU is not the limit.  Seconds from the ship's start, and fractions."""
+        events: list[tuple[str, float, float, int]] = []  # (what, began, ended, bytes)
+        put_once, fetch = StagingStore.put_once, StagingStore.fetch
+
+        async def timed_put(store: StagingStore, url: str, data: Any, crc: int) -> bool:
+            began = time.perf_counter()
+            written = await put_once(store, url, data, crc)
+            what = "manifest" if url.endswith("/manifest.json") else "put"
+            events.append((what, began, time.perf_counter(), len(data)))
+            return written
+
+        async def timed_fetch(store: StagingStore, ref: StagedChunk) -> Any:
+            began = time.perf_counter()
+            data = await fetch(store, ref)
+            events.append(("fetch", began, time.perf_counter(), ref.length))
+            return data
+
+        (target,) = self.targets(1)
+        with (
+            mock.patch.object(StagingStore, "put_once", timed_put),
+            mock.patch.object(StagingStore, "fetch", timed_fetch),
+        ):
+            began = time.perf_counter()
+            self.ship(self.source, target, relay=STAGE, relay_options=self.options)
+            ended = time.perf_counter()
+        check_file(target, self.data)
+        remove_file(target)
+        puts = sorted(e for e in events if e[0] == "put")
+        fetches = sorted(e for e in events if e[0] == "fetch")
+        manifest = [e for e in events if e[0] == "manifest"]
+        last_put = max(e[2] for e in puts)
+        total = ended - began
+        return {
+            "total_s": total,
+            "first_put_end_s": min(e[2] for e in puts) - began,
+            "first_fetch_start_s": fetches[0][1] - began,
+            "last_put_end_s": last_put - began,
+            "manifest_s": manifest[0][2] - manifest[0][1] if manifest else 0.0,
+            "tail_s": ended - last_put,
+            "tail_fraction": (ended - last_put) / total,
+            "fetched_before_last_put": sum(e[3] for e in fetches if e[2] <= last_put)
+            / sum(e[3] for e in fetches),
+        }
+
+
+@contextlib.contextmanager
+def s3_latency(delay: float) -> Iterator[None]:
+    """Every S3 data request (GET, PUT, part upload) of this process waits `delay` s first."""
+    if delay <= 0:
+        yield
+        return
+    import s3fs
+
+    original = s3fs.S3FileSystem._call_s3
+
+    async def _call_s3(fs: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method in DATA_OPERATIONS:
+            await asyncio.sleep(delay)
+        return await original(fs, method, *args, **kwargs)
+
+    s3fs.S3FileSystem._call_s3 = _call_s3
+    try:
+        yield
+    finally:
+        s3fs.S3FileSystem._call_s3 = original
 
 
 # -- peak RSS per process ----------------------------------------------------------------------
@@ -291,6 +404,33 @@ def memory_table(folder: str, sizes: Sequence[int], places: list[Endpoint | None
     return "\n".join(lines)
 
 
+def latency_table(bench: Bench, args: Any, name: str) -> str:
+    """Rounds of `Bench.latency_cases`: what limits the relay when CPU does not."""
+    cases = bench.latency_cases(args.s3_latency)
+    run_rounds(cases, args.rounds, args.warmup, random.Random(args.seed), f"{name} latency")
+    by_key = {case.key: case for case in cases}
+    rows = [
+        Row("relay1", "two", "relay x1 >= 1.43x ship in + out", goal_ratio=1 / 0.7),
+        Row("relay1w", "two", "(twice the chunks in flight)"),
+        Row("two"),
+    ]
+    results = [evaluate(row, by_key) for row in rows]
+    columns = [c for c in CPU_COLUMNS if c[1] in bench.probes]
+    delay = f"{args.s3_latency * 1000:.0f} ms"
+    return markdown_table(f"Every S3 data request delayed {delay} ({name})", results, columns)
+
+
+def cpu_bound(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`result` with ``cpu_ratio``: the baseline's client + server CPU seconds over this row's,
+    the throughput ratio the two would have if the CPU were the only limit (idle CPU near 0)."""
+    result.setdefault("cpu_ratio", None)
+    if baseline is not None:
+        mine = result.get("client_cpu_s", 0.0) + result.get("server_cpu_s", 0.0)
+        theirs = baseline.get("client_cpu_s", 0.0) + baseline.get("server_cpu_s", 0.0)
+        result["cpu_ratio"] = theirs / mine if mine > 0 else None
+    return result
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Any:
     parser = make_parser(__doc__)
     add_common_arguments(parser, size=128 * MiB, rounds=3)
@@ -307,23 +447,16 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
         default="both",
         help="where --memory stages: a local folder, the S3 endpoints, or both (both)",
     )
-    parser.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="also an S3 endpoint such as Ceph RGW (keys from AWS_ACCESS_KEY_ID/SECRET)",
-    )
-    parser.add_argument(
-        "--endpoint-name", default="RGW", help="what to call --endpoint-url in the tables (RGW)"
-    )
-    parser.add_argument(
-        "--server-processes",
-        default=CEPH_PROCESSES,
-        metavar="NAMES",
-        help="comma-separated command names of --endpoint-url's processes on this machine, whose"
-        " CPU time becomes the 'server CPU s' column; '' for none (%(default)s)",
-    )
-    parser.add_argument("--no-moto", action="store_true", help="skip the moto server")
+    add_endpoint_arguments(parser)
     parser.add_argument("--no-rounds", action="store_true", help="only the --memory table")
+    parser.add_argument(
+        "--s3-latency",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="also time relay x1 against ship in + ship out on the first S3 server with every S3"
+        " data request of this process delayed S seconds (latency-bound, not CPU-bound)",
+    )
     return parser.parse_args(argv)
 
 
@@ -344,6 +477,8 @@ def main() -> None:
             cases = bench.cases()
             run_rounds(cases, args.rounds, args.warmup, random.Random(args.seed), endpoint.name)
             side = bench.requests()
+            pipe = bench.pipeline()
+            side["pipeline"] = pipe
             by_key = {case.key: case for case in cases}
             rows = [
                 Row("direct1"),
@@ -353,7 +488,12 @@ def main() -> None:
                 Row("two"),
             ]
             results = [evaluate(row, by_key) for row in rows]
+            for result in results:
+                cpu_bound(
+                    result, next((r for r in results if r["case"] == result["baseline"]), None)
+                )
             columns = [c for c in CPU_COLUMNS if c[1] in bench.probes]
+            columns.append(("CPU-bound ratio", "cpu_ratio"))
             title = f"Fan-out and relay ({endpoint.name})"
             sections += [markdown_table(title, results, columns), ""]
             sections.append(
@@ -363,8 +503,19 @@ def main() -> None:
                 f"8 MiB staged) and one manifest, {side['multipart_parts']} multipart parts; "
                 f"one reference on the wire: {side['reference_bytes']} bytes.\n"
             )
+            sections.append(
+                f"Pipelining (one untimed relay x1, {pipe['total_s']:.2f} s): the first chunk"
+                f" staged at {pipe['first_put_end_s']:.2f} s, the receiver's first fetch began at"
+                f" {pipe['first_fetch_start_s']:.2f} s, the last chunk staged at"
+                f" {pipe['last_put_end_s']:.2f} s; {pipe['fetched_before_last_put']:.0%} of the"
+                f" bytes were fetched before it; after it (manifest {pipe['manifest_s']:.3f} s,"
+                f" the last fetches, install) {pipe['tail_s']:.2f} s,"
+                f" {pipe['tail_fraction']:.0%} of the run.\n"
+            )
             report["endpoints"][endpoint.name] = {"results": results, "side": side}
             goals_met &= all(r["met"] for r in results if r["met"] is not None)
+            if args.s3_latency > 0 and endpoint is servers[0]:
+                sections.append(latency_table(bench, args, endpoint.name))
             bench.empty_bucket()
         if args.memory:
             places: list[Endpoint | None] = []

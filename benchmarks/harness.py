@@ -470,6 +470,32 @@ def add_common_arguments(
         parser.add_argument("--check", action="store_true", help="exit with 1 if a goal is not met")
 
 
+# the processes of a Ceph RGW on this machine (ci/ceph-rgw/start.sh), for --server-processes
+CEPH_PROCESSES = "radosgw,ceph-osd,ceph-mon"
+
+
+def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The S3 server flags of the benchmarks that run on moto and on another endpoint:
+    --endpoint-url, --endpoint-name, --server-processes and --no-moto (read by
+    ``bench_rclone.endpoints``)."""
+    parser.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="also an S3 endpoint such as Ceph RGW (keys from AWS_ACCESS_KEY_ID/SECRET)",
+    )
+    parser.add_argument(
+        "--endpoint-name", default="RGW", help="what to call --endpoint-url in the tables (RGW)"
+    )
+    parser.add_argument(
+        "--server-processes",
+        default=CEPH_PROCESSES,
+        metavar="NAMES",
+        help="comma-separated command names of --endpoint-url's processes on this machine, whose"
+        " CPU time becomes the 'server CPU s' column; '' for none (%(default)s)",
+    )
+    parser.add_argument("--no-moto", action="store_true", help="skip the moto server")
+
+
 # -- child processes ---------------------------------------------------------------------------
 
 

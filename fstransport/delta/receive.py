@@ -103,7 +103,15 @@ async def answer_delta(
             for at, length, _ in state.delta.still_copied(state.ledger):
                 state.ledger.discard(at, at + length)
         candidates = [state.meta.snapshot_id, *([latest] if latest else [])]
-        found = await find_base(store, candidates, req.delta, req.delta_key)
+        if state.meta.kind == "tree":  # a base tree, by whole files (fstransport.delta.tree)
+            from fstransport.delta.tree import find_tree_base
+
+            size = state.meta.size or 0
+            found: tuple[ReceiverDelta, bytes] | None = await find_tree_base(
+                store, candidates, req.delta, req.delta_key, size
+            )
+        else:
+            found = await find_base(store, candidates, req.delta, req.delta_key)
         state.delta = None if found is None else found[0]
         offer = None if found is None else found[0].offer(found[1])
         return tuple(state.ledger.held()), offer
@@ -143,6 +151,11 @@ async def assemble(store: Any, sink: Any, state: StreamState, meta: SnapshotMeta
     delta, checksum = state.delta, meta.checksum
     if delta is None or delta.recipe is None or checksum is None:
         return 0
+    from fstransport.delta.tree import assemble_tree
+    from fstransport.protocol.delta_tree import TreeReceiverDelta
+
+    if isinstance(delta, TreeReceiverDelta):  # a directory snapshot's base tree
+        return await assemble_tree(store, sink, delta, delta.still_copied(state.ledger), checksum)
     recipe = _recipe_of(delta, delta.still_copied(state.ledger))
     base_path = store.path(delta.base_id)
     if _kind(store) == "local":

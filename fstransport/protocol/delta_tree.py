@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from sys import byteorder
 
 from fstransport.checksum import combine
-from fstransport.errors import InvalidRequest
+from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Buffer
 from fstransport.protocol.delta import (
     MAX_BLOCK_SIZE,
@@ -251,7 +251,7 @@ def plan_tree_recipe(base: TreeMap, source: TreeMap, body_offset: int) -> Recipe
     """The recipe of a packed tree whose header and table take `body_offset` bytes and whose
     files' map is `source` (built with `base`'s mode, key and block size), against `base`."""
     if (source.mode, source.key, source.block_size) != (base.mode, base.key, base.block_size):
-        raise ValueError("the source map must use the base map's mode, key and block size")
+        raise ConfigurationError("the source map must use the base map's mode, key and block size")
     whole: dict[tuple[int, int, int], int] = {}
     for ident, at in zip(
         zip(base.sizes, base.crcs, base.tags, strict=True), base.file_offsets(), strict=True

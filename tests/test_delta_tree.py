@@ -1,0 +1,355 @@
+"""Delta for directory snapshots (`fstransport.protocol.delta_tree`, `fstransport.delta.tree`):
+whole unchanged files are never sent (renamed and moved ones neither), changed files send only
+their changed extents, onto local and memory targets; a base changed between the offer and the
+install is never installed; a missing base or a hostile offer means a full transfer."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+
+from fstransport import TransferOptions
+from fstransport.checksum import chunk_crc
+from fstransport.errors import ConfigurationError, InvalidRequest
+from fstransport.messages import (
+    DeltaOffer,
+    InstallSnapshotRequest,
+    InstallSnapshotResponse,
+    SnapshotMeta,
+    Vote,
+)
+from fstransport.network.loopback import LoopbackNetwork
+from fstransport.options import KiB
+from fstransport.protocol.delta import SEND, apply_recipe, new_key
+from fstransport.protocol.delta_tree import (
+    TreeMapBuilder,
+    decode_tree_offer,
+    encode_tree_offer,
+    plan_tree_recipe,
+)
+from fstransport.receiver import Receiver
+from fstransport.sender import send_source
+from fstransport.storage.source import BufferSource
+from fstransport.storage.store import FsspecSnapshotStore
+from fstransport.transfer import ship
+from fstransport.tree import TREE, TreeTable, load_manifest, open_tree_source
+from tests.test_delta_protocol import _crc_twin
+
+Tree = dict[str, bytes]
+OPTIONS = TransferOptions(chunk_size=64 * KiB)
+
+
+def write_tree(root: Path, files: Tree, dirs: tuple[str, ...] = ()) -> None:
+    """Make `root` hold exactly `files` (and the empty folders `dirs`)."""
+    if root.exists():
+        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+            for name in filenames:
+                os.unlink(os.path.join(dirpath, name))
+            for name in dirnames:
+                os.rmdir(os.path.join(dirpath, name))
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in dirs:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+
+
+def installed(target: str) -> Tree:
+    """The files of the tree installed at `target` (a local folder, or a memory manifest)."""
+    if target.startswith("memory://"):
+        fs, path = fsspec.core.url_to_fs(target)
+        manifest = load_manifest(fs, path)
+        generation = f"{path}/{manifest['generation']}"
+        return {p: fs.cat_file(f"{generation}/{p}") for p, _, _ in manifest["files"]}
+    root = Path(target)
+    return {
+        str(p.relative_to(root)).replace(os.sep, "/"): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def target_of(kind: str, tmp_path: Path) -> str:
+    if kind == "local":
+        return str(tmp_path / "received" / "tree")
+    return f"memory://tree-{uuid.uuid4().hex}/tree"
+
+
+def sst_files(rng: random.Random, count: int, prefix: str = "") -> Tree:
+    return {f"{prefix}{i:06d}.sst": rng.randbytes(rng.randint(1, 40) * 1000) for i in range(count)}
+
+
+class Recording:
+    """Delivers to `inner` and keeps every request's data (what crossed the network)."""
+
+    carries_delta = True
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.sent = inner, bytearray()
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, options: TransferOptions
+    ) -> InstallSnapshotResponse:
+        self.sent += req.data
+        answer: InstallSnapshotResponse = await self.inner.install_snapshot(req, options)
+        return answer
+
+
+async def send_tree(net: Any, receiver: Receiver, folder: Path, options: TransferOptions) -> Any:
+    source = await open_tree_source(str(folder))
+    meta = SnapshotMeta("tree", size=source.size, checksum=source.checksum, kind=TREE)
+    result = await send_source(net, Vote(1, 0), meta, source, None, options)
+    install = receiver._io.installing.get("tree")
+    if install is not None:
+        await install
+    assert result.completed
+    return result
+
+
+# -- the pieces -------------------------------------------------------------------------------
+
+
+def tree_map(files: list[bytes], mode: str, key: bytes) -> Any:
+    builder = TreeMapBuilder(mode, key=key, block_size=4096)
+    for data in files:
+        builder.update(data)
+        builder.end_file()
+    return builder.finish()
+
+
+@pytest.mark.parametrize("mode", ["blocks", "cdc"])
+def test_the_recipe_copies_whole_files_wherever_they_are(mode: str) -> None:
+    rng, key = random.Random(1), new_key()
+    a, b, c, d = (rng.randbytes(n) for n in (50_000, 9_000, 70_000, 3))
+    changed = bytearray(c)
+    changed[20_000:20_100] = rng.randbytes(100)
+    base = decode_tree_offer(encode_tree_offer(tree_map([a, b, c, d], mode, key)), max_size=1 << 30)
+    new_files = [b, rng.randbytes(5_000), bytes(changed), a]  # moved, new, changed, moved
+    table, head = TreeTable.build([], [(f"f{i}", len(f), 0) for i, f in enumerate(new_files)])
+    source = tree_map([*new_files[:1], b"", *new_files[1:]], mode, key)  # (an empty file too)
+    recipe = plan_tree_recipe(base, source, table.body_offset)
+    packed = head + b"".join(new_files)
+    sent = b"".join(packed[s:e] for s, e in recipe.sends())
+    assert apply_recipe(recipe, a + b + c + d, sent) == packed
+    copies = [(n, at) for n, at in recipe.ranges if at != SEND]
+    assert (len(b), 50_000) in copies  # each moved file in one range
+    assert (len(a), 0) in copies
+    assert recipe.sends()[0] == (0, table.body_offset)  # the header and table
+    assert recipe.sent <= table.body_offset + 5_000 + 70_000 // 2  # not the moved files
+
+
+def test_a_file_is_reused_only_when_its_whole_identity_agrees() -> None:
+    key = new_key()
+    one = random.Random(10).randbytes(4096)
+    twin = _crc_twin(one)  # same size, same CRC32C, other bytes
+    assert twin != one
+    assert chunk_crc(twin) == chunk_crc(one)
+    base = tree_map([one], "blocks", key)
+    assert plan_tree_recipe(base, tree_map([twin], "blocks", key), 10).reused == 0
+    assert plan_tree_recipe(base, tree_map([one], "blocks", key), 10).reused == 4096
+    with pytest.raises(ConfigurationError):  # a map under another key never matches
+        plan_tree_recipe(base, tree_map([one], "blocks", new_key()), 10)
+
+
+def offer_bytes() -> bytes:
+    rng = random.Random(2)
+    return encode_tree_offer(tree_map([rng.randbytes(9000), rng.randbytes(3)], "blocks", new_key()))
+
+
+def straddling() -> bytes:
+    raw = bytearray(offer_bytes())
+    raw[32:40] = (9001).to_bytes(8, "little")  # files 9001 + 3: an extent crosses into file 2
+    raw[40:48] = (2).to_bytes(8, "little")
+    return bytes(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"FSTDTRE1" + b"\0" * 24,
+        offer_bytes()[:-1],
+        offer_bytes() + b"\0",
+        b"FSTDTRE9" + offer_bytes()[8:],
+        offer_bytes()[:8] + b"\7" + offer_bytes()[9:],  # unknown mode
+        offer_bytes()[:12] + (4097).to_bytes(4, "little") + offer_bytes()[16:],  # block size
+        offer_bytes()[:32] + b"\0" * 8 + offer_bytes()[40:],  # an empty file listed
+        straddling(),
+    ],
+)
+def test_hostile_tree_offers_are_refused(raw: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        decode_tree_offer(raw, max_size=1 << 30)
+
+
+def test_mutated_tree_offers_never_crash() -> None:
+    rng, good, refused = random.Random(3), offer_bytes(), 0
+    for _ in range(400):
+        raw = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        try:
+            tree = decode_tree_offer(bytes(raw), max_size=1 << 30)
+        except InvalidRequest:
+            refused += 1
+            continue
+        assert sum(tree.sizes) == tree.size == sum(tree.extents.lengths)
+    assert refused > 100
+
+
+# -- through the protocol ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+@pytest.mark.parametrize("mode", ["blocks", "cdc"])
+async def test_unchanged_files_are_never_sent(kind: str, mode: str, tmp_path: Path) -> None:
+    rng = random.Random(4)
+    base = {**sst_files(rng, 12, "db/"), "empty": b"", "d\u00e9j\u00e0 vu/MANIFEST": b"m1"}
+    base["db/000003.sst"] = rng.randbytes(200_000)
+    new = dict(base)
+    del new["db/000001.sst"]  # removed
+    new["moved/000002.sst"] = new.pop("db/000002.sst")  # renamed into another folder
+    page = bytearray(new["db/000003.sst"])
+    if mode == "blocks":
+        page[4096:4196] = rng.randbytes(100)  # a page rewritten
+    else:
+        page[5000:5000] = rng.randbytes(100)  # bytes inserted
+    new["db/000003.sst"] = bytes(page)
+    new["db/000100.sst"] = rng.randbytes(30_000)  # added
+    new["d\u00e9j\u00e0 vu/MANIFEST"] = b"m2"
+    folder, target = tmp_path / "src", target_of(kind, tmp_path)
+    options = TransferOptions(chunk_size=16 * KiB, delta=mode)
+    write_tree(folder, base, dirs=("empty folder",))
+    first = await ship(str(folder), target, options=options)
+    assert first.bytes_reused == 0
+    write_tree(folder, new, dirs=("empty folder",))
+    store = FsspecSnapshotStore(str(Path(target).parent) if kind == "local" else target[:-5])
+    receiver = Receiver(store)
+    net = Recording(LoopbackNetwork(receiver))
+    result = await send_tree(net, receiver, folder, options)
+    assert installed(target) == new
+    if kind == "local":
+        assert (Path(target) / "empty folder").is_dir()
+    unchanged = [p for p in new if new[p] == base.get(p) and len(new[p]) > 64]
+    unchanged.append("moved/000002.sst")
+    for path in unchanged:  # not one of their bytes crossed the network
+        assert new[path][16:48] not in net.sent, path
+    reused = sum(len(new[p]) for p in unchanged)
+    assert result.stats.bytes_reused >= reused
+    table = len(net.sent) - len(new["db/000100.sst"])
+    assert table < 2_000 + len(new["db/000003.sst"]) // 2  # the table, the changed extents
+
+
+async def test_an_unchanged_tree_sends_its_table_and_the_map(tmp_path: Path) -> None:
+    files = sst_files(random.Random(5), 30)
+    folder, target = tmp_path / "src", target_of("local", tmp_path)
+    write_tree(folder, files)
+    first = await ship(str(folder), target, options=OPTIONS)
+    second = await ship(str(folder), target, options=OPTIONS)
+    size = sum(len(f) for f in files.values())
+    assert second.bytes_reused == size
+    assert second.bytes_sent < first.bytes_sent - size + 0.01 * size
+    assert installed(target) == files
+
+
+class ChangeBaseAfterRecipe(Recording):
+    """Once a recipe was accepted, rewrites one base file (same size, other bytes)."""
+
+    def __init__(self, inner: Any, scribble: Any) -> None:
+        super().__init__(inner)
+        self.scribble, self.changed = scribble, 0
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, options: TransferOptions
+    ) -> InstallSnapshotResponse:
+        answer = await super().install_snapshot(req, options)
+        if req.recipe is not None:
+            self.scribble()
+            self.changed += 1
+        return answer
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+async def test_a_base_changed_after_the_offer_is_never_installed(kind: str, tmp_path: Path) -> None:
+    rng = random.Random(6)
+    base = sst_files(rng, 6)
+    new = {**base, "000099.sst": rng.randbytes(20_000)}
+    root = str(tmp_path / "received") if kind == "local" else f"memory://b-{uuid.uuid4().hex}"
+    store = FsspecSnapshotStore(root)
+    receiver = Receiver(store)
+    folder = tmp_path / "src"
+    write_tree(folder, base)
+    loop = LoopbackNetwork(receiver)
+    await send_tree(loop, receiver, folder, OPTIONS)
+    fs, path = fsspec.filesystem("file" if kind == "local" else "memory"), store.path("tree")
+    victim = "000002.sst"
+    if kind == "memory":
+        victim = f"{load_manifest(fs, path)['generation']}/{victim}"
+
+    def scribble() -> None:
+        data = base["000002.sst"]
+        fs.pipe_file(f"{path}/{victim}", bytes(b ^ 0xFF for b in data[:100]) + data[100:])
+
+    write_tree(folder, new)
+    net = ChangeBaseAfterRecipe(loop, scribble)
+    result = await send_tree(net, receiver, folder, OPTIONS)
+    assert net.changed == 1
+    assert installed(store.path("tree") if kind == "local" else f"{root}/tree") == new
+    assert result.stats.rewinds >= 1
+    assert result.stats.bytes_reused == 0
+
+
+async def test_no_base_or_a_file_base_means_a_full_transfer(tmp_path: Path) -> None:
+    files = sst_files(random.Random(7), 8)
+    folder = tmp_path / "src"
+    write_tree(folder, files)
+    store = FsspecSnapshotStore(str(tmp_path / "received"))
+    receiver = Receiver(store)
+    loop = LoopbackNetwork(receiver)
+    one = BufferSource(random.Random(8).randbytes(200_000), "one")
+    await send_source(loop, Vote(1, 0), SnapshotMeta("other"), one, None, OPTIONS)
+    await receiver._io.installing.get("other", _done())
+    result = await send_tree(loop, receiver, folder, OPTIONS)  # the last installed: a file
+    assert result.stats.bytes_reused == 0
+    assert result.stats.bytes_sent >= sum(len(f) for f in files.values())
+    assert installed(store.path("tree")) == files
+
+
+async def _done() -> None:
+    return None
+
+
+class HostileOffer(Recording):
+    """Answers the first delta request with a mangled tree offer."""
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, options: TransferOptions
+    ) -> InstallSnapshotResponse:
+        answer = await super().install_snapshot(req, options)
+        if answer.offer is not None:
+            raw = bytearray(answer.offer.map)
+            raw[40:48] = (1).to_bytes(8, "little")  # the files no longer add up
+            offer = DeltaOffer(answer.offer.base_id, "crc32c:0", answer.offer.size, bytes(raw))
+            return InstallSnapshotResponse(answer.vote, held=answer.held, offer=offer)
+        return answer
+
+
+async def test_a_hostile_offer_means_a_full_transfer(tmp_path: Path) -> None:
+    files = sst_files(random.Random(9), 8)
+    store = FsspecSnapshotStore(str(tmp_path / "received"))
+    receiver = Receiver(store)
+    folder = tmp_path / "src"
+    write_tree(folder, files)
+    await send_tree(LoopbackNetwork(receiver), receiver, folder, OPTIONS)
+    files["new.sst"] = b"n" * 5000
+    write_tree(folder, files)
+    result = await send_tree(HostileOffer(LoopbackNetwork(receiver)), receiver, folder, OPTIONS)
+    assert result.stats.bytes_reused == 0
+    assert installed(store.path("tree")) == files

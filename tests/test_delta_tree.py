@@ -21,6 +21,7 @@ from fstransport.messages import (
     DeltaOffer,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
+    Pieces,
     SnapshotMeta,
     Vote,
 )
@@ -97,7 +98,7 @@ class Recording:
     async def install_snapshot(
         self, req: InstallSnapshotRequest, options: TransferOptions
     ) -> InstallSnapshotResponse:
-        self.sent += req.data
+        self.sent += req.data.join() if isinstance(req.data, Pieces) else req.data
         answer: InstallSnapshotResponse = await self.inner.install_snapshot(req, options)
         return answer
 

@@ -27,12 +27,14 @@ from fstransport.messages import (
 )
 from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import KiB
-from fstransport.protocol.delta import SEND, apply_recipe, new_key
+from fstransport.protocol.delta import SEND, Recipe, apply_recipe, new_key
 from fstransport.protocol.delta_tree import (
+    FileIdentity,
     TreeMapBuilder,
     decode_tree_offer,
     encode_tree_offer,
     plan_tree_recipe,
+    whole_matches,
 )
 from fstransport.receiver import Receiver
 from fstransport.sender import send_source
@@ -125,6 +127,23 @@ def tree_map(files: list[bytes], mode: str, key: bytes) -> Any:
     return builder.finish()
 
 
+def plan(base: Any, files: list[bytes], key: bytes, body_offset: int) -> Recipe:
+    """`plan_tree_recipe` as a sender runs it: identities first, maps of the unmatched files."""
+    idents = []
+    for data in files:
+        ident = FileIdentity(key)
+        ident.update(data)
+        idents.append(ident.identity())
+    cutter, whole, maps = TreeMapBuilder(base.mode, key=key, block_size=4096), None, {}
+    whole = whole_matches(base)
+    for number, data in enumerate(files):
+        if data and idents[number] not in whole:
+            builder = cutter.file_builder()
+            builder.update(data)
+            maps[number] = builder.finish()
+    return plan_tree_recipe(base, idents, maps, body_offset)
+
+
 @pytest.mark.parametrize("mode", ["blocks", "cdc"])
 def test_the_recipe_copies_whole_files_wherever_they_are(mode: str) -> None:
     rng, key = random.Random(1), new_key()
@@ -132,10 +151,9 @@ def test_the_recipe_copies_whole_files_wherever_they_are(mode: str) -> None:
     changed = bytearray(c)
     changed[20_000:20_100] = rng.randbytes(100)
     base = decode_tree_offer(encode_tree_offer(tree_map([a, b, c, d], mode, key)), max_size=1 << 30)
-    new_files = [b, rng.randbytes(5_000), bytes(changed), a]  # moved, new, changed, moved
+    new_files = [b, b"", rng.randbytes(5_000), bytes(changed), a]  # moved, empty, new, changed
     table, head = TreeTable.build([], [(f"f{i}", len(f), 0) for i, f in enumerate(new_files)])
-    source = tree_map([*new_files[:1], b"", *new_files[1:]], mode, key)  # (an empty file too)
-    recipe = plan_tree_recipe(base, source, table.body_offset)
+    recipe = plan(base, new_files, key, table.body_offset)
     packed = head + b"".join(new_files)
     sent = b"".join(packed[s:e] for s, e in recipe.sends())
     assert apply_recipe(recipe, a + b + c + d, sent) == packed
@@ -153,10 +171,12 @@ def test_a_file_is_reused_only_when_its_whole_identity_agrees() -> None:
     assert twin != one
     assert chunk_crc(twin) == chunk_crc(one)
     base = tree_map([one], "blocks", key)
-    assert plan_tree_recipe(base, tree_map([twin], "blocks", key), 10).reused == 0
-    assert plan_tree_recipe(base, tree_map([one], "blocks", key), 10).reused == 4096
-    with pytest.raises(ConfigurationError):  # a map under another key never matches
-        plan_tree_recipe(base, tree_map([one], "blocks", new_key()), 10)
+    assert plan(base, [twin], key, 10).reused == 0  # (its one block is no match either)
+    assert plan(base, [one], key, 10).reused == 4096
+    other = TreeMapBuilder("blocks", key=new_key(), block_size=4096).file_builder()
+    other.update(one)
+    with pytest.raises(ConfigurationError):  # a map under another key is refused
+        plan_tree_recipe(base, [(4096, 0, 0)], {0: other.finish()}, 0)
 
 
 def offer_bytes() -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import os
 from dataclasses import replace
@@ -23,9 +24,10 @@ from fstransport.delta.send import Ask, DeltaPlan
 from fstransport.errors import ChecksumMismatch, FstransportError, SourceChanged, StorageError
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta, Vote
 from fstransport.options import TransferOptions
-from fstransport.protocol.delta import SEND, Recipe, choose_block_size, new_key
+from fstransport.protocol.delta import SEND, DeltaMap, Recipe, choose_block_size, new_key
 from fstransport.protocol.delta_session import MAX_OFFER_FACTOR
 from fstransport.protocol.delta_tree import (
+    FileIdentity,
     TreeMap,
     TreeMapBuilder,
     TreeReceiverDelta,
@@ -33,6 +35,7 @@ from fstransport.protocol.delta_tree import (
     encode_tree_offer,
     max_tree_offer_bytes,
     plan_tree_recipe,
+    whole_matches,
     whole_tree_crc,
 )
 from fstransport.protocol.delta_wire import encode_recipe
@@ -41,7 +44,7 @@ from fstransport.tree.install import load_manifest
 from fstransport.tree.source import _walk_local
 from fstransport.tree.table import HEADER_SIZE, TreeTable, parse_header, parse_table
 
-__all__ = ["assemble_tree", "find_tree_base", "map_tree_source", "negotiate_tree"]
+__all__ = ["assemble_tree", "find_tree_base", "identify_files", "map_files", "negotiate_tree"]
 
 log = logging.getLogger("fstransport.delta")
 
@@ -268,20 +271,38 @@ async def source_table(source: ChunkSource) -> tuple[TreeTable, bytes]:
     return parse_table(head[HEADER_SIZE:], source.size, None), head
 
 
-async def map_tree_source(
-    source: ChunkSource, table: TreeTable, base: TreeMap, piece: int
-) -> TreeMap:
-    """The `TreeMap` of the files of the packed tree `source`, with `base`'s mode, key and
-    block size, read once in `piece`-byte reads."""
-    builder = TreeMapBuilder(base.mode, key=base.key, block_size=base.block_size)
+async def identify_files(
+    source: ChunkSource, table: TreeTable, key: bytes, piece: int
+) -> list[tuple[int, int, int]]:
+    """The `FileIdentity` of each file of the packed tree `source`, in the table's order, read
+    once in `piece`-byte reads."""
+    out = []
     for entry in table.files:
-        at, end = entry.offset, entry.offset + entry.size
+        ident, at, end = FileIdentity(key), entry.offset, entry.offset + entry.size
+        while at < end:
+            data = await _read(source, at, min(piece, end - at))
+            ident.update(data)
+            at += len(data)
+        out.append(ident.identity())
+    return out
+
+
+async def map_files(
+    source: ChunkSource, table: TreeTable, numbers: list[int], base: TreeMap, piece: int
+) -> dict[int, DeltaMap]:
+    """The extents of the files `numbers` (indexes into `table.files`) of `source`, cut as
+    `base`'s (its mode, key and block size)."""
+    cutter = TreeMapBuilder(base.mode, key=base.key, block_size=base.block_size)
+    out = {}
+    for number in numbers:
+        entry = table.files[number]
+        builder, at, end = cutter.file_builder(), entry.offset, entry.offset + entry.size
         while at < end:
             data = await _read(source, at, min(piece, end - at))
             builder.update(data)
             at += len(data)
-        builder.end_file()
-    return builder.finish()
+        out[number] = builder.finish()
+    return out
 
 
 def _base_of(answer: object, meta: SnapshotMeta, vote: Vote) -> TreeMap | None:
@@ -304,20 +325,31 @@ async def negotiate_tree(
 ) -> DeltaPlan | None:
     """`fstransport.delta.send.negotiate` for a directory snapshot: ask for a base tree, map
     the packed tree's files against it, send the recipe.  None leaves a full transfer."""
-    mode = options.delta
-    first = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode, delta_key=new_key())
+    mode, key, piece = options.delta, new_key(), options.chunk_size
+    first = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode, delta_key=key)
     try:
-        answer = await ask(first)
+        table, head = await source_table(source)
+        # the files' identities are read while the receiver maps its base
+        identities = asyncio.ensure_future(identify_files(source, table, key, piece))
+        try:
+            answer = await ask(first)
+            files = await identities
+        finally:
+            if not identities.done():
+                identities.cancel()
+                with contextlib.suppress(BaseException):
+                    await identities
         base = _base_of(answer, meta, vote)
         if base is None or answer.offer is None:
             return None
         map_bytes = len(answer.offer.map)
-        table, head = await source_table(source)
-        source_map = await map_tree_source(source, table, base, options.chunk_size)
-        checksum = format_checksum(whole_tree_crc(chunk_crc(head), source_map))
+        checksum = format_checksum(whole_tree_crc(chunk_crc(head), files))
         if meta.checksum is not None and meta.checksum != checksum:
             return None  # the data is not what the caller named: the full transfer says so
-        recipe = plan_tree_recipe(base, source_map, table.body_offset)
+        whole = whole_matches(base)
+        changed = [i for i, ident in enumerate(files) if ident[0] and ident not in whole]
+        extents = await map_files(source, table, changed, base, piece)
+        recipe = plan_tree_recipe(base, files, extents, table.body_offset)
         if not recipe.reused:
             return DeltaPlan((), checksum, 0, map_bytes)
         raw = encode_recipe(recipe)

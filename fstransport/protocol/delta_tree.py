@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from sys import byteorder
 
-from fstransport.checksum import combine
+from fstransport.checksum import chunk_crc, combine
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Buffer
 from fstransport.protocol.delta import (
@@ -45,6 +45,7 @@ from fstransport.protocol.delta_wire import decode_map, encode_map
 
 __all__ = [
     "MAX_TREE_OFFER_FILES",
+    "FileIdentity",
     "TreeMap",
     "TreeMapBuilder",
     "TreeReceiverDelta",
@@ -52,6 +53,7 @@ __all__ = [
     "encode_tree_offer",
     "max_tree_offer_bytes",
     "plan_tree_recipe",
+    "whole_matches",
     "whole_tree_crc",
 ]
 
@@ -121,18 +123,6 @@ class TreeMap:
             at += size
         return out
 
-    def file_extents(self) -> Iterator[tuple[int, int, int, int]]:
-        """Per file, ``(file index, first extent index, extent count, stream offset)``."""
-        index, at = 0, 0
-        lengths = self.extents.lengths
-        for number, size in enumerate(self.sizes):
-            first, covered = index, 0
-            while covered < size:
-                covered += lengths[index]
-                index += 1
-            yield number, first, index - first, at
-            at += size
-
 
 @dataclass
 class TreeReceiverDelta(ReceiverDelta):
@@ -144,11 +134,24 @@ class TreeReceiverDelta(ReceiverDelta):
     root: str = ""
 
 
-def _file_tag(keyed: object, size: int, part: DeltaMap) -> int:
-    hasher = keyed.copy()  # type: ignore[attr-defined]
-    hasher.update(_FILE_TAG + size.to_bytes(8, "little"))
-    hasher.update(_u32(part.lengths) + _u32(part.crcs) + _u32(part.tags))
-    return int.from_bytes(hasher.digest()[:8], "little")
+class FileIdentity:
+    """A file's strong identity fed in pieces: its size, its CRC32C, and 8 bytes of SHA-256
+    over the transfer's key (padded to one block, as for the block tags), a domain prefix and
+    the file's bytes.  One pass at hashing speed (large pieces, not one call per block)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._hasher = _keyed(key).copy()
+        self._hasher.update(_FILE_TAG)
+        self.size = self.crc = 0
+
+    def update(self, data: Buffer) -> None:
+        self._hasher.update(data)
+        self.crc = chunk_crc(data, self.crc)
+        self.size += memoryview(data).nbytes
+
+    def identity(self) -> tuple[int, int, int]:
+        """``(size, crc32c, tag)``."""
+        return self.size, self.crc, int.from_bytes(self._hasher.digest()[:8], "little")
 
 
 class TreeMapBuilder:
@@ -157,30 +160,31 @@ class TreeMapBuilder:
 
     def __init__(self, mode: str, *, key: bytes, block_size: int) -> None:
         self.mode, self.key, self.block_size = mode, key, block_size if mode == "blocks" else 0
-        self._keyed = _keyed(key)
         self._lengths, self._crcs, self._tags = array("I"), array("I"), array("I")
         self._sizes, self._file_crcs, self._file_tags = array("Q"), array("I"), array("Q")
-        self._file = self._new()
+        self._file, self._ident = self.file_builder(), FileIdentity(key)
 
-    def _new(self) -> MapBuilder:
+    def file_builder(self) -> MapBuilder:
+        """A `MapBuilder` for one file's extents, cut as this builder cuts them."""
         return MapBuilder(self.mode, key=self.key, block_size=self.block_size or MIN_BLOCK_SIZE)
 
     def update(self, data: Buffer) -> None:
         """Feed the next bytes of the current file."""
         self._file.update(data)
+        self._ident.update(data)
 
     def end_file(self) -> None:
         """The current file is complete; the next bytes begin another."""
-        part = self._file.finish()
-        self._file = self._new()
-        if not part.size:
+        part, (size, crc, tag) = self._file.finish(), self._ident.identity()
+        self._file, self._ident = self.file_builder(), FileIdentity(self.key)
+        if not size:
             return
         self._lengths.extend(part.lengths)
         self._crcs.extend(part.crcs)
         self._tags.extend(part.tags)
-        self._sizes.append(part.size)
-        self._file_crcs.append(part.whole_crc())
-        self._file_tags.append(_file_tag(self._keyed, part.size, part))
+        self._sizes.append(size)
+        self._file_crcs.append(crc)
+        self._file_tags.append(tag)
 
     def finish(self) -> TreeMap:
         extents = DeltaMap(
@@ -247,36 +251,56 @@ def decode_tree_offer(raw: Buffer, *, max_size: int) -> TreeMap:
     return tree
 
 
-def plan_tree_recipe(base: TreeMap, source: TreeMap, body_offset: int) -> Recipe:
-    """The recipe of a packed tree whose header and table take `body_offset` bytes and whose
-    files' map is `source` (built with `base`'s mode, key and block size), against `base`."""
-    if (source.mode, source.key, source.block_size) != (base.mode, base.key, base.block_size):
-        raise ConfigurationError("the source map must use the base map's mode, key and block size")
+def whole_matches(base: TreeMap) -> dict[tuple[int, int, int], int]:
+    """Where each of `base`'s file identities begins in its base stream (the first one)."""
     whole: dict[tuple[int, int, int], int] = {}
     for ident, at in zip(
         zip(base.sizes, base.crcs, base.tags, strict=True), base.file_offsets(), strict=True
     ):
         whole.setdefault(ident, at)
+    return whole
+
+
+def plan_tree_recipe(
+    base: TreeMap,
+    files: Sequence[tuple[int, int, int]],
+    extents: Mapping[int, DeltaMap],
+    body_offset: int,
+) -> Recipe:
+    """The recipe of a packed tree whose header and table take `body_offset` bytes, whose files
+    have the identities `files` (`FileIdentity`, under `base`'s key) in the table's order, and
+    `extents` the maps of some of them (by index; cut with `TreeMapBuilder.file_builder` under
+    `base`'s mode, key and block size): a file whose identity `base` holds is copied whole, one
+    with a map is matched extent by extent, any other is sent."""
+    whole = whole_matches(base)
     parts: dict[tuple[int, int, int], int] = {}
-    b = base.extents
-    for at, ident in zip(b.offsets(), zip(b.lengths, b.crcs, b.tags, strict=True), strict=True):
-        parts.setdefault(ident, at)
+    if extents:
+        b = base.extents
+        for at, ident in zip(b.offsets(), zip(b.lengths, b.crcs, b.tags, strict=True), strict=True):
+            parts.setdefault(ident, at)
     pieces: list[tuple[int, int]] = [(body_offset, SEND)] if body_offset else []
-    s = source.extents
-    for number, first, count, _ in source.file_extents():
-        ident = (source.sizes[number], source.crcs[number], source.tags[number])
+    total = body_offset
+    for number, ident in enumerate(files):
+        total += ident[0]
         found = whole.get(ident)
+        part = extents.get(number)
+        if not ident[0]:
+            continue
         if found is not None:
             pieces.append((ident[0], found))
-            continue
-        for i in range(first, first + count):
-            pieces.append((s.lengths[i], parts.get((s.lengths[i], s.crcs[i], s.tags[i]), SEND)))
-    return Recipe(body_offset + source.size, base.size, _coalesce(pieces))
+        elif part is None:
+            pieces.append((ident[0], SEND))
+        else:
+            if (part.mode, part.key, part.block_size) != (base.mode, base.key, base.block_size):
+                raise ConfigurationError("a file's map must use the base map's key and blocks")
+            for length, crc, tag in zip(part.lengths, part.crcs, part.tags, strict=True):
+                pieces.append((length, parts.get((length, crc, tag), SEND)))
+    return Recipe(total, base.size, _coalesce(pieces))
 
 
-def whole_tree_crc(header_crc: int, source: TreeMap) -> int:
-    """The packed stream's CRC32C from its header's and its files' (empty files add nothing)."""
+def whole_tree_crc(header_crc: int, files: Sequence[tuple[int, int, int]]) -> int:
+    """The packed stream's CRC32C from its header's and its files' identities."""
     crc = header_crc
-    for size, part in zip(source.sizes, source.crcs, strict=True):
+    for size, part, _ in files:
         crc = combine(crc, part, size)
     return crc

@@ -374,3 +374,43 @@ async def test_a_hostile_offer_means_a_full_transfer(tmp_path: Path) -> None:
     result = await send_tree(HostileOffer(LoopbackNetwork(receiver)), receiver, folder, OPTIONS)
     assert result.stats.bytes_reused == 0
     assert installed(store.path("tree")) == files
+
+
+async def test_a_tree_delta_resumes_after_the_sender_died(tmp_path: Path) -> None:
+    """A sender dies after the recipe and some chunks; the next one (a new exchange, a new key)
+    finds the chunks written and the copied files, and the tree installed is exact."""
+    rng = random.Random(11)
+    base = sst_files(rng, 10)
+    new = {**base, **{f"new{i}.sst": rng.randbytes(9_000) for i in range(6)}}
+    store = FsspecSnapshotStore(str(tmp_path / "received"))
+    receiver = Receiver(store)
+    loop = LoopbackNetwork(receiver)
+    folder = tmp_path / "src"
+    write_tree(folder, base)
+    await send_tree(loop, receiver, folder, OPTIONS)
+
+    class DiesAfter:
+        carries_delta = True
+
+        def __init__(self) -> None:
+            self.data_requests = 0
+
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, options: TransferOptions
+        ) -> InstallSnapshotResponse:
+            if req.delta is None:
+                self.data_requests += 1
+                if self.data_requests > 3:
+                    raise InvalidRequest("the sender's process died")  # fatal for the sender
+            answer: InstallSnapshotResponse = await loop.install_snapshot(req, options)
+            return answer
+
+    small = TransferOptions(chunk_size=4 * KiB, max_in_flight=1, delta="blocks")
+    write_tree(folder, new)
+    with pytest.raises(InvalidRequest):
+        await send_tree(DiesAfter(), receiver, folder, small)
+    assert receiver.receiving == ["tree"]
+    result = await send_tree(loop, receiver, folder, small)
+    assert installed(store.path("tree")) == new
+    assert result.stats.bytes_reused >= sum(len(d) for d in base.values())
+    assert result.stats.bytes_sent < 6 * 9_000 + 8 * KiB

@@ -154,7 +154,10 @@ async def find_tree_base(
         )
         # (kept under the request's mode, which a recipe must name; only its extents are read)
         extents = replace(tree.extents, mode=tree.mode)
-        delta = TreeReceiverDelta(base_id, tree.size, extents, files=placed, root=root)
+        crc = whole_tree_crc(0, list(zip(tree.sizes, tree.crcs, tree.tags, strict=True)))
+        delta = TreeReceiverDelta(
+            base_id, tree.size, extents, files=placed, root=root, stream_crc=crc
+        )
         return delta, encoded
     return None
 
@@ -333,15 +336,15 @@ async def negotiate_tree(
         identities = asyncio.ensure_future(identify_files(source, table, key, piece))
         try:
             answer = await ask(first)
+            base = _base_of(answer, meta, vote)
+            if base is None or answer.offer is None:
+                return None  # (no base: the identities are not waited for)
             files = await identities
         finally:
             if not identities.done():
                 identities.cancel()
                 with contextlib.suppress(BaseException):
                     await identities
-        base = _base_of(answer, meta, vote)
-        if base is None or answer.offer is None:
-            return None
         map_bytes = len(answer.offer.map)
         checksum = format_checksum(whole_tree_crc(chunk_crc(head), files))
         if meta.checksum is not None and meta.checksum != checksum:

@@ -27,9 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from sys import byteorder
 
-from fstransport.checksum import chunk_crc, combine
+from fstransport.checksum import chunk_crc, combine, format_checksum
 from fstransport.errors import ConfigurationError, InvalidRequest
-from fstransport.messages import Buffer
+from fstransport.messages import Buffer, DeltaOffer
 from fstransport.protocol.delta import (
     MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
@@ -132,6 +132,11 @@ class TreeReceiverDelta(ReceiverDelta):
 
     files: tuple[tuple[str, int, int], ...] = ()
     root: str = ""
+    stream_crc: int = 0
+    """The base stream's CRC32C, combined from its files' (not from every extent's)."""
+
+    def offer(self, encoded_map: bytes) -> DeltaOffer:
+        return DeltaOffer(self.base_id, format_checksum(self.stream_crc), self.size, encoded_map)
 
 
 class FileIdentity:

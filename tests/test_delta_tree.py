@@ -36,6 +36,7 @@ from fstransport.protocol.delta_tree import (
     plan_tree_recipe,
     whole_matches,
 )
+from fstransport.protocol.delta_wire import encode_recipe
 from fstransport.receiver import Receiver
 from fstransport.sender import send_source
 from fstransport.storage.source import BufferSource
@@ -414,3 +415,50 @@ async def test_a_tree_delta_resumes_after_the_sender_died(tmp_path: Path) -> Non
     assert installed(store.path("tree")) == new
     assert result.stats.bytes_reused >= sum(len(d) for d in base.values())
     assert result.stats.bytes_sent < 6 * 9_000 + 8 * KiB
+
+
+def recipe_bytes(size: int, base_size: int, ranges: list[tuple[int, int]]) -> bytes:
+    return encode_recipe(Recipe(size, base_size, tuple(ranges)))
+
+
+@pytest.mark.parametrize(
+    ("ranges", "field"),
+    [
+        ([(100, SEND), (4096, 1), (-1, SEND)], "delta"),  # not on the base's extents
+        ([(100, SEND), (4096, 20_000), (-1, SEND)], "delta_recipe"),  # outside the base
+        ([(100, SEND), (10_000, 0), (1, SEND)], "delta_recipe"),  # not the snapshot's size
+    ],
+)
+async def test_hostile_tree_recipes_are_refused(
+    ranges: list[tuple[int, int]], field: str, tmp_path: Path
+) -> None:
+    store = FsspecSnapshotStore(str(tmp_path / "received"))
+    receiver = Receiver(store)
+    folder = tmp_path / "src"
+    write_tree(folder, {"a": random.Random(12).randbytes(10_000), "b": b"b" * 5000})
+    await send_tree(LoopbackNetwork(receiver), receiver, folder, OPTIONS)
+    size = 30_000
+    meta = SnapshotMeta("tree", size=size, kind=TREE)
+    first = InstallSnapshotRequest(Vote(1, 0), meta, 0, b"", False, 0, delta="blocks")
+    answer = await receiver.handle(first)
+    assert answer.offer is not None
+    assert answer.offer.size == 15_000
+    fixed = [(n if n >= 0 else size - sum(m for m, _ in ranges if m >= 0), b) for n, b in ranges]
+    raw = recipe_bytes(size, 15_000, fixed)
+    second = InstallSnapshotRequest(Vote(1, 0), meta, 0, b"", False, 0, delta="blocks", recipe=raw)
+    with pytest.raises(InvalidRequest) as caught:
+        await receiver.handle(second)
+    assert caught.value.field == field
+    assert installed(store.path("tree"))["b"] == b"b" * 5000  # the base untouched
+
+
+async def test_a_base_tree_holding_a_symlink_is_no_base(tmp_path: Path) -> None:
+    files = sst_files(random.Random(13), 6)
+    folder, target = tmp_path / "src", tmp_path / "received" / "tree"
+    write_tree(folder, files)
+    await ship(str(folder), str(target), options=OPTIONS)
+    (tmp_path / "secret").write_bytes(b"s" * 5000)
+    os.symlink(tmp_path / "secret", target / "link")
+    report = await ship(str(folder), str(target), options=OPTIONS)
+    assert report.bytes_reused == 0
+    assert installed(str(target)) == files

@@ -336,7 +336,7 @@ async def _delta(self: _Sender, cancel_task: asyncio.Future[Any] | None) -> None
         rpc = lambda: self.net.install_snapshot(req, self.options)  # noqa: E731
         return await self._answer_within(rpc, req, ttl)
 
-    from fstransport.delta.tree import negotiate_tree  # (loaded for directory snapshots only)
+    from fstransport.delta.tree_send import negotiate_tree  # (loaded for directory snapshots only)
 
     talk = negotiate_tree if self.meta.kind == "tree" else negotiate
     exchange = talk(ask, self.vote, self.meta, self.source, self.options)

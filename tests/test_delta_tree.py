@@ -31,11 +31,10 @@ from fstransport.protocol.delta import SEND, Recipe, apply_recipe, new_key
 from fstransport.protocol.delta_tree import (
     FileIdentity,
     TreeMapBuilder,
-    decode_tree_offer,
-    encode_tree_offer,
     plan_tree_recipe,
     whole_matches,
 )
+from fstransport.protocol.delta_tree_wire import decode_tree_offer, encode_tree_offer
 from fstransport.protocol.delta_wire import encode_recipe
 from fstransport.receiver import Receiver
 from fstransport.sender import send_source

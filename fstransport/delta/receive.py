@@ -117,6 +117,12 @@ async def answer_delta(
         return tuple(state.ledger.held()), offer
     if state.delta is None or state.delta.base_map.mode != req.delta:
         raise InvalidRequest("a recipe for a base that was not offered", field="recipe")
+    from fstransport.protocol.delta_tree_wire import is_want
+
+    if is_want(req.recipe):  # a tree's base files asked for (fstransport.delta.tree)
+        from fstransport.delta.tree import answer_want
+
+        return tuple(state.ledger.held()), await answer_want(store, state, req)
     held = accept_recipe(state.delta, req.meta, req.recipe, state.ledger)
     if state.meta.checksum is None and req.meta.checksum is not None:
         state.meta = replace(state.meta, checksum=req.meta.checksum)

@@ -1,7 +1,8 @@
-"""Delta transfer for directory snapshots, I/O: the receiver maps a base tree for its offer and
-fills the copied ranges of the packed stream from the base tree's files before install; the
-sender maps its packed tree file by file and sends the recipe.  The rules are in
-`fstransport.protocol.delta_tree` (sans I/O); ``docs/delta.md`` has the exchange.
+"""Delta transfer for directory snapshots, the receiver's side (I/O): identify the files of a
+base tree for its offer, map the base files a sender asks for, and fill the copied ranges of the
+packed stream from the base tree's files before install.  The sender's side is
+`fstransport.delta.tree_send`; the rules are in `fstransport.protocol.delta_tree` (sans I/O);
+``docs/delta.md`` has the exchange.
 
 Bases are trees installed in local folders (`PwriteSink` stores) and ``memory://`` stores (a
 manifest and a generation); anything else offers nothing and the tree is sent in full.
@@ -11,68 +12,62 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.delta.local import copy_range, file_crc
 from fstransport.delta.receive import _kind, _memory_file, _recipe_of
-from fstransport.delta.send import Ask, DeltaPlan
-from fstransport.errors import ChecksumMismatch, FstransportError, SourceChanged, StorageError
-from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta, Vote
-from fstransport.options import TransferOptions
+from fstransport.errors import (
+    ChecksumMismatch,
+    FstransportError,
+    InvalidRequest,
+    SourceChanged,
+    StorageError,
+)
+from fstransport.messages import DeltaOffer, InstallSnapshotRequest
 from fstransport.protocol.delta import SEND, DeltaMap, Recipe, choose_block_size, new_key
 from fstransport.protocol.delta_session import MAX_OFFER_FACTOR
 from fstransport.protocol.delta_tree import (
-    FileIdentity,
     TreeMap,
     TreeMapBuilder,
     TreeReceiverDelta,
-    decode_tree_offer,
-    encode_tree_offer,
     max_tree_offer_bytes,
-    plan_tree_recipe,
-    whole_matches,
     whole_tree_crc,
 )
-from fstransport.protocol.delta_wire import encode_recipe
-from fstransport.storage.source import ChunkSource
+from fstransport.protocol.delta_tree_wire import decode_want, encode_tree_offer
 from fstransport.tree.install import load_manifest
 from fstransport.tree.source import _walk_local
-from fstransport.tree.table import HEADER_SIZE, TreeTable, parse_header, parse_table
+from fstransport.tree.table import check_tree_path
 
-__all__ = ["assemble_tree", "find_tree_base", "identify_files", "map_files", "negotiate_tree"]
+__all__ = ["answer_want", "assemble_tree", "find_tree_base"]
 
 log = logging.getLogger("fstransport.delta")
 
 _PIECE = 8 * 1024 * 1024
 BaseFiles = list[tuple[str, int]]
 """``(path relative to the base's root, size)`` of a base tree's files, in order."""
+Reader = Callable[[str, int], Iterator[bytes]]
+"""Reads a base file whole, in pieces; `SourceChanged` when it is no longer that size."""
 
 
 # -- the receiver: a base tree and its offer --------------------------------------------------
 
 
-def _map_files(read: Any, files: BaseFiles, mode: str, key: bytes) -> TreeMap:
-    """The `TreeMap` of `files`, each read whole through ``read(path, size)`` (an iterator of
-    pieces that raises `SourceChanged` when the file is no longer `size` bytes)."""
-    total = sum(size for _, size in files)
-    builder = TreeMapBuilder(mode, key=key, block_size=choose_block_size(total))
-    for path, size in files:
-        if size:
-            for piece in read(path, size):
-                builder.update(piece)
-        builder.end_file()
-    return builder.finish()
+def _local_files(folder: str) -> tuple[BaseFiles, str, Reader] | None:
+    """A local folder's files (sizes from the listing) and a reader of them; None if it is no
+    folder.  `UnsupportedEntry` for anything but folders and regular files in it."""
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        return None
+    _, files = _walk_local(folder)
 
-
-def _read_local(root: str) -> Any:
-    def read(path: str, size: int) -> Any:
-        full = os.path.join(root, *path.split("/"))
-        with open(full, "rb", buffering=0) as fh:  # (the walk refused symbolic links)
+    def read(path: str, size: int) -> Iterator[bytes]:
+        full = os.path.join(folder, *path.split("/"))
+        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with open(fd, "rb", buffering=0) as fh:
             if os.fstat(fh.fileno()).st_size != size:
                 raise SourceChanged(full, "map", ValueError("the file changed size"))
             left = size
@@ -83,46 +78,65 @@ def _read_local(root: str) -> Any:
                 left -= len(piece)
                 yield piece
 
-    return read
+    return [(p, n) for p, n in files if n], folder, read
 
 
-def _local_base(folder: str, mode: str, key: bytes) -> tuple[TreeMap, BaseFiles, str] | None:
-    if not os.path.isdir(folder) or os.path.islink(folder):
-        return None
-    _, files = _walk_local(folder)  # UnsupportedEntry for anything but folders and files
-    files = [(path, size) for path, size in files if size]
-    return _map_files(_read_local(folder), files, mode, key), files, folder
-
-
-def _memory_base(store: Any, tree_path: str, mode: str, key: bytes) -> Any:
+def _memory_files(store: Any, tree_path: str) -> tuple[BaseFiles, str, Reader] | None:
+    """A ``memory://`` tree's files (from its manifest) and a reader of them; None if there
+    is no complete tree."""
     try:
         manifest = load_manifest(store.backend.fs, tree_path)
     except FileNotFoundError:
         return None
-    generation = manifest.get("generation")
-    listed = manifest.get("files")
+    generation, listed = manifest.get("generation"), manifest.get("files")
     if not isinstance(generation, str) or "/" in generation or not isinstance(listed, list):
         return None
-    files = [(str(entry[0]), int(entry[1])) for entry in listed if int(entry[1])]
     root = f"{tree_path.rstrip('/')}/{generation}"
 
-    def read(path: str, size: int) -> Any:
+    def read(path: str, size: int) -> Iterator[bytes]:
         found = _memory_file(store, f"{root}/{path}")
         data = b"" if found is None else found.getvalue()
         if len(data) != size:
             raise SourceChanged(f"{root}/{path}", "map", ValueError("the file changed"))
         yield data
 
-    return _map_files(read, files, mode, key), files, root
+    files = [(str(check_tree_path(e[0])), int(e[1])) for e in listed if int(e[1])]
+    return files, root, read
+
+
+def _reader(store: Any, root: str) -> Reader:
+    found = _local_files(root) if _kind(store) == "local" else None
+    if found is not None:
+        return found[2]
+
+    def read(path: str, size: int) -> Iterator[bytes]:
+        found = _memory_file(store, f"{root}/{path}")
+        data = b"" if found is None else found.getvalue()
+        if len(data) != size:
+            raise SourceChanged(f"{root}/{path}", "map", ValueError("the file changed"))
+        yield data
+
+    return read
+
+
+def _identify(read: Reader, files: BaseFiles, mode: str, key: bytes) -> TreeMap:
+    """The `TreeMap` of `files` with their identities only (extents: whole pieces)."""
+    block = choose_block_size(sum(size for _, size in files))
+    builder = TreeMapBuilder(mode, key=key, block_size=block, extents=False)
+    for path, size in files:
+        for piece in read(path, size):
+            builder.update(piece)
+        builder.end_file()
+    return builder.finish()
 
 
 async def find_tree_base(
     store: Any, candidates: list[str], mode: str, key: bytes | None, size: int
 ) -> tuple[TreeReceiverDelta, bytes] | None:
-    """The first of `candidates` `store` holds as a tree, mapped in `mode` with `key` (the
-    sender's, else a fresh one), with its encoded offer; None when there is none, the store
+    """The first of `candidates` `store` holds as a tree, its files identified with `key`
+    (the sender's, else a fresh one), with its encoded offer; None when there is none, the store
     cannot serve as a base, or the offer would be longer than a sender of a `size`-byte packed
-    tree takes."""
+    tree takes.  Extents of files come later, for the files a sender asks for (`answer_want`)."""
     key = key or new_key()
     kind = _kind(store)
     if kind is None:
@@ -130,19 +144,17 @@ async def find_tree_base(
     for base_id in dict.fromkeys(candidates):
         try:
             path = store.path(base_id)
-        except Exception:  # an id the store would refuse: never a base
-            continue
-        try:
             if kind == "local":
-                found = await asyncio.to_thread(_local_base, path, mode, key)
+                found = await asyncio.to_thread(_local_files, path)
             else:
-                found = await asyncio.to_thread(_memory_base, store, path, mode, key)
+                found = await asyncio.to_thread(_memory_files, store, path)
+            if found is None:
+                continue
+            files, root, read = found
+            tree = await asyncio.to_thread(_identify, read, files, mode, key)
         except Exception as exc:  # a base that cannot be read whole is no base
-            log.warning("tree delta base %r could not be mapped: %s", base_id, exc)
+            log.warning("tree delta base %r could not be read: %s", base_id, exc)
             continue
-        if found is None:
-            continue
-        tree, files, root = found
         if tree.size > max(MAX_OFFER_FACTOR * size, 64 * 1024 * 1024):
             return None
         encoded = encode_tree_offer(tree)
@@ -152,14 +164,51 @@ async def find_tree_base(
             (path, at, length)
             for (path, length), at in zip(files, tree.file_offsets(), strict=True)
         )
-        # (kept under the request's mode, which a recipe must name; only its extents are read)
-        extents = replace(tree.extents, mode=tree.mode)
         crc = whole_tree_crc(0, list(zip(tree.sizes, tree.crcs, tree.tags, strict=True)))
         delta = TreeReceiverDelta(
-            base_id, tree.size, extents, files=placed, root=root, stream_crc=crc
+            base_id, tree.size, _labelled(tree), files=placed, root=root, stream_crc=crc, tree=tree
         )
         return delta, encoded
     return None
+
+
+def _labelled(tree: TreeMap) -> DeltaMap:
+    """`tree`'s extents under the request's mode, which a recipe must name (only the extents
+    are read on the receiver's side)."""
+    return replace(tree.extents, mode=tree.mode)
+
+
+async def answer_want(store: Any, state: Any, req: InstallSnapshotRequest) -> DeltaOffer | None:
+    """A sender asks for the extents of some base files (`encode_want` as its recipe): map them
+    and offer the base again with them; None when that offer would be too long."""
+    delta = state.delta
+    if not isinstance(delta, TreeReceiverDelta) or delta.tree is None or req.recipe is None:
+        raise InvalidRequest("base extents asked for without a tree offer", field="recipe")
+    tree = delta.tree
+    numbers = [n for n in decode_want(req.recipe, len(delta.files)) if not tree.mapped[n]]
+    cutter = TreeMapBuilder(tree.mode, key=tree.key, block_size=tree.block_size or 4096)
+
+    def cut() -> dict[int, DeltaMap]:
+        read, out = _reader(store, delta.root), {}
+        for number in numbers:
+            path, _, size = delta.files[number]
+            builder = cutter.file_builder()
+            for piece in read(path, size):
+                builder.update(piece)
+            out[number] = builder.finish()
+        return out
+
+    try:
+        maps = await asyncio.to_thread(cut)
+    except (OSError, FstransportError) as exc:  # the base changed: offer it no further
+        log.warning("tree delta base %r could not be mapped: %s", delta.base_id, exc)
+        return None
+    tree = tree.with_maps(maps)
+    encoded = encode_tree_offer(tree)
+    if len(encoded) > max_tree_offer_bytes(state.meta.size or 0):
+        return None
+    delta.tree, delta.base_map = tree, _labelled(tree)
+    return delta.offer(encoded)
 
 
 # -- the receiver: assembly -------------------------------------------------------------------
@@ -254,115 +303,3 @@ async def assemble_tree(
             whole=True,
         )
     return recipe.reused
-
-
-# -- the sender ---------------------------------------------------------------------------------
-
-
-async def _read(source: ChunkSource, offset: int, length: int) -> bytes:
-    data = bytes(await source.read(offset, length))
-    if len(data) != length:
-        raise EOFError(f"{source.description} ended at {offset + len(data)}")
-    return data
-
-
-async def source_table(source: ChunkSource) -> tuple[TreeTable, bytes]:
-    """The table of the packed tree `source` sends (read from its first bytes and checked as
-    any table), and its header and table bytes."""
-    length = parse_header(await _read(source, 0, HEADER_SIZE), source.size)
-    head = await _read(source, 0, HEADER_SIZE + length)
-    return parse_table(head[HEADER_SIZE:], source.size, None), head
-
-
-async def identify_files(
-    source: ChunkSource, table: TreeTable, key: bytes, piece: int
-) -> list[tuple[int, int, int]]:
-    """The `FileIdentity` of each file of the packed tree `source`, in the table's order, read
-    once in `piece`-byte reads."""
-    out = []
-    for entry in table.files:
-        ident, at, end = FileIdentity(key), entry.offset, entry.offset + entry.size
-        while at < end:
-            data = await _read(source, at, min(piece, end - at))
-            ident.update(data)
-            at += len(data)
-        out.append(ident.identity())
-    return out
-
-
-async def map_files(
-    source: ChunkSource, table: TreeTable, numbers: list[int], base: TreeMap, piece: int
-) -> dict[int, DeltaMap]:
-    """The extents of the files `numbers` (indexes into `table.files`) of `source`, cut as
-    `base`'s (its mode, key and block size)."""
-    cutter = TreeMapBuilder(base.mode, key=base.key, block_size=base.block_size)
-    out = {}
-    for number in numbers:
-        entry = table.files[number]
-        builder, at, end = cutter.file_builder(), entry.offset, entry.offset + entry.size
-        while at < end:
-            data = await _read(source, at, min(piece, end - at))
-            builder.update(data)
-            at += len(data)
-        out[number] = builder.finish()
-    return out
-
-
-def _base_of(answer: object, meta: SnapshotMeta, vote: Vote) -> TreeMap | None:
-    if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
-        return None
-    offer, size = answer.offer, meta.size
-    if offer is None or size is None:
-        return None
-    if not isinstance(offer.map, bytes) or len(offer.map) > max_tree_offer_bytes(size):
-        return None
-    limit = max(MAX_OFFER_FACTOR * size, 64 * 1024 * 1024)
-    if not isinstance(offer.size, int) or not 0 <= offer.size <= limit:
-        return None
-    base = decode_tree_offer(offer.map, max_size=limit)
-    return base if base.size == offer.size else None
-
-
-async def negotiate_tree(
-    ask: Ask, vote: Vote, meta: SnapshotMeta, source: ChunkSource, options: TransferOptions
-) -> DeltaPlan | None:
-    """`fstransport.delta.send.negotiate` for a directory snapshot: ask for a base tree, map
-    the packed tree's files against it, send the recipe.  None leaves a full transfer."""
-    mode, key, piece = options.delta, new_key(), options.chunk_size
-    first = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode, delta_key=key)
-    try:
-        table, head = await source_table(source)
-        # the files' identities are read while the receiver maps its base
-        identities = asyncio.ensure_future(identify_files(source, table, key, piece))
-        try:
-            answer = await ask(first)
-            base = _base_of(answer, meta, vote)
-            if base is None or answer.offer is None:
-                return None  # (no base: the identities are not waited for)
-            files = await identities
-        finally:
-            if not identities.done():
-                identities.cancel()
-                with contextlib.suppress(BaseException):
-                    await identities
-        map_bytes = len(answer.offer.map)
-        checksum = format_checksum(whole_tree_crc(chunk_crc(head), files))
-        if meta.checksum is not None and meta.checksum != checksum:
-            return None  # the data is not what the caller named: the full transfer says so
-        whole = whole_matches(base)
-        changed = [i for i, ident in enumerate(files) if ident[0] and ident not in whole]
-        extents = await map_files(source, table, changed, base, piece)
-        recipe = plan_tree_recipe(base, files, extents, table.body_offset)
-        if not recipe.reused:
-            return DeltaPlan((), checksum, 0, map_bytes)
-        raw = encode_recipe(recipe)
-        named = replace(meta, checksum=checksum)
-        second = InstallSnapshotRequest(vote, named, 0, b"", False, 0, delta=mode, recipe=raw)
-        answer = await ask(second)
-        if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
-            return None
-        log.info("tree delta: %d of %d bytes reused", recipe.reused, meta.size)
-        return DeltaPlan(tuple(answer.held or ()), checksum, recipe.reused, map_bytes + len(raw))
-    except (FstransportError, EOFError) as exc:
-        log.warning("tree delta exchange failed (%s); sending the whole tree", exc)
-        return None

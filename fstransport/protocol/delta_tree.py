@@ -21,17 +21,14 @@ the ledger and assembly's CRC check are the file delta's own (`fstransport.proto
 
 from __future__ import annotations
 
-import struct
 from array import array
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from sys import byteorder
+from dataclasses import dataclass, field, replace
 
 from fstransport.checksum import chunk_crc, combine, format_checksum
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Buffer, DeltaOffer
 from fstransport.protocol.delta import (
-    MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
     SEND,
     DeltaMap,
@@ -41,16 +38,14 @@ from fstransport.protocol.delta import (
     _keyed,
 )
 from fstransport.protocol.delta_session import MAX_OFFER_FACTOR, ReceiverDelta, max_map_bytes
-from fstransport.protocol.delta_wire import decode_map, encode_map
 
 __all__ = [
     "MAX_TREE_OFFER_FILES",
+    "PIECE",
     "FileIdentity",
     "TreeMap",
     "TreeMapBuilder",
     "TreeReceiverDelta",
-    "decode_tree_offer",
-    "encode_tree_offer",
     "max_tree_offer_bytes",
     "plan_tree_recipe",
     "whole_matches",
@@ -59,39 +54,16 @@ __all__ = [
 
 MAX_TREE_OFFER_FILES = 1 << 20
 """Most files a tree offer may list (a receiver's trees hold at most 100,000 by default)."""
-_MAGIC = b"FSTDTRE1"
-_HEAD = struct.Struct("<8sBBHIQQ")  # magic, mode, 0, 0, block size, file count, map length
-_MODES = {"blocks": 1, "cdc": 2}
-_BY_CODE = {code: mode for mode, code in _MODES.items()}
 _FILE_TAG = b"fstransport-tree-file\0"
+PIECE = 1 << 30
+"""A file the base offers whole (not cut) is listed as extents of this size, the last shorter
+(an extent's length is 32 bits)."""
 
 
 def max_tree_offer_bytes(size: int) -> int:
     """The longest tree offer either end uses for a packed tree of `size` bytes: what a file's
     offer of the largest base may take (so an HTTP answer's cap holds it too)."""
     return max_map_bytes(max(MAX_OFFER_FACTOR * size, 64 * 1024 * 1024))
-
-
-def _u32(values: array[int]) -> bytes:
-    out = array("I", values)
-    if byteorder == "big":
-        out.byteswap()
-    return out.tobytes()
-
-
-def _u64(values: array[int]) -> bytes:
-    out = array("Q", values)
-    if byteorder == "big":
-        out.byteswap()
-    return out.tobytes()
-
-
-def _column(raw: bytes, code: str) -> array[int]:
-    out = array(code)
-    out.frombytes(raw)
-    if byteorder == "big":
-        out.byteswap()
-    return out
 
 
 @dataclass(frozen=True)
@@ -106,6 +78,9 @@ class TreeMap:
     sizes: array[int] = field(repr=False)
     crcs: array[int] = field(repr=False)
     tags: array[int] = field(repr=False)
+    mapped: array[int] = field(repr=False)
+    """Per file, 1 when its extents are its blocks or chunks (matched one by one), 0 when they
+    are only its pieces of up to `PIECE` bytes (the file is matched whole or not at all)."""
 
     @property
     def size(self) -> int:
@@ -123,6 +98,43 @@ class TreeMap:
             at += size
         return out
 
+    def file_extents(self) -> list[tuple[int, int]]:
+        """Per file, its first extent's index and its extent count; `InvalidRequest` when an
+        extent straddles two files."""
+        out, index, lengths = [], 0, self.extents.lengths
+        for size in self.sizes:
+            first, covered = index, 0
+            while covered < size and index < len(lengths):
+                covered += lengths[index]
+                index += 1
+            if covered != size:
+                raise InvalidRequest(
+                    "tree delta offer: an extent straddles two files", field="delta_map"
+                )
+            out.append((first, index - first))
+        return out
+
+    def with_maps(self, maps: Mapping[int, DeltaMap]) -> TreeMap:
+        """This map with the extents of the files `maps` names (by index) replaced by theirs."""
+        lengths, crcs, tags = array("I"), array("I"), array("I")
+        mapped = array("B", self.mapped)
+        e = self.extents
+        for number, (first, count) in enumerate(self.file_extents()):
+            part = maps.get(number)
+            if part is None:
+                lengths.extend(e.lengths[first : first + count])
+                crcs.extend(e.crcs[first : first + count])
+                tags.extend(e.tags[first : first + count])
+                continue
+            if part.size != self.sizes[number]:
+                raise ValueError("a file's map is not of its size")
+            lengths.extend(part.lengths)
+            crcs.extend(part.crcs)
+            tags.extend(part.tags)
+            mapped[number] = 1
+        extents = DeltaMap("cdc", e.size, e.key, 0, lengths, crcs, tags)
+        return replace(self, extents=extents, mapped=mapped)
+
 
 @dataclass
 class TreeReceiverDelta(ReceiverDelta):
@@ -134,6 +146,8 @@ class TreeReceiverDelta(ReceiverDelta):
     root: str = ""
     stream_crc: int = 0
     """The base stream's CRC32C, combined from its files' (not from every extent's)."""
+    tree: TreeMap | None = None
+    """The map last offered (extents of the files a sender asked for: `with_maps`)."""
 
     def offer(self, encoded_map: bytes) -> DeltaOffer:
         return DeltaOffer(self.base_id, format_checksum(self.stream_crc), self.size, encoded_map)
@@ -147,26 +161,38 @@ class FileIdentity:
     def __init__(self, key: bytes) -> None:
         self._hasher = _keyed(key).copy()
         self._hasher.update(_FILE_TAG)
-        self.size = self.crc = 0
+        self.pieces: list[tuple[int, int]] = []
+        """``(length, crc32c)`` of each `PIECE` of the file (the last one shorter)."""
 
     def update(self, data: Buffer) -> None:
-        self._hasher.update(data)
-        self.crc = chunk_crc(data, self.crc)
-        self.size += memoryview(data).nbytes
+        view = memoryview(data).cast("B")
+        self._hasher.update(view)
+        while len(view):
+            if not self.pieces or self.pieces[-1][0] == PIECE:
+                self.pieces.append((0, 0))
+            length, crc = self.pieces[-1]
+            take = view[: PIECE - length]
+            self.pieces[-1] = (length + len(take), chunk_crc(take, crc))
+            view = view[len(take) :]
 
     def identity(self) -> tuple[int, int, int]:
         """``(size, crc32c, tag)``."""
-        return self.size, self.crc, int.from_bytes(self._hasher.digest()[:8], "little")
+        size = crc = 0
+        for length, part in self.pieces:
+            crc = combine(crc, part, length)
+            size += length
+        return size, crc, int.from_bytes(self._hasher.digest()[:8], "little")
 
 
 class TreeMapBuilder:
     """Builds a `TreeMap` from files fed one after another (`update` pieces of any size, then
     `end_file`), each cut afresh from its first byte.  Empty files are left out."""
 
-    def __init__(self, mode: str, *, key: bytes, block_size: int) -> None:
+    def __init__(self, mode: str, *, key: bytes, block_size: int, extents: bool = True) -> None:
         self.mode, self.key, self.block_size = mode, key, block_size if mode == "blocks" else 0
         self._lengths, self._crcs, self._tags = array("I"), array("I"), array("I")
         self._sizes, self._file_crcs, self._file_tags = array("Q"), array("I"), array("Q")
+        self._extents = extents  # else files are identified, not cut (their pieces only)
         self._file, self._ident = self.file_builder(), FileIdentity(key)
 
     def file_builder(self) -> MapBuilder:
@@ -175,18 +201,25 @@ class TreeMapBuilder:
 
     def update(self, data: Buffer) -> None:
         """Feed the next bytes of the current file."""
-        self._file.update(data)
+        if self._extents:
+            self._file.update(data)
         self._ident.update(data)
 
     def end_file(self) -> None:
         """The current file is complete; the next bytes begin another."""
-        part, (size, crc, tag) = self._file.finish(), self._ident.identity()
+        ident = self._ident
+        part, (size, crc, tag) = self._file.finish(), ident.identity()
         self._file, self._ident = self.file_builder(), FileIdentity(self.key)
         if not size:
             return
-        self._lengths.extend(part.lengths)
-        self._crcs.extend(part.crcs)
-        self._tags.extend(part.tags)
+        if self._extents:
+            self._lengths.extend(part.lengths)
+            self._crcs.extend(part.crcs)
+            self._tags.extend(part.tags)
+        else:
+            self._lengths.extend(n for n, _ in ident.pieces)
+            self._crcs.extend(c for _, c in ident.pieces)
+            self._tags.extend(0 for _ in ident.pieces)
         self._sizes.append(size)
         self._file_crcs.append(crc)
         self._file_tags.append(tag)
@@ -195,65 +228,16 @@ class TreeMapBuilder:
         extents = DeltaMap(
             "cdc", sum(self._sizes), self.key, 0, self._lengths, self._crcs, self._tags
         )
+        mapped = array("B", [int(self._extents)] * len(self._sizes))
         return TreeMap(
-            self.mode, self.block_size, extents, self._sizes, self._file_crcs, self._file_tags
+            self.mode,
+            self.block_size,
+            extents,
+            self._sizes,
+            self._file_crcs,
+            self._file_tags,
+            mapped,
         )
-
-
-def encode_tree_offer(tree: TreeMap) -> bytes:
-    """The offer's map bytes for a tree base: a 32-byte header (``FSTDTRE1``, mode, block size,
-    file count, extent map length), the files' sizes (u64), CRC32Cs (u32) and tags (u64), then
-    the extent map in `encode_map`'s form."""
-    extents = encode_map(tree.extents)
-    head = _HEAD.pack(
-        _MAGIC, _MODES[tree.mode], 0, 0, tree.block_size, len(tree.sizes), len(extents)
-    )
-    return head + _u64(tree.sizes) + _u32(tree.crcs) + _u64(tree.tags) + extents
-
-
-def _bad(message: str) -> InvalidRequest:
-    return InvalidRequest(f"tree delta offer: {message}", field="delta_map")
-
-
-def decode_tree_offer(raw: Buffer, *, max_size: int) -> TreeMap:
-    """A receiver's tree offer, checked as a peer's: known format, a base stream of at most
-    `max_size` bytes and `MAX_TREE_OFFER_FILES` files, no empty file, files that add up to the
-    extent map's size, and no extent straddling two files.  `InvalidRequest` otherwise."""
-    raw = bytes(raw)
-    if len(raw) < _HEAD.size:
-        raise _bad("shorter than its header")
-    magic, code, zero1, zero2, block, count, map_length = _HEAD.unpack_from(raw)
-    mode = _BY_CODE.get(code)
-    if magic != _MAGIC or mode is None or zero1 or zero2:
-        raise _bad("not of a known format")
-    if mode == "blocks" and (not MIN_BLOCK_SIZE <= block <= MAX_BLOCK_SIZE or block & (block - 1)):
-        raise _bad(f"bad block size {block}")
-    if mode == "cdc" and block:
-        raise _bad("a CDC offer names no block size")
-    if count > MAX_TREE_OFFER_FILES or count > max_size:
-        raise _bad(f"{count} files are too many")
-    columns = _HEAD.size + 20 * count
-    if len(raw) != columns + map_length:
-        raise _bad("its length does not hold its files and map")
-    at = _HEAD.size
-    sizes = _column(raw[at : at + 8 * count], "Q")
-    crcs = _column(raw[at + 8 * count : at + 12 * count], "I")
-    tags = _column(raw[at + 12 * count : columns], "Q")
-    extents = decode_map(raw[columns:], max_size=max_size)
-    if extents.mode != "cdc" or (count and min(sizes) == 0):
-        raise _bad("its extents are not listed, or a file is empty")
-    if sum(sizes) != extents.size:
-        raise _bad("its files do not add up to its extents")
-    tree = TreeMap(mode, block if mode == "blocks" else 0, extents, sizes, crcs, tags)
-    index, lengths = 0, extents.lengths
-    for size in sizes:  # every file ends where an extent ends
-        covered = 0
-        while covered < size:
-            covered += lengths[index]
-            index += 1
-        if covered != size:
-            raise _bad("an extent straddles two files")
-    return tree
 
 
 def whole_matches(base: TreeMap) -> dict[tuple[int, int, int], int]:
@@ -280,9 +264,11 @@ def plan_tree_recipe(
     whole = whole_matches(base)
     parts: dict[tuple[int, int, int], int] = {}
     if extents:
-        b = base.extents
-        for at, ident in zip(b.offsets(), zip(b.lengths, b.crcs, b.tags, strict=True), strict=True):
-            parts.setdefault(ident, at)
+        b, offsets = base.extents, base.extents.offsets()
+        for number, (first, count) in enumerate(base.file_extents()):
+            if base.mapped[number]:
+                for i in range(first, first + count):
+                    parts.setdefault((b.lengths[i], b.crcs[i], b.tags[i]), offsets[i])
     pieces: list[tuple[int, int]] = [(body_offset, SEND)] if body_offset else []
     total = body_offset
     for number, ident in enumerate(files):

@@ -70,13 +70,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sst", action="store_true", help="delta for a folder of SST files")
     parser.add_argument("--sst-size", type=parse_size, default=1024 * 1024)
+    parser.add_argument(
+        "--link",
+        action="store_true",
+        help="--sst in process over a simulated 10 ms / 1 Gbit/s link instead of HTTP",
+    )
     args = parser.parse_args()
     exe = shutil.which("fstransport", path=str(Path(sys.executable).parent))
     if exe is None:
         print("the fstransport command is not installed: pip install -e .", file=sys.stderr)
         return 1
     if args.sst:
-        return sst_delta(exe, args.rounds, args.sst_size)
+        return sst_delta(exe, args.rounds, args.sst_size, args.link)
     with tempfile.TemporaryDirectory(prefix="bench-tree-") as tmp:
         src, root, local = Path(tmp, "src"), Path(tmp, "root"), Path(tmp, "copies")
         root.mkdir()
@@ -146,7 +151,26 @@ def _same_tree(a: Path, b: Path) -> bool:
     return all((a / n).read_bytes() == (b / n).read_bytes() for n in names if (a / n).is_file())
 
 
-def sst_delta(exe: str, rounds: int, size: int) -> int:
+def _over_link(folder: Path, target: Path, mode: str) -> TransferReport:
+    """`ship` in process through a `FaultyNetwork` modelling a 10 ms / 1 Gbit/s link."""
+    from fstransport.network.faults import FaultyNetwork
+    from fstransport.network.loopback import LoopbackNetwork
+    from fstransport.receiver import Receiver
+    from fstransport.storage.store import FsspecSnapshotStore
+
+    async def run() -> TransferReport:
+        store = FsspecSnapshotStore(str(target.parent))
+        net = FaultyNetwork(LoopbackNetwork(Receiver(store)), latency=0.005, bandwidth=1e9 / 8)
+        try:
+            options = TransferOptions(delta=mode)
+            return await ship(str(folder), str(target), network=net, options=options)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def sst_delta(exe: str, rounds: int, size: int, link: bool) -> int:
     """`--sst`: bytes sent and time of a directory delta against a full transfer."""
     modes = ("blocks", "cdc", "off")
     with tempfile.TemporaryDirectory(prefix="bench-tree-sst-") as tmp:
@@ -160,6 +184,8 @@ def sst_delta(exe: str, rounds: int, size: int) -> int:
         )
 
         async def one(folder: Path, name: str, mode: str) -> TransferReport:
+            if link:
+                return await asyncio.to_thread(_over_link, folder, root / name, mode)
             async with HttpNetwork(url, token=TOKEN) as net:
                 options = TransferOptions(delta=mode)
                 return await ship(str(folder), name, network=net, options=options)
@@ -190,7 +216,8 @@ def sst_delta(exe: str, rounds: int, size: int) -> int:
             server.wait()
     full = statistics.median(times["off"])
     print(f"200 SST-like files of {size} bytes, 10% new, 5% removed; new tree {total} bytes;")
-    print(f"{rounds} interleaved rounds over HTTP (fstransport serve on 127.0.0.1), medians\n")
+    how = "a simulated 10 ms / 1 Gbit/s link" if link else "HTTP (fstransport serve, 127.0.0.1)"
+    print(f"{rounds} interleaved rounds over {how}, medians\n")
     print("| delta | bytes sent / new tree | goal | wall time | vs full transfer |")
     print("|---|---:|---|---:|---:|")
     for mode in modes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from fstransport.protocol.delta_tree import (
     plan_tree_recipe,
     whole_matches,
 )
-from fstransport.protocol.delta_tree_wire import decode_tree_offer, encode_tree_offer
+from fstransport.protocol.delta_tree_wire import decode_tree_offer, encode_tree_offer, encode_want
 from fstransport.protocol.delta_wire import encode_recipe
 from fstransport.receiver import Receiver
 from fstransport.sender import send_source
@@ -461,3 +462,48 @@ async def test_a_base_tree_holding_a_symlink_is_no_base(tmp_path: Path) -> None:
     report = await ship(str(folder), str(target), options=OPTIONS)
     assert report.bytes_reused == 0
     assert installed(str(target)) == files
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        encode_want([5]),  # no such base file
+        encode_want([1, 0]),  # out of order
+        encode_want([0, 0]),  # twice
+        encode_want([0])[:-1],  # cut short
+        encode_want([0]) + b"\0",
+    ],
+)
+async def test_hostile_requests_for_base_extents_are_refused(raw: bytes, tmp_path: Path) -> None:
+    store = FsspecSnapshotStore(str(tmp_path / "received"))
+    receiver = Receiver(store)
+    folder = tmp_path / "src"
+    write_tree(folder, {"a": random.Random(14).randbytes(10_000), "b": b"b" * 5000})
+    await send_tree(LoopbackNetwork(receiver), receiver, folder, OPTIONS)
+    meta = SnapshotMeta("tree", size=30_000, kind=TREE)
+    first = InstallSnapshotRequest(Vote(1, 0), meta, 0, b"", False, 0, delta="blocks")
+    answer = await receiver.handle(first)
+    assert answer.offer is not None
+    offered = decode_tree_offer(answer.offer.map, max_size=1 << 30)
+    assert list(offered.mapped) == [0, 0]  # identities only, until extents are asked for
+    want = InstallSnapshotRequest(Vote(1, 0), meta, 0, b"", False, 0, delta="blocks", recipe=raw)
+    with pytest.raises(InvalidRequest) as caught:
+        await receiver.handle(want)
+    assert caught.value.field == "delta_recipe"
+    good = replace(want, recipe=encode_want([1]))
+    again = await receiver.handle(good)
+    assert again.offer is not None
+    assert list(decode_tree_offer(again.offer.map, max_size=1 << 30).mapped) == [0, 1]
+
+
+async def test_base_extents_of_a_file_snapshot_are_refused(tmp_path: Path) -> None:
+    store = FsspecSnapshotStore(str(tmp_path / "received"))
+    receiver = Receiver(store)
+    (tmp_path / "received").mkdir()
+    (tmp_path / "received" / "snap").write_bytes(random.Random(15).randbytes(100_000))
+    meta = SnapshotMeta("snap", size=100_000)
+    first = InstallSnapshotRequest(Vote(1, 0), meta, 0, b"", False, 0, delta="blocks")
+    assert (await receiver.handle(first)).offer is not None
+    want = replace(first, recipe=encode_want([0]))
+    with pytest.raises(InvalidRequest):
+        await receiver.handle(want)

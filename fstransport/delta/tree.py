@@ -57,13 +57,7 @@ Reader = Callable[[str, int], Iterator[bytes]]
 # -- the receiver: a base tree and its offer --------------------------------------------------
 
 
-def _local_files(folder: str) -> tuple[BaseFiles, str, Reader] | None:
-    """A local folder's files (sizes from the listing) and a reader of them; None if it is no
-    folder.  `UnsupportedEntry` for anything but folders and regular files in it."""
-    if not os.path.isdir(folder) or os.path.islink(folder):
-        return None
-    _, files = _walk_local(folder)
-
+def _local_reader(folder: str) -> Reader:
     def read(path: str, size: int) -> Iterator[bytes]:
         full = os.path.join(folder, *path.split("/"))
         fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -78,7 +72,27 @@ def _local_files(folder: str) -> tuple[BaseFiles, str, Reader] | None:
                 left -= len(piece)
                 yield piece
 
-    return [(p, n) for p, n in files if n], folder, read
+    return read
+
+
+def _memory_reader(store: Any, root: str) -> Reader:
+    def read(path: str, size: int) -> Iterator[bytes]:
+        found = _memory_file(store, f"{root}/{path}")
+        data = b"" if found is None else found.getvalue()
+        if len(data) != size:
+            raise SourceChanged(f"{root}/{path}", "map", ValueError("the file changed"))
+        yield data
+
+    return read
+
+
+def _local_files(folder: str) -> tuple[BaseFiles, str, Reader] | None:
+    """A local folder's files (sizes from the listing) and a reader of them; None if it is no
+    folder.  `UnsupportedEntry` for anything but folders and regular files in it."""
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        return None
+    _, files = _walk_local(folder)
+    return [(p, n) for p, n in files if n], folder, _local_reader(folder)
 
 
 def _memory_files(store: Any, tree_path: str) -> tuple[BaseFiles, str, Reader] | None:
@@ -92,31 +106,12 @@ def _memory_files(store: Any, tree_path: str) -> tuple[BaseFiles, str, Reader] |
     if not isinstance(generation, str) or "/" in generation or not isinstance(listed, list):
         return None
     root = f"{tree_path.rstrip('/')}/{generation}"
-
-    def read(path: str, size: int) -> Iterator[bytes]:
-        found = _memory_file(store, f"{root}/{path}")
-        data = b"" if found is None else found.getvalue()
-        if len(data) != size:
-            raise SourceChanged(f"{root}/{path}", "map", ValueError("the file changed"))
-        yield data
-
     files = [(str(check_tree_path(e[0])), int(e[1])) for e in listed if int(e[1])]
-    return files, root, read
+    return files, root, _memory_reader(store, root)
 
 
 def _reader(store: Any, root: str) -> Reader:
-    found = _local_files(root) if _kind(store) == "local" else None
-    if found is not None:
-        return found[2]
-
-    def read(path: str, size: int) -> Iterator[bytes]:
-        found = _memory_file(store, f"{root}/{path}")
-        data = b"" if found is None else found.getvalue()
-        if len(data) != size:
-            raise SourceChanged(f"{root}/{path}", "map", ValueError("the file changed"))
-        yield data
-
-    return read
+    return _local_reader(root) if _kind(store) == "local" else _memory_reader(store, root)
 
 
 def _identify(read: Reader, files: BaseFiles, mode: str, key: bytes) -> TreeMap:

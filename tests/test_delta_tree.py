@@ -507,3 +507,20 @@ async def test_base_extents_of_a_file_snapshot_are_refused(tmp_path: Path) -> No
     want = replace(first, recipe=encode_want([0]))
     with pytest.raises(InvalidRequest):
         await receiver.handle(want)
+
+
+async def test_a_tree_fanned_out_reuses_where_each_target_holds_a_base(tmp_path: Path) -> None:
+    rng = random.Random(16)
+    base = sst_files(rng, 8)
+    new = {**base, "new.sst": rng.randbytes(30_000)}
+    folder = tmp_path / "src"
+    holds, empty = str(tmp_path / "a" / "tree"), f"memory://fan-{uuid.uuid4().hex}/tree"
+    write_tree(folder, base)
+    await ship(str(folder), holds, options=OPTIONS)
+    write_tree(folder, new)
+    report = await ship(str(folder), [holds, empty], options=OPTIONS)
+    assert installed(holds) == new
+    assert installed(empty) == new
+    reused = {t.target: t.bytes_reused for t in report.targets}
+    assert reused[empty] == 0
+    assert reused[holds] == sum(len(d) for d in base.values())

@@ -161,6 +161,8 @@ async def negotiate_tree(
             if asked is not None:
                 base, extra = asked
                 map_bytes += extra
+        if not any(base.mapped):  # no base extents to match against: send those files
+            changed = []
         extents = await map_files(source, table, changed, base, piece)
         recipe = plan_tree_recipe(base, files, extents, table.body_offset)
         if not recipe.reused:

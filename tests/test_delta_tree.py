@@ -493,7 +493,9 @@ async def test_hostile_requests_for_base_extents_are_refused(raw: bytes, tmp_pat
     good = replace(want, recipe=encode_want([1]))
     again = await receiver.handle(good)
     assert again.offer is not None
-    assert list(decode_tree_offer(again.offer.map, max_size=1 << 30).mapped) == [0, 1]
+    part = decode_tree_offer(again.offer.map, max_size=1 << 30)  # that file alone, cut
+    assert (list(part.sizes), list(part.mapped)) == ([5000], [1])
+    assert len(part.extents) == 2  # two blocks of its 5000 bytes
 
 
 async def test_base_extents_of_a_file_snapshot_are_refused(tmp_path: Path) -> None:
@@ -524,3 +526,22 @@ async def test_a_tree_fanned_out_reuses_where_each_target_holds_a_base(tmp_path:
     reused = {t.target: t.bytes_reused for t in report.targets}
     assert reused[empty] == 0
     assert reused[holds] == sum(len(d) for d in base.values())
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+async def test_a_thousand_small_files_send_only_the_changed_ones(kind: str, tmp_path: Path) -> None:
+    rng = random.Random(17)
+    base = {f"d{i % 10}/f{i:04d}": rng.randbytes(1024) for i in range(1000)}
+    new = dict(base)
+    for i in rng.sample(range(1000), 10):
+        new[f"d{i % 10}/f{i:04d}"] = rng.randbytes(1024)  # rewritten
+    new.update({f"added/{i}": rng.randbytes(2048) for i in range(5)})
+    folder, target = tmp_path / "src", target_of(kind, tmp_path)
+    write_tree(folder, base)
+    await ship(str(folder), target, options=OPTIONS)
+    write_tree(folder, new)
+    report = await ship(str(folder), target, options=OPTIONS)
+    assert installed(target) == new
+    assert report.bytes_reused == 990 * 1024
+    table = 1010 * 40  # about 40 bytes of table a file: what is sent besides the changes
+    assert report.bytes_sent < 10 * 1024 + 5 * 2048 + table + 1010 * 40  # the offer: ~33 a file

@@ -174,13 +174,15 @@ def _labelled(tree: TreeMap) -> DeltaMap:
 
 
 async def answer_want(store: Any, state: Any, req: InstallSnapshotRequest) -> DeltaOffer | None:
-    """A sender asks for the extents of some base files (`encode_want` as its recipe): map them
-    and offer the base again with them; None when that offer would be too long."""
+    """A sender asks for the extents of some base files (`encode_want` as its recipe): cut them
+    and answer with an offer of those files alone (`TreeMap.subset`), in the order asked; None
+    when that would be too long."""
     delta = state.delta
     if not isinstance(delta, TreeReceiverDelta) or delta.tree is None or req.recipe is None:
         raise InvalidRequest("base extents asked for without a tree offer", field="recipe")
     tree = delta.tree
-    numbers = [n for n in decode_want(req.recipe, len(delta.files)) if not tree.mapped[n]]
+    asked = decode_want(req.recipe, len(delta.files))
+    numbers = [n for n in asked if not tree.mapped[n]]
     cutter = TreeMapBuilder(tree.mode, key=tree.key, block_size=tree.block_size or 4096)
 
     def cut() -> dict[int, DeltaMap]:
@@ -199,11 +201,12 @@ async def answer_want(store: Any, state: Any, req: InstallSnapshotRequest) -> De
         log.warning("tree delta base %r could not be mapped: %s", delta.base_id, exc)
         return None
     tree = tree.with_maps(maps)
-    encoded = encode_tree_offer(tree)
+    delta.tree, delta.base_map = tree, _labelled(tree)
+    part = tree.subset(asked)
+    encoded = encode_tree_offer(part)
     if len(encoded) > max_tree_offer_bytes(state.meta.size or 0):
         return None
-    delta.tree, delta.base_map = tree, _labelled(tree)
-    return delta.offer(encoded)
+    return DeltaOffer(delta.base_id, format_checksum(delta.stream_crc), part.size, encoded)
 
 
 # -- the receiver: assembly -------------------------------------------------------------------

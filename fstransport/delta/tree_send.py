@@ -117,13 +117,15 @@ async def _ask_extents(
     raw = encode_want(wanted)
     req = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode, recipe=raw)
     answer = await ask(req)
-    again = _base_of(answer, meta, vote)
-    if again is None or not isinstance(answer, InstallSnapshotResponse) or answer.offer is None:
+    part = _base_of(answer, meta, vote)  # those files alone, in the order asked
+    if part is None or not isinstance(answer, InstallSnapshotResponse) or answer.offer is None:
         return None
-    same = (base.mode, base.key, base.block_size, base.sizes, base.crcs, base.tags)
-    if (again.mode, again.key, again.block_size, again.sizes, again.crcs, again.tags) != same:
+    pick = [(base.sizes[j], base.crcs[j], base.tags[j]) for j in wanted]
+    got = list(zip(part.sizes, part.crcs, part.tags, strict=True))
+    if (part.mode, part.key, part.block_size, got) != (base.mode, base.key, base.block_size, pick):
         return None
-    return again, len(raw) + len(answer.offer.map)
+    maps = dict(zip(wanted, part.file_maps(), strict=True))
+    return base.with_maps(maps), len(raw) + len(answer.offer.map)
 
 
 async def negotiate_tree(

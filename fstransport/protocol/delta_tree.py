@@ -114,6 +114,48 @@ class TreeMap:
             out.append((first, index - first))
         return out
 
+    def subset(self, numbers: Sequence[int]) -> TreeMap:
+        """The map of the files `numbers` (indexes, in that order) alone, with their extents."""
+        lengths, crcs, tags = array("I"), array("I"), array("I")
+        e, spans = self.extents, self.file_extents()
+        for number in numbers:
+            first, count = spans[number]
+            lengths.extend(e.lengths[first : first + count])
+            crcs.extend(e.crcs[first : first + count])
+            tags.extend(e.tags[first : first + count])
+
+        def pick(column: array[int]) -> array[int]:
+            return array(column.typecode, [column[n] for n in numbers])
+
+        sizes = pick(self.sizes)
+        extents = DeltaMap("cdc", sum(sizes), e.key, 0, lengths, crcs, tags)
+        return replace(
+            self,
+            extents=extents,
+            sizes=sizes,
+            crcs=pick(self.crcs),
+            tags=pick(self.tags),
+            mapped=pick(self.mapped),
+        )
+
+    def file_maps(self) -> list[DeltaMap]:
+        """Each file's extents as a map of its own."""
+        e, out = self.extents, []
+        for size, (first, count) in zip(self.sizes, self.file_extents(), strict=True):
+            end = first + count
+            out.append(
+                DeltaMap(
+                    "cdc",
+                    size,
+                    e.key,
+                    0,
+                    e.lengths[first:end],
+                    e.crcs[first:end],
+                    e.tags[first:end],
+                )
+            )
+        return out
+
     def with_maps(self, maps: Mapping[int, DeltaMap]) -> TreeMap:
         """This map with the extents of the files `maps` names (by index) replaced by theirs."""
         lengths, crcs, tags = array("I"), array("I"), array("I")

@@ -268,10 +268,13 @@ def _assemble_memory(store: Any, delta: TreeReceiverDelta, recipe: Recipe, path:
     target = _memory_file(store, path)
     if target is None:
         raise SourceChanged(path, "assemble", FileNotFoundError(path))
+    bodies: dict[int, bytes] = {}
     for at, length, index, file_at in _pieces(delta, recipe):
         name, _, size = delta.files[index]
-        found = _memory_file(store, f"{delta.root}/{name}")
-        data = b"" if found is None else found.getvalue()
+        if index not in bodies:
+            found = _memory_file(store, f"{delta.root}/{name}")
+            bodies[index] = b"" if found is None else found.getvalue()
+        data = bodies[index]
         if len(data) != size:
             raise SourceChanged(f"{delta.root}/{name}", "reuse", ValueError("the base changed"))
         target.seek(at)

@@ -150,7 +150,7 @@ async def negotiate_tree(
         finally:
             if not identities.done():
                 identities.cancel()
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await identities
         map_bytes = len(answer.offer.map)
         checksum = format_checksum(whole_tree_crc(chunk_crc(head), files))

@@ -4,19 +4,22 @@ the recipe that builds a new packed tree from it.  See ``docs/delta.md`` (Direct
 The base of a tree is addressed as its **base stream**: the bytes of its non-empty files joined
 in the order the receiver lists them (no header, no table).  A `TreeMap` describes such a stream:
 
-* per file, a strong identity ``(size, crc32c, tag)``: the tag is 8 bytes of SHA-256 keyed like
-  the block tags (`fstransport.protocol.delta`: the transfer's random key, zero-padded to one
-  block) over the file's extents' lengths, CRC32Cs and tags, so a file matches whole only if
-  every extent would (each a 64-bit identity a snapshot's content cannot aim at);
-* the extents themselves, cut afresh at every file's first byte: fixed blocks from the file's
-  start (``"blocks"``) or FastCDC chunks (``"cdc"``).  No extent straddles two files.
+* per file, a strong identity ``(size, crc32c, tag)`` (`FileIdentity`): the tag is 8 bytes of
+  SHA-256 keyed like the block tags (`fstransport.protocol.delta`: the transfer's random key,
+  zero-padded to one block), a domain prefix and the file's bytes;
+* extents that tile it: for a file only identified, its pieces of up to `PIECE` bytes (so a whole
+  file is whole extents for the receiver's ledger); for a file cut (``mapped``), fixed blocks
+  from its start (``"blocks"``) or FastCDC chunks (``"cdc"``).  No extent straddles two files.
 
-The sender's recipe (`plan_tree_recipe`) covers the packed stream it sends: the header and table
-are always sent; a file whose identity the base holds (under any name: renamed and moved files
-too) is one range copied from that base file; any other file is matched extent by extent against
-the base's extents by ``(length, crc32c, tag)``, anywhere in the base.  The recipe, its checks,
-the ledger and assembly's CRC check are the file delta's own (`fstransport.protocol.delta_wire`,
-`fstransport.protocol.delta_session`).
+The receiver first offers identities only; a sender whose tree has files without a whole match
+asks for the extents of the base files nothing matched (`TreeMap.subset` answers it,
+`TreeMap.with_maps` merges it).  The recipe (`plan_tree_recipe`) covers the packed stream the
+sender sends: the header and table are sent; a file whose identity the base holds (under any
+name: renamed and moved files too) is one range copied from that base file; a cut file is matched
+extent by extent against the base's cut extents by ``(length, crc32c, tag)``, anywhere in the
+base; the rest is sent.  The recipe, its checks, the ledger and assembly's CRC check are the file
+delta's own (`fstransport.protocol.delta_wire`, `fstransport.protocol.delta_session`); the tree's
+wire forms are in `fstransport.protocol.delta_tree_wire`.
 """
 
 from __future__ import annotations

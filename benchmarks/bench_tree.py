@@ -1,8 +1,17 @@
-"""A folder of many small files: one directory snapshot against one ship per file.
+"""A folder of many small files: one directory snapshot against one ship per file; with
+``--sst``, delta for directory snapshots.
 
 Run from the repository root (needs ``pip install -e .``)::
 
     flock /tmp/fstransport-bench.lock python benchmarks/bench_tree.py [--files 1000] [--rounds 3]
+    flock /tmp/fstransport-bench.lock python benchmarks/bench_tree.py --sst [--sst-size 1MiB]
+
+``--sst``: a folder of 200 SST-like files (random bytes, ``--sst-size`` each) is installed at
+the receiver; the new folder has 5% of them removed and 10% new ones added (issue 15's goal:
+at most 11% of the bytes sent).  Each round ships the new folder onto a copy of the old one
+with ``delta="blocks"``, ``delta="cdc"`` and ``delta="off"`` (the full transfer), interleaved,
+and checks every installed tree byte for byte; the table gives bytes sent over the new tree's
+bytes and the median wall time against the full transfer's.
 
 A ``fstransport serve --token`` process on 127.0.0.1 receives; each round ships the same
 folder (``--files`` files of 4 KiB in 10 sub-folders) three ways, interleaved: as one directory
@@ -25,8 +34,10 @@ import threading
 import time
 from pathlib import Path
 
+from fstransport import TransferOptions, TransferReport
 from fstransport.http.client import HttpNetwork
 from fstransport.transfer import ship
+from fstransport.units import parse_size
 
 TOKEN = "bench-tree"
 
@@ -57,11 +68,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sst", action="store_true", help="delta for a folder of SST files")
+    parser.add_argument("--sst-size", type=parse_size, default=1024 * 1024)
+    parser.add_argument(
+        "--link",
+        action="store_true",
+        help="--sst in process over a simulated 10 ms / 1 Gbit/s link instead of HTTP",
+    )
     args = parser.parse_args()
     exe = shutil.which("fstransport", path=str(Path(sys.executable).parent))
     if exe is None:
         print("the fstransport command is not installed: pip install -e .", file=sys.stderr)
         return 1
+    if args.sst:
+        return sst_delta(exe, args.rounds, args.sst_size, args.link)
     with tempfile.TemporaryDirectory(prefix="bench-tree-") as tmp:
         src, root, local = Path(tmp, "src"), Path(tmp, "root"), Path(tmp, "copies")
         root.mkdir()
@@ -101,6 +121,110 @@ def main() -> int:
     for name, times in samples.items():
         median = statistics.median(times)
         print(f"| {name} | {median:.3f} s | {min(times):.3f} s | {median / base:.2f}x |")
+    return 0
+
+
+def _sst_folders(tmp: Path, size: int) -> tuple[Path, Path, int]:
+    """The old folder (200 files) and the new one (5% removed, 10% added); the new's bytes."""
+    old, new = tmp / "old", tmp / "new"
+    for folder in (old, new):
+        folder.mkdir()
+    total = 0
+    for i in range(200):
+        body = os.urandom(size)
+        (old / f"{i:06d}.sst").write_bytes(body)
+        if i % 20 != 7:  # 10 of 200 removed
+            (new / f"{i:06d}.sst").write_bytes(body)
+            total += size
+    for i in range(200, 220):  # 20 new ones, numbered after the old, as SST numbers grow
+        (new / f"{i:06d}.sst").write_bytes(os.urandom(size))
+        total += size
+    (old / "MANIFEST-000001").write_bytes(os.urandom(4096))
+    (new / "MANIFEST-000002").write_bytes(os.urandom(4096))
+    return old, new, total + 4096
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    names = sorted(p.relative_to(a) for p in a.rglob("*"))
+    if names != sorted(p.relative_to(b) for p in b.rglob("*")):
+        return False
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names if (a / n).is_file())
+
+
+def _over_link(folder: Path, target: Path, mode: str) -> TransferReport:
+    """`ship` in process through a `FaultyNetwork` modelling a 10 ms / 1 Gbit/s link."""
+    from fstransport.network.faults import FaultyNetwork
+    from fstransport.network.loopback import LoopbackNetwork
+    from fstransport.receiver import Receiver
+    from fstransport.storage.store import FsspecSnapshotStore
+
+    async def run() -> TransferReport:
+        store = FsspecSnapshotStore(str(target.parent))
+        net = FaultyNetwork(LoopbackNetwork(Receiver(store)), latency=0.005, bandwidth=1e9 / 8)
+        try:
+            options = TransferOptions(delta=mode)
+            return await ship(str(folder), str(target), network=net, options=options)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def sst_delta(exe: str, rounds: int, size: int, link: bool) -> int:
+    """`--sst`: bytes sent and time of a directory delta against a full transfer."""
+    modes = ("blocks", "cdc", "off")
+    with tempfile.TemporaryDirectory(prefix="bench-tree-sst-") as tmp:
+        root = Path(tmp, "root")
+        root.mkdir()
+        old, new, total = _sst_folders(Path(tmp), size)
+        server = subprocess.Popen(
+            [exe, "serve", str(root), "--token", TOKEN, "--host", "127.0.0.1", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+        async def one(folder: Path, name: str, mode: str) -> TransferReport:
+            if link:
+                return await asyncio.to_thread(_over_link, folder, root / name, mode)
+            async with HttpNetwork(url, token=TOKEN) as net:
+                options = TransferOptions(delta=mode)
+                return await ship(str(folder), name, network=net, options=options)
+
+        try:
+            assert server.stdout is not None
+            url = server.stdout.readline().decode().split()[-1]
+            threading.Thread(target=server.stdout.read, daemon=True).start()
+            times: dict[str, list[float]] = {m: [] for m in modes}
+            sent: dict[str, list[int]] = {m: [] for m in modes}
+            for round_ in range(rounds + 1):  # round 0 warms up, uncounted
+                order = list(modes) if round_ % 2 else list(reversed(modes))
+                for mode in order:
+                    name = f"sst-{mode}-{round_}"
+                    asyncio.run(one(old, name, "off"))  # the base at the receiver (untimed)
+                    started = time.perf_counter()
+                    report = asyncio.run(one(new, name, mode))
+                    elapsed = time.perf_counter() - started
+                    if not _same_tree(new, root / name):
+                        print(f"{name}: the installed tree differs", file=sys.stderr)
+                        return 1
+                    shutil.rmtree(root / name)
+                    if round_:
+                        times[mode].append(elapsed)
+                        sent[mode].append(report.bytes_sent)
+        finally:
+            server.kill()
+            server.wait()
+    full = statistics.median(times["off"])
+    print(f"200 SST-like files of {size} bytes, 10% new, 5% removed; new tree {total} bytes;")
+    how = "a simulated 10 ms / 1 Gbit/s link" if link else "HTTP (fstransport serve, 127.0.0.1)"
+    print(f"{rounds} interleaved rounds over {how}, medians\n")
+    print("| delta | bytes sent / new tree | goal | wall time | vs full transfer |")
+    print("|---|---:|---|---:|---:|")
+    for mode in modes:
+        ratio = statistics.median(sent[mode]) / total
+        goal = "≤ 11%" if mode != "off" else ""
+        median = statistics.median(times[mode])
+        print(f"| {mode} | {ratio:.2%} | {goal} | {median:.3f} s | {median / full:.2f}x |")
     return 0
 
 

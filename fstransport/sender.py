@@ -326,7 +326,7 @@ def _wants_delta(self: _Sender) -> bool:
     relay sends references; one chunk costs one round trip, a delta at least two)."""
     return (
         self.options.delta != "off"
-        and self.meta.kind == "file"
+        and self.meta.kind in ("file", "tree")
         and self.source.size > self.options.chunk_size
         and self.staged_chunk is None
         and carries_delta(self.net)
@@ -341,7 +341,10 @@ async def _delta(self: _Sender, cancel_task: asyncio.Future[Any] | None) -> None
         rpc = lambda: self.net.install_snapshot(req, self.options)  # noqa: E731
         return await self._answer_within(rpc, req, ttl)
 
-    exchange = negotiate(ask, self.vote, self.meta, self.source, self.options)
+    from fstransport.delta.tree_send import negotiate_tree  # (loaded for directory snapshots only)
+
+    talk = negotiate_tree if self.meta.kind == "tree" else negotiate
+    exchange = talk(ask, self.vote, self.meta, self.source, self.options)
     plan = await unless_cancelled(exchange, cancel_task)
     if cancel_task is not None and cancel_task.done():
         raise _Sender._closed(cancel_task)

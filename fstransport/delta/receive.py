@@ -90,12 +90,25 @@ async def answer_delta(
         state.delta, offer = None, None
         if bases is not None and bases.takes_delta(state.meta, sink, bool(state.ledger.held())):
             candidates = [state.meta.snapshot_id, *([latest] if latest else [])]
-            found = await find_base(store, candidates, req.delta, req.delta_key)
+            found: tuple[ReceiverDelta, bytes] | None
+            if state.meta.kind == "tree":  # a base tree, by whole files (fstransport.delta.tree)
+                from fstransport.delta.tree import find_tree_base
+
+                size = state.meta.size or 0
+                found = await find_tree_base(store, candidates, req.delta, req.delta_key, size)
+            else:
+                found = await find_base(store, candidates, req.delta, req.delta_key)
             if found is not None:
                 state.delta, offer = found[0], found[0].offer(found[1])
         return tuple(state.ledger.held()), offer, sink
     if bases is None or state.delta is None or state.delta.base_map.mode != req.delta:
         raise InvalidRequest("a recipe for a base that was not offered", field="recipe")
+    from fstransport.protocol.delta_tree_wire import is_want
+
+    if is_want(req.recipe):  # a tree's base files asked for (fstransport.delta.tree)
+        from fstransport.delta.tree import answer_want
+
+        return tuple(state.ledger.held()), await answer_want(store, state, req), sink
     sink = await bases.delta_sink(state.meta, sink)
     held = accept_recipe(state.delta, req.meta, req.recipe, state.ledger)
     if state.meta.checksum is None and req.meta.checksum is not None:
@@ -132,6 +145,11 @@ async def assemble(store: Any, sink: SnapshotSink, state: StreamState, meta: Sna
     delta, checksum = state.delta, meta.checksum
     if delta is None or delta.recipe is None or checksum is None:
         return 0
+    from fstransport.delta.tree import assemble_tree
+    from fstransport.protocol.delta_tree import TreeReceiverDelta
+
+    if isinstance(delta, TreeReceiverDelta):  # a directory snapshot's base tree
+        return await assemble_tree(store, sink, delta, delta.still_copied(state.ledger), checksum)
     bases = delta_base(store)
     base = delta.base if isinstance(delta, BaseDelta) else None
     if bases is None or base is None:  # (cannot happen: an offer came from them)

@@ -73,8 +73,8 @@ def check_delta_request(req: InstallSnapshotRequest) -> None:
         raise InvalidRequest(
             "a delta request carries no data, is at offset 0 and is not final", field="delta"
         )
-    if req.meta.size is None or req.meta.kind != "file":
-        raise InvalidRequest("a delta request names a file snapshot's size", field="delta")
+    if req.meta.size is None or req.meta.kind not in ("file", "tree"):
+        raise InvalidRequest("a delta request names a snapshot's size", field="delta")
     if req.recipe is not None:
         if not isinstance(req.recipe, bytes):
             raise InvalidRequest("the recipe must be bytes", field="recipe")

@@ -17,7 +17,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.delta.local import assemble_local, map_file
+from fstransport.delta.cache import kept_map
+from fstransport.delta.local import assemble_local
 from fstransport.errors import ChecksumMismatch, InvalidRequest, SourceChanged, StorageError
 from fstransport.messages import DeltaOffer, InstallSnapshotRequest, SnapshotMeta
 from fstransport.protocol.delta import SEND, Recipe, build_map, new_key
@@ -75,7 +76,7 @@ async def find_base(
             if not await asyncio.to_thread(os.path.isfile, path):
                 continue
             try:
-                base_map = await asyncio.to_thread(map_file, path, mode, key=key)
+                base_map = await asyncio.to_thread(kept_map, store.root, path, mode, key=key)
             except Exception as exc:  # a base that cannot be read is no base
                 log.warning("delta base %r could not be mapped: %s", base_id, exc)
                 continue

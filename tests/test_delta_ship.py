@@ -54,6 +54,12 @@ def target_url(kind: str, tmp_path: Path) -> str:
     return f"memory://delta-{uuid.uuid4().hex}/snap.bin"
 
 
+def over_loopback(url: str) -> LoopbackNetwork:
+    """A network to an in-process receiver of `url`'s folder: `ship` without one sends in full
+    (a delta needs a link, see `test_ship_without_a_network_sends_in_full`)."""
+    return LoopbackNetwork(Receiver(FsspecSnapshotStore(url.rpartition("/")[0])))
+
+
 def read(url: str) -> bytes:
     with fsspec.open(url, "rb") as fh:
         data: bytes = fh.read()
@@ -73,7 +79,7 @@ async def test_a_changed_snapshot_sends_only_what_differs(
     first = await ship(str(source), target, options=options)
     assert (first.bytes_reused, first.bytes_sent) == (0, SIZE)  # nothing to build on yet
     source.write_bytes(new)
-    second = await ship(str(source), target, options=options)
+    second = await ship(str(source), target, options=options, network=over_loopback(target))
     assert read(target) == new
     assert second.bytes_reused > 0.9 * len(new)
     assert second.bytes_sent < 0.06 * len(new)  # the changed pages (or chunks), map, recipe
@@ -99,11 +105,28 @@ async def test_an_unchanged_snapshot_sends_the_map_and_one_byte(tmp_path: Path) 
     source, target = tmp_path / "snap.bin", target_url("local", tmp_path)
     source.write_bytes(data)
     await ship(str(source), target, options=OPTIONS)
-    report = await ship(str(source), target, options=OPTIONS)
+    report = await ship(str(source), target, options=OPTIONS, network=over_loopback(target))
     assert report.bytes_reused == SIZE
     # the map (48 + 8 bytes a 4 KiB block), a one-range recipe (48) and the final byte
     assert report.bytes_sent == 48 + 8 * (SIZE // 4096) + 48 + 1
     assert read(target) == data
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+async def test_ship_without_a_network_sends_in_full(kind: str, tmp_path: Path) -> None:
+    """In process (no network given) sending is a memory copy: no delta exchange at all."""
+    base = random.Random(16).randbytes(SIZE)
+    source, target = tmp_path / "snap.bin", target_url(kind, tmp_path)
+    source.write_bytes(base)
+    await ship(str(source), target, options=OPTIONS)
+    source.write_bytes(edited(base, 1, seed=17))
+    report = await ship(str(source), target, options=OPTIONS)
+    assert (report.bytes_reused, report.bytes_sent, report.chunks_sent) == (
+        0,
+        SIZE,
+        SIZE // 64 // KiB,
+    )
+    assert read(target) == source.read_bytes()
 
 
 async def test_the_last_installed_snapshot_is_the_base_for_a_new_name(tmp_path: Path) -> None:

@@ -11,11 +11,16 @@ from pathlib import Path
 import pytest
 
 import fstransport.delta.cache as cache
+from fstransport import TransferOptions
 from fstransport.delta.cache import MAPS_DIR, kept_map, sidecar_path
 from fstransport.delta.local import map_file
 from fstransport.errors import ConfigurationError
+from fstransport.network.loopback import LoopbackNetwork
 from fstransport.protocol.delta import build_map, new_key, plan_recipe
 from fstransport.protocol.delta_wire import decode_map, encode_map
+from fstransport.receiver import Receiver
+from fstransport.storage.store import FsspecSnapshotStore
+from fstransport.transfer import ship
 
 SIZE = 256 * 1024 + 1000  # a last partial block
 
@@ -149,3 +154,30 @@ def test_a_kept_map_plans_the_same_recipe(base: Path, tmp_path: Path) -> None:
     offered = kept_map(root, str(base), "blocks", key=key)
     recipe = plan_recipe(offered, build_map("blocks", bytes(new), key=key))
     assert recipe.sends() == [(8192, 12288)]
+
+
+async def test_a_snapshot_assembled_from_a_delta_is_offered_without_a_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver keeps the map of what it assembles (the base's digests for copied blocks,
+    the sent blocks hashed): the next offer reads neither the base nor the new snapshot."""
+    root = tmp_path / "received"
+    base = random.Random(5).randbytes(SIZE)
+    new = bytearray(base)
+    new[4096 * 3 : 4096 * 3 + 50] = b"z" * 50
+    new[-10:] = b"w" * 10  # the short last block
+    source = tmp_path / "snap.bin"
+    source.write_bytes(base)
+    options = TransferOptions(chunk_size=64 * 1024)
+    await ship(str(source), str(root / "snap.bin"), options=options)  # full: nothing kept
+    source.write_bytes(new)
+    network = LoopbackNetwork(Receiver(FsspecSnapshotStore(str(root))))
+    report = await ship(str(source), str(root / "snap.bin"), options=options, network=network)
+    assert report.bytes_reused > 0
+    assert (root / "snap.bin").read_bytes() == new
+    reads = counting_reads(monkeypatch)
+    key = new_key()
+    offered = kept_map(str(root), str(root / "snap.bin"), "blocks", key=key)
+    assert reads == []  # kept at install
+    fresh = build_map("blocks", bytes(new), key=key)
+    assert (offered.lengths, offered.crcs, offered.tags) == (fresh.lengths, fresh.crcs, fresh.tags)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.delta.cache import kept_map
+from fstransport.delta.cache import keep_assembled, kept_map
 from fstransport.delta.local import assemble_local
 from fstransport.errors import ChecksumMismatch, InvalidRequest, SourceChanged, StorageError
 from fstransport.messages import DeltaOffer, InstallSnapshotRequest, SnapshotMeta
@@ -166,6 +166,14 @@ async def assemble(store: Any, sink: Any, state: StreamState, meta: SnapshotMeta
             format_checksum(crc),
             whole=True,
         )
+    if _kind(store) == "local":  # its map kept for the next offer (docs/delta.md)
+        final = store.path(meta.snapshot_id)
+        try:
+            await asyncio.to_thread(
+                keep_assembled, store.root, final, sink.path, recipe, delta.base_map
+            )
+        except Exception as exc:  # not kept: read at its first offer instead
+            log.warning("could not keep the delta map of %s: %s", final, exc)
     return reused
 
 

@@ -20,14 +20,17 @@ an offset or sent.  Their wire forms, checked as a peer's, are in `fstransport.p
 
 from __future__ import annotations
 
+import hashlib
 import os
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import pairwise
+from itertools import pairwise, repeat
 from typing import Any
+
+import crc32c
 
 from fstransport.checksum import chunk_crc, combine, combine_equal
 from fstransport.errors import ConfigurationError, InvalidRequest
@@ -140,25 +143,19 @@ class DeltaMap:
     def crc_of(self, start: int, length: int) -> int:
         """The CRC32C of ``[start, start + length)``, which must be whole extents (as a recipe's
         copied ranges are); `InvalidRequest` otherwise."""
+        bad = InvalidRequest("a copied range does not fall on the base's extents", field="delta")
         if self.mode == "blocks":
-            first, end = start // self.block_size, -(-(start + length) // self.block_size)
-            if (
-                start % self.block_size
-                or end > len(self)
-                or (start + length) not in (end * self.block_size, self.size)
-            ):
-                raise InvalidRequest(
-                    "a copied range does not fall on the base's extents", field="delta"
-                )
-            return self._blocks_crc(first, end)
+            block, stop = self.block_size, start + length
+            end = -(-stop // block)
+            if start % block or end > len(self) or stop not in (end * block, self.size):
+                raise bad
+            return self._blocks_crc(start // block, end)
         offsets = self.offsets()
         i = bisect_left(offsets, start)
         crc, at = 0, start
         while at < start + length:
             if i >= len(offsets) or offsets[i] != at or at + self.lengths[i] > start + length:
-                raise InvalidRequest(
-                    "a copied range does not fall on the base's extents", field="delta"
-                )
+                raise bad
             crc = combine(crc, self.crcs[i], self.lengths[i])
             at += self.lengths[i]
             i += 1
@@ -216,8 +213,13 @@ class MapBuilder:
                 self._add(memoryview(self._tail))
                 self._tail = bytearray()
             whole = len(view) - len(view) % block
+            crc, digest, add_crc = crc32c.crc32c, hashlib.sha256, self._crcs.append
+            digests = self._digests  # (the loop of `_add`, unrolled: a call less per block)
             for at in range(0, whole, block):
-                self._add(view[at : at + block])
+                piece = view[at : at + block]
+                add_crc(crc(piece))
+                digests += digest(piece).digest()
+            self._lengths.extend(repeat(block, whole // block))
             self._tail += view[whole:]
             return
         buffer = memoryview(self._tail + view if self._tail else view)

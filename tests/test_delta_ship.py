@@ -376,3 +376,39 @@ async def test_delta_resumes_partial_data_a_dead_receiver_left(tmp_path: Path) -
     assert (tmp_path / "received" / "snap.bin").read_bytes() == new
     assert result.stats.bytes_sent <= 30 * 4096 + 1  # the 10 pages sent before are not again
     assert result.stats.bytes_reused > SIZE - 41 * 4096
+
+
+async def test_a_receiver_that_draws_its_own_key_gets_a_source_map_made_again(
+    tmp_path: Path,
+) -> None:
+    """The sender maps its source with its own key before the offer comes; an offer keyed
+    otherwise (a receiver that ignored the key) is planned against a map made with its key."""
+    base = random.Random(18).randbytes(SIZE)
+    new = edited(base, 3, seed=19)
+    store = FsspecSnapshotStore(str(tmp_path / "received"))
+    receiver = Receiver(store)
+    loop = LoopbackNetwork(receiver)
+    meta = SnapshotMeta("snap.bin")
+    await send_source(loop, Vote(1, 0), meta, BufferSource(base, "base"), None, OPTIONS)
+    await receiver._io.installing.get("snap.bin", _done())
+    keys: list[bytes] = []
+
+    class KeyDropped:
+        carries_delta = True
+
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            answer = await loop.install_snapshot(replace(req, delta_key=None), option)
+            if answer.offer is not None:
+                keys.append(answer.offer.map[32:48])  # the map header's key
+            return answer
+
+    result = await send_source(
+        KeyDropped(), Vote(1, 0), meta, BufferSource(new, "new"), None, OPTIONS
+    )
+    await receiver._io.installing.get("snap.bin", _done())
+    assert result.completed
+    assert (tmp_path / "received" / "snap.bin").read_bytes() == new
+    assert len(keys) == 1
+    assert result.stats.bytes_reused == SIZE - 3 * 4096

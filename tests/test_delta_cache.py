@@ -12,11 +12,11 @@ import pytest
 
 import fstransport.delta.cache as cache
 from fstransport import TransferOptions
-from fstransport.delta.cache import MAPS_DIR, kept_map, sidecar_path
+from fstransport.delta.cache import MAPS_DIR, keep_assembled, kept_map, sidecar_path
 from fstransport.delta.local import map_file
 from fstransport.errors import ConfigurationError
 from fstransport.network.loopback import LoopbackNetwork
-from fstransport.protocol.delta import build_map, new_key, plan_recipe
+from fstransport.protocol.delta import SEND, Recipe, build_map, new_key, plan_recipe
 from fstransport.protocol.delta_wire import decode_map, encode_map
 from fstransport.receiver import Receiver
 from fstransport.storage.store import FsspecSnapshotStore
@@ -181,3 +181,29 @@ async def test_a_snapshot_assembled_from_a_delta_is_offered_without_a_read(
     assert reads == []  # kept at install
     fresh = build_map("blocks", bytes(new), key=key)
     assert (offered.lengths, offered.crcs, offered.tags) == (fresh.lengths, fresh.crcs, fresh.tags)
+
+
+def test_a_kept_assembly_follows_copies_from_other_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer's recipe may copy a base block to another offset: the kept map takes that
+    block's entry there; a block not copied whole is read back and hashed."""
+    base = random.Random(6).randbytes(16 * 4096)
+    new = base[3 * 4096 : 4 * 4096] + base[4096:] + b"tail"
+    recipe = Recipe(len(new), len(base), ((4096, 3 * 4096), (15 * 4096, 4096), (4, SEND)))
+    partial, final = tmp_path / "partial.bin", tmp_path / "snap.bin"
+    partial.write_bytes(new)
+    base_map = build_map("blocks", base, key=new_key())
+    keep_assembled(str(tmp_path), str(final), str(partial), recipe, base_map)
+    os.replace(partial, final)  # installing: a rename keeps what the sidecar checks
+    reads = counting_reads(monkeypatch)
+    key = new_key()
+    got = kept_map(str(tmp_path), str(final), "blocks", key=key)
+    fresh = build_map("blocks", new, key=key)
+    assert (got.lengths, got.crcs, got.tags, got.size) == (
+        fresh.lengths,
+        fresh.crcs,
+        fresh.tags,
+        fresh.size,
+    )
+    assert reads == []  # from the sidecar

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import struct
+import threading
 from array import array
 from sys import byteorder
 
@@ -91,10 +92,15 @@ def keep_map(
         body = lengths + _le(delta_map.crcs) + delta_map.digests
         target = sidecar_path(root, name or path, delta_map.mode)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        temporary = f"{target}.{os.getpid()}.tmp"
-        with open(temporary, "wb") as fh:
-            fh.write(header + body)
-        os.replace(temporary, target)
+        temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"  # (offers at once)
+        try:
+            with open(temporary, "wb") as fh:
+                fh.write(header + body)
+            os.replace(temporary, target)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
 
 def _load(root: str, path: str, mode: str, st: os.stat_result) -> DeltaMap | None:

@@ -54,6 +54,12 @@ def target_url(kind: str, tmp_path: Path) -> str:
     return f"memory://delta-{uuid.uuid4().hex}/snap.bin"
 
 
+def over_loopback(url: str) -> LoopbackNetwork:
+    """A network to an in-process receiver of `url`'s folder: `ship` without one sends in full
+    (a delta needs a link, see `test_ship_without_a_network_sends_in_full`)."""
+    return LoopbackNetwork(Receiver(FsspecSnapshotStore(url.rpartition("/")[0])))
+
+
 def read(url: str) -> bytes:
     with fsspec.open(url, "rb") as fh:
         data: bytes = fh.read()
@@ -73,7 +79,7 @@ async def test_a_changed_snapshot_sends_only_what_differs(
     first = await ship(str(source), target, options=options)
     assert (first.bytes_reused, first.bytes_sent) == (0, SIZE)  # nothing to build on yet
     source.write_bytes(new)
-    second = await ship(str(source), target, options=options)
+    second = await ship(str(source), target, options=options, network=over_loopback(target))
     assert read(target) == new
     assert second.bytes_reused > 0.9 * len(new)
     assert second.bytes_sent < 0.06 * len(new)  # the changed pages (or chunks), map, recipe
@@ -99,11 +105,28 @@ async def test_an_unchanged_snapshot_sends_the_map_and_one_byte(tmp_path: Path) 
     source, target = tmp_path / "snap.bin", target_url("local", tmp_path)
     source.write_bytes(data)
     await ship(str(source), target, options=OPTIONS)
-    report = await ship(str(source), target, options=OPTIONS)
+    report = await ship(str(source), target, options=OPTIONS, network=over_loopback(target))
     assert report.bytes_reused == SIZE
     # the map (48 + 8 bytes a 4 KiB block), a one-range recipe (48) and the final byte
     assert report.bytes_sent == 48 + 8 * (SIZE // 4096) + 48 + 1
     assert read(target) == data
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+async def test_ship_without_a_network_sends_in_full(kind: str, tmp_path: Path) -> None:
+    """In process (no network given) sending is a memory copy: no delta exchange at all."""
+    base = random.Random(16).randbytes(SIZE)
+    source, target = tmp_path / "snap.bin", target_url(kind, tmp_path)
+    source.write_bytes(base)
+    await ship(str(source), target, options=OPTIONS)
+    source.write_bytes(edited(base, 1, seed=17))
+    report = await ship(str(source), target, options=OPTIONS)
+    assert (report.bytes_reused, report.bytes_sent, report.chunks_sent) == (
+        0,
+        SIZE,
+        SIZE // 64 // KiB,
+    )
+    assert read(target) == source.read_bytes()
 
 
 async def test_the_last_installed_snapshot_is_the_base_for_a_new_name(tmp_path: Path) -> None:
@@ -353,3 +376,39 @@ async def test_delta_resumes_partial_data_a_dead_receiver_left(tmp_path: Path) -
     assert (tmp_path / "received" / "snap.bin").read_bytes() == new
     assert result.stats.bytes_sent <= 30 * 4096 + 1  # the 10 pages sent before are not again
     assert result.stats.bytes_reused > SIZE - 41 * 4096
+
+
+async def test_a_receiver_that_draws_its_own_key_gets_a_source_map_made_again(
+    tmp_path: Path,
+) -> None:
+    """The sender maps its source with its own key before the offer comes; an offer keyed
+    otherwise (a receiver that ignored the key) is planned against a map made with its key."""
+    base = random.Random(18).randbytes(SIZE)
+    new = edited(base, 3, seed=19)
+    store = FsspecSnapshotStore(str(tmp_path / "received"))
+    receiver = Receiver(store)
+    loop = LoopbackNetwork(receiver)
+    meta = SnapshotMeta("snap.bin")
+    await send_source(loop, Vote(1, 0), meta, BufferSource(base, "base"), None, OPTIONS)
+    await receiver._io.installing.get("snap.bin", _done())
+    keys: list[bytes] = []
+
+    class KeyDropped:
+        carries_delta = True
+
+        async def install_snapshot(
+            self, req: InstallSnapshotRequest, option: TransferOptions
+        ) -> InstallSnapshotResponse:
+            answer = await loop.install_snapshot(replace(req, delta_key=None), option)
+            if answer.offer is not None:
+                keys.append(answer.offer.map[32:48])  # the map header's key
+            return answer
+
+    result = await send_source(
+        KeyDropped(), Vote(1, 0), meta, BufferSource(new, "new"), None, OPTIONS
+    )
+    await receiver._io.installing.get("snap.bin", _done())
+    assert result.completed
+    assert (tmp_path / "received" / "snap.bin").read_bytes() == new
+    assert len(keys) == 1
+    assert result.stats.bytes_reused == SIZE - 3 * 4096

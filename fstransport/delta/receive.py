@@ -163,4 +163,7 @@ async def assemble(store: Any, sink: SnapshotSink, state: StreamState, meta: Sna
             format_checksum(crc),
             whole=True,
         )
+    keep = getattr(bases, "keep_assembled", None)
+    if keep is not None:  # its map kept for the next offer (docs/delta.md)
+        await keep(meta.snapshot_id, sink, recipe, delta.base_map)
     return reused

@@ -27,6 +27,7 @@ from fstransport.options import TransferOptions
 from fstransport.protocol.delta import (
     DeltaMap,
     MapBuilder,
+    choose_block_size,
     new_key,
     plan_recipe,
 )
@@ -94,10 +95,17 @@ async def map_source(
         data = await source.read(at, min(piece, source.size - at))
         if not len(data):
             raise EOFError(f"{source.description} ended at {at}")
-        builder.update(data)
+        await asyncio.to_thread(builder.update, data)  # (the loop serves the answer meanwhile)
         at += len(data)
     builder.segment()
-    return builder.finish()
+    return await asyncio.to_thread(builder.finish)
+
+
+async def _stop(task: asyncio.Future[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 async def negotiate(
@@ -108,6 +116,28 @@ async def negotiate(
     mode, piece = options.delta, options.chunk_size
     key = new_key()  # fresh for this transfer: the receiver tags its base map with it
     first = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode, delta_key=key)
+    # The source's map starts now, with this key and the block size a base of the source's
+    # size would have, while the first request is on its way; without an offer it is stopped
+    # at once (at most one round trip of reading wasted).
+    block = choose_block_size(source.size) if mode == "blocks" else 0
+    early = asyncio.ensure_future(map_source(source, mode, key=key, block_size=block, piece=piece))
+    try:
+        return await _negotiate(ask, vote, meta, source, options, first, (early, block))
+    finally:
+        await _stop(early)
+
+
+async def _negotiate(
+    ask: Ask,
+    vote: Vote,
+    meta: SnapshotMeta,
+    source: ChunkSource,
+    options: TransferOptions,
+    first: InstallSnapshotRequest,
+    started: tuple[asyncio.Future[DeltaMap], int],
+) -> DeltaPlan | None:
+    mode, piece, key = options.delta, options.chunk_size, first.delta_key
+    early, block = started
     try:
         answer = await ask(first)
         if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
@@ -117,9 +147,13 @@ async def negotiate(
             return None
         offer = answer.offer
         map_bytes = len(offer.map)
-        source_map = await map_source(
-            source, mode, key=base_map.key, block_size=base_map.block_size, piece=piece
-        )
+        if (base_map.key, base_map.block_size) == (key, block):
+            source_map = await early
+        else:  # a receiver that chose its own key, or another block size: map again
+            await _stop(early)
+            source_map = await map_source(
+                source, mode, key=base_map.key, block_size=base_map.block_size, piece=piece
+            )
         checksum = format_checksum(source_map.whole_crc())
         if meta.checksum is not None and meta.checksum != checksum:
             return None  # the data is not what the caller named: the full transfer says so

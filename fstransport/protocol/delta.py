@@ -3,10 +3,12 @@ from a base plus the bytes that differ.  See ``docs/delta.md``.
 
 A **map** describes a base (or a source) as extents that tile ``[0, size)``, each identified by
 ``(length, crc32c, tag)``: the CRC32C lets a receiver combine the whole snapshot's CRC32C without
-re-reading reused bytes; the ``tag`` is the first 4 bytes of SHA-256 over the map's random ``key``
-(padded to one 64-byte block) followed by the extent, so that a reused extent is never chosen on
-a CRC32C match alone (a CRC is linear: collisions are easy to make, and happen by chance once in
-2**32 changed extents).  Modes:
+re-reading reused bytes; the ``tag`` is a keyed function of the extent's SHA-256 digest with the
+map's random ``key`` (`fstransport.protocol.delta_tags`), so that a reused extent is never chosen
+on a CRC32C match alone (a CRC is linear: collisions are easy to make, and happen by chance once
+in 2**32 changed extents).  A map built here also keeps the digests (not sent), so that the same
+content's map under another key is derived without reading it again (`DeltaMap.rekeyed`).
+Modes:
 
 * ``"blocks"``: fixed blocks at fixed offsets (page files); lengths are implicit, 8 bytes a block.
 * ``"cdc"``: content-defined chunks (FastCDC via ``pyfastcdc``) for content that shifts, cut
@@ -25,12 +27,15 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import pairwise
+from itertools import pairwise, repeat
 from typing import Any
 
-from fstransport.checksum import chunk_crc, combine
+import crc32c
+
+from fstransport.checksum import chunk_crc, combine, combine_equal
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Buffer
+from fstransport.protocol.delta_tags import DIGEST_SIZE, derive_tags, extent_digest
 
 __all__ = [
     "CDC_AVG",
@@ -81,7 +86,9 @@ def new_key() -> bytes:
 
 @dataclass(frozen=True)
 class DeltaMap:
-    """Extents tiling ``[0, size)``: ``lengths[i]``, ``crcs[i]``, ``tags[i]`` (u32 arrays)."""
+    """Extents tiling ``[0, size)``: ``lengths[i]``, ``crcs[i]``, ``tags[i]`` (u32 arrays), and
+    for a map built from the content (not one decoded from a peer) the joined key-independent
+    `digests` of its extents (`DIGEST_SIZE` bytes each), from which `rekeyed` derives tags."""
 
     mode: str
     size: int
@@ -90,6 +97,7 @@ class DeltaMap:
     lengths: array[int] = field(repr=False)
     crcs: array[int] = field(repr=False)
     tags: array[int] = field(repr=False)
+    digests: bytes = field(default=b"", repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.crcs)
@@ -102,46 +110,56 @@ class DeltaMap:
             at += length
         return out
 
+    def rekeyed(self, key: bytes) -> DeltaMap:
+        """The same map with tags keyed by `key`, derived from the digests (no read of the
+        content); `ConfigurationError` for a map without them (one decoded from a peer)."""
+        if len(self.digests) != DIGEST_SIZE * len(self) or len(key) != KEY_SIZE:
+            raise ConfigurationError("only a map with its digests can be keyed anew")
+        tags = derive_tags(key, self.digests)
+        return DeltaMap(
+            self.mode, self.size, key, self.block_size, self.lengths, self.crcs, tags, self.digests
+        )
+
     def offsets(self) -> array[int]:
         """Where each extent starts."""
         return self._starts
 
     def whole_crc(self) -> int:
         """The CRC32C of the whole content, combined from the extents'."""
+        if self.mode == "blocks":
+            return self._blocks_crc(0, len(self))
         crc = 0
         for length, part in zip(self.lengths, self.crcs, strict=True):
             crc = combine(crc, part, length)
         return crc
 
+    def _blocks_crc(self, first: int, end: int) -> int:
+        """The CRC32C of blocks ``[first, end)`` (all full but maybe the map's last)."""
+        if end <= first:
+            return 0
+        crc = combine_equal(0, self.crcs[first : end - 1], self.block_size)
+        return combine(crc, self.crcs[end - 1], self.lengths[end - 1])
+
     def crc_of(self, start: int, length: int) -> int:
         """The CRC32C of ``[start, start + length)``, which must be whole extents (as a recipe's
         copied ranges are); `InvalidRequest` otherwise."""
+        bad = InvalidRequest("a copied range does not fall on the base's extents", field="delta")
+        if self.mode == "blocks":
+            block, stop = self.block_size, start + length
+            end = -(-stop // block)
+            if start % block or end > len(self) or stop not in (end * block, self.size):
+                raise bad
+            return self._blocks_crc(start // block, end)
         offsets = self.offsets()
         i = bisect_left(offsets, start)
         crc, at = 0, start
         while at < start + length:
             if i >= len(offsets) or offsets[i] != at or at + self.lengths[i] > start + length:
-                raise InvalidRequest(
-                    "a copied range does not fall on the base's extents", field="delta"
-                )
+                raise bad
             crc = combine(crc, self.crcs[i], self.lengths[i])
             at += self.lengths[i]
             i += 1
         return crc
-
-
-def _keyed(key: bytes) -> Any:
-    """SHA-256 with the key absorbed: one block, so each extent's hash starts from a copy of it.
-    A secret prefix makes SHA-256 a keyed function of the extent; only 4 bytes are kept, so
-    nothing can be extended.  SHA-256 rather than BLAKE2b: CPUs with SHA extensions (x86 since
-    Zen and Ice Lake, ARMv8) hash it twice as fast here (docs/delta.md)."""
-    return hashlib.sha256(key.ljust(64, b"\0"))
-
-
-def _tag(keyed: Any, piece: Buffer) -> int:
-    hasher = keyed.copy()
-    hasher.update(piece)
-    return int.from_bytes(hasher.digest()[:TAG_SIZE], "little")
 
 
 class MapBuilder:
@@ -167,8 +185,7 @@ class MapBuilder:
         self.mode, self.key = mode, bytes(key)
         self.block_size = block_size if mode == "blocks" else 0
         self.size = 0
-        self._lengths, self._crcs, self._tags = array("I"), array("I"), array("I")
-        self._keyed = _keyed(self.key)
+        self._lengths, self._crcs, self._digests = array("I"), array("I"), bytearray()
         self._tail = bytearray()  # an unfinished block, or the CDC chunk that may still grow
         self._chunker: Any = None
         if mode == "cdc":
@@ -179,7 +196,7 @@ class MapBuilder:
     def _add(self, piece: memoryview) -> None:
         self._lengths.append(len(piece))
         self._crcs.append(chunk_crc(piece))
-        self._tags.append(_tag(self._keyed, piece))
+        self._digests += extent_digest(piece)
 
     def update(self, data: Buffer) -> None:
         """Feed the next bytes of the content."""
@@ -196,8 +213,13 @@ class MapBuilder:
                 self._add(memoryview(self._tail))
                 self._tail = bytearray()
             whole = len(view) - len(view) % block
+            crc, digest, add_crc = crc32c.crc32c, hashlib.sha256, self._crcs.append
+            digests = self._digests  # (the loop of `_add`, unrolled: a call less per block)
             for at in range(0, whole, block):
-                self._add(view[at : at + block])
+                piece = view[at : at + block]
+                add_crc(crc(piece))
+                digests += digest(piece).digest()
+            self._lengths.extend(repeat(block, whole // block))
             self._tail += view[whole:]
             return
         buffer = memoryview(self._tail + view if self._tail else view)
@@ -220,8 +242,17 @@ class MapBuilder:
         elif self._tail:
             self._add(memoryview(self._tail))
             self._tail = bytearray()
+        digests = bytes(self._digests)
+        tags = derive_tags(self.key, digests)
         return DeltaMap(
-            self.mode, self.size, self.key, self.block_size, self._lengths, self._crcs, self._tags
+            self.mode,
+            self.size,
+            self.key,
+            self.block_size,
+            self._lengths,
+            self._crcs,
+            tags,
+            digests,
         )
 
 
@@ -292,6 +323,31 @@ def _coalesce(pieces: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+_RUN = 1024  # blocks compared at once (array slices compare in C)
+
+
+def _plan_blocks(base: DeltaMap, source: DeltaMap) -> list[tuple[int, int]]:
+    """Blocks at the same offset: whole runs of `_RUN` equal blocks are found by comparing
+    array slices, and only runs with a difference are looked at block by block."""
+    pieces: list[tuple[int, int]] = []
+    block, common = base.block_size, min(len(base), len(source))
+    if common and base.lengths[common - 1] != source.lengths[common - 1]:
+        common -= 1  # a last partial block of another length never matches
+    for run in range(0, common, _RUN):
+        end = min(run + _RUN, common)
+        if (
+            base.crcs[run:end] == source.crcs[run:end]
+            and base.tags[run:end] == source.tags[run:end]
+        ):
+            pieces.append((sum(source.lengths[run:end]), run * block))
+            continue
+        for i in range(run, end):
+            same = base.crcs[i] == source.crcs[i] and base.tags[i] == source.tags[i]
+            pieces.append((source.lengths[i], i * block if same else SEND))
+    pieces.extend((source.lengths[i], SEND) for i in range(common, len(source)))
+    return pieces
+
+
 def plan_recipe(base: DeltaMap, source: DeltaMap) -> Recipe:
     """What to copy from `base` and what to send to build `source`'s content.
 
@@ -302,14 +358,7 @@ def plan_recipe(base: DeltaMap, source: DeltaMap) -> Recipe:
         raise ConfigurationError("the source map must use the base map's mode, key and block size")
     pieces: list[tuple[int, int]] = []
     if base.mode == "blocks":
-        for i, length in enumerate(source.lengths):
-            same = (
-                i < len(base)
-                and base.lengths[i] == length
-                and base.crcs[i] == source.crcs[i]
-                and base.tags[i] == source.tags[i]
-            )
-            pieces.append((length, i * base.block_size if same else SEND))
+        pieces = _plan_blocks(base, source)
     else:
         known: dict[tuple[int, int, int], int] = {}
         for at, ident in zip(

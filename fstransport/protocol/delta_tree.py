@@ -24,6 +24,7 @@ wire forms are in `fstransport.protocol.delta_tree_wire`.
 
 from __future__ import annotations
 
+import hashlib
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,7 +39,6 @@ from fstransport.protocol.delta import (
     MapBuilder,
     Recipe,
     _coalesce,
-    _keyed,
 )
 from fstransport.protocol.delta_session import MAX_OFFER_FACTOR, ReceiverDelta, max_map_bytes
 
@@ -204,7 +204,7 @@ class FileIdentity:
     the file's bytes.  One pass at hashing speed (large pieces, not one call per block)."""
 
     def __init__(self, key: bytes) -> None:
-        self._hasher = _keyed(key).copy()
+        self._hasher = hashlib.sha256(key.ljust(64, b"\0"))  # keyed as the block tags are
         self._hasher.update(_FILE_TAG)
         self.pieces: list[tuple[int, int]] = []
         """``(length, crc32c)`` of each `PIECE` of the file (the last one shorter)."""

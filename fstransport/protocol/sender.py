@@ -309,17 +309,15 @@ class SendWindow:
         The last byte is always sent, in the final chunk that completes the transfer.  Ranges
         outside the snapshot are ignored.  Returns the number of bytes skipped.
         """
-        skipped = 0
         limit = self.size - 1
+        before = self._pending.total()  # (once: a delta's recipe holds thousands of ranges)
         for start, end in ranges:
             if not (isinstance(start, int) and isinstance(end, int)):
                 continue
             start, end = max(0, start), min(end, limit)
-            if start >= end:
-                continue
-            before = self._pending.total()
-            self._pending.remove(start, end)
-            skipped += before - self._pending.total()
+            if start < end:
+                self._pending.remove(start, end)
+        skipped = before - self._pending.total()
         self.stats.bytes_skipped += skipped
         return skipped
 

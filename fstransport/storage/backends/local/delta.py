@@ -1,6 +1,7 @@
-"""`LocalDelta`: installed snapshots in a local folder as delta bases (`DeltaBase`): mapped with
-`map_file` when an offer is due, and the copied ranges filled into the partial file with
-`assemble_local` (``os.copy_file_range``) before install."""
+"""`LocalDelta`: installed snapshots in a local folder as delta bases (`DeltaBase`): mapped
+from the map kept beside them (`fstransport.delta.cache`, else read with `map_file`) when an
+offer is due, the copied ranges filled into the partial file with `assemble_local`
+(``os.copy_file_range``) before install, and the new snapshot's map kept."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from fstransport.messages import SnapshotMeta
 from fstransport.storage.base import MappedBase, SnapshotSink
 
 if TYPE_CHECKING:
-    from fstransport.protocol.delta import Recipe
+    from fstransport.protocol.delta import DeltaMap, Recipe
     from fstransport.storage.store import FsspecSnapshotStore
 
 __all__ = ["LocalDelta"]
@@ -32,7 +33,7 @@ class LocalDelta:
         return True
 
     async def map_base(self, snapshot_id: str, mode: str, key: bytes) -> MappedBase | None:
-        from fstransport.delta.local import map_file
+        from fstransport.delta.cache import kept_map
 
         try:
             path = self.store.path(snapshot_id)
@@ -41,7 +42,7 @@ class LocalDelta:
         if not await asyncio.to_thread(os.path.isfile, path):
             return None
         try:
-            base_map = await asyncio.to_thread(map_file, path, mode, key=key)
+            base_map = await asyncio.to_thread(kept_map, self.store.root, path, mode, key=key)
         except Exception as exc:  # a base that cannot be read is no base
             log.warning("delta base %r could not be mapped: %s", snapshot_id, exc)
             return None
@@ -70,3 +71,18 @@ class LocalDelta:
                 raise
             raise SourceChanged(base_path, "reuse", exc) from exc  # gone or unreadable now
         return done.crc32c, done.bytes_reused
+
+    async def keep_assembled(
+        self, snapshot_id: str, sink: SnapshotSink, recipe: Recipe, base_map: DeltaMap
+    ) -> None:
+        """Keep the map of a snapshot just assembled (and checked) from a delta, for the next
+        offer; a map not kept is read at that offer instead."""
+        from fstransport.delta.cache import keep_assembled
+
+        final = self.store.path(snapshot_id)
+        try:
+            await asyncio.to_thread(
+                keep_assembled, self.store.root, final, sink.path, recipe, base_map
+            )
+        except Exception as exc:
+            log.warning("could not keep the delta map of %s: %s", final, exc)

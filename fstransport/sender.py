@@ -322,18 +322,14 @@ class _Sender:
 
 
 def _wants_delta(self: _Sender) -> bool:
-    """A delta exchange first: a file snapshot of more than one chunk, sent directly (a
-    relay sends references; one chunk costs one round trip, a delta at least two), over a
-    link: not to a receiver that shares this process's buffers (`_trusts_checksums`, what
-    `ship` builds without a network), where sending is a memory copy that a delta's reads of
-    both files cannot beat (docs/delta.md)."""
+    """A delta exchange first: a file or tree snapshot of more than one chunk, sent directly
+    (a relay sends references; one chunk costs one round trip, a delta at least two)."""
     return (
         self.options.delta != "off"
         and self.meta.kind in ("file", "tree")
         and self.source.size > self.options.chunk_size
         and self.staged_chunk is None
         and carries_delta(self.net)
-        and not _trusts_checksums(self.net)
     )
 
 

@@ -55,8 +55,8 @@ def target_url(kind: str, tmp_path: Path) -> str:
 
 
 def over_loopback(url: str) -> LoopbackNetwork:
-    """A network to an in-process receiver of `url`'s folder: `ship` without one sends in full
-    (a delta needs a link, see `test_ship_without_a_network_sends_in_full`)."""
+    """A network to an in-process receiver of `url`'s folder (one that does not trust the
+    sender's CRCs, as a remote one)."""
     return LoopbackNetwork(Receiver(FsspecSnapshotStore(url.rpartition("/")[0])))
 
 
@@ -113,19 +113,19 @@ async def test_an_unchanged_snapshot_sends_the_map_and_one_byte(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("kind", ["local", "memory"])
-async def test_ship_without_a_network_sends_in_full(kind: str, tmp_path: Path) -> None:
-    """In process (no network given) sending is a memory copy: no delta exchange at all."""
+async def test_ship_without_a_network_sends_only_what_differs_too(
+    kind: str, tmp_path: Path
+) -> None:
+    """In process (no network given) the delta runs as through a network: the default mode
+    is ``"blocks"``, whatever the receiver's store."""
     base = random.Random(16).randbytes(SIZE)
     source, target = tmp_path / "snap.bin", target_url(kind, tmp_path)
     source.write_bytes(base)
     await ship(str(source), target, options=OPTIONS)
     source.write_bytes(edited(base, 1, seed=17))
     report = await ship(str(source), target, options=OPTIONS)
-    assert (report.bytes_reused, report.bytes_sent, report.chunks_sent) == (
-        0,
-        SIZE,
-        SIZE // 64 // KiB,
-    )
+    assert report.bytes_reused >= SIZE - 2 * 4096
+    assert report.bytes_sent < SIZE // 10
     assert read(target) == source.read_bytes()
 
 

@@ -5,14 +5,11 @@ A **map** describes a base (or a source) as extents that tile ``[0, size)``, eac
 ``(length, crc32c, tag)``: the CRC32C lets a receiver combine the whole snapshot's CRC32C without
 re-reading reused bytes; the ``tag`` is a keyed function of the extent's SHA-256 digest with the
 map's random ``key`` (`fstransport.protocol.delta_tags`), so that a reused extent is never chosen
-on a CRC32C match alone (a CRC is linear: collisions are easy to make, and happen by chance once
-in 2**32 changed extents).  A map built here also keeps the digests (not sent), so that the same
-content's map under another key is derived without reading it again (`DeltaMap.rekeyed`).
-Modes:
-
-* ``"blocks"``: fixed blocks at fixed offsets (page files); lengths are implicit, 8 bytes a block.
-* ``"cdc"``: content-defined chunks (FastCDC via ``pyfastcdc``) for content that shifts, cut
-  afresh at every segment start given (the files of a packed tree), so whole files match.
+on a CRC32C match alone (CRCs are linear: collisions are easy to make).  A map built here keeps
+the digests (not sent): the same content's map under another key is `DeltaMap.rekeyed`.
+Modes: ``"blocks"``, fixed blocks at fixed offsets (page files; 8 bytes a block); ``"cdc"``,
+content-defined chunks (FastCDC via ``pyfastcdc``) for content that shifts, cut afresh at every
+segment start given (the files of a packed tree), so whole files match.
 
 A **recipe** (sender -> receiver) lists the target's ranges in order, each copied from the base at
 an offset or sent.  Their wire forms, checked as a peer's, are in `fstransport.protocol.delta_wire`.
@@ -103,6 +100,14 @@ class DeltaMap:
         return len(self.crcs)
 
     @cached_property
+    def _regular(self) -> bool:
+        """Every extent `block_size` long but the last (a file's; a tree's restart per file)."""
+        if self.mode != "blocks" or self.block_size <= 0 or not len(self):
+            return False
+        head = self.lengths[:-1]
+        return head.count(self.block_size) == len(head)
+
+    @cached_property
     def _starts(self) -> array[int]:
         out, at = array("Q"), 0
         for length in self.lengths:
@@ -126,7 +131,7 @@ class DeltaMap:
 
     def whole_crc(self) -> int:
         """The CRC32C of the whole content, combined from the extents'."""
-        if self.mode == "blocks":
+        if self._regular:
             return self._blocks_crc(0, len(self))
         crc = 0
         for length, part in zip(self.lengths, self.crcs, strict=True):
@@ -144,7 +149,7 @@ class DeltaMap:
         """The CRC32C of ``[start, start + length)``, which must be whole extents (as a recipe's
         copied ranges are); `InvalidRequest` otherwise."""
         bad = InvalidRequest("a copied range does not fall on the base's extents", field="delta")
-        if self.mode == "blocks":
+        if self._regular:
             block, stop = self.block_size, start + length
             end = -(-stop // block)
             if start % block or end > len(self) or stop not in (end * block, self.size):
@@ -276,9 +281,6 @@ def build_map(
     return builder.finish()
 
 
-# -- the recipe ---------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Recipe:
     """The target, in order: ``(length, base_offset)``, `SEND` for bytes that are sent."""
@@ -357,9 +359,9 @@ def plan_recipe(base: DeltaMap, source: DeltaMap) -> Recipe:
     if (source.mode, source.key, source.block_size) != (base.mode, base.key, base.block_size):
         raise ConfigurationError("the source map must use the base map's mode, key and block size")
     pieces: list[tuple[int, int]] = []
-    if base.mode == "blocks":
+    if base.mode == "blocks" and base._regular and source._regular:
         pieces = _plan_blocks(base, source)
-    else:
+    else:  # content-defined, or extents cut per file: an equal extent anywhere in the base
         known: dict[tuple[int, int, int], int] = {}
         for at, ident in zip(
             base.offsets(), zip(base.lengths, base.crcs, base.tags, strict=True), strict=True

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from fstransport.checksum import chunk_crc, format_checksum, parse_checksum
-from fstransport.delta.send import negotiate, unless_cancelled
+from fstransport.delta.send import run_exchange
 from fstransport.errors import (
     ChecksumMismatch,
     InvalidRequest,
@@ -128,8 +128,7 @@ class _Sender:
                 await asyncio.sleep(0)  # a cancel that is set already stops us before any send
                 if cancel_task.done():
                     raise self._closed(cancel_task)
-            if _wants_delta(self):
-                await _delta(self, cancel_task)
+            await _delta(self, cancel_task)
             while True:
                 now = self.loop.time()
                 if self.deadline_at is not None and now >= self.deadline_at:
@@ -321,36 +320,32 @@ class _Sender:
         return format_checksum(crc)
 
 
-def _wants_delta(self: _Sender) -> bool:
-    """A delta exchange first: a file or tree snapshot of more than one chunk, sent directly
-    (a relay sends references; one chunk costs one round trip, a delta at least two)."""
-    return (
-        self.options.delta != "off"
-        and self.meta.kind in ("file", "tree")
-        and self.source.size > self.options.chunk_size
-        and self.staged_chunk is None
-        and carries_delta(self.net)
-    )
-
-
 async def _delta(self: _Sender, cancel_task: asyncio.Future[Any] | None) -> None:
-    """Run the delta exchange (`negotiate`); skip what the receiver holds after it."""
+    """A delta exchange first (`run_exchange`) for a file or tree snapshot of more than one
+    chunk sent directly (a relay sends references; one chunk costs one round trip, a delta at
+    least two); skip what the receiver holds after it."""
+    if (
+        self.options.delta == "off"
+        or self.meta.kind not in ("file", "tree")
+        or self.source.size <= self.options.chunk_size
+        or self.staged_chunk is not None
+        or not carries_delta(self.net)
+    ):
+        return
 
     async def ask(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
         ttl = self.options.install_timeout  # the receiver maps its base meanwhile
         rpc = lambda: self.net.install_snapshot(req, self.options)  # noqa: E731
         return await self._answer_within(rpc, req, ttl)
 
-    from fstransport.delta.tree_send import negotiate_tree  # (loaded for directory snapshots only)
-
-    talk = negotiate_tree if self.meta.kind == "tree" else negotiate
-    exchange = talk(ask, self.vote, self.meta, self.source, self.options)
-    plan = await unless_cancelled(exchange, cancel_task)
+    checksum = await run_exchange(
+        ask, self.vote, self.meta, self.source, self.options, self.window, cancel_task
+    )
     if cancel_task is not None and cancel_task.done():
         raise _Sender._closed(cancel_task)
-    if plan is not None and plan.apply(self.window) and self.meta.checksum is None:
-        self.meta = replace(self.meta, checksum=plan.checksum)
-        self.checksum = plan.checksum
+    if checksum is not None and self.meta.checksum is None:
+        self.meta = replace(self.meta, checksum=checksum)
+        self.checksum = checksum
 
 
 def _trusts_checksums(net: Network) -> bool:

@@ -36,7 +36,7 @@ from fstransport.protocol.delta_wire import encode_recipe
 from fstransport.protocol.sender import SendWindow
 from fstransport.storage.source import ChunkSource
 
-__all__ = ["DeltaPlan", "map_source", "negotiate", "unless_cancelled"]
+__all__ = ["DeltaPlan", "map_source", "negotiate", "run_exchange", "unless_cancelled"]
 
 log = logging.getLogger("fstransport.sender")
 
@@ -172,3 +172,27 @@ async def _negotiate(
     except (FstransportError, EOFError) as exc:
         log.warning("delta exchange failed (%s); sending the whole snapshot", exc)
         return None
+
+
+async def run_exchange(
+    ask: Callable[[InstallSnapshotRequest], Awaitable[InstallSnapshotResponse]],
+    vote: Vote,
+    meta: SnapshotMeta,
+    source: ChunkSource,
+    options: TransferOptions,
+    window: SendWindow,
+    cancel_task: asyncio.Future[Any] | None,
+) -> str | None:
+    """The sender's whole delta exchange through `ask`: `negotiate` (a directory snapshot:
+    `negotiate_tree`), stopped when `cancel_task` completes; what the receiver holds after it
+    is marked in `window`.  Returns the checksum the exchange named (it reads the source
+    whole), or None."""
+    from fstransport.delta.tree_send import negotiate_tree  # (loaded for directory snapshots only)
+
+    talk = negotiate_tree if meta.kind == "tree" else negotiate
+    plan = await unless_cancelled(talk(ask, vote, meta, source, options), cancel_task)
+    if cancel_task is not None and cancel_task.done():
+        return None
+    if plan is not None and plan.apply(window):
+        return plan.checksum
+    return None

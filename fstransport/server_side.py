@@ -1,6 +1,7 @@
 """Server-side copies for `ship`: an S3 -> S3 copy on one endpoint made by the S3 server
-(``UploadPartCopy``) when it can be proved, instead of passing every byte through this
-process (see docs/s3.md)."""
+instead of passing every byte through this process (see docs/s3.md): with ``UploadPartCopy``
+parts, proved before the target appears, when it can be proved; when asked for
+(``server_side=True``), with one ``CopyObject`` up to `TransferOptions.copy_cutoff` bytes."""
 
 from __future__ import annotations
 
@@ -87,6 +88,8 @@ async def server_side(
             part_size=store.part_size,
             concurrency=concurrency or DEFAULT_COPY_CONCURRENCY,
             retry=options.retry,
+            copy_cutoff=options.copy_cutoff,
+            settle_timeout=options.install_timeout,
         )
     finally:
         await close_async_filesystem(fs)
@@ -99,7 +102,7 @@ async def server_side(
         target=target_url,
         size=source.size,
         bytes_sent=0,
-        chunks_sent=max(1, result.parts),
+        chunks_sent=result.parts,
         retries=0,
         rewinds=0,
         bytes_skipped=0,

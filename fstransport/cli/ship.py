@@ -113,6 +113,7 @@ async def run(args: argparse.Namespace) -> int:
         rate_limit=args.bwlimit,
         read_streams=args.read_streams,
         read_part_size=args.read_part_size,
+        copy_cutoff=args.copy_cutoff,
     )
     out = sys.stderr if args.dst == "-" else sys.stdout  # the data owns stdout
     source_options = storage_options(args, args.src)

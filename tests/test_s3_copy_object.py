@@ -292,6 +292,27 @@ async def test_cancelled_copy_object_gives_up_waiting_after_the_install_timeout(
     assert "may still complete the copy" in caplog.text
 
 
+async def test_copy_onto_itself_changes_nothing(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """S3 refuses a CopyObject of an object onto itself; the object already is the copy."""
+    data = payload(MiB, seed=30)
+    s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=data)
+    url = f"s3://{s3_bucket}/src.bin"
+    with s3_calls() as calls:
+        report = await ship(
+            url,
+            url,
+            source_options=s3_storage_options,
+            target_options=s3_storage_options,
+            server_side=True,
+        )
+    assert report.server_side
+    assert (report.size, report.bytes_sent, report.chunks_sent) == (len(data), 0, 0)
+    assert calls["copy_object"] == calls["put_object"] == calls["delete_object"] == 0
+    assert object_bytes(s3_client, s3_bucket, "src.bin") == data
+
+
 def test_cli_copy_cutoff(s3_server: S3TestServer, s3_bucket: str, s3_client: Any) -> None:
     data = payload(MIN_PART_SIZE + 17, seed=29)
     s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=data)

@@ -385,6 +385,8 @@ async def server_side_copy(
     )
     if source.size < MIN_PART_SIZE and require_proof:
         return None  # a CopyObject's target appears before it can be proved; and it is small
+    if (source.bucket, source.key) == (bucket, key) and not require_proof:
+        return CopyResult(0, False, job.checksum_of(None))  # onto itself: nothing to copy
     if copies_whole(source.size, copy_cutoff, require_proof):
         return await copy_whole(job, settle_timeout)
     try:

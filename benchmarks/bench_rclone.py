@@ -17,6 +17,9 @@ environment (remote ``bench``: ``RCLONE_CONFIG_BENCH_TYPE=s3``, ``_PROVIDER=Othe
 ``HEAD ?versionId=null`` with 400), and ``AWS_CA_BUNDLE`` is dropped from its environment.
 Every run writes to a target removed beforehand, so rclone cannot skip the copy.
 
+S3 -> S3 has a third contender, ``fstransport ship --server-side`` (the copy made by the server:
+one ``CopyObject`` up to ``--copy-cutoff``), unless ``--ship-args`` has ``--server-side``.
+
 On ``--endpoint-url`` two more groups compare, in this process, ``ship()`` with boto3's
 ``upload_file`` / ``download_file`` (default ``TransferConfig``).  Last, the peak resident set
 of ``fstransport ship`` processes copying S3 -> local file at ``--memory-sizes`` (sampled
@@ -229,10 +232,10 @@ class RcloneBench:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def ship_argv(self, source: str, target: str) -> list[str]:
+    def ship_argv(self, source: str, target: str, *extra: str) -> list[str]:
         return [
             self.fstransport, "ship", source, target, "--endpoint-url", self.endpoint.url,
-            *self.ship_args,
+            *self.ship_args, *extra,
         ]  # fmt: skip
 
     def rclone_argv(self, source: str, target: str) -> list[str]:
@@ -296,7 +299,7 @@ class RcloneBench:
             source: tuple[str, str],
             target: Callable[[str, bool], str],
         ) -> list[Case]:
-            return [
+            cases = [
                 make(
                     f"{tag}/ship",
                     "fstransport ship (CLI), "
@@ -313,6 +316,20 @@ class RcloneBench:
                     ),
                 ),
             ]  # fmt: skip
+            if route == "S3 -> S3" and "--server-side" not in self.ship_args:
+                # the copy made by the server, beside the default (streamed where nothing
+                # can prove a server-side copy): one CopyObject up to --copy-cutoff
+                cases.append(
+                    make(
+                        f"{tag}/ship-server-side",
+                        "fstransport ship (CLI), " + " ".join(["--server-side", *self.ship_args]),
+                        lambda t: self.command(
+                            self.ship_argv(source[0], target(t, False), "--server-side"),
+                            for_rclone=False,
+                        ),
+                    )
+                )
+            return cases
 
         def s3(key: str, rclone: bool) -> str:
             return self.rclone_url(key) if rclone else self.s3_url(key)
@@ -595,9 +612,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for bench, title, cases, kind in groups:
                 bench.reset()
                 run_rounds(cases, args.rounds, args.warmup, rng, title)
-                ship_case, base = cases[0].key, cases[1].key
+                base = cases[1].key
                 goal = GOAL_VS_BOTO3 if kind == "boto3" else GOAL_VS_RCLONE[kind]
-                rows = [Row(base), Row(ship_case, base, f">= {goal:.1f}x", goal_ratio=goal)]
+                rows = [Row(base)] + [
+                    Row(case.key, base, f">= {goal:.1f}x", goal_ratio=goal)
+                    for case in [cases[0], *cases[2:]]
+                ]
                 by_key = {c.key: c for c in cases}
                 results = [evaluate(row, by_key) for row in rows]
                 report["groups"][title] = {

@@ -16,6 +16,8 @@ __all__ = ["KiB", "MiB", "RetryPolicy", "TransferOptions"]
 
 KiB = 1024
 MiB = 1024 * KiB
+MAX_COPY_OBJECT = 5 * 1024 * MiB
+"""The largest object S3 copies with one ``CopyObject`` request (5 GiB)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class TransferOptions:
       of at least `ranged_read_threshold` bytes with `read_streams` ranged GETs of
       `read_part_size` bytes at once (memory: `read_streams` x `read_part_size`); smaller
       objects, or `read_streams=1`, with one streaming GET (see ``docs/s3.md``).
+    - `copy_cutoff`: a server-side S3 -> S3 copy (`ship(server_side=True)`) of at most this
+      many bytes is one ``CopyObject`` request; a larger one is assembled from ``UploadPartCopy``
+      parts (``docs/s3.md``).  At most 5 GiB, S3's limit for one ``CopyObject`` (the default).
     - `delta`: how a file snapshot is compared with what the receiver holds already, so that
       only what differs is sent (``docs/delta.md``): ``"blocks"`` (fixed 4 KiB blocks, for
       page files), ``"cdc"`` (content-defined chunks, for content that shifts) or ``"off"``.
@@ -97,6 +102,7 @@ class TransferOptions:
     read_part_size: int = 8 * MiB
     ranged_read_threshold: int = 256 * MiB
     delta: str = "blocks"
+    copy_cutoff: int = MAX_COPY_OBJECT
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -112,6 +118,11 @@ class TransferOptions:
         if self.read_streams < 1 or self.read_part_size < 1 or self.ranged_read_threshold < 0:
             raise ConfigurationError(
                 "read_streams and read_part_size must be >= 1, ranged_read_threshold >= 0"
+            )
+        if not 0 <= self.copy_cutoff <= MAX_COPY_OBJECT:
+            raise ConfigurationError(
+                f"copy_cutoff must be within [0, {MAX_COPY_OBJECT}] (5 GiB, S3's limit for one "
+                f"CopyObject), got {self.copy_cutoff}"
             )
         if self.delta not in ("blocks", "cdc", "off"):
             raise ConfigurationError(f"delta must be 'blocks', 'cdc' or 'off', got {self.delta!r}")

@@ -1,6 +1,7 @@
 """Server-side copies for `ship`: an S3 -> S3 copy on one endpoint made by the S3 server
-(``UploadPartCopy``) when it can be proved, instead of passing every byte through this
-process (see docs/s3.md)."""
+instead of passing every byte through this process (see docs/s3.md): with ``UploadPartCopy``
+parts, proved before the target appears, when it can be proved; when asked for
+(``server_side=True``), with one ``CopyObject`` up to `TransferOptions.copy_cutoff` bytes."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import fsspec
 from fstransport.checksum import format_checksum, parse_checksum
 from fstransport.errors import ChecksumMismatch, ConfigurationError
 from fstransport.options import TransferOptions
-from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
-from fstransport.storage.backends.s3 import is_s3, open_s3, split_bucket_key
+from fstransport.storage.backends.s3 import S3Backend, is_s3, split_bucket_key
 from fstransport.storage.backends.s3.copy import (
     DEFAULT_COPY_CONCURRENCY,
     head_source,
@@ -64,32 +64,35 @@ async def server_side(
             )
         return None
     wanted = None if checksum is None else parse_checksum(checksum)
-    fs = await open_s3(target_options)
-    try:
-        with storage_errors(source_url, "open"):
-            bucket, key = split_bucket_key(fs._strip_protocol(source_url))
-        source = await head_source(fs, bucket, key, options.retry)
-        if wanted is not None and source.crc32c is not None and wanted != source.crc32c:
-            raise ChecksumMismatch(
-                source_url, format_checksum(wanted), format_checksum(source.crc32c), whole=True
-            )
-        expected = wanted if wanted is not None else source.crc32c
-        if not required and expected is None:
-            return None  # nothing to prove a server-side copy with: stream it, verified
-        target_bucket, target_key = split_bucket_key(store.path(snapshot_id))
-        result = await server_side_copy(
-            fs,
-            source,
-            target_bucket,
-            target_key,
-            expected=expected,
-            require_proof=not required,
-            part_size=store.part_size,
-            concurrency=concurrency or DEFAULT_COPY_CONCURRENCY,
-            retry=options.retry,
+    # the store's own client: a copy streamed after all (below) goes on with it
+    backend = store.backend
+    if not isinstance(backend, S3Backend):
+        return None  # (is_s3 said it is: a store built over its own S3 backend)
+    fs = await backend.client()
+    with storage_errors(source_url, "open"):
+        bucket, key = split_bucket_key(fs._strip_protocol(source_url))
+    source = await head_source(fs, bucket, key, options.retry)
+    if wanted is not None and source.crc32c is not None and wanted != source.crc32c:
+        raise ChecksumMismatch(
+            source_url, format_checksum(wanted), format_checksum(source.crc32c), whole=True
         )
-    finally:
-        await close_async_filesystem(fs)
+    expected = wanted if wanted is not None else source.crc32c
+    if not required and expected is None:
+        return None  # nothing to prove a server-side copy with: stream it, verified
+    target_bucket, target_key = split_bucket_key(store.path(snapshot_id))
+    result = await server_side_copy(
+        fs,
+        source,
+        target_bucket,
+        target_key,
+        expected=expected,
+        require_proof=not required,
+        part_size=store.part_size,
+        concurrency=concurrency or DEFAULT_COPY_CONCURRENCY,
+        retry=options.retry,
+        copy_cutoff=options.copy_cutoff,
+        settle_timeout=options.install_timeout,
+    )
     if result is None:
         return None
     from fstransport.transfer import TransferReport
@@ -99,7 +102,7 @@ async def server_side(
         target=target_url,
         size=source.size,
         bytes_sent=0,
-        chunks_sent=max(1, result.parts),
+        chunks_sent=result.parts,
         retries=0,
         rewinds=0,
         bytes_skipped=0,

@@ -131,8 +131,9 @@ async def ship(
     process: None (the default) does so only when the copy can be proved, i.e. the source
     was stored with a full-object CRC32C (or `checksum` names it) and the server reports the
     CRC32C of what it copied; True always does so, trusting the server where it proves
-    nothing, and refuses (`ConfigurationError`) a source and target on different endpoints or
-    not on S3, several targets or a relay; False never does.
+    nothing (one ``CopyObject`` up to `options.copy_cutoff` bytes), and refuses
+    (`ConfigurationError`) a source and target on different endpoints or not on S3, several
+    targets or a relay; False never does.
 
     Raises `StorageError` (source or target unusable), `RetryExhausted`, `ReplicationClosed`
     (`cancel` completed), `HigherVote` (the receiver holds a higher vote), `ConfigurationError`.

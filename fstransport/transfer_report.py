@@ -24,7 +24,8 @@ class TransferReport:
     checksum: str | None
     server_side: bool = False
     """True when the S3 server copied the data itself (`ship(server_side=...)`): then no
-    byte passed through this process, `bytes_sent` is 0 and `chunks_sent` counts part copies."""
+    byte passed through this process, `bytes_sent` is 0 and `chunks_sent` counts part copies
+    (0: the server copied the object with one ``CopyObject``)."""
     files: int | None = None
     """For a directory snapshot, how many files it holds (`size` is its packed stream's
     length: the files' bytes plus the table); None for a file."""

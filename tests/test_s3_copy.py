@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,10 @@ from tests.conftest import payload
 from tests.helpers import keys, object_bytes, s3_calls, uploads
 from tests.test_cli import run as run_cli
 
-FAST = TransferOptions(retry=RetryPolicy(max_attempts=2, initial_backoff=0.0, jitter=0.0))
+PARTS = TransferOptions(copy_cutoff=0)
+"""server_side=True copies of 5 MiB and more in UploadPartCopy parts (below: one CopyObject,
+see tests/test_s3_copy_object.py)."""
+FAST = replace(PARTS, retry=RetryPolicy(max_attempts=2, initial_backoff=0.0, jitter=0.0))
 SMALL_PARTS = {"part_size": MIN_PART_SIZE, "upload_concurrency": 3}
 
 
@@ -162,6 +166,7 @@ async def test_server_side_copy_is_byte_exact(
             source_options=s3_storage_options,
             target_options=s3_storage_options,
             store_options=SMALL_PARTS,
+            options=PARTS,
             server_side=True,
         )
     assert object_bytes(s3_client, s3_bucket, "dst/copy.bin") == data
@@ -173,6 +178,7 @@ async def test_server_side_copy_is_byte_exact(
     if size < MIN_PART_SIZE:
         assert calls["copy_object"] == 1
         assert calls["upload_part_copy"] == 0
+        assert report.chunks_sent == 0
     else:
         assert calls["upload_part_copy"] == parts
         assert calls["complete_multipart_upload"] == 1
@@ -283,7 +289,13 @@ async def test_cancelled_copy_aborts_its_upload(
 
     with s3_calls(before=stall_part_3) as calls:
         task = asyncio.ensure_future(
-            copy_within(s3_bucket, s3_storage_options, store_options=SMALL_PARTS, server_side=True)
+            copy_within(
+                s3_bucket,
+                s3_storage_options,
+                store_options=SMALL_PARTS,
+                options=PARTS,
+                server_side=True,
+            )
         )
         await asyncio.wait_for(stalled.wait(), 30)
         task.cancel()
@@ -309,6 +321,7 @@ async def test_source_replaced_mid_copy_is_a_typed_error_and_leaves_nothing(
             s3_bucket,
             s3_storage_options,
             store_options={"part_size": MIN_PART_SIZE, "upload_concurrency": 1},
+            options=PARTS,
             server_side=True,
         )
     assert keys(s3_client, s3_bucket) == ["src.bin"]
@@ -357,11 +370,13 @@ def test_cli_server_side_copy(s3_server: S3TestServer, s3_bucket: str, s3_client
     s3_client.put_object(Bucket=s3_bucket, Key="src.bin", Body=data)
     src, dst = f"s3://{s3_bucket}/src.bin", f"s3://{s3_bucket}/dst.bin"
     args = ("--endpoint-url", s3_server.endpoint_url, "--json")
-    result = run_cli("ship", src, dst, *args, "--server-side", env=s3_server.env)
+    parts = ("--server-side", "--copy-cutoff", "0", "--part-size", "5MiB")
+    result = run_cli("ship", src, dst, *args, *parts, env=s3_server.env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["server_side"] is True
     assert report["bytes_sent"] == 0
+    assert report["chunks_sent"] == 2
     assert object_bytes(s3_client, s3_bucket, "dst.bin") == data
     human = run_cli(
         "ship",
@@ -369,10 +384,10 @@ def test_cli_server_side_copy(s3_server: S3TestServer, s3_bucket: str, s3_client
         dst,
         "--endpoint-url",
         s3_server.endpoint_url,
-        "--server-side",
+        *parts,
         env=s3_server.env,
     )
-    assert "copied by the S3 server (1 part copies)" in human.stdout, human.stderr
+    assert "copied by the S3 server (2 part copies)" in human.stdout, human.stderr
     via = run_cli("ship", src, dst, *args, "--server-side", "--via", "http://127.0.0.1:1")
     assert via.returncode != 0
     assert "--server-side copies within one S3 endpoint; not with --via" in via.stderr

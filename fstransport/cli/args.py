@@ -29,6 +29,7 @@ __all__ = [
     "bandwidth_arg",
     "bwlimit_arg",
     "chunk_size_arg",
+    "copy_cutoff_arg",
     "duration_arg",
     "format_vote",
     "is_s3_url",
@@ -97,6 +98,8 @@ def _bounded_size(low: int, high: int | None) -> Callable[[str], int]:
 chunk_size_arg = _bounded_size(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
 part_size_arg = _bounded_size(MIN_PART_SIZE, MAX_CHUNK_SIZE)
 positive_size_arg = _bounded_size(1, None)
+copy_cutoff_arg = _bounded_size(0, MAX_CHUNK_SIZE)
+"""``--copy-cutoff``: up to 5 GiB, S3's limit for one ``CopyObject``."""
 
 
 def positive_duration_arg(text: str) -> float:

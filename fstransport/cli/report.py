@@ -26,7 +26,8 @@ def print_report(
     if report.retries or report.rewinds:
         chunks += f" ({report.retries} retries, {report.rewinds} rewinds)"
     if report.server_side:
-        chunks = f"copied by the S3 server ({report.chunks_sent} part copies)"
+        how = f"{report.chunks_sent} part copies" if report.chunks_sent else "one CopyObject"
+        chunks = f"copied by the S3 server ({how})"
     lines = [
         f"{report.source} -> {report.target}",
         f"  size        {format_size(report.size)} ({report.size} bytes)"

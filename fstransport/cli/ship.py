@@ -61,6 +61,7 @@ async def resolve_target(args: argparse.Namespace, *, src_is_dir: bool = False) 
         found = await probe(dst, storage_options(args, dst), verb="write to")
         if found.is_dir:
             return _join(dst, name)
+        args.dst_probe = (dst, found)  # what run() would ask again (on S3: a client, 2 requests)
     return dst
 
 
@@ -93,6 +94,7 @@ async def run(args: argparse.Namespace) -> int:
         rate_limit=args.bwlimit,
         read_streams=args.read_streams,
         read_part_size=args.read_part_size,
+        copy_cutoff=args.copy_cutoff,
     )
     out = sys.stderr if args.dst == "-" else sys.stdout  # the data owns stdout
     source_options = storage_options(args, args.src)
@@ -127,7 +129,12 @@ async def run(args: argparse.Namespace) -> int:
             size = found.size
     exists = False
     if dst != "-" and args.via is None:
-        there = await probe(dst, target_options, verb="write to")
+        seen = getattr(args, "dst_probe", None)
+        there = (
+            seen[1]
+            if seen and seen[0] == dst
+            else await probe(dst, target_options, verb="write to")
+        )
         if there.is_special:
             # installing replaces the target: never a device or a pipe (use - for stdout)
             raise ConfigurationError(f"DST {dst} is not a regular file; give a file name or -")

@@ -11,6 +11,7 @@ from fstransport.cli.args import (
     add_s3_tuning,
     add_transfer_options,
     bwlimit_arg,
+    copy_cutoff_arg,
     duration_arg,
     is_s3_url,
     positive_int,
@@ -135,10 +136,20 @@ def add_arguments(ship_cmd: argparse.ArgumentParser) -> None:
     ship_cmd.add_argument(
         "--server-side",
         action="store_true",
-        help="S3 -> S3 on one endpoint: have the server copy the data (UploadPartCopy), even "
-        "where it cannot prove the copy by checksum (without it, only a provable copy is)",
+        help="S3 -> S3 on one endpoint: have the server copy the data (one CopyObject up to "
+        "--copy-cutoff, UploadPartCopy parts above), even where it cannot prove the copy by "
+        "checksum (without it, only a provable copy is, with UploadPartCopy)",
     )
     read_defaults = TransferOptions()
+    ship_cmd.add_argument(
+        "--copy-cutoff",
+        type=copy_cutoff_arg,
+        default=read_defaults.copy_cutoff,
+        metavar="SIZE",
+        help="with --server-side, copy objects up to SIZE with one CopyObject request, larger "
+        f"ones in parts (default and most {format_size(read_defaults.copy_cutoff)}, "
+        "S3's limit for one CopyObject)",
+    )
     ship_cmd.add_argument(
         "--read-streams",
         type=positive_int,

@@ -3,7 +3,9 @@
 When source and target are on one S3 endpoint, no byte needs to pass through this process:
 ``UploadPartCopy`` copies ranges of the source into parts of a multipart upload to the target
 (several at once, with a bound), and ``CompleteMultipartUpload`` makes the target appear, whole,
-in one step.  Objects smaller than S3's 5 MiB part minimum are copied with one ``CopyObject``.
+in one step.  A copy the user asked for (``server_side=True``) of at most `copy_cutoff` bytes
+(5 GiB by default), and any smaller than S3's 5 MiB part minimum, is one ``CopyObject``
+instead (`copy_object`).
 
 What such a copy can prove is what the server tells: where the source was stored with a
 full-object CRC32C (``x-amz-checksum-crc32c`` without a ``-N`` part count) and the server
@@ -21,16 +23,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from fstransport.checksum import combine, format_checksum
 from fstransport.errors import ChecksumMismatch, ConfigurationError, SourceChanged, StorageError
-from fstransport.options import MiB, RetryPolicy
+from fstransport.options import MAX_COPY_OBJECT, MiB, RetryPolicy
 from fstransport.protocol.parts import MAX_PARTS, MIN_PART_SIZE, choose_part_size
 from fstransport.storage._errors import retrying
 from fstransport.storage.backends.s3.client import (
@@ -38,6 +39,7 @@ from fstransport.storage.backends.s3.client import (
     precondition_failed,
     source_changed,
 )
+from fstransport.storage.backends.s3.copy_object import copy_whole, encryption_of
 
 __all__ = [
     "DEFAULT_COPY_CONCURRENCY",
@@ -45,6 +47,7 @@ __all__ = [
     "CopyResult",
     "S3Object",
     "combined_crc",
+    "copies_whole",
     "copy_part_size",
     "copy_ranges",
     "parse_crc32c",
@@ -59,9 +62,6 @@ DEFAULT_COPY_PART_SIZE = 64 * MiB
 """Bytes per ``UploadPartCopy`` (grown where 10,000 parts would not hold the object)."""
 DEFAULT_COPY_CONCURRENCY = 8
 """Part copies in flight at once, by default."""
-
-_T = TypeVar("_T")
-
 
 # -- pure parts --------------------------------------------------------------------------------
 
@@ -144,6 +144,8 @@ class S3Object:
     etag: str
     crc32c: int | None
     """The full-object CRC32C the server keeps for it, if any."""
+    encryption: str | None = None
+    """Its server-side encryption (``AES256``, ``aws:kms``, ``SSE-C``), if the HEAD named one."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ async def head_source(fs: Any, bucket: str, key: str, retry: RetryPolicy) -> S3O
         int(head["ContentLength"]),
         str(head.get("ETag", "")),
         stored_crc32c(head),
+        encryption_of(head),
     )
 
 
@@ -242,26 +245,8 @@ class _Copy:
             raise Unverifiable(f"{self.url}: the server did not report the copy's CRC32C")
         return False
 
-    async def copy_object(self) -> CopyResult:
-        """One ``CopyObject``: for objects below the part minimum."""
-        answer = await self.call(
-            "copy",
-            "copy_object",
-            CopySource=self.copy_source,
-            CopySourceIfMatch=self.source.etag,
-            ChecksumAlgorithm="CRC32C",
-        )
-        crc = parse_crc32c((answer.get("CopyObjectResult") or {}).get("ChecksumCRC32C"))
-        try:
-            verified = self.judge(crc)
-            await self.check_source_unchanged()
-        except BaseException:
-            with contextlib.suppress(Exception):  # never leave a copy that is known wrong
-                await self.call("remove a failed copy", "delete_object")
-            raise
-        return CopyResult(0, verified, self._checksum(crc))
-
-    def _checksum(self, crc: int | None) -> str | None:
+    def checksum_of(self, crc: int | None) -> str | None:
+        """The report's checksum: the server's CRC32C of the copy, else the expected one."""
         known = crc if crc is not None else self.expected
         return None if known is None else format_checksum(known)
 
@@ -325,7 +310,7 @@ class _Copy:
             UploadId=upload_id,
             MultipartUpload={"Parts": listed},
         )
-        return CopyResult(len(ranges), verified, self._checksum(whole))
+        return CopyResult(len(ranges), verified, self.checksum_of(whole))
 
     def judge_first(self, first: dict[str, Any]) -> None:
         if self.require_proof and parse_crc32c(first.get("ChecksumCRC32C")) is None:
@@ -344,6 +329,13 @@ async def gather_all(jobs: list[Awaitable[None]]) -> None:
         raise
 
 
+def copies_whole(size: int, copy_cutoff: int, require_proof: bool) -> bool:
+    """Whether a `size`-byte server-side copy is one ``CopyObject`` (else ``UploadPartCopy``
+    parts): objects up to `copy_cutoff` and below the 5 MiB part minimum, unless the copy
+    must be proved before it appears (`require_proof`), which only a multipart copy can be."""
+    return not require_proof and (size <= copy_cutoff or size < MIN_PART_SIZE)
+
+
 async def server_side_copy(
     fs: Any,
     source: S3Object,
@@ -355,20 +347,30 @@ async def server_side_copy(
     part_size: int | None = None,
     concurrency: int = DEFAULT_COPY_CONCURRENCY,
     retry: RetryPolicy | None = None,
+    copy_cutoff: int = MAX_COPY_OBJECT,
+    settle_timeout: float = 60.0,
 ) -> CopyResult | None:
     """Copy `source` to ``s3://bucket/key`` on the server, with `fs` (a connected
     ``S3FileSystem(asynchronous=True)`` of the endpoint both are on).
 
-    `expected` is the CRC32C the copy must have (the source's stored one, or the caller's).
-    With `require_proof`, a copy the server does not report a CRC32C for is abandoned (its
-    upload aborted) and None is returned, so that the caller can copy through the client
-    instead; a copy whose CRC differs from `expected` raises `ChecksumMismatch`.
+    Up to `copy_cutoff` bytes (and below the 5 MiB part minimum) with one ``CopyObject``,
+    checked as soon as it is made (see `copy_object`); larger objects, and every copy made with
+    `require_proof`, as a multipart upload of ``UploadPartCopy`` parts, checked before it is
+    completed.  `expected` is the CRC32C the copy must have (the source's stored one, or the
+    caller's).  With `require_proof`, a copy the server does not report a CRC32C for is
+    abandoned (its upload aborted) and None is returned, so that the caller can copy through
+    the client instead, and so is an object below the part minimum; a copy whose CRC differs
+    from `expected` raises `ChecksumMismatch`.  `settle_timeout`: how long a cancelled
+    ``CopyObject`` waits for the server's answer, to delete the copy it made.
 
     Raises `SourceChanged`, `ChecksumMismatch`, `StorageError`.  No multipart upload is left
-    behind, whatever happens; the target appears only when the copy is complete.
+    behind, whatever happens; the target appears only when the copy is complete, and a copy
+    that fails its checks or is cancelled is removed.
     """
     if concurrency < 1:
         raise ConfigurationError(f"copy concurrency must be at least 1, got {concurrency}")
+    if not 0 <= copy_cutoff <= MAX_COPY_OBJECT:
+        raise ConfigurationError(f"copy_cutoff must be within [0, {MAX_COPY_OBJECT}]")
     size = copy_part_size(source.size, part_size or DEFAULT_COPY_PART_SIZE)
     job = _Copy(
         fs,
@@ -383,10 +385,12 @@ async def server_side_copy(
     )
     if source.size < MIN_PART_SIZE and require_proof:
         return None  # a CopyObject's target appears before it can be proved; and it is small
-    run: Callable[[], Awaitable[CopyResult]]
-    run = job.copy_object if source.size < MIN_PART_SIZE else job.multipart
+    if (source.bucket, source.key) == (bucket, key) and not require_proof:
+        return CopyResult(0, False, job.checksum_of(None))  # onto itself: nothing to copy
+    if copies_whole(source.size, copy_cutoff, require_proof):
+        return await copy_whole(job, settle_timeout)
     try:
-        return await run()
+        return await job.multipart()
     except Unverifiable as exc:
         log.info("%s; copying through the client instead", exc)
         return None

@@ -338,9 +338,8 @@ async def _delta(self: _Sender, cancel_task: asyncio.Future[Any] | None) -> None
         rpc = lambda: self.net.install_snapshot(req, self.options)  # noqa: E731
         return await self._answer_within(rpc, req, ttl)
 
-    checksum = await run_exchange(
-        ask, self.vote, self.meta, self.source, self.options, self.window, cancel_task
-    )
+    about = (self.vote, self.meta, self.source, self.options, self.window, cancel_task)
+    checksum = await run_exchange(ask, *about, early=not self.trusted)  # (early: see there)
     if cancel_task is not None and cancel_task.done():
         raise _Sender._closed(cancel_task)
     if checksum is not None and self.meta.checksum is None:

@@ -109,10 +109,18 @@ async def _stop(task: asyncio.Future[Any]) -> None:
 
 
 async def negotiate(
-    ask: Ask, vote: Vote, meta: SnapshotMeta, source: ChunkSource, options: TransferOptions
+    ask: Ask,
+    vote: Vote,
+    meta: SnapshotMeta,
+    source: ChunkSource,
+    options: TransferOptions,
+    *,
+    early: bool = True,
 ) -> DeltaPlan | None:
     """Ask the receiver for a base and send a recipe against it; None when there is nothing to
-    reuse (no offer, a higher vote, a failure: the transfer is a full one)."""
+    reuse (no offer, a higher vote, a failure: the transfer is a full one).  `early`: map the
+    source while the first request is on its way (not for a receiver in this process, whose
+    answer comes at once and whose base map competes for the same CPU)."""
     mode, piece = options.delta, options.chunk_size
     key = new_key()  # fresh for this transfer: the receiver tags its base map with it
     first = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode, delta_key=key)
@@ -120,11 +128,15 @@ async def negotiate(
     # size would have, while the first request is on its way; without an offer it is stopped
     # at once (at most one round trip of reading wasted).
     block = choose_block_size(source.size) if mode == "blocks" else 0
-    early = asyncio.ensure_future(map_source(source, mode, key=key, block_size=block, piece=piece))
+    started = map_source(source, mode, key=key, block_size=block, piece=piece)
+    task = asyncio.ensure_future(started) if early else None
+    if task is None:
+        started.close()
     try:
-        return await _negotiate(ask, vote, meta, source, options, first, (early, block))
+        return await _negotiate(ask, vote, meta, source, options, first, (task, block))
     finally:
-        await _stop(early)
+        if task is not None:
+            await _stop(task)
 
 
 async def _negotiate(
@@ -134,7 +146,7 @@ async def _negotiate(
     source: ChunkSource,
     options: TransferOptions,
     first: InstallSnapshotRequest,
-    started: tuple[asyncio.Future[DeltaMap], int],
+    started: tuple[asyncio.Future[DeltaMap] | None, int],
 ) -> DeltaPlan | None:
     mode, piece, key = options.delta, options.chunk_size, first.delta_key
     early, block = started
@@ -147,10 +159,11 @@ async def _negotiate(
             return None
         offer = answer.offer
         map_bytes = len(offer.map)
-        if (base_map.key, base_map.block_size) == (key, block):
+        if early is not None and (base_map.key, base_map.block_size) == (key, block):
             source_map = await early
-        else:  # a receiver that chose its own key, or another block size: map again
-            await _stop(early)
+        else:  # not started, or a receiver that chose its own key or another block size
+            if early is not None:
+                await _stop(early)
             source_map = await map_source(
                 source, mode, key=base_map.key, block_size=base_map.block_size, piece=piece
             )
@@ -182,15 +195,20 @@ async def run_exchange(
     options: TransferOptions,
     window: SendWindow,
     cancel_task: asyncio.Future[Any] | None,
+    *,
+    early: bool = True,
 ) -> str | None:
     """The sender's whole delta exchange through `ask`: `negotiate` (a directory snapshot:
     `negotiate_tree`), stopped when `cancel_task` completes; what the receiver holds after it
-    is marked in `window`.  Returns the checksum the exchange named (it reads the source
-    whole), or None."""
+    is marked in `window` (`early`: see `negotiate`).  Returns the checksum the exchange
+    named (it reads the source whole), or None."""
     from fstransport.delta.tree_send import negotiate_tree  # (loaded for directory snapshots only)
 
-    talk = negotiate_tree if meta.kind == "tree" else negotiate
-    plan = await unless_cancelled(talk(ask, vote, meta, source, options), cancel_task)
+    if meta.kind == "tree":
+        exchange = negotiate_tree(ask, vote, meta, source, options)
+    else:
+        exchange = negotiate(ask, vote, meta, source, options, early=early)
+    plan = await unless_cancelled(exchange, cancel_task)
     if cancel_task is not None and cancel_task.done():
         return None
     if plan is not None and plan.apply(window):

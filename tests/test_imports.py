@@ -79,6 +79,22 @@ def test_the_sender_loads_no_heavy_dependency(code: str) -> None:
     assert loaded_after(code) == []
 
 
+def test_a_local_ship_loads_no_aiohttp_and_no_s3_client() -> None:
+    """A file shipped to a local folder needs fsspec, not the HTTP or S3 stack: `ship` and
+    ``fstransport ship`` start faster without them (an S3 part body resolves aiohttp on use)."""
+    loaded = loaded_after(
+        "import asyncio, pathlib, tempfile\n"
+        "from fstransport import ship\n"
+        "with tempfile.TemporaryDirectory() as folder:\n"
+        "    src = pathlib.Path(folder, 'a.bin')\n"
+        "    src.write_bytes(bytes(70_000))\n"
+        "    asyncio.run(ship(str(src), str(pathlib.Path(folder, 'out', 'a.bin'))))\n"
+        "    assert pathlib.Path(folder, 'out', 'a.bin').read_bytes() == bytes(70_000)"
+    )
+    assert "fsspec" in loaded
+    assert [m for m in loaded if m.split(".")[0] != "fsspec"] == []
+
+
 def test_the_probe_sees_fsspec_once_a_source_is_opened_by_url() -> None:
     """The check above can fail: opening a source by URL is where fsspec comes in."""
     loaded = loaded_after(

@@ -22,7 +22,9 @@ __all__ = ["PartBody", "S3Upload", "etag_of", "part_holds"]
 log = logging.getLogger("fstransport.s3")
 
 if TYPE_CHECKING:
-    from fstransport.http.body import BufferBody as PartBody
+    from fstransport.http.body import BufferBody
+
+    PartBody = BufferBody
 
 
 def __getattr__(name: str) -> Any:

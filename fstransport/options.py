@@ -12,12 +12,29 @@ from dataclasses import dataclass, field
 
 from fstransport.errors import ConfigurationError
 
-__all__ = ["KiB", "MiB", "RetryPolicy", "TransferOptions"]
+__all__ = [
+    "DEFAULT_RANGED_THRESHOLD",
+    "DEFAULT_READ_PART_SIZE",
+    "DEFAULT_READ_STREAMS",
+    "KiB",
+    "MiB",
+    "RetryPolicy",
+    "TransferOptions",
+]
 
 KiB = 1024
 MiB = 1024 * KiB
 MAX_COPY_OBJECT = 5 * 1024 * MiB
 """The largest object S3 copies with one ``CopyObject`` request (5 GiB)."""
+
+# How an S3 source is read (`S3RangedSource`, ``docs/s3.md``).  Here rather than in the S3
+# backend so that the sender and `storage.source` take them without importing any backend.
+DEFAULT_READ_STREAMS = 4
+"""Ranged GETs in flight at once for a large S3 source (as rclone's download streams)."""
+DEFAULT_READ_PART_SIZE = 8 * MiB
+"""Bytes per ranged GET: the default chunk size, so that a chunk is one part, without a copy."""
+DEFAULT_RANGED_THRESHOLD = 256 * MiB
+"""Objects of at least this many bytes are read with ranged GETs; smaller ones with one GET."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +115,9 @@ class TransferOptions:
     deadline: float | None = None
     rate_limit: int | None = None
     map_files: bool = True
-    read_streams: int = 4
-    read_part_size: int = 8 * MiB
-    ranged_read_threshold: int = 256 * MiB
+    read_streams: int = DEFAULT_READ_STREAMS
+    read_part_size: int = DEFAULT_READ_PART_SIZE
+    ranged_read_threshold: int = DEFAULT_RANGED_THRESHOLD
     delta: str = "blocks"
     copy_cutoff: int = MAX_COPY_OBJECT
 

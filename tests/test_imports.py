@@ -45,6 +45,69 @@ def test_light_imports_load_no_heavy_dependency(code: str) -> None:
     assert loaded_after(code) == []
 
 
+SEND_WITHOUT_FSSPEC = """
+import asyncio, io, sys, tempfile
+from fstransport import Chunked, Snapshot, SnapshotMeta, TransferOptions, Vote
+from fstransport.testing.mock import MockNetwork, answer
+
+async def send(data):
+    net = MockNetwork(answer)
+    meta = SnapshotMeta("s", size=None)
+    await Chunked.send_snapshot(net, Vote(1, 1), Snapshot(meta, data), None,
+                                TransferOptions(chunk_size=4096))
+    assert net.data_bytes == 10_000, net.data_bytes
+
+with tempfile.TemporaryFile() as f:  # a real file: read through a memory map
+    f.write(bytes(10_000))
+    asyncio.run(send(f))
+asyncio.run(send(io.BytesIO(bytes(10_000))))
+"""
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import fstransport.sender",
+        "from fstransport.sender import Chunked, send_source\n"
+        "from fstransport.storage.source import source_for_file, ReadSettings, PreadSource",
+        # a snapshot from a file object goes out without fsspec (it reads from a descriptor)
+        SEND_WITHOUT_FSSPEC,
+    ],
+)
+def test_the_sender_loads_no_heavy_dependency(code: str) -> None:
+    """The sender needs fsspec only to read from fsspec: `open_source` imports it when called."""
+    assert loaded_after(code) == []
+
+
+def test_a_local_ship_loads_no_aiohttp_and_no_s3_client() -> None:
+    """A file shipped to a local folder needs fsspec, not the HTTP or S3 stack: `ship` and
+    ``fstransport ship`` start faster without them (an S3 part body resolves aiohttp on use)."""
+    loaded = loaded_after(
+        "import asyncio, pathlib, tempfile\n"
+        "from fstransport import ship\n"
+        "with tempfile.TemporaryDirectory() as folder:\n"
+        "    src = pathlib.Path(folder, 'a.bin')\n"
+        "    src.write_bytes(bytes(70_000))\n"
+        "    asyncio.run(ship(str(src), str(pathlib.Path(folder, 'out', 'a.bin'))))\n"
+        "    assert pathlib.Path(folder, 'out', 'a.bin').read_bytes() == bytes(70_000)"
+    )
+    assert "fsspec" in loaded
+    assert [m for m in loaded if m.split(".")[0] != "fsspec"] == []
+
+
+def test_the_probe_sees_fsspec_once_a_source_is_opened_by_url() -> None:
+    """The check above can fail: opening a source by URL is where fsspec comes in."""
+    loaded = loaded_after(
+        "import asyncio, tempfile\n"
+        "from fstransport.storage.source import open_source\n"
+        "async def main(path):\n"
+        "    await (await open_source(path)).close()\n"
+        "with tempfile.NamedTemporaryFile() as f:\n"
+        "    asyncio.run(main(f.name))"
+    )
+    assert "fsspec" in loaded
+
+
 def test_the_probe_sees_a_heavy_import() -> None:
     """The check above can fail: a name backed by aiohttp loads aiohttp when it is used."""
     loaded = loaded_after("import fstransport; fstransport.HttpNetwork; fstransport.ship")

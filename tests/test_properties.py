@@ -34,9 +34,12 @@ Every run is counted in ``TALLY``; the totals (runs, faults injected by type, ou
 installed, bytes wrong, property violations) are printed in pytest's terminal summary (no ``-s``
 needed) and quoted in docs/reliability.md.
 
-Example counts: the default run of this file takes 20 to 50 s on a shared 2-core machine.
-``FSTRANSPORT_LONG=1`` selects the long profile: the same tests with 10 to 15 times the examples
-(several minutes): ``FSTRANSPORT_LONG=1 python -m pytest tests/test_properties.py``.
+Example counts: the default run keeps every property and every fault kind (an explicit
+example turns all of them on at once) with about a third of the examples it had until issue
+#12; ``python -m pytest -m slow`` adds the marked runs (`SLOW_EXAMPLES`: the earlier default
+counts, 2,000 for memory).  ``FSTRANSPORT_LONG=1`` selects the long profile: the same tests
+with 10 to 15 times the examples (several minutes):
+``FSTRANSPORT_LONG=1 python -m pytest tests/test_properties.py``.
 
 The tests at the end reproduce, deterministically, the three bugs these properties found
 (fixed in commit 1f77352); they stay as regression tests.
@@ -778,8 +781,30 @@ async def closing(store: FsspecSnapshotStore, work: Awaitable[Any]) -> Any:
 # -- memory and local targets --------------------------------------------------------------------
 
 
+EVERY_FAULT = Case(  # every fault kind at once, delivered in pieces, with a right checksum
+    size=200 * KiB + 17,
+    data_seed=3,
+    chunk_size=8 * KiB,
+    window=6,
+    seed=3,
+    drop=0.1,
+    duplicate=0.1,
+    reorder=0.1,
+    corrupt=0.1,
+    timeout=0.1,
+    payload_limit=6 * KiB,
+    max_attempts=16,
+    hard_ttl=0.3,
+    install_timeout=1.0,
+    checksum="right",
+    pieces=True,
+)
+"""An example each fault-injecting property runs in every run, whatever hypothesis draws."""
+
+
 @given(cases())
-@profile(default=200, long=2000, fixtures=True)
+@example(case=EVERY_FAULT)
+@profile(default=60, long=2000, fixtures=True)
 def test_memory_target_installs_exact_bytes_or_fails_cleanly(case: Case) -> None:
     target = MemoryTarget()
     try:
@@ -789,17 +814,15 @@ def test_memory_target_installs_exact_bytes_or_fails_cleanly(case: Case) -> None
 
 
 @given(cases())
-@profile(default=120, long=1200, fixtures=True)
+@example(case=EVERY_FAULT)
+@profile(default=40, long=1200, fixtures=True)
 def test_local_target_installs_exact_bytes_or_fails_cleanly(case: Case) -> None:
     with tempfile.TemporaryDirectory(prefix="fstransport-properties-") as folder:
         target = LocalTarget(Path(folder) / "store")
         run(lambda: closing(target.store, check_run(target, case)))
 
 
-@pytest.mark.slow
-@given(cases())
-@settings(
-    max_examples=2000,
+SLOW_EXAMPLES = settings(
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,
@@ -807,10 +830,24 @@ def test_local_target_installs_exact_bytes_or_fails_cleanly(case: Case) -> None:
         HealthCheck.function_scoped_fixture,
     ],
 )
+"""The marked runs (``python -m pytest -m slow``; the default run leaves them out): each
+fault-injecting property again with the example count it had in the default run until issue #12
+(2,000 for memory), whatever ``FSTRANSPORT_LONG`` says."""
+
+
+@pytest.mark.slow
+@given(cases())
+@settings(SLOW_EXAMPLES, max_examples=2000)
 def test_long_run_memory_target(case: Case) -> None:
-    """The marked long run (``python -m pytest -m slow``, several minutes; the default run
-    leaves it out): the memory property with 2,000 examples, whatever ``FSTRANSPORT_LONG`` says."""
+    """The memory property with 2,000 examples (several minutes)."""
     test_memory_target_installs_exact_bytes_or_fails_cleanly.hypothesis.inner_test(case)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+@given(cases())
+@settings(SLOW_EXAMPLES, max_examples=120)
+def test_long_run_local_target(case: Case) -> None:
+    test_local_target_installs_exact_bytes_or_fails_cleanly.hypothesis.inner_test(case)  # type: ignore[attr-defined]
 
 
 def corruption_only(case: Case) -> Case:
@@ -830,8 +867,14 @@ def corruption_only(case: Case) -> Case:
     )
 
 
-@given(cases(max_chunks=64, corrupt=st.sampled_from([0.5, 1.0])).map(corruption_only))
-@profile(default=40, long=400, fixtures=True)
+def flipped_bits() -> st.SearchStrategy[Case]:
+    return cases(max_chunks=64, corrupt=st.sampled_from([0.5, 1.0])).map(corruption_only)
+
+
+@given(flipped_bits())
+@example(case=corruption_only(replace(EVERY_FAULT, corrupt=0.5)))
+@example(case=corruption_only(replace(EVERY_FAULT, corrupt=1.0, size=3 * KiB)))
+@profile(default=16, long=400, fixtures=True)
 def test_every_flipped_bit_is_caught(case: Case) -> None:
     """Half or all of the requests have one bit flipped: the receiver refuses every one of them
     (a CRC32C catches any single-bit error), and what is installed is exact.  With half, a
@@ -849,6 +892,13 @@ def test_every_flipped_bit_is_caught(case: Case) -> None:
         assert outcome.stats.corrupted > 0
     elif case.checksum != "wrong":
         assert outcome.error is None, f"{outcome.error!r}"
+
+
+@pytest.mark.slow
+@given(flipped_bits())
+@settings(SLOW_EXAMPLES, max_examples=40)
+def test_long_run_flipped_bits(case: Case) -> None:
+    test_every_flipped_bit_is_caught.hypothesis.inner_test(case)  # type: ignore[attr-defined]
 
 
 # -- a second transfer after a failed first: journals, held ranges, stale partial data ----------
@@ -932,7 +982,7 @@ async def check_second_transfer(
 
 
 @given(kind=st.sampled_from(["memory", "local"]), attempt=second_attempts())
-@profile(default=60, long=600, fixtures=True)
+@profile(default=24, long=600, fixtures=True)
 def test_a_second_transfer_after_an_interrupted_one_installs_exactly(
     kind: str, attempt: tuple[Case, Case, Damage]
 ) -> None:
@@ -949,6 +999,15 @@ def test_a_second_transfer_after_an_interrupted_one_installs_exactly(
         finally:
             if isinstance(target, MemoryTarget):
                 target.forget()
+
+
+@pytest.mark.slow
+@given(kind=st.sampled_from(["memory", "local"]), attempt=second_attempts())
+@settings(SLOW_EXAMPLES, max_examples=60)
+def test_long_run_second_transfer(kind: str, attempt: tuple[Case, Case, Damage]) -> None:
+    test_a_second_transfer_after_an_interrupted_one_installs_exactly.hypothesis.inner_test(  # type: ignore[attr-defined]
+        kind, attempt
+    )
 
 
 # -- S3 (moto) ----------------------------------------------------------------------------------
@@ -1001,7 +1060,7 @@ def s3_cases() -> st.SearchStrategy[Case]:
         checksum="none",
     )
 )
-@profile(default=8, long=80, fixtures=True)
+@profile(default=4, long=80, fixtures=True)
 def test_s3_target_installs_exact_bytes_or_fails_cleanly(
     case: Case, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
 ) -> None:
@@ -1009,6 +1068,17 @@ def test_s3_target_installs_exact_bytes_or_fails_cleanly(
     either (it lists and aborts every upload to the key)."""
     target = S3Target(s3_client, s3_bucket, s3_storage_options)
     run(lambda: closing(target.store, check_run(target, case)))
+
+
+@pytest.mark.slow
+@given(case=s3_cases())
+@settings(SLOW_EXAMPLES, max_examples=8)
+def test_long_run_s3_target(
+    case: Case, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    test_s3_target_installs_exact_bytes_or_fails_cleanly.hypothesis.inner_test(  # type: ignore[attr-defined]
+        case=case, s3_bucket=s3_bucket, s3_storage_options=s3_storage_options, s3_client=s3_client
+    )
 
 
 @given(attempt=second_attempts(s3=True))

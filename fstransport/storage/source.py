@@ -25,18 +25,16 @@ import stat
 from dataclasses import dataclass
 from typing import IO, Any
 
-import fsspec
-
 from fstransport.checksum import chunk_crc
 from fstransport.messages import Buffer
-from fstransport.options import RetryPolicy
-from fstransport.storage._aio import close_async_filesystem
-from fstransport.storage._errors import storage_errors
-from fstransport.storage.backends.s3.ranged import (
+from fstransport.options import (
     DEFAULT_RANGED_THRESHOLD,
     DEFAULT_READ_PART_SIZE,
     DEFAULT_READ_STREAMS,
+    RetryPolicy,
 )
+from fstransport.storage._aio import close_async_filesystem
+from fstransport.storage._errors import storage_errors
 from fstransport.storage.base import (  # the interfaces live in base.py (no fsspec); kept here
     CheckedSource,
     ChunkSource,
@@ -228,6 +226,8 @@ class AsyncFsSource:
 
     @classmethod
     async def open(cls, url: str, **storage_options: Any) -> AsyncFsSource:
+        import fsspec  # at the edge: the sender reads files and buffers without fsspec
+
         with storage_errors(url, "open"):
             fs, path = fsspec.core.url_to_fs(
                 url, asynchronous=True, skip_instance_cache=True, **storage_options
@@ -316,6 +316,8 @@ async def open_source(
     a synchronous one through a file object.
     Raises `StorageError` (verb ``"open"``) if it does not exist or cannot be opened.
     """
+    import fsspec  # at the edge: the sender reads files and buffers without fsspec
+
     from fstransport.storage.backends import backend_class
 
     read = ReadSettings(map_files, read_streams, read_part_size, ranged_read_threshold, retry)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import SnapshotMismatch, StorageError
@@ -25,10 +25,23 @@ from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._errors import storage_errors
 from fstransport.storage.backends.s3.client import crc32c_header
 from fstransport.storage.backends.s3.state import StateRecorder, UploadState
-from fstransport.storage.backends.s3.upload import PartBody, S3Upload, part_holds
+from fstransport.storage.backends.s3.upload import S3Upload, part_holds
 from fstransport.storage.base import NOTHING_LOST, Lost, aborted
 
 __all__ = ["DEFAULT_UPLOADS", "MultipartSink", "PartBody"]
+
+if TYPE_CHECKING:
+    from fstransport.storage.backends.s3.upload import PartBody
+
+
+def __getattr__(name: str) -> Any:
+    """`PartBody` (see `upload`), resolved on first use: it imports aiohttp."""
+    if name == "PartBody":
+        from fstransport.storage.backends.s3 import upload
+
+        return upload.PartBody
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger("fstransport.s3")
 

@@ -33,7 +33,12 @@ from typing import Any
 
 from fstransport.errors import ConfigurationError, StorageError
 from fstransport.messages import Buffer
-from fstransport.options import MiB, RetryPolicy
+from fstransport.options import (  # the defaults live in options.py (no backend imported there)
+    DEFAULT_RANGED_THRESHOLD,
+    DEFAULT_READ_PART_SIZE,
+    DEFAULT_READ_STREAMS,
+    RetryPolicy,
+)
 from fstransport.protocol.parts import HandedOver
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.backends.s3.pinned import PinnedObject
@@ -49,16 +54,10 @@ __all__ = [
 
 log = logging.getLogger("fstransport.s3")
 
-DEFAULT_READ_STREAMS = 4
-"""Ranged GETs in flight at once for a large S3 source (as rclone's download streams)."""
-DEFAULT_READ_PART_SIZE = 8 * MiB
-"""Bytes per ranged GET: the default chunk size, so that a chunk is one part, without a copy."""
 FALLBACK_RATIO: float | None = 3.0
 """A server that takes more than this many times longer to answer a GET than to send a part
 (moto: 5-50x, it reads the whole object first; real servers: a round trip, ~0.1-1.5x) is read
 with one streaming GET.  None: always ranged GETs."""
-DEFAULT_RANGED_THRESHOLD = 256 * MiB
-"""Objects of at least this many bytes are read with ranged GETs; smaller ones with one GET."""
 
 
 def check_read_options(streams: int, part_size: int, threshold: int) -> None:

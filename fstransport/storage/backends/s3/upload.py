@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import StorageError
-from fstransport.http.body import BufferBody
 from fstransport.messages import Buffer
 from fstransport.options import RetryPolicy
 from fstransport.storage._errors import retrying
@@ -22,8 +21,22 @@ __all__ = ["PartBody", "S3Upload", "etag_of", "part_holds"]
 
 log = logging.getLogger("fstransport.s3")
 
-PartBody = BufferBody
-"""A part's request body: sent straight from the part's buffer (see `BufferBody`)."""
+if TYPE_CHECKING:
+    from fstransport.http.body import BufferBody
+
+    PartBody = BufferBody
+
+
+def __getattr__(name: str) -> Any:
+    """`PartBody`, a part's request body sent straight from the part's buffer (`BufferBody`).
+
+    Resolved on first use: it is an aiohttp payload, and a process that never uploads a part
+    (a local ship, say) need not import aiohttp for it."""
+    if name == "PartBody":
+        from fstransport.http.body import BufferBody
+
+        return BufferBody
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def etag_of(value: object) -> str:
@@ -79,7 +92,9 @@ class S3Upload:
         """One S3 call on this object, retried per the policy; `StorageError` in the end."""
 
         async def attempt() -> Any:
-            extra = {} if body is None else {"Body": PartBody(body)}  # fresh for each attempt
+            from fstransport.http.body import BufferBody  # (aiohttp, loaded by aiobotocore anyway)
+
+            extra = {} if body is None else {"Body": BufferBody(body)}  # fresh for each attempt
             if body is not None:
                 self.calls_with_body += 1
             return await self.fs._call_s3(

@@ -95,6 +95,10 @@ async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequ
     """A delta request (its stream's lock held): `answer_delta`; an offer waits in
     ``stream.state.offer`` for the answer (`Receiver.handle` takes it)."""
     latest = next(reversed(runner.rules.installed), None)
+    if latest is None and runner.keep_latest:  # (installed before a restart)
+        from fstransport.delta.latest import read_latest
+
+        latest = await read_latest(runner.store)
     assert stream.sink is not None
     held, stream.state.offer, stream.sink = await answer_delta(
         runner.store, latest, stream.state, req, stream.sink
@@ -111,11 +115,10 @@ class StreamRunner:
         rules: ReceiverState,
         clock: Callable[[], float],
         staged: StagedChunks,
+        keep_latest: bool = False,
     ) -> None:
-        self.store = store
-        self.rules = rules
-        self.clock = clock
-        self.staged = staged
+        self.store, self.rules, self.clock, self.staged = store, rules, clock, staged
+        self.keep_latest = keep_latest  # (`Receiver`'s)
         self.relay_options: dict[str, Any] | None = None
         self.idle_timeout: float | None = None
         self.streams: dict[str, _Stream] = {}

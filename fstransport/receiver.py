@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from fstransport.checksum import chunk_crc
+from fstransport.delta.latest import note_latest
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import (
     InstallSnapshotRequest,
@@ -57,17 +58,15 @@ class Receiver:
     by `expire_idle` (which the receiver server calls periodically, and the receiver itself
     before it would refuse a new transfer as one too many): its slot, open files and buffers
     are given back, and its partial data stays in the store for a later resume (a store
-    without a ``release`` method discards it).  `clock` tells the time (monotonic seconds;
-    tests pass a fake one).
+    without a ``release`` method discards it).  `clock`: monotonic seconds (tests fake it).
 
-    With `relay_options` (the fsspec storage options of the staging bucket, ``{}`` for none)
-    the receiver takes chunks staged by a `RelayNetwork`: it fetches each referenced object
-    (ranged GETs, several at once), refuses it with `ChecksumMismatch` unless its CRC32C
-    matches the reference, and installs only once every staging area it fetched from has its
-    manifest (the sender's commit marker), naming this snapshot, its vote and size and the
-    objects used.  `relay_prefixes` limits the staging URLs it fetches from.  Without
-    `relay_options`, a reference is refused with `InvalidRequest` (field ``"staged"``) and the
-    relay sends the bytes themselves.
+    With `relay_options` (the staging bucket's fsspec storage options, ``{}`` for none) it
+    fetches chunks a `RelayNetwork` staged, refuses any whose CRC32C is not the reference's,
+    and installs only once each staging area's manifest (the commit marker) names them
+    (``docs/relay.md``); `relay_prefixes` limits where from.  Without, a reference is refused
+    (`InvalidRequest`, field ``"staged"``) and the relay sends the bytes themselves.
+    `keep_latest` (``serve`` sets it) notes each install in the store: the delta base for a new
+    name after a restart (``fstransport.delta.latest``).
     """
 
     def __init__(
@@ -81,6 +80,7 @@ class Receiver:
         clock: Callable[[], float] = time.monotonic,
         relay_options: dict[str, Any] | None = None,
         relay_prefixes: Sequence[str] | None = None,
+        keep_latest: bool = False,
     ) -> None:
         if idle_timeout is not None and not idle_timeout > 0:
             raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
@@ -91,9 +91,8 @@ class Receiver:
             None if relay_prefixes is None else tuple(p.rstrip("/") + "/" for p in relay_prefixes)
         )
         self._staged = StagedChunks()
-        self.store = store
-        self.clock = clock
-        self._io = StreamRunner(store, self.rules, clock, self._staged)
+        self.store, self.clock = store, clock
+        self._io = StreamRunner(store, self.rules, clock, self._staged, keep_latest)
         self.idle_timeout = idle_timeout
         self.relay_options = relay_options
 
@@ -211,6 +210,8 @@ class Receiver:
         try:
             await self.store.install(snapshot)
             self.rules.remember_installed(snapshot.meta)
+            if self._io.keep_latest:
+                await note_latest(self.store, snapshot_id)
         finally:
             if self._io.installing.get(snapshot_id) is asyncio.current_task():
                 del self._io.installing[snapshot_id]

@@ -77,7 +77,13 @@ def create_app(
     if token is None:
         log.warning("accepting snapshots without authentication (no_auth=True)")
     if receiver is None:
-        receiver = Receiver(store, limits=limits, idle_timeout=idle_timeout, vote_scope="snapshot")
+        receiver = Receiver(
+            store,
+            limits=limits,
+            idle_timeout=idle_timeout,
+            vote_scope="snapshot",
+            keep_latest=True,
+        )
     elif receiver.idle_timeout is None:
         receiver.idle_timeout = idle_timeout
     limit = receiver.limits.max_chunk_size

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["FOLDERS", "JOURNAL_DIR", "OLD_DIR", "PACKED_DIR", "PARTIAL_DIR", "STAGING_DIR"]
+__all__ = [
+    "FOLDERS",
+    "JOURNAL_DIR",
+    "LATEST_FILE",
+    "OLD_DIR",
+    "PACKED_DIR",
+    "PARTIAL_DIR",
+    "STAGING_DIR",
+]
 
 PARTIAL_DIR = ".fstransport/partial"
 """Snapshots being received (never visible as installed ones)."""
@@ -15,3 +23,6 @@ STAGING_DIR = ".fstransport/staging"
 OLD_DIR = ".fstransport/old"
 """Local folders being replaced."""
 FOLDERS = (PARTIAL_DIR, JOURNAL_DIR, PACKED_DIR, STAGING_DIR, OLD_DIR)
+LATEST_FILE = ".fstransport/latest"
+"""The id of the snapshot a long-lived receiver installed last (``Receiver(keep_latest=True)``):
+a delta's base for a new name after a restart."""

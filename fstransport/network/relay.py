@@ -11,9 +11,11 @@ reference: no manifest, no install.  See docs/relay.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fstransport.errors import (
     ConfigurationError,
@@ -44,6 +46,8 @@ from fstransport.options import TransferOptions
 __all__ = ["RelayNetwork", "StagedChunk"]
 
 log = logging.getLogger("fstransport.relay")
+
+_T = TypeVar("_T")
 
 FALL_BACK_AFTER = 3
 """References in a row a receiver fails to fetch (or finds damaged) before the relay sends it
@@ -218,12 +222,12 @@ class RelayNetwork:
         self, ticket: int, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
         ref_req = req if req.staged is not None else await self._shared.stage(staged, req, id(self))
-        if req.done:
-            await self._shared.commit(staged, req.meta, req.vote)
-        # staged (and, for the final chunk, committed): the reference waits for its turn
-        await self._gate.turn(ticket, option.max_in_flight)
+        # the final chunk's manifest is written while the receiver fetches it (`_after`)
+        commit = self._shared.commit(staged, req.meta, req.vote) if req.done else None
+        committing = None if commit is None else asyncio.ensure_future(commit)
+        await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
         try:
-            response = await self.inner.install_snapshot(ref_req, option)
+            response = await _after(committing, self.inner.install_snapshot(ref_req, option))
         except RemoteError as exc:
             ref = ref_req.staged
             source = exc.source
@@ -300,3 +304,17 @@ class RelayNetwork:
 
     def __repr__(self) -> str:
         return f"RelayNetwork({self.inner!r}, {self.staging_url!r})"
+
+
+async def _after(committing: asyncio.Future[None] | None, send: Awaitable[_T]) -> _T:
+    """What `send` (the final chunk's reference) returns, once `committing` (its manifest being
+    written) has ended too.  The manifest is still written after every chunk was staged; the
+    receiver fetches the final chunk meanwhile and installs only once it read the manifest
+    (`fstransport.relay_receive`, `MANIFEST_WAIT`).  A failed commit is raised."""
+    if committing is None:
+        return await send
+    try:
+        answer = await send
+    finally:
+        await committing
+    return answer

@@ -181,3 +181,37 @@ async def test_a_sender_stopped_with_chunks_staged_ahead_installs_nothing_then_r
     assert relay.bytes_uploaded == len(data), f"the {uploaded} bytes staged are not sent again"
     assert staged_files() == []
     await relay.close()
+
+
+async def test_the_final_reference_goes_while_the_manifest_is_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fstransport.storage.staging import StagingStore
+
+    data = payload(DATA_SIZE, seed=34)
+    receiver, store = receiver_at("memory://recv")
+    write_json = StagingStore.write_json
+    manifest_there: list[bool] = []
+
+    async def slow_write(self: StagingStore, url: str, document: dict[str, Any]) -> bool:
+        await asyncio.sleep(0.1)  # a slow PUT
+        return await write_json(self, url, document)
+
+    async def final(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        if req.done:
+            assert req.staged is not None
+            check_complete(req)
+            url = f"{req.staged.area}/{MANIFEST_NAME}".removeprefix("memory://")
+            manifest_there.append(fsspec.filesystem("memory").exists(url))
+            response = await deliver_to(receiver)(req)
+            assert fsspec.filesystem("memory").exists(url), "installed after the manifest"
+            return response
+        return await deliver_to(receiver)(req)
+
+    monkeypatch.setattr(StagingStore, "write_json", slow_write)
+    relay = RelayNetwork(MockNetwork(final), STAGE)
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    assert manifest_there == [False], "the reference did not wait for the manifest"
+    assert await installed(store, "snap") == data
+    assert staged_files() == []
+    await relay.close()

@@ -201,7 +201,7 @@ class RelayNetwork:
             staged.busy += 1
             staged.users.add(id(self))
             try:
-                if req.meta.checksum is not None and req.meta.checksum not in staged.searched:
+                if _worth_searching(req, staged):
                     await self._search(req.vote, req.meta)
                 response = await self._deliver(ticket, staged, req, option)
                 if req.done and response.vote <= req.vote:
@@ -318,3 +318,15 @@ async def _after(committing: asyncio.Future[None] | None, send: Awaitable[_T]) -
     finally:
         await committing
     return answer
+
+
+def _worth_searching(req: InstallSnapshotRequest, staged: Staged) -> bool:
+    """Whether to look for copies other processes staged of `req`'s snapshot: once per
+    checksum, and not when only the final chunk names it (a meta without one gets it there),
+    where a search would cost a LIST before the last PUT to spare at most that PUT."""
+    checksum = req.meta.checksum
+    return (
+        checksum is not None
+        and checksum not in staged.searched
+        and not (req.done and req.offset > 0)
+    )

@@ -5,8 +5,8 @@ chunk as an immutable object in the staging bucket and sends the receiver behind
 `StagedChunk` reference (an `InstallSnapshotRequest` with empty data and ``staged`` set, well
 under 1 KiB).  The receiver (``Receiver(store, relay_options={...})``) fetches the object, checks
 its CRC32C, and writes it through its store as ever; before it finishes the snapshot it reads
-the area's manifest, which this network writes **last**, just before the final chunk's
-reference: no manifest, no install.  See docs/relay.md.
+the area's manifest, which this network writes **last**, once every chunk is staged, while the
+receiver fetches the final chunk: no manifest, no install.  See docs/relay.md.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ in order, at most ``max_in_flight`` at once, and only to objects complete in the
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import fsspec
@@ -213,5 +214,44 @@ async def test_the_final_reference_goes_while_the_manifest_is_written(
     await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
     assert manifest_there == [False], "the reference did not wait for the manifest"
     assert await installed(store, "snap") == data
+    assert staged_files() == []
+    await relay.close()
+
+
+async def test_a_failed_upload_ahead_does_not_hold_up_the_references_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The oldest chunk's PUT fails (a 503, say) while later ones are staged: the later
+    references go, the failed chunk is sent again, and the exact bytes are installed."""
+    from fstransport import StorageError
+    from fstransport.storage.staging import StagingStore
+
+    data = payload(DATA_SIZE, seed=35)
+    receiver, store = receiver_at("memory://recv")
+    put_once = StagingStore.put_once
+    failed: list[str] = []
+
+    async def flaky(self: StagingStore, url: str, body: object, crc: int) -> bool:
+        if "/chunks/0000000000020000-" in url and not failed:
+            failed.append(url)
+            await asyncio.sleep(0.05)  # the chunks behind it are staged meanwhile
+            raise StorageError(url, "stage", OSError("503 Slow Down"), retryable=True)
+        return await put_once(self, url, body, crc)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StagingStore, "put_once", flaky)
+
+    async def checked(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        check_complete(req)
+        return await deliver_to(receiver)(req)
+
+    recording = MockNetwork(checked)
+    relay = RelayNetwork(recording, STAGE)
+    options = replace(OPTIONS, retry=replace(OPTIONS.retry, initial_backoff=0.01))
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=options)
+    assert failed, "the PUT failed once"
+    assert await installed(store, "snap") == data
+    offsets = [req.offset for req in recording.requests]
+    assert offsets.index(2 * OPTIONS.chunk_size) > offsets.index(3 * OPTIONS.chunk_size)
+    assert recording.max_in_flight <= OPTIONS.max_in_flight
     assert staged_files() == []
     await relay.close()

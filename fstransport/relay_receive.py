@@ -3,6 +3,7 @@ the bytes, and check the staging areas' manifests before the snapshot may be ins
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,12 @@ from fstransport.protocol.receiver_state import StagingUnverified
 if TYPE_CHECKING:
     from fstransport.storage.staging import StagingStore
 
-__all__ = ["StagedChunks"]
+__all__ = ["MANIFEST_WAIT", "StagedChunks"]
+
+MANIFEST_WAIT = 2.0
+"""Seconds a receiver waits for the manifest of the area its final chunk came from: the relay
+writes it while the receiver fetches that chunk (docs/relay.md).  No manifest by then, no
+install."""
 
 
 def _refuse(why: str) -> InvalidRequest:
@@ -60,6 +66,26 @@ def check_ref(
         raise InvalidRequest("meta must be a SnapshotMeta", field="meta")
     check_snapshot_id(req.meta.snapshot_id)
     return ref
+
+
+async def _manifest(store: StagingStore, url: str, *, wait: bool) -> dict[str, Any] | None:
+    """The manifest at `url`, waiting up to `MANIFEST_WAIT` seconds for it when `wait` (one
+    read half written, on a store without atomic writes, is read again meanwhile)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + (MANIFEST_WAIT if wait else 0.0)
+    pause = 0.02
+    while True:
+        late = loop.time() + pause > give_up
+        try:
+            manifest = await store.read_json(url)
+        except StorageError:
+            if late:
+                raise
+            manifest = None
+        if manifest is not None or late:
+            return manifest
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, 0.5)
 
 
 class StagedChunks:
@@ -109,10 +135,11 @@ class StagedChunks:
         from fstransport.storage.staging import manifest_url
 
         meta = req.meta
+        own = req.staged.area if req.staged is not None else None
         vote = [req.vote.term, req.vote.node_id, req.vote.committed]
         for area, names in sorted(staged.items()):
             url = manifest_url(area)
-            manifest = await self.store(area, options).read_json(url)
+            manifest = await _manifest(self.store(area, options), url, wait=area == own)
             if manifest is None:
                 raise StorageError(
                     url, "read", FileNotFoundError("the staging area has no manifest")

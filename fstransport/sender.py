@@ -36,7 +36,7 @@ from fstransport.messages import (
     StagedChunk,
     Vote,
 )
-from fstransport.network.base import Network, carries_delta
+from fstransport.network.base import Network, carries_delta, window_options
 from fstransport.options import TransferOptions
 from fstransport.protocol.sender import ChunkPlan, Failure, RateLimiter, SendStats, SendWindow
 from fstransport.storage.source import (
@@ -114,7 +114,7 @@ class _Sender:
         self.progress = progress
         self.loop = asyncio.get_running_loop()
         now = self.loop.time()
-        self.window = SendWindow(source.size, options, now=now, rng=rng)
+        self.window = SendWindow(source.size, window_options(net, options), now=now, rng=rng)
         self.limiter = RateLimiter(options.rate_limit, now)
         self.deadline_at = None if options.deadline is None else now + options.deadline
         self.checksum = meta.checksum

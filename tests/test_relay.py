@@ -20,6 +20,7 @@ from fstransport import (
     Chunked,
     FsspecSnapshotStore,
     InstallSnapshotRequest,
+    InstallSnapshotResponse,
     InvalidRequest,
     LoopbackNetwork,
     Network,
@@ -199,18 +200,30 @@ async def test_a_damaged_object_is_staged_again_and_the_right_bytes_installed(
     assert staged_files() == []
 
 
-async def test_no_manifest_no_install() -> None:
+async def manifest_written(req: InstallSnapshotRequest) -> str:
+    """The manifest of the final chunk's area, once the relay wrote it (it does while the
+    receiver fetches that chunk)."""
+    assert req.staged is not None
+    url = f"{req.staged.area}/{MANIFEST_NAME}"
+    for _ in range(1000):
+        if fsspec.filesystem("memory").exists(url):
+            return url
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"no manifest at {url}")
+
+
+async def test_no_manifest_no_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fstransport.relay_receive.MANIFEST_WAIT", 0.2)
     data = payload(200_000, seed=7)
     receiver, store = receiver_at("memory://recv")
     fs = fsspec.filesystem("memory")
 
-    def drop_manifest(req: InstallSnapshotRequest) -> None:
-        if not req.done:
-            return
-        assert req.staged is not None
-        fs.rm_file(f"{req.staged.area}/{MANIFEST_NAME}")
+    async def drop_manifest(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        if req.done:
+            fs.rm_file(await manifest_written(req))
+        return await deliver_to(receiver)(req)
 
-    relay = RelayNetwork(MockNetwork(before(drop_manifest, deliver_to(receiver))), STAGE)
+    relay = RelayNetwork(MockNetwork(drop_manifest), STAGE)
     with pytest.raises(RemoteError) as caught:
         await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
     assert isinstance(caught.value.source, StorageError)
@@ -225,15 +238,14 @@ async def test_a_manifest_of_another_vote_is_refused() -> None:
     receiver, store = receiver_at("memory://recv")
     fs = fsspec.filesystem("memory")
 
-    def forge(req: InstallSnapshotRequest) -> None:
-        if not req.done:
-            return
-        assert req.staged is not None
-        url = f"{req.staged.area}/{MANIFEST_NAME}"
-        manifest = json.loads(fs.cat_file(url))
-        fs.pipe_file(url, json.dumps({**manifest, "vote": [0, 9, False]}).encode())
+    async def forge(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        if req.done:
+            url = await manifest_written(req)
+            manifest = json.loads(fs.cat_file(url))
+            fs.pipe_file(url, json.dumps({**manifest, "vote": [0, 9, False]}).encode())
+        return await deliver_to(receiver)(req)
 
-    relay = RelayNetwork(MockNetwork(before(forge, deliver_to(receiver))), STAGE)
+    relay = RelayNetwork(MockNetwork(forge), STAGE)
     with pytest.raises(RemoteError, match="vote"):
         await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
     assert await installed(store, "snap") is None

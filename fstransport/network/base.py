@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
 from fstransport.options import TransferOptions
 
-__all__ = ["Network", "carries_delta"]
+__all__ = ["Network", "carries_delta", "window_options"]
 
 
 @runtime_checkable
@@ -44,3 +45,16 @@ def carries_delta(net: object) -> bool:
     if isinstance(declared, property):
         declared = getattr(net, "carries_delta", False)
     return declared is True
+
+
+def window_options(net: object, options: TransferOptions) -> TransferOptions:
+    """`options` with the window a sender uses with `net`: wider when `net` stages chunks ahead
+    of the requests it sends its receiver (``window_for``, `RelayNetwork`); a network that
+    does not declare it, or a wrapper around one, gets ``max_in_flight`` as it is."""
+    window_for = getattr(type(net), "window_for", None)
+    if not callable(window_for):
+        return options
+    size = window_for(net, options)
+    if not isinstance(size, int) or isinstance(size, bool) or size <= options.max_in_flight:
+        return options
+    return replace(options, max_in_flight=size)

@@ -5,15 +5,17 @@ chunk as an immutable object in the staging bucket and sends the receiver behind
 `StagedChunk` reference (an `InstallSnapshotRequest` with empty data and ``staged`` set, well
 under 1 KiB).  The receiver (``Receiver(store, relay_options={...})``) fetches the object, checks
 its CRC32C, and writes it through its store as ever; before it finishes the snapshot it reads
-the area's manifest, which this network writes **last**, just before the final chunk's
-reference: no manifest, no install.  See docs/relay.md.
+the area's manifest, which this network writes **last**, once every chunk is staged, while the
+receiver fetches the final chunk: no manifest, no install.  See docs/relay.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fstransport.errors import (
     ConfigurationError,
@@ -38,11 +40,14 @@ from fstransport.network.relay_areas import (
     not_fetched,
     stageable,
 )
+from fstransport.network.relay_gate import ReferenceGate, check_stage_ahead
 from fstransport.options import TransferOptions
 
 __all__ = ["RelayNetwork", "StagedChunk"]
 
 log = logging.getLogger("fstransport.relay")
+
+_T = TypeVar("_T")
 
 FALL_BACK_AFTER = 3
 """References in a row a receiver fails to fetch (or finds damaged) before the relay sends it
@@ -68,6 +73,9 @@ class RelayNetwork:
     or gone is staged again; a receiver that takes no references (created without
     ``relay_options``) or fails to fetch `FALL_BACK_AFTER` of them in a row gets the bytes
     themselves through `inner` from then on.
+
+    Staging runs ahead: a sender hands over `stage_ahead` chunks (default ``max_in_flight``) more
+    (`window_for`); ``max_in_flight`` references at most are out, in order (docs/relay.md).
     """
 
     def __init__(
@@ -76,6 +84,7 @@ class RelayNetwork:
         staging_url: str,
         *,
         keep_for: float | None = None,
+        stage_ahead: int | None = None,
         **staging_options: Any,
     ) -> None:
         if keep_for is not None and not keep_for >= 0:
@@ -86,6 +95,8 @@ class RelayNetwork:
         self._shared = SharedStaging(staging_url, staging_options, keep_for)
         self._direct = False  # the receiver takes no references: it gets the bytes
         self._fetch_failures = 0  # references in a row the receiver could not fetch
+        self.stage_ahead = check_stage_ahead(stage_ahead)
+        self._gate = ReferenceGate()  # the references out to this network's receiver
 
     @property
     def staging_url(self) -> str:
@@ -115,11 +126,14 @@ class RelayNetwork:
         """A `RelayNetwork` for another receiver (behind `inner`) that shares this one's
         staging: what either staged, the other reuses."""
         sibling = RelayNetwork.__new__(RelayNetwork)
-        sibling.inner = inner
-        sibling._shared = self._shared
-        sibling._direct = False
-        sibling._fetch_failures = 0
+        sibling.__dict__.update(self.__dict__, inner=inner, _direct=False, _fetch_failures=0)
+        sibling._gate = ReferenceGate()  # (the staging, `stage_ahead` and counts are shared)
         return sibling
+
+    def window_for(self, options: TransferOptions) -> int:
+        """Chunks a sender may hand over at once: ``max_in_flight`` plus `stage_ahead`."""
+        ahead = options.max_in_flight if self.stage_ahead is None else self.stage_ahead
+        return options.max_in_flight + ahead
 
     def expect(self, vote: Vote, snapshot_id: str) -> None:
         """Count the receiver behind this network among those the snapshot is sent to before
@@ -176,24 +190,26 @@ class RelayNetwork:
     async def install_snapshot(
         self, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        if (self._direct and req.staged is None) or not stageable(req):
-            return await self.inner.install_snapshot(req, option)  # as it is
-        key = (req.meta.snapshot_id, req.vote)
-        staged = self._shared.snapshots.get(key)
-        if staged is None:
-            staged = self._shared.snapshots[key] = Staged()
-        staged.busy += 1
-        staged.users.add(id(self))
-        try:
-            if req.meta.checksum is not None and req.meta.checksum not in staged.searched:
-                await self._search(req.vote, req.meta)
-            response = await self._deliver(staged, req, option)
-            if req.done and response.vote <= req.vote:
-                staged.users.discard(id(self))
-                await self._acknowledged(key, staged)
-            return response
-        finally:
-            staged.busy -= 1
+        with self._gate.entered() as ticket:  # (its place among the references)
+            if (self._direct and req.staged is None) or not stageable(req):
+                await self._gate.turn(ticket, option.max_in_flight)
+                return await self.inner.install_snapshot(req, option)  # as it is
+            key = (req.meta.snapshot_id, req.vote)
+            staged = self._shared.snapshots.get(key)
+            if staged is None:
+                staged = self._shared.snapshots[key] = Staged()
+            staged.busy += 1
+            staged.users.add(id(self))
+            try:
+                if _worth_searching(req, staged):
+                    await self._search(req.vote, req.meta)
+                response = await self._deliver(ticket, staged, req, option)
+                if req.done and response.vote <= req.vote:
+                    staged.users.discard(id(self))
+                    await self._acknowledged(key, staged)
+                return response
+            finally:
+                staged.busy -= 1
 
     async def _search(self, vote: Vote, meta: SnapshotMeta) -> None:
         """Look once for a copy of this snapshot that another process staged and keeps."""
@@ -203,13 +219,15 @@ class RelayNetwork:
             log.warning("cannot look for staged copies of %r: %s", meta.snapshot_id, exc)
 
     async def _deliver(
-        self, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
+        self, ticket: int, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
         ref_req = req if req.staged is not None else await self._shared.stage(staged, req, id(self))
-        if req.done:
-            await self._shared.commit(staged, req.meta, req.vote)
+        # the final chunk's manifest is written while the receiver fetches it (`_after`)
+        commit = self._shared.commit(staged, req.meta, req.vote) if req.done else None
+        committing = None if commit is None else asyncio.ensure_future(commit)
+        await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
         try:
-            response = await self.inner.install_snapshot(ref_req, option)
+            response = await _after(committing, self.inner.install_snapshot(ref_req, option))
         except RemoteError as exc:
             ref = ref_req.staged
             source = exc.source
@@ -286,3 +304,29 @@ class RelayNetwork:
 
     def __repr__(self) -> str:
         return f"RelayNetwork({self.inner!r}, {self.staging_url!r})"
+
+
+async def _after(committing: asyncio.Future[None] | None, send: Awaitable[_T]) -> _T:
+    """What `send` (the final chunk's reference) returns, once `committing` (its manifest being
+    written) has ended too.  The manifest is still written after every chunk was staged; the
+    receiver fetches the final chunk meanwhile and installs only once it read the manifest
+    (`fstransport.relay_receive`, `MANIFEST_WAIT`).  A failed commit is raised."""
+    if committing is None:
+        return await send
+    try:
+        answer = await send
+    finally:
+        await committing
+    return answer
+
+
+def _worth_searching(req: InstallSnapshotRequest, staged: Staged) -> bool:
+    """Whether to look for copies other processes staged of `req`'s snapshot: once per
+    checksum, and not when only the final chunk names it (a meta without one gets it there),
+    where a search would cost a LIST before the last PUT to spare at most that PUT."""
+    checksum = req.meta.checksum
+    return (
+        checksum is not None
+        and checksum not in staged.searched
+        and not (req.done and req.offset > 0)
+    )

@@ -95,13 +95,13 @@ async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequ
     """A delta request (its stream's lock held): `answer_delta`; an offer waits in
     ``stream.state.offer`` for the answer (`Receiver.handle` takes it)."""
     latest = next(reversed(runner.rules.installed), None)
-    if latest is None and runner.keep_latest:  # (installed before a restart)
+    if latest is None and runner.long_lived:  # (installed before a restart)
         from fstransport.delta.latest import read_latest
 
         latest = await read_latest(runner.store)
     assert stream.sink is not None
     held, stream.state.offer, stream.sink = await answer_delta(
-        runner.store, latest, stream.state, req, stream.sink
+        runner.store, latest, stream.state, req, stream.sink, keep=runner.long_lived
     )
     return None, held, None
 
@@ -115,10 +115,10 @@ class StreamRunner:
         rules: ReceiverState,
         clock: Callable[[], float],
         staged: StagedChunks,
-        keep_latest: bool = False,
+        long_lived: bool = False,
     ) -> None:
         self.store, self.rules, self.clock, self.staged = store, rules, clock, staged
-        self.keep_latest = keep_latest  # (`Receiver`'s)
+        self.long_lived = long_lived  # (`Receiver`'s)
         self.relay_options: dict[str, Any] | None = None
         self.idle_timeout: float | None = None
         self.streams: dict[str, _Stream] = {}
@@ -296,7 +296,7 @@ class StreamRunner:
         try:
             await self.staged.check_manifests(stream.state.staged, req, options)  # or no install
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
-            await assemble(self.store, sink, stream.state, meta)  # a delta's copied ranges
+            await assemble(self.store, sink, stream.state, meta, keep=self.long_lived)  # a delta's
             snapshot = await self.store.finish(meta, sink)
             if meta.kind == TREE:
                 await _check_tree(snapshot, self.rules.limits.max_tree_files)

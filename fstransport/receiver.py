@@ -65,8 +65,8 @@ class Receiver:
     and installs only once each staging area's manifest (the commit marker) names them
     (``docs/relay.md``); `relay_prefixes` limits where from.  Without, a reference is refused
     (`InvalidRequest`, field ``"staged"``) and the relay sends the bytes themselves.
-    `keep_latest` (``serve`` sets it) notes each install in the store: the delta base for a new
-    name after a restart (``fstransport.delta.latest``).
+    `long_lived` (``serve`` sets it; a Raft node should) keeps in the store the id installed last
+    and the delta maps of its bases (``fstransport.delta.latest``, ``fstransport.delta.cache``).
     """
 
     def __init__(
@@ -80,7 +80,7 @@ class Receiver:
         clock: Callable[[], float] = time.monotonic,
         relay_options: dict[str, Any] | None = None,
         relay_prefixes: Sequence[str] | None = None,
-        keep_latest: bool = False,
+        long_lived: bool = False,
     ) -> None:
         if idle_timeout is not None and not idle_timeout > 0:
             raise ConfigurationError(f"idle_timeout must be positive, got {idle_timeout!r}")
@@ -92,7 +92,7 @@ class Receiver:
         )
         self._staged = StagedChunks()
         self.store, self.clock = store, clock
-        self._io = StreamRunner(store, self.rules, clock, self._staged, keep_latest)
+        self._io = StreamRunner(store, self.rules, clock, self._staged, long_lived)
         self.idle_timeout = idle_timeout
         self.relay_options = relay_options
 
@@ -210,7 +210,7 @@ class Receiver:
         try:
             await self.store.install(snapshot)
             self.rules.remember_installed(snapshot.meta)
-            if self._io.keep_latest:
+            if self._io.long_lived:
                 await note_latest(self.store, snapshot_id)
         finally:
             if self._io.installing.get(snapshot_id) is asyncio.current_task():

@@ -171,7 +171,7 @@ async def test_a_snapshot_assembled_from_a_delta_is_offered_without_a_read(
     options = TransferOptions(chunk_size=64 * 1024)
     await ship(str(source), str(root / "snap.bin"), options=options)  # full: nothing kept
     source.write_bytes(new)
-    network = LoopbackNetwork(Receiver(FsspecSnapshotStore(str(root))))
+    network = LoopbackNetwork(Receiver(FsspecSnapshotStore(str(root)), long_lived=True))
     report = await ship(str(source), str(root / "snap.bin"), options=options, network=network)
     assert report.bytes_reused > 0
     assert (root / "snap.bin").read_bytes() == new

@@ -255,7 +255,7 @@ def _relay_receiver(args: argparse.Namespace, store: Any, limits: dict[str, Any]
         vote_scope="snapshot",
         relay_options=relay_options,
         relay_prefixes=args.relay_prefix,
-        keep_latest=True,
+        long_lived=True,
     )
 
 

@@ -135,15 +135,17 @@ def _load(root: str, path: str, mode: str, st: os.stat_result) -> DeltaMap | Non
     return DeltaMap(mode, size, b"\0" * 16, block, lengths, crcs, array("I"), digests)
 
 
-def kept_map(root: str, path: str, mode: str, *, key: bytes) -> DeltaMap:
+def kept_map(root: str, path: str, mode: str, *, key: bytes, write: bool = True) -> DeltaMap:
     """The map of the file at `path` in `mode` keyed by `key`: from its sidecar when that still
-    describes the file, else read and mapped (`map_file`) and the sidecar written for next time.
-    Raises as `map_file`."""
+    describes the file, else read and mapped (`map_file`) and, if `write`, the sidecar written
+    for next time.  Raises as `map_file`."""
     st = os.stat(path)
     found = _load(root, path, mode, st)
     if found is not None:
         return found.rekeyed(key)
     made = map_file(path, mode, key=key)
+    if not write:
+        return made
     try:
         keep_map(root, path, made, st)
     except Exception as exc:  # a map not kept is read again next time: log, go on

@@ -1,6 +1,6 @@
 """The snapshot a receiver installed last, kept across restarts: the delta base for a snapshot
 under a new name (``docs/delta.md``).  A hint, not a fact: the id is written after each install
-(``Receiver(keep_latest=True)``) and read when an offer is due; whatever it names is mapped and
+(``Receiver(long_lived=True)``) and read when an offer is due; whatever it names is mapped and
 checked like any base, so a stale, torn or foreign file costs at most a full transfer."""
 
 from __future__ import annotations

@@ -41,23 +41,29 @@ class BaseDelta(ReceiverDelta):
     base: MappedBase | None = None
 
 
-def delta_base(store: Any) -> DeltaBase | None:
-    """`store`'s `DeltaBase` (from its backend), or None: no delta onto it."""
+def delta_base(store: Any, *, keep: bool = False) -> DeltaBase | None:
+    """`store`'s `DeltaBase` (from its backend), or None: no delta onto it.  `keep`: a
+    long-lived receiver's, which keeps its bases' maps in the store."""
     backend = getattr(store, "backend", None)
     get = getattr(backend, "delta_base", None)
     if get is None:
         return None
-    found: DeltaBase | None = get()
+    found: DeltaBase | None = get(keep=keep)
     return found
 
 
 async def find_base(
-    store: Any, candidates: Iterable[str], mode: str, key: bytes | None = None
+    store: Any,
+    candidates: Iterable[str],
+    mode: str,
+    key: bytes | None = None,
+    *,
+    keep: bool = False,
 ) -> tuple[BaseDelta, bytes] | None:
     """The first of `candidates` (snapshot ids) `store` holds as a file, mapped in `mode` with
     `key` (the sender's, else a fresh one), with its encoded map; None when there is none (or the
     store cannot serve as a delta base)."""
-    bases = delta_base(store)
+    bases = delta_base(store, keep=keep)
     if bases is None:
         return None
     key = key or new_key()
@@ -75,6 +81,8 @@ async def answer_delta(
     state: StreamState,
     req: InstallSnapshotRequest,
     sink: SnapshotSink,
+    *,
+    keep: bool = False,
 ) -> tuple[Held, DeltaOffer | None, SnapshotSink]:
     """Answer a delta request for `state`'s stream (writing into `sink`): without a recipe,
     find a base (the snapshot held under the same id, else `latest`, the one installed last)
@@ -82,7 +90,7 @@ async def answer_delta(
     Returns what to tell the sender is held, the offer, and the sink the stream writes into
     from now on (the store's backend may put another in its place for a delta)."""
     assert req.delta is not None
-    bases = delta_base(store)
+    bases = delta_base(store, keep=keep)
     if req.recipe is None:
         if state.delta is not None:  # a new exchange: what an earlier recipe copied is not held
             for at, length, _ in state.delta.still_copied(state.ledger):
@@ -97,7 +105,7 @@ async def answer_delta(
                 size = state.meta.size or 0
                 found = await find_tree_base(store, candidates, req.delta, req.delta_key, size)
             else:
-                found = await find_base(store, candidates, req.delta, req.delta_key)
+                found = await find_base(store, candidates, req.delta, req.delta_key, keep=keep)
             if found is not None:
                 state.delta, offer = found[0], found[0].offer(found[1])
         return tuple(state.ledger.held()), offer, sink
@@ -134,7 +142,9 @@ def _recipe_of(delta: ReceiverDelta, copied: list[tuple[int, int, int]]) -> Reci
     return Recipe(delta.recipe.size, delta.recipe.base_size, ranges)
 
 
-async def assemble(store: Any, sink: SnapshotSink, state: StreamState, meta: SnapshotMeta) -> int:
+async def assemble(
+    store: Any, sink: SnapshotSink, state: StreamState, meta: SnapshotMeta, *, keep: bool = False
+) -> int:
     """Build the target of `sink` (if `state` accepted a delta recipe) from the base's copied
     ranges and the sent ones, checking its CRC32C against the final `meta`'s checksum before
     it can be installed (the store's `DeltaBase` does it: see its ``assemble``); return the
@@ -150,7 +160,7 @@ async def assemble(store: Any, sink: SnapshotSink, state: StreamState, meta: Sna
 
     if isinstance(delta, TreeReceiverDelta):  # a directory snapshot's base tree
         return await assemble_tree(store, sink, delta, delta.still_copied(state.ledger), checksum)
-    bases = delta_base(store)
+    bases = delta_base(store, keep=keep)
     base = delta.base if isinstance(delta, BaseDelta) else None
     if bases is None or base is None:  # (cannot happen: an offer came from them)
         raise InvalidRequest("a delta recipe without a base", field="recipe")
@@ -163,7 +173,7 @@ async def assemble(store: Any, sink: SnapshotSink, state: StreamState, meta: Sna
             format_checksum(crc),
             whole=True,
         )
-    keep = getattr(bases, "keep_assembled", None)
-    if keep is not None:  # its map kept for the next offer (docs/delta.md)
-        await keep(meta.snapshot_id, sink, recipe, delta.base_map)
+    keep_map = getattr(bases, "keep_assembled", None)
+    if keep and keep_map is not None:  # its map kept for the next offer (docs/delta.md)
+        await keep_map(meta.snapshot_id, sink, recipe, delta.base_map)
     return reused

@@ -82,7 +82,7 @@ def create_app(
             limits=limits,
             idle_timeout=idle_timeout,
             vote_scope="snapshot",
-            keep_latest=True,
+            long_lived=True,
         )
     elif receiver.idle_timeout is None:
         receiver.idle_timeout = idle_timeout

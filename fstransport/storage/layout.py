@@ -24,5 +24,5 @@ OLD_DIR = ".fstransport/old"
 """Local folders being replaced."""
 FOLDERS = (PARTIAL_DIR, JOURNAL_DIR, PACKED_DIR, STAGING_DIR, OLD_DIR)
 LATEST_FILE = ".fstransport/latest"
-"""The id of the snapshot a long-lived receiver installed last (``Receiver(keep_latest=True)``):
+"""The id of the snapshot a long-lived receiver installed last (``Receiver(long_lived=True)``):
 a delta's base for a new name after a restart."""

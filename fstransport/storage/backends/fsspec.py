@@ -69,9 +69,10 @@ class FsspecBackend:
     async def close(self, sinks: Sequence[SnapshotSink], *, idle: bool) -> None:
         """The store is closed while `sinks` are receiving (`idle`: none is, none is finished)."""
 
-    def delta_base(self) -> DeltaBase | None:
+    def delta_base(self, *, keep: bool = False) -> DeltaBase | None:
         """How the store's snapshots serve as delta bases; None: they do not (every snapshot
-        is received in full)."""
+        is received in full).  `keep`: keep what is learnt about them in the store (a
+        long-lived receiver's: their maps, see `fstransport.delta.cache`)."""
         return None
 
     # -- receiving ----------------------------------------------------------------------------

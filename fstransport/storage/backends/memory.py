@@ -54,7 +54,7 @@ class MemoryBackend(FsspecBackend):
         journal = self.store.journal_path(meta.snapshot_id)
         return MemorySink(self.fs, path, MemoryJournal.create(self.fs, journal, meta))
 
-    def delta_base(self) -> DeltaBase | None:
+    def delta_base(self, *, keep: bool = False) -> DeltaBase | None:
         return MemoryDelta(self.store) if self.store.sink_kind == "auto" else None
 
     async def find_partial(self, meta: SnapshotMeta) -> Found | None:

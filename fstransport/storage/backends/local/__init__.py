@@ -69,8 +69,8 @@ class LocalBackend(FsspecBackend):
             meta=meta,
         )
 
-    def delta_base(self) -> DeltaBase | None:
-        return LocalDelta(self.store) if self.store.sink_kind == "auto" else None
+    def delta_base(self, *, keep: bool = False) -> DeltaBase | None:
+        return LocalDelta(self.store, keep=keep) if self.store.sink_kind == "auto" else None
 
     async def find_partial(self, meta: SnapshotMeta) -> Found | None:
         if self.store.sink_kind != "auto":

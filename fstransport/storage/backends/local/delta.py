@@ -26,8 +26,8 @@ log = logging.getLogger("fstransport.receiver")
 class LocalDelta:
     """The `DeltaBase` of a local folder's store (``sink="auto"``: a `PwriteSink` per stream)."""
 
-    def __init__(self, store: FsspecSnapshotStore) -> None:
-        self.store = store
+    def __init__(self, store: FsspecSnapshotStore, *, keep: bool = False) -> None:
+        self.store, self.keep = store, keep  # keep: write the maps' sidecars (read them anyway)
 
     def takes_delta(self, meta: SnapshotMeta, sink: SnapshotSink, holds: bool) -> bool:
         return True
@@ -42,7 +42,9 @@ class LocalDelta:
         if not await asyncio.to_thread(os.path.isfile, path):
             return None
         try:
-            base_map = await asyncio.to_thread(kept_map, self.store.root, path, mode, key=key)
+            base_map = await asyncio.to_thread(
+                kept_map, self.store.root, path, mode, key=key, write=self.keep
+            )
         except Exception as exc:  # a base that cannot be read is no base
             log.warning("delta base %r could not be mapped: %s", snapshot_id, exc)
             return None

@@ -104,7 +104,7 @@ class S3Backend(FsspecBackend):
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def delta_base(self) -> DeltaBase | None:
+    def delta_base(self, *, keep: bool = False) -> DeltaBase | None:
         return S3Delta(self) if self.multipart else None
 
     async def _sink(

@@ -64,3 +64,28 @@ async def test_an_unchanged_snapshot_over_http_sends_the_map(
     assert (root / "snap.bin").read_bytes() == data
     assert report.bytes_reused == SIZE
     assert report.bytes_sent <= 0.005 * SIZE
+
+
+async def test_a_restarted_server_offers_what_it_installed_last(
+    serve: StartServer, tmp_path: Path
+) -> None:
+    """``serve`` is long-lived: killed and started again, it still offers the snapshot it
+    installed last as the base for a snapshot under a new name."""
+    root = tmp_path / "received"
+    base = random.Random(24).randbytes(SIZE)
+    source = tmp_path / "snap.bin"
+    options = TransferOptions(chunk_size=128 * KiB)
+    first = serve(str(root), "--token", TOKEN)
+    source.write_bytes(base)
+    async with HttpNetwork(first.url, token=TOKEN) as net:
+        await asyncio.wait_for(ship(str(source), "term-7", network=net, options=options), 60)
+    first.kill()
+    again = serve(str(root), "--token", TOKEN)
+    source.write_bytes(edited(base, 3, seed=25))
+    async with HttpNetwork(again.url, token=TOKEN) as net:
+        report = await asyncio.wait_for(
+            ship(str(source), "term-8", network=net, options=options), SHIP_TIMEOUT
+        )
+    assert (root / "term-8").read_bytes() == source.read_bytes()
+    assert report.bytes_reused > 0.9 * SIZE
+    assert (root / ".fstransport" / "latest").read_text() == "term-8"

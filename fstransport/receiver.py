@@ -65,8 +65,8 @@ class Receiver:
     and installs only once each staging area's manifest (the commit marker) names them
     (``docs/relay.md``); `relay_prefixes` limits where from.  Without, a reference is refused
     (`InvalidRequest`, field ``"staged"``) and the relay sends the bytes themselves.
-    `long_lived` (``serve`` sets it; a Raft node should) keeps in the store the id installed last
-    and the delta maps of its bases (``fstransport.delta.latest``, ``fstransport.delta.cache``).
+    `long_lived` (a Raft node's; ``serve --keep-delta-state``) keeps in the store the id installed
+    last and its bases' delta maps (``fstransport.delta.latest``, ``fstransport.delta.cache``).
     """
 
     def __init__(

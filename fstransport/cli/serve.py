@@ -106,6 +106,12 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "(default 64KiB)",
     )
     serve.add_argument(
+        "--keep-delta-state",
+        action="store_true",
+        help="keep under ROOT/.fstransport what makes later deltas cheaper: the id of the "
+        "snapshot installed last (still a base after a restart) and the block maps of bases",
+    )
+    serve.add_argument(
         "--max-connections-per-peer",
         type=positive_int,
         metavar="N",
@@ -208,7 +214,14 @@ async def _serve(
         server_log.setLevel(logging.ERROR)  # no_auth's warning: ours below names the address
         try:
             receiver = _relay_receiver(args, store, limits)
-            app = create_app(store, token=token, no_auth=token is None, receiver=receiver, **limits)
+            app = create_app(
+                store,
+                token=token,
+                no_auth=token is None,
+                receiver=receiver,
+                long_lived=args.keep_delta_state,
+                **limits,
+            )
         finally:
             server_log.setLevel(level)
         runner = make_runner(app, max_connections_per_peer=args.max_connections_per_peer)
@@ -255,7 +268,7 @@ def _relay_receiver(args: argparse.Namespace, store: Any, limits: dict[str, Any]
         vote_scope="snapshot",
         relay_options=relay_options,
         relay_prefixes=args.relay_prefix,
-        long_lived=True,
+        long_lived=args.keep_delta_state,
     )
 
 

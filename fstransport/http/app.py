@@ -51,6 +51,7 @@ def create_app(
     on_request: Callable[[web.Request, web.StreamResponse], None] | None = None,
     limits: ReceiverLimits | None = None,
     min_body_rate: float = MIN_BODY_RATE,
+    long_lived: bool = False,
 ) -> web.Application:
     """An aiohttp app receiving snapshots into `store` (or through `receiver`).
 
@@ -61,7 +62,8 @@ def create_app(
     Without `receiver`, the app's receiver keeps votes per snapshot id
     (``Receiver(store, vote_scope="snapshot")``): a standalone server has no Raft term to
     protect, and one sender's vote must not refuse another sender's snapshots.  A Raft node
-    passes its own receiver, with one vote for the node.
+    passes its own receiver, with one vote for the node.  `long_lived` makes that receiver
+    ``Receiver(long_lived=True)`` (``serve --keep-delta-state``).
 
     A request whose body arrives slower than `min_body_rate` bytes per second, averaged over
     `idle_timeout` seconds, is answered with 408 and dropped.  The bodies held at once (each is
@@ -82,7 +84,7 @@ def create_app(
             limits=limits,
             idle_timeout=idle_timeout,
             vote_scope="snapshot",
-            long_lived=True,
+            long_lived=long_lived,
         )
     elif receiver.idle_timeout is None:
         receiver.idle_timeout = idle_timeout

@@ -178,7 +178,7 @@ class StorageError(FstransportError):
         if self._retryable is not None:
             return self._retryable
         cause = self.cause
-        if isinstance(cause, _PERMANENT_CAUSES):
+        if isinstance(cause, _PERMANENT_CAUSES) or _s3_code(cause) in PERMANENT_S3_CODES:
             return False
         return not (isinstance(cause, OSError) and cause.errno in PERMANENT_ERRNOS)
 
@@ -206,6 +206,37 @@ class SourceChanged(StorageError):
     def retryable(self) -> bool:
         return False
 
+
+def _s3_code(cause: BaseException | None) -> str | None:
+    """The S3 error code behind `cause` (s3fs raises an `OSError` whose ``__cause__`` is
+    botocore's ``ClientError``, with the code in ``response["Error"]["Code"]``), or None."""
+    for link in (cause, getattr(cause, "__cause__", None)):
+        response = getattr(link, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            return code if isinstance(code, str) else None
+    return None
+
+
+PERMANENT_S3_CODES = frozenset(
+    {
+        # the request itself is wrong: the same request gets the same answer (s3fs maps these
+        # to EINVAL, which it also uses for BadDigest and IncompleteBody: bodies damaged on
+        # the way, which a second try can mend, so the errno alone cannot tell)
+        "InvalidRequest",
+        "InvalidArgument",
+        "InvalidBucketName",
+        "InvalidStorageClass",
+        "MalformedXML",
+        "MethodNotAllowed",
+        "NotImplemented",
+        "KeyTooLongError",
+        "MetadataTooLarge",
+        "EntityTooLarge",
+        "EntityTooSmall",
+    }
+)
+"""S3 error codes that no retry can change (see `StorageError.retryable`)."""
 
 _PERMANENT_CAUSES = (
     FileNotFoundError,

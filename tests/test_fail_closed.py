@@ -273,6 +273,25 @@ def test_permanent_storage_errors_are_not_retryable() -> None:
     assert StorageError("s", "v", FileNotFoundError("x"), retryable=True).retryable
 
 
+@pytest.mark.parametrize(
+    ("code", "retryable"),
+    [("InvalidRequest", False), ("InvalidArgument", False), ("BadDigest", True),
+     ("IncompleteBody", True), ("InternalError", True)],
+)  # fmt: skip
+def test_s3_errors_are_judged_by_their_code_not_only_their_errno(
+    code: str, retryable: bool
+) -> None:
+    """s3fs turns all five into ``OSError(EINVAL or EREMOTEIO)``; only the ClientError behind
+    it tells a malformed request (the same answer every time) from a body damaged on the way."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    client_error = ClientError({"Error": {"Code": code, "Message": "m"}}, "CopyObject")
+    cause = translate_boto_error(client_error)
+    assert isinstance(cause, OSError)
+    assert StorageError("s3://b/k", "copy", cause).retryable is retryable
+
+
 ROOT = "/srv/secret/place"
 
 EXAMPLES: list[FstransportError] = [

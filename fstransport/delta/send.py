@@ -27,6 +27,7 @@ from fstransport.options import TransferOptions
 from fstransport.protocol.delta import (
     DeltaMap,
     MapBuilder,
+    Recipe,
     choose_block_size,
     new_key,
     plan_recipe,
@@ -36,7 +37,14 @@ from fstransport.protocol.delta_wire import encode_recipe
 from fstransport.protocol.sender import SendWindow
 from fstransport.storage.source import ChunkSource
 
-__all__ = ["DeltaPlan", "map_source", "negotiate", "run_exchange", "unless_cancelled"]
+__all__ = [
+    "DeltaPlan",
+    "map_source",
+    "negotiate",
+    "run_exchange",
+    "send_recipe",
+    "unless_cancelled",
+]
 
 log = logging.getLogger("fstransport.sender")
 
@@ -171,20 +179,38 @@ async def _negotiate(
         if meta.checksum is not None and meta.checksum != checksum:
             return None  # the data is not what the caller named: the full transfer says so
         recipe = plan_recipe(base_map, source_map)
-        if not recipe.reused:
-            return DeltaPlan((), checksum, 0, map_bytes)
-        raw = encode_recipe(recipe)
-        named = replace(meta, checksum=checksum)
-        second = InstallSnapshotRequest(vote, named, 0, b"", False, 0, delta=mode, recipe=raw)
-        answer = await ask(second)
-        if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
-            return None
-        held = tuple(answer.held or ())
-        log.info("delta against %r: %d of %d bytes reused", offer.base_id, recipe.reused, meta.size)
-        return DeltaPlan(held, checksum, recipe.reused, map_bytes + len(raw))
+        plan = await send_recipe(ask, vote, meta, mode, recipe, checksum, map_bytes)
+        if plan is not None and plan.reused:
+            log.info(
+                "delta against %r: %d of %d bytes reused", offer.base_id, plan.reused, meta.size
+            )
+        return plan
     except (FstransportError, EOFError) as exc:
         log.warning("delta exchange failed (%s); sending the whole snapshot", exc)
         return None
+
+
+async def send_recipe(
+    ask: Ask,
+    vote: Vote,
+    meta: SnapshotMeta,
+    mode: str,
+    recipe: Recipe,
+    checksum: str,
+    map_bytes: int,
+) -> DeltaPlan | None:
+    """The exchange's second request: `recipe` (built against the base offered, for content
+    whose checksum is `checksum`), and the plan the receiver's answer makes of it; nothing is
+    asked when the recipe reuses nothing.  None: the receiver answered with a higher vote."""
+    if not recipe.reused:
+        return DeltaPlan((), checksum, 0, map_bytes)
+    raw = encode_recipe(recipe)
+    named = replace(meta, checksum=checksum)
+    second = InstallSnapshotRequest(vote, named, 0, b"", False, 0, delta=mode, recipe=raw)
+    answer = await ask(second)
+    if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
+        return None
+    return DeltaPlan(tuple(answer.held or ()), checksum, recipe.reused, map_bytes + len(raw))
 
 
 async def run_exchange(

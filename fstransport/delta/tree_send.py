@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import replace
 
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.delta.send import Ask, DeltaPlan
+from fstransport.delta.send import Ask, DeltaPlan, send_recipe
 from fstransport.errors import FstransportError
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta, Vote
 from fstransport.options import TransferOptions
@@ -28,7 +27,6 @@ from fstransport.protocol.delta_tree import (
     whole_tree_crc,
 )
 from fstransport.protocol.delta_tree_wire import decode_tree_offer, encode_want
-from fstransport.protocol.delta_wire import encode_recipe
 from fstransport.storage.source import ChunkSource
 from fstransport.tree.table import HEADER_SIZE, TreeTable, parse_header, parse_table
 
@@ -167,16 +165,10 @@ async def negotiate_tree(
             changed = []
         extents = await map_files(source, table, changed, base, piece)
         recipe = plan_tree_recipe(base, files, extents, table.body_offset)
-        if not recipe.reused:
-            return DeltaPlan((), checksum, 0, map_bytes)
-        raw = encode_recipe(recipe)
-        named = replace(meta, checksum=checksum)
-        second = InstallSnapshotRequest(vote, named, 0, b"", False, 0, delta=mode, recipe=raw)
-        answer = await ask(second)
-        if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
-            return None
-        log.info("tree delta: %d of %d bytes reused", recipe.reused, meta.size)
-        return DeltaPlan(tuple(answer.held or ()), checksum, recipe.reused, map_bytes + len(raw))
+        plan = await send_recipe(ask, vote, meta, mode, recipe, checksum, map_bytes)
+        if plan is not None and plan.reused:
+            log.info("tree delta: %d of %d bytes reused", plan.reused, meta.size)
+        return plan
     except (FstransportError, EOFError) as exc:
         log.warning("tree delta exchange failed (%s); sending the whole tree", exc)
         return None

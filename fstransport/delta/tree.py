@@ -73,10 +73,9 @@ def _kind(store: Any) -> str | None:
 
 
 def _memory_file(store: Any, path: str) -> Any:
-    from fsspec.implementations.memory import MemoryFile
+    from fstransport.storage.backends.memory import memory_file
 
-    found = store.backend.fs.store.get(path)
-    return found if isinstance(found, MemoryFile) else None
+    return memory_file(store.backend.fs, path)
 
 
 def _local_reader(folder: str) -> Reader:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from fstransport.storage.source import ReadSettings
     from fstransport.storage.store import FsspecSnapshotStore
 
-__all__ = ["MemoryBackend", "MemoryDelta", "MemoryJournal", "MemorySink"]
+__all__ = ["MemoryBackend", "MemoryDelta", "MemoryJournal", "MemorySink", "memory_file"]
 
 
 class MemoryBackend(FsspecBackend):
@@ -168,6 +168,12 @@ class MemorySink:
         self._aborted = True
 
 
+def memory_file(fs: MemoryFileSystem, path: str) -> MemoryFile | None:
+    """The file `fs` holds at `path` (None: none, or a folder)."""
+    found = fs.store.get(path)
+    return found if isinstance(found, MemoryFile) else None
+
+
 class MemoryDelta:
     """The `DeltaBase` of a ``memory://`` store: bases mapped and copied in memory."""
 
@@ -176,8 +182,7 @@ class MemoryDelta:
         self.fs: MemoryFileSystem = store.fs
 
     def _file(self, path: str) -> MemoryFile | None:
-        found = self.fs.store.get(path)
-        return found if isinstance(found, MemoryFile) else None
+        return memory_file(self.fs, path)
 
     def takes_delta(self, meta: SnapshotMeta, sink: SnapshotSink, holds: bool) -> bool:
         return True
@@ -208,15 +213,18 @@ class MemoryDelta:
         target, source = self._file(sink.path), self._file(base_path)
         if target is None:
             raise SourceChanged(sink.path, "assemble", FileNotFoundError(sink.path))
-        data = b"" if source is None else source.getvalue()
-        if source is None or len(data) != recipe.base_size:
-            raise SourceChanged(base_path, "reuse", ValueError("the delta base changed"))
+        changed = SourceChanged(base_path, "reuse", ValueError("the delta base changed"))
+        if source is None:
+            raise changed
         reused = 0
-        for at, length, base_at in recipe.targets():
-            if base_at != SEND:
-                target.seek(at)
-                target.write(data[base_at : base_at + length])
-                reused += length
+        with source.getbuffer() as data:  # (copied range by range, never whole)
+            if data.nbytes != recipe.base_size:
+                raise changed
+            for at, length, base_at in recipe.targets():
+                if base_at != SEND:
+                    target.seek(at)
+                    target.write(data[base_at : base_at + length])
+                    reused += length
         target.truncate(recipe.size)
         with target.getbuffer() as view:
             return chunk_crc(view[: recipe.size]), reused

@@ -23,7 +23,6 @@ import os
 import struct
 import threading
 from array import array
-from sys import byteorder
 
 from fstransport.checksum import chunk_crc
 from fstransport.delta.local import map_file
@@ -35,6 +34,7 @@ from fstransport.protocol.delta import (
     choose_block_size,
 )
 from fstransport.protocol.delta_tags import DIGEST_SIZE, extent_digest
+from fstransport.protocol.delta_wire import u32_from_le, u32_le
 
 __all__ = ["MAPS_DIR", "keep_assembled", "keep_map", "kept_map", "sidecar_path"]
 
@@ -56,21 +56,6 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns
 
 
-def _le(values: array[int]) -> bytes:
-    if byteorder == "big":
-        values = array("I", values)
-        values.byteswap()
-    return values.tobytes()
-
-
-def _u32(raw: bytes) -> array[int]:
-    values = array("I")
-    values.frombytes(raw)
-    if byteorder == "big":
-        values.byteswap()
-    return values
-
-
 def keep_map(
     root: str, path: str, delta_map: DeltaMap, st: os.stat_result, *, name: str | None = None
 ) -> None:
@@ -88,8 +73,8 @@ def keep_map(
             _MAGIC, _MODES[delta_map.mode], delta_map.block_size, size, ino, dev, mtime,
             len(delta_map),
         )  # fmt: skip
-        lengths = _le(delta_map.lengths) if delta_map.mode == "cdc" else b""
-        body = lengths + _le(delta_map.crcs) + delta_map.digests
+        lengths = u32_le(delta_map.lengths) if delta_map.mode == "cdc" else b""
+        body = lengths + u32_le(delta_map.crcs) + delta_map.digests
         target = sidecar_path(root, name or path, delta_map.mode)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"  # (offers at once)
@@ -120,7 +105,7 @@ def _load(root: str, path: str, mode: str, st: os.stat_result) -> DeltaMap | Non
         return None
     at = _HEADER.size
     if mode == "cdc":
-        lengths = _u32(raw[at : at + 4 * count])
+        lengths = u32_from_le(raw[at : at + 4 * count])
         at += 4 * count
         if block != 0 or sum(lengths) != size:
             return None
@@ -130,7 +115,7 @@ def _load(root: str, path: str, mode: str, st: os.stat_result) -> DeltaMap | Non
         lengths = array("I", [block] * count)
         if count:
             lengths[-1] = size - block * (count - 1)
-    crcs = _u32(raw[at : at + 4 * count])
+    crcs = u32_from_le(raw[at : at + 4 * count])
     digests = raw[at + 4 * count :]
     return DeltaMap(mode, size, b"\0" * 16, block, lengths, crcs, array("I"), digests)
 

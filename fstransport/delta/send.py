@@ -136,10 +136,11 @@ async def negotiate(
     # size would have, while the first request is on its way; without an offer it is stopped
     # at once (at most one round trip of reading wasted).
     block = choose_block_size(source.size) if mode == "blocks" else 0
-    started = map_source(source, mode, key=key, block_size=block, piece=piece)
-    task = asyncio.ensure_future(started) if early else None
-    if task is None:
-        started.close()
+    task = (
+        asyncio.ensure_future(map_source(source, mode, key=key, block_size=block, piece=piece))
+        if early
+        else None
+    )
     try:
         return await _negotiate(ask, vote, meta, source, options, first, (task, block))
     finally:

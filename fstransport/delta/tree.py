@@ -30,7 +30,7 @@ from fstransport.errors import (
 )
 from fstransport.messages import DeltaOffer, InstallSnapshotRequest
 from fstransport.protocol.delta import SEND, DeltaMap, Recipe, choose_block_size, new_key
-from fstransport.protocol.delta_session import MAX_OFFER_FACTOR
+from fstransport.protocol.delta_session import max_offer_size
 from fstransport.protocol.delta_tree import (
     TreeMap,
     TreeMapBuilder,
@@ -171,7 +171,7 @@ async def find_tree_base(
         except Exception as exc:  # a base that cannot be read whole is no base
             log.warning("tree delta base %r could not be read: %s", base_id, exc)
             continue
-        if tree.size > max(MAX_OFFER_FACTOR * size, 64 * 1024 * 1024):
+        if tree.size > max_offer_size(size):
             return None
         encoded = encode_tree_offer(tree)
         if len(encoded) > max_tree_offer_bytes(size):
@@ -289,17 +289,17 @@ def _assemble_memory(store: Any, delta: TreeReceiverDelta, recipe: Recipe, path:
     target = _memory_file(store, path)
     if target is None:
         raise SourceChanged(path, "assemble", FileNotFoundError(path))
-    bodies: dict[int, bytes] = {}
     for at, length, index, file_at in _pieces(delta, recipe):
         name, _, size = delta.files[index]
-        if index not in bodies:
-            found = _memory_file(store, f"{delta.root}/{name}")
-            bodies[index] = b"" if found is None else found.getvalue()
-        data = bodies[index]
-        if len(data) != size:
-            raise SourceChanged(f"{delta.root}/{name}", "reuse", ValueError("the base changed"))
-        target.seek(at)
-        target.write(data[file_at : file_at + length])
+        found = _memory_file(store, f"{delta.root}/{name}")
+        changed = SourceChanged(f"{delta.root}/{name}", "reuse", ValueError("the base changed"))
+        if found is None:
+            raise changed
+        with found.getbuffer() as data:  # (the piece alone is copied, not the whole file)
+            if data.nbytes != size:
+                raise changed
+            target.seek(at)
+            target.write(data[file_at : file_at + length])
     target.truncate(recipe.size)
     with target.getbuffer() as view:
         return chunk_crc(view[: recipe.size])

@@ -16,7 +16,7 @@ from fstransport.errors import FstransportError
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta, Vote
 from fstransport.options import TransferOptions
 from fstransport.protocol.delta import DeltaMap, new_key
-from fstransport.protocol.delta_session import MAX_OFFER_FACTOR, max_recipe_bytes
+from fstransport.protocol.delta_session import max_offer_size, max_recipe_bytes
 from fstransport.protocol.delta_tree import (
     FileIdentity,
     TreeMap,
@@ -93,7 +93,7 @@ def _base_of(answer: object, meta: SnapshotMeta, vote: Vote) -> TreeMap | None:
         return None
     if not isinstance(offer.map, bytes) or len(offer.map) > max_tree_offer_bytes(size):
         return None
-    limit = max(MAX_OFFER_FACTOR * size, 64 * 1024 * 1024)
+    limit = max_offer_size(size)
     if not isinstance(offer.size, int) or not 0 <= offer.size <= limit:
         return None
     base = decode_tree_offer(offer.map, max_size=limit)

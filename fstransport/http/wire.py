@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import DeltaOffer, LogId, SnapshotMeta, StagedChunk, Vote
-from fstransport.protocol.delta_session import MAX_OFFER_FACTOR, max_map_bytes
+from fstransport.protocol.delta_session import max_map_bytes, max_offer_size
 
 __all__ = [
     "API_PREFIX",
@@ -303,7 +303,7 @@ def offer_cap(size: int | None, answer: int) -> int:
     the usual `answer` cap plus the base64 of the longest map of a base it would take."""
     if size is None:
         return answer
-    base = max(MAX_OFFER_FACTOR * size, 64 * 1024 * 1024)
+    base = max_offer_size(size)
     return answer + 4 * (max_map_bytes(base) // 3 + 1)
 
 

@@ -61,7 +61,6 @@ MAX_BLOCKS = 1 << 20
 """Blocks grow past 4 KiB only above 4 GiB, so that a map stays at most 8 MiB."""
 CDC_MIN, CDC_AVG, CDC_MAX = 8 * 1024, 16 * 1024, 64 * 1024
 """FastCDC sizes; pyfastcdc's real mean is about ``CDC_AVG + CDC_MIN`` (24 KiB): 0.05% map."""
-TAG_SIZE = 4
 KEY_SIZE = 16
 SEND = (1 << 64) - 1
 """The base offset of a recipe range that is sent rather than copied."""

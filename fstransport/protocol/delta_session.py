@@ -33,6 +33,7 @@ __all__ = [
     "accept_recipe",
     "check_delta_request",
     "max_map_bytes",
+    "max_offer_size",
     "max_recipe_bytes",
     "read_offer",
 ]
@@ -42,6 +43,11 @@ WIRE_MODES = ("blocks", "cdc")
 MAX_OFFER_FACTOR = 4
 """A sender takes an offered base of at most this many times its snapshot's size (and 64 MiB)."""
 _MIN_EXTENT = 4096  # the smallest block; CDC extents are at least 8 KiB but the last
+
+
+def max_offer_size(size: int) -> int:
+    """The largest base a sender of a `size`-byte snapshot takes (`MAX_OFFER_FACTOR`)."""
+    return max(MAX_OFFER_FACTOR * size, 64 * 1024 * 1024)
 
 
 def max_recipe_bytes(size: int) -> int:
@@ -148,7 +154,7 @@ def read_offer(offer: object, meta: SnapshotMeta, mode: str) -> DeltaMap | None:
         raise InvalidRequest("malformed delta offer", field="delta_map")
     if not isinstance(offer.size, int) or offer.size < 0:
         raise InvalidRequest("malformed delta offer size", field="delta_map")
-    limit = max(MAX_OFFER_FACTOR * meta.size, 64 * 1024 * 1024)
+    limit = max_offer_size(meta.size)
     if offer.size > limit or len(offer.map) > max_map_bytes(offer.size):
         return None
     base_map = decode_map(offer.map, max_size=limit)

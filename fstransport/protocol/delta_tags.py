@@ -22,7 +22,7 @@ from sys import byteorder
 
 from fstransport.messages import Buffer
 
-__all__ = ["DIGEST_SIZE", "derive_tags", "extent_digest"]
+__all__ = ["DIGEST_SIZE", "derive_tags", "extent_digest", "keyed_sha256"]
 
 DIGEST_SIZE = 32
 _TAG_SIZE = 4
@@ -33,12 +33,18 @@ def extent_digest(piece: Buffer) -> bytes:
     return hashlib.sha256(piece).digest()
 
 
+def keyed_sha256(key: bytes) -> hashlib._Hash:
+    """SHA-256 with `key` (padded to one 64-byte block) absorbed: the start of every keyed
+    hash of a transfer (copy it, then feed the extent's digest or a file's bytes)."""
+    return hashlib.sha256(key.ljust(64, b"\0"))
+
+
 def derive_tags(key: bytes, digests: Buffer) -> array[int]:
     """The tags keyed by `key` of the extents whose digests are joined in `digests`."""
     view = memoryview(digests).cast("B")
     if len(view) % DIGEST_SIZE:
         raise ValueError(f"digests come in {DIGEST_SIZE}-byte pieces")
-    keyed = hashlib.sha256(key.ljust(64, b"\0"))
+    keyed = keyed_sha256(key)
     out = bytearray(len(view) // DIGEST_SIZE * _TAG_SIZE)
     at = 0
     for start in range(0, len(view), DIGEST_SIZE):

@@ -24,7 +24,6 @@ wire forms are in `fstransport.protocol.delta_tree_wire`.
 
 from __future__ import annotations
 
-import hashlib
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,7 +39,8 @@ from fstransport.protocol.delta import (
     Recipe,
     _coalesce,
 )
-from fstransport.protocol.delta_session import MAX_OFFER_FACTOR, ReceiverDelta, max_map_bytes
+from fstransport.protocol.delta_session import ReceiverDelta, max_map_bytes, max_offer_size
+from fstransport.protocol.delta_tags import keyed_sha256
 
 __all__ = [
     "MAX_TREE_OFFER_FILES",
@@ -66,7 +66,7 @@ PIECE = 1 << 30
 def max_tree_offer_bytes(size: int) -> int:
     """The longest tree offer either end uses for a packed tree of `size` bytes: what a file's
     offer of the largest base may take (so an HTTP answer's cap holds it too)."""
-    return max_map_bytes(max(MAX_OFFER_FACTOR * size, 64 * 1024 * 1024))
+    return max_map_bytes(max_offer_size(size))
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ class FileIdentity:
     the file's bytes.  One pass at hashing speed (large pieces, not one call per block)."""
 
     def __init__(self, key: bytes) -> None:
-        self._hasher = hashlib.sha256(key.ljust(64, b"\0"))  # keyed as the block tags are
+        self._hasher = keyed_sha256(key)  # keyed as the block tags are
         self._hasher.update(_FILE_TAG)
         self.pieces: list[tuple[int, int]] = []
         """``(length, crc32c)`` of each `PIECE` of the file (the last one shorter)."""

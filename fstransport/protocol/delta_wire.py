@@ -19,7 +19,15 @@ from fstransport.protocol.delta import (
     Recipe,
 )
 
-__all__ = ["MAX_RECIPE_ENTRIES", "decode_map", "decode_recipe", "encode_map", "encode_recipe"]
+__all__ = [
+    "MAX_RECIPE_ENTRIES",
+    "decode_map",
+    "decode_recipe",
+    "encode_map",
+    "encode_recipe",
+    "u32_from_le",
+    "u32_le",
+]
 
 _MODE_CODES = {"blocks": 1, "cdc": 2}
 _MODES_BY_CODE = {code: mode for mode, code in _MODE_CODES.items()}
@@ -36,14 +44,16 @@ def _bad(message: str, what: str) -> InvalidRequest:
     return InvalidRequest(message, field=what)
 
 
-def _le(values: array[int]) -> bytes:
+def u32_le(values: array[int]) -> bytes:
+    """`values` (u32) as little-endian bytes, whatever this machine's byte order."""
     if byteorder == "big":
         values = array("I", values)
         values.byteswap()
     return values.tobytes()
 
 
-def _from_le(raw: bytes) -> array[int]:
+def u32_from_le(raw: bytes) -> array[int]:
+    """Little-endian u32 `raw` as an array in this machine's byte order."""
     values = array("I")
     values.frombytes(raw)
     if byteorder == "big":
@@ -57,7 +67,7 @@ def encode_map(delta_map: DeltaMap) -> bytes:
     columns = [delta_map.crcs, delta_map.tags]
     if delta_map.mode == "cdc":
         columns.insert(0, delta_map.lengths)
-    payload = b"".join(_le(c) for c in columns)
+    payload = b"".join(u32_le(c) for c in columns)
     flags = 0
     packed = zlib.compress(payload, 1)
     if len(packed) < len(payload) * 9 // 10:
@@ -110,7 +120,7 @@ def decode_map(raw: Buffer, *, max_size: int, max_entries: int = 4 * MAX_BLOCKS)
             raise _bad("the delta map inflates to more or less than its extents", what)
     if len(payload) != expected:
         raise _bad(f"the delta map holds {len(payload)} bytes, not {expected}", what)
-    col = [_from_le(payload[i * 4 * count : (i + 1) * 4 * count]) for i in range(columns)]
+    col = [u32_from_le(payload[i * 4 * count : (i + 1) * 4 * count]) for i in range(columns)]
     if mode == "cdc":
         lengths = col.pop(0)
         if sum(lengths) != size or (count and min(lengths) == 0):

@@ -102,19 +102,19 @@ class S3DeltaSink:
     async def verify(self, records: Sequence[ChunkRecord]) -> list[ChunkRecord]:
         return await self.spool.verify(records)
 
-    async def read_sent(self, start: int, end: int) -> bytes:
+    async def read_sent(self, start: int, end: int) -> bytearray:
         """The spooled bytes ``[start, end)``."""
         if self._fd < 0:
             raise aborted(self.url)
 
-        def read() -> bytes:
+        def read() -> bytearray:
             out = bytearray()
             while len(out) < end - start:
                 got = os.pread(self._fd, end - start - len(out), start + len(out))
                 if not got:
                     break
                 out += got
-            return bytes(out)
+            return out
 
         return await asyncio.to_thread(read)
 
@@ -273,4 +273,4 @@ async def _map(source: Any, mode: str, key: bytes) -> DeltaMap:
             with contextlib.suppress(BaseException):
                 await pending
     builder.segment()
-    return builder.finish()
+    return await asyncio.to_thread(builder.finish)  # (derives a tag per extent)

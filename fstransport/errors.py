@@ -178,7 +178,7 @@ class StorageError(FstransportError):
         if self._retryable is not None:
             return self._retryable
         cause = self.cause
-        if isinstance(cause, _PERMANENT_CAUSES) or _s3_code(cause) in PERMANENT_S3_CODES:
+        if isinstance(cause, _PERMANENT_CAUSES) or s3_error_code(cause) in PERMANENT_S3_CODES:
             return False
         return not (isinstance(cause, OSError) and cause.errno in PERMANENT_ERRNOS)
 
@@ -207,14 +207,19 @@ class SourceChanged(StorageError):
         return False
 
 
-def _s3_code(cause: BaseException | None) -> str | None:
-    """The S3 error code behind `cause` (s3fs raises an `OSError` whose ``__cause__`` is
-    botocore's ``ClientError``, with the code in ``response["Error"]["Code"]``), or None."""
-    for link in (cause, getattr(cause, "__cause__", None)):
-        response = getattr(link, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code")
-            return code if isinstance(code, str) else None
+def s3_error_code(exc: BaseException | None) -> str | None:
+    """The S3 error code behind `exc` (s3fs raises an `OSError` whose ``__cause__`` is
+    botocore's ``ClientError``, with the code in ``response["Error"]["Code"]``; a few links of
+    the ``__cause__`` chain are looked at), or None."""
+    seen = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        if isinstance(code, str):
+            return code
+        seen = seen.__cause__
     return None
 
 

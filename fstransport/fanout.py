@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -95,7 +95,8 @@ class _Progress:
 
     def __init__(self, progress: ProgressCallback | None, targets: int) -> None:
         self.progress = progress
-        self.skip = getattr(progress, "skip", None)
+        skip = getattr(progress, "skip", None)
+        self.skip: Callable[[int], object] | None = skip if callable(skip) else None
         self.done = [0] * targets
         self.held = [0] * targets
         self.live = set(range(targets))
@@ -121,8 +122,8 @@ class _Progress:
         if gain <= 0:
             return
         held = min(self.held[i] for i in self.live) - self.reported_held
-        skipped = min(max(0, held), gain) if callable(self.skip) else 0
-        if skipped and callable(self.skip):
+        skipped = min(max(0, held), gain) if self.skip is not None else 0
+        if skipped and self.skip is not None:
             self.skip(skipped)
             self.reported_held += skipped
         if gain > skipped:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fstransport.cli.errors import UsageError, reason
 from fstransport.errors import FstransportError
-from fstransport.options import KiB, MiB, TransferOptions
+from fstransport.options import MAX_COPY_OBJECT, KiB, MiB, TransferOptions
 from fstransport.units import format_size, parse_bandwidth, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def _bounded_size(low: int, high: int | None) -> Callable[[str], int]:
 chunk_size_arg = _bounded_size(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
 part_size_arg = _bounded_size(MIN_PART_SIZE, MAX_CHUNK_SIZE)
 positive_size_arg = _bounded_size(1, None)
-copy_cutoff_arg = _bounded_size(0, MAX_CHUNK_SIZE)
+copy_cutoff_arg = _bounded_size(0, MAX_COPY_OBJECT)
 """``--copy-cutoff``: up to 5 GiB, S3's limit for one ``CopyObject``."""
 
 

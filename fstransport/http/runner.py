@@ -153,6 +153,9 @@ class ConnectionCap:
 
     def __call__(self, handler: Any, transport: asyncio.Transport) -> None:
         self._register(handler, transport)
+        open_now = len(self._server.connections)
+        if open_now < self._limit and (self._per_peer is None or open_now <= self._per_peer):
+            return  # far from both limits (no peer can hold more than are open): no walk
         connections = [h for h in self._server.connections if h.transport not in self._leaving]
         peer = _peer(transport)
         mine = [h for h in connections if _peer(h.transport) == peer] if peer else []

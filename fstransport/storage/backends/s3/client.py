@@ -15,7 +15,7 @@ import copy
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fstransport.errors import SourceChanged, StorageError
+from fstransport.errors import SourceChanged, StorageError, s3_error_code
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
 
@@ -135,15 +135,7 @@ def crc32c_header(crc: int) -> str:
 def precondition_failed(exc: BaseException) -> bool:
     """Whether `exc` (or what it was made from) is S3's 412 PreconditionFailed answer: an
     ``If-Match`` / ``x-amz-copy-source-if-match`` that no longer holds."""
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            break
-        error = (getattr(seen, "response", None) or {}).get("Error", {})
-        if error.get("Code") in ("PreconditionFailed", "412"):
-            return True
-        seen = seen.__cause__
-    return False
+    return s3_error_code(exc) in ("PreconditionFailed", "412")
 
 
 def check_etag(response: dict[str, Any], etag: str | None, subject: str) -> None:

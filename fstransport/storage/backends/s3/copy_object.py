@@ -32,6 +32,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from fstransport.errors import SourceChanged
+from fstransport.storage.backends.s3.upload import etag_of
 
 if TYPE_CHECKING:
     from fstransport.storage.backends.s3.copy import CopyResult, S3Object, _Copy
@@ -47,7 +48,7 @@ _OPAQUE_ENCRYPTION = ("aws:kms", "aws:kms:dsse", "SSE-C")
 
 def plain_etag(value: object) -> str:
     """An ETag without its quotes (moto quotes the ETag of a copy's answer, Ceph RGW does not)."""
-    return str(value or "").strip().strip('"').lower()
+    return etag_of(value).lower()
 
 
 def encryption_of(answer: dict[str, Any]) -> str | None:

@@ -222,10 +222,10 @@ class RelayNetwork:
         self, ticket: int, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
         ref_req = req if req.staged is not None else await self._shared.stage(staged, req, id(self))
+        await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
         # the final chunk's manifest is written while the receiver fetches it (`_after`)
         commit = self._shared.commit(staged, req.meta, req.vote) if req.done else None
         committing = None if commit is None else asyncio.ensure_future(commit)
-        await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
         try:
             response = await _after(committing, self.inner.install_snapshot(ref_req, option))
         except RemoteError as exc:

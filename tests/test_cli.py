@@ -160,6 +160,14 @@ def test_ship_json(tmp_path: Path) -> None:
             "argument --min-body-rate: not a rate: 'fast'",
         ),
         (
+            ("serve", "/tmp/r", "--no-auth", "--min-body-rate", "0.5B"),
+            "argument --min-body-rate: must be 0 or at least 1 byte per second",
+        ),
+        (
+            ("serve", "/tmp/r", "--no-auth", "--min-body-rate", "1bit"),
+            "argument --min-body-rate: must be 0 or at least 1 byte per second",
+        ),
+        (
             ("ship", "a", "b", "--via", "http://127.0.0.1:1", "--cafile", "ca.pem"),
             "--cafile needs an https:// --via URL",
         ),
@@ -373,3 +381,16 @@ def test_ctrl_c_stops_the_moto_server_quietly() -> None:
     assert proc.returncode == 130
     assert "Traceback" not in err
     assert "KeyboardInterrupt" not in err
+
+
+@pytest.mark.parametrize("zero", ["0", "0B", "0B/s", "0KiB", "0 MiB/s", "0Mbit", "0.0GiB"])
+def test_min_body_rate_takes_zero_in_any_spelling_of_a_rate(zero: str) -> None:
+    import argparse
+
+    from fstransport.cli.args import min_body_rate_arg
+
+    assert min_body_rate_arg(zero) == 0
+    with pytest.raises(argparse.ArgumentTypeError, match="not a rate"):
+        min_body_rate_arg(zero + "x")
+    assert min_body_rate_arg("16B/s") == 16
+    assert min_body_rate_arg("8bit") == 1

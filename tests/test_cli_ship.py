@@ -284,6 +284,27 @@ def test_resumed_run_says_what_it_did_not_send(tmp_path: Path) -> None:
     assert json.loads(json_run.stdout)["bytes_skipped"] == 0
 
 
+def test_a_delta_run_says_reused_not_resumed(tmp_path: Path) -> None:
+    """A target that holds an older version: the report names the bytes taken from it as
+    reused (a delta), not as a resumed transfer, and the JSON report agrees."""
+    data = bytearray(payload(1 * MiB, seed=7))
+    (tmp_path / "b.bin").write_bytes(data)
+    data[4096:8192] = bytes(4096)  # one page changed
+    (tmp_path / "a.bin").write_bytes(data)
+    small = ("--chunk-size", "64KiB")  # a delta is tried for more than one chunk
+    result = run_in(tmp_path, "ship", "a.bin", "b.bin", *small)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "b.bin").read_bytes() == data
+    text = result.stdout.decode()
+    assert "reused" in text
+    assert "resumed" not in text
+    (tmp_path / "c.bin").write_bytes(payload(1 * MiB, seed=7))
+    report = json.loads(run_in(tmp_path, "ship", "a.bin", "c.bin", *small, "--json").stdout)
+    assert report["bytes_reused"] >= 1 * MiB - 8192
+    # every reused byte was skipped, but the final byte, which the last chunk always carries
+    assert report["bytes_reused"] - report["bytes_skipped"] in (0, 1)
+
+
 def test_retries_are_shown_on_verbose_only(tmp_path: Path) -> None:
     """(On virtual time: the backoffs before giving up take no real seconds.)"""
     (tmp_path / "a.bin").write_bytes(payload(1000))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -110,30 +111,46 @@ def positive_duration_arg(text: str) -> float:
     return value
 
 
-def bwlimit_arg(text: str) -> int:
-    """``--bwlimit``: bytes per second, as a size (``20MiB``, ``20MiB/s``, ``512KiB``, bare
-    bytes) or a link speed in bits (``100Mbit``)."""
+def _rate(text: str) -> float:
+    """A rate as ``--bwlimit`` reads it, in bytes per second (0 allowed here)."""
     plain = text.strip().removesuffix("/s")
     try:
-        rate = float(parse_size(plain))
+        return float(parse_size(plain))
     except FstransportError:
         try:
-            rate = parse_bandwidth(text)
+            return parse_bandwidth(text)
         except FstransportError:
             raise argparse.ArgumentTypeError(
                 f"not a rate: {text!r} (try 20MiB, 20MiB/s, 512KiB or 100Mbit)"
             ) from None
+
+
+def bwlimit_arg(text: str) -> int:
+    """``--bwlimit``: bytes per second, as a size (``20MiB``, ``20MiB/s``, ``512KiB``, bare
+    bytes) or a link speed in bits (``100Mbit``)."""
+    rate = _rate(text)
     if rate < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 byte per second, got {text}")
     return int(rate)
 
 
 def min_body_rate_arg(text: str) -> int:
-    """``serve --min-body-rate``: a rate as for ``--bwlimit``, or 0 (only a body that stops
-    altogether for a whole ``--idle-timeout`` is cut off)."""
-    if text.strip().removesuffix("/s") in {"0", "0B"}:
+    """``serve --min-body-rate``: a rate as for ``--bwlimit``, or zero in any of its spellings
+    (``0``, ``0B/s``, ``0KiB``, ``0Mbit``): then only a body that stops altogether for a whole
+    ``--idle-timeout`` is cut off."""
+    number = re.match(r"^\s*\d+(?:\.\d*)?", text)
+    if number is not None and float(number.group()) == 0:
+        try:  # the unit must still be one a rate may have
+            _rate("1" + text[number.end() :])
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"not a rate: {text!r} (try 0, 20MiB/s or 100Mbit)"
+            ) from None
         return 0
-    return bwlimit_arg(text)
+    rate = _rate(text)
+    if rate < 1:
+        raise argparse.ArgumentTypeError(f"must be 0 or at least 1 byte per second, got {text}")
+    return int(rate)
 
 
 def positive_int(text: str) -> int:

@@ -37,10 +37,18 @@ def print_report(
         f"  throughput  {format_rate(report.throughput)}",
         f"  checksum    {report.checksum}",
     ]
-    if report.bytes_skipped:
+    # a delta's reused ranges are skipped too; the final byte is sent even where reused
+    resumed = max(0, report.bytes_skipped - report.bytes_reused)
+    if report.bytes_reused:
         lines.insert(
             3,
-            f"  resumed     {format_size(report.bytes_skipped)} ({report.bytes_skipped} bytes) "
+            f"  reused      {format_size(report.bytes_reused)} ({report.bytes_reused} bytes) "
+            "taken from the snapshot the target held (delta), not sent",
+        )
+    if resumed:
+        lines.insert(
+            3,
+            f"  resumed     {format_size(resumed)} ({resumed} bytes) "
             "were already there and not sent again",
         )
     if report.targets or report.bytes_uploaded:

@@ -19,12 +19,12 @@ import asyncio
 import math
 import random
 from dataclasses import dataclass, replace
-from typing import Any
 
 from fstransport.errors import ConfigurationError, PayloadTooLarge, Timeout
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, contiguous
 from fstransport.network.base import Network, carries_delta
 from fstransport.options import TransferOptions
+from fstransport.tasks import retrieve_exception
 
 __all__ = ["FaultStats", "FaultyNetwork"]
 
@@ -320,7 +320,7 @@ class FaultyNetwork:
         except BaseException:
             first.cancel()
             second.cancel()
-            first.add_done_callback(_retrieve)
+            first.add_done_callback(retrieve_exception)
             raise
         return first.result()
 
@@ -331,11 +331,6 @@ class FaultyNetwork:
             await self._deliver(req, option)
         except Exception:
             self.stats.duplicate_errors += 1
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # mark it retrieved: the caller was cancelled and will never look
 
 
 def _flip_bit(req: InstallSnapshotRequest, bit: int) -> InstallSnapshotRequest:

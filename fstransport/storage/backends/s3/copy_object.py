@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from fstransport.errors import SourceChanged
 from fstransport.storage.backends.s3.upload import etag_of
+from fstransport.tasks import retrieve_exception
 
 if TYPE_CHECKING:
     from fstransport.storage.backends.s3.copy import CopyResult, S3Object, _Copy
@@ -88,7 +89,7 @@ async def copy_whole(job: _Copy, settle_timeout: float) -> CopyResult:
             ChecksumAlgorithm="CRC32C",
         )
     )
-    request.add_done_callback(_consume)
+    request.add_done_callback(retrieve_exception)
     try:
         answer = await asyncio.shield(request)
     except asyncio.CancelledError:
@@ -138,9 +139,3 @@ async def _settle(job: _Copy, request: asyncio.Future[Any], timeout: float) -> N
 async def _remove(job: _Copy, verb: str) -> None:
     with contextlib.suppress(Exception):  # never leave a copy that is known wrong
         await job.call(verb, "delete_object")
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned request's exception, so that asyncio does not log it as lost."""
-    if not task.cancelled():
-        task.exception()

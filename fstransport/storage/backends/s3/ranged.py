@@ -43,6 +43,7 @@ from fstransport.protocol.parts import HandedOver
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage.backends.s3.pinned import PinnedObject
 from fstransport.storage.backends.s3.stream import S3StreamSource
+from fstransport.tasks import retrieve_exception
 
 __all__ = [
     "DEFAULT_RANGED_THRESHOLD",
@@ -140,7 +141,7 @@ class S3RangedSource:
                 break
             if number not in self._parts and not self._closed:
                 task = asyncio.ensure_future(self._fetch(number))
-                task.add_done_callback(_retrieve)
+                task.add_done_callback(retrieve_exception)
                 self._parts[number] = task
         self.max_held = max(self.max_held, self._held())
         self._changed.set()
@@ -302,9 +303,3 @@ class S3RangedSource:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._changed.set()
         await close_async_filesystem(self._object.fs)
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark a prefetch's failure as seen: the read that needs the part raises it."""
-    if not task.cancelled():
-        task.exception()

@@ -140,6 +140,32 @@ async def test_copy_object_up_to_the_cutoff_parts_above(
     assert keys(s3_client, s3_bucket) == ["copy.bin", "src.bin"]
 
 
+@pytest.mark.parametrize(
+    ("size", "whole"), [(1, True), (CUTOFF + 1, False)], ids=["whole", "parts"]
+)
+async def test_only_one_copy_object_keeps_the_sources_metadata(
+    size: int, whole: bool, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """What ``docs/s3.md`` says: one ``CopyObject`` copies the object with its user metadata
+    and Content-Type (S3's ``MetadataDirective=COPY``); a copy by parts makes a new object
+    from the bytes alone, as every other ``ship`` does."""
+    s3_client.put_object(
+        Bucket=s3_bucket,
+        Key="src.bin",
+        Body=payload(size, seed=5),
+        Metadata={"origin": "leader-3"},
+        ContentType="application/x-snapshot",
+    )
+    await copy_within(s3_bucket, s3_storage_options)
+    head = s3_client.head_object(Bucket=s3_bucket, Key="copy.bin")
+    if whole:
+        assert head["Metadata"] == {"origin": "leader-3"}
+        assert head["ContentType"] == "application/x-snapshot"
+    else:
+        assert head["Metadata"] == {}
+        assert head["ContentType"] != "application/x-snapshot"
+
+
 async def test_copy_of_a_multipart_source(
     s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any, s3_flavor: S3Flavor
 ) -> None:

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fstransport.delta.tree_bases import PIECE
-from fstransport.errors import SourceChanged
+from fstransport.errors import InvalidRequest, SourceChanged
 from fstransport.messages import SnapshotMeta
 from fstransport.options import RetryPolicy
 from fstransport.storage.backends.s3.client import (
@@ -114,6 +114,23 @@ def _s3_reader(
     return read
 
 
+def _manifest_files(raw: bytes) -> tuple[str, list[tuple[str, int]]] | None:
+    """The generation and the non-empty files ``(path, size)`` a manifest names; None when it
+    is not a manifest as `tree_manifest` writes them (a bucket is anyone's to write)."""
+    try:
+        manifest = json.loads(raw)
+        generation, listed = manifest["generation"], manifest["files"]
+        if not isinstance(generation, str) or "/" in generation or not isinstance(listed, list):
+            return None
+        check_tree_path(generation)
+        files = [(check_tree_path(entry[0]), entry[1]) for entry in listed]
+    except (ValueError, TypeError, LookupError, InvalidRequest):
+        return None
+    if not all(type(size) is int and size >= 0 for _, size in files):
+        return None
+    return generation, [(path, size) for path, size in files if size]
+
+
 async def s3_tree(snapshot_id: str, fs: Any, tree_path: str, retry: RetryPolicy) -> BaseTree | None:
     """The tree installed at ``bucket/key`` `tree_path` as a base tree (its files pinned by the
     ETags a listing gives them; `BaseTree.pin` maps each path to its `S3Object`), read with
@@ -126,24 +143,21 @@ async def s3_tree(snapshot_id: str, fs: Any, tree_path: str, retry: RetryPolicy)
     async with answer["Body"] as body:
         if int(answer.get("ContentLength") or 0) > 2 * MAX_TABLE_SIZE:
             return None  # (no manifest of ours is that long)
-        manifest = json.loads(await body.read())
-    generation = manifest.get("generation") if isinstance(manifest, dict) else None
-    listed = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(generation, str) or "/" in generation or not isinstance(listed, list):
+        found = _manifest_files(await body.read())
+    if found is None:
+        log.info("tree %s: its manifest is not one of ours: no base", tree_path)
         return None
+    generation, listed = found
     prefix = f"{key}/{generation}/"
     objects = await list_objects(fs, bucket, prefix)
     files, pins = [], {}
-    for entry in listed:
-        path, size = str(check_tree_path(entry[0])), int(entry[1])
-        if not size:
-            continue
-        found = objects.get(prefix + path)
-        if found is None or found[0] != size or not found[1]:
+    for path, size in listed:
+        held = objects.get(prefix + path)
+        if held is None or held[0] != size or not held[1]:
             log.info("tree %s: %r is not in its generation as listed: no base", tree_path, path)
             return None
         files.append((path, size))
-        pins[path] = S3Object(bucket, prefix + path, size, found[1], None)
+        pins[path] = S3Object(bucket, prefix + path, size, held[1], None)
     read = _s3_reader(fs, pins, asyncio.get_running_loop(), retry)
     return BaseTree(snapshot_id, tuple(files), f"{bucket}/{prefix.rstrip('/')}", read, pins)
 

@@ -40,6 +40,8 @@ from fstransport.tree.table import (
 
 __all__ = ["S3TreeBuild", "build_s3_tree"]
 
+SETTLE = 30.0
+"""Seconds a cancelled build waits for the answer to a request creating an upload, to abort it."""
 ReadSent = Callable[[int, int], Awaitable[Buffer]]
 """``read_sent(start, end)``: the spooled bytes of the packed stream's sent range."""
 
@@ -226,9 +228,20 @@ class _Run:
         self, entry: TreeFile, recipe: Recipe, plan: list[Part], read_sent: ReadSent, key: str
     ) -> None:
         target: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
-        created = await self.call(
-            "create upload", "create_multipart_upload", ChecksumAlgorithm="CRC32C", **target
+        creating = asyncio.ensure_future(
+            self.call(
+                "create upload", "create_multipart_upload", ChecksumAlgorithm="CRC32C", **target
+            )
         )
+        try:
+            created = await asyncio.shield(creating)
+        except asyncio.CancelledError:  # the upload may exist already: wait for it, abort it
+            done, _ = await asyncio.wait({creating}, timeout=SETTLE)
+            if done and not creating.cancelled() and creating.exception() is None:
+                upload_id = creating.result()["UploadId"]
+                with contextlib.suppress(Exception):
+                    await self.fs._call_s3("abort_multipart_upload", UploadId=upload_id, **target)
+            raise
         upload: dict[str, Any] = {"UploadId": str(created["UploadId"]), **target}
         sent: list[tuple[int, int, int]] = []
         listed: list[dict[str, Any]] = []

@@ -17,10 +17,12 @@ import pytest
 from fstransport import TransferOptions
 from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.delta.tree_s3 import s3_tree
-from fstransport.errors import SourceChanged
+from fstransport.delta.tree_s3_build import build_s3_tree
+from fstransport.errors import ChecksumMismatch, InvalidRequest, SourceChanged
 from fstransport.messages import SnapshotMeta, Vote
 from fstransport.network.loopback import LoopbackNetwork
-from fstransport.options import KiB, MiB
+from fstransport.options import KiB, MiB, RetryPolicy
+from fstransport.protocol.delta import SEND, Recipe, build_map, new_key
 from fstransport.receiver import Receiver
 from fstransport.sender import send_source
 from fstransport.storage.backends.s3 import S3Backend
@@ -33,6 +35,7 @@ from tests.test_delta_tree import write_tree
 
 Tree = dict[str, bytes]
 OPTIONS = TransferOptions(chunk_size=256 * KiB)
+FAST = RetryPolicy(max_attempts=2, initial_backoff=0.0, jitter=0.0)
 
 
 def installed(client: Any, bucket: str, prefix: str) -> Tree:
@@ -245,3 +248,63 @@ async def send_named(receiver: Receiver, folder: Path, snapshot_id: str) -> Any:
         await install
     assert result.completed
     return result
+
+
+async def packed_stream(folder: Path, files: Tree) -> bytes:
+    write_tree(folder, files)
+    source = await open_tree_source(str(folder))
+    try:
+        return bytes(await source.read(0, source.size))
+    finally:
+        await source.close()
+
+
+@pytest.mark.parametrize("lie", ["header copied", "table lies", "whole checksum"])
+async def test_a_tree_built_on_s3_is_checked_before_anything_can_be_named(
+    lie: str, tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """`build_s3_tree` on hostile input: a recipe that copies the header (it must be sent),
+    a table whose CRC32C of a file is not its bytes', a stream whose whole CRC32C is not the
+    snapshot's: refused, and the new generation's files are gone again."""
+    manifest = {"generation": "g-1", "files": [["a", 64, "crc32c:00000000"]]}
+    s3_client.put_object(Bucket=s3_bucket, Key=f"t/x/{MANIFEST_NAME}", Body=json.dumps(manifest))
+    s3_client.put_object(Bucket=s3_bucket, Key="t/x/g-1/a", Body=b"b" * 64)
+    packed = await packed_stream(tmp_path / "new", {"a": b"a" * 64, "sub/c": b"c" * 3000})
+    expected = chunk_crc(packed)
+    recipe = Recipe(len(packed), 64, ((len(packed), SEND),))
+    if lie == "header copied":
+        recipe = Recipe(len(packed), 64, ((16, 0), (len(packed) - 16, SEND)))
+    elif lie == "table lies":
+        crc = format_checksum(chunk_crc(b"c" * 3000)).encode()
+        packed = packed.replace(crc, crc[:-8] + b"0badf00d")
+        expected = chunk_crc(packed)
+    else:
+        expected ^= 1
+
+    async def read_sent(start: int, end: int) -> bytes:
+        return packed[start:end]
+
+    store = FsspecSnapshotStore(f"s3://{s3_bucket}/t", **s3_storage_options)
+    try:
+        backend = store.backend
+        assert isinstance(backend, S3Backend)
+        fs = await backend.client()
+        base = await s3_tree("x", fs, f"{s3_bucket}/t/x", store.retry)
+        assert base is not None
+        with pytest.raises((InvalidRequest, ChecksumMismatch)) as raised:
+            await build_s3_tree(
+                fs,
+                final=f"{s3_bucket}/t/new",
+                base=base,
+                base_map=build_map("blocks", b"b" * 64, key=new_key()),
+                recipe=recipe,
+                read_sent=read_sent,
+                expected_crc=expected,
+                retry=FAST,
+            )
+    finally:
+        await store.close()
+    wanted = InvalidRequest if lie == "header copied" else ChecksumMismatch
+    assert isinstance(raised.value, wanted)
+    assert [k for k in keys(s3_client, s3_bucket) if k.startswith("t/new")] == []
+    assert uploads(s3_client, s3_bucket) == []

@@ -26,7 +26,7 @@ from fstransport.storage.backends.s3.client import (
     precondition_failed,
     split_bucket_key,
 )
-from fstransport.storage.backends.s3.copy import S3Object
+from fstransport.storage.backends.s3.copy import S3Object, gather_all
 from fstransport.storage.backends.s3.copy_object import encryption_of, same_version
 from fstransport.storage.base import BaseTree
 from fstransport.tree.install import TREE_UPLOADS, new_generation
@@ -40,6 +40,8 @@ from fstransport.tree.table import (
 
 __all__ = ["S3TreeBuild", "build_s3_tree"]
 
+PART_SLOTS = 4
+"""Parts of one file's upload in flight at once (files go 8 at a time besides)."""
 SETTLE = 30.0
 """Seconds a cancelled build waits for the answer to a request creating an upload, to abort it."""
 ReadSent = Callable[[int, int], Awaitable[Buffer]]
@@ -244,9 +246,11 @@ class _Run:
             raise
         upload: dict[str, Any] = {"UploadId": str(created["UploadId"]), **target}
         sent: list[tuple[int, int, int]] = []
-        listed: list[dict[str, Any]] = []
-        try:
-            for number, part in enumerate(plan, start=1):
+        listed: dict[int, dict[str, Any]] = {}
+        slots = asyncio.Semaphore(PART_SLOTS)
+
+        async def one(number: int, part: Part) -> None:
+            async with slots:
                 if part.base is not None:
                     pin, at = self.pin_of(part.base)
                     answer = await self.call(
@@ -260,9 +264,9 @@ class _Run:
                         **upload,
                     )
                     etag = str((answer.get("CopyPartResult") or {})["ETag"])
-                    listed.append({"PartNumber": number, "ETag": etag})
+                    listed[number] = {"PartNumber": number, "ETag": etag}
                     self.build.bytes_copied += part.length
-                    continue
+                    return
                 data = await self.body(entry, recipe, part, read_sent, sent)
                 header = crc32c_header(chunk_crc(data))
                 answer = await self.call(
@@ -273,12 +277,14 @@ class _Run:
                     ChecksumCRC32C=header,
                     **upload,
                 )
-                listed.append(
-                    {"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC32C": header}
-                )
+                etag = str(answer["ETag"])
+                listed[number] = {"PartNumber": number, "ETag": etag, "ChecksumCRC32C": header}
                 self.build.bytes_uploaded += len(data)
+
+        try:
+            await gather_all([one(n, p) for n, p in enumerate(plan, start=1)])
             self.check(entry, uploaded_crc(recipe, self.base_map, sent))
-            parts = {"Parts": listed}
+            parts = {"Parts": [listed[n] for n in sorted(listed)]}
             await self.call(
                 "complete upload", "complete_multipart_upload", MultipartUpload=parts, **upload
             )

@@ -19,6 +19,7 @@ from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.delta.tree_s3 import s3_tree
 from fstransport.delta.tree_s3_build import build_s3_tree
 from fstransport.errors import ChecksumMismatch, InvalidRequest, SourceChanged
+from fstransport.http.client import HttpNetwork
 from fstransport.messages import SnapshotMeta, Vote
 from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import KiB, MiB, RetryPolicy
@@ -27,11 +28,15 @@ from fstransport.receiver import Receiver
 from fstransport.sender import send_source
 from fstransport.storage.backends.s3 import S3Backend
 from fstransport.storage.store import FsspecSnapshotStore
+from fstransport.testing import S3TestServer
 from fstransport.transfer import ship
 from fstransport.tree import MANIFEST_NAME, TREE, open_tree_source
 from tests.helpers import keys, object_bytes, s3_calls, uploads
 from tests.test_delta_s3 import Uploaded, spools
 from tests.test_delta_tree import write_tree
+from tests.test_http_e2e import SHIP_TIMEOUT, TOKEN, StartServer, serve
+
+__all__ = ["serve"]  # the fixture, used by name
 
 Tree = dict[str, bytes]
 OPTIONS = TransferOptions(chunk_size=256 * KiB)
@@ -307,4 +312,33 @@ async def test_a_tree_built_on_s3_is_checked_before_anything_can_be_named(
     wanted = InvalidRequest if lie == "header copied" else ChecksumMismatch
     assert isinstance(raised.value, wanted)
     assert [k for k in keys(s3_client, s3_bucket) if k.startswith("t/new")] == []
+    assert uploads(s3_client, s3_bucket) == []
+
+
+async def test_a_tree_delta_onto_s3_through_a_server_process(
+    serve: StartServer, tmp_path: Path, s3_server: S3TestServer, s3_bucket: str, s3_client: Any
+) -> None:
+    """Over HTTP to a real ``fstransport serve`` whose store is the bucket: the offer, the
+    request for the changed files' extents and the recipe cross the wire."""
+    old, new = old_and_new(5)
+    folder = tmp_path / "tree"
+    server = serve(
+        f"s3://{s3_bucket}/received",
+        "--endpoint-url",
+        s3_server.endpoint_url,
+        "--token",
+        TOKEN,
+        env=s3_server.env,
+    )
+    async with HttpNetwork(server.url, token=TOKEN) as net:
+        write_tree(folder, old)
+        await asyncio.wait_for(ship(str(folder), "ckpt", network=net, options=OPTIONS), 120)
+        write_tree(folder, new)
+        report = await asyncio.wait_for(
+            ship(str(folder), "ckpt", network=net, options=OPTIONS), SHIP_TIMEOUT
+        )
+    assert installed(s3_client, s3_bucket, "received/ckpt") == new
+    assert report.bytes_reused > 12 * MiB
+    assert report.bytes_sent < 200 * KiB  # the new and changed files, table, offer, recipe
+    assert len(generations(s3_client, s3_bucket, "received/ckpt")) == 1
     assert uploads(s3_client, s3_bucket) == []

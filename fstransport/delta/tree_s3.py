@@ -7,7 +7,8 @@ file is pinned by the ETag the listing gave it.  Every read of a base file for t
 identity, its extents) is a GET with ``If-Match`` on that ETag; a file missing from the
 listing or of another size means no base.
 
-**The new tree** is written as a new generation, file by file (`build_s3_tree`), from the
+**The new tree** is written as a new generation, file by file (`build_s3_tree`, in
+`fstransport.delta.tree_s3_build`), from the
 recipe of the packed stream, whose sent ranges wait in the stream's spool (`S3DeltaSink`):
 
 - a file that is one whole base file (unchanged, renamed or moved) is one ``CopyObject``

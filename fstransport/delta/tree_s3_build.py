@@ -338,13 +338,13 @@ async def build_s3_tree(
     build = S3TreeBuild(final, new_generation(), head, table)
     run = _Run(fs, build, base, base_map, retry)
     targets = recipe.targets()
-    slots = asyncio.Semaphore(TREE_UPLOADS)
+    entries = iter(table.files)
 
-    async def one(entry: TreeFile) -> None:
-        async with slots:
+    async def worker() -> None:
+        for entry in entries:  # (one iterator: each file is taken by one worker)
             await run.file(entry, run.pieces(entry, targets), read_sent)
 
-    tasks = [asyncio.ensure_future(one(entry)) for entry in table.files]
+    tasks = [asyncio.ensure_future(worker()) for _ in range(TREE_UPLOADS)]
     try:
         await asyncio.gather(*tasks)
         crc = chunk_crc(head)

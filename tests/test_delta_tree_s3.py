@@ -111,8 +111,9 @@ async def test_a_tree_delta_onto_s3_copies_what_the_base_holds(
     assert spools() == []
 
 
-async def test_a_base_file_replaced_after_the_offer_is_never_installed(
-    tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+@pytest.mark.parametrize("how", ["replaced", "removed"])
+async def test_a_base_file_changed_after_the_offer_is_never_installed(
+    how: str, tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
 ) -> None:
     old, new = old_and_new(2)
     folder, target = tmp_path / "tree", f"s3://{s3_bucket}/trees/ckpt"
@@ -126,9 +127,11 @@ async def test_a_base_file_replaced_after_the_offer_is_never_installed(
     async def swap_at_first_copy(method: str, kwargs: dict[str, Any]) -> None:
         if method in ("copy_object", "upload_part_copy") and not replaced.is_set():
             replaced.set()
-            await asyncio.to_thread(
-                s3_client.put_object, Bucket=s3_bucket, Key=victim, Body=swapped
-            )
+            if how == "removed":
+                await asyncio.to_thread(s3_client.delete_object, Bucket=s3_bucket, Key=victim)
+                return
+            put = s3_client.put_object
+            await asyncio.to_thread(put, Bucket=s3_bucket, Key=victim, Body=swapped)
 
     write_tree(folder, new)
     with s3_calls(before=swap_at_first_copy):
@@ -139,6 +142,24 @@ async def test_a_base_file_replaced_after_the_offer_is_never_installed(
     assert uploads(s3_client, s3_bucket) == []
     assert len(generations(s3_client, s3_bucket, "trees/ckpt")) == 1
     assert spools() == []
+
+
+async def test_an_unchanged_tree_onto_s3_uploads_nothing_but_its_manifest(
+    tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    old, _ = old_and_new(6)
+    folder, target = tmp_path / "tree", f"s3://{s3_bucket}/trees/ckpt"
+    write_tree(folder, old)
+    await ship(str(folder), target, options=OPTIONS, target_options=s3_storage_options)
+    count = Uploaded()
+    with s3_calls(before=count.before) as calls:
+        report = await ship(str(folder), target, options=OPTIONS, target_options=s3_storage_options)
+    manifest = object_bytes(s3_client, s3_bucket, f"trees/ckpt/{MANIFEST_NAME}")
+    assert installed(s3_client, s3_bucket, "trees/ckpt") == old
+    assert count.uploaded == len(manifest)  # (its one PUT)
+    assert calls["copy_object"] == len(old)
+    assert report.bytes_sent < 8 * KiB  # the table, the identities' offer, the recipe
+    assert uploads(s3_client, s3_bucket) == []
 
 
 async def test_a_cancel_mid_assembly_leaves_nothing(

@@ -115,8 +115,9 @@ class _Run:
         ones split where the base stream passes from one base file to the next."""
         out: list[tuple[int, int]] = []
         start, end = entry.offset, entry.offset + entry.size
-        i = max(bisect.bisect_right(targets, (start, SEND, SEND)) - 1, 0)
-        for at, length, base in targets[i:]:
+        first_range = max(bisect.bisect_right(targets, (start, SEND, SEND)) - 1, 0)
+        for i in range(first_range, len(targets)):
+            at, length, base = targets[i]
             if at >= end:
                 break
             a, b = max(at, start), min(at + length, end)

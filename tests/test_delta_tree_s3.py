@@ -24,6 +24,7 @@ from fstransport.messages import SnapshotMeta, Vote
 from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import KiB, MiB, RetryPolicy
 from fstransport.protocol.delta import SEND, Recipe, build_map, new_key
+from fstransport.protocol.receiver import ReceiverLimits
 from fstransport.receiver import Receiver
 from fstransport.sender import send_source
 from fstransport.storage.backends.s3 import S3Backend
@@ -363,3 +364,29 @@ async def test_a_tree_delta_onto_s3_through_a_server_process(
     assert report.bytes_sent < 200 * KiB  # the new and changed files, table, offer, recipe
     assert len(generations(s3_client, s3_bucket, "received/ckpt")) == 1
     assert uploads(s3_client, s3_bucket) == []
+
+
+async def test_a_table_longer_than_the_build_takes_is_sent_in_full(
+    tmp_path: Path,
+    s3_bucket: str,
+    s3_storage_options: dict[str, Any],
+    s3_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The build takes at most `ReceiverLimits`' default number of files (it runs before the
+    receiver's own table check); a longer table falls back to a full transfer, not an error."""
+    import fstransport.delta.tree_s3_build as build
+
+    old, new = old_and_new(7)
+    folder, target = tmp_path / "tree", f"s3://{s3_bucket}/trees/ckpt"
+    write_tree(folder, old)
+    await ship(str(folder), target, options=OPTIONS, target_options=s3_storage_options)
+    monkeypatch.setattr(build, "ReceiverLimits", lambda: ReceiverLimits(max_tree_files=3))
+    write_tree(folder, new)
+    with s3_calls() as calls:
+        report = await ship(str(folder), target, options=OPTIONS, target_options=s3_storage_options)
+    assert installed(s3_client, s3_bucket, "trees/ckpt") == new
+    assert report.bytes_reused == 0
+    assert calls["copy_object"] == 0
+    assert uploads(s3_client, s3_bucket) == []
+    assert len(generations(s3_client, s3_bucket, "trees/ckpt")) == 1

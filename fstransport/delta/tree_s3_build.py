@@ -80,7 +80,13 @@ async def _head(recipe: Recipe, size: int, read_sent: ReadSent) -> tuple[bytes, 
     if HEADER_SIZE + length > sent_to:
         raise InvalidRequest("a tree recipe must send the table", field="recipe")
     table = bytes(await read_sent(HEADER_SIZE, HEADER_SIZE + length))
-    return header + table, parse_table(table, size, ReceiverLimits().max_tree_files)
+    parsed = parse_table(table, size, None)  # (bounded by MAX_TABLE_SIZE)
+    most = ReceiverLimits().max_tree_files
+    if most is not None and len(parsed.files) > most:  # not built file by file: sent in full,
+        raise SourceChanged(  # then checked against the receiver's own limit
+            "tree delta", "build", ValueError(f"{len(parsed.files)} files are more than {most}")
+        )
+    return header + table, parsed
 
 
 class _Run:

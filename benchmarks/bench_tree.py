@@ -5,13 +5,15 @@ Run from the repository root (needs ``pip install -e .``)::
 
     flock /tmp/fstransport-bench.lock python benchmarks/bench_tree.py [--files 1000] [--rounds 3]
     flock /tmp/fstransport-bench.lock python benchmarks/bench_tree.py --sst [--sst-size 1MiB]
+    flock /tmp/fstransport-bench.lock python benchmarks/bench_tree.py --sst --s3 [--rounds 3]
 
 ``--sst``: a folder of 200 SST-like files (random bytes, ``--sst-size`` each) is installed at
 the receiver; the new folder has 5% of them removed and 10% new ones added (issue 15's goal:
 at most 11% of the bytes sent).  Each round ships the new folder onto a copy of the old one
 with ``delta="blocks"``, ``delta="cdc"`` and ``delta="off"`` (the full transfer), interleaved,
 and checks every installed tree byte for byte; the table gives bytes sent over the new tree's
-bytes and the median wall time against the full transfer's.
+bytes and the median wall time against the full transfer's.  With ``--s3`` the target is a
+bucket on moto instead (`bench_tree_s3.py`: bytes uploaded and copied in the bucket too).
 
 A ``fstransport serve --token`` process on 127.0.0.1 receives; each round ships the same
 folder (``--files`` files of 4 KiB in 10 sub-folders) three ways, interleaved: as one directory
@@ -75,7 +77,14 @@ def main() -> int:
         action="store_true",
         help="--sst in process over a simulated 10 ms / 1 Gbit/s link instead of HTTP",
     )
+    parser.add_argument(
+        "--s3", action="store_true", help="--sst onto an S3 target (moto; bench_tree_s3.py)"
+    )
     args = parser.parse_args()
+    if args.sst and args.s3:
+        from bench_tree_s3 import sst_s3
+
+        return sst_s3(args.sst_size, args.rounds)
     exe = shutil.which("fstransport", path=str(Path(sys.executable).parent))
     if exe is None:
         print("the fstransport command is not installed: pip install -e .", file=sys.stderr)

@@ -14,7 +14,7 @@ the interfaces without paying for the backends:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeGuard
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECK_BLOCK",
     "NOTHING_LOST",
+    "BaseTree",
     "CheckedSink",
     "CheckedSource",
     "ChunkSource",
@@ -39,6 +40,7 @@ __all__ = [
     "PiecesSink",
     "SnapshotSink",
     "SnapshotStore",
+    "TreeReader",
     "VerifyingSink",
     "aborted",
     "checked_blocks",
@@ -269,6 +271,34 @@ class MappedBase:
     pin: object
 
 
+TreeReader = Callable[[str, int], Iterator[bytes]]
+"""``read(path, size)``: a base tree's file read whole, in pieces (blocking: called in a worker
+thread); `SourceChanged` when it is no longer that file (another size, another version)."""
+
+
+@dataclass(frozen=True)
+class BaseTree:
+    """An installed directory snapshot a store offers as a delta base: its non-empty `files`
+    (``(path, size)`` in its listing's order: the base stream is their bytes joined), the
+    `root` they are found under (a local folder, an object store's generation prefix), a
+    reader of them (`read`), and what its backend needs to reach exactly those files at assembly
+    (`pin`: on S3 each file's object with the ETag it was read at)."""
+
+    snapshot_id: str
+    files: tuple[tuple[str, int], ...]
+    root: str
+    read: TreeReader
+    pin: object = None
+
+    def placed(self) -> tuple[tuple[str, int, int], ...]:
+        """``(path, offset in the base stream, size)`` of each file."""
+        out, at = [], 0
+        for path, size in self.files:
+            out.append((path, at, size))
+            at += size
+        return tuple(out)
+
+
 class DeltaBase(Protocol):
     """A store whose installed snapshots can be delta bases (``docs/delta.md``): one
     implementation per backend that can (local folders, ``memory://``, S3), given by the
@@ -294,3 +324,21 @@ class DeltaBase(Protocol):
         bytes (or the base map's CRCs of them, where the pin proves the base unchanged), and the
         bytes copied.  Never makes a target whose CRC32C is not `expected` visible: raises
         `ChecksumMismatch` (``whole=True``) or `SourceChanged` (the base changed) first."""
+
+    async def tree_base(self, snapshot_id: str) -> BaseTree | None:
+        """The installed directory snapshot `snapshot_id` as a base tree (its files listed, not
+        read); None when the store holds no complete tree under it."""
+
+    async def assemble_tree(
+        self,
+        sink: SnapshotSink,
+        base: BaseTree,
+        base_map: DeltaMap,
+        recipe: Recipe,
+        expected: int,
+    ) -> tuple[int, int]:
+        """`assemble` for a directory snapshot's packed stream, its copied ranges taken from
+        `base`'s files (`recipe`'s base offsets are in its base stream, `base_map` its extents
+        as last offered); return the stream's CRC32C and the bytes copied.  Never makes a tree
+        whose CRC32C is not `expected` visible: `ChecksumMismatch` (``whole=True``) or
+        `SourceChanged` first."""

@@ -18,6 +18,7 @@ from fstransport.storage._errors import storage_errors
 from fstransport.storage.backends.fsspec import Found, FsspecBackend
 from fstransport.storage.base import (
     NOTHING_LOST,
+    BaseTree,
     ChunkSource,
     DeltaBase,
     Lost,
@@ -29,7 +30,7 @@ from fstransport.storage.base import (
 from fstransport.storage.journal import header, parse_records, record_line, verified
 
 if TYPE_CHECKING:
-    from fstransport.protocol.delta import Recipe
+    from fstransport.protocol.delta import DeltaMap, Recipe
     from fstransport.storage.source import ReadSettings
     from fstransport.storage.store import FsspecSnapshotStore
 
@@ -228,6 +229,18 @@ class MemoryDelta:
         target.truncate(recipe.size)
         with target.getbuffer() as view:
             return chunk_crc(view[: recipe.size]), reused
+
+    async def tree_base(self, snapshot_id: str) -> BaseTree | None:
+        from fstransport.delta.tree_bases import memory_tree
+
+        return memory_tree(snapshot_id, self.fs, self.store.path(snapshot_id))
+
+    async def assemble_tree(
+        self, sink: SnapshotSink, base: BaseTree, base_map: DeltaMap, recipe: Recipe, expected: int
+    ) -> tuple[int, int]:
+        from fstransport.delta.tree_bases import assemble_memory_tree
+
+        return assemble_memory_tree(self.fs, base, recipe, sink.path), recipe.reused
 
 
 class MemoryJournal:

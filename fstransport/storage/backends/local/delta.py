@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from fstransport.errors import SourceChanged, StorageError
 from fstransport.messages import SnapshotMeta
-from fstransport.storage.base import MappedBase, SnapshotSink
+from fstransport.storage.base import BaseTree, MappedBase, SnapshotSink
 
 if TYPE_CHECKING:
     from fstransport.protocol.delta import DeltaMap, Recipe
@@ -73,6 +73,20 @@ class LocalDelta:
                 raise
             raise SourceChanged(base_path, "reuse", exc) from exc  # gone or unreadable now
         return done.crc32c, done.bytes_reused
+
+    async def tree_base(self, snapshot_id: str) -> BaseTree | None:
+        from fstransport.delta.tree_bases import local_tree
+
+        return await asyncio.to_thread(local_tree, snapshot_id, self.store.path(snapshot_id))
+
+    async def assemble_tree(
+        self, sink: SnapshotSink, base: BaseTree, base_map: DeltaMap, recipe: Recipe, expected: int
+    ) -> tuple[int, int]:
+        from fstransport.delta.tree_bases import assemble_local_tree
+
+        fsync = self.store.fsync
+        crc = await asyncio.to_thread(assemble_local_tree, base, recipe, sink.path, fsync)
+        return crc, recipe.reused
 
     async def keep_assembled(
         self, snapshot_id: str, sink: SnapshotSink, recipe: Recipe, base_map: DeltaMap

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from fstransport.checksum import parse_checksum
-from fstransport.messages import SnapshotMeta
+from fstransport.messages import Snapshot, SnapshotMeta
 from fstransport.options import RetryPolicy
 from fstransport.storage._aio import close_async_filesystem
 from fstransport.storage._errors import storage_errors
@@ -66,6 +67,7 @@ class S3Backend(FsspecBackend):
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._no_state: dict[str, float] = {}  # snapshot id -> when its S3 state was missing
+        self._tree_heads: dict[str, bytes] = {}  # packed path -> header + table (a tree delta)
 
     @classmethod
     def serves(cls, fs: Any) -> bool:
@@ -170,6 +172,28 @@ class S3Backend(FsspecBackend):
         if isinstance(sink, (MultipartSink, S3DeltaSink)) and meta.checksum is not None:
             sink.whole_crc = parse_checksum(meta.checksum)
         await sink.finish()
+        if isinstance(sink, S3DeltaSink) and sink.tree is not None:
+            self._tree_heads[sink.path] = sink.tree.head  # (for open_finished, next)
+
+    async def open_finished(self, path: str, size: int | None) -> IO[bytes]:
+        """A tree built from a delta has no packed object: its header and table, as received
+        (what the table checks read; its files are in the bucket already)."""
+        head = self._tree_heads.pop(path, None)
+        if head is not None:
+            return io.BytesIO(head)
+        return await super().open_finished(path, size)
+
+    async def install(self, snapshot: Snapshot, sink: SnapshotSink, final: str) -> None:
+        """A tree built from a delta (`S3DeltaSink.tree`): its manifest written, nothing else."""
+        if not isinstance(sink, S3DeltaSink) or sink.tree is None:
+            await super().install(snapshot, sink, final)
+            return
+        from fstransport.delta.tree_s3 import commit_s3_tree
+
+        try:
+            await commit_s3_tree(self, snapshot.meta, sink.tree)
+        finally:
+            snapshot.data.close()
 
     async def install_file(self, sink: SnapshotSink, final: str) -> None:
         if not isinstance(sink, (MultipartSink, S3DeltaSink)):  # the upload put the object there

@@ -30,10 +30,11 @@ from fstransport.options import MiB, RetryPolicy
 from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage.backends.local.sink import PwriteSink
 from fstransport.storage.backends.s3.client import split_bucket_key
-from fstransport.storage.base import Lost, MappedBase, SnapshotSink, aborted
+from fstransport.storage.base import BaseTree, Lost, MappedBase, SnapshotSink, aborted
 
 if TYPE_CHECKING:
     from fstransport.delta.s3 import S3Assembly
+    from fstransport.delta.tree_s3_build import S3TreeBuild
     from fstransport.protocol.delta import DeltaMap, Recipe
     from fstransport.storage.backends.s3.backend import S3Backend
     from fstransport.storage.backends.s3.copy import S3Object
@@ -62,11 +63,15 @@ class S3DeltaSink:
         self.path = f"{bucket}/{key}"
         self.url = f"s3://{self.path}"
         self.fs, self.bucket, self.key, self.size = fs, bucket, key, meta.size
+        self.snapshot_id = meta.snapshot_id
         self.spool = spool
         self.retry = RetryPolicy()
         self.whole_crc: int | None = None
         """The snapshot's CRC32C, set before `finish` (the store's backend does it)."""
         self.assembly: S3Assembly | None = None
+        self.tree: S3TreeBuild | None = None
+        """A directory snapshot's new tree, built in the bucket from a delta (`assemble_tree`),
+        its manifest not written yet: removed by `abort` until it is."""
         self._fd = fd
 
     @classmethod
@@ -140,23 +145,57 @@ class S3DeltaSink:
         )
         return self.assembly
 
+    async def assemble_tree(
+        self, recipe: Recipe, base: BaseTree, base_map: DeltaMap, final: str, expected: int
+    ) -> S3TreeBuild:
+        """Build the tree of the packed stream `recipe` under a new generation of `final`:
+        copies of `base`'s files, and the spooled sent ranges (`build_s3_tree`)."""
+        from fstransport.delta.tree_s3_build import build_s3_tree
+
+        if self._fd < 0:
+            raise aborted(self.url)
+        self.tree = await build_s3_tree(
+            self.fs,
+            final=final,
+            base=base,
+            base_map=base_map,
+            recipe=recipe,
+            read_sent=self.read_sent,
+            expected_crc=expected,
+            retry=self.retry,
+        )
+        return self.tree
+
     async def finish(self) -> None:
         """The object, if not assembled yet (no recipe holds): the spool uploaded whole."""
         from fstransport.protocol.delta import SEND, Recipe
 
-        if self.assembly is None:
+        if self.assembly is None and self.tree is None:
             if self.whole_crc is None:
                 raise StorageError(self.url, "finish", ValueError("no checksum to check against"))
             whole = Recipe(self.size, 0, ((self.size, SEND),) if self.size else ())
             await self.assemble(whole, None, None, self.whole_crc)
-        await self.abort()  # the spool: the object is in the bucket now
+        await self._drop_spool()  # the object (or the tree's files) is in the bucket now
 
-    async def abort(self) -> None:
-        """Drop the spool (nothing was left in the bucket: `assemble_s3` aborts its upload)."""
+    async def _drop_spool(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
         await self.spool.abort()
+
+    async def abort(self) -> None:
+        """Drop the spool (nothing was left in the bucket: `assemble_s3` aborts its upload), and
+        a tree built whose manifest was not written."""
+        await self._drop_spool()
+        tree, self.tree = self.tree, None
+        if tree is not None and not tree.committed:
+            from fstransport.delta.tree_s3 import remove_prefix
+
+            bucket, key = split_bucket_key(tree.final)
+            try:
+                await remove_prefix(self.fs, bucket, f"{key}/{tree.generation}")
+            except Exception as exc:  # (unreferenced: the next install of the id removes it)
+                log.warning("could not remove %s/%s: %s", tree.final, tree.generation, exc)
 
     async def release(self) -> None:
         """A spool is never resumed (it does not outlive its receiver): dropped."""
@@ -243,6 +282,32 @@ class S3Delta:
             done.bytes_uploaded,
             done.bytes_read_from_base,
             done.bytes_copied,
+            base.snapshot_id,
+        )
+        return done.crc32c, recipe.reused
+
+    async def tree_base(self, snapshot_id: str) -> BaseTree | None:
+        from fstransport.delta.tree_s3 import s3_tree
+
+        path = self.store.path(snapshot_id)
+        return await s3_tree(snapshot_id, await self.backend.client(), path, self.store.retry)
+
+    async def assemble_tree(
+        self, sink: SnapshotSink, base: BaseTree, base_map: DeltaMap, recipe: Recipe, expected: int
+    ) -> tuple[int, int]:
+        if not isinstance(sink, S3DeltaSink):
+            raise StorageError(sink.path, "assemble", TypeError("not a delta onto S3"))
+        final = self.store.path(sink.snapshot_id)
+        done = await sink.assemble_tree(recipe, base, base_map, final, expected)
+        log.info(
+            "%s/%s: %d files copied whole, %d bytes copied in the bucket, %d uploaded (%d of "
+            "them read from the base %r)",
+            final,
+            done.generation,
+            done.files_copied,
+            done.bytes_copied,
+            done.bytes_uploaded,
+            done.bytes_read_from_base,
             base.snapshot_id,
         )
         return done.crc32c, recipe.reused

@@ -17,7 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 from fstransport.checksum import chunk_crc
-from fstransport.delta.latest import note_latest
+from fstransport.delta.latest import last_installed, note_latest
+from fstransport.delta.relay import Fetched, RelayBases
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import (
     InstallSnapshotRequest,
@@ -93,6 +94,7 @@ class Receiver:
         self._staged = StagedChunks()
         self.store, self.clock = store, clock
         self._io = StreamRunner(store, self.rules, clock, self._staged, long_lived)
+        self._bases = RelayBases(store, self._latest, keep=long_lived)  # (docs/relay.md)
         self.idle_timeout = idle_timeout
         self.relay_options = relay_options
 
@@ -161,13 +163,14 @@ class Receiver:
         A request with ``staged`` set (a `RelayNetwork` reference) is resolved first: see the
         class's docstring.
         """
+        fetched = None
         if getattr(req, "staged", None) is not None:
             resolved = await self._resolve(req)
             if resolved is None:  # a lower vote: nothing fetched
                 current = self.vote_for(req.meta.snapshot_id)
                 assert current is not None
                 return InstallSnapshotResponse(current)
-            req, trust_crc = resolved, True
+            (req, fetched), trust_crc = resolved, True
         crc = await self._validate(req, trust_crc=trust_crc)
         refused = self.rules.check_vote(req)
         if refused is not None:
@@ -189,17 +192,27 @@ class Receiver:
         assert vote is not None  # adopted above
         if crc is None:  # not written (held already, installed): nobody computed it yet
             crc = chunk_crc(req.data)
+        if fetched is not None:  # a staged chunk: what came from the base, what from the bucket
+            return InstallSnapshotResponse(
+                vote, held=held, crc32c=crc, reused=fetched.reused, fetched=fetched.fetched
+            )
         return InstallSnapshotResponse(vote, held=held, crc32c=crc, offer=offer)
 
-    async def _resolve(self, req: InstallSnapshotRequest) -> InstallSnapshotRequest | None:
+    async def _resolve(
+        self, req: InstallSnapshotRequest
+    ) -> tuple[InstallSnapshotRequest, Fetched] | None:
         """`req` with the bytes of its staged object as its data, checked against the
-        reference's CRC32C; None for a request of a lower vote (it is not fetched)."""
+        reference's CRC32C (the ranges a base holds taken from it: `RelayBases`), and what was
+        reused and fetched; None for a request of a lower vote (it is not fetched)."""
         if self.relay_options is None:
             raise InvalidRequest("this receiver does not fetch staged chunks", field="staged")
         ref = check_ref(req, self.limits, self.relay_prefixes)
         if self.rules.is_stale(req):
             return None
-        return await self._staged.fetch(req, ref, self.relay_options)
+        return await self._staged.fetch(req, ref, self.relay_options, self._bases)
+
+    async def _latest(self) -> str | None:
+        return await last_installed(self.rules.installed, self.store, self._io.long_lived)
 
     async def close(self) -> None:
         """Close the clients of staging buckets this receiver opened (see `relay_options`)."""
@@ -207,6 +220,7 @@ class Receiver:
 
     async def _install(self, snapshot: Snapshot) -> None:
         snapshot_id = snapshot.meta.snapshot_id
+        self._bases.drop(snapshot_id)  # (a base under this id is replaced now)
         try:
             await self.store.install(snapshot)
             self.rules.remember_installed(snapshot.meta)
@@ -233,7 +247,7 @@ class Receiver:
             resolved = await self._resolve(req)
             if resolved is None:
                 return None
-            req, trust_crc = resolved, True
+            req, trust_crc = resolved[0], True
         crc = await self._validate(req, trust_crc=trust_crc)
         snapshot, _, _ = await self._receive(req, crc)
         return snapshot

@@ -14,6 +14,7 @@ from fstransport.protocol.receiver import ReceiverLimits, check_snapshot_id
 from fstransport.protocol.receiver_state import StagingUnverified
 
 if TYPE_CHECKING:
+    from fstransport.delta.relay import Fetched, RelayBases
     from fstransport.storage.staging import StagingStore
 
 __all__ = ["MANIFEST_WAIT", "StagedChunks"]
@@ -104,11 +105,20 @@ class StagedChunks:
         return store
 
     async def fetch(
-        self, req: InstallSnapshotRequest, ref: StagedChunk, options: dict[str, Any]
-    ) -> InstallSnapshotRequest:
-        """`req` with the staged object's bytes as its data, checked against its CRC32C."""
-        data = await self.store(ref.area, options).fetch(ref)
-        return replace(req, data=data, crc32c=ref.crc32c)
+        self,
+        req: InstallSnapshotRequest,
+        ref: StagedChunk,
+        options: dict[str, Any],
+        bases: RelayBases | None = None,
+    ) -> tuple[InstallSnapshotRequest, Fetched]:
+        """`req` with the staged object's bytes as its data, checked against its CRC32C, and
+        what was reused and fetched: with `bases`, the ranges the receiver's base holds are
+        taken from it (`fstransport.delta.relay.fetch_staged`)."""
+        from fstransport.delta.relay import fetch_staged
+
+        store = self.store(ref.area, options)
+        done = await fetch_staged(store, ref, req.meta, req.offset, bases)
+        return replace(req, data=done.data, crc32c=ref.crc32c), done
 
     async def check_manifests(
         self,

@@ -118,6 +118,18 @@ class RelayNetwork:
         return self._shared.uploaded_by.get(id(self), 0)
 
     @property
+    def own_bytes_reused(self) -> int:
+        """Bytes this network's receiver took from a base it held instead of fetching them
+        (`InstallSnapshotResponse.reused`; docs/relay.md, "Delta and the relay")."""
+        return self._shared.reused_by.get(id(self), 0)
+
+    @property
+    def own_bytes_fetched(self) -> int:
+        """Bytes this network's receiver fetched from the staging bucket, block maps included
+        (`InstallSnapshotResponse.fetched`)."""
+        return self._shared.fetched_by.get(id(self), 0)
+
+    @property
     def puts(self) -> int:
         """Objects (chunks and manifests) this network and its siblings wrote."""
         return self._shared.store.puts
@@ -221,7 +233,9 @@ class RelayNetwork:
     async def _deliver(
         self, ticket: int, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        ref_req = req if req.staged is not None else await self._shared.stage(staged, req, id(self))
+        ref_req = req
+        if req.staged is None:
+            ref_req = await self._shared.stage(staged, req, id(self), option.delta)
         await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
         # the final chunk's manifest is written while the receiver fetches it (`_after`)
         commit = self._shared.commit(staged, req.meta, req.vote) if req.done else None
@@ -244,11 +258,12 @@ class RelayNetwork:
             if req.staged is not None:  # the sender retries, reading the bytes this time
                 raise NetworkError(f"staged object {ref.url} is damaged or gone: {source}") from exc
             log.warning("staged object %s refused (%s); staging it again", ref.url, exc)
-            ref_req = await self._shared.stage(staged, req, id(self))
+            ref_req = await self._shared.stage(staged, req, id(self), option.delta)
             if req.done:
                 await self._shared.commit(staged, req.meta, req.vote)
             response = await self.inner.install_snapshot(ref_req, option)
         self._fetch_failures = 0
+        self._shared.count_fetched(id(self), response)
         return response
 
     async def _fall_back(

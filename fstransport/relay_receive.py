@@ -94,6 +94,9 @@ class StagedChunks:
 
     def __init__(self) -> None:
         self._stores: dict[str, StagingStore] = {}
+        self._opening: dict[str, asyncio.Future[None]] = {}
+        """Snapshots whose chunk at offset 0 is being fetched: their other chunks wait for it
+        (fetches of different lengths, or a base looked up first, may end in any order)."""
 
     def store(self, area: str, options: dict[str, Any]) -> StagingStore:
         from fstransport.storage.staging import StagingStore
@@ -117,6 +120,18 @@ class StagedChunks:
         from fstransport.delta.relay import fetch_staged
 
         store = self.store(ref.area, options)
+        snapshot_id = req.meta.snapshot_id
+        opening = self._opening.get(snapshot_id)
+        if req.offset and opening is not None:
+            await asyncio.shield(opening)  # the chunk at 0 opens the stream: it goes first
+        elif not req.offset and opening is None:
+            opening = self._opening[snapshot_id] = asyncio.get_running_loop().create_future()
+            try:
+                done = await fetch_staged(store, ref, req.meta, req.offset, bases)
+            finally:
+                del self._opening[snapshot_id]
+                opening.set_result(None)
+            return replace(req, data=done.data, crc32c=ref.crc32c), done
         done = await fetch_staged(store, ref, req.meta, req.offset, bases)
         return replace(req, data=done.data, crc32c=ref.crc32c), done
 

@@ -17,8 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 from fstransport.checksum import chunk_crc
-from fstransport.delta.latest import last_installed, note_latest
-from fstransport.delta.relay import Fetched, RelayBases
+from fstransport.delta.latest import note_latest
+from fstransport.delta.relay import NOT_FETCHED
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import (
     InstallSnapshotRequest,
@@ -34,7 +34,7 @@ from fstransport.protocol.receiver_state import (
     VoteScope,
 )
 from fstransport.receive_streams import Outcome, StreamRunner, consume_outcome
-from fstransport.relay_receive import StagedChunks, check_ref
+from fstransport.relay_receive import Resolved, StagedChunks, check_ref
 from fstransport.storage.base import SnapshotStore
 from fstransport.tree import TREE
 
@@ -91,10 +91,9 @@ class Receiver:
         self.relay_prefixes = (
             None if relay_prefixes is None else tuple(p.rstrip("/") + "/" for p in relay_prefixes)
         )
-        self._staged = StagedChunks()
+        self._staged = StagedChunks(store, self.rules.installed, long_lived)
         self.store, self.clock = store, clock
         self._io = StreamRunner(store, self.rules, clock, self._staged, long_lived)
-        self._bases = RelayBases(store, self._latest, keep=long_lived)  # (docs/relay.md)
         self.idle_timeout = idle_timeout
         self.relay_options = relay_options
 
@@ -160,10 +159,9 @@ class Receiver:
         answer's ``crc32c`` hands it back.  The answer to an applied request always names the
         CRC32C of its data in ``crc32c``.
 
-        A request with ``staged`` set (a `RelayNetwork` reference) is resolved first: see the
-        class's docstring.
+        A ``staged`` request (a `RelayNetwork` reference) is fetched first (class docstring).
         """
-        fetched = None
+        fetched = NOT_FETCHED
         if getattr(req, "staged", None) is not None:
             resolved = await self._resolve(req)
             if resolved is None:  # a lower vote: nothing fetched
@@ -192,27 +190,17 @@ class Receiver:
         assert vote is not None  # adopted above
         if crc is None:  # not written (held already, installed): nobody computed it yet
             crc = chunk_crc(req.data)
-        if fetched is not None:  # a staged chunk: what came from the base, what from the bucket
-            return InstallSnapshotResponse(
-                vote, held=held, crc32c=crc, reused=fetched.reused, fetched=fetched.fetched
-            )
-        return InstallSnapshotResponse(vote, held=held, crc32c=crc, offer=offer)
+        return InstallSnapshotResponse(vote, held=held, crc32c=crc, offer=offer, **fetched.counts)
 
-    async def _resolve(
-        self, req: InstallSnapshotRequest
-    ) -> tuple[InstallSnapshotRequest, Fetched] | None:
+    async def _resolve(self, req: InstallSnapshotRequest) -> Resolved | None:
         """`req` with the bytes of its staged object as its data, checked against the
-        reference's CRC32C (the ranges a base holds taken from it: `RelayBases`), and what was
-        reused and fetched; None for a request of a lower vote (it is not fetched)."""
+        reference's CRC32C, and what was reused and fetched; None for a lower vote's."""
         if self.relay_options is None:
             raise InvalidRequest("this receiver does not fetch staged chunks", field="staged")
         ref = check_ref(req, self.limits, self.relay_prefixes)
         if self.rules.is_stale(req):
             return None
-        return await self._staged.fetch(req, ref, self.relay_options, self._bases)
-
-    async def _latest(self) -> str | None:
-        return await last_installed(self.rules.installed, self.store, self._io.long_lived)
+        return await self._staged.fetch(req, ref, self.relay_options)
 
     async def close(self) -> None:
         """Close the clients of staging buckets this receiver opened (see `relay_options`)."""
@@ -220,7 +208,6 @@ class Receiver:
 
     async def _install(self, snapshot: Snapshot) -> None:
         snapshot_id = snapshot.meta.snapshot_id
-        self._bases.drop(snapshot_id)  # (a base under this id is replaced now)
         try:
             await self.store.install(snapshot)
             self.rules.remember_installed(snapshot.meta)

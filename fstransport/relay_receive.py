@@ -4,8 +4,9 @@ the bytes, and check the staging areas' manifests before the snapshot may be ins
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fstransport.errors import InvalidRequest, StorageError
@@ -17,7 +18,10 @@ if TYPE_CHECKING:
     from fstransport.delta.relay import Fetched, RelayBases
     from fstransport.storage.staging import StagingStore
 
-__all__ = ["MANIFEST_WAIT", "StagedChunks"]
+__all__ = ["MANIFEST_WAIT", "Resolved", "StagedChunks"]
+
+Resolved = tuple[InstallSnapshotRequest, "Fetched"]
+"""A staged chunk's request with its bytes, and what of them came from a base and the bucket."""
 
 MANIFEST_WAIT = 2.0
 """Seconds a receiver waits for the manifest of the area its final chunk came from: the relay
@@ -92,8 +96,18 @@ async def _manifest(store: StagingStore, url: str, *, wait: bool) -> dict[str, A
 class StagedChunks:
     """The staging buckets one receiver fetched from (one client per protocol)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, store: Any = None, installed: Iterable[str] = (), long_lived: bool = False
+    ) -> None:
         self._stores: dict[str, StagingStore] = {}
+        self.bases: RelayBases | None = None
+        """The receiver's bases (`store`'s, `installed` its ids installed, oldest first)."""
+        if store is not None:
+            from fstransport.delta.latest import last_installed
+            from fstransport.delta.relay import RelayBases
+
+            latest = partial(last_installed, installed, store, long_lived)
+            self.bases = RelayBases(store, latest, keep=long_lived)
         self._opening: dict[str, asyncio.Future[None]] = {}
         """Snapshots whose chunk at offset 0 is being fetched: their other chunks wait for it
         (fetches of different lengths, or a base looked up first, may end in any order)."""
@@ -112,12 +126,13 @@ class StagedChunks:
         req: InstallSnapshotRequest,
         ref: StagedChunk,
         options: dict[str, Any],
-        bases: RelayBases | None = None,
-    ) -> tuple[InstallSnapshotRequest, Fetched]:
+    ) -> Resolved:
         """`req` with the staged object's bytes as its data, checked against its CRC32C, and
-        what was reused and fetched: with `bases`, the ranges the receiver's base holds are
-        taken from it (`fstransport.delta.relay.fetch_staged`)."""
+        what was reused and fetched: the ranges the receiver's base holds are taken from it
+        (`bases`, `fstransport.delta.relay.fetch_staged`)."""
         from fstransport.delta.relay import fetch_staged
+
+        bases = self.bases
 
         store = self.store(ref.area, options)
         snapshot_id = req.meta.snapshot_id
@@ -146,6 +161,8 @@ class StagedChunks:
         (`StagingUnverified`)."""
         own = req.staged.area if req.staged is not None else None
         foreign = any(area != own for area in staged)
+        if self.bases is not None:  # (a base under this id is about to be replaced)
+            self.bases.drop(req.meta.snapshot_id)
         try:
             await self._check_manifests(staged, req, options)
         except StorageError as exc:

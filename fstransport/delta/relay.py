@@ -26,7 +26,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 from fstransport.checksum import chunk_crc
 from fstransport.errors import InvalidRequest, StorageError
@@ -45,7 +45,16 @@ from fstransport.protocol.relay_trailer import (
 )
 from fstransport.storage.staging import StagingStore, trailer_of
 
-__all__ = ["MAX_RANGES", "RANGE_STREAMS", "Fetched", "RelayBases", "chunk_trailer", "fetch_staged"]
+__all__ = [
+    "MAX_RANGES",
+    "NOT_FETCHED",
+    "RANGE_STREAMS",
+    "Counts",
+    "Fetched",
+    "RelayBases",
+    "chunk_trailer",
+    "fetch_staged",
+]
 
 log = logging.getLogger("fstransport.relay")
 
@@ -69,6 +78,13 @@ async def chunk_trailer(
     return raw, replace(ref, name=f"{head}-t{trailer_digest(raw)}{sep}{generation}")
 
 
+class Counts(TypedDict):
+    """`InstallSnapshotResponse`'s fields for a staged chunk."""
+
+    reused: int
+    fetched: int
+
+
 @dataclass
 class Fetched:
     """A staged chunk's bytes, the bytes of it taken from a base, and those fetched."""
@@ -76,6 +92,14 @@ class Fetched:
     data: Buffer
     reused: int = 0
     fetched: int = 0
+
+    @property
+    def counts(self) -> Counts:
+        return {"reused": self.reused, "fetched": self.fetched}
+
+
+NOT_FETCHED = Fetched(b"")
+"""What a request that named no staged chunk fetched: nothing."""
 
 
 @dataclass

@@ -35,6 +35,7 @@ from fstransport.network.base import Network
 from fstransport.network.relay_areas import (
     SharedStaging,
     Staged,
+    StagingCounts,
     find_areas,
     is_damaged,
     not_fetched,
@@ -54,7 +55,7 @@ FALL_BACK_AFTER = 3
 the bytes themselves."""
 
 
-class RelayNetwork:
+class RelayNetwork(StagingCounts):
     """A `Network` that stages chunk bytes in `staging_url` and sends references through
     `inner`.
 
@@ -110,24 +111,6 @@ class RelayNetwork:
     def bytes_uploaded(self) -> int:
         """Bytes of chunks this network and its siblings uploaded to the staging bucket."""
         return self._shared.bytes_uploaded
-
-    @property
-    def own_bytes_uploaded(self) -> int:
-        """Bytes of chunks this network itself uploaded (its siblings' uploads not counted):
-        of a fan-out, the chunks this receiver's send staged first."""
-        return self._shared.uploaded_by.get(id(self), 0)
-
-    @property
-    def own_bytes_reused(self) -> int:
-        """Bytes this network's receiver took from a base it held instead of fetching them
-        (`InstallSnapshotResponse.reused`; docs/relay.md, "Delta and the relay")."""
-        return self._shared.reused_by.get(id(self), 0)
-
-    @property
-    def own_bytes_fetched(self) -> int:
-        """Bytes this network's receiver fetched from the staging bucket, block maps included
-        (`InstallSnapshotResponse.fetched`)."""
-        return self._shared.fetched_by.get(id(self), 0)
 
     @property
     def puts(self) -> int:

@@ -43,6 +43,7 @@ __all__ = [
     "Area",
     "SharedStaging",
     "Staged",
+    "StagingCounts",
     "find_areas",
     "is_damaged",
     "manifest_document",
@@ -216,6 +217,30 @@ class SharedStaging:
             urls += [f"{area.url}/chunks/{name}" for name in sorted(area.written)]
             await self.store.remove(urls)  # the manifest first: then nobody installs
             await self.store.prune(f"{area.url}/chunks", self.staging_url)
+
+
+class StagingCounts:
+    """What one `RelayNetwork` (of those sharing a `SharedStaging`) did, by its own sends."""
+
+    _shared: SharedStaging
+
+    @property
+    def own_bytes_uploaded(self) -> int:
+        """Bytes of chunks this network itself uploaded (its siblings' uploads not counted):
+        of a fan-out, the chunks this receiver's send staged first."""
+        return self._shared.uploaded_by.get(id(self), 0)
+
+    @property
+    def own_bytes_reused(self) -> int:
+        """Bytes this network's receiver took from a base it held instead of fetching them
+        (`InstallSnapshotResponse.reused`; docs/relay.md, "Delta and the relay")."""
+        return self._shared.reused_by.get(id(self), 0)
+
+    @property
+    def own_bytes_fetched(self) -> int:
+        """Bytes this network's receiver fetched from the staging bucket, block maps included
+        (`InstallSnapshotResponse.fetched`)."""
+        return self._shared.fetched_by.get(id(self), 0)
 
 
 async def _staging(write: Awaitable[bool]) -> bool:

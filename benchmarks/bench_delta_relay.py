@@ -10,6 +10,7 @@ Contenders (in-process receiver; the target folder is put back, untimed, before 
 
 - ``base held``: the target holds the base; the receiver maps it (not kept: ``ship``'s own
   receiver is not long-lived), reads each chunk's block map, and fetches only what it lacks;
+- ``base held, clustered``: the same, with the changed pages in runs of 32 (128 KiB);
 - ``no base``: an empty target: the chunks are fetched whole (their maps are staged anyway);
 - ``maps off``: an empty target, ``delta="off"``: no block maps staged (the relay as before).
 
@@ -37,7 +38,9 @@ from harness import GiB, MiB, machine_idle_cpu, machine_info, make_data, moto_pr
 
 from fstransport.checksum import chunk_crc
 
-CONTENDERS = ("base held", "no base", "maps off")
+CONTENDERS = ("base held", "base held, clustered", "no base", "maps off")
+RUN = 32
+"""Pages per run of the clustered case: 1% of the pages, rewritten in runs of 128 KiB."""
 
 
 def changed_pages(base: bytes, fraction: float, seed: int) -> bytes:
@@ -46,6 +49,17 @@ def changed_pages(base: bytes, fraction: float, seed: int) -> bytes:
     new = bytearray(base)
     for page in rng.sample(range(len(base) // 4096), max(1, int(len(base) // 4096 * fraction))):
         new[page * 4096 : (page + 1) * 4096] = rng.randbytes(4096)
+    return bytes(new)
+
+
+def changed_runs(base: bytes, fraction: float, seed: int) -> bytes:
+    """`base` with `fraction` of its 4 KiB pages rewritten in runs of `RUN` pages, at random."""
+    rng = random.Random(seed)
+    new = bytearray(base)
+    runs = max(1, int(len(base) // 4096 * fraction) // RUN)
+    for run in rng.sample(range(len(base) // (4096 * RUN)), runs):
+        at = run * RUN * 4096
+        new[at : at + RUN * 4096] = rng.randbytes(RUN * 4096)
     return bytes(new)
 
 
@@ -58,7 +72,8 @@ def relay_rounds(size: int, rounds: int, seed: int) -> list[str]:
 
     base = make_data(size, seed)
     new = changed_pages(base, 0.01, seed + 1)
-    want = chunk_crc(new)
+    clustered = changed_runs(base, 0.01, seed + 2)
+    wants = {"clustered": chunk_crc(clustered), "new": chunk_crc(new)}
     changed = sum(base[at : at + 4096] != new[at : at + 4096] for at in range(0, size, 4096))
     counted: Counter[str] = Counter()
     real = s3fs.S3FileSystem._call_s3
@@ -72,7 +87,8 @@ def relay_rounds(size: int, rounds: int, seed: int) -> list[str]:
         folder = Path(tmp)
         (folder / "base.bin").write_bytes(base)
         (folder / "new.bin").write_bytes(new)
-        del base, new
+        (folder / "clustered.bin").write_bytes(clustered)
+        del base, new, clustered
         client = s3_client(moto.address, *login, check_reads=False)
         client.create_bucket(Bucket="bench")
         storage = storage_options_for(moto.address)
@@ -81,7 +97,8 @@ def relay_rounds(size: int, rounds: int, seed: int) -> list[str]:
             target = folder / "target"
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
-            if name == "base held":
+            source = "clustered" if "clustered" in name else "new"
+            if name.startswith("base held"):
                 shutil.copyfile(folder / "base.bin", target / "snap.bin")
             delta = "off" if name == "maps off" else "blocks"
             counted.clear()
@@ -90,7 +107,7 @@ def relay_rounds(size: int, rounds: int, seed: int) -> list[str]:
             try:
                 report = asyncio.run(
                     ship(
-                        str(folder / "new.bin"),
+                        str(folder / f"{source}.bin"),
                         str(target / "snap.bin"),
                         options=TransferOptions(delta=delta),
                         relay="s3://bench/stage",
@@ -101,7 +118,7 @@ def relay_rounds(size: int, rounds: int, seed: int) -> list[str]:
                 s3fs.S3FileSystem._call_s3 = real
             elapsed = time.perf_counter() - started
             cpu, idle = time.process_time() - cpu, machine_idle_cpu() - idle
-            if chunk_crc((target / "snap.bin").read_bytes()) != want:
+            if chunk_crc((target / "snap.bin").read_bytes()) != wants[source]:
                 raise AssertionError(f"{name}: the installed file differs from the new content")
             if client.list_objects_v2(Bucket="bench", Prefix="stage/").get("Contents"):
                 raise AssertionError(f"{name}: staged objects were left behind")
@@ -131,7 +148,10 @@ def relay_rounds(size: int, rounds: int, seed: int) -> list[str]:
             f"| {report.bytes_reused / MiB:.1f} MiB | {gets} | {took:.2f} s "
             f"| {took / baseline:.2f}x | {cpu:.2f} | {idle:.2f} |"
         )
-    lines.append(f"\n({changed} of {size // 4096} pages changed: {changed * 4096 / MiB:.2f} MiB)")
+    lines.append(
+        f"\n({changed} of {size // 4096} pages changed at random, {changed * 4096 / MiB:.2f} MiB; "
+        f"clustered: {max(1, size // 4096 // 100 // RUN)} runs of {RUN} pages)"
+    )
     return lines
 
 

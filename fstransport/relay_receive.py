@@ -132,22 +132,19 @@ class StagedChunks:
         (`bases`, `fstransport.delta.relay.fetch_staged`)."""
         from fstransport.delta.relay import fetch_staged
 
-        bases = self.bases
-
-        store = self.store(ref.area, options)
-        snapshot_id = req.meta.snapshot_id
+        store, snapshot_id = self.store(ref.area, options), req.meta.snapshot_id
         opening = self._opening.get(snapshot_id)
-        if req.offset and opening is not None:
-            await asyncio.shield(opening)  # the chunk at 0 opens the stream: it goes first
-        elif not req.offset and opening is None:
+        first = not req.offset and opening is None
+        if first:
             opening = self._opening[snapshot_id] = asyncio.get_running_loop().create_future()
-            try:
-                done = await fetch_staged(store, ref, req.meta, req.offset, bases)
-            finally:
+        elif req.offset and opening is not None:
+            await asyncio.shield(opening)  # the chunk at 0 opens the stream: it goes first
+        try:
+            done = await fetch_staged(store, ref, req.meta, req.offset, self.bases)
+        finally:
+            if first and opening is not None:
                 del self._opening[snapshot_id]
                 opening.set_result(None)
-            return replace(req, data=done.data, crc32c=ref.crc32c), done
-        done = await fetch_staged(store, ref, req.meta, req.offset, bases)
         return replace(req, data=done.data, crc32c=ref.crc32c), done
 
     async def check_manifests(

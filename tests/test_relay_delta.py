@@ -307,6 +307,36 @@ async def test_an_altered_map_or_chunk_in_the_bucket_is_never_installed(
     await receiver.close()
 
 
+async def test_an_object_cut_to_its_chunk_in_s3_is_fetched_whole(
+    tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    base, new = versions(13)
+    store = FsspecSnapshotStore(str(tmp_path / "r"))
+    await store.install(await _finished(store, "snap", base))
+    receiver = Receiver(store, relay_options=s3_storage_options)
+    cut: list[str] = []
+
+    def cut_the_map(req: InstallSnapshotRequest) -> None:
+        ref = req.staged
+        assert ref is not None
+        if req.offset == CHUNK and not cut:  # the map goes: a GET past the chunk finds nothing
+            key = ref.url.split(f"{s3_bucket}/", 1)[1]
+            body = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+            s3_client.put_object(Bucket=s3_bucket, Key=key, Body=body[: ref.length])
+            cut.append(key)
+
+    tap = Tap(LoopbackNetwork(receiver), before=cut_the_map)
+    relay = RelayNetwork(tap, f"s3://{s3_bucket}/stage", **s3_storage_options)
+    await Chunked.send_snapshot(relay, Vote(1, 1), snapshot(new), option=OPTIONS)
+    assert cut
+    assert await installed(store, "snap") == new
+    assert (tap.answers[CHUNK].reused, tap.answers[CHUNK].fetched) == (0, CHUNK)
+    assert tap.answers[0].reused > 0, "the other chunks still came from the base"
+    assert relay.bytes_uploaded == SIZE, "nothing staged again: the chunk itself was intact"
+    await relay.close()
+    await receiver.close()
+
+
 async def test_a_server_holding_a_base_fetches_only_what_it_lacks(
     serve: StartServer, tmp_path: Path
 ) -> None:
@@ -373,3 +403,13 @@ def test_a_malformed_trailer_is_refused(damage: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         decode_trailer(bytes(raw), 40_000)
     assert caught.value.field == "staged"
+
+
+@pytest.mark.parametrize("value", ["12", -1, True, 1.5, 1 << 63, [1]])
+def test_an_answer_with_a_bad_byte_count_is_malformed(value: object) -> None:
+    from fstransport.http.client import _count
+
+    assert _count(None) == 0
+    assert _count(7) == 7
+    with pytest.raises(ValueError, match="not a byte count"):
+        _count(value)

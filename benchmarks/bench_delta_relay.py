@@ -10,7 +10,10 @@ Contenders (in-process receiver; the target folder is put back, untimed, before 
 
 - ``base held``: the target holds the base; the receiver maps it (not kept: ``ship``'s own
   receiver is not long-lived), reads each chunk's block map, and fetches only what it lacks;
-- ``base held, clustered``: the same, with the changed pages in runs of 32 (128 KiB);
+- ``base held, map kept``: the same onto a long-lived receiver (``Receiver(long_lived=True)``,
+  as ``serve --keep-delta-state``) whose map of the base is kept from a first, uncounted run (the
+  base is put back as a hard link of the same file, so the kept map still describes it);
+- ``base held, clustered``: as ``base held``, with the changed pages in runs of 32 (128 KiB);
 - ``no base``: an empty target: the chunks are fetched whole (their maps are staged anyway);
 - ``maps off``: an empty target, ``delta="off"``: no block maps staged (the relay as before).
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
 import statistics
@@ -38,7 +42,7 @@ from harness import GiB, MiB, machine_idle_cpu, machine_info, make_data, moto_pr
 
 from fstransport.checksum import chunk_crc
 
-CONTENDERS = ("base held", "base held, clustered", "no base", "maps off")
+CONTENDERS = ("base held", "base held, map kept", "base held, clustered", "no base", "maps off")
 RUN = 32
 """Pages per run of the clustered case: 1% of the pages, rewritten in runs of 128 KiB."""
 
@@ -63,11 +67,29 @@ def changed_runs(base: bytes, fraction: float, seed: int) -> bytes:
     return bytes(new)
 
 
+async def relayed(
+    source: str, target: Path, delta: str, storage: dict[str, Any], long_lived: bool
+) -> Any:
+    """``ship`` of `source` through the relay to ``target/snap.bin``: to an in-process
+    receiver of its own, or (`long_lived`) to a long-lived one that keeps its bases' maps."""
+    from fstransport import FsspecSnapshotStore, LoopbackNetwork, Receiver, TransferOptions, ship
+
+    options = TransferOptions(delta=delta)
+    settings: dict[str, Any] = {"relay": "s3://bench/stage", "relay_options": storage}
+    if not long_lived:
+        return await ship(source, str(target / "snap.bin"), options=options, **settings)
+    receiver = Receiver(FsspecSnapshotStore(str(target)), relay_options=storage, long_lived=True)
+    try:
+        net = LoopbackNetwork(receiver)
+        return await ship(source, "snap.bin", network=net, options=options, **settings)
+    finally:
+        await receiver.close()
+
+
 def relay_rounds(size: int, rounds: int, seed: int) -> list[str]:
     """The table rows: the three contenders, `rounds` interleaved rounds each."""
     import s3fs
 
-    from fstransport import TransferOptions, ship
     from fstransport.moto_server import REGION, TEST_CREDENTIALS, storage_options_for
 
     base = make_data(size, seed)
@@ -94,11 +116,16 @@ def relay_rounds(size: int, rounds: int, seed: int) -> list[str]:
         storage = storage_options_for(moto.address)
 
         def one(name: str) -> tuple[float, float, float, Any, int]:
-            target = folder / "target"
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir()
+            target = folder / ("kept" if "kept" in name else "target")
             source = "clustered" if "clustered" in name else "new"
-            if name.startswith("base held"):
+            if "kept" in name:  # the same inode and mtime as before: its kept map holds
+                target.mkdir(exist_ok=True)
+                (target / "snap.bin").unlink(missing_ok=True)
+                os.link(folder / "base.bin", target / "snap.bin")
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+                target.mkdir()
+            if name in ("base held", "base held, clustered"):
                 shutil.copyfile(folder / "base.bin", target / "snap.bin")
             delta = "off" if name == "maps off" else "blocks"
             counted.clear()
@@ -106,13 +133,7 @@ def relay_rounds(size: int, rounds: int, seed: int) -> list[str]:
             idle, cpu, started = machine_idle_cpu(), time.process_time(), time.perf_counter()
             try:
                 report = asyncio.run(
-                    ship(
-                        str(folder / f"{source}.bin"),
-                        str(target / "snap.bin"),
-                        options=TransferOptions(delta=delta),
-                        relay="s3://bench/stage",
-                        relay_options=storage,
-                    )
+                    relayed(str(folder / f"{source}.bin"), target, delta, storage, "kept" in name)
                 )
             finally:
                 s3fs.S3FileSystem._call_s3 = real
@@ -127,6 +148,7 @@ def relay_rounds(size: int, rounds: int, seed: int) -> list[str]:
         times: dict[str, list[tuple[float, float, float]]] = {n: [] for n in CONTENDERS}
         last: dict[str, tuple[Any, int]] = {}
         one("no base")  # (a first, uncounted run: imports, moto warm)
+        one("base held, map kept")  # (its map kept from now on)
         order = list(CONTENDERS)
         for number in range(rounds):
             random.shuffle(order)

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 
 from fstransport import (
@@ -218,6 +219,26 @@ async def test_a_one_percent_changed_page_file_through_s3(
     assert report.bytes_fetched < 0.03 * size or mode == "cdc", "~1% changed + 0.8% maps"
     listing = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="stage/")
     assert listing.get("Contents", []) == []
+
+
+async def test_an_s3_target_holding_a_base_fetches_only_what_it_lacks(
+    tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any]
+) -> None:
+    base, new = versions(14)
+    source, stage = tmp_path / "snap.bin", tmp_path / "stage"
+    stage.mkdir()
+    target = f"s3://{s3_bucket}/r/snap.bin"
+    source.write_bytes(base)
+    await ship(str(source), target, options=OPTIONS, target_options=s3_storage_options)
+    source.write_bytes(new)
+    report = await ship(
+        str(source), target, options=OPTIONS, target_options=s3_storage_options, relay=str(stage)
+    )
+    fs = fsspec.filesystem("s3", **s3_storage_options)
+    assert fs.cat_file(target.removeprefix("s3://")) == new
+    assert report.bytes_reused == SIZE - len(CHANGED) * PAGE, "read from the base object"
+    assert report.bytes_fetched == fetched_for(len(CHANGED))
+    assert files(stage) == []
 
 
 async def test_a_base_changed_after_its_map_is_never_installed(tmp_path: Path) -> None:

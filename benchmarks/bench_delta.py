@@ -14,6 +14,9 @@ link time is a model (10 ms round trip, 1 Gbit/s, the maps' compute time measure
 transfer: the transfer itself is plugged in later.  Map compute times are medians over
 ``--rounds`` rounds, interleaved between modes, given per GiB.
 
+With ``--relay`` it runs only ``bench_delta_relay.py`` (a page file through a relay on moto,
+onto a receiver that holds the base, that holds nothing, and with no block maps staged).
+
 With ``--ship`` it then runs real transfers (``delta_ship.py``): ``ship`` of a page file
 (``--ship-scale`` GiB, 1% of its 4 KiB pages changed; no change; and a quarter-size file with 100
 bytes inserted, ``delta="cdc"``) onto a local folder that holds the base under the same name, the
@@ -147,7 +150,14 @@ def main() -> None:
     parser.add_argument("--ship-scale", type=float, default=0.25, help="GiB of the ship runs")
     parser.add_argument("--s3", action="store_true", help="only ship() onto S3: bench_delta_s3.py")
     parser.add_argument("--s3-scale", type=float, default=1.0, help="GiB of the S3 object")
+    parser.add_argument("--relay", action="store_true", help="only through a relay (moto)")
+    parser.add_argument("--relay-scale", type=float, default=0.25, help="GiB of the relay runs")
     args = parser.parse_args()
+    if args.relay:
+        from bench_delta_relay import print_table as print_relay_table
+
+        print_relay_table(int(GiB * args.relay_scale) // 4096 * 4096, args.rounds, args.seed)
+        return
     if args.s3:
         from bench_delta_s3 import print_table
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fstransport.errors import ConfigurationError, FstransportError, HigherVote, RemoteError
@@ -68,6 +68,10 @@ class FanOut:
     uploaded_by: list[int]
     """Bytes each target's send uploaded to the relay (the first send to stage a chunk
     uploads it, the others reuse it); they add up to `bytes_uploaded`."""
+    reused_by: list[int] = field(default_factory=list)
+    fetched_by: list[int] = field(default_factory=list)
+    """Bytes each target's receiver took from its base and fetched from the staging bucket
+    (0 without a relay; docs/relay.md, "Delta and the relay")."""
 
 
 def relay_settings(
@@ -220,6 +224,8 @@ async def send_to_targets(
         bytes_read=shared.bytes_read + extra_read,
         bytes_uploaded=0 if relay_net is None else relay_net.bytes_uploaded,
         uploaded_by=[n.own_bytes_uploaded if isinstance(n, RelayNetwork) else 0 for n in nets],
+        reused_by=[n.own_bytes_reused if isinstance(n, RelayNetwork) else 0 for n in nets],
+        fetched_by=[n.own_bytes_fetched if isinstance(n, RelayNetwork) else 0 for n in nets],
     )
 
 
@@ -264,7 +270,9 @@ async def reports(
     failure: BaseException | None = None
     reports = []
     ends = zip(targets, sent.results, sent.read_by, sent.finished, sent.uploaded_by, strict=True)
-    for target, result, read, end, uploaded in ends:
+    none = [0] * len(targets)
+    relayed = zip(sent.reused_by or none, sent.fetched_by or none, strict=True)
+    for (target, result, read, end, uploaded), (reused, fetched) in zip(ends, relayed, strict=True):
         if isinstance(result, BaseException):
             if target.store is not None:
                 await _abort(target)
@@ -283,7 +291,7 @@ async def reports(
                 target=target.url,
                 size=source.size,
                 bytes_sent=stats.bytes_sent + stats.delta_bytes,
-                bytes_reused=stats.bytes_reused,
+                bytes_reused=stats.bytes_reused + reused,
                 chunks_sent=stats.chunks_sent,
                 retries=stats.retries,
                 rewinds=stats.rewinds,
@@ -293,6 +301,7 @@ async def reports(
                 files=source.file_count if isinstance(source, TreeSource) else None,
                 bytes_read=read,
                 bytes_uploaded=uploaded,
+                bytes_fetched=fetched,
             )
         )
     if failure is not None:

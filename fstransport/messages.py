@@ -226,12 +226,18 @@ class InstallSnapshotResponse:
 
     `offer` answers a request asking for a delta (``delta`` set, no recipe): the base the
     receiver offers, or None (no base: the sender sends everything).
+
+    `reused` and `fetched` answer a staged chunk (a `RelayNetwork` reference): the bytes of it
+    the receiver took from a base it holds, and the bytes it fetched from the staging bucket
+    (its block map included); reports only, never trusted for anything else.
     """
 
     vote: Vote
     held: tuple[tuple[int, int], ...] | None = None
     crc32c: int | None = None
     offer: DeltaOffer | None = None
+    reused: int = 0
+    fetched: int = 0
 
 
 @dataclass(frozen=True)

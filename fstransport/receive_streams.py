@@ -94,11 +94,9 @@ class _Stream:
 async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequest) -> Outcome:
     """A delta request (its stream's lock held): `answer_delta`; an offer waits in
     ``stream.state.offer`` for the answer (`Receiver.handle` takes it)."""
-    latest = next(reversed(runner.rules.installed), None)
-    if latest is None and runner.long_lived:  # (installed before a restart)
-        from fstransport.delta.latest import read_latest
+    from fstransport.delta.latest import last_installed
 
-        latest = await read_latest(runner.store)
+    latest = await last_installed(runner.rules.installed, runner.store, runner.long_lived)
     assert stream.sink is not None
     held, stream.state.offer, stream.sink = await answer_delta(
         runner.store, latest, stream.state, req, stream.sink, keep=runner.long_lived

@@ -18,6 +18,7 @@ from typing import Any
 
 from fstransport.checksum import chunk_crc
 from fstransport.delta.latest import note_latest
+from fstransport.delta.relay import NOT_FETCHED
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import (
     InstallSnapshotRequest,
@@ -33,7 +34,7 @@ from fstransport.protocol.receiver_state import (
     VoteScope,
 )
 from fstransport.receive_streams import Outcome, StreamRunner, consume_outcome
-from fstransport.relay_receive import StagedChunks, check_ref
+from fstransport.relay_receive import Resolved, StagedChunks, check_ref
 from fstransport.storage.base import SnapshotStore
 from fstransport.tree import TREE
 
@@ -90,7 +91,7 @@ class Receiver:
         self.relay_prefixes = (
             None if relay_prefixes is None else tuple(p.rstrip("/") + "/" for p in relay_prefixes)
         )
-        self._staged = StagedChunks()
+        self._staged = StagedChunks(store, self.rules.installed, long_lived)
         self.store, self.clock = store, clock
         self._io = StreamRunner(store, self.rules, clock, self._staged, long_lived)
         self.idle_timeout = idle_timeout
@@ -158,16 +159,16 @@ class Receiver:
         answer's ``crc32c`` hands it back.  The answer to an applied request always names the
         CRC32C of its data in ``crc32c``.
 
-        A request with ``staged`` set (a `RelayNetwork` reference) is resolved first: see the
-        class's docstring.
+        A ``staged`` request (a `RelayNetwork` reference) is fetched first (class docstring).
         """
+        fetched = NOT_FETCHED
         if getattr(req, "staged", None) is not None:
             resolved = await self._resolve(req)
             if resolved is None:  # a lower vote: nothing fetched
                 current = self.vote_for(req.meta.snapshot_id)
                 assert current is not None
                 return InstallSnapshotResponse(current)
-            req, trust_crc = resolved, True
+            (req, fetched), trust_crc = resolved, True
         crc = await self._validate(req, trust_crc=trust_crc)
         refused = self.rules.check_vote(req)
         if refused is not None:
@@ -189,11 +190,11 @@ class Receiver:
         assert vote is not None  # adopted above
         if crc is None:  # not written (held already, installed): nobody computed it yet
             crc = chunk_crc(req.data)
-        return InstallSnapshotResponse(vote, held=held, crc32c=crc, offer=offer)
+        return InstallSnapshotResponse(vote, held=held, crc32c=crc, offer=offer, **fetched.counts)
 
-    async def _resolve(self, req: InstallSnapshotRequest) -> InstallSnapshotRequest | None:
+    async def _resolve(self, req: InstallSnapshotRequest) -> Resolved | None:
         """`req` with the bytes of its staged object as its data, checked against the
-        reference's CRC32C; None for a request of a lower vote (it is not fetched)."""
+        reference's CRC32C, and what was reused and fetched; None for a lower vote's."""
         if self.relay_options is None:
             raise InvalidRequest("this receiver does not fetch staged chunks", field="staged")
         ref = check_ref(req, self.limits, self.relay_prefixes)
@@ -233,7 +234,7 @@ class Receiver:
             resolved = await self._resolve(req)
             if resolved is None:
                 return None
-            req, trust_crc = resolved, True
+            req, trust_crc = resolved[0], True
         crc = await self._validate(req, trust_crc=trust_crc)
         snapshot, _, _ = await self._receive(req, crc)
         return snapshot

@@ -4,8 +4,9 @@ the bytes, and check the staging areas' manifests before the snapshot may be ins
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fstransport.errors import InvalidRequest, StorageError
@@ -14,9 +15,13 @@ from fstransport.protocol.receiver import ReceiverLimits, check_snapshot_id
 from fstransport.protocol.receiver_state import StagingUnverified
 
 if TYPE_CHECKING:
+    from fstransport.delta.relay import Fetched, RelayBases
     from fstransport.storage.staging import StagingStore
 
-__all__ = ["MANIFEST_WAIT", "StagedChunks"]
+__all__ = ["MANIFEST_WAIT", "Resolved", "StagedChunks"]
+
+Resolved = tuple[InstallSnapshotRequest, "Fetched"]
+"""A staged chunk's request with its bytes, and what of them came from a base and the bucket."""
 
 MANIFEST_WAIT = 2.0
 """Seconds a receiver waits for the manifest of the area its final chunk came from: the relay
@@ -91,8 +96,21 @@ async def _manifest(store: StagingStore, url: str, *, wait: bool) -> dict[str, A
 class StagedChunks:
     """The staging buckets one receiver fetched from (one client per protocol)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, store: Any = None, installed: Iterable[str] = (), long_lived: bool = False
+    ) -> None:
         self._stores: dict[str, StagingStore] = {}
+        self.bases: RelayBases | None = None
+        """The receiver's bases (`store`'s, `installed` its ids installed, oldest first)."""
+        if store is not None:
+            from fstransport.delta.latest import last_installed
+            from fstransport.delta.relay import RelayBases
+
+            latest = partial(last_installed, installed, store, long_lived)
+            self.bases = RelayBases(store, latest, keep=long_lived)
+        self._opening: dict[str, asyncio.Future[None]] = {}
+        """Snapshots whose chunk at offset 0 is being fetched: their other chunks wait for it
+        (fetches of different lengths, or a base looked up first, may end in any order)."""
 
     def store(self, area: str, options: dict[str, Any]) -> StagingStore:
         from fstransport.storage.staging import StagingStore
@@ -104,11 +122,30 @@ class StagedChunks:
         return store
 
     async def fetch(
-        self, req: InstallSnapshotRequest, ref: StagedChunk, options: dict[str, Any]
-    ) -> InstallSnapshotRequest:
-        """`req` with the staged object's bytes as its data, checked against its CRC32C."""
-        data = await self.store(ref.area, options).fetch(ref)
-        return replace(req, data=data, crc32c=ref.crc32c)
+        self,
+        req: InstallSnapshotRequest,
+        ref: StagedChunk,
+        options: dict[str, Any],
+    ) -> Resolved:
+        """`req` with the staged object's bytes as its data, checked against its CRC32C, and
+        what was reused and fetched: the ranges the receiver's base holds are taken from it
+        (`bases`, `fstransport.delta.relay.fetch_staged`)."""
+        from fstransport.delta.relay import fetch_staged
+
+        store, snapshot_id = self.store(ref.area, options), req.meta.snapshot_id
+        opening = self._opening.get(snapshot_id)
+        first = not req.offset and opening is None
+        if first:
+            opening = self._opening[snapshot_id] = asyncio.get_running_loop().create_future()
+        elif req.offset and opening is not None:
+            await asyncio.shield(opening)  # the chunk at 0 opens the stream: it goes first
+        try:
+            done = await fetch_staged(store, ref, req.meta, req.offset, self.bases)
+        finally:
+            if first and opening is not None:
+                del self._opening[snapshot_id]
+                opening.set_result(None)
+        return replace(req, data=done.data, crc32c=ref.crc32c), done
 
     async def check_manifests(
         self,
@@ -121,6 +158,8 @@ class StagedChunks:
         (`StagingUnverified`)."""
         own = req.staged.area if req.staged is not None else None
         foreign = any(area != own for area in staged)
+        if self.bases is not None:  # (a base under this id is about to be replaced)
+            self.bases.drop(req.meta.snapshot_id)
         try:
             await self._check_manifests(staged, req, options)
         except StorageError as exc:

@@ -239,6 +239,7 @@ async def ship(
         rewinds=sum(r.rewinds for r in done),
         bytes_skipped=min(r.bytes_skipped for r in done),
         bytes_reused=sum(r.bytes_reused for r in done),
+        bytes_fetched=sum(r.bytes_fetched for r in done),
         elapsed=time.perf_counter() - started,
         checksum=done[0].checksum,
         files=done[0].files,

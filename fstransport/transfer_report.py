@@ -41,6 +41,10 @@ class TransferReport:
     """Bytes the receiver took from a snapshot it held already (a delta base, see
     ``docs/delta.md``) instead of receiving them; `bytes_sent` counts only what crossed the
     network: chunk data plus the delta map and recipe."""
+    bytes_fetched: int = 0
+    """Bytes the receiver fetched from the relay's staging bucket (0 without a relay), block
+    maps included; what its base held it did not fetch (`bytes_reused`).  Known for receivers
+    that say so in their answers (this version's); a fan-out's is the sum of its targets'."""
     targets: tuple[TransferReport, ...] = ()
     """With several targets (`ship` given a list), one report per target, in order; empty
     for a `ship` to one target given as a string."""

@@ -56,8 +56,8 @@ def check_complete(req: InstallSnapshotRequest) -> None:
     assert ref is not None
     fs = fsspec.filesystem("memory")
     body = fs.cat_file(f"{ref.area}/chunks/{ref.name}".removeprefix("memory://"))
-    assert len(body) == ref.length
-    assert chunk_crc(body) == ref.crc32c
+    assert len(body) >= ref.length  # (a block map may follow the chunk's bytes)
+    assert chunk_crc(body[: ref.length]) == ref.crc32c
 
 
 def test_the_window_is_wider_only_for_a_relay_that_stages_ahead() -> None:
@@ -231,12 +231,12 @@ async def test_a_failed_upload_ahead_does_not_hold_up_the_references_behind_it(
     put_once = StagingStore.put_once
     failed: list[str] = []
 
-    async def flaky(self: StagingStore, url: str, body: object, crc: int) -> bool:
+    async def flaky(self: StagingStore, url: str, body: object, crc: int, *more: bytes) -> bool:
         if "/chunks/0000000000020000-" in url and not failed:
             failed.append(url)
             await asyncio.sleep(0.05)  # the chunks behind it are staged meanwhile
             raise StorageError(url, "stage", OSError("503 Slow Down"), retryable=True)
-        return await put_once(self, url, body, crc)  # type: ignore[arg-type]
+        return await put_once(self, url, body, crc, *more)  # type: ignore[arg-type]
 
     monkeypatch.setattr(StagingStore, "put_once", flaky)
 

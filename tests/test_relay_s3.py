@@ -159,7 +159,7 @@ async def test_two_senders_with_different_votes_on_s3(
         if "/chunks/" in key:
             offset, length = (int(x, 16) for x in key.rsplit("/", 1)[1].split("-")[:2])
             got = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
-            assert got == old[offset : offset + length]
+            assert got[:length] == old[offset : offset + length]  # (its block map follows)
     assert await installed(r1.store, "snap") == old  # type: ignore[arg-type]
     assert await installed(r2.store, "snap") == new  # type: ignore[arg-type]
     assert await cleanup_staging(stage, 3600, **s3_storage_options) == [], "both are live"

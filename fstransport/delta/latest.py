@@ -6,13 +6,14 @@ checked like any base, so a stale, torn or foreign file costs at most a full tra
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from fstransport.errors import InvalidRequest
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.storage.layout import LATEST_FILE
 
-__all__ = ["note_latest", "read_latest"]
+__all__ = ["last_installed", "note_latest", "read_latest"]
 
 log = logging.getLogger("fstransport.receiver")
 
@@ -52,3 +53,12 @@ async def read_latest(store: Any) -> str | None:
     except Exception as exc:  # a backend's own error type: no hint
         log.info("the last installed snapshot could not be read: %s", exc)
         return None
+
+
+async def last_installed(installed: Iterable[str], store: Any, long_lived: bool) -> str | None:
+    """The id a receiver installed last: the newest of `installed` (its memory, oldest first),
+    else, for a `long_lived` one, what `note_latest` wrote before a restart."""
+    latest = next(reversed(list(installed)), None)
+    if latest is None and long_lived:
+        latest = await read_latest(store)
+    return latest

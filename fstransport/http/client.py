@@ -158,7 +158,10 @@ class HttpNetwork:
                 held = body.get("held")
                 ranges = tuple((int(a), int(b)) for a, b in held) if held else None
                 vote, offer = decode_vote(str(body["vote"])), decode_offer(body.get("offer"))
-                return InstallSnapshotResponse(vote, held=ranges, offer=offer)
+                reused, fetched = _count(body.get("reused")), _count(body.get("fetched"))
+                return InstallSnapshotResponse(
+                    vote, held=ranges, offer=offer, reused=reused, fetched=fetched
+                )
             except (KeyError, TypeError, ValueError, InvalidRequest) as exc:
                 shown = repr(body)[:200]
                 raise NetworkError(f"malformed answer from {self.base_url}: {shown}") from exc
@@ -179,3 +182,12 @@ async def _read_answer(answer: aiohttp.ClientResponse, where: str, cap: int) -> 
             return bytes(raw)
         raw += piece
     raise NetworkError(f"answer longer than {cap} bytes from {where}")
+
+
+def _count(value: object) -> int:
+    """A byte count of an answer (0 when absent); `ValueError` unless a non-negative int."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+        raise ValueError(f"not a byte count: {value!r}")
+    return value

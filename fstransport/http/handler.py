@@ -139,6 +139,8 @@ class ChunkHandler:
         answer_body: dict[str, object] = {"vote": encode_vote(response.vote), "held": held}
         if response.offer is not None:
             answer_body["offer"] = encode_offer(response.offer)
+        if response.reused or response.fetched:  # a staged chunk's (docs/relay.md)
+            answer_body.update(reused=response.reused, fetched=response.fetched)
         return web.json_response(answer_body)
 
     async def receive(

@@ -25,6 +25,8 @@ everything else travels in headers:
 Answers are JSON.  ``200``: ``{"vote": "term,node_id,committed", "held": [[start, end], ...]}``,
 plus ``"offer": {"base_id", "checksum", "size", "map"}`` (the map in base64) answering a delta
 request when the receiver has a base; the client reads such an answer up to `offer_cap` bytes.
+An answer to a staged chunk may add ``"reused"`` and ``"fetched"`` (byte counts: taken from the
+receiver's base, fetched from the staging bucket; ``docs/relay.md``).
 Errors: ``{"error": <name>, "message": ..., "retryable": bool, ...fields}``, as the one table
 `fstransport.http.statuses.ERRORS` says.
 """

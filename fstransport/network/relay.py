@@ -35,6 +35,7 @@ from fstransport.network.base import Network
 from fstransport.network.relay_areas import (
     SharedStaging,
     Staged,
+    StagingCounts,
     find_areas,
     is_damaged,
     not_fetched,
@@ -54,7 +55,7 @@ FALL_BACK_AFTER = 3
 the bytes themselves."""
 
 
-class RelayNetwork:
+class RelayNetwork(StagingCounts):
     """A `Network` that stages chunk bytes in `staging_url` and sends references through
     `inner`.
 
@@ -110,12 +111,6 @@ class RelayNetwork:
     def bytes_uploaded(self) -> int:
         """Bytes of chunks this network and its siblings uploaded to the staging bucket."""
         return self._shared.bytes_uploaded
-
-    @property
-    def own_bytes_uploaded(self) -> int:
-        """Bytes of chunks this network itself uploaded (its siblings' uploads not counted):
-        of a fan-out, the chunks this receiver's send staged first."""
-        return self._shared.uploaded_by.get(id(self), 0)
 
     @property
     def puts(self) -> int:
@@ -221,7 +216,9 @@ class RelayNetwork:
     async def _deliver(
         self, ticket: int, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        ref_req = req if req.staged is not None else await self._shared.stage(staged, req, id(self))
+        ref_req = req
+        if req.staged is None:
+            ref_req = await self._shared.stage(staged, req, id(self), option.delta)
         await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
         # the final chunk's manifest is written while the receiver fetches it (`_after`)
         commit = self._shared.commit(staged, req.meta, req.vote) if req.done else None
@@ -244,11 +241,12 @@ class RelayNetwork:
             if req.staged is not None:  # the sender retries, reading the bytes this time
                 raise NetworkError(f"staged object {ref.url} is damaged or gone: {source}") from exc
             log.warning("staged object %s refused (%s); staging it again", ref.url, exc)
-            ref_req = await self._shared.stage(staged, req, id(self))
+            ref_req = await self._shared.stage(staged, req, id(self), option.delta)
             if req.done:
                 await self._shared.commit(staged, req.meta, req.vote)
             response = await self.inner.install_snapshot(ref_req, option)
         self._fetch_failures = 0
+        self._shared.count_fetched(id(self), response)
         return response
 
     async def _fall_back(

@@ -22,6 +22,7 @@ from fstransport.errors import (
 )
 from fstransport.messages import (
     InstallSnapshotRequest,
+    InstallSnapshotResponse,
     SnapshotMeta,
     StagedChunk,
     Vote,
@@ -42,6 +43,7 @@ __all__ = [
     "Area",
     "SharedStaging",
     "Staged",
+    "StagingCounts",
     "find_areas",
     "is_damaged",
     "manifest_document",
@@ -105,12 +107,22 @@ class SharedStaging:
         self.bytes_uploaded = 0
         self.uploaded_by: dict[int, int] = {}
         """Bytes uploaded by each network sharing this staging (by `id`)."""
+        self.reused_by: dict[int, int] = {}
+        self.fetched_by: dict[int, int] = {}
+        """Bytes each network's receiver took from its base, and fetched from the bucket."""
+
+    def count_fetched(self, by: int, response: InstallSnapshotResponse) -> None:
+        """Count what the receiver of the network `by` says it reused and fetched."""
+        self.reused_by[by] = self.reused_by.get(by, 0) + response.reused
+        self.fetched_by[by] = self.fetched_by.get(by, 0) + response.fetched
 
     async def stage(
-        self, staged: Staged, req: InstallSnapshotRequest, by: int = 0
+        self, staged: Staged, req: InstallSnapshotRequest, by: int = 0, delta: str = "off"
     ) -> InstallSnapshotRequest:
         """`req` with its bytes staged (or found staged already) and replaced by a reference;
-        bytes this call uploads are counted for the network `by` (`uploaded_by`)."""
+        bytes this call uploads are counted for the network `by` (`uploaded_by`).  With
+        `delta` (a `TransferOptions.delta` mode) the chunk's block map is staged after its
+        bytes (`fstransport.delta.relay.chunk_trailer`), for receivers that hold a base."""
         data = contiguous(req.data)
         length = len(data)
         crc = req.crc32c if req.crc32c is not None else chunk_crc(data)
@@ -133,16 +145,20 @@ class SharedStaging:
         if not mine:  # another send (to another receiver) is uploading them right now
             if not await asyncio.shield(upload):
                 raise NetworkError(f"staging {ref.url} failed; the chunk is sent again")
+            ref = area.ref(req.offset, length, crc) or ref  # (its name names its trailer)
             return replace(req, data=b"", crc32c=crc, staged=ref)
-        done = False
+        uploading, done = ref.name, False
         try:
-            if await _staging(shared.store.put_once(ref.url, data, crc)):
+            from fstransport.delta.relay import chunk_trailer
+
+            trailer, ref = await chunk_trailer(delta, req.meta, req.offset, data, ref)
+            if await _staging(shared.store.put_once(ref.url, data, crc, trailer)):
                 shared.bytes_uploaded += length
                 shared.uploaded_by[by] = shared.uploaded_by.get(by, 0) + length
             done = True
         finally:
             area.pending -= 1
-            del area.uploading[ref.name]
+            del area.uploading[uploading]
             area.written.add(ref.name)  # (a failed PUT may have left it too)
             if done:
                 area.chunks[(req.offset, length)] = (crc, ref.name)
@@ -201,6 +217,30 @@ class SharedStaging:
             urls += [f"{area.url}/chunks/{name}" for name in sorted(area.written)]
             await self.store.remove(urls)  # the manifest first: then nobody installs
             await self.store.prune(f"{area.url}/chunks", self.staging_url)
+
+
+class StagingCounts:
+    """What one `RelayNetwork` (of those sharing a `SharedStaging`) did, by its own sends."""
+
+    _shared: SharedStaging
+
+    @property
+    def own_bytes_uploaded(self) -> int:
+        """Bytes of chunks this network itself uploaded (its siblings' uploads not counted):
+        of a fan-out, the chunks this receiver's send staged first."""
+        return self._shared.uploaded_by.get(id(self), 0)
+
+    @property
+    def own_bytes_reused(self) -> int:
+        """Bytes this network's receiver took from a base it held instead of fetching them
+        (`InstallSnapshotResponse.reused`; docs/relay.md, "Delta and the relay")."""
+        return self._shared.reused_by.get(id(self), 0)
+
+    @property
+    def own_bytes_fetched(self) -> int:
+        """Bytes this network's receiver fetched from the staging bucket, block maps included
+        (`InstallSnapshotResponse.fetched`)."""
+        return self._shared.fetched_by.get(id(self), 0)
 
 
 async def _staging(write: Awaitable[bool]) -> bool:

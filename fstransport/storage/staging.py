@@ -33,6 +33,7 @@ __all__ = [
     "chunk_name",
     "cleanup_staging",
     "is_chunk_name",
+    "trailer_of",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -46,14 +47,27 @@ FETCH_PART = 8 << 20
 FETCH_STREAMS = 4
 """Ranged GETs of one staged object at once."""
 
-_CHUNK_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{1,16}-[0-9a-f]{8}(-r[0-9]{1,4})?")
+_CHUNK_NAME = re.compile(
+    r"[0-9a-f]{16}-[0-9a-f]{1,16}-[0-9a-f]{8}(-t(?P<trailer>[0-9a-f]{64}))?(-r[0-9]{1,4})?"
+)
 
 
-def chunk_name(offset: int, length: int, crc: int, generation: int = 0) -> str:
-    """The object name of a staged chunk: its offset, length and CRC32C (hex), and a
-    generation when it had to be staged again (the earlier object was damaged)."""
+def chunk_name(
+    offset: int, length: int, crc: int, generation: int = 0, trailer: str | None = None
+) -> str:
+    """The object name of a staged chunk: its offset, length and CRC32C (hex), the SHA-256
+    (hex) of the block map staged after its bytes when there is one (its *trailer*,
+    `fstransport.protocol.relay_trailer`), and a generation when it had to be staged again
+    (the earlier object was damaged)."""
+    with_map = f"-t{trailer}" if trailer else ""
     suffix = f"-r{generation}" if generation else ""
-    return f"{offset:016x}-{length:x}-{crc:08x}{suffix}"
+    return f"{offset:016x}-{length:x}-{crc:08x}{with_map}{suffix}"
+
+
+def trailer_of(name: str) -> str | None:
+    """The SHA-256 (hex) of the trailer the staged chunk `name` carries; None: none."""
+    found = _CHUNK_NAME.fullmatch(name)
+    return None if found is None else found.group("trailer")
 
 
 def is_chunk_name(name: object) -> bool:
@@ -120,10 +134,18 @@ class StagingStore:
             return await getattr(fs, "_" + name)(*args, **kwargs)
         return await asyncio.to_thread(getattr(fs, name), *args, **kwargs)
 
-    async def put_once(self, url: str, data: Buffer, crc: int) -> bool:
-        """Write `data` (whose CRC32C is `crc`) to `url` unless an object is there already;
-        True when this call wrote it.  One PUT on S3 (``If-None-Match: *``, never multipart)."""
+    async def put_once(self, url: str, data: Buffer, crc: int, trailer: bytes = b"") -> bool:
+        """Write `data` (whose CRC32C is `crc`), followed by `trailer` (a chunk's block map),
+        to `url` unless an object is there already; True when this call wrote it.  One PUT on
+        S3 (``If-None-Match: *``, never multipart); its ``ChecksumCRC32C`` covers the whole
+        object, its ``fstransport-crc32c`` metadata the chunk's bytes."""
         path = await self.path(url)
+        whole = crc
+        if trailer:
+            from fstransport.checksum import chunk_crc, combine
+
+            whole = combine(crc, chunk_crc(trailer), len(trailer))
+            data = b"".join((data, trailer))  # (one copy of the chunk: one body, one PUT)
         with storage_errors(url, "stage"):
             if self.s3:
                 from fstransport.storage.backends.s3.client import (
@@ -142,7 +164,7 @@ class StagingStore:
                         Key=key,
                         Body=PartBody(data),  # sent from the chunk's buffer: no copy
                         IfNoneMatch="*",
-                        ChecksumCRC32C=crc32c_header(crc),
+                        ChecksumCRC32C=crc32c_header(whole),
                         Metadata={"fstransport-crc32c": f"{crc:08x}"},
                     )
                 except Exception as exc:
@@ -190,6 +212,14 @@ class StagingStore:
         await asyncio.gather(*(part(s) for s in range(0, ref.length, FETCH_PART)))
         self._check_fetched(ref, got[0], chunk_crc(buffer) if got[0] == ref.length else None)
         return buffer
+
+    async def fetch_range(self, url: str, start: int, end: int) -> Buffer:
+        """Bytes ``[start, end)`` of the object `url` (fewer at its end), with one ranged GET;
+        `StorageError` (verb ``fetch``) when it cannot be read."""
+        path = await self.path(url)
+        with storage_errors(url, "fetch"):
+            piece: Buffer = await self._call("cat_file", path, start=start, end=end)
+        return piece
 
     @staticmethod
     def _check_fetched(ref: StagedChunk, got: int, crc: int | None) -> None:

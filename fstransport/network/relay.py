@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from fstransport.errors import (
     ConfigurationError,
@@ -42,12 +41,11 @@ from fstransport.network.relay_areas import (
 )
 from fstransport.network.relay_gate import ReferenceGate, check_stage_ahead
 from fstransport.options import TransferOptions
+from fstransport.protocol.ranges import RangeSet
 
 __all__ = ["RelayNetwork", "StagedChunk"]
 
 log = logging.getLogger("fstransport.relay")
-
-_T = TypeVar("_T")
 
 FALL_BACK_AFTER = 3
 """References in a row a receiver fails to fetch (or finds damaged) before the relay sends it
@@ -75,8 +73,15 @@ class RelayNetwork:
     themselves through `inner` from then on.
 
     Staging runs ahead: a sender hands over `stage_ahead` chunks (default ``max_in_flight``) more
-    (`window_for`); ``max_in_flight`` references at most are out, in order (docs/relay.md).
+    (`window_for`); ``max_in_flight`` references at most are out, in order (docs/relay.md).  It
+    declares `orders_references`: the sender hands chunks over while the one at offset 0 is out
+    and the final one before the others are answered
+    (`fstransport.protocol.send_order.RelaySendWindow`); the receiver still sees the one at 0
+    first and the final one alone (`ReferenceGate`), and the manifest is written as soon as
+    every chunk is staged.
     """
+
+    orders_references = True
 
     def __init__(
         self,
@@ -97,6 +102,7 @@ class RelayNetwork:
         self._fetch_failures = 0  # references in a row the receiver could not fetch
         self.stage_ahead = check_stage_ahead(stage_ahead)
         self._gate = ReferenceGate()  # the references out to this network's receiver
+        self._held: dict[tuple[str, Vote], RangeSet] = {}  # what the receiver said it holds
 
     @property
     def staging_url(self) -> str:
@@ -128,6 +134,7 @@ class RelayNetwork:
         sibling = RelayNetwork.__new__(RelayNetwork)
         sibling.__dict__.update(self.__dict__, inner=inner, _direct=False, _fetch_failures=0)
         sibling._gate = ReferenceGate()  # (the staging, `stage_ahead` and counts are shared)
+        sibling._held = {}
         return sibling
 
     def window_for(self, options: TransferOptions) -> int:
@@ -190,10 +197,12 @@ class RelayNetwork:
     async def install_snapshot(
         self, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        with self._gate.entered() as ticket:  # (its place among the references)
+        with self._gate.entered(*_place(req)) as ticket:  # (its place among the references)
             if (self._direct and req.staged is None) or not stageable(req):
                 await self._gate.turn(ticket, option.max_in_flight)
-                return await self.inner.install_snapshot(req, option)  # as it is
+                answer = await self.inner.install_snapshot(req, option)  # as it is
+                self._gate.leave(ticket, ok=True)
+                return answer
             key = (req.meta.snapshot_id, req.vote)
             staged = self._shared.snapshots.get(key)
             if staged is None:
@@ -204,6 +213,9 @@ class RelayNetwork:
                 if _worth_searching(req, staged):
                     await self._search(req.vote, req.meta)
                 response = await self._deliver(ticket, staged, req, option)
+                if req.offset == 0:  # (before the chunks behind it go: see `_holds`)
+                    self._held[key] = RangeSet(_ranges(response.held))
+                self._gate.leave(ticket, ok=True)
                 if req.done and response.vote <= req.vote:
                     staged.users.discard(id(self))
                     await self._acknowledged(key, staged)
@@ -222,12 +234,21 @@ class RelayNetwork:
         self, ticket: int, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
         ref_req = req if req.staged is not None else await self._shared.stage(staged, req, id(self))
-        await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
-        # the final chunk's manifest is written while the receiver fetches it (`_after`)
-        commit = self._shared.commit(staged, req.meta, req.vote) if req.done else None
-        committing = None if commit is None else asyncio.ensure_future(commit)
+        committing = None
+        if req.done:  # the manifest goes as soon as every chunk is staged, while they are fetched
+            await self._gate.settled(ticket)
+            committing = asyncio.ensure_future(self._shared.commit(staged, req.meta, req.vote))
         try:
-            response = await _after(committing, self.inner.install_snapshot(ref_req, option))
+            await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
+            if self._holds(req):
+                return InstallSnapshotResponse(req.vote)
+            if self._direct and req.staged is None:  # (found out while this one was staged)
+                ref_req = req
+            if committing is not None:
+                await committing  # (the receiver reads the manifest with the final chunk)
+                if _uncommitted(staged, req.meta):  # a chunk staged again since
+                    await self._shared.commit(staged, req.meta, req.vote)
+            response = await self.inner.install_snapshot(ref_req, option)
         except RemoteError as exc:
             ref = ref_req.staged
             source = exc.source
@@ -248,8 +269,23 @@ class RelayNetwork:
             if req.done:
                 await self._shared.commit(staged, req.meta, req.vote)
             response = await self.inner.install_snapshot(ref_req, option)
+        finally:
+            if committing is not None and not committing.done():  # (cancelled meanwhile)
+                committing.cancel()
+                await asyncio.gather(committing, return_exceptions=True)
         self._fetch_failures = 0
         return response
+
+    def _holds(self, req: InstallSnapshotRequest) -> bool:
+        """Whether the receiver said, answering the chunk at offset 0, that it holds all of
+        `req`'s bytes (a resumed transfer): the sender handed `req` over before it knew (it
+        stages ahead), and it need not go; the whole checksum still decides at the end."""
+        held = self._held.get((req.meta.snapshot_id, req.vote))
+        if held is None or req.done or req.offset == 0:
+            return False
+        length = req.staged.length if req.staged is not None else len(req.data)
+        end = req.offset + length
+        return any(start <= req.offset and end <= stop for start, stop in held)
 
     async def _fall_back(
         self, req: InstallSnapshotRequest, option: TransferOptions, exc: RemoteError, why: str
@@ -306,18 +342,28 @@ class RelayNetwork:
         return f"RelayNetwork({self.inner!r}, {self.staging_url!r})"
 
 
-async def _after(committing: asyncio.Future[None] | None, send: Awaitable[_T]) -> _T:
-    """What `send` (the final chunk's reference) returns, once `committing` (its manifest being
-    written) has ended too.  The manifest is still written after every chunk was staged; the
-    receiver fetches the final chunk meanwhile and installs only once it read the manifest
-    (`fstransport.relay_receive`, `MANIFEST_WAIT`).  A failed commit is raised."""
-    if committing is None:
-        return await send
-    try:
-        answer = await send
-    finally:
-        await committing
-    return answer
+def _ranges(held: object) -> list[tuple[int, int]]:
+    """The well-formed ranges of an answer's `held` (a hostile receiver's answer is data)."""
+    if not isinstance(held, (tuple, list)):
+        return []
+    return [
+        (r[0], r[1])
+        for r in held
+        if isinstance(r, (tuple, list))
+        and len(r) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in r)
+    ]
+
+
+def _uncommitted(staged: Staged, meta: SnapshotMeta) -> bool:
+    return any(not a.committed and a.meta.same_snapshot(meta) for a in staged.areas)
+
+
+def _place(req: InstallSnapshotRequest) -> tuple[str, int, bool]:
+    """`req`'s place in the `ReferenceGate`: its snapshot id, offset and whether it is final
+    (for a malformed request, whatever it says: the receiver refuses it anyway)."""
+    offset = req.offset if isinstance(req.offset, int) else -1
+    return str(getattr(req.meta, "snapshot_id", "")), offset, req.done is True
 
 
 def _worth_searching(req: InstallSnapshotRequest, staged: Staged) -> bool:

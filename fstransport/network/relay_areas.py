@@ -135,8 +135,9 @@ class SharedStaging:
                 raise NetworkError(f"staging {ref.url} failed; the chunk is sent again")
             return replace(req, data=b"", crc32c=crc, staged=ref)
         done = False
-        try:
-            if await _staging(shared.store.put_once(ref.url, data, crc)):
+        tried = ref.name in area.written  # an earlier PUT of ours that was cancelled or failed
+        try:  # (found there, the earlier one wrote it, and its bytes were not counted then)
+            if await _staging(shared.store.put_once(ref.url, data, crc)) or tried:
                 shared.bytes_uploaded += length
                 shared.uploaded_by[by] = shared.uploaded_by.get(by, 0) + length
             done = True

@@ -128,9 +128,7 @@ class ReferenceOrder:
         entry = self._entries.get(ticket)
         if entry is None:
             return True
-        return all(
-            e.staged for t, e in self._entries.items() if t < ticket and e.key == entry.key
-        )
+        return all(e.staged for t, e in self._entries.items() if t < ticket and e.key == entry.key)
 
     def release(self, limit: int) -> list[int]:
         """The requests that go now (marked sent): at most `limit` out at once."""

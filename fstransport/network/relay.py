@@ -41,7 +41,6 @@ from fstransport.network.relay_areas import (
 )
 from fstransport.network.relay_gate import ReferenceGate, check_stage_ahead
 from fstransport.options import TransferOptions
-from fstransport.protocol.ranges import RangeSet
 
 __all__ = ["RelayNetwork", "StagedChunk"]
 
@@ -72,13 +71,10 @@ class RelayNetwork:
     ``relay_options``) or fails to fetch `FALL_BACK_AFTER` of them in a row gets the bytes
     themselves through `inner` from then on.
 
-    Staging runs ahead: a sender hands over `stage_ahead` chunks (default ``max_in_flight``) more
-    (`window_for`); ``max_in_flight`` references at most are out, in order (docs/relay.md).  It
-    declares `orders_references`: the sender hands chunks over while the one at offset 0 is out
-    and the final one before the others are answered
-    (`fstransport.protocol.send_order.RelaySendWindow`); the receiver still sees the one at 0
-    first and the final one alone (`ReferenceGate`), and the manifest is written as soon as
-    every chunk is staged.
+    Staging runs ahead (`window_for`: `stage_ahead` chunks more than the window, default
+    ``max_in_flight``) and from the first chunk on (`orders_references`, see
+    `fstransport.protocol.send_order`); the receiver still sees at most ``max_in_flight``
+    references, in order, the one at offset 0 first and the final one alone (docs/relay.md).
     """
 
     orders_references = True
@@ -102,7 +98,6 @@ class RelayNetwork:
         self._fetch_failures = 0  # references in a row the receiver could not fetch
         self.stage_ahead = check_stage_ahead(stage_ahead)
         self._gate = ReferenceGate()  # the references out to this network's receiver
-        self._held: dict[tuple[str, Vote], RangeSet] = {}  # what the receiver said it holds
 
     @property
     def staging_url(self) -> str:
@@ -134,7 +129,6 @@ class RelayNetwork:
         sibling = RelayNetwork.__new__(RelayNetwork)
         sibling.__dict__.update(self.__dict__, inner=inner, _direct=False, _fetch_failures=0)
         sibling._gate = ReferenceGate()  # (the staging, `stage_ahead` and counts are shared)
-        sibling._held = {}
         return sibling
 
     def window_for(self, options: TransferOptions) -> int:
@@ -161,15 +155,7 @@ class RelayNetwork:
         staged = self._shared.snapshots.setdefault((meta.snapshot_id, vote), Staged())
         staged.searched.add(meta.checksum)
         found = await find_areas(self._shared.store, self.staging_url, meta, vote)
-        checksums = {a.checksum for a in staged.areas if a.committed and a.checksum is not None}
-        known = {a.url for a in staged.areas}
-        for area in found:
-            assert area.checksum is not None
-            checksums.add(area.checksum)
-            if meta.checksum is not None and area.url not in known:
-                log.info("reusing the staged copy %s of %r", area.url, meta.snapshot_id)
-                staged.areas.append(area)
-        return checksums
+        return staged.adopt(found, meta)
 
     def staged_chunk(
         self, vote: Vote, meta: SnapshotMeta, offset: int, length: int
@@ -182,22 +168,12 @@ class RelayNetwork:
         staged = self._shared.snapshots.get((meta.snapshot_id, vote))
         if staged is None or meta.checksum is None or self._direct:
             return None
-        if staged.expires is not None and staged.expires <= time.time():
-            return None
-        now = time.time()
-        for area in staged.areas:
-            if area.committed and area.checksum == meta.checksum and area.meta.same_snapshot(meta):
-                if area.expires is not None and area.expires <= now:
-                    continue
-                ref = area.ref(offset, length, None)
-                if ref is not None:
-                    return ref
-        return None
+        return staged.committed_ref(meta, offset, length, time.time())
 
     async def install_snapshot(
         self, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        with self._gate.entered(*_place(req)) as ticket:  # (its place among the references)
+        with self._gate.entered(req) as ticket:  # (its place among the references)
             if (self._direct and req.staged is None) or not stageable(req):
                 await self._gate.turn(ticket, option.max_in_flight)
                 answer = await self.inner.install_snapshot(req, option)  # as it is
@@ -211,24 +187,15 @@ class RelayNetwork:
             staged.users.add(id(self))
             try:
                 if _worth_searching(req, staged):
-                    await self._search(req.vote, req.meta)
+                    await _search(self, req.vote, req.meta)
                 response = await self._deliver(ticket, staged, req, option)
-                if req.offset == 0:  # (before the chunks behind it go: see `_holds`)
-                    self._held[key] = RangeSet(_ranges(response.held))
-                self._gate.leave(ticket, ok=True)
+                self._gate.leave(ticket, ok=True, held=response.held)
                 if req.done and response.vote <= req.vote:
                     staged.users.discard(id(self))
                     await self._acknowledged(key, staged)
                 return response
             finally:
                 staged.busy -= 1
-
-    async def _search(self, vote: Vote, meta: SnapshotMeta) -> None:
-        """Look once for a copy of this snapshot that another process staged and keeps."""
-        try:
-            await self.find_staged(vote, meta)
-        except StorageError as exc:  # nothing found: the chunks are staged as usual
-            log.warning("cannot look for staged copies of %r: %s", meta.snapshot_id, exc)
 
     async def _deliver(
         self, ticket: int, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
@@ -240,7 +207,7 @@ class RelayNetwork:
             committing = asyncio.ensure_future(self._shared.commit(staged, req.meta, req.vote))
         try:
             await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
-            if self._holds(req):
+            if self._gate.holds(req):  # (the receiver said so, answering the chunk at 0)
                 return InstallSnapshotResponse(req.vote)
             if self._direct and req.staged is None:  # (found out while this one was staged)
                 ref_req = req
@@ -275,17 +242,6 @@ class RelayNetwork:
                 await asyncio.gather(committing, return_exceptions=True)
         self._fetch_failures = 0
         return response
-
-    def _holds(self, req: InstallSnapshotRequest) -> bool:
-        """Whether the receiver said, answering the chunk at offset 0, that it holds all of
-        `req`'s bytes (a resumed transfer): the sender handed `req` over before it knew (it
-        stages ahead), and it need not go; the whole checksum still decides at the end."""
-        held = self._held.get((req.meta.snapshot_id, req.vote))
-        if held is None or req.done or req.offset == 0:
-            return False
-        length = req.staged.length if req.staged is not None else len(req.data)
-        end = req.offset + length
-        return any(start <= req.offset and end <= stop for start, stop in held)
 
     async def _fall_back(
         self, req: InstallSnapshotRequest, option: TransferOptions, exc: RemoteError, why: str
@@ -342,28 +298,16 @@ class RelayNetwork:
         return f"RelayNetwork({self.inner!r}, {self.staging_url!r})"
 
 
-def _ranges(held: object) -> list[tuple[int, int]]:
-    """The well-formed ranges of an answer's `held` (a hostile receiver's answer is data)."""
-    if not isinstance(held, (tuple, list)):
-        return []
-    return [
-        (r[0], r[1])
-        for r in held
-        if isinstance(r, (tuple, list))
-        and len(r) == 2
-        and all(isinstance(n, int) and not isinstance(n, bool) for n in r)
-    ]
+async def _search(relay: RelayNetwork, vote: Vote, meta: SnapshotMeta) -> None:
+    """Look once for a copy of this snapshot that another process staged and keeps."""
+    try:
+        await relay.find_staged(vote, meta)
+    except StorageError as exc:  # nothing found: the chunks are staged as usual
+        log.warning("cannot look for staged copies of %r: %s", meta.snapshot_id, exc)
 
 
 def _uncommitted(staged: Staged, meta: SnapshotMeta) -> bool:
     return any(not a.committed and a.meta.same_snapshot(meta) for a in staged.areas)
-
-
-def _place(req: InstallSnapshotRequest) -> tuple[str, int, bool]:
-    """`req`'s place in the `ReferenceGate`: its snapshot id, offset and whether it is final
-    (for a malformed request, whatever it says: the receiver refuses it anyway)."""
-    offset = req.offset if isinstance(req.offset, int) else -1
-    return str(getattr(req.meta, "snapshot_id", "")), offset, req.done is True
 
 
 def _worth_searching(req: InstallSnapshotRequest, staged: Staged) -> bool:

@@ -8,6 +8,8 @@ import inspect
 from collections.abc import Iterator
 
 from fstransport.errors import ConfigurationError
+from fstransport.messages import InstallSnapshotRequest
+from fstransport.protocol.ranges import RangeSet
 from fstransport.protocol.send_order import ReferenceOrder
 
 __all__ = ["ReferenceGate", "check_stage_ahead", "orders_references"]
@@ -45,6 +47,8 @@ class ReferenceGate:
         self._turns: dict[int, asyncio.Future[None]] = {}
         self._settles: list[tuple[int, asyncio.Future[None]]] = []
         self._limit = 1
+        self._held: dict[tuple[str, object], RangeSet] = {}  # what the receiver said it holds
+        self._reqs: dict[int, InstallSnapshotRequest] = {}
 
     @property
     def sent(self) -> int:
@@ -52,9 +56,10 @@ class ReferenceGate:
         return self._order.sent
 
     @contextlib.contextmanager
-    def entered(self, key: str, offset: int, done: bool) -> Iterator[int]:
-        """A ticket (`enter`) that is given up (`leave`) on the way out."""
-        ticket = self.enter(key, offset, done)
+    def entered(self, req: InstallSnapshotRequest) -> Iterator[int]:
+        """A ticket for `req` (`enter`) that is given up (`leave`) on the way out."""
+        ticket = self.enter(*_place(req))
+        self._reqs[ticket] = req
         try:
             yield ticket
         finally:
@@ -63,6 +68,17 @@ class ReferenceGate:
     def enter(self, key: str, offset: int, done: bool) -> int:
         """A request of snapshot `key` at `offset` (`done`: the final one) arrives."""
         return self._order.enter(key, offset, done)
+
+    def holds(self, req: InstallSnapshotRequest) -> bool:
+        """Whether the receiver said, answering the chunk at offset 0, that it holds all of
+        `req`'s bytes (a resumed transfer): the sender handed `req` over before it knew (it
+        stages ahead), and it need not go; the whole checksum still decides at the end."""
+        held = self._held.get((req.meta.snapshot_id, req.vote))
+        if held is None or req.done or req.offset == 0:
+            return False
+        length = req.staged.length if req.staged is not None else len(req.data)
+        end = req.offset + length
+        return any(start <= req.offset and end <= stop for start, stop in held)
 
     async def turn(self, ticket: int, limit: int) -> None:
         """`ticket` is staged: wait until the order lets it go (fewer than `limit` out)."""
@@ -84,8 +100,12 @@ class ReferenceGate:
         finally:
             self._settles = [(t, w) for t, w in self._settles if w is not waiter]
 
-    def leave(self, ticket: int, ok: bool = False) -> None:
-        """`ticket` is answered (`ok`: without error), failed or cancelled."""
+    def leave(self, ticket: int, ok: bool = False, held: object = None) -> None:
+        """`ticket` is answered (`ok`: without error; the answer's `held`), failed or
+        cancelled."""
+        req = self._reqs.pop(ticket, None)
+        if ok and req is not None and req.offset == 0:  # (before the chunks behind it go)
+            self._held[(_place(req)[0], req.vote)] = RangeSet(_ranges(held))
         self._order.leave(ticket, ok)
         waiter = self._turns.pop(ticket, None)
         if waiter is not None and not waiter.done():
@@ -100,3 +120,23 @@ class ReferenceGate:
         for ticket, waiter in self._settles:
             if not waiter.done() and self._order.settled_before(ticket):
                 waiter.set_result(None)
+
+
+def _ranges(held: object) -> list[tuple[int, int]]:
+    """The well-formed ranges of an answer's `held` (a hostile receiver's answer is data)."""
+    if not isinstance(held, (tuple, list)):
+        return []
+    return [
+        (r[0], r[1])
+        for r in held
+        if isinstance(r, (tuple, list))
+        and len(r) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in r)
+    ]
+
+
+def _place(req: InstallSnapshotRequest) -> tuple[str, int, bool]:
+    """`req`'s place in the order: its snapshot id, offset and whether it is final (for a
+    malformed request, whatever it says: the receiver refuses it anyway)."""
+    offset = req.offset if isinstance(req.offset, int) else -1
+    return str(getattr(req.meta, "snapshot_id", "")), offset, req.done is True

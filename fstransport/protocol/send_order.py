@@ -16,7 +16,8 @@ from the sender's window to the relay's reference order, and the uploads run mea
   sees exactly as before: a reference at offset 0 *opens* its snapshot and may overtake any
   other; no other reference of the snapshot goes until an opening one was answered without
   error; and the final reference goes only when no other request of its snapshot is left in
-  the order (every one answered), without holding up younger ones.
+  the order (every one answered) and none that failed waits to be handed over again (a retry
+  after its backoff), without holding up younger ones.
 
 Nothing here does I/O or reads a clock; `tests/test_protocol_send_order.py` tests every rule.
 """
@@ -96,6 +97,7 @@ class ReferenceOrder:
         self._next = 0
         self._entries: dict[int, _Entry] = {}  # in the order handed over
         self._closed: set[str] = set()  # snapshots whose opening request is not answered yet
+        self._failed: dict[str, int] = {}  # requests per snapshot that failed, not yet retried
 
     @property
     def sent(self) -> int:
@@ -106,9 +108,11 @@ class ReferenceOrder:
         ticket = self._next
         self._next += 1
         opening = offset == 0
-        self._entries[ticket] = _Entry(key, opening, done and not opening)
+        entry = self._entries[ticket] = _Entry(key, opening, done and not opening)
         if opening:
             self._closed.add(key)
+        if not entry.final and self._failed.get(key):
+            self._failed[key] -= 1  # (a retry; or chunks cut anew: each counts)
         return ticket
 
     def staged(self, ticket: int) -> None:
@@ -119,8 +123,14 @@ class ReferenceOrder:
     def leave(self, ticket: int, ok: bool = False) -> None:
         """`ticket` is answered (`ok`: without error), failed or abandoned."""
         entry = self._entries.pop(ticket, None)
-        if entry is not None and entry.opening and entry.sent and ok:
+        if entry is None:
+            return
+        if entry.opening and entry.sent and ok:
             self._closed.discard(entry.key)
+        if entry.final:  # (whatever failed is sent again before the final chunk, or never)
+            self._failed.pop(entry.key, None)
+        elif not ok:
+            self._failed[entry.key] = self._failed.get(entry.key, 0) + 1
 
     def settled_before(self, ticket: int) -> bool:
         """Whether every request of `ticket`'s snapshot handed over before it is staged (or
@@ -153,4 +163,5 @@ class ReferenceOrder:
         return released
 
     def _alone(self, ticket: int, key: str) -> bool:
-        return all(t == ticket or e.key != key for t, e in self._entries.items())
+        others = any(t != ticket and e.key == key for t, e in self._entries.items())
+        return not others and not self._failed.get(key)

@@ -67,7 +67,8 @@ def test_the_final_chunk_waits_until_every_chunk_in_flight_was_read() -> None:
     assert drain(window) == [], "one chunk in flight is still unread"
     window.on_read(plans[2], crc(data[8:12]))
     (final,) = drain(window)
-    assert final.done and final.offset == 12
+    assert final.done
+    assert final.offset == 12
     assert window.whole_crc(final, crc(data[12:])) == crc(data), "no answer needed for it"
 
 
@@ -76,7 +77,8 @@ def test_offset_0_is_handed_over_again_while_others_are_out() -> None:
     first, *rest = drain(window)
     window.on_failure(first, NetworkError("lost"), now=0.0)
     (again,) = drain(window, now=1.0)
-    assert again.offset == 0 and len(rest) == 3
+    assert again.offset == 0
+    assert len(rest) == 3
 
 
 def test_a_failed_unread_chunk_no_longer_holds_the_final_one_back() -> None:
@@ -279,5 +281,6 @@ def test_the_whole_crc_of_a_simulated_run_is_the_data_s() -> None:
         rng = random.Random(seed)
         size = rng.randrange(1, 50)
         run = simulate(size, rng.randrange(1, 8), 2, seed, 0.2)
-        assert run.installed is not None and len(run.installed) == size
+        assert run.installed is not None
+        assert len(run.installed) == size
         assert run.whole_crc == crc(run.installed)

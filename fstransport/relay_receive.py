@@ -93,6 +93,7 @@ class StagedChunks:
 
     def __init__(self) -> None:
         self._stores: dict[str, StagingStore] = {}
+        self._manifests: dict[str, dict[str, Any]] = {}  # read with a final chunk (`fetch`)
 
     def store(self, area: str, options: dict[str, Any]) -> StagingStore:
         from fstransport.storage.staging import StagingStore
@@ -106,8 +107,26 @@ class StagedChunks:
     async def fetch(
         self, req: InstallSnapshotRequest, ref: StagedChunk, options: dict[str, Any]
     ) -> InstallSnapshotRequest:
-        """`req` with the staged object's bytes as its data, checked against its CRC32C."""
-        data = await self.store(ref.area, options).fetch(ref)
+        """`req` with the staged object's bytes as its data, checked against its CRC32C.
+        With a final chunk, its area's manifest is read at the same time (`check_manifests`)."""
+        store = self.store(ref.area, options)
+        if not req.done:
+            return replace(req, data=await store.fetch(ref), crc32c=ref.crc32c)
+        from fstransport.storage.staging import manifest_url
+
+        url = manifest_url(ref.area)
+        early = asyncio.ensure_future(_manifest(store, url, wait=False))
+        try:
+            data = await store.fetch(ref)
+        except BaseException:
+            early.cancel()
+            await asyncio.gather(early, return_exceptions=True)
+            raise
+        manifest = (await asyncio.gather(early, return_exceptions=True))[0]
+        if isinstance(manifest, dict):  # (not there yet, or unreadable: read again at the end)
+            while len(self._manifests) >= 16:
+                del self._manifests[next(iter(self._manifests))]
+            self._manifests[url] = manifest
         return replace(req, data=data, crc32c=ref.crc32c)
 
     async def check_manifests(
@@ -139,7 +158,9 @@ class StagedChunks:
         vote = [req.vote.term, req.vote.node_id, req.vote.committed]
         for area, names in sorted(staged.items()):
             url = manifest_url(area)
-            manifest = await _manifest(self.store(area, options), url, wait=area == own)
+            manifest = self._manifests.pop(url, None)  # (manifests are written once)
+            if manifest is None:
+                manifest = await _manifest(self.store(area, options), url, wait=area == own)
             if manifest is None:
                 raise StorageError(
                     url, "read", FileNotFoundError("the staging area has no manifest")

@@ -11,6 +11,8 @@ what the window plans.  Its rules:
   any other offset of an unknown stream with a mismatch, so the window opens once it is answered.
 - The final chunk (the one ending at `size`, marked ``done``) is sent only when nothing else
   is in flight or left to send, so it is always the last request of a transfer.
+- (Through a network that stages chunks and orders its references itself, a relay, those two
+  rules move to the network: `fstransport.protocol.send_order`.)
 - A retryable failure puts the chunk's bytes back, counts an attempt for its offset, and pauses
   new sends for the policy's backoff; too many attempts, or too long without progress, ends the
   transfer with `RetryExhausted`.

@@ -284,3 +284,18 @@ def test_the_whole_crc_of_a_simulated_run_is_the_data_s() -> None:
         assert run.installed is not None
         assert len(run.installed) == size
         assert run.whole_crc == crc(run.installed)
+
+
+def test_failures_before_the_opening_answer_do_not_hold_the_final_one() -> None:
+    """A chunk that failed before the stream was open never reached the receiver; the opening
+    answer may say it is held (a resume), so it may never be sent again."""
+    order = ReferenceOrder()
+    t0 = order.enter("s", 0, False)
+    a = order.enter("s", 4, False)
+    order.staged(t0)
+    assert order.release(4) == [t0]
+    order.leave(a, ok=False)  # its PUT failed
+    order.leave(t0, ok=True)
+    final = order.enter("s", 8, True)
+    order.staged(final)
+    assert order.release(4) == [final]

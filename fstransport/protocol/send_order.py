@@ -125,8 +125,11 @@ class ReferenceOrder:
         entry = self._entries.pop(ticket, None)
         if entry is None:
             return
-        if entry.opening and entry.sent and ok:
-            self._closed.discard(entry.key)
+        if entry.opening and entry.sent and ok:  # the stream is open; what failed before never
+            self._closed.discard(
+                entry.key
+            )  # reached it, and may be held (a resume): not waited for
+            self._failed.pop(entry.key, None)
         if entry.final:  # (whatever failed is sent again before the final chunk, or never)
             self._failed.pop(entry.key, None)
         elif not ok:

@@ -172,3 +172,37 @@ async def test_a_resumed_receiver_is_not_sent_what_it_holds() -> None:
     assert not [o for o in offsets[1:] if o < held_end], f"held chunks were sent: {offsets}"
     assert relay.bytes_uploaded == len(data)
     await relay.close()
+
+
+async def test_the_receiver_reads_the_manifest_while_it_fetches_the_final_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fstransport.messages import StagedChunk
+    from fstransport.storage.staging import StagingStore
+
+    data = payload(3 * CHUNK + 7, seed=55)
+    receiver, store = receiver_at("memory://recv")
+    fetch, read_json = StagingStore.fetch, StagingStore.read_json
+    events: list[str] = []
+
+    async def slow_fetch(self: StagingStore, ref: StagedChunk) -> object:
+        final = ref.name.startswith("%016x" % (3 * CHUNK))
+        events.append("fetch final" if final else "fetch")
+        body = await fetch(self, ref)
+        if final:
+            await asyncio.sleep(0.05)
+            events.append("fetched final")
+        return body
+
+    async def reads(self: StagingStore, url: str) -> object:
+        events.append("manifest")
+        return await read_json(self, url)
+
+    monkeypatch.setattr(StagingStore, "fetch", slow_fetch)
+    monkeypatch.setattr(StagingStore, "read_json", reads)
+    relay = RelayNetwork(MockNetwork(deliver_to(receiver)), STAGE)
+    await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
+    assert await installed(store, "snap") == data
+    assert events.count("manifest") == 1, events
+    assert events.index("fetch final") < events.index("manifest") < events.index("fetched final")
+    await relay.close()

@@ -305,8 +305,8 @@ async def test_a_receiver_without_relay_options_gets_the_bytes() -> None:
     window = window_options(relay, OPTIONS).max_in_flight
     assert relay.bytes_uploaded <= (window - 1) * OPTIONS.chunk_size
     assert relay.bytes_uploaded < len(data), "the final chunk was not staged"
+    assert staged_files() == [], "what was staged in vain goes once the receiver has it all"
     await relay.close()
-    assert staged_files() == []
 
 
 async def test_a_reference_outside_the_allowed_prefixes_is_refused() -> None:

@@ -174,7 +174,7 @@ class RelayNetwork:
         self, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
         with self._gate.entered(req) as ticket:  # (its place among the references)
-            if (self._direct and req.staged is None) or not stageable(req):
+            if not stageable(req):
                 await self._gate.turn(ticket, option.max_in_flight)
                 answer = await self.inner.install_snapshot(req, option)  # as it is
                 self._gate.leave(ticket, ok=True)
@@ -200,9 +200,11 @@ class RelayNetwork:
     async def _deliver(
         self, ticket: int, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        ref_req = req if req.staged is not None else await self._shared.stage(staged, req, id(self))
+        direct = self._direct and req.staged is None  # (the receiver gets the bytes: no staging)
+        staging = not direct and req.staged is None
+        ref_req = await self._shared.stage(staged, req, id(self)) if staging else req
         committing = None
-        if req.done:  # the manifest goes as soon as every chunk is staged, while they are fetched
+        if req.done and not direct:  # the manifest goes once every chunk is staged, while fetched
             await self._gate.settled(ticket)
             committing = asyncio.ensure_future(self._shared.commit(staged, req.meta, req.vote))
         try:

@@ -1,7 +1,7 @@
 """The S3 requests of one relayed ship, in time order: what a relay x1 waits for when every S3
 data request is slow (``--latency``), so that latency and not CPU is the limit.
 
-    python benchmarks/relay_timeline.py [--size 64MiB] [--latency 0.5]
+    python benchmarks/relay_timeline.py [--size 64MiB] [--latency 0.5] [--stage-ahead N]
 
 One `ship(SRC, T, relay="s3://.../stage")` to an in-process receiver, the staging bucket on a
 moto server (its own process); each line is one S3 call: when it was sent (after its injected
@@ -27,6 +27,12 @@ def main() -> None:
     parser = make_parser(__doc__)
     parser.add_argument("--size", type=size_arg, default=64 * MiB, help="snapshot size (64 MiB)")
     parser.add_argument("--latency", type=float, default=0.5, help="seconds per data request")
+    parser.add_argument(
+        "--stage-ahead",
+        type=int,
+        default=None,
+        help="relay_options['stage_ahead'] (default: the relay's)",
+    )
     args = parser.parse_args()
     import s3fs
 
@@ -47,7 +53,9 @@ def main() -> None:
         source = os.path.join(folder, "src.bin")
         with open(source, "wb") as fh:
             fh.write(make_data(args.size, 1))
-        options = {"endpoint_url": moto.address, "key": key, "secret": secret}
+        options: dict[str, Any] = {"endpoint_url": moto.address, "key": key, "secret": secret}
+        if args.stage_ahead is not None:
+            options["stage_ahead"] = args.stage_ahead
         target = os.path.join(folder, "t", "snap.bin")
         with s3_latency(args.latency):
             began = time.perf_counter()

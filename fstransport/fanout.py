@@ -19,6 +19,7 @@ from fstransport.errors import ConfigurationError, FstransportError, HigherVote,
 from fstransport.messages import SnapshotMeta, Vote
 from fstransport.network.base import Network
 from fstransport.network.relay import RelayNetwork
+from fstransport.network.relay_gate import check_stage_ahead
 from fstransport.options import TransferOptions
 from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback, SendResult, send_source
@@ -76,13 +77,14 @@ class FanOut:
 
 def relay_settings(
     relay: str | None, relay_options: dict[str, Any] | None
-) -> tuple[dict[str, Any], float | None]:
-    """`relay_options` split into the staging bucket's storage options and ``keep_for``."""
+) -> tuple[dict[str, Any], float | None, int | None]:
+    """`relay_options` split into the staging bucket's storage options, ``keep_for`` and
+    ``stage_ahead`` (`RelayNetwork`'s; `ConfigurationError` for a bad one)."""
     settings = dict(relay_options or {})
     if relay is None:
         if settings:
             raise ConfigurationError("relay_options need a relay (the staging URL)")
-        return {}, None
+        return {}, None, None
     if not isinstance(relay, str) or not relay.strip("/"):
         raise ConfigurationError(f"relay must be a staging URL, got {relay!r}")
     keep_for = settings.pop("keep_for", None)
@@ -90,7 +92,8 @@ def relay_settings(
         isinstance(keep_for, bool) or not isinstance(keep_for, (int, float)) or keep_for < 0
     ):
         raise ConfigurationError(f"keep_for must be seconds (>= 0), got {keep_for!r}")
-    return settings, None if keep_for is None else float(keep_for)
+    stage_ahead = check_stage_ahead(settings.pop("stage_ahead", None))
+    return settings, None if keep_for is None else float(keep_for), stage_ahead
 
 
 class _Progress:
@@ -162,6 +165,7 @@ async def send_to_targets(
     relay: str | None = None,
     relay_storage: dict[str, Any] | None = None,
     keep_for: float | None = None,
+    stage_ahead: int | None = None,
 ) -> FanOut:
     """Send `source` as `meta` (its id replaced by each target's) to every target at once.
 
@@ -175,7 +179,10 @@ async def send_to_targets(
     nets = [t.network for t in targets]
     relay_net: RelayNetwork | None = None
     if relay is not None:
-        relay_net = RelayNetwork(nets[0], relay, keep_for=keep_for, **(relay_storage or {}))
+        storage = relay_storage or {}
+        relay_net = RelayNetwork(
+            nets[0], relay, keep_for=keep_for, stage_ahead=stage_ahead, **storage
+        )
         nets = [relay_net, *(relay_net.to(n) for n in nets[1:])]
     cancel_task = asyncio.ensure_future(cancel) if cancel is not None else None
     tracker = _Progress(progress, len(targets))

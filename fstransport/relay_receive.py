@@ -111,6 +111,7 @@ class StagedChunks:
         self._opening: dict[str, asyncio.Future[None]] = {}
         """Snapshots whose chunk at offset 0 is being fetched: their other chunks wait for it
         (fetches of different lengths, or a base looked up first, may end in any order)."""
+        self._manifests: dict[str, dict[str, Any]] = {}  # read with a final chunk (`fetch`)
 
     def store(self, area: str, options: dict[str, Any]) -> StagingStore:
         from fstransport.storage.staging import StagingStore
@@ -129,7 +130,8 @@ class StagedChunks:
     ) -> Resolved:
         """`req` with the staged object's bytes as its data, checked against its CRC32C, and
         what was reused and fetched: the ranges the receiver's base holds are taken from it
-        (`bases`, `fstransport.delta.relay.fetch_staged`)."""
+        (`bases`, `fstransport.delta.relay.fetch_staged`).  With a final chunk, its area's
+        manifest is read at the same time (`check_manifests`)."""
         from fstransport.delta.relay import fetch_staged
 
         store, snapshot_id = self.store(ref.area, options), req.meta.snapshot_id
@@ -139,12 +141,29 @@ class StagedChunks:
             opening = self._opening[snapshot_id] = asyncio.get_running_loop().create_future()
         elif req.offset and opening is not None:
             await asyncio.shield(opening)  # the chunk at 0 opens the stream: it goes first
+        early = None
+        if req.done:
+            from fstransport.storage.staging import manifest_url
+
+            url = manifest_url(ref.area)
+            early = asyncio.ensure_future(_manifest(store, url, wait=False))
         try:
             done = await fetch_staged(store, ref, req.meta, req.offset, self.bases)
+        except BaseException:
+            if early is not None:
+                early.cancel()
+                await asyncio.gather(early, return_exceptions=True)
+            raise
         finally:
             if first and opening is not None:
                 del self._opening[snapshot_id]
                 opening.set_result(None)
+        if early is not None:
+            manifest = (await asyncio.gather(early, return_exceptions=True))[0]
+            if isinstance(manifest, dict):  # (not there yet, or unreadable: read again at the end)
+                while len(self._manifests) >= 16:
+                    del self._manifests[next(iter(self._manifests))]
+                self._manifests[url] = manifest
         return replace(req, data=done.data, crc32c=ref.crc32c), done
 
     async def check_manifests(
@@ -178,7 +197,9 @@ class StagedChunks:
         vote = [req.vote.term, req.vote.node_id, req.vote.committed]
         for area, names in sorted(staged.items()):
             url = manifest_url(area)
-            manifest = await _manifest(self.store(area, options), url, wait=area == own)
+            manifest = self._manifests.pop(url, None)  # (manifests are written once)
+            if manifest is None:
+                manifest = await _manifest(self.store(area, options), url, wait=area == own)
             if manifest is None:
                 raise StorageError(
                     url, "read", FileNotFoundError("the staging area has no manifest")

@@ -37,7 +37,9 @@ from fstransport.messages import (
     Vote,
 )
 from fstransport.network.base import Network, carries_delta, window_options
+from fstransport.network.relay_gate import orders_references
 from fstransport.options import TransferOptions
+from fstransport.protocol.send_order import RelaySendWindow
 from fstransport.protocol.sender import ChunkPlan, Failure, RateLimiter, SendStats, SendWindow
 from fstransport.storage.source import (
     ChunkSource,
@@ -114,7 +116,8 @@ class _Sender:
         self.progress = progress
         self.loop = asyncio.get_running_loop()
         now = self.loop.time()
-        self.window = SendWindow(source.size, window_options(net, options), now=now, rng=rng)
+        rules = RelaySendWindow if orders_references(net) else SendWindow  # (see there)
+        self.window = rules(source.size, window_options(net, options), now=now, rng=rng)
         self.limiter = RateLimiter(options.rate_limit, now)
         self.deadline_at = None if options.deadline is None else now + options.deadline
         self.checksum = meta.checksum
@@ -236,11 +239,10 @@ class _Sender:
         else:
             data, crc = await read_checked(self.source, plan.offset, plan.length)
         if staged is None and len(data) != plan.length:
-            raise StorageError(
-                self.source.description,
-                "read",
-                EOFError(f"expected {plan.length} bytes at offset {plan.offset}, got {len(data)}"),
-            )
+            why = f"expected {plan.length} bytes at offset {plan.offset}, got {len(data)}"
+            raise StorageError(self.source.description, "read", EOFError(why))
+        if crc is not None and isinstance(self.window, RelaySendWindow):
+            self.window.on_read(plan, crc)  # (no await until the relay has it: see there)
         meta = self.meta
         actual = None
         if plan.done:

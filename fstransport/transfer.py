@@ -113,7 +113,8 @@ async def ship(
     (`RelayNetwork`, ``docs/relay.md``): it is uploaded there once, and every receiver is sent
     small references and fetches the bytes itself.  `relay_options` are the keyword arguments
     of `RelayNetwork`: the bucket's fsspec storage options, which the in-process receivers use
-    too, and ``keep_for`` (seconds).  What `ship` staged is removed once all its targets
+    too, ``keep_for`` (seconds) and ``stage_ahead`` (chunks staged beyond the window, a count
+    >= 0; default ``max_in_flight``).  What `ship` staged is removed once all its targets
     acknowledged, unless ``keep_for`` keeps it for later receivers: a later `ship` (in any
     process) of the same snapshot id, vote and data then uploads nothing.
 
@@ -144,7 +145,7 @@ async def ship(
     if not urls or not all(isinstance(u, str) for u in urls):
         raise ConfigurationError(f"target_url must be a URL or a list of URLs, got {target_url!r}")
     networks = _networks(network, len(urls))
-    relay_storage, keep_for = relay_settings(relay, relay_options)
+    relay_storage, keep_for, stage_ahead = relay_settings(relay, relay_options)
     tree = await is_directory(source_url, dict(source_options or {}))
     if tree and server_side:
         raise ConfigurationError("a directory is shipped through this process, not server-side")
@@ -217,6 +218,7 @@ async def ship(
                     relay=relay,
                     relay_storage=relay_storage,
                     keep_for=keep_for,
+                    stage_ahead=stage_ahead,
                 )
             except BaseException:
                 await abort_targets(targets)

@@ -25,6 +25,7 @@ from fstransport import (
     LoopbackNetwork,
     Network,
     Receiver,
+    RelayNetwork,
     RetryPolicy,
     StorageError,
     TransferOptions,
@@ -33,6 +34,7 @@ from fstransport import (
     ship,
 )
 from fstransport.errors import ConfigurationError, FstransportError
+from fstransport.network.base import window_options
 from fstransport.storage.faults import flaky_s3
 from fstransport.storage.shared_source import SharedSource
 from tests.conftest import payload
@@ -266,6 +268,44 @@ async def test_targets_given_twice_and_mismatched_networks_are_refused(tmp_path:
             relay="memory://x",
             relay_options={"keep_for": -1},
         )
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ConfigurationError, match="stage_ahead"):
+            await ship(
+                str(tmp_path / "s"),
+                str(tmp_path / "t"),
+                relay="memory://x",
+                relay_options={"stage_ahead": bad},
+            )
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("stage_ahead", [0, 5])
+async def test_stage_ahead_reaches_the_relay_and_not_the_receivers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage_ahead: int
+) -> None:
+    data = payload(700_000, seed=94)
+    (tmp_path / "s").write_bytes(data)
+    made: list[RelayNetwork] = []
+    init = RelayNetwork.__init__
+
+    def recorded(self: RelayNetwork, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(RelayNetwork, "__init__", recorded)
+    options = TransferOptions(chunk_size=64 << 10, max_in_flight=2)
+    report = await ship(
+        str(tmp_path / "s"),
+        [str(tmp_path / "a" / "s"), str(tmp_path / "b" / "s")],
+        options=options,
+        relay=str(tmp_path / "stage"),
+        relay_options={"stage_ahead": stage_ahead},
+    )
+    assert [m.stage_ahead for m in made] == [stage_ahead]
+    assert window_options(made[0], options).max_in_flight == 2 + stage_ahead
+    assert report.bytes_uploaded == len(data)
+    for target in ("a", "b"):
+        assert (tmp_path / target / "s").read_bytes() == data
 
 
 class CleanupFirst:

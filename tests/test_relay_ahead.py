@@ -90,9 +90,9 @@ async def test_references_keep_their_order_and_their_limit_whichever_stages_firs
         finally:
             gate.leave(ticket)
 
-    tickets = [gate.enter() for _ in range(6)]
-    failed = gate.enter()  # fails while staging: gives its place up without a turn
-    last = gate.enter()
+    tickets = [gate.enter("snap", 1 + t, False) for t in range(6)]
+    failed = gate.enter("snap", 7, False)  # fails while staging: gives its place up without a turn
+    last = gate.enter("snap", 8, False)
     tasks = [asyncio.ensure_future(one(t, 0.03 - 0.005 * t)) for t in tickets]
     tasks.append(asyncio.ensure_future(one(last, 0.0)))
     await asyncio.sleep(0.001)
@@ -184,36 +184,45 @@ async def test_a_sender_stopped_with_chunks_staged_ahead_installs_nothing_then_r
     await relay.close()
 
 
-async def test_the_final_reference_goes_while_the_manifest_is_written(
+async def test_the_manifest_is_written_while_the_last_chunks_are_fetched(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Once every chunk is staged the manifest goes, while the receiver still fetches chunks;
+    the final reference goes last, alone, and finds its manifest there (no wait for it)."""
     from fstransport.storage.staging import StagingStore
 
     data = payload(DATA_SIZE, seed=34)
     receiver, store = receiver_at("memory://recv")
     write_json = StagingStore.write_json
-    manifest_there: list[bool] = []
+    events: list[str] = []
 
     async def slow_write(self: StagingStore, url: str, document: dict[str, Any]) -> bool:
-        await asyncio.sleep(0.1)  # a slow PUT
+        events.append("manifest")
+        await asyncio.sleep(0.05)  # a slow PUT
         return await write_json(self, url, document)
 
-    async def final(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+    async def fetching(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
+        assert req.staged is not None
+        check_complete(req)
         if req.done:
-            assert req.staged is not None
-            check_complete(req)
             url = f"{req.staged.area}/{MANIFEST_NAME}".removeprefix("memory://")
-            manifest_there.append(fsspec.filesystem("memory").exists(url))
-            response = await deliver_to(receiver)(req)
-            assert fsspec.filesystem("memory").exists(url), "installed after the manifest"
-            return response
-        return await deliver_to(receiver)(req)
+            assert fsspec.filesystem("memory").exists(url), "the manifest is there already"
+            assert recording.in_flight == 1, "the final reference goes alone"
+            events.append("final")
+        else:
+            await asyncio.sleep(0.03)  # the receiver's GET
+        response = await deliver_to(receiver)(req)
+        events.append(f"answered {req.offset}")
+        return response
 
+    recording = MockNetwork(fetching)
     monkeypatch.setattr(StagingStore, "write_json", slow_write)
-    relay = RelayNetwork(MockNetwork(final), STAGE)
+    relay = RelayNetwork(recording, STAGE)
     await Chunked.send_snapshot(relay, V1, snapshot(data), option=OPTIONS)
-    assert manifest_there == [False], "the reference did not wait for the manifest"
     assert await installed(store, "snap") == data
+    last_chunk = f"answered {(CHUNKS - 2) * OPTIONS.chunk_size}"
+    assert events.index("manifest") < events.index(last_chunk) < events.index("final"), events
+    assert events.count("manifest") == 1
     assert staged_files() == []
     await relay.close()
 

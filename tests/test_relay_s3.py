@@ -59,6 +59,29 @@ async def test_one_receiver_through_s3(
     await relay.close()
 
 
+async def test_an_empty_snapshot_through_s3(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any, tmp_path: Path
+) -> None:
+    """One 0-byte object staged: the receiver takes it by reference, with no GET (Ceph RGW
+    refuses a GET of an empty range; the receiver used to fall back to the bytes)."""
+    store = FsspecSnapshotStore(str(tmp_path / "recv"))
+    receiver = Receiver(store, relay_options=s3_storage_options)
+    recording: list[InstallSnapshotRequest] = []
+
+    class Recorded(LoopbackNetwork):
+        async def install_snapshot(self, req: Any, option: Any) -> Any:
+            recording.append(req)
+            return await super().install_snapshot(req, option)
+
+    relay = RelayNetwork(Recorded(receiver), f"s3://{s3_bucket}/stage", **s3_storage_options)
+    await Chunked.send_snapshot(relay, V1, snapshot(b""), option=OPTIONS)
+    assert await installed(store, "snap") == b""
+    assert [r.staged is not None for r in recording] == [True], "one reference, no fallback"
+    assert keys(s3_client, s3_bucket) == []
+    await receiver.close()
+    await relay.close()
+
+
 async def test_three_receivers_through_s3_upload_once(
     s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any, tmp_path: Path
 ) -> None:

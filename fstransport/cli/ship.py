@@ -230,7 +230,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def relay_options(args: argparse.Namespace) -> dict[str, Any] | None:
-    """`ship`'s relay_options from ``--relay``, ``--relay-keep-for`` and ``--endpoint-url``."""
+    """`ship`'s relay_options from ``--relay``, ``--relay-keep-for``, ``--relay-stage-ahead``
+    and ``--endpoint-url``."""
     if args.relay is None:
         return None
     from fstransport.cli.probe import s3_cli_options
@@ -240,6 +241,8 @@ def relay_options(args: argparse.Namespace) -> dict[str, Any] | None:
         options = s3_cli_options(options)
     if args.relay_keep_for is not None:
         options["keep_for"] = args.relay_keep_for
+    if args.relay_stage_ahead is not None:
+        options["stage_ahead"] = args.relay_stage_ahead
     return options
 
 

@@ -102,6 +102,13 @@ def add_arguments(ship_cmd: argparse.ArgumentParser) -> None:
         "later ship of the same data uploads nothing (default: removed once every DST has it)",
     )
     ship_cmd.add_argument(
+        "--relay-stage-ahead",
+        type=int,
+        metavar="N",
+        help="chunks --relay uploads beyond the window before their references go (default: "
+        "as many as --window; 0 stages each chunk only when its turn comes)",
+    )
+    ship_cmd.add_argument(
         "--token",
         metavar="T",
         help=f"bearer token for --via (visible in ps: prefer --token-file or ${TOKEN_ENV})",
@@ -223,6 +230,10 @@ def check_args(args: argparse.Namespace) -> None:
         s3_tuning(args, args.dst)
     if args.relay_keep_for is not None and args.relay is None:
         raise UsageError("--relay-keep-for keeps what --relay staged; give --relay URL too")
+    if args.relay_stage_ahead is not None and args.relay is None:
+        raise UsageError("--relay-stage-ahead is for --relay; give --relay URL too")
+    if args.relay_stage_ahead is not None and args.relay_stage_ahead < 0:
+        raise UsageError(f"--relay-stage-ahead must be 0 or more, got {args.relay_stage_ahead}")
     if args.relay is not None and args.server_side:
         raise UsageError("--server-side copies within one S3 endpoint; not with --relay")
     relay = args.relay

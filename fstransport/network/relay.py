@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from fstransport.errors import (
     ConfigurationError,
@@ -48,8 +47,6 @@ __all__ = ["RelayNetwork", "StagedChunk"]
 
 log = logging.getLogger("fstransport.relay")
 
-_T = TypeVar("_T")
-
 FALL_BACK_AFTER = 3
 """References in a row a receiver fails to fetch (or finds damaged) before the relay sends it
 the bytes themselves."""
@@ -75,9 +72,13 @@ class RelayNetwork(StagingCounts):
     ``relay_options``) or fails to fetch `FALL_BACK_AFTER` of them in a row gets the bytes
     themselves through `inner` from then on.
 
-    Staging runs ahead: a sender hands over `stage_ahead` chunks (default ``max_in_flight``) more
-    (`window_for`); ``max_in_flight`` references at most are out, in order (docs/relay.md).
+    Staging runs ahead (`window_for`: `stage_ahead` chunks more than the window, default
+    ``max_in_flight``) and from the first chunk on (`orders_references`, see
+    `fstransport.protocol.send_order`); the receiver still sees at most ``max_in_flight``
+    references, in order, the one at offset 0 first and the final one alone (docs/relay.md).
     """
+
+    orders_references = True
 
     def __init__(
         self,
@@ -149,15 +150,7 @@ class RelayNetwork(StagingCounts):
         staged = self._shared.snapshots.setdefault((meta.snapshot_id, vote), Staged())
         staged.searched.add(meta.checksum)
         found = await find_areas(self._shared.store, self.staging_url, meta, vote)
-        checksums = {a.checksum for a in staged.areas if a.committed and a.checksum is not None}
-        known = {a.url for a in staged.areas}
-        for area in found:
-            assert area.checksum is not None
-            checksums.add(area.checksum)
-            if meta.checksum is not None and area.url not in known:
-                log.info("reusing the staged copy %s of %r", area.url, meta.snapshot_id)
-                staged.areas.append(area)
-        return checksums
+        return staged.adopt(found, meta)
 
     def staged_chunk(
         self, vote: Vote, meta: SnapshotMeta, offset: int, length: int
@@ -170,25 +163,17 @@ class RelayNetwork(StagingCounts):
         staged = self._shared.snapshots.get((meta.snapshot_id, vote))
         if staged is None or meta.checksum is None or self._direct:
             return None
-        if staged.expires is not None and staged.expires <= time.time():
-            return None
-        now = time.time()
-        for area in staged.areas:
-            if area.committed and area.checksum == meta.checksum and area.meta.same_snapshot(meta):
-                if area.expires is not None and area.expires <= now:
-                    continue
-                ref = area.ref(offset, length, None)
-                if ref is not None:
-                    return ref
-        return None
+        return staged.committed_ref(meta, offset, length, time.time())
 
     async def install_snapshot(
         self, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
-        with self._gate.entered() as ticket:  # (its place among the references)
-            if (self._direct and req.staged is None) or not stageable(req):
+        with self._gate.entered(req) as ticket:  # (its place among the references)
+            if not stageable(req):
                 await self._gate.turn(ticket, option.max_in_flight)
-                return await self.inner.install_snapshot(req, option)  # as it is
+                answer = await self.inner.install_snapshot(req, option)  # as it is
+                self._gate.leave(ticket, ok=True)
+                return answer
             key = (req.meta.snapshot_id, req.vote)
             staged = self._shared.snapshots.get(key)
             if staged is None:
@@ -197,8 +182,9 @@ class RelayNetwork(StagingCounts):
             staged.users.add(id(self))
             try:
                 if _worth_searching(req, staged):
-                    await self._search(req.vote, req.meta)
+                    await _search(self, req.vote, req.meta)
                 response = await self._deliver(ticket, staged, req, option)
+                self._gate.leave(ticket, ok=True, held=response.held)
                 if req.done and response.vote <= req.vote:
                     staged.users.discard(id(self))
                     await self._acknowledged(key, staged)
@@ -206,25 +192,29 @@ class RelayNetwork(StagingCounts):
             finally:
                 staged.busy -= 1
 
-    async def _search(self, vote: Vote, meta: SnapshotMeta) -> None:
-        """Look once for a copy of this snapshot that another process staged and keeps."""
-        try:
-            await self.find_staged(vote, meta)
-        except StorageError as exc:  # nothing found: the chunks are staged as usual
-            log.warning("cannot look for staged copies of %r: %s", meta.snapshot_id, exc)
-
     async def _deliver(
         self, ticket: int, staged: Staged, req: InstallSnapshotRequest, option: TransferOptions
     ) -> InstallSnapshotResponse:
+        direct = self._direct and req.staged is None  # (the receiver gets the bytes: no staging)
+        staging = not direct and req.staged is None
         ref_req = req
-        if req.staged is None:
+        if staging:
             ref_req = await self._shared.stage(staged, req, id(self), option.delta)
-        await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
-        # the final chunk's manifest is written while the receiver fetches it (`_after`)
-        commit = self._shared.commit(staged, req.meta, req.vote) if req.done else None
-        committing = None if commit is None else asyncio.ensure_future(commit)
+        committing = None
+        if req.done and not direct:  # the manifest goes once every chunk is staged, while fetched
+            await self._gate.settled(ticket)
+            committing = asyncio.ensure_future(self._shared.commit(staged, req.meta, req.vote))
         try:
-            response = await _after(committing, self.inner.install_snapshot(ref_req, option))
+            await self._gate.turn(ticket, option.max_in_flight)  # (staged: its turn)
+            if self._gate.holds(req):  # (the receiver said so, answering the chunk at 0)
+                return InstallSnapshotResponse(req.vote)
+            if self._direct and req.staged is None:  # (found out while this one was staged)
+                ref_req = req
+            if committing is not None:
+                await committing  # (the receiver reads the manifest with the final chunk)
+                if _uncommitted(staged, req.meta):  # a chunk staged again since
+                    await self._shared.commit(staged, req.meta, req.vote)
+            response = await self.inner.install_snapshot(ref_req, option)
         except RemoteError as exc:
             ref = ref_req.staged
             source = exc.source
@@ -245,6 +235,10 @@ class RelayNetwork(StagingCounts):
             if req.done:
                 await self._shared.commit(staged, req.meta, req.vote)
             response = await self.inner.install_snapshot(ref_req, option)
+        finally:
+            if committing is not None and not committing.done():  # (cancelled meanwhile)
+                committing.cancel()
+                await asyncio.gather(committing, return_exceptions=True)
         self._fetch_failures = 0
         self._shared.count_fetched(id(self), response)
         return response
@@ -304,18 +298,16 @@ class RelayNetwork(StagingCounts):
         return f"RelayNetwork({self.inner!r}, {self.staging_url!r})"
 
 
-async def _after(committing: asyncio.Future[None] | None, send: Awaitable[_T]) -> _T:
-    """What `send` (the final chunk's reference) returns, once `committing` (its manifest being
-    written) has ended too.  The manifest is still written after every chunk was staged; the
-    receiver fetches the final chunk meanwhile and installs only once it read the manifest
-    (`fstransport.relay_receive`, `MANIFEST_WAIT`).  A failed commit is raised."""
-    if committing is None:
-        return await send
+async def _search(relay: RelayNetwork, vote: Vote, meta: SnapshotMeta) -> None:
+    """Look once for a copy of this snapshot that another process staged and keeps."""
     try:
-        answer = await send
-    finally:
-        await committing
-    return answer
+        await relay.find_staged(vote, meta)
+    except StorageError as exc:  # nothing found: the chunks are staged as usual
+        log.warning("cannot look for staged copies of %r: %s", meta.snapshot_id, exc)
+
+
+def _uncommitted(staged: Staged, meta: SnapshotMeta) -> bool:
+    return any(not a.committed and a.meta.same_snapshot(meta) for a in staged.areas)
 
 
 def _worth_searching(req: InstallSnapshotRequest, staged: Staged) -> bool:

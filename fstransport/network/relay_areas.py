@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable
@@ -38,6 +39,8 @@ from fstransport.storage.staging import (
     is_chunk_name,
     manifest_url,
 )
+
+log = logging.getLogger("fstransport.relay")
 
 __all__ = [
     "Area",
@@ -93,6 +96,35 @@ class Staged:
     generation: int = 0
     searched: set[str | None] = field(default_factory=set)
     """Checksums the bucket was searched for areas of other processes (`find_areas`)."""
+
+    def adopt(self, found: list[Area], meta: SnapshotMeta) -> set[str]:
+        """Reuse the areas another process keeps (`found`) when `meta` names its checksum;
+        return the checksums of every committed copy known (`RelayNetwork.find_staged`)."""
+        checksums = {a.checksum for a in self.areas if a.committed and a.checksum is not None}
+        known = {a.url for a in self.areas}
+        for area in found:
+            assert area.checksum is not None
+            checksums.add(area.checksum)
+            if meta.checksum is not None and area.url not in known:
+                log.info("reusing the staged copy %s of %r", area.url, meta.snapshot_id)
+                self.areas.append(area)
+        return checksums
+
+    def committed_ref(
+        self, meta: SnapshotMeta, offset: int, length: int, now: float
+    ) -> StagedChunk | None:
+        """The committed object of `meta`'s snapshot holding exactly these bytes, if any
+        (`RelayNetwork.staged_chunk`)."""
+        if self.expires is not None and self.expires <= now:
+            return None
+        for area in self.areas:
+            if area.committed and area.checksum == meta.checksum and area.meta.same_snapshot(meta):
+                if area.expires is not None and area.expires <= now:
+                    continue
+                ref = area.ref(offset, length, None)
+                if ref is not None:
+                    return ref
+        return None
 
 
 class SharedStaging:
@@ -152,7 +184,10 @@ class SharedStaging:
             from fstransport.delta.relay import chunk_trailer
 
             trailer, ref = await chunk_trailer(delta, req.meta, req.offset, data, ref)
-            if await _staging(shared.store.put_once(ref.url, data, crc, trailer)):
+            # an earlier PUT of ours that was cancelled or failed: found there, the earlier one
+            # wrote it, and its bytes were not counted then
+            tried = ref.name in area.written
+            if await _staging(shared.store.put_once(ref.url, data, crc, trailer)) or tried:
                 shared.bytes_uploaded += length
                 shared.uploaded_by[by] = shared.uploaded_by.get(by, 0) + length
             done = True

@@ -11,6 +11,8 @@ what the window plans.  Its rules:
   any other offset of an unknown stream with a mismatch, so the window opens once it is answered.
 - The final chunk (the one ending at `size`, marked ``done``) is sent only when nothing else
   is in flight or left to send, so it is always the last request of a transfer.
+- (Through a network that stages chunks and orders its references itself, a relay, those two
+  rules move to the network: `fstransport.protocol.send_order`.)
 - A retryable failure puts the chunk's bytes back, counts an attempt for its offset, and pauses
   new sends for the policy's backoff; too many attempts, or too long without progress, ends the
   transfer with `RetryExhausted`.
@@ -166,8 +168,6 @@ class SendWindow:
             return None
         if len(self._in_flight) >= self.options.max_in_flight and not _room_for_short(self):
             return None
-        if any(p.offset == 0 for p in self._in_flight.values()):
-            return None  # the chunk that opens a stream goes alone (see the module docstring)
         first = self._pending.first()
         if first is None:
             if not self._empty_pending or self._in_flight:
@@ -177,7 +177,7 @@ class SendWindow:
             start = first[0]
             length = min(self.chunk_size, first[1] - start)
         done = start + length == self.size
-        if (done or start == 0) and self._in_flight:
+        if self._held_back(start, done):
             return None  # the final chunk goes last; the one at offset 0 goes alone
         self._pending.remove(start, start + length)
         self._empty_pending = False
@@ -339,6 +339,11 @@ class SendWindow:
         return combine(before, final_crc, final.length)
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _held_back(self, start: int, done: bool) -> bool:
+        """Whether the chunk at `start` (the final one if `done`) waits for those in flight."""
+        flying = self._in_flight.values()
+        return bool(flying) and (done or start == 0 or any(p.offset == 0 for p in flying))
 
     def _take(self, plan: ChunkPlan) -> None:
         if self._in_flight.pop(plan.ticket, None) is None:

@@ -35,11 +35,11 @@ from fstransport.network.relay_areas import (
     SharedStaging,
     Staged,
     StagingCounts,
-    find_areas,
     is_damaged,
     not_fetched,
     stageable,
 )
+from fstransport.network.relay_found import find_areas
 from fstransport.network.relay_gate import ReferenceGate, check_stage_ahead
 from fstransport.options import TransferOptions
 

@@ -75,7 +75,8 @@ async def relayed(
     from fstransport import FsspecSnapshotStore, LoopbackNetwork, Receiver, TransferOptions, ship
 
     options = TransferOptions(delta=delta)
-    settings: dict[str, Any] = {"relay": "s3://bench/stage", "relay_options": storage}
+    maps = {**storage, "block_maps": True}  # (with delta="off" no map is staged anyway)
+    settings: dict[str, Any] = {"relay": "s3://bench/stage", "relay_options": maps}
     if not long_lived:
         return await ship(source, str(target / "snap.bin"), options=options, **settings)
     receiver = Receiver(FsspecSnapshotStore(str(target)), relay_options=storage, long_lived=True)

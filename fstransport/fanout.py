@@ -19,7 +19,7 @@ from fstransport.errors import ConfigurationError, FstransportError, HigherVote,
 from fstransport.messages import SnapshotMeta, Vote
 from fstransport.network.base import Network
 from fstransport.network.relay import RelayNetwork
-from fstransport.network.relay_gate import check_stage_ahead
+from fstransport.network.relay_gate import check_block_maps, check_stage_ahead
 from fstransport.options import TransferOptions
 from fstransport.receiver import Receiver
 from fstransport.sender import ProgressCallback, SendResult, send_source
@@ -77,14 +77,14 @@ class FanOut:
 
 def relay_settings(
     relay: str | None, relay_options: dict[str, Any] | None
-) -> tuple[dict[str, Any], float | None, int | None]:
-    """`relay_options` split into the staging bucket's storage options, ``keep_for`` and
-    ``stage_ahead`` (`RelayNetwork`'s; `ConfigurationError` for a bad one)."""
+) -> tuple[dict[str, Any], float | None, int | None, bool]:
+    """`relay_options` split into the staging bucket's storage options, ``keep_for``,
+    ``stage_ahead`` and ``block_maps`` (`RelayNetwork`'s; `ConfigurationError` for a bad one)."""
     settings = dict(relay_options or {})
     if relay is None:
         if settings:
             raise ConfigurationError("relay_options need a relay (the staging URL)")
-        return {}, None, None
+        return {}, None, None, False
     if not isinstance(relay, str) or not relay.strip("/"):
         raise ConfigurationError(f"relay must be a staging URL, got {relay!r}")
     keep_for = settings.pop("keep_for", None)
@@ -93,7 +93,8 @@ def relay_settings(
     ):
         raise ConfigurationError(f"keep_for must be seconds (>= 0), got {keep_for!r}")
     stage_ahead = check_stage_ahead(settings.pop("stage_ahead", None))
-    return settings, None if keep_for is None else float(keep_for), stage_ahead
+    block_maps = check_block_maps(settings.pop("block_maps", False))
+    return settings, None if keep_for is None else float(keep_for), stage_ahead, block_maps
 
 
 class _Progress:
@@ -166,6 +167,7 @@ async def send_to_targets(
     relay_storage: dict[str, Any] | None = None,
     keep_for: float | None = None,
     stage_ahead: int | None = None,
+    block_maps: bool = False,
 ) -> FanOut:
     """Send `source` as `meta` (its id replaced by each target's) to every target at once.
 
@@ -181,7 +183,12 @@ async def send_to_targets(
     if relay is not None:
         storage = relay_storage or {}
         relay_net = RelayNetwork(
-            nets[0], relay, keep_for=keep_for, stage_ahead=stage_ahead, **storage
+            nets[0],
+            relay,
+            keep_for=keep_for,
+            stage_ahead=stage_ahead,
+            block_maps=block_maps,
+            **storage,
         )
         nets = [relay_net, *(relay_net.to(n) for n in nets[1:])]
     cancel_task = asyncio.ensure_future(cancel) if cancel is not None else None

@@ -114,9 +114,11 @@ async def ship(
     small references and fetches the bytes itself.  `relay_options` are the keyword arguments
     of `RelayNetwork`: the bucket's fsspec storage options, which the in-process receivers use
     too, ``keep_for`` (seconds) and ``stage_ahead`` (chunks staged beyond the window, a count
-    >= 0; default ``max_in_flight``).  What `ship` staged is removed once all its targets
-    acknowledged, unless ``keep_for`` keeps it for later receivers: a later `ship` (in any
-    process) of the same snapshot id, vote and data then uploads nothing.
+    >= 0; default ``max_in_flight``) and ``block_maps`` (stage each chunk's block map, so
+    that a receiver holding an earlier snapshot fetches only what it lacks; default False).
+    What `ship` staged is removed once all its targets acknowledged, unless ``keep_for`` keeps
+    it for later receivers: a later `ship` (in any process) of the same snapshot id, vote and
+    data then uploads nothing.
 
     `source_options` and `target_options` are fsspec storage options (``endpoint_url``, ...).
     `store_options` configure the in-process receiver's `FsspecSnapshotStore`: ``part_size``
@@ -145,7 +147,7 @@ async def ship(
     if not urls or not all(isinstance(u, str) for u in urls):
         raise ConfigurationError(f"target_url must be a URL or a list of URLs, got {target_url!r}")
     networks = _networks(network, len(urls))
-    relay_storage, keep_for, stage_ahead = relay_settings(relay, relay_options)
+    relay_storage, keep_for, stage_ahead, block_maps = relay_settings(relay, relay_options)
     tree = await is_directory(source_url, dict(source_options or {}))
     if tree and server_side:
         raise ConfigurationError("a directory is shipped through this process, not server-side")
@@ -219,6 +221,7 @@ async def ship(
                     relay_storage=relay_storage,
                     keep_for=keep_for,
                     stage_ahead=stage_ahead,
+                    block_maps=block_maps,
                 )
             except BaseException:
                 await abort_targets(targets)

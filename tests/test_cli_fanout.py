@@ -80,6 +80,7 @@ def test_a_dry_run_with_several_dsts_writes_nothing(tmp_path: Path) -> None:
         (["a.bin", "-"], "standard streams"),
         (["a.bin", "--relay-keep-for", "10m"], "--relay-keep-for"),
         (["a.bin", "--relay-stage-ahead", "2"], "--relay-stage-ahead is for --relay"),
+        (["a.bin", "--relay-block-maps"], "--relay-block-maps is for --relay"),
         (["a.bin", "--relay", "stage", "--relay-stage-ahead", "-1"], "must be 0 or more"),
         (["a.bin", "--relay", "stage", "--relay-stage-ahead", "x"], "--relay-stage-ahead"),
         (["a.bin", "b.bin", "--ignore-existing"], "--ignore-existing"),
@@ -101,3 +102,21 @@ def test_pairs_of_dsts_and_servers() -> None:
         pair_targets(["a", "b"], ["u", "v", "w"])
     with pytest.raises(UsageError, match="twice"):
         pair_targets(["a"], ["u", "u"])
+
+
+def test_relay_block_maps_let_a_dst_holding_a_base_fetch_only_what_it_lacks(
+    tmp_path: Path,
+) -> None:
+    base = bytearray(payload(1_000_000, seed=92))
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "snap.bin").write_bytes(base)
+    base[200_000:204_096] = bytes(4096)
+    (tmp_path / "snap.bin").write_bytes(base)
+    args = ["ship", str(tmp_path / "snap.bin"), str(tmp_path / "dst") + "/"]
+    relay = ["--relay", str(tmp_path / "stage"), "--chunk-size", "128KiB", "--json"]
+    result = run(*args, *relay, "--relay-block-maps")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (tmp_path / "dst" / "snap.bin").read_bytes() == base
+    assert report["bytes_fetched"] < 100_000, "one changed page and the maps"
+    assert report["bytes_reused"] > 900_000

@@ -20,7 +20,7 @@ from fstransport import (
     TransferOptions,
     ship,
 )
-from fstransport.errors import InvalidRequest
+from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.http.client import HttpNetwork
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, Vote
 from fstransport.network.base import carries_delta
@@ -43,6 +43,7 @@ __all__ = ["serve"]  # the fixture, used by name below
 SIZE = 1024 * KiB
 CHUNK = 64 * KiB
 OPTIONS = TransferOptions(chunk_size=CHUNK, delta="blocks")
+MAPS = {"block_maps": True}  # (`ship`'s relay stages no block maps unless asked)
 PAGE = 4096
 TRAILER = 28 + 32 * (CHUNK // PAGE)
 """The block map staged after each 64 KiB chunk: header and one SHA-256 per 4 KiB block."""
@@ -93,7 +94,7 @@ def test_a_relay_network_does_not_carry_delta_requests(tmp_path: Path) -> None:
     store = FsspecSnapshotStore(str(tmp_path / "r"))
     inner = LoopbackNetwork(Receiver(store, relay_options={}))
     assert carries_delta(inner)
-    relay = RelayNetwork(inner, str(tmp_path / "stage"))
+    relay = RelayNetwork(inner, str(tmp_path / "stage"), block_maps=True)
     assert not carries_delta(relay), "the receivers plan against their bases, not the sender"
 
 
@@ -105,7 +106,9 @@ async def test_a_relayed_ship_onto_a_base_fetches_only_what_the_base_lacks(tmp_p
     source.write_bytes(base)
     await ship(str(source), str(target), options=OPTIONS)
     source.write_bytes(new)
-    report = await ship(str(source), str(target), options=OPTIONS, relay=str(stage))
+    report = await ship(
+        str(source), str(target), options=OPTIONS, relay=str(stage), relay_options=MAPS
+    )
     assert target.read_bytes() == new
     assert report.bytes_reused == SIZE - len(CHANGED) * PAGE, "every unchanged page from the base"
     assert report.bytes_fetched == fetched_for(len(CHANGED)), "the maps and the changed pages"
@@ -120,7 +123,9 @@ async def test_a_receiver_without_a_base_fetches_exactly_the_chunks(tmp_path: Pa
     source, target, stage = tmp_path / "snap.bin", tmp_path / "r" / "snap.bin", tmp_path / "stage"
     stage.mkdir()
     source.write_bytes(new)
-    report = await ship(str(source), str(target), options=OPTIONS, relay=str(stage))
+    report = await ship(
+        str(source), str(target), options=OPTIONS, relay=str(stage), relay_options=MAPS
+    )
     assert target.read_bytes() == new
     assert (report.bytes_reused, report.bytes_fetched) == (0, SIZE), "no map is even read"
     off = await ship(
@@ -128,6 +133,7 @@ async def test_a_receiver_without_a_base_fetches_exactly_the_chunks(tmp_path: Pa
         str(tmp_path / "o" / "snap.bin"),
         options=TransferOptions(chunk_size=CHUNK, delta="off"),
         relay=str(stage),
+        relay_options=MAPS,
     )
     assert (off.bytes_reused, off.bytes_fetched) == (0, SIZE)
 
@@ -139,7 +145,7 @@ async def test_delta_off_stages_no_maps(tmp_path: Path) -> None:
     receiver = Receiver(store, relay_options={})
     names: list[str] = []
     tap = Tap(LoopbackNetwork(receiver), before=lambda req: names.append(req.staged.name))
-    relay = RelayNetwork(tap, str(tmp_path / "stage"))
+    relay = RelayNetwork(tap, str(tmp_path / "stage"), block_maps=True)
     options = TransferOptions(chunk_size=CHUNK, delta="off")
     await Chunked.send_snapshot(relay, Vote(1, 1), snapshot(new), option=options)
     assert await installed(store, "snap") == new
@@ -173,7 +179,13 @@ async def test_a_relayed_fan_out_onto_different_bases_stages_once(tmp_path: Path
     source, stage = tmp_path / "snap.bin", tmp_path / "stage"
     stage.mkdir()
     source.write_bytes(new)
-    report = await ship(str(source), [str(t) for t in targets], options=OPTIONS, relay=str(stage))
+    report = await ship(
+        str(source),
+        [str(t) for t in targets],
+        options=OPTIONS,
+        relay=str(stage),
+        relay_options=MAPS,
+    )
     for target in targets:
         assert target.read_bytes() == new
     assert report.bytes_read == SIZE
@@ -206,7 +218,7 @@ async def test_a_one_percent_changed_page_file_through_s3(
         str(target),
         options=options,
         relay=f"s3://{s3_bucket}/stage",
-        relay_options=s3_storage_options,
+        relay_options={**s3_storage_options, "block_maps": True},
     )
     assert target.read_bytes() == new
     assert report.bytes_uploaded == size
@@ -232,7 +244,12 @@ async def test_an_s3_target_holding_a_base_fetches_only_what_it_lacks(
     await ship(str(source), target, options=OPTIONS, target_options=s3_storage_options)
     source.write_bytes(new)
     report = await ship(
-        str(source), target, options=OPTIONS, target_options=s3_storage_options, relay=str(stage)
+        str(source),
+        target,
+        options=OPTIONS,
+        target_options=s3_storage_options,
+        relay=str(stage),
+        relay_options=MAPS,
     )
     fs = fsspec.filesystem("s3", **s3_storage_options)
     assert fs.cat_file(target.removeprefix("s3://")) == new
@@ -254,7 +271,7 @@ async def test_a_base_changed_after_its_map_is_never_installed(tmp_path: Path) -
             held.write_bytes(bytes(b ^ 0x55 for b in base[: SIZE // 2]) + base[SIZE // 2 :])
 
     tap = Tap(LoopbackNetwork(receiver), after=change_the_base)
-    relay = RelayNetwork(tap, str(tmp_path / "stage"))
+    relay = RelayNetwork(tap, str(tmp_path / "stage"), block_maps=True)
     await Chunked.send_snapshot(relay, Vote(1, 1), snapshot(new), option=OPTIONS)
     assert await installed(store, "snap") == new, "chunks whose base bytes changed fetched whole"
     reused = [tap.answers[at].reused for at in range(0, SIZE, CHUNK)]
@@ -279,7 +296,7 @@ async def test_a_base_removed_while_it_is_used_costs_whole_chunks(tmp_path: Path
             old.unlink()
 
     tap = Tap(direct, after=remove_the_base)
-    relay = RelayNetwork(tap, str(tmp_path / "stage"))
+    relay = RelayNetwork(tap, str(tmp_path / "stage"), block_maps=True)
     await Chunked.send_snapshot(relay, Vote(1, 1), snapshot(new, "new"), option=OPTIONS)
     assert await installed(store, "new") == new
     assert tap.answers[0].reused > 0, "the base of another name (installed last) was used"
@@ -315,7 +332,7 @@ async def test_an_altered_map_or_chunk_in_the_bucket_is_never_installed(
         altered.append(ref.url)
 
     tap = Tap(LoopbackNetwork(receiver), before=forge)
-    relay = RelayNetwork(tap, str(stage))
+    relay = RelayNetwork(tap, str(stage), block_maps=True)
     await Chunked.send_snapshot(relay, Vote(1, 1), snapshot(new), option=OPTIONS)
     assert altered, "the bucket was forged"
     assert await installed(store, "snap") == new, "never the forged bytes"
@@ -347,7 +364,7 @@ async def test_an_object_cut_to_its_chunk_in_s3_is_fetched_whole(
             cut.append(key)
 
     tap = Tap(LoopbackNetwork(receiver), before=cut_the_map)
-    relay = RelayNetwork(tap, f"s3://{s3_bucket}/stage", **s3_storage_options)
+    relay = RelayNetwork(tap, f"s3://{s3_bucket}/stage", **s3_storage_options, block_maps=True)
     await Chunked.send_snapshot(relay, Vote(1, 1), snapshot(new), option=OPTIONS)
     assert cut
     assert await installed(store, "snap") == new
@@ -372,7 +389,14 @@ async def test_a_server_holding_a_base_fetches_only_what_it_lacks(
         await ship(str(source), "snap.bin", network=net, options=OPTIONS)
         assert (root / "snap.bin").read_bytes() == base
         source.write_bytes(new)
-        report = await ship(str(source), "snap.bin", network=net, options=OPTIONS, relay=str(stage))
+        report = await ship(
+            str(source),
+            "snap.bin",
+            network=net,
+            options=OPTIONS,
+            relay=str(stage),
+            relay_options=MAPS,
+        )
     finally:
         await net.close()
     assert (root / "snap.bin").read_bytes() == new
@@ -434,3 +458,34 @@ def test_an_answer_with_a_bad_byte_count_is_malformed(value: object) -> None:
     assert _count(7) == 7
     with pytest.raises(ValueError, match="not a byte count"):
         _count(value)
+
+
+async def test_block_maps_are_staged_only_when_asked(tmp_path: Path) -> None:
+    """By default a relayed send stages the chunks alone (no map costs the sender, docs/relay.md):
+    a receiver holding a base fetches every chunk whole; `block_maps` turns the maps on."""
+    base, new = versions(31)
+    source, target, stage = tmp_path / "snap.bin", tmp_path / "r" / "snap.bin", tmp_path / "stage"
+    stage.mkdir()
+    source.write_bytes(base)
+    await ship(str(source), str(target), options=OPTIONS)
+    source.write_bytes(new)
+    plain = await ship(str(source), str(target), options=OPTIONS, relay=str(stage))
+    assert target.read_bytes() == new
+    assert (plain.bytes_reused, plain.bytes_fetched) == (0, SIZE)
+    source.write_bytes(base)
+    mapped = await ship(
+        str(source), str(target), options=OPTIONS, relay=str(stage), relay_options=MAPS
+    )
+    assert target.read_bytes() == base
+    assert mapped.bytes_reused == SIZE - len(CHANGED) * PAGE
+    for wrong in ("yes", 1, None):
+        with pytest.raises(ConfigurationError, match="block_maps"):
+            await ship(
+                str(source), str(target), relay=str(stage), relay_options={"block_maps": wrong}
+            )
+        with pytest.raises(ConfigurationError, match="block_maps"):
+            RelayNetwork(
+                LoopbackNetwork(Receiver(FsspecSnapshotStore(str(tmp_path)))),
+                str(stage),
+                block_maps=wrong,  # type: ignore[arg-type]
+            )

@@ -105,7 +105,8 @@ async def check(case: Case) -> None:
     receivers = [Receiver(store, relay_options={}) for store in stores]
     options = TransferOptions(chunk_size=case.chunk, delta=case.mode)
     tamper = tamperer(case, base)
-    relay = RelayNetwork(Tap(LoopbackNetwork(receivers[0]), before=tamper), "memory://stage")
+    tap = Tap(LoopbackNetwork(receivers[0]), before=tamper)
+    relay = RelayNetwork(tap, "memory://stage", block_maps=True)
     nets = [relay, relay.to(Tap(LoopbackNetwork(receivers[1]), before=tamper))]
     other = random.Random(case.seed + 2).randbytes(len(base))
     helds = (base, other if case.other == "unrelated" else None)

@@ -230,8 +230,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def relay_options(args: argparse.Namespace) -> dict[str, Any] | None:
-    """`ship`'s relay_options from ``--relay``, ``--relay-keep-for``, ``--relay-stage-ahead``
-    and ``--endpoint-url``."""
+    """`ship`'s relay_options from ``--relay``, ``--relay-keep-for``, ``--relay-stage-ahead``,
+    ``--relay-block-maps`` and ``--endpoint-url``."""
     if args.relay is None:
         return None
     from fstransport.cli.probe import s3_cli_options
@@ -243,6 +243,8 @@ def relay_options(args: argparse.Namespace) -> dict[str, Any] | None:
         options["keep_for"] = args.relay_keep_for
     if args.relay_stage_ahead is not None:
         options["stage_ahead"] = args.relay_stage_ahead
+    if args.relay_block_maps:
+        options["block_maps"] = True
     return options
 
 

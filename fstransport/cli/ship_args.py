@@ -109,6 +109,12 @@ def add_arguments(ship_cmd: argparse.ArgumentParser) -> None:
         "as many as --window; 0 stages each chunk only when its turn comes)",
     )
     ship_cmd.add_argument(
+        "--relay-block-maps",
+        action="store_true",
+        help="stage each chunk's block map with it, so that a receiver holding an earlier "
+        "snapshot fetches only the ranges it lacks (costs the sender a SHA-256 per 4 KiB)",
+    )
+    ship_cmd.add_argument(
         "--token",
         metavar="T",
         help=f"bearer token for --via (visible in ps: prefer --token-file or ${TOKEN_ENV})",
@@ -230,6 +236,8 @@ def check_args(args: argparse.Namespace) -> None:
         s3_tuning(args, args.dst)
     if args.relay_keep_for is not None and args.relay is None:
         raise UsageError("--relay-keep-for keeps what --relay staged; give --relay URL too")
+    if args.relay_block_maps and args.relay is None:
+        raise UsageError("--relay-block-maps is for --relay; give --relay URL too")
     if args.relay_stage_ahead is not None and args.relay is None:
         raise UsageError("--relay-stage-ahead is for --relay; give --relay URL too")
     if args.relay_stage_ahead is not None and args.relay_stage_ahead < 0:

@@ -40,7 +40,7 @@ from fstransport.network.relay_areas import (
     stageable,
 )
 from fstransport.network.relay_found import find_areas
-from fstransport.network.relay_gate import ReferenceGate, check_stage_ahead
+from fstransport.network.relay_gate import ReferenceGate, check_block_maps, check_stage_ahead
 from fstransport.options import TransferOptions
 
 __all__ = ["RelayNetwork", "StagedChunk"]
@@ -53,8 +53,7 @@ the bytes themselves."""
 
 
 class RelayNetwork(StagingCounts):
-    """A `Network` that stages chunk bytes in `staging_url` and sends references through
-    `inner`.
+    """A `Network` that stages chunk bytes in `staging_url` and sends references through `inner`.
 
     `staging_options` are the fsspec storage options of the staging URL (``endpoint_url``,
     ``key``, ...).  Each chunk becomes one object, written once with one PUT (conditional on
@@ -66,10 +65,11 @@ class RelayNetwork(StagingCounts):
 
     Once every receiver this network and its siblings began sending the snapshot to has
     acknowledged its final chunk, the staged objects are removed, unless `keep_for` (seconds)
-    keeps them for later receivers; `expire` removes what outlived its
-    TTL and `close` everything this network staged.  A staged object a receiver finds damaged
-    or gone is staged again; a receiver that takes no references (created without
-    ``relay_options``) or fails to fetch `FALL_BACK_AFTER` of them in a row gets the bytes
+    keeps them for later receivers; `expire` removes what outlived its TTL, `close` everything.
+    With `block_maps`, each chunk is staged with its block map, and a receiver that holds an
+    earlier snapshot fetches only the ranges it lacks (docs/relay.md).  A staged object a
+    receiver finds damaged or gone is staged again; a receiver that takes no references (made
+    without ``relay_options``) or fails to fetch `FALL_BACK_AFTER` in a row gets the bytes
     themselves through `inner` from then on.
 
     Staging runs ahead (`window_for`: `stage_ahead` chunks more than the window, default
@@ -87,6 +87,7 @@ class RelayNetwork(StagingCounts):
         *,
         keep_for: float | None = None,
         stage_ahead: int | None = None,
+        block_maps: bool = False,
         **staging_options: Any,
     ) -> None:
         if keep_for is not None and not keep_for >= 0:
@@ -98,6 +99,7 @@ class RelayNetwork(StagingCounts):
         self._direct = False  # the receiver takes no references: it gets the bytes
         self._fetch_failures = 0  # references in a row the receiver could not fetch
         self.stage_ahead = check_stage_ahead(stage_ahead)
+        self.block_maps = check_block_maps(block_maps)  # (a base's receiver fetches less)
         self._gate = ReferenceGate()  # the references out to this network's receiver
 
     @property
@@ -125,6 +127,10 @@ class RelayNetwork(StagingCounts):
         sibling.__dict__.update(self.__dict__, inner=inner, _direct=False, _fetch_failures=0)
         sibling._gate = ReferenceGate()  # (the staging, `stage_ahead` and counts are shared)
         return sibling
+
+    def _maps(self, options: TransferOptions) -> str:
+        """The delta mode whose block maps go with the staged chunks ("off": none)."""
+        return options.delta if self.block_maps else "off"
 
     def window_for(self, options: TransferOptions) -> int:
         """Chunks a sender may hand over at once: ``max_in_flight`` plus `stage_ahead`."""
@@ -199,7 +205,7 @@ class RelayNetwork(StagingCounts):
         staging = not direct and req.staged is None
         ref_req = req
         if staging:
-            ref_req = await self._shared.stage(staged, req, id(self), option.delta)
+            ref_req = await self._shared.stage(staged, req, id(self), self._maps(option))
         committing = None
         if req.done and not direct:  # the manifest goes once every chunk is staged, while fetched
             await self._gate.settled(ticket)
@@ -231,7 +237,7 @@ class RelayNetwork(StagingCounts):
             if req.staged is not None:  # the sender retries, reading the bytes this time
                 raise NetworkError(f"staged object {ref.url} is damaged or gone: {source}") from exc
             log.warning("staged object %s refused (%s); staging it again", ref.url, exc)
-            ref_req = await self._shared.stage(staged, req, id(self), option.delta)
+            ref_req = await self._shared.stage(staged, req, id(self), self._maps(option))
             if req.done:
                 await self._shared.commit(staged, req.meta, req.vote)
             response = await self.inner.install_snapshot(ref_req, option)

@@ -24,6 +24,13 @@ def check_stage_ahead(stage_ahead: object) -> int | None:
     return stage_ahead
 
 
+def check_block_maps(block_maps: object) -> bool:
+    """`block_maps` if it is True or False, else `ConfigurationError`."""
+    if not isinstance(block_maps, bool):
+        raise ConfigurationError(f"block_maps must be True or False, got {block_maps!r}")
+    return block_maps
+
+
 def orders_references(net: object) -> bool:
     """Whether `net` itself declares ``orders_references`` (a `RelayNetwork`): it stages the
     chunks handed over and keeps the order of what its receiver sees (`ReferenceGate`), so the

@@ -175,6 +175,10 @@ class InstallSnapshotRequest:
     receiver takes from the offered base.  `delta_key` (16 random bytes, with the request for an
     offer) is the key the receiver tags its base map with: the sender maps its source with it
     meanwhile, instead of after the offer.
+
+    `extents` (after an accepted recipe whose answer said ``extents``): ``(offset, length)``
+    pairs, increasing and disjoint; `data` is their bytes joined, `offset` the first's and
+    `crc32c` the CRC32C of `data` (``fstransport.protocol.delta_pack``).
     """
 
     vote: Vote
@@ -187,6 +191,7 @@ class InstallSnapshotRequest:
     delta: str | None = None
     recipe: bytes | None = None
     delta_key: bytes | None = None
+    extents: tuple[tuple[int, int], ...] | None = None
 
     def __repr__(self) -> str:  # never dump chunk data into logs
         return (
@@ -196,6 +201,7 @@ class InstallSnapshotRequest:
             + (f", delta={self.delta!r}" if self.delta is not None else "")
             + (f", recipe={len(self.recipe)} bytes" if self.recipe is not None else "")
             + (", delta_key=..." if self.delta_key is not None else "")
+            + (f", extents={len(self.extents)}" if self.extents is not None else "")
             + ")"
         )
 
@@ -226,12 +232,16 @@ class InstallSnapshotResponse:
 
     `offer` answers a request asking for a delta (``delta`` set, no recipe): the base the
     receiver offers, or None (no base: the sender sends everything).
+
+    `extents` (answering an accepted recipe): the receiver takes requests with ``extents``
+    for the rest of this stream (a receiver that does not say so gets one range a request).
     """
 
     vote: Vote
     held: tuple[tuple[int, int], ...] | None = None
     crc32c: int | None = None
     offer: DeltaOffer | None = None
+    extents: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fstransport.delta.extents import write_extents
 from fstransport.delta.receive import answer_delta, assemble
 from fstransport.errors import StorageError
 from fstransport.messages import InstallSnapshotRequest, Snapshot, SnapshotMeta
@@ -280,6 +281,8 @@ class StreamRunner:
         An unknown CRC is computed by the sink as it writes."""
         if req.delta is not None:  # no data: a delta request
             return await _delta(self, stream, req)
+        if req.extents is not None:  # several ranges (`fstransport.protocol.delta_pack`)
+            return await write_extents(self, snapshot_id, stream, req)
         sink = stream.sink
         assert sink is not None
         if not stream.state.holds(req):

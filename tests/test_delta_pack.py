@@ -6,6 +6,7 @@ test_delta_pack_properties.py; over a real ``fstransport serve``: test_delta_pac
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from fstransport.messages import (
     InstallSnapshotResponse,
     SnapshotMeta,
     Vote,
+    contiguous,
 )
 from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import KiB
@@ -134,11 +136,12 @@ def test_the_window_gathers_short_ranges_but_never_the_first_or_last() -> None:
     options = TransferOptions(chunk_size=16 * KiB, max_in_flight=4)
     window = SendWindow(SIZE, options)
     changed = [(0, 4096), (40960, 45056), (81920, 86016), (200704, 212992), (SIZE - 4096, SIZE)]
-    held = [(a[1], b[0]) for a, b in zip(changed, changed[1:], strict=False)]
+    held = [(a[1], b[0]) for a, b in itertools.pairwise(changed)]
     window.on_held(held)
     window.pack = True
     first = window.next_chunk(0.0)
-    assert first is not None and (first.offset, first.length, first.extents) == (0, 4096, ())
+    assert first is not None
+    assert (first.offset, first.length, first.extents) == (0, 4096, ())
     assert window.next_chunk(0.0) is None  # offset 0 goes alone
     window.on_ack(first, 0, 0.0)
     packed = window.next_chunk(0.0)
@@ -146,12 +149,14 @@ def test_the_window_gathers_short_ranges_but_never_the_first_or_last() -> None:
     assert packed.extents == ((40960, 4096), (81920, 4096), (200704, 8192))
     assert (packed.offset, packed.length, packed.done) == (40960, 16384, False)
     more = window.next_chunk(0.0)  # one range left before the final one: a plain chunk
-    assert more is not None and (more.offset, more.length, more.extents) == (208896, 4096, ())
+    assert more is not None
+    assert (more.offset, more.length, more.extents) == (208896, 4096, ())
     assert window.next_chunk(0.0) is None  # the final chunk waits for the others
     window.on_failure(packed, OSError("lost"), 0.0)  # every extent goes back
     window._resume_at = 0.0
     again = window.next_chunk(0.0)
-    assert again is not None and again.extents == packed.extents
+    assert again is not None
+    assert again.extents == packed.extents
     window.on_mismatch(again, 0, OSError("start over"), 0.0)
     assert window.pack is False  # a receiver starting over lost the recipe: one range a request
 
@@ -228,7 +233,7 @@ class Tampers:
         if req.extents and not self.done:
             self.done = True
             req = self.mutate(req)  # type: ignore[operator]
-            req = replace(req, crc32c=chunk_crc(bytes(req.data)))
+            req = replace(req, crc32c=chunk_crc(contiguous(req.data)))
         return await self.inner.install_snapshot(req, option)
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from fstransport.checksum import chunk_crc, combine
 from fstransport.errors import InvalidRequest, SnapshotMismatch, StorageError
 from fstransport.messages import InstallSnapshotRequest, SnapshotSegmentId, contiguous
-from fstransport.storage.base import write_checked
+from fstransport.storage.base import NOTHING_LOST, Lost, write_checked
 
 if TYPE_CHECKING:
     from fstransport.receive_streams import Outcome
@@ -45,18 +45,34 @@ async def write_extents(
         raise
     data = memoryview(contiguous(req.data)).cast("B")
     named = state.meta.checksum is not None
-    at = whole = 0
+    pieces: list[tuple[int, memoryview]] = []
+    crcs: dict[int, int] = {}  # of the extents held already (see `StreamState.holds`)
+    at = 0
     for offset, length in req.extents:
         piece = data[at : at + length]
         at += length
         if named and state.ledger.covers(offset, offset + length):
-            crc = chunk_crc(piece)  # held already (see `StreamState.holds`)
+            crcs[offset] = chunk_crc(piece)
         else:
-            try:
-                lost, crc = await write_checked(sink, offset, piece)
-            except StorageError:
-                await runner.drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
-                raise
-            state.record(replace(req, offset=offset, data=piece, extents=None), crc, lost)
-        whole = combine(whole, crc, length)
+            pieces.append((offset, piece))
+    try:
+        written = await _write(sink, pieces)
+    except StorageError:
+        await runner.drop(snapshot_id, stream, locked=True)  # a broken sink cannot go on
+        raise
+    for (offset, piece), (lost, crc) in zip(pieces, written, strict=True):
+        state.record(replace(req, offset=offset, data=piece, extents=None), crc, lost)
+        crcs[offset] = crc
+    whole = 0
+    for offset, length in req.extents:
+        whole = combine(whole, crcs[offset], length)
     return None, state.tell(req), whole
+
+
+async def _write(sink: Any, pieces: list[tuple[int, memoryview]]) -> list[tuple[Lost, int]]:
+    """Each piece written with its CRC32C computed as it is: all in one call where the sink
+    has ``write_checked_many`` (a local file: one worker thread), else one write each."""
+    many = getattr(sink, "write_checked_many", None)
+    if many is not None and pieces:
+        return [(NOTHING_LOST, crc) for crc in await many(pieces)]
+    return [await write_checked(sink, offset, piece) for offset, piece in pieces]

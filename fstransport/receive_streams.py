@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fstransport.delta.extents import write_extents
+from fstransport.delta.prefill import start_prefill, stop_prefill
 from fstransport.delta.receive import answer_delta, assemble
 from fstransport.errors import StorageError
 from fstransport.messages import InstallSnapshotRequest, Snapshot, SnapshotMeta
@@ -90,6 +91,7 @@ class _Stream:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
     verifying: asyncio.Future[None] | None = None
+    prefill: asyncio.Future[None] | None = None  # a delta's early assembly (`delta.prefill`)
 
 
 async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequest) -> Outcome:
@@ -101,9 +103,12 @@ async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequ
 
         latest = await read_latest(runner.store)
     assert stream.sink is not None
+    await stop_prefill(stream.prefill)  # (a new exchange: the last one's copies are not wanted)
     held, stream.state.offer, stream.sink = await answer_delta(
         runner.store, latest, stream.state, req, stream.sink, keep=runner.long_lived
     )
+    if req.recipe is not None and stream.state.delta is not None and stream.state.delta.recipe:
+        stream.prefill = start_prefill(stream)  # the assembly begins now, beside the chunks
     return None, held, None
 
 
@@ -299,6 +304,7 @@ class StreamRunner:
         try:
             await self.staged.check_manifests(stream.state.staged, req, options)  # or no install
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
+            await stop_prefill(stream.prefill)  # (between two batches: this request holds the lock)
             await assemble(self.store, sink, stream.state, meta, keep=self.long_lived)  # a delta's
             snapshot = await self.store.finish(meta, sink)
             if meta.kind == TREE:

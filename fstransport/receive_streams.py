@@ -96,7 +96,10 @@ class _Stream:
 
 async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequest) -> Outcome:
     """A delta request (its stream's lock held): `answer_delta`; an offer waits in
-    ``stream.state.offer`` for the answer (`Receiver.handle` takes it)."""
+    ``stream.state.offer`` for the answer (`Receiver.handle` takes it).  A request with several
+    ranges after an accepted recipe: `write_extents`."""
+    if req.extents is not None:
+        return await write_extents(runner, req.meta.snapshot_id, stream, req)
     latest = next(reversed(runner.rules.installed), None)
     if latest is None and runner.long_lived:  # (installed before a restart)
         from fstransport.delta.latest import read_latest
@@ -110,6 +113,14 @@ async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequ
     if req.recipe is not None and stream.state.delta is not None and stream.state.delta.recipe:
         stream.prefill = start_prefill(stream)  # the assembly begins now, beside the chunks
     return None, held, None
+
+
+async def _assemble(runner: StreamRunner, stream: _Stream, meta: SnapshotMeta) -> None:
+    """A delta's assembly before install (`assemble`), its early copies stopped first (they are
+    between two batches: the final chunk's request holds the stream's lock)."""
+    await stop_prefill(stream.prefill)
+    assert stream.sink is not None
+    await assemble(runner.store, stream.sink, stream.state, meta, keep=runner.long_lived)
 
 
 class StreamRunner:
@@ -284,10 +295,8 @@ class StreamRunner:
     ) -> Outcome:
         """Write `req` into `stream` (whose lock is held); finish the snapshot on ``done``.
         An unknown CRC is computed by the sink as it writes."""
-        if req.delta is not None:  # no data: a delta request
+        if req.delta is not None or req.extents is not None:  # a delta's (see `_delta`)
             return await _delta(self, stream, req)
-        if req.extents is not None:  # several ranges (`fstransport.protocol.delta_pack`)
-            return await write_extents(self, snapshot_id, stream, req)
         sink = stream.sink
         assert sink is not None
         if not stream.state.holds(req):
@@ -304,8 +313,7 @@ class StreamRunner:
         try:
             await self.staged.check_manifests(stream.state.staged, req, options)  # or no install
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
-            await stop_prefill(stream.prefill)  # (between two batches: this request holds the lock)
-            await assemble(self.store, sink, stream.state, meta, keep=self.long_lived)  # a delta's
+            await _assemble(self, stream, meta)  # a delta's
             snapshot = await self.store.finish(meta, sink)
             if meta.kind == TREE:
                 await _check_tree(snapshot, self.rules.limits.max_tree_files)

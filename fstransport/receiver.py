@@ -25,6 +25,7 @@ from fstransport.messages import (
     Snapshot,
     Vote,
 )
+from fstransport.protocol.delta_pack import takes_extents
 from fstransport.protocol.receiver import ReceiverLimits, validate_request
 from fstransport.protocol.receiver_state import (
     INSTALLED_MEMORY,
@@ -173,13 +174,10 @@ class Receiver:
         if refused is not None:
             return InstallSnapshotResponse(refused.vote)
         snapshot, held, crc = await self._receive(req, crc)
-        offer, extents = None, False
+        offer = None
         stream = self.rules.streams.get(req.meta.snapshot_id) if req.delta else None
         if stream is not None:
             offer, stream.offer = stream.offer, None
-            # an accepted recipe: what is left may come several ranges a request
-            delta = stream.delta
-            extents = req.recipe is not None and delta is not None and delta.sent is not None
         if snapshot is not None:
             # Verified and finished: install it even if this request is cancelled meanwhile (its
             # sender timed out), and remember it only once it is really installed.
@@ -192,7 +190,7 @@ class Receiver:
         assert vote is not None  # adopted above
         if crc is None:  # not written (held already, installed): nobody computed it yet
             crc = chunk_crc(req.data)
-        return InstallSnapshotResponse(vote, held=held, crc32c=crc, offer=offer, extents=extents)
+        return InstallSnapshotResponse(vote, held, crc, offer, takes_extents(stream, req))
 
     async def _resolve(self, req: InstallSnapshotRequest) -> InstallSnapshotRequest | None:
         """`req` with the bytes of its staged object as its data, checked against the

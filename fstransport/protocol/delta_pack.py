@@ -18,9 +18,13 @@ from __future__ import annotations
 import struct
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from fstransport.errors import InvalidRequest
 from fstransport.messages import Buffer, InstallSnapshotRequest
+
+if TYPE_CHECKING:
+    from fstransport.protocol.receiver import StreamState
 
 __all__ = [
     "EXTENT_SIZE",
@@ -31,6 +35,7 @@ __all__ = [
     "encode_extents",
     "split_extents",
     "take_extents",
+    "takes_extents",
 ]
 
 MAX_EXTENTS = 16384
@@ -98,6 +103,13 @@ class SentRanges:
             i = bisect_right(starts, start) - 1
             if i < 0 or start + length > ends[i]:
                 raise _bad(f"extent [{start}, {start + length}) is not a range the recipe sends")
+
+
+def takes_extents(stream: StreamState | None, req: InstallSnapshotRequest) -> bool:
+    """What the answer to `req` says of extents (`InstallSnapshotResponse.extents`): true for a
+    recipe the receiver accepted, so what is left may come several ranges a request."""
+    delta = None if stream is None else stream.delta
+    return req.recipe is not None and delta is not None and delta.sent is not None
 
 
 def take_extents(

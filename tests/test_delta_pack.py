@@ -17,6 +17,7 @@ import pytest
 from fstransport import TransferOptions
 from fstransport.checksum import chunk_crc
 from fstransport.delta import prefill
+from fstransport.delta.send import read_extents
 from fstransport.errors import InvalidRequest, RemoteError
 from fstransport.messages import (
     InstallSnapshotRequest,
@@ -40,6 +41,7 @@ from fstransport.protocol.delta_pack import (
 from fstransport.protocol.sender import SendWindow
 from fstransport.receiver import Receiver
 from fstransport.sender import send_source
+from fstransport.storage.shared_source import SharedSource
 from fstransport.storage.source import BufferSource
 from fstransport.storage.store import FsspecSnapshotStore
 from tests.test_delta_ship import _done, edited, read, target_url
@@ -361,3 +363,14 @@ async def test_without_the_early_copies_the_result_is_the_same(
     assert read(url) == new
     assert any(r.extents for r in net.requests)
     assert result.stats.bytes_reused > SIZE // 2  # type: ignore[attr-defined]
+
+
+async def test_a_shared_reader_reads_many_ranges_in_one_call() -> None:
+    data = bytes(range(256)) * 64
+    shared = SharedSource(BufferSource(data), 2, 1 << 20)
+    reader = shared.readers[0]
+    parts = await reader.read_many([(10, 5), (300, 7), (16000, 384)])
+    assert [bytes(p) for p in parts] == [data[10:15], data[300:307], data[16000:16384]]
+    assert reader.bytes_read == shared.bytes_read == 396
+    got, _ = await read_extents(reader, ((10, 5), (300, 7)), checked=False)
+    assert got == data[10:15] + data[300:307]

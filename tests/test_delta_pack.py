@@ -11,6 +11,7 @@ import itertools
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +45,7 @@ from fstransport.sender import send_source
 from fstransport.storage.shared_source import SharedSource
 from fstransport.storage.source import BufferSource
 from fstransport.storage.store import FsspecSnapshotStore
+from tests.helpers import object_bytes, uploads
 from tests.test_delta_ship import _done, edited, read, target_url
 
 SIZE = 1024 * KiB
@@ -374,3 +376,25 @@ async def test_a_shared_reader_reads_many_ranges_in_one_call() -> None:
     assert reader.bytes_read == shared.bytes_read == 396
     got, _ = await read_extents(reader, ((10, 5), (300, 7)), checked=False)
     assert got == data[10:15] + data[300:307]
+
+
+async def test_scattered_pages_onto_s3_travel_together(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """Onto S3 the ranges of a request go into the spool (`S3DeltaSink.write_checked_many`)."""
+    base = random.Random(42).randbytes(6 * 1024 * KiB)
+    new = edited(base, 60, seed=43)
+    store = FsspecSnapshotStore(f"s3://{s3_bucket}/packed", **s3_storage_options)
+    receiver = Receiver(store)
+    net = Recording(LoopbackNetwork(receiver))
+    meta = SnapshotMeta("snap.bin")
+    options = TransferOptions(chunk_size=256 * KiB, delta="blocks")
+    await send_source(net, Vote(1, 0), meta, BufferSource(base, "b"), None, options)
+    net.requests.clear()
+    result = await send_source(net, Vote(1, 0), meta, BufferSource(new, "n"), None, options)
+    await store.close()
+    assert result.completed
+    assert object_bytes(s3_client, s3_bucket, "packed/snap.bin") == new
+    assert sum(len(r.extents or ()) for r in net.requests) > 40
+    assert result.stats.bytes_reused > len(new) // 2
+    assert uploads(s3_client, s3_bucket) == []

@@ -8,8 +8,6 @@ Cases (``--ship-scale`` GiB for the page file; the CDC case is a quarter of it, 
 - the same over the link with the receiver's map not kept (its first offer for that base reads it);
 - the same over the link, one changed range a request (a receiver that does not take several
   ranges a request, as one older than ``docs/delta.md``'s "Many ranges a request" would be);
-- the same over the link with the whole assembly at install (no copies begun at the recipe:
-  ``fstransport.delta.prefill`` turned off);
 - no change at all, over the link;
 - 100 bytes inserted near the start, ``delta="cdc"``, over the link.
 
@@ -36,7 +34,6 @@ from harness import MiB, machine_idle_cpu, make_data
 
 from fstransport import TransferOptions, ship
 from fstransport.checksum import chunk_crc
-from fstransport.delta import prefill
 from fstransport.delta.cache import kept_map
 from fstransport.delta.local import assemble_local, map_file
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
@@ -59,7 +56,6 @@ class ShipCase:
     link: bool
     keep: bool = True
     one_range: bool = False  # the receiver's answers never say ``extents`` (an older one)
-    early_copies: bool = True  # the assembly begins at the recipe (`fstransport.delta.prefill`)
     goal_bytes: float | None = None
     goal_time: float | None = None
 
@@ -131,7 +127,6 @@ async def _one(
     if case.link:
         network = FaultyNetwork(network, latency=RTT / 2, bandwidth=LINK)
     options = TransferOptions(delta=case.mode if delta else "off")
-    prefill.ENABLED = case.early_copies
     idle, cpu, started = machine_idle_cpu(), time.process_time(), time.perf_counter()
     report = await ship(str(new), str(target / "snap.bin"), options=options, network=network)
     run = Run(
@@ -191,8 +186,6 @@ def ship_rounds(size: int, rounds: int, seed: int) -> list[str]:
         ShipCase("same, receiver's map not kept", "pages", "blocks", True, keep=False),
         ShipCase("same, one range a request (before #15's extents)", "pages", "blocks", True,
                  one_range=True),
-        ShipCase("same, assembly at install (no early copies)", "pages", "blocks", True,
-                 early_copies=False),
         ShipCase("no change, 10 ms / 1 Gbit/s", "same", "blocks", True, goal_bytes=0.005,
                  goal_time=1.01),
         ShipCase("100 bytes inserted, cdc, 10 ms / 1 Gbit/s", "cdc", "cdc", True, goal_bytes=0.05),

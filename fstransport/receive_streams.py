@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fstransport.delta.extents import write_extents
-from fstransport.delta.prefill import start_prefill, stop_prefill
 from fstransport.delta.receive import answer_delta, assemble
 from fstransport.errors import StorageError
 from fstransport.messages import InstallSnapshotRequest, Snapshot, SnapshotMeta
@@ -91,7 +90,6 @@ class _Stream:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
     verifying: asyncio.Future[None] | None = None
-    prefill: asyncio.Future[None] | None = None  # a delta's early assembly (`delta.prefill`)
 
 
 async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequest) -> Outcome:
@@ -106,21 +104,10 @@ async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequ
 
         latest = await read_latest(runner.store)
     assert stream.sink is not None
-    await stop_prefill(stream.prefill)  # (a new exchange: the last one's copies are not wanted)
     held, stream.state.offer, stream.sink = await answer_delta(
         runner.store, latest, stream.state, req, stream.sink, keep=runner.long_lived
     )
-    if req.recipe is not None and stream.state.delta is not None and stream.state.delta.recipe:
-        stream.prefill = start_prefill(stream)  # the assembly begins now, beside the chunks
     return None, held, None
-
-
-async def _assemble(runner: StreamRunner, stream: _Stream, meta: SnapshotMeta) -> None:
-    """A delta's assembly before install (`assemble`), its early copies stopped first (they are
-    between two batches: the final chunk's request holds the stream's lock)."""
-    await stop_prefill(stream.prefill)
-    assert stream.sink is not None
-    await assemble(runner.store, stream.sink, stream.state, meta, keep=runner.long_lived)
 
 
 class StreamRunner:
@@ -313,7 +300,7 @@ class StreamRunner:
         try:
             await self.staged.check_manifests(stream.state.staged, req, options)  # or no install
             meta = stream.state.complete(req.offset + len(req.data), sink.rewind)
-            await _assemble(self, stream, meta)  # a delta's
+            await assemble(self.store, sink, stream.state, meta, keep=self.long_lived)  # a delta's
             snapshot = await self.store.finish(meta, sink)
             if meta.kind == TREE:
                 await _check_tree(snapshot, self.rules.limits.max_tree_files)

@@ -6,7 +6,6 @@ test_delta_pack_properties.py; over a real ``fstransport serve``: test_delta_pac
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
 from dataclasses import replace
@@ -17,7 +16,6 @@ import pytest
 
 from fstransport import TransferOptions
 from fstransport.checksum import chunk_crc
-from fstransport.delta import prefill
 from fstransport.delta.send import read_extents
 from fstransport.errors import InvalidRequest, RemoteError
 from fstransport.messages import (
@@ -315,56 +313,6 @@ async def test_a_receiver_restarted_mid_transfer_answers_extents_with_a_rewind(
     assert (tmp_path / "received" / "snap.bin").read_bytes() == new
     assert result.stats.rewinds >= 1
     assert net.restarted
-
-
-async def test_the_copies_begin_before_the_final_chunk(tmp_path: Path) -> None:
-    """A local delta's copied ranges are in the partial file before the final chunk comes
-    (`fstransport.delta.prefill`); the install copies nothing twice, and the result is whole."""
-    base = random.Random(38).randbytes(SIZE)
-    new = edited(base, 30, seed=39)
-    receiver = Receiver(FsspecSnapshotStore(str(tmp_path / "received")))
-    loop = LoopbackNetwork(receiver)
-    meta = SnapshotMeta("snap.bin")
-    await send_source(loop, Vote(1, 0), meta, BufferSource(base, "b"), None, OPTIONS)
-    await receiver._io.installing.get("snap.bin", _done())
-    seen: list[int] = []
-
-    class Looks:
-        carries_delta = True
-
-        async def install_snapshot(
-            self, req: InstallSnapshotRequest, option: TransferOptions
-        ) -> InstallSnapshotResponse:
-            if req.done:
-                stream = receiver._io.streams["snap.bin"]
-                assert stream.prefill is not None
-                await asyncio.wait_for(asyncio.shield(stream.prefill), 30)
-                delta = stream.state.delta
-                early: set[tuple[int, int]] = getattr(delta, "prefilled", set())
-                partial = Path(str(getattr(stream.sink, "path", "")))
-                held = await asyncio.to_thread(partial.read_bytes)
-                for at, length in early:
-                    assert held[at : at + length] == base[at : at + length]
-                seen.append(sum(n for _, n in early))
-            return await loop.install_snapshot(req, option)
-
-    result = await send_source(Looks(), Vote(1, 0), meta, BufferSource(new, "n"), None, OPTIONS)
-    await receiver._io.installing.get("snap.bin", _done())
-    assert (tmp_path / "received" / "snap.bin").read_bytes() == new
-    assert seen == [result.stats.bytes_reused]  # every copied byte was copied early
-
-
-async def test_without_the_early_copies_the_result_is_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(prefill, "ENABLED", False)
-    base = random.Random(40).randbytes(SIZE)
-    new = edited(base, 30, seed=41)
-    url = target_url("local", tmp_path)
-    net, _, result = await _ship_twice(url, base, new)
-    assert read(url) == new
-    assert any(r.extents for r in net.requests)
-    assert result.stats.bytes_reused > SIZE // 2  # type: ignore[attr-defined]
 
 
 async def test_a_shared_reader_reads_many_ranges_in_one_call() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from fstransport.checksum import format_checksum, parse_checksum
@@ -39,7 +39,6 @@ class BaseDelta(ReceiverDelta):
     """`ReceiverDelta` with the base as its store found it (`MappedBase`: what pins it)."""
 
     base: MappedBase | None = None
-    prefilled: set[tuple[int, int]] = field(default_factory=set)  # copied early (`prefill`)
 
 
 def delta_base(store: Any, *, keep: bool = False) -> DeltaBase | None:
@@ -165,11 +164,8 @@ async def assemble(
     base = delta.base if isinstance(delta, BaseDelta) else None
     if bases is None or base is None:  # (cannot happen: an offer came from them)
         raise InvalidRequest("a delta recipe without a base", field="recipe")
-    copied = delta.still_copied(state.ledger)
-    recipe = _recipe_of(delta, copied)
-    early = delta.prefilled if isinstance(delta, BaseDelta) else set()  # (`delta.prefill`)
-    left = _recipe_of(delta, [c for c in copied if (c[0], c[1]) not in early]) if early else recipe
-    crc, reused = await bases.assemble(sink, base, left, parse_checksum(checksum))
+    recipe = _recipe_of(delta, delta.still_copied(state.ledger))
+    crc, reused = await bases.assemble(sink, base, recipe, parse_checksum(checksum))
     if format_checksum(crc) != checksum:
         raise ChecksumMismatch(
             f"snapshot assembled from base {delta.base_id!r}",
@@ -180,4 +176,4 @@ async def assemble(
     keep_map = getattr(bases, "keep_assembled", None)
     if keep and keep_map is not None:  # its map kept for the next offer (docs/delta.md)
         await keep_map(meta.snapshot_id, sink, recipe, delta.base_map)
-    return reused + sum(n for at, n, _ in copied if (at, n) in early)
+    return reused

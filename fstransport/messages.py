@@ -175,6 +175,10 @@ class InstallSnapshotRequest:
     receiver takes from the offered base.  `delta_key` (16 random bytes, with the request for an
     offer) is the key the receiver tags its base map with: the sender maps its source with it
     meanwhile, instead of after the offer.
+
+    `extents` (after an accepted recipe whose answer said ``extents``): ``(offset, length)``
+    pairs, increasing and disjoint; `data` is their bytes joined, `offset` the first's and
+    `crc32c` the CRC32C of `data` (``fstransport.protocol.delta_pack``).
     """
 
     vote: Vote
@@ -187,6 +191,7 @@ class InstallSnapshotRequest:
     delta: str | None = None
     recipe: bytes | None = None
     delta_key: bytes | None = None
+    extents: tuple[tuple[int, int], ...] | None = None
 
     def __repr__(self) -> str:  # never dump chunk data into logs
         return (
@@ -196,6 +201,7 @@ class InstallSnapshotRequest:
             + (f", delta={self.delta!r}" if self.delta is not None else "")
             + (f", recipe={len(self.recipe)} bytes" if self.recipe is not None else "")
             + (", delta_key=..." if self.delta_key is not None else "")
+            + (f", extents={len(self.extents)}" if self.extents is not None else "")
             + ")"
         )
 
@@ -230,6 +236,9 @@ class InstallSnapshotResponse:
     `reused` and `fetched` answer a staged chunk (a `RelayNetwork` reference): the bytes of it
     the receiver took from a base it holds, and the bytes it fetched from the staging bucket
     (its block map included); reports only, never trusted for anything else.
+
+    `extents` (answering an accepted recipe): the receiver takes requests with ``extents``
+    for the rest of this stream (a receiver that does not say so gets one range a request).
     """
 
     vote: Vote
@@ -238,6 +247,7 @@ class InstallSnapshotResponse:
     offer: DeltaOffer | None = None
     reused: int = 0
     fetched: int = 0
+    extents: bool = False
 
 
 @dataclass(frozen=True)

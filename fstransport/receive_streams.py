@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fstransport.delta.extents import write_extents
 from fstransport.delta.receive import answer_delta, assemble
 from fstransport.errors import StorageError
 from fstransport.messages import InstallSnapshotRequest, Snapshot, SnapshotMeta
@@ -93,7 +94,10 @@ class _Stream:
 
 async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequest) -> Outcome:
     """A delta request (its stream's lock held): `answer_delta`; an offer waits in
-    ``stream.state.offer`` for the answer (`Receiver.handle` takes it)."""
+    ``stream.state.offer`` for the answer (`Receiver.handle` takes it).  A request with several
+    ranges after an accepted recipe: `write_extents`."""
+    if req.extents is not None:
+        return await write_extents(runner, req.meta.snapshot_id, stream, req)
     from fstransport.delta.latest import last_installed
 
     latest = await last_installed(runner.rules.installed, runner.store, runner.long_lived)
@@ -276,7 +280,7 @@ class StreamRunner:
     ) -> Outcome:
         """Write `req` into `stream` (whose lock is held); finish the snapshot on ``done``.
         An unknown CRC is computed by the sink as it writes."""
-        if req.delta is not None:  # no data: a delta request
+        if req.delta is not None or req.extents is not None:  # a delta's (see `_delta`)
             return await _delta(self, stream, req)
         sink = stream.sink
         assert sink is not None

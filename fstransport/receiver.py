@@ -26,6 +26,7 @@ from fstransport.messages import (
     Snapshot,
     Vote,
 )
+from fstransport.protocol.delta_pack import takes_extents
 from fstransport.protocol.receiver import ReceiverLimits, validate_request
 from fstransport.protocol.receiver_state import (
     INSTALLED_MEMORY,
@@ -190,7 +191,10 @@ class Receiver:
         assert vote is not None  # adopted above
         if crc is None:  # not written (held already, installed): nobody computed it yet
             crc = chunk_crc(req.data)
-        return InstallSnapshotResponse(vote, held=held, crc32c=crc, offer=offer, **fetched.counts)
+        extents = takes_extents(stream, req)
+        return InstallSnapshotResponse(
+            vote, held=held, crc32c=crc, offer=offer, extents=extents, **fetched.counts
+        )
 
     async def _resolve(self, req: InstallSnapshotRequest) -> Resolved | None:
         """`req` with the bytes of its staged object as its data, checked against the

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from fstransport.checksum import chunk_crc, format_checksum, parse_checksum
-from fstransport.delta.send import run_exchange
+from fstransport.delta.send import read_extents, run_exchange
 from fstransport.errors import (
     ChecksumMismatch,
     InvalidRequest,
@@ -233,9 +233,10 @@ class _Sender:
         if staged is not None:  # its bytes wait in a bucket: the network sends a reference
             data: Buffer = b""
             crc = staged.crc32c
+        elif plan.extents:  # several ranges (`fstransport.protocol.delta_pack`)
+            data, crc = await read_extents(self.source, plan.extents, checked=not self.trusted)
         elif self.trusted and not plan.done:  # the receiver computes the CRC as it writes
-            data = await self.source.read(plan.offset, plan.length)
-            crc = None
+            data, crc = await self.source.read(plan.offset, plan.length), None
         else:
             data, crc = await read_checked(self.source, plan.offset, plan.length)
         if staged is None and len(data) != plan.length:
@@ -253,6 +254,8 @@ class _Sender:
             meta = replace(meta, checksum=self.meta.checksum or actual)
             self.checksum = meta.checksum
         req = InstallSnapshotRequest(self.vote, meta, plan.offset, data, plan.done, crc, staged)
+        if plan.extents:
+            req = replace(req, extents=plan.extents)
         ttl = self.options.install_timeout if plan.done else self.options.hard_ttl
         if self.deadline_at is not None:
             ttl = max(0.0, min(ttl, self.deadline_at - self.loop.time()))

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fstransport.checksum import format_checksum
+from fstransport.checksum import chunk_crc, format_checksum
 from fstransport.errors import FstransportError
 from fstransport.messages import (
+    Buffer,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
     SnapshotMeta,
@@ -41,6 +42,7 @@ __all__ = [
     "DeltaPlan",
     "map_source",
     "negotiate",
+    "read_extents",
     "run_exchange",
     "send_recipe",
     "unless_cancelled",
@@ -58,13 +60,15 @@ Ask = Callable[[InstallSnapshotRequest], Awaitable[InstallSnapshotResponse]]
 @dataclass(frozen=True)
 class DeltaPlan:
     """What a delta exchange settled: the ranges the receiver holds now (skip them), the
-    source's checksum (from its map), the bytes the receiver copies from its base, and the
-    bytes of map and recipe that crossed the network."""
+    source's checksum (from its map), the bytes the receiver copies from its base, the
+    bytes of map and recipe that crossed the network, and whether the receiver takes several
+    ranges a request (`fstransport.protocol.delta_pack`)."""
 
     held: tuple[tuple[int, int], ...]
     checksum: str | None
     reused: int
     wire_bytes: int
+    extents: bool = False
 
     def apply(self, window: SendWindow) -> bool:
         """Count it in `window`'s stats and skip what is held; whether a checksum is known."""
@@ -73,6 +77,7 @@ class DeltaPlan:
         if self.held:
             window.on_held(self.held)
             window.short_in_flight = max(window.short_in_flight, DELTA_IN_FLIGHT)
+            window.pack = self.extents
         return self.checksum is not None
 
 
@@ -211,7 +216,10 @@ async def send_recipe(
     answer = await ask(second)
     if not isinstance(answer, InstallSnapshotResponse) or answer.vote > vote:
         return None
-    return DeltaPlan(tuple(answer.held or ()), checksum, recipe.reused, map_bytes + len(raw))
+    wire = map_bytes + len(raw)
+    return DeltaPlan(
+        tuple(answer.held or ()), checksum, recipe.reused, wire, answer.extents is True
+    )
 
 
 async def run_exchange(
@@ -241,3 +249,20 @@ async def run_exchange(
     if plan is not None and plan.apply(window):
         return plan.checksum
     return None
+
+
+async def read_extents(
+    source: ChunkSource, extents: tuple[tuple[int, int], ...], *, checked: bool
+) -> tuple[bytes, int | None]:
+    """The bytes of `extents` of `source` joined (a request with extents:
+    `fstransport.protocol.delta_pack`), and their CRC32C if `checked`.  A source with
+    ``read_many`` reads them all in one call (one worker thread for a local file, not one
+    each)."""
+    read_many = getattr(source, "read_many", None)
+    parts: list[Buffer]
+    if read_many is not None:
+        parts = list(await read_many(extents))
+    else:
+        parts = [await source.read(at, length) for at, length in extents]
+    data = b"".join(parts)
+    return data, chunk_crc(data) if checked else None

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from fstransport.checksum import chunk_crc
+from fstransport.checksum import chunk_crc, combine
 from fstransport.errors import (
     InvalidRequest,
     NetworkError,
@@ -33,6 +33,7 @@ from fstransport.http.wire import (
     H_DELTA,
     H_DELTA_KEY,
     H_DONE,
+    H_EXTENTS,
     H_META,
     H_OFFSET,
     H_STAGED,
@@ -51,6 +52,7 @@ from fstransport.messages import (
     contiguous,
 )
 from fstransport.options import TransferOptions
+from fstransport.protocol.delta_pack import encode_extents
 
 __all__ = ["MAX_ANSWER", "HttpNetwork"]
 
@@ -120,6 +122,11 @@ class HttpNetwork:
         if req.staged is not None:  # its bytes wait in a bucket (`RelayNetwork`)
             headers[H_STAGED] = encode_staged(req.staged)
         payload = contiguous(req.data)
+        if req.extents is not None:  # the extent table, then the data (see `wire`)
+            table = encode_extents(req.extents)
+            crc = req.crc32c if req.crc32c is not None else chunk_crc(payload)
+            headers[H_CRC] = str(combine(chunk_crc(table), crc, len(payload)))
+            headers[H_EXTENTS], payload = str(len(req.extents)), table + payload
         cap = MAX_ANSWER
         if req.delta is not None:  # the body is the recipe, if any; the answer may hold a map
             headers[H_DELTA] = req.delta
@@ -159,8 +166,9 @@ class HttpNetwork:
                 ranges = tuple((int(a), int(b)) for a, b in held) if held else None
                 vote, offer = decode_vote(str(body["vote"])), decode_offer(body.get("offer"))
                 reused, fetched = _count(body.get("reused")), _count(body.get("fetched"))
+                extents = body.get("extents") is True  # (a receiver that takes them)
                 return InstallSnapshotResponse(
-                    vote, held=ranges, offer=offer, reused=reused, fetched=fetched
+                    vote, held=ranges, offer=offer, reused=reused, fetched=fetched, extents=extents
                 )
             except (KeyError, TypeError, ValueError, InvalidRequest) as exc:
                 shown = repr(body)[:200]

@@ -30,6 +30,7 @@ from fstransport.http.wire import (
     H_DELTA,
     H_DELTA_KEY,
     H_DONE,
+    H_EXTENTS,
     H_META,
     H_OFFSET,
     H_STAGED,
@@ -43,12 +44,13 @@ from fstransport.http.wire import (
     parse_uint,
 )
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, contiguous
+from fstransport.protocol.delta_pack import split_extents
 from fstransport.protocol.receiver import check_snapshot_id
 from fstransport.receiver import Receiver
 
 __all__ = ["ChunkHandler", "authorization_check"]
 
-_WIRE_HEADERS = (H_VOTE, H_META, H_OFFSET, H_DONE, H_CRC, H_STAGED, H_DELTA, H_DELTA_KEY)
+_WIRE_HEADERS = (H_VOTE, H_META, H_OFFSET, H_DONE, H_CRC, H_STAGED, H_DELTA, H_DELTA_KEY, H_EXTENTS)
 
 
 def authorization_check(token: str | None) -> Callable[[web.Request], bool]:
@@ -141,6 +143,8 @@ class ChunkHandler:
             answer_body["offer"] = encode_offer(response.offer)
         if response.reused or response.fetched:  # a staged chunk's (docs/relay.md)
             answer_body.update(reused=response.reused, fetched=response.fetched)
+        if response.extents:
+            answer_body["extents"] = True
         return web.json_response(answer_body)
 
     async def receive(
@@ -180,6 +184,14 @@ class ChunkHandler:
                     vote, meta, offset, b"", done, 0, staged, delta, recipe, key
                 )
                 return await receiver.handle(req, trust_crc=True)
+            if request.headers.get(H_EXTENTS) is not None:  # a table, then the data
+                if sent_crc != crc:
+                    raise ChecksumMismatch("a chunk with extents", f"{sent_crc:08x}", f"{crc:08x}")
+                extents, data = split_extents(contiguous(body), _int_header(request, H_EXTENTS))
+                req = InstallSnapshotRequest(
+                    vote, meta, offset, data, done, None, staged, extents=extents
+                )
+                return await receiver.handle(req, trust_crc=True)  # (each range's CRC computed)
             if sent_crc == crc:
                 # The CRC was just computed here from the bytes received: the receiver
                 # takes it instead of reading the whole chunk once more.

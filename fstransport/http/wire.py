@@ -19,12 +19,19 @@ everything else travels in headers:
                             is the body's CRC32C
 ``X-Fstransport-Delta-Key`` 32 hex digits: the key of the map offered (with a delta request
                             that asks for an offer; optional)
+``X-Fstransport-Extents``   ``n`` (1 to 16,384): the request carries several ranges of a
+                            delta's sent ones (``InstallSnapshotRequest.extents``); its body
+                            is their table, ``n`` times offset and length (u64 little-endian
+                            each), then their bytes joined; the CRC header is the whole
+                            body's; the offset header is the first range's (optional)
 ``Authorization``           ``Bearer <token>`` when the server has a token
 =========================== =======================================================
 
 Answers are JSON.  ``200``: ``{"vote": "term,node_id,committed", "held": [[start, end], ...]}``,
 plus ``"offer": {"base_id", "checksum", "size", "map"}`` (the map in base64) answering a delta
-request when the receiver has a base; the client reads such an answer up to `offer_cap` bytes.
+request when the receiver has a base; the client reads such an answer up to `offer_cap` bytes;
+``"extents": true`` answering an accepted recipe: the receiver takes ``X-Fstransport-Extents``
+requests (a sender never sends one to a receiver that did not say so: an older one).
 An answer to a staged chunk may add ``"reused"`` and ``"fetched"`` (byte counts: taken from the
 receiver's base, fetched from the staging bucket; ``docs/relay.md``).
 Errors: ``{"error": <name>, "message": ..., "retryable": bool, ...fields}``, as the one table
@@ -48,6 +55,7 @@ __all__ = [
     "H_DELTA",
     "H_DELTA_KEY",
     "H_DONE",
+    "H_EXTENTS",
     "H_META",
     "H_OFFSET",
     "H_STAGED",
@@ -79,6 +87,7 @@ H_CRC = "X-Fstransport-Crc32c"
 H_STAGED = "X-Fstransport-Staged"
 H_DELTA = "X-Fstransport-Delta"
 H_DELTA_KEY = "X-Fstransport-Delta-Key"
+H_EXTENTS = "X-Fstransport-Extents"
 
 MAX_DIGITS = 20
 """Digits an unsigned number on the wire may have: every 64-bit value fits, nothing near

@@ -21,6 +21,7 @@ from fstransport.checksum import format_checksum
 from fstransport.errors import InvalidRequest
 from fstransport.messages import DeltaOffer, InstallSnapshotRequest, SnapshotMeta
 from fstransport.protocol.delta import KEY_SIZE, DeltaMap, Recipe, copied_crcs
+from fstransport.protocol.delta_pack import SentRanges
 from fstransport.protocol.delta_wire import decode_map, decode_recipe
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class ReceiverDelta:
     recipe: Recipe | None = None
     copied: tuple[tuple[int, int, int], ...] = ()
     _copied_set: frozenset[tuple[int, int, int]] = field(default=frozenset(), repr=False)
+    sent: SentRanges | None = field(default=None, repr=False)  # the recipe's, for extents
 
     def offer(self, encoded_map: bytes) -> DeltaOffer:
         """The offer naming this base, with its encoded map."""
@@ -141,6 +143,7 @@ def accept_recipe(
         ledger.discard(at, at + length)
         ledger.add(at, length, crc)
     delta.recipe, delta.copied, delta._copied_set = recipe, copied, frozenset(copied)
+    delta.sent = SentRanges(recipe.sends())
     return tuple(ledger.held())
 
 

@@ -26,6 +26,7 @@ from fstransport.messages import (
     SnapshotSegmentId,
     Vote,
 )
+from fstransport.protocol.delta_pack import check_extents
 from fstransport.protocol.delta_session import ReceiverDelta, check_delta_request
 from fstransport.protocol.ranges import ChunkLedger, ChunkRecord
 
@@ -219,6 +220,7 @@ def validate_request(
             f"crc32c must be a 32-bit unsigned integer, got {req.crc32c!r}", field="crc32c"
         )
     check_delta_request(req)
+    check_extents(req)
     if trust_crc and req.crc32c is not None:
         return req.crc32c
     crc = chunk_crc(req.data)
@@ -308,7 +310,8 @@ class StreamState:
         """Whether `req` may be written without holding the stream's lock: a chunk but the
         last whose CRC the sink computes as it writes, into a sink that takes several writes at
         once, of a snapshot naming no checksum (else `holds` may skip bytes)."""
-        return not crc_known and not req.done and self.meta.checksum is None and sink_concurrent
+        plain = not req.done and req.extents is None
+        return not crc_known and plain and self.meta.checksum is None and sink_concurrent
 
     def tell(self, req: InstallSnapshotRequest) -> tuple[tuple[int, int], ...] | None:
         """What to tell the sender is held: in the answer to the first chunk and to the first

@@ -6,7 +6,9 @@ what the window plans.  Its rules:
 - Chunks are cut from the lowest byte still to be sent, at most `chunk_size` long.
 - At most `max_in_flight` chunks are out at once; with `short_in_flight` raised (a delta, whose
   sent ranges are often single pages) up to that many short chunks, as long as their bytes stay
-  within `max_in_flight` full chunks.
+  within `max_in_flight` full chunks.  With `pack` set (a receiver that takes them, after a
+  delta's recipe) a chunk may gather several short ranges (`ChunkPlan.extents`, up to
+  `chunk_size` bytes: ``fstransport.protocol.delta_pack``); never the first or the final one.
 - The chunk at offset 0 goes alone: a receiver starts a new stream only at offset 0 and answers
   any other offset of an unknown stream with a mismatch, so the window opens once it is answered.
 - The final chunk (the one ending at `size`, marked ``done``) is sent only when nothing else
@@ -46,6 +48,7 @@ from fstransport.errors import (
     UntrustedPeer,
 )
 from fstransport.options import TransferOptions
+from fstransport.protocol.delta_pack import take_extents
 from fstransport.protocol.ranges import ChunkLedger, RangeSet
 
 __all__ = ["ChunkPlan", "Failure", "RateLimiter", "SendStats", "SendWindow", "Verdict"]
@@ -99,6 +102,7 @@ class ChunkPlan:
     length: int
     done: bool
     generation: int
+    extents: tuple[tuple[int, int], ...] = ()  # several ranges (`delta_pack`): not one
 
     @property
     def end(self) -> int:
@@ -150,6 +154,7 @@ class SendWindow:
         self._finished = False
         self._rng = rng or random.Random()
         self.short_in_flight = options.max_in_flight  # (see the module docstring)
+        self.pack = False  # short ranges travel together (`delta_pack`) until a rewind to 0
 
     # -- what to do next ---------------------------------------------------------------------
 
@@ -179,9 +184,14 @@ class SendWindow:
         done = start + length == self.size
         if self._held_back(start, done):
             return None  # the final chunk goes last; the one at offset 0 goes alone
-        self._pending.remove(start, start + length)
+        extents = take_extents(self._pending, self.chunk_size, self.size) if self.pack else ()
+        extents = extents if len(extents) > 1 else ()
+        for at, n in extents or ((start, length),):
+            self._pending.remove(at, at + n)
+        if extents:
+            start, length = extents[0][0], sum(n for _, n in extents)
         self._empty_pending = False
-        plan = ChunkPlan(self._next_ticket, start, length, done, self._generation)
+        plan = ChunkPlan(self._next_ticket, start, length, done, self._generation, extents)
         self._next_ticket += 1
         self._in_flight[plan.ticket] = plan
         self.stats.chunks_sent += 1
@@ -201,7 +211,8 @@ class SendWindow:
     def on_ack(self, plan: ChunkPlan, crc: int, now: float) -> None:
         """The receiver stored `plan`'s bytes, whose CRC32C is `crc`."""
         self._take(plan)
-        self.acked.add(plan.offset, plan.length, crc)
+        if not plan.extents:  # (a delta's: its checksum is known, `whole_crc` is not needed)
+            self.acked.add(plan.offset, plan.length, crc)
         self._last_progress = now
         self._failures.pop(plan.offset, None)
         if plan.done and plan.generation == self._generation:
@@ -254,7 +265,7 @@ class SendWindow:
         self._generation += 1
         self.stats.rewinds += 1
         if expect_offset == 0:  # the receiver starts over (a delta's base changed, say)
-            self.stats.bytes_reused = 0
+            self.stats.bytes_reused, self.pack = 0, False
         self._pending.add(expect_offset, self.size)
         self._empty_pending = self.size == 0
         if plan.offset < expect_offset:
@@ -350,9 +361,9 @@ class SendWindow:
             raise ValueError(f"chunk {plan} is not in flight")
 
     def _put_back(self, plan: ChunkPlan) -> None:
-        if plan.length:
-            self._pending.add(plan.offset, plan.end)
-        elif plan.done:
+        for at, n in plan.extents or ((plan.offset, plan.length),):
+            self._pending.add(at, at + n)  # (RangeSet.add ignores an empty range)
+        if not plan.length and plan.done:
             self._empty_pending = True
 
     def _count_failure(

@@ -11,6 +11,7 @@ chunk) is read from the source again.  `bytes_read` counts what came from the so
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fstransport.checksum import chunk_crc
@@ -118,6 +119,21 @@ class SharedSource:
             return data, known, False
         return await self._fetch(reader, offset, length, crc)
 
+    async def read_many(self, reader: int, ranges: Sequence[tuple[int, int]]) -> list[Buffer]:
+        """Several short ranges (a delta's changed pages, asked for by one reader: each target's
+        differ) read from the source for `reader` alone, in one call where the source has
+        ``read_many``; the reader moves to the first range, as for a chunk read there."""
+        if not ranges:
+            return []
+        await self._advance(reader, ranges[0][0])
+        many = getattr(self.source, "read_many", None)
+        if many is not None:
+            parts: list[Buffer] = list(await many(ranges))
+        else:
+            parts = [await self.source.read(at, length) for at, length in ranges]
+        self.bytes_read += sum(len(part) for part in parts)
+        return parts
+
     async def _fetch(
         self, reader: int, offset: int, length: int, crc: bool
     ) -> tuple[Buffer, int | None, bool]:
@@ -174,6 +190,12 @@ class SharedReader:
         data, crc = await self._read(offset, length, crc=True)
         assert crc is not None
         return data, crc
+
+    async def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[Buffer]:
+        """`read` of each ``(offset, length)`` of `ranges` (see `SharedSource.read_many`)."""
+        parts = await self._shared.read_many(self._index, ranges)
+        self.bytes_read += sum(len(part) for part in parts)
+        return parts
 
     async def _read(self, offset: int, length: int, *, crc: bool) -> tuple[Buffer, int | None]:
         data, known, fresh = await self._shared.read(self._index, offset, length, crc)

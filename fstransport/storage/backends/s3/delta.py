@@ -101,6 +101,9 @@ class S3DeltaSink:
     async def write_checked(self, offset: int, data: Buffer) -> tuple[Lost, int]:
         return await self.spool.write_checked(offset, data)
 
+    async def write_checked_many(self, pieces: Sequence[tuple[int, Buffer]]) -> list[int]:
+        return await self.spool.write_checked_many(pieces)
+
     def rewind(self, offset: int) -> tuple[int, Lost]:
         return self.spool.rewind(offset)
 

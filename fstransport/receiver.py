@@ -158,10 +158,8 @@ class Receiver:
         request that never left this process (see `LoopbackNetwork`).  Such a request may even
         carry no CRC: the sink computes it while writing the data (one pass over it), and the
         answer's ``crc32c`` hands it back.  The answer to an applied request always names the
-        CRC32C of its data in ``crc32c``.
-
-        A ``staged`` request (a `RelayNetwork` reference) is fetched first (class docstring).
-        """
+        CRC32C of its data in ``crc32c``.  A ``staged`` request (a `RelayNetwork` reference) is
+        fetched first (class docstring)."""
         fetched = NOT_FETCHED
         if getattr(req, "staged", None) is not None:
             resolved = await self._resolve(req)
@@ -192,9 +190,7 @@ class Receiver:
         if crc is None:  # not written (held already, installed): nobody computed it yet
             crc = chunk_crc(req.data)
         extents = takes_extents(stream, req)
-        return InstallSnapshotResponse(
-            vote, held=held, crc32c=crc, offer=offer, extents=extents, **fetched.counts
-        )
+        return InstallSnapshotResponse(vote, held, crc, offer, **fetched.counts, extents=extents)
 
     async def _resolve(self, req: InstallSnapshotRequest) -> Resolved | None:
         """`req` with the bytes of its staged object as its data, checked against the

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,7 @@ from fstransport.messages import (
     StagedChunk,
     Vote,
 )
-from fstransport.network.base import Network, carries_delta, window_options
+from fstransport.network.base import Network, carries_delta, trusts_checksums, window_options
 from fstransport.network.relay_gate import orders_references
 from fstransport.options import TransferOptions
 from fstransport.protocol.send_order import RelaySendWindow
@@ -104,7 +103,7 @@ class _Sender:
         if meta.checksum is not None:
             parse_checksum(meta.checksum)  # ConfigurationError for a malformed one
         self.net = net
-        self.trusted = _trusts_checksums(net)  # chunks may go without a CRC: see there
+        self.trusted = trusts_checksums(net)  # chunks may go without a CRC: see there
         # A network that holds chunks staged already (`RelayNetwork`) names them: not read again.
         self.staged_chunk: Callable[..., StagedChunk | None] | None = getattr(
             net, "staged_chunk", None
@@ -264,7 +263,7 @@ class _Sender:
         )
         if not isinstance(response, InstallSnapshotResponse) or not isinstance(response.vote, Vote):
             raise NetworkError(f"malformed answer from the network: {response!r}")
-        if crc is None:  # sent without one (`_trusts_checksums`): the receiver's, if it says
+        if crc is None:  # sent without one (`trusts_checksums`): the receiver's, if it says
             told = response.crc32c
             if isinstance(told, int) and not isinstance(told, bool) and 0 <= told < 2**32:
                 crc = told
@@ -350,15 +349,6 @@ async def _delta(self: _Sender, cancel_task: asyncio.Future[Any] | None) -> None
     if checksum is not None and self.meta.checksum is None:
         self.meta = replace(self.meta, checksum=checksum)
         self.checksum = checksum
-
-
-def _trusts_checksums(net: Network) -> bool:
-    """Whether `net` itself declares ``trust_checksums`` (a `LoopbackNetwork` created with
-    it): chunks but the last then go without a CRC, the receiver's sink computes it while
-    writing the chunk and the answer carries it back, so the data is read once, not twice.
-    Read with ``inspect.getattr_static``: a wrapper that forwards attributes to such a network
-    (a fault injector, say) does not inherit the declaration, and sees every CRC."""
-    return inspect.getattr_static(net, "trust_checksums", False) is True
 
 
 def _uncancel(task: asyncio.Task[Any]) -> None:

@@ -367,7 +367,7 @@ def test_combine_with_tables_equals_the_polynomial_product() -> None:
 
 
 def test_only_a_network_that_itself_declares_trust_gets_chunks_without_crc() -> None:
-    from fstransport.sender import _trusts_checksums
+    from fstransport.network.base import trusts_checksums
 
     receiver = Receiver(FsspecSnapshotStore("memory://recv"))
     trusting = LoopbackNetwork(receiver, trust_checksums=True)
@@ -376,10 +376,10 @@ def test_only_a_network_that_itself_declares_trust_gets_chunks_without_crc() -> 
         def __getattr__(self, name: str) -> object:
             return getattr(trusting, name)
 
-    assert not _trusts_checksums(LoopbackNetwork(receiver))
-    assert _trusts_checksums(trusting)
+    assert not trusts_checksums(LoopbackNetwork(receiver))
+    assert trusts_checksums(trusting)
     assert Forwarding().trust_checksums is True
-    assert not _trusts_checksums(Forwarding())  # type: ignore[arg-type]
+    assert not trusts_checksums(Forwarding())  # type: ignore[arg-type]
 
 
 async def test_a_trusting_loopback_gets_chunks_but_the_last_without_crc(

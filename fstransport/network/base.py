@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
 from fstransport.options import TransferOptions
 
-__all__ = ["Network", "carries_delta", "window_options"]
+__all__ = ["Network", "carries_delta", "trusts_checksums", "window_options"]
 
 
 @runtime_checkable
@@ -45,6 +45,15 @@ def carries_delta(net: object) -> bool:
     if isinstance(declared, property):
         declared = getattr(net, "carries_delta", False)
     return declared is True
+
+
+def trusts_checksums(net: object) -> bool:
+    """Whether `net` itself declares ``trust_checksums`` (a `LoopbackNetwork` created with
+    it): chunks but the last then go without a CRC, the receiver's sink computes it while
+    writing the chunk and the answer carries it back, so the data is read once, not twice.
+    Read with ``inspect.getattr_static``: a wrapper that forwards attributes to such a network
+    (a fault injector, say) does not inherit the declaration, and sees every CRC."""
+    return inspect.getattr_static(net, "trust_checksums", False) is True
 
 
 def window_options(net: object, options: TransferOptions) -> TransferOptions:

@@ -123,6 +123,32 @@ class SendStats:
     delta_bytes: int = 0  # the delta map and recipe that crossed the network
 
 
+def failure_verdict(exc: BaseException, snapshot_id: str) -> Verdict:
+    """What the failure `exc` of a request for `snapshot_id` means (a bare error or the
+    receiver's inside `RemoteError`); `Failure.FATAL` carries the error unchanged."""
+    source = exc.source if isinstance(exc, RemoteError) else exc
+    if isinstance(source, SnapshotMismatch):
+        if source.expect.id != snapshot_id:
+            other = NetworkError(f"mismatch answer names another snapshot: {source}")
+            return Verdict(Failure.RETRY, other)
+        return Verdict(Failure.REWIND, exc, source.expect.offset)
+    if isinstance(source, PayloadTooLarge):
+        return Verdict(Failure.SHRINK, source)
+    if isinstance(source, ChecksumMismatch):
+        return Verdict(Failure.FATAL if source.whole else Failure.RETRY, exc)
+    if isinstance(source, (TooManyTransfers, BodyStalled)):
+        return Verdict(Failure.RETRY, exc)  # a busy receiver; a body that came too slowly
+    if isinstance(source, InvalidRequest):
+        return Verdict(Failure.FATAL, exc)  # the same request would be refused again
+    if isinstance(source, StorageError) and not source.retryable:
+        return Verdict(Failure.FATAL, exc)  # the receiver's storage is missing or forbidden
+    if isinstance(exc, UntrustedPeer):
+        return Verdict(Failure.FATAL, exc)  # its certificate will not become trusted
+    if isinstance(exc, RPCError):
+        return Verdict(Failure.RETRY, exc)  # timeouts, unreachable, remote storage trouble
+    return Verdict(Failure.FATAL, exc)
+
+
 class SendWindow:
     """Plans the chunks of one snapshot of `size` bytes; see the module docstring for the rules."""
 
@@ -277,31 +303,7 @@ class SendWindow:
         else:
             self._rewinds[expect_offset] = 1
 
-    @staticmethod
-    def verdict(exc: BaseException, snapshot_id: str) -> Verdict:
-        """What the failure `exc` of a request for `snapshot_id` means (a bare error or the
-        receiver's inside `RemoteError`); `Failure.FATAL` carries the error unchanged."""
-        source = exc.source if isinstance(exc, RemoteError) else exc
-        if isinstance(source, SnapshotMismatch):
-            if source.expect.id != snapshot_id:
-                other = NetworkError(f"mismatch answer names another snapshot: {source}")
-                return Verdict(Failure.RETRY, other)
-            return Verdict(Failure.REWIND, exc, source.expect.offset)
-        if isinstance(source, PayloadTooLarge):
-            return Verdict(Failure.SHRINK, source)
-        if isinstance(source, ChecksumMismatch):
-            return Verdict(Failure.FATAL if source.whole else Failure.RETRY, exc)
-        if isinstance(source, (TooManyTransfers, BodyStalled)):
-            return Verdict(Failure.RETRY, exc)  # a busy receiver; a body that came too slowly
-        if isinstance(source, InvalidRequest):
-            return Verdict(Failure.FATAL, exc)  # the same request would be refused again
-        if isinstance(source, StorageError) and not source.retryable:
-            return Verdict(Failure.FATAL, exc)  # the receiver's storage is missing or forbidden
-        if isinstance(exc, UntrustedPeer):
-            return Verdict(Failure.FATAL, exc)  # its certificate will not become trusted
-        if isinstance(exc, RPCError):
-            return Verdict(Failure.RETRY, exc)  # timeouts, unreachable, remote storage trouble
-        return Verdict(Failure.FATAL, exc)
+    verdict = staticmethod(failure_verdict)  # (the rules in one place: `failure_verdict`)
 
     def on_verdict(self, plan: ChunkPlan, verdict: Verdict, now: float) -> None:
         """Apply a non-fatal `verdict` on `plan` (`on_mismatch`, `on_too_large`, `on_failure`)."""

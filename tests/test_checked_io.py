@@ -379,7 +379,7 @@ def test_only_a_network_that_itself_declares_trust_gets_chunks_without_crc() -> 
     assert not trusts_checksums(LoopbackNetwork(receiver))
     assert trusts_checksums(trusting)
     assert Forwarding().trust_checksums is True
-    assert not trusts_checksums(Forwarding())  # type: ignore[arg-type]
+    assert not trusts_checksums(Forwarding())
 
 
 async def test_a_trusting_loopback_gets_chunks_but_the_last_without_crc(

@@ -163,7 +163,8 @@ def test_map_costs_and_block_sizes() -> None:
     assert choose_block_size(4 * GiB) == 4096
     assert choose_block_size(64 * GiB) == 64 * 1024
     data = random.Random(5).randbytes(1 << 20)
-    assert len(encode_map(build_map("blocks", data, key=KEY))) == 48 + 256 * 8
+    assert len(encode_map(build_map("blocks", data, key=KEY))) == 48 + 256 * 8 + 16 * 8
+    assert len(encode_map(build_map("blocks", data, key=KEY, supers=False))) == 48 + 256 * 8
     zeros = build_map("blocks", bytes(1 << 20), key=KEY)
     packed = encode_map(zeros)
     assert len(packed) < 200  # zero pages deflate

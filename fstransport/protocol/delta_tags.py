@@ -12,17 +12,35 @@ bytes).
 
 Deriving the tags of a kept map costs one SHA-256 call over 96 bytes per extent instead of a
 read of the whole base (``docs/delta.md`` has the numbers).
+
+`hash_pieces` gives the CRC32C and digest of each fixed-size piece of a buffer (the super-blocks
+of a two-level block map: one call each over 64 KiB, near the hash's bulk speed), and
+`hash_pieces_in_pool` does it in a worker thread (both hashes release the GIL on such pieces, so
+two threads use two cores).
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from array import array
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from sys import byteorder
+
+import crc32c
 
 from fstransport.messages import Buffer
 
-__all__ = ["DIGEST_SIZE", "derive_tags", "extent_digest", "keyed_sha256"]
+__all__ = [
+    "DIGEST_SIZE",
+    "derive_tags",
+    "extent_digest",
+    "hash_pieces",
+    "hash_pieces_in_pool",
+    "hash_pieces_parallel",
+    "keyed_sha256",
+]
 
 DIGEST_SIZE = 32
 _TAG_SIZE = 4
@@ -57,3 +75,53 @@ def derive_tags(key: bytes, digests: Buffer) -> array[int]:
     if byteorder == "big":
         tags.byteswap()
     return tags
+
+
+Pieces = tuple["array[int]", bytes]
+"""CRC32Cs (u32) and joined SHA-256 digests of consecutive pieces."""
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+PARALLEL_MIN = 1 << 20
+"""Below this many bytes, pieces are hashed in the calling thread only."""
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(2, thread_name_prefix="fstransport-hash")
+        return _pool
+
+
+def hash_pieces(data: Buffer, size: int) -> Pieces:
+    """The CRC32C and digest of each `size`-byte piece of `data` (the last may be shorter)."""
+    view = memoryview(data).cast("B")
+    crcs, digests = array("I"), bytearray()
+    crc, digest, add = crc32c.crc32c, hashlib.sha256, crcs.append
+    for at in range(0, len(view), size):
+        piece = view[at : at + size]
+        add(crc(piece))
+        digests += digest(piece).digest()
+    return crcs, bytes(digests)
+
+
+def hash_pieces_in_pool(data: Buffer, size: int) -> Callable[[], Pieces]:
+    """`hash_pieces` started in a worker thread; call the result to wait for it (`data` must
+    stay unchanged until then)."""
+    if len(memoryview(data)) < PARALLEL_MIN:
+        done = hash_pieces(data, size)
+        return lambda: done
+    return _executor().submit(hash_pieces, data, size).result
+
+
+def hash_pieces_parallel(data: Buffer, size: int) -> Pieces:
+    """`hash_pieces` on two threads: the first half of the pieces in a worker, the rest here."""
+    view = memoryview(data).cast("B")
+    half = (len(view) // size + 1) // 2 * size
+    if len(view) < PARALLEL_MIN or half >= len(view):
+        return hash_pieces(view, size)
+    first = _executor().submit(hash_pieces, view[:half], size)
+    crcs, digests = hash_pieces(view[half:], size)
+    head_crcs, head_digests = first.result()
+    head_crcs.extend(crcs)
+    return head_crcs, head_digests + digests

@@ -32,7 +32,7 @@ import crc32c
 from fstransport.checksum import chunk_crc, combine, combine_equal
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Buffer
-from fstransport.protocol.delta_recipe import SEND, Recipe, apply_recipe
+from fstransport.protocol.delta_recipe import SEND, Recipe, apply_recipe, copied_crcs
 from fstransport.protocol.delta_recipe import coalesce as _coalesce
 from fstransport.protocol.delta_tags import (
     DIGEST_SIZE,
@@ -388,14 +388,3 @@ def plan_recipe(base: DeltaMap, source: DeltaMap) -> Recipe:
         for ident in zip(source.lengths, source.crcs, source.tags, strict=True):
             pieces.append((ident[0], known.get(ident, SEND)))
     return Recipe(source.size, base.size, _coalesce(pieces))
-
-
-def copied_crcs(recipe: Recipe, base_map: DeltaMap) -> list[tuple[int, int, int]]:
-    """``(target_offset, length, crc32c)`` of each copied range, the CRC from the base's map:
-    what a receiver records in its `ChunkLedger`, so that the whole CRC32C combines as for sent
-    chunks (the assembled bytes are then checked against it)."""
-    return [
-        (at, length, base_map.crc_of(base, length))
-        for at, length, base in recipe.targets()
-        if base != SEND
-    ]

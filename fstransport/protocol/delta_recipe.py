@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fstransport.errors import InvalidRequest
 from fstransport.messages import Buffer
 
-__all__ = ["SEND", "Recipe", "apply_recipe", "coalesce"]
+if TYPE_CHECKING:
+    from fstransport.protocol.delta import DeltaMap
+
+__all__ = ["SEND", "Recipe", "apply_recipe", "coalesce", "copied_crcs"]
 
 SEND = (1 << 64) - 1
 """The base offset of a recipe range that is sent rather than copied."""
@@ -74,3 +78,14 @@ def apply_recipe(recipe: Recipe, base: Buffer, sent: Buffer) -> bytes:
         else:
             out += base_view[base_at : base_at + length]
     return bytes(out)
+
+
+def copied_crcs(recipe: Recipe, base_map: DeltaMap) -> list[tuple[int, int, int]]:
+    """``(target_offset, length, crc32c)`` of each copied range, the CRC from the base's map:
+    what a receiver records in its `ChunkLedger`, so that the whole CRC32C combines as for sent
+    chunks (the assembled bytes are then checked against it)."""
+    return [
+        (at, length, base_map.crc_of(base, length))
+        for at, length, base in recipe.targets()
+        if base != SEND
+    ]

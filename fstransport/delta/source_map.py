@@ -18,7 +18,7 @@ from fstransport.protocol.delta_super import (
 )
 from fstransport.storage.source import ChunkSource
 
-__all__ = ["map_source", "plan_source", "sketch_source", "start_map"]
+__all__ = ["map_source", "plan_against_sketch", "plan_source", "sketch_source", "start_map"]
 
 
 async def map_source(
@@ -63,7 +63,9 @@ def start_map(
     )
 
 
-async def _refine(source: ChunkSource, base: DeltaMap, sketch: Sketch, piece: int) -> Recipe:
+async def plan_against_sketch(
+    source: ChunkSource, base: DeltaMap, sketch: Sketch, piece: int
+) -> Recipe:
     """Hash the source's blocks inside the super-blocks that differ and plan: each run of them
     within `piece` bytes is one read, hashed in one worker-thread call."""
     unit, wanted = sketch.unit, sketch.differing(base)
@@ -110,7 +112,7 @@ async def plan_source(
             sketch = await sketch_source(
                 source, key=base.key, block_size=base.block_size, piece=piece
             )
-        return await _refine(source, base, sketch, piece), sketch.whole_crc()
+        return await plan_against_sketch(source, base, sketch, piece), sketch.whole_crc()
     made = found if isinstance(found, DeltaMap) else None
     if made is None:
         made = await map_source(source, mode, key=base.key, block_size=base.block_size, piece=piece)

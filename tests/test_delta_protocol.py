@@ -191,7 +191,7 @@ def _valid_map() -> bytes:
 
 
 def _header(**kw: int | bytes) -> bytes:
-    fields = {"magic": b"FSTDMAP1", "mode": 1, "flags": 0, "zero": 0, "block": 4096}
+    fields = {"magic": b"FSTDMAP2", "mode": 1, "flags": 0, "zero": 0, "block": 4096}
     fields.update({"size": 8192, "count": 2, "key": KEY})
     fields.update(kw)
     return struct.pack("<8sBBHIQQ16s", *fields.values())
@@ -201,8 +201,8 @@ def _header(**kw: int | bytes) -> bytes:
     "raw",
     [
         b"",
-        b"FSTDMAP1",
-        _header(magic=b"FSTDMAP2") + bytes(16),
+        b"FSTDMAP2",
+        _header(magic=b"FSTDMAP1") + bytes(16),
         _header(mode=7) + bytes(16),
         _header(flags=4) + bytes(16),
         _header(zero=1) + bytes(16),

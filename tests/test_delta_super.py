@@ -144,7 +144,7 @@ def _raw_map(size: int, *, shift: int = SUPER_SHIFT, mode: int = 1, extra: int =
     block = 4096 if mode == 1 else 0
     count = -(-size // 4096)
     supers = -(-size // UNIT)
-    head = struct.pack("<8sBBHIQQ16s", b"FSTDMAP1", mode, 0, shift, block, size, count, bytes(16))
+    head = struct.pack("<8sBBHIQQ16s", b"FSTDMAP2", mode, 0, shift, block, size, count, bytes(16))
     return head + bytes(8 * count + 8 * supers + extra)
 
 
@@ -156,7 +156,7 @@ def _raw_map(size: int, *, shift: int = SUPER_SHIFT, mode: int = 1, extra: int =
         _raw_map(3 * UNIT, extra=4),
         _raw_map(3 * UNIT)[:-4],
         _raw_map(UNIT),  # one super-block carries no second level
-        struct.pack("<8sBBHIQQ16s", b"FSTDMAP1", 2, 0, SUPER_SHIFT, 0, 10, 1, bytes(16))
+        struct.pack("<8sBBHIQQ16s", b"FSTDMAP2", 2, 0, SUPER_SHIFT, 0, 10, 1, bytes(16))
         + struct.pack("<III", 10, 0, 0)
         + bytes(8),  # CDC has no super-blocks
     ],

@@ -1,5 +1,5 @@
 """A receiver's kept maps: the key-independent part of a base's delta map (lengths, CRC32Cs and
-SHA-256 digests of its extents) in a sidecar under the store's bookkeeping
+BLAKE3 digests of its extents) in a sidecar under the store's bookkeeping
 (``.fstransport/maps/``), so that an offer derives its keyed tags from it
 (`DeltaMap.rekeyed`) instead of reading the base again.  See ``docs/delta.md``.
 

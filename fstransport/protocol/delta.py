@@ -3,7 +3,7 @@ from a base plus the bytes that differ.  See ``docs/delta.md``.
 
 A **map** describes a base (or a source) as extents that tile ``[0, size)``, each identified by
 ``(length, crc32c, tag)``: the CRC32C lets a receiver combine the whole snapshot's CRC32C without
-re-reading reused bytes; the ``tag`` is a keyed function of the extent's SHA-256 digest with the
+re-reading reused bytes; the ``tag`` is a keyed function of the extent's BLAKE3 digest with the
 map's random ``key`` (`fstransport.protocol.delta_tags`), so that a reused extent is never chosen
 on a CRC32C match alone (CRCs are linear: collisions are easy to make).  A map built here keeps
 the digests (not sent): the same content's map under another key is `DeltaMap.rekeyed`.
@@ -17,7 +17,6 @@ an offset or sent.  Their wire forms, checked as a peer's, are in `fstransport.p
 
 from __future__ import annotations
 
-import hashlib
 import os
 from array import array
 from bisect import bisect_left
@@ -36,6 +35,7 @@ from fstransport.protocol.delta_recipe import SEND, Recipe, apply_recipe, copied
 from fstransport.protocol.delta_recipe import coalesce as _coalesce
 from fstransport.protocol.delta_tags import (
     DIGEST_SIZE,
+    EXTENT_HASH,
     derive_tags,
     extent_digest,
     hash_pieces_in_pool,
@@ -274,7 +274,7 @@ class MapBuilder:
         """Map `view`: whole super-blocks (or blocks), or at the end the short last one."""
         supers = hash_pieces_in_pool(view, self._unit) if self._supers else None
         block = self.block_size
-        crc, digest, add_crc = crc32c.crc32c, hashlib.sha256, self._crcs.append
+        crc, digest, add_crc = crc32c.crc32c, EXTENT_HASH, self._crcs.append
         digests = self._digests  # (the loop of `_add`, unrolled: a call less per block)
         for at in range(0, len(view), block):
             piece = view[at : at + block]

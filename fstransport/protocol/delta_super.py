@@ -4,20 +4,19 @@ only where a super-block differs from the base's.  See ``docs/delta.md`` (the ma
 A base's block map carries a second level (`SuperLevel`: a CRC32C and a keyed tag per
 super-block of ``block_size << SUPER_SHIFT`` bytes, 64 KiB of 4 KiB blocks), made with the same
 digest and tag rules as its blocks (`fstransport.protocol.delta_tags`).  The sender first makes
-a `Sketch` of its source: the same second level alone, one CRC32C and one SHA-256 call per
+a `Sketch` of its source: the same second level alone, one CRC32C and one BLAKE3 call per
 super-block (near the hash's bulk speed, on two threads), which also gives the source's whole
 CRC32C.  A super-block whose length, CRC32C and tag equal the base's at the same index is copied
 whole; inside any other (`Sketch.differing`) the sender hashes its blocks (`refine`) and matches
 them one by one, as a one-level map would.  With 1% of the 4 KiB pages changed at random about
 15% of the super-blocks differ, so the source's blocks are hashed for ~15% of its bytes.
 
-A super-block is reused only on a keyed tag of its SHA-256 digest, exactly as a block is: the
+A super-block is reused only on a keyed tag of its BLAKE3 digest, exactly as a block is: the
 argument of ``docs/delta.md`` (never install wrong bytes) holds for it unchanged.
 """
 
 from __future__ import annotations
 
-import hashlib
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from fstransport.errors import ConfigurationError
 from fstransport.messages import Buffer
 from fstransport.protocol.delta import KEY_SIZE, SUPER_SHIFT, DeltaMap
 from fstransport.protocol.delta_recipe import SEND, Recipe, coalesce
-from fstransport.protocol.delta_tags import derive_tags, hash_pieces_parallel
+from fstransport.protocol.delta_tags import EXTENT_HASH, derive_tags, hash_pieces_parallel
 
 __all__ = ["Sketch", "SketchBuilder", "plan_two_level", "refine", "two_level"]
 
@@ -128,7 +127,7 @@ def refine(
 ) -> dict[int, tuple[array[int], array[int]]]:
     """The blocks' CRC32Cs and tags (keyed by `key`) of each super-block ``(index, bytes)``."""
     counts, crcs, digests = [], array("I"), bytearray()
-    crc, digest = crc32c.crc32c, hashlib.sha256
+    crc, digest = crc32c.crc32c, EXTENT_HASH
     for index, data in pieces:
         view = memoryview(data).cast("B")
         for at in range(0, len(view), block_size):

@@ -3,9 +3,11 @@ depend on any key (so a receiver can keep it with a snapshot), and the keyed tag
 derived from those digests with the transfer's key.  See ``docs/delta.md`` (never install wrong
 bytes).
 
-* ``digest = SHA-256(extent)``, all 32 bytes: collision-resistant, so two different extents
+* ``digest = BLAKE3(extent)``, all 32 bytes: collision-resistant, so two different extents
   never share one (a truncated digest would let a third party who writes into the state machine
-  prepare a colliding pair offline).
+  prepare a colliding pair offline).  BLAKE3 (the ``blake3`` package) hashes a 64 KiB
+  super-block about three times as fast as SHA-256 does here, even with SHA extensions
+  (``docs/delta.md`` has the numbers).
 * ``tag = first 4 bytes (little-endian u32) of SHA-256(key padded to 64 bytes || digest)``: a
   keyed pseudo-random function of the digest.  Content fixed before the key was drawn cannot aim
   at it; only 4 bytes are kept, so nothing can be extended.
@@ -14,7 +16,7 @@ Deriving the tags of a kept map costs one SHA-256 call over 96 bytes per extent 
 read of the whole base (``docs/delta.md`` has the numbers).
 
 `hash_pieces` gives the CRC32C and digest of each fixed-size piece of a buffer (the super-blocks
-of a two-level block map: one call each over 64 KiB, near the hash's bulk speed), and
+of a two-level block map: one call each over 64 KiB, where BLAKE3 runs at its bulk speed), and
 `hash_pieces_in_pool` does it in a worker thread (both hashes release the GIL on such pieces, so
 two threads use two cores).
 """
@@ -29,11 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 from sys import byteorder
 
 import crc32c
+from blake3 import blake3
 
 from fstransport.messages import Buffer
 
 __all__ = [
     "DIGEST_SIZE",
+    "EXTENT_HASH",
     "derive_tags",
     "extent_digest",
     "hash_pieces",
@@ -44,11 +48,13 @@ __all__ = [
 
 DIGEST_SIZE = 32
 _TAG_SIZE = 4
+EXTENT_HASH = blake3
+"""The hash of an extent's digest (``EXTENT_HASH(piece).digest()``, `DIGEST_SIZE` bytes)."""
 
 
 def extent_digest(piece: Buffer) -> bytes:
     """The key-independent digest of one extent."""
-    return hashlib.sha256(piece).digest()
+    return blake3(piece).digest()
 
 
 def keyed_sha256(key: bytes) -> hashlib._Hash:
@@ -97,7 +103,7 @@ def hash_pieces(data: Buffer, size: int) -> Pieces:
     """The CRC32C and digest of each `size`-byte piece of `data` (the last may be shorter)."""
     view = memoryview(data).cast("B")
     crcs, digests = array("I"), bytearray()
-    crc, digest, add = crc32c.crc32c, hashlib.sha256, crcs.append
+    crc, digest, add = crc32c.crc32c, blake3, crcs.append
     for at in range(0, len(view), size):
         piece = view[at : at + size]
         add(crc(piece))

@@ -33,7 +33,7 @@ __all__ = [
 
 _MODE_CODES = {"blocks": 1, "cdc": 2}
 _MODES_BY_CODE = {code: mode for mode, code in _MODE_CODES.items()}
-_MAP_MAGIC = b"FSTDMAP1"
+_MAP_MAGIC = b"FSTDMAP2"  # (1: SHA-256 digests, no second level; refused)
 _MAP_HEADER = struct.Struct("<8sBBHIQQ16s")  # magic mode flags shift block_size size count key
 _ZLIB = 1
 _RECIPE_MAGIC = b"FSTDRCP1"

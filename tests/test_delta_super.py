@@ -36,7 +36,7 @@ from fstransport.protocol.delta_super import (
     refine,
     two_level,
 )
-from fstransport.protocol.delta_tags import hash_pieces
+from fstransport.protocol.delta_tags import derive_tags, hash_pieces, tag_multiplier
 from fstransport.protocol.delta_wire import decode_map, encode_map
 from fstransport.storage.source import BufferSource
 from tests.test_delta_protocol import _crc_twin
@@ -272,3 +272,19 @@ def test_the_sender_plans_with_or_without_the_bases_second_level(second_level: b
     recipe, crc = asyncio.run(run())
     assert crc == chunk_crc(bytes(new))
     assert recipe.sends() == [(7 * UNIT, 7 * UNIT + 4096)]  # type: ignore[attr-defined]
+
+
+def test_tags_are_the_multiply_shift_hash_of_the_digests() -> None:
+    """Each tag is the top 32 bits of ``a * digest mod 2**256`` whatever batch it falls in (the
+    batched product must never carry from one digest's slot into the next)."""
+    digests = os.urandom(32 * 4100) + b"\xff" * 32 * 3  # past one batch; all-ones digests too
+    key = new_key()
+    tags, a = derive_tags(key, digests), tag_multiplier(key)
+    assert a % 2 == 1
+    assert len(tags) == 4103
+    for i in [*range(0, 4103, 97), 4095, 4096, 4102]:
+        x = int.from_bytes(digests[32 * i : 32 * i + 32], "little")
+        assert tags[i] == (a * x) % (1 << 256) >> 224
+    assert derive_tags(new_key(), digests) != tags  # another key, other tags
+    with pytest.raises(ValueError, match="32-byte"):
+        derive_tags(key, b"x" * 33)

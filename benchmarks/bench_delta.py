@@ -177,7 +177,7 @@ def map_costs(rounds: int, seed: int) -> dict[str, float]:
         "blocks map, one level (CRC32C + BLAKE3 per 4 KiB)": functools.partial(
             build_map, "blocks", sample, key=k, supers=False
         ),
-        "sender's sketch (CRC32C + BLAKE3 per 64 KiB, two threads)": sketch,
+        "sender's sketch (CRC32C + BLAKE3 per 64 KiB)": sketch,
         "cdc map (CRC32C + tag per chunk)": functools.partial(build_map, "cdc", sample, key=k),
         "SHA-256 per 4 KiB": lambda: _per_piece(lambda p: sha(p).digest(), view, 4096),
         "BLAKE3 per 4 KiB": lambda: _per_piece(lambda p: b3(p).digest(), view, 4096),

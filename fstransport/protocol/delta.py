@@ -38,7 +38,7 @@ from fstransport.protocol.delta_tags import (
     EXTENT_HASH,
     derive_tags,
     extent_digest,
-    hash_pieces_in_pool,
+    hash_pieces,
 )
 
 __all__ = [
@@ -210,8 +210,8 @@ class MapBuilder:
     whole content in memory: at most one block or one CDC chunk (64 KiB) is kept between pieces.
 
     `segment` marks where CDC starts afresh (a file body of a packed tree); `finish` returns the
-    map.  `supers`: a block map also gets its second level (`SuperLevel`, hashed in a worker
-    thread while this one hashes the blocks), if it has more than one super-block.  CDC cut
+    map.  `supers`: a block map also gets its second level (`SuperLevel`: each super-block
+    hashed in one call), if it has more than one super-block.  CDC cut
     points depend only on the bytes from a chunk's start, so the last chunk of a piece is cut
     again with the next piece: the chunks are those of the content cut whole.
     """
@@ -272,7 +272,6 @@ class MapBuilder:
 
     def _blocks(self, view: memoryview) -> None:
         """Map `view`: whole super-blocks (or blocks), or at the end the short last one."""
-        supers = hash_pieces_in_pool(view, self._unit) if self._supers else None
         block = self.block_size
         crc, digest, add_crc = crc32c.crc32c, EXTENT_HASH, self._crcs.append
         digests = self._digests  # (the loop of `_add`, unrolled: a call less per block)
@@ -283,8 +282,8 @@ class MapBuilder:
         self._lengths.extend(repeat(block, len(view) // block))
         if len(view) % block:
             self._lengths.append(len(view) % block)
-        if supers is not None:
-            crcs, super_digests = supers()
+        if self._supers:
+            crcs, super_digests = hash_pieces(view, self._unit)
             self._super_crcs.extend(crcs)
             self._super_digests += super_digests
 

@@ -5,7 +5,7 @@ A base's block map carries a second level (`SuperLevel`: a CRC32C and a keyed ta
 super-block of ``block_size << SUPER_SHIFT`` bytes, 64 KiB of 4 KiB blocks), made with the same
 digest and tag rules as its blocks (`fstransport.protocol.delta_tags`).  The sender first makes
 a `Sketch` of its source: the same second level alone, one CRC32C and one BLAKE3 call per
-super-block (near the hash's bulk speed, on two threads), which also gives the source's whole
+super-block (near the hash's bulk speed), which also gives the source's whole
 CRC32C.  A super-block whose length, CRC32C and tag equal the base's at the same index is copied
 whole; inside any other (`Sketch.differing`) the sender hashes its blocks (`refine`) and matches
 them one by one, as a one-level map would.  With 1% of the 4 KiB pages changed at random about
@@ -28,7 +28,7 @@ from fstransport.errors import ConfigurationError
 from fstransport.messages import Buffer
 from fstransport.protocol.delta import KEY_SIZE, SUPER_SHIFT, DeltaMap
 from fstransport.protocol.delta_recipe import SEND, Recipe, coalesce
-from fstransport.protocol.delta_tags import EXTENT_HASH, derive_tags, hash_pieces_parallel
+from fstransport.protocol.delta_tags import EXTENT_HASH, derive_tags, hash_pieces
 
 __all__ = ["Sketch", "SketchBuilder", "plan_two_level", "refine", "two_level"]
 
@@ -93,7 +93,7 @@ class SketchBuilder:
         self._tail = bytearray()
 
     def _hash(self, view: Buffer) -> None:
-        crcs, digests = hash_pieces_parallel(view, self.unit)
+        crcs, digests = hash_pieces(view, self.unit)
         self._crcs.extend(crcs)
         self._digests += digests
 

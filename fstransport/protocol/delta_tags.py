@@ -18,18 +18,13 @@ Deriving the tags of a kept map needs no read of the base, and no call per exten
 digests are multiplied in one integer product (``docs/delta.md`` has the numbers).
 
 `hash_pieces` gives the CRC32C and digest of each fixed-size piece of a buffer (the super-blocks
-of a two-level block map: one call each over 64 KiB, where BLAKE3 runs at its bulk speed), and
-`hash_pieces_in_pool` does it in a worker thread (both hashes release the GIL on such pieces, so
-two threads use two cores).
+of a two-level block map: one call each over 64 KiB, where BLAKE3 runs at its bulk speed).
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 from array import array
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from sys import byteorder
 
 import crc32c
@@ -43,8 +38,6 @@ __all__ = [
     "derive_tags",
     "extent_digest",
     "hash_pieces",
-    "hash_pieces_in_pool",
-    "hash_pieces_parallel",
     "keyed_sha256",
     "tag_multiplier",
 ]
@@ -106,18 +99,6 @@ def derive_tags(key: bytes, digests: Buffer) -> array[int]:
 
 Pieces = tuple["array[int]", bytes]
 """CRC32Cs (u32) and joined SHA-256 digests of consecutive pieces."""
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-PARALLEL_MIN = 1 << 20
-"""Below this many bytes, pieces are hashed in the calling thread only."""
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(2, thread_name_prefix="fstransport-hash")
-        return _pool
 
 
 def hash_pieces(data: Buffer, size: int) -> Pieces:
@@ -130,25 +111,3 @@ def hash_pieces(data: Buffer, size: int) -> Pieces:
         add(crc(piece))
         digests += digest(piece).digest()
     return crcs, bytes(digests)
-
-
-def hash_pieces_in_pool(data: Buffer, size: int) -> Callable[[], Pieces]:
-    """`hash_pieces` started in a worker thread; call the result to wait for it (`data` must
-    stay unchanged until then)."""
-    if len(memoryview(data)) < PARALLEL_MIN:
-        done = hash_pieces(data, size)
-        return lambda: done
-    return _executor().submit(hash_pieces, data, size).result
-
-
-def hash_pieces_parallel(data: Buffer, size: int) -> Pieces:
-    """`hash_pieces` on two threads: the first half of the pieces in a worker, the rest here."""
-    view = memoryview(data).cast("B")
-    half = (len(view) // size + 1) // 2 * size
-    if len(view) < PARALLEL_MIN or half >= len(view):
-        return hash_pieces(view, size)
-    first = _executor().submit(hash_pieces, view[:half], size)
-    crcs, digests = hash_pieces(view[half:], size)
-    head_crcs, head_digests = first.result()
-    head_crcs.extend(crcs)
-    return head_crcs, head_digests + digests

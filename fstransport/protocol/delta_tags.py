@@ -98,7 +98,7 @@ def derive_tags(key: bytes, digests: Buffer) -> array[int]:
 
 
 Pieces = tuple["array[int]", bytes]
-"""CRC32Cs (u32) and joined SHA-256 digests of consecutive pieces."""
+"""CRC32Cs (u32) and joined digests of consecutive pieces."""
 
 
 def hash_pieces(data: Buffer, size: int) -> Pieces:

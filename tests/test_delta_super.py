@@ -29,6 +29,7 @@ from fstransport.protocol.delta import (
     new_key,
     plan_recipe,
 )
+from fstransport.protocol.delta_session import max_map_bytes
 from fstransport.protocol.delta_super import (
     Sketch,
     SketchBuilder,
@@ -288,3 +289,12 @@ def test_tags_are_the_multiply_shift_hash_of_the_digests() -> None:
     assert derive_tags(new_key(), digests) != tags  # another key, other tags
     with pytest.raises(ValueError, match="32-byte"):
         derive_tags(key, b"x" * 33)
+
+
+@pytest.mark.parametrize("size", [1, 4096, UNIT, UNIT + 1, 2 * UNIT, 17 * 4096 + 1, 33 * UNIT - 1])
+def test_a_two_level_map_stays_within_the_offer_bound(size: int) -> None:
+    """`max_map_bytes` (12 bytes per 4 KiB, the sender's and the HTTP client's bound) holds with
+    the second level's 8 bytes per super-block (random content: nothing deflates)."""
+    made = build_map("blocks", random.Random(size).randbytes(size), key=new_key())
+    assert (made.supers is not None) == (size > UNIT)
+    assert len(encode_map(made)) <= max_map_bytes(size)

@@ -38,7 +38,6 @@ from fstransport.protocol.delta_tags import (
     EXTENT_HASH,
     derive_tags,
     extent_digest,
-    hash_pieces,
 )
 
 __all__ = [
@@ -271,21 +270,24 @@ class MapBuilder:
         self._tail = bytearray(buffer[chunks[-1][0] :]) if chunks else bytearray()
 
     def _blocks(self, view: memoryview) -> None:
-        """Map `view`: whole super-blocks (or blocks), or at the end the short last one."""
-        block = self.block_size
+        """Map `view`: whole super-blocks (or blocks), or at the end the short last one.  Each
+        super-block is hashed just before its blocks, while its bytes are in the CPU's cache."""
+        block, unit = self.block_size, self._unit
         crc, digest, add_crc = crc32c.crc32c, EXTENT_HASH, self._crcs.append
         digests = self._digests  # (the loop of `_add`, unrolled: a call less per block)
-        for at in range(0, len(view), block):
-            piece = view[at : at + block]
-            add_crc(crc(piece))
-            digests += digest(piece).digest()
+        add_super, super_digests = self._super_crcs.append, self._super_digests
+        for start in range(0, len(view), unit):
+            whole = view[start : start + unit]
+            if self._supers:
+                add_super(crc(whole))
+                super_digests += digest(whole).digest()
+            for at in range(0, len(whole), block):
+                piece = whole[at : at + block]
+                add_crc(crc(piece))
+                digests += digest(piece).digest()
         self._lengths.extend(repeat(block, len(view) // block))
         if len(view) % block:
             self._lengths.append(len(view) % block)
-        if self._supers:
-            crcs, super_digests = hash_pieces(view, self._unit)
-            self._super_crcs.extend(crcs)
-            self._super_digests += super_digests
 
     def segment(self) -> None:
         """End the current segment: the next bytes start a new chunk (CDC only)."""

@@ -206,13 +206,14 @@ class DeltaMap:
 
 class MapBuilder:
     """Builds a map from content fed in pieces of any size (`update`), so that nothing needs the
-    whole content in memory: at most one block or one CDC chunk (64 KiB) is kept between pieces.
+    whole content in memory: at most one block (a super-block with `supers`) or one CDC chunk
+    (64 KiB either) is kept between pieces.
 
     `segment` marks where CDC starts afresh (a file body of a packed tree); `finish` returns the
     map.  `supers`: a block map also gets its second level (`SuperLevel`: each super-block
-    hashed in one call), if it has more than one super-block.  CDC cut
-    points depend only on the bytes from a chunk's start, so the last chunk of a piece is cut
-    again with the next piece: the chunks are those of the content cut whole.
+    hashed in one call), if it has more than one super-block.  CDC cut points depend only on
+    the bytes from a chunk's start, so the last chunk of a piece is cut again with the next
+    piece: the chunks are those of the content cut whole.
     """
 
     def __init__(self, mode: str, *, key: bytes, block_size: int, supers: bool = False) -> None:

@@ -298,3 +298,42 @@ def test_a_two_level_map_stays_within_the_offer_bound(size: int) -> None:
     made = build_map("blocks", random.Random(size).randbytes(size), key=new_key())
     assert (made.supers is not None) == (size > UNIT)
     assert len(encode_map(made)) <= max_map_bytes(size)
+
+
+class RemoteLike:
+    """A source that is not cheap to read twice (as an S3 object): counts the bytes read."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner, self.size, self.description = BufferSource(data), len(data), "remote"
+        self.read_bytes = 0
+
+    async def read(self, offset: int, length: int) -> object:
+        self.read_bytes += length
+        return await self._inner.read(offset, length)
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+@pytest.mark.parametrize("cheap", [True, False])
+def test_a_source_costly_to_read_twice_is_mapped_in_one_read(cheap: bool) -> None:
+    """A local file (or a buffer) is sketched, then its differing super-blocks read again; a
+    source such as an S3 object is read once, its blocks hashed on the way, as before."""
+    base = random.Random(9).randbytes(12 * UNIT)
+    new = bytearray(base)
+    for i in range(0, 12, 2):
+        new[i * UNIT + 100] ^= 1  # half the super-blocks differ
+    key = new_key()
+    offered = build_map("blocks", base, key=key)
+    buffer = BufferSource(bytes(new))
+    source = buffer if cheap else RemoteLike(bytes(new))
+
+    async def run() -> tuple[object, int]:
+        early = start_map(source, "blocks", key=key, block_size=4096, piece=4 * UNIT)  # type: ignore[arg-type]
+        return await plan_source(source, "blocks", offered, early, (key, 4096), 4 * UNIT)  # type: ignore[arg-type]
+
+    recipe, _ = asyncio.run(run())
+    assert recipe.sends() == [(i * UNIT, i * UNIT + 4096) for i in range(0, 12, 2)]  # type: ignore[attr-defined]
+    if not cheap:
+        assert isinstance(source, RemoteLike)
+        assert source.read_bytes == len(new)  # once, not once more for the refinement

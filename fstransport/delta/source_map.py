@@ -1,7 +1,9 @@
 """The sender's map of its source, I/O: a block-mode source is sketched by super-blocks while the
 first request is on its way, and hashed block by block only inside the super-blocks that differ
-from the offered base's (`fstransport.protocol.delta_super`); a CDC source, or a base map without
-a second level, is mapped whole (`map_source`).  See ``docs/delta.md``."""
+from the offered base's (`fstransport.protocol.delta_super`); a CDC source, a base map without
+a second level, or a source that is not cheap to read twice (`rereads_cheaply`: anything but a
+local file through its memory map or a buffer, e.g. an S3 object) is mapped whole in one read
+(`map_source`).  See ``docs/delta.md``."""
 
 from __future__ import annotations
 
@@ -16,9 +18,23 @@ from fstransport.protocol.delta_super import (
     refine,
     two_level,
 )
-from fstransport.storage.source import ChunkSource
+from fstransport.storage.source import BufferSource, ChunkSource, PreadSource
 
-__all__ = ["map_source", "plan_against_sketch", "plan_source", "sketch_source", "start_map"]
+__all__ = [
+    "map_source",
+    "plan_against_sketch",
+    "plan_source",
+    "rereads_cheaply",
+    "sketch_source",
+    "start_map",
+]
+
+
+def rereads_cheaply(source: ChunkSource) -> bool:
+    """Whether reading `source`'s differing super-blocks again costs no more than a memory
+    copy (a local file read through its memory map or with ``pread``, a buffer), so that a
+    sketch first pays."""
+    return isinstance(source, (PreadSource, BufferSource))
 
 
 async def map_source(
@@ -53,8 +69,9 @@ async def sketch_source(source: ChunkSource, *, key: bytes, block_size: int, pie
 def start_map(
     source: ChunkSource, mode: str, *, key: bytes, block_size: int, piece: int
 ) -> asyncio.Future[Any]:
-    """The source's map started before the offer: a `Sketch` for blocks, a `DeltaMap` for cdc."""
-    if mode == "blocks":
+    """The source's map started before the offer: a `Sketch` for blocks (of a source that
+    `rereads_cheaply`), else a `DeltaMap`."""
+    if mode == "blocks" and rereads_cheaply(source):
         return asyncio.ensure_future(
             sketch_source(source, key=key, block_size=block_size, piece=piece)
         )
@@ -99,9 +116,10 @@ async def plan_source(
     the map started early (`start_map` with the key and block size `started`) when the offer
     uses them, else made now (an early map that cannot serve is cancelled; the caller awaits
     it)."""
-    blocks = mode == "blocks" and two_level(base)
+    sketching = mode == "blocks" and rereads_cheaply(source)
+    blocks = sketching and two_level(base)
     usable = early is not None and (base.key, base.block_size) == started
-    if mode == "blocks" and not blocks:
+    if sketching and not blocks:
         usable = False  # (the early map is a sketch, and this base has no second level)
     if early is not None and not usable:
         early.cancel()

@@ -337,3 +337,38 @@ def test_a_source_costly_to_read_twice_is_mapped_in_one_read(cheap: bool) -> Non
     if not cheap:
         assert isinstance(source, RemoteLike)
         assert source.read_bytes == len(new)  # once, not once more for the refinement
+
+
+async def test_ship_sketches_a_local_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ship()` reads its source through a `SharedReader`: a local file behind one is still
+    sketched (and only the differing super-blocks hashed block by block)."""
+    import fstransport.delta.source_map as source_map
+    from fstransport import TransferOptions, ship
+    from fstransport.network.loopback import LoopbackNetwork
+    from fstransport.receiver import Receiver
+    from fstransport.storage.store import FsspecSnapshotStore
+
+    sketched: list[int] = []
+    real = source_map.plan_against_sketch
+
+    async def spy(*args: object, **kwargs: object) -> object:
+        sketched.append(1)
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(source_map, "plan_against_sketch", spy)
+    data = bytearray(random.Random(10).randbytes(40 * UNIT))
+    root = tmp_path / "target"
+    root.mkdir()
+    (root / "snap.bin").write_bytes(data)
+    data[17 * UNIT + 3] ^= 1
+    (tmp_path / "snap.bin").write_bytes(data)
+    network = LoopbackNetwork(Receiver(FsspecSnapshotStore(str(root))))
+    options = TransferOptions(chunk_size=8 * UNIT)
+    report = await ship(
+        str(tmp_path / "snap.bin"), str(root / "snap.bin"), options=options, network=network
+    )
+    assert sketched == [1]
+    assert report.bytes_reused == len(data) - 4096
+    assert (root / "snap.bin").read_bytes() == data

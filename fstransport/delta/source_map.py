@@ -18,6 +18,7 @@ from fstransport.protocol.delta_super import (
     refine,
     two_level,
 )
+from fstransport.storage.shared_source import SharedReader
 from fstransport.storage.source import BufferSource, ChunkSource, PreadSource
 
 __all__ = [
@@ -32,8 +33,10 @@ __all__ = [
 
 def rereads_cheaply(source: ChunkSource) -> bool:
     """Whether reading `source`'s differing super-blocks again costs no more than a memory
-    copy (a local file read through its memory map or with ``pread``, a buffer), so that a
-    sketch first pays."""
+    copy (a local file read through its memory map or with ``pread``, a buffer, or a
+    `SharedReader` of one), so that a sketch first pays."""
+    if isinstance(source, SharedReader):  # (ship() reads through one, even for one target)
+        return rereads_cheaply(source.source)
     return isinstance(source, (PreadSource, BufferSource))
 
 

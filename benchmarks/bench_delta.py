@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import random
 import statistics
 import sys
@@ -36,6 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from blake3 import blake3
 from harness import GiB, MiB, machine_info, make_data
 
 from fstransport.checksum import chunk_crc
@@ -46,6 +48,8 @@ from fstransport.protocol.delta import (
     new_key,
     plan_recipe,
 )
+from fstransport.protocol.delta_super import SketchBuilder
+from fstransport.protocol.delta_tags import derive_tags
 from fstransport.protocol.delta_wire import encode_map, encode_recipe
 
 from delta_ship import ship_rounds  # isort: skip (a sibling script, as harness)
@@ -140,6 +144,64 @@ def interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dic
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _sha256_tags(key: bytes, digests: bytes) -> bytes:
+    """Session 6's tags: the first 4 bytes of SHA-256(key padded || digest), a call each."""
+    keyed, out = hashlib.sha256(key.ljust(64, b"\0")), bytearray()
+    for at in range(0, len(digests), 32):
+        hasher = keyed.copy()
+        hasher.update(digests[at : at + 32])
+        out += hasher.digest()[:4]
+    return bytes(out)
+
+
+def _per_piece(fn: Callable[[memoryview], object], view: memoryview, size: int) -> None:
+    for at in range(0, len(view), size):
+        fn(view[at : at + size])
+
+
+def map_costs(rounds: int, seed: int) -> dict[str, float]:
+    """Seconds per GiB of each way to map content, over 256 MiB in memory, interleaved."""
+    sample = make_data(256 * MiB, seed + 5)
+    k = new_key()
+    view = memoryview(sample)
+    digests = make_data(32 * (256 * MiB // 4096), seed + 6)  # one per 4 KiB of the sample
+    sha, b3 = hashlib.sha256, blake3
+
+    def sketch() -> object:
+        builder = SketchBuilder(key=k, block_size=4096)
+        for at in range(0, len(view), 8 * MiB):
+            builder.update(view[at : at + 8 * MiB])
+        return builder.finish()
+
+    contenders: dict[str, Callable[[], object]] = {
+        "blocks map, two levels (a base's: CRC32C + BLAKE3 per 4 KiB and per 64 KiB)": (
+            functools.partial(build_map, "blocks", sample, key=k)
+        ),
+        "blocks map, one level (CRC32C + BLAKE3 per 4 KiB)": functools.partial(
+            build_map, "blocks", sample, key=k, supers=False
+        ),
+        "sender's sketch (CRC32C + BLAKE3 per 64 KiB)": sketch,
+        "cdc map (CRC32C + tag per chunk)": functools.partial(build_map, "cdc", sample, key=k),
+        "SHA-256 per 4 KiB": lambda: _per_piece(lambda p: sha(p).digest(), view, 4096),
+        "BLAKE3 per 4 KiB": lambda: _per_piece(lambda p: b3(p).digest(), view, 4096),
+        "SHA-256 per 64 KiB": lambda: _per_piece(lambda p: sha(p).digest(), view, 65536),
+        "BLAKE3 per 64 KiB": lambda: _per_piece(lambda p: b3(p).digest(), view, 65536),
+        "tags from digests: multiply-shift (now)": lambda: derive_tags(k, digests),
+        "tags from digests: a SHA-256 call each (session 6)": lambda: _sha256_tags(k, digests),
+        "CRC32C per 4 KiB block, no tag (unsafe floor)": lambda: [
+            chunk_crc(view[o : o + 4096]) for o in range(0, len(view), 4096)
+        ],
+        "CRC32C of the whole (what a full transfer computes)": lambda: chunk_crc(view),
+    }
+    return {name: 4 * t for name, t in interleaved(contenders, rounds).items()}
+
+
+def print_map_costs(per_gib: dict[str, float], rounds: int) -> None:
+    print(f"\nMap compute, median of {rounds} interleaved rounds over 256 MiB, s/GiB:\n")
+    print("| computation | s/GiB |\n|---|---:|")
+    print("\n".join(f"| {name} | {seconds:.2f} |" for name, seconds in per_gib.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="shrink the sizes (0.25: quarter)")
@@ -152,11 +214,17 @@ def main() -> None:
     parser.add_argument("--s3-scale", type=float, default=1.0, help="GiB of the S3 object")
     parser.add_argument("--relay", action="store_true", help="only through a relay (moto)")
     parser.add_argument("--relay-scale", type=float, default=0.25, help="GiB of the relay runs")
+    parser.add_argument("--maps-only", action="store_true", help="only the map compute table")
     args = parser.parse_args()
     if args.relay:
         from bench_delta_relay import print_table as print_relay_table
 
         print_relay_table(int(GiB * args.relay_scale) // 4096 * 4096, args.rounds, args.seed)
+        return
+    if args.maps_only:
+        info = machine_info()
+        print(f"{info['cpu']}, {info['nproc']} cores, load {info['loadavg']}, {info['started']}")
+        print_map_costs(map_costs(args.rounds, args.seed), args.rounds)
         return
     if args.s3:
         from bench_delta_s3 import print_table
@@ -218,20 +286,7 @@ def main() -> None:
         row("200 SST files, 10% new, 5% removed", 0.11, got, f"new files {new_bytes / MiB:.0f} MiB")
     )
 
-    sample = make_data(256 * MiB, args.seed + 5)
-    k = new_key()
-    view = memoryview(sample)
-    contenders: dict[str, Callable[[], object]] = {
-        "blocks map (CRC32C + tag per 4 KiB)": functools.partial(
-            build_map, "blocks", sample, key=k
-        ),
-        "cdc map (CRC32C + tag per chunk)": functools.partial(build_map, "cdc", sample, key=k),
-        "CRC32C per 4 KiB block, no tag (unsafe floor)": lambda: [
-            chunk_crc(view[o : o + 4096]) for o in range(0, len(view), 4096)
-        ],
-        "CRC32C of the whole (what a full transfer computes)": lambda: chunk_crc(view),
-    }
-    per_gib = {name: 4 * t for name, t in interleaved(contenders, args.rounds).items()}
+    per_gib = map_costs(args.rounds, args.seed)
     print(f"## Delta transfer: bytes on the wire (scale {args.scale}, seed {args.seed})\n")
     print(
         f"{info['cpu']}, {info['nproc']} cores, Python {info['python']}, load {info['loadavg']}, "
@@ -240,9 +295,7 @@ def main() -> None:
     print("| case | mode | size | map | recipe | data sent | sent / size | goal | met | notes |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
     print("\n".join(rows))
-    print(f"\nMap compute, median of {args.rounds} interleaved rounds over 256 MiB, s/GiB:\n")
-    print("| computation | s/GiB |\n|---|---:|")
-    print("\n".join(f"| {name} | {seconds:.2f} |" for name, seconds in per_gib.items()))
+    print_map_costs(per_gib, args.rounds)
 
 
 if __name__ == "__main__":

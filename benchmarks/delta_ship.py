@@ -36,12 +36,14 @@ from fstransport import TransferOptions, ship
 from fstransport.checksum import chunk_crc
 from fstransport.delta.cache import kept_map
 from fstransport.delta.local import assemble_local, map_file
+from fstransport.delta.source_map import plan_against_sketch, sketch_source
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
 from fstransport.network.base import Network
 from fstransport.network.faults import FaultyNetwork
 from fstransport.network.loopback import LoopbackNetwork
-from fstransport.protocol.delta import new_key, plan_recipe
+from fstransport.protocol.delta import DeltaMap, MapBuilder, Recipe, new_key, plan_recipe
 from fstransport.receiver import Receiver
+from fstransport.storage.source import PreadSource
 from fstransport.storage.store import FsspecSnapshotStore
 
 RTT = 0.010
@@ -157,13 +159,18 @@ def _parts(folder: Path, pair: tuple[Path, Path, int], times: dict[str, list[flo
     steps.append(("receiver: offer from its kept map (derive tags)", time.perf_counter() - at))
     at = time.perf_counter()
     map_file(str(base), "blocks", key=key)
-    steps.append(("receiver: map of the base, not kept (read + hash)", time.perf_counter() - at))
+    steps.append(("receiver: map of the base, not kept (both levels)", time.perf_counter() - at))
     at = time.perf_counter()
-    source_map = map_file(str(new), "blocks", key=key)
-    steps.append(("sender: map of its source (read + CRC32C + SHA-256)", time.perf_counter() - at))
+    _one_level(base, key)
+    steps.append(("receiver: the same, one level (before)", time.perf_counter() - at))
     at = time.perf_counter()
-    recipe = plan_recipe(base_map, source_map)
-    steps.append(("sender: plan the recipe", time.perf_counter() - at))
+    recipe = asyncio.run(_sender(new, base_map))
+    steps.append(("sender: map of its source and plan (two levels)", time.perf_counter() - at))
+    at = time.perf_counter()
+    one_level = plan_recipe(base_map, _one_level(new, key))
+    steps.append(("sender: the same, one level (before)", time.perf_counter() - at))
+    if one_level != recipe:
+        raise AssertionError("two levels planned another recipe than one level")
     shutil.copyfile(new, target / "new.bin")
     at = time.perf_counter()
     assemble_local(recipe, str(target / "base.bin"), str(target / "new.bin"))
@@ -171,6 +178,29 @@ def _parts(folder: Path, pair: tuple[Path, Path, int], times: dict[str, list[flo
     for name, seconds in steps:
         times.setdefault(name, []).append(seconds)
     shutil.rmtree(target, ignore_errors=True)
+
+
+def _one_level(path: Path, key: bytes) -> DeltaMap:
+    """A block map without its second level (as every map was before it), read in 8 MiB."""
+    builder = MapBuilder("blocks", key=key, block_size=4096)
+    buffer = bytearray(8 * MiB)
+    with path.open("rb", buffering=0) as fh:
+        while got := fh.readinto(buffer):
+            builder.update(memoryview(buffer)[:got])
+    return builder.finish()
+
+
+async def _sender(path: Path, base_map: DeltaMap) -> Recipe:
+    """The sender's side after the offer: the sketch of its source, then its blocks inside the
+    super-blocks that differ, and the plan."""
+    source = await PreadSource.open(str(path))
+    try:
+        sketch = await sketch_source(
+            source, key=base_map.key, block_size=base_map.block_size, piece=8 * MiB
+        )
+        return await plan_against_sketch(source, base_map, sketch, 8 * MiB)
+    finally:
+        await source.close()
 
 
 def med(runs: list[Run], name: str) -> float:

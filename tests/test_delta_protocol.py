@@ -163,7 +163,8 @@ def test_map_costs_and_block_sizes() -> None:
     assert choose_block_size(4 * GiB) == 4096
     assert choose_block_size(64 * GiB) == 64 * 1024
     data = random.Random(5).randbytes(1 << 20)
-    assert len(encode_map(build_map("blocks", data, key=KEY))) == 48 + 256 * 8
+    assert len(encode_map(build_map("blocks", data, key=KEY))) == 48 + 256 * 8 + 16 * 8
+    assert len(encode_map(build_map("blocks", data, key=KEY, supers=False))) == 48 + 256 * 8
     zeros = build_map("blocks", bytes(1 << 20), key=KEY)
     packed = encode_map(zeros)
     assert len(packed) < 200  # zero pages deflate
@@ -190,7 +191,7 @@ def _valid_map() -> bytes:
 
 
 def _header(**kw: int | bytes) -> bytes:
-    fields = {"magic": b"FSTDMAP1", "mode": 1, "flags": 0, "zero": 0, "block": 4096}
+    fields = {"magic": b"FSTDMAP2", "mode": 1, "flags": 0, "zero": 0, "block": 4096}
     fields.update({"size": 8192, "count": 2, "key": KEY})
     fields.update(kw)
     return struct.pack("<8sBBHIQQ16s", *fields.values())
@@ -200,8 +201,8 @@ def _header(**kw: int | bytes) -> bytes:
     "raw",
     [
         b"",
-        b"FSTDMAP1",
-        _header(magic=b"FSTDMAP2") + bytes(16),
+        b"FSTDMAP2",
+        _header(magic=b"FSTDMAP1") + bytes(16),
         _header(mode=7) + bytes(16),
         _header(flags=4) + bytes(16),
         _header(zero=1) + bytes(16),

@@ -85,13 +85,15 @@ def map_file(
 ) -> DeltaMap:
     """The delta map of the file at `path`, read once in `piece`-byte reads (never held whole).
 
-    `segments` are offsets where CDC starts afresh (`fstransport.delta.tree_segments`).
+    `segments` are offsets where CDC starts afresh (`fstransport.delta.tree_segments`); a
+    block map without them has its second level (`MapBuilder`'s `supers`).
     Raises `StorageError`, or `SourceChanged` when the file changes size while it is read.
     """
     try:
         with open(path, "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
-            builder = MapBuilder(mode, key=key, block_size=block_size or choose_block_size(size))
+            block = block_size or choose_block_size(size)
+            builder = MapBuilder(mode, key=key, block_size=block, supers=not segments)
             bounds = sorted({0, size, *(s for s in segments if 0 < s < size)})
             buffer = bytearray(piece)
             for start, end in pairwise(bounds):

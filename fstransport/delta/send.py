@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fstransport.checksum import chunk_crc, format_checksum
+from fstransport.delta.source_map import map_source, plan_source, start_map
 from fstransport.errors import FstransportError
 from fstransport.messages import (
     Buffer,
@@ -25,14 +26,7 @@ from fstransport.messages import (
     Vote,
 )
 from fstransport.options import TransferOptions
-from fstransport.protocol.delta import (
-    DeltaMap,
-    MapBuilder,
-    Recipe,
-    choose_block_size,
-    new_key,
-    plan_recipe,
-)
+from fstransport.protocol.delta import Recipe, choose_block_size, new_key
 from fstransport.protocol.delta_session import read_offer
 from fstransport.protocol.delta_wire import encode_recipe
 from fstransport.protocol.sender import SendWindow
@@ -98,22 +92,6 @@ async def unless_cancelled(
     return None if task.cancelled() else task.result()
 
 
-async def map_source(
-    source: ChunkSource, mode: str, *, key: bytes, block_size: int, piece: int
-) -> DeltaMap:
-    """The map of `source` read once in `piece`-byte reads."""
-    builder = MapBuilder(mode, key=key, block_size=block_size)
-    at = 0
-    while at < source.size:
-        data = await source.read(at, min(piece, source.size - at))
-        if not len(data):
-            raise EOFError(f"{source.description} ended at {at}")
-        await asyncio.to_thread(builder.update, data)  # (the loop serves the answer meanwhile)
-        at += len(data)
-    builder.segment()
-    return await asyncio.to_thread(builder.finish)
-
-
 async def _stop(task: asyncio.Future[Any]) -> None:
     if not task.done():
         task.cancel()
@@ -141,11 +119,7 @@ async def negotiate(
     # size would have, while the first request is on its way; without an offer it is stopped
     # at once (at most one round trip of reading wasted).
     block = choose_block_size(source.size) if mode == "blocks" else 0
-    task = (
-        asyncio.ensure_future(map_source(source, mode, key=key, block_size=block, piece=piece))
-        if early
-        else None
-    )
+    task = start_map(source, mode, key=key, block_size=block, piece=piece) if early else None
     try:
         return await _negotiate(ask, vote, meta, source, options, first, (task, block))
     finally:
@@ -160,7 +134,7 @@ async def _negotiate(
     source: ChunkSource,
     options: TransferOptions,
     first: InstallSnapshotRequest,
-    started: tuple[asyncio.Future[DeltaMap] | None, int],
+    started: tuple[asyncio.Future[Any] | None, int],
 ) -> DeltaPlan | None:
     mode, piece, key = options.delta, options.chunk_size, first.delta_key
     early, block = started
@@ -173,18 +147,10 @@ async def _negotiate(
             return None
         offer = answer.offer
         map_bytes = len(offer.map)
-        if early is not None and (base_map.key, base_map.block_size) == (key, block):
-            source_map = await early
-        else:  # not started, or a receiver that chose its own key or another block size
-            if early is not None:
-                await _stop(early)
-            source_map = await map_source(
-                source, mode, key=base_map.key, block_size=base_map.block_size, piece=piece
-            )
-        checksum = format_checksum(source_map.whole_crc())
+        recipe, crc = await plan_source(source, mode, base_map, early, (key, block), piece)
+        checksum = format_checksum(crc)
         if meta.checksum is not None and meta.checksum != checksum:
             return None  # the data is not what the caller named: the full transfer says so
-        recipe = plan_recipe(base_map, source_map)
         plan = await send_recipe(ask, vote, meta, mode, recipe, checksum, map_bytes)
         if plan is not None and plan.reused:
             log.info(

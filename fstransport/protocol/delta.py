@@ -3,7 +3,7 @@ from a base plus the bytes that differ.  See ``docs/delta.md``.
 
 A **map** describes a base (or a source) as extents that tile ``[0, size)``, each identified by
 ``(length, crc32c, tag)``: the CRC32C lets a receiver combine the whole snapshot's CRC32C without
-re-reading reused bytes; the ``tag`` is a keyed function of the extent's SHA-256 digest with the
+re-reading reused bytes; the ``tag`` is a keyed function of the extent's BLAKE3 digest with the
 map's random ``key`` (`fstransport.protocol.delta_tags`), so that a reused extent is never chosen
 on a CRC32C match alone (CRCs are linear: collisions are easy to make).  A map built here keeps
 the digests (not sent): the same content's map under another key is `DeltaMap.rekeyed`.
@@ -17,11 +17,10 @@ an offset or sent.  Their wire forms, checked as a peer's, are in `fstransport.p
 
 from __future__ import annotations
 
-import hashlib
 import os
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import pairwise, repeat
@@ -32,7 +31,14 @@ import crc32c
 from fstransport.checksum import chunk_crc, combine, combine_equal
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Buffer
-from fstransport.protocol.delta_tags import DIGEST_SIZE, derive_tags, extent_digest
+from fstransport.protocol.delta_recipe import SEND, Recipe, apply_recipe, copied_crcs
+from fstransport.protocol.delta_recipe import coalesce as _coalesce
+from fstransport.protocol.delta_tags import (
+    DIGEST_SIZE,
+    EXTENT_HASH,
+    derive_tags,
+    extent_digest,
+)
 
 __all__ = [
     "CDC_AVG",
@@ -42,9 +48,11 @@ __all__ = [
     "MAX_BLOCKS",
     "MIN_BLOCK_SIZE",
     "SEND",
+    "SUPER_SHIFT",
     "DeltaMap",
     "MapBuilder",
     "Recipe",
+    "SuperLevel",
     "apply_recipe",
     "build_map",
     "choose_block_size",
@@ -62,8 +70,10 @@ MAX_BLOCKS = 1 << 20
 CDC_MIN, CDC_AVG, CDC_MAX = 8 * 1024, 16 * 1024, 64 * 1024
 """FastCDC sizes; pyfastcdc's real mean is about ``CDC_AVG + CDC_MIN`` (24 KiB): 0.05% map."""
 KEY_SIZE = 16
-SEND = (1 << 64) - 1
-"""The base offset of a recipe range that is sent rather than copied."""
+SUPER_SHIFT = 4
+"""A block map's second level: super-blocks of ``block_size << SUPER_SHIFT`` bytes (64 KiB of
+4 KiB blocks), each hashed in one call; a sender hashes its blocks only inside the super-blocks
+that differ (`fstransport.protocol.delta_super`)."""
 
 
 def choose_block_size(size: int) -> int:
@@ -81,6 +91,23 @@ def new_key() -> bytes:
 
 
 @dataclass(frozen=True)
+class SuperLevel:
+    """A block map's super-blocks (`SUPER_SHIFT`): CRC32Cs and tags (u32 arrays), and for a map
+    built from the content the joined digests they are derived from (`DIGEST_SIZE` each)."""
+
+    shift: int
+    crcs: array[int] = field(repr=False)
+    tags: array[int] = field(repr=False)
+    digests: bytes = field(default=b"", repr=False)
+
+    def rekeyed(self, key: bytes) -> SuperLevel:
+        """The same super-blocks with tags keyed by `key`."""
+        if len(self.digests) != DIGEST_SIZE * len(self.crcs):
+            raise ConfigurationError("only a map with its digests can be keyed anew")
+        return SuperLevel(self.shift, self.crcs, derive_tags(key, self.digests), self.digests)
+
+
+@dataclass(frozen=True)
 class DeltaMap:
     """Extents tiling ``[0, size)``: ``lengths[i]``, ``crcs[i]``, ``tags[i]`` (u32 arrays), and
     for a map built from the content (not one decoded from a peer) the joined key-independent
@@ -94,6 +121,8 @@ class DeltaMap:
     crcs: array[int] = field(repr=False)
     tags: array[int] = field(repr=False)
     digests: bytes = field(default=b"", repr=False, compare=False)
+    supers: SuperLevel | None = field(default=None, repr=False, compare=False)
+    """The second level of a file's block map (more than one super-block), else None."""
 
     def __len__(self) -> int:
         return len(self.crcs)
@@ -120,8 +149,17 @@ class DeltaMap:
         if len(self.digests) != DIGEST_SIZE * len(self) or len(key) != KEY_SIZE:
             raise ConfigurationError("only a map with its digests can be keyed anew")
         tags = derive_tags(key, self.digests)
+        supers = None if self.supers is None else self.supers.rekeyed(key)
         return DeltaMap(
-            self.mode, self.size, key, self.block_size, self.lengths, self.crcs, tags, self.digests
+            self.mode,
+            self.size,
+            key,
+            self.block_size,
+            self.lengths,
+            self.crcs,
+            tags,
+            self.digests,
+            supers,
         )
 
     def offsets(self) -> array[int]:
@@ -168,14 +206,17 @@ class DeltaMap:
 
 class MapBuilder:
     """Builds a map from content fed in pieces of any size (`update`), so that nothing needs the
-    whole content in memory: at most one block or one CDC chunk (64 KiB) is kept between pieces.
+    whole content in memory: at most one block (a super-block with `supers`) or one CDC chunk
+    (64 KiB either) is kept between pieces.
 
     `segment` marks where CDC starts afresh (a file body of a packed tree); `finish` returns the
-    map.  CDC cut points depend only on the bytes from the chunk's start, so the last chunk of a
-    piece is cut again with the next piece: the chunks are those of the content cut whole.
+    map.  `supers`: a block map also gets its second level (`SuperLevel`: each super-block
+    hashed in one call), if it has more than one super-block.  CDC cut points depend only on
+    the bytes from a chunk's start, so the last chunk of a piece is cut again with the next
+    piece: the chunks are those of the content cut whole.
     """
 
-    def __init__(self, mode: str, *, key: bytes, block_size: int) -> None:
+    def __init__(self, mode: str, *, key: bytes, block_size: int, supers: bool = False) -> None:
         if mode not in ("blocks", "cdc"):
             raise ConfigurationError(
                 f"delta mode must be 'blocks' or 'cdc' for a map, got {mode!r}"
@@ -190,7 +231,10 @@ class MapBuilder:
         self.block_size = block_size if mode == "blocks" else 0
         self.size = 0
         self._lengths, self._crcs, self._digests = array("I"), array("I"), bytearray()
-        self._tail = bytearray()  # an unfinished block, or the CDC chunk that may still grow
+        self._supers = supers and mode == "blocks"
+        self._unit = self.block_size << SUPER_SHIFT if self._supers else self.block_size
+        self._super_crcs, self._super_digests = array("I"), bytearray()
+        self._tail = bytearray()  # an unfinished block (super-block), or the last CDC chunk
         self._chunker: Any = None
         if mode == "cdc":
             from pyfastcdc import FastCDC  # imported here: only a CDC transfer needs it
@@ -207,23 +251,17 @@ class MapBuilder:
         view = memoryview(data).cast("B")
         self.size += len(view)
         if self.mode == "blocks":
-            block = self.block_size
+            unit = self._unit
             if self._tail:
-                take = min(len(view), block - len(self._tail))
+                take = min(len(view), unit - len(self._tail))
                 self._tail += view[:take]
                 view = view[take:]
-                if len(self._tail) < block:
+                if len(self._tail) < unit:
                     return
-                self._add(memoryview(self._tail))
+                self._blocks(memoryview(self._tail))
                 self._tail = bytearray()
-            whole = len(view) - len(view) % block
-            crc, digest, add_crc = crc32c.crc32c, hashlib.sha256, self._crcs.append
-            digests = self._digests  # (the loop of `_add`, unrolled: a call less per block)
-            for at in range(0, whole, block):
-                piece = view[at : at + block]
-                add_crc(crc(piece))
-                digests += digest(piece).digest()
-            self._lengths.extend(repeat(block, whole // block))
+            whole = len(view) - len(view) % unit
+            self._blocks(view[:whole])
             self._tail += view[whole:]
             return
         buffer = memoryview(self._tail + view if self._tail else view)
@@ -231,6 +269,26 @@ class MapBuilder:
         for offset, length in chunks[:-1]:
             self._add(buffer[offset : offset + length])
         self._tail = bytearray(buffer[chunks[-1][0] :]) if chunks else bytearray()
+
+    def _blocks(self, view: memoryview) -> None:
+        """Map `view`: whole super-blocks (or blocks), or at the end the short last one.  Each
+        super-block is hashed just before its blocks, while its bytes are in the CPU's cache."""
+        block, unit = self.block_size, self._unit
+        crc, digest, add_crc = crc32c.crc32c, EXTENT_HASH, self._crcs.append
+        digests = self._digests  # (the loop of `_add`, unrolled: a call less per block)
+        add_super, super_digests = self._super_crcs.append, self._super_digests
+        for start in range(0, len(view), unit):
+            whole = view[start : start + unit]
+            if self._supers:
+                add_super(crc(whole))
+                super_digests += digest(whole).digest()
+            for at in range(0, len(whole), block):
+                piece = whole[at : at + block]
+                add_crc(crc(piece))
+                digests += digest(piece).digest()
+        self._lengths.extend(repeat(block, len(view) // block))
+        if len(view) % block:
+            self._lengths.append(len(view) % block)
 
     def segment(self) -> None:
         """End the current segment: the next bytes start a new chunk (CDC only)."""
@@ -244,10 +302,14 @@ class MapBuilder:
         if self.mode == "cdc":
             self.segment()
         elif self._tail:
-            self._add(memoryview(self._tail))
+            self._blocks(memoryview(self._tail))
             self._tail = bytearray()
         digests = bytes(self._digests)
         tags = derive_tags(self.key, digests)
+        supers = None
+        if len(self._super_crcs) > 1:
+            own = bytes(self._super_digests)
+            supers = SuperLevel(SUPER_SHIFT, self._super_crcs, derive_tags(self.key, own), own)
         return DeltaMap(
             self.mode,
             self.size,
@@ -257,6 +319,7 @@ class MapBuilder:
             self._crcs,
             tags,
             digests,
+            supers,
         )
 
 
@@ -267,61 +330,19 @@ def build_map(
     key: bytes,
     block_size: int | None = None,
     segments: Sequence[int] = (),
+    supers: bool = True,
 ) -> DeltaMap:
     """The map of `data` in `mode` with tags keyed by `key` (`new_key`, or the base map's);
     `block_size` defaults to `choose_block_size`.  `segments` are offsets where CDC starts
-    afresh (the file bodies of a packed tree)."""
+    afresh (the file bodies of a packed tree); `supers`: see `MapBuilder`."""
     view = memoryview(data).cast("B")
-    builder = MapBuilder(mode, key=key, block_size=block_size or choose_block_size(len(view)))
+    block = block_size or choose_block_size(len(view))
+    builder = MapBuilder(mode, key=key, block_size=block, supers=supers)
     bounds = sorted({0, len(view), *(s for s in segments if 0 < s < len(view))})
     for start, end in pairwise(bounds):
         builder.update(view[start:end])
         builder.segment()
     return builder.finish()
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The target, in order: ``(length, base_offset)``, `SEND` for bytes that are sent."""
-
-    size: int
-    base_size: int
-    ranges: tuple[tuple[int, int], ...]
-
-    @property
-    def reused(self) -> int:
-        """Bytes copied from the base."""
-        return sum(n for n, base in self.ranges if base != SEND)
-
-    @property
-    def sent(self) -> int:
-        """Bytes the sender sends."""
-        return self.size - self.reused
-
-    def targets(self) -> list[tuple[int, int, int]]:
-        """``(target_offset, length, base_offset)`` of each range."""
-        out, at = [], 0
-        for length, base in self.ranges:
-            out.append((at, length, base))
-            at += length
-        return out
-
-    def sends(self) -> list[tuple[int, int]]:
-        """The target ranges ``(start, end)`` the sender sends."""
-        return [(t, t + n) for t, n, base in self.targets() if base == SEND]
-
-
-def _coalesce(pieces: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    out: list[tuple[int, int]] = []
-    for length, base in pieces:
-        if out:
-            last_length, last_base = out[-1]
-            sends = base == SEND and last_base == SEND
-            if sends or (base != SEND and last_base != SEND and last_base + last_length == base):
-                out[-1] = (last_length + length, last_base)
-                continue
-        out.append((length, base))
-    return tuple(out)
 
 
 _RUN = 1024  # blocks compared at once (array slices compare in C)
@@ -369,30 +390,3 @@ def plan_recipe(base: DeltaMap, source: DeltaMap) -> Recipe:
         for ident in zip(source.lengths, source.crcs, source.tags, strict=True):
             pieces.append((ident[0], known.get(ident, SEND)))
     return Recipe(source.size, base.size, _coalesce(pieces))
-
-
-def copied_crcs(recipe: Recipe, base_map: DeltaMap) -> list[tuple[int, int, int]]:
-    """``(target_offset, length, crc32c)`` of each copied range, the CRC from the base's map:
-    what a receiver records in its `ChunkLedger`, so that the whole CRC32C combines as for sent
-    chunks (the assembled bytes are then checked against it)."""
-    return [
-        (at, length, base_map.crc_of(base, length))
-        for at, length, base in recipe.targets()
-        if base != SEND
-    ]
-
-
-def apply_recipe(recipe: Recipe, base: Buffer, sent: Buffer) -> bytes:
-    """The target built in memory: base ranges and `sent` (the sent ranges, in order, joined)."""
-    base_view, sent_view = memoryview(base).cast("B"), memoryview(sent).cast("B")
-    if len(base_view) != recipe.base_size or len(sent_view) != recipe.sent:
-        raise InvalidRequest("the base or the sent bytes do not fit the recipe", field="delta")
-    out = bytearray()
-    at = 0
-    for length, base_at in recipe.ranges:
-        if base_at == SEND:
-            out += sent_view[at : at + length]
-            at += length
-        else:
-            out += base_view[base_at : base_at + length]
-    return bytes(out)

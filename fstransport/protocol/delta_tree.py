@@ -37,8 +37,8 @@ from fstransport.protocol.delta import (
     DeltaMap,
     MapBuilder,
     Recipe,
-    _coalesce,
 )
+from fstransport.protocol.delta_recipe import coalesce as _coalesce
 from fstransport.protocol.delta_session import ReceiverDelta, max_map_bytes, max_offer_size
 from fstransport.protocol.delta_tags import keyed_sha256
 

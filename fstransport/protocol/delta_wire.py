@@ -15,8 +15,10 @@ from fstransport.protocol.delta import (
     MAX_BLOCKS,
     MIN_BLOCK_SIZE,
     SEND,
+    SUPER_SHIFT,
     DeltaMap,
     Recipe,
+    SuperLevel,
 )
 
 __all__ = [
@@ -31,8 +33,8 @@ __all__ = [
 
 _MODE_CODES = {"blocks": 1, "cdc": 2}
 _MODES_BY_CODE = {code: mode for mode, code in _MODE_CODES.items()}
-_MAP_MAGIC = b"FSTDMAP1"
-_MAP_HEADER = struct.Struct("<8sBBHIQQ16s")  # magic mode flags 0 block_size size count key
+_MAP_MAGIC = b"FSTDMAP2"  # (1: SHA-256 digests, no second level; refused)
+_MAP_HEADER = struct.Struct("<8sBBHIQQ16s")  # magic mode flags shift block_size size count key
 _ZLIB = 1
 _RECIPE_MAGIC = b"FSTDRCP1"
 _RECIPE_HEADER = struct.Struct("<8sQQQ")  # magic size base_size count
@@ -63,10 +65,15 @@ def u32_from_le(raw: bytes) -> array[int]:
 
 def encode_map(delta_map: DeltaMap) -> bytes:
     """The map's wire form: a 48-byte header, then u32 little-endian columns (lengths for CDC,
-    CRCs, tags), deflated when that is smaller (repeated blocks, such as zero pages)."""
+    CRCs, tags; then a block map's super-block CRCs and tags), deflated when that is smaller
+    (repeated blocks, such as zero pages).  The header's shift is 0 for a map without a second
+    level (old peers read no other value: they refuse such a map, never misread it)."""
     columns = [delta_map.crcs, delta_map.tags]
     if delta_map.mode == "cdc":
         columns.insert(0, delta_map.lengths)
+    supers = delta_map.supers
+    if supers is not None:
+        columns += [supers.crcs, supers.tags]
     payload = b"".join(u32_le(c) for c in columns)
     flags = 0
     packed = zlib.compress(payload, 1)
@@ -76,7 +83,7 @@ def encode_map(delta_map: DeltaMap) -> bytes:
         _MAP_MAGIC,
         _MODE_CODES[delta_map.mode],
         flags,
-        0,
+        0 if supers is None else supers.shift,
         delta_map.block_size,
         delta_map.size,
         len(delta_map),
@@ -92,9 +99,9 @@ def decode_map(raw: Buffer, *, max_size: int, max_entries: int = 4 * MAX_BLOCKS)
     raw = bytes(raw)
     if len(raw) < _MAP_HEADER.size:
         raise _bad("the delta map is shorter than its header", what)
-    magic, code, flags, zero, block, size, count, key = _MAP_HEADER.unpack_from(raw)
+    magic, code, flags, shift, block, size, count, key = _MAP_HEADER.unpack_from(raw)
     mode = _MODES_BY_CODE.get(code)
-    if magic != _MAP_MAGIC or mode is None or zero != 0 or flags & ~_ZLIB:
+    if magic != _MAP_MAGIC or mode is None or shift not in (0, SUPER_SHIFT) or flags & ~_ZLIB:
         raise _bad("not a delta map of a known format", what)
     if size > max_size or count > max_entries:
         raise _bad(f"the delta map is too large ({size} bytes, {count} extents)", what)
@@ -103,10 +110,13 @@ def decode_map(raw: Buffer, *, max_size: int, max_entries: int = 4 * MAX_BLOCKS)
             raise _bad(f"bad block size {block}", what)
         if count != -(-size // block):
             raise _bad(f"{count} blocks do not tile {size} bytes of {block}-byte blocks", what)
-    elif block != 0:
-        raise _bad("a CDC map names no block size", what)
+    elif block != 0 or shift:
+        raise _bad("a CDC map names no block size and no super-blocks", what)
+    supers = -(-size // (block << shift)) if shift else 0
+    if shift and supers < 2:
+        raise _bad("a map of one super-block has no second level", what)
     columns = 3 if mode == "cdc" else 2
-    expected = 4 * columns * count
+    expected = 4 * columns * count + 8 * supers
     payload = raw[_MAP_HEADER.size :]
     if flags & _ZLIB:
         if expected == 0:  # (zlib reads a limit of 0 as no limit at all)
@@ -121,6 +131,11 @@ def decode_map(raw: Buffer, *, max_size: int, max_entries: int = 4 * MAX_BLOCKS)
     if len(payload) != expected:
         raise _bad(f"the delta map holds {len(payload)} bytes, not {expected}", what)
     col = [u32_from_le(payload[i * 4 * count : (i + 1) * 4 * count]) for i in range(columns)]
+    second = None
+    if supers:
+        at = 4 * columns * count
+        super_crcs = u32_from_le(payload[at : at + 4 * supers])
+        second = SuperLevel(shift, super_crcs, u32_from_le(payload[at + 4 * supers :]))
     if mode == "cdc":
         lengths = col.pop(0)
         if sum(lengths) != size or (count and min(lengths) == 0):
@@ -129,7 +144,7 @@ def decode_map(raw: Buffer, *, max_size: int, max_entries: int = 4 * MAX_BLOCKS)
         lengths = array("I", [block] * count)
         if count:
             lengths[-1] = size - block * (count - 1)
-    return DeltaMap(mode, size, key, block, lengths, col[0], col[1])
+    return DeltaMap(mode, size, key, block, lengths, col[0], col[1], supers=second)
 
 
 def encode_recipe(recipe: Recipe) -> bytes:

@@ -182,6 +182,11 @@ class SharedReader:
         self.bytes_read = 0
         """Bytes this reader read from the source itself (not from the shared chunks)."""
 
+    @property
+    def source(self) -> ChunkSource:
+        """The source all readers share (what a read that is not shared comes from)."""
+        return self._shared.source
+
     async def read(self, offset: int, length: int) -> Buffer:
         data, _ = await self._read(offset, length, crc=False)
         return data

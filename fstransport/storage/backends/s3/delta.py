@@ -322,7 +322,7 @@ async def _map(source: Any, mode: str, key: bytes) -> DeltaMap:
     from fstransport.protocol.delta import MapBuilder, choose_block_size
 
     size = source.size
-    builder = MapBuilder(mode, key=key, block_size=choose_block_size(size))
+    builder = MapBuilder(mode, key=key, block_size=choose_block_size(size), supers=True)
     at = 0
     pending = asyncio.ensure_future(source.read(0, min(MAP_PIECE, size))) if size else None
     try:

@@ -112,7 +112,7 @@ def add_arguments(ship_cmd: argparse.ArgumentParser) -> None:
         "--relay-block-maps",
         action="store_true",
         help="stage each chunk's block map with it, so that a receiver holding an earlier "
-        "snapshot fetches only the ranges it lacks (costs the sender a SHA-256 per 4 KiB)",
+        "snapshot fetches only the ranges it lacks (costs the sender a digest of every 4 KiB)",
     )
     ship_cmd.add_argument(
         "--token",

@@ -10,8 +10,8 @@ A receiver fetches a staged chunk with a block map (its name carries the map's S
 2. reads the map (one ranged GET behind the chunk's bytes) and checks its SHA-256 against the
    name; plans the chunk (`plan_chunk`): blocks whose digest the base holds come from the base;
 3. fetches the other ranges (ranged GETs, several at once), checks each fetched extent's
-   SHA-256 against the map, reads the rest from the base, and checks the chunk's CRC32C (the
-   reference's) from the assembled bytes.
+   digest (`extent_digest`) against the map, reads the rest from the base, and checks the
+   chunk's CRC32C (the reference's) from the assembled bytes.
 
 Any check that fails, a map that does not pay (most of the chunk would be fetched anyway, or
 too many ranges), or a base that cannot be read: the chunk is fetched whole, as without a base.
@@ -22,7 +22,6 @@ checked at install as ever.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -32,7 +31,7 @@ from fstransport.checksum import chunk_crc
 from fstransport.errors import InvalidRequest, StorageError
 from fstransport.messages import Buffer, SnapshotMeta, StagedChunk
 from fstransport.protocol.delta import DeltaMap, new_key
-from fstransport.protocol.delta_tags import DIGEST_SIZE
+from fstransport.protocol.delta_tags import DIGEST_SIZE, extent_digest
 from fstransport.protocol.relay_trailer import (
     Trailer,
     build_trailer,
@@ -276,7 +275,7 @@ def _assemble(
     got: list[Buffer],
 ) -> bytearray | None:
     """The chunk from the base's pieces (read from `fileobj`) and the fetched ones (`got`, in
-    order), or None when a fetched extent's SHA-256 is not the map's or the whole chunk's
+    order), or None when a fetched extent's digest is not the map's or the whole chunk's
     CRC32C is not the reference's (blocking)."""
     buffer = bytearray(ref.length)
     view = memoryview(buffer)
@@ -301,7 +300,7 @@ def _assemble(
         while current is not None and current[1] <= at:
             current = next(span, None)
         inside = current is not None and current[0] <= at
-        if inside and hashlib.sha256(view[at : at + length]).digest() != digest:
+        if inside and extent_digest(view[at : at + length]) != digest:
             log.warning("a fetched range of %s differs from its block map", ref.url)
             return None
     if chunk_crc(buffer) != ref.crc32c:

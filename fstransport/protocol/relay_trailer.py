@@ -3,7 +3,7 @@ chunk against its base, sans I/O.  See ``docs/relay.md`` ("Delta and the relay")
 
 A staged object is the chunk's bytes followed by its trailer: a 28-byte header (`MAGIC`, mode,
 block size, the chunk's length, the extent count), the extents' lengths (``"cdc"`` only; u32
-little-endian) and each extent's SHA-256 digest (32 bytes, `extent_digest`), computed with the
+little-endian) and each extent's digest (32 bytes, `extent_digest`: BLAKE3), computed with the
 public map API (`MapBuilder`).  The SHA-256 of the whole trailer is part of the object's name
 (`fstransport.storage.staging.chunk_name`), so it crosses the inner network inside the
 reference: whoever can write the bucket cannot make a receiver take a trailer the sender did
@@ -44,7 +44,7 @@ _KEY = bytes(16)  # (MapBuilder wants a key; a trailer carries digests, never ta
 
 @dataclass(frozen=True)
 class Trailer:
-    """A chunk's extents: ``lengths[i]`` bytes whose SHA-256 is ``digests[32 i : 32 i + 32]``."""
+    """A chunk's extents: ``lengths[i]`` bytes whose digest is ``digests[32 i : 32 i + 32]``."""
 
     mode: str
     block_size: int  # 0 for "cdc"
@@ -73,7 +73,7 @@ def trailer_mode(delta: str, meta: SnapshotMeta, offset: int) -> tuple[str, int]
 
 
 def build_trailer(mode: str, block_size: int, data: Buffer) -> bytes:
-    """The trailer of the chunk `data` (blocking: one SHA-256 pass over it)."""
+    """The trailer of the chunk `data` (blocking: one hashing pass over it)."""
     builder = MapBuilder(mode, key=_KEY, block_size=block_size or MIN_BLOCK_SIZE)
     builder.update(data)
     built = builder.finish()
@@ -166,7 +166,7 @@ def plan_chunk(
 
 def digest_index(base: DeltaMap) -> dict[bytes, int]:
     """Each digest of `base` -> the offset of its first extent (for CDC trailers).  Extents of
-    other lengths with one digest cannot exist (SHA-256 is collision-resistant)."""
+    other lengths with one digest cannot exist (BLAKE3 is collision-resistant)."""
     index: dict[bytes, int] = {}
     digests = base.digests
     for i, start in enumerate(base.offsets()):

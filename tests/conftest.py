@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Iterator
 
 import fsspec
@@ -19,6 +20,15 @@ S3_ENV = {
 }
 """moto's credentials, as a user gives them to an ``fstransport`` process: the environment.
 Only for moto; a test that may run on another server (``-m s3``) uses ``s3_server.env``."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A test run started in the background of a non-interactive shell (``cmd &``) inherits
+    SIGINT *ignored*, and so would every ``fstransport`` process the tests start: the tests
+    that press Ctrl-C on one would see it carry on.  Handling SIGINT here again (as Python does
+    by default) lets the children start with the default disposition, as from a terminal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ from fstransport import (
     TransferOptions,
     ship,
 )
+from fstransport.checksum import chunk_crc
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.http.client import HttpNetwork
 from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, Vote
@@ -489,3 +490,60 @@ async def test_block_maps_are_staged_only_when_asked(tmp_path: Path) -> None:
                 str(stage),
                 block_maps=wrong,  # type: ignore[arg-type]
             )
+
+
+def _with_same_crc(original: bytes, changed: bytes, at: int) -> bytes:
+    """`changed` with the 32 bits at byte `at` set so that its CRC32C is `original`'s (CRC32C is
+    affine in the bits of a fixed-length input: solve for them over GF(2))."""
+    out = bytearray(changed)
+    start = chunk_crc(bytes(out))
+
+    def flipped(bit: int) -> int:
+        trial = bytearray(out)
+        trial[at + bit // 8] ^= 1 << (bit % 8)
+        return chunk_crc(bytes(trial)) ^ start
+
+    basis: list[tuple[int, int]] = []  # (effect on the CRC, bits flipped), reduced
+    for bit in range(32):
+        effect, bits = flipped(bit), 1 << bit
+        for b_effect, b_bits in basis:
+            if effect ^ b_effect < effect:
+                effect, bits = effect ^ b_effect, bits ^ b_bits
+        if effect:
+            basis.append((effect, bits))
+            basis.sort(reverse=True)
+    want, bits = start ^ chunk_crc(original), 0
+    for b_effect, b_bits in basis:
+        if want ^ b_effect < want:
+            want, bits = want ^ b_effect, bits ^ b_bits
+    assert want == 0, "32 free bits always reach any CRC32C"
+    for bit in range(32):
+        if bits >> bit & 1:
+            out[at + bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+async def test_a_base_changed_to_keep_each_chunks_crc_is_never_installed(tmp_path: Path) -> None:
+    """A base rewritten after its map was made so that every chunk keeps its CRC32C (four
+    chosen bytes do it: CRC32C is linear): the map's digests catch what the CRC cannot."""
+    base, new = versions(9)
+    store = FsspecSnapshotStore(str(tmp_path / "r"))
+    await store.install(await _finished(store, "snap", base))
+    receiver = Receiver(store, relay_options={})
+    held = Path(store.path("snap"))
+    chunk = base[CHUNK : 2 * CHUNK]
+    forged_chunk = _with_same_crc(chunk, b"FORGED" + chunk[6:], 10 * PAGE)
+    assert chunk_crc(forged_chunk) == chunk_crc(chunk)
+    assert forged_chunk != chunk
+
+    def forge_the_base(req: InstallSnapshotRequest) -> None:
+        if req.offset == 0:  # the base's map is made: now one chunk of it is forged
+            held.write_bytes(base[:CHUNK] + forged_chunk + base[2 * CHUNK :])
+
+    tap = Tap(LoopbackNetwork(receiver), after=forge_the_base)
+    relay = RelayNetwork(tap, str(tmp_path / "stage"), block_maps=True)
+    await Chunked.send_snapshot(relay, Vote(1, 1), snapshot(new), option=OPTIONS)
+    assert await installed(store, "snap") == new
+    assert tap.answers[CHUNK].reused == 0, "the forged chunk was fetched whole"
+    await relay.close()
+    await receiver.close()

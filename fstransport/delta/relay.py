@@ -275,8 +275,11 @@ def _assemble(
     got: list[Buffer],
 ) -> bytearray | None:
     """The chunk from the base's pieces (read from `fileobj`) and the fetched ones (`got`, in
-    order), or None when a fetched extent's digest is not the map's or the whole chunk's
-    CRC32C is not the reference's (blocking)."""
+    order), or None when any extent's digest is not the map's or the whole chunk's CRC32C is
+    not the reference's (blocking).  Every extent is checked, those read from the base too: a
+    base changed since its map was made could otherwise keep the chunk's CRC32C (four chosen
+    bytes do it), and the map's digests are the only check that CRC32C's linearity cannot
+    defeat."""
     buffer = bytearray(ref.length)
     view = memoryview(buffer)
     fetched = iter(got)
@@ -300,8 +303,9 @@ def _assemble(
         while current is not None and current[1] <= at:
             current = next(span, None)
         inside = current is not None and current[0] <= at
-        if inside and extent_digest(view[at : at + length]) != digest:
-            log.warning("a fetched range of %s differs from its block map", ref.url)
+        if extent_digest(view[at : at + length]) != digest:
+            what = "a fetched range of %s" if inside else "the base's bytes for %s"
+            log.warning(what + " differ from its block map", ref.url)
             return None
     if chunk_crc(buffer) != ref.crc32c:
         log.warning("%s assembled from the base does not match its CRC32C", ref.url)

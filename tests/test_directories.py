@@ -19,6 +19,7 @@ import pytest
 
 from fstransport import (
     FsspecSnapshotStore,
+    FstransportError,
     InvalidRequest,
     LoopbackNetwork,
     Network,
@@ -785,3 +786,38 @@ async def test_a_device_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedEntry, match="device"):
         await ship(str(src), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["answer-lost", "not-written"])
+async def test_a_manifest_write_that_fails_never_leaves_a_manifest_without_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    """The manifest's PUT fails: when it landed and only its answer was lost, the manifest
+    names the new generation, which must stay (the tree is installed, what it replaced goes);
+    when it never landed, the old tree stays and the new generation goes.  Either way a reader
+    finds one complete tree and nothing else."""
+    fs = fsspec.filesystem("memory")
+    old = make_tree(tmp_path / "src")
+    await ship(str(tmp_path / "src"), "memory://store/snap")
+    (tmp_path / "src" / "top.bin").write_bytes(b"newer")
+    new = {**old, "top.bin": b"newer"}
+    original = type(fs).pipe_file
+
+    def failing(self: Any, path: str, value: bytes, **kwargs: Any) -> None:
+        if path.endswith(MANIFEST_NAME):
+            if landed:
+                original(self, path, value, **kwargs)
+            raise OSError(5, "injected: no answer to the manifest's PUT")
+        original(self, path, value, **kwargs)
+
+    monkeypatch.setattr(type(fs), "pipe_file", failing)
+    from fstransport import RetryPolicy
+
+    options = TransferOptions(retry=RetryPolicy(max_attempts=1))
+    if landed:  # the manifest is there and names the new files: installed
+        await ship(str(tmp_path / "src"), "memory://store/snap", options=options)
+    else:
+        with pytest.raises(FstransportError, match="injected"):
+            await ship(str(tmp_path / "src"), "memory://store/snap", options=options)
+    monkeypatch.undo()
+    assert object_tree(fs, "/store/snap")[1] == (new if landed else old)

@@ -211,18 +211,23 @@ async def remove_prefix(fs: Any, bucket: str, prefix: str) -> None:
 async def commit_s3_tree(backend: Any, meta: SnapshotMeta, build: S3TreeBuild) -> None:
     """Write `build`'s manifest (the tree becomes visible), then remove what it replaced; on a
     failure before the manifest, remove the new generation."""
-    from fstransport.storage.backends.objects import _remove_replaced
+    from fstransport.storage.backends.objects import _remove_replaced, manifest_names
 
     manifest = tree_manifest(meta, build.table, build.generation)
     try:
         await backend.call("pipe_file", f"{build.final}/{MANIFEST_NAME}", manifest)
-    except BaseException:
+    except BaseException as exc:
         bucket, key = split_bucket_key(build.final)
+        names: bool | None = None  # (unknown: the generation stays; unreferenced, it is garbage)
         with contextlib.suppress(Exception):
-            await asyncio.shield(
-                remove_prefix(await backend.client(), bucket, f"{key}/{build.generation}")
-            )
-        raise
+            names = await asyncio.shield(manifest_names(backend, build.final, build.generation))
+        if names is False:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    remove_prefix(await backend.client(), bucket, f"{key}/{build.generation}")
+                )
+        if not (names and isinstance(exc, Exception)):
+            raise
     build.committed = True
     backend.forget_listings(f"{build.final}/{MANIFEST_NAME}")
     await _remove_replaced(backend, build.final, build.generation)

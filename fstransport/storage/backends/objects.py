@@ -79,17 +79,42 @@ async def install_object_tree(
                 task.result()
         manifest = tree_manifest(snapshot.meta, table, generation)
         await backend.call("pipe_file", f"{final}/{MANIFEST_NAME}", manifest)
-    except BaseException:
+    except BaseException as exc:
         # stop the other writes first, so that none lands after the generation is removed
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        names: bool | None = None  # (unknown: the generation stays; unreferenced, it is garbage)
         with contextlib.suppress(Exception):
-            await asyncio.shield(backend.call("rm", base, recursive=True))
-        backend.put_back(final, held)
-        raise
+            names = await asyncio.shield(manifest_names(backend, final, generation))
+        if names is False:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(backend.call("rm", base, recursive=True))
+        if not (names and isinstance(exc, Exception)):
+            backend.put_back(final, held)
+            raise
+        log.info("the manifest of %s landed though its write failed (%s): installed", final, exc)
     backend.forget_listings(f"{final}/{MANIFEST_NAME}")
     await _remove_replaced(backend, final, generation)
+
+
+async def manifest_names(backend: FsspecBackend, final: str, generation: str) -> bool | None:
+    """After a failed or cancelled manifest write: whether the manifest at `final` names
+    `generation` (True: the write landed and only its answer was lost, the tree is installed),
+    names another or is not there (False: the generation may go), or cannot be read (None)."""
+    import json
+
+    backend.forget_listings(f"{final}/{MANIFEST_NAME}")
+    try:
+        text = await backend.call("cat_file", f"{final}/{MANIFEST_NAME}")
+    except FileNotFoundError:
+        return False
+    except Exception:
+        return None
+    try:
+        return bool(json.loads(text).get("generation") == generation)
+    except (ValueError, AttributeError):
+        return False
 
 
 async def _remove_replaced(backend: FsspecBackend, final: str, generation: str) -> None:

@@ -118,7 +118,9 @@ def test_sent_ranges_check() -> None:
 def test_take_extents() -> None:
     pending = [(4096, 8192), (12288, 16384), (40960, 50000), (60000, 65536)]
     assert take_extents(pending, 1 << 20, 65536) == ((4096, 4096), (12288, 4096), (40960, 9040))
-    assert take_extents(pending, 6000, 65536) == ((4096, 4096), (12288, 1904))  # cut to budget
+    # cut to the budget, which holds the data and a table entry (EXTENT_SIZE) for each range
+    assert take_extents(pending, 6000, 65536) == ((4096, 4096), (12288, 6000 - 4096 - 32))
+    assert take_extents(pending, 4096 + EXTENT_SIZE, 65536) == ((4096, 4096),)
     assert take_extents(pending, 1 << 20, 65536, limit=2) == ((4096, 4096), (12288, 4096))
     assert take_extents([(0, 10), (20, 30)], 100, 1000) == ()  # offset 0 goes alone
     assert take_extents([(60000, 65536)], 100, 65536) == ()  # so does the final range
@@ -150,11 +152,12 @@ def test_the_window_gathers_short_ranges_but_never_the_first_or_last() -> None:
     window.on_ack(first, 0, 0.0)
     packed = window.next_chunk(0.0)
     assert packed is not None
-    assert packed.extents == ((40960, 4096), (81920, 4096), (200704, 8192))
-    assert (packed.offset, packed.length, packed.done) == (40960, 16384, False)
+    cut = 16384 - 3 * EXTENT_SIZE - 2 * 4096  # data and table within the chunk size
+    assert packed.extents == ((40960, 4096), (81920, 4096), (200704, cut))
+    assert (packed.offset, packed.length, packed.done) == (40960, 8192 + cut, False)
     more = window.next_chunk(0.0)  # one range left before the final one: a plain chunk
     assert more is not None
-    assert (more.offset, more.length, more.extents) == (208896, 4096, ())
+    assert (more.offset, more.length, more.extents) == (200704 + cut, 212992 - 200704 - cut, ())
     assert window.next_chunk(0.0) is None  # the final chunk waits for the others
     window.on_failure(packed, OSError("lost"), 0.0)  # every extent goes back
     window._resume_at = 0.0

@@ -116,19 +116,20 @@ def take_extents(
     pending: Iterable[tuple[int, int]], budget: int, size: int, limit: int = MAX_EXTENTS
 ) -> Extents:
     """The sender's next request with extents: the lowest pending ranges (increasing, disjoint,
-    none at 0), at most `budget` bytes and `limit` ranges, a range longer than what is left of
-    the budget cut to it; the range that ends at `size` is never taken (the final chunk goes
-    alone, last)."""
+    none at 0), at most `limit` ranges whose bytes and extent table (`EXTENT_SIZE` a range)
+    together fit in `budget` (a body over HTTP is both: a receiver's size limit sees both), a
+    range longer than what is left of the budget cut to it; the range that ends at `size` is
+    never taken (the final chunk goes alone, last)."""
     out: list[tuple[int, int]] = []
     left = budget
     for start, end in pending:
-        if end >= size or left <= 0 or len(out) >= limit:
+        if end >= size or left <= EXTENT_SIZE or len(out) >= limit:
             break
         if start == 0:
             break  # (the chunk at offset 0 goes alone)
-        length = min(end - start, left)
+        length = min(end - start, left - EXTENT_SIZE)
         out.append((start, length))
-        left -= length
+        left -= length + EXTENT_SIZE
     return tuple(out)
 
 

@@ -155,16 +155,19 @@ class StagedChunks:
                 await asyncio.gather(early, return_exceptions=True)
             raise
         finally:
-            if first and opening is not None:
-                del self._opening[snapshot_id]
-                opening.set_result(None)
+            if first:
+                self._opening.pop(snapshot_id).set_result(None)
         if early is not None:
-            manifest = (await asyncio.gather(early, return_exceptions=True))[0]
-            if isinstance(manifest, dict):  # (not there yet, or unreadable: read again at the end)
-                while len(self._manifests) >= 16:
-                    del self._manifests[next(iter(self._manifests))]
-                self._manifests[url] = manifest
+            self._remember(url, (await asyncio.gather(early, return_exceptions=True))[0])
         return replace(req, data=done.data, crc32c=ref.crc32c), done
+
+    def _remember(self, url: str, manifest: object) -> None:
+        """Keep a manifest read alongside a final chunk for `check_manifests` (the last 16);
+        one not there yet, or unreadable, is read again there."""
+        if isinstance(manifest, dict):
+            while len(self._manifests) >= 16:
+                del self._manifests[next(iter(self._manifests))]
+            self._manifests[url] = manifest
 
     async def check_manifests(
         self,

@@ -293,10 +293,8 @@ def _assemble(
             spans.append((at, at + length))
             continue
         fileobj.seek(where)
-        read = fileobj.read(length)
-        if len(read) != length:
+        if _read_into(fileobj, view[at : at + length]) != length:  # (no copy of the bytes)
             return None  # the base shrank since its map was made
-        view[at : at + length] = read
     span = iter(spans)
     current = next(span, None)
     for at, length, digest in trailer.extents():
@@ -311,3 +309,15 @@ def _assemble(
         log.warning("%s assembled from the base does not match its CRC32C", ref.url)
         return None
     return buffer
+
+
+def _read_into(fileobj: IO[bytes], target: memoryview) -> int:
+    """Fill `target` from `fileobj` straight into its buffer; the bytes read (fewer at the end
+    of the file)."""
+    done = 0
+    while done < len(target):
+        got = fileobj.readinto(target[done:])  # type: ignore[attr-defined]
+        if not got:
+            break
+        done += got
+    return done

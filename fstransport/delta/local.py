@@ -5,7 +5,10 @@ ranges are already in the target (the receiver wrote them at their offsets, like
 
 The result is then read once to compute its CRC32C from the bytes; the caller compares it with
 the snapshot's checksum before installing (a base that changed after its map was made is caught
-here, never installed).  Blocking: run it in a thread.
+here, never installed).  Ranges a `Prefill` already copied at their own offsets are not copied
+again (`assemble_local`'s `done`); the result's read covers them like every other byte.  The
+write-back of what is copied starts as it is copied (`Writeback`), so the install's rename does
+not wait for a whole file to reach the disk.  Blocking: run it in a thread.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
 
-from fstransport.checksum import chunk_crc
+from fstransport.checksum import chunk_crc, combine
 from fstransport.errors import ChecksumMismatch, SourceChanged, StorageError
 from fstransport.protocol.delta import SEND, DeltaMap, MapBuilder, Recipe, choose_block_size
+from fstransport.protocol.ranges import RangeSet
+from fstransport.storage.backends.local.writeback import Writeback
 
 __all__ = ["LocalAssembly", "assemble_local", "copy_range", "file_crc", "map_file"]
 
@@ -112,16 +118,31 @@ def map_file(
     return builder.finish()
 
 
-def file_crc(fd: int, size: int) -> int:
-    """The CRC32C of the first `size` bytes of fd `fd`, read from the start."""
-    crc, at = 0, 0
-    while at < size:
-        block = os.pread(fd, min(_BUFFER, size - at), at)
+def _crc_span(fd: int, start: int, end: int) -> int:
+    crc, at = 0, start
+    while at < end:
+        block = os.pread(fd, min(_BUFFER, end - at), at)
         if not block:
             raise EOFError("the file ended early")
         crc = chunk_crc(block, crc)
         at += len(block)
     return crc
+
+
+_CRC_SPLIT = 64 * _BUFFER
+"""Files at least this long are read for their CRC32C by two threads, a half each."""
+
+
+def file_crc(fd: int, size: int) -> int:
+    """The CRC32C of the first `size` bytes of fd `fd`, read from the start (a long file by two
+    threads at once: ``pread`` and CRC32C release the GIL)."""
+    if size < _CRC_SPLIT:
+        return _crc_span(fd, 0, size)
+    half = size // 2
+    with ThreadPoolExecutor(1, thread_name_prefix="fstransport-crc") as pool:
+        second = pool.submit(_crc_span, fd, half, size)
+        first = _crc_span(fd, 0, half)
+        return combine(first, second.result(), size - half)
 
 
 def assemble_local(
@@ -132,9 +153,12 @@ def assemble_local(
     expected_crc: int | None = None,
     kernel_copy: bool = True,
     fsync: bool = False,
+    done: RangeSet | None = None,
 ) -> LocalAssembly:
     """Fill the reused ranges of `target_path` (which already holds the sent ranges at their
-    offsets) from `base_path`, cut it to the recipe's size, and compute its CRC32C.
+    offsets) from `base_path`, cut it to the recipe's size, and compute its CRC32C.  `done`:
+    target ranges that already hold the base's bytes from the same offsets (a `Prefill`'s), not
+    copied again where a reused range comes from its own offset.
 
     Raises `SourceChanged` when the base is no longer the size the recipe was made for (or
     ends early), `ChecksumMismatch` (``whole=True``) when `expected_crc` is given and the
@@ -153,13 +177,21 @@ def assemble_local(
             )
         target = os.open(target_path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         try:
+            writeback = Writeback(target)
             for at, length, base_at in recipe.targets():
                 if base_at == SEND:
                     continue
-                result.copied_in_kernel += copy_range(
-                    base, target, base_at, at, length, kernel=kernel_copy
-                )
                 result.bytes_reused += length
+                parts = [(at, at + length)]
+                if done is not None and base_at == at:
+                    parts = done.gaps(at, at + length)
+                for start, end in parts:
+                    shift = base_at - at
+                    result.copied_in_kernel += copy_range(
+                        base, target, start + shift, start, end - start, kernel=kernel_copy
+                    )
+                    writeback.wrote(start, end - start)
+            writeback.flush()
             os.ftruncate(target, recipe.size)
             result.crc32c = file_crc(target, recipe.size)
             if fsync:

@@ -108,6 +108,7 @@ async def answer_delta(
                 found = await find_base(store, candidates, req.delta, req.delta_key, keep=keep)
             if found is not None:
                 state.delta, offer = found[0], found[0].offer(found[1])
+                _prefill(bases, sink, state, found[0])
         return tuple(state.ledger.held()), offer, sink
     if bases is None or state.delta is None or state.delta.base_map.mode != req.delta:
         raise InvalidRequest("a recipe for a base that was not offered", field="recipe")
@@ -119,6 +120,9 @@ async def answer_delta(
         return tuple(state.ledger.held()), await answer_want(store, state, req), sink
     sink = await bases.delta_sink(state.meta, sink)
     held = accept_recipe(state.delta, req.meta, req.recipe, state.ledger)
+    accepted = getattr(bases, "accepted", None)
+    if accepted is not None:
+        accepted(sink)
     if state.meta.checksum is None and req.meta.checksum is not None:
         state.meta = replace(state.meta, checksum=req.meta.checksum)
     log.info(
@@ -128,6 +132,17 @@ async def answer_delta(
         state.delta.base_id,
     )
     return held, None, sink
+
+
+def _prefill(
+    bases: DeltaBase, sink: SnapshotSink, state: StreamState, delta: ReceiverDelta
+) -> None:
+    """Let the base's backend start filling a fresh partial file from a file base while the
+    sender plans (local folders: `fstransport.storage.backends.local.prefill`)."""
+    prefill = getattr(bases, "prefill", None)
+    base = delta.base if isinstance(delta, BaseDelta) else None
+    if prefill is not None and base is not None and not state.ledger.held():
+        prefill(sink, base, state.meta.size or 0)
 
 
 def _recipe_of(delta: ReceiverDelta, copied: list[tuple[int, int, int]]) -> Recipe:

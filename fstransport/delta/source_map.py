@@ -8,20 +8,20 @@ local file through its memory map or a buffer, e.g. an S3 object) is mapped whol
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import os
+from array import array
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from fstransport.protocol.delta import DeltaMap, MapBuilder, Recipe, plan_recipe
-from fstransport.protocol.delta_super import (
-    Sketch,
-    SketchBuilder,
-    plan_two_level,
-    refine,
-    two_level,
-)
+from fstransport.messages import Buffer
+from fstransport.protocol.delta import SUPER_SHIFT, DeltaMap, MapBuilder, Recipe, plan_recipe
+from fstransport.protocol.delta_super import Sketch, plan_two_level, refine, two_level
+from fstransport.protocol.delta_tags import derive_tags, hash_pieces
 from fstransport.storage.shared_source import SharedReader
 from fstransport.storage.source import BufferSource, ChunkSource, PreadSource
 
 __all__ = [
+    "HASH_WORKERS",
     "map_source",
     "plan_against_sketch",
     "plan_source",
@@ -29,6 +29,31 @@ __all__ = [
     "sketch_source",
     "start_map",
 ]
+
+
+HASH_WORKERS = max(1, min(4, os.cpu_count() or 1))
+"""Pieces of a source read and hashed at once (BLAKE3 and CRC32C release the GIL over a
+piece, so each worker thread keeps a core busy)."""
+
+T = TypeVar("T")
+
+
+async def _each_piece(
+    source: ChunkSource, jobs: Sequence[tuple[int, int, Callable[[Buffer], T]]]
+) -> list[T]:
+    """For each ``(offset, length, work)`` of `jobs`, in order, `work` of those bytes of
+    `source`: up to `HASH_WORKERS` pieces read and worked on at once, each in a worker thread."""
+    gate = asyncio.Semaphore(HASH_WORKERS)
+
+    async def one(at: int, length: int, work: Callable[[Buffer], T]) -> T:
+        async with gate:
+            data = await source.read(at, length)
+            if len(data) != length:
+                raise EOFError(f"{source.description} ended before {at + length}")
+            return await asyncio.to_thread(work, data)
+
+    started: list[Awaitable[T]] = [one(*job) for job in jobs]
+    return list(await asyncio.gather(*started))
 
 
 def rereads_cheaply(source: ChunkSource) -> bool:
@@ -57,16 +82,20 @@ async def map_source(
 
 
 async def sketch_source(source: ChunkSource, *, key: bytes, block_size: int, piece: int) -> Sketch:
-    """The `Sketch` of `source` (its super-blocks) read once in `piece`-byte reads."""
-    builder = SketchBuilder(key=key, block_size=block_size)
-    at = 0
-    while at < source.size:
-        data = await source.read(at, min(piece, source.size - at))
-        if not len(data):
-            raise EOFError(f"{source.description} ended at {at}")
-        await asyncio.to_thread(builder.update, data)
-        at += len(data)
-    return await asyncio.to_thread(builder.finish)
+    """The `Sketch` of `source` (its super-blocks), read once in pieces of about `piece` bytes
+    (whole super-blocks), several hashed at once."""
+    unit = block_size << SUPER_SHIFT
+    step = max(unit, piece - piece % unit)
+    spans = [(at, min(step, source.size - at)) for at in range(0, source.size, step)]
+    hashed = await _each_piece(
+        source, [(at, length, lambda data: hash_pieces(data, unit)) for at, length in spans]
+    )
+    crcs, digests = array("I"), bytearray()
+    for part_crcs, part_digests in hashed:
+        crcs.extend(part_crcs)
+        digests += part_digests
+    tags = await asyncio.to_thread(derive_tags, key, bytes(digests))
+    return Sketch(source.size, bytes(key), block_size, crcs, tags)
 
 
 def start_map(
@@ -87,23 +116,28 @@ async def plan_against_sketch(
     source: ChunkSource, base: DeltaMap, sketch: Sketch, piece: int
 ) -> Recipe:
     """Hash the source's blocks inside the super-blocks that differ and plan: each run of them
-    within `piece` bytes is one read, hashed in one worker-thread call."""
+    within `piece` bytes is one read, hashed in one worker-thread call (several at once)."""
     unit, wanted = sketch.unit, sketch.differing(base)
+    runs: list[list[int]] = []
+    for index in wanted:
+        if runs and (index - runs[-1][0] + 1) * unit <= piece:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+
+    def job(run: list[int]) -> tuple[int, int, Callable[[Buffer], dict[int, Any]]]:
+        lo, hi = run[0] * unit, min((run[-1] + 1) * unit, sketch.size)
+
+        def hash_run(data: Buffer) -> dict[int, Any]:
+            view = memoryview(data).cast("B")
+            pieces = [(i, view[i * unit - lo : (i + 1) * unit - lo]) for i in run]
+            return refine(sketch.key, sketch.block_size, pieces)
+
+        return lo, hi - lo, hash_run
+
     refined: dict[int, Any] = {}
-    first = 0
-    while first < len(wanted):
-        last = first
-        while last + 1 < len(wanted) and (wanted[last + 1] - wanted[first] + 1) * unit <= piece:
-            last += 1
-        lo = wanted[first] * unit
-        hi = min((wanted[last] + 1) * unit, sketch.size)
-        data = await source.read(lo, hi - lo)
-        if len(data) != hi - lo:
-            raise EOFError(f"{source.description} ended before {hi}")
-        view = memoryview(data).cast("B")
-        pieces = [(i, view[i * unit - lo : (i + 1) * unit - lo]) for i in wanted[first : last + 1]]
-        refined.update(await asyncio.to_thread(refine, sketch.key, sketch.block_size, pieces))
-        first = last + 1
+    for found in await _each_piece(source, [job(run) for run in runs]):
+        refined.update(found)
     return await asyncio.to_thread(plan_two_level, base, sketch, refined)
 
 

@@ -176,11 +176,18 @@ class DeltaMap:
         return crc
 
     def _blocks_crc(self, first: int, end: int) -> int:
-        """The CRC32C of blocks ``[first, end)`` (all full but maybe the map's last)."""
+        """The CRC32C of blocks ``[first, end)`` (all full but maybe the map's last); whole
+        super-blocks before the last block from the second level (a sixteenth of the steps)."""
+        crc, block, last, per = 0, self.block_size, end - 1, 1 << SUPER_SHIFT
+        if self.supers is not None and last // per - -(-first // per) > 1:
+            lo, hi = -(-first // per), last // per
+            crc = combine_equal(0, self.crcs[first : lo * per], block)
+            crc = combine_equal(crc, self.supers.crcs[lo:hi], block * per)
+            first = hi * per
         if end <= first:
             return 0
-        crc = combine_equal(0, self.crcs[first : end - 1], self.block_size)
-        return combine(crc, self.crcs[end - 1], self.lengths[end - 1])
+        crc = combine_equal(crc, self.crcs[first:last], block)
+        return combine(crc, self.crcs[last], self.lengths[last])
 
     def crc_of(self, start: int, length: int) -> int:
         """The CRC32C of ``[start, start + length)``, which must be whole extents (as a recipe's

@@ -49,6 +49,20 @@ class RangeSet:
         self._starts[lo:hi] = [s for s, _ in keep]
         self._ends[lo:hi] = [e for _, e in keep]
 
+    def gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The ranges of ``[start, end)`` that are not in the set, in order."""
+        out: list[tuple[int, int]] = []
+        i = bisect_right(self._ends, start)
+        at = start
+        while at < end and i < len(self._starts) and self._starts[i] < end:
+            if self._starts[i] > at:
+                out.append((at, self._starts[i]))
+            at = max(at, self._ends[i])
+            i += 1
+        if at < end:
+            out.append((at, end))
+        return out
+
     def first(self) -> tuple[int, int] | None:
         """The lowest range, or None when empty."""
         return (self._starts[0], self._ends[0]) if self._starts else None

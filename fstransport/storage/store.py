@@ -81,15 +81,19 @@ def _open(url: str, fs: Any, storage_options: dict[str, Any]) -> tuple[Any, str,
 def _check_options(
     sink: str,
     part_size: int | None,
-    fsync: bool,
+    flags: tuple[bool, bool],
     full_object_checksum: bool | None,
     upload_concurrency: int,
 ) -> None:
-    """`ConfigurationError` for options no store takes (the backend checks the rest)."""
+    """`ConfigurationError` for options no store takes (the backend checks the rest); `flags`:
+    ``fsync`` and ``prefill``."""
+    for name, flag in zip(("fsync", "prefill"), flags, strict=True):
+        _check_type(name, flag, bool)
     _check_type("upload_concurrency", upload_concurrency, int)
     _check_type("part_size", part_size, int, None)
-    _check_type("fsync", fsync, bool)
     _check_type("full_object_checksum", full_object_checksum, bool, None)
+    if part_size is not None and part_size < MIN_PART_SIZE:
+        raise ConfigurationError(f"part_size must be at least {MIN_PART_SIZE} bytes")
     if upload_concurrency < 1:
         raise ConfigurationError(f"upload_concurrency must be at least 1, got {upload_concurrency}")
     if sink not in ("auto", "seekable", "sequential", "multipart"):
@@ -106,11 +110,12 @@ class FsspecSnapshotStore:
     `sink` forces one of ``"seekable"``, ``"sequential"`` or ``"multipart"`` (S3 only).
     `part_size` overrides the S3 part size (at least 5 MiB) and `upload_concurrency` is how
     many parts are uploaded at once (4).  `fsync` (local targets only) flushes each finished
-    snapshot to disk before it is installed.  `retry` is how transient storage failures (5xx,
-    SlowDown, connection resets) are retried before they surface as `StorageError`.
-    `full_object_checksum` asks S3 to verify each object's whole CRC32C too, where the server
-    takes it (default: on for AWS, off for other endpoints; see `S3Backend`).  `filesystem`:
-    an fsspec filesystem already open, in which `root_url` is a path (no `storage_options`).
+    snapshot to disk before it is installed; `prefill` (local targets only) copies a delta's
+    base into the partial file while the sender plans (``docs/delta.md``, "Prefill").  `retry`:
+    how transient storage failures (5xx, SlowDown, resets) are retried before they surface as
+    `StorageError`.  `full_object_checksum` asks S3 to verify each object's whole CRC32C too,
+    where the server takes it (default: on for AWS, off for other endpoints; see `S3Backend`).
+    `filesystem`: an fsspec filesystem already open, `root_url` a path in it.
 
     On S3 a snapshot appears at ``root/<snapshot_id>`` when its upload completes, after the
     final chunk was verified.  ``await store.close()`` (or ``async with``) releases its
@@ -125,6 +130,7 @@ class FsspecSnapshotStore:
         root_url: str,
         *,
         fsync: bool = False,
+        prefill: bool = True,
         sink: SinkKind = "auto",
         part_size: int | None = None,
         retry: RetryPolicy | None = None,
@@ -134,20 +140,18 @@ class FsspecSnapshotStore:
         **storage_options: Any,
     ) -> None:
         filesystem, root, url = _open(root_url, filesystem, storage_options)
-        _check_options(sink, part_size, fsync, full_object_checksum, upload_concurrency)
+        flags = (fsync, prefill)
+        _check_options(sink, part_size, flags, full_object_checksum, upload_concurrency)
         self.fs: Any = filesystem
         self.backend = backend_class(filesystem)(self)
         if sink not in self.backend.sink_kinds:
             raise ConfigurationError(f"sink={sink!r} needs an s3:// store")
-        if part_size is not None and part_size < MIN_PART_SIZE:
-            raise ConfigurationError(f"part_size must be at least {MIN_PART_SIZE} bytes")
-        self.root = root.rstrip("/") or "/"
-        self.url = url
+        self.root, self.url = root.rstrip("/") or "/", url
         self.sink_kind: SinkKind = sink
         self.part_size = part_size
         self.upload_concurrency = upload_concurrency
         self.retry = retry or RetryPolicy()
-        self.fsync = fsync
+        self.fsync, self.prefill = flags
         self._full_object = full_object_checksum
         self._sinks: dict[str, SnapshotSink] = {}
         self._finished: dict[str, SnapshotSink] = {}

@@ -1,17 +1,22 @@
 """`LocalDelta`: installed snapshots in a local folder as delta bases (`DeltaBase`): mapped
 from the map kept beside them (`fstransport.delta.cache`, else read with `map_file`) when an
-offer is due, the copied ranges filled into the partial file with `assemble_local`
-(``os.copy_file_range``) before install, and the new snapshot's map kept."""
+offer is due, a block-mode base copied into the partial file while the sender plans
+(`Prefill`), the copied ranges left filled with `assemble_local` (``os.copy_file_range``)
+before install, and the new snapshot's map kept."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING
 
 from fstransport.errors import SourceChanged, StorageError
 from fstransport.messages import SnapshotMeta
+from fstransport.protocol.ranges import RangeSet
+from fstransport.storage.backends.local.prefill import Prefill
+from fstransport.storage.backends.local.sink import PwriteSink
 from fstransport.storage.base import BaseTree, MappedBase, SnapshotSink
 
 if TYPE_CHECKING:
@@ -22,12 +27,37 @@ __all__ = ["LocalDelta"]
 
 log = logging.getLogger("fstransport.receiver")
 
+_PREFILLING: dict[str, threading.Semaphore] = {}
+"""One prefill at a time per store root (an offer costs at most one background copy)."""
+
 
 class LocalDelta:
     """The `DeltaBase` of a local folder's store (``sink="auto"``: a `PwriteSink` per stream)."""
 
     def __init__(self, store: FsspecSnapshotStore, *, keep: bool = False) -> None:
         self.store, self.keep = store, keep  # keep: write the maps' sidecars (read them anyway)
+
+    def prefill(self, sink: SnapshotSink, base: MappedBase, size: int) -> None:
+        """Start copying a block-mode file base into `sink`'s fresh partial file at the same
+        offsets while the sender plans (`Prefill`); nothing when another prefill of this store
+        runs, or the sink is not a local file."""
+        if not self.store.prefill or not isinstance(sink, PwriteSink) or sink.prefill is not None:
+            return
+        if base.map.mode != "blocks" or not isinstance(base.pin, str):
+            return
+        gate = _PREFILLING.setdefault(self.store.root, threading.Semaphore(1))
+        if not gate.acquire(blocking=False):
+            return
+        prefill = _GatedPrefill(base.pin, sink.path, min(size, base.map.size), base.map.size)
+        prefill.gate = gate
+        sink.prefill = prefill
+        prefill.start()
+
+    def accepted(self, sink: SnapshotSink) -> None:
+        """The stream accepted a recipe: its received bytes no longer stop the prefill."""
+        prefill = getattr(sink, "prefill", None)
+        if isinstance(prefill, Prefill):
+            prefill.recipe = True
 
     def takes_delta(self, meta: SnapshotMeta, sink: SnapshotSink, holds: bool) -> bool:
         return True
@@ -59,6 +89,10 @@ class LocalDelta:
         from fstransport.delta.local import assemble_local
 
         base_path = str(base.pin)
+        prefilled: RangeSet | None = None
+        if isinstance(sink, PwriteSink) and sink.prefill is not None:
+            prefill, sink.prefill = sink.prefill, None
+            prefilled = await asyncio.to_thread(prefill.stop)
         try:
             done = await asyncio.to_thread(
                 assemble_local,
@@ -67,6 +101,7 @@ class LocalDelta:
                 sink.path,
                 expected_crc=expected,
                 fsync=self.store.fsync,
+                done=prefilled,
             )
         except StorageError as exc:
             if isinstance(exc, SourceChanged) or exc.subject != base_path:
@@ -102,3 +137,16 @@ class LocalDelta:
             )
         except Exception as exc:
             log.warning("could not keep the delta map of %s: %s", final, exc)
+
+
+class _GatedPrefill(Prefill):
+    """A `Prefill` that lets its store's next one start when its copy ends."""
+
+    gate: threading.Semaphore | None = None
+
+    def _run(self) -> None:
+        try:
+            super()._run()
+        finally:
+            if self.gate is not None:
+                self.gate.release()

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fstransport.messages import Buffer, Pieces, SnapshotMeta
 from fstransport.protocol.ranges import ChunkRecord
@@ -16,6 +16,9 @@ from fstransport.storage._files import open_fd
 from fstransport.storage.backends.local.journal import LocalJournal
 from fstransport.storage.base import NOTHING_LOST, Lost, aborted, checked_blocks
 from fstransport.storage.journal import verified
+
+if TYPE_CHECKING:
+    from fstransport.storage.backends.local.prefill import Prefill
 
 __all__ = ["IOV_MAX", "PwriteSink"]
 
@@ -52,6 +55,19 @@ class PwriteSink:
         self._fsync = fsync
         self._journal = journal
         self._threads: set[asyncio.Future[Any]] = set()
+        self.prefill: Prefill | None = None
+        """A delta base being copied into this file (`LocalDelta`): every write claims its
+        range from it first, and it is stopped before the file is finished or let go."""
+
+    def _claim(self, offset: int, length: int) -> None:
+        if self.prefill is not None:
+            self.prefill.claim(offset, length)
+
+    def stop_prefill(self) -> None:
+        """Stop the base's copy (waiting for it; blocking) and forget it."""
+        if self.prefill is not None:
+            prefill, self.prefill = self.prefill, None
+            prefill.stop()
 
     async def _in_thread(self, call: Callable[[], _T]) -> _T:
         """Run `call` in a worker thread; it counts as in flight until the thread is done."""
@@ -131,12 +147,14 @@ class PwriteSink:
                 pending[-1] = pending[-1][written:]
 
     def _pwrite_checked(self, offset: int, data: Buffer) -> int:
+        self._claim(offset, len(data))
         crc = checked_blocks(data, lambda start, block: self._pwrite_all(offset + start, block))
         if self._journal is not None:
             self._journal.append(offset, len(data), crc)
         return crc
 
     def _pwrite_noted(self, offset: int, data: Buffer, crc: int) -> None:
+        self._claim(offset, len(data))
         self._pwrite_all(offset, data)
         if self._journal is not None:
             self._journal.append(offset, len(data), crc)
@@ -154,6 +172,7 @@ class PwriteSink:
             raise aborted(self.path)
 
         def _pwritev_noted() -> None:
+            self._claim(offset, len(data))
             self._pwritev_all(offset, data)
             if self._journal is not None:
                 self._journal.append(offset, len(data), crc)
@@ -208,6 +227,7 @@ class PwriteSink:
             return
 
         def _release() -> None:
+            self.stop_prefill()
             if self._journal is not None:
                 self._journal.commit()
             self._close()
@@ -218,6 +238,7 @@ class PwriteSink:
 
     async def finish(self) -> None:
         def _finish() -> None:
+            self.stop_prefill()
             if self._fsync:
                 os.fsync(self._fd)
             self._close()
@@ -231,6 +252,7 @@ class PwriteSink:
     async def abort(self) -> None:
         def _abort() -> None:
             try:
+                self.stop_prefill()
                 self._close()
             finally:
                 with contextlib.suppress(FileNotFoundError):

@@ -16,6 +16,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from fstransport.messages import Snapshot
+from fstransport.protocol.delta_tags import EXTENT_HASH, extent_digest
 from fstransport.tree import (
     MANIFEST_NAME,
     STREAM_ABOVE,
@@ -44,16 +45,28 @@ async def install_object_tree(
     base = f"{final}/{generation}"
     reading = threading.Lock()  # one file object serves every read
 
+    hashing = backend.tree_digests and table.files
+    digests: dict[str, bytes] = {}  # path -> BLAKE3 of the bytes written (what S3 records)
+
     def read(entry: TreeFile) -> bytes:
         body = bytearray()
         with reading:
             copy_file(snapshot.data, entry, body.extend)
+        if hashing and body:
+            digests[entry.path] = extent_digest(body)
         return bytes(body)
 
     def stream(entry: TreeFile, target: str) -> None:
         """Copy a large file to `target` without holding it in memory (blocking)."""
+        hasher = EXTENT_HASH()
+
+        def write(data: bytes) -> None:
+            out.write(data)
+            hasher.update(data)
+
         with reading, backend.fs.open(target, "wb") as out:
-            copy_file(snapshot.data, entry, out.write)
+            copy_file(snapshot.data, entry, write)
+        digests[entry.path] = hasher.digest()
 
     async def put(entry: TreeFile) -> None:
         async with slots:
@@ -77,7 +90,8 @@ async def install_object_tree(
             done, pending = await asyncio.wait(pending, return_when="FIRST_EXCEPTION")
             for task in done:
                 task.result()
-        manifest = tree_manifest(snapshot.meta, table, generation)
+        recorded = await _recorded(backend, base, digests) if hashing else None
+        manifest = tree_manifest(snapshot.meta, table, generation, recorded)
         await backend.call("pipe_file", f"{final}/{MANIFEST_NAME}", manifest)
     except BaseException as exc:
         # stop the other writes first, so that none lands after the generation is removed
@@ -96,6 +110,19 @@ async def install_object_tree(
         log.info("the manifest of %s landed though its write failed (%s): installed", final, exc)
     backend.forget_listings(f"{final}/{MANIFEST_NAME}")
     await _remove_replaced(backend, final, generation)
+
+
+async def _recorded(
+    backend: FsspecBackend, folder: str, digests: dict[str, bytes]
+) -> dict[str, tuple[str, bytes]]:
+    """The digests of the files written under `folder`, each with the ETag one listing gives it
+    (`FsspecBackend.object_etags`): what the manifest records; none if the listing fails."""
+    try:
+        etags = await backend.object_etags(folder)
+    except Exception as exc:  # (no record: the files are read at the next delta's offer)
+        log.info("%s: not listed (%s): no digests recorded", folder, exc)
+        return {}
+    return {path: (etags[path], d) for path, d in digests.items() if etags.get(path)}
 
 
 async def manifest_names(backend: FsspecBackend, final: str, generation: str) -> bool | None:

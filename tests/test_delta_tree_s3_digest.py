@@ -253,7 +253,7 @@ async def test_an_older_peers_tree_offer_means_a_full_transfer(
     folder, target = tmp_path / "tree", tmp_path / "target"
     write_tree(folder, old)
     await ship(str(folder), str(target / "ckpt"), options=OPTIONS)
-    real = tree_delta.encode_tree_offer
+    real = encode_tree_offer
 
     def older(tree: Any) -> bytes:
         return b"FSTDTRE1" + real(tree)[8:]

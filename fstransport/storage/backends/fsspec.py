@@ -60,14 +60,6 @@ class FsspecBackend:
         """``fs.<method>(...)`` without blocking the event loop (in a worker thread)."""
         return await asyncio.to_thread(getattr(self.fs, method), *args, **kwargs)
 
-    tree_digests: ClassVar[bool] = False
-    """Whether a tree installed here records its files' digests in its manifest (where
-    `object_etags` can pin each file's version: S3)."""
-
-    async def object_etags(self, folder: str) -> dict[str, str]:
-        """``path -> ETag`` (unquoted) of the objects under `folder`; none here."""
-        return {}
-
     def forget_listings(self, path: str) -> None:
         """Drop fsspec's cached listings of `path` and its folder: the bucket or folder may have
         changed behind the cache's back (our own S3 uploads go through another client)."""

@@ -45,7 +45,9 @@ async def install_object_tree(
     base = f"{final}/{generation}"
     reading = threading.Lock()  # one file object serves every read
 
-    hashing = backend.tree_digests and table.files
+    from fstransport.storage.backends.s3.client import is_s3
+
+    hashing = is_s3(backend.fs) and bool(table.files)  # (where ETags pin a file's version)
     digests: dict[str, bytes] = {}  # path -> BLAKE3 of the bytes written (what S3 records)
 
     def read(entry: TreeFile) -> bytes:
@@ -115,13 +117,21 @@ async def install_object_tree(
 async def _recorded(
     backend: FsspecBackend, folder: str, digests: dict[str, bytes]
 ) -> dict[str, tuple[str, bytes]]:
-    """The digests of the files written under `folder`, each with the ETag one listing gives it
-    (`FsspecBackend.object_etags`): what the manifest records; none if the listing fails."""
+    """The digests of the files written under `folder` (on S3), each with the ETag one listing
+    gives it: what the manifest records; none if the listing fails."""
+    from fstransport.storage.backends.s3.copy_object import plain_etag
+
+    prefix = f"{folder.removeprefix('s3://').strip('/')}/"
     try:
-        etags = await backend.object_etags(folder)
+        found = await backend.call("find", folder, detail=True)
     except Exception as exc:  # (no record: the files are read at the next delta's offer)
         log.info("%s: not listed (%s): no digests recorded", folder, exc)
         return {}
+    etags = {
+        str(key).lstrip("/").removeprefix(prefix): plain_etag(info.get("ETag"))
+        for key, info in found.items()
+        if isinstance(info, dict)
+    }
     return {path: (etags[path], d) for path, d in digests.items() if etags.get(path)}
 
 

@@ -89,17 +89,6 @@ class S3Backend(FsspecBackend):
             self._client_loop = loop
         return self._client
 
-    tree_digests = True
-
-    async def object_etags(self, folder: str) -> dict[str, str]:
-        """``path -> ETag`` (unquoted) of the objects under `folder`, from one listing."""
-        from fstransport.delta.tree_s3 import list_objects
-        from fstransport.storage.backends.s3.copy_object import plain_etag
-
-        bucket, key = split_bucket_key(folder)
-        listed = await list_objects(await self.client(), bucket, f"{key}/")
-        return {k[len(key) + 1 :]: plain_etag(etag) for k, (_, etag) in listed.items()}
-
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``fs.<method>(...)`` on the asynchronous client, with fresh listings every time."""
         s3 = await self.client()

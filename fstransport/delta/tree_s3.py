@@ -42,6 +42,7 @@ from fstransport.errors import ConfigurationError, InvalidRequest, SourceChanged
 from fstransport.messages import SnapshotMeta
 from fstransport.options import RetryPolicy
 from fstransport.protocol.delta_tags import DIGEST_SIZE
+from fstransport.protocol.delta_tree_ident import PIECE as WHOLE
 from fstransport.storage.backends.s3.client import (
     split_bucket_key,
 )
@@ -234,7 +235,7 @@ async def s3_tree(snapshot_id: str, fs: Any, tree_path: str, retry: RetryPolicy)
         files.append((path, size))
         pins[path] = S3Object(bucket, prefix + path, size, held[1], None)
         record = recorded.get(path)  # used only for the version it was recorded for
-        if record is not None and record[0] == size and record[1] == plain_etag(held[1]):
+        if record is not None and (size, plain_etag(held[1])) == record[:2] and size <= WHOLE:
             known[path] = record[2:]
     unread = [(path, size) for path, size in files if path not in known]
     read = _PinnedReader(fs, unread, pins, asyncio.get_running_loop(), retry)

@@ -27,7 +27,7 @@ from fstransport.protocol.delta_tree import TreeMapBuilder
 from fstransport.protocol.delta_tree_ident import FileIdentity, file_tag
 from fstransport.protocol.delta_tree_wire import decode_tree_offer, encode_tree_offer
 from fstransport.transfer import ship
-from fstransport.tree import MANIFEST_NAME
+from fstransport.tree import MANIFEST_NAME, STREAM_ABOVE
 from tests.helpers import object_bytes, s3_calls, uploads
 from tests.test_delta_tree import write_tree
 from tests.test_delta_tree_s3 import installed, old_and_new
@@ -150,6 +150,17 @@ async def test_offers_after_an_install_read_no_base_file(
     assert installed(s3_client, s3_bucket, PREFIX) == newest
     assert reads.all == []  # no GET of a base file at all: every file copied whole
     assert uploads(s3_client, s3_bucket) == []
+
+
+async def test_a_full_install_records_streamed_files_too(
+    tmp_path: Path, s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """A file above `STREAM_ABOVE` is streamed into the bucket at install, hashed on its way."""
+    rng = random.Random(17)
+    files = {"large": rng.randbytes(STREAM_ABOVE + 5000), "small": rng.randbytes(100), "e": b""}
+    await ship_tree(tmp_path / "tree", files, s3_bucket, s3_storage_options)
+    assert installed(s3_client, s3_bucket, PREFIX) == files
+    assert set(records(s3_client, s3_bucket)) == {"large", "small"}
 
 
 async def test_a_file_changed_behind_the_manifest_is_read_again(

@@ -60,15 +60,17 @@ async def install_object_tree(
 
     def stream(entry: TreeFile, target: str) -> None:
         """Copy a large file to `target` without holding it in memory (blocking)."""
-        hasher = EXTENT_HASH()
+        hasher = EXTENT_HASH() if hashing else None
 
         def write(data: bytes) -> None:
             out.write(data)
-            hasher.update(data)
+            if hasher is not None:
+                hasher.update(data)
 
         with reading, backend.fs.open(target, "wb") as out:
             copy_file(snapshot.data, entry, write)
-        digests[entry.path] = hasher.digest()
+        if hasher is not None:
+            digests[entry.path] = hasher.digest()
 
     async def put(entry: TreeFile) -> None:
         async with slots:

@@ -3,8 +3,10 @@ new tree built in the bucket from it, without a packed object and without downlo
 
 **The base** is the tree the manifest ``ROOT/<id>/fstransport-tree.json`` names (the same id,
 else the one the store installed last): its generation's objects are listed once, and each
-file is pinned by the ETag the listing gave it.  Every read of a base file for the offer (its
-identity, its extents) is a GET with ``If-Match`` on that ETag; a file missing from the
+file is pinned by the ETag the listing gave it.  A file whose digest the manifest records
+for that ETag and size (``"digests"``, written at install: `fstransport.delta.tree_s3_digest`)
+is identified from the record, without a read; every other read of a base file for the offer
+(its identity, its extents) is a GET with ``If-Match`` on that ETag.  A file missing from the
 listing or of another size means no base.
 
 **The new tree** is written as a new generation, file by file (`build_s3_tree`, in

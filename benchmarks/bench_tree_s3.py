@@ -58,8 +58,23 @@ def sst_s3(size: int, rounds: int) -> int:
     copied_whole: list[str] = []
     real = s3fs.S3FileSystem._call_s3
 
+    import fstransport.delta.tree as tree_delta
+
+    real_offer = tree_delta.find_tree_base
+
+    async def timed_offer(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await real_offer(*args, **kwargs)
+        finally:
+            offer_times.append(time.perf_counter() - started)
+
+    offer_times: list[float] = []
+
     async def counting(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         answer = await real(self, method, *args, **kwargs)
+        if method == "get_object" and "/g-" in str(kwargs.get("Key")):  # a base file's bytes
+            counted["read from the base"] += int(answer.get("ContentLength") or 0)
         if method in ("upload_part", "put_object"):
             counted["uploaded"] += len(kwargs["Body"])
         elif method == "upload_part_copy":
@@ -91,13 +106,17 @@ def sst_s3(size: int, rounds: int) -> int:
                 one(old, name, "off")  # the base in the bucket (untimed)
                 counted.clear()
                 copied_whole.clear()
+                offer_times.clear()
                 s3fs.S3FileSystem._call_s3 = counting
+                tree_delta.find_tree_base = timed_offer
                 try:
                     started = time.perf_counter()
                     report = one(new, name, mode)
                     elapsed = time.perf_counter() - started
                 finally:
                     s3fs.S3FileSystem._call_s3 = real
+                    tree_delta.find_tree_base = real_offer
+                counted["offer ms"] = round(1000 * sum(offer_times))
                 if not _installed_matches(client, name, new):
                     print(f"{name}: the installed tree differs", file=sys.stderr)
                     return 1
@@ -119,19 +138,22 @@ def sst_s3(size: int, rounds: int) -> int:
     print(f"rounds, medians; {info['cpu']}, load {info['loadavg']}\n")
     print(
         "| delta | sent / new tree | uploaded / new tree | copied in the bucket | files copied "
-        "whole | wall time | vs full |"
+        "whole | read from the base | offer | wall time | vs full |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in MODES:
         runs = got[mode]
         sent = statistics.median(c["sent"] for c in runs)
         uploaded = statistics.median(c["uploaded"] for c in runs)
         copied = statistics.median(c["copied"] for c in runs)
         whole = statistics.median(c["copy_object"] for c in runs)
+        read = statistics.median(c["read from the base"] for c in runs)
+        offer = statistics.median(c["offer ms"] for c in runs) / 1000
         took = statistics.median(times[mode])
         print(
             f"| {mode} | {sent / total:.2%} | {uploaded / total:.2%} | {copied / 2**20:.1f} MiB "
-            f"| {whole:.0f} | {took:.2f} s | {took / full:.2f}x |"
+            f"| {whole:.0f} | {read / 2**20:.1f} MiB | {offer:.2f} s | {took:.2f} s "
+            f"| {took / full:.2f}x |"
         )
     return 0
 

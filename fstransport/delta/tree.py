@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,6 +24,7 @@ from fstransport.messages import DeltaOffer, InstallSnapshotRequest
 from fstransport.protocol.delta import DeltaMap, choose_block_size, new_key
 from fstransport.protocol.delta_session import max_offer_size
 from fstransport.protocol.delta_tree import (
+    PIECE,
     TreeMap,
     TreeMapBuilder,
     TreeReceiverDelta,
@@ -32,7 +32,7 @@ from fstransport.protocol.delta_tree import (
     whole_tree_crc,
 )
 from fstransport.protocol.delta_tree_wire import decode_want, encode_tree_offer
-from fstransport.storage.base import BaseTree, TreeReader
+from fstransport.storage.base import BaseTree
 
 __all__ = ["BaseTreeDelta", "answer_want", "assemble_tree", "find_tree_base"]
 
@@ -50,14 +50,21 @@ class BaseTreeDelta(TreeReceiverDelta):
     base: BaseTree | None = None
 
 
-def _identify(read: TreeReader, files: Sequence[tuple[str, int]], mode: str, key: bytes) -> TreeMap:
-    """The `TreeMap` of `files` with their identities only (extents: whole pieces)."""
-    block = choose_block_size(sum(size for _, size in files))
+def _identify(base: BaseTree, mode: str, key: bytes) -> TreeMap:
+    """The `TreeMap` of `base`'s files with their identities only (extents: whole pieces): a
+    file whose digest was recorded for the version its pin holds (`BaseTree.known`) from that
+    record, any other read and hashed.  Every file's digest goes to `BaseTree.digests`."""
+    block = choose_block_size(sum(size for _, size in base.files))
     builder = TreeMapBuilder(mode, key=key, block_size=block, extents=False)
-    for path, size in files:
-        for piece in read(path, size):
+    for path, size in base.files:
+        known = base.known.get(path)
+        if known is not None and size <= PIECE:
+            builder.known_file(size, *known)
+            continue
+        for piece in base.read(path, size):
             builder.update(piece)
         builder.end_file()
+    base.digests.update(zip((path for path, _ in base.files), builder.digests, strict=True))
     return builder.finish()
 
 
@@ -77,7 +84,7 @@ async def find_tree_base(
             base = await bases.tree_base(base_id)
             if base is None:
                 continue
-            tree = await asyncio.to_thread(_identify, base.read, base.files, mode, key)
+            tree = await asyncio.to_thread(_identify, base, mode, key)
         except Exception as exc:  # a base that cannot be read whole is no base
             log.warning("tree delta base %r could not be read: %s", base_id, exc)
             continue

@@ -3,8 +3,10 @@ new tree built in the bucket from it, without a packed object and without downlo
 
 **The base** is the tree the manifest ``ROOT/<id>/fstransport-tree.json`` names (the same id,
 else the one the store installed last): its generation's objects are listed once, and each
-file is pinned by the ETag the listing gave it.  Every read of a base file for the offer (its
-identity, its extents) is a GET with ``If-Match`` on that ETag; a file missing from the
+file is pinned by the ETag the listing gave it.  A file whose digest the manifest records
+for that ETag and size (``"digests"``, written at install: `fstransport.delta.tree_s3_digest`)
+is identified from the record, without a read; every other read of a base file for the offer
+(its identity, its extents) is a GET with ``If-Match`` on that ETag.  A file missing from the
 listing or of another size means no base.
 
 **The new tree** is written as a new generation, file by file (`build_s3_tree`, in
@@ -36,17 +38,21 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from fstransport.checksum import parse_checksum
 from fstransport.delta.tree_bases import PIECE
-from fstransport.errors import InvalidRequest, SourceChanged
+from fstransport.errors import ConfigurationError, InvalidRequest, SourceChanged
 from fstransport.messages import SnapshotMeta
 from fstransport.options import RetryPolicy
+from fstransport.protocol.delta_tags import DIGEST_SIZE
+from fstransport.protocol.delta_tree_ident import PIECE as WHOLE
 from fstransport.storage.backends.s3.client import (
     split_bucket_key,
 )
 from fstransport.storage.backends.s3.copy import S3Object
+from fstransport.storage.backends.s3.copy_object import plain_etag
 from fstransport.storage.backends.s3.pinned import PinnedObject
 from fstransport.storage.base import BaseTree
-from fstransport.tree.install import MANIFEST_NAME, tree_manifest
+from fstransport.tree.install import DIGEST_PREFIX, DIGESTS, MANIFEST_NAME, tree_manifest
 from fstransport.tree.table import (
     MAX_TABLE_SIZE,
     check_tree_path,
@@ -87,8 +93,9 @@ def _untimed(answer: float, body: float) -> None:
 class _PinnedReader:
     """A `TreeReader` of pinned base files, for a worker thread: each piece is a GET with
     ``If-Match`` run on `loop`, the next one asked for while the last is hashed; read in the
-    tree's order, the first pieces of the next files are asked for too (up to `AHEAD` bytes),
-    so that a tree of small files is not read one round trip per file."""
+    order `files` (those an offer reads: the tree's files without a usable recorded digest), the
+    first pieces of the next files are asked for too (up to `AHEAD` bytes), so that a tree of
+    small files is not read one round trip per file."""
 
     AHEAD = 32 * 1024 * 1024
 
@@ -133,11 +140,15 @@ class _PinnedReader:
 
     def __call__(self, path: str, size: int) -> Iterator[bytes]:
         pin, number = self.pins.get(path), self.number.get(path)
-        if pin is None or number is None or pin.size != size:
+        if pin is None or pin.size != size:
             raise SourceChanged(path, "map", ValueError("not a file of the base"))
-        pending = self.ahead.pop(number, None) or self._fetch(path, 0)
-        self._read_ahead(number)
-        self.last, at = number, 0
+        pending = (self.ahead.pop(number, None) if number is not None else None) or self._fetch(
+            path, 0
+        )
+        if number is not None:  # (a file outside the order: no read-ahead)
+            self._read_ahead(number)
+            self.last = number
+        at = 0
         try:
             while pending is not None:
                 data = pending.result(timeout=WAIT_FOR_READ)
@@ -152,9 +163,10 @@ class _PinnedReader:
                 pending.cancel()
 
 
-def _manifest_files(raw: bytes) -> tuple[str, list[tuple[str, int]]] | None:
-    """The generation and the non-empty files ``(path, size)`` a manifest names; None when it
-    is not a manifest as `tree_manifest` writes them (a bucket is anyone's to write)."""
+def _manifest_files(raw: bytes) -> tuple[str, list[tuple[str, int]], dict[str, Any]] | None:
+    """The generation and the non-empty files ``(path, size)`` a manifest names, and the
+    manifest itself; None when it is not a manifest as `tree_manifest` writes them (a bucket is
+    anyone's to write)."""
     try:
         manifest = json.loads(raw)
         generation, listed = manifest["generation"], manifest["files"]
@@ -166,7 +178,34 @@ def _manifest_files(raw: bytes) -> tuple[str, list[tuple[str, int]]] | None:
         return None
     if not all(type(size) is int and size >= 0 for _, size in files):
         return None
-    return generation, [(path, size) for path, size in files if size]
+    return generation, [(path, size) for path, size in files if size], manifest
+
+
+def _recorded(manifest: dict[str, Any]) -> dict[str, tuple[int, str, int, bytes]]:
+    """``path -> (size, ETag, crc32c, digest)`` of the files whose digest the manifest records
+    (``"digests"``, beside its ``"files"`` and their CRC32Cs); an entry of another shape is
+    left out, and a manifest without digests (an older one) records none."""
+    crcs: dict[str, int] = {}
+    for entry in manifest["files"]:
+        with contextlib.suppress(ValueError, TypeError, LookupError, ConfigurationError):
+            crcs[entry[0]] = parse_checksum(entry[2])
+    out: dict[str, tuple[int, str, int, bytes]] = {}
+    records = manifest.get(DIGESTS)
+    for entry in records if isinstance(records, list) else ():
+        if not (isinstance(entry, list) and len(entry) == 4):
+            continue
+        path, size, etag, text = entry
+        if not (isinstance(path, str) and type(size) is int and isinstance(etag, str)):
+            continue
+        if not isinstance(text, str) or not text.startswith(DIGEST_PREFIX):
+            continue
+        try:
+            digest = bytes.fromhex(text[len(DIGEST_PREFIX) :])
+        except ValueError:
+            continue
+        if len(digest) == DIGEST_SIZE and etag and path in crcs:
+            out[path] = (size, etag, crcs[path], digest)
+    return out
 
 
 async def s3_tree(snapshot_id: str, fs: Any, tree_path: str, retry: RetryPolicy) -> BaseTree | None:
@@ -185,10 +224,11 @@ async def s3_tree(snapshot_id: str, fs: Any, tree_path: str, retry: RetryPolicy)
     if found is None:
         log.info("tree %s: its manifest is not one of ours: no base", tree_path)
         return None
-    generation, listed = found
+    generation, listed, manifest = found
+    recorded = _recorded(manifest)
     prefix = f"{key}/{generation}/"
     objects = await list_objects(fs, bucket, prefix)
-    files, pins = [], {}
+    files, pins, known = [], {}, {}
     for path, size in listed:
         held = objects.get(prefix + path)
         if held is None or held[0] != size or not held[1]:
@@ -196,8 +236,13 @@ async def s3_tree(snapshot_id: str, fs: Any, tree_path: str, retry: RetryPolicy)
             return None
         files.append((path, size))
         pins[path] = S3Object(bucket, prefix + path, size, held[1], None)
-    read = _PinnedReader(fs, files, pins, asyncio.get_running_loop(), retry)
-    return BaseTree(snapshot_id, tuple(files), f"{bucket}/{prefix.rstrip('/')}", read, pins)
+        record = recorded.get(path)  # used only for the version it was recorded for
+        if record is not None and (size, plain_etag(held[1])) == record[:2] and size <= WHOLE:
+            known[path] = record[2:]
+    unread = [(path, size) for path, size in files if path not in known]
+    read = _PinnedReader(fs, unread, pins, asyncio.get_running_loop(), retry)
+    root = f"{bucket}/{prefix.rstrip('/')}"
+    return BaseTree(snapshot_id, tuple(files), root, read, pins, known)
 
 
 async def remove_prefix(fs: Any, bucket: str, prefix: str) -> None:
@@ -213,7 +258,7 @@ async def commit_s3_tree(backend: Any, meta: SnapshotMeta, build: S3TreeBuild) -
     failure before the manifest, remove the new generation."""
     from fstransport.storage.backends.objects import _remove_replaced, manifest_names
 
-    manifest = tree_manifest(meta, build.table, build.generation)
+    manifest = tree_manifest(meta, build.table, build.generation, build.digests)
     try:
         await backend.call("pipe_file", f"{build.final}/{MANIFEST_NAME}", manifest)
     except BaseException as exc:

@@ -15,6 +15,7 @@ from typing import Any
 from fstransport.checksum import chunk_crc, combine, format_checksum
 from fstransport.delta.s3 import Part, plan_parts, uploaded_crc
 from fstransport.delta.tree_s3 import list_objects, remove_prefix
+from fstransport.delta.tree_s3_digest import PartDigest, answer_etag, digest_of, fill_etags
 from fstransport.errors import ChecksumMismatch, InvalidRequest, SourceChanged, StorageError
 from fstransport.messages import Buffer
 from fstransport.options import MAX_COPY_OBJECT, RetryPolicy
@@ -69,6 +70,9 @@ class S3TreeBuild:
     committed: bool = False
     used: set[str] = field(default_factory=set)
     """Paths of the base files read or copied."""
+    digests: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    """``path -> (ETag as installed, BLAKE3 digest)`` of the new files whose digest is known
+    (`fstransport.delta.tree_s3_digest`): what the manifest records."""
 
 
 async def _head(recipe: Recipe, size: int, read_sent: ReadSent) -> tuple[bytes, TreeTable]:
@@ -200,6 +204,9 @@ class _Run:
         etag = (answer.get("CopyObjectResult") or {}).get("ETag")
         if same_version(pin, etag, encryption_of(answer)) is False:
             raise SourceChanged(self.base.root, "reuse", ValueError(f"{pin.key} was replaced"))
+        digest = self.base.digests.get(self.placed[self.starts.index(base_at)][0])
+        if digest is not None:  # (the offer's, for the version the copy was pinned to)
+            self.build.digests[entry.path] = (answer_etag(answer), digest)
         self.build.files_copied += 1
         self.build.bytes_copied += entry.size
 
@@ -221,7 +228,7 @@ class _Run:
         if len(plan) == 1 and plan[0].base is None:  # one PUT
             data = await self.body(entry, recipe, plan[0], read_sent, sent)
             self.check(entry, uploaded_crc(recipe, self.base_map, sent))
-            await self.call(
+            answer = await self.call(
                 f"put {entry.path!a}",
                 "put_object",
                 Bucket=self.bucket,
@@ -229,6 +236,8 @@ class _Run:
                 Body=bytes(data),
                 ChecksumCRC32C=crc32c_header(chunk_crc(data)),
             )
+            if data:
+                self.build.digests[entry.path] = (answer_etag(answer), await digest_of(data))
             self.build.bytes_uploaded += len(data)
             return
         await self.multipart(entry, recipe, plan, read_sent, key)
@@ -255,6 +264,7 @@ class _Run:
         sent: list[tuple[int, int, int]] = []
         listed: dict[int, dict[str, Any]] = {}
         slots = asyncio.Semaphore(PART_SLOTS)
+        hashed = None if any(p.base is not None for p in plan) else PartDigest()
 
         async def one(number: int, part: Part) -> None:
             async with slots:
@@ -275,6 +285,8 @@ class _Run:
                     self.build.bytes_copied += part.length
                     return
                 data = await self.body(entry, recipe, part, read_sent, sent)
+                if hashed is not None:
+                    await hashed.feed(number, data)
                 header = crc32c_header(chunk_crc(data))
                 answer = await self.call(
                     f"upload part {number} of {entry.path!a}",
@@ -292,9 +304,11 @@ class _Run:
             await gather_all([one(n, p) for n, p in enumerate(plan, start=1)])
             self.check(entry, uploaded_crc(recipe, self.base_map, sent))
             parts = {"Parts": [listed[n] for n in sorted(listed)]}
-            await self.call(
+            done = await self.call(
                 "complete upload", "complete_multipart_upload", MultipartUpload=parts, **upload
             )
+            if hashed is not None:
+                self.build.digests[entry.path] = (answer_etag(done), hashed.digest(len(plan)))
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.fs._call_s3("abort_multipart_upload", **upload))
@@ -366,6 +380,7 @@ async def build_s3_tree(
                 whole=True,
             )
         await run.check_pins()
+        build.digests = await fill_etags(fs, run.bucket, run.prefix, build.digests)
     except BaseException:
         for task in tasks:
             task.cancel()

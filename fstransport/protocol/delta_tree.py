@@ -5,8 +5,9 @@ The base of a tree is addressed as its **base stream**: the bytes of its non-emp
 in the order the receiver lists them (no header, no table).  A `TreeMap` describes such a stream:
 
 * per file, a strong identity ``(size, crc32c, tag)`` (`FileIdentity`): the tag is 8 bytes of
-  SHA-256 keyed like the block tags (`fstransport.protocol.delta`: the transfer's random key,
-  zero-padded to one block), a domain prefix and the file's bytes;
+  SHA-256 keyed like the block tags (the transfer's random key, zero-padded to one block) over
+  a domain prefix, the file's size and its BLAKE3 digest, which a receiver may have recorded at
+  install (`fstransport.protocol.delta_tree_ident`);
 * extents that tile it: for a file only identified, its pieces of up to `PIECE` bytes (so a whole
   file is whole extents for the receiver's ledger); for a file cut (``mapped``), fixed blocks
   from its start (``"blocks"``) or FastCDC chunks (``"cdc"``).  No extent straddles two files.
@@ -28,7 +29,7 @@ from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from fstransport.checksum import chunk_crc, combine, format_checksum
+from fstransport.checksum import combine, format_checksum
 from fstransport.errors import ConfigurationError, InvalidRequest
 from fstransport.messages import Buffer, DeltaOffer
 from fstransport.protocol.delta import (
@@ -40,7 +41,7 @@ from fstransport.protocol.delta import (
 )
 from fstransport.protocol.delta_recipe import coalesce as _coalesce
 from fstransport.protocol.delta_session import ReceiverDelta, max_map_bytes, max_offer_size
-from fstransport.protocol.delta_tags import keyed_sha256
+from fstransport.protocol.delta_tree_ident import PIECE, FileIdentity, file_tag
 
 __all__ = [
     "MAX_TREE_OFFER_FILES",
@@ -57,10 +58,6 @@ __all__ = [
 
 MAX_TREE_OFFER_FILES = 1 << 20
 """Most files a tree offer may list (a receiver's trees hold at most 100,000 by default)."""
-_FILE_TAG = b"fstransport-tree-file\0"
-PIECE = 1 << 30
-"""A file the base offers whole (not cut) is listed as extents of this size, the last shorter
-(an extent's length is 32 bits)."""
 
 
 def max_tree_offer_bytes(size: int) -> int:
@@ -198,37 +195,6 @@ class TreeReceiverDelta(ReceiverDelta):
         return DeltaOffer(self.base_id, format_checksum(self.stream_crc), self.size, encoded_map)
 
 
-class FileIdentity:
-    """A file's strong identity fed in pieces: its size, its CRC32C, and 8 bytes of SHA-256
-    over the transfer's key (padded to one block, as for the block tags), a domain prefix and
-    the file's bytes.  One pass at hashing speed (large pieces, not one call per block)."""
-
-    def __init__(self, key: bytes) -> None:
-        self._hasher = keyed_sha256(key)  # keyed as the block tags are
-        self._hasher.update(_FILE_TAG)
-        self.pieces: list[tuple[int, int]] = []
-        """``(length, crc32c)`` of each `PIECE` of the file (the last one shorter)."""
-
-    def update(self, data: Buffer) -> None:
-        view = memoryview(data).cast("B")
-        self._hasher.update(view)
-        while len(view):
-            if not self.pieces or self.pieces[-1][0] == PIECE:
-                self.pieces.append((0, 0))
-            length, crc = self.pieces[-1]
-            take = view[: PIECE - length]
-            self.pieces[-1] = (length + len(take), chunk_crc(take, crc))
-            view = view[len(take) :]
-
-    def identity(self) -> tuple[int, int, int]:
-        """``(size, crc32c, tag)``."""
-        size = crc = 0
-        for length, part in self.pieces:
-            crc = combine(crc, part, length)
-            size += length
-        return size, crc, int.from_bytes(self._hasher.digest()[:8], "little")
-
-
 class TreeMapBuilder:
     """Builds a `TreeMap` from files fed one after another (`update` pieces of any size, then
     `end_file`), each cut afresh from its first byte.  Empty files are left out."""
@@ -239,6 +205,8 @@ class TreeMapBuilder:
         self._sizes, self._file_crcs, self._file_tags = array("Q"), array("I"), array("Q")
         self._extents = extents  # else files are identified, not cut (their pieces only)
         self._file, self._ident = self.file_builder(), FileIdentity(key)
+        self.digests: list[bytes] = []
+        """The BLAKE3 digest of each non-empty file, in order (key-independent)."""
 
     def file_builder(self) -> MapBuilder:
         """A `MapBuilder` for one file's extents, cut as this builder cuts them."""
@@ -257,6 +225,7 @@ class TreeMapBuilder:
         self._file, self._ident = self.file_builder(), FileIdentity(self.key)
         if not size:
             return
+        self.digests.append(ident.digest())
         if self._extents:
             self._lengths.extend(part.lengths)
             self._crcs.extend(part.crcs)
@@ -268,6 +237,19 @@ class TreeMapBuilder:
         self._sizes.append(size)
         self._file_crcs.append(crc)
         self._file_tags.append(tag)
+
+    def known_file(self, size: int, crc: int, digest: bytes) -> None:
+        """Add a file identified from its recorded CRC32C and digest, without its bytes: one
+        piece (so at most `PIECE` bytes), only where files are identified, not cut."""
+        if self._extents or not 0 < size <= PIECE:
+            raise ValueError("a known file is identified whole: 1 byte to PIECE, not cut")
+        self._lengths.append(size)
+        self._crcs.append(crc)
+        self._tags.append(0)
+        self._sizes.append(size)
+        self._file_crcs.append(crc)
+        self._file_tags.append(file_tag(self.key, size, digest))
+        self.digests.append(digest)
 
     def finish(self) -> TreeMap:
         extents = DeltaMap(

@@ -18,7 +18,11 @@ from fstransport.protocol.delta_wire import decode_map, encode_map
 
 __all__ = ["decode_tree_offer", "decode_want", "encode_tree_offer", "encode_want", "is_want"]
 
-_MAGIC = b"FSTDTRE1"
+_MAGIC = b"FSTDTRE2"
+"""Version 2: a file's tag is derived from its BLAKE3 digest (`file_tag`).  Version 1 (an older
+peer's, whose tag was SHA-256 of the bytes) is refused, so the two never compare tags: the
+older sender gets a full transfer, as this one does from an older receiver."""
+_OLDER = (b"FSTDTRE1",)
 _HEAD = struct.Struct("<8sBBHIQQ")  # magic, mode, 0, 0, block size, file count, map length
 _MODES = {"blocks": 1, "cdc": 2}
 _BY_CODE = {code: mode for mode, code in _MODES.items()}
@@ -48,7 +52,7 @@ def _column(raw: bytes, code: str) -> array[int]:
 
 
 def encode_tree_offer(tree: TreeMap) -> bytes:
-    """The offer's map bytes for a tree base: a 32-byte header (``FSTDTRE1``, mode, block size,
+    """The offer's map bytes for a tree base: a 32-byte header (``FSTDTRE2``, mode, block size,
     file count, extent map length), the files' sizes (u64), CRC32Cs (u32), tags (u64) and
     whether their extents are blocks or chunks (u8), then the extent map in `encode_map`'s
     form."""
@@ -72,6 +76,8 @@ def decode_tree_offer(raw: Buffer, *, max_size: int) -> TreeMap:
     if len(raw) < _HEAD.size:
         raise _bad("shorter than its header")
     magic, code, zero1, zero2, block, count, map_length = _HEAD.unpack_from(raw)
+    if magic in _OLDER:
+        raise _bad("an older peer's (its file tags are of another kind)")
     mode = _BY_CODE.get(code)
     if magic != _MAGIC or mode is None or zero1 or zero2:
         raise _bad("not of a known format")

@@ -15,7 +15,7 @@ the interfaces without paying for the backends:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 from fstransport.checksum import chunk_crc, format_checksum
@@ -289,6 +289,11 @@ class BaseTree:
     root: str
     read: TreeReader
     pin: object = None
+    known: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    """``path -> (crc32c, BLAKE3 digest)`` recorded when the tree was installed, for files whose
+    pin is the version they were recorded for (an offer uses them instead of reading)."""
+    digests: dict[str, bytes] = field(default_factory=dict)
+    """``path -> BLAKE3 digest`` of every file the offer identified (recorded or read)."""
 
     def placed(self) -> tuple[tuple[str, int, int], ...]:
         """``(path, offset in the base stream, size)`` of each file."""

@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 from typing import IO, Any
 
 from fstransport.tree.table import TreeTable, copy_file
 
 __all__ = [
+    "DIGESTS",
+    "DIGEST_PREFIX",
     "MANIFEST_NAME",
     "STREAM_ABOVE",
     "TREE_UPLOADS",
@@ -28,6 +31,9 @@ STREAM_ABOVE = 32 * 1024 * 1024
 """Files larger than this are streamed into the object store, not held in memory whole."""
 TREE_UPLOADS = 8
 """Files of a tree written to an object store at once."""
+DIGESTS = "digests"
+"""The manifest's key for the files' digests recorded at install (`tree_manifest`)."""
+DIGEST_PREFIX = "blake3:"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -40,9 +46,16 @@ def new_generation() -> str:
     return f"g-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(4)}"
 
 
-def tree_manifest(meta: Any, table: TreeTable, generation: str) -> bytes:
-    """The manifest of a tree installed under `generation` (see ``docs/directories.md``)."""
-    fields = {
+def tree_manifest(
+    meta: Any,
+    table: TreeTable,
+    generation: str,
+    digests: Mapping[str, tuple[str, bytes]] | None = None,
+) -> bytes:
+    """The manifest of a tree installed under `generation` (see ``docs/directories.md``);
+    `digests` (``path -> (ETag as installed, BLAKE3 digest)``) adds ``"digests"``:
+    ``[path, size, ETag, "blake3:<hex>"]`` per file that has one, in the table's order."""
+    fields: dict[str, Any] = {
         **table.entries(),
         "snapshot_id": meta.snapshot_id,
         "checksum": meta.checksum,
@@ -50,6 +63,12 @@ def tree_manifest(meta: Any, table: TreeTable, generation: str) -> bytes:
         "generation": generation,
         "files_bytes": table.total_bytes,
     }
+    if digests:
+        fields[DIGESTS] = [
+            [f.path, f.size, digests[f.path][0], f"{DIGEST_PREFIX}{digests[f.path][1].hex()}"]
+            for f in table.files
+            if f.path in digests and f.size
+        ]
     return json.dumps(fields, ensure_ascii=False, indent=1).encode("utf-8")
 
 

@@ -16,6 +16,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from fstransport.messages import Snapshot
+from fstransport.protocol.delta_tags import EXTENT_HASH, extent_digest
 from fstransport.tree import (
     MANIFEST_NAME,
     STREAM_ABOVE,
@@ -44,16 +45,32 @@ async def install_object_tree(
     base = f"{final}/{generation}"
     reading = threading.Lock()  # one file object serves every read
 
+    from fstransport.storage.backends.s3.client import is_s3
+
+    hashing = is_s3(backend.fs) and bool(table.files)  # (where ETags pin a file's version)
+    digests: dict[str, bytes] = {}  # path -> BLAKE3 of the bytes written (what S3 records)
+
     def read(entry: TreeFile) -> bytes:
         body = bytearray()
         with reading:
             copy_file(snapshot.data, entry, body.extend)
+        if hashing and body:
+            digests[entry.path] = extent_digest(body)
         return bytes(body)
 
     def stream(entry: TreeFile, target: str) -> None:
         """Copy a large file to `target` without holding it in memory (blocking)."""
+        hasher = EXTENT_HASH() if hashing else None
+
+        def write(data: bytes) -> None:
+            out.write(data)
+            if hasher is not None:
+                hasher.update(data)
+
         with reading, backend.fs.open(target, "wb") as out:
-            copy_file(snapshot.data, entry, out.write)
+            copy_file(snapshot.data, entry, write)
+        if hasher is not None:
+            digests[entry.path] = hasher.digest()
 
     async def put(entry: TreeFile) -> None:
         async with slots:
@@ -77,7 +94,8 @@ async def install_object_tree(
             done, pending = await asyncio.wait(pending, return_when="FIRST_EXCEPTION")
             for task in done:
                 task.result()
-        manifest = tree_manifest(snapshot.meta, table, generation)
+        recorded = await _recorded(backend, base, digests) if hashing else None
+        manifest = tree_manifest(snapshot.meta, table, generation, recorded)
         await backend.call("pipe_file", f"{final}/{MANIFEST_NAME}", manifest)
     except BaseException as exc:
         # stop the other writes first, so that none lands after the generation is removed
@@ -96,6 +114,27 @@ async def install_object_tree(
         log.info("the manifest of %s landed though its write failed (%s): installed", final, exc)
     backend.forget_listings(f"{final}/{MANIFEST_NAME}")
     await _remove_replaced(backend, final, generation)
+
+
+async def _recorded(
+    backend: FsspecBackend, folder: str, digests: dict[str, bytes]
+) -> dict[str, tuple[str, bytes]]:
+    """The digests of the files written under `folder` (on S3), each with the ETag one listing
+    gives it: what the manifest records; none if the listing fails."""
+    from fstransport.storage.backends.s3.copy_object import plain_etag
+
+    prefix = f"{folder.removeprefix('s3://').strip('/')}/"
+    try:
+        found = await backend.call("find", folder, detail=True)
+    except Exception as exc:  # (no record: the files are read at the next delta's offer)
+        log.info("%s: not listed (%s): no digests recorded", folder, exc)
+        return {}
+    etags = {
+        str(key).lstrip("/").removeprefix(prefix): plain_etag(info.get("ETag"))
+        for key, info in found.items()
+        if isinstance(info, dict)
+    }
+    return {path: (etags[path], d) for path, d in digests.items() if etags.get(path)}
 
 
 async def manifest_names(backend: FsspecBackend, final: str, generation: str) -> bool | None:

@@ -6,6 +6,7 @@ Cases (``--ship-scale`` GiB for the page file; the CDC case is a quarter of it, 
 - page file, 1% of its 4 KiB pages rewritten at random, ``delta="blocks"``: in process (an
   explicit `LoopbackNetwork`, no link) and over the simulated 10 ms / 1 Gbit/s link;
 - the same over the link with the receiver's map not kept (its first offer for that base reads it);
+- the same over the link with the store's ``prefill`` off (the base copied only at install);
 - the same over the link, one changed range a request (a receiver that does not take several
   ranges a request, as one older than ``docs/delta.md``'s "Many ranges a request" would be);
 - no change at all, over the link;
@@ -58,6 +59,7 @@ class ShipCase:
     link: bool
     keep: bool = True
     one_range: bool = False  # the receiver's answers never say ``extents`` (an older one)
+    prefill: bool = True  # the receiver copies its base while the sender plans (a store option)
     goal_bytes: float | None = None
     goal_time: float | None = None
 
@@ -120,7 +122,7 @@ async def _one(
     shutil.copyfile(base, target / "snap.bin")
     if kept and delta and case.keep:  # as if the receiver had offered this base before
         kept_map(str(target), str(target / "snap.bin"), case.mode, key=new_key())
-    store = FsspecSnapshotStore(str(target))
+    store = FsspecSnapshotStore(str(target), prefill=case.prefill)
     # An explicit loopback network even in process: ship() without one sends in full (the
     # rule in docs/delta.md), and this row measures what a delta would cost there.
     network: Network = LoopbackNetwork(Receiver(store))
@@ -214,6 +216,8 @@ def ship_rounds(size: int, rounds: int, seed: int) -> list[str]:
         ShipCase("page file, 1% of 4 KiB pages, 10 ms / 1 Gbit/s", "pages", "blocks", True,
                  goal_bytes=0.02, goal_time=0.15),
         ShipCase("same, receiver's map not kept", "pages", "blocks", True, keep=False),
+        ShipCase("same, no prefill (the base copied at install)", "pages", "blocks", True,
+                 prefill=False),
         ShipCase("same, one range a request (before #15's extents)", "pages", "blocks", True,
                  one_range=True),
         ShipCase("no change, 10 ms / 1 Gbit/s", "same", "blocks", True, goal_bytes=0.005,

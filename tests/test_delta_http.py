@@ -21,12 +21,14 @@ __all__ = ["serve"]  # the fixture, used by name
 SIZE = 2048 * KiB
 
 
-@pytest.mark.parametrize("mode", ["blocks", "cdc"])
+@pytest.mark.parametrize(
+    ("mode", "flags"), [("blocks", ()), ("blocks", ("--no-prefill",)), ("cdc", ())]
+)
 async def test_delta_through_a_server_process(
-    serve: StartServer, tmp_path: Path, mode: str
+    serve: StartServer, tmp_path: Path, mode: str, flags: tuple[str, ...]
 ) -> None:
     root = tmp_path / "received"
-    server = serve(str(root), "--token", TOKEN)
+    server = serve(str(root), "--token", TOKEN, *flags)
     base = random.Random(21).randbytes(SIZE)
     new = edited(base, 4, seed=22) if mode == "blocks" else inserted(base, 10_000, 100)
     source = tmp_path / "snap.bin"

@@ -146,6 +146,12 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "s3://bucket/stage; repeatable. Without it and without --relay-endpoint-url, senders "
         "must send the bytes themselves (a relay falls back to that)",
     )
+    serve.add_argument(
+        "--no-prefill",
+        action="store_true",
+        help="a local ROOT: do not copy a delta's base into the partial file while the sender "
+        "plans (docs/delta.md, Prefill); the copy then waits for the install",
+    )
     add_s3_tuning(serve, "ROOT")
     serve.set_defaults(run=run, parser=serve)
 
@@ -160,6 +166,7 @@ async def run(args: argparse.Namespace) -> int:
         server_log.setLevel(logging.WARNING)  # every refused request is one line, by default
     tls = _server_tls(args.certfile, args.keyfile)
     options = {**storage_options(args, args.root), **s3_tuning(args, args.root)}
+    options["prefill"] = not args.no_prefill
     from fstransport.protocol.receiver import ReceiverLimits
 
     limits: dict[str, Any] = {"limits": ReceiverLimits()}

@@ -225,8 +225,9 @@ class Restarting:
         finally:
             self.flying.discard(task)
 
-    async def installed(self) -> None:
-        await self.receiver._io.installing.get("snap.bin", _done())
+    async def installed(self, snapshot_id: str = "snap.bin") -> None:
+        """Once the current receiver's install of `snapshot_id` (if any) ended."""
+        await self.receiver._io.installing.get(snapshot_id, _done())
 
 
 def _nth_with_extents(n: int) -> Callable[[InstallSnapshotRequest], bool]:
@@ -385,3 +386,45 @@ async def test_a_base_that_changed_is_still_sent_in_full_after_a_new_exchange(
     net.install_snapshot = original  # type: ignore[method-assign]
     again = await send_source(net, Vote(1, 0), meta, BufferSource(base, "b"), None, OPTIONS)
     assert again.stats.bytes_reused > 0.9 * SIZE, "the installed snapshot is a base again"
+
+
+async def test_a_base_that_changed_across_the_restart_is_planned_with_a_fresh_key(
+    tmp_path: Path,
+) -> None:
+    """The exchange after a restart sends the first key again (so that the same base gives the
+    same map and the first recipe serves); a base that changed meanwhile offers another map,
+    made with a key sent before: it is not planned against, the exchange is asked again with a
+    fresh key, and the new recipe is planned against the changed base."""
+    root = tmp_path / "r"
+    net, result, new = await _changed_at_restart(root)
+    offers = [r for r in net.requests if r.delta is not None and r.recipe is None]
+    keys = [r.delta_key for r in offers]
+    assert len(keys) == 3
+    assert keys[0] == keys[1], "the first key again"
+    assert keys[2] != keys[0], "a fresh one for another base"
+    assert result.completed
+    assert (root / "snap.bin").read_bytes() == new
+    assert result.stats.bytes_reused > 0.9 * SIZE
+    assert _wire(result) < 0.1 * SIZE
+
+
+async def _changed_at_restart(root: Path) -> tuple[Restarting, SendResult, bytes]:
+    rng = random.Random(90)
+    base = rng.randbytes(SIZE)
+    new = edited(base, PAGES, seed=91)
+    net = Restarting(str(root), _nth_with_extents(2), times=0)
+    meta = SnapshotMeta("snap.bin")
+    await send_source(net, Vote(1, 0), meta, BufferSource(base, "b"), None, OPTIONS)
+    await net.installed()
+    restart = net.restart
+
+    async def restart_onto_a_changed_base() -> None:
+        await restart()
+        (root / "snap.bin").write_bytes(edited(base, 3, seed=92))
+
+    net.restart = restart_onto_a_changed_base  # type: ignore[method-assign]
+    net.requests.clear()
+    net.left = 1
+    result = await send_source(net, Vote(1, 0), meta, BufferSource(new, "n"), None, OPTIONS)
+    await net.installed()
+    return net, result, new

@@ -101,12 +101,17 @@ async def _stop(task: asyncio.Future[Any]) -> None:
         await task
 
 
+_AGAIN = DeltaPlan((), None, 0, 0)  # (`negotiate` asks again, with a fresh key)
+
+
 @dataclass
 class RecipeMemory:
     """What a send's exchange asked with and planned, for the next exchange of the same send
     (after the receiver started over: `fstransport.protocol.delta_restart`): the same key, so
     that a receiver offering the same base offers the same map, and then the same recipe,
-    without reading the source again."""
+    without reading the source again.  Any other offer is not planned against (its map was
+    made with a key sent before, and content written since could aim at it): the exchange is
+    asked again with a fresh key."""
 
     key: bytes | None = None
     offer: DeltaOffer | None = None
@@ -140,10 +145,13 @@ async def negotiate(
     block = choose_block_size(source.size) if mode == "blocks" else 0
     task = start_map(source, mode, key=key, block_size=block, piece=piece) if early else None
     try:
-        return await _negotiate(ask, vote, meta, source, options, first, (task, block), memory)
+        plan = await _negotiate(ask, vote, meta, source, options, first, (task, block), memory)
     finally:
         if task is not None:
             await _stop(task)
+    if plan is _AGAIN:  # asked again with a fresh key (`RecipeMemory`)
+        return await negotiate(ask, vote, meta, source, options, early=early, memory=memory)
+    return plan
 
 
 async def _negotiate(
@@ -167,8 +175,11 @@ async def _negotiate(
             return None
         offer = answer.offer
         map_bytes = len(offer.map)
-        if memory.recipe is not None and memory.offer == offer:  # the same base, the same map
-            recipe, crc = memory.recipe, memory.crc
+        if memory.recipe is not None:  # (an exchange again, with the key sent before)
+            if memory.offer != offer:  # another map made with a key seen before: not used
+                memory.key = memory.offer = memory.recipe = None
+                return _AGAIN
+            recipe, crc = memory.recipe, memory.crc  # the same base, the same map
         else:
             recipe, crc = await plan_source(source, mode, base_map, early, (key, block), piece)
             memory.offer, memory.recipe, memory.crc = offer, recipe, crc

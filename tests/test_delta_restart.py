@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +45,7 @@ from fstransport.receiver import Receiver
 from fstransport.sender import SendResult, send_source
 from fstransport.storage.source import BufferSource
 from fstransport.storage.store import FsspecSnapshotStore
+from tests.helpers import object_bytes, uploads
 from tests.test_delta_ship import _done, edited
 
 SIZE = 4096 * KiB
@@ -187,10 +189,14 @@ class Restarting:
     carries_delta = True
 
     def __init__(
-        self, root: str, when: Callable[[InstallSnapshotRequest], bool], times: int = 1
+        self,
+        root: str,
+        when: Callable[[InstallSnapshotRequest], bool],
+        times: int = 1,
+        **options: Any,
     ) -> None:
-        self.root, self.when, self.left = root, when, times
-        self.store = FsspecSnapshotStore(root)
+        self.root, self.when, self.left, self.options = root, when, times, options
+        self.store = FsspecSnapshotStore(root, **options)
         self.receiver = Receiver(self.store)
         self.flying: set[asyncio.Future[InstallSnapshotResponse]] = set()
         self.killed: set[asyncio.Future[InstallSnapshotResponse]] = set()
@@ -203,7 +209,7 @@ class Restarting:
             task.cancel()
         await asyncio.gather(*self.flying, return_exceptions=True)
         await self.store.close()
-        self.store = FsspecSnapshotStore(self.root)
+        self.store = FsspecSnapshotStore(self.root, **self.options)
         self.receiver = Receiver(self.store)
         self.restarts += 1
 
@@ -246,13 +252,17 @@ def _final(req: InstallSnapshotRequest) -> bool:
 
 
 async def _restarted(
-    root: str, when: Callable[[InstallSnapshotRequest], bool], seed: int, times: int = 1
+    root: str,
+    when: Callable[[InstallSnapshotRequest], bool],
+    seed: int,
+    times: int = 1,
+    **options: Any,
 ) -> tuple[Restarting, SendResult, bytes]:
     """Ship a base, then a 1%-changed version through a receiver that restarts `when`."""
     rng = random.Random(seed)
     base = rng.randbytes(SIZE)
     new = edited(base, PAGES, seed=seed + 1)
-    net = Restarting(root, when, times=0)
+    net = Restarting(root, when, times=0, **options)
     meta = SnapshotMeta("snap.bin")
     first = await send_source(net, Vote(1, 0), meta, BufferSource(base, "b"), None, OPTIONS)
     assert first.completed
@@ -288,6 +298,23 @@ async def test_a_receiver_restarted_mid_delta_costs_about_the_delta_again(
     assert len(exchanges) == 2, "the exchange ran again after the restart"
     assert result.stats.bytes_reused > 0.9 * SIZE
     assert _wire(result) < 0.1 * SIZE, f"{_wire(result)} bytes for a 1% delta"
+
+
+async def test_an_s3_receiver_restarted_mid_delta_spares_the_copied_ranges(
+    s3_bucket: str, s3_storage_options: dict[str, Any], s3_client: Any
+) -> None:
+    """Onto S3 the spool of sent ranges does not outlive its receiver: after the restart the
+    stream starts empty, the new exchange is offered the base again, and the delta (not the
+    snapshot) is sent again; no multipart upload is left."""
+    root = f"s3://{s3_bucket}/root"
+    net, result, new = await _restarted(root, _nth_with_extents(2), seed=55, **s3_storage_options)
+    await net.store.close()
+    assert net.restarts == 1
+    assert result.completed
+    assert object_bytes(s3_client, s3_bucket, "root/snap.bin") == new
+    assert result.stats.bytes_reused > 0.9 * SIZE
+    assert _wire(result) < 0.1 * SIZE
+    assert uploads(s3_client, s3_bucket) == []
 
 
 async def test_two_restarts_and_a_straggler_in_between(tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ from fstransport.protocol.delta_restart import (
     FailedBases,
     begin_exchange,
     check_sent,
+    offer_lost,
+    start_over,
 )
 from fstransport.protocol.delta_session import ReceiverDelta
 from fstransport.protocol.receiver import StreamState
@@ -135,6 +137,15 @@ def test_extents_without_a_recipe_are_a_rewind_to_0(from_store: bool) -> None:
     with pytest.raises(SnapshotMismatch) as caught:
         check_sent(_stream(sends=None, from_store=from_store), _extents((4096, 4096)))
     assert caught.value.expect.offset == 0
+
+
+def test_a_recipe_without_its_offer_is_a_rewind_the_sender_reads_as_a_lost_offer() -> None:
+    lost = start_over(_stream(sends=None), _extents((4096, 4096)))
+    assert (lost.expect.offset, lost.got.offset) == (0, 4096)
+    assert offer_lost(lost)
+    assert offer_lost(RemoteError(lost, "receiver"))
+    assert not offer_lost(SnapshotMismatch(_at(4096), _at(0))), "a gap, not a lost offer"
+    assert not offer_lost(RemoteError(InvalidRequest("bad recipe", field="recipe")))
 
 
 def test_a_new_exchange_forgets_the_copied_ranges_and_counts() -> None:
@@ -298,6 +309,25 @@ async def test_a_receiver_restarted_mid_delta_costs_about_the_delta_again(
     assert len(exchanges) == 2, "the exchange ran again after the restart"
     assert result.stats.bytes_reused > 0.9 * SIZE
     assert _wire(result) < 0.1 * SIZE, f"{_wire(result)} bytes for a 1% delta"
+
+
+async def test_a_receiver_restarted_between_its_offer_and_the_recipe(tmp_path: Path) -> None:
+    """The recipe meets a receiver that never offered: it answers a rewind to 0 (not a refusal),
+    the sender asks for the offer again with the same key and sends the recipe it planned."""
+    net, result, new = await _restarted(
+        str(tmp_path / "r"), lambda req: req.recipe is not None, seed=57
+    )
+    assert net.restarts == 1
+    assert result.completed
+    assert (tmp_path / "r" / "snap.bin").read_bytes() == new
+    offers = [r for r in net.requests if r.delta is not None and r.recipe is None]
+    recipes = [r for r in net.requests if r.recipe is not None]
+    assert len(offers) == 2
+    assert offers[0].delta_key == offers[1].delta_key
+    assert len(recipes) == 2
+    assert recipes[0].recipe == recipes[1].recipe, "planned once"
+    assert result.stats.bytes_reused > 0.9 * SIZE
+    assert _wire(result) < 0.1 * SIZE
 
 
 async def test_an_s3_receiver_restarted_mid_delta_spares_the_copied_ranges(

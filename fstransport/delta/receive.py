@@ -20,7 +20,7 @@ from fstransport.checksum import format_checksum, parse_checksum
 from fstransport.errors import ChecksumMismatch, InvalidRequest
 from fstransport.messages import DeltaOffer, InstallSnapshotRequest, SnapshotMeta
 from fstransport.protocol.delta import SEND, Recipe, new_key
-from fstransport.protocol.delta_restart import begin_exchange
+from fstransport.protocol.delta_restart import begin_exchange, start_over
 from fstransport.protocol.delta_session import ReceiverDelta, accept_recipe
 from fstransport.protocol.delta_wire import encode_map
 from fstransport.storage.base import DeltaBase, MappedBase, SnapshotSink
@@ -111,6 +111,8 @@ async def answer_delta(
             if found is not None:
                 state.delta, offer = found[0], found[0].offer(found[1])
         return tuple(state.ledger.held()), offer, sink
+    if bases is not None and state.delta is None:  # offered by a receiver gone since?
+        raise start_over(state, req)  # (the sender asks again: `delta_restart.offer_lost`)
     if bases is None or state.delta is None or state.delta.base_map.mode != req.delta:
         raise InvalidRequest("a recipe for a base that was not offered", field="recipe")
     from fstransport.protocol.delta_tree_wire import is_want

@@ -28,6 +28,7 @@ from fstransport.messages import (
 )
 from fstransport.options import TransferOptions
 from fstransport.protocol.delta import Recipe, choose_block_size, new_key
+from fstransport.protocol.delta_restart import offer_lost
 from fstransport.protocol.delta_session import read_offer
 from fstransport.protocol.delta_wire import encode_recipe
 from fstransport.protocol.sender import SendWindow
@@ -111,12 +112,15 @@ class RecipeMemory:
     that a receiver offering the same base offers the same map, and then the same recipe,
     without reading the source again.  Any other offer is not planned against (its map was
     made with a key sent before, and content written since could aim at it): the exchange is
-    asked again with a fresh key."""
+    asked again with a fresh key.  A recipe the receiver cannot take for want of its offer
+    (`offer_lost`: restarted after offering) asks for the offer again, once."""
 
     key: bytes | None = None
     offer: DeltaOffer | None = None
     recipe: Recipe | None = None
     crc: int = 0
+    lost: int = 0  # offers the receiver lost before the recipe came (asked again once)
+    spent: int = 0  # map bytes of offers asked in vain, counted with the next plan
 
 
 async def negotiate(
@@ -149,8 +153,10 @@ async def negotiate(
     finally:
         if task is not None:
             await _stop(task)
-    if plan is _AGAIN:  # asked again with a fresh key (`RecipeMemory`)
+    if plan is _AGAIN:  # asked again (`RecipeMemory`)
         return await negotiate(ask, vote, meta, source, options, early=early, memory=memory)
+    if plan is not None and memory.spent:  # (offers asked in vain crossed the network too)
+        plan, memory.spent = replace(plan, wire_bytes=plan.wire_bytes + memory.spent), 0
     return plan
 
 
@@ -178,6 +184,7 @@ async def _negotiate(
         if memory.recipe is not None:  # (an exchange again, with the key sent before)
             if memory.offer != offer:  # another map made with a key seen before: not used
                 memory.key = memory.offer = memory.recipe = None
+                memory.spent += map_bytes
                 return _AGAIN
             recipe, crc = memory.recipe, memory.crc  # the same base, the same map
         else:
@@ -186,7 +193,14 @@ async def _negotiate(
         checksum = format_checksum(crc)
         if meta.checksum is not None and meta.checksum != checksum:
             return None  # the data is not what the caller named: the full transfer says so
-        plan = await send_recipe(ask, vote, meta, mode, recipe, checksum, map_bytes)
+        try:
+            plan = await send_recipe(ask, vote, meta, mode, recipe, checksum, map_bytes)
+        except FstransportError as exc:
+            if not offer_lost(exc) or memory.lost:
+                raise
+            log.info("the receiver lost its offer (restarted?); asking for it again")
+            memory.lost, memory.spent = memory.lost + 1, memory.spent + map_bytes
+            return _AGAIN
         if plan is not None and plan.reused:
             log.info(
                 "delta against %r: %d of %d bytes reused", offer.base_id, plan.reused, meta.size

@@ -22,6 +22,10 @@ is held, in full.  The rules here make a restart cost about the delta again:
   written: the sender ignores a mismatch to a request sent before its rewind, and a current
   one makes it run the exchange again.  On a stream with one exchange and its own data, an
   extent outside the recipe can only be a broken sender's: `InvalidRequest`, as before.
+- **A recipe meets a receiver restarted after its offer** (`start_over`, `offer_lost`): it is
+  answered with `SnapshotMismatch` expecting 0 (not `InvalidRequest`), and the sender asks for
+  the offer again, once a send, with the same key (the same base gives the same map, and
+  the recipe planned serves).
 - **A base whose assembly failed is not offered again** (`FailedBases`): the final chunk of a
   delta whose base changed since the offer (`SourceChanged`, or a whole CRC32C that differs)
   drops the stream and answers a mismatch expecting 0, as before; the receiver notes the
@@ -35,7 +39,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from fstransport.errors import InvalidRequest, SnapshotMismatch
+from fstransport.errors import InvalidRequest, RemoteError, SnapshotMismatch
 from fstransport.messages import InstallSnapshotRequest, SnapshotSegmentId
 from fstransport.protocol.sender import Failure, Verdict
 
@@ -49,6 +53,8 @@ __all__ = [
     "FailedBases",
     "begin_exchange",
     "check_sent",
+    "offer_lost",
+    "start_over",
 ]
 
 MAX_EXCHANGES = 4
@@ -90,7 +96,9 @@ class ExchangeRule:
             self.due = True
 
 
-def _restart(state: StreamState, req: InstallSnapshotRequest) -> SnapshotMismatch:
+def start_over(state: StreamState, req: InstallSnapshotRequest) -> SnapshotMismatch:
+    """The answer that makes `req`'s sender start over at offset 0: a request that needs a
+    recipe or an offer the stream does not have (a receiver restarted since)."""
     snapshot_id = state.meta.snapshot_id
     return SnapshotMismatch(
         expect=SnapshotSegmentId(snapshot_id, 0), got=SnapshotSegmentId(snapshot_id, req.offset)
@@ -115,13 +123,20 @@ def check_sent(state: StreamState, req: InstallSnapshotRequest) -> None:
     assert req.extents is not None
     delta = state.delta
     if delta is None or delta.sent is None:
-        raise _restart(state, req)
+        raise start_over(state, req)
     try:
         delta.sent.check(req.extents)
     except InvalidRequest:
         if state.from_store or state.exchanges > 1:
-            raise _restart(state, req) from None
+            raise start_over(state, req) from None
         raise
+
+
+def offer_lost(exc: BaseException) -> bool:
+    """Whether the failure `exc` of a recipe request says the receiver holds no offer for it
+    (`start_over`: it restarted after offering); the sender asks for an offer again."""
+    source = exc.source if isinstance(exc, RemoteError) else exc
+    return isinstance(source, SnapshotMismatch) and source.expect.offset == 0
 
 
 class FailedBases:

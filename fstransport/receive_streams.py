@@ -102,8 +102,9 @@ async def _delta(runner: StreamRunner, stream: _Stream, req: InstallSnapshotRequ
 
     latest = await last_installed(runner.rules.installed, runner.store, runner.long_lived)
     assert stream.sink is not None
+    failed = runner.rules.failed_bases.of(req.meta.snapshot_id)
     held, stream.state.offer, stream.sink = await answer_delta(
-        runner.store, latest, stream.state, req, stream.sink, keep=runner.long_lived
+        runner.store, latest, stream.state, req, stream.sink, keep=runner.long_lived, failed=failed
     )
     return None, held, None
 
@@ -304,6 +305,7 @@ class StreamRunner:
                 await _check_tree(snapshot, self.rules.limits.max_tree_files)
         except BaseException as exc:
             drop, error = self.rules.finish_failed(stream.state, req, exc)
+            self.rules.failed_bases.note(stream.state, error, drop)  # (not offered again)
             if drop:
                 await self.drop(snapshot_id, stream, locked=True)
             if error is exc:

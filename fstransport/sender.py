@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from fstransport.checksum import chunk_crc, format_checksum, parse_checksum
-from fstransport.delta.send import read_extents, run_exchange
+from fstransport.delta.exchanges import SenderExchanges
+from fstransport.delta.send import read_extents
 from fstransport.errors import (
     ChecksumMismatch,
     InvalidRequest,
@@ -35,7 +36,7 @@ from fstransport.messages import (
     StagedChunk,
     Vote,
 )
-from fstransport.network.base import Network, carries_delta, trusts_checksums, window_options
+from fstransport.network.base import Network, trusts_checksums, window_options
 from fstransport.network.relay_gate import orders_references
 from fstransport.options import TransferOptions
 from fstransport.protocol.send_order import RelaySendWindow
@@ -120,6 +121,7 @@ class _Sender:
         self.limiter = RateLimiter(options.rate_limit, now)
         self.deadline_at = None if options.deadline is None else now + options.deadline
         self.checksum = meta.checksum
+        self.exchanges = SenderExchanges(self)  # (delta exchanges: `delta.exchanges`)
 
     async def run(self, cancel: Awaitable[Any] | None) -> SendResult:
         window = self.window
@@ -130,12 +132,19 @@ class _Sender:
                 await asyncio.sleep(0)  # a cancel that is set already stops us before any send
                 if cancel_task.done():
                     raise self._closed(cancel_task)
-            await _delta(self, cancel_task)
+            await self.exchanges.run(cancel_task)
             while True:
                 now = self.loop.time()
                 if self.deadline_at is not None and now >= self.deadline_at:
                     raise Timeout(f"the transfer did not finish within {self.options.deadline:g}s")
-                while self.limiter.ready_at(now) <= now and (plan := window.next_chunk(now)):
+                if self.exchanges.ready(now, len(tasks)):  # the receiver started over mid-delta
+                    await self.exchanges.run(cancel_task)
+                    continue
+                while (
+                    self.limiter.ready_at(now) <= now
+                    and not self.exchanges.rule.due
+                    and (plan := window.next_chunk(now))
+                ):
                     self.limiter.spend(now, plan.length)
                     tasks[asyncio.ensure_future(self._send_one(plan))] = plan
                 waiters: set[asyncio.Future[Any]] = set(tasks)
@@ -211,6 +220,7 @@ class _Sender:
         verdict = window.verdict(exc, self.meta.snapshot_id)
         if verdict.failure is Failure.FATAL:
             raise verdict.error
+        verdict = self.exchanges.verdict(verdict)  # (a delta's exchange may run again)
         if verdict.failure is Failure.REWIND:
             log.warning(
                 "snapshot mismatch at offset %d; continuing from %d",
@@ -221,7 +231,9 @@ class _Sender:
             log.warning("chunk of %d bytes too large; shrinking", plan.length)
         else:
             log.warning("chunk at offset %d failed (%s); retrying", plan.offset, verdict.error)
+        rewinds = window.stats.rewinds
         window.on_verdict(plan, verdict, now)
+        self.exchanges.rewound(window.stats.rewinds > rewinds)
         return None
 
     async def _send_one(self, plan: ChunkPlan) -> tuple[int, InstallSnapshotResponse]:
@@ -322,33 +334,6 @@ class _Sender:
         if crc is None:  # chunks were re-cut mid-way by a rewind: read the data once more
             return await source_checksum(self.source, self.options.chunk_size)
         return format_checksum(crc)
-
-
-async def _delta(self: _Sender, cancel_task: asyncio.Future[Any] | None) -> None:
-    """A delta exchange first (`run_exchange`) for a file or tree snapshot of more than one
-    chunk sent directly (a relay sends references; one chunk costs one round trip, a delta at
-    least two); skip what the receiver holds after it."""
-    if (
-        self.options.delta == "off"
-        or self.meta.kind not in ("file", "tree")
-        or self.source.size <= self.options.chunk_size
-        or self.staged_chunk is not None
-        or not carries_delta(self.net)
-    ):
-        return
-
-    async def ask(req: InstallSnapshotRequest) -> InstallSnapshotResponse:
-        ttl = self.options.install_timeout  # the receiver maps its base meanwhile
-        rpc = lambda: self.net.install_snapshot(req, self.options)  # noqa: E731
-        return await self._answer_within(rpc, req, ttl)
-
-    about = (self.vote, self.meta, self.source, self.options, self.window, cancel_task)
-    checksum = await run_exchange(ask, *about, early=not self.trusted)  # (early: see there)
-    if cancel_task is not None and cancel_task.done():
-        raise _Sender._closed(cancel_task)
-    if checksum is not None and self.meta.checksum is None:
-        self.meta = replace(self.meta, checksum=checksum)
-        self.checksum = checksum
 
 
 def _uncancel(task: asyncio.Task[Any]) -> None:

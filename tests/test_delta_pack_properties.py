@@ -1,7 +1,8 @@
 """Property: a delta whose changed pages are scattered (so that requests carry several ranges,
 ``InstallSnapshotRequest.extents``) installs exactly the new snapshot over a faulty network
-(drops, duplicates, reordering, corruption, timeouts), onto memory and local stores, in both
-modes and for several chunk sizes.  0 wrong bytes."""
+(drops, duplicates, reordering, corruption, timeouts) and a receiver that may restart at any
+request (its requests in flight killed, a new one over the same folder: test_delta_restart.py),
+onto memory and local stores, in both modes and for several chunk sizes.  0 wrong bytes."""
 
 from __future__ import annotations
 
@@ -13,15 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fstransport import RetryPolicy, TransferOptions
-from fstransport.messages import SnapshotMeta, Vote
+from fstransport.messages import InstallSnapshotRequest, SnapshotMeta, Vote
 from fstransport.network.faults import FaultyNetwork
-from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import KiB
-from fstransport.receiver import Receiver
 from fstransport.sender import send_source
 from fstransport.storage.source import BufferSource
-from fstransport.storage.store import FsspecSnapshotStore
-from tests.test_delta_pack import Recording
+from tests.test_delta_restart import Restarting
 from tests.test_properties import profile
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=40)
@@ -36,6 +34,7 @@ FAST_RETRY = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_attempts=4
     chunk=st.sampled_from([8 * KiB, 16 * KiB, 64 * KiB]),
     seed=st.integers(0, 2**16),
     faults=st.sampled_from([0.0, 0.05, 0.15]),
+    restart_at=st.one_of(st.none(), st.integers(1, 60)),
 )
 @profile(12, 200, fixtures=True)
 async def test_scattered_pages_under_faults_install_the_new_snapshot_exactly(
@@ -48,6 +47,7 @@ async def test_scattered_pages_under_faults_install_the_new_snapshot_exactly(
     chunk: int,
     seed: int,
     faults: float,
+    restart_at: int | None,
 ) -> None:
     rng = random.Random(seed)
     size = pages * 4096 - (rng.randrange(4096) if partial else 0)
@@ -57,9 +57,14 @@ async def test_scattered_pages_under_faults_install_the_new_snapshot_exactly(
         at = page * 4096 + rng.randrange(4000)
         new[at : at + 50] = rng.randbytes(len(new[at : at + 50]))
     root = str(tmp_path / uuid.uuid4().hex) if kind == "local" else f"memory://k-{uuid.uuid4().hex}"
-    store = FsspecSnapshotStore(root)
-    receiver = Receiver(store)
-    recording = Recording(LoopbackNetwork(receiver))
+    arrived = 0
+
+    def restart_now(req: InstallSnapshotRequest) -> bool:
+        nonlocal arrived
+        arrived += 1
+        return arrived == restart_at
+
+    recording = Restarting(root, restart_now)
     net = FaultyNetwork(
         recording,
         seed=seed,
@@ -75,11 +80,9 @@ async def test_scattered_pages_under_faults_install_the_new_snapshot_exactly(
         recording.requests.clear()
         result = await send_source(net, Vote(1, 0), meta, BufferSource(data, "src"), None, options)
         assert result.completed
-        install = receiver._io.installing.get("snap")
-        if install is not None:
-            await install
-    with await store.open("snap") as fh:
+        await recording.installed("snap")
+    with await recording.store.open("snap") as fh:
         assert fh.read() == bytes(new)
     if faults == 0 and mode == "blocks" and changed >= 8 and chunk > 8 * KiB:
         assert any(r.extents for r in recording.requests)  # scattered pages went together
-    await store.close()
+    await recording.store.close()

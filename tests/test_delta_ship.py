@@ -15,7 +15,7 @@ import pytest
 
 from fstransport import TransferOptions
 from fstransport.checksum import chunk_crc, format_checksum
-from fstransport.errors import InvalidRequest, RemoteError
+from fstransport.errors import InvalidRequest, SnapshotMismatch
 from fstransport.messages import (
     DeltaOffer,
     InstallSnapshotRequest,
@@ -292,15 +292,18 @@ async def test_malformed_delta_requests_are_refused(
     assert (tmp_path / "received" / "snap.bin").stat().st_size == SIZE  # the base untouched
 
 
-async def test_a_recipe_without_an_offer_is_refused(tmp_path: Path) -> None:
+async def test_a_recipe_without_an_offer_is_answered_with_a_rewind(tmp_path: Path) -> None:
+    """No offer on the stream (a receiver restarted after offering, docs/delta.md): a mismatch
+    expecting 0, so that the sender asks for the offer again; nothing is held."""
     receiver = Receiver(FsspecSnapshotStore(str(tmp_path / "received")))
     meta = SnapshotMeta("snap.bin", size=SIZE)
     req = InstallSnapshotRequest(
         Vote(1, 0), meta, 0, b"", False, 0, delta="blocks", recipe=b"FSTDRCP1" + b"\0" * 24
     )
-    with pytest.raises((InvalidRequest, RemoteError)) as caught:
+    with pytest.raises(SnapshotMismatch) as caught:
         await receiver.handle(req)
-    assert getattr(caught.value, "field", None) == "recipe"
+    assert caught.value.expect.offset == 0
+    assert receiver.rules.streams["snap.bin"].ledger.held().total() == 0
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fstransport.checksum import chunk_crc, combine
-from fstransport.errors import InvalidRequest, SnapshotMismatch, StorageError
-from fstransport.messages import InstallSnapshotRequest, SnapshotSegmentId, contiguous
+from fstransport.errors import InvalidRequest, StorageError
+from fstransport.messages import InstallSnapshotRequest, contiguous
+from fstransport.protocol.delta_restart import check_sent
 from fstransport.storage.base import NOTHING_LOST, Lost, write_checked
 
 if TYPE_CHECKING:
@@ -25,21 +26,16 @@ async def write_extents(
     """Write `req`'s extents into `stream` (a `receive_streams` stream whose lock is held).
 
     Nothing is written unless every extent lies inside a range the stream's accepted recipe
-    sends (`InvalidRequest`: the stream is dropped, as for any broken request of a transfer).
-    A stream with no accepted recipe (a receiver restarted since, or a new exchange begun)
-    answers `SnapshotMismatch` expecting offset 0: the sender starts over from there, one range
-    a request.  Each extent's CRC32C is computed as it is written; the answer's is them
-    combined (the data's, as checked by `validate_request` when the sender gave one)."""
+    sends (`check_sent`: `InvalidRequest` drops the stream, as for any broken request of a
+    transfer).  A stream with no accepted recipe (a receiver restarted since, or a new exchange
+    begun), or a request that may have been sent under an earlier recipe, is answered
+    `SnapshotMismatch` expecting offset 0: the sender runs its exchange again.  Each extent's
+    CRC32C is computed as it is written; the answer's is them combined (the data's, as checked
+    by `validate_request` when the sender gave one)."""
     assert req.extents is not None
     state, sink = stream.state, stream.sink
-    delta = state.delta
-    if delta is None or delta.sent is None:
-        raise SnapshotMismatch(
-            expect=SnapshotSegmentId(snapshot_id, 0),
-            got=SnapshotSegmentId(snapshot_id, req.offset),
-        )
     try:
-        delta.sent.check(req.extents)
+        check_sent(state, req)  # (`SnapshotMismatch` passes: the stream stays)
     except InvalidRequest:
         await runner.drop(snapshot_id, stream, locked=True)
         raise

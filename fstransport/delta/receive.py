@@ -12,7 +12,7 @@ else a fresh one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from fstransport.checksum import format_checksum, parse_checksum
 from fstransport.errors import ChecksumMismatch, InvalidRequest
 from fstransport.messages import DeltaOffer, InstallSnapshotRequest, SnapshotMeta
 from fstransport.protocol.delta import SEND, Recipe, new_key
+from fstransport.protocol.delta_restart import begin_exchange, start_over
 from fstransport.protocol.delta_session import ReceiverDelta, accept_recipe
 from fstransport.protocol.delta_wire import encode_map
 from fstransport.storage.base import DeltaBase, MappedBase, SnapshotSink
@@ -83,21 +84,22 @@ async def answer_delta(
     sink: SnapshotSink,
     *,
     keep: bool = False,
+    failed: Collection[str] = (),
 ) -> tuple[Held, DeltaOffer | None, SnapshotSink]:
     """Answer a delta request for `state`'s stream (writing into `sink`): without a recipe,
     find a base (the snapshot held under the same id, else `latest`, the one installed last)
-    and offer it; with one, accept it against the base offered (`InvalidRequest` if none was).
+    and offer it (not one of `failed`, whose assembly failed for this snapshot); with one,
+    accept it against the base offered (`InvalidRequest` if none was).
     Returns what to tell the sender is held, the offer, and the sink the stream writes into
     from now on (the store's backend may put another in its place for a delta)."""
     assert req.delta is not None
     bases = delta_base(store, keep=keep)
     if req.recipe is None:
-        if state.delta is not None:  # a new exchange: what an earlier recipe copied is not held
-            for at, length, _ in state.delta.still_copied(state.ledger):
-                state.ledger.discard(at, at + length)
-        state.delta, offer = None, None
+        begin_exchange(state)  # (what an earlier recipe copied is not held any more)
+        offer = None
         if bases is not None and bases.takes_delta(state.meta, sink, bool(state.ledger.held())):
-            candidates = [state.meta.snapshot_id, *([latest] if latest else [])]
+            named = [state.meta.snapshot_id, *([latest] if latest else [])]
+            candidates = [c for c in named if c not in failed]  # (`FailedBases`)
             found: tuple[ReceiverDelta, bytes] | None
             if state.meta.kind == "tree":  # a base tree, by whole files (fstransport.delta.tree)
                 from fstransport.delta.tree import find_tree_base
@@ -110,6 +112,8 @@ async def answer_delta(
                 state.delta, offer = found[0], found[0].offer(found[1])
                 _prefill(bases, sink, state, found[0])
         return tuple(state.ledger.held()), offer, sink
+    if bases is not None and state.delta is None:  # offered by a receiver gone since?
+        raise start_over(state, req)  # (the sender asks again: `delta_restart.offer_lost`)
     if bases is None or state.delta is None or state.delta.base_map.mode != req.delta:
         raise InvalidRequest("a recipe for a base that was not offered", field="recipe")
     from fstransport.protocol.delta_tree_wire import is_want

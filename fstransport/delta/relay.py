@@ -6,7 +6,8 @@ A receiver fetches a staged chunk with a block map (its name carries the map's S
 
 1. it finds its base once per snapshot it receives: the snapshot held under the same id, else
    the one it installed last, mapped by its store's `DeltaBase` in the map's mode (a long-lived
-   receiver's kept map: no read of the base);
+   receiver's kept map: no read of the base); a lookup that failed for a passing reason is
+   tried again by a later chunk (`fstransport.delta.lookups`);
 2. reads the map (one ranged GET behind the chunk's bytes) and checks its SHA-256 against the
    name; plans the chunk (`plan_chunk`): blocks whose digest the base holds come from the base;
 3. fetches the other ranges (ranged GETs, several at once), checks each fetched extent's
@@ -24,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import IO, Any, TypedDict
 
 from fstransport.checksum import chunk_crc
+from fstransport.delta.lookups import Found, Lookups
 from fstransport.errors import InvalidRequest, StorageError
 from fstransport.messages import Buffer, SnapshotMeta, StagedChunk
 from fstransport.protocol.delta import DeltaMap, new_key
@@ -101,87 +103,92 @@ NOT_FETCHED = Fetched(b"")
 """What a request that named no staged chunk fetched: nothing."""
 
 
-@dataclass
-class _Base:
-    """A receiver's base for one snapshot: its id and its maps (by mode and block size)."""
-
-    base_id: str
-    maps: dict[tuple[str, int], asyncio.Future[tuple[DeltaMap, dict[bytes, int] | None] | None]] = (
-        field(default_factory=dict)
-    )
+Mapped = tuple[DeltaMap, "dict[bytes, int] | None"]
+"""A base's map in a trailer's mode, with a digest index for CDC."""
 
 
 class RelayBases:
     """The bases one receiver fills staged chunks from, found once per snapshot it receives.
 
     `latest` returns the id the receiver installed last (None: none).  `drop` forgets a
-    snapshot's base (the receiver installed it, or closes)."""
+    snapshot's base (the receiver installed it, or closes).  A lookup that failed for a passing
+    reason (a storage error, a base read that raised) is not kept as "no base": a later chunk
+    of the snapshot looks again (`fstransport.delta.lookups`, at most `MAX_ATTEMPTS` times)."""
 
     def __init__(
         self, store: Any, latest: Callable[[], Awaitable[str | None]], *, keep: bool = False
     ) -> None:
         self.store, self.latest, self.keep = store, latest, keep
-        self._found: dict[str, asyncio.Future[_Base | None]] = {}
+        self.found: Lookups[str, str] = Lookups(keep=_MAX_BASES)
+        """The base id of each snapshot id."""
+        self.maps: Lookups[tuple[str, str, str, int], Mapped] = Lookups(keep=2 * _MAX_BASES)
+        """Each snapshot's base map by (snapshot id, base id, mode, block size)."""
 
     def _backend(self) -> Any:
         from fstransport.delta.receive import delta_base
 
         return delta_base(self.store, keep=self.keep)
 
-    async def base(self, meta: SnapshotMeta) -> _Base | None:
-        """The base of `meta`'s snapshot: the one held under its id, else the one installed last;
+    async def base(self, meta: SnapshotMeta) -> str | None:
+        """The id of `meta`'s base: the snapshot held under its id, else the one installed last;
         None when the receiver holds neither (or its store cannot serve as a base)."""
         if self._backend() is None or meta.kind == "tree":
             return None
-        found = self._found.get(meta.snapshot_id)
-        if found is None:
-            while len(self._found) >= _MAX_BASES:
-                del self._found[next(iter(self._found))]
-            found = self._found[meta.snapshot_id] = asyncio.ensure_future(self._find(meta))
-        return await asyncio.shield(found)
+        return await self.found.get(meta.snapshot_id, lambda: self._find(meta))
 
-    async def _find(self, meta: SnapshotMeta) -> _Base | None:
+    async def _find(self, meta: SnapshotMeta) -> Found[str]:
         exists = getattr(self.store, "exists", None)
         if exists is None:
-            return None
-        for base_id in dict.fromkeys([meta.snapshot_id, await self.latest()]):
+            return Found(None)
+        sure = True
+        try:
+            latest = await self.latest()
+        except Exception as exc:  # (a backend's own error): not known now, asked again later
+            log.info("the last installed snapshot could not be read: %s", exc)
+            latest, sure = None, False
+        for base_id in dict.fromkeys([meta.snapshot_id, latest]):
             try:
                 if base_id is not None and await exists(base_id):
-                    return _Base(base_id)
-            except Exception as exc:  # (a backend's own error): no base, chunks fetched whole
-                log.info("delta base %r not usable for the relay: %s", base_id, exc)
-        return None
+                    return Found(base_id, definite=sure)
+            except InvalidRequest:
+                continue  # an id the store refuses: never a base
+            except Exception as exc:  # (a backend's own error): asked again by a later chunk
+                log.info("delta base %r not usable for the relay now: %s", base_id, exc)
+                sure = False
+        return Found(None, definite=sure)
 
-    async def mapped(
-        self, base: _Base, trailer: Trailer
-    ) -> tuple[DeltaMap, dict[bytes, int] | None] | None:
-        """`base`'s map in the trailer's mode (made once: its store maps it, or takes its kept
-        map), with a digest index for CDC; None when its blocks cannot match the trailer's."""
-        key = (trailer.mode, trailer.block_size)
-        made = base.maps.get(key)
-        if made is None:
-            made = base.maps[key] = asyncio.ensure_future(self._map(base.base_id, trailer))
-        return await asyncio.shield(made)
+    async def mapped(self, meta: SnapshotMeta, base_id: str, trailer: Trailer) -> Mapped | None:
+        """The map of `base_id` (`meta`'s base) in the trailer's mode (made once: its store
+        maps it, or takes its kept map), with a digest index for CDC; None when its blocks
+        cannot match the trailer's (or it cannot be mapped now)."""
+        key = (meta.snapshot_id, base_id, trailer.mode, trailer.block_size)
+        return await self.maps.get(key, lambda: self._map(base_id, trailer))
 
-    async def _map(
-        self, base_id: str, trailer: Trailer
-    ) -> tuple[DeltaMap, dict[bytes, int] | None] | None:
+    async def _map(self, base_id: str, trailer: Trailer) -> Found[Mapped]:
         backend = self._backend()
-        found = (
-            None if backend is None else await backend.map_base(base_id, trailer.mode, new_key())
-        )
-        if found is None:
-            return None
+        if backend is None:
+            return Found(None)
+        found = await backend.map_base(base_id, trailer.mode, new_key())
+        if found is None:  # not held (definite), or not readable now (held: asked again)
+            return Found(None, definite=not await self._held(base_id))
         base_map: DeltaMap = found.map
         if len(base_map.digests) != DIGEST_SIZE * len(base_map):
-            return None
+            return Found(None)
         if trailer.mode == "blocks":
-            return (base_map, None) if base_map.block_size == trailer.block_size else None
-        return base_map, await asyncio.to_thread(digest_index, base_map)
+            return Found((base_map, None) if base_map.block_size == trailer.block_size else None)
+        return Found((base_map, await asyncio.to_thread(digest_index, base_map)))
+
+    async def _held(self, base_id: str) -> bool:
+        """Whether the store still holds `base_id` (True when it cannot say)."""
+        try:
+            return bool(await self.store.exists(base_id))
+        except Exception:  # (a backend's own error): maybe held
+            return True
 
     def drop(self, snapshot_id: str) -> None:
-        """Forget the base found for `snapshot_id`."""
-        self._found.pop(snapshot_id, None)
+        """Forget the base found for `snapshot_id`, and its maps."""
+        self.found.drop(lambda key: key == snapshot_id)
+        self.maps.drop(lambda key: key[0] == snapshot_id)
 
 
 async def fetch_staged(
@@ -197,7 +204,7 @@ async def fetch_staged(
     digest = trailer_of(ref.name)
     base = None
     if bases is not None and digest is not None and ref.length:
-        base = await bases.base(meta)
+        base = await bases.base(meta)  # (a base id)
     spent = 0
     if base is not None and bases is not None and digest is not None:
         end = ref.length + max_trailer_bytes(ref.length)
@@ -214,9 +221,9 @@ async def fetch_staged(
         except InvalidRequest as exc:
             log.warning("block map of %s refused (%s): fetching the chunk whole", ref.url, exc)
         else:
-            mapped = await bases.mapped(base, trailer)
+            mapped = await bases.mapped(meta, base, trailer)
             if mapped is not None:
-                done = await _from_base(store, ref, offset, trailer, base.base_id, mapped, bases)
+                done = await _from_base(store, ref, offset, trailer, base, mapped, bases)
                 spent += done.fetched
                 if done.reused:
                     return replace(done, fetched=spent)
@@ -230,7 +237,7 @@ async def _from_base(
     offset: int,
     trailer: Trailer,
     base_id: str,
-    mapped: tuple[DeltaMap, dict[bytes, int] | None],
+    mapped: Mapped,
     bases: RelayBases,
 ) -> Fetched:
     """The chunk assembled from the base and the ranges fetched; ``reused`` 0 (and what was

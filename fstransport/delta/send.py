@@ -20,6 +20,7 @@ from fstransport.delta.source_map import map_source, plan_source, start_map
 from fstransport.errors import FstransportError
 from fstransport.messages import (
     Buffer,
+    DeltaOffer,
     InstallSnapshotRequest,
     InstallSnapshotResponse,
     SnapshotMeta,
@@ -27,6 +28,7 @@ from fstransport.messages import (
 )
 from fstransport.options import TransferOptions
 from fstransport.protocol.delta import Recipe, choose_block_size, new_key
+from fstransport.protocol.delta_restart import offer_lost
 from fstransport.protocol.delta_session import read_offer
 from fstransport.protocol.delta_wire import encode_recipe
 from fstransport.protocol.sender import SendWindow
@@ -34,6 +36,7 @@ from fstransport.storage.source import ChunkSource
 
 __all__ = [
     "DeltaPlan",
+    "RecipeMemory",
     "map_source",
     "negotiate",
     "read_extents",
@@ -99,6 +102,27 @@ async def _stop(task: asyncio.Future[Any]) -> None:
         await task
 
 
+_AGAIN = DeltaPlan((), None, 0, 0)  # (`negotiate` asks again, with a fresh key)
+
+
+@dataclass
+class RecipeMemory:
+    """What a send's exchange asked with and planned, for the next exchange of the same send
+    (after the receiver started over: `fstransport.protocol.delta_restart`): the same key, so
+    that a receiver offering the same base offers the same map, and then the same recipe,
+    without reading the source again.  Any other offer is not planned against (its map was
+    made with a key sent before, and content written since could aim at it): the exchange is
+    asked again with a fresh key.  A recipe the receiver cannot take for want of its offer
+    (`offer_lost`: restarted after offering) asks for the offer again, once."""
+
+    key: bytes | None = None
+    offer: DeltaOffer | None = None
+    recipe: Recipe | None = None
+    crc: int = 0
+    lost: int = 0  # offers the receiver lost before the recipe came (asked again once)
+    spent: int = 0  # map bytes of offers asked in vain, counted with the next plan
+
+
 async def negotiate(
     ask: Ask,
     vote: Vote,
@@ -107,13 +131,17 @@ async def negotiate(
     options: TransferOptions,
     *,
     early: bool = True,
+    memory: RecipeMemory | None = None,
 ) -> DeltaPlan | None:
     """Ask the receiver for a base and send a recipe against it; None when there is nothing to
     reuse (no offer, a higher vote, a failure: the transfer is a full one).  `early`: map the
     source while the first request is on its way (not for a receiver in this process, whose
-    answer comes at once and whose base map competes for the same CPU)."""
+    answer comes at once and whose base map competes for the same CPU).  `memory`: what an
+    earlier exchange of this send planned (an offer equal to its offer takes its recipe)."""
     mode, piece = options.delta, options.chunk_size
-    key = new_key()  # fresh for this transfer: the receiver tags its base map with it
+    memory = memory or RecipeMemory()
+    key = memory.key or new_key()  # fresh for this transfer: the receiver tags its map with it
+    memory.key, early = key, early and memory.recipe is None
     first = InstallSnapshotRequest(vote, meta, 0, b"", False, 0, delta=mode, delta_key=key)
     # The source's map starts now, with this key and the block size a base of the source's
     # size would have, while the first request is on its way; without an offer it is stopped
@@ -121,10 +149,15 @@ async def negotiate(
     block = choose_block_size(source.size) if mode == "blocks" else 0
     task = start_map(source, mode, key=key, block_size=block, piece=piece) if early else None
     try:
-        return await _negotiate(ask, vote, meta, source, options, first, (task, block))
+        plan = await _negotiate(ask, vote, meta, source, options, first, (task, block), memory)
     finally:
         if task is not None:
             await _stop(task)
+    if plan is _AGAIN:  # asked again (`RecipeMemory`)
+        return await negotiate(ask, vote, meta, source, options, early=early, memory=memory)
+    if plan is not None and memory.spent:  # (offers asked in vain crossed the network too)
+        plan, memory.spent = replace(plan, wire_bytes=plan.wire_bytes + memory.spent), 0
+    return plan
 
 
 async def _negotiate(
@@ -135,6 +168,7 @@ async def _negotiate(
     options: TransferOptions,
     first: InstallSnapshotRequest,
     started: tuple[asyncio.Future[Any] | None, int],
+    memory: RecipeMemory,
 ) -> DeltaPlan | None:
     mode, piece, key = options.delta, options.chunk_size, first.delta_key
     early, block = started
@@ -147,11 +181,26 @@ async def _negotiate(
             return None
         offer = answer.offer
         map_bytes = len(offer.map)
-        recipe, crc = await plan_source(source, mode, base_map, early, (key, block), piece)
+        if memory.recipe is not None:  # (an exchange again, with the key sent before)
+            if memory.offer != offer:  # another map made with a key seen before: not used
+                memory.key = memory.offer = memory.recipe = None
+                memory.spent += map_bytes
+                return _AGAIN
+            recipe, crc = memory.recipe, memory.crc  # the same base, the same map
+        else:
+            recipe, crc = await plan_source(source, mode, base_map, early, (key, block), piece)
+            memory.offer, memory.recipe, memory.crc = offer, recipe, crc
         checksum = format_checksum(crc)
         if meta.checksum is not None and meta.checksum != checksum:
             return None  # the data is not what the caller named: the full transfer says so
-        plan = await send_recipe(ask, vote, meta, mode, recipe, checksum, map_bytes)
+        try:
+            plan = await send_recipe(ask, vote, meta, mode, recipe, checksum, map_bytes)
+        except FstransportError as exc:
+            if not offer_lost(exc) or memory.lost:
+                raise
+            log.info("the receiver lost its offer (restarted?); asking for it again")
+            memory.lost, memory.spent = memory.lost + 1, memory.spent + map_bytes
+            return _AGAIN
         if plan is not None and plan.reused:
             log.info(
                 "delta against %r: %d of %d bytes reused", offer.base_id, plan.reused, meta.size
@@ -198,17 +247,18 @@ async def run_exchange(
     cancel_task: asyncio.Future[Any] | None,
     *,
     early: bool = True,
+    memory: RecipeMemory | None = None,
 ) -> str | None:
     """The sender's whole delta exchange through `ask`: `negotiate` (a directory snapshot:
     `negotiate_tree`), stopped when `cancel_task` completes; what the receiver holds after it
     is marked in `window` (`early`: see `negotiate`).  Returns the checksum the exchange
-    named (it reads the source whole), or None."""
+    named (it reads the source whole), or None.  `memory`: see `RecipeMemory`."""
     from fstransport.delta.tree_send import negotiate_tree  # (loaded for directory snapshots only)
 
     if meta.kind == "tree":
         exchange = negotiate_tree(ask, vote, meta, source, options)
     else:
-        exchange = negotiate(ask, vote, meta, source, options, early=early)
+        exchange = negotiate(ask, vote, meta, source, options, early=early, memory=memory)
     plan = await unless_cancelled(exchange, cancel_task)
     if cancel_task is not None and cancel_task.done():
         return None

@@ -274,6 +274,7 @@ class StreamState:
     staged: dict[str, set[str]] = field(default_factory=dict)  # staging area -> objects used
     delta: ReceiverDelta | None = None  # the base offered, and the recipe once accepted
     offer: DeltaOffer | None = None  # an offer waiting to go out with its answer
+    exchanges: int = 0  # delta exchanges begun on it (`delta_restart.begin_exchange`)
 
     def record(
         self, req: InstallSnapshotRequest, crc: int, lost: Iterable[tuple[int, int]] = ()

@@ -34,6 +34,7 @@ from fstransport.messages import (
     SnapshotSegmentId,
     Vote,
 )
+from fstransport.protocol.delta_restart import FailedBases
 from fstransport.protocol.ranges import ChunkRecord
 from fstransport.protocol.receiver import (
     ReceiverLimits,
@@ -168,6 +169,7 @@ class ReceiverState:
         self.installed: OrderedDict[str, SnapshotMeta] = OrderedDict()
         self.installing: set[str] = set()
         self.busy: dict[str, int] = {}  # requests under way, per snapshot id
+        self.failed_bases = FailedBases()  # delta bases whose assembly failed, by snapshot id
 
     # -- votes ---------------------------------------------------------------------------------
 
@@ -312,6 +314,7 @@ class ReceiverState:
     def remember_installed(self, meta: SnapshotMeta) -> None:
         """`meta` is installed: a repeated final chunk of it is acknowledged (`Acknowledge`)."""
         self.installed[meta.snapshot_id] = meta
+        self.failed_bases.finished(meta.snapshot_id)
         self.installed.move_to_end(meta.snapshot_id)
         while len(self.installed) > INSTALLED_MEMORY:
             self.installed.popitem(last=False)

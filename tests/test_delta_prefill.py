@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from fstransport import TransferOptions, TransferReport
 from fstransport.checksum import chunk_crc
 from fstransport.delta.local import file_crc
+from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
 from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import KiB, MiB
 from fstransport.protocol.delta import MapBuilder, new_key
@@ -317,3 +318,54 @@ def test_the_store_checks_its_prefill_option(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigurationError):
         FsspecSnapshotStore(str(tmp_path), prefill="yes")  # type: ignore[arg-type]
+
+
+class ChangeBase:
+    """Delivers to `inner`; rewrites the receiver's base (same size, other bytes) right after
+    the answer to the request `when` picks (the offer or the recipe), while the copy may be
+    running."""
+
+    carries_delta = True
+
+    def __init__(self, inner: LoopbackNetwork, path: Path, when: str) -> None:
+        self.inner, self.path, self.when = inner, path, when
+        self.changed = 0
+
+    async def install_snapshot(
+        self, req: InstallSnapshotRequest, option: TransferOptions
+    ) -> InstallSnapshotResponse:
+        answer = await self.inner.install_snapshot(req, option)
+        hit = req.recipe is not None if self.when == "recipe" else req.delta is not None
+        if hit and not self.changed:
+            old = await asyncio.to_thread(self.path.read_bytes)
+            flipped = (
+                bytes(b ^ 0xFF for b in old[: 3 * PREFILL_PIECE // 8])
+                + old[3 * PREFILL_PIECE // 8 :]
+            )
+            await asyncio.to_thread(self.path.write_bytes, flipped)
+            self.changed += 1
+        return answer
+
+
+@pytest.mark.parametrize("when", ["offer", "recipe"])
+async def test_a_base_changed_while_it_is_copied_never_installs_wrong_bytes(
+    tmp_path: Path, when: str
+) -> None:
+    """Whether the copy took the base's bytes before or after the change, what is installed is
+    the new content: the assembly reads the result back and a copy of changed bytes fails its
+    CRC32C (the stream starts over, sent in full)."""
+    base = random.Random(8).randbytes(SIZE)
+    root = tmp_path / "received"
+    root.mkdir()
+    (root / "snap.bin").write_bytes(base)
+    new = _pages(base, 10, seed=9)
+    (tmp_path / "new.bin").write_bytes(new)
+    store = FsspecSnapshotStore(str(root))
+    net = ChangeBase(LoopbackNetwork(Receiver(store)), root / "snap.bin", when)
+    report = await ship(
+        str(tmp_path / "new.bin"), str(root / "snap.bin"), options=OPTIONS, network=net
+    )
+    await store.close()
+    assert net.changed == 1
+    assert await asyncio.to_thread((root / "snap.bin").read_bytes) == new
+    assert report.bytes_reused > SIZE // 2 or report.bytes_sent >= len(new)

@@ -39,11 +39,13 @@ T = TypeVar("T")
 
 
 async def _each_piece(
-    source: ChunkSource, jobs: Sequence[tuple[int, int, Callable[[Buffer], T]]]
+    source: ChunkSource,
+    jobs: Sequence[tuple[int, int, Callable[[Buffer], T]]],
+    workers: int = HASH_WORKERS,
 ) -> list[T]:
     """For each ``(offset, length, work)`` of `jobs`, in order, `work` of those bytes of
-    `source`: up to `HASH_WORKERS` pieces read and worked on at once, each in a worker thread."""
-    gate = asyncio.Semaphore(HASH_WORKERS)
+    `source`: up to `workers` pieces read and worked on at once, each in a worker thread."""
+    gate = asyncio.Semaphore(workers)
 
     async def one(at: int, length: int, work: Callable[[Buffer], T]) -> T:
         async with gate:
@@ -116,7 +118,7 @@ async def plan_against_sketch(
     source: ChunkSource, base: DeltaMap, sketch: Sketch, piece: int
 ) -> Recipe:
     """Hash the source's blocks inside the super-blocks that differ and plan: each run of them
-    within `piece` bytes is one read, hashed in one worker-thread call (several at once)."""
+    within `piece` bytes is one read, hashed in one worker-thread call."""
     unit, wanted = sketch.unit, sketch.differing(base)
     runs: list[list[int]] = []
     for index in wanted:
@@ -136,7 +138,9 @@ async def plan_against_sketch(
         return lo, hi - lo, hash_run
 
     refined: dict[int, Any] = {}
-    for found in await _each_piece(source, [job(run) for run in runs]):
+    # One thread: a call per 4 KiB block holds the GIL between hashes, and threads taking turns
+    # at it were slower (160 MiB of blocks: 0.13 s in one, 0.17 s in two, 0.33 s in four).
+    for found in await _each_piece(source, [job(run) for run in runs], workers=1):
         refined.update(found)
     return await asyncio.to_thread(plan_two_level, base, sketch, refined)
 

@@ -49,7 +49,7 @@ from fstransport.protocol.delta import (
     plan_recipe,
 )
 from fstransport.protocol.delta_super import SketchBuilder
-from fstransport.protocol.delta_tags import derive_tags
+from fstransport.protocol.delta_tags import derive_tags, tag_multiplier
 from fstransport.protocol.delta_wire import encode_map, encode_recipe
 
 from delta_ship import ship_rounds  # isort: skip (a sibling script, as harness)
@@ -154,6 +154,24 @@ def _sha256_tags(key: bytes, digests: bytes) -> bytes:
     return bytes(out)
 
 
+def _tags32(key: bytes, digests: bytes) -> bytes:
+    """Session 7's tags, the baseline of the 64-bit ones: the top 32 bits of the same product,
+    the digests spread and the tags gathered byte by byte (strided ``bytearray`` slices)."""
+    multiplier, batch = tag_multiplier(key), 4096
+    out = bytearray(len(digests) // 32 * 4)
+    for start in range(0, len(digests), 32 * batch):
+        part = digests[start : start + 32 * batch]
+        count = len(part) // 32
+        slots = bytearray(64 * count)
+        for j in range(32):
+            slots[j::64] = part[j::32]
+        product = (int.from_bytes(slots, "little") * multiplier).to_bytes(64 * count, "little")
+        at = start // 32 * 4
+        for k in range(4):  # bits 224..255 of each slot's product
+            out[at + k : at + 4 * count : 4] = product[28 + k :: 64]
+    return bytes(out)
+
+
 def _per_piece(fn: Callable[[memoryview], object], view: memoryview, size: int) -> None:
     for at in range(0, len(view), size):
         fn(view[at : at + size])
@@ -186,7 +204,8 @@ def map_costs(rounds: int, seed: int) -> dict[str, float]:
         "BLAKE3 per 4 KiB": lambda: _per_piece(lambda p: b3(p).digest(), view, 4096),
         "SHA-256 per 64 KiB": lambda: _per_piece(lambda p: sha(p).digest(), view, 65536),
         "BLAKE3 per 64 KiB": lambda: _per_piece(lambda p: b3(p).digest(), view, 65536),
-        "tags from digests: multiply-shift (now)": lambda: derive_tags(k, digests),
+        "tags from digests: multiply-shift, 64 bits (now)": lambda: derive_tags(k, digests),
+        "tags from digests: multiply-shift, 32 bits (session 7)": lambda: _tags32(k, digests),
         "tags from digests: a SHA-256 call each (session 6)": lambda: _sha256_tags(k, digests),
         "CRC32C per 4 KiB block, no tag (unsafe floor)": lambda: [
             chunk_crc(view[o : o + 4096]) for o in range(0, len(view), 4096)

@@ -163,8 +163,11 @@ def test_map_costs_and_block_sizes() -> None:
     assert choose_block_size(4 * GiB) == 4096
     assert choose_block_size(64 * GiB) == 64 * 1024
     data = random.Random(5).randbytes(1 << 20)
-    assert len(encode_map(build_map("blocks", data, key=KEY))) == 48 + 256 * 8 + 16 * 8
-    assert len(encode_map(build_map("blocks", data, key=KEY, supers=False))) == 48 + 256 * 8
+    # CRC32C 4 + tag 8 bytes a 4 KiB block, and as much a 64 KiB super-block
+    assert len(encode_map(build_map("blocks", data, key=KEY))) == 48 + 256 * 12 + 16 * 12
+    assert len(encode_map(build_map("blocks", data, key=KEY, supers=False))) == 48 + 256 * 12
+    cdc = build_map("cdc", data, key=KEY)
+    assert len(encode_map(cdc)) == 48 + 16 * len(cdc)  # length 4, CRC32C 4, tag 8
     zeros = build_map("blocks", bytes(1 << 20), key=KEY)
     packed = encode_map(zeros)
     assert len(packed) < 200  # zero pages deflate
@@ -191,34 +194,50 @@ def _valid_map() -> bytes:
 
 
 def _header(**kw: int | bytes) -> bytes:
-    fields = {"magic": b"FSTDMAP2", "mode": 1, "flags": 0, "zero": 0, "block": 4096}
+    fields = {"magic": b"FSTDMAP3", "mode": 1, "flags": 0, "zero": 0, "block": 4096}
     fields.update({"size": 8192, "count": 2, "key": KEY})
     fields.update(kw)
     return struct.pack("<8sBBHIQQ16s", *fields.values())
+
+
+def test_the_malformed_maps_edit_well_formed_ones() -> None:
+    """The refusals below are for what each changes: the same header with its columns (two
+    blocks: CRC32C 4 + tag 8 bytes each, plain or deflated; a CDC extent 16) decodes."""
+    got = decode_map(_header() + bytes(24), max_size=1 << 30)
+    assert (len(got), got.tags.typecode, list(got.tags)) == (2, "Q", [0, 0])
+    assert len(decode_map(_header(flags=1) + zlib.compress(bytes(24)), max_size=1 << 30)) == 2
+    tags = (1 << 64) - 2, 1 << 40
+    got = decode_map(_header() + struct.pack("<IIQQ", 7, 8, *tags), max_size=1 << 30)
+    assert (tuple(got.crcs), tuple(got.tags)) == ((7, 8), tags)
+    cdc = _header(mode=2, block=0, size=10, count=1) + struct.pack("<IIQ", 10, 5, tags[0])
+    assert tuple(decode_map(cdc, max_size=1 << 30).tags) == tags[:1]
 
 
 @pytest.mark.parametrize(
     "raw",
     [
         b"",
-        b"FSTDMAP2",
-        _header(magic=b"FSTDMAP1") + bytes(16),
-        _header(mode=7) + bytes(16),
-        _header(flags=4) + bytes(16),
-        _header(zero=1) + bytes(16),
-        _header(block=5000) + bytes(16),
-        _header(block=1024, count=8) + bytes(64),
-        _header(count=3) + bytes(24),
-        _header() + bytes(15),
-        _header() + bytes(17),
+        b"FSTDMAP3",
+        _header(magic=b"FSTDMAP1") + bytes(24),
+        _header(magic=b"FSTDMAP2") + bytes(16),  # 32-bit tags: its own length
+        _header(magic=b"FSTDMAP2") + bytes(24),  # nor one that would fit 64-bit tags
+        _header(mode=7) + bytes(24),
+        _header(flags=4) + bytes(24),
+        _header(zero=1) + bytes(24),
+        _header(block=5000) + bytes(24),
+        _header(block=1024, count=8) + bytes(96),
+        _header(count=3) + bytes(36),
+        _header() + bytes(16),  # two blocks with 32-bit tags
+        _header() + bytes(23),
+        _header() + bytes(25),
         _header(flags=1) + b"not zlib",
         _header(flags=1) + zlib.compress(bytes(1 << 20)),  # inflates far beyond its extents
-        _header(flags=1) + zlib.compress(bytes(16)) + b"tail",
+        _header(flags=1) + zlib.compress(bytes(24)) + b"tail",
         _header(flags=1, size=0, count=0) + zlib.compress(bytes(1 << 20)),
         _header(size=1 << 40, count=(1 << 40) // 4096),
-        _header(mode=2, block=0, size=10, count=1) + struct.pack("<III", 9, 0, 0),
-        _header(mode=2, block=0, size=0, count=1) + struct.pack("<III", 0, 0, 0),
-        _header(mode=2, block=4096, size=10, count=1) + struct.pack("<III", 10, 0, 0),
+        _header(mode=2, block=0, size=10, count=1) + struct.pack("<IIQ", 9, 0, 0),
+        _header(mode=2, block=0, size=0, count=1) + struct.pack("<IIQ", 0, 0, 0),
+        _header(mode=2, block=4096, size=10, count=1) + struct.pack("<IIQ", 10, 0, 0),
     ],
 )
 def test_malformed_maps_are_refused(raw: bytes) -> None:

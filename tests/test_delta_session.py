@@ -87,7 +87,10 @@ def test_an_offer_too_large_for_the_snapshot_is_ignored() -> None:
 def test_limits_grow_with_the_size() -> None:
     assert max_recipe_bytes(1 << 30) == 32 + 16 * (2 * (1 << 18) + 2)
     assert offer_cap(None, 1 << 20) == 1 << 20
-    assert 16 << 20 < offer_cap(1 << 30, 1 << 20) < 18 << 20
+    # a base of up to 4 GiB: 16 bytes per 4 KiB (a CDC extent's length, CRC32C, 64-bit tag),
+    # 16 MiB of map, its base64 21.3 MiB, plus the 1 MiB answer
+    assert max_map_bytes(4 << 30) == 48 + 16 * ((1 << 20) + 1)
+    assert 22 << 20 < offer_cap(1 << 30, 1 << 20) < 23 << 20
 
 
 def test_the_offer_round_trips_over_http_and_malformed_ones_are_refused() -> None:

@@ -107,9 +107,9 @@ async def test_an_unchanged_snapshot_sends_the_map_and_one_byte(tmp_path: Path) 
     await ship(str(source), target, options=OPTIONS)
     report = await ship(str(source), target, options=OPTIONS, network=over_loopback(target))
     assert report.bytes_reused == SIZE
-    # the map (48 + 8 bytes a 4 KiB block + 8 a 64 KiB super-block), a one-range recipe (48)
-    # and the final byte
-    assert report.bytes_sent == 48 + 8 * (SIZE // 4096) + 8 * (SIZE // 65536) + 48 + 1
+    # the map (48 + 12 bytes a 4 KiB block + 12 a 64 KiB super-block: CRC32C 4, tag 8), a
+    # one-range recipe (48) and the final byte
+    assert report.bytes_sent == 48 + 12 * (SIZE // 4096) + 12 * (SIZE // 65536) + 48 + 1
     assert read(target) == data
 
 

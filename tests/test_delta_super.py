@@ -145,8 +145,8 @@ def _raw_map(size: int, *, shift: int = SUPER_SHIFT, mode: int = 1, extra: int =
     block = 4096 if mode == 1 else 0
     count = -(-size // 4096)
     supers = -(-size // UNIT)
-    head = struct.pack("<8sBBHIQQ16s", b"FSTDMAP2", mode, 0, shift, block, size, count, bytes(16))
-    return head + bytes(8 * count + 8 * supers + extra)
+    head = struct.pack("<8sBBHIQQ16s", b"FSTDMAP3", mode, 0, shift, block, size, count, bytes(16))
+    return head + bytes(12 * count + 12 * supers + extra)  # CRC32C 4 + tag 8 each
 
 
 @pytest.mark.parametrize(
@@ -157,9 +157,9 @@ def _raw_map(size: int, *, shift: int = SUPER_SHIFT, mode: int = 1, extra: int =
         _raw_map(3 * UNIT, extra=4),
         _raw_map(3 * UNIT)[:-4],
         _raw_map(UNIT),  # one super-block carries no second level
-        struct.pack("<8sBBHIQQ16s", b"FSTDMAP2", 2, 0, SUPER_SHIFT, 0, 10, 1, bytes(16))
-        + struct.pack("<III", 10, 0, 0)
-        + bytes(8),  # CDC has no super-blocks
+        struct.pack("<8sBBHIQQ16s", b"FSTDMAP3", 2, 0, SUPER_SHIFT, 0, 10, 1, bytes(16))
+        + struct.pack("<IIQ", 10, 0, 0)
+        + bytes(12),  # CDC has no super-blocks
     ],
 )
 def test_malformed_second_levels_are_refused(raw: bytes) -> None:
@@ -276,7 +276,7 @@ def test_the_sender_plans_with_or_without_the_bases_second_level(second_level: b
 
 
 def test_tags_are_the_multiply_shift_hash_of_the_digests() -> None:
-    """Each tag is the top 32 bits of ``a * digest mod 2**256`` whatever batch it falls in (the
+    """Each tag is the top 64 bits of ``a * digest mod 2**256`` whatever batch it falls in (the
     batched product must never carry from one digest's slot into the next)."""
     digests = os.urandom(32 * 4100) + b"\xff" * 32 * 3  # past one batch; all-ones digests too
     key = new_key()
@@ -285,7 +285,7 @@ def test_tags_are_the_multiply_shift_hash_of_the_digests() -> None:
     assert len(tags) == 4103
     for i in [*range(0, 4103, 97), 4095, 4096, 4102]:
         x = int.from_bytes(digests[32 * i : 32 * i + 32], "little")
-        assert tags[i] == (a * x) % (1 << 256) >> 224
+        assert tags[i] == (a * x) % (1 << 256) >> 192
     assert derive_tags(new_key(), digests) != tags  # another key, other tags
     with pytest.raises(ValueError, match="32-byte"):
         derive_tags(key, b"x" * 33)
@@ -293,8 +293,9 @@ def test_tags_are_the_multiply_shift_hash_of_the_digests() -> None:
 
 @pytest.mark.parametrize("size", [1, 4096, UNIT, UNIT + 1, 2 * UNIT, 17 * 4096 + 1, 33 * UNIT - 1])
 def test_a_two_level_map_stays_within_the_offer_bound(size: int) -> None:
-    """`max_map_bytes` (12 bytes per 4 KiB, the sender's and the HTTP client's bound) holds with
-    the second level's 8 bytes per super-block (random content: nothing deflates)."""
+    """`max_map_bytes` (16 bytes per 4 KiB, the sender's and the HTTP client's bound) holds with
+    a block's 12 bytes and the second level's 12 per super-block (random content: nothing
+    deflates)."""
     made = build_map("blocks", random.Random(size).randbytes(size), key=new_key())
     assert (made.supers is not None) == (size > UNIT)
     assert len(encode_map(made)) <= max_map_bytes(size)

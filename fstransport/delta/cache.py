@@ -5,15 +5,16 @@ BLAKE3 digests of its extents) in a sidecar under the store's bookkeeping
 
 A block map's sidecar also holds its second level (super-blocks: CRC32Cs and digests).  The
 format is versioned by its magic (``FSTDSUM2``): a sidecar of another version is ignored and
-made again, never misread.  A sidecar names the file it describes by its size, inode, device
-and mtime (nanoseconds; not the ctime, which installing by rename changes); any difference and
-it is ignored (and replaced).  A snapshot assembled from a delta gets its sidecar at once
-(`keep_assembled`: the base's digests for the copied blocks, the sent blocks read back and
-hashed); any other base is read at its first offer.  It is written only by the receiver, from
-bytes it read or wrote itself, never from anything a peer said.  A stale one (a base rewritten
-in place within one clock tick) can only make an offer promise blocks the base no longer has:
-the assembled snapshot's CRC32C, computed from its bytes, then differs, and the snapshot is sent
-again in full (never installed wrong).  Blocking: run in a thread.
+made again, never misread.  It holds no tags (they depend on each transfer's key), so the 64-bit
+tags of ``FSTDMAP3`` maps left it as it was.  A sidecar names the file it describes by its size,
+inode, device and mtime (nanoseconds; not the ctime, which installing by rename changes); any
+difference and it is ignored (and replaced).  A snapshot assembled from a delta gets its sidecar
+at once (`keep_assembled`: the base's digests for the copied blocks, the sent blocks read back
+and hashed); any other base is read at its first offer.  It is written only by the receiver,
+from bytes it read or wrote itself, never from anything a peer said.  A stale one (a base
+rewritten in place within one clock tick) can only make an offer promise blocks the base no
+longer has: the assembled snapshot's CRC32C, computed from its bytes, then differs, and the
+snapshot is sent again in full (never installed wrong).  Blocking: run in a thread.
 """
 
 from __future__ import annotations
@@ -136,11 +137,11 @@ def _load(root: str, path: str, mode: str, st: os.stat_result) -> DeltaMap | Non
     second = None
     if supers > 1:
         super_crcs = u32_from_le(raw[at : at + 4 * supers])
-        second = SuperLevel(shift, super_crcs, array("I"), raw[at + 4 * supers :])
+        second = SuperLevel(shift, super_crcs, array("Q"), raw[at + 4 * supers :])
     elif shift:
         return None
     key = b"\0" * 16
-    return DeltaMap(mode, size, key, block, lengths, crcs, array("I"), digests, second)
+    return DeltaMap(mode, size, key, block, lengths, crcs, array("Q"), digests, second)
 
 
 def kept_map(root: str, path: str, mode: str, *, key: bytes, write: bool = True) -> DeltaMap:
@@ -206,7 +207,7 @@ def keep_assembled(root: str, name: str, path: str, recipe: Recipe, base_map: De
     if count:
         lengths[-1] = recipe.size - block * (count - 1)
     made = DeltaMap(
-        "blocks", recipe.size, b"\0" * 16, block, lengths, crcs, array("I"), bytes(digests), supers
+        "blocks", recipe.size, b"\0" * 16, block, lengths, crcs, array("Q"), bytes(digests), supers
     )
     keep_map(root, path, made, st, name=name)
 
@@ -246,4 +247,4 @@ def _assembled_supers(
             raise EOFError("the assembled file ended early")
         crcs[s] = read_crcs[0]
         digests[DIGEST_SIZE * s : DIGEST_SIZE * (s + 1)] = read_digests
-    return SuperLevel(SUPER_SHIFT, crcs, array("I"), bytes(digests))
+    return SuperLevel(SUPER_SHIFT, crcs, array("Q"), bytes(digests))

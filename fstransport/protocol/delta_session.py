@@ -58,9 +58,10 @@ def max_recipe_bytes(size: int) -> int:
 
 
 def max_map_bytes(base_size: int) -> int:
-    """The longest encoded map of a base of `base_size` bytes: header plus 12 bytes per
-    extent (CDC: length, CRC, tag), extents being at least 4 KiB but the last."""
-    return 48 + 12 * (base_size // _MIN_EXTENT + 1)
+    """The longest encoded map of a base of `base_size` bytes: header plus 16 bytes per
+    extent (CDC: length 4, CRC 4, tag 8), extents being at least 4 KiB but the last (a block
+    map's 12 bytes a block and 12 a super-block of 16 blocks stay below)."""
+    return 48 + 16 * (base_size // _MIN_EXTENT + 1)
 
 
 def check_delta_request(req: InstallSnapshotRequest) -> None:

@@ -8,11 +8,12 @@ bytes).
   prepare a colliding pair offline).  BLAKE3 (the ``blake3`` package) hashes a 64 KiB
   super-block about three times as fast as SHA-256 does here, even with SHA extensions
   (``docs/delta.md`` has the numbers).
-* ``tag = (a * digest mod 2**256) >> 224``, the digest read as a little-endian integer and
+* ``tag = (a * digest mod 2**256) >> 192``, the digest read as a little-endian integer and
   ``a`` an odd 256-bit number drawn from the transfer's key (`tag_multiplier`): multiply-shift
-  hashing, a universal family (Dietzfelbinger et al., 1997): for two different digests fixed
-  before the key is drawn, their tags agree with probability at most 2**-31 over the key.
-  Content fixed before the key was drawn cannot aim at it.
+  hashing with 64 output bits, a universal family (Dietzfelbinger et al., 1997): for two
+  different digests fixed before the key is drawn, their tags agree with probability at most
+  2 * 2**-64 = 2**-63 over the key.  Content fixed before the key was drawn cannot aim at it.
+  (Maps before ``FSTDMAP3`` kept 32 bits, 2**-31 a pair: too few for matching anywhere.)
 
 Deriving the tags of a kept map needs no read of the base, and no call per extent: thousands of
 digests are multiplied in one integer product (``docs/delta.md`` has the numbers).
@@ -35,6 +36,7 @@ from fstransport.messages import Buffer
 __all__ = [
     "DIGEST_SIZE",
     "EXTENT_HASH",
+    "TAG_SIZE",
     "derive_tags",
     "extent_digest",
     "hash_pieces",
@@ -43,7 +45,9 @@ __all__ = [
 ]
 
 DIGEST_SIZE = 32
-_TAG_SIZE = 4
+TAG_SIZE = 8
+"""Bytes of a tag: the top 64 bits of the low 256 of the product."""
+_TAG_WORD = (DIGEST_SIZE - TAG_SIZE) // 8  # the tag's 64-bit word in a slot's product
 EXTENT_HASH = blake3
 """The hash of an extent's digest (``EXTENT_HASH(piece).digest()``, `DIGEST_SIZE` bytes)."""
 
@@ -69,30 +73,29 @@ def tag_multiplier(key: bytes) -> int:
 
 
 def derive_tags(key: bytes, digests: Buffer) -> array[int]:
-    """The tags keyed by `key` of the extents whose digests are joined in `digests`: the top 32
+    """The tags keyed by `key` of the extents whose digests are joined in `digests`: the top 64
     bits of ``a * digest mod 2**256`` (the digest read as a little-endian integer, `a` the
     key's `tag_multiplier`), multiply-shift hashing.  Many digests are multiplied in one
-    integer product, each in its own 64-byte slot (a 512-bit product never reaches the next)."""
+    integer product, each in its own 64-byte slot (a 512-bit product never reaches the next);
+    digests go in and tags come out as strided copies of 64-bit words (no call per digest)."""
     view = memoryview(digests).cast("B")
     if len(view) % DIGEST_SIZE:
         raise ValueError(f"digests come in {DIGEST_SIZE}-byte pieces")
     multiplier, slot = tag_multiplier(key), 2 * DIGEST_SIZE
-    out = bytearray(len(view) // DIGEST_SIZE * _TAG_SIZE)
+    words, per_slot = DIGEST_SIZE // 8, slot // 8
+    tags = array("Q", bytes(len(view) // DIGEST_SIZE * TAG_SIZE))
+    out = memoryview(tags)
     for start in range(0, len(view), DIGEST_SIZE * _BATCH):
-        part = bytes(view[start : start + DIGEST_SIZE * _BATCH])
-        count = len(part) // DIGEST_SIZE
+        part = memoryview(bytes(view[start : start + DIGEST_SIZE * _BATCH])).cast("Q")
+        count = len(part) // words
         slots = bytearray(slot * count)
-        for j in range(DIGEST_SIZE):
-            slots[j::slot] = part[j::DIGEST_SIZE]
+        into = memoryview(slots).cast("Q")
+        for j in range(words):  # each digest's words into the low half of its slot
+            into[j::per_slot] = part[j::words]
         product = (int.from_bytes(slots, "little") * multiplier).to_bytes(slot * count, "little")
-        at = start // DIGEST_SIZE * _TAG_SIZE
-        for k in range(_TAG_SIZE):  # bits 224..255 of each slot's product
-            out[at + k : at + _TAG_SIZE * count : _TAG_SIZE] = product[
-                DIGEST_SIZE - _TAG_SIZE + k :: slot
-            ]
-    tags = array("I")
-    tags.frombytes(out)
-    if byteorder == "big":
+        at = start // DIGEST_SIZE
+        out[at : at + count] = memoryview(product).cast("Q")[_TAG_WORD::per_slot]
+    if byteorder == "big":  # (the words were copied as little-endian bytes)
         tags.byteswap()
     return tags
 

@@ -116,7 +116,7 @@ class TreeMap:
 
     def subset(self, numbers: Sequence[int]) -> TreeMap:
         """The map of the files `numbers` (indexes, in that order) alone, with their extents."""
-        lengths, crcs, tags = array("I"), array("I"), array("I")
+        lengths, crcs, tags = array("I"), array("I"), array("Q")
         e, spans = self.extents, self.file_extents()
         for number in numbers:
             first, count = spans[number]
@@ -158,7 +158,7 @@ class TreeMap:
 
     def with_maps(self, maps: Mapping[int, DeltaMap]) -> TreeMap:
         """This map with the extents of the files `maps` names (by index) replaced by theirs."""
-        lengths, crcs, tags = array("I"), array("I"), array("I")
+        lengths, crcs, tags = array("I"), array("I"), array("Q")
         mapped = array("B", self.mapped)
         e = self.extents
         for number, (first, count) in enumerate(self.file_extents()):
@@ -201,7 +201,7 @@ class TreeMapBuilder:
 
     def __init__(self, mode: str, *, key: bytes, block_size: int, extents: bool = True) -> None:
         self.mode, self.key, self.block_size = mode, key, block_size if mode == "blocks" else 0
-        self._lengths, self._crcs, self._tags = array("I"), array("I"), array("I")
+        self._lengths, self._crcs, self._tags = array("I"), array("I"), array("Q")
         self._sizes, self._file_crcs, self._file_tags = array("Q"), array("I"), array("Q")
         self._extents = extents  # else files are identified, not cut (their pieces only)
         self._file, self._ident = self.file_builder(), FileIdentity(key)

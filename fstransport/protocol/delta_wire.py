@@ -20,6 +20,7 @@ from fstransport.protocol.delta import (
     Recipe,
     SuperLevel,
 )
+from fstransport.protocol.delta_tags import TAG_SIZE as _TAG_SIZE
 
 __all__ = [
     "MAX_RECIPE_ENTRIES",
@@ -29,11 +30,13 @@ __all__ = [
     "encode_recipe",
     "u32_from_le",
     "u32_le",
+    "u64_from_le",
+    "u64_le",
 ]
 
 _MODE_CODES = {"blocks": 1, "cdc": 2}
 _MODES_BY_CODE = {code: mode for mode, code in _MODE_CODES.items()}
-_MAP_MAGIC = b"FSTDMAP2"  # (1: SHA-256 digests, no second level; refused)
+_MAP_MAGIC = b"FSTDMAP3"  # (2: 32-bit tags; 1: SHA-256 digests, no second level; refused)
 _MAP_HEADER = struct.Struct("<8sBBHIQQ16s")  # magic mode flags shift block_size size count key
 _ZLIB = 1
 _RECIPE_MAGIC = b"FSTDRCP1"
@@ -46,35 +49,56 @@ def _bad(message: str, what: str) -> InvalidRequest:
     return InvalidRequest(message, field=what)
 
 
-def u32_le(values: array[int]) -> bytes:
-    """`values` (u32) as little-endian bytes, whatever this machine's byte order."""
-    if byteorder == "big":
-        values = array("I", values)
-        values.byteswap()
+def _le(values: array[int], code: str) -> bytes:
+    """`values` as little-endian `code` items, whatever this machine's byte order."""
+    if values.typecode != code or byteorder == "big":
+        values = array(code, values)
+        if byteorder == "big":
+            values.byteswap()
     return values.tobytes()
 
 
-def u32_from_le(raw: bytes) -> array[int]:
-    """Little-endian u32 `raw` as an array in this machine's byte order."""
-    values = array("I")
+def _from_le(raw: Buffer, code: str) -> array[int]:
+    """Little-endian `code` items `raw` as an array in this machine's byte order."""
+    values = array(code)
     values.frombytes(raw)
     if byteorder == "big":
         values.byteswap()
     return values
 
 
+def u32_le(values: array[int]) -> bytes:
+    """`values` (u32) as little-endian bytes, whatever this machine's byte order."""
+    return _le(values, "I")
+
+
+def u32_from_le(raw: Buffer) -> array[int]:
+    """Little-endian u32 `raw` as an array in this machine's byte order."""
+    return _from_le(raw, "I")
+
+
+def u64_le(values: array[int]) -> bytes:
+    """`values` (u64: tags) as little-endian bytes, whatever this machine's byte order."""
+    return _le(values, "Q")
+
+
+def u64_from_le(raw: Buffer) -> array[int]:
+    """Little-endian u64 `raw` as an array in this machine's byte order."""
+    return _from_le(raw, "Q")
+
+
 def encode_map(delta_map: DeltaMap) -> bytes:
-    """The map's wire form: a 48-byte header, then u32 little-endian columns (lengths for CDC,
-    CRCs, tags; then a block map's super-block CRCs and tags), deflated when that is smaller
-    (repeated blocks, such as zero pages).  The header's shift is 0 for a map without a second
-    level (old peers read no other value: they refuse such a map, never misread it)."""
-    columns = [delta_map.crcs, delta_map.tags]
+    """The map's wire form: a 48-byte header, then little-endian columns (lengths for CDC, u32;
+    CRCs, u32; tags, u64; then a block map's super-block CRCs and tags), deflated when that is
+    smaller (repeated blocks, such as zero pages).  The header's shift is 0 for a map without a
+    second level.  Peers of an older version refuse the magic, never misread the columns."""
+    columns = [u32_le(delta_map.crcs), u64_le(delta_map.tags)]
     if delta_map.mode == "cdc":
-        columns.insert(0, delta_map.lengths)
+        columns.insert(0, u32_le(delta_map.lengths))
     supers = delta_map.supers
     if supers is not None:
-        columns += [supers.crcs, supers.tags]
-    payload = b"".join(u32_le(c) for c in columns)
+        columns += [u32_le(supers.crcs), u64_le(supers.tags)]
+    payload = b"".join(columns)
     flags = 0
     packed = zlib.compress(payload, 1)
     if len(packed) < len(payload) * 9 // 10:
@@ -115,8 +139,9 @@ def decode_map(raw: Buffer, *, max_size: int, max_entries: int = 4 * MAX_BLOCKS)
     supers = -(-size // (block << shift)) if shift else 0
     if shift and supers < 2:
         raise _bad("a map of one super-block has no second level", what)
-    columns = 3 if mode == "cdc" else 2
-    expected = 4 * columns * count + 8 * supers
+    u32s = 2 if mode == "cdc" else 1  # (lengths and) CRCs; then the u64 tags
+    per = 4 * u32s + _TAG_SIZE
+    expected = per * count + (4 + _TAG_SIZE) * supers
     payload = raw[_MAP_HEADER.size :]
     if flags & _ZLIB:
         if expected == 0:  # (zlib reads a limit of 0 as no limit at all)
@@ -130,12 +155,13 @@ def decode_map(raw: Buffer, *, max_size: int, max_entries: int = 4 * MAX_BLOCKS)
             raise _bad("the delta map inflates to more or less than its extents", what)
     if len(payload) != expected:
         raise _bad(f"the delta map holds {len(payload)} bytes, not {expected}", what)
-    col = [u32_from_le(payload[i * 4 * count : (i + 1) * 4 * count]) for i in range(columns)]
+    col = [u32_from_le(payload[i * 4 * count : (i + 1) * 4 * count]) for i in range(u32s)]
+    tags = u64_from_le(payload[4 * u32s * count : per * count])
     second = None
     if supers:
-        at = 4 * columns * count
+        at = per * count
         super_crcs = u32_from_le(payload[at : at + 4 * supers])
-        second = SuperLevel(shift, super_crcs, u32_from_le(payload[at + 4 * supers :]))
+        second = SuperLevel(shift, super_crcs, u64_from_le(payload[at + 4 * supers :]))
     if mode == "cdc":
         lengths = col.pop(0)
         if sum(lengths) != size or (count and min(lengths) == 0):
@@ -144,7 +170,7 @@ def decode_map(raw: Buffer, *, max_size: int, max_entries: int = 4 * MAX_BLOCKS)
         lengths = array("I", [block] * count)
         if count:
             lengths[-1] = size - block * (count - 1)
-    return DeltaMap(mode, size, key, block, lengths, col[0], col[1], supers=second)
+    return DeltaMap(mode, size, key, block, lengths, col[0], tags, supers=second)
 
 
 def encode_recipe(recipe: Recipe) -> bytes:

@@ -38,7 +38,7 @@ DEFAULT_VOTE = Vote(term=0, node_id=0)
 
 
 STORE_OPTIONS = frozenset(
-    {"fsync", "sink", "part_size", "full_object_checksum", "upload_concurrency"}
+    {"fsync", "prefill", "sink", "part_size", "full_object_checksum", "upload_concurrency"}
 )
 """The `FsspecSnapshotStore` settings `ship(store_options=...)` passes to its in-process store."""
 

@@ -43,6 +43,8 @@ class LocalDelta:
         runs, or the sink is not a local file."""
         if not self.store.prefill or not isinstance(sink, PwriteSink) or sink.prefill is not None:
             return
+        if sink.writing:  # a write already in a thread would not claim its range
+            return
         if base.map.mode != "blocks" or not isinstance(base.pin, str):
             return
         gate = _PREFILLING.setdefault(self.store.root, threading.Semaphore(1))
@@ -50,8 +52,12 @@ class LocalDelta:
             return
         prefill = _GatedPrefill(base.pin, sink.path, min(size, base.map.size), base.map.size)
         prefill.gate = gate
-        sink.prefill = prefill
-        prefill.start()
+        sink.prefill = prefill  # (before any write can start: this runs on the event loop)
+        try:
+            prefill.start()
+        except RuntimeError:  # no thread to be had: the assembly copies it all, as without
+            sink.prefill = None
+            gate.release()
 
     def accepted(self, sink: SnapshotSink) -> None:
         """The stream accepted a recipe: its received bytes no longer stop the prefill."""

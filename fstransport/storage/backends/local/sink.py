@@ -59,6 +59,11 @@ class PwriteSink:
         """A delta base being copied into this file (`LocalDelta`): every write claims its
         range from it first, and it is stopped before the file is finished or let go."""
 
+    @property
+    def writing(self) -> bool:
+        """Whether a write is running in a thread now."""
+        return bool(self._threads)
+
     def _claim(self, offset: int, length: int) -> None:
         if self.prefill is not None:
             self.prefill.claim(offset, length)

@@ -103,6 +103,18 @@ def test_serve_help_shows_the_real_defaults() -> None:
     assert ReceiverLimits().max_snapshot_size == DEFAULT_MAX_SNAPSHOT_SIZE
 
 
+def test_serve_passes_no_prefill_to_its_store(tmp_path: Path) -> None:
+    from fstransport.cli.main import build_parser
+    from fstransport.cli.serve import store_settings
+    from fstransport.storage.store import FsspecSnapshotStore
+
+    default = store_settings(build_parser().parse_args(["serve", str(tmp_path)]))
+    off = store_settings(build_parser().parse_args(["serve", "--no-prefill", str(tmp_path)]))
+    assert default["prefill"] is True
+    assert off["prefill"] is False
+    assert FsspecSnapshotStore(str(tmp_path), **off).prefill is False
+
+
 def test_the_version_is_the_installed_distributions() -> None:
     """`fstransport._version` is the one place the version is written; the installed metadata
     (which pyproject.toml builds from it) must agree."""

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from fstransport import TransferOptions, TransferReport
 from fstransport.checksum import chunk_crc
 from fstransport.delta.local import file_crc
-from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse
+from fstransport.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta
 from fstransport.network.loopback import LoopbackNetwork
 from fstransport.options import KiB, MiB
 from fstransport.protocol.delta import MapBuilder, new_key
@@ -301,11 +301,11 @@ async def test_only_one_prefill_runs_at_a_time_per_store(tmp_path: Path) -> None
     gate = _PREFILLING.setdefault(store.root, threading.Semaphore(1))
     assert gate.acquire(blocking=False)  # as if another stream's copy were running
     first = await PwriteSink.create(str(tmp_path / "a"))
-    bases.prefill(first, mapped, len(base))
+    await bases.prefill(first, mapped, len(base))
     assert first.prefill is None
     gate.release()
     second = await PwriteSink.create(str(tmp_path / "b"))
-    bases.prefill(second, mapped, len(base))
+    await bases.prefill(second, mapped, len(base))
     assert second.prefill is not None
     await second.abort()
     await first.abort()
@@ -369,3 +369,119 @@ async def test_a_base_changed_while_it_is_copied_never_installs_wrong_bytes(
     assert net.changed == 1
     assert await asyncio.to_thread((root / "snap.bin").read_bytes) == new
     assert report.bytes_reused > SIZE // 2 or report.bytes_sent >= len(new)
+
+
+# -- a stream's later offers, a base replaced, a sink let go, a failed sketch ----------------
+
+
+async def _two_bases(tmp_path: Path) -> tuple[FsspecSnapshotStore, bytes, bytes]:
+    root = tmp_path / "store"
+    root.mkdir()
+    a, b = random.Random(11).randbytes(SIZE), random.Random(12).randbytes(SIZE)
+    await asyncio.to_thread((root / "A").write_bytes, a)
+    await asyncio.to_thread((root / "B").write_bytes, b)
+    return FsspecSnapshotStore(str(root)), a, b
+
+
+async def test_a_later_offer_of_another_base_replaces_the_copy(tmp_path: Path) -> None:
+    """An exchange run again on the same stream offers base B after A: A's copy is stopped and
+    forgotten, B's is what the assembly trusts (no false mismatch, B's bytes installed)."""
+    from fstransport.protocol.delta import Recipe
+    from fstransport.storage.backends.local.delta import LocalDelta
+
+    store, _, b = await _two_bases(tmp_path)
+    sink = await store.begin(SnapshotMeta("new", size=SIZE))
+    bases, key = LocalDelta(store), new_key()
+    first, second = (
+        await bases.map_base("A", "blocks", key),
+        await bases.map_base("B", "blocks", key),
+    )
+    assert first is not None
+    assert second is not None
+    await bases.prefill(sink, first, SIZE)
+    bases.accepted(sink)
+    assert isinstance(sink, PwriteSink)
+    assert sink.prefill is not None
+    await asyncio.to_thread(sink.prefill._thread.join)  # A copied whole
+    await bases.prefill(sink, second, SIZE)
+    assert sink.prefill is not None
+    assert sink.prefill.base == second.pin
+    crc, reused = await bases.assemble(sink, second, Recipe(SIZE, SIZE, ((SIZE, 0),)), chunk_crc(b))
+    assert (crc, reused) == (chunk_crc(b), SIZE)
+    assert await asyncio.to_thread(Path(sink.path).read_bytes) == b
+    await store.abort("new")
+    await store.close()
+
+
+async def test_a_base_replaced_under_the_same_name_is_copied_again(tmp_path: Path) -> None:
+    """The base file is replaced (another inode, same size) after its copy: the copy is not
+    trusted, the assembly copies from the file as it is now, and the read-back says whether
+    that is the content (here it is: the new file holds the content the recipe expects)."""
+    from fstransport.protocol.delta import Recipe
+    from fstransport.storage.backends.local.delta import LocalDelta
+
+    store, a, b = await _two_bases(tmp_path)
+    sink = await store.begin(SnapshotMeta("new", size=SIZE))
+    bases = LocalDelta(store)
+    mapped = await bases.map_base("A", "blocks", new_key())
+    assert mapped is not None
+    assert isinstance(sink, PwriteSink)
+    await bases.prefill(sink, mapped, SIZE)
+    bases.accepted(sink)
+    assert sink.prefill is not None
+    await asyncio.to_thread(sink.prefill._thread.join)
+    os.replace(tmp_path / "store" / "B", tmp_path / "store" / "A")  # A is now B's bytes
+    crc, _ = await bases.assemble(sink, mapped, Recipe(SIZE, SIZE, ((SIZE, 0),)), chunk_crc(b))
+    assert crc == chunk_crc(b)  # copied again from the file as it is, not trusted from before
+    assert await asyncio.to_thread(Path(sink.path).read_bytes) != a
+    await store.abort("new")
+    await store.close()
+
+
+async def test_a_sink_let_go_with_only_a_bases_copy_keeps_nothing(tmp_path: Path) -> None:
+    from fstransport.storage.backends.local.delta import LocalDelta
+
+    store, _, _ = await _two_bases(tmp_path)
+    sink = await store.begin(SnapshotMeta("new", size=SIZE))
+    bases = LocalDelta(store)
+    mapped = await bases.map_base("A", "blocks", new_key())
+    assert mapped is not None
+    assert isinstance(sink, PwriteSink)
+    await bases.prefill(sink, mapped, SIZE)
+    path = Path(sink.path)
+    await store.release("new")
+    assert not await asyncio.to_thread(path.exists), (
+        "a partial holding only the base's copy has nothing to resume"
+    )
+    await store.close()
+
+
+async def test_opening_the_file_again_waits_for_an_earlier_copy_into_it(tmp_path: Path) -> None:
+    base_path, target, base = _files(tmp_path, 4 * PREFILL_PIECE)
+    job = Prefill(str(base_path), str(target), len(base), len(base))
+    job.recipe = True
+    job.start()
+    again = await PwriteSink.create(str(target), resume=True)  # settles the copy first
+    assert not job._thread.is_alive()
+    await again.abort()
+
+
+async def test_a_failed_sketch_stops_reading_the_source() -> None:
+    from fstransport.delta.source_map import HASH_WORKERS, sketch_source
+
+    class Short:
+        description, size = "short", 64 * MiB
+
+        def __init__(self) -> None:
+            self.reads = 0
+
+        async def read(self, at: int, length: int) -> bytes:
+            self.reads += 1
+            await asyncio.sleep(0.01)
+            return bytes(length - 1 if at == 0 else length)  # shorter than it says
+
+    source = Short()
+    with pytest.raises(EOFError):
+        await sketch_source(source, key=new_key(), block_size=4096, piece=MiB)  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)
+    assert source.reads <= 2 * HASH_WORKERS, "pieces went on being read after the failure"

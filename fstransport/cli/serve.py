@@ -149,11 +149,16 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     serve.add_argument(
         "--no-prefill",
         action="store_true",
-        help="a local ROOT: do not copy a delta's base into the partial file while the sender "
-        "plans (docs/delta.md, Prefill); the copy then waits for the install",
+        help="a local ROOT: copy a delta's base at install, not while the sender plans",
     )
     add_s3_tuning(serve, "ROOT")
     serve.set_defaults(run=run, parser=serve)
+
+
+def store_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The `FsspecSnapshotStore` options of ``serve``'s ROOT."""
+    options = {**storage_options(args, args.root), **s3_tuning(args, args.root)}
+    return {**options, "prefill": not args.no_prefill}
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -165,8 +170,7 @@ async def run(args: argparse.Namespace) -> int:
     if not args.quiet and server_log.getEffectiveLevel() > logging.WARNING:
         server_log.setLevel(logging.WARNING)  # every refused request is one line, by default
     tls = _server_tls(args.certfile, args.keyfile)
-    options = {**storage_options(args, args.root), **s3_tuning(args, args.root)}
-    options["prefill"] = not args.no_prefill
+    options = store_settings(args)
     from fstransport.protocol.receiver import ReceiverLimits
 
     limits: dict[str, Any] = {"limits": ReceiverLimits()}

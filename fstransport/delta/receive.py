@@ -110,7 +110,7 @@ async def answer_delta(
                 found = await find_base(store, candidates, req.delta, req.delta_key, keep=keep)
             if found is not None:
                 state.delta, offer = found[0], found[0].offer(found[1])
-                _prefill(bases, sink, state, found[0])
+                await _prefill(bases, sink, state, found[0])
         return tuple(state.ledger.held()), offer, sink
     if bases is not None and state.delta is None:  # offered by a receiver gone since?
         raise start_over(state, req)  # (the sender asks again: `delta_restart.offer_lost`)
@@ -138,15 +138,17 @@ async def answer_delta(
     return held, None, sink
 
 
-def _prefill(
+async def _prefill(
     bases: DeltaBase, sink: SnapshotSink, state: StreamState, delta: ReceiverDelta
 ) -> None:
     """Let the base's backend start filling a fresh partial file from a file base while the
-    sender plans (local folders: `fstransport.storage.backends.local.prefill`)."""
+    sender plans (local folders: `fstransport.storage.backends.local.prefill`).  The ledger
+    holds nothing yet; a write of this stream still running in a thread is the backend's to
+    see (it does not start then: such a write would not claim its range)."""
     prefill = getattr(bases, "prefill", None)
     base = delta.base if isinstance(delta, BaseDelta) else None
     if prefill is not None and base is not None and not state.ledger.held():
-        prefill(sink, base, state.meta.size or 0)
+        await prefill(sink, base, state.meta.size or 0)
 
 
 def _recipe_of(delta: ReceiverDelta, copied: list[tuple[int, int, int]]) -> Recipe:

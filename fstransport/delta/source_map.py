@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from array import array
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from fstransport.messages import Buffer
@@ -54,8 +54,13 @@ async def _each_piece(
                 raise EOFError(f"{source.description} ended before {at + length}")
             return await asyncio.to_thread(work, data)
 
-    started: list[Awaitable[T]] = [one(*job) for job in jobs]
-    return list(await asyncio.gather(*started))
+    tasks = [asyncio.ensure_future(one(*job)) for job in jobs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:  # (a failed or cancelled piece stops the others: nothing reads on behind it)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def rereads_cheaply(source: ChunkSource) -> bool:

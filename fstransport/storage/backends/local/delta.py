@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from fstransport.errors import SourceChanged, StorageError
 from fstransport.messages import SnapshotMeta
 from fstransport.protocol.ranges import RangeSet
-from fstransport.storage.backends.local.prefill import Prefill
+from fstransport.storage.backends.local.prefill import Prefill, file_identity
 from fstransport.storage.backends.local.sink import PwriteSink
 from fstransport.storage.base import BaseTree, MappedBase, SnapshotSink
 
@@ -37,13 +37,17 @@ class LocalDelta:
     def __init__(self, store: FsspecSnapshotStore, *, keep: bool = False) -> None:
         self.store, self.keep = store, keep  # keep: write the maps' sidecars (read them anyway)
 
-    def prefill(self, sink: SnapshotSink, base: MappedBase, size: int) -> None:
-        """Start copying a block-mode file base into `sink`'s fresh partial file at the same
-        offsets while the sender plans (`Prefill`); nothing when another prefill of this store
-        runs, or the sink is not a local file."""
-        if not self.store.prefill or not isinstance(sink, PwriteSink) or sink.prefill is not None:
+    async def prefill(self, sink: SnapshotSink, base: MappedBase, size: int) -> None:
+        """Start copying a block-mode file base into `sink`'s partial file at the same offsets
+        while the sender plans (`Prefill`); nothing when another prefill of this store runs,
+        or the sink is not a local file.  A copy of another base (an earlier offer on this
+        stream) is stopped and forgotten first."""
+        if not self.store.prefill or not isinstance(sink, PwriteSink):
             return
-        if sink.writing:  # a write already in a thread would not claim its range
+        if sink.prefill is not None and sink.prefill.base != base.pin:
+            old, sink.prefill = sink.prefill, None
+            await asyncio.to_thread(old.stop)  # (what it copied is trusted by nothing now)
+        if sink.prefill is not None or sink.writing:  # (a write in a thread claims nothing)
             return
         if base.map.mode != "blocks" or not isinstance(base.pin, str):
             return
@@ -52,7 +56,7 @@ class LocalDelta:
             return
         prefill = _GatedPrefill(base.pin, sink.path, min(size, base.map.size), base.map.size)
         prefill.gate = gate
-        sink.prefill = prefill  # (before any write can start: this runs on the event loop)
+        sink.prefill = prefill  # (before any write can start: no await from the check)
         try:
             prefill.start()
         except RuntimeError:  # no thread to be had: the assembly copies it all, as without
@@ -98,7 +102,9 @@ class LocalDelta:
         prefilled: RangeSet | None = None
         if isinstance(sink, PwriteSink) and sink.prefill is not None:
             prefill, sink.prefill = sink.prefill, None
-            prefilled = await asyncio.to_thread(prefill.stop)
+            held = await asyncio.to_thread(prefill.stop)
+            if prefill.base == base_path and prefill.identity == await _identity(base_path):
+                prefilled = held  # (else a copy of another base, or of this one before a change)
         try:
             done = await asyncio.to_thread(
                 assemble_local,
@@ -143,6 +149,13 @@ class LocalDelta:
             )
         except Exception as exc:
             log.warning("could not keep the delta map of %s: %s", final, exc)
+
+
+async def _identity(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        return file_identity(await asyncio.to_thread(os.stat, path))
+    except OSError:
+        return None
 
 
 class _GatedPrefill(Prefill):

@@ -21,7 +21,10 @@ Correctness does not depend on it (``docs/delta.md``, "Prefill"):
   result back for its CRC32C, compared with the snapshot's checksum as ever: a base that
   changed under the copy is caught there, never installed.
 * **A sender that sends in full** (no recipe) stops it at its first received byte; the partial
-  file's sink stops it before it finishes, releases or aborts, so no copy outlives its stream.
+  file's sink stops it before it finishes, releases or aborts, and a sink opening the same file
+  again waits for it first (`settle`), so no copy outlives its stream.
+* **Only this copy of this base**: it notes the base's `file_identity` as it opened it, and
+  `LocalDelta` trusts its ranges only for the same path still holding that file.
 
 One prefill at a time per store (`LocalDelta`): an offer a peer asks for costs at most one
 background copy of a base at once.
@@ -36,12 +39,31 @@ import threading
 from fstransport.protocol.ranges import RangeSet
 from fstransport.storage.backends.local.writeback import Writeback
 
-__all__ = ["PREFILL_PIECE", "Prefill"]
+__all__ = ["PREFILL_PIECE", "Prefill", "file_identity", "settle"]
 
 log = logging.getLogger("fstransport.receiver")
 
 PREFILL_PIECE = 8 * 1024 * 1024
 """Bytes copied at a time (the unit a received write may wait for)."""
+
+
+_RUNNING: dict[str, Prefill] = {}
+_RUNNING_LOCK = threading.Lock()
+
+
+def settle(target: str) -> None:
+    """Wait until no prefill writes into the file at `target` (a sink opening that file again,
+    to resume or truncate it, calls it first: an earlier stream's copy may still be finishing a
+    piece there, and the new sink's writes would not claim from it).  Blocking."""
+    with _RUNNING_LOCK:
+        running = _RUNNING.get(target)
+    if running is not None:
+        running.stop()
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one version of a file from another: device, inode, size, modification time."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class Prefill:
@@ -58,10 +80,23 @@ class Prefill:
         self._busy: tuple[int, int] | None = None
         self._done = 0
         self._stopped = False
+        self.identity: tuple[int, int, int, int] | None = None
+        """`file_identity` of the base as the copy opened it (None: it never opened it)."""
         self._thread = threading.Thread(target=self._run, name="fstransport-prefill", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        with _RUNNING_LOCK:
+            _RUNNING[self.target] = self
+        try:
+            self._thread.start()
+        except BaseException:
+            self._forget()
+            raise
+
+    def _forget(self) -> None:
+        with _RUNNING_LOCK:
+            if _RUNNING.get(self.target) is self:
+                del _RUNNING[self.target]
 
     def claim(self, offset: int, length: int) -> None:
         """Make ``[offset, offset + length)`` the received bytes' (called before they are
@@ -79,7 +114,7 @@ class Prefill:
         base's bytes at the same offsets now.  Blocking: call it in a worker thread."""
         with self._lock:
             self._stopped = True
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
         with self._lock:
             held = RangeSet([(0, self._done)] if self._done else ())
@@ -96,6 +131,7 @@ class Prefill:
             with self._lock:
                 self._busy = None
                 self._lock.notify_all()
+            self._forget()
 
     def _copy(self) -> None:
         from fstransport.delta.local import copy_range
@@ -103,8 +139,10 @@ class Prefill:
         flags = getattr(os, "O_NOFOLLOW", 0)
         src = os.open(self.base, os.O_RDONLY | flags)
         try:
-            if os.fstat(src).st_size != self.base_size:
+            found = os.fstat(src)
+            if found.st_size != self.base_size:
                 return  # not the base offered: the assembly will say so
+            self.identity = file_identity(found)
             dst = os.open(self.target, os.O_WRONLY | flags)
             try:
                 writeback = Writeback(dst)

@@ -14,6 +14,7 @@ from fstransport.protocol.ranges import ChunkRecord
 from fstransport.storage._errors import storage_errors
 from fstransport.storage._files import open_fd
 from fstransport.storage.backends.local.journal import LocalJournal
+from fstransport.storage.backends.local.prefill import settle
 from fstransport.storage.base import NOTHING_LOST, Lost, aborted, checked_blocks
 from fstransport.storage.journal import verified
 
@@ -56,6 +57,7 @@ class PwriteSink:
         self._journal = journal
         self._threads: set[asyncio.Future[Any]] = set()
         self.prefill: Prefill | None = None
+        self._received = False  # (any received bytes written: else a release keeps nothing)
         """A delta base being copied into this file (`LocalDelta`): every write claims its
         range from it first, and it is stopped before the file is finished or let go."""
 
@@ -65,6 +67,7 @@ class PwriteSink:
         return bool(self._threads)
 
     def _claim(self, offset: int, length: int) -> None:
+        self._received = True
         if self.prefill is not None:
             self.prefill.claim(offset, length)
 
@@ -105,6 +108,7 @@ class PwriteSink:
         and `meta`, every chunk written is also noted in a journal there (see `journal`)."""
 
         def _create() -> tuple[int, LocalJournal | None]:
+            settle(path)  # (an earlier stream's copy of a delta base into this file: done first)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             # (read too: `verify` re-reads what a resumed partial holds)
             flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
@@ -227,8 +231,8 @@ class PwriteSink:
         """Let go of the partial file without finishing or deleting it, its journal written
         down first (after an ``fdatasync``): a later receiver resumes it.  Without a journal
         nothing could resume the file: it is deleted."""
-        if self._journal is None:
-            await self.abort()
+        if self._journal is None or (self.prefill is not None and not self._received):
+            await self.abort()  # (a partial of only a delta base's copy: nothing to resume)
             return
 
         def _release() -> None:

@@ -30,9 +30,11 @@ from fstransport.protocol.delta import MapBuilder, new_key
 from fstransport.protocol.ranges import RangeSet
 from fstransport.receiver import Receiver
 from fstransport.storage.backends.local import prefill as prefill_module
+from fstransport.storage.backends.local.delta import LocalDelta
 from fstransport.storage.backends.local.prefill import PREFILL_PIECE, Prefill
 from fstransport.storage.backends.local.sink import PwriteSink
 from fstransport.storage.backends.local.writeback import Writeback, start_writeback
+from fstransport.storage.base import MappedBase
 from fstransport.storage.store import FsspecSnapshotStore
 from fstransport.transfer import ship
 
@@ -413,20 +415,27 @@ async def test_a_later_offer_of_another_base_replaces_the_copy(tmp_path: Path) -
     await store.close()
 
 
-async def test_a_base_replaced_under_the_same_name_is_copied_again(tmp_path: Path) -> None:
-    """The base file is replaced (another inode, same size) after its copy: the copy is not
-    trusted, the assembly copies from the file as it is now, and the read-back says whether
-    that is the content (here it is: the new file holds the content the recipe expects)."""
-    from fstransport.protocol.delta import Recipe
-    from fstransport.storage.backends.local.delta import LocalDelta
-
-    store, a, b = await _two_bases(tmp_path)
+async def _prefilling_a(
+    store: FsspecSnapshotStore,
+) -> tuple[PwriteSink, LocalDelta, MappedBase]:
+    """A stream "new" whose sink is being prefilled from base "A" (blocks mode)."""
     sink = await store.begin(SnapshotMeta("new", size=SIZE))
     bases = LocalDelta(store)
     mapped = await bases.map_base("A", "blocks", new_key())
     assert mapped is not None
     assert isinstance(sink, PwriteSink)
     await bases.prefill(sink, mapped, SIZE)
+    return sink, bases, mapped
+
+
+async def test_a_base_replaced_under_the_same_name_is_copied_again(tmp_path: Path) -> None:
+    """The base file is replaced (another inode, same size) after its copy: the copy is not
+    trusted, the assembly copies from the file as it is now, and the read-back says whether
+    that is the content (here it is: the new file holds the content the recipe expects)."""
+    from fstransport.protocol.delta import Recipe
+
+    store, a, b = await _two_bases(tmp_path)
+    sink, bases, mapped = await _prefilling_a(store)
     bases.accepted(sink)
     assert sink.prefill is not None
     await asyncio.to_thread(sink.prefill._thread.join)
@@ -439,15 +448,9 @@ async def test_a_base_replaced_under_the_same_name_is_copied_again(tmp_path: Pat
 
 
 async def test_a_sink_let_go_with_only_a_bases_copy_keeps_nothing(tmp_path: Path) -> None:
-    from fstransport.storage.backends.local.delta import LocalDelta
 
     store, _, _ = await _two_bases(tmp_path)
-    sink = await store.begin(SnapshotMeta("new", size=SIZE))
-    bases = LocalDelta(store)
-    mapped = await bases.map_base("A", "blocks", new_key())
-    assert mapped is not None
-    assert isinstance(sink, PwriteSink)
-    await bases.prefill(sink, mapped, SIZE)
+    sink, _, _ = await _prefilling_a(store)
     path = Path(sink.path)
     await store.release("new")
     assert not await asyncio.to_thread(path.exists), (
